@@ -1,0 +1,65 @@
+"""The `trifecta` command: one sub-command group per package.
+
+Each package keeps its commands in its own `cli.py` and imports heavy libraries (torch,
+transformers, scipy) inside the command bodies, so that `trifecta --help` stays fast.
+Expected failures (`TrifectaError`, invalid files) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+import yaml
+from pydantic import ValidationError
+
+from trifecta.core.errors import TrifectaError, Unavailable, field_path
+
+app = typer.Typer(
+    name="trifecta",
+    help="Run and scale the Industriverse Trifecta for many tenants (capsules).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Sub-command groups and top-level commands, one line per package (keep this block sorted).
+from trifecta.fleet.cli import capsule_app, fleet_app, plan_command, size_command  # noqa: E402
+
+app.add_typer(capsule_app, name="capsule")
+app.add_typer(fleet_app, name="fleet")
+app.command("plan")(plan_command)
+app.command("size")(size_command)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"trifecta: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Unavailable as exc:
+        _fail(exc.one_line(), 1)
+    except TrifectaError as exc:
+        _fail(exc.one_line())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _fail(f"{field_path(first['loc']) or exc.title}: {first['msg']}")
+    except yaml.YAMLError as exc:
+        _fail(f"malformed YAML: {str(exc).splitlines()[0]}")
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The database engine factory and schema migrations.
+
+One factory for both back ends: `sqlite:///path` (WAL, busy timeout, foreign keys) for the
+embedded default and `postgresql+psycopg://...` for scale. Each package that owns tables
+keeps its Alembic revisions in `<package>/migrations/` and its own version table
+(`alembic_version_<package>`), so packages migrate independently and a context shard holds
+only the context schema. `ensure_schema` runs pending revisions on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from trifecta.core.errors import InvalidInput
+
+SUPPORTED_DRIVERS = ("sqlite", "postgresql+psycopg")
+
+_engines: dict[str, Engine] = {}
+_migrated: set[tuple[str, str]] = set()
+_lock = threading.Lock()
+
+
+def normalize_url(url: str) -> str:
+    """Accept `postgresql://` and `postgres://` as psycopg 3 URLs; refuse other drivers."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidInput(f"not a database URL: {url!r}", field="database_url") from exc
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in SUPPORTED_DRIVERS:
+        raise InvalidInput(
+            f"unsupported driver {parsed.drivername!r}", field="database_url", allowed=SUPPORTED_DRIVERS
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def is_sqlite(url_or_engine: str | Engine) -> bool:
+    url = url_or_engine.url if isinstance(url_or_engine, Engine) else make_url(url_or_engine)
+    return url.get_backend_name() == "sqlite"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Writers ask for BEGIN IMMEDIATE (`transaction(engine, write=True)`): they take the write
+    # lock up front, so read-then-write transactions queue on the busy timeout instead of
+    # failing with "database is locked" on upgrade. Readers keep SQLite's deferred BEGIN.
+    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """A new engine for `url`. Prefer `get_engine`, which shares one per URL per process."""
+    url = normalize_url(url)
+    if is_sqlite(url):
+        path = make_url(url).database
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, poolclass=NullPool, connect_args={"check_same_thread": False, "isolation_level": None}
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True)
+
+
+def get_engine(url: str) -> Engine:
+    """The process-wide engine for `url` (created on first use)."""
+    key = normalize_url(url)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = create_db_engine(key)
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every shared engine (tests, shutdown, after fork)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _migrated.clear()
+
+
+def migrations_dir(package: str) -> Path:
+    """`<package>/migrations`, the folder of that package's Alembic revisions."""
+    return Path(str(importlib.resources.files(package) / "migrations"))
+
+
+def ensure_schema(engine: Engine, package: str) -> None:
+    """Upgrade `package`'s tables in `engine`'s database to the newest revision (once per
+    process and database)."""
+    key = (engine.url.render_as_string(hide_password=False), package)
+    if key in _migrated:
+        return
+    with _lock:
+        if key in _migrated:
+            return
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(importlib.resources.files("trifecta.core") / "alembic"))
+        config.set_main_option("path_separator", "os")
+        config.set_main_option("version_locations", str(migrations_dir(package)))
+        config.attributes["version_table"] = "alembic_version_" + package.rsplit(".", 1)[-1]
+        with _writer(engine).begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Processes starting together must not create the same tables twice.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_lock_id(package)})")
+            config.attributes["connection"] = connection
+            command.upgrade(config, "heads")
+        _migrated.add(key)
+
+
+def _lock_id(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=7).digest(), "big")
+
+
+def _writer(engine: Engine) -> Engine:
+    return engine.execution_options(sqlite_begin="IMMEDIATE") if is_sqlite(engine) else engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(engine: Engine, *, write: bool = False) -> Iterator[Session]:
+    """A session whose work commits on success and rolls back on any exception. Pass
+    `write=True` for transactions that read then write (SQLite takes its lock up front)."""
+    bind = _writer(engine) if write else engine
+    with Session(bind, expire_on_commit=False) as session, session.begin():
+        yield session

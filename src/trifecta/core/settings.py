@@ -1,0 +1,102 @@
+"""Settings: `TRIFECTA_*` environment variables over an optional `trifecta.toml`.
+
+The top-level table of `trifecta.toml` holds the shared settings below; a layer keeps its
+own settings in a table named after it (`[context]`, `[cognitive]`, ...) read by a
+`LayerSettings` subclass with the prefix `TRIFECTA_<LAYER>_`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Phase = Literal["dev", "pilot", "full"]
+PHASES: tuple[Phase, ...] = ("dev", "pilot", "full")
+
+
+def config_file() -> Path:
+    """The TOML file read for settings: `$TRIFECTA_CONFIG`, else `./trifecta.toml`."""
+    return Path(os.environ.get("TRIFECTA_CONFIG", "trifecta.toml"))
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "trifecta"
+
+
+class _TomlSettings(BaseSettings):
+    """Base that adds the TOML file (optionally one table of it) below the environment."""
+
+    toml_section: ClassVar[str | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        header = (cls.toml_section,) if cls.toml_section else None
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file(), toml_table_header=header)
+        return (init_settings, env_settings, toml)
+
+
+class Settings(_TomlSettings):
+    """What every part of Trifecta shares."""
+
+    model_config = SettingsConfigDict(env_prefix="TRIFECTA_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="SQLite database and artifacts")
+    database_url: str | None = Field(
+        default=None, description="control database; default: SQLite in the data directory"
+    )
+    redis_url: str | None = Field(default=None, description="shared cache; none: in-process only")
+    phase: Phase = "dev"
+    topology: Path | None = Field(default=None, description="topology YAML; default: the shipped one")
+    fleet: Path | None = Field(default=None, description="fleet YAML; default: the shipped one")
+    model_endpoint: str | None = Field(
+        default=None, description="OpenAI-compatible base URL used by the context roles"
+    )
+    model_name: str | None = None
+    model_api_key: str | None = None
+    ray_address: str | None = Field(default=None, description="Ray cluster for multi-node serving")
+    log_level: str = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'trifecta.db'}"
+
+    def artifacts_dir(self, *parts: str) -> Path:
+        """A folder under the data directory, created on demand."""
+        path = self.data_dir.joinpath("artifacts", *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class LayerSettings(_TomlSettings):
+    """Base for a layer's own settings: subclass with `toml_section = "<layer>"` and
+    `model_config = SettingsConfigDict(env_prefix="TRIFECTA_<LAYER>_", extra="ignore")`."""
+
+
+@lru_cache(maxsize=1)
+def get_settings(**overrides: Any) -> Settings:
+    """The process-wide settings (cached; `get_settings.cache_clear()` re-reads them)."""
+    return Settings(**overrides)
