@@ -40,7 +40,9 @@ def test_default_database_lives_in_the_data_directory(isolated_settings: Path) -
     assert settings.db_url == f"sqlite:///{isolated_settings / 'trifecta.db'}"
 
 
-def test_settings_read_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_read_toml_then_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "trifecta.toml").write_text('phase = "pilot"\nredis_url = "redis://toml"\n')
     get_settings.cache_clear()
     assert get_settings().phase == "pilot" and get_settings().redis_url == "redis://toml"

@@ -42,7 +42,9 @@ def normalize_url(url: str) -> str:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.drivername not in SUPPORTED_DRIVERS:
         raise InvalidInput(
-            f"unsupported driver {parsed.drivername!r}", field="database_url", allowed=SUPPORTED_DRIVERS
+            f"unsupported driver {parsed.drivername!r}",
+            field="database_url",
+            allowed=SUPPORTED_DRIVERS,
         )
     return parsed.render_as_string(hide_password=False)
 
@@ -77,7 +79,9 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, poolclass=NullPool, connect_args={"check_same_thread": False, "isolation_level": None}
+            url,
+            poolclass=NullPool,
+            connect_args={"check_same_thread": False, "isolation_level": None},
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
@@ -122,7 +126,9 @@ def ensure_schema(engine: Engine, package: str) -> None:
         from alembic.config import Config
 
         config = Config()
-        config.set_main_option("script_location", str(importlib.resources.files("trifecta.core") / "alembic"))
+        config.set_main_option(
+            "script_location", str(importlib.resources.files("trifecta.core") / "alembic")
+        )
         config.set_main_option("path_separator", "os")
         config.set_main_option("version_locations", str(migrations_dir(package)))
         config.attributes["version_table"] = "alembic_version_" + package.rsplit(".", 1)[-1]

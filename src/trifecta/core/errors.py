@@ -16,7 +16,9 @@ class TrifectaError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, field: str | None = None, allowed: Iterable[Any] | None = None):
+    def __init__(
+        self, message: str, *, field: str | None = None, allowed: Iterable[Any] | None = None
+    ):
         self.message = message
         self.field = field
         self.allowed = sorted({str(a) for a in allowed}) if allowed is not None else None

@@ -32,7 +32,9 @@ def validation_body(errors: list[Any]) -> dict[str, Any]:
     return {
         "error": {
             "code": "invalid_input",
-            "message": f"{first['field']}: {first['message']}" if first["field"] else first["message"],
+            "message": f"{first['field']}: {first['message']}"
+            if first["field"]
+            else first["message"],
             "field": first["field"],
             "fields": fields,
         }
@@ -62,7 +64,9 @@ class BodySizeLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and int(declared) > self.max_body_bytes:
-            exc = PayloadTooLarge(f"body of {int(declared)} bytes exceeds {self.max_body_bytes}", field="body")
+            exc = PayloadTooLarge(
+                f"body of {int(declared)} bytes exceeds {self.max_body_bytes}", field="body"
+            )
             await error_response(exc)(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -49,7 +49,9 @@ class _TomlSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         header = (cls.toml_section,) if cls.toml_section else None
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file(), toml_table_header=header)
+        toml = TomlConfigSettingsSource(
+            settings_cls, toml_file=config_file(), toml_table_header=header
+        )
         return (init_settings, env_settings, toml)
 
 
@@ -58,13 +60,17 @@ class Settings(_TomlSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRIFECTA_", extra="ignore")
 
-    data_dir: Path = Field(default_factory=default_data_dir, description="SQLite database and artifacts")
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="SQLite database and artifacts"
+    )
     database_url: str | None = Field(
         default=None, description="control database; default: SQLite in the data directory"
     )
     redis_url: str | None = Field(default=None, description="shared cache; none: in-process only")
     phase: Phase = "dev"
-    topology: Path | None = Field(default=None, description="topology YAML; default: the shipped one")
+    topology: Path | None = Field(
+        default=None, description="topology YAML; default: the shipped one"
+    )
     fleet: Path | None = Field(default=None, description="fleet YAML; default: the shipped one")
     model_endpoint: str | None = Field(
         default=None, description="OpenAI-compatible base URL used by the context roles"

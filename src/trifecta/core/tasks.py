@@ -91,7 +91,7 @@ def _parse(prompt: str) -> tuple[dict[str, int], list[tuple[int, str]]]:
             if name in telemetry:
                 raise InvalidInput(f"sensor {name!r} given twice", field="prompt")
             telemetry[name] = int(value)
-        text = text[match.end():]
+        text = text[match.end() :]
     expr = _EXPRESSION.match(text)
     if not expr:
         raise InvalidInput(
@@ -173,9 +173,11 @@ def _draw(rng: random.Random, difficulty: int, sensors: str) -> str:
         a, b = rng.sample(list(tel), 2)
         return _render(tel, [(1, a), (1, b)])
     if difficulty == 4:
-        return _render({}, [(1, str(_operand(rng)))] + [
-            (rng.choice((1, -1)), str(_operand(rng))) for _ in range(2)
-        ])
+        return _render(
+            {},
+            [(1, str(_operand(rng)))]
+            + [(rng.choice((1, -1)), str(_operand(rng))) for _ in range(2)],
+        )
     if difficulty == 5:
         tel = _telemetry(rng, sensors, rng.randint(4, 5))
         a, b, c = rng.sample(list(tel), 3)
@@ -204,7 +206,9 @@ def iter_tasks(
         grades, weights = list(difficulties), [1.0] * len(difficulties)
     for grade in grades:
         if grade not in KINDS:
-            raise InvalidInput(f"unknown difficulty {grade}", field="difficulty", allowed=DIFFICULTIES)
+            raise InvalidInput(
+                f"unknown difficulty {grade}", field="difficulty", allowed=DIFFICULTIES
+            )
     if split not in ("train", "heldout"):
         raise InvalidInput(f"unknown split {split!r}", field="split", allowed=("train", "heldout"))
     rng = random.Random(f"{seed}:{split}:{domain}")

@@ -55,7 +55,8 @@ class Capsule(BaseModel):
         default=None, pattern=SLUG, description="legal region; required for sovereign capsules"
     )
     allowed_environments: list[str] | None = Field(
-        default=None, description="environment names or kinds; None: any (sovereign: sovereign, edge)"
+        default=None,
+        description="environment names or kinds; None: any (sovereign: sovereign, edge)",
     )
     phase: Phase = "dev"
     demand: Demand = Field(default_factory=lambda: Demand(requests_per_s=1.0))
@@ -88,5 +89,8 @@ class Capsule(BaseModel):
         ):
             return False
         if self.sovereign:
-            return place.kind in SOVEREIGN_ENVIRONMENT_KINDS and place.jurisdiction == self.jurisdiction
+            return (
+                place.kind in SOVEREIGN_ENVIRONMENT_KINDS
+                and place.jurisdiction == self.jurisdiction
+            )
         return True

@@ -32,8 +32,12 @@ class CapsuleRegistry:
         ensure_schema(self.engine, "trifecta.fleet")
 
     def add(self, capsule: Capsule, *, replace: bool = False) -> Capsule:
-        row = {"id": capsule.id, "kind": capsule.kind, "domain": capsule.domain,
-               "spec": capsule.model_dump(mode="json")}
+        row = {
+            "id": capsule.id,
+            "kind": capsule.kind,
+            "domain": capsule.domain,
+            "spec": capsule.model_dump(mode="json"),
+        }
         try:
             with transaction(self.engine, write=True) as session:
                 if replace:
@@ -45,8 +49,10 @@ class CapsuleRegistry:
 
     def add_many(self, capsules: Iterable[Capsule], *, replace: bool = False) -> int:
         """Insert (or with `replace`, upsert) capsules in one transaction."""
-        rows = [{"id": c.id, "kind": c.kind, "domain": c.domain, "spec": c.model_dump(mode="json")}
-                for c in capsules]
+        rows = [
+            {"id": c.id, "kind": c.kind, "domain": c.domain, "spec": c.model_dump(mode="json")}
+            for c in capsules
+        ]
         if not rows:
             return 0
         try:
@@ -54,8 +60,11 @@ class CapsuleRegistry:
                 if replace:
                     ids = [r["id"] for r in rows]
                     for start in range(0, len(ids), 500):
-                        session.execute(delete(capsules_table).where(
-                            capsules_table.c.id.in_(ids[start:start + 500])))
+                        session.execute(
+                            delete(capsules_table).where(
+                                capsules_table.c.id.in_(ids[start : start + 500])
+                            )
+                        )
                 session.execute(capsules_table.insert(), rows)
         except IntegrityError:
             raise Conflict("one of the capsules already exists (use replace)", field="id") from None
@@ -87,10 +96,14 @@ class CapsuleRegistry:
 
     def remove(self, capsule_id: str) -> None:
         with transaction(self.engine, write=True) as session:
-            deleted = session.execute(delete(capsules_table).where(capsules_table.c.id == capsule_id))
+            deleted = session.execute(
+                delete(capsules_table).where(capsules_table.c.id == capsule_id)
+            )
         if deleted.rowcount == 0:  # type: ignore[attr-defined]
             raise NotFound(f"no capsule {capsule_id!r}", field="capsule_id")
 
     def count(self) -> int:
         with transaction(self.engine) as session:
-            return int(session.execute(select(func.count()).select_from(capsules_table)).scalar_one())
+            return int(
+                session.execute(select(func.count()).select_from(capsules_table)).scalar_one()
+            )

@@ -20,7 +20,9 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(64), nullable=False, index=True),
         sa.Column("domain", sa.String(64), nullable=False, index=True),
         sa.Column("spec", sa.JSON, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
     )
 
 
