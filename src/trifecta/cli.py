@@ -14,7 +14,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from trifecta.core.errors import TrifectaError, Unavailable, field_path
+from trifecta.core.errors import TrifectaError, Unavailable, invalid_input_from
 
 app = typer.Typer(
     name="trifecta",
@@ -25,9 +25,13 @@ app = typer.Typer(
 )
 
 # Sub-command groups and top-level commands, one line per package (keep this block sorted).
+from trifecta.context.cli import context_app  # noqa: E402
+from trifecta.edge.cli import edge_app  # noqa: E402
 from trifecta.fleet.cli import capsule_app, fleet_app, plan_command, size_command  # noqa: E402
 
 app.add_typer(capsule_app, name="capsule")
+app.add_typer(context_app, name="context")
+app.add_typer(edge_app, name="edge")
 app.add_typer(fleet_app, name="fleet")
 app.command("plan")(plan_command)
 app.command("size")(size_command)
@@ -53,8 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     except TrifectaError as exc:
         _fail(exc.one_line())
     except ValidationError as exc:
-        first = exc.errors()[0]
-        _fail(f"{field_path(first['loc']) or exc.title}: {first['msg']}")
+        _fail(invalid_input_from(exc).one_line())
     except yaml.YAMLError as exc:
         _fail(f"malformed YAML: {str(exc).splitlines()[0]}")
     except KeyboardInterrupt:

@@ -7,7 +7,10 @@ these into 4xx JSON bodies (`core.http`), the CLI into one line on stderr and ex
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class TrifectaError(Exception):
@@ -102,3 +105,22 @@ class PayloadTooLarge(InvalidInput):
 def field_path(loc: Iterable[Any]) -> str:
     """Pydantic error location -> dotted field name (`demand.requests_per_s`)."""
     return ".".join(str(p) for p in loc if p not in ("body", "query", "path"))
+
+
+def invalid_input_from(exc: ValidationError, *, prefix: str = "") -> InvalidInput:
+    """The first pydantic error as `InvalidInput` whose field is `prefix.path[3].to.field`.
+    Model-wide validators name their field at the start of the message ("jurisdiction: ..."),
+    which is kept as the field."""
+    first = exc.errors()[0]
+    parts = [prefix] if prefix else []
+    for part in first["loc"]:
+        if isinstance(part, int) and parts:
+            parts[-1] += f"[{part}]"
+        else:
+            parts.append(str(part))
+    message = str(first["msg"]).removeprefix("Value error, ")
+    field = field_path(parts) or prefix
+    if ": " in message and message.split(": ", 1)[0].isidentifier():
+        inner, message = message.split(": ", 1)
+        field = f"{field}.{inner}" if field else inner
+    return InvalidInput(message, field=field or None)

@@ -40,6 +40,21 @@ class Demand(BaseModel):
     light_share: float = Field(
         default=0.5, ge=0, le=1, description="share of requests light enough for the edge"
     )
+    generative_share: float = Field(
+        default=0.0, ge=0, le=1, description="share of requests for the generative (RND1) layer"
+    )
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> Demand:
+        # Light requests go to the edge or the cognitive layer, generative ones to RND1: the
+        # two shares are disjoint parts of the same request stream.
+        if self.light_share + self.generative_share > 1 + 1e-9:
+            raise ValueError("generative_share: light_share + generative_share must be at most 1")
+        return self
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.requests_per_s * self.tokens_per_request
 
 
 class Capsule(BaseModel):
@@ -75,7 +90,7 @@ class Capsule(BaseModel):
             if not self.jurisdiction:
                 raise ValueError("jurisdiction: a sovereign capsule must name its jurisdiction")
             if self.allowed_environments is None:
-                self.allowed_environments = list(SOVEREIGN_ENVIRONMENT_KINDS)
+                self.allowed_environments = sorted(SOVEREIGN_ENVIRONMENT_KINDS)
         return self
 
     @property

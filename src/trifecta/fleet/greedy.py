@@ -1,0 +1,161 @@
+"""Greedy cheapest-fit placement: the baseline the planner is measured against.
+
+Capsules are taken largest first, and each is placed on its own, the way an operator adds
+tenants one at a time: its cognitive tier goes to the (home environment, tier) option with the
+lowest price per token (the best replica shape that still has devices), its light requests to
+the edge when the edge is cheaper per token than that tier, its generative requests to the
+allowed environment cheapest per token. Load fills the replicas already open first; new
+replicas are opened of the cheapest shape per token with devices left. Nothing is ever
+re-packed, so partly filled replicas and scarce devices are where it loses to the planner.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from trifecta.core.errors import Infeasible
+from trifecta.core.settings import Phase
+from trifecta.fleet.assemble import CapsuleDecision, assemble_plan
+from trifecta.fleet.capsules import Capsule
+from trifecta.fleet.classes import build_classes
+from trifecta.fleet.costs import phase_budget
+from trifecta.fleet.plan_model import Plan, SolverReport
+from trifecta.fleet.pools import CONTEXT_SERVICE, PoolShape, layer_models, pool_shapes
+from trifecta.fleet.topology import Topology
+
+Group = tuple[str, str, str]
+
+
+@dataclass
+class _State:
+    topology: Topology
+    shapes: dict[Group, list[PoolShape]]
+    replicas: dict[PoolShape, int] = field(default_factory=lambda: defaultdict(int))
+    spare: dict[Group, float] = field(default_factory=lambda: defaultdict(float))
+    devices_used: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    devices: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.devices = {(env.name, acc): env.devices(acc)
+                        for env in self.topology.environments for acc in env.accelerators}
+
+    def _devices_left(self, shape: PoolShape) -> int:
+        if shape.accelerator is None:
+            return 1 << 30
+        key = (shape.environment, shape.accelerator)
+        return self.devices.get(key, 0) - self.devices_used[key]
+
+    def unit_price(self, group: Group) -> float:
+        """USD per hour per token/s of the best shape of `group` with devices left."""
+        prices = [s.price / s.capacity for s in self.shapes.get(group, [])
+                  if self._devices_left(s) >= s.tp]
+        return min(prices, default=math.inf)
+
+    def opening(self, group: Group, load: float) -> tuple[float, list[PoolShape]] | None:
+        """Cost and the replicas to open so that `group` takes `load` more (None: no devices
+        left)."""
+        need = load - self.spare[group]
+        if need <= 1e-9:
+            return 0.0, []
+        used: dict[tuple[str, str], int] = defaultdict(int)
+        opened: list[PoolShape] = []
+        cost = 0.0
+        by_value = sorted(self.shapes.get(group, []), key=lambda s: s.price / s.capacity)
+        while need > 1e-9:
+            shape = next((s for s in by_value
+                          if self._devices_left(s) - used[(s.environment, s.accelerator or "")]
+                          >= s.tp), None)
+            if shape is None:
+                return None
+            used[(shape.environment, shape.accelerator or "")] += shape.tp
+            opened.append(shape)
+            cost += shape.price
+            need -= shape.capacity
+        return cost, opened
+
+    def commit(self, group: Group, load: float, opened: list[PoolShape]) -> None:
+        for shape in opened:
+            self.replicas[shape] += 1
+            self.spare[group] += shape.capacity
+            if shape.accelerator is not None:
+                self.devices_used[(shape.environment, shape.accelerator)] += shape.tp
+        self.spare[group] -= load
+
+
+def greedy_plan(capsules: Sequence[Capsule], topology: Topology, phase: Phase) -> Plan:
+    """Place `capsules` greedily (see the module docstring); raises `Infeasible` when a
+    capsule finds no room."""
+    started = time.perf_counter()
+    generative_model, edge_model = layer_models()
+    shapes = pool_shapes(topology, phase)
+    classes = build_classes(capsules, topology, phase, shapes)
+    grouped: dict[Group, list[PoolShape]] = defaultdict(list)
+    for shape in shapes:
+        grouped[shape.group].append(shape)
+    state = _State(topology, grouped)
+    decisions: list[CapsuleDecision] = []
+    order = sorted(((cls, c) for cls in classes for c in cls.capsules),
+                   key=lambda item: -item[1].demand.tokens_per_s)
+    for cls, capsule in order:
+        demand = capsule.demand
+        light = demand.light_share * demand.tokens_per_s
+        generative = demand.generative_share * demand.tokens_per_s
+        gen_choice: list[tuple[Group, float, list[PoolShape]]] = []
+        if generative > 0:
+            fits = []
+            for env in cls.generative_environments:
+                group = (env, "generative", generative_model)
+                opening = state.opening(group, generative)
+                if opening is not None:
+                    fits.append((state.unit_price(group), group, opening[1]))
+            if not fits:
+                raise Infeasible(f"greedy: no generative capacity left for capsule {capsule.id}",
+                                 field="capacity")
+            _, group, opened = min(fits, key=lambda item: item[0])
+            gen_choice = [(group, generative, opened)]
+        best: tuple[float, list[tuple[Group, float, list[PoolShape]]], CapsuleDecision] | None
+        best = None
+        for env, tier in cls.homes:
+            cognitive = (env, "cognitive", tier)
+            unit = state.unit_price(cognitive)
+            edge_env = min(cls.edges, key=lambda e: state.unit_price((e, "edge", edge_model)),
+                           default=None) if light > 0 else None
+            if edge_env and state.unit_price((edge_env, "edge", edge_model)) >= unit:
+                edge_env = None
+            # offload where the edge is cheaper; keep the requests in the cloud if it is full
+            for edge in ([edge_env, None] if edge_env else [None]):
+                offload = light if edge else 0.0
+                steps = [(cognitive, demand.tokens_per_s - generative - offload),
+                         ((env, "context", CONTEXT_SERVICE), demand.requests_per_s)]
+                if edge:
+                    steps.append(((edge, "edge", edge_model), offload))
+                plan_steps = []
+                for group, load in steps:
+                    opening = state.opening(group, load)
+                    if opening is None:
+                        break
+                    plan_steps.append((group, load, opening[1]))
+                else:
+                    score = sum(load * state.unit_price(group) for group, load, _ in plan_steps)
+                    if best is None or score < best[0] - 1e-12:
+                        decision = CapsuleDecision(
+                            capsule, env, tier, {edge: offload} if edge else {},
+                            {gen_choice[0][0][0]: generative} if gen_choice else {})
+                        best = (score, plan_steps, decision)
+                    break
+        if best is None:
+            raise Infeasible(f"greedy: no room left for capsule {capsule.id}", field="capacity")
+        for group, load, opened in best[1] + gen_choice:
+            state.commit(group, load, opened)
+        decisions.append(best[2])
+    report = SolverReport(method="greedy-cheapest-fit", status="heuristic",
+                          seconds=time.perf_counter() - started, capsules=len(capsules),
+                          classes=len(classes))
+    budget = phase_budget(phase)
+    by_id = {d.capsule.id: i for i, d in enumerate(decisions)}
+    decisions.sort(key=lambda d: by_id.get(d.capsule.id, math.inf))
+    return assemble_plan(decisions, dict(state.replicas), topology, phase, report, budget)
