@@ -30,3 +30,24 @@ def test_crud_on_both_back_ends(db_url: str) -> None:
     assert registry.find("twin-1") is None
     with pytest.raises(NotFound):
         registry.remove("twin-1")
+
+
+def test_a_domain_never_mixes_tenancies(sqlite_url: str) -> None:
+    from trifecta.core.db import get_engine
+
+    registry = CapsuleRegistry(get_engine(sqlite_url))
+    registry.add(Capsule(id="gov-a", name="A", kind="sovereign", domain="gov", jurisdiction="eu"))
+    registry.add(Capsule(id="gov-b", name="B", kind="sovereign", domain="gov", jurisdiction="eu"))
+    for intruder in (
+        Capsule(id="twin", name="T", kind="digital_twin", domain="gov"),
+        Capsule(id="gov-us", name="U", kind="sovereign", domain="gov", jurisdiction="us"),
+    ):
+        with pytest.raises(Conflict) as err:
+            registry.add(intruder)
+        assert err.value.field == "domain" and intruder.id in err.value.message
+    with pytest.raises(Conflict):  # within one batch too
+        registry.add_many([
+            Capsule(id="x1", name="X", kind="digital_twin", domain="mixed"),
+            Capsule(id="x2", name="Y", kind="sovereign", domain="mixed", jurisdiction="eu"),
+        ])
+    assert registry.count() == 2

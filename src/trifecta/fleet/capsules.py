@@ -97,6 +97,13 @@ class Capsule(BaseModel):
     def sovereign(self) -> bool:
         return self.kind == "sovereign"
 
+    @property
+    def tenancy(self) -> tuple[bool, str | None]:
+        """Capsules may share a context domain only when this is equal: a sovereign capsule's
+        playbook and memories are never read by a capsule of another jurisdiction or by a
+        non-sovereign one."""
+        return (self.sovereign, self.jurisdiction if self.sovereign else None)
+
     def allows(self, place: Place) -> bool:
         """May this capsule's requests, context or memories reach `place`?"""
         if self.allowed_environments is not None and not (

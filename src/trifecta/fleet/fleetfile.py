@@ -138,8 +138,12 @@ def generate_fleet(
         if kind == "digital_twin" and rng.random() < 0.15:
             allowed = ["inference", "edge"]  # a tenant that keeps off developer machines
         prefix = {"digital_twin": "dt", "sovereign": f"sov-{jurisdiction}"}.get(kind, kind)
+        if kind == "sovereign":
+            # A domain is a context tenancy boundary: sovereign capsules keep their own,
+            # scoped to their jurisdiction (see `CapsuleRegistry` and docs/fleet.md).
+            domain = f"sov-{jurisdiction}-{domain.replace('_', '-')}"
         capsules.append(Capsule(
-            id=f"{prefix}-{domain.replace('_', '-')}-{i:0{width}d}",
+            id=f"{prefix}-{domain.removeprefix(f'{prefix}-').replace('_', '-')}-{i:0{width}d}",
             name=f"{domain.replace('_', ' ').title()} {use_case} ({size}) #{i}",
             kind=kind, domain=domain, jurisdiction=jurisdiction, allowed_environments=allowed,
             phase=phase, quality_target=quality,

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import JSON, Column, DateTime, Engine, MetaData, String, Table, delete, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from trifecta.core.db import ensure_schema, get_engine, transaction
 from trifecta.core.errors import Conflict, NotFound
@@ -32,43 +33,64 @@ class CapsuleRegistry:
         ensure_schema(self.engine, "trifecta.fleet")
 
     def add(self, capsule: Capsule, *, replace: bool = False) -> Capsule:
-        row = {
-            "id": capsule.id,
-            "kind": capsule.kind,
-            "domain": capsule.domain,
-            "spec": capsule.model_dump(mode="json"),
-        }
         try:
-            with transaction(self.engine, write=True) as session:
-                if replace:
-                    session.execute(delete(capsules_table).where(capsules_table.c.id == capsule.id))
-                session.execute(capsules_table.insert().values(**row))
-        except IntegrityError:
-            raise Conflict(f"capsule {capsule.id!r} already exists", field="id") from None
+            self.add_many([capsule], replace=replace)
+        except Conflict as exc:
+            if exc.field == "id":
+                raise Conflict(f"capsule {capsule.id!r} already exists", field="id") from None
+            raise
         return capsule
 
     def add_many(self, capsules: Iterable[Capsule], *, replace: bool = False) -> int:
-        """Insert (or with `replace`, upsert) capsules in one transaction."""
+        """Insert (or with `replace`, upsert) capsules in one transaction. A capsule whose
+        domain holds capsules of another tenancy (sovereign or not, jurisdiction) is refused:
+        a domain's playbook and memories are shared by all its capsules."""
+        batch = list(capsules)
         rows = [
             {"id": c.id, "kind": c.kind, "domain": c.domain, "spec": c.model_dump(mode="json")}
-            for c in capsules
+            for c in batch
         ]
         if not rows:
             return 0
         try:
             with transaction(self.engine, write=True) as session:
+                ids = [r["id"] for r in rows]
                 if replace:
-                    ids = [r["id"] for r in rows]
                     for start in range(0, len(ids), 500):
                         session.execute(
                             delete(capsules_table).where(
                                 capsules_table.c.id.in_(ids[start : start + 500])
                             )
                         )
+                self._check_domains(session, batch)
                 session.execute(capsules_table.insert(), rows)
         except IntegrityError:
             raise Conflict("one of the capsules already exists (use replace)", field="id") from None
         return len(rows)
+
+    @staticmethod
+    def _check_domains(session: Session, batch: list[Capsule]) -> None:
+        members: dict[str, list[Capsule]] = {}
+        for capsule in batch:
+            members.setdefault(capsule.domain, []).append(capsule)
+        domains = sorted(members)
+        for start in range(0, len(domains), 500):
+            query = select(capsules_table.c.spec).where(
+                capsules_table.c.domain.in_(domains[start : start + 500])
+            )
+            for spec in session.execute(query).scalars():
+                existing = Capsule.model_validate(spec)
+                members[existing.domain].insert(0, existing)
+        for domain, group in members.items():
+            first = group[0]
+            for other in group[1:]:
+                if other.tenancy != first.tenancy:
+                    raise Conflict(
+                        f"capsule {other.id!r} ({_tenancy(other)}) cannot share domain "
+                        f"{domain!r} with {first.id!r} ({_tenancy(first)}): a domain's context "
+                        "is shared by its capsules",
+                        field="domain",
+                    )
 
     def get(self, capsule_id: str) -> Capsule:
         with transaction(self.engine) as session:
@@ -107,3 +129,7 @@ class CapsuleRegistry:
             return int(
                 session.execute(select(func.count()).select_from(capsules_table)).scalar_one()
             )
+
+
+def _tenancy(capsule: Capsule) -> str:
+    return f"sovereign, {capsule.jurisdiction}" if capsule.sovereign else "not sovereign"
