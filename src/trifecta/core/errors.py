@@ -103,8 +103,17 @@ class PayloadTooLarge(InvalidInput):
 
 
 def field_path(loc: Iterable[Any]) -> str:
-    """Pydantic error location -> dotted field name (`demand.requests_per_s`)."""
-    return ".".join(str(p) for p in loc if p not in ("body", "query", "path"))
+    """Pydantic error location -> field name: `("body", "ops", 0, "content")` ->
+    `ops[0].content` (the request part, body / query / path, is dropped)."""
+    parts: list[str] = []
+    for part in loc:
+        if part in ("body", "query", "path") and not parts:
+            continue
+        if isinstance(part, int) and parts:
+            parts[-1] += f"[{part}]"
+        else:
+            parts.append(str(part))
+    return ".".join(parts)
 
 
 def invalid_input_from(exc: ValidationError, *, prefix: str = "") -> InvalidInput:
@@ -112,14 +121,8 @@ def invalid_input_from(exc: ValidationError, *, prefix: str = "") -> InvalidInpu
     Model-wide validators name their field at the start of the message ("jurisdiction: ..."),
     which is kept as the field."""
     first = exc.errors()[0]
-    parts = [prefix] if prefix else []
-    for part in first["loc"]:
-        if isinstance(part, int) and parts:
-            parts[-1] += f"[{part}]"
-        else:
-            parts.append(str(part))
     message = str(first["msg"]).removeprefix("Value error, ")
-    field = field_path(parts) or prefix
+    field = field_path([prefix, *first["loc"]] if prefix else first["loc"])
     if ": " in message and message.split(": ", 1)[0].isidentifier():
         inner, message = message.split(": ", 1)
         field = f"{field}.{inner}" if field else inner

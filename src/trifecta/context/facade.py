@@ -1,0 +1,393 @@
+"""`ContextService`: the one API of the context layer, for the orchestrator and HTTP alike.
+
+Every call names a capsule; the service resolves the domain it may read or write
+(`Tenancy`), routes to the domain's shard (`ShardRouter`, re-routing when a move fenced the
+old one), and answers reads from the in-process views and the version-keyed result cache
+(`cache.py`) unless caching is off, in which case every read scans the shard.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+
+from trifecta.context.cache import ResultCache, VersionBoard, connect_redis, request_key
+from trifecta.context.deltas import AddOp, Delta, DeltaResult, UpdateOp
+from trifecta.context.learning import LearnResult, learn
+from trifecta.context.memory import memory_id_for, memory_text
+from trifecta.context.models import (
+    AddMemoriesResult,
+    MemoryDraft,
+    MemoryQuery,
+    MemorySearchResult,
+    PlaybookView,
+    RenderedPlaybook,
+    RenderRequest,
+    Retrieval,
+    RetrieveRequest,
+)
+from trifecta.context.render import render_bullets, render_context
+from trifecta.context.settings import ContextSettings
+from trifecta.context.shards import ShardMap, ShardRouter
+from trifecta.context.sql import DomainMoved, Vector
+from trifecta.context.store import PendingMemory, ShardStore
+from trifecta.context.tenancy import Tenancy
+from trifecta.context.trajectory import Trajectory
+from trifecta.context.views import DomainReader, StoreReader, ViewCache
+from trifecta.core.db import get_engine
+from trifecta.core.errors import InvalidInput, Unavailable
+from trifecta.core.protocols import Embedder, LanguageModel
+from trifecta.core.settings import get_settings
+from trifecta.fleet.registry import CapsuleRegistry
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Read(Generic[M]):
+    """One read, planned after the tenancy check: its domain, its cache key, the result type
+    and how to compute the result from a domain reader."""
+
+    domain: str
+    key: str
+    model: type[M]
+    compute: Callable[[DomainReader], M]
+
+
+class ContextService:
+    def __init__(
+        self,
+        *,
+        control_url: str | None = None,
+        registry: CapsuleRegistry | None = None,
+        embedder: Embedder | Callable[[], Embedder] | None = None,
+        language_model: LanguageModel | None = None,
+        redis_url: str | None = None,
+        settings: ContextSettings | None = None,
+        cache: bool | None = None,
+    ):
+        core = get_settings()
+        self.settings = settings or ContextSettings()
+        self.control_url = control_url or core.db_url
+        self.shard_map = ShardMap(self.control_url)
+        self.router = ShardRouter(
+            self.shard_map, self.settings.default_shard_url or self.control_url
+        )
+        self.registry = registry or CapsuleRegistry(get_engine(self.control_url))
+        self.tenancy = Tenancy(self.registry, self.shard_map, ttl_s=self.settings.tenancy_ttl_s)
+        self.language_model = language_model
+        # An embedder, or a factory called on first use (the model takes a second to load).
+        self._embedder = embedder
+        self.cache_enabled = self.settings.cache if cache is None else cache
+        redis_url = redis_url if redis_url is not None else core.redis_url
+        self.redis = connect_redis(redis_url) if redis_url else None
+        # Writers publish versions whether or not this process caches: other replicas may.
+        self.versions = VersionBoard(self.redis, ttl_s=self.settings.version_ttl_s)
+        self.results = ResultCache(
+            self.redis, max_entries=self.settings.cache_entries, ttl_s=self.settings.cache_ttl_s
+        )
+        self.views = ViewCache()
+        self._query_vectors: OrderedDict[str, Vector] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- plumbing ----------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            from trifecta.core.embeddings import get_embedder
+
+            self._embedder = get_embedder
+        if not isinstance(self._embedder, Embedder):
+            self._embedder = self._embedder()
+        return self._embedder
+
+    def warm_up(self) -> None:
+        """Load the embedder now rather than on the first request that needs it."""
+        self.embed(["warm up"])
+
+    def embed(self, texts: Sequence[str]) -> list[Vector]:
+        return list(self.embedder.embed(list(texts))) if texts else []
+
+    def _query_vector(self, text: str) -> Vector:
+        if not self.cache_enabled:
+            return self.embed([text])[0]
+        with self._lock:
+            found = self._query_vectors.get(text)
+            if found is not None:
+                self._query_vectors.move_to_end(text)
+                return found
+        vector = self.embed([text])[0]
+        with self._lock:
+            self._query_vectors[text] = vector
+            while len(self._query_vectors) > 4096:
+                self._query_vectors.popitem(last=False)
+        return vector
+
+    def on_shard(self, domain: str, work: Callable[[ShardStore], T]) -> T:
+        """Run `work` on the domain's shard; if a move fenced that shard, re-route and retry
+        until the move switches the map (or `move_retry_s` passes)."""
+        deadline = time.monotonic() + self.settings.move_retry_s
+        pause = 0.005
+        while True:
+            store = self.router.store_for(domain)
+            try:
+                return work(store)
+            except DomainMoved as moved:
+                self.router.invalidate(domain)
+                if self.router.url_for(domain) != store.url:
+                    continue  # the map already points at the new shard
+                if time.monotonic() > deadline:
+                    raise Unavailable(
+                        f"{moved}; the shard map has not switched yet", field="domain"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
+
+    def current_version(self, domain: str) -> int:
+        version = self.versions.get(domain)
+        if version is None:
+            version = self.on_shard(domain, lambda store: store.version(domain))
+            self.versions.publish(domain, version)
+        return version
+
+    def run(self, read: Read[M]) -> M:
+        """The result of a planned read: from the result cache, else computed from the
+        domain's view (cache on) or straight from its shard (cache off)."""
+        domain = read.domain
+        if not self.cache_enabled:
+            return self.on_shard(domain, lambda store: read.compute(StoreReader(store, domain)))
+        version = self.current_version(domain)
+        hit = self.results.get(domain, version, read.key, read.model)
+        if hit is not None:
+            return hit
+        view = self.on_shard(
+            domain, lambda store: self.views.get(domain, lambda _d: store, version)
+        )
+        value = read.compute(view)
+        self.results.put(domain, version, read.key, value)
+        return value
+
+    @property
+    def fast_reads(self) -> bool:
+        """Whether a cache hit can be found without touching a database: cache on and the
+        domain versions in Redis."""
+        return self.cache_enabled and self.redis is not None
+
+    def cached(self, read: Read[M]) -> M | None:
+        """The result if the cache holds it for the domain's version published in Redis, else
+        None (also with no Redis): one GET and one probe, cheap enough for an event loop."""
+        if not self.cache_enabled:
+            return None
+        version = self.versions.get(read.domain)
+        if version is None:
+            return None
+        return self.results.get(read.domain, version, read.key, read.model)
+
+    # -- reads -------------------------------------------------------------------------
+    def playbook(self, capsule_id: str, domain: str | None = None) -> PlaybookView:
+        """The active bullets of the capsule's (or a shared) domain, with their counters."""
+        return self.run(self.plan_playbook(capsule_id, domain))
+
+    def plan_playbook(self, capsule_id: str, domain: str | None = None) -> Read[PlaybookView]:
+        domain = self.tenancy.read_domain(capsule_id, domain)
+
+        def compute(reader: DomainReader) -> PlaybookView:
+            bullets = reader.active_bullets()
+            return PlaybookView(
+                domain=domain,
+                version=reader.version,
+                bullets=bullets,
+                total_tokens=sum(b.tokens for b in bullets),
+            )
+
+        return Read(domain, "playbook", PlaybookView, compute)
+
+    def render(self, capsule_id: str, request: RenderRequest | None = None) -> RenderedPlaybook:
+        """The playbook as prompt text within a token budget, most useful bullets first."""
+        return self.run(self.plan_render(capsule_id, request or RenderRequest()))
+
+    def plan_render(self, capsule_id: str, request: RenderRequest) -> Read[RenderedPlaybook]:
+        domain = self.tenancy.read_domain(capsule_id, request.domain)
+        budget = request.token_budget or self.settings.render_token_budget
+
+        def compute(reader: DomainReader) -> RenderedPlaybook:
+            query = self._query_vector(request.query) if request.query else None
+            ranked = reader.ranked_bullets(query)
+            prompt, tokens, kept = render_bullets(ranked, budget)
+            return RenderedPlaybook(
+                domain=domain,
+                version=reader.version,
+                prompt=prompt,
+                tokens=tokens,
+                token_budget=budget,
+                bullets=kept,
+                omitted=len(ranked) - len(kept),
+            )
+
+        key = request_key("render", {"budget": budget, "query": request.query})
+        return Read(domain, key, RenderedPlaybook, compute)
+
+    def search_memories(self, capsule_id: str, query: MemoryQuery) -> MemorySearchResult:
+        """Top-k memories of the domain by cosine similarity, filtered by outcome and age."""
+        return self.run(self.plan_search(capsule_id, query))
+
+    def plan_search(self, capsule_id: str, query: MemoryQuery) -> Read[MemorySearchResult]:
+        domain = self.tenancy.read_domain(capsule_id, query.domain)
+        since = _since(query.since, query.max_age_s)
+
+        def compute(reader: DomainReader) -> MemorySearchResult:
+            hits = reader.search(
+                self._query_vector(query.query),
+                k=query.k,
+                outcome=query.outcome,
+                since=since,
+                min_similarity=query.min_similarity,
+            )
+            return MemorySearchResult(domain=domain, version=reader.version, hits=hits)
+
+        key = request_key(
+            "search",
+            {
+                "q": query.query,
+                "k": query.k,
+                "o": query.outcome,
+                "s": since,
+                "m": query.min_similarity,
+            },
+        )
+        return Read(domain, key, MemorySearchResult, compute)
+
+    def retrieve(self, capsule_id: str, request: RetrieveRequest) -> Retrieval:
+        """Ranked bullets and similar memories for one task, plus the prompt that holds them."""
+        return self.run(self.plan_retrieve(capsule_id, request))
+
+    def plan_retrieve(self, capsule_id: str, request: RetrieveRequest) -> Read[Retrieval]:
+        domain = self.tenancy.read_domain(capsule_id, request.domain)
+        budget = request.token_budget or self.settings.render_token_budget
+        since = _since(None, request.memory_max_age_s)
+
+        def compute(reader: DomainReader) -> Retrieval:
+            query = self._query_vector(request.query)
+            ranked = reader.ranked_bullets(query)
+            hits = (
+                reader.search(
+                    query, k=request.k_memories, outcome=request.memory_outcome, since=since
+                )
+                if request.k_memories
+                else []
+            )
+            prompt, tokens, kept, kept_hits = render_context(ranked, hits, budget)
+            return Retrieval(
+                domain=domain,
+                version=reader.version,
+                bullets=kept,
+                memories=kept_hits,
+                prompt=prompt,
+                tokens=tokens,
+            )
+
+        key = request_key(
+            "retrieve",
+            {
+                "q": request.query,
+                "b": budget,
+                "k": request.k_memories,
+                "o": request.memory_outcome,
+                "s": since,
+            },
+        )
+        return Read(domain, key, Retrieval, compute)
+
+    # -- writes ------------------------------------------------------------------------
+    def apply_delta(self, capsule_id: str, delta: Delta) -> DeltaResult:
+        domain = self.tenancy.write_domain(capsule_id)
+        return self._apply(domain, delta)
+
+    def _apply(self, domain: str, delta: Delta) -> DeltaResult:
+        if len(delta.ops) > self.settings.max_ops_per_delta:
+            raise InvalidInput(
+                f"{len(delta.ops)} operations; at most {self.settings.max_ops_per_delta} per delta",
+                field="ops",
+            )
+        texts = sorted(
+            {
+                op.content
+                for op in delta.ops
+                if isinstance(op, AddOp | UpdateOp) and op.content is not None
+            }
+        )
+        vectors = dict(zip(texts, self.embed(texts), strict=True))
+        result = self.on_shard(
+            domain, lambda s: s.apply_delta(domain, delta, vectors, self.settings)
+        )
+        self.versions.publish(domain, result.version)
+        return result
+
+    def add_memories(self, capsule_id: str, drafts: Sequence[MemoryDraft]) -> AddMemoriesResult:
+        """Append memories; a near-identical item (same outcome, cosine above the threshold)
+        reinforces the one already stored instead of adding a copy."""
+        domain = self.tenancy.write_domain(capsule_id)
+        drafts = [
+            d
+            if d.source.capsule_id
+            else d.model_copy(
+                update={"source": d.source.model_copy(update={"capsule_id": capsule_id})}
+            )
+            for d in drafts
+        ]
+        vectors = self.embed([memory_text(d) for d in drafts])
+        pending: list[PendingMemory] = []
+        for i, (draft, vector) in enumerate(zip(drafts, vectors, strict=True)):
+            memory_id = memory_id_for(draft, i)
+            target = self._nearest_memory(domain, vector, draft.outcome)
+            for earlier in pending:  # near-duplicates within the same batch
+                if (
+                    earlier.draft.outcome == draft.outcome
+                    and earlier.reinforce is None
+                    and float(earlier.vector @ vector) >= self.settings.memory_dedup_threshold
+                ):
+                    target = earlier.id
+                    break
+            pending.append(PendingMemory(memory_id, draft, vector, target))
+        version, items = self.on_shard(domain, lambda s: s.add_memories(domain, pending))
+        self.versions.publish(domain, version)
+        return AddMemoriesResult(domain=domain, version=version, items=items)
+
+    def _nearest_memory(self, domain: str, vector: Vector, outcome: str) -> str | None:
+        def nearest(store: ShardStore) -> list[tuple[str, float]]:
+            if self.cache_enabled:
+                view = self.views.get(domain, lambda _d: store, self.current_version(domain))
+                hit = view.nearest_memory(vector, outcome)
+                return [hit] if hit else []
+            _, hits = store.scan_memories(domain, vector, k=1, outcome=outcome)
+            return [(h.memory.id, h.similarity) for h in hits]
+
+        found = self.on_shard(domain, nearest)
+        if found and found[0][1] >= self.settings.memory_dedup_threshold:
+            return found[0][0]
+        return None
+
+    def learn(self, trajectory: Trajectory) -> LearnResult:
+        """Reflect, curate and distil one trajectory: tag the bullets it used, apply the
+        curator's delta, and add its memory items. Replaying a trajectory changes nothing."""
+        return learn(self, trajectory)
+
+    def cache_stats(self) -> dict[str, int]:
+        return self.results.stats()
+
+
+def _since(since: float | None, max_age_s: float | None) -> float | None:
+    """An absolute lower bound on creation time; relative ages are floored to whole seconds
+    so that requests within one second share a cache entry."""
+    if max_age_s is None:
+        return since
+    bound = float(math.floor(time.time() - max_age_s))
+    return bound if since is None else max(since, bound)

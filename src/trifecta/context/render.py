@@ -1,0 +1,122 @@
+"""Ranking bullets and rendering a playbook (and memories) into prompt text within a budget.
+
+Most useful first: a bullet's rank key is its Laplace-smoothed helpful share, plus, when a
+query is given, its cosine relevance to the query (which then dominates). The prompt keeps
+the highest-ranked bullets that fit, grouped under their sections as ACE lays them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from trifecta.context.models import Bullet, BulletStatus, MemoryHit, RankedBullet
+from trifecta.context.sql import Vector
+from trifecta.context.tokens import count_tokens
+
+# How much usefulness moves a bullet relative to its relevance when a query is given.
+USEFULNESS_WEIGHT = 0.5
+PLAYBOOK_HEADER = "PLAYBOOK (cite bullet ids you use)"
+MEMORY_HEADER = "MEMORIES (past outcomes in this domain)"
+
+
+def rank_bullets(
+    bullets: Sequence[Bullet],
+    *,
+    query: Vector | None = None,
+    vectors: Mapping[str, Vector | None] | None = None,
+) -> list[RankedBullet]:
+    ranked = []
+    for bullet in bullets:
+        if bullet.status != BulletStatus.ACTIVE:
+            continue
+        vector = vectors.get(bullet.id) if vectors is not None else None
+        relevance = float(vector @ query) if query is not None and vector is not None else None
+        score = (
+            bullet.usefulness
+            if relevance is None
+            else relevance + USEFULNESS_WEIGHT * (bullet.usefulness - 0.5)
+        )
+        ranked.append(RankedBullet(bullet=bullet, score=score, relevance=relevance))
+    ranked.sort(key=lambda r: (-r.score, -r.bullet.helpful, r.bullet.id))
+    return ranked
+
+
+def bullet_line(bullet: Bullet) -> str:
+    return f"[{bullet.id}] (helpful {bullet.helpful}, harmful {bullet.harmful}) {bullet.content}"
+
+
+def memory_line(hit: MemoryHit) -> str:
+    m = hit.memory
+    lesson = "worked" if m.outcome == "success" else "failed, avoid"
+    detail = f" {m.description}." if m.description else ""
+    content = " | ".join(line.strip() for line in m.content.splitlines() if line.strip())
+    return f"- [{m.id}] ({lesson}) {m.title}.{detail} {content}"
+
+
+def _compose(ranked: Sequence[RankedBullet]) -> str:
+    sections: dict[str, list[str]] = {}
+    for r in ranked:
+        sections.setdefault(r.bullet.section, []).append(bullet_line(r.bullet))
+    parts = [PLAYBOOK_HEADER]
+    for section, lines in sections.items():
+        parts.append(f"## {section}")
+        parts.extend(lines)
+    return "\n".join(parts)
+
+
+def render_bullets(
+    ranked: Sequence[RankedBullet], token_budget: int
+) -> tuple[str, int, list[RankedBullet]]:
+    """(prompt, tokens, bullets kept): the best-ranked bullets whose text fits the budget."""
+    if not ranked:
+        return "", 0, []
+    used = count_tokens(PLAYBOOK_HEADER)
+    seen_sections: set[str] = set()
+    kept: list[RankedBullet] = []
+    for r in ranked:
+        cost = count_tokens(bullet_line(r.bullet))
+        if r.bullet.section not in seen_sections:
+            cost += count_tokens(f"## {r.bullet.section}")
+        if used + cost > token_budget:
+            continue  # a shorter, lower-ranked bullet may still fit
+        used += cost
+        seen_sections.add(r.bullet.section)
+        kept.append(r)
+    if not kept:
+        return "", 0, []
+    prompt = _compose(kept)
+    tokens = count_tokens(prompt)
+    while kept and tokens > token_budget:  # joins can split differently from the parts
+        kept.pop()
+        prompt = _compose(kept)
+        tokens = count_tokens(prompt) if kept else 0
+    return (prompt, tokens, kept) if kept else ("", 0, [])
+
+
+def render_memories(
+    hits: Sequence[MemoryHit], token_budget: int
+) -> tuple[str, int, list[MemoryHit]]:
+    lines, kept = [MEMORY_HEADER], []
+    used = count_tokens(MEMORY_HEADER)
+    for hit in hits:
+        cost = count_tokens(memory_line(hit))
+        if used + cost > token_budget:
+            continue
+        used += cost
+        lines.append(memory_line(hit))
+        kept.append(hit)
+    if not kept:
+        return "", 0, []
+    prompt = "\n".join(lines)
+    return prompt, count_tokens(prompt), kept
+
+
+def render_context(
+    ranked: Sequence[RankedBullet], hits: Sequence[MemoryHit], token_budget: int
+) -> tuple[str, int, list[RankedBullet], list[MemoryHit]]:
+    """Playbook and memories in one prompt: memories get up to a third of the budget, the
+    playbook the rest."""
+    memory_text, memory_tokens, kept_hits = render_memories(hits, token_budget // 3)
+    bullet_text, _, kept_bullets = render_bullets(ranked, token_budget - memory_tokens)
+    prompt = "\n\n".join(p for p in (bullet_text, memory_text) if p)
+    return prompt, count_tokens(prompt), kept_bullets, kept_hits

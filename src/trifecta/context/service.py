@@ -1,0 +1,166 @@
+"""The ReasoningBank HTTP service: the `ContextService` API over FastAPI.
+
+`create_app(...)` builds the app (the main server mounts it under `/context`); every route
+is one facade call, so HTTP clients and the in-process orchestrator get the same tenancy
+checks and caching. Errors are 4xx JSON bodies naming the field (`core.http`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+from fastapi import FastAPI, Path, Query, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from trifecta.context.admin import MoveRequest, ShardAdmin, ShardListing, ShareRequest
+from trifecta.context.copier import CopyReport
+from trifecta.context.deltas import Delta, DeltaResult
+from trifecta.context.facade import ContextService, Read
+from trifecta.context.learning import LearnResult
+from trifecta.context.models import (
+    AddMemoriesRequest,
+    AddMemoriesResult,
+    MemoryQuery,
+    MemorySearchResult,
+    PlaybookView,
+    RenderedPlaybook,
+    RenderRequest,
+    Retrieval,
+    RetrieveRequest,
+)
+from trifecta.context.settings import ContextSettings
+from trifecta.context.shards import Share
+from trifecta.context.trajectory import Trajectory
+from trifecta.core.http import install_error_handlers
+from trifecta.core.protocols import Embedder, LanguageModel
+from trifecta.fleet.capsules import SLUG
+
+M = TypeVar("M", bound=BaseModel)
+CapsuleId = Annotated[str, Path(pattern=SLUG, description="the calling capsule")]
+Domain = Annotated[str, Path(pattern=SLUG)]
+
+
+class Health(BaseModel):
+    status: str
+    cache: bool
+    redis: bool
+    cache_stats: dict[str, int]
+
+
+def create_app(
+    service: ContextService | None = None,
+    *,
+    language_model: LanguageModel | None = None,
+    embedder: Embedder | Callable[[], Embedder] | None = None,
+    settings: ContextSettings | None = None,
+    control_url: str | None = None,
+    redis_url: str | None = None,
+    cache: bool | None = None,
+) -> FastAPI:
+    """The service app. Pass a ready `ContextService`, or the parts to build one (the
+    language model comes from the composition root; None runs the roles on outcomes)."""
+    settings = settings or (service.settings if service else ContextSettings())
+    service = service or ContextService(
+        control_url=control_url,
+        embedder=embedder,
+        language_model=language_model,
+        redis_url=redis_url,
+        settings=settings,
+        cache=cache,
+    )
+    admin = ShardAdmin(service)
+    app = FastAPI(
+        title="Trifecta context service",
+        summary="ACE playbooks and ReasoningBank memories per capsule domain, with shared caching.",
+        version="1",
+    )
+    app.state.context = service
+    install_error_handlers(app, max_body_bytes=settings.max_body_bytes)
+
+    @app.get("/health", tags=["service"])
+    def health() -> Health:
+        return Health(
+            status="ok",
+            cache=service.cache_enabled,
+            redis=service.redis is not None,
+            cache_stats=service.cache_stats(),
+        )
+
+    async def answer(plan: Callable[[], Read[M]]) -> M:
+        # With Redis, a cache hit is answered on the event loop (the tenancy check, usually
+        # remembered, one GET and a probe); whatever computes or reads a database runs in
+        # the thread pool.
+        if service.fast_reads:
+            read = plan()
+            hit = service.cached(read)
+            return hit if hit is not None else await run_in_threadpool(service.run, read)
+        return await run_in_threadpool(lambda: service.run(plan()))
+
+    @app.get("/capsules/{capsule_id}/playbook", tags=["playbook"])
+    async def read_playbook(
+        capsule_id: CapsuleId,
+        domain: Annotated[str | None, Query(pattern=SLUG, description="a shared domain")] = None,
+    ) -> PlaybookView:
+        """The active bullets of the capsule's domain (or of a domain shared with it)."""
+        return await answer(lambda: service.plan_playbook(capsule_id, domain))
+
+    @app.post("/capsules/{capsule_id}/playbook/render", tags=["playbook"])
+    async def render_playbook(capsule_id: CapsuleId, request: RenderRequest) -> RenderedPlaybook:
+        """The playbook as prompt text within a token budget, most useful bullets first."""
+        return await answer(lambda: service.plan_render(capsule_id, request))
+
+    @app.post("/capsules/{capsule_id}/deltas", tags=["playbook"])
+    def apply_delta(capsule_id: CapsuleId, delta: Delta) -> DeltaResult:
+        """Merge ADD / UPDATE / TAG / REMOVE operations; replayed op ids change nothing."""
+        return service.apply_delta(capsule_id, delta)
+
+    @app.post("/capsules/{capsule_id}/retrieve", tags=["retrieval"])
+    async def retrieve(capsule_id: CapsuleId, request: RetrieveRequest) -> Retrieval:
+        """Bullets and memories for one task, structured and as prompt text."""
+        return await answer(lambda: service.plan_retrieve(capsule_id, request))
+
+    @app.post("/capsules/{capsule_id}/memories", tags=["memory"])
+    def add_memories(capsule_id: CapsuleId, request: AddMemoriesRequest) -> AddMemoriesResult:
+        """Append memory items; near-identical ones reinforce what is stored."""
+        return service.add_memories(capsule_id, request.items)
+
+    @app.post("/capsules/{capsule_id}/memories/search", tags=["memory"])
+    async def search_memories(capsule_id: CapsuleId, query: MemoryQuery) -> MemorySearchResult:
+        """Top-k memories by cosine similarity, filtered by outcome and age."""
+        return await answer(lambda: service.plan_search(capsule_id, query))
+
+    @app.post("/trajectories", tags=["learning"])
+    def learn(trajectory: Trajectory) -> LearnResult:
+        """Reflect, curate and distil one trajectory (tags, delta, memories) in one call."""
+        return service.learn(trajectory)
+
+    @app.get("/shards", tags=["shards"])
+    def list_shards() -> ShardListing:
+        return admin.listing()
+
+    @app.post("/shards/{domain}/move", tags=["shards"])
+    def move_domain(domain: Domain, request: MoveRequest) -> CopyReport:
+        """Move a domain to another database online (copy, catch up, switch, verify)."""
+        return admin.move(domain, request)
+
+    @app.post("/shards/{domain}/shares", tags=["shards"])
+    def share_domain(domain: Domain, request: ShareRequest) -> Share:
+        """Let another domain's capsules (or everyone, '*') read this domain."""
+        return admin.share(domain, request.grantee)
+
+    @app.delete("/shards/{domain}/shares/{grantee}", tags=["shards"], status_code=204)
+    def unshare_domain(domain: Domain, grantee: str) -> Response:
+        admin.unshare(domain, grantee)
+        return Response(status_code=204)
+
+    return app
+
+
+def create_app_from_settings() -> FastAPI:
+    """For `uvicorn --factory`: everything from TRIFECTA_* settings, no language model; the
+    embedder loads before the server accepts requests."""
+    service = ContextService()
+    service.warm_up()
+    return create_app(service)

@@ -1,0 +1,52 @@
+"""The context layer's own settings: `[context]` in trifecta.toml, `TRIFECTA_CONTEXT_*` env."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from trifecta.core.settings import LayerSettings
+
+
+class ContextSettings(LayerSettings):
+    toml_section = "context"
+    model_config = SettingsConfigDict(env_prefix="TRIFECTA_CONTEXT_", extra="ignore")
+
+    default_shard_url: str | None = Field(
+        default=None,
+        description="database of domains the shard map does not name; none: the control database",
+    )
+    dedup_threshold: float = Field(
+        default=0.92, gt=0, le=1, description="cosine above which two bullets of a section merge"
+    )
+    memory_dedup_threshold: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="cosine above which a new memory reinforces an old one",
+    )
+    prune_margin: int = Field(
+        default=3, ge=1, description="a bullet is pruned while harmful - helpful >= this margin"
+    )
+    playbook_token_budget: int = Field(
+        default=6000, ge=64, description="stored playbook size cap; least useful bullets go first"
+    )
+    render_token_budget: int = Field(
+        default=1500, ge=16, description="default budget when a playbook is rendered into a prompt"
+    )
+    max_ops_per_delta: int = Field(default=500, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="HTTP request body limit")
+    cache: bool = Field(default=True, description="in-process views and result cache (+ Redis)")
+    cache_entries: int = Field(default=20_000, ge=16, description="in-process result cache size")
+    cache_ttl_s: float = Field(default=600, gt=0, description="lifetime of a result kept in Redis")
+    version_ttl_s: float = Field(
+        default=60,
+        gt=0,
+        description="bound on staleness if a writer dies between commit and publish",
+    )
+    tenancy_ttl_s: float = Field(
+        default=2.0, ge=0, description="how long a capsule's domain and shares are remembered"
+    )
+    move_retry_s: float = Field(
+        default=30.0, gt=0, description="how long a write waits for a moving domain's switch"
+    )

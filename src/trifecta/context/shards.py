@@ -1,0 +1,174 @@
+"""Horizontal sharding: the shard map (domain -> database URL) in the control database, the
+shares that let one domain read another, and the router that sends each domain to its shard.
+
+The router remembers the map for a short while; that is safe because a domain that moved is
+fenced on its old shard, and a writer or reader that lands there is told to re-route.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pydantic import BaseModel, Field
+from sqlalchemy import delete, or_, select
+from sqlalchemy.engine import make_url
+
+from trifecta.context import tables
+from trifecta.context.sql import upsert
+from trifecta.context.store import ShardStore
+from trifecta.core.db import ensure_schema, get_engine, normalize_url, transaction
+from trifecta.fleet.capsules import SLUG
+
+EVERYONE = "*"
+
+
+class ShardPlace(BaseModel):
+    """Where a shard's database runs, for the sovereignty rule (`Capsule.allows`)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    kind: str = Field(min_length=1, max_length=64, description="e.g. sovereign, inference, edge")
+    jurisdiction: str | None = Field(default=None, pattern=SLUG)
+
+
+class ShardEntry(BaseModel):
+    domain: str
+    url: str = Field(description="database URL, password hidden")
+    place: ShardPlace | None = None
+    updated_at: float
+
+
+class Share(BaseModel):
+    domain: str
+    grantee: str = Field(description="a domain that may read it, or '*' for every domain")
+
+
+def hide_password(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class ShardMap:
+    def __init__(self, control_url: str):
+        self.engine = get_engine(control_url)
+        ensure_schema(self.engine, "trifecta.context")
+
+    def get(self, domain: str) -> tuple[str, ShardPlace | None] | None:
+        with transaction(self.engine) as session:
+            row = session.execute(
+                select(tables.shards.c.url, tables.shards.c.place).where(
+                    tables.shards.c.domain == domain
+                )
+            ).first()
+        if row is None:
+            return None
+        return str(row[0]), ShardPlace.model_validate(row[1]) if row[1] else None
+
+    def entries(self) -> list[ShardEntry]:
+        with transaction(self.engine) as session:
+            rows = session.execute(select(tables.shards).order_by(tables.shards.c.domain)).all()
+        return [
+            ShardEntry(
+                domain=r.domain,
+                url=hide_password(r.url),
+                place=ShardPlace.model_validate(r.place) if r.place else None,
+                updated_at=r.updated_at,
+            )
+            for r in rows
+        ]
+
+    def assign(self, domain: str, url: str, place: ShardPlace | None = None) -> None:
+        """Point a domain at a shard. Only the mover calls this, after copying and fencing."""
+        row = {
+            "domain": domain,
+            "url": normalize_url(url),
+            "place": place.model_dump() if place else None,
+            "updated_at": time.time(),
+        }
+        with transaction(self.engine, write=True) as session:
+            upsert(session, tables.shards, [row], ["domain"])
+
+    def has(self, domain: str) -> bool:
+        return self.get(domain) is not None
+
+    # -- shares ------------------------------------------------------------------------
+    def share(self, domain: str, grantee: str) -> Share:
+        with transaction(self.engine, write=True) as session:
+            upsert(
+                session,
+                tables.shares,
+                [{"domain": domain, "grantee": grantee, "created_at": time.time()}],
+                ["domain", "grantee"],
+            )
+        return Share(domain=domain, grantee=grantee)
+
+    def unshare(self, domain: str, grantee: str) -> bool:
+        with transaction(self.engine, write=True) as session:
+            result = session.execute(
+                delete(tables.shares).where(
+                    tables.shares.c.domain == domain, tables.shares.c.grantee == grantee
+                )
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def shares(self) -> list[Share]:
+        with transaction(self.engine) as session:
+            rows = session.execute(
+                select(tables.shares.c.domain, tables.shares.c.grantee).order_by(
+                    tables.shares.c.domain, tables.shares.c.grantee
+                )
+            )
+            return [Share(domain=r[0], grantee=r[1]) for r in rows]
+
+    def readable_by(self, reader_domain: str) -> set[str]:
+        """Domains shared with `reader_domain` (by name or with everyone)."""
+        with transaction(self.engine) as session:
+            rows = session.execute(
+                select(tables.shares.c.domain).where(
+                    or_(
+                        tables.shares.c.grantee == reader_domain,
+                        tables.shares.c.grantee == EVERYONE,
+                    )
+                )
+            )
+            return {str(r[0]) for r in rows}
+
+
+class ShardRouter:
+    """Domain -> ShardStore, by the shard map, else the default shard."""
+
+    def __init__(self, shard_map: ShardMap, default_url: str, *, ttl_s: float = 5.0):
+        self.shard_map = shard_map
+        self.default_url = normalize_url(default_url)
+        self.ttl_s = ttl_s
+        self._routes: dict[str, tuple[float, str]] = {}
+        self._stores: dict[str, ShardStore] = {}
+        self._lock = threading.Lock()
+
+    def url_for(self, domain: str) -> str:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._routes.get(domain)
+        if cached is not None and now - cached[0] < self.ttl_s:
+            return cached[1]
+        entry = self.shard_map.get(domain)
+        url = entry[0] if entry else self.default_url
+        with self._lock:
+            self._routes[domain] = (now, url)
+        return url
+
+    def store_for(self, domain: str) -> ShardStore:
+        return self.store(self.url_for(domain))
+
+    def store(self, url: str) -> ShardStore:
+        key = normalize_url(url)
+        with self._lock:
+            store = self._stores.get(key)
+        if store is None:
+            store = ShardStore(key)  # migrates the schema on first use, outside the lock
+            with self._lock:
+                store = self._stores.setdefault(key, store)
+        return store
+
+    def invalidate(self, domain: str) -> None:
+        with self._lock:
+            self._routes.pop(domain, None)

@@ -1,0 +1,183 @@
+"""In-process views of domains: the read side's cache in front of the shards.
+
+A view holds a domain's active bullets and memories with their embeddings and a usearch
+index, at a known version. Reading at version v first brings the view up to v by loading the
+rows written since (`seq > view.version`), so it never serves older data than asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+from trifecta.context.models import Bullet, BulletStatus, MemoryHit, MemoryItem, RankedBullet
+from trifecta.context.render import rank_bullets
+from trifecta.context.sql import Vector
+from trifecta.context.store import ShardStore
+from trifecta.context.vector_index import MemoryIndex
+
+
+class DomainView:
+    def __init__(self, domain: str):
+        self.domain = domain
+        self.version = -1
+        self.bullets: dict[str, Bullet] = {}
+        self.bullet_vectors: dict[str, Vector | None] = {}
+        self.memories: dict[str, MemoryItem] = {}
+        self.index: MemoryIndex | None = None
+        self.lock = threading.RLock()
+
+    def catch_up(self, store: ShardStore, at_least: int) -> None:
+        """Load what changed until the view reflects version `at_least` or newer."""
+        with self.lock:
+            if self.version >= at_least:
+                return
+            changes = store.changes_since(self.domain, max(self.version, 0))
+            for bullet, vector in changes.bullets:
+                if bullet.status == BulletStatus.ACTIVE:
+                    self.bullets[bullet.id] = bullet
+                    self.bullet_vectors[bullet.id] = vector
+                else:
+                    self.bullets.pop(bullet.id, None)
+                    self.bullet_vectors.pop(bullet.id, None)
+            live, gone = [], []
+            for item, status, vector in changes.memories:
+                if status == "active":
+                    self.memories[item.id] = item
+                    live.append((item.id, vector))
+                else:
+                    self.memories.pop(item.id, None)
+                    gone.append(item.id)
+            if live and self.index is None:
+                self.index = MemoryIndex(len(live[0][1]))
+            if self.index is not None:
+                self.index.remove(gone)
+                self.index.upsert(live)
+            self.version = max(self.version, changes.version)
+
+    def ranked_bullets(self, query: Vector | None) -> list[RankedBullet]:
+        with self.lock:
+            return rank_bullets(
+                list(self.bullets.values()), query=query, vectors=self.bullet_vectors
+            )
+
+    def active_bullets(self) -> list[Bullet]:
+        with self.lock:
+            return sorted(self.bullets.values(), key=lambda b: b.id)
+
+    def search(
+        self,
+        query: Vector,
+        *,
+        k: int,
+        outcome: str | None = None,
+        since: float | None = None,
+        min_similarity: float = -1.0,
+    ) -> list[MemoryHit]:
+        with self.lock:
+            if self.index is None:
+                return []
+            memories = self.memories
+
+            def accept(memory_id: str) -> bool:
+                item = memories[memory_id]
+                return (outcome is None or item.outcome == outcome) and (
+                    since is None or item.created_at >= since
+                )
+
+            found = self.index.search(
+                query, k, None if outcome is None and since is None else accept
+            )
+            return [
+                MemoryHit(memory=memories[m], similarity=s) for m, s in found if s >= min_similarity
+            ]
+
+    def nearest_memory(self, vector: Vector, outcome: str) -> tuple[str, float] | None:
+        hits = self.search(vector, k=1, outcome=outcome)
+        return (hits[0].memory.id, hits[0].similarity) if hits else None
+
+
+class ViewCache:
+    """The views of the domains this process served lately (least recently used evicted)."""
+
+    def __init__(self, max_domains: int = 256):
+        self._views: OrderedDict[str, DomainView] = OrderedDict()
+        self._max = max_domains
+        self._lock = threading.Lock()
+
+    def get(self, domain: str, store_for: Callable[[str], ShardStore], version: int) -> DomainView:
+        with self._lock:
+            view = self._views.get(domain)
+            if view is None:
+                view = self._views[domain] = DomainView(domain)
+            self._views.move_to_end(domain)
+            while len(self._views) > self._max:
+                self._views.popitem(last=False)
+        if view.version < version:
+            view.catch_up(store_for(domain), version)
+        return view
+
+    def drop(self, domain: str) -> None:
+        with self._lock:
+            self._views.pop(domain, None)
+
+
+class DomainReader(Protocol):
+    """What the service reads a domain through: a DomainView (cached) or a StoreReader."""
+
+    @property
+    def version(self) -> int: ...
+
+    def active_bullets(self) -> list[Bullet]: ...
+
+    def ranked_bullets(self, query: Vector | None) -> list[RankedBullet]: ...
+
+    def search(
+        self,
+        query: Vector,
+        *,
+        k: int,
+        outcome: str | None = None,
+        since: float | None = None,
+        min_similarity: float = -1.0,
+    ) -> list[MemoryHit]: ...
+
+
+class StoreReader:
+    """The uncached path: every call reads the shard (bullets, and every candidate memory's
+    embedding for a search) and computes the answer from scratch."""
+
+    def __init__(self, store: ShardStore, domain: str):
+        self.store = store
+        self.domain = domain
+        self.version = 0
+
+    def _seen(self, version: int) -> None:
+        self.version = max(self.version, version)
+
+    def active_bullets(self) -> list[Bullet]:
+        version, bullets = self.store.bullets(self.domain)
+        self._seen(version)
+        return bullets
+
+    def ranked_bullets(self, query: Vector | None) -> list[RankedBullet]:
+        version, pairs = self.store.bullets_with_vectors(self.domain)
+        self._seen(version)
+        return rank_bullets([b for b, _ in pairs], query=query, vectors={b.id: v for b, v in pairs})
+
+    def search(
+        self,
+        query: Vector,
+        *,
+        k: int,
+        outcome: str | None = None,
+        since: float | None = None,
+        min_similarity: float = -1.0,
+    ) -> list[MemoryHit]:
+        version, hits = self.store.scan_memories(
+            self.domain, query, k=k, outcome=outcome, since=since, min_similarity=min_similarity
+        )
+        self._seen(version)
+        return hits
