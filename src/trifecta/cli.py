@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 import yaml
 from pydantic import ValidationError
+from typer.exceptions import TyperException
 
 from trifecta.core.errors import TrifectaError, Unavailable, invalid_input_from
 
@@ -25,32 +25,45 @@ app = typer.Typer(
 )
 
 # Sub-command groups and top-level commands, one line per package (keep this block sorted).
+from trifecta.cognitive.cli import cognitive_app, models_app  # noqa: E402
+from trifecta.cognitive.serving.cli import serve_command  # noqa: E402
 from trifecta.context.cli import context_app  # noqa: E402
 from trifecta.edge.cli import edge_app  # noqa: E402
 from trifecta.fleet.cli import capsule_app, fleet_app, plan_command, size_command  # noqa: E402
+from trifecta.orchestrator.cli import run_command  # noqa: E402
+from trifecta.serve.cli import serve_command as serve_all_command  # noqa: E402
 
 app.add_typer(capsule_app, name="capsule")
+app.add_typer(cognitive_app, name="cognitive")
+cognitive_app.command("serve")(serve_command)
 app.add_typer(context_app, name="context")
 app.add_typer(edge_app, name="edge")
 app.add_typer(fleet_app, name="fleet")
+app.add_typer(models_app, name="models")
 app.command("plan")(plan_command)
+app.command("run")(run_command)
+app.command("serve")(serve_all_command)
 app.command("size")(size_command)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"trifecta: error: {message}", err=True)
+    typer.echo(f"trifecta: error: {message}", err=True)
     sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         _fail("aborted", 130)
-    except click.ClickException as exc:
-        exc.show()
+    except TyperException as exc:  # usage errors: Typer prints usage and the one-line reason
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            _fail(exc.format_message())
         sys.exit(exc.exit_code)
     except Unavailable as exc:
         _fail(exc.one_line(), 1)

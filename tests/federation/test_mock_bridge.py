@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from trifecta.core.errors import InvalidInput, SovereigntyViolation, Unavailable
-from trifecta.federation.bridge import cognitive
+from trifecta.federation.bridge import COGNITIVE
 from trifecta.federation.mock import Fault, MockBridge
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.topology import load_topology
@@ -24,7 +24,7 @@ def _bridge() -> tuple[MockBridge, Echo]:
     bridge = MockBridge(load_topology(), seed=1)
     echo = Echo()
     for env in ("inference", "sovereign", "edge-eu"):
-        bridge.host(env, cognitive("small"), echo)
+        bridge.host(env, COGNITIVE, echo)
     return bridge, echo
 
 
@@ -34,7 +34,7 @@ GOV = Capsule(id="gov", name="Gov", kind="sovereign", domain="gov-eu", jurisdict
 
 def test_calls_run_in_process_and_are_traced() -> None:
     bridge, echo = _bridge()
-    client = bridge.client(TWIN, "inference", cognitive("small"))
+    client = bridge.client(TWIN, "inference", COGNITIVE)
     assert client.say("hi") == "HI" and client.name == "echo" and echo.calls == 1
     assert [(h.environment, h.method, h.ok) for h in bridge.hops] == [("inference", "say", True)]
 
@@ -42,9 +42,9 @@ def test_calls_run_in_process_and_are_traced() -> None:
 def test_sovereign_capsule_never_gets_a_client_outside_its_jurisdiction() -> None:
     bridge, echo = _bridge()
     with pytest.raises(SovereigntyViolation):
-        bridge.client(GOV, "inference", cognitive("small"))
-    assert bridge.client(GOV, "sovereign", cognitive("small")).say("a") == "A"
-    assert bridge.client(GOV, "edge-eu", cognitive("small")).say("b") == "B"
+        bridge.client(GOV, "inference", COGNITIVE)
+    assert bridge.client(GOV, "sovereign", COGNITIVE).say("a") == "A"
+    assert bridge.client(GOV, "edge-eu", COGNITIVE).say("b") == "B"
     assert {h.environment for h in bridge.hops_of(["gov"])} <= {"sovereign", "edge-eu"}
     assert echo.calls == 2
 
@@ -52,7 +52,7 @@ def test_sovereign_capsule_never_gets_a_client_outside_its_jurisdiction() -> Non
 def test_injected_faults_make_calls_unavailable_without_running_the_service() -> None:
     bridge, echo = _bridge()
     bridge.set_fault("inference", down=True)
-    client = bridge.client(TWIN, "inference", cognitive("small"))
+    client = bridge.client(TWIN, "inference", COGNITIVE)
     with pytest.raises(Unavailable, match="down"):
         client.say("x")
     assert echo.calls == 0 and bridge.hops[-1].ok is False
@@ -66,7 +66,7 @@ def test_injected_faults_make_calls_unavailable_without_running_the_service() ->
 def test_failure_rate_is_seeded_and_roughly_honoured() -> None:
     bridge, _ = _bridge()
     bridge.set_fault("inference", failure_rate=0.3)
-    client = bridge.client(TWIN, "inference", cognitive("small"))
+    client = bridge.client(TWIN, "inference", COGNITIVE)
     failures = 0
     for _ in range(400):
         try:
@@ -79,7 +79,7 @@ def test_failure_rate_is_seeded_and_roughly_honoured() -> None:
 def test_unknown_environment_or_service_is_named() -> None:
     bridge, _ = _bridge()
     with pytest.raises(InvalidInput) as err:
-        bridge.client(TWIN, "edge", cognitive("small"))
+        bridge.client(TWIN, "edge", COGNITIVE)
     assert err.value.field == "service"
     with pytest.raises(Exception, match="nowhere"):
-        bridge.client(TWIN, "nowhere", cognitive("small"))
+        bridge.client(TWIN, "nowhere", COGNITIVE)

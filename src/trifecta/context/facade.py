@@ -24,6 +24,7 @@ from trifecta.context.learning import LearnResult, learn
 from trifecta.context.memory import memory_id_for, memory_text
 from trifecta.context.models import (
     AddMemoriesResult,
+    DomainStats,
     MemoryDraft,
     MemoryQuery,
     MemorySearchResult,
@@ -209,6 +210,11 @@ class ContextService:
             )
 
         return Read(domain, "playbook", PlaybookView, compute)
+
+    def stats(self, capsule_id: str, domain: str | None = None) -> DomainStats:
+        """The size of the capsule's (or a shared) domain's context."""
+        domain = self.tenancy.read_domain(capsule_id, domain)
+        return self.on_shard(domain, lambda store: store.stats(domain))
 
     def render(self, capsule_id: str, request: RenderRequest | None = None) -> RenderedPlaybook:
         """The playbook as prompt text within a token budget, most useful bullets first."""

@@ -195,3 +195,14 @@ class Retrieval(BaseModel):
     memories: list[MemoryHit]
     prompt: str = Field(description="playbook and memories as prompt text within the budget")
     tokens: int
+
+
+class DomainStats(BaseModel):
+    domain: str
+    version: int
+    bullets: dict[str, int] = Field(description="bullet count by status (active, pruned, ...)")
+    memories: int
+
+    @property
+    def active_bullets(self) -> int:
+        return self.bullets.get("active", 0)

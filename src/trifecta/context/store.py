@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.engine import make_url
 
 from trifecta.context import tables
@@ -31,6 +31,7 @@ from trifecta.context.models import (
     AddedMemory,
     Bullet,
     BulletStatus,
+    DomainStats,
     MemoryDraft,
     MemoryHit,
     MemoryItem,
@@ -96,6 +97,21 @@ class ShardStore:
                 .order_by(tables.domains.c.domain)
             )
             return [str(r[0]) for r in rows]
+
+    def stats(self, domain: str) -> DomainStats:
+        """How big the domain's context is: bullets by status, and memory items."""
+        with transaction(self.engine) as session:
+            version = check_readable(session, domain)
+            by_status = dict(session.execute(
+                select(B.status, func.count()).where(B.domain == domain).group_by(B.status)
+            ).all())
+            memories = session.execute(
+                select(func.count()).select_from(tables.memories)
+                .where(tables.memories.c.domain == domain)
+            ).scalar_one()
+        return DomainStats(domain=domain, version=version,
+                           bullets={str(k): int(v) for k, v in by_status.items()},
+                           memories=int(memories))
 
     def bullets(self, domain: str, *, live_only: bool = True) -> tuple[int, list[Bullet]]:
         query = select(tables.bullets).where(B.domain == domain).order_by(B.id)

@@ -17,13 +17,8 @@ from typing import Any, Protocol
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.topology import Environment
 
-# The services an environment can host. The cognitive tiers are addressed as
-# "cognitive:<tier>" so that each tier can live in different environments.
-CONTEXT, EDGE = "context", "edge"
-
-
-def cognitive(tier: str) -> str:
-    return f"cognitive:{tier}"
+# The services an environment can host.
+COGNITIVE, CONTEXT, EDGE = "cognitive", "context", "edge"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,527 @@
+"""The trifecta loop: one capsule request, end to end (DESIGN.md, "One request, end to end").
+
+capsule checks (quota) -> context retrieval from the domain's shard -> route (response cache |
+edge | cognitive, steered by the playbook's routing rules) -> layer, with fallback inside the
+capsule's allowed environments -> outcome (the task verifier, or the client's feedback later)
+-> learning (reflect, curate and distil through the context layer; routing rules from
+outcomes) -> request log, cost ledger and metrics.
+
+Every hop goes through the bridge, which refuses any environment the capsule may not reach, so
+no route, fallback included, can carry a sovereign capsule's request or context elsewhere.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trifecta.cognitive.tiers import get_tier
+from trifecta.context.models import Retrieval, RetrieveRequest
+from trifecta.context.trajectory import Trajectory, TrajectoryStep
+from trifecta.core.errors import Conflict, InvalidInput, SovereigntyViolation, Unavailable
+from trifecta.core.logging import get_logger
+from trifecta.core.protocols import Generation
+from trifecta.core.tasks import Task, TaskFamilyVerifier, make_task
+from trifecta.federation.bridge import COGNITIVE, CONTEXT, EDGE
+from trifecta.fleet.capsules import Capsule
+from trifecta.orchestrator.ledger import Charge
+from trifecta.orchestrator.limits import QuotaGate
+from trifecta.orchestrator.metrics import LoopMetrics
+from trifecta.orchestrator.models import (
+    ContextUse,
+    Cost,
+    Feedback,
+    FeedbackResult,
+    Hop,
+    Route,
+    TaskRequest,
+    TaskResult,
+)
+from trifecta.orchestrator.records import RequestLog
+from trifecta.orchestrator.routing import RouteAdvice, RuleLearner, advise
+from trifecta.orchestrator.stack import Stack
+
+log = get_logger("trifecta.orchestrator")
+EDGE_MODEL = "bitnet-2b4t"  # the checkpoint the shipped edge model stands for (for charges)
+MEMORIES_PER_REQUEST = 3
+
+
+@dataclass
+class _Trace:
+    """What one request accumulates on its way through the layers."""
+
+    hops: list[Hop] = field(default_factory=list)
+    charges: list[Charge] = field(default_factory=list)
+
+    def hop(self, started: float, **fields: object) -> None:
+        self.hops.append(Hop(latency_ms=(time.perf_counter() - started) * 1000, **fields))
+
+
+@dataclass
+class _Served:
+    route: Route
+    answer: str | None
+    environment: str
+    path: list[str]
+    first_rung: str | None  # "edge" or the first tier, for the rule learner
+    first_failed: bool = False  # the first rung handed the request on
+    escalated: bool = False
+
+
+class Orchestrator:
+    def __init__(self, stack: Stack, *, run_id: str | None = None, learn: bool = True):
+        self.stack = stack
+        self.records = RequestLog(stack.engine, stack.ledger)
+        self.verifier = TaskFamilyVerifier()
+        self.rules = RuleLearner(stack.cognitive.tiers)
+        self.quota = QuotaGate()
+        self.metrics = LoopMetrics()
+        self.run_id = run_id
+        self.learn_enabled = learn
+
+    # -- the request path --------------------------------------------------------------
+    def serve(self, capsule_id: str, request: TaskRequest) -> TaskResult:
+        started = time.perf_counter()
+        capsule = self.stack.capsule(capsule_id)
+        if request.request_id is not None:
+            earlier = self.records.find(request.request_id)
+            if earlier is not None:
+                if earlier.capsule_id != capsule_id:
+                    raise Conflict("request_id is taken by another capsule", field="request_id")
+                return earlier
+        self.quota.admit(capsule)
+        request_id = request.request_id or "req-" + uuid.uuid4().hex
+        task = _task_of(request.prompt, capsule.domain)
+        trace = _Trace()
+        context_env = self.stack.place_domain(capsule.domain)
+        retrieval = self._retrieve(capsule, context_env, request.prompt, trace)
+        advice = advise(
+            task.kind if task else None,
+            retrieval.bullets if retrieval else [],
+            self.stack.cognitive.tiers,
+        )
+        served = self._cached(capsule, request, context_env, trace)
+        if served is None and advice.edge and task is not None and task.light:
+            served = self._edge(capsule, request, trace)
+        if served is None:
+            served = self._cognitive(capsule, request, advice, trace)
+        verified = self.verifier.verify(request.prompt, served.answer or "") if task else None
+        latency_ms = (time.perf_counter() - started) * 1000
+        result = TaskResult(
+            id=request_id,
+            capsule_id=capsule.id,
+            prompt=request.prompt,
+            answer=served.answer,
+            route=served.route,
+            path=served.path,
+            environment=served.environment,
+            verified=verified,
+            escalated=served.escalated,
+            hops=trace.hops,
+            context=_context_use(context_env, retrieval, advice),
+            cost=_cost(trace.charges),
+            latency_ms=latency_ms,
+            learned=False,
+        )
+        if self.learn_enabled and retrieval is not None:
+            result.learned = self._learn(capsule, context_env, result, task, trace)
+            self._learn_rules(capsule, context_env, task, served, verified, retrieval)
+            result.cost = _cost(trace.charges)
+            result.hops = list(trace.hops)
+            result.latency_ms = (time.perf_counter() - started) * 1000
+        self.records.save(
+            result,
+            capsule_kind=capsule.kind,
+            charges=trace.charges,
+            difficulty=task.difficulty if task else None,
+            run_id=self.run_id,
+        )
+        self._observe(capsule, result, trace)
+        return result
+
+    def feedback(self, capsule_id: str, task_id: str, feedback: Feedback) -> FeedbackResult:
+        """The client's verdict on an earlier task: recorded, then learned from."""
+        capsule = self.stack.capsule(capsule_id)
+        earlier = self.records.get(task_id, capsule_id)
+        self.records.set_feedback(task_id, capsule_id, feedback.success)
+        outcome = "success" if feedback.success else "failure"
+        self.metrics.outcomes.labels(earlier.route, f"client_{outcome}").inc()
+        context_env = self.stack.place_domain(capsule.domain)
+        trajectory = _trajectory(
+            capsule,
+            earlier,
+            _task_of(earlier.prompt, capsule.domain),
+            judge="client",
+            verdict=feedback.success,
+            detail=feedback.detail,
+            suffix=".feedback",
+        )
+        client = self.stack.bridge.client(capsule, context_env, CONTEXT)
+        learned = client.learn(trajectory)
+        return FeedbackResult(
+            task_id=task_id,
+            capsule_id=capsule_id,
+            outcome=outcome,
+            learned=True,
+            playbook_version=learned.version,
+        )
+
+    # -- the steps ---------------------------------------------------------------------
+    def _retrieve(self, capsule: Capsule, env: str, prompt: str, trace: _Trace) -> Retrieval | None:
+        started = time.perf_counter()
+        try:
+            client = self.stack.bridge.client(capsule, env, CONTEXT)
+            retrieval: Retrieval = client.retrieve(
+                capsule.id, RetrieveRequest(query=prompt, k_memories=MEMORIES_PER_REQUEST)
+            )
+        except Unavailable as exc:  # serve without context rather than fail the request
+            trace.hop(
+                started,
+                layer="context",
+                environment=env,
+                model="context",
+                ok=False,
+                detail=exc.one_line(),
+            )
+            self.metrics.fallbacks.labels("context", env).inc()
+            return None
+        trace.hop(
+            started,
+            layer="context",
+            environment=env,
+            model="retrieve",
+            ok=True,
+            detail=f"{len(retrieval.bullets)} bullets, {len(retrieval.memories)} memories",
+        )
+        seconds = time.perf_counter() - started
+        trace.charges.append(
+            self.stack.pricer.cpu_seconds(layer="context", environment=env, seconds=seconds)
+        )
+        return retrieval
+
+    def _cached(
+        self, capsule: Capsule, request: TaskRequest, env: str, trace: _Trace
+    ) -> _Served | None:
+        started = time.perf_counter()
+        found = self.records.cached_answer(capsule.id, request.prompt)
+        if found is None:
+            return None
+        answer, source = found
+        trace.hop(
+            started,
+            layer="cache",
+            environment=env,
+            model="response-cache",
+            ok=True,
+            detail=f"verified answer of {source}",
+        )
+        return _Served("cache", answer, env, ["cache"], first_rung=None)
+
+    def _edge(self, capsule: Capsule, request: TaskRequest, trace: _Trace) -> _Served | None:
+        bridge = self.stack.bridge
+        planned = self._assignment_edges(capsule)
+        envs = sorted(
+            (e for e in bridge.environments_hosting(EDGE) if capsule.allows(e)),
+            key=lambda e: (e.name not in planned, e.name),
+        )
+        for env in envs:
+            started = time.perf_counter()
+            try:
+                mesh = bridge.client(capsule, env.name, EDGE)
+                result = mesh.offload(capsule, [request.prompt], max_new_tokens=request.max_tokens)
+            except Unavailable as exc:
+                trace.hop(
+                    started,
+                    layer="edge",
+                    environment=env.name,
+                    model="edge",
+                    ok=False,
+                    detail=exc.one_line(),
+                )
+                self.metrics.fallbacks.labels("edge", env.name).inc()
+                continue
+            if not result.offloaded or not result.generations:
+                trace.hop(
+                    started,
+                    layer="edge",
+                    environment=env.name,
+                    model="edge",
+                    ok=False,
+                    detail=f"{result.reason}: {result.detail}",
+                )
+                continue
+            generation = result.generations[0]
+            trace.hop(
+                started,
+                layer="edge",
+                environment=env.name,
+                model=result.node or "edge",
+                ok=True,
+                tokens=generation.prompt_tokens + generation.completion_tokens,
+                mean_entropy=_mean(generation.entropies),
+            )
+            trace.charges.append(
+                self.stack.pricer.model_tokens(
+                    layer="edge",
+                    environment=env.name,
+                    model=EDGE_MODEL,
+                    prompt_tokens=generation.prompt_tokens,
+                    completion_tokens=generation.completion_tokens,
+                )
+            )
+            return _Served("edge", generation.text, env.name, ["edge"], first_rung="edge")
+        return None
+
+    def _cognitive(
+        self, capsule: Capsule, request: TaskRequest, advice: RouteAdvice, trace: _Trace
+    ) -> _Served:
+        bridge = self.stack.bridge
+        hosts = bridge.environments_hosting(COGNITIVE)
+        allowed = [e for e in hosts if capsule.allows(e)]
+        if not allowed:
+            raise SovereigntyViolation(
+                f"capsule {capsule.id!r} allows none of the environments serving the cognitive "
+                f"layer ({', '.join(e.name for e in hosts)})",
+                field="allowed_environments",
+            )
+        home = self._home(capsule)
+        tried = []
+        for env in sorted(allowed, key=lambda e: (e.name != home, e.name)):
+            started = time.perf_counter()
+            try:
+                endpoint = bridge.client(capsule, env.name, COGNITIVE)
+                generation = endpoint.complete(
+                    capsule.id,
+                    request.prompt,
+                    max_new_tokens=request.max_tokens,
+                    start_tier=advice.start_tier,
+                )
+            except Unavailable as exc:
+                trace.hop(
+                    started,
+                    layer="cognitive",
+                    environment=env.name,
+                    model="auto",
+                    ok=False,
+                    detail=exc.one_line(),
+                )
+                self.metrics.fallbacks.labels("cognitive", env.name).inc()
+                tried.append(env.name)
+                continue
+            return self._charge_cascade(env.name, generation, started, trace)
+        raise Unavailable(
+            f"no environment allowed for capsule {capsule.id!r} could serve it "
+            f"(tried {', '.join(tried)})",
+            field="environment",
+        )
+
+    def _charge_cascade(
+        self, env: str, generation: Generation, started: float, trace: _Trace
+    ) -> _Served:
+        decisions = getattr(generation, "decisions", ())
+        share = (time.perf_counter() - started) * 1000 / max(1, len(decisions))
+        for decision in decisions:
+            verdict = "handed on" if decision.escalated else "answered"
+            threshold = "" if decision.threshold is None else f" vs {decision.threshold:.3f}"
+            trace.hops.append(
+                Hop(
+                    layer="cognitive",
+                    environment=env,
+                    model=decision.tier,
+                    ok=True,
+                    detail=f"{verdict}: signal {decision.signal:.3f}{threshold}",
+                    tokens=decision.prompt_tokens + decision.completion_tokens,
+                    latency_ms=share,
+                )
+            )
+            trace.charges.append(
+                self.stack.pricer.model_tokens(
+                    layer="cognitive",
+                    environment=env,
+                    model=get_tier(decision.tier).preset,
+                    prompt_tokens=decision.prompt_tokens,
+                    completion_tokens=decision.completion_tokens,
+                )
+            )
+        if decisions:
+            trace.hops[-1].mean_entropy = _mean(generation.entropies)
+        path = [f"cognitive/{d.tier}" for d in decisions] or ["cognitive"]
+        first = decisions[0] if decisions else None
+        return _Served(
+            "cognitive",
+            generation.text,
+            env,
+            path,
+            first_rung=first.tier if first else None,
+            first_failed=bool(first and first.escalated),
+            escalated=len(decisions) > 1,
+        )
+
+    def _learn(
+        self, capsule: Capsule, env: str, result: TaskResult, task: Task | None, trace: _Trace
+    ) -> bool:
+        verdict = result.verified
+        trajectory = _trajectory(
+            capsule,
+            result,
+            task,
+            judge="verifier" if verdict is not None else "none",
+            verdict=verdict,
+            detail=None,
+            suffix="",
+        )
+        started = time.perf_counter()
+        try:
+            self.stack.bridge.client(capsule, env, CONTEXT).learn(trajectory)
+        except Unavailable as exc:
+            log.warning("learning skipped", capsule=capsule.id, reason=exc.one_line())
+            trace.hop(
+                started,
+                layer="context",
+                environment=env,
+                model="learn",
+                ok=False,
+                detail=exc.one_line(),
+            )
+            return False
+        trace.hop(started, layer="context", environment=env, model="learn", ok=True)
+        trace.charges.append(
+            self.stack.pricer.cpu_seconds(
+                layer="context", environment=env, seconds=time.perf_counter() - started
+            )
+        )
+        return True
+
+    def _learn_rules(
+        self,
+        capsule: Capsule,
+        env: str,
+        task: Task | None,
+        served: _Served,
+        verified: bool | None,
+        retrieval: Retrieval,
+    ) -> None:
+        if task is None or verified is None or served.first_rung is None:
+            return
+        failed = served.first_failed or (len(served.path) == 1 and not verified)
+        delta = self.rules.observe(
+            capsule.domain, task.kind, served.first_rung, failed, retrieval.bullets
+        )
+        if delta is not None:
+            try:
+                self.stack.bridge.client(capsule, env, CONTEXT).apply_delta(capsule.id, delta)
+                log.info(
+                    "routing rule learned",
+                    domain=capsule.domain,
+                    rule=getattr(delta.ops[0], "content", ""),
+                )
+            except Unavailable as exc:
+                log.warning("routing rule not stored", reason=exc.one_line())
+
+    def _observe(self, capsule: Capsule, result: TaskResult, trace: _Trace) -> None:
+        m = self.metrics
+        m.requests.labels(result.route, capsule.id, capsule.kind).inc()
+        m.latency.labels(result.route).observe(result.latency_ms / 1000)
+        verdict = {True: "correct", False: "wrong", None: "unknown"}[result.verified]
+        m.outcomes.labels(result.route, verdict).inc()
+        if result.escalated:
+            m.escalations.labels(capsule.id).inc()
+        for hop in trace.hops:
+            m.layer_latency.labels(hop.layer).observe(hop.latency_ms / 1000)
+        for charge in trace.charges:
+            m.cost.labels(charge.layer, charge.environment, capsule.id).inc(charge.usd)
+            m.accelerator_seconds.labels(charge.layer, charge.accelerator or "cpu").inc(
+                charge.accelerator_seconds
+            )
+
+    # -- the plan's view of a capsule --------------------------------------------------
+    def _home(self, capsule: Capsule) -> str | None:
+        assignment = self.stack.assignments.get(capsule.id)
+        return assignment.environment if assignment else None
+
+    def _assignment_edges(self, capsule: Capsule) -> set[str]:
+        assignment = self.stack.assignments.get(capsule.id)
+        return set(assignment.edge_environments) if assignment else set()
+
+
+def _task_of(prompt: str, domain: str) -> Task | None:
+    """The task-family view of a prompt, or None for free text the verifier cannot judge."""
+    try:
+        return make_task(prompt, domain)
+    except InvalidInput:
+        return None
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _cost(charges: list[Charge]) -> Cost:
+    by_layer: dict[str, float] = {}
+    for c in charges:
+        by_layer[c.layer] = by_layer.get(c.layer, 0.0) + c.usd
+    return Cost(
+        usd=sum(by_layer.values()),
+        accelerator_seconds=sum(c.accelerator_seconds for c in charges),
+        by_layer=by_layer,
+    )
+
+
+def _context_use(env: str, retrieval: Retrieval | None, advice: RouteAdvice) -> ContextUse | None:
+    if retrieval is None:
+        return None
+    return ContextUse(
+        environment=env,
+        domain=retrieval.domain,
+        version=retrieval.version,
+        bullets=[b.bullet.id for b in retrieval.bullets],
+        rules=list(advice.rules),
+        memories=[m.memory.id for m in retrieval.memories],
+    )
+
+
+def _trajectory(
+    capsule: Capsule,
+    result: TaskResult,
+    task: Task | None,
+    *,
+    judge: Literal["verifier", "client", "none"],
+    verdict: bool | None,
+    detail: str | None,
+    suffix: str,
+) -> Trajectory:
+    steps = [
+        TrajectoryStep(
+            layer=h.layer,
+            tier=h.model,
+            mean_entropy=h.mean_entropy,
+            tokens=h.tokens,
+            latency_ms=h.latency_ms,
+            escalated="handed on" in h.detail,
+        )
+        for h in result.hops
+        if h.ok and h.layer in ("edge", "cognitive", "cache")
+    ]
+    outcome = "unknown" if verdict is None else "success" if verdict else "failure"
+    if detail is None and task is not None and verdict is False:
+        detail = f"expected {task.answer}"
+    return Trajectory(
+        id=result.id + suffix,
+        capsule_id=capsule.id,
+        domain=capsule.domain,
+        task_id=task.id if task else None,
+        task_kind=task.kind if task else None,
+        difficulty=task.difficulty if task else None,
+        prompt=result.prompt,
+        answer=result.answer,
+        outcome=outcome,
+        judge=judge,
+        verdict_detail=detail,
+        steps=steps,
+        bullet_ids=list(result.context.rules) if result.context else [],
+        memory_ids=list(result.context.memories) if result.context else [],
+        latency_ms=result.latency_ms,
+        cost_usd=result.cost.usd,
+    )

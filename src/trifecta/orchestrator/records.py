@@ -1,0 +1,167 @@
+"""The request log: every served task with its path, verdict and charges, in one transaction.
+
+It also answers the playbook's "cached responses" (Phase 1): a capsule asking again exactly
+what it asked before gets the earlier answer when that answer was verified correct (by the
+task verifier or the client's feedback), without running a model. An in-process set of the
+(capsule, prompt) pairs with a correct answer spares a database query on every miss; a hit is
+confirmed against the database, so feedback recorded by another process is respected. (Answers
+another process verified are found after a restart: the set is loaded at start-up.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+from collections.abc import Sequence
+
+from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
+
+from trifecta.core.db import ensure_schema, transaction
+from trifecta.core.errors import NotFound
+from trifecta.orchestrator.ledger import Charge, CostLedger
+from trifecta.orchestrator.models import TaskResult
+from trifecta.orchestrator.tables import requests
+
+
+def _correct() -> ColumnElement[bool]:
+    """An answer the client confirmed, or that the verifier judged right and the client did
+    not overrule."""
+    return and_(
+        requests.c.answer.is_not(None),
+        or_(
+            requests.c.feedback.is_(True),
+            and_(requests.c.feedback.is_(None), requests.c.verified.is_(True)),
+        ),
+    )
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.blake2b(prompt.encode(), digest_size=16).hexdigest()
+
+
+class RequestLog:
+    def __init__(self, engine: Engine, ledger: CostLedger):
+        self.engine = engine
+        self.ledger = ledger
+        ensure_schema(engine, "trifecta.orchestrator")
+        self._answered: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        with transaction(engine) as session:
+            rows = session.execute(
+                select(requests.c.capsule_id, requests.c.prompt_hash).where(_correct()).distinct()
+            )
+            self._answered.update((str(c), str(h)) for c, h in rows)
+
+    def save(
+        self,
+        result: TaskResult,
+        *,
+        capsule_kind: str,
+        charges: Sequence[Charge],
+        difficulty: int | None,
+        run_id: str | None,
+    ) -> None:
+        at = dt.datetime.now(dt.UTC)
+        with transaction(self.engine, write=True) as session:
+            session.execute(
+                requests.insert().values(
+                    id=result.id,
+                    capsule_id=result.capsule_id,
+                    run_id=run_id,
+                    prompt=result.prompt,
+                    prompt_hash=prompt_hash(result.prompt),
+                    answer=result.answer,
+                    route=result.route,
+                    path=result.path,
+                    environment=result.environment,
+                    verified=result.verified,
+                    feedback=None,
+                    difficulty=difficulty,
+                    latency_ms=result.latency_ms,
+                    tokens=sum(h.tokens for h in result.hops),
+                    cost_usd=result.cost.usd,
+                    detail=result.model_dump(mode="json"),
+                    created_at=at,
+                )
+            )
+            self.ledger.record(
+                session,
+                request_id=result.id,
+                capsule_id=result.capsule_id,
+                capsule_kind=capsule_kind,
+                items=charges,
+                at=at,
+            )
+
+    def get(self, request_id: str, capsule_id: str) -> TaskResult:
+        with transaction(self.engine) as session:
+            detail = session.execute(
+                select(requests.c.detail).where(
+                    requests.c.id == request_id, requests.c.capsule_id == capsule_id
+                )
+            ).scalar_one_or_none()
+        if detail is None:
+            raise NotFound(f"capsule {capsule_id!r} has no task {request_id!r}", field="task_id")
+        return TaskResult.model_validate(detail)
+
+    def find(self, request_id: str) -> TaskResult | None:
+        with transaction(self.engine) as session:
+            detail = session.execute(
+                select(requests.c.detail).where(requests.c.id == request_id)
+            ).scalar_one_or_none()
+        return TaskResult.model_validate(detail) if detail is not None else None
+
+    def cached_answer(self, capsule_id: str, prompt: str) -> tuple[str, str] | None:
+        """(answer, request id) of the capsule's latest correct answer to exactly `prompt`."""
+        key = (capsule_id, prompt_hash(prompt))
+        with self._lock:
+            if key not in self._answered:
+                return None
+        query = (
+            select(requests.c.answer, requests.c.id, requests.c.prompt)
+            .where(
+                requests.c.capsule_id == capsule_id,
+                requests.c.prompt_hash == prompt_hash(prompt),
+                requests.c.answer.is_not(None),
+                or_(
+                    requests.c.feedback.is_(True),
+                    and_(requests.c.feedback.is_(None), requests.c.verified.is_(True)),
+                ),
+            )
+            .order_by(requests.c.created_at.desc())
+            .limit(3)
+        )
+        with transaction(self.engine) as session:
+            for answer, request_id, stored in session.execute(query):
+                if stored == prompt:
+                    return str(answer), str(request_id)
+        return None
+
+    def set_feedback(self, request_id: str, capsule_id: str, success: bool) -> None:
+        with transaction(self.engine, write=True) as session:
+            found = session.execute(
+                update(requests)
+                .where(requests.c.id == request_id, requests.c.capsule_id == capsule_id)
+                .values(feedback=success)
+                .returning(requests.c.prompt_hash)
+            ).scalar_one_or_none()
+        if found is None:
+            raise NotFound(f"capsule {capsule_id!r} has no task {request_id!r}", field="task_id")
+        if success:
+            with self._lock:
+                self._answered.add((capsule_id, str(found)))
+
+    def count(self, *, run_id: str | None = None) -> int:
+        query = select(func.count()).select_from(requests)
+        if run_id is not None:
+            query = query.where(requests.c.run_id == run_id)
+        with transaction(self.engine) as session:
+            return int(session.execute(query).scalar_one())
+
+    def usd(self, *, run_id: str | None = None) -> float:
+        query = select(func.coalesce(func.sum(requests.c.cost_usd), 0.0))
+        if run_id is not None:
+            query = query.where(requests.c.run_id == run_id)
+        with transaction(self.engine) as session:
+            return float(session.execute(query).scalar_one())

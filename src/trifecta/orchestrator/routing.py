@@ -1,0 +1,129 @@
+"""Routing rules: the part of a domain's ACE playbook that the orchestrator acts on.
+
+The shipped models are character-level and cannot read a playbook in their prompt, so the
+playbook steers the route instead. A routing bullet (section `routing_start_<kind>` or
+`routing_noedge_<kind>`, one active rule per section) says, in words a person reads and this
+module parses back:
+
+    start: lookup_chain tasks start on the large tier (small: 9 of 12 handed on or wrong)
+    no-edge: add tasks stay off the edge (edge: 7 of 10 wrong)
+
+`RuleLearner` writes such bullets as ACE deltas from measured outcomes (a structured insight,
+not invented text): `ADD` for a new rule, `UPDATE` when a start rule moves up a tier. Every
+request that follows a rule names the bullet in its trajectory, so the context layer's
+reflector tags it helpful or harmful by the verifier's verdict, and grow-and-refine prunes
+rules that hurt. A second run starts from the rules the first one learned.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from trifecta.context.deltas import AddOp, Delta, UpdateOp
+from trifecta.context.models import RankedBullet
+
+START, NO_EDGE = "routing_start_", "routing_noedge_"
+_START = re.compile(r"^start: (?P<kind>[a-z_]+) tasks start on the (?P<tier>[a-z0-9_-]+) tier")
+_NO_EDGE = re.compile(r"^no-edge: (?P<kind>[a-z_]+) tasks stay off the edge")
+# How much evidence makes a rule: at least MIN_SAMPLES outcomes, most of them bad.
+MIN_SAMPLES = 8
+FAILURE_SHARE = 0.6
+
+
+@dataclass(frozen=True)
+class RouteAdvice:
+    start_tier: str | None  # None: the cascade's first tier
+    edge: bool  # may the edge serve it
+    rules: tuple[str, ...]  # bullet ids of the rules that changed the route
+
+
+def advise(kind: str | None, bullets: Iterable[RankedBullet], tiers: Sequence[str]) -> RouteAdvice:
+    """The route the domain's routing rules give a task of `kind`. Rules with more harmful
+    than helpful tags are not followed (grow-and-refine prunes them later)."""
+    if kind is None:
+        return RouteAdvice(None, True, ())
+    start, edge, used = None, True, []
+    for ranked in bullets:
+        bullet = ranked.bullet
+        if bullet.harmful > bullet.helpful:
+            continue
+        if bullet.section == START + kind and (m := _START.match(bullet.content)):
+            if m["tier"] in tiers and (
+                start is None or tiers.index(m["tier"]) > tiers.index(start)
+            ):
+                start = m["tier"]
+                used.append(bullet.id)
+        elif bullet.section == NO_EDGE + kind and _NO_EDGE.match(bullet.content):
+            edge = False
+            used.append(bullet.id)
+    return RouteAdvice(start, edge, tuple(used))
+
+
+def current_start_rule(kind: str, bullets: Iterable[RankedBullet]) -> str | None:
+    """The id of the domain's start rule for `kind`, if it has one."""
+    return next((r.bullet.id for r in bullets if r.bullet.section == START + kind), None)
+
+
+def start_rule(kind: str, tier: str, failed: int, total: int, below: str) -> str:
+    evidence = f"{below}: {failed} of {total} handed on or wrong"
+    return f"start: {kind} tasks start on the {tier} tier ({evidence})"
+
+
+def no_edge_rule(kind: str, failed: int, total: int) -> str:
+    return f"no-edge: {kind} tasks stay off the edge (edge: {failed} of {total} wrong)"
+
+
+class RuleLearner:
+    """Counts, per domain and task kind, how the first rung of each route fared, and proposes
+    a rule when a rung mostly fails: start on the next tier, or stay off the edge."""
+
+    def __init__(self, tiers: Sequence[str]):
+        self.tiers = list(tiers)
+        self._counts: dict[tuple[str, str, str], list[int]] = {}
+        self._proposed: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()
+
+    def observe(
+        self,
+        domain: str,
+        kind: str,
+        rung: str,
+        failed: bool,
+        bullets: Sequence[RankedBullet] = (),
+    ) -> Delta | None:
+        """Record that `rung` (`edge` or a tier name) served or failed a `kind` task first;
+        return the delta for a rule when the evidence has just become enough. `bullets` are the
+        domain's retrieved bullets, so that a start rule moving up a tier is an UPDATE."""
+        key = (domain, kind, rung)
+        with self._lock:
+            counts = self._counts.setdefault(key, [0, 0])
+            counts[0] += 1
+            counts[1] += int(failed)
+            total, bad = counts
+            if total < MIN_SAMPLES or bad < FAILURE_SHARE * total or key in self._proposed:
+                return None
+            self._proposed.add(key)
+        if rung == "edge":
+            op = AddOp(
+                op_id=f"rule-{domain}-{kind}-no-edge",
+                section=NO_EDGE + kind,
+                content=no_edge_rule(kind, bad, total),
+            )
+            return Delta(ops=[op], source="orchestrator rule learner")
+        index = self.tiers.index(rung)
+        if index + 1 >= len(self.tiers):
+            return None  # the last tier has nowhere to hand on to
+        nxt = self.tiers[index + 1]
+        content = start_rule(kind, nxt, bad, total, rung)
+        op_id = f"rule-{domain}-{kind}-start-{nxt}"
+        existing = current_start_rule(kind, bullets)
+        if existing is not None:
+            return Delta(
+                ops=[UpdateOp(op_id=op_id, bullet_id=existing, content=content)],
+                source="orchestrator rule learner",
+            )
+        op = AddOp(op_id=op_id, section=START + kind, content=content)
+        return Delta(ops=[op], source="orchestrator rule learner")

@@ -1,0 +1,174 @@
+"""The main job (`trifecta run`, what `make run` runs): bring the stack up on the embedded
+default, serve a workload of real tasks through every layer, and report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from trifecta.core.errors import TrifectaError
+from trifecta.core.logging import get_logger
+from trifecta.federation.bridge import CONTEXT
+from trifecta.orchestrator.loop import Orchestrator
+from trifecta.orchestrator.models import TaskRequest, TaskResult
+from trifecta.orchestrator.plots import save_plots
+from trifecta.orchestrator.records import RequestLog
+from trifecta.orchestrator.report import (
+    Consistency,
+    ContextGrowth,
+    CostSummary,
+    RunReport,
+    accuracy_by_grade,
+    kind_costs,
+    previous_report,
+    rollup_map,
+    route_rows,
+)
+from trifecta.orchestrator.routing import NO_EDGE, START
+from trifecta.orchestrator.stack import Stack
+from trifecta.orchestrator.workload import WorkItem, build_workload
+
+log = get_logger("trifecta.run")
+Progress = Callable[[int], None]
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def context_sizes(stack: Stack) -> dict[str, tuple[int, int, int, int]]:
+    """domain -> (active bullets, pruned bullets, memories, active routing rules), read through
+    one capsule of the domain (tenancy applies to the report too)."""
+    sizes = {}
+    by_domain = {c.domain: c for c in stack.capsules.values()}
+    for domain, capsule in sorted(by_domain.items()):
+        env = stack.place_domain(domain)
+        client = stack.bridge.client(capsule, env, CONTEXT)
+        stats = client.stats(capsule.id)
+        rules = sum(
+            1 for b in client.playbook(capsule.id).bullets if b.section.startswith((START, NO_EDGE))
+        )
+        sizes[domain] = (
+            stats.active_bullets,
+            stats.bullets.get("pruned", 0),
+            stats.memories,
+            rules,
+        )
+    return sizes
+
+
+def serve_workload(
+    orchestrator: Orchestrator,
+    items: list[WorkItem],
+    *,
+    workers: int,
+    progress: Progress | None = None,
+) -> tuple[list[TaskResult], int]:
+    """Serve every item (in `workers` threads); returns the results and the refused count."""
+    results: list[TaskResult] = []
+    failed = 0
+
+    def one(item: WorkItem) -> TaskResult | None:
+        try:
+            return orchestrator.serve(item.capsule_id, TaskRequest(prompt=item.task.prompt))
+        except TrifectaError as exc:
+            log.warning("request refused", capsule=item.capsule_id, reason=exc.one_line())
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for result in pool.map(one, items):
+            if result is None:
+                failed += 1
+            else:
+                results.append(result)
+            if progress is not None:
+                progress(1)
+    return results, failed
+
+
+def run(
+    stack: Stack,
+    *,
+    requests: int,
+    seed: int,
+    workers: int,
+    out_dir: Path,
+    progress: Progress | None = None,
+    run_id: str | None = None,
+) -> RunReport:
+    run_id = run_id or new_run_id()
+    before = context_sizes(stack)
+    capsules = list(stack.capsules.values())
+    items = build_workload(capsules, requests, seed=seed)
+    orchestrator = Orchestrator(stack, run_id=run_id)
+    started = time.perf_counter()
+    results, failed = serve_workload(orchestrator, items, workers=workers, progress=progress)
+    seconds = time.perf_counter() - started
+    after = context_sizes(stack)
+    grades = _grades(results, items)
+    kinds, fleet_hour = kind_costs(results, stack.capsules, stack.phase, stack.plan)
+    cognitive = [r for r in results if r.route == "cognitive"]
+    log_ = RequestLog(stack.engine, stack.ledger)
+    total = sum(r.cost.usd for r in results)
+    report = RunReport(
+        run_id=run_id,
+        phase=stack.phase,
+        seconds=seconds,
+        requests=len(results),
+        failed=failed,
+        throughput_rps=len(results) / seconds if seconds else 0.0,
+        capsules=len(capsules),
+        routes=route_rows(results, seconds),
+        escalation_rate=sum(r.escalated for r in cognitive) / max(1, len(cognitive)),
+        edge_share=sum(r.route == "edge" for r in results) / max(1, len(results)),
+        cache_share=sum(r.route == "cache" for r in results) / max(1, len(results)),
+        accuracy=_share([r.verified for r in results if r.verified is not None]),
+        accuracy_by_grade={},
+        context=ContextGrowth(
+            domains=len(after),
+            bullets_before=sum(v[0] for v in before.values()),
+            bullets_after=sum(v[0] for v in after.values()),
+            pruned_after=sum(v[1] for v in after.values()),
+            memories_before=sum(v[2] for v in before.values()),
+            memories_after=sum(v[2] for v in after.values()),
+            rules_after=sum(v[3] for v in after.values()),
+            requests_following_rules=sum(bool(r.context and r.context.rules) for r in results),
+            learned=sum(r.learned for r in results),
+        ),
+        cost=CostSummary(
+            total_usd=total,
+            usd_per_request=total / max(1, len(results)),
+            usd_per_hour_at_demand=fleet_hour,
+            plan_usd_per_hour=stack.plan.cost_per_hour,
+            by_layer=rollup_map(stack.ledger.rollup("layer", run_id=run_id)),
+            by_environment=rollup_map(stack.ledger.rollup("environment", run_id=run_id)),
+            kinds=kinds,
+        ),
+        consistency=Consistency(
+            requests_logged=log_.count(run_id=run_id),
+            ledger_usd=sum(rollup_map(stack.ledger.rollup("layer", run_id=run_id)).values()),
+            request_usd=log_.usd(run_id=run_id),
+        ),
+    )
+    report.accuracy_by_grade = accuracy_by_grade(results, grades)
+    runs_dir = out_dir.parent
+    earlier = previous_report(runs_dir, run_id)
+    report.previous = earlier.headline() if earlier else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(report.model_dump_json(indent=2))
+    (out_dir / "results.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in results))
+    save_plots(report, results, out_dir)
+    return report
+
+
+def _grades(results: list[TaskResult], items: list[WorkItem]) -> dict[str, int | None]:
+    by_prompt = {(i.capsule_id, i.task.prompt): i.task.difficulty for i in items}
+    return {r.id: by_prompt.get((r.capsule_id, r.prompt)) for r in results}
+
+
+def _share(values: list[bool]) -> float | None:
+    return sum(values) / len(values) if values else None

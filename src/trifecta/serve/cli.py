@@ -1,0 +1,27 @@
+"""`trifecta serve`: every HTTP surface in one process."""
+
+from __future__ import annotations
+
+import typer
+
+
+def serve_command(
+    host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+    port: int = typer.Option(8000, min=1, max=65535),
+    replicas: int = typer.Option(1, min=1, max=16, help="replicas per cognitive tier"),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Serve the OpenAI-compatible API, capsule tasks, the context service, the control plane
+    and Prometheus metrics (OpenAPI at /docs)."""
+    import uvicorn
+
+    from trifecta.cognitive.serving.factory import build_service
+    from trifecta.orchestrator.stack import Stack
+    from trifecta.serve.app import create_app
+
+    stack = Stack()
+    stack.warm_up()
+    app = create_app(
+        stack, cognitive=build_service(phase=stack.phase, replicas=replicas), own_stack=True
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import pytest
+
+from trifecta.core.errors import NotFound, QuotaExceeded
+from trifecta.core.tasks import generate_tasks
+from trifecta.fleet.capsules import Capsule, Demand
+from trifecta.orchestrator.loop import Orchestrator
+from trifecta.orchestrator.models import Feedback, TaskRequest
+from trifecta.orchestrator.stack import Stack
+
+
+def _capsule(stack: Stack, suffix: str, **fields: object) -> Capsule:
+    capsule = Capsule(id=f"t-{suffix}", name=suffix, kind="digital_twin", domain=f"d-{suffix}",
+                      **fields)  # type: ignore[arg-type]
+    return stack.add_capsule(capsule)
+
+
+def test_a_task_goes_through_every_step_and_is_logged(stack: Stack) -> None:
+    orchestrator = Orchestrator(stack, run_id="loop-1")
+    capsule = _capsule(stack, "steps")
+    task = generate_tasks(1, seed=3, split="heldout", difficulties=[3], domain=capsule.domain)[0]
+    result = orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt))
+    assert result.route == "cognitive" and result.path[0] == "cognitive/small"
+    assert result.verified == (result.answer is not None and result.answer.strip() == task.answer)
+    assert result.context is not None and result.context.domain == capsule.domain
+    assert result.learned
+    layers = [h.layer for h in result.hops]
+    assert layers[0] == "context" and "cognitive" in layers
+    assert result.cost.usd == pytest.approx(sum(result.cost.by_layer.values()))
+    assert result.cost.by_layer["cognitive"] > 0 and result.cost.by_layer["context"] > 0
+    # Logged with its charges; the ledger and the request agree.
+    assert orchestrator.records.get(result.id, capsule.id).answer == result.answer
+    rollup = stack.ledger.rollup("capsule_id", capsule_ids=[capsule.id])
+    assert rollup[0].usd == pytest.approx(result.cost.usd) and rollup[0].requests == 1
+    # The context layer now holds a memory of it.
+    stats = stack.context.stats(capsule.id)
+    assert stats.memories == 1
+
+
+def test_light_tasks_go_to_the_edge_and_heavy_ones_do_not(stack: Stack) -> None:
+    orchestrator = Orchestrator(stack)
+    capsule = _capsule(stack, "light")
+    light = generate_tasks(3, seed=4, split="heldout", difficulties=[1], domain=capsule.domain)
+    heavy = generate_tasks(2, seed=4, split="heldout", difficulties=[5], domain=capsule.domain)
+    for task in light:
+        result = orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt))
+        assert result.route == "edge" and result.environment in stack.meshes
+        assert result.cost.by_layer["edge"] > 0
+    for task in heavy:
+        assert orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt)).route == "cognitive"
+
+
+def test_a_verified_answer_is_served_from_the_cache_next_time(stack: Stack) -> None:
+    orchestrator = Orchestrator(stack)
+    capsule = _capsule(stack, "cache")
+    prompt = "a=12,b=30;a?"
+    first = orchestrator.serve(capsule.id, TaskRequest(prompt=prompt))
+    again = orchestrator.serve(capsule.id, TaskRequest(prompt=prompt))
+    if first.verified:
+        assert again.route == "cache" and again.answer == first.answer and again.verified
+        assert "cognitive" not in again.cost.by_layer and "edge" not in again.cost.by_layer
+    else:  # a wrong answer is never cached
+        assert again.route != "cache"
+    # Another capsule never sees this capsule's cache.
+    other = _capsule(stack, "cache-other")
+    assert orchestrator.serve(other.id, TaskRequest(prompt=prompt)).route != "cache"
+
+
+def test_client_feedback_is_recorded_and_learned(stack: Stack) -> None:
+    orchestrator = Orchestrator(stack)
+    capsule = _capsule(stack, "feedback")
+    result = orchestrator.serve(capsule.id, TaskRequest(prompt="t=5,p=7;t+p?"))
+    before = stack.context.stats(capsule.id).memories
+    answer = orchestrator.feedback(capsule.id, result.id, Feedback(success=False, detail="wrong"))
+    assert answer.outcome == "failure" and answer.learned
+    assert stack.context.stats(capsule.id).memories >= before  # a failure lesson (or reinforced)
+    # A verified-wrong answer overruled by the client as right becomes cacheable.
+    orchestrator.feedback(capsule.id, result.id, Feedback(success=True))
+    assert orchestrator.records.cached_answer(capsule.id, "t=5,p=7;t+p?") is not None
+    with pytest.raises(NotFound):
+        orchestrator.feedback(capsule.id, "req-unknown", Feedback(success=True))
+
+
+def test_request_ids_make_submission_idempotent(stack: Stack) -> None:
+    orchestrator = Orchestrator(stack)
+    capsule = _capsule(stack, "idem")
+    first = orchestrator.serve(capsule.id, TaskRequest(prompt="9+9?", request_id="fixed-1"))
+    second = orchestrator.serve(capsule.id, TaskRequest(prompt="9+9?", request_id="fixed-1"))
+    assert first == second and orchestrator.records.count() >= 1
+
+
+def test_quota_refuses_with_retry_after(stack: Stack) -> None:
+    orchestrator = Orchestrator(stack, learn=False)
+    capsule = _capsule(stack, "quota", quota_rps=1.0, demand=Demand(requests_per_s=1))
+    orchestrator.serve(capsule.id, TaskRequest(prompt="1+2?"))
+    with pytest.raises(QuotaExceeded) as err:
+        orchestrator.serve(capsule.id, TaskRequest(prompt="1+3?"))
+    assert 0 < err.value.retry_after <= 1.0
+
+
+def test_unknown_capsule_is_not_found(stack: Stack) -> None:
+    with pytest.raises(NotFound) as err:
+        Orchestrator(stack).serve("nobody", TaskRequest(prompt="1+1?"))
+    assert err.value.field == "capsule_id"
+
+
+def test_free_text_is_served_unverified_and_awaits_feedback(stack: Stack) -> None:
+    orchestrator = Orchestrator(stack)
+    capsule = _capsule(stack, "free")
+    result = orchestrator.serve(capsule.id, TaskRequest(prompt="status?"))
+    assert result.route == "cognitive" and result.verified is None and result.learned
+    assert orchestrator.records.cached_answer(capsule.id, "status?") is None
+    orchestrator.feedback(capsule.id, result.id, Feedback(success=True))
+    assert orchestrator.records.cached_answer(capsule.id, "status?") is not None
