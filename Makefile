@@ -29,7 +29,7 @@ dev: $(VENV)/.installed-dev
 
 ## run: set up and run the main job on the embedded default
 run: $(VENV)/.installed-run
-	$(BIN)/trifecta plan
+	$(BIN)/trifecta run
 
 ## services: install (Debian packages) and start Postgres and Redis on loopback
 services:

@@ -64,12 +64,14 @@ def main() -> int:
         try:
             with Progress(console=console, transient=True) as progress:
                 for route, grades in (("cognitive", [3, 4, 5]), ("edge", [1, 2])):
-                    tasks = generate_tasks(args.requests, seed=17, split="heldout",
-                                           difficulties=grades, domain="bench")
+                    tasks = generate_tasks(
+                        args.requests, seed=17, split="heldout", difficulties=grades, domain="bench"
+                    )
                     prompts = list(dict.fromkeys(t.prompt for t in tasks))
                     job = progress.add_task(f"{route}: {len(prompts)} tasks", total=len(prompts))
-                    cell = rows.setdefault(route, {"direct": [], "e2e": [], "layers": [],
-                                                   "overhead": []})
+                    cell = rows.setdefault(
+                        route, {"direct": [], "e2e": [], "layers": [], "overhead": []}
+                    )
                     for prompt in prompts:
                         started = time.perf_counter()
                         if route == "cognitive":
@@ -89,39 +91,60 @@ def main() -> int:
             stack.close()
 
     table = Table(title="Orchestration overhead per request (ms)")
-    for col in ("route", "n", "layer called directly p50", "through the loop p50",
-                "layer hops inside p50", "overhead p50", "overhead p99"):
+    for col in (
+        "route",
+        "n",
+        "layer called directly p50",
+        "through the loop p50",
+        "layer hops inside p50",
+        "overhead p50",
+        "overhead p99",
+    ):
         table.add_column(col, justify="right")
     ok = True
     lines = []
     for route, cell in rows.items():
         overhead50 = pct(cell["overhead"], 50)
         ok &= overhead50 < GOAL_MS
-        values = (len(cell["e2e"]), pct(cell["direct"], 50), pct(cell["e2e"], 50),
-                  pct(cell["layers"], 50), overhead50, pct(cell["overhead"], 99))
+        values = (
+            len(cell["e2e"]),
+            pct(cell["direct"], 50),
+            pct(cell["e2e"], 50),
+            pct(cell["layers"], 50),
+            overhead50,
+            pct(cell["overhead"], 99),
+        )
         table.add_row(route, str(values[0]), *(f"{v:.2f}" for v in values[1:]))
-        lines.append(f"| {route} | {values[0]} | " + " | ".join(f"{v:.2f}" for v in values[1:])
-                     + " |")
+        lines.append(
+            f"| {route} | {values[0]} | " + " | ".join(f"{v:.2f}" for v in values[1:]) + " |"
+        )
     console.print(table)
     verdict = "met" if ok else "NOT met"
     console.print(f"goal: overhead p50 under {GOAL_MS} ms on every route: {verdict}")
-    write_section("overhead", "\n".join([
-        "## Orchestration overhead (`benchmarks/overhead.py`)",
-        "",
-        "Command: `.venv/bin/python benchmarks/overhead.py --requests "
-        f"{args.requests}`. Baseline in the same run: the layer called directly (the cascade, "
-        "or the edge mesh) on the same tasks, alternating with the full loop. The loop's "
-        "overhead is its end-to-end time minus the layer hops it timed (context retrieve, the "
-        "layer through the mock bridge, context learn): quota, shard placement, routing "
-        "rules, response-cache lookup, verifier, request log and cost ledger writes, metrics.",
-        "",
-        "| route | tasks | layer directly p50 ms | through the loop p50 ms | layer hops inside "
-        "p50 ms | overhead p50 ms | overhead p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        *lines,
-        "",
-        f"Goal: overhead under {GOAL_MS} ms at p50 on every route: **{verdict}**.",
-    ]))
+    write_section(
+        "overhead",
+        "\n".join(
+            [
+                "## Orchestration overhead (`benchmarks/overhead.py`)",
+                "",
+                "Command: `.venv/bin/python benchmarks/overhead.py --requests "
+                f"{args.requests}`. Baseline in the same run: the layer called directly "
+                "(the cascade, "
+                "or the edge mesh) on the same tasks, alternating with the full loop. The loop's "
+                "overhead is its end-to-end time minus the layer hops it timed "
+                "(context retrieve, the "
+                "layer through the mock bridge, context learn): quota, shard placement, routing "
+                "rules, response-cache lookup, verifier, request log and cost ledger writes, metrics.",
+                "",
+                "| route | tasks | layer directly p50 ms | through the loop p50 ms | layer hops inside "
+                "p50 ms | overhead p50 ms | overhead p99 ms |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+                *lines,
+                "",
+                f"Goal: overhead under {GOAL_MS} ms at p50 on every route: **{verdict}**.",
+            ]
+        ),
+    )
     return 0 if ok else 1
 
 

@@ -54,23 +54,50 @@ def main() -> int:
             greedy = greedy_plan(fleet, topology, args.phase)
             greedy_s = time.perf_counter() - started
             progress.advance(task)
-            problems = [*verify_plan(optimised, fleet, topology),
-                        *verify_plan(greedy, fleet, topology)]
+            problems = [
+                *verify_plan(optimised, fleet, topology),
+                *verify_plan(greedy, fleet, topology),
+            ]
             if problems:
                 console.print(f"[red]invalid plan for {size} capsules: {problems[:3]}")
                 return 1
-            rows.append((size, optimised.solver.classes, plan_s, optimised.cost_per_hour,
-                         optimised.solver.mip_gap or 0.0, greedy_s, greedy.cost_per_hour))
+            rows.append(
+                (
+                    size,
+                    optimised.solver.classes,
+                    plan_s,
+                    optimised.cost_per_hour,
+                    optimised.solver.mip_gap or 0.0,
+                    greedy_s,
+                    greedy.cost_per_hour,
+                )
+            )
 
     table = Table(title=f"Planning {args.phase}-phase fleets on {topology.name}")
-    headers = ["capsules", "classes", "plan s", "plan $/h", "proven gap", "greedy s",
-               "greedy $/h", "greedy / plan"]
+    headers = [
+        "capsules",
+        "classes",
+        "plan s",
+        "plan $/h",
+        "proven gap",
+        "greedy s",
+        "greedy $/h",
+        "greedy / plan",
+    ]
     for header in headers:
         table.add_column(header, justify="right")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
     for size, classes, plan_s, cost, gap, greedy_s, greedy_cost in rows:
-        cells = [f"{size:,}", str(classes), f"{plan_s:.2f}", f"{cost:,.2f}", f"{gap:.2%}",
-                 f"{greedy_s:.2f}", f"{greedy_cost:,.2f}", f"{greedy_cost / cost:.3f}"]
+        cells = [
+            f"{size:,}",
+            str(classes),
+            f"{plan_s:.2f}",
+            f"{cost:,.2f}",
+            f"{gap:.2%}",
+            f"{greedy_s:.2f}",
+            f"{greedy_cost:,.2f}",
+            f"{greedy_cost / cost:.3f}",
+        ]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     console.print(table)
@@ -78,31 +105,38 @@ def main() -> int:
     cheaper = all(cost <= greedy_cost + 1e-6 for _, _, _, cost, _, _, greedy_cost in rows)
     largest = max(rows, key=lambda r: r[0])
     fast = largest[0] < 10000 or largest[2] < TIME_LIMIT_S
-    console.print(f"plan <= greedy at every size: {cheaper}; {largest[0]:,} capsules in "
-                  f"{largest[2]:.2f} s (< {TIME_LIMIT_S:g} s: {fast})")
-    write_section("plan_scale", "\n".join([
-        "## Fleet planning at scale (`benchmarks/plan_scale.py`)",
-        "",
-        f"Command: `.venv/bin/python benchmarks/plan_scale.py` (fleets from `trifecta fleet "
-        f"generate --seed {args.seed} --phase {args.phase}`, topology "
-        f"`examples/topologies/federation-large.yaml`).",
-        "Baseline: greedy cheapest-fit (`trifecta.fleet.greedy`), largest capsule first, each "
-        "placed on the option cheapest per token, filling open replicas before opening new "
-        "ones; run in the same script on the same fleets. The planner is the MILP of "
-        "`trifecta.fleet.planner` (HiGHS through `scipy.optimize.milp`), stopped at a plan "
-        f"proven within 0.1% of optimal or after {SOLVER_BUDGET_S:g} s of solving with the best "
-        "plan found; "
-        "\"proven gap\" is its distance from the solver's lower bound. Times are wall-clock for "
-        "the whole call, including building the model and the per-capsule plan. Both plans are "
-        "checked by `verify_plan` before costs are compared.",
-        "",
-        *lines,
-        "",
-        f"Result: the plan costs no more than greedy at every size ({cheaper}); "
-        f"{largest[0]:,} capsules plan in {largest[2]:.2f} s (claim: under {TIME_LIMIT_S:g} s). "
-        "Figures taken on the shared 2-core development machine while other work was running "
-        "(contention); `make bench` on a quiet machine gives the reference figures.",
-    ]))
+    console.print(
+        f"plan <= greedy at every size: {cheaper}; {largest[0]:,} capsules in "
+        f"{largest[2]:.2f} s (< {TIME_LIMIT_S:g} s: {fast})"
+    )
+    write_section(
+        "plan_scale",
+        "\n".join(
+            [
+                "## Fleet planning at scale (`benchmarks/plan_scale.py`)",
+                "",
+                f"Command: `.venv/bin/python benchmarks/plan_scale.py` (fleets from `trifecta fleet "
+                f"generate --seed {args.seed} --phase {args.phase}`, topology "
+                f"`examples/topologies/federation-large.yaml`).",
+                "Baseline: greedy cheapest-fit (`trifecta.fleet.greedy`), largest capsule first, each "
+                "placed on the option cheapest per token, filling open replicas before opening new "
+                "ones; run in the same script on the same fleets. The planner is the MILP of "
+                "`trifecta.fleet.planner` (HiGHS through `scipy.optimize.milp`), stopped at a plan "
+                f"proven within 0.1% of optimal or after {SOLVER_BUDGET_S:g} s of solving with the best "
+                "plan found; "
+                '"proven gap" is its distance from the solver\'s lower bound. Times are wall-clock for '
+                "the whole call, including building the model and the per-capsule plan. Both plans are "
+                "checked by `verify_plan` before costs are compared.",
+                "",
+                *lines,
+                "",
+                f"Result: the plan costs no more than greedy at every size ({cheaper}); "
+                f"{largest[0]:,} capsules plan in {largest[2]:.2f} s (claim: under {TIME_LIMIT_S:g} s). "
+                "Figures taken on the shared 2-core development machine while other work was running "
+                "(contention); `make bench` on a quiet machine gives the reference figures.",
+            ]
+        ),
+    )
     return 0 if cheaper and fast else 1
 
 

@@ -64,6 +64,19 @@ def test_heldout_split_is_disjoint_from_training() -> None:
     assert all(split_of(p) == "heldout" for p in heldout)
 
 
+def test_short_telemetry_curriculum_stays_in_the_family_and_split() -> None:
+    tasks = generate_tasks(600, seed=5, difficulties=[1, 3, 5], short_telemetry=True)
+    sizes: dict[int, set[int]] = {t.difficulty: set() for t in tasks}
+    for task in tasks:
+        assert solve(task.prompt) == task.answer and split_of(task.prompt) == "train"
+        assert estimate_difficulty(task.prompt) == task.difficulty
+        sizes[task.difficulty].add(task.prompt.split(";")[0].count("="))
+    # From only the sensors asked about up to the usual count.
+    assert sizes == {1: {1, 2, 3, 4}, 3: {2, 3, 4}, 5: {3, 4, 5}}
+    # The usual stream is unchanged by the option's existence.
+    assert generate_tasks(50, seed=5) == generate_tasks(50, seed=5, short_telemetry=False)
+
+
 def test_domain_flavours_the_sensors() -> None:
     tasks = generate_tasks(100, seed=3, difficulties=[1], domain="energy")
     letters = {ch for t in tasks for ch in t.prompt.split(";")[0] if ch.isalpha()}

@@ -27,10 +27,46 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 
 
 def test_capsule_crud(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["capsule", "add", "--id", "twin-1", "--domain", "energy", "--rps", "2",
-                "--tokens", "512", "--quality", "0.85"], capsys)[0] == 0
-    assert run(["capsule", "add", "--id", "gov-1", "--kind", "sovereign", "--domain", "defense",
-                "--jurisdiction", "eu", "--light-share", "0.2"], capsys)[0] == 0
+    assert (
+        run(
+            [
+                "capsule",
+                "add",
+                "--id",
+                "twin-1",
+                "--domain",
+                "energy",
+                "--rps",
+                "2",
+                "--tokens",
+                "512",
+                "--quality",
+                "0.85",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            [
+                "capsule",
+                "add",
+                "--id",
+                "gov-1",
+                "--kind",
+                "sovereign",
+                "--domain",
+                "defense",
+                "--jurisdiction",
+                "eu",
+                "--light-share",
+                "0.2",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     code, out, _ = run(["capsule", "list", "--json"], capsys)
     assert code == 0 and [c["id"] for c in json.loads(out)] == ["gov-1", "twin-1"]
     code, out, _ = run(["capsule", "show", "gov-1"], capsys)
@@ -53,31 +89,39 @@ def _write(path: Path, text: str) -> str:
 CAPSULE = "capsules:\n  - {id: a, name: A, kind: digital_twin, domain: x%s}\n"
 
 
-@pytest.mark.parametrize(("argv", "field"), [
-    (["size", "--preset", "userlm-8b", "--accelerator", "tpu-v9"], "accelerator"),
-    (["capsule", "add", "--id", "x", "--rps", "-1"], "demand.requests_per_s"),
-    (["capsule", "add", "--id", "x", "--light-share", "0.8", "--generative-share", "0.5"],
-     "demand.generative_share"),
-    (["capsule", "add", "--id", "x", "--kind", "sovereign"], "jurisdiction"),
-    (["plan", "--fleet", "MALFORMED"], "fleet"),
-    (["plan", "--fleet", "NEGATIVE"], "fleet.capsules[0].demand.requests_per_s"),
-    (["plan", "--topology", "BAD_TOPOLOGY"], "topology.environments[0].nodes[0].accelerator"),
-    (["plan", "--phase", "prod"], "phase"),
-    (["plan", "--fleet", "MISSING"], "fleet"),
-    (["fleet", "generate", "--capsules", "0"], "capsules"),
-    (["size"], "params"),
-    (["size", "--params", "7e9", "--batch", "0"], "batch"),
-    (["plan", "--time-limit", "0"], "time_limit"),
-])
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["size", "--preset", "userlm-8b", "--accelerator", "tpu-v9"], "accelerator"),
+        (["capsule", "add", "--id", "x", "--rps", "-1"], "demand.requests_per_s"),
+        (
+            ["capsule", "add", "--id", "x", "--light-share", "0.8", "--generative-share", "0.5"],
+            "demand.generative_share",
+        ),
+        (["capsule", "add", "--id", "x", "--kind", "sovereign"], "jurisdiction"),
+        (["plan", "--fleet", "MALFORMED"], "fleet"),
+        (["plan", "--fleet", "NEGATIVE"], "fleet.capsules[0].demand.requests_per_s"),
+        (["plan", "--topology", "BAD_TOPOLOGY"], "topology.environments[0].nodes[0].accelerator"),
+        (["plan", "--phase", "prod"], "phase"),
+        (["plan", "--fleet", "MISSING"], "fleet"),
+        (["fleet", "generate", "--capsules", "0"], "capsules"),
+        (["size"], "params"),
+        (["size", "--params", "7e9", "--batch", "0"], "batch"),
+        (["plan", "--time-limit", "0"], "time_limit"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_field(
     argv: list[str], field: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     files = {
         "MALFORMED": _write(tmp_path / "m.yaml", "capsules:\n  - id: a\n    name: [oops\n"),
         "NEGATIVE": _write(tmp_path / "n.yaml", CAPSULE % ", demand: {requests_per_s: -2}"),
-        "BAD_TOPOLOGY": _write(tmp_path / "t.yaml", "environments:\n  - {name: c, kind: "
-                               "inference, provider: p, region: r, nodes: [{name: g, "
-                               "accelerator: tpu-v9, count: 1}]}\n"),
+        "BAD_TOPOLOGY": _write(
+            tmp_path / "t.yaml",
+            "environments:\n  - {name: c, kind: "
+            "inference, provider: p, region: r, nodes: [{name: g, "
+            "accelerator: tpu-v9, count: 1}]}\n",
+        ),
         "MISSING": str(tmp_path / "missing.yaml"),
     }
     code, _, err = run([files.get(a, a) for a in argv], capsys)
@@ -86,8 +130,9 @@ def test_bad_input_is_one_line_naming_the_field(
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_plan_prints_tables_and_writes_json_and_yaml(tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_prints_tables_and_writes_json_and_yaml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run(["plan", "--out", str(tmp_path / "plan.json")], capsys)
     assert code == 0
     for heading in ("Environments", "Per capsule kind", "playbook", "Replica pools", "Capsules"):
@@ -100,8 +145,24 @@ def test_plan_prints_tables_and_writes_json_and_yaml(tmp_path: Path,
 
 def test_fleet_generate_import_and_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "fleet.yaml"
-    assert run(["fleet", "generate", "--capsules", "40", "--seed", "4", "--phase", "pilot",
-                "--out", str(path)], capsys)[0] == 0
+    assert (
+        run(
+            [
+                "fleet",
+                "generate",
+                "--capsules",
+                "40",
+                "--seed",
+                "4",
+                "--phase",
+                "pilot",
+                "--out",
+                str(path),
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     code, out, _ = run(["fleet", "show", "--fleet", str(path)], capsys)
     assert code == 0 and "40 capsules" in out
     assert run(["fleet", "import", str(path)], capsys)[0] == 0
@@ -116,15 +177,31 @@ def test_fleet_generate_import_and_plan(tmp_path: Path, capsys: pytest.CaptureFi
 def test_size_table(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["size", "--params", "70e9", "--bits", "16"], capsys)
     assert code == 0 and "h100" in out and "KV-cache shape not given" in out
-    code, out, _ = run(["size", "--preset", "userlm-8b", "--context", "8192",
-                        "--accelerator", "a100-80gb", "--json"], capsys)
+    code, out, _ = run(
+        [
+            "size",
+            "--preset",
+            "userlm-8b",
+            "--context",
+            "8192",
+            "--accelerator",
+            "a100-80gb",
+            "--json",
+        ],
+        capsys,
+    )
     row = json.loads(out)[0]
     assert row["tp_degree"] == 1 and row["decode_tokens_per_s"] == pytest.approx(119.0, abs=0.1)
 
 
 def _trifecta(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "trifecta.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "trifecta.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow
@@ -137,7 +214,16 @@ def test_real_process_exit_codes_and_clean_json(tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.yaml"
     dump_fleet(generate_fleet(400, seed=9, phase="pilot"), fleet)
     topology = Path(__file__).resolve().parents[2] / "examples/topologies/federation-large.yaml"
-    good = _trifecta("plan", "--fleet", str(fleet), "--topology", str(topology), "--phase",
-                     "pilot", "--json", env=env)
+    good = _trifecta(
+        "plan",
+        "--fleet",
+        str(fleet),
+        "--topology",
+        str(topology),
+        "--phase",
+        "pilot",
+        "--json",
+        env=env,
+    )
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout)["solver"]["capsules"] == 400  # nothing but JSON on stdout

@@ -15,8 +15,11 @@ from trifecta.fleet.costs import (
 )
 
 # PLAYBOOK.md section 3, copied by hand: (dev, pilot, full).
-PLAYBOOK_GPU_HOUR = {"rtx-5090": (0.80, 1.00, 1.20), "a100-40gb": (2.20, 2.50, 3.00),
-                     "coral-npu": (0.02, 0.03, 0.05)}
+PLAYBOOK_GPU_HOUR = {
+    "rtx-5090": (0.80, 1.00, 1.20),
+    "a100-40gb": (2.20, 2.50, 3.00),
+    "coral-npu": (0.02, 0.03, 0.05),
+}
 PLAYBOOK_CAPSULE_MONTH = {"digital_twin": (350, 1200, 4000), "sovereign": (2000, 8000, 20000)}
 PHASES = ("dev", "pilot", "full")
 

@@ -28,14 +28,33 @@ TINY: dict[str, Any] = {
     "tier_quality": {"userlm-8b": 0.85, "userlm-13b": 0.9},
     "prices": {"riscv-npu": 0.01},  # cheap boards, so that offloading pays
     "environments": [
-        {"name": "cloud", "kind": "inference", "provider": "test", "region": "r1",
-         "nodes": [{"name": "a", "accelerator": "a10", "count": 2},
-                   {"name": "b", "accelerator": "rtx-5090", "count": 2}]},
-        {"name": "site", "kind": "sovereign", "provider": "test", "region": "r2",
-         "jurisdiction": "eu", "reserved_for": ["sovereign"],
-         "nodes": [{"name": "c", "accelerator": "rtx-5090", "count": 2}]},
-        {"name": "mesh", "kind": "edge", "provider": "test", "region": "r3", "jurisdiction": "eu",
-         "nodes": [{"name": "d", "accelerator": "riscv-npu", "count": 8}]},
+        {
+            "name": "cloud",
+            "kind": "inference",
+            "provider": "test",
+            "region": "r1",
+            "nodes": [
+                {"name": "a", "accelerator": "a10", "count": 2},
+                {"name": "b", "accelerator": "rtx-5090", "count": 2},
+            ],
+        },
+        {
+            "name": "site",
+            "kind": "sovereign",
+            "provider": "test",
+            "region": "r2",
+            "jurisdiction": "eu",
+            "reserved_for": ["sovereign"],
+            "nodes": [{"name": "c", "accelerator": "rtx-5090", "count": 2}],
+        },
+        {
+            "name": "mesh",
+            "kind": "edge",
+            "provider": "test",
+            "region": "r3",
+            "jurisdiction": "eu",
+            "nodes": [{"name": "d", "accelerator": "riscv-npu", "count": 8}],
+        },
     ],
 }
 
@@ -50,13 +69,22 @@ def random_fleet(seed: int, size: int) -> list[Capsule]:
     for i in range(size):
         kind = rng.choice(["digital_twin", "digital_twin", "sovereign"])
         allowed = ["inference"] if kind == "digital_twin" and rng.random() < 0.3 else None
-        fleet.append(Capsule(
-            id=f"c{i}", name=f"c{i}", kind=kind, domain="d",
-            jurisdiction="eu" if kind == "sovereign" else None, allowed_environments=allowed,
-            quality_target=rng.choice([0.85, 0.85, 0.9]),
-            demand=Demand(requests_per_s=rng.choice([1.0, 2.0, 4.0]),
-                          tokens_per_request=rng.choice([256, 512]),
-                          light_share=rng.choice([0.0, 0.3, 0.6]))))
+        fleet.append(
+            Capsule(
+                id=f"c{i}",
+                name=f"c{i}",
+                kind=kind,
+                domain="d",
+                jurisdiction="eu" if kind == "sovereign" else None,
+                allowed_environments=allowed,
+                quality_target=rng.choice([0.85, 0.85, 0.9]),
+                demand=Demand(
+                    requests_per_s=rng.choice([1.0, 2.0, 4.0]),
+                    tokens_per_request=rng.choice([256, 512]),
+                    light_share=rng.choice([0.0, 0.3, 0.6]),
+                ),
+            )
+        )
     return fleet
 
 
@@ -73,9 +101,14 @@ def brute_force_cost(capsules: list[Capsule], topology: Topology, phase: Phase) 
     context = {s.environment: s for s in shapes if s.layer == "context"}
     options = []
     for c in capsules:
-        homes = [(e, t) for e in envs for t, q in topology.tier_quality.items()
-                 if q >= c.quality_target and envs[e].admits(c)
-                 and any(s.group == (e, "cognitive", t) for s in shapes)]
+        homes = [
+            (e, t)
+            for e in envs
+            for t, q in topology.tier_quality.items()
+            if q >= c.quality_target
+            and envs[e].admits(c)
+            and any(s.group == (e, "cognitive", t) for s in shapes)
+        ]
         options.append(homes)
     # replica vectors per environment within its devices: (cost, capacity per group)
     per_env: dict[str, list[tuple[float, dict[tuple[str, str, str], float]]]] = {}
@@ -106,8 +139,10 @@ def brute_force_cost(capsules: list[Capsule], topology: Topology, phase: Phase) 
             if envs[edge.environment].admits(capsule):
                 light[group] += capsule.demand.light_share * capsule.demand.tokens_per_s
             requests[env] += capsule.demand.requests_per_s
-        fixed = sum(math.ceil(r / context[e].capacity - 1e-9) * context[e].price
-                    for e, r in requests.items())
+        fixed = sum(
+            math.ceil(r / context[e].capacity - 1e-9) * context[e].price
+            for e, r in requests.items()
+        )
         home_envs = sorted({g[0] for g in load})
         for vectors in itertools.product(*(per_env[e] for e in home_envs)):
             capacity: dict[tuple[str, str, str], float] = defaultdict(float)
@@ -176,8 +211,9 @@ def test_default_fleet_plans_under_the_dev_target() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["pilot", "full"])
 def test_no_worse_than_greedy_and_both_valid(phase: Phase) -> None:
-    topology = load_topology(Path(__file__).resolve().parents[2] / "examples" / "topologies"
-                             / "federation-large.yaml")
+    topology = load_topology(
+        Path(__file__).resolve().parents[2] / "examples" / "topologies" / "federation-large.yaml"
+    )
     fleet = generate_fleet(300, seed=21, phase=phase)
     optimised, greedy = plan(fleet, topology, phase), greedy_plan(fleet, topology, phase)
     assert verify_plan(optimised, fleet, topology) == []
@@ -197,9 +233,14 @@ def test_plan_serialises_to_json_and_yaml(tmp_path: Path) -> None:
 
 
 def _sovereign(capsule_id: str, jurisdiction: str, rps: float = 0.1) -> Capsule:
-    return Capsule(id=capsule_id, name=capsule_id, kind="sovereign", domain="gov",
-                   jurisdiction=jurisdiction,
-                   demand=Demand(requests_per_s=rps, tokens_per_request=512, light_share=0))
+    return Capsule(
+        id=capsule_id,
+        name=capsule_id,
+        kind="sovereign",
+        domain="gov",
+        jurisdiction=jurisdiction,
+        demand=Demand(requests_per_s=rps, tokens_per_request=512, light_share=0),
+    )
 
 
 def test_infeasible_sovereignty_names_capsules_and_rule() -> None:
@@ -225,9 +266,14 @@ def test_infeasible_quality_and_generative() -> None:
     with pytest.raises(Infeasible) as caught:
         plan([picky], load_topology(), "pilot")
     assert caught.value.field == "quality_target" and "picky" in caught.value.message
-    creative = Capsule(id="creative", name="c", kind="digital_twin", domain="d",
-                       quality_target=0.85,
-                       demand=Demand(requests_per_s=0.1, generative_share=0.3))
+    creative = Capsule(
+        id="creative",
+        name="c",
+        kind="digital_twin",
+        domain="d",
+        quality_target=0.85,
+        demand=Demand(requests_per_s=0.1, generative_share=0.3),
+    )
     with pytest.raises(Infeasible) as caught:
         plan([creative], tiny_topology(), "pilot")
     assert caught.value.field == "generative_share" and "rnd1-30b-a3b" in caught.value.message
@@ -266,8 +312,9 @@ def test_pool_shapes_drop_dominated_parallelism() -> None:
                 assert big.capacity > small.capacity * (big.tp // small.tp)
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "examples"
-                                         / "fleets").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[2] / "examples" / "fleets").glob("*.yaml"))
+)
 def test_example_fleets_plan_on_the_default_topology(path: Path) -> None:
     fleet, topology = load_fleet(path), load_topology()
     result = plan(fleet, topology, "pilot")

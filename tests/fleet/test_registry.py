@@ -14,8 +14,13 @@ from trifecta.fleet.registry import CapsuleRegistry
 @pytest.mark.postgres
 def test_crud_on_both_back_ends(db_url: str) -> None:
     registry = CapsuleRegistry(create_engine(db_url))
-    twin = Capsule(id="twin-1", name="Twin", kind="digital_twin", domain="energy",
-                   demand=Demand(requests_per_s=2, light_share=0.3, generative_share=0.4))
+    twin = Capsule(
+        id="twin-1",
+        name="Twin",
+        kind="digital_twin",
+        domain="energy",
+        demand=Demand(requests_per_s=2, light_share=0.3, generative_share=0.4),
+    )
     registry.add(twin)
     assert registry.get("twin-1") == twin
     with pytest.raises(Conflict):
@@ -46,8 +51,10 @@ def test_a_domain_never_mixes_tenancies(sqlite_url: str) -> None:
             registry.add(intruder)
         assert err.value.field == "domain" and intruder.id in err.value.message
     with pytest.raises(Conflict):  # within one batch too
-        registry.add_many([
-            Capsule(id="x1", name="X", kind="digital_twin", domain="mixed"),
-            Capsule(id="x2", name="Y", kind="sovereign", domain="mixed", jurisdiction="eu"),
-        ])
+        registry.add_many(
+            [
+                Capsule(id="x1", name="X", kind="digital_twin", domain="mixed"),
+                Capsule(id="x2", name="Y", kind="sovereign", domain="mixed", jurisdiction="eu"),
+            ]
+        )
     assert registry.count() == 2

@@ -77,8 +77,15 @@ def test_bitnet_counts_its_16_bit_embedding() -> None:
 def test_compute_bound_when_the_batch_is_large() -> None:
     # 1e9 8-bit weights on an A10: memory 1e9 B / 600e9 B/s = 1.67 ms per step; at batch 512
     # the INT8 units need 2 x 1e9 x 512 / 250e12 = 4.1 ms: compute bound
-    spec = ModelSpec(name="toy", params=1e9, bits_per_weight=8, layers=1, kv_heads=1, head_dim=8,
-                     context_length=16)
+    spec = ModelSpec(
+        name="toy",
+        params=1e9,
+        bits_per_weight=8,
+        layers=1,
+        kv_heads=1,
+        head_dim=8,
+        context_length=16,
+    )
     s = size_model(spec, "a10", batch=512)
     assert s.bound == "compute"
     assert s.decode_tokens_per_s == pytest.approx(512 / (2 * 1e9 * 512 / 250e12))
@@ -113,8 +120,9 @@ def test_across_tiers_and_smallest_fit() -> None:
 
 
 def test_serving_shape_maximises_tokens_per_device() -> None:
-    shape = serving_shape(PRESETS["userlm-8b"], get_accelerator("h100"), phase="dev",
-                          context=2048, batch_limit=64)
+    shape = serving_shape(
+        PRESETS["userlm-8b"], get_accelerator("h100"), phase="dev", context=2048, batch_limit=64
+    )
     assert shape is not None and shape.batch == 64
     for tp in (1, 2, 4, 8):
         other = size_model(PRESETS["userlm-8b"], "h100", batch=64, context=2048, tp=tp)

@@ -32,8 +32,9 @@ def test_default_topology_has_the_playbook_environments() -> None:
 
 def test_environment_is_a_place_for_the_sovereignty_rule() -> None:
     topology = load_topology()
-    sovereign_eu = Capsule(id="gov", name="gov", kind="sovereign", domain="defense",
-                           jurisdiction="eu")
+    sovereign_eu = Capsule(
+        id="gov", name="gov", kind="sovereign", domain="defense", jurisdiction="eu"
+    )
     twin = Capsule(id="twin", name="twin", kind="digital_twin", domain="energy")
     env: Place = topology.environment("sovereign")
     assert isinstance(env, Environment)
@@ -113,8 +114,9 @@ def test_generated_fleets_are_reproducible_and_mixed() -> None:
     assert len({c.domain for c in fleet}) >= 8
     assert len({c.id for c in fleet}) == 500
     # drawn from a small catalogue of profiles, so identical requirements repeat
-    profiles = {(c.kind, c.jurisdiction, *c.demand.model_dump().values(), c.quality_target)
-                for c in fleet}
+    profiles = {
+        (c.kind, c.jurisdiction, *c.demand.model_dump().values(), c.quality_target) for c in fleet
+    }
     assert len(profiles) < 200
     assert all(c.demand.generative_share == 0 for c in generate_fleet(50, seed=1, phase="dev"))
 
@@ -122,8 +124,9 @@ def test_generated_fleets_are_reproducible_and_mixed() -> None:
 def test_fleet_errors_name_the_capsule_and_field(tmp_path: Path) -> None:
     capsule = {"id": "a", "name": "A", "kind": "digital_twin", "domain": "x"}
     with pytest.raises(InvalidInput) as caught:
-        parse_fleet({"capsules": [capsule, {**capsule, "id": "b",
-                                            "demand": {"requests_per_s": -1}}]})
+        parse_fleet(
+            {"capsules": [capsule, {**capsule, "id": "b", "demand": {"requests_per_s": -1}}]}
+        )
     assert caught.value.field == "fleet.capsules[1].demand.requests_per_s"
     with pytest.raises(InvalidInput) as caught:
         parse_fleet([capsule, capsule])

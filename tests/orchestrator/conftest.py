@@ -21,12 +21,12 @@ StackFactory = Callable[..., Stack]
 def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
     made: list[Stack] = []
 
-    def make(capsules: list[Capsule] | None = None, topology: Topology | None = None,
-             **options: object) -> Stack:
+    def make(
+        capsules: list[Capsule] | None = None, topology: Topology | None = None, **options: object
+    ) -> Stack:
         data = Path(tmp_path_factory.mktemp("stack"))
         settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'control.db'}")
-        stack = Stack(settings=settings, capsules=capsules, topology=topology,
-                      **options)  # type: ignore[arg-type]
+        stack = Stack(settings=settings, capsules=capsules, topology=topology, **options)  # type: ignore[arg-type]
         made.append(stack)
         return stack
 

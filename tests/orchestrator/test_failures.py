@@ -19,13 +19,23 @@ def _add(stack: Stack, capsule: Capsule) -> Capsule:
 
 
 def _heavy(domain: str, n: int = 2) -> list[str]:
-    return [t.prompt for t in generate_tasks(n, seed=2, split="heldout", difficulties=[4],
-                                             domain=domain)]
+    return [
+        t.prompt
+        for t in generate_tasks(n, seed=2, split="heldout", difficulties=[4], domain=domain)
+    ]
 
 
 def test_cloud_environment_down_reroutes_inside_the_allowed_set(stack: Stack) -> None:
-    twin = _add(stack, Capsule(id="f-twin", name="t", kind="digital_twin", domain="f-twin",
-                               allowed_environments=["inference", "local"]))
+    twin = _add(
+        stack,
+        Capsule(
+            id="f-twin",
+            name="t",
+            kind="digital_twin",
+            domain="f-twin",
+            allowed_environments=["inference", "local"],
+        ),
+    )
     orchestrator = Orchestrator(stack)
     stack.bridge.set_fault("inference", Fault(down=True))
     try:
@@ -39,8 +49,9 @@ def test_cloud_environment_down_reroutes_inside_the_allowed_set(stack: Stack) ->
 
 
 def test_sovereign_capsule_is_refused_not_rerouted_when_its_site_is_down(stack: Stack) -> None:
-    gov = _add(stack, Capsule(id="f-gov", name="g", kind="sovereign", domain="f-gov",
-                              jurisdiction="eu"))
+    gov = _add(
+        stack, Capsule(id="f-gov", name="g", kind="sovereign", domain="f-gov", jurisdiction="eu")
+    )
     orchestrator = Orchestrator(stack)
     prompt = _heavy(gov.domain, 1)[0]
     assert orchestrator.serve(gov.id, TaskRequest(prompt=prompt)).environment == "sovereign"
@@ -72,8 +83,16 @@ def test_edge_environment_down_falls_back_to_the_cloud_without_error(stack: Stac
 
 
 def test_context_environment_down_serves_without_context(stack: Stack) -> None:
-    twin = _add(stack, Capsule(id="f-ctx", name="c", kind="digital_twin", domain="f-ctx",
-                               allowed_environments=["inference", "local", "edge"]))
+    twin = _add(
+        stack,
+        Capsule(
+            id="f-ctx",
+            name="c",
+            kind="digital_twin",
+            domain="f-ctx",
+            allowed_environments=["inference", "local", "edge"],
+        ),
+    )
     orchestrator = Orchestrator(stack)
     home = stack.place_domain(twin.domain)
     stack.bridge.set_fault(home, Fault(down=True))

@@ -11,8 +11,9 @@ from trifecta.orchestrator.stack import Stack
 
 
 def _capsule(stack: Stack, suffix: str, **fields: object) -> Capsule:
-    capsule = Capsule(id=f"t-{suffix}", name=suffix, kind="digital_twin", domain=f"d-{suffix}",
-                      **fields)  # type: ignore[arg-type]
+    capsule = Capsule(
+        id=f"t-{suffix}", name=suffix, kind="digital_twin", domain=f"d-{suffix}", **fields
+    )  # type: ignore[arg-type]
     return stack.add_capsule(capsule)
 
 
@@ -41,7 +42,7 @@ def test_a_task_goes_through_every_step_and_is_logged(stack: Stack) -> None:
 def test_light_tasks_go_to_the_edge_and_heavy_ones_do_not(stack: Stack) -> None:
     orchestrator = Orchestrator(stack)
     capsule = _capsule(stack, "light")
-    light = generate_tasks(3, seed=4, split="heldout", difficulties=[1], domain=capsule.domain)
+    light = generate_tasks(3, seed=4, split="heldout", difficulties=[2], domain=capsule.domain)
     heavy = generate_tasks(2, seed=4, split="heldout", difficulties=[5], domain=capsule.domain)
     for task in light:
         result = orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt))
@@ -54,14 +55,18 @@ def test_light_tasks_go_to_the_edge_and_heavy_ones_do_not(stack: Stack) -> None:
 def test_a_verified_answer_is_served_from_the_cache_next_time(stack: Stack) -> None:
     orchestrator = Orchestrator(stack)
     capsule = _capsule(stack, "cache")
-    prompt = "a=12,b=30;a?"
-    first = orchestrator.serve(capsule.id, TaskRequest(prompt=prompt))
-    again = orchestrator.serve(capsule.id, TaskRequest(prompt=prompt))
-    if first.verified:
-        assert again.route == "cache" and again.answer == first.answer and again.verified
-        assert "cognitive" not in again.cost.by_layer and "edge" not in again.cost.by_layer
-    else:  # a wrong answer is never cached
-        assert again.route != "cache"
+    verified = 0
+    for prompt in ("a=12,b=30;a?", "41+17?", "20+33?", "c=5,d=71,e=9;d?"):
+        first = orchestrator.serve(capsule.id, TaskRequest(prompt=prompt))
+        again = orchestrator.serve(capsule.id, TaskRequest(prompt=prompt))
+        if first.verified:
+            verified += 1
+            assert again.route == "cache" and again.answer == first.answer and again.verified
+            assert "cognitive" not in again.cost.by_layer and "edge" not in again.cost.by_layer
+        else:  # a wrong answer is never cached
+            assert again.route != "cache"
+    assert verified, "the shipped models answered none of these light tasks"
+    prompt = "41+17?"
     # Another capsule never sees this capsule's cache.
     other = _capsule(stack, "cache-other")
     assert orchestrator.serve(other.id, TaskRequest(prompt=prompt)).route != "cache"

@@ -62,8 +62,13 @@ def test_workload_follows_demand_and_light_share(make_stack: StackFactory) -> No
 def _cli(args: list[str], data: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIFECTA_")}
     env["TRIFECTA_DATA_DIR"] = str(data)
-    return subprocess.run([sys.executable, "-m", "trifecta.cli", *args], env=env, text=True,
-                          capture_output=True, timeout=280)
+    return subprocess.run(
+        [sys.executable, "-m", "trifecta.cli", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=280,
+    )
 
 
 @pytest.mark.slow
@@ -77,8 +82,12 @@ def test_trifecta_run_command_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("args", "field"),
-    [(["--requests", "0"], "--requests"), (["--latency", "inference=fast"], "latency"),
-     (["--fleet", "missing.yaml"], "fleet"), (["--down", "nowhere"], "environment")],
+    [
+        (["--requests", "0"], "--requests"),
+        (["--latency", "inference=fast"], "latency"),
+        (["--fleet", "missing.yaml"], "fleet"),
+        (["--down", "nowhere"], "environment"),
+    ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], field: str) -> None:
     done = _cli(["run", *args], tmp_path)

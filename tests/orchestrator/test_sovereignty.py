@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.orchestrator.conftest import StackFactory
 from trifecta.core.errors import Infeasible, SovereigntyViolation, Unavailable
 from trifecta.core.tasks import generate_tasks
 from trifecta.fleet.capsules import Capsule
@@ -20,7 +21,6 @@ from trifecta.fleet.topology import Topology, parse_topology
 from trifecta.orchestrator.loop import Orchestrator
 from trifecta.orchestrator.models import TaskRequest
 from trifecta.orchestrator.stack import Stack
-from tests.orchestrator.conftest import StackFactory
 
 JURISDICTIONS = ("eu", "us", "apac")
 _ids = itertools.count()
@@ -29,18 +29,39 @@ _ids = itertools.count()
 def random_topology(seed: int) -> Topology:
     """Cloud, sovereign and edge environments in random jurisdictions."""
     rng = random.Random(seed)
-    envs = [{"name": "inference", "kind": "inference", "provider": "aws", "region": "us-east-1",
-             "nodes": [{"name": "gpus", "accelerator": "a100-40gb", "count": 8}]}]
+    envs = [
+        {
+            "name": "inference",
+            "kind": "inference",
+            "provider": "aws",
+            "region": "us-east-1",
+            "nodes": [{"name": "gpus", "accelerator": "a100-40gb", "count": 8}],
+        }
+    ]
     for i in range(rng.randint(1, 2)):
         j = rng.choice(JURISDICTIONS)
-        envs.append({"name": f"sov-{i}-{j}", "kind": "sovereign", "provider": "on-prem",
-                     "region": j, "jurisdiction": j,
-                     "nodes": [{"name": "gpus", "accelerator": "rtx-5090", "count": 4}]})
+        envs.append(
+            {
+                "name": f"sov-{i}-{j}",
+                "kind": "sovereign",
+                "provider": "on-prem",
+                "region": j,
+                "jurisdiction": j,
+                "nodes": [{"name": "gpus", "accelerator": "rtx-5090", "count": 4}],
+            }
+        )
     for i in range(rng.randint(1, 3)):
         j = rng.choice((None, *JURISDICTIONS))
-        envs.append({"name": f"edge-{i}-{j or 'any'}", "kind": "edge", "provider": "mesh",
-                     "region": j or "global", "jurisdiction": j,
-                     "nodes": [{"name": "npus", "accelerator": "coral-npu", "count": 20}]})
+        envs.append(
+            {
+                "name": f"edge-{i}-{j or 'any'}",
+                "kind": "edge",
+                "provider": "mesh",
+                "region": j or "global",
+                "jurisdiction": j,
+                "nodes": [{"name": "npus", "accelerator": "coral-npu", "count": 20}],
+            }
+        )
     return parse_topology({"name": f"random-{seed}", "environments": envs})
 
 
@@ -59,24 +80,39 @@ capsules = st.builds(
     lambda sovereign, jurisdiction, allowed: (sovereign, jurisdiction, allowed),
     st.booleans(),
     st.sampled_from(JURISDICTIONS),
-    st.one_of(st.none(), st.lists(st.sampled_from(["inference", "sovereign", "edge", "local"]),
-                                  min_size=1, max_size=3, unique=True)),
+    st.one_of(
+        st.none(),
+        st.lists(
+            st.sampled_from(["inference", "sovereign", "edge", "local"]),
+            min_size=1,
+            max_size=3,
+            unique=True,
+        ),
+    ),
 )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(which=st.integers(0, 2), spec=capsules, down_seed=st.integers(0, 10_000),
-       prompt=st.integers(0, 39))
-def test_no_route_leaves_the_allowed_environments(stacks: list[Stack], which: int,
-                                                   spec: tuple, down_seed: int,
-                                                   prompt: int) -> None:
+@given(
+    which=st.integers(0, 2),
+    spec=capsules,
+    down_seed=st.integers(0, 10_000),
+    prompt=st.integers(0, 39),
+)
+def test_no_route_leaves_the_allowed_environments(
+    stacks: list[Stack], which: int, spec: tuple, down_seed: int, prompt: int
+) -> None:
     stack = stacks[which]
     sovereign, jurisdiction, allowed = spec
     n = next(_ids)
     capsule = Capsule(
-        id=f"prop-{n}", name="p", kind="sovereign" if sovereign else "digital_twin",
-        domain=f"prop-{n}", jurisdiction=jurisdiction if sovereign else None,
-        allowed_environments=allowed)
+        id=f"prop-{n}",
+        name="p",
+        kind="sovereign" if sovereign else "digital_twin",
+        domain=f"prop-{n}",
+        jurisdiction=jurisdiction if sovereign else None,
+        allowed_environments=allowed,
+    )
     stack.add_capsule(capsule)
     rng = random.Random(down_seed)
     names = [e.name for e in stack.topology.environments]
@@ -85,7 +121,8 @@ def test_no_route_leaves_the_allowed_environments(stacks: list[Stack], which: in
         stack.bridge.set_fault(name, down=name in down)
     try:
         result = Orchestrator(stack, run_id="prop").serve(
-            capsule.id, TaskRequest(prompt=_prompts()[prompt]))
+            capsule.id, TaskRequest(prompt=_prompts()[prompt])
+        )
     except (SovereigntyViolation, Unavailable, Infeasible) as refused:
         assert refused.one_line()  # a clear, named refusal
         result = None

@@ -49,15 +49,21 @@ def test_task_feedback_and_the_learning_it_causes(base_url: str) -> None:
         again = http.get(f"/v1/capsules/{capsule.id}/tasks/{task['id']}")
         assert again.json()["answer"] == task["answer"]
         playbook = http.get(f"/context/capsules/{capsule.id}/playbook").json()
-        memories_before = http.post(f"/context/capsules/{capsule.id}/memories/search",
-                                    json={"query": "t=41,p=17;t+p?", "k": 50}).json()["hits"]
-        verdict = http.post(f"/v1/capsules/{capsule.id}/tasks/{task['id']}/feedback",
-                            json={"success": False, "detail": "the sum is 58"})
+        memories_before = http.post(
+            f"/context/capsules/{capsule.id}/memories/search",
+            json={"query": "t=41,p=17;t+p?", "k": 50},
+        ).json()["hits"]
+        verdict = http.post(
+            f"/v1/capsules/{capsule.id}/tasks/{task['id']}/feedback",
+            json={"success": False, "detail": "the sum is 58"},
+        )
         assert verdict.status_code == 200, verdict.text
         assert verdict.json()["outcome"] == "failure"
         assert verdict.json()["playbook_version"] > playbook["version"]
-        memories_after = http.post(f"/context/capsules/{capsule.id}/memories/search",
-                                   json={"query": "t=41,p=17;t+p?", "k": 50}).json()["hits"]
+        memories_after = http.post(
+            f"/context/capsules/{capsule.id}/memories/search",
+            json={"query": "t=41,p=17;t+p?", "k": 50},
+        ).json()["hits"]
         lessons = [h for h in memories_after if h["memory"]["outcome"] == "failure"]
         assert lessons and len(memories_after) >= len(memories_before)
         ledger = http.get("/v1/ledger", params={"by": "capsule_id"}).json()
@@ -76,7 +82,10 @@ def test_control_plane_and_metrics(base_url: str) -> None:
         plan = http.get("/v1/plan").json()
         assert plan["phase"] == "dev" and plan["cost_per_hour"] < 5
         assert {e["name"] for e in http.get("/v1/topology").json()["environments"]} >= {
-            "inference", "sovereign", "edge"}
+            "inference",
+            "sovereign",
+            "edge",
+        }
         capsules = http.get("/v1/capsules", params={"kind": "sovereign"}).json()
         assert capsules and all(c["kind"] == "sovereign" for c in capsules)
         http.post(f"/v1/capsules/{capsules[0]['id']}/tasks", json={"prompt": "12+30?"})
@@ -93,17 +102,33 @@ def test_control_plane_and_metrics(base_url: str) -> None:
     [
         ("post", "/v1/capsules/nobody/tasks", {"prompt": "1+1?"}, 404, "capsule_id"),
         ("post", "/v1/capsules/dt-energy-0000/tasks", {"prompt": ""}, 422, "prompt"),
-        ("post", "/v1/capsules/dt-energy-0000/tasks", {"prompt": "1+1?", "max_tokens": 0}, 422,
-         "max_tokens"),
-        ("post", "/v1/capsules/dt-energy-0000/tasks/req-none/feedback", {"success": True}, 404,
-         "task_id"),
-        ("post", "/v1/capsules", {"id": "Bad Id", "name": "x", "kind": "digital_twin",
-                                  "domain": "d"}, 422, "id"),
+        (
+            "post",
+            "/v1/capsules/dt-energy-0000/tasks",
+            {"prompt": "1+1?", "max_tokens": 0},
+            422,
+            "max_tokens",
+        ),
+        (
+            "post",
+            "/v1/capsules/dt-energy-0000/tasks/req-none/feedback",
+            {"success": True},
+            404,
+            "task_id",
+        ),
+        (
+            "post",
+            "/v1/capsules",
+            {"id": "Bad Id", "name": "x", "kind": "digital_twin", "domain": "d"},
+            422,
+            "id",
+        ),
         ("get", "/v1/ledger?by=colour", None, 422, "by"),
     ],
 )
-def test_bad_input_is_a_4xx_naming_the_field(base_url: str, method: str, path: str,
-                                             body: object, status: int, field: str) -> None:
+def test_bad_input_is_a_4xx_naming_the_field(
+    base_url: str, method: str, path: str, body: object, status: int, field: str
+) -> None:
     with httpx.Client(base_url=base_url, timeout=60) as http:
         answer = http.request(method, path, json=body)
     assert answer.status_code == status, answer.text
@@ -112,6 +137,9 @@ def test_bad_input_is_a_4xx_naming_the_field(base_url: str, method: str, path: s
 
 def test_oversize_body_is_413(base_url: str) -> None:
     with httpx.Client(base_url=base_url, timeout=60) as http:
-        answer = http.post("/v1/capsules/dt-energy-0000/tasks", content=b"x" * (2 << 20),
-                           headers={"content-type": "application/json"})
+        answer = http.post(
+            "/v1/capsules/dt-energy-0000/tasks",
+            content=b"x" * (2 << 20),
+            headers={"content-type": "application/json"},
+        )
     assert answer.status_code == 413

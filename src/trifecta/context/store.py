@@ -102,16 +102,22 @@ class ShardStore:
         """How big the domain's context is: bullets by status, and memory items."""
         with transaction(self.engine) as session:
             version = check_readable(session, domain)
-            by_status = dict(session.execute(
-                select(B.status, func.count()).where(B.domain == domain).group_by(B.status)
-            ).all())
+            by_status: dict[str, int] = dict(
+                session.execute(
+                    select(B.status, func.count()).where(B.domain == domain).group_by(B.status)
+                ).all()
+            )
             memories = session.execute(
-                select(func.count()).select_from(tables.memories)
+                select(func.count())
+                .select_from(tables.memories)
                 .where(tables.memories.c.domain == domain)
             ).scalar_one()
-        return DomainStats(domain=domain, version=version,
-                           bullets={str(k): int(v) for k, v in by_status.items()},
-                           memories=int(memories))
+        return DomainStats(
+            domain=domain,
+            version=version,
+            bullets={str(k): int(v) for k, v in by_status.items()},
+            memories=int(memories),
+        )
 
     def bullets(self, domain: str, *, live_only: bool = True) -> tuple[int, list[Bullet]]:
         query = select(tables.bullets).where(B.domain == domain).order_by(B.id)

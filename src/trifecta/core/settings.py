@@ -79,8 +79,10 @@ class Settings(_TomlSettings):
     model_api_key: str | None = None
     ray_address: str | None = Field(default=None, description="Ray cluster for multi-node serving")
     torch_threads: int = Field(
-        default=1, ge=1, description="intra-op threads for the shipped models; more than one "
-        "made small-model decode steps 50-100x slower when the cores are shared"
+        default=1,
+        ge=1,
+        description="intra-op threads for the shipped models; more than one "
+        "made small-model decode steps 50-100x slower when the cores are shared",
     )
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"

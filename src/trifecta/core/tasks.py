@@ -162,14 +162,20 @@ def _render(telemetry: Mapping[str, int], terms: Sequence[tuple[int, str]]) -> s
     return (head + ";" if head else "") + body + "?"
 
 
-def _draw(rng: random.Random, difficulty: int, sensors: str) -> str:
+def _telemetry_size(rng: random.Random, operands: int, usual: int, short: bool) -> int:
+    """How many sensors a telemetry prompt lists: `usual` or one more; with `short`, anywhere
+    from just the sensors the question names up to that (see `iter_tasks`)."""
+    return rng.randint(operands if short else usual, usual + 1)
+
+
+def _draw(rng: random.Random, difficulty: int, sensors: str, short: bool = False) -> str:
     if difficulty == 1:
-        tel = _telemetry(rng, sensors, rng.randint(3, 4))
+        tel = _telemetry(rng, sensors, _telemetry_size(rng, 1, 3, short))
         return _render(tel, [(1, rng.choice(list(tel)))])
     if difficulty == 2:
         return _render({}, [(1, str(_operand(rng))), (1, str(_operand(rng)))])
     if difficulty == 3:
-        tel = _telemetry(rng, sensors, rng.randint(3, 4))
+        tel = _telemetry(rng, sensors, _telemetry_size(rng, 2, 3, short))
         a, b = rng.sample(list(tel), 2)
         return _render(tel, [(1, a), (1, b)])
     if difficulty == 4:
@@ -179,7 +185,7 @@ def _draw(rng: random.Random, difficulty: int, sensors: str) -> str:
             + [(rng.choice((1, -1)), str(_operand(rng))) for _ in range(2)],
         )
     if difficulty == 5:
-        tel = _telemetry(rng, sensors, rng.randint(4, 5))
+        tel = _telemetry(rng, sensors, _telemetry_size(rng, 3, 4, short))
         a, b, c = rng.sample(list(tel), 3)
         return _render(tel, [(1, a), (rng.choice((1, -1)), b), (rng.choice((1, -1)), c)])
     raise InvalidInput(f"unknown difficulty {difficulty}", field="difficulty", allowed=DIFFICULTIES)
@@ -197,9 +203,17 @@ def iter_tasks(
     split: Split = "train",
     difficulties: Sequence[int] | Mapping[int, float] = DIFFICULTIES,
     domain: str | None = None,
+    short_telemetry: bool = False,
 ) -> Iterator[Task]:
     """An endless seeded stream of tasks from one split. `difficulties` is either the grades
-    to draw uniformly or a {grade: weight} mix."""
+    to draw uniformly or a {grade: weight} mix.
+
+    `short_telemetry` is a training curriculum: telemetry prompts list anywhere from only the
+    sensors asked about up to the usual count, so a model first sees look-ups with no
+    distractor (a plain copy) and then with one, two, three. Tiny models trained on the usual
+    prompts alone stayed at chance on look-ups (they copy *a* value, not the one asked for);
+    with the short ones mixed in, the two-step attention a look-up needs forms (docs/cognitive.md).
+    Every such prompt is still a task of the family, and the held-out split is unchanged."""
     if isinstance(difficulties, Mapping):
         grades, weights = list(difficulties), [float(w) for w in difficulties.values()]
     else:
@@ -215,7 +229,7 @@ def iter_tasks(
     sensors = domain_sensors(domain)
     while True:
         grade = rng.choices(grades, weights)[0]
-        prompt = _draw(rng, grade, sensors)
+        prompt = _draw(rng, grade, sensors, short_telemetry)
         if split_of(prompt) == split:
             yield Task(task_id(prompt), KINDS[grade], grade, prompt, solve(prompt), domain)
 
@@ -227,7 +241,14 @@ def generate_tasks(
     split: Split = "train",
     difficulties: Sequence[int] | Mapping[int, float] = DIFFICULTIES,
     domain: str | None = None,
+    short_telemetry: bool = False,
 ) -> list[Task]:
     """`n` tasks from `iter_tasks` (same arguments)."""
-    stream = iter_tasks(seed=seed, split=split, difficulties=difficulties, domain=domain)
+    stream = iter_tasks(
+        seed=seed,
+        split=split,
+        difficulties=difficulties,
+        domain=domain,
+        short_telemetry=short_telemetry,
+    )
     return [next(stream) for _ in range(n)]

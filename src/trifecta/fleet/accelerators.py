@@ -61,5 +61,6 @@ def get_accelerator(name: str) -> Accelerator:
     try:
         return ACCELERATORS[name]
     except KeyError:
-        raise InvalidInput(f"unknown accelerator {name!r}", field="accelerator",
-                           allowed=ACCELERATORS) from None
+        raise InvalidInput(
+            f"unknown accelerator {name!r}", field="accelerator", allowed=ACCELERATORS
+        ) from None

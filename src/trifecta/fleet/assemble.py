@@ -43,8 +43,9 @@ class CapsuleDecision:
         demand = self.capsule.demand
         offloaded = sum(self.edge_tokens.values())
         loads: dict[Group, float] = {
-            (self.environment, "cognitive", self.tier):
-                max(0.0, demand.tokens_per_s * (1 - demand.generative_share) - offloaded),
+            (self.environment, "cognitive", self.tier): max(
+                0.0, demand.tokens_per_s * (1 - demand.generative_share) - offloaded
+            ),
             (self.environment, "context", CONTEXT_SERVICE): demand.requests_per_s,
         }
         for env, tokens in self.edge_tokens.items():
@@ -77,13 +78,22 @@ def assemble_plan(
 
     pools = [
         PoolAllocation(
-            environment=shape.environment, layer=shape.layer, model=shape.model,
-            accelerator=shape.accelerator, tp_degree=shape.tp, batch=shape.batch,
-            replicas=count, capacity_per_replica=shape.capacity,
+            environment=shape.environment,
+            layer=shape.layer,
+            model=shape.model,
+            accelerator=shape.accelerator,
+            tp_degree=shape.tp,
+            batch=shape.batch,
+            replicas=count,
+            capacity_per_replica=shape.capacity,
             # spread a group's load over its shapes in proportion to their capacity
-            load=group_load.get(shape.group, 0.0) * count * shape.capacity
+            load=group_load.get(shape.group, 0.0)
+            * count
+            * shape.capacity
             / group_capacity[shape.group],
-            price_per_replica_hour=shape.price, cost_per_hour=count * shape.price)
+            price_per_replica_hour=shape.price,
+            cost_per_hour=count * shape.price,
+        )
         for shape, count in sorted(replicas.items(), key=lambda item: _shape_order(item[0]))
         if count > 0
     ]
@@ -106,24 +116,39 @@ def assemble_plan(
             if load > 0 and group_load[group] > 0:
                 cost += group_cost.get(group, 0.0) * load / group_load[group]
         tokens = capsule.demand.tokens_per_s
-        assignments.append(CapsuleAssignment(
-            capsule_id=capsule.id, kind=capsule.kind, domain=capsule.domain,
-            environment=decision.environment, tier=decision.tier,
-            accelerators=accelerators[(decision.environment, "cognitive", decision.tier)],
-            tokens_per_s=tokens,
-            edge_share=sum(decision.edge_tokens.values()) / tokens if tokens else 0.0,
-            edge_environments={e: v / tokens for e, v in decision.edge_tokens.items() if v > 0},
-            generative_environments={e: v / tokens for e, v in decision.generative_tokens.items()
-                                     if v > 0},
-            cost_per_hour=cost, cost_per_month=cost * HOURS_PER_MONTH))
+        assignments.append(
+            CapsuleAssignment(
+                capsule_id=capsule.id,
+                kind=capsule.kind,
+                domain=capsule.domain,
+                environment=decision.environment,
+                tier=decision.tier,
+                accelerators=accelerators[(decision.environment, "cognitive", decision.tier)],
+                tokens_per_s=tokens,
+                edge_share=sum(decision.edge_tokens.values()) / tokens if tokens else 0.0,
+                edge_environments={e: v / tokens for e, v in decision.edge_tokens.items() if v > 0},
+                generative_environments={
+                    e: v / tokens for e, v in decision.generative_tokens.items() if v > 0
+                },
+                cost_per_hour=cost,
+                cost_per_month=cost * HOURS_PER_MONTH,
+            )
+        )
 
     return Plan(
-        phase=phase, topology=topology.name, cost_per_hour=total,
-        cost_per_month=total * HOURS_PER_MONTH, budget_per_hour=budget_per_hour,
-        hours_per_month=HOURS_PER_MONTH, pools=pools,
+        phase=phase,
+        topology=topology.name,
+        cost_per_hour=total,
+        cost_per_month=total * HOURS_PER_MONTH,
+        budget_per_hour=budget_per_hour,
+        hours_per_month=HOURS_PER_MONTH,
+        pools=pools,
         environments=_environment_summaries(pools, assignments, topology),
         kinds=_kind_summaries(assignments, phase),
-        tiers=_tier_counts(assignments, topology), assignments=assignments, solver=solver)
+        tiers=_tier_counts(assignments, topology),
+        assignments=assignments,
+        solver=solver,
+    )
 
 
 def _shape_order(shape: PoolShape) -> tuple[str, int, str, str, int]:
@@ -131,9 +156,9 @@ def _shape_order(shape: PoolShape) -> tuple[str, int, str, str, int]:
     return (shape.environment, layer_rank, shape.model, shape.accelerator or "", shape.tp)
 
 
-def _environment_summaries(pools: Sequence[PoolAllocation],
-                           assignments: Sequence[CapsuleAssignment],
-                           topology: Topology) -> list[EnvironmentSummary]:
+def _environment_summaries(
+    pools: Sequence[PoolAllocation], assignments: Sequence[CapsuleAssignment], topology: Topology
+) -> list[EnvironmentSummary]:
     homed: dict[str, int] = defaultdict(int)
     for item in assignments:
         homed[item.environment] += 1
@@ -146,11 +171,17 @@ def _environment_summaries(pools: Sequence[PoolAllocation],
         for pool in mine:
             if pool.accelerator:
                 devices[pool.accelerator] += pool.devices
-        summaries.append(EnvironmentSummary(
-            environment=env.name, kind=env.kind, jurisdiction=env.jurisdiction,
-            capsules=homed[env.name], devices=dict(devices),
-            context_replicas=sum(p.replicas for p in mine if p.layer == "context"),
-            cost_per_hour=sum(p.cost_per_hour for p in mine)))
+        summaries.append(
+            EnvironmentSummary(
+                environment=env.name,
+                kind=env.kind,
+                jurisdiction=env.jurisdiction,
+                capsules=homed[env.name],
+                devices=dict(devices),
+                context_replicas=sum(p.replicas for p in mine if p.layer == "context"),
+                cost_per_hour=sum(p.cost_per_hour for p in mine),
+            )
+        )
     return summaries
 
 
@@ -161,10 +192,15 @@ def _kind_summaries(assignments: Sequence[CapsuleAssignment], phase: Phase) -> l
     summaries = []
     for kind, items in sorted(by_kind.items()):
         cost = sum(i.cost_per_hour for i in items)
-        summaries.append(KindSummary(
-            kind=kind, capsules=len(items), cost_per_hour=cost,
-            cost_per_capsule_month=cost * HOURS_PER_MONTH / len(items),
-            playbook_capsule_month=capsule_month_price(kind, phase)))
+        summaries.append(
+            KindSummary(
+                kind=kind,
+                capsules=len(items),
+                cost_per_hour=cost,
+                cost_per_capsule_month=cost * HOURS_PER_MONTH / len(items),
+                playbook_capsule_month=capsule_month_price(kind, phase),
+            )
+        )
     return summaries
 
 

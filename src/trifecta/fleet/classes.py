@@ -48,15 +48,18 @@ def describe(capsules: Sequence[Capsule], limit: int = 5) -> str:
 
 def _where(capsule: Capsule) -> str:
     if capsule.sovereign:
-        return (f"sovereign capsules may run only in sovereign or edge environments in "
-                f"jurisdiction {capsule.jurisdiction!r}")
+        return (
+            f"sovereign capsules may run only in sovereign or edge environments in "
+            f"jurisdiction {capsule.jurisdiction!r}"
+        )
     if capsule.allowed_environments is not None:
         return f"they allow only {', '.join(capsule.allowed_environments)}"
     return "they may run anywhere"
 
 
-def build_classes(capsules: Sequence[Capsule], topology: Topology, phase: Phase,
-                  shapes: Sequence[PoolShape]) -> list[CapsuleClass]:
+def build_classes(
+    capsules: Sequence[Capsule], topology: Topology, phase: Phase, shapes: Sequence[PoolShape]
+) -> list[CapsuleClass]:
     """Group `capsules` into classes, or raise `Infeasible` naming the capsules that no
     environment can serve and the constraint that stops them."""
     generative_model, edge_model = layer_models()
@@ -74,40 +77,75 @@ def build_classes(capsules: Sequence[Capsule], topology: Topology, phase: Phase,
         places = admitted[signature]
         tiers = [t for t, q in topology.tier_quality.items() if q >= capsule.quality_target - 1e-9]
         if not tiers:
-            failures[("quality_target",
-                      f"quality_target {capsule.quality_target:g} is above every cognitive "
-                      f"tier (best: {best_tier[0]} at {best_tier[1]:g})")].append(capsule)
+            failures[
+                (
+                    "quality_target",
+                    f"quality_target {capsule.quality_target:g} is above every cognitive "
+                    f"tier (best: {best_tier[0]} at {best_tier[1]:g})",
+                )
+            ].append(capsule)
             continue
         homes = [(e, t) for e in places for t in tiers if (e, "cognitive", t) in groups]
         if not homes:
             if not places:
-                failures[("sovereignty", f"no environment admits them in phase {phase} "
-                          f"({_where(capsule)})")].append(capsule)
+                failures[
+                    (
+                        "sovereignty",
+                        f"no environment admits them in phase {phase} ({_where(capsule)})",
+                    )
+                ].append(capsule)
             else:
-                failures[("capacity", f"no environment they may use ({', '.join(places)}) has "
-                          f"GPUs that hold tier {' or '.join(tiers)} in phase {phase}")
-                         ].append(capsule)
+                failures[
+                    (
+                        "capacity",
+                        f"no environment they may use ({', '.join(places)}) has "
+                        f"GPUs that hold tier {' or '.join(tiers)} in phase {phase}",
+                    )
+                ].append(capsule)
             continue
         demand = capsule.demand
-        generative_envs = ([e for e in places if (e, "generative", generative_model) in groups]
-                           if demand.generative_share > 0 else [])
+        generative_envs = (
+            [e for e in places if (e, "generative", generative_model) in groups]
+            if demand.generative_share > 0
+            else []
+        )
         if demand.generative_share > 0 and not generative_envs:
-            failures[("generative_share",
-                      f"no environment they may use ({', '.join(places)}) has GPUs that hold the "
-                      f"generative model {generative_model} in phase {phase}")].append(capsule)
+            failures[
+                (
+                    "generative_share",
+                    f"no environment they may use ({', '.join(places)}) has GPUs that hold the "
+                    f"generative model {generative_model} in phase {phase}",
+                )
+            ].append(capsule)
             continue
-        edges = ([e for e in places if (e, "edge", edge_model) in groups]
-                 if demand.light_share > 0 else [])
-        key = (capsule.kind, tuple(homes), tuple(edges), tuple(generative_envs),
-               demand.requests_per_s, demand.tokens_per_request, demand.light_share,
-               demand.generative_share)
+        edges = (
+            [e for e in places if (e, "edge", edge_model) in groups]
+            if demand.light_share > 0
+            else []
+        )
+        key = (
+            capsule.kind,
+            tuple(homes),
+            tuple(edges),
+            tuple(generative_envs),
+            demand.requests_per_s,
+            demand.tokens_per_request,
+            demand.light_share,
+            demand.generative_share,
+        )
         found = classes.get(key)
         if found is None:
             classes[key] = CapsuleClass(
-                kind=capsule.kind, capsules=[capsule], requests_per_s=demand.requests_per_s,
-                tokens_per_s=demand.tokens_per_s, light_share=demand.light_share,
-                generative_share=demand.generative_share, homes=homes, edges=edges,
-                generative_environments=generative_envs)
+                kind=capsule.kind,
+                capsules=[capsule],
+                requests_per_s=demand.requests_per_s,
+                tokens_per_s=demand.tokens_per_s,
+                light_share=demand.light_share,
+                generative_share=demand.generative_share,
+                homes=homes,
+                edges=edges,
+                generative_environments=generative_envs,
+            )
         else:
             found.capsules.append(capsule)
 

@@ -25,13 +25,16 @@ from trifecta.fleet.capsules import Capsule
 # Piped output (files, CI logs) gets wide tables instead of Rich's 80-column default.
 console = Console() if sys.stdout.isatty() else Console(width=160)
 
-capsule_app = typer.Typer(help="Add, list, show and remove capsules (tenants) in the registry.",
-                          no_args_is_help=True)
-fleet_app = typer.Typer(help="Fleet files: generate synthetic fleets, import, export, summarise.",
-                        no_args_is_help=True)
+capsule_app = typer.Typer(
+    help="Add, list, show and remove capsules (tenants) in the registry.", no_args_is_help=True
+)
+fleet_app = typer.Typer(
+    help="Fleet files: generate synthetic fleets, import, export, summarise.", no_args_is_help=True
+)
 
-PhaseOption = Annotated[str | None, typer.Option(
-    "--phase", help="dev | pilot | full (default: the configured phase)")]
+PhaseOption = Annotated[
+    str | None, typer.Option("--phase", help="dev | pilot | full (default: the configured phase)")
+]
 
 
 def _phase(value: str | None) -> Phase:
@@ -56,21 +59,28 @@ def capsule_add(
     capsule_id: Annotated[str | None, typer.Option("--id", help="slug: a-z, 0-9, _ and -")] = None,
     name: Annotated[str | None, typer.Option(help="display name (default: the id)")] = None,
     kind: Annotated[str, typer.Option(help="digital_twin, sovereign, or a kind of your own")] = (
-        "digital_twin"),
+        "digital_twin"
+    ),
     domain: Annotated[str, typer.Option(help="context shard key")] = "general",
-    jurisdiction: Annotated[str | None, typer.Option(
-        help="required for sovereign capsules")] = None,
-    allow: Annotated[list[str] | None, typer.Option(
-        "--allow", help="allowed environment name or kind (repeatable)")] = None,
+    jurisdiction: Annotated[
+        str | None, typer.Option(help="required for sovereign capsules")
+    ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="allowed environment name or kind (repeatable)"),
+    ] = None,
     phase: PhaseOption = None,
     rps: Annotated[float, typer.Option("--rps", help="mean requests per second")] = 1.0,
     tokens: Annotated[int, typer.Option("--tokens", help="prompt + completion tokens")] = 256,
     light_share: Annotated[float, typer.Option(help="share of requests the edge may serve")] = 0.5,
-    generative_share: Annotated[float, typer.Option(
-        help="share of requests for the generative layer")] = 0.0,
+    generative_share: Annotated[
+        float, typer.Option(help="share of requests for the generative layer")
+    ] = 0.0,
     quality: Annotated[float, typer.Option("--quality", help="target answer accuracy")] = 0.9,
-    from_file: Annotated[Path | None, typer.Option(
-        "--file", help="add every capsule of a fleet YAML/JSON file instead")] = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option("--file", help="add every capsule of a fleet YAML/JSON file instead"),
+    ] = None,
     replace: Annotated[bool, typer.Option(help="overwrite capsules with the same id")] = False,
 ) -> None:
     """Add one capsule from options, or every capsule of a fleet file."""
@@ -84,13 +94,24 @@ def capsule_add(
     if capsule_id is None:
         raise InvalidInput("give --id (or --file)", field="id")
     try:
-        capsule = Capsule.model_validate({
-            "id": capsule_id, "name": name or capsule_id, "kind": kind, "domain": domain,
-            "jurisdiction": jurisdiction, "allowed_environments": allow or None,
-            "phase": _phase(phase), "quality_target": quality,
-            "demand": {"requests_per_s": rps, "tokens_per_request": tokens,
-                       "light_share": light_share, "generative_share": generative_share},
-        })
+        capsule = Capsule.model_validate(
+            {
+                "id": capsule_id,
+                "name": name or capsule_id,
+                "kind": kind,
+                "domain": domain,
+                "jurisdiction": jurisdiction,
+                "allowed_environments": allow or None,
+                "phase": _phase(phase),
+                "quality_target": quality,
+                "demand": {
+                    "requests_per_s": rps,
+                    "tokens_per_request": tokens,
+                    "light_share": light_share,
+                    "generative_share": generative_share,
+                },
+            }
+        )
     except ValidationError as exc:
         raise invalid_from(exc, prefix="") from None
     registry.add(capsule, replace=replace)
@@ -137,8 +158,9 @@ def fleet_generate(
     capsules: Annotated[int, typer.Option("--capsules", help="how many capsules")] = 100,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same fleet)")] = 0,
     phase: PhaseOption = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="write here (.yaml or .json); default: print YAML")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write here (.yaml or .json); default: print YAML")
+    ] = None,
 ) -> None:
     """Write a realistic synthetic fleet (digital twins and sovereign capsules)."""
     from trifecta.fleet.fleetfile import dump_fleet, fleet_yaml, generate_fleet
@@ -155,8 +177,9 @@ def fleet_generate(
 
 @fleet_app.command("show")
 def fleet_show(
-    fleet: Annotated[Path | None, typer.Option(
-        help="fleet file (default: the shipped one)")] = None,
+    fleet: Annotated[
+        Path | None, typer.Option(help="fleet file (default: the shipped one)")
+    ] = None,
 ) -> None:
     """Summarise a fleet file: capsules per kind, domain and jurisdiction, total demand."""
     from trifecta.fleet.fleetfile import load_fleet
@@ -191,22 +214,31 @@ def fleet_export(path: Annotated[Path, typer.Argument(help="fleet file to write"
 
 
 def plan_command(
-    fleet: Annotated[Path | None, typer.Option(
-        help="fleet file (default: the configured or shipped fleet)")] = None,
-    registry: Annotated[bool, typer.Option(
-        "--registry", help="plan the capsules in the registry instead of a file")] = False,
-    topology: Annotated[Path | None, typer.Option(
-        help="topology file (default: the configured or shipped topology)")] = None,
+    fleet: Annotated[
+        Path | None, typer.Option(help="fleet file (default: the configured or shipped fleet)")
+    ] = None,
+    registry: Annotated[
+        bool, typer.Option("--registry", help="plan the capsules in the registry instead of a file")
+    ] = False,
+    topology: Annotated[
+        Path | None,
+        typer.Option(help="topology file (default: the configured or shipped topology)"),
+    ] = None,
     phase: PhaseOption = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="write the plan (.json or .yaml)")] = None,
-    capsules_shown: Annotated[int, typer.Option(
-        "--show-capsules", help="capsule rows to print")] = 10,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write the plan (.json or .yaml)")
+    ] = None,
+    capsules_shown: Annotated[
+        int, typer.Option("--show-capsules", help="capsule rows to print")
+    ] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
-    time_limit: Annotated[float, typer.Option(
-        help="seconds the solver may take; then the best plan found")] = 5.0,
-    gap: Annotated[float, typer.Option(
-        help="stop at a plan proven within this fraction of the optimum (0: exact)")] = 1e-3,
+    time_limit: Annotated[
+        float, typer.Option(help="seconds the solver may take; then the best plan found")
+    ] = 5.0,
+    gap: Annotated[
+        float,
+        typer.Option(help="stop at a plan proven within this fraction of the optimum (0: exact)"),
+    ] = 1e-3,
 ) -> None:
     """Plan the fleet at the lowest cost per hour (environments, tiers, accelerators, replicas)."""
     from trifecta.fleet.fleetfile import load_fleet
@@ -222,8 +254,13 @@ def plan_command(
     if not 0 <= gap < 1:
         raise InvalidInput("must be in [0, 1)", field="gap")
     capsules = _registry().list() if registry else load_fleet(fleet or settings.fleet)
-    result = plan(capsules, load_topology(topology or settings.topology), _phase(phase),
-                  time_limit=time_limit, mip_rel_gap=gap)
+    result = plan(
+        capsules,
+        load_topology(topology or settings.topology),
+        _phase(phase),
+        time_limit=time_limit,
+        mip_rel_gap=gap,
+    )
     if out is not None:
         result.write(out)
     if as_json:
@@ -235,20 +272,24 @@ def plan_command(
 
 
 def size_command(
-    preset: Annotated[str | None, typer.Option(
-        help="userlm-8b | userlm-13b | userlm-70b | rnd1-30b-a3b | bitnet-2b4t")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="userlm-8b | userlm-13b | userlm-70b | rnd1-30b-a3b | bitnet-2b4t"),
+    ] = None,
     params: Annotated[float | None, typer.Option(help="parameters, e.g. 70e9")] = None,
     bits: Annotated[float | None, typer.Option(help="bits per weight, e.g. 16, 8, 4")] = None,
-    active_params: Annotated[float | None, typer.Option(
-        help="parameters active per token (MoE)")] = None,
+    active_params: Annotated[
+        float | None, typer.Option(help="parameters active per token (MoE)")
+    ] = None,
     layers: Annotated[int | None, typer.Option(help="transformer layers")] = None,
     kv_heads: Annotated[int | None, typer.Option(help="key/value heads")] = None,
     head_dim: Annotated[int | None, typer.Option(help="head dimension")] = None,
     kv_bits: Annotated[float | None, typer.Option(help="bits per KV-cache element")] = None,
     context: Annotated[int | None, typer.Option(help="tokens of context per sequence")] = None,
     batch: Annotated[int, typer.Option(help="concurrent sequences")] = 1,
-    accelerator: Annotated[list[str] | None, typer.Option(
-        help="only these accelerators (repeatable)")] = None,
+    accelerator: Annotated[
+        list[str] | None, typer.Option(help="only these accelerators (repeatable)")
+    ] = None,
     phase: PhaseOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
@@ -257,8 +298,16 @@ def size_command(
     from trifecta.fleet.render import sizing_table
     from trifecta.fleet.sizing import custom_spec, size_model
 
-    spec, note = custom_spec(preset=preset, params=params, bits=bits, active_params=active_params,
-                             layers=layers, kv_heads=kv_heads, head_dim=head_dim, kv_bits=kv_bits)
+    spec, note = custom_spec(
+        preset=preset,
+        params=params,
+        bits=bits,
+        active_params=active_params,
+        layers=layers,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        kv_bits=kv_bits,
+    )
     if batch < 1:
         raise InvalidInput("must be at least 1", field="batch")
     if context is not None and context < 1:
@@ -267,8 +316,10 @@ def size_command(
 
     names = accelerator or list(ACCELERATORS)
     the_phase = _phase(phase)
-    rows = [size_model(spec, get_accelerator(n), phase=the_phase, batch=batch, context=context)
-            for n in names]
+    rows = [
+        size_model(spec, get_accelerator(n), phase=the_phase, batch=batch, context=context)
+        for n in names
+    ]
     if as_json:  # pydantic writes infinite costs (models that do not fit) as null
         from pydantic import TypeAdapter
 

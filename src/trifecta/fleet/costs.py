@@ -56,8 +56,10 @@ def _tables() -> tuple[dict[str, PriceRow], dict[str, PriceRow], float, str, flo
             ratio = rule["numerator"] / rule["denominator"]
             scaled = {p: round(base[p] * ratio, 2) for p in PHASES}
             gpu[name] = PriceRow(prices=PhasePrices(**scaled), source=row["source"])
-    capsule = {kind: PriceRow(prices=PhasePrices(**row["prices"]), source=row["source"])
-               for kind, row in raw["capsule_month"].items()}
+    capsule = {
+        kind: PriceRow(prices=PhasePrices(**row["prices"]), source=row["source"])
+        for kind, row in raw["capsule_month"].items()
+    }
     cpu = raw["cpu_replica_hour"]
     return gpu, capsule, float(cpu["price"]), str(cpu["source"]), float(raw["hours_per_month"])
 
@@ -76,13 +78,15 @@ def _check_phase(phase: str) -> Phase:
     return phase
 
 
-def gpu_hour_price(accelerator: str, phase: Phase,
-                   overrides: PriceOverrides | None = None) -> float:
+def gpu_hour_price(
+    accelerator: str, phase: Phase, overrides: PriceOverrides | None = None
+) -> float:
     """USD per accelerator-hour in `phase`; `overrides` (from a topology) win over the table."""
     phase = _check_phase(phase)
     if accelerator not in ACCELERATORS:
-        raise InvalidInput(f"unknown accelerator {accelerator!r}", field="accelerator",
-                           allowed=ACCELERATORS)
+        raise InvalidInput(
+            f"unknown accelerator {accelerator!r}", field="accelerator", allowed=ACCELERATORS
+        )
     override = (overrides or {}).get(accelerator)
     if isinstance(override, int | float):
         return float(override)
@@ -90,8 +94,9 @@ def gpu_hour_price(accelerator: str, phase: Phase,
         return float(override[phase])
     table = _tables()[0]
     if accelerator not in table:
-        raise InvalidInput(f"no price for accelerator {accelerator!r}: give one in the topology",
-                           field="prices")
+        raise InvalidInput(
+            f"no price for accelerator {accelerator!r}: give one in the topology", field="prices"
+        )
     return table[accelerator].prices[phase]
 
 

@@ -84,20 +84,33 @@ def dump_fleet(capsules: Sequence[Capsule], path: Path, *, name: str | None = No
 
 _KINDS = (("digital_twin", 0.75), ("sovereign", 0.20), ("research", 0.05))
 _DOMAINS = {
-    "digital_twin": ("manufacturing", "energy", "logistics", "healthcare", "agriculture",
-                     "telecom", "water", "retail"),
+    "digital_twin": (
+        "manufacturing",
+        "energy",
+        "logistics",
+        "healthcare",
+        "agriculture",
+        "telecom",
+        "water",
+        "retail",
+    ),
     "sovereign": ("defense", "public_sector", "healthcare", "energy"),
     "research": ("science", "climate"),
 }
 # Requests/s of a medium capsule in each phase: a pilot sees more traffic than a dev tenant.
 _BASE_RPS = {"dev": 0.05, "pilot": 0.25, "full": 1.0}
 _SIZES = (("small", 0.5, 256, 0.5), ("medium", 1.0, 512, 0.35), ("large", 2.0, 1024, 0.15))
-_USE_CASES = (("monitoring", 0.7, 0.0, 0.45), ("assistant", 0.4, 0.1, 0.40),
-              ("design", 0.2, 0.4, 0.15))
+_USE_CASES = (
+    ("monitoring", 0.7, 0.0, 0.45),
+    ("assistant", 0.4, 0.1, 0.40),
+    ("design", 0.2, 0.4, 0.15),
+)
 # The playbook's dev phase runs 8-13B checkpoints: dev targets stop at the 13B tier's quality.
-_QUALITY = {"dev": ((0.85, 0.7), (0.9, 0.3)),
-            "pilot": ((0.85, 0.45), (0.9, 0.4), (0.95, 0.15)),
-            "full": ((0.85, 0.45), (0.9, 0.4), (0.95, 0.15))}
+_QUALITY = {
+    "dev": ((0.85, 0.7), (0.9, 0.3)),
+    "pilot": ((0.85, 0.45), (0.9, 0.4), (0.95, 0.15)),
+    "full": ((0.85, 0.45), (0.9, 0.4), (0.95, 0.15)),
+}
 
 
 def _pick(rng: random.Random, options: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -142,12 +155,22 @@ def generate_fleet(
             # A domain is a context tenancy boundary: sovereign capsules keep their own,
             # scoped to their jurisdiction (see `CapsuleRegistry` and docs/fleet.md).
             domain = f"sov-{jurisdiction}-{domain.replace('_', '-')}"
-        capsules.append(Capsule(
-            id=f"{prefix}-{domain.removeprefix(f'{prefix}-').replace('_', '-')}-{i:0{width}d}",
-            name=f"{domain.replace('_', ' ').title()} {use_case} ({size}) #{i}",
-            kind=kind, domain=domain, jurisdiction=jurisdiction, allowed_environments=allowed,
-            phase=phase, quality_target=quality,
-            demand=Demand(requests_per_s=_BASE_RPS[phase] * rps_factor, tokens_per_request=tokens,
-                          light_share=light, generative_share=generative),
-        ))
+        capsules.append(
+            Capsule(
+                id=f"{prefix}-{domain.removeprefix(f'{prefix}-').replace('_', '-')}-{i:0{width}d}",
+                name=f"{domain.replace('_', ' ').title()} {use_case} ({size}) #{i}",
+                kind=kind,
+                domain=domain,
+                jurisdiction=jurisdiction,
+                allowed_environments=allowed,
+                phase=phase,
+                quality_target=quality,
+                demand=Demand(
+                    requests_per_s=_BASE_RPS[phase] * rps_factor,
+                    tokens_per_request=tokens,
+                    light_share=light,
+                    generative_share=generative,
+                ),
+            )
+        )
     return capsules

@@ -40,8 +40,11 @@ class _State:
     devices: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.devices = {(env.name, acc): env.devices(acc)
-                        for env in self.topology.environments for acc in env.accelerators}
+        self.devices = {
+            (env.name, acc): env.devices(acc)
+            for env in self.topology.environments
+            for acc in env.accelerators
+        }
 
     def _devices_left(self, shape: PoolShape) -> int:
         if shape.accelerator is None:
@@ -51,8 +54,11 @@ class _State:
 
     def unit_price(self, group: Group) -> float:
         """USD per hour per token/s of the best shape of `group` with devices left."""
-        prices = [s.price / s.capacity for s in self.shapes.get(group, [])
-                  if self._devices_left(s) >= s.tp]
+        prices = [
+            s.price / s.capacity
+            for s in self.shapes.get(group, [])
+            if self._devices_left(s) >= s.tp
+        ]
         return min(prices, default=math.inf)
 
     def opening(self, group: Group, load: float) -> tuple[float, list[PoolShape]] | None:
@@ -66,9 +72,14 @@ class _State:
         cost = 0.0
         by_value = sorted(self.shapes.get(group, []), key=lambda s: s.price / s.capacity)
         while need > 1e-9:
-            shape = next((s for s in by_value
-                          if self._devices_left(s) - used[(s.environment, s.accelerator or "")]
-                          >= s.tp), None)
+            shape = next(
+                (
+                    s
+                    for s in by_value
+                    if self._devices_left(s) - used[(s.environment, s.accelerator or "")] >= s.tp
+                ),
+                None,
+            )
             if shape is None:
                 return None
             used[(shape.environment, shape.accelerator or "")] += shape.tp
@@ -98,8 +109,10 @@ def greedy_plan(capsules: Sequence[Capsule], topology: Topology, phase: Phase) -
         grouped[shape.group].append(shape)
     state = _State(topology, grouped)
     decisions: list[CapsuleDecision] = []
-    order = sorted(((cls, c) for cls in classes for c in cls.capsules),
-                   key=lambda item: -item[1].demand.tokens_per_s)
+    order = sorted(
+        ((cls, c) for cls in classes for c in cls.capsules),
+        key=lambda item: -item[1].demand.tokens_per_s,
+    )
     for cls, capsule in order:
         demand = capsule.demand
         light = demand.light_share * demand.tokens_per_s
@@ -113,8 +126,10 @@ def greedy_plan(capsules: Sequence[Capsule], topology: Topology, phase: Phase) -
                 if opening is not None:
                     fits.append((state.unit_price(group), group, opening[1]))
             if not fits:
-                raise Infeasible(f"greedy: no generative capacity left for capsule {capsule.id}",
-                                 field="capacity")
+                raise Infeasible(
+                    f"greedy: no generative capacity left for capsule {capsule.id}",
+                    field="capacity",
+                )
             _, group, opened = min(fits, key=lambda item: item[0])
             gen_choice = [(group, generative, opened)]
         best: tuple[float, list[tuple[Group, float, list[PoolShape]]], CapsuleDecision] | None
@@ -122,15 +137,22 @@ def greedy_plan(capsules: Sequence[Capsule], topology: Topology, phase: Phase) -
         for env, tier in cls.homes:
             cognitive = (env, "cognitive", tier)
             unit = state.unit_price(cognitive)
-            edge_env = min(cls.edges, key=lambda e: state.unit_price((e, "edge", edge_model)),
-                           default=None) if light > 0 else None
+            edge_env = (
+                min(
+                    cls.edges, key=lambda e: state.unit_price((e, "edge", edge_model)), default=None
+                )
+                if light > 0
+                else None
+            )
             if edge_env and state.unit_price((edge_env, "edge", edge_model)) >= unit:
                 edge_env = None
             # offload where the edge is cheaper; keep the requests in the cloud if it is full
-            for edge in ([edge_env, None] if edge_env else [None]):
+            for edge in [edge_env, None] if edge_env else [None]:
                 offload = light if edge else 0.0
-                steps = [(cognitive, demand.tokens_per_s - generative - offload),
-                         ((env, "context", CONTEXT_SERVICE), demand.requests_per_s)]
+                steps = [
+                    (cognitive, demand.tokens_per_s - generative - offload),
+                    ((env, "context", CONTEXT_SERVICE), demand.requests_per_s),
+                ]
                 if edge:
                     steps.append(((edge, "edge", edge_model), offload))
                 plan_steps = []
@@ -143,8 +165,12 @@ def greedy_plan(capsules: Sequence[Capsule], topology: Topology, phase: Phase) -
                     score = sum(load * state.unit_price(group) for group, load, _ in plan_steps)
                     if best is None or score < best[0] - 1e-12:
                         decision = CapsuleDecision(
-                            capsule, env, tier, {edge: offload} if edge else {},
-                            {gen_choice[0][0][0]: generative} if gen_choice else {})
+                            capsule,
+                            env,
+                            tier,
+                            {edge: offload} if edge else {},
+                            {gen_choice[0][0][0]: generative} if gen_choice else {},
+                        )
                         best = (score, plan_steps, decision)
                     break
         if best is None:
@@ -152,9 +178,13 @@ def greedy_plan(capsules: Sequence[Capsule], topology: Topology, phase: Phase) -
         for group, load, opened in best[1] + gen_choice:
             state.commit(group, load, opened)
         decisions.append(best[2])
-    report = SolverReport(method="greedy-cheapest-fit", status="heuristic",
-                          seconds=time.perf_counter() - started, capsules=len(capsules),
-                          classes=len(classes))
+    report = SolverReport(
+        method="greedy-cheapest-fit",
+        status="heuristic",
+        seconds=time.perf_counter() - started,
+        capsules=len(capsules),
+        classes=len(classes),
+    )
     budget = phase_budget(phase)
     by_id = {d.capsule.id: i for i, d in enumerate(decisions)}
     decisions.sort(key=lambda d: by_id.get(d.capsule.id, math.inf))

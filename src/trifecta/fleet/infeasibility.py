@@ -32,7 +32,8 @@ def explain_infeasible(model: object, topology: Topology, phase: Phase) -> Infea
         program.entries.append((model.place_rows[c], u, 1.0))
         if c in model.generative_rows:
             program.entries.append(
-                (model.generative_rows[c], u, cls.generative_share * cls.tokens_per_s))
+                (model.generative_rows[c], u, cls.generative_share * cls.tokens_per_s)
+            )
     # The relaxation first (fast, and short capacity shows there already); whole replicas
     # and capsules only when the shortage is one of rounding.
     result = program.solve(integer=(), time_limit=10.0, mip_rel_gap=1e-6)
@@ -41,8 +42,9 @@ def explain_infeasible(model: object, topology: Topology, phase: Phase) -> Infea
         result = program.solve(time_limit=5.0, mip_rel_gap=1e-3)
         x = getattr(result, "x", None)
     if x is None:
-        return Infeasible("the fleet does not fit the topology's devices in phase "
-                          f"{phase}", field="capacity")
+        return Infeasible(
+            f"the fleet does not fit the topology's devices in phase {phase}", field="capacity"
+        )
 
     left_out: list[Capsule] = []
     places: set[str] = set()
@@ -63,18 +65,28 @@ def explain_infeasible(model: object, topology: Topology, phase: Phase) -> Infea
         if total and used >= total - 1e-6:
             full.append(f"{env} {acc} {round(used)}/{total}")
     if not left_out:
-        return Infeasible(f"no whole number of replicas fits the devices of phase "
-                          f"{phase} ({', '.join(full) or 'all environments'})", field="capacity")
+        return Infeasible(
+            f"no whole number of replicas fits the devices of phase "
+            f"{phase} ({', '.join(full) or 'all environments'})",
+            field="capacity",
+        )
     sovereign = sorted({c.jurisdiction or "" for c in left_out if c.sovereign})
-    rule = (f" (sovereign capsules of jurisdiction {', '.join(repr(j) for j in sovereign)} may "
-            f"use only sovereign and edge environments there)") if sovereign else ""
+    rule = (
+        (
+            f" (sovereign capsules of jurisdiction {', '.join(repr(j) for j in sovereign)} may "
+            f"use only sovereign and edge environments there)"
+        )
+        if sovereign
+        else ""
+    )
     devices = f"; devices all in use: {', '.join(full)}" if full else ""
     return Infeasible(
         f"{len(left_out)} capsules do not fit: {describe(left_out)} "
         f"({_fmt(tokens)} tokens/s); the environments they may use are "
-        f"{', '.join(sorted(places))}{rule}{devices}", field="capacity")
+        f"{', '.join(sorted(places))}{rule}{devices}",
+        field="capacity",
+    )
 
 
 def _fmt(value: float) -> str:
     return f"{value:,.0f}" if value >= 10 or math.isclose(value, round(value)) else f"{value:.2f}"
-

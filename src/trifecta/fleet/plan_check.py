@@ -50,15 +50,20 @@ def verify_plan(plan: Plan, capsules: Sequence[Capsule], topology: Topology) -> 
             problems.append(f"{capsule.id}: tier {item.tier} is below its quality target")
         demand = capsule.demand
         if item.edge_share > demand.light_share + TOLERANCE:
-            problems.append(f"{capsule.id}: offloads {item.edge_share:.3f} of its tokens, "
-                            f"more than its light share {demand.light_share:g}")
+            problems.append(
+                f"{capsule.id}: offloads {item.edge_share:.3f} of its tokens, "
+                f"more than its light share {demand.light_share:g}"
+            )
         generative = sum(item.generative_environments.values())
         if abs(generative - demand.generative_share) > TOLERANCE:
-            problems.append(f"{capsule.id}: generative share {generative:.3f} served, "
-                            f"{demand.generative_share:g} asked")
+            problems.append(
+                f"{capsule.id}: generative share {generative:.3f} served, "
+                f"{demand.generative_share:g} asked"
+            )
         tokens = demand.tokens_per_s
         load[(item.environment, "cognitive", item.tier)] += tokens * (
-            1 - demand.generative_share - item.edge_share)
+            1 - demand.generative_share - item.edge_share
+        )
         load[(item.environment, "context", CONTEXT_SERVICE)] += demand.requests_per_s
         for name, share in item.edge_environments.items():
             load[(name, "edge", edge_model)] += tokens * share
@@ -72,13 +77,15 @@ def verify_plan(plan: Plan, capsules: Sequence[Capsule], topology: Topology) -> 
     devices: dict[tuple[str, str], int] = defaultdict(int)
     for pool in plan.pools:
         capacity[(pool.environment, pool.layer, pool.model)] += pool.replicas * (
-            pool.capacity_per_replica)
+            pool.capacity_per_replica
+        )
         if pool.accelerator:
             devices[(pool.environment, pool.accelerator)] += pool.devices
     for group, needed in load.items():
         if needed > capacity[group] * (1 + TOLERANCE) + TOLERANCE:
-            problems.append(f"capacity: {'/'.join(group)} serves {needed:.2f} with "
-                            f"{capacity[group]:.2f}")
+            problems.append(
+                f"capacity: {'/'.join(group)} serves {needed:.2f} with {capacity[group]:.2f}"
+            )
     for (env_name, accelerator), used in devices.items():
         env = envs.get(env_name)
         have = env.devices(accelerator) if env else 0

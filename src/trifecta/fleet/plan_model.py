@@ -52,10 +52,12 @@ class CapsuleAssignment(BaseModel):
     accelerators: list[str] = Field(description="accelerator types of its tier's pool")
     tokens_per_s: float
     edge_share: float = Field(description="share of its tokens served at the edge")
-    edge_environments: dict[str, float] = Field(default_factory=dict,
-                                                description="edge environment -> share of tokens")
+    edge_environments: dict[str, float] = Field(
+        default_factory=dict, description="edge environment -> share of tokens"
+    )
     generative_environments: dict[str, float] = Field(
-        default_factory=dict, description="environment -> share of tokens to the generative layer")
+        default_factory=dict, description="environment -> share of tokens to the generative layer"
+    )
     cost_per_hour: float
     cost_per_month: float
 

@@ -79,9 +79,14 @@ class Program:
         self.row_upper.append(upper)
         return index
 
-    def solve(self, *, integer: Sequence[int] | None = None,
-              at_least: dict[int, float] | None = None, time_limit: float,
-              mip_rel_gap: float) -> Any:
+    def solve(
+        self,
+        *,
+        integer: Sequence[int] | None = None,
+        at_least: dict[int, float] | None = None,
+        time_limit: float,
+        mip_rel_gap: float,
+    ) -> Any:
         """Solve with HiGHS. `integer` overrides which columns are integral (default: as
         declared, `()` for the LP relaxation); `at_least` raises columns' lower bounds."""
         rows, cols, values = zip(*self.entries, strict=True) if self.entries else ((), (), ())
@@ -89,13 +94,17 @@ class Program:
         lower, upper = np.asarray(self.lower), np.asarray(self.upper)
         for col, value in (at_least or {}).items():
             lower[col] = min(max(lower[col], value), upper[col])
-        integrality = np.asarray(self.integer if integer is None else integer or [0] * len(
-            self.cost))
+        integrality = np.asarray(
+            self.integer if integer is None else integer or [0] * len(self.cost)
+        )
         with _native_stdout_silenced():
             return milp(
-                c=np.asarray(self.cost), integrality=integrality, bounds=Bounds(lower, upper),
-                constraints=LinearConstraint(matrix.tocsr(), np.asarray(self.row_lower),
-                                             np.asarray(self.row_upper)),
+                c=np.asarray(self.cost),
+                integrality=integrality,
+                bounds=Bounds(lower, upper),
+                constraints=LinearConstraint(
+                    matrix.tocsr(), np.asarray(self.row_lower), np.asarray(self.row_upper)
+                ),
                 options={"time_limit": max(time_limit, 0.1), "mip_rel_gap": mip_rel_gap},
             )
 
@@ -139,8 +148,7 @@ class Model:
     device_rows: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
-def build_model(classes: list[CapsuleClass], shapes: list[PoolShape],
-                topology: Topology) -> Model:
+def build_model(classes: list[CapsuleClass], shapes: list[PoolShape], topology: Topology) -> Model:
     program = Program()
     model = Model(program, classes, shapes, {}, {}, {}, {}, {})
     generative_model, edge_model = layer_models()
@@ -160,14 +168,19 @@ def build_model(classes: list[CapsuleClass], shapes: list[PoolShape],
                 program.row([(o, 1.0), (n, -light)], -math.inf, 0.0)
                 group_terms[(env, "cognitive", tier)].append((o, 1.0))
         model.place_rows[c] = program.row(
-            [(model.placed[(c, h)], 1.0) for h in range(len(cls.homes))], cls.count, cls.count)
+            [(model.placed[(c, h)], 1.0) for h in range(len(cls.homes))], cls.count, cls.count
+        )
         if cls.edges and light > 0:
             for env in cls.edges:
                 w = program.column(0.0, 0, light * cls.count, integer=False)
                 model.edge[(c, env)] = w
                 group_terms[(env, "edge", edge_model)].append((w, -1.0))
-            program.row([(model.edge[(c, e)], 1.0) for e in cls.edges]
-                        + [(model.offload[(c, h)], -1.0) for h in range(len(cls.homes))], 0, 0)
+            program.row(
+                [(model.edge[(c, e)], 1.0) for e in cls.edges]
+                + [(model.offload[(c, h)], -1.0) for h in range(len(cls.homes))],
+                0,
+                0,
+            )
         if cls.generative_share > 0:
             need = cls.generative_share * cls.tokens_per_s * cls.count
             for env in cls.generative_environments:
@@ -175,7 +188,8 @@ def build_model(classes: list[CapsuleClass], shapes: list[PoolShape],
                 model.generative[(c, env)] = g
                 group_terms[(env, "generative", generative_model)].append((g, -1.0))
             model.generative_rows[c] = program.row(
-                [(model.generative[(c, e)], 1.0) for e in cls.generative_environments], need, need)
+                [(model.generative[(c, e)], 1.0) for e in cls.generative_environments], need, need
+            )
 
     device_terms: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
     all_requests = sum(cls.requests_per_s * cls.count for cls in classes)
@@ -195,7 +209,8 @@ def build_model(classes: list[CapsuleClass], shapes: list[PoolShape],
         program.row(terms, 0.0, math.inf)
     for (env, acc), terms in device_terms.items():
         model.device_rows[(env, acc)] = program.row(
-            terms, -math.inf, topology.environment(env).devices(acc))
+            terms, -math.inf, topology.environment(env).devices(acc)
+        )
     return model
 
 
@@ -214,16 +229,26 @@ def _decisions(model: Model, x: np.ndarray) -> tuple[list[CapsuleDecision], dict
             has_offload = (c, h) in model.offload and count
             offloaded = x[model.offload[(c, h)]] / count if has_offload else 0.0
             for _ in range(count):
-                edge_tokens = ({e: offloaded * x[model.edge[(c, e)]] / edge_total
-                                for e in edges} if edge_total > 1e-12 else {})
+                edge_tokens = (
+                    {e: offloaded * x[model.edge[(c, e)]] / edge_total for e in edges}
+                    if edge_total > 1e-12
+                    else {}
+                )
                 gen_need = cls.generative_share * cls.tokens_per_s * cls.count
-                generative_tokens = ({e: generative_total * x[model.generative[(c, e)]] / gen_need
-                                      for e in cls.generative_environments}
-                                     if cls.generative_share > 0 else {})
-                decisions.append(CapsuleDecision(next(capsules), env, tier, edge_tokens,
-                                                 generative_tokens))
-    replicas = {model.shapes[s]: round(x[col]) for s, col in model.replicas.items()
-                if round(x[col]) > 0}
+                generative_tokens = (
+                    {
+                        e: generative_total * x[model.generative[(c, e)]] / gen_need
+                        for e in cls.generative_environments
+                    }
+                    if cls.generative_share > 0
+                    else {}
+                )
+                decisions.append(
+                    CapsuleDecision(next(capsules), env, tier, edge_tokens, generative_tokens)
+                )
+    replicas = {
+        model.shapes[s]: round(x[col]) for s, col in model.replicas.items() if round(x[col]) > 0
+    }
     return decisions, replicas
 
 
@@ -233,8 +258,9 @@ def _dual_bound(result: Any) -> float:
     return float(result.fun if bound is None or not math.isfinite(bound) else bound)
 
 
-def _solve(model: Model, *, time_limit: float,
-           mip_rel_gap: float) -> tuple[np.ndarray | None, str, float]:
+def _solve(
+    model: Model, *, time_limit: float, mip_rel_gap: float
+) -> tuple[np.ndarray | None, str, float]:
     """Solve in up to three stages; returns (solution, status, lower bound on the cost).
 
     1. Capsule counts relaxed to fractions, replicas whole. Its optimum bounds the cost from
@@ -256,8 +282,9 @@ def _solve(model: Model, *, time_limit: float,
         return None, "time limit", math.inf
     bound = _dual_bound(first)
     kept = {col: round(first.x[col]) for col in model.replicas.values()}
-    second = program.solve(at_least=kept, time_limit=max(deadline - time.perf_counter(), 0.5),
-                           mip_rel_gap=mip_rel_gap)
+    second = program.solve(
+        at_least=kept, time_limit=max(deadline - time.perf_counter(), 0.5), mip_rel_gap=mip_rel_gap
+    )
     best, best_cost = (second.x, float(second.fun)) if second.x is not None else (None, math.inf)
 
     def within(cost: float) -> bool:
@@ -271,8 +298,13 @@ def _solve(model: Model, *, time_limit: float,
             bound = max(bound, min(best_cost, _dual_bound(full)))
     if best is None:
         return None, "infeasible", bound
-    status = ("optimal" if best_cost - bound <= 1e-6 * max(best_cost, 1.0) else
-              "within gap" if within(best_cost) else "time limit (best found)")
+    status = (
+        "optimal"
+        if best_cost - bound <= 1e-6 * max(best_cost, 1.0)
+        else "within gap"
+        if within(best_cost)
+        else "time limit (best found)"
+    )
     return best, status, bound
 
 
@@ -314,24 +346,48 @@ def plan(
 
         raise explain_infeasible(model, topology, phase)
     if x is None:
-        raise Infeasible(f"the solver found no plan within its time limit of {time_limit:g} s "
-                         f"({len(classes)} capsule classes); allow more time", field="time_limit")
+        raise Infeasible(
+            f"the solver found no plan within its time limit of {time_limit:g} s "
+            f"({len(classes)} capsule classes); allow more time",
+            field="time_limit",
+        )
     decisions, replicas = _decisions(model, x)
     cost = float(np.dot(program.cost, x))
     report = SolverReport(
-        method="milp-highs", status=status, seconds=time.perf_counter() - started,
-        capsules=len(capsules), classes=len(classes), variables=len(program.cost),
-        integer_variables=sum(program.integer), constraints=len(program.row_lower),
-        lower_bound=bound, mip_gap=(cost - bound) / cost if cost > 0 else 0.0)
-    result_plan = assemble_plan(decisions, replicas, topology, phase, report,
-                                budget if isinstance(budget, int | float) else None)
-    log.debug("plan", phase=phase, capsules=len(capsules), classes=len(classes),
-             cost_per_hour=round(result_plan.cost_per_hour, 2), seconds=round(report.seconds, 3))
+        method="milp-highs",
+        status=status,
+        seconds=time.perf_counter() - started,
+        capsules=len(capsules),
+        classes=len(classes),
+        variables=len(program.cost),
+        integer_variables=sum(program.integer),
+        constraints=len(program.row_lower),
+        lower_bound=bound,
+        mip_gap=(cost - bound) / cost if cost > 0 else 0.0,
+    )
+    result_plan = assemble_plan(
+        decisions,
+        replicas,
+        topology,
+        phase,
+        report,
+        budget if isinstance(budget, int | float) else None,
+    )
+    log.debug(
+        "plan",
+        phase=phase,
+        capsules=len(capsules),
+        classes=len(classes),
+        cost_per_hour=round(result_plan.cost_per_hour, 2),
+        seconds=round(report.seconds, 3),
+    )
     if isinstance(budget, int | float) and result_plan.cost_per_hour > budget + 1e-9:
         costly = sorted(result_plan.assignments, key=lambda a: -a.cost_per_hour)
         raise Infeasible(
             f"the cheapest plan for {len(capsules)} capsules costs "
             f"${result_plan.cost_per_hour:,.2f}/hour, above the {phase} phase target of "
             f"${budget:,.2f}/hour; the costliest capsules are "
-            f"{', '.join(a.capsule_id for a in costly[:3])}", field="phase")
+            f"{', '.join(a.capsule_id for a in costly[:3])}",
+            field="phase",
+        )
     return result_plan

@@ -49,8 +49,9 @@ def layer_models() -> tuple[str, str]:
     return raw["generative_model"], raw["edge_model"]
 
 
-def _gpu_shapes(env: Environment, topology: Topology, phase: Phase, layer: Layer, model: str,
-                context: int) -> list[PoolShape]:
+def _gpu_shapes(
+    env: Environment, topology: Topology, phase: Phase, layer: Layer, model: str, context: int
+) -> list[PoolShape]:
     spec = PRESETS[model]
     shapes: list[PoolShape] = []
     for name in env.accelerators:
@@ -64,12 +65,16 @@ def _gpu_shapes(env: Environment, topology: Topology, phase: Phase, layer: Layer
             batch = min(topology.serving.batch_limit, max_batch(spec, acc, tp, context))
             if tp > devices or batch < 1:
                 continue
-            sizing = size_model(spec, acc, phase=phase, batch=batch, context=context, tp=tp,
-                                overrides={name: price})
-            shape = PoolShape(env.name, layer, model, name, tp, batch,
-                              sizing.decode_tokens_per_s, price * tp)
-            if any(shape.tp % k.tp == 0 and k.capacity * (shape.tp // k.tp) >= shape.capacity
-                   for k in kept):
+            sizing = size_model(
+                spec, acc, phase=phase, batch=batch, context=context, tp=tp, overrides={name: price}
+            )
+            shape = PoolShape(
+                env.name, layer, model, name, tp, batch, sizing.decode_tokens_per_s, price * tp
+            )
+            if any(
+                shape.tp % k.tp == 0 and k.capacity * (shape.tp // k.tp) >= shape.capacity
+                for k in kept
+            ):
                 continue  # smaller replicas of this kind do at least as well
             kept.append(shape)
         shapes += kept
@@ -88,10 +93,12 @@ def _edge_shapes(env: Environment, topology: Topology, phase: Phase, model: str)
         if batch < 1 or acc.ops_per_s(spec.bits_per_weight) == 0:
             continue
         price = topology.price(env, name, phase)
-        sizing = size_model(spec, acc, phase=phase, batch=batch, context=context, tp=1,
-                            overrides={name: price})
-        shapes.append(PoolShape(env.name, "edge", model, name, 1, batch,
-                                sizing.decode_tokens_per_s, price))
+        sizing = size_model(
+            spec, acc, phase=phase, batch=batch, context=context, tp=1, overrides={name: price}
+        )
+        shapes.append(
+            PoolShape(env.name, "edge", model, name, 1, batch, sizing.decode_tokens_per_s, price)
+        )
     return shapes
 
 
@@ -103,13 +110,25 @@ def pool_shapes(topology: Topology, phase: Phase) -> list[PoolShape]:
     for env in topology.serving_environments(phase):
         cognitive: list[PoolShape] = []
         for tier in topology.tier_quality:
-            cognitive += _gpu_shapes(env, topology, phase, "cognitive", tier,
-                                     serving.cognitive_context)
+            cognitive += _gpu_shapes(
+                env, topology, phase, "cognitive", tier, serving.cognitive_context
+            )
         shapes += cognitive
-        shapes += _gpu_shapes(env, topology, phase, "generative", generative,
-                              serving.generative_context)
+        shapes += _gpu_shapes(
+            env, topology, phase, "generative", generative, serving.generative_context
+        )
         shapes += _edge_shapes(env, topology, phase, edge)
         if cognitive:  # capsules can live here: their context shards do too
-            shapes.append(PoolShape(env.name, "context", CONTEXT_SERVICE, None, 1, 1,
-                                    serving.context_rps_per_replica, cpu_replica_hour_price()))
+            shapes.append(
+                PoolShape(
+                    env.name,
+                    "context",
+                    CONTEXT_SERVICE,
+                    None,
+                    1,
+                    1,
+                    serving.context_rps_per_replica,
+                    cpu_replica_hour_price(),
+                )
+            )
     return shapes

@@ -64,8 +64,10 @@ class ModelSpec(BaseModel):
     @property
     def weight_bytes(self) -> float:
         embedding_bits = self.embedding_bits or self.bits_per_weight
-        return ((self.params - self.embedding_params) * self.bits_per_weight
-                + self.embedding_params * embedding_bits) / 8
+        return (
+            (self.params - self.embedding_params) * self.bits_per_weight
+            + self.embedding_params * embedding_bits
+        ) / 8
 
     @property
     def kv_bytes_per_token(self) -> float:
@@ -123,8 +125,9 @@ def get_preset(name: str) -> ModelSpec:
     try:
         return PRESETS[name]
     except KeyError:
-        raise InvalidInput(f"unknown model preset {name!r}", field="preset",
-                           allowed=PRESETS) from None
+        raise InvalidInput(
+            f"unknown model preset {name!r}", field="preset", allowed=PRESETS
+        ) from None
 
 
 def tp_degrees(accelerator: Accelerator) -> tuple[int, ...]:
@@ -166,12 +169,24 @@ def size_model(
     elif chosen is None:
         reason = f"needs {needed / 1e9:.1f} GB > {max(degrees)} x {usable / 1e9:.1f} GB"
     if reason is not None:
-        return Sizing(model=spec.name, accelerator=acc.name, phase=phase, batch=batch,
-                      context=context, weight_bytes=spec.weight_bytes, kv_bytes=kv,
-                      tp_degree=max(degrees), fits=False, reason=reason, bound="none",
-                      decode_tokens_per_s=0.0, accelerator_seconds_per_token=math.inf,
-                      hour_price=price, cost_per_hour=price * max(degrees),
-                      cost_per_million_tokens=math.inf)
+        return Sizing(
+            model=spec.name,
+            accelerator=acc.name,
+            phase=phase,
+            batch=batch,
+            context=context,
+            weight_bytes=spec.weight_bytes,
+            kv_bytes=kv,
+            tp_degree=max(degrees),
+            fits=False,
+            reason=reason,
+            bound="none",
+            decode_tokens_per_s=0.0,
+            accelerator_seconds_per_token=math.inf,
+            hour_price=price,
+            cost_per_hour=price * max(degrees),
+            cost_per_million_tokens=math.inf,
+        )
     assert chosen is not None
     memory_time = (spec.weight_bytes_read(batch) + kv) / (chosen * acc.bandwidth_bytes_per_s)
     compute_time = 2 * spec.active * batch / (chosen * ops)
@@ -179,11 +194,20 @@ def size_model(
     tokens_per_s = batch / step
     device_seconds = chosen / tokens_per_s
     return Sizing(
-        model=spec.name, accelerator=acc.name, phase=phase, batch=batch, context=context,
-        weight_bytes=spec.weight_bytes, kv_bytes=kv, tp_degree=chosen, fits=True,
+        model=spec.name,
+        accelerator=acc.name,
+        phase=phase,
+        batch=batch,
+        context=context,
+        weight_bytes=spec.weight_bytes,
+        kv_bytes=kv,
+        tp_degree=chosen,
+        fits=True,
         bound="memory" if memory_time >= compute_time else "compute",
-        decode_tokens_per_s=tokens_per_s, accelerator_seconds_per_token=device_seconds,
-        hour_price=price, cost_per_hour=price * chosen,
+        decode_tokens_per_s=tokens_per_s,
+        accelerator_seconds_per_token=device_seconds,
+        hour_price=price,
+        cost_per_hour=price * chosen,
         cost_per_million_tokens=device_seconds * 1e6 / 3600 * price,
     )
 
@@ -215,8 +239,9 @@ def serving_shape(
         batch = min(batch_limit, max_batch(spec, acc, tp, context))
         if batch < 1:
             continue
-        sizing = size_model(spec, acc, phase=phase, batch=batch, context=context, tp=tp,
-                            overrides=overrides)
+        sizing = size_model(
+            spec, acc, phase=phase, batch=batch, context=context, tp=tp, overrides=overrides
+        )
         if best is None or sizing.tokens_per_s_per_device > best.tokens_per_s_per_device * 1.0001:
             best = sizing
     return best
@@ -226,8 +251,10 @@ def size_across_tiers(
     spec: ModelSpec, phase: Phase, *, batch: int = 1, context: int | None = None
 ) -> list[Sizing]:
     """`spec` sized on every accelerator of the catalog (the `trifecta size` table)."""
-    return [size_model(spec, acc, phase=phase, batch=batch, context=context)
-            for acc in ACCELERATORS.values()]
+    return [
+        size_model(spec, acc, phase=phase, batch=batch, context=context)
+        for acc in ACCELERATORS.values()
+    ]
 
 
 def smallest_fit(
@@ -236,10 +263,13 @@ def smallest_fit(
     """The cheapest deployment per hour that holds `spec` (ties: the least total memory)."""
     fitting = [s for s in size_across_tiers(spec, phase, batch=batch, context=context) if s.fits]
     if not fitting:
-        raise Infeasible(f"{spec.name} fits on no accelerator of the catalog at batch {batch}",
-                         field="model")
-    return min(fitting, key=lambda s: (s.cost_per_hour,
-                                       s.tp_degree * ACCELERATORS[s.accelerator].memory_gb))
+        raise Infeasible(
+            f"{spec.name} fits on no accelerator of the catalog at batch {batch}", field="model"
+        )
+    return min(
+        fitting,
+        key=lambda s: (s.cost_per_hour, s.tp_degree * ACCELERATORS[s.accelerator].memory_gb),
+    )
 
 
 def custom_spec(
@@ -266,16 +296,32 @@ def custom_spec(
             raise InvalidInput("must be positive", field="params")
         base = min(PRESETS.values(), key=lambda p: abs(math.log(p.params / params)))
         if None in (layers, kv_heads, head_dim):
-            note = (f"KV-cache shape not given: layers, KV heads and head dim taken from "
-                    f"{base.name} ({base.layers} x {base.kv_heads} x {base.head_dim}), context "
-                    f"{base.context_length}")
-    fields = {"params": params, "bits_per_weight": bits, "active_params": active_params,
-              "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim, "kv_bits": kv_bits}
+            note = (
+                f"KV-cache shape not given: layers, KV heads and head dim taken from "
+                f"{base.name} ({base.layers} x {base.kv_heads} x {base.head_dim}), context "
+                f"{base.context_length}"
+            )
+    fields = {
+        "params": params,
+        "bits_per_weight": bits,
+        "active_params": active_params,
+        "layers": layers,
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "kv_bits": kv_bits,
+    }
     changes: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
     if preset is None:
-        changes.update(name=f"custom-{params:.3g}", bits_per_weight=bits or 16, source="",
-                       experts=None, active_experts=None, embedding_params=0,
-                       embedding_bits=None, active_params=active_params)
+        changes.update(
+            name=f"custom-{params:.3g}",
+            bits_per_weight=bits or 16,
+            source="",
+            experts=None,
+            active_experts=None,
+            embedding_params=0,
+            embedding_bits=None,
+            active_params=active_params,
+        )
     for key in ("params", "bits_per_weight", "layers", "kv_heads", "head_dim", "kv_bits"):
         if key in changes and changes[key] <= 0:
             raise InvalidInput("must be positive", field=key.replace("bits_per_weight", "bits"))

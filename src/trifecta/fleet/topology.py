@@ -67,11 +67,13 @@ class Environment(BaseModel):
     jurisdiction: str | None = Field(default=None, pattern=SLUG, description="legal region")
     nodes: list[Node] = Field(default_factory=list)
     prices: dict[str, PriceOverride] = Field(default_factory=dict, description="USD/device-hour")
-    phases: list[Phase] = Field(default_factory=lambda: list(PHASES),
-                                description="phases in which the planner may use it")
+    phases: list[Phase] = Field(
+        default_factory=lambda: list(PHASES), description="phases in which the planner may use it"
+    )
     serving: bool = Field(default=True, description="False: not for serving (a training pool)")
     reserved_for: list[str] | None = Field(
-        default=None, description="only capsules of these kinds may be placed here")
+        default=None, description="only capsules of these kinds may be placed here"
+    )
 
     @field_validator("prices")
     @classmethod
@@ -116,9 +118,11 @@ class ServingPolicy(BaseModel):
     edge_context: int = Field(default=1024, gt=0, description="light requests are short")
     batch_limit: int = Field(default=64, gt=0, description="concurrent sequences per replica")
     context_rps_per_replica: float = Field(
-        default=100.0, gt=0,
+        default=100.0,
+        gt=0,
         description="requests/s one context-layer CPU replica serves (assumption: retrieval "
-                    "plus playbook lookup, about 10 ms of CPU per request on 4 vCPUs)")
+        "plus playbook lookup, about 10 ms of CPU per request on 4 vCPUs)",
+    )
 
 
 def _default_tier_quality() -> dict[str, float]:
@@ -168,8 +172,11 @@ class Topology(BaseModel):
         for env in self.environments:
             if env.name == name:
                 return env
-        raise NotFound(f"no environment {name!r}", field="environment",
-                       allowed=[e.name for e in self.environments])
+        raise NotFound(
+            f"no environment {name!r}",
+            field="environment",
+            allowed=[e.name for e in self.environments],
+        )
 
     def price(self, environment: Environment, accelerator: str, phase: Phase) -> float:
         """USD per device-hour in `phase`: the environment's override for it, else the

@@ -37,8 +37,11 @@ def run_command(
     latency: list[str] = typer.Option([], help="add latency, e.g. inference=20ms (repeatable)"),
     out: Path | None = typer.Option(None, help="report folder (default: <data>/runs/<run id>)"),
 ) -> None:
-    """Serve a workload of real tasks through every layer on the embedded default and report
-    throughput, latency, accuracy, learning and cost."""
+    """Serve real tasks through every layer on the embedded default, and report.
+
+    The report gives per-layer throughput and latency, accuracy, escalation and edge shares,
+    what the context layer learned, and the cost by the playbook's tables.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from trifecta.core.settings import get_settings

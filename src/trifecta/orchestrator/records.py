@@ -93,6 +93,9 @@ class RequestLog:
                 items=charges,
                 at=at,
             )
+        if result.answer is not None and result.verified is True:
+            with self._lock:
+                self._answered.add((result.capsule_id, prompt_hash(result.prompt)))
 
     def get(self, request_id: str, capsule_id: str) -> TaskResult:
         with transaction(self.engine) as session:

@@ -11,8 +11,11 @@ def serve_command(
     replicas: int = typer.Option(1, min=1, max=16, help="replicas per cognitive tier"),
     log_level: str = typer.Option("info"),
 ) -> None:
-    """Serve the OpenAI-compatible API, capsule tasks, the context service, the control plane
-    and Prometheus metrics (OpenAPI at /docs)."""
+    """Serve every HTTP surface in one process (OpenAPI at /docs).
+
+    The OpenAI-compatible API, capsule tasks and feedback, the context service (/context),
+    the control plane (/v1/plan, /v1/capsules, /v1/ledger) and Prometheus /metrics.
+    """
     import uvicorn
 
     from trifecta.cognitive.serving.factory import build_service

@@ -1,0 +1,146 @@
+"""Hugging Face checkpoint directories: build, save and load them with one clear error.
+
+The shipped tiers use the character vocabulary of `core/tokenizer.py`; it is exported here as a
+`tokenizer.json` (the `tokenizers` library's word-level model over single characters) so that
+`AutoTokenizer.from_pretrained` reads it like any checkpoint's tokenizer and encodes exactly as
+`CharTokenizer(..., bos=True)` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trifecta.core.errors import InvalidInput
+from trifecta.core.tokenizer import BOS, EOS, MASK, PAD, SPECIALS, CharTokenizer
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from trifecta.cognitive.tiers import TierSpec
+
+REQUIRED_FILES = ("config.json",)
+
+
+def build_tokenizer() -> PreTrainedTokenizerBase:
+    """The character vocabulary as a `transformers` fast tokenizer (left padding, BOS added)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    chars = CharTokenizer()
+    backend = Tokenizer(models.WordLevel(vocab=dict(chars.ids), unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()  # characters join without spaces
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, chars.bos_id)]
+    )
+    backend.add_special_tokens(list(SPECIALS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        mask_token=MASK,
+        padding_side="left",
+    )
+
+
+def llama_config(spec: TierSpec) -> LlamaConfig:
+    """The `LlamaConfig` of a shipped tier."""
+    from transformers import LlamaConfig
+
+    chars = CharTokenizer()
+    return LlamaConfig(
+        vocab_size=chars.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.heads,
+        max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=True,
+        initializer_range=spec.init_std,
+        attention_bias=spec.attention_bias,
+        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        bos_token_id=chars.bos_id,
+        eos_token_id=chars.eos_id,
+        pad_token_id=chars.pad_id,
+    )
+
+
+def save_checkpoint(
+    model: PreTrainedModel, directory: Path, *, record: dict[str, Any] | None = None
+) -> None:
+    """Write `model` (safetensors), its tokenizer and greedy generation config to `directory`,
+    plus `training.json` with how it was made. Writes to a sibling folder first and swaps it
+    in, so that a failed save never leaves a half-written tier."""
+    from transformers import GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bar is on screen
+
+    directory = Path(directory)
+    staging = directory.with_name(directory.name + ".partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    import copy
+
+    import torch
+
+    # Weights ship in float16 (half the bytes); `load_checkpoint` reads them back as float32.
+    half: Any = copy.deepcopy(model)
+    half.to(torch.float16).save_pretrained(staging, safe_serialization=True)
+    build_tokenizer().save_pretrained(staging)
+    chars = CharTokenizer()
+    GenerationConfig(
+        do_sample=False,
+        bos_token_id=chars.bos_id,
+        eos_token_id=chars.eos_id,
+        pad_token_id=chars.pad_id,
+        max_new_tokens=8,
+    ).save_pretrained(staging)
+    for written in staging.iterdir():  # safetensors writes 0600; the assets are shared files
+        written.chmod(0o644)
+    if record is not None:
+        (staging / "training.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    if directory.exists():
+        for old in directory.iterdir():
+            old.unlink()
+        directory.rmdir()
+    os.replace(staging, directory)
+
+
+def load_checkpoint(directory: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer from a local Hugging Face directory, in eval mode, float32
+    on the CPU. Anything wrong with the directory is one `InvalidInput` naming it."""
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise InvalidInput(f"no model directory at {path}", field="model_path")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise InvalidInput(
+            f"{path} is not a Hugging Face checkpoint (missing {', '.join(missing)})",
+            field="model_path",
+        )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: weights are local
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=torch.float32
+        )
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(
+            f"cannot load the checkpoint in {path}: {first}", field="model_path"
+        ) from None
+    model.eval()
+    if tokenizer.pad_token_id is None:  # many causal LMs ship without a pad token
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer

@@ -1,0 +1,398 @@
+"""Commands of the cognitive layer: `trifecta models ...` and `trifecta cognitive ...`.
+
+Heavy libraries (torch, transformers, scikit-learn, matplotlib) are imported inside the
+command bodies so that `trifecta --help` stays fast. Bad input raises `InvalidInput`;
+`trifecta.cli.main` prints it as one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trifecta.cognitive.tiers import AUTO_MODEL, TIER_NAMES, TIERS, get_tier
+from trifecta.core.errors import InvalidInput
+
+console = Console() if sys.stdout.isatty() else Console(width=160)
+
+models_app = typer.Typer(
+    help="The shipped checkpoint tiers: train them, list them.", no_args_is_help=True
+)
+cognitive_app = typer.Typer(
+    help="UserLM tiers and entropy escalation: generate, calibrate thresholds, evaluate.",
+    no_args_is_help=True,
+)
+
+
+def _progress() -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+# ---------------------------------------------------------------- models
+
+
+@models_app.command("train")
+def models_train(
+    tier: Annotated[str, typer.Option(help=f"{', '.join(TIER_NAMES)} or all")] = "all",
+    seed: Annotated[int, typer.Option(help="seeds the weights and the task stream")] = 0,
+    steps: Annotated[
+        int | None, typer.Option(help="optimiser steps (default: the tier's recipe)")
+    ] = None,
+    threads: Annotated[
+        int, typer.Option(min=1, help="torch threads (1 is fastest on a busy machine)")
+    ] = 1,
+    out: Annotated[
+        Path | None, typer.Option(help="write here instead of the shipped assets")
+    ] = None,
+    scratch: Annotated[
+        bool, typer.Option(help="train from scratch instead of growing the next smaller tier")
+    ] = False,
+    calibrate: Annotated[
+        bool, typer.Option(help="recalibrate the default thresholds afterwards")
+    ] = True,
+) -> None:
+    """Train tiers on the task family's train split (seeded, with a progress bar). A larger tier
+    starts from the next smaller one, grown to its size (see docs/cognitive.md)."""
+    names = list(TIER_NAMES) if tier == "all" else [get_tier(tier).name]
+    if steps is not None and steps < 1:
+        raise InvalidInput("must be at least 1", field="steps")
+    import torch
+
+    from trifecta.cognitive.training import train_tier
+
+    torch.set_num_threads(threads)
+    results: list[Any] = []
+    with _progress() as progress:
+        for name in names:
+            spec = TIERS[name]
+            total = steps or spec.train_steps
+            task = progress.add_task(f"training {name}", total=total, status="")
+
+            def on_step(step: int, loss: float, task: Any = task) -> None:
+                progress.update(task, completed=step, status=f"loss {loss:.3f}")
+
+            parent = None if scratch else _smaller_tier(name, results, out)
+            directory = (out / name) if out is not None else spec.directory
+            results.append(
+                train_tier(
+                    spec,
+                    seed=seed,
+                    steps=total,
+                    directory=directory,
+                    grow_from=parent,
+                    on_step=on_step,
+                )
+            )
+    table = Table(title="held-out accuracy per grade")
+    table.add_column("tier")
+    for grade in sorted(results[0].heldout_accuracy):
+        table.add_column(f"grade {grade}", justify="right")
+    table.add_column("grown", justify="right")
+    table.add_column("seconds", justify="right")
+    for result in results:
+        table.add_row(
+            result.tier,
+            *(f"{a:.1%}" for a in result.heldout_accuracy.values()),
+            "yes" if result.grown_from else "no",
+            f"{result.seconds:.0f}",
+        )
+    console.print(table)
+    if (
+        calibrate
+        and out is None
+        and all((TIERS[n].directory / "model.safetensors").is_file() for n in TIER_NAMES)
+    ):
+        _calibrate_default(sample=None, seed=seed)
+
+
+def _smaller_tier(name: str, trained: list[Any], out: Path | None) -> Any:
+    """The model a tier grows from: the next smaller tier, as just trained or as saved."""
+    index = TIER_NAMES.index(name)
+    if index == 0:
+        return None
+    smaller = TIER_NAMES[index - 1]
+    for result in trained:
+        if result.tier == smaller:
+            return result.model
+    from trifecta.cognitive.checkpoints import load_checkpoint
+
+    directory = (out / smaller) if out is not None else TIERS[smaller].directory
+    if not (directory / "model.safetensors").is_file():
+        raise InvalidInput(
+            f"{name} grows from {smaller}, which is not trained in {directory} "
+            f"(train it first, or pass --scratch)",
+            field="tier",
+        )
+    return load_checkpoint(directory)[0]
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The tiers, the checkpoints they stand for, their size and held-out accuracy."""
+    from trifecta.cognitive.cost import tier_cost
+
+    table = Table(title="shipped tiers")
+    for column in (
+        "tier",
+        "stands for",
+        "accelerator",
+        "parameters",
+        "weights",
+        "$/M tokens",
+        "held-out accuracy by grade",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("tier", "stands for", "accelerator") else "right"
+        )
+    for name in TIER_NAMES:
+        spec, cost = TIERS[name], tier_cost(name)
+        weights = spec.directory / "model.safetensors"
+        record_file = spec.directory / "training.json"
+        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        accuracy = " ".join(
+            f"{float(v):.0%}" for _, v in sorted(record.get("heldout_accuracy", {}).items())
+        )
+        table.add_row(
+            name,
+            spec.preset,
+            cost.accelerator,
+            f"{record.get('parameters', 0):,}",
+            f"{weights.stat().st_size / 1e6:.2f} MB" if weights.is_file() else "missing",
+            f"{cost.usd_per_token * 1e6:.2f}",
+            accuracy or "-",
+        )
+    console.print(table)
+
+
+# ---------------------------------------------------------------- cognitive
+
+
+@cognitive_app.command("generate")
+def cognitive_generate(
+    prompts: Annotated[list[str], typer.Argument(help="prompts of the task family, e.g. 41+17?")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help=f"{', '.join(TIER_NAMES)}, {AUTO_MODEL}, a checkpoint "
+            "directory or an http(s) endpoint"
+        ),
+    ] = AUTO_MODEL,
+    model_name: Annotated[str | None, typer.Option(help="model to ask an endpoint for")] = None,
+    capsule: Annotated[
+        str | None, typer.Option(help="use this capsule's calibrated thresholds")
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="tokens to generate at most")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
+) -> None:
+    """Complete prompts with one tier, a checkpoint, an endpoint, or the escalating cascade."""
+    from trifecta.cognitive.backends import open_backend
+    from trifecta.cognitive.cascade import CascadeGeneration
+    from trifecta.cognitive.service import auto_model
+
+    backend = (
+        auto_model(capsule) if model == AUTO_MODEL else open_backend(model, model_name=model_name)
+    )
+    outputs = backend.generate(prompts, max_new_tokens=max_tokens)
+    for prompt, output in zip(prompts, outputs, strict=True):
+        decisions = list(output.decisions) if isinstance(output, CascadeGeneration) else []
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "prompt": prompt,
+                        "text": output.text,
+                        "model": output.model,
+                        "tokens": output.tokens,
+                        "logprobs": output.logprobs,
+                        "entropies": output.entropies,
+                        "finish_reason": output.finish_reason,
+                        "decisions": [d.__dict__ for d in decisions],
+                    }
+                )
+            )
+            continue
+        path = " -> ".join(
+            f"{d.tier} ({d.signal:.3f}{' > ' + format(d.threshold, '.3f') if d.escalated else ''})"
+            for d in decisions
+        )
+        route = f"  {path}" if path else ""
+        console.print(f"{prompt} [bold]{output.text}[/bold]  [dim]{output.model}{route}[/dim]")
+
+
+def _target(budget: float | None, quality: float | None, rate: float | None) -> Any:
+    from trifecta.cognitive.calibration import Target
+    from trifecta.cognitive.service import DEFAULT_TARGET
+
+    given = [
+        (k, v) for k, v in (("cost", budget), ("quality", quality), ("rate", rate)) if v is not None
+    ]
+    if len(given) > 1:
+        raise InvalidInput("give one of --budget, --quality, --rate", field="target")
+    if not given:
+        return DEFAULT_TARGET
+    kind, value = given[0]
+    if not 0 < value <= 1:
+        raise InvalidInput("must be in (0, 1]", field=kind if kind != "cost" else "budget")
+    return Target(kind=kind, value=value)
+
+
+def _calibrate_default(sample: int | None, seed: int, target: Any = None) -> None:
+    from trifecta.cognitive.service import (
+        DEFAULT_TARGET,
+        calibrate_on,
+        save_default_calibration,
+        traffic_sample,
+    )
+    from trifecta.cognitive.settings import get_cognitive_settings
+
+    size = sample or get_cognitive_settings().calibration_sample
+    with console.status("calibrating the default thresholds on the default mix"):
+        calibration = calibrate_on(
+            traffic_sample(None, size, seed=seed + 1), target or DEFAULT_TARGET
+        )
+    default = save_default_calibration(calibration)
+    console.print(
+        f"default thresholds: {default.thresholds.values} (rates {default.rates}, "
+        f"accuracy {default.accuracy}, compute {default.cost_share:.1%} of the largest tier)"
+    )
+
+
+@cognitive_app.command("calibrate")
+def cognitive_calibrate(
+    capsule: Annotated[str | None, typer.Option(help="capsule id (from the registry)")] = None,
+    default: Annotated[
+        bool, typer.Option("--default", help="recalibrate the shipped defaults")
+    ] = False,
+    budget: Annotated[
+        float | None, typer.Option(help="compute cost, share of the largest tier")
+    ] = None,
+    quality: Annotated[float | None, typer.Option(help="target accuracy")] = None,
+    rate: Annotated[float | None, typer.Option(help="share each tier hands on")] = None,
+    sample: Annotated[int | None, typer.Option(min=20, help="tasks in the traffic sample")] = None,
+    seed: Annotated[int, typer.Option(help="seeds the traffic sample")] = 0,
+) -> None:
+    """Fit a capsule's escalation thresholds on a sample of its traffic and store them."""
+    target = _target(budget, quality, rate)
+    if default == (capsule is not None):
+        raise InvalidInput("give either --capsule ID or --default", field="capsule")
+    if default:
+        _calibrate_default(sample, seed, target)
+        return
+    from trifecta.cognitive.service import calibrate_capsule
+    from trifecta.fleet.registry import CapsuleRegistry
+
+    found = CapsuleRegistry().get(str(capsule))
+    with console.status(f"calibrating {found.id} on its traffic"):
+        stored = calibrate_capsule(found, target, sample=sample, seed=seed)
+    console.print(
+        f"{stored.capsule_id}: thresholds {stored.thresholds.values} rates {stored.rates} "
+        f"(target {stored.target.kind} {stored.target.value}, version {stored.version})"
+    )
+
+
+@cognitive_app.command("thresholds")
+def cognitive_thresholds() -> None:
+    """The stored thresholds of every calibrated capsule, and the shipped defaults."""
+    from trifecta.cognitive.service import default_calibration
+    from trifecta.cognitive.store import ThresholdStore
+
+    table = Table(title="escalation thresholds")
+    for column in ("capsule", "signal", "thresholds", "rates", "target", "source", "version"):
+        table.add_column(column)
+    default = default_calibration()
+    table.add_row(
+        "(default)",
+        default.thresholds.aggregate,
+        _fmt(default.thresholds.values),
+        _fmt(default.rates),
+        f"{default.target.kind} {default.target.value}",
+        "shipped",
+        "-",
+    )
+    for stored in ThresholdStore().list():
+        table.add_row(
+            stored.capsule_id,
+            stored.thresholds.aggregate,
+            _fmt(stored.thresholds.values),
+            _fmt(stored.rates),
+            f"{stored.target.kind} {stored.target.value}",
+            stored.source,
+            str(stored.version),
+        )
+    console.print(table)
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in values.items())
+
+
+@cognitive_app.command("eval")
+def cognitive_eval(
+    calibration_tasks: Annotated[
+        int, typer.Option(min=50, help="held-out tasks to calibrate on")
+    ] = 600,
+    eval_tasks: Annotated[int, typer.Option(min=50, help="held-out tasks to report on")] = 1000,
+    router_tasks: Annotated[int, typer.Option(min=50, help="train tasks for the router")] = 2000,
+    budget: Annotated[float, typer.Option(help="compute budget, share of the largest tier")] = 0.40,
+    seed: Annotated[int, typer.Option()] = 0,
+    plot: Annotated[Path, typer.Option(help="where to save the PNG")] = Path("escalation.png"),
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also save the figures as JSON")
+    ] = None,
+) -> None:
+    """Accuracy against compute cost for every policy, RouteLLM's metrics, and the plot."""
+    from trifecta.cognitive.evaluation import EvalConfig, evaluate
+    from trifecta.cognitive.report import gap_table, goals, points_table
+    from trifecta.cognitive.report import plot as draw
+
+    config = EvalConfig(
+        calibration_tasks=calibration_tasks,
+        eval_tasks=eval_tasks,
+        router_tasks=router_tasks,
+        budget=budget,
+        seed=seed,
+    )
+    with console.status("evaluating") as status:
+        report = evaluate(config, progress=lambda msg: status.update(msg))
+    console.print(points_table(report))
+    console.print(gap_table(report))
+    for goal, met, figures in goals(report):
+        console.print(f"{'[green]met[/green]' if met else '[red]not met[/red]'}  {goal}: {figures}")
+    console.print(f"plot saved to {draw(report, plot)}")
+    if json_out is not None:
+        from dataclasses import asdict
+
+        json_out.write_text(
+            json.dumps(
+                {
+                    "points": [asdict(p) for p in report.points],
+                    "gap": [asdict(g) for g in report.gap],
+                    "aurocs": report.aurocs,
+                    "accuracy_by_grade": report.accuracy_by_grade,
+                },
+                indent=2,
+            )
+        )

@@ -1,0 +1,348 @@
+"""`trifecta cognitive eval`: accuracy against compute cost on held-out tasks, for every policy.
+
+Policies: each tier alone, the entropy cascade, random escalation at the cascade's rates, the
+oracle, the trained router (RouteLLM-style), and the router and cascade combined. Thresholds
+are fitted on a calibration sample and reported on a disjoint evaluation sample, both from the
+held-out split; the router trains on the train split. The cascade is also run for real on the
+evaluation sample at its operating point, so the headline figures come from the live component
+(with early stopping), not only from the replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from trifecta.cognitive.backends.shipped import shipped_tiers
+from trifecta.cognitive.calibration import Observations, Replay
+from trifecta.cognitive.cascade import Thresholds, cascade_of
+from trifecta.cognitive.cost import all_tier_costs
+from trifecta.cognitive.entropy import AGGREGATES, DEFAULT_AGGREGATE, DEFAULT_WINDOW, Aggregate
+from trifecta.cognitive.families import (
+    COARSE_GRID,
+    Configuration,
+    Family,
+    always,
+    cascade_family,
+    oracle,
+    random_mean,
+    router_family,
+)
+from trifecta.cognitive.metrics import apgr, auroc, calls_for_gap
+from trifecta.cognitive.observe import ANSWER_TOKENS, TierRuns, run_tiers
+from trifecta.cognitive.router import TrainedRouter
+from trifecta.cognitive.tiers import TIER_NAMES
+from trifecta.core.embeddings import get_embedder
+from trifecta.core.protocols import Embedder
+from trifecta.core.tasks import DEFAULT_MIX, TaskFamilyVerifier, generate_tasks
+
+CALL_SHARES = np.linspace(0.0, 1.0, 21)  # x-axis of RouteLLM's PGR curve
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    calibration_tasks: int = Field(default=600, ge=50)
+    eval_tasks: int = Field(default=1000, ge=50)
+    router_tasks: int = Field(
+        default=2000, ge=50, description="train-split tasks the router learns from"
+    )
+    seed: int = 0
+    budget: float = Field(
+        default=0.40, gt=0, le=1, description="compute cost, share of the largest tier"
+    )
+    aggregate: Aggregate = DEFAULT_AGGREGATE
+    window: int = Field(default=DEFAULT_WINDOW, ge=1)
+    domain: str | None = None
+
+
+@dataclass(frozen=True)
+class Point:
+    """One policy at one operating point, on the evaluation sample."""
+
+    method: str
+    accuracy: float
+    cost_share: float  # compute (FLOPs) / always the largest tier
+    usd_share: float
+    large_share: float  # share of requests that reach the largest tier
+    spread: float = 0.0  # accuracy's standard deviation across random draws
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class GapMetrics:
+    method: str
+    apgr: float
+    cpt50: float | None
+    cpt80: float | None
+
+
+@dataclass
+class EvalReport:
+    config: EvalConfig
+    tiers: tuple[str, ...]
+    points: list[Point]
+    gap: list[GapMetrics]
+    aurocs: dict[str, dict[str, float]]  # aggregate -> tier -> AUROC of predicting a wrong answer
+    curves: dict[str, list[tuple[float, float]]]  # method -> (cost share, accuracy)
+    accuracy_by_grade: dict[str, dict[int, float]]  # tier -> grade -> accuracy
+    thresholds: Thresholds
+    live_agrees: bool
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def point(self, method: str) -> Point:
+        return next(p for p in self.points if p.method == method)
+
+
+Progress = Callable[[str], None]
+
+
+def _usd_share(runs: TierRuns, replay: Replay) -> float:
+    tokens = runs.tokens()
+    usd = np.array([c.usd_per_token for c in runs.costs])
+    levels = np.arange(len(runs.tiers))[:, None]
+    visited = (levels >= replay.start_tier[None, :]) & (levels <= replay.end_tier[None, :])
+    return float((visited * tokens * usd[:, None]).sum() / (tokens[-1] * usd[-1]).sum())
+
+
+def _point(
+    method: str, runs: TierRuns, replay: Replay, *, spread: float = 0.0, detail: str = ""
+) -> Point:
+    return Point(
+        method,
+        replay.accuracy or 0.0,
+        replay.cost_share,
+        _usd_share(runs, replay),
+        replay.reach[-1],
+        spread,
+        detail,
+    )
+
+
+def evaluate(
+    config: EvalConfig, *, progress: Progress | None = None, embedder: Embedder | None = None
+) -> EvalReport:
+    say = progress or (lambda _msg: None)
+    backends = shipped_tiers(TIER_NAMES)
+    costs = all_tier_costs()
+    calib_tasks = generate_tasks(
+        config.calibration_tasks,
+        seed=config.seed,
+        split="heldout",
+        difficulties=DEFAULT_MIX,
+        domain=config.domain,
+    )
+    seen = {t.prompt for t in calib_tasks}
+    eval_tasks = [
+        t
+        for t in generate_tasks(
+            config.eval_tasks + len(seen),
+            seed=config.seed + 7919,
+            split="heldout",
+            difficulties=DEFAULT_MIX,
+            domain=config.domain,
+        )
+        if t.prompt not in seen
+    ][: config.eval_tasks]
+    router_tasks = generate_tasks(
+        config.router_tasks,
+        seed=config.seed,
+        split="train",
+        difficulties=DEFAULT_MIX,
+        domain=config.domain,
+    )
+    say("running every tier on the calibration, evaluation and router-training tasks")
+    calib_runs = run_tiers(backends, costs, calib_tasks)
+    eval_runs = run_tiers(backends, costs, eval_tasks)
+    train_runs = run_tiers(backends, costs, router_tasks)
+
+    aurocs = _aurocs(calib_runs, eval_runs, config.window)
+    calib = calib_runs.observations(config.aggregate, config.window)
+    evaluation = eval_runs.observations(config.aggregate, config.window)
+    grades = _accuracy_by_grade(eval_runs)
+
+    say("training the router on prompt embeddings")
+    router = TrainedRouter(embedder or get_embedder(), TIER_NAMES).fit(
+        [t.prompt for t in router_tasks], train_runs.correct()
+    )
+    calib_p = router.success_probabilities([t.prompt for t in calib_tasks])
+    eval_p = router.success_probabilities([t.prompt for t in eval_tasks])
+
+    say("replaying every configuration of each policy")
+    families = {
+        "cascade": cascade_family(calib, evaluation),
+        "router": router_family(calib, evaluation, calib_p, eval_p),
+        "router+cascade": router_family(
+            calib, evaluation, calib_p, eval_p, cascade_grid=COARSE_GRID, router_grid=COARSE_GRID
+        ),
+    }
+    within_budget = _budget(config.budget)
+    chosen = {name: family.select(within_budget) for name, family in families.items()}
+    points = [
+        _point(f"always {name}", eval_runs, always(evaluation, i))
+        for i, name in enumerate(TIER_NAMES)
+    ]
+    for name, configuration in chosen.items():
+        points.append(
+            _point(name, eval_runs, configuration.evaluation, detail=_describe(configuration))
+        )
+    random_replay, spread = random_mean(evaluation, configuration_rates(chosen["cascade"]))
+    points.append(
+        _point(
+            "random escalation",
+            eval_runs,
+            random_replay,
+            spread=spread,
+            detail="at the cascade's per-tier rates, mean of 20 draws",
+        )
+    )
+    points.append(_point("oracle", eval_runs, oracle(evaluation)))
+
+    thresholds = Thresholds(
+        aggregate=config.aggregate,
+        window=config.window,
+        values=dict(zip(TIER_NAMES[:-1], chosen["cascade"].thresholds, strict=True)),
+    )
+    say("running the live cascade on the evaluation tasks")
+    live = _live_cascade(backends, costs, thresholds, eval_runs)
+    points.append(live)
+    expected = chosen["cascade"].evaluation
+    live_agrees = abs(live.accuracy - (expected.accuracy or 0.0)) < 1e-9
+
+    gap = _gap_metrics(families, evaluation)
+    curves = {name: _cost_curve(family) for name, family in families.items()}
+    curves["random escalation"] = [
+        (r.cost_share, r.accuracy or 0.0)
+        for r in (
+            random_mean(evaluation, configuration_rates(families["cascade"].select(_budget(b))))[0]
+            for b in _budgets()
+        )
+    ]
+    return EvalReport(
+        config=config,
+        tiers=TIER_NAMES,
+        points=points,
+        gap=gap,
+        aurocs=aurocs,
+        curves=curves,
+        accuracy_by_grade=grades,
+        thresholds=thresholds,
+        live_agrees=live_agrees,
+    )
+
+
+def configuration_rates(configuration: Configuration) -> tuple[float, ...]:
+    return configuration.evaluation.rates
+
+
+def _budget(share: float) -> Callable[[Replay], bool]:
+    return lambda r: r.cost_share <= share
+
+
+def _large_calls(share: float) -> Callable[[Replay], bool]:
+    return lambda r: r.reach[-1] <= share + 1e-9
+
+
+def _budgets() -> list[float]:
+    return [round(b, 3) for b in np.linspace(0.1, 1.0, 19)]
+
+
+def _describe(configuration: Configuration) -> str:
+    parts = []
+    if configuration.router is not None:
+        parts.append("router " + ", ".join(f"{a:.2f}" for a in configuration.router))
+    if any(v < 1e8 for v in configuration.thresholds):
+        parts.append(
+            "thresholds "
+            + ", ".join(
+                "never" if v >= 1e8 else "always" if v < 0 else f"{v:.3f}"
+                for v in configuration.thresholds
+            )
+        )
+    return "; ".join(parts)
+
+
+def _cost_curve(family: Family) -> list[tuple[float, float]]:
+    picks = [family.select(_budget(b)).evaluation for b in _budgets()]
+    return sorted({(r.cost_share, r.accuracy or 0.0) for r in picks})
+
+
+def _gap_metrics(families: dict[str, Family], evaluation: Observations) -> list[GapMetrics]:
+    weak = always(evaluation, 0).accuracy or 0.0
+    strong = always(evaluation, len(evaluation.tiers) - 1).accuracy or 0.0
+    results = []
+    curves: dict[str, list[Replay]] = {
+        name: [family.select(_large_calls(x)).evaluation for x in CALL_SHARES]
+        for name, family in families.items()
+    }
+    curves["random escalation"] = [
+        random_mean(evaluation, configuration_rates(families["cascade"].select(_large_calls(x))))[0]
+        for x in CALL_SHARES
+    ]
+    for name, replays in curves.items():
+        shares = [r.reach[-1] for r in replays]
+        accuracies = [r.accuracy or 0.0 for r in replays]
+        # The curve is read at the call shares the policy actually used, capped by the x-axis.
+        xs = [min(s, x) for s, x in zip(shares, CALL_SHARES, strict=True)]
+        results.append(
+            GapMetrics(
+                name,
+                apgr(list(CALL_SHARES), accuracies, weak, strong),
+                calls_for_gap(xs, accuracies, weak, strong, 0.5),
+                calls_for_gap(xs, accuracies, weak, strong, 0.8),
+            )
+        )
+    return results
+
+
+def _aurocs(calib: TierRuns, evaluation: TierRuns, window: int) -> dict[str, dict[str, float]]:
+    correct = np.concatenate([calib.correct(), evaluation.correct()], axis=1)
+    table: dict[str, dict[str, float]] = {}
+    for aggregate in AGGREGATES:
+        scores = np.concatenate(
+            [calib.scores(aggregate, window), evaluation.scores(aggregate, window)], axis=1
+        )
+        table[aggregate] = {
+            tier: auroc(scores[i], ~correct[i]) for i, tier in enumerate(calib.tiers)
+        }
+    return table
+
+
+def _accuracy_by_grade(runs: TierRuns) -> dict[str, dict[int, float]]:
+    correct = runs.correct()
+    grades = np.array([t.difficulty for t in runs.tasks])
+    return {
+        tier: {int(g): float(correct[i][grades == g].mean()) for g in sorted(set(grades.tolist()))}
+        for i, tier in enumerate(runs.tiers)
+    }
+
+
+def _live_cascade(backends: list, costs: dict, thresholds: Thresholds, runs: TierRuns) -> Point:
+    cascade = cascade_of(backends, costs, thresholds)
+    outputs = cascade.generate([t.prompt for t in runs.tasks], max_new_tokens=ANSWER_TOKENS)
+    verifier = TaskFamilyVerifier()
+    accuracy = float(
+        np.mean(
+            [
+                bool(verifier.verify(t.prompt, o.text))
+                for t, o in zip(runs.tasks, outputs, strict=True)
+            ]
+        )
+    )
+    tokens_large = runs.tokens()[-1]
+    flops_large = float(tokens_large.sum() * runs.costs[-1].flops_per_token)
+    usd_large = float(tokens_large.sum() * runs.costs[-1].usd_per_token)
+    flops = sum(o.flops for o in outputs)  # type: ignore[attr-defined]
+    usd = sum(o.usd for o in outputs)  # type: ignore[attr-defined]
+    large = float(np.mean([TIER_NAMES[-1] in o.path for o in outputs]))  # type: ignore[attr-defined]
+    return Point(
+        "cascade (live)",
+        accuracy,
+        flops / flops_large,
+        usd / usd_large,
+        large,
+        detail="the real EscalationCascade with early stopping, same thresholds",
+    )

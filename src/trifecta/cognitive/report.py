@@ -1,0 +1,205 @@
+"""Rendering an `EvalReport`: the table (Markdown and Rich), the goals, and the PNG plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from trifecta.cognitive.evaluation import EvalReport, Point
+
+GOAL_ACCURACY = 0.95  # of the largest tier's accuracy ...
+GOAL_COST = 0.40  # ... at no more than this share of its compute cost
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def goals(report: EvalReport) -> list[tuple[str, bool, str]]:
+    """(goal, met, the measured figures) for each of the issue's goals."""
+    large = report.point(f"always {report.tiers[-1]}")
+    live = report.point("cascade (live)")
+    random = report.point("random escalation")
+    gap = {g.method: g for g in report.gap}
+    relative = live.accuracy / large.accuracy if large.accuracy else 0.0
+    best_trained = max(gap["router"].apgr, gap["router+cascade"].apgr)
+    return [
+        (
+            f">= {GOAL_ACCURACY:.0%} of the largest tier's accuracy "
+            f"at <= {GOAL_COST:.0%} of its compute",
+            relative >= GOAL_ACCURACY and live.cost_share <= GOAL_COST,
+            f"{relative:.1%} of its accuracy ({_pct(live.accuracy)} vs {_pct(large.accuracy)}) "
+            f"at {_pct(live.cost_share)} of its compute",
+        ),
+        (
+            "strictly better than random escalation at the same rates",
+            live.accuracy > random.accuracy + 2 * random.spread,
+            f"{_pct(live.accuracy)} vs {_pct(random.accuracy)} ± {_pct(random.spread)} "
+            "(sd of 20 draws)",
+        ),
+        (
+            "APGR above the trained router's, training-free (or the combination above both)",
+            gap["cascade"].apgr > gap["router"].apgr
+            or gap["router+cascade"].apgr > max(gap["cascade"].apgr, gap["router"].apgr),
+            f"cascade {gap['cascade'].apgr:.3f}, router {gap['router'].apgr:.3f}, "
+            f"combined {gap['router+cascade'].apgr:.3f} (best trained {best_trained:.3f})",
+        ),
+    ]
+
+
+def _share(value: float, of: float) -> float | None:
+    return value / of if of else None
+
+
+def points_markdown(report: EvalReport) -> str:
+    large = report.point(f"always {report.tiers[-1]}")
+    lines = [
+        "| policy | accuracy | of largest tier's accuracy | compute cost (of largest) "
+        "| USD cost (of largest) | reaches largest tier | setting |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in report.points:
+        spread = f" ± {_pct(p.spread)}" if p.spread else ""
+        lines.append(
+            f"| {p.method} | {_pct(p.accuracy)}{spread} "
+            f"| {_pct(_share(p.accuracy, large.accuracy))} "
+            f"| {_pct(p.cost_share)} | {_pct(p.usd_share)} | {_pct(p.large_share)} | {p.detail} |"
+        )
+    return "\n".join(lines)
+
+
+def gap_markdown(report: EvalReport) -> str:
+    lines = ["| policy | APGR | CPT(50%) | CPT(80%) |", "|---|---|---|---|"]
+    for g in report.gap:
+        lines.append(f"| {g.method} | {g.apgr:.3f} | {_pct(g.cpt50)} | {_pct(g.cpt80)} |")
+    return "\n".join(lines)
+
+
+def auroc_markdown(report: EvalReport) -> str:
+    header = "| aggregate | " + " | ".join(report.tiers) + " |"
+    lines = [header, "|---" * (len(report.tiers) + 1) + "|"]
+    for aggregate, row in report.aurocs.items():
+        lines.append(f"| {aggregate} | " + " | ".join(f"{row[t]:.3f}" for t in report.tiers) + " |")
+    return "\n".join(lines)
+
+
+def grades_markdown(report: EvalReport) -> str:
+    grades = sorted(next(iter(report.accuracy_by_grade.values())))
+    lines = [
+        "| tier | " + " | ".join(f"grade {g}" for g in grades) + " |",
+        "|---" * (len(grades) + 1) + "|",
+    ]
+    for tier, row in report.accuracy_by_grade.items():
+        lines.append(f"| {tier} | " + " | ".join(_pct(row[g]) for g in grades) + " |")
+    return "\n".join(lines)
+
+
+def goals_markdown(report: EvalReport) -> str:
+    return "\n".join(
+        f"- {'met' if met else '**not met**'}: {goal}: {figures}"
+        for goal, met, figures in goals(report)
+    )
+
+
+def markdown(report: EvalReport) -> str:
+    c = report.config
+    return "\n\n".join(
+        [
+            f"Held-out tasks in the default capsule mix: {c.calibration_tasks} to calibrate, "
+            f"{c.eval_tasks} to report on; the router learns from {c.router_tasks} "
+            "train-split tasks. "
+            f"Signal `{report.thresholds.aggregate}` (window {report.thresholds.window}); "
+            f"budget {c.budget:.0%} of the largest tier's compute; seed {c.seed}.",
+            points_markdown(report),
+            "RouteLLM's metrics (x-axis: share of requests reaching the largest tier):",
+            gap_markdown(report),
+            "Failure-prediction AUROC of each signal aggregate "
+            "(how well it ranks wrong answers first):",
+            auroc_markdown(report),
+            "Held-out accuracy per grade:",
+            grades_markdown(report),
+            "Goals:",
+            goals_markdown(report),
+        ]
+    )
+
+
+def points_table(report: EvalReport) -> Table:
+    large = report.point(f"always {report.tiers[-1]}")
+    table = Table(title="accuracy against compute cost (held-out tasks)")
+    for column in (
+        "policy",
+        "accuracy",
+        "of largest",
+        "compute",
+        "USD",
+        "reach largest",
+        "setting",
+    ):
+        table.add_column(column, justify="left" if column in ("policy", "setting") else "right")
+    for p in report.points:
+        table.add_row(
+            p.method,
+            _pct(p.accuracy) + (f" ± {_pct(p.spread)}" if p.spread else ""),
+            _pct(_share(p.accuracy, large.accuracy)),
+            _pct(p.cost_share),
+            _pct(p.usd_share),
+            _pct(p.large_share),
+            p.detail,
+        )
+    return table
+
+
+def gap_table(report: EvalReport) -> Table:
+    table = Table(title="RouteLLM metrics (x: share of requests reaching the largest tier)")
+    for column in ("policy", "APGR", "CPT(50%)", "CPT(80%)"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for g in report.gap:
+        table.add_row(g.method, f"{g.apgr:.3f}", _pct(g.cpt50), _pct(g.cpt80))
+    return table
+
+
+def plot(report: EvalReport, path: Path) -> Path:
+    """Accuracy against compute cost, one curve per policy and a marker per fixed point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.5, 5))
+    for method, curve in report.curves.items():
+        xs, ys = zip(*sorted(curve), strict=True) if curve else ((), ())
+        axes.plot([100 * x for x in xs], [100 * y for y in ys], marker=".", label=method)
+    fixed: list[Point] = [
+        p for p in report.points if p.method.startswith("always") or p.method == "oracle"
+    ]
+    for p in fixed:
+        axes.scatter([100 * p.cost_share], [100 * p.accuracy], marker="s", zorder=3)
+        axes.annotate(
+            p.method,
+            (100 * p.cost_share, 100 * p.accuracy),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=8,
+        )
+    live = report.point("cascade (live)")
+    axes.scatter(
+        [100 * live.cost_share],
+        [100 * live.accuracy],
+        marker="*",
+        s=160,
+        zorder=4,
+        label="cascade (live, operating point)",
+    )
+    axes.axvline(100 * report.config.budget, linestyle=":", color="grey")
+    axes.set_xlabel("compute cost, % of always calling the largest tier")
+    axes.set_ylabel("accuracy on held-out tasks, %")
+    axes.set_title("Entropy escalation against a trained router")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,41 @@
+"""The cognitive layer's settings: `[cognitive]` in trifecta.toml, `TRIFECTA_COGNITIVE_*`."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from trifecta.cognitive.entropy import DEFAULT_AGGREGATE, DEFAULT_WINDOW, Aggregate
+from trifecta.core.settings import LayerSettings
+
+
+class CognitiveSettings(LayerSettings):
+    toml_section: ClassVar[str | None] = "cognitive"
+    model_config = SettingsConfigDict(env_prefix="TRIFECTA_COGNITIVE_", extra="ignore")
+
+    aggregate: Aggregate = Field(default=DEFAULT_AGGREGATE, description="escalation signal")
+    window: int = Field(default=DEFAULT_WINDOW, ge=1, description="steps of the mean/max window")
+    escalation_rate: float = Field(
+        default=0.35,
+        gt=0,
+        le=1,
+        description="default share of a tier's requests handed to the next tier",
+    )
+    calibration_sample: int = Field(default=400, ge=20, description="tasks per calibration")
+    recalibrate_every: int = Field(
+        default=200, ge=10, description="requests between online recalibrations of a capsule"
+    )
+    recalibration_window: int = Field(
+        default=2000, ge=50, description="recent signals kept per capsule and tier"
+    )
+    reuse_prefix: bool = Field(
+        default=False, description="hand the accepted prefix of the smaller tier to the next one"
+    )
+    max_new_tokens: int = Field(default=8, ge=1, description="default completion length")
+
+
+def get_cognitive_settings() -> CognitiveSettings:
+    """Read afresh each call (cheap), so tests and reloads see the current environment."""
+    return CognitiveSettings()

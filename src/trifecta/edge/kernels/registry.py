@@ -1,0 +1,192 @@
+"""The ternary-weight x int8-activation kernels, their layouts, and the choice among them.
+
+Every kernel computes the exact int32 products `x_q @ W^T` of the reference. A kernel is
+prepared once per weight matrix (its own layout, padded with zero weights to its block
+multiples) and then called per batch of activations. `select_kernel` picks the fastest one
+this CPU can run: `vnni` where AVX-512 VNNI exists, else `portable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from trifecta.core.errors import InvalidInput, Unavailable
+from trifecta.edge.kernels.cpu import missing_features, pin_threads
+from trifecta.edge.kernels.lut import lut_layout, lut_matmul_parallel, lut_matmul_serial
+from trifecta.edge.kernels.portable import (
+    GROUP_ROWS,
+    INPUT_MULTIPLE,
+    portable_matmul_parallel,
+    portable_matmul_serial,
+    rows32_layout,
+)
+from trifecta.edge.kernels.vnni import (
+    BLOCK_INPUTS,
+    BLOCK_ROWS,
+    vnni_layout,
+    vnni_matmul_parallel,
+    vnni_matmul_serial,
+)
+
+# Below this many weights a matrix runs on the calling thread: waking the pool costs more.
+PARALLEL_MIN_WEIGHTS = 1 << 18
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    description: str
+    bits_per_weight: float
+    row_multiple: int
+    col_multiple: int
+    requires: tuple[str, ...]
+    layout: Callable[[NDArray[np.int8]], NDArray[np.uint8]]
+    parallel: Callable[..., None]
+    serial: Callable[..., None]
+    extra: tuple[Any, ...] = ()
+
+    def unavailable_reason(self) -> str | None:
+        missing = missing_features(self.requires)
+        return f"this CPU lacks {', '.join(missing)}" if missing else None
+
+    def prepare(self, values: NDArray[np.int8]) -> PreparedTernary:
+        reason = self.unavailable_reason()
+        if reason:
+            raise Unavailable(f"kernel {self.name!r} cannot run here: {reason}", field="kernel")
+        rows, cols = values.shape
+        padded = np.zeros(
+            (_round_up(rows, self.row_multiple), _round_up(cols, self.col_multiple)), np.int8
+        )
+        padded[:rows, :cols] = values
+        return PreparedTernary(self, self.layout(padded), rows, cols, *padded.shape)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class PreparedTernary:
+    """One weight matrix in a kernel's layout, ready to multiply."""
+
+    def __init__(
+        self,
+        spec: KernelSpec,
+        stream: NDArray[np.uint8],
+        rows: int,
+        cols: int,
+        padded_rows: int,
+        padded_cols: int,
+    ):
+        self.spec = spec
+        self.stream = stream
+        self.rows, self.cols = rows, cols
+        self.padded_rows, self.padded_cols = padded_rows, padded_cols
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.stream.nbytes)
+
+    def matmul(self, x_q: NDArray[np.int8], threads: int = 1) -> NDArray[np.int32]:
+        """(batch, cols) int8 -> (batch, rows) int32, exact."""
+        if x_q.ndim != 2 or x_q.shape[1] != self.cols or x_q.dtype != np.int8:
+            raise InvalidInput(
+                f"activations must be int8 (batch, {self.cols}), got {x_q.dtype} {x_q.shape}",
+                field="x",
+            )
+        batch = x_q.shape[0]
+        if self.padded_cols != self.cols:
+            x = np.zeros((batch, self.padded_cols), np.int8)
+            x[:, : self.cols] = x_q
+        else:
+            x = np.ascontiguousarray(x_q)
+        out = np.empty(batch * self.padded_rows, np.int32)
+        args = (
+            self.stream,
+            x.reshape(-1),
+            out,
+            batch,
+            self.padded_rows,
+            self.padded_cols,
+            *self.spec.extra,
+        )
+        if threads > 1 and self.rows * self.cols >= PARALLEL_MIN_WEIGHTS:
+            pin_threads(threads)
+            self.spec.parallel(*args)
+        else:
+            self.spec.serial(*args)
+        return out.reshape(batch, self.padded_rows)[:, : self.rows]
+
+
+KERNELS: dict[str, KernelSpec] = {
+    spec.name: spec
+    for spec in (
+        KernelSpec(
+            "vnni",
+            "AVX-512 VNNI vpdpbusd over the vnni16 layout (16 rows x 16 inputs per 64 bytes)",
+            2.0,
+            BLOCK_ROWS,
+            BLOCK_INPUTS,
+            ("avx512f", "avx512bw", "avx512vnni"),
+            vnni_layout,
+            vnni_matmul_parallel,
+            vnni_matmul_serial,
+        ),
+        KernelSpec(
+            "portable",
+            "plain numba, 16-bit vector arithmetic over the rows32 layout",
+            2.0,
+            GROUP_ROWS,
+            INPUT_MULTIPLE,
+            (),
+            rows32_layout,
+            portable_matmul_parallel,
+            portable_matmul_serial,
+        ),
+        KernelSpec(
+            "lut-i2",
+            "table lookups, 4 weights per 2-bit byte (256-entry tables)",
+            2.0,
+            1,
+            4,
+            (),
+            lambda v: lut_layout(v, "i2"),
+            lut_matmul_parallel,
+            lut_matmul_serial,
+            (False,),
+        ),
+        KernelSpec(
+            "lut-b3",
+            "table lookups, 5 weights per base-3 byte (243-entry tables)",
+            1.6,
+            1,
+            5,
+            (),
+            lambda v: lut_layout(v, "b3"),
+            lut_matmul_parallel,
+            lut_matmul_serial,
+            (True,),
+        ),
+    )
+}
+PREFERENCE = ("vnni", "portable")
+
+
+def available_kernels() -> dict[str, str | None]:
+    """Every kernel with None when it runs here, else the reason it is skipped."""
+    return {name: spec.unavailable_reason() for name, spec in KERNELS.items()}
+
+
+def select_kernel(name: str | None = None) -> KernelSpec:
+    """The named kernel, or the fastest one this CPU runs."""
+    if name is not None and name != "auto":
+        if name not in KERNELS:
+            raise InvalidInput(
+                f"unknown kernel {name!r}", field="kernel", allowed=[*KERNELS, "auto"]
+            )
+        return KERNELS[name]
+    return next(KERNELS[n] for n in PREFERENCE if KERNELS[n].unavailable_reason() is None)

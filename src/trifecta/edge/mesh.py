@@ -1,0 +1,358 @@
+"""The edge mesh: nodes tracked by heartbeat, artifacts synced by content hash, requests
+offloaded to a healthy node with fallback.
+
+`EdgeMesh` runs its own event loop in a background thread (an anyio blocking portal), so it
+is usable from plain Python, from the CLI (`trifecta edge mesh`) and inside a service. Nodes
+are MCP endpoints: other processes or hosts (`add_node("http://host:port/mcp")`) or
+in-process `EdgeNode`s (`add_node(node)`), reached through the same MCP tools.
+
+- Heartbeat: every `heartbeat_s` the mesh calls each node's `status`. A node that answers is
+  healthy; one that does not is unhealthy at once and is skipped until it answers again.
+- Sync: the mesh keeps the current artifacts in its own content-addressed store. When a
+  node's inventory lacks one of them (it joined, rejoined after a failure, or something new
+  was published) the mesh sends exactly the missing blobs, nothing else.
+- Offload: `offload(capsule, prompts)` applies the policy of `offload.decide`, then tries the
+  eligible nodes least-loaded first; a node that fails mid-request is marked down and the next
+  one is tried. When none serves the request, the result says so and the caller falls back.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from trifecta.core.errors import InvalidInput, NotFound
+from trifecta.core.logging import get_logger
+from trifecta.core.protocols import Generation, TokenAlternative
+from trifecta.core.settings import get_settings
+from trifecta.edge.artifact import EdgeArtifact
+from trifecta.edge.link import NodeDown, NodeLink
+from trifecta.edge.node import EdgeNode, GenerateResponse, NodeStatus, PutArtifactResponse
+from trifecta.edge.offload import NodeView, OffloadDecision, OffloadResult, decide
+from trifecta.edge.store import ArtifactKind, ArtifactRef, ArtifactStore
+from trifecta.fleet.capsules import Capsule
+
+log = get_logger("trifecta.edge.mesh")
+
+
+@dataclass
+class NodeState:
+    key: str
+    link: NodeLink
+    status: NodeStatus | None = None
+    healthy: bool = False
+    last_seen: float = 0.0
+    failures: int = 0
+    joins: int = 0
+    in_flight: int = 0  # requests this mesh has sent and not yet seen answered
+    synced: list[ArtifactRef] = field(default_factory=list)
+    bytes_synced: int = 0
+    removed: bool = False
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    node: str
+    sent: tuple[ArtifactRef, ...]
+    bytes: int
+
+
+class EdgeMesh:
+    def __init__(
+        self,
+        store_dir: Path | None = None,
+        *,
+        heartbeat_s: float = 0.5,
+        status_timeout_s: float = 5.0,
+        request_timeout_s: float = 60.0,
+        transfer_timeout_s: float = 60.0,
+        max_attempts: int = 3,
+    ):
+        self.store = ArtifactStore(store_dir or get_settings().artifacts_dir("edge", "mesh"))
+        self.heartbeat_s = heartbeat_s
+        self.status_timeout_s = status_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.transfer_timeout_s = transfer_timeout_s
+        self.max_attempts = max_attempts
+        self._nodes: dict[str, NodeState] = {}
+        self._counter = itertools.count()
+        self._stack: ExitStack | None = None
+        self._portal: BlockingPortal | None = None
+        self._local: list[EdgeNode] = []
+        self._accuracy: dict[str, dict[int, float]] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> EdgeMesh:
+        if self._portal is None:
+            self._stack = ExitStack()
+            self._portal = self._stack.enter_context(start_blocking_portal())
+        return self
+
+    def stop(self) -> None:
+        if self._portal is not None and self._stack is not None:
+            for state in self._nodes.values():
+                state.link.close()
+            self._portal.call(self._portal.stop, True)
+            self._stack.close()
+            self._portal = self._stack = None
+
+    def __enter__(self) -> EdgeMesh:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def portal(self) -> BlockingPortal:
+        if self._portal is None:
+            raise InvalidInput(
+                "the mesh is not started (call start() or use it as a context manager)",
+                field="mesh",
+            )
+        return self._portal
+
+    # -- membership ---------------------------------------------------------------------
+
+    def add_node(self, target: str | EdgeNode) -> str:
+        """Track a node: an MCP URL (`http://127.0.0.1:8701/mcp`) or an in-process `EdgeNode`."""
+        if isinstance(target, EdgeNode):
+            key, link = target.name, NodeLink(target.mcp_server())
+            self._local.append(target)
+        else:
+            if not target.startswith(("http://", "https://")):
+                raise InvalidInput(f"not an MCP URL: {target!r}", field="node")
+            key, link = target, NodeLink(target)
+        if key in self._nodes:
+            raise InvalidInput(f"node {key!r} is already in the mesh", field="node")
+        state = NodeState(key, link)
+        self._nodes[key] = state
+        self.portal.start_task_soon(link.supervise)
+        self.portal.start_task_soon(self._heartbeat_loop, state)
+        return key
+
+    def remove_node(self, key: str) -> None:
+        state = self._nodes.pop(key, None)
+        if state is None:
+            raise NotFound(f"no node {key!r}", field="node", allowed=list(self._nodes))
+        state.removed = True
+        state.link.close()
+
+    def node_states(self) -> list[NodeState]:
+        return list(self._nodes.values())
+
+    def wait_until(self, predicate: Any, timeout_s: float = 60.0, poll_s: float = 0.1) -> bool:
+        """Block until `predicate(mesh)` holds (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(poll_s)
+        return bool(predicate(self))
+
+    def healthy_count(self) -> int:
+        return sum(1 for s in self._nodes.values() if s.healthy)
+
+    def in_sync(self, state: NodeState) -> bool:
+        have = {r.sha256 for r in state.status.inventory} if state.status else set()
+        return state.healthy and all(r.sha256 in have for r in self.store.inventory())
+
+    # -- artifacts ----------------------------------------------------------------------
+
+    def publish(self, kind: ArtifactKind, name: str, data: bytes) -> ArtifactRef:
+        """Make an artifact current in the mesh; the heartbeat delivers it to every node."""
+        ref = self.store.put(kind, name, data)
+        log.info("artifact published", kind=kind, name=name, sha256=ref.sha256[:12], size=ref.size)
+        return ref
+
+    def publish_file(self, kind: ArtifactKind, path: Path, name: str | None = None) -> ArtifactRef:
+        if not path.is_file():
+            raise NotFound(f"no file {path}", field="path")
+        return self.publish(kind, name or path.stem, path.read_bytes())
+
+    def current_model(self) -> ArtifactRef | None:
+        return self.store.current("model")
+
+    def model_accuracy(self) -> dict[int, float]:
+        """The current model's held-out accuracy per grade, as its artifact records it."""
+        model = self.current_model()
+        if model is None:
+            return {}
+        if model.sha256 not in self._accuracy:
+            self._accuracy[model.sha256] = EdgeArtifact.load(self.store.path(model.sha256)).accuracy
+        return self._accuracy[model.sha256]
+
+    async def _sync(self, state: NodeState) -> SyncReport:
+        """Send a node exactly the current artifacts its inventory lacks."""
+        have = {r.sha256 for r in state.status.inventory} if state.status else set()
+        missing = [r for r in self.store.inventory() if r.sha256 not in have]
+        # Models last, so the node activates the model only once the rest is in place.
+        missing.sort(key=lambda r: r.kind == "model")
+        sent: list[ArtifactRef] = []
+        for ref in missing:
+            data = self.store.read(ref.sha256)
+            answer = await state.link.call(
+                "put_artifact",
+                {
+                    "kind": ref.kind,
+                    "name": ref.name,
+                    "sha256": ref.sha256,
+                    "data_base64": base64.b64encode(data).decode(),
+                    "activate": True,
+                },
+                PutArtifactResponse,
+                self.transfer_timeout_s,
+            )
+            if answer.status != "stored":
+                log.warning(
+                    "node refused artifact", node=state.key, name=ref.name, reason=answer.message
+                )
+                continue
+            sent.append(ref)
+            state.bytes_synced += ref.size
+        state.synced.extend(sent)
+        if sent:
+            log.info(
+                "node synced", node=state.key, artifacts=len(sent), bytes=sum(r.size for r in sent)
+            )
+        return SyncReport(state.key, tuple(sent), sum(r.size for r in sent))
+
+    # -- heartbeat ----------------------------------------------------------------------
+
+    async def _heartbeat_loop(self, state: NodeState) -> None:
+        """One loop per node, so a slow or dead node never delays the others' heartbeats."""
+        while not state.removed:
+            try:
+                await self._beat(state)
+            except Exception as exc:  # a bug or a malformed answer must not end the heartbeat
+                state.healthy = False
+                log.error("heartbeat error", node=state.key, error=repr(exc)[:200])
+            await anyio.sleep(self.heartbeat_s)
+
+    async def _beat(self, state: NodeState) -> None:
+        try:
+            status = await state.link.call("status", {}, NodeStatus, self.status_timeout_s)
+        except NodeDown as exc:
+            if state.healthy:
+                log.warning("node down", node=state.key, reason=str(exc))
+            state.healthy = False
+            state.failures += 1
+            return
+        if not state.healthy:
+            state.joins += 1
+            log.info(
+                "node joined" if state.joins == 1 else "node rejoined",
+                node=state.key,
+                name=status.node,
+            )
+        state.status, state.last_seen = status, time.time()
+        state.healthy = True
+        if not self.in_sync(state):
+            try:
+                await self._sync(state)
+                state.status = await state.link.call(
+                    "status", {}, NodeStatus, self.status_timeout_s
+                )
+            except NodeDown as exc:
+                state.healthy = False
+                log.warning("sync failed", node=state.key, reason=str(exc))
+
+    # -- offload ------------------------------------------------------------------------
+
+    def views(self) -> list[NodeView]:
+        """A snapshot of the nodes for the policy, rotated on each call so that equally loaded
+        nodes take turns (the policy's sort by load is stable)."""
+        model = self.current_model()
+        views = []
+        states = list(self._nodes.values())
+        shift = next(self._counter) % len(states) if states else 0
+        for state in states[shift:] + states[:shift]:
+            if state.status is None:
+                continue
+            current = model is None or state.status.model_sha256 == model.sha256
+            views.append(
+                NodeView(
+                    key=state.key,
+                    environment=state.status.environment,
+                    healthy=state.healthy,
+                    serves_current_model=current and state.status.model_sha256 is not None,
+                    in_flight=state.in_flight,
+                    capacity=state.status.capacity,
+                )
+            )
+        return views
+
+    def should_offload(
+        self, capsule: Capsule | None, prompt: str | Sequence[str]
+    ) -> OffloadDecision:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        return decide(capsule, prompts, self.views(), self.model_accuracy())
+
+    def offload(
+        self, capsule: Capsule | None, prompts: Sequence[str], **options: Any
+    ) -> OffloadResult:
+        """Serve `prompts` on the edge if the policy allows; never raises for node failures."""
+        return self.portal.call(self._offload, capsule, list(prompts), options)
+
+    async def _offload(
+        self, capsule: Capsule | None, prompts: list[str], options: dict[str, Any]
+    ) -> OffloadResult:
+        decision = decide(capsule, prompts, self.views(), self.model_accuracy())
+        if not decision.offload:
+            return OffloadResult(False, decision.reason, decision.detail)
+        attempts: list[str] = []
+        for key in decision.candidates[: self.max_attempts]:
+            state = self._nodes.get(key)
+            if state is None or not state.healthy:
+                continue
+            state.in_flight += 1
+            try:
+                answer = await state.link.call(
+                    "generate",
+                    {"prompts": prompts, **options},
+                    GenerateResponse,
+                    self.request_timeout_s,
+                )
+            except NodeDown as exc:
+                state.healthy = False  # skip it until its heartbeat answers again
+                attempts.append(f"{key}: {exc}")
+                continue
+            finally:
+                state.in_flight -= 1
+            if answer.status == "ok":
+                return OffloadResult(
+                    True,
+                    "offloaded",
+                    f"served by {answer.node}",
+                    answer.node,
+                    [_generation(g) for g in answer.generations],
+                    attempts,
+                )
+            attempts.append(f"{key}: {answer.status} {answer.message}")
+            if answer.status == "invalid":
+                return OffloadResult(False, "rejected_by_node", answer.message, key, None, attempts)
+        return OffloadResult(
+            False, "nodes_failed", "; ".join(attempts) or "no node answered", None, None, attempts
+        )
+
+
+def _generation(out: Any) -> Generation:
+    return Generation(
+        text=out.text,
+        tokens=out.tokens,
+        logprobs=out.logprobs,
+        entropies=out.entropies,
+        finish_reason=out.finish_reason,
+        model=out.model,
+        prompt_tokens=out.prompt_tokens,
+        top_logprobs=[[TokenAlternative(t, lp) for t, lp in step] for step in out.top_logprobs],
+    )

@@ -1,0 +1,162 @@
+"""Continuous batching in one replica: the same tokens as decoding one request at a time."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from tests.cognitive.serving.reference import greedy_tokens
+from trifecta.cognitive.serving.codec import TokenCodec
+from trifecta.cognitive.serving.engine import BatchingEngine
+from trifecta.cognitive.serving.requests import CollectingSink, EngineRequest, SamplingParams
+from trifecta.core.protocols import LanguageModel
+from trifecta.core.tasks import ALPHABET
+
+
+@pytest.fixture
+def engine(tiny: tuple[Any, Any]) -> Iterator[BatchingEngine]:
+    model, tokenizer = tiny
+    engine = BatchingEngine(model, TokenCodec(tokenizer), name="t-0", max_batch=6)
+    yield engine
+    engine.close()
+
+
+def reference(model: Any, codec: TokenCodec, prompt: str, max_new_tokens: int) -> list[int]:
+    """Greedy tokens from `transformers`' own `generate`, one request alone, up to EOS."""
+    return greedy_tokens(model, codec, prompt, max_new_tokens)
+
+
+def submit(
+    engine: BatchingEngine, prompt: str, *, request_id: str | None = None, **params: Any
+) -> CollectingSink:
+    sink = CollectingSink()
+    request = EngineRequest(engine.codec.encode(prompt), SamplingParams(**params), sink)
+    if request_id is not None:
+        request.request_id = request_id
+    engine.submit(request)
+    return sink
+
+
+def random_prompts(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    shared = "t=41,p=17,r=63,s=5;"  # a common prefix, so that the prefix cache is exercised too
+    prompts = []
+    for i in range(count):
+        tail = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 14)))
+        prompts.append(shared + tail if i % 2 else tail)
+    return prompts
+
+
+def test_batched_decoding_returns_the_tokens_of_one_at_a_time(
+    engine: BatchingEngine, tiny: tuple[Any, Any]
+) -> None:
+    rng = random.Random(3)
+    prompts = random_prompts(24, seed=3)
+    budgets = [rng.randint(1, 24) for _ in prompts]
+    sinks = []
+    for prompt, budget in zip(prompts, budgets, strict=True):
+        sinks.append(submit(engine, prompt, max_new_tokens=budget))
+        time.sleep(rng.random() * 0.004)  # arrivals while the batch decodes
+    for prompt, budget, sink in zip(prompts, budgets, sinks, strict=True):
+        generated, completion = sink.wait(timeout=60)
+        assert [t.token_id for t in generated] == reference(tiny[0], engine.codec, prompt, budget)
+        assert completion.finish_reason == ("length" if len(generated) == budget else "stop")
+    # Fewer forward passes than tokens: requests shared steps.
+    assert engine.steps < sum(len(s.generated) for s in sinks)
+    assert engine.prefix_cache.hits > 0
+
+
+def test_requests_join_a_running_batch_and_leave_when_done(
+    engine: BatchingEngine, tiny: tuple[Any, Any]
+) -> None:
+    # A prompt whose greedy completion runs the full 50 tokens (no end-of-sequence on the way).
+    prompt = next(
+        p
+        for p in random_prompts(40, seed=5)
+        if len(p) < 14 and len(reference(tiny[0], engine.codec, p, 50)) == 50
+    )
+    long = submit(engine, prompt, max_new_tokens=50)
+    while not long.generated:  # the long request is decoding
+        time.sleep(0.0005)
+    short = [submit(engine, f"{i}+1?", max_new_tokens=3) for i in range(4)]
+    for sink in short:
+        sink.wait(timeout=30)
+    assert long.completion is None  # the short ones joined the batch and left before it ended
+    generated, completion = long.wait(timeout=30)
+    assert (len(generated), completion.finish_reason) == (50, "length")
+
+
+def test_cancel_frees_the_batch_slot(long_context: tuple[Any, Any]) -> None:
+    model, tokenizer = long_context
+    engine = BatchingEngine(model, TokenCodec(tokenizer), name="one", max_batch=1)
+    try:
+        first = submit(
+            engine, "1+1?", max_new_tokens=400, ignore_eos=True, request_id="walked-away"
+        )
+        second = submit(engine, "2+2?", max_new_tokens=3)
+        while not first.generated:
+            time.sleep(0.001)
+        engine.cancel("walked-away")
+        _, completion = first.wait(timeout=30)
+        assert completion.finish_reason == "cancelled"
+        assert completion.completion_tokens < 400
+        _, done = second.wait(timeout=30)  # the freed slot serves the next request
+        assert done.finish_reason in ("length", "stop")
+        assert engine.finished["cancelled"] == 1
+    finally:
+        engine.close()
+
+
+def test_seeded_sampling_draws_the_same_tokens_batched_or_alone(engine: BatchingEngine) -> None:
+    params = dict(max_new_tokens=20, temperature=0.9, top_p=0.9, seed=11)
+    alone, _ = submit(engine, "t=41,p=17;p?", **params).wait(timeout=30)
+    crowd = [
+        submit(engine, prompt, max_new_tokens=20, temperature=1.0)
+        for prompt in random_prompts(5, 9)
+    ]
+    batched, _ = submit(engine, "t=41,p=17;p?", **params).wait(timeout=30)
+    for sink in crowd:
+        sink.wait(timeout=30)
+    assert [t.token_id for t in batched] == [t.token_id for t in alone]
+
+
+def test_logprobs_and_entropy_are_those_of_the_model(
+    engine: BatchingEngine, tiny: tuple[Any, Any]
+) -> None:
+    model, _ = tiny
+    prompt = "t=41,p=17,r=63;t+r?"
+    generated, _ = submit(engine, prompt, max_new_tokens=1, top_logprobs=3).wait(timeout=30)
+    with torch.inference_mode():
+        logits = model(torch.tensor([engine.codec.encode(prompt)])).logits[0, -1]
+    logprobs = torch.log_softmax(logits.double(), -1)
+    token = generated[0]
+    assert token.logprob == pytest.approx(float(logprobs[token.token_id]), abs=1e-4)
+    assert token.entropy == pytest.approx(float(-(logprobs.exp() * logprobs).sum()), abs=1e-4)
+    best = torch.topk(logprobs, 3)
+    assert [alt.logprob for alt in token.top] == pytest.approx(best.values.tolist(), abs=1e-4)
+    assert [alt.token for alt in token.top] == [
+        engine.codec.token_name(i) for i in best.indices.tolist()
+    ]
+
+
+def test_stop_strings_cut_the_text(engine: BatchingEngine, tiny: tuple[Any, Any]) -> None:
+    prompt = "41+17?"
+    full = engine.codec.decode(reference(tiny[0], engine.codec, prompt, 12))
+    stop = full[3:5]
+    generated, completion = submit(engine, prompt, max_new_tokens=12, stop=(stop,)).wait(timeout=30)
+    text = "".join(t.text for t in generated)
+    assert text == full[: full.index(stop)]
+    assert completion.finish_reason == "stop"
+
+
+def test_the_engine_is_a_language_model(engine: BatchingEngine) -> None:
+    assert isinstance(engine, LanguageModel)
+    generations = engine.generate(["41+17?", "2+2?"], max_new_tokens=4, top_logprobs=2)
+    assert [len(g.tokens) for g in generations] == [len(g.logprobs) for g in generations]
+    assert all(len(g.entropies) == len(g.tokens) and g.model == "t-0" for g in generations)
+    assert all(len(alts) == 2 for g in generations for alts in g.top_logprobs)

@@ -1,0 +1,130 @@
+"""A tier end to end in-process: fair shares through real replicas, backlog limits, cancels."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from trifecta.cognitive.serving.codec import TokenCodec
+from trifecta.cognitive.serving.factory import build_engines
+from trifecta.cognitive.serving.pool import LocalReplicas, TierPool
+from trifecta.cognitive.serving.requests import (
+    CollectingSink,
+    Completion,
+    EngineRequest,
+    SamplingParams,
+)
+from trifecta.core.errors import QuotaExceeded
+from trifecta.core.protocols import LanguageModel
+
+SHARES = {"gold": 3.0, "silver": 2.0, "bronze": 1.0}
+SHARE_TOLERANCE = 0.15  # stated tolerance: each capsule within 15% of its share of the tokens
+
+
+class Recorder(CollectingSink):
+    """Remembers the order in which requests of all capsules were finished."""
+
+    order: list[str]
+    lock = threading.Lock()
+
+    def __init__(self, capsule: str, order: list[str]):
+        super().__init__()
+        self.capsule = capsule
+        self.order = order
+
+    def finish(self, completion: Completion) -> None:
+        with self.lock:
+            self.order.append(self.capsule)
+        super().finish(completion)
+
+
+def make_pool(
+    tiny: tuple[Any, Any], *, max_batch: int, replicas: int = 1, **options: Any
+) -> TierPool:
+    model, tokenizer = tiny
+    codec = TokenCodec(tokenizer)
+    engines = build_engines(model, codec, tier="small", replicas=replicas, max_batch=max_batch)
+    return TierPool(
+        "small", LocalReplicas(engines, queue_depth=0), codec, context_length=64, **options
+    )
+
+
+def test_backlogged_capsules_are_served_in_proportion_to_their_shares(
+    tiny: tuple[Any, Any],
+) -> None:
+    pool = make_pool(tiny, max_batch=2)
+    order: list[str] = []
+    sinks = []
+    params = SamplingParams(max_new_tokens=4)
+    try:
+        for i in range(60):  # every capsule queues far more than the replica can take at once
+            for capsule, share in SHARES.items():
+                sink = Recorder(capsule, order)
+                pool.submit(
+                    EngineRequest(pool.codec.encode(f"{i}+1?"), params, sink, capsule=capsule),
+                    share=share,
+                )
+                sinks.append(sink)
+        for sink in sinks:
+            sink.wait(timeout=60)
+    finally:
+        pool.close()
+    window = order[:120]  # while all three are still backlogged (gold's 60 last ~ 60 / 0.5)
+    served = Counter(window)
+    for capsule, share in SHARES.items():
+        assert served[capsule] / len(window) == pytest.approx(
+            share / sum(SHARES.values()), rel=SHARE_TOLERANCE
+        )
+
+
+def test_a_capsule_over_its_backlog_limit_gets_429(tiny: tuple[Any, Any]) -> None:
+    pool = make_pool(tiny, max_batch=1, max_queued_per_capsule=3)
+    params = SamplingParams(max_new_tokens=30)
+    sinks = []
+    try:
+        with pytest.raises(QuotaExceeded) as refused:
+            for i in range(10):
+                sink = CollectingSink()
+                pool.submit(
+                    EngineRequest(pool.codec.encode(f"{i}?"), params, sink, capsule="flood")
+                )
+                sinks.append(sink)
+        assert refused.value.status == 429 and refused.value.retry_after > 0
+        other = CollectingSink()  # another capsule still gets in
+        pool.submit(EngineRequest(pool.codec.encode("1?"), params, other, capsule="calm"))
+        other.wait(timeout=30)
+    finally:
+        for sink in sinks:
+            sink.wait(timeout=30)
+        pool.close()
+
+
+def test_cancelling_a_queued_request_takes_it_out_of_the_queue(tiny: tuple[Any, Any]) -> None:
+    pool = make_pool(tiny, max_batch=1)
+    params = SamplingParams(max_new_tokens=20)
+    try:
+        running, queued = CollectingSink(), CollectingSink()
+        pool.submit(EngineRequest(pool.codec.encode("1+1?"), params, running, capsule="a"))
+        request = EngineRequest(pool.codec.encode("2+2?"), params, queued, capsule="a")
+        pool.submit(request)
+        pool.cancel(request.request_id)
+        _, completion = queued.wait(timeout=30)
+        assert completion.finish_reason == "cancelled" and completion.completion_tokens == 0
+        running.wait(timeout=30)
+        assert pool.queued() == 0
+    finally:
+        pool.close()
+
+
+def test_a_tier_is_a_language_model(tiny: tuple[Any, Any]) -> None:
+    pool = make_pool(tiny, max_batch=4, replicas=2)
+    try:
+        assert isinstance(pool, LanguageModel)
+        generations = pool.generate(["41+17?", "t=41,p=17;p?"], max_new_tokens=3, top_logprobs=1)
+        assert [g.model for g in generations] == ["small", "small"]
+        assert all(len(g.entropies) == len(g.tokens) <= 3 for g in generations)
+    finally:
+        pool.close()

@@ -1,0 +1,68 @@
+"""`trifecta cognitive eval` end to end on a small sample, and RouteLLM's metrics by hand."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trifecta.cognitive.evaluation import EvalConfig, evaluate
+from trifecta.cognitive.metrics import apgr, auroc, calls_for_gap, performance_gap_recovered
+from trifecta.cognitive.report import goals, markdown, plot
+from trifecta.cognitive.router import TrainedRouter
+
+
+def test_routellm_metrics_by_hand() -> None:
+    assert performance_gap_recovered(0.6, weak=0.4, strong=0.8) == pytest.approx(0.5)
+    # PGR rising linearly from 0 at no strong calls to 1 at all of them: APGR 0.5.
+    assert apgr([0.0, 0.5, 1.0], [0.4, 0.6, 0.8], weak=0.4, strong=0.8) == pytest.approx(0.5)
+    assert calls_for_gap([0.0, 0.5, 1.0], [0.4, 0.6, 0.8], 0.4, 0.8, 0.5) == pytest.approx(0.5)
+    assert calls_for_gap([0.0, 1.0], [0.4, 0.5], 0.4, 0.8, 0.8) is None
+    assert math.isnan(performance_gap_recovered(0.5, 0.5, 0.5))
+    assert auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == pytest.approx(1.0)
+    assert math.isnan(auroc([0.1, 0.2], [True, True]))
+
+
+def test_router_routes_to_the_smallest_tier_it_trusts() -> None:
+    probabilities = np.array([[0.9, 0.2, 0.1], [0.9, 0.8, 0.1]])
+    assert TrainedRouter.route(probabilities, [0.5, 0.5]).tolist() == [0, 1, 2]
+    assert TrainedRouter.route(probabilities, [0.95, 0.5]).tolist() == [1, 1, 2]
+
+
+@pytest.mark.slow
+def test_eval_end_to_end(tmp_path: Path) -> None:
+    config = EvalConfig(calibration_tasks=80, eval_tasks=80, router_tasks=120, seed=4)
+    report = evaluate(config)
+    methods = [p.method for p in report.points]
+    for expected in (
+        "always small",
+        "always medium",
+        "always large",
+        "cascade",
+        "router",
+        "router+cascade",
+        "random escalation",
+        "oracle",
+        "cascade (live)",
+    ):
+        assert expected in methods
+    large = report.point("always large")
+    assert large.cost_share == pytest.approx(1.0) and large.usd_share == pytest.approx(1.0)
+    oracle = report.point("oracle")
+    assert oracle.accuracy >= max(p.accuracy for p in report.points if p.method != "oracle")
+    # The live cascade makes the replayed decisions; stopping early only saves tokens.
+    assert report.live_agrees
+    assert report.point("cascade (live)").cost_share <= report.point("cascade").cost_share + 1e-9
+    assert {g.method for g in report.gap} == {
+        "cascade",
+        "router",
+        "router+cascade",
+        "random escalation",
+    }
+    assert set(report.aurocs) == {"block", "mean", "max"}
+    assert len(goals(report)) == 3
+    text = markdown(report)
+    assert "APGR" in text and "| cascade (live) |" in text
+    assert plot(report, tmp_path / "eval.png").stat().st_size > 10_000

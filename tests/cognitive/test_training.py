@@ -1,0 +1,94 @@
+"""The training recipe: seeded, growth preserves the smaller tier's function, a smoke run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from trifecta.cognitive.backends import HuggingFaceBackend
+from trifecta.cognitive.checkpoints import build_tokenizer, load_checkpoint
+from trifecta.cognitive.growth import grow
+from trifecta.cognitive.tiers import TIERS, load_tier
+from trifecta.cognitive.training import sequence_loss, train_tier, training_batches
+from trifecta.core.errors import InvalidInput
+from trifecta.core.tasks import generate_tasks, solve, split_of
+from trifecta.core.tokenizer import CharTokenizer
+
+
+def test_training_batches_are_seeded_train_split_answers() -> None:
+    first = next(training_batches(5, 16))
+    again = next(training_batches(5, 16))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    chars = CharTokenizer()
+    ids, answer_mask = first
+    for row, mask in zip(ids.tolist(), answer_mask.tolist(), strict=True):
+        text = chars.decode(row)
+        prompt = text[: text.index("?") + 1]
+        assert split_of(prompt) == "train"
+        answer = [t for t, m in zip(row, mask, strict=True) if m]
+        assert answer[-1] == chars.eos_id  # the answer and the end token, nothing else
+        assert chars.decode(answer) == text[len(prompt) :] == solve(prompt)
+
+
+def test_sequence_loss_weighs_answer_and_prompt() -> None:
+    ids, answer_mask = next(training_batches(6, 8))
+    logits = torch.zeros(*ids.shape, CharTokenizer().vocab_size)  # uniform predictions
+    uniform = torch.log(torch.tensor(float(CharTokenizer().vocab_size)))
+    assert sequence_loss(logits, ids, answer_mask, 0.0) == pytest.approx(float(uniform), abs=1e-5)
+    assert sequence_loss(logits, ids, answer_mask, 0.5) == pytest.approx(
+        1.5 * float(uniform), abs=1e-5
+    )
+
+
+def test_growth_keeps_what_the_smaller_tier_computes() -> None:
+    small, _ = load_tier("small")
+    grown = grow(small, TIERS["medium"], seed=1).eval()
+    assert sum(p.numel() for p in grown.parameters()) > 3 * sum(
+        p.numel() for p in small.parameters()
+    )
+    prompts = [t.prompt for t in generate_tasks(16, seed=2, split="heldout")]
+    tokenizer = build_tokenizer()
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        a = small(**batch).logits
+        b = grown(**batch).logits
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(a[mask], b[mask], atol=1e-4)
+    x = HuggingFaceBackend(small, tokenizer, name="small").generate(prompts, max_new_tokens=5)
+    y = HuggingFaceBackend(grown, tokenizer, name="grown").generate(prompts, max_new_tokens=5)
+    assert [g.text for g in x] == [g.text for g in y]
+
+
+def test_growth_refuses_a_smaller_or_misshapen_target() -> None:
+    medium, _ = load_tier("medium")
+    with pytest.raises(InvalidInput, match="not larger"):
+        grow(medium, TIERS["small"])
+    odd = dataclasses.replace(TIERS["large"], heads=TIERS["large"].heads + 1)
+    with pytest.raises(InvalidInput, match="head width"):
+        grow(medium, odd)
+
+
+def test_a_seconds_long_run_of_the_recipe(tmp_path: Path) -> None:
+    spec = dataclasses.replace(TIERS["small"], batch_size=16)
+    first = train_tier(spec, seed=3, steps=4, directory=tmp_path / "small", eval_per_grade=5)
+    second = train_tier(spec, seed=3, steps=4, eval_per_grade=0)
+    assert first.final_loss == pytest.approx(second.final_loss)  # seeded
+    record = json.loads((tmp_path / "small" / "training.json").read_text())
+    assert record["steps"] == 4 and set(record["heldout_accuracy"]) == {"1", "2", "3", "4", "5"}
+    model, _ = load_checkpoint(tmp_path / "small")
+    assert next(model.parameters()).dtype == torch.float32
+    grown = train_tier(
+        dataclasses.replace(TIERS["medium"], batch_size=16),
+        seed=3,
+        steps=2,
+        grow_from=model,
+        eval_per_grade=0,
+        directory=tmp_path / "medium",
+    )
+    assert grown.grown_from and (tmp_path / "medium" / "model.safetensors").is_file()
+    with pytest.raises(InvalidInput, match="steps"):
+        train_tier(spec, steps=0)

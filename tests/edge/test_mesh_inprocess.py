@@ -1,0 +1,148 @@
+"""The mesh with in-process nodes: sync by content hash, offload, sovereignty, fallback."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+
+from trifecta.core.errors import Unavailable
+from trifecta.core.protocols import Generation, LanguageModel
+from trifecta.edge.artifact import EdgeArtifact
+from trifecta.edge.mesh import EdgeMesh
+from trifecta.edge.mesh_model import EdgeMeshModel
+from trifecta.edge.node import EdgeNode, NodeConfig, NodePlace
+from trifecta.edge.store import sha256_hex
+from trifecta.fleet.capsules import Capsule
+
+TWIN = Capsule(id="plant-7", name="Plant 7", kind="digital_twin", domain="factory")
+SOVEREIGN_US = Capsule(id="gov-us", name="Gov", kind="sovereign", domain="gov", jurisdiction="us")
+
+
+def _node(tmp_path: Path, name: str, jurisdiction: str | None = "eu") -> EdgeNode:
+    place = NodePlace(
+        name=f"edge-{jurisdiction or 'global'}", kind="edge", jurisdiction=jurisdiction
+    )
+    return EdgeNode(NodeConfig(name=name, environment=place, data_dir=tmp_path / name))
+
+
+@pytest.fixture
+def mesh(tmp_path: Path, small_artifact_path: Path) -> Iterator[EdgeMesh]:
+    with EdgeMesh(tmp_path / "mesh", heartbeat_s=0.1) as mesh:
+        mesh.add_node(_node(tmp_path, "eu-1"))
+        mesh.add_node(_node(tmp_path, "eu-2"))
+        mesh.publish_file("model", small_artifact_path, "edge-model")
+        mesh.publish("playbook", "factory", b"- check the sensor map before answering\n")
+        assert mesh.wait_until(lambda m: all(m.in_sync(s) for s in m.node_states()), timeout_s=60)
+        yield mesh
+
+
+class CloudTier:
+    """A stand-in for the cloud tier the orchestrator would pass: it answers by solving."""
+
+    name = "cloud"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, prompts: list[str], **_: object) -> list[Generation]:
+        from trifecta.core.tasks import solve
+
+        self.calls += 1
+        return [Generation(solve(p), [solve(p)], [0.0], [0.0], "stop", self.name) for p in prompts]
+
+
+def test_nodes_receive_every_artifact_once(mesh: EdgeMesh) -> None:
+    for state in mesh.node_states():
+        assert state.status is not None and state.status.model_sha256 == mesh.current_model().sha256  # type: ignore[union-attr]
+        assert {r.sha256 for r in state.synced} == {r.sha256 for r in mesh.store.inventory()}
+        assert state.bytes_synced == sum(r.size for r in mesh.store.inventory())
+    # publishing something new sends only that
+    before = {s.key: s.bytes_synced for s in mesh.node_states()}
+    ref = mesh.publish("tensorlogic", "ancestry", b"ancestor(X,Z) :- parent(X,Y), ancestor(Y,Z).")
+    assert mesh.wait_until(lambda m: all(m.in_sync(s) for s in m.node_states()), timeout_s=30)
+    assert all(s.bytes_synced - before[s.key] == ref.size for s in mesh.node_states())
+
+
+def test_light_requests_are_served_at_the_edge(mesh: EdgeMesh) -> None:
+    result = mesh.offload(TWIN, ["41+17?", "t=4,p=17,r=63;p?"], max_new_tokens=4)
+    assert result.offloaded and result.node in {"eu-1", "eu-2"}
+    assert result.generations is not None and len(result.generations) == 2
+    assert all(g.model.startswith("edge:") for g in result.generations)
+
+
+def test_policy_refusals_fall_back_to_the_cloud(mesh: EdgeMesh) -> None:
+    cloud = CloudTier()
+    model = EdgeMeshModel(mesh, fallback=cloud, capsule=SOVEREIGN_US)
+    assert isinstance(model, LanguageModel)
+    [g] = model.generate(["41+17?"])  # a US sovereign capsule may not use EU nodes
+    assert g.model == "cloud" and g.text == "58"
+    assert model.last_result is not None and model.last_result.reason == "no_allowed_node"
+    heavy = EdgeMeshModel(mesh, fallback=cloud, capsule=TWIN)
+    heavy.generate(["t=41,p=17,r=63;t+r?"])
+    assert heavy.last_result is not None and heavy.last_result.reason == "not_light"
+    assert cloud.calls == 2
+    with pytest.raises(Unavailable, match="no fallback"):
+        EdgeMeshModel(mesh, fallback=None, capsule=SOVEREIGN_US).generate(["1+2?"])
+
+
+def test_a_node_that_never_answers_is_never_chosen(mesh: EdgeMesh) -> None:
+    from trifecta.edge.processes import free_port
+
+    dead = mesh.add_node(f"http://127.0.0.1:{free_port()}/mcp")
+    results = [mesh.offload(TWIN, ["12+30?"], max_new_tokens=3) for _ in range(4)]
+    assert all(r.offloaded and r.node != dead for r in results)
+    assert not next(s for s in mesh.node_states() if s.key == dead).healthy
+
+
+def test_node_refuses_a_corrupt_model_and_keeps_serving(
+    tmp_path: Path, small_artifact_path: Path
+) -> None:
+    node = _node(tmp_path, "solo")
+    good = small_artifact_path.read_bytes()
+    assert node.put_artifact("model", "edge-model", sha256_hex(good), good).status == "stored"
+    bad = bytearray(good)
+    bad[-10] ^= 0xFF
+    answer = node.put_artifact("model", "edge-model", sha256_hex(bytes(bad)), bytes(bad))
+    assert answer.status == "rejected" and "payload_sha256" in answer.message
+    wrong_hash = node.put_artifact("playbook", "p", "0" * 64, b"data")
+    assert wrong_hash.status == "rejected" and "hash mismatch" in wrong_hash.message
+    assert node.model_sha256 == sha256_hex(good) and len(node.store.inventory()) == 1
+
+    async def over_mcp() -> None:
+        async with Client(node.mcp_server()) as client:
+            answer = await client.call_tool(
+                "put_artifact",
+                {
+                    "kind": "model",
+                    "name": "x",
+                    "sha256": sha256_hex(bytes(bad)),
+                    "data_base64": base64.b64encode(bytes(bad)).decode(),
+                },
+            )
+            assert answer.structured_content["status"] == "rejected"
+            invalid = await client.call_tool("generate", {"prompts": []})
+            assert invalid.is_error  # schema: at least one prompt
+            status = await client.call_tool("status", {})
+            assert status.structured_content["model_sha256"] == sha256_hex(good)
+
+    anyio.run(over_mcp)
+
+
+def test_a_new_model_rolls_out_and_its_accuracy_gates_the_grades(
+    mesh: EdgeMesh, small_artifact: EdgeArtifact, tmp_path: Path
+) -> None:
+    version = small_artifact.with_accuracy({1: 0.2, 2: 0.99}).save(tmp_path / "v2.safetensors")
+    ref = mesh.publish_file("model", version, "edge-model")
+    # until every node runs v2, a node still on v1 is not current and is not chosen
+    assert mesh.wait_until(lambda m: all(m.in_sync(s) for s in m.node_states()), timeout_s=60)
+    assert all(
+        s.status is not None and s.status.model_sha256 == ref.sha256 for s in mesh.node_states()
+    )
+    assert mesh.offload(TWIN, ["41+17?"], max_new_tokens=4).offloaded
+    lookup = mesh.offload(TWIN, ["t=4,p=17,r=63;p?"], max_new_tokens=4)
+    assert not lookup.offloaded and lookup.reason == "below_quality"
