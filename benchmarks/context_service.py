@@ -77,8 +77,8 @@ METHOD = (
     "score, sort); recall@5 is against the exact top-5 of the stored vectors."
 )
 CONTENTION = (
-    "Figures taken on the shared 2-core development machine while other work ran (server, "
-    "clients and databases share the cores); the lead re-runs `make bench` on a quiet machine."
+    "Server, clients and databases share the machine's cores; run on an otherwise idle "
+    "machine (`make bench`), since other load reaches every p99."
 )
 DOMAIN, CAPSULE = "bench", "bench-twin"
 PATHS = [

@@ -220,7 +220,7 @@ def main() -> int:
         "prompt, forced tokens up to the block size; each side in its own process,",
         f"{args.threads} thread(s), medians of {args.reps} runs. Runtime kernel:",
         f"`{runtime['batch1']['kernel']}`. PyTorch: the same network with float32 `nn.Linear`",
-        "weights (W_t * beta). **Taken while other jobs shared the machine.**",
+        "weights (W_t * beta). Run on an otherwise idle machine (`make bench`).",
         "",
         f"Command: `python benchmarks/edge_model.py --threads {args.threads} --reps {args.reps}`",
         "",

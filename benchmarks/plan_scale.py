@@ -132,8 +132,7 @@ def main() -> int:
                 "",
                 f"Result: the plan costs no more than greedy at every size ({cheaper}); "
                 f"{largest[0]:,} capsules plan in {largest[2]:.2f} s (claim: under {TIME_LIMIT_S:g} s). "
-                "Figures taken on the shared 2-core development machine while other work was running "
-                "(contention); `make bench` on a quiet machine gives the reference figures.",
+                "Times move with other load on the machine; costs do not.",
             ]
         ),
     )

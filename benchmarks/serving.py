@@ -304,8 +304,8 @@ def report(
                 "",
                 "Command: `.venv/bin/python benchmarks/serving.py`. Model: the `small` tier's "
                 f"architecture (dummy weights; every request runs to {max_tokens} tokens), one replica "
-                f"of {MAX_BATCH} slots, torch on one intra-op thread. Figures taken on the shared "
-                "2-core machine while other work ran (under contention): the ratios carry the claims.",
+                f"of {MAX_BATCH} slots, torch on one intra-op thread. The ratios carry the claims; "
+                "absolute figures move with other load on the machine.",
                 "",
                 "Closed loop: each client sends its next request when the last one returns. Baseline: "
                 "the same replica taking one request at a time.",

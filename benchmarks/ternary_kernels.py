@@ -52,8 +52,8 @@ Ternary-weight x int8 kernels (`trifecta.edge.kernels`) against float32 numpy/Op
 against the memory floor (reading the kernel's packed weights once), same run, medians.
 CPU `{cpu}` (AVX-512 VNNI). Threads pinned: numba via `numba.set_num_threads`, BLAS via
 `threadpoolctl` (N threads for its own run, 1 while numba runs). Flushed: a 96 MB buffer
-written by every thread before each call. **Taken while other engineers' jobs shared the
-2 cores: the lead re-runs `make bench` on a quiet machine for the final figures.**"""
+written by every thread before each call. Timings move with other load on the machine:
+run it on an otherwise idle machine (`make bench`)."""
 GOALS = {"best_vs_blas": 20.0, "floor_flushed": 1.2, "floor_resident": 2.5, "portable_vs_blas": 5.0}
 
 

@@ -42,5 +42,12 @@ def pin_threads(kernel_threads: int, blas_threads: int = 1) -> int:
     threads process-wide; returns the numba thread count in effect."""
     threads = max(1, min(kernel_threads, max_threads()))
     numba.set_num_threads(threads)
-    threadpool_limits(limits=blas_threads, user_api="blas")
+    _limit_blas(blas_threads)
     return threads
+
+
+@lru_cache(maxsize=8)
+def _limit_blas(threads: int) -> None:
+    """Cap BLAS once per setting: `threadpool_limits` scans the loaded libraries (about a
+    millisecond), which at every call cost ten times a 4096x4096 ternary GEMV."""
+    threadpool_limits(limits=threads, user_api="blas")
