@@ -4,19 +4,17 @@ context-service processes on loopback."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.support import free_port
 from trifecta.context.facade import ContextService
 from trifecta.context.settings import ContextSettings
 from trifecta.core.db import get_engine
@@ -64,12 +62,6 @@ def make_service(embedder: MiniLMEmbedder) -> ServiceFactory:
 @pytest.fixture
 def service(make_service: ServiceFactory, sqlite_url: str) -> ContextService:
     return make_service(sqlite_url)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServiceProcess:
@@ -153,25 +145,3 @@ def start_services(tmp_path: Path) -> Iterator[Callable[..., list[ServiceProcess
     yield start
     for proc in started:
         proc.stop()
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a loopback port in a background thread."""
-    import uvicorn
-
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

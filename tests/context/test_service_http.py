@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.context.conftest import ServiceFactory, serving
+from tests.context.conftest import ServiceFactory
+from tests.support import live_server
 from trifecta.context.facade import ContextService
 from trifecta.context.service import create_app
 from trifecta.context.settings import ContextSettings
@@ -17,7 +18,7 @@ from trifecta.context.settings import ContextSettings
 def http(make_service: ServiceFactory, sqlite_url: str) -> Iterator[httpx.Client]:
     settings = ContextSettings(tenancy_ttl_s=0, max_body_bytes=64_000, max_ops_per_delta=50)
     service: ContextService = make_service(sqlite_url, settings=settings)
-    with serving(create_app(service)) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with live_server(create_app(service)) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield client
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.context.conftest import serving
+from tests.support import live_server
 from trifecta.context.admin import MoveRequest, ShardAdmin
 from trifecta.context.deltas import AddOp, Delta
 from trifecta.context.facade import ContextService
@@ -99,7 +99,7 @@ def test_sovereign_domain_stays_in_its_jurisdiction(
 
 def test_http_enforces_the_same_rule(service: ContextService) -> None:
     seed(service)
-    with serving(create_app(service)) as url, httpx.Client(base_url=url) as http:
+    with live_server(create_app(service)) as url, httpx.Client(base_url=url) as http:
         refused = http.get("/capsules/twin-b/playbook", params={"domain": "plant"})
         assert refused.status_code == 403
         assert refused.json()["error"]["field"] == "domain"

@@ -58,6 +58,9 @@ class _Trace:
     def hop(self, started: float, **fields: object) -> None:
         self.hops.append(Hop(latency_ms=(time.perf_counter() - started) * 1000, **fields))
 
+    def failed(self, started: float, layer: str, environment: str, model: str, why: str) -> None:
+        self.hop(started, layer=layer, environment=environment, model=model, ok=False, detail=why)
+
 
 @dataclass
 class _Served:
@@ -177,14 +180,7 @@ class Orchestrator:
                 capsule.id, RetrieveRequest(query=prompt, k_memories=MEMORIES_PER_REQUEST)
             )
         except Unavailable as exc:  # serve without context rather than fail the request
-            trace.hop(
-                started,
-                layer="context",
-                environment=env,
-                model="context",
-                ok=False,
-                detail=exc.one_line(),
-            )
+            trace.failed(started, "context", env, "context", exc.one_line())
             self.metrics.fallbacks.labels("context", env).inc()
             return None
         trace.hop(
@@ -232,25 +228,11 @@ class Orchestrator:
                 mesh = bridge.client(capsule, env.name, EDGE)
                 result = mesh.offload(capsule, [request.prompt], max_new_tokens=request.max_tokens)
             except Unavailable as exc:
-                trace.hop(
-                    started,
-                    layer="edge",
-                    environment=env.name,
-                    model="edge",
-                    ok=False,
-                    detail=exc.one_line(),
-                )
+                trace.failed(started, "edge", env.name, "edge", exc.one_line())
                 self.metrics.fallbacks.labels("edge", env.name).inc()
                 continue
             if not result.offloaded or not result.generations:
-                trace.hop(
-                    started,
-                    layer="edge",
-                    environment=env.name,
-                    model="edge",
-                    ok=False,
-                    detail=f"{result.reason}: {result.detail}",
-                )
+                trace.failed(started, "edge", env.name, "edge", f"{result.reason}: {result.detail}")
                 continue
             generation = result.generations[0]
             trace.hop(
@@ -299,14 +281,7 @@ class Orchestrator:
                     start_tier=advice.start_tier,
                 )
             except Unavailable as exc:
-                trace.hop(
-                    started,
-                    layer="cognitive",
-                    environment=env.name,
-                    model="auto",
-                    ok=False,
-                    detail=exc.one_line(),
-                )
+                trace.failed(started, "cognitive", env.name, "auto", exc.one_line())
                 self.metrics.fallbacks.labels("cognitive", env.name).inc()
                 tried.append(env.name)
                 continue
@@ -377,14 +352,7 @@ class Orchestrator:
             self.stack.bridge.client(capsule, env, CONTEXT).learn(trajectory)
         except Unavailable as exc:
             log.warning("learning skipped", capsule=capsule.id, reason=exc.one_line())
-            trace.hop(
-                started,
-                layer="context",
-                environment=env,
-                model="learn",
-                ok=False,
-                detail=exc.one_line(),
-            )
+            trace.failed(started, "context", env, "learn", exc.one_line())
             return False
         trace.hop(started, layer="context", environment=env, model="learn", ok=True)
         trace.charges.append(
