@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,12 @@ class KernelSpec:
     parallel: Callable[..., None]
     serial: Callable[..., None]
     extra: tuple[Any, ...] = ()
+    # Run large single-thread calls through the parallel entry on one numba thread. Numba
+    # compiles the body of a parallel loop on its own, and for `portable` and `vnni` LLVM then
+    # unrolls the inner loop with the partial sums in registers; the plain loop compiles to
+    # code that keeps them in memory (portable 2x slower at 4096x4096; measured by
+    # benchmarks/ternary_kernels.py). The LUT kernels compile the other way round.
+    single_thread_via_parallel: bool = False
 
     def unavailable_reason(self) -> str | None:
         missing = missing_features(self.requires)
@@ -93,6 +100,16 @@ class PreparedTernary:
 
     def matmul(self, x_q: NDArray[np.int8], threads: int = 1) -> NDArray[np.int32]:
         """(batch, cols) int8 -> (batch, rows) int32, exact."""
+        call, out = self.bind(x_q, threads)
+        call()
+        return out
+
+    def bind(
+        self, x_q: NDArray[np.int8], threads: int = 1
+    ) -> tuple[Callable[[], None], NDArray[np.int32]]:
+        """Check and lay out the activations once; returns the bare kernel call and the view
+        of its output it fills. Benchmarks time the call alone: after a cache flush the
+        Python around a call adds about 90 us, half the kernel's own time at 4096x4096."""
         if x_q.ndim != 2 or x_q.shape[1] != self.cols or x_q.dtype != np.int8:
             raise InvalidInput(
                 f"activations must be int8 (batch, {self.cols}), got {x_q.dtype} {x_q.shape}",
@@ -114,12 +131,12 @@ class PreparedTernary:
             self.padded_cols,
             *self.spec.extra,
         )
-        if threads > 1 and self.rows * self.cols >= PARALLEL_MIN_WEIGHTS:
+        view = out.reshape(batch, self.padded_rows)[:, : self.rows]
+        large = self.rows * self.cols >= PARALLEL_MIN_WEIGHTS
+        if large and (threads > 1 or self.spec.single_thread_via_parallel):
             pin_threads(threads)
-            self.spec.parallel(*args)
-        else:
-            self.spec.serial(*args)
-        return out.reshape(batch, self.padded_rows)[:, : self.rows]
+            return partial(self.spec.parallel, *args), view
+        return partial(self.spec.serial, *args), view
 
 
 KERNELS: dict[str, KernelSpec] = {
@@ -135,6 +152,7 @@ KERNELS: dict[str, KernelSpec] = {
             vnni_layout,
             vnni_matmul_parallel,
             vnni_matmul_serial,
+            single_thread_via_parallel=True,
         ),
         KernelSpec(
             "portable",
@@ -146,6 +164,7 @@ KERNELS: dict[str, KernelSpec] = {
             rows32_layout,
             portable_matmul_parallel,
             portable_matmul_serial,
+            single_thread_via_parallel=True,
         ),
         KernelSpec(
             "lut-i2",
