@@ -19,6 +19,7 @@ def serve_command(
     import uvicorn
 
     from trifecta.cognitive.serving.factory import build_service
+    from trifecta.core.heap import freeze_startup_heap
     from trifecta.orchestrator.stack import Stack
     from trifecta.serve.app import create_app
 
@@ -27,4 +28,5 @@ def serve_command(
     app = create_app(
         stack, cognitive=build_service(phase=stack.phase, replicas=replicas), own_stack=True
     )
+    freeze_startup_heap()
     uvicorn.run(app, host=host, port=port, log_level=log_level)

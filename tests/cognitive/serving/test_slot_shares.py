@@ -14,13 +14,19 @@ class Clock:
 
 
 def fill(
-    shares: SlotShares, tenant: str, slots: int, *, share: float = 1.0, limit: int = 100
+    shares: SlotShares,
+    tenant: str,
+    slots: int,
+    *,
+    share: float = 1.0,
+    limit: int = 100,
+    latency_slots: int | None = None,
 ) -> int:
     """Start requests of `tenant` while allowed; how many started."""
     started = 0
     while started < limit:
         shares.arrived(tenant, share)
-        if not shares.allows(tenant, slots):
+        if not shares.allows(tenant, slots, latency_slots):
             shares.started(tenant)  # (undo the arrival: count it as started, then ended)
             shares.ended(tenant)
             break
@@ -54,3 +60,33 @@ def test_weights_and_idle_capsules() -> None:
     assert fill(shares, "bronze", 16) == 4  # 16 * 1/4
     clock.now = 10.0  # gold has been idle for longer than the window: its slots are free again
     assert fill(shares, "bronze", 16) == 12
+
+
+def test_a_flood_keeps_to_its_guarantee_of_the_latency_slots_while_bursts_borrow() -> None:
+    """On a CPU replica whose steps allow five rows, five active capsules are guaranteed one
+    each; the capsule asking for ten times the others' rate keeps to it, while a quiet capsule
+    with a burst borrows the free slots."""
+    clock = Clock()
+    shares = SlotShares(clock=clock)
+    quiet = [f"q{i}" for i in range(4)]
+    for name in quiet:
+        shares.arrived(name, 1.0)
+        shares.started(name)
+        shares.ended(name)
+    for _ in range(40):  # the flood, mostly turned away (its backlog is full): still demand
+        shares.refused("noisy", 1.0)
+    assert fill(shares, "noisy", 16, latency_slots=5) == 1
+    assert fill(shares, "q0", 16, latency_slots=5, limit=6) == 6
+    # without the step-time limit, the guarantee is a fifth of all 16 slots
+    assert fill(shares, "noisy", 16) == 3 - 1  # one already running
+
+
+def test_equal_demand_borrows_and_alone_takes_all() -> None:
+    clock = Clock()
+    shares = SlotShares(clock=clock)
+    shares.arrived("a", 1.0)
+    shares.started("a")
+    shares.ended("a")
+    assert fill(shares, "b", 16, latency_slots=2, limit=2) == 2  # demand 2 of 3: under 1.5x
+    clock.now = 10.0  # "a" went idle: "b" is alone
+    assert fill(shares, "b", 16, latency_slots=2) == 14

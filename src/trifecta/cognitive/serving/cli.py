@@ -100,6 +100,7 @@ def run_server(options: ServeOptions) -> None:
 
     from trifecta.cognitive.serving.app import create_app
     from trifecta.cognitive.serving.factory import build_service, connect_ray
+    from trifecta.core.heap import freeze_startup_heap
 
     console = Console(stderr=True)
     ray_options = None
@@ -133,7 +134,9 @@ def run_server(options: ServeOptions) -> None:
         f"serving {', '.join(service.model_names())} {where} at "
         f"http://{options.host}:{options.port}/v1"
     )
-    uvicorn.run(create_app(service), host=options.host, port=options.port, log_level="warning")
+    app = create_app(service)
+    freeze_startup_heap()
+    uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
 
 
 if __name__ == "__main__":  # `python -m trifecta.cognitive.serving.cli`, e.g. inside a namespace

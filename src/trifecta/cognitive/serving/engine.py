@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import threading
+import time
 import weakref
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from trifecta.cognitive.serving.requests import (
     SamplingParams,
 )
 from trifecta.cognitive.serving.sampling import RowSampling, StepChoice, choose_next
+from trifecta.cognitive.serving.step_times import StepTimes
 from trifecta.cognitive.serving.stops import StopWatcher
 from trifecta.core.errors import Unavailable
 from trifecta.core.logging import get_logger
@@ -100,6 +102,7 @@ class BatchingEngine:
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0  # forward passes, for tests and metrics
+        self.step_times = StepTimes(max_batch)  # decode-step durations by batch size
         self.finished: Counter[str] = Counter()  # requests ended, by finish reason
         self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
         self._thread.start()
@@ -123,6 +126,10 @@ class BatchingEngine:
         with self._cond:
             self._cancelled.add(request_id)
             self._cond.notify()
+
+    def latency_batch(self, budget: float) -> int:
+        """Rows this replica decodes within `1 + budget` of a one-row step (measured)."""
+        return self.step_times.latency_batch(budget)
 
     def load(self) -> ReplicaLoad:
         with self._cond:
@@ -172,11 +179,15 @@ class BatchingEngine:
                 self._waiting = deque(r for r in self._waiting if not self._drop_if(r, cancelled))
             try:
                 with torch.inference_mode():
+                    started = time.perf_counter()
                     self._drop_cancelled(cancelled)
                     if joiners:
                         self._prefill(joiners)
                     if self._rows:
+                        rows = len(self._rows)
                         self._decode()
+                        # The whole iteration: each row's share of joins and leaves included.
+                        self.step_times.record(rows, time.perf_counter() - started)
             except Exception as exc:  # a failed forward fails its batch, not the replica
                 log.error("decoding step failed", replica=self._name, error=repr(exc))
                 for row in self._rows:

@@ -66,6 +66,10 @@ class Dispatcher(Protocol):
         """Batch slots across the running replicas (what capsules' slot shares divide)."""
         ...
 
+    def latency_slots(self, budget: float) -> int:
+        """Of those, the rows the replicas decode within `1 + budget` of a one-row step."""
+        ...
+
     def send(self, request: EngineRequest) -> None: ...
 
     def cancel(self, request_id: str) -> None: ...
@@ -104,6 +108,9 @@ class LocalReplicas:
 
     def slots(self) -> int:
         return sum(engine.max_batch for engine in self.engines.values())
+
+    def latency_slots(self, budget: float) -> int:
+        return sum(engine.latency_batch(budget) for engine in self.engines.values())
 
     def loads(self) -> list[ReplicaLoad]:
         return [engine.load() for engine in self.engines.values()]
@@ -172,6 +179,8 @@ class TierPool:
         tenant = request.capsule or DEFAULT_TENANT
         with self._lock:
             if self.queue.backlog(tenant) >= self.max_queued_per_capsule:
+                if self.slot_shares is not None:
+                    self.slot_shares.refused(tenant, share, request.cost)
                 raise QuotaExceeded(
                     f"capsule {tenant!r} has {self.max_queued_per_capsule} requests waiting "
                     f"on tier {self.tier!r}",
@@ -181,7 +190,7 @@ class TierPool:
             request.sink = NotifyingSink(request.sink, lambda: self._ended(tenant))
             self.queue.push(tenant, request, cost=request.cost, share=share)
             if self.slot_shares is not None:
-                self.slot_shares.arrived(tenant, share)
+                self.slot_shares.arrived(tenant, share, request.cost)
         self.dispatch()
 
     def _ended(self, tenant: str) -> None:
@@ -192,7 +201,9 @@ class TierPool:
 
     def _eligible(self, tenant: str) -> bool:
         assert self.slot_shares is not None
-        return self.slot_shares.allows(tenant, self.dispatcher.slots())
+        shares = self.slot_shares
+        latency_slots = self.dispatcher.latency_slots(shares.step_budget)
+        return shares.allows(tenant, self.dispatcher.slots(), latency_slots)
 
     def dispatch(self) -> None:
         """Move requests from the fair queue to the replicas while they have room."""

@@ -183,6 +183,10 @@ class RayReplicas:
         with self._lock:
             return self._replicas * self.options.max_batch
 
+    def latency_slots(self, budget: float) -> int:
+        # The replicas' step times stay inside the Ray workers; guarantees divide every slot.
+        return self.slots()
+
     def loads(self) -> list[ReplicaLoad]:
         with self._lock:
             return [

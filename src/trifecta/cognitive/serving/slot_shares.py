@@ -4,20 +4,27 @@ Fair queuing decides the order in which requests start; it cannot stop a floodin
 filling every batch slot the moment one frees. On a GPU that costs the others little (a decode
 step takes about as long at batch 16 as at batch 4); on a CPU every extra row lengthens every
 step, and a full batch leaves no slot for the next quiet request, so the quiet capsules'
-latency grows with the flood. Hence a guarantee per capsule:
+latency grows with the flood. Hence a guarantee per capsule, and a limit on borrowing:
 
-- each active capsule is guaranteed its weighted share of the slots,
-  `cap = max(1, floor(slots * share / sum of the active capsules' shares))`, and may always
+- the slots divided are the tier's *latency slots*: the rows its replicas decode within
+  `1 + step_budget` of a one-row step, as measured while they run (`step_times.py`). On a GPU
+  that is the whole batch; on a CPU a few rows;
+- each active capsule is guaranteed its weighted share of them,
+  `max(1, floor(latency_slots * share / sum of the active capsules' shares))`, and may always
   start a request while it holds fewer than that;
 - beyond its guarantee a capsule may take only slots that no other active capsule could still
-  claim under its own guarantee.
+  claim under its own guarantee, and only while its recent demand (the cost of the requests it
+  sent, refused ones included, a moving average over `activity_window_s`) is at most
+  `borrow_limit` times its weighted share of everyone's. A quiet capsule's burst borrows
+  freely; a flood, asking for far more than its share, keeps to its guarantee while anyone
+  else is active. (Demand, not service: held to its guarantee a flood is served about its
+  share, so its service alone would not tell it from a quiet capsule.)
 
-A capsule alone gets every slot; a flood gets its share plus what nobody else can claim, and
-the slots the quiet capsules have not used yet stay free for their next requests. A capsule
-counts as active while it has requests queued or running, or sent one within
-`activity_window_s` (so an occasional sender keeps its guarantee between requests). This
-reserves headroom: it trades some of the flooding capsule's throughput for everyone else's
-latency. `TierPool(slot_shares=None)` gives a purely work-conserving tier instead.
+A capsule alone gets every slot. A capsule counts as active while it has requests queued or
+running, or sent one within `activity_window_s` (so an occasional sender keeps its guarantee
+between requests). This reserves headroom: it trades some of the flooding capsule's
+throughput for everyone else's latency, on a CPU more than on a GPU. `TierPool(slot_shares=None)`
+gives a purely work-conserving tier instead.
 """
 
 from __future__ import annotations
@@ -34,24 +41,39 @@ class _Tenant:
     in_flight: int = 0
     queued: int = 0
     last_seen: float = 0.0
+    demand: float = 0.0  # cost of the requests sent, decaying with the activity window
+    demand_at: float = 0.0
 
 
 class SlotShares:
     """Tracks each capsule's running requests and recent activity; guards its batch slots."""
 
     def __init__(
-        self, *, activity_window_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        activity_window_s: float = 2.0,
+        step_budget: float = 0.25,
+        borrow_limit: float = 1.5,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.activity_window_s = activity_window_s
+        self.step_budget = step_budget
+        self.borrow_limit = borrow_limit
         self._clock = clock
         self._tenants: dict[str, _Tenant] = {}
         self._in_flight = 0
 
-    def arrived(self, tenant: str, share: float) -> None:
+    def arrived(self, tenant: str, share: float, cost: float = 1.0) -> None:
+        """A request of `tenant` joined the queue."""
+        self.refused(tenant, share, cost)
+        self._tenants[tenant].queued += 1
+
+    def refused(self, tenant: str, share: float, cost: float = 1.0) -> None:
+        """A request of `tenant` was turned away (429): it still counts as demand."""
         state = self._tenants.setdefault(tenant, _Tenant(share))
         state.share = share
-        state.queued += 1
         state.last_seen = self._clock()
+        state.demand = self._demand(state) + cost
 
     def started(self, tenant: str) -> None:
         state = self._tenants[tenant]
@@ -62,6 +84,13 @@ class SlotShares:
     def ended(self, tenant: str) -> None:
         self._tenants[tenant].in_flight -= 1
         self._in_flight -= 1
+
+    def _demand(self, state: _Tenant) -> float:
+        """The tenant's demand decayed to now (a half-life of one activity window)."""
+        now = self._clock()
+        state.demand *= 0.5 ** ((now - state.demand_at) / self.activity_window_s)
+        state.demand_at = now
+        return state.demand
 
     def _active(self) -> dict[str, _Tenant]:
         now = self._clock()
@@ -81,11 +110,21 @@ class SlotShares:
             name: max(1, math.floor(slots * state.share / total)) for name, state in active.items()
         }
 
-    def allows(self, tenant: str, slots: int) -> bool:
-        """May `tenant` start one more request on a tier of `slots` batch slots?"""
-        guarantees = self.guarantees(slots)
+    def _over_share(self, tenant: str, active: dict[str, _Tenant]) -> bool:
+        demand = {name: self._demand(state) for name, state in active.items()}
+        total_share = sum(state.share for state in active.values())
+        fair = sum(demand.values()) * active[tenant].share / total_share
+        return demand[tenant] > self.borrow_limit * fair
+
+    def allows(self, tenant: str, slots: int, latency_slots: int | None = None) -> bool:
+        """May `tenant` start one more request on a tier of `slots` batch slots, of which
+        `latency_slots` (default: all) decode within the step budget?"""
+        guarantees = self.guarantees(latency_slots if latency_slots is not None else slots)
         if self._tenants[tenant].in_flight < guarantees.get(tenant, 1):
             return True
+        active = self._active()
+        if len(active) > 1 and self._over_share(tenant, active):
+            return False
         claimable = sum(
             max(0, guarantee - self._tenants[name].in_flight)
             for name, guarantee in guarantees.items()
