@@ -344,7 +344,9 @@ def report(
                 f"Noisy neighbour (open loop, Poisson arrivals): {QUIET_CAPSULES} quiet capsules at "
                 f"{quiet_rate:.2f} requests/s each ({QUIET_LOAD:.0%} of the tier's measured capacity "
                 f"together), then beside a noisy capsule at {NOISY_FACTOR}x that rate (the tier "
-                "overloaded). Baseline: plain FIFO in the same run. Latency: arrival to last token.",
+                "overloaded). Baseline: plain FIFO in the same run. Latency: arrival to last token "
+                "(the load generator counts each request's tokens and drops them, as a streaming "
+                "client's are once sent).",
                 "",
                 *noisy_lines,
                 "",
