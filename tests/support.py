@@ -1,4 +1,5 @@
-"""Helpers shared by the test packages: a free loopback port and a live uvicorn server."""
+"""Helpers shared by the test packages: a free loopback port, a live uvicorn server, and the
+`trifecta` command run in-process."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import uvicorn
 
 
@@ -35,3 +37,16 @@ def live_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`trifecta argv` in this process: (exit code, stdout, stderr)."""
+    from trifecta.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -7,18 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from trifecta.cli import main
+from tests.support import run_cli as run
 from trifecta.core.tasks import solve
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_models_list(capsys: pytest.CaptureFixture[str]) -> None:

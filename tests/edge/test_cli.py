@@ -6,17 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trifecta.cli import main
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.support import run_cli as run
 
 
 def test_kernels_lists_every_kernel(capsys: pytest.CaptureFixture[str]) -> None:

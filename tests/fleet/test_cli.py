@@ -11,19 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trifecta.cli import main
+from tests.support import run_cli as run
 from trifecta.fleet.fleetfile import dump_fleet, generate_fleet
 from trifecta.fleet.plan_model import Plan
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_capsule_crud(capsys: pytest.CaptureFixture[str]) -> None:

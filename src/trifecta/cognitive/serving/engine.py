@@ -28,13 +28,12 @@ from trifecta.cognitive.serving.codec import TokenCodec
 from trifecta.cognitive.serving.kv_batch import KV, KVBatch
 from trifecta.cognitive.serving.prefix_cache import PrefixKVCache, block_hashes
 from trifecta.cognitive.serving.requests import (
-    CollectingSink,
     Completion,
     EngineRequest,
     FinishReason,
     GeneratedToken,
     ReplicaLoad,
-    SamplingParams,
+    generate_all,
 )
 from trifecta.cognitive.serving.sampling import RowSampling, StepChoice, choose_next
 from trifecta.cognitive.serving.step_times import StepTimes
@@ -151,13 +150,16 @@ class BatchingEngine:
         top_logprobs: int = 0,
         stop: Sequence[str] = (),
     ) -> list[Generation]:
-        sinks = []
-        params = SamplingParams(max_new_tokens, temperature, 1.0, top_logprobs, tuple(stop))
-        for prompt in prompts:
-            sink = CollectingSink()
-            self.submit(EngineRequest(self.codec.encode(prompt), params, sink))
-            sinks.append(sink)
-        return [sink.to_generation(self._name) for sink in sinks]
+        return generate_all(
+            self.submit,
+            self.codec,
+            prompts,
+            self._name,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_logprobs=top_logprobs,
+            stop=stop,
+        )
 
     # ---- the decoding loop ---------------------------------------------------------------
 

@@ -17,13 +17,12 @@ from trifecta.cognitive.serving.engine import BatchingEngine
 from trifecta.cognitive.serving.fair_queue import FairQueue, RequestQueue
 from trifecta.cognitive.serving.prefix_cache import block_hashes
 from trifecta.cognitive.serving.requests import (
-    CollectingSink,
     Completion,
     EngineRequest,
     GeneratedToken,
     ReplicaLoad,
     RequestSink,
-    SamplingParams,
+    generate_all,
 )
 from trifecta.cognitive.serving.router import ScoringRouter
 from trifecta.cognitive.serving.slot_shares import SlotShares
@@ -246,10 +245,13 @@ class TierPool:
         top_logprobs: int = 0,
         stop: Sequence[str] = (),
     ) -> list[Generation]:
-        params = SamplingParams(max_new_tokens, temperature, 1.0, top_logprobs, tuple(stop))
-        sinks = []
-        for prompt in prompts:
-            sink = CollectingSink()
-            self.submit(EngineRequest(self.codec.encode(prompt), params, sink))
-            sinks.append(sink)
-        return [sink.to_generation(self.tier) for sink in sinks]
+        return generate_all(
+            self.submit,
+            self.codec,
+            prompts,
+            self.tier,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_logprobs=top_logprobs,
+            stop=stop,
+        )

@@ -8,11 +8,14 @@ import asyncio
 import contextlib
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from trifecta.core.protocols import Generation, TokenAlternative
+
+if TYPE_CHECKING:
+    from trifecta.cognitive.serving.codec import TokenCodec
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -131,6 +134,28 @@ class CollectingSink:
             prompt_tokens=completion.prompt_tokens,
             top_logprobs=[list(token.top) for token in generated],
         )
+
+
+def generate_all(
+    submit: Callable[[EngineRequest], None],
+    codec: TokenCodec,
+    prompts: Sequence[str],
+    model: str,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_logprobs: int,
+    stop: Sequence[str],
+) -> list[Generation]:
+    """The `LanguageModel.generate` of anything that takes `EngineRequest`s (a replica, a
+    tier): submit every prompt at once, then collect the generations in order."""
+    params = SamplingParams(max_new_tokens, temperature, 1.0, top_logprobs, tuple(stop))
+    sinks = []
+    for prompt in prompts:
+        sink = CollectingSink()
+        submit(EngineRequest(codec.encode(prompt), params, sink))
+        sinks.append(sink)
+    return [sink.to_generation(model) for sink in sinks]
 
 
 StreamEvent = list[GeneratedToken] | Completion | BaseException

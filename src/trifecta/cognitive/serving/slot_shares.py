@@ -104,7 +104,10 @@ class SlotShares:
 
     def guarantees(self, slots: int) -> dict[str, int]:
         """Each active capsule's guaranteed slots out of `slots`."""
-        active = self._active()
+        return self._guarantees(self._active(), slots)
+
+    @staticmethod
+    def _guarantees(active: dict[str, _Tenant], slots: int) -> dict[str, int]:
         total = sum(state.share for state in active.values())
         return {
             name: max(1, math.floor(slots * state.share / total)) for name, state in active.items()
@@ -119,10 +122,10 @@ class SlotShares:
     def allows(self, tenant: str, slots: int, latency_slots: int | None = None) -> bool:
         """May `tenant` start one more request on a tier of `slots` batch slots, of which
         `latency_slots` (default: all) decode within the step budget?"""
-        guarantees = self.guarantees(latency_slots if latency_slots is not None else slots)
+        active = self._active()
+        guarantees = self._guarantees(active, latency_slots if latency_slots is not None else slots)
         if self._tenants[tenant].in_flight < guarantees.get(tenant, 1):
             return True
-        active = self._active()
         if len(active) > 1 and self._over_share(tenant, active):
             return False
         claimable = sum(
