@@ -12,7 +12,7 @@ from mcp import Client
 
 from trifecta.core.errors import Unavailable
 from trifecta.core.protocols import Generation, LanguageModel
-from trifecta.edge.artifact import EdgeArtifact
+from trifecta.edge.artifact import CorruptArtifact, EdgeArtifact
 from trifecta.edge.mesh import EdgeMesh
 from trifecta.edge.mesh_model import EdgeMeshModel
 from trifecta.edge.node import EdgeNode, NodeConfig, NodePlace
@@ -146,3 +146,17 @@ def test_a_new_model_rolls_out_and_its_accuracy_gates_the_grades(
     assert mesh.offload(TWIN, ["41+17?"], max_new_tokens=4).offloaded
     lookup = mesh.offload(TWIN, ["t=4,p=17,r=63;p?"], max_new_tokens=4)
     assert not lookup.offloaded and lookup.reason == "below_quality"
+
+
+def test_a_corrupt_model_is_refused_before_it_reaches_the_mesh(
+    tmp_path: Path, small_artifact_path: Path
+) -> None:
+    corrupt = tmp_path / "corrupt.safetensors"
+    data = bytearray(small_artifact_path.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the last tensor
+    corrupt.write_bytes(bytes(data))
+    with EdgeMesh(tmp_path / "mesh") as mesh:
+        with pytest.raises(CorruptArtifact, match="payload_sha256"):
+            mesh.publish_file("model", corrupt, "edge-model")
+        assert mesh.current_model() is None
+        assert mesh.store.inventory() == []

@@ -177,7 +177,13 @@ class EdgeMesh:
     def publish_file(self, kind: ArtifactKind, path: Path, name: str | None = None) -> ArtifactRef:
         if not path.is_file():
             raise NotFound(f"no file {path}", field="path")
-        return self.publish(kind, name or path.stem, path.read_bytes())
+        # A model is read (and its payload hash checked) before any node gets it: a corrupt
+        # file is refused here with one clear error instead of being synced to the mesh.
+        accuracy = EdgeArtifact.load(path).accuracy if kind == "model" else None
+        ref = self.publish(kind, name or path.stem, path.read_bytes())
+        if accuracy is not None:
+            self._accuracy[ref.sha256] = accuracy
+        return ref
 
     def current_model(self) -> ArtifactRef | None:
         return self.store.current("model")
