@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,8 @@ import pytest
 
 from trifecta.core.errors import InvalidInput, NotFound
 from trifecta.edge.artifact import CorruptArtifact, EdgeArtifact
+
+from .helpers import header_length, rewrite_metadata
 
 
 def test_round_trip_keeps_every_weight(small_artifact: EdgeArtifact, tmp_path: Path) -> None:
@@ -36,13 +37,9 @@ def test_base3_layout_is_smaller(small_artifact: EdgeArtifact) -> None:
     assert b3 == sum(n * -(-k // 5) for n, k in shapes) < i2  # 1.6 bits per weight plus padding
 
 
-def _header_length(path: Path) -> int:
-    return int(struct.unpack("<Q", path.read_bytes()[:8])[0])
-
-
 def test_flipped_weight_byte_is_refused(small_artifact_path: Path, tmp_path: Path) -> None:
     data = bytearray(small_artifact_path.read_bytes())
-    data[8 + _header_length(small_artifact_path) + 100] ^= 0x01  # a byte inside the tensor data
+    data[8 + header_length(small_artifact_path) + 100] ^= 0x01  # a byte inside the tensor data
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(bytes(data))
     with pytest.raises(CorruptArtifact, match="payload_sha256"):
@@ -58,19 +55,9 @@ def test_truncated_file_is_refused(small_artifact_path: Path, tmp_path: Path, ke
         EdgeArtifact.load(truncated)
 
 
-def _rewrite_metadata(source: Path, target: Path, **changes: str) -> None:
-    data = source.read_bytes()
-    length = _header_length(source)
-    header = json.loads(data[8 : 8 + length])
-    header["__metadata__"].update(changes)
-    encoded = json.dumps(header).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + length :])
-
-
 def test_other_format_version_is_refused(small_artifact_path: Path, tmp_path: Path) -> None:
-    path = tmp_path / "v2.safetensors"
-    _rewrite_metadata(small_artifact_path, path, format_version="2")
+    path = tmp_path / "v1.safetensors"
+    rewrite_metadata(small_artifact_path, path, format_version="1")
     with pytest.raises(InvalidInput, match="format_version") as info:
         EdgeArtifact.load(path)
     assert info.value.field == "format_version"
@@ -80,7 +67,7 @@ def test_edited_config_is_refused(small_artifact_path: Path, tmp_path: Path) -> 
     path = tmp_path / "edited.safetensors"
     config = json.loads(EdgeArtifact.load(small_artifact_path).config.model_dump_json())
     config["norm_eps"] = 0.1
-    _rewrite_metadata(small_artifact_path, path, config=json.dumps(config))
+    rewrite_metadata(small_artifact_path, path, config=json.dumps(config))
     with pytest.raises(CorruptArtifact, match="payload_sha256"):
         EdgeArtifact.load(path)
 
@@ -96,6 +83,6 @@ def test_measured_accuracy_travels_with_the_artifact(
     path = small_artifact.with_accuracy({1: 0.97, 2: 0.991}).save(tmp_path / "q.safetensors")
     assert EdgeArtifact.load(path).accuracy == {1: 0.97, 2: 0.991}
     edited = tmp_path / "edited-accuracy.safetensors"
-    _rewrite_metadata(path, edited, heldout_accuracy='{"1": 1.0, "2": 1.0}')
+    rewrite_metadata(path, edited, heldout_accuracy='{"1": 1.0, "2": 1.0}')
     with pytest.raises(CorruptArtifact, match="payload_sha256"):
         EdgeArtifact.load(edited)

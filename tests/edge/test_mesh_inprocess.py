@@ -12,12 +12,14 @@ from mcp import Client
 
 from trifecta.core.errors import Unavailable
 from trifecta.core.protocols import Generation, LanguageModel
-from trifecta.edge.artifact import CorruptArtifact, EdgeArtifact
+from trifecta.edge.artifact import FORMAT_VERSION, CorruptArtifact, EdgeArtifact
 from trifecta.edge.mesh import EdgeMesh
 from trifecta.edge.mesh_model import EdgeMeshModel
 from trifecta.edge.node import EdgeNode, NodeConfig, NodePlace
 from trifecta.edge.store import sha256_hex
 from trifecta.fleet.capsules import Capsule
+
+from .helpers import rewrite_metadata
 
 TWIN = Capsule(id="plant-7", name="Plant 7", kind="digital_twin", domain="factory")
 SOVEREIGN_US = Capsule(id="gov-us", name="Gov", kind="sovereign", domain="gov", jurisdiction="us")
@@ -160,3 +162,22 @@ def test_a_corrupt_model_is_refused_before_it_reaches_the_mesh(
             mesh.publish_file("model", corrupt, "edge-model")
         assert mesh.current_model() is None
         assert mesh.store.inventory() == []
+
+
+def test_a_node_with_an_unreadable_stored_model_starts_and_is_brought_up_to_date(
+    tmp_path: Path, small_artifact_path: Path
+) -> None:
+    """A node whose store holds a model it cannot read (here one of another format version,
+    as after an upgrade) starts without a model, and the mesh sends it the current one."""
+    old = tmp_path / "old.safetensors"
+    rewrite_metadata(small_artifact_path, old, format_version=str(FORMAT_VERSION - 1))
+    old_bytes = old.read_bytes()
+    store = _node(tmp_path, "eu-1").store
+    store.put("model", "edge-model", old_bytes, sha256=sha256_hex(old_bytes))
+    node = _node(tmp_path, "eu-1")  # restarted on that store
+    assert node.runtime is None and node.model_sha256 is None
+    with EdgeMesh(tmp_path / "mesh", heartbeat_s=0.1) as mesh:
+        mesh.add_node(node)
+        mesh.publish_file("model", small_artifact_path, "edge-model")
+        assert mesh.wait_until(lambda m: all(m.in_sync(s) for s in m.node_states()), timeout_s=60)
+    assert node.model_sha256 == sha256_hex(small_artifact_path.read_bytes())

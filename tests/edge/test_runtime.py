@@ -18,6 +18,8 @@ from trifecta.edge.kernels import available_kernels
 from trifecta.edge.model import EdgeTransformer
 from trifecta.edge.runtime import EdgeRuntime
 
+from .helpers import reference_texts
+
 RUNNABLE = [name for name, reason in available_kernels().items() if reason is None]
 
 
@@ -34,29 +36,19 @@ def test_runtime_imports_neither_torch_nor_transformers() -> None:
     assert out.stdout.strip() == ""
 
 
-def _reference_texts(artifact: EdgeArtifact, prompts: list[str], max_new_tokens: int) -> list[str]:
-    tokenizer = CharTokenizer()
-    model = EdgeTransformer.from_artifact(artifact)
-    texts = []
-    for prompt in prompts:
-        ids = model.greedy_ids(tokenizer.encode(prompt, bos=True), max_new_tokens, tokenizer.eos_id)
-        texts.append(tokenizer.decode([i for i in ids if i != tokenizer.eos_id]))
-    return texts
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", RUNNABLE)
 def test_tokens_equal_the_pytorch_model(kernel: str, shipped_artifact: EdgeArtifact) -> None:
     prompts = [t.prompt for t in generate_tasks(40, seed=11, split="heldout")]
     runtime = EdgeRuntime(shipped_artifact, kernel=kernel)
     texts = [g.text for g in runtime.generate(prompts, max_new_tokens=6)]
-    assert texts == _reference_texts(shipped_artifact, prompts, 6)
+    assert texts == reference_texts(shipped_artifact, prompts, 6)
 
 
 def test_small_model_tokens_equal_the_pytorch_model(small_artifact: EdgeArtifact) -> None:
     prompts = [t.prompt for t in generate_tasks(12, seed=3, split="heldout")]
     texts = [g.text for g in EdgeRuntime(small_artifact).generate(prompts, max_new_tokens=5)]
-    assert texts == _reference_texts(small_artifact, prompts, 5)
+    assert texts == reference_texts(small_artifact, prompts, 5)
 
 
 def test_every_layer_computes_what_the_reference_computes(shipped_artifact: EdgeArtifact) -> None:

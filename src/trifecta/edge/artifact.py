@@ -1,6 +1,6 @@
 """The packed edge-model artifact: one safetensors file, torch-free to read and write.
 
-Layout (format `trifecta-edge-model`, version 1):
+Layout (format `trifecta-edge-model`, version 2; version 1 had no Canon layers):
 
 | tensor                         | dtype   | shape                       |
 |--------------------------------|---------|-----------------------------|
@@ -9,7 +9,8 @@ Layout (format `trifecta-edge-model`, version 1):
 | float parameter names          | float32 | as in the PyTorch model     |
 
 `<layer>` is a BitLinear's module name (`blocks.0.qkv`, ...); the float parameters are the
-embeddings and norm gains (`tok_emb.weight`, `blocks.0.norm_attn.weight`, ...).
+embeddings, norm gains and Canon weights (`tok_emb.weight`, `blocks.0.norm_attn.weight`,
+`blocks.0.canon.weight`, ...).
 Metadata: `format`, `format_version`, `layout` (`i2` or `b3`), `config` (the model's JSON)
 and `payload_sha256`, a SHA-256 over the config, the layout and every tensor's name, dtype,
 shape and bytes in name order. Loading checks all of it, so a corrupt or truncated file is a
@@ -35,7 +36,7 @@ from trifecta.edge.config import EdgeModelConfig
 from trifecta.edge.packing import LAYOUTS, CorruptWeights, Layout, pack, packed_width, unpack
 
 FORMAT = "trifecta-edge-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CorruptArtifact(InvalidInput):

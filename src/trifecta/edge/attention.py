@@ -1,6 +1,7 @@
 """The runtime's KV cache and float32 attention (numpy).
 
-One `KVBatch` holds the keys and values of a batch of sequences in preallocated arrays
+One `KVBatch` holds the keys and values (and the Canon layers' inputs) of a batch of
+sequences in preallocated arrays
 (layers, sequences, block_size, d_model), so a decode step writes in place and attends for
 the whole batch with one masked matrix product; prefills, whose lengths differ, attend one
 sequence at a time.
@@ -38,6 +39,7 @@ class KVBatch:
     def __init__(self, layers: int, sequences: int, block_size: int, d_model: int):
         self.keys = np.zeros((layers, sequences, block_size, d_model), np.float32)
         self.values = np.zeros_like(self.keys)
+        self.inputs = np.zeros_like(self.keys)  # each layer's inputs, for its Canon layer
 
 
 def _softmax(scores: Array) -> Array:

@@ -31,6 +31,12 @@ class EdgeModelConfig(BaseModel):
     positions: Literal["rotary", "learned"] = Field(
         default="rotary", description="rotary (RoPE, as in BitNet b1.58) or a learned embedding"
     )
+    canon_width: int = Field(
+        default=4,
+        ge=0,
+        le=8,
+        description="tokens mixed by the causal 'Canon' layer before each attention (0: none)",
+    )
 
     @model_validator(mode="after")
     def _dims(self) -> EdgeModelConfig:
@@ -51,7 +57,7 @@ class EdgeModelConfig(BaseModel):
         return {"qkv": (3 * d, d), "out": (d, d), "up": (ff, d), "down": (d, ff)}
 
     def float_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every float32 tensor of the model (embeddings, norm gains) by name."""
+        """Every float32 tensor of the model (embeddings, norm gains, Canon weights) by name."""
         d = self.d_model
         shapes: dict[str, tuple[int, ...]] = {
             "tok_emb.weight": (self.vocab_size, d),
@@ -67,6 +73,8 @@ class EdgeModelConfig(BaseModel):
                 ("subnorm_ffn", self.d_ff),
             ):
                 shapes[f"blocks.{i}.{norm}.weight"] = (width,)
+            if self.canon_width:
+                shapes[f"blocks.{i}.canon.weight"] = (self.canon_width, d)
         return shapes
 
     def ternary_parameters(self) -> int:

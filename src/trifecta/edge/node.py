@@ -131,7 +131,13 @@ class EdgeNode:
         self._started = time.time()
         current = self.store.current("model")
         if current is not None:
-            self._activate(current.sha256)
+            try:
+                self._activate(current.sha256)
+            except TrifectaError as exc:
+                # A model this version cannot read (an older format, a damaged disk): start
+                # without one, so that the mesh sees an out-of-date node and sends it the
+                # current model, instead of the node failing to start.
+                log.warning("stored model unusable", node=self.name, reason=exc.one_line())
 
     @property
     def name(self) -> str:

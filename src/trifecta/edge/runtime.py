@@ -24,6 +24,7 @@ from trifecta.core.protocols import Generation, TokenAlternative
 from trifecta.core.tokenizer import CharTokenizer
 from trifecta.edge.artifact import EdgeArtifact, TernaryMatrix
 from trifecta.edge.attention import KVBatch, attend_prefill, attend_step, rotary_tables, rotate
+from trifecta.edge.canon import canon_rows
 from trifecta.edge.config import EdgeModelConfig
 from trifecta.edge.kernels import PreparedTernary, select_kernel
 from trifecta.edge.kernels.activations import norm_quantize, quantize
@@ -61,6 +62,7 @@ class TernaryLayer:
 
 @dataclass
 class BlockWeights:
+    canon: Array | None
     norm_attn: Array
     qkv: TernaryLayer
     subnorm_attn: Array
@@ -125,6 +127,7 @@ class EdgeRuntime:
         prefix = f"blocks.{index}."
         floats, ternary = self.artifact.floats, self.artifact.ternary
         return BlockWeights(
+            canon=floats.get(prefix + "canon.weight"),
             norm_attn=floats[prefix + "norm_attn.weight"],
             qkv=self._ternary(ternary[prefix + "qkv"]),
             subnorm_attn=floats[prefix + "subnorm_attn.weight"],
@@ -168,7 +171,11 @@ class EdgeRuntime:
             s.cache is sequences[0].cache for s in sequences
         )
         for layer, block in enumerate(self.blocks):
-            qkv = block.qkv.after_norm(x, block.norm_attn, eps, threads)
+            if block.canon is not None:
+                x_in = self._canon(layer, block.canon, x, sequences, starts, counts, stepping)
+            else:
+                x_in = x
+            qkv = block.qkv.after_norm(x_in, block.norm_attn, eps, threads)
             q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
             if rotary:
                 heads = (len(q), cfg.n_heads, cfg.head_dim)
@@ -204,6 +211,33 @@ class EdgeRuntime:
             seq.ids.extend(ids)
         last = rms_norm(x[bounds[1:] - 1], self.norm_out, cfg.norm_eps)
         return (last @ self.tok_emb.T).astype(np.float32)
+
+    @staticmethod
+    def _canon(
+        layer: int,
+        weight: Array,
+        x: Array,
+        sequences: list[DecodeState],
+        starts: list[int],
+        counts: list[int],
+        stepping: bool,
+    ) -> Array:
+        """Store the layer's inputs in each sequence's cache, and mix them (`canon`)."""
+        if stepping:  # one new token per sequence, all in one cache
+            inputs = sequences[0].cache.inputs[layer]
+            rows = np.asarray([s.row for s in sequences], np.int64)
+            positions = np.asarray(starts, np.int64)
+            inputs[rows, positions] = x
+            return canon_rows(inputs, rows, positions, weight)
+        bounds = np.cumsum([0, *counts])
+        mixed = []
+        for i, seq in enumerate(sequences):
+            inputs = seq.cache.inputs[layer]
+            positions = np.arange(starts[i], starts[i] + counts[i], dtype=np.int64)
+            inputs[seq.row, positions] = x[bounds[i] : bounds[i + 1]]
+            rows = np.full(counts[i], seq.row, np.int64)
+            mixed.append(canon_rows(inputs, rows, positions, weight))
+        return np.concatenate(mixed)
 
     # -- generation ---------------------------------------------------------------------
 
