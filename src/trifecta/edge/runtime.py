@@ -167,14 +167,18 @@ class EdgeRuntime:
         rotary = self.config.positions == "rotary"
         bounds = np.cumsum([0, *counts])
         eps, threads, d = cfg.norm_eps, self.threads, cfg.d_model
-        stepping = all(c == 1 for c in counts) and all(
-            s.cache is sequences[0].cache for s in sequences
-        )
+        one_cache = all(s.cache is sequences[0].cache for s in sequences)
+        stepping = one_cache and all(c == 1 for c in counts)
+        rows = np.repeat(np.asarray([s.row for s in sequences], np.int64), counts)  # per token
+        if stepping:  # one token per sequence: each sees the cache up to its own position
+            lengths = positions + 1
+            total = int(lengths.max())
         for layer, block in enumerate(self.blocks):
+            x_in = x
             if block.canon is not None:
-                x_in = self._canon(layer, block.canon, x, sequences, starts, counts, stepping)
-            else:
-                x_in = x
+                x_in = self._canon(
+                    layer, block.canon, x, sequences, rows, positions, bounds, one_cache
+                )
             qkv = block.qkv.after_norm(x_in, block.norm_attn, eps, threads)
             q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
             if rotary:
@@ -185,10 +189,7 @@ class EdgeRuntime:
                 span = slice(starts[i], starts[i] + counts[i])
                 seq.cache.keys[layer, seq.row, span] = k[bounds[i] : bounds[i + 1]]
                 seq.cache.values[layer, seq.row, span] = v[bounds[i] : bounds[i + 1]]
-            if stepping:  # one token per sequence: attend for the whole batch at once
-                rows = [s.row for s in sequences]
-                lengths = np.asarray(starts, np.int64) + 1
-                total = int(lengths.max())
+            if stepping:  # attend for the whole batch at once
                 cache = sequences[0].cache
                 keys, values = cache.keys[layer, rows, :total], cache.values[layer, rows, :total]
                 mixed = attend_step(q, keys, values, lengths, cfg.n_heads)
@@ -218,25 +219,23 @@ class EdgeRuntime:
         weight: Array,
         x: Array,
         sequences: list[DecodeState],
-        starts: list[int],
-        counts: list[int],
-        stepping: bool,
+        rows: NDArray[np.int64],
+        positions: NDArray[np.int64],
+        bounds: NDArray[np.int64],
+        one_cache: bool,
     ) -> Array:
-        """Store the layer's inputs in each sequence's cache, and mix them (`canon`)."""
-        if stepping:  # one new token per sequence, all in one cache
+        """Store the layer's inputs (token n: cache row `rows[n]`, `positions[n]`) and mix
+        them with the inputs before them (`canon_rows`)."""
+        if one_cache:  # every decode step, and a generation's prefills
             inputs = sequences[0].cache.inputs[layer]
-            rows = np.asarray([s.row for s in sequences], np.int64)
-            positions = np.asarray(starts, np.int64)
             inputs[rows, positions] = x
             return canon_rows(inputs, rows, positions, weight)
-        bounds = np.cumsum([0, *counts])
         mixed = []
         for i, seq in enumerate(sequences):
+            span = slice(bounds[i], bounds[i + 1])
             inputs = seq.cache.inputs[layer]
-            positions = np.arange(starts[i], starts[i] + counts[i], dtype=np.int64)
-            inputs[seq.row, positions] = x[bounds[i] : bounds[i + 1]]
-            rows = np.full(counts[i], seq.row, np.int64)
-            mixed.append(canon_rows(inputs, rows, positions, weight))
+            inputs[rows[span], positions[span]] = x[span]
+            mixed.append(canon_rows(inputs, rows[span], positions[span], weight))
         return np.concatenate(mixed)
 
     # -- generation ---------------------------------------------------------------------
