@@ -74,6 +74,12 @@ class Environment(BaseModel):
     reserved_for: list[str] | None = Field(
         default=None, description="only capsules of these kinds may be placed here"
     )
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="where this environment's server (`trifecta env serve`) answers, for a "
+        "federation of static sites; `trifecta up` assigns loopback URLs itself",
+    )
 
     @field_validator("prices")
     @classmethod
