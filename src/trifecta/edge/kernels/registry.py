@@ -3,7 +3,8 @@
 Every kernel computes the exact int32 products `x_q @ W^T` of the reference. A kernel is
 prepared once per weight matrix (its own layout, padded with zero weights to its block
 multiples) and then called per batch of activations. `select_kernel` picks the fastest one
-this CPU can run: `vnni` where AVX-512 VNNI exists, else `portable`.
+this CPU can run: `vnni` where AVX-512 VNNI exists, else `avx2` where AVX2 exists, else
+`portable` (plain numba, runs everywhere).
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from trifecta.core.errors import InvalidInput, Unavailable
+from trifecta.edge.kernels.avx2 import avx2_matmul_parallel, avx2_matmul_serial
 from trifecta.edge.kernels.cpu import missing_features, pin_threads
-from trifecta.edge.kernels.lut import lut_layout, lut_matmul_parallel, lut_matmul_serial
 from trifecta.edge.kernels.portable import (
     GROUP_ROWS,
     INPUT_MULTIPLE,
@@ -49,12 +49,11 @@ class KernelSpec:
     layout: Callable[[NDArray[np.int8]], NDArray[np.uint8]]
     parallel: Callable[..., None]
     serial: Callable[..., None]
-    extra: tuple[Any, ...] = ()
     # Run large single-thread calls through the parallel entry on one numba thread. Numba
     # compiles the body of a parallel loop on its own, and for `portable` and `vnni` LLVM then
     # unrolls the inner loop with the partial sums in registers; the plain loop compiles to
     # code that keeps them in memory (portable 2x slower at 4096x4096; measured by
-    # benchmarks/ternary_kernels.py). The LUT kernels compile the other way round.
+    # benchmarks/ternary_kernels.py).
     single_thread_via_parallel: bool = False
 
     def unavailable_reason(self) -> str | None:
@@ -129,7 +128,6 @@ class PreparedTernary:
             batch,
             self.padded_rows,
             self.padded_cols,
-            *self.spec.extra,
         )
         view = out.reshape(batch, self.padded_rows)[:, : self.rows]
         large = self.rows * self.cols >= PARALLEL_MIN_WEIGHTS
@@ -155,6 +153,18 @@ KERNELS: dict[str, KernelSpec] = {
             single_thread_via_parallel=True,
         ),
         KernelSpec(
+            "avx2",
+            "AVX2 vpmaddubsw + vpmaddwd over the vnni16 layout (8 rows per 256-bit register)",
+            2.0,
+            BLOCK_ROWS,
+            BLOCK_INPUTS,
+            ("avx2",),
+            vnni_layout,
+            avx2_matmul_parallel,
+            avx2_matmul_serial,
+            single_thread_via_parallel=True,
+        ),
+        KernelSpec(
             "portable",
             "plain numba, 16-bit vector arithmetic over the rows32 layout",
             2.0,
@@ -166,33 +176,9 @@ KERNELS: dict[str, KernelSpec] = {
             portable_matmul_serial,
             single_thread_via_parallel=True,
         ),
-        KernelSpec(
-            "lut-i2",
-            "table lookups, 4 weights per 2-bit byte (256-entry tables)",
-            2.0,
-            1,
-            4,
-            (),
-            lambda v: lut_layout(v, "i2"),
-            lut_matmul_parallel,
-            lut_matmul_serial,
-            (False,),
-        ),
-        KernelSpec(
-            "lut-b3",
-            "table lookups, 5 weights per base-3 byte (243-entry tables)",
-            1.6,
-            1,
-            5,
-            (),
-            lambda v: lut_layout(v, "b3"),
-            lut_matmul_parallel,
-            lut_matmul_serial,
-            (True,),
-        ),
     )
 }
-PREFERENCE = ("vnni", "portable")
+PREFERENCE = ("vnni", "avx2", "portable")
 
 
 def available_kernels() -> dict[str, str | None]:
