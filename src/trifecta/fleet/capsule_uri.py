@@ -16,7 +16,7 @@ fleet package needs nothing from the federation package above it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
@@ -28,13 +28,17 @@ from trifecta.fleet.manifest import (
     CAPSULE_OPERATIONS,
     VERSION,
     CapsuleManifest,
+    card_extension,
     manifest_of,
+    manifests_in_card,
     version_key,
 )
+from trifecta.fleet.topology import Environment
 
 SCHEME = "capsule"
 AUTHORITY = r"^[a-z0-9](?:[a-z0-9._-]{0,252})(?::\d{1,5})?$"
 MAX_URI_CHARS = 512
+CARD_PATH = "/.well-known/agent-card.json"
 
 
 class CapsuleURI(BaseModel):
@@ -95,6 +99,14 @@ class RemoteCapsule(BaseModel):
     manifest: CapsuleManifest
 
 
+def authorities_of(name: str | None, url: str) -> list[str]:
+    """The names a URI may use for a federation member: its environment name, then the
+    host[:port] and host of its URL."""
+    split = urlsplit(url)
+    names = [name.lower()] if name else []
+    return [*names, split.netloc.lower(), (split.hostname or "").lower()]
+
+
 class CapsuleSource(Protocol):
     """The local registry (`CapsuleRegistry`)."""
 
@@ -102,9 +114,44 @@ class CapsuleSource(Protocol):
 
 
 class PeerCatalog(Protocol):
-    """The federation's peers (`federation.a2a.discovery.PeerDirectory`)."""
+    """The federation's peers (`federation.a2a.discovery.PeerDirectory`, `CardCatalog`)."""
 
     def remote_capsules(self) -> list[RemoteCapsule]: ...
+
+
+class CardCatalog:
+    """Peers' published capsules read once from their agent cards (for one-shot use, the CLI;
+    a long-running server keeps a `PeerDirectory` instead). A peer that does not answer is
+    skipped and listed in `unreachable`."""
+
+    def __init__(self, urls: Iterable[str], *, timeout_s: float = 3.0):
+        import httpx
+
+        self.capsules: list[RemoteCapsule] = []
+        self.unreachable: dict[str, str] = {}
+        with httpx.Client(timeout=timeout_s) as http:
+            for url in (u.rstrip("/") for u in urls):
+                try:
+                    response = http.get(f"{url}{CARD_PATH}")
+                    response.raise_for_status()
+                    card = response.json()
+                    name = card_extension(card).get("environment", {}).get("name")
+                    manifests = manifests_in_card(card)
+                except (httpx.HTTPError, ValueError, InvalidInput) as exc:
+                    self.unreachable[url] = str(exc)[:200]
+                    continue
+                self.capsules += [
+                    RemoteCapsule(
+                        peer=name or url,
+                        url=url,
+                        authorities=authorities_of(name, url),
+                        manifest=m,
+                    )
+                    for m in manifests
+                ]
+
+    def remote_capsules(self) -> list[RemoteCapsule]:
+        return list(self.capsules)
 
 
 class Resolution(BaseModel):
@@ -128,23 +175,35 @@ def _best(uri: CapsuleURI, manifests: Iterable[CapsuleManifest]) -> list[Capsule
 
 
 class CapsuleResolver:
-    """Local first (the registry, when the authority names this member), then the peers."""
+    """Local first (the registry, when the authority names this member), then the peers.
+
+    `local` maps the authorities this member answers to onto the environment each names
+    (None: no particular environment, e.g. `local`); a capsule resolves at an environment
+    only if that environment admits it, so a URI cannot address a sovereign capsule at a
+    commercial cloud."""
 
     def __init__(
         self,
         registry: CapsuleSource,
         peers: PeerCatalog | None = None,
         *,
-        local_names: Iterable[str] = ("local", "localhost"),
+        local: Mapping[str, Environment | None] | None = None,
     ):
         self.registry = registry
         self.peers = peers
-        self.local_names = {name.lower() for name in local_names}
+        names = local if local is not None else {"local": None, "localhost": None}
+        self.local = {name.lower(): env for name, env in names.items()}
 
     def resolve(self, uri: str | CapsuleURI) -> Resolution:
         parsed = uri if isinstance(uri, CapsuleURI) else parse_capsule_uri(uri)
-        if parsed.authority in self.local_names:
-            local = _best(parsed, map(manifest_of, self.registry.list(domain=parsed.domain)))
+        if parsed.authority in self.local:
+            where = self.local[parsed.authority]
+            capsules = [
+                c
+                for c in self.registry.list(domain=parsed.domain)
+                if where is None or where.admits(c)
+            ]
+            local = _best(parsed, map(manifest_of, capsules))
             if not local:
                 raise self._nothing(parsed)
             return Resolution(
@@ -157,7 +216,7 @@ class CapsuleResolver:
         remote = self.peers.remote_capsules() if self.peers is not None else []
         homed = [r for r in remote if parsed.authority in r.authorities]
         if not homed:
-            known = sorted(self.local_names | {a for r in remote for a in r.authorities[:1]})
+            known = sorted(set(self.local) | {r.authorities[0] for r in remote})
             raise NotFound(
                 f"no federation member {parsed.authority!r} is known (or it is down)",
                 field="uri.authority",

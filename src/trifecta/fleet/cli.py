@@ -150,6 +150,68 @@ def capsule_remove(capsule_id: Annotated[str, typer.Argument(help="capsule id")]
     console.print(f"removed capsule [bold]{capsule_id}[/]")
 
 
+@capsule_app.command("resolve")
+def capsule_resolve(
+    uri: Annotated[str, typer.Argument(help="capsule://authority/domain/operation[/version]")],
+    peers: Annotated[
+        list[str] | None,
+        typer.Option("--peer", help="a peer's base URL whose agent card to read (repeatable)"),
+    ] = None,
+    topology: Annotated[
+        Path | None,
+        typer.Option(
+            help="topology whose environments are local authorities (default: the configured)"
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Resolve a capsule URI: the local registry first (authority `local` or an environment of
+    the topology), then the peers' agent cards (`--peer` and the topology's environment URLs)."""
+    from trifecta.fleet.capsule_uri import CapsuleResolver, CardCatalog, parse_capsule_uri
+    from trifecta.fleet.topology import load_topology
+
+    parsed = parse_capsule_uri(uri)  # a bad URI fails before any registry or network access
+    environments = load_topology(topology or get_settings().topology).environments
+    local = {"local": None, "localhost": None, **{e.name: e for e in environments}}
+    seeds = [*(peers or []), *(e.url for e in environments if e.url)]
+    catalog = CardCatalog(seeds) if seeds and parsed.authority not in local else None
+    resolution = CapsuleResolver(_registry(), catalog, local=local).resolve(parsed)
+    if as_json:
+        typer.echo(resolution.model_dump_json(indent=2))
+        return
+    where = (
+        "this registry" if resolution.where == "local" else f"{resolution.peer} ({resolution.url})"
+    )
+    manifest = resolution.manifest
+    console.print(
+        f"[bold]{resolution.uri}[/] -> capsule [bold]{resolution.capsule_id}[/] "
+        f"({manifest.kind}, {manifest.domain}, v{manifest.version.removeprefix('v')}) at {where}"
+    )
+    if resolution.alternatives:
+        console.print(f"also offered by: {', '.join(resolution.alternatives)}")
+
+
+@capsule_app.command("manifest")
+def capsule_manifest(
+    capsule_id: Annotated[str | None, typer.Argument(help="a registry capsule's id")] = None,
+    check: Annotated[
+        Path | None, typer.Option("--check", help="validate a manifest file (YAML or JSON) instead")
+    ] = None,
+) -> None:
+    """Print a capsule's manifest (name, version, domain, jurisdiction, allowed places,
+    operations), or validate a manifest file."""
+    import yaml
+
+    from trifecta.fleet.manifest import load_manifest, manifest_of
+
+    if (capsule_id is None) == (check is None):
+        raise InvalidInput("give a capsule id or --check FILE", field="capsule_id")
+    manifest = (
+        load_manifest(check) if check is not None else manifest_of(_registry().get(capsule_id))
+    )
+    typer.echo(yaml.safe_dump(manifest.model_dump(mode="json"), sort_keys=False).rstrip())
+
+
 # ---------------------------------------------------------------- fleet
 
 

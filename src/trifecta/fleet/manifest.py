@@ -9,7 +9,9 @@ field (HTTP 422, CLI exit 2).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -23,6 +25,9 @@ CAPSULE_OPERATIONS = ("feedback", "search", "task")
 #: `1`, `1.2`, `1.2.3`, optionally with a leading `v` (`v2`).
 VERSION = r"^v?\d{1,6}(\.\d{1,6}){0,2}$"
 DEFAULT_VERSION = "1.0.0"
+#: The agent-card extension in which an environment publishes itself and the manifests of
+#: the capsules it homes (`federation.a2a.cards` writes it; `manifests_in_card` reads it).
+ENVIRONMENT_EXTENSION = "urn:trifecta:a2a:environment:1"
 
 
 def version_key(version: str) -> tuple[int, int, int]:
@@ -100,6 +105,27 @@ def parse_manifest(data: object, *, source: str = "manifest") -> CapsuleManifest
         return CapsuleManifest.model_validate(data)
     except ValidationError as exc:
         raise invalid_from(exc, prefix=source) from None
+
+
+def card_extension(card: Mapping[str, Any]) -> dict[str, Any]:
+    """The environment extension's params in an agent card's JSON (protocol 1.0 field
+    names), or `InvalidInput` naming the card."""
+    extensions = (card.get("capabilities") or {}).get("extensions") or []
+    for extension in extensions:
+        if isinstance(extension, dict) and extension.get("uri") == ENVIRONMENT_EXTENSION:
+            params = extension.get("params") or {}
+            return dict(params) if isinstance(params, dict) else {}
+    raise InvalidInput(
+        f"card {card.get('name')!r} carries no {ENVIRONMENT_EXTENSION} extension", field="card"
+    )
+
+
+def manifests_in_card(card: Mapping[str, Any]) -> list[CapsuleManifest]:
+    """The capsule manifests an agent card publishes (none when it lists none)."""
+    listed = card_extension(card).get("capsules") or []
+    if not isinstance(listed, list):
+        raise InvalidInput("must be a list of manifests", field="card.capsules")
+    return [parse_manifest(item, source=f"card.capsules[{i}]") for i, item in enumerate(listed)]
 
 
 def load_manifest(path: Path) -> CapsuleManifest:

@@ -11,7 +11,7 @@ it; the extension may also list the manifests of capsules the environment homes,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from a2a.types.a2a_pb2 import (
     AgentCapabilities,
@@ -27,12 +27,16 @@ from pydantic import ValidationError
 
 from trifecta import __version__
 from trifecta.core.errors import InvalidInput
-from trifecta.fleet.manifest import CapsuleManifest, parse_manifest
+from trifecta.fleet.manifest import (
+    ENVIRONMENT_EXTENSION,
+    CapsuleManifest,
+    card_extension,
+    manifests_in_card,
+)
 from trifecta.fleet.topology import Environment
 
 Service = Literal["cognitive", "context", "edge", "generative", "tensorlogic"]
 SERVICES: tuple[Service, ...] = ("cognitive", "context", "edge", "generative", "tensorlogic")
-ENVIRONMENT_EXTENSION = "urn:trifecta:a2a:environment:1"
 RPC_PATH = "/a2a"
 
 _SKILLS: dict[Service, tuple[str, str]] = {
@@ -114,13 +118,13 @@ def build_agent_card(
     )
 
 
-def _extension(card: AgentCard) -> dict[str, object]:
-    for extension in card.capabilities.extensions:
-        if extension.uri == ENVIRONMENT_EXTENSION:
-            return MessageToDict(extension.params)
-    raise InvalidInput(
-        f"card {card.name!r} carries no {ENVIRONMENT_EXTENSION} extension", field="card"
-    )
+def card_json(card: AgentCard) -> dict[str, Any]:
+    """The card as served (protocol 1.0 JSON field names)."""
+    return MessageToDict(card)
+
+
+def _extension(card: AgentCard) -> dict[str, Any]:
+    return card_extension(card_json(card))
 
 
 def card_environment(card: AgentCard) -> Environment:
@@ -137,10 +141,7 @@ def card_services(card: AgentCard) -> list[str]:
 
 
 def card_manifests(card: AgentCard) -> list[CapsuleManifest]:
-    listed = _extension(card).get("capsules") or []
-    if not isinstance(listed, list):
-        raise InvalidInput("capsules must be a list of manifests", field="card.capsules")
-    return [parse_manifest(item, source=f"card.capsules[{i}]") for i, item in enumerate(listed)]
+    return manifests_in_card(card_json(card))
 
 
 def rpc_url(card: AgentCard) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -25,7 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from trifecta.core.errors import NotFound, TrifectaError, Unavailable
 from trifecta.core.logging import get_logger
 from trifecta.federation.a2a.cards import card_environment, card_manifests, card_services
-from trifecta.fleet.capsule_uri import RemoteCapsule
+from trifecta.fleet.capsule_uri import RemoteCapsule, authorities_of
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.topology import Environment, Topology
 
@@ -47,11 +46,8 @@ class Peer(BaseModel):
 
     @property
     def authorities(self) -> list[str]:
-        """The names a `capsule://` URI may use for this peer: its environment name, then
-        its host[:port] and host."""
-        split = urlsplit(self.url)
-        names = [self.name] if self.name else []
-        return [*names, split.netloc.lower(), (split.hostname or "").lower()]
+        """The names a `capsule://` URI may use for this peer."""
+        return authorities_of(self.name, self.url)
 
 
 class PeerDirectory:
