@@ -9,9 +9,7 @@ old one), and answers reads from the in-process views and the version-keyed resu
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -20,8 +18,11 @@ from pydantic import BaseModel
 
 from trifecta.context.cache import ResultCache, VersionBoard, connect_redis, request_key
 from trifecta.context.deltas import AddOp, Delta, DeltaResult, UpdateOp
+from trifecta.context.learn_batch import plan_memories, with_capsule
+from trifecta.context.learn_queue import LearnTicket, QueueRow
+from trifecta.context.learn_worker import LearnWorker
 from trifecta.context.learning import LearnResult, learn
-from trifecta.context.memory import memory_id_for, memory_text
+from trifecta.context.memory import memory_text
 from trifecta.context.models import (
     AddMemoriesResult,
     DomainStats,
@@ -34,11 +35,12 @@ from trifecta.context.models import (
     Retrieval,
     RetrieveRequest,
 )
+from trifecta.context.query_cache import QueryEmbeddings
 from trifecta.context.render import render_bullets, render_context
 from trifecta.context.settings import ContextSettings
 from trifecta.context.shards import ShardMap, ShardRouter
 from trifecta.context.sql import DomainMoved, Vector
-from trifecta.context.store import PendingMemory, ShardStore
+from trifecta.context.store import ShardStore
 from trifecta.context.tenancy import Tenancy
 from trifecta.context.trajectory import Trajectory
 from trifecta.context.views import DomainReader, StoreReader, ViewCache
@@ -96,8 +98,13 @@ class ContextService:
             self.redis, max_entries=self.settings.cache_entries, ttl_s=self.settings.cache_ttl_s
         )
         self.views = ViewCache()
-        self._query_vectors: OrderedDict[str, Vector] = OrderedDict()
-        self._lock = threading.Lock()
+        # With caching off every read embeds and scans afresh (the uncached baseline).
+        self.query_vectors = QueryEmbeddings(
+            self.embed, max_entries=self.settings.query_cache_entries if self.cache_enabled else 0
+        )
+        self.learner = LearnWorker(
+            self, batch=self.settings.learn_batch, poll_s=self.settings.learn_poll_s
+        )
 
     # -- plumbing ----------------------------------------------------------------------
     @property
@@ -117,20 +124,11 @@ class ContextService:
     def embed(self, texts: Sequence[str]) -> list[Vector]:
         return list(self.embedder.embed(list(texts))) if texts else []
 
-    def _query_vector(self, text: str) -> Vector:
-        if not self.cache_enabled:
-            return self.embed([text])[0]
-        with self._lock:
-            found = self._query_vectors.get(text)
-            if found is not None:
-                self._query_vectors.move_to_end(text)
-                return found
-        vector = self.embed([text])[0]
-        with self._lock:
-            self._query_vectors[text] = vector
-            while len(self._query_vectors) > 4096:
-                self._query_vectors.popitem(last=False)
-        return vector
+    def embed_in_chunks(self, texts: Sequence[str]) -> list[Vector]:
+        """Embed in calls of `embed_chunk` texts: the embedder serves one call at a time, so
+        a retrieval waits for at most one short call of the learning worker."""
+        chunk = self.settings.embed_chunk
+        return [v for i in range(0, len(texts), chunk) for v in self.embed(texts[i : i + chunk])]
 
     def on_shard(self, domain: str, work: Callable[[ShardStore], T]) -> T:
         """Run `work` on the domain's shard; if a move fenced that shard, re-route and retry
@@ -225,7 +223,7 @@ class ContextService:
         budget = request.token_budget or self.settings.render_token_budget
 
         def compute(reader: DomainReader) -> RenderedPlaybook:
-            query = self._query_vector(request.query) if request.query else None
+            query = self.query_vectors.vector(request.query) if request.query else None
             ranked = reader.ranked_bullets(query)
             prompt, tokens, kept = render_bullets(ranked, budget)
             return RenderedPlaybook(
@@ -251,7 +249,7 @@ class ContextService:
 
         def compute(reader: DomainReader) -> MemorySearchResult:
             hits = reader.search(
-                self._query_vector(query.query),
+                self.query_vectors.vector(query.query),
                 k=query.k,
                 outcome=query.outcome,
                 since=since,
@@ -281,7 +279,7 @@ class ContextService:
         since = _since(None, request.memory_max_age_s)
 
         def compute(reader: DomainReader) -> Retrieval:
-            query = self._query_vector(request.query)
+            query = self.query_vectors.vector(request.query)
             ranked = reader.ranked_bullets(query)
             hits = (
                 reader.search(
@@ -341,33 +339,21 @@ class ContextService:
         """Append memories; a near-identical item (same outcome, cosine above the threshold)
         reinforces the one already stored instead of adding a copy."""
         domain = self.tenancy.write_domain(capsule_id)
-        drafts = [
-            d
-            if d.source.capsule_id
-            else d.model_copy(
-                update={"source": d.source.model_copy(update={"capsule_id": capsule_id})}
-            )
-            for d in drafts
-        ]
-        vectors = self.embed([memory_text(d) for d in drafts])
-        pending: list[PendingMemory] = []
-        for i, (draft, vector) in enumerate(zip(drafts, vectors, strict=True)):
-            memory_id = memory_id_for(draft, i)
-            target = self._nearest_memory(domain, vector, draft.outcome)
-            for earlier in pending:  # near-duplicates within the same batch
-                if (
-                    earlier.draft.outcome == draft.outcome
-                    and earlier.reinforce is None
-                    and float(earlier.vector @ vector) >= self.settings.memory_dedup_threshold
-                ):
-                    target = earlier.id
-                    break
-            pending.append(PendingMemory(memory_id, draft, vector, target))
+        drafts = with_capsule(drafts, capsule_id)
+        pending = plan_memories(
+            drafts,
+            self.embed([memory_text(d) for d in drafts]),
+            lambda vector, outcome: self.nearest_memory(domain, vector, outcome),
+            self.settings.memory_dedup_threshold,
+            [],
+        )
         version, items = self.on_shard(domain, lambda s: s.add_memories(domain, pending))
         self.versions.publish(domain, version)
         return AddMemoriesResult(domain=domain, version=version, items=items)
 
-    def _nearest_memory(self, domain: str, vector: Vector, outcome: str) -> str | None:
+    def nearest_memory(self, domain: str, vector: Vector, outcome: str) -> str | None:
+        """The stored memory of this outcome a new one would reinforce, if any."""
+
         def nearest(store: ShardStore) -> list[tuple[str, float]]:
             if self.cache_enabled:
                 view = self.views.get(domain, lambda _d: store, self.current_version(domain))
@@ -382,12 +368,46 @@ class ContextService:
         return None
 
     def learn(self, trajectory: Trajectory) -> LearnResult:
-        """Reflect, curate and distil one trajectory: tag the bullets it used, apply the
+        """Reflect, curate and distil one trajectory now: tag the bullets it used, apply the
         curator's delta, and add its memory items. Replaying a trajectory changes nothing."""
         return learn(self, trajectory)
 
+    # -- learning off the request path -------------------------------------------------
+    def submit(self, trajectory: Trajectory) -> LearnTicket:
+        """Queue a trajectory for learning and return once it is committed to its domain's
+        shard (the acknowledgement). The learning worker learns from it, in queue order per
+        domain, exactly once; submitting the same trajectory id again adds nothing."""
+        domain = self.tenancy.write_domain(trajectory.capsule_id, trajectory.domain)
+        ticket = self.on_shard(domain, lambda store: store.queue.enqueue(domain, trajectory))
+        self.learner.notify(self.router.url_for(domain))
+        return ticket
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued trajectory this process can see was learned from (True),
+        or `timeout` seconds passed (False). Starts the worker, which recovers what a dead
+        process left queued."""
+        return self.learner.drain(timeout)
+
+    def start_learning(self) -> None:
+        """Start the learning worker now (it also starts on the first submit or drain)."""
+        self.learner.start()
+
+    def close(self) -> None:
+        """Stop the learning worker (rows still queued stay queued for the next process)."""
+        self.learner.stop()
+
+    def learn_queue(self, capsule_id: str) -> list[QueueRow]:
+        """The queue rows of the capsule's domain, oldest first."""
+        domain = self.tenancy.write_domain(capsule_id)
+        return self.on_shard(domain, lambda store: store.queue.rows(domain))
+
     def cache_stats(self) -> dict[str, int]:
         return self.results.stats()
+
+    def learning_stats(self) -> dict[str, int]:
+        """The worker's counters and the query-embedding cache's."""
+        queries = {f"query_{k}": v for k, v in self.query_vectors.stats().items()}
+        return self.learner.stats() | queries
 
 
 def _since(since: float | None, max_age_s: float | None) -> float | None:

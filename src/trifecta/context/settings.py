@@ -50,3 +50,17 @@ class ContextSettings(LayerSettings):
     move_retry_s: float = Field(
         default=30.0, gt=0, description="how long a write waits for a moving domain's switch"
     )
+    query_cache_entries: int = Field(
+        default=4096, ge=0, description="query embeddings remembered by exact text (0: none)"
+    )
+    learn_batch: int = Field(
+        default=32, ge=1, description="queued trajectories of one domain learned per transaction"
+    )
+    learn_poll_s: float = Field(
+        default=1.0, gt=0, description="how often an idle learning worker looks for queued rows"
+    )
+    embed_chunk: int = Field(
+        default=8,
+        ge=1,
+        description="texts per embedding call of the worker (short calls let retrievals in)",
+    )

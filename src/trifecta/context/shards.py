@@ -76,6 +76,12 @@ class ShardMap:
             for r in rows
         ]
 
+    def urls(self) -> list[str]:
+        """Every shard database the map names, passwords included (for connecting)."""
+        with transaction(self.engine) as session:
+            rows = session.execute(select(tables.shards.c.url).distinct()).all()
+        return sorted(str(r[0]) for r in rows)
+
     def assign(self, domain: str, url: str, place: ShardPlace | None = None) -> None:
         """Point a domain at a shard. Only the mover calls this, after copying and fencing."""
         row = {

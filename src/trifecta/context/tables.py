@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -84,6 +85,31 @@ applied_ops = Table(
     Column("applied_at", Double, nullable=False),
     Column("seq", BigInteger, nullable=False),
     Index("ix_context_applied_ops_seq", "domain", "seq"),
+)
+
+# Trajectories acknowledged by `ContextService.submit` and not yet learned from (`pending`),
+# learned (`done`, marked in the learning's own transaction), refused (`failed`) or handed to
+# the shard the domain moved to (`moved`). It lives in the domain's shard, beside the rows the
+# learning writes, so acknowledging and learning are each one local transaction.
+learn_queue = Table(
+    "context_learn_queue",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("domain", String(64), nullable=False),
+    Column("trajectory_id", String(80), nullable=False),
+    Column("capsule_id", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("submitted_at", Double, nullable=False),
+    Column("done_at", Double, nullable=True),
+    Column("version", BigInteger, nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    UniqueConstraint("domain", "trajectory_id", name="uq_context_learn_queue_trajectory"),
+    Index("ix_context_learn_queue_state", "state", "id"),
 )
 
 # The control database's part: where each domain lives and who may read it.

@@ -3,6 +3,8 @@
 A view holds a domain's active bullets and memories with their embeddings and a usearch
 index, at a known version. Reading at version v first brings the view up to v by loading the
 rows written since (`seq > view.version`), so it never serves older data than asked for.
+The learning worker applies the rows it wrote to the live view itself (`ViewCache.apply`),
+so in the writer's process the next read finds the view current and loads nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from trifecta.context.render import rank_bullets
 from trifecta.context.sql import Vector
 from trifecta.context.store import ShardStore
 from trifecta.context.vector_index import MemoryIndex
+from trifecta.context.writes import Changes
 
 
 class DomainView:
@@ -27,14 +30,25 @@ class DomainView:
         self.bullet_vectors: dict[str, Vector | None] = {}
         self.memories: dict[str, MemoryItem] = {}
         self.index: MemoryIndex | None = None
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # held by searches and by applying changes (brief)
+        self.loading = threading.Lock()  # held while one reader loads changes from the shard
 
     def catch_up(self, store: ShardStore, at_least: int) -> None:
-        """Load what changed until the view reflects version `at_least` or newer."""
-        with self.lock:
+        """Load what changed until the view reflects version `at_least` or newer. The shard
+        is read outside the view's lock, so searches go on meanwhile; one loader at a time."""
+        if self.version >= at_least:
+            return
+        with self.loading:
             if self.version >= at_least:
                 return
-            changes = store.changes_since(self.domain, max(self.version, 0))
+            self.apply(store.changes_since(self.domain, max(self.version, 0)))
+
+    def apply(self, changes: Changes) -> bool:
+        """Apply rows written after `changes.since`, if they join up with what the view holds
+        (`since <= version < changes.version`); False if they do not (a reader catches up)."""
+        with self.lock:
+            if not changes.since <= max(self.version, 0) or self.version >= changes.version:
+                return False
             for bullet, vector in changes.bullets:
                 if bullet.status == BulletStatus.ACTIVE:
                     self.bullets[bullet.id] = bullet
@@ -55,7 +69,8 @@ class DomainView:
             if self.index is not None:
                 self.index.remove(gone)
                 self.index.upsert(live)
-            self.version = max(self.version, changes.version)
+            self.version = changes.version
+            return True
 
     def ranked_bullets(self, query: Vector | None) -> list[RankedBullet]:
         with self.lock:
@@ -118,6 +133,13 @@ class ViewCache:
         if view.version < version:
             view.catch_up(store_for(domain), version)
         return view
+
+    def apply(self, domain: str, changes: Changes) -> bool:
+        """A writer's own changes, applied to the domain's live view if this process holds
+        one and they follow on from it (else the next reader catches up from the shard)."""
+        with self._lock:
+            view = self._views.get(domain)
+        return view.apply(changes) if view is not None else False
 
     def drop(self, domain: str) -> None:
         with self._lock:

@@ -1,0 +1,193 @@
+"""Learning from a batch of queued trajectories of one domain, as the learn worker runs it.
+
+The same learning as `learning.learn` (reflect, curate, distil; tags, the curator's delta,
+memory items), split in two phases:
+
+- `plan_batch`, outside any lock: the roles run, and every text to embed (delta contents and
+  memory texts of the whole batch) is embedded in a few calls instead of one per write;
+- `apply_batch`, one transaction under the domain's lock: each trajectory's delta and
+  memories are written and its queue row is marked done in that same transaction, so a row
+  is either pending or its effects are committed. The rows the transaction wrote are read
+  back before it commits; the worker hands them to the live view (`views.ViewCache.apply`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from trifecta.context.deltas import AddOp, DeltaResult, UpdateOp
+from trifecta.context.learn_queue import mark_done, still_pending
+from trifecta.context.memory import Extraction, MemoryExtractor, memory_id_for, memory_text
+from trifecta.context.models import AddedMemory, MemoryDraft
+from trifecta.context.roles import Curation, Curator, Reflector
+from trifecta.context.settings import ContextSettings
+from trifecta.context.sql import Vector, lock_domain
+from trifecta.context.store import ShardStore
+from trifecta.context.trajectory import Trajectory
+from trifecta.context.writes import Changes, PendingMemory, changes_in, insert_memories, merge_delta
+from trifecta.core.db import transaction
+from trifecta.core.errors import TrifectaError
+
+if TYPE_CHECKING:
+    from trifecta.context.facade import ContextService
+
+
+@dataclass(frozen=True)
+class LearnPlan:
+    """One trajectory's learning, ready to write: its queue row, delta and memories."""
+
+    row_id: int
+    trajectory: Trajectory
+    curation: Curation
+    extraction: Extraction
+    delta_vectors: dict[str, Vector]
+    memories: list[PendingMemory]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    changes: Changes  # every row the transaction wrote
+    done: int
+    failed: int
+
+
+def with_capsule(drafts: Sequence[MemoryDraft], capsule_id: str) -> list[MemoryDraft]:
+    """Drafts with their source capsule filled in where it is missing."""
+    return [
+        d
+        if d.source.capsule_id
+        else d.model_copy(update={"source": d.source.model_copy(update={"capsule_id": capsule_id})})
+        for d in drafts
+    ]
+
+
+def plan_memories(
+    drafts: Sequence[MemoryDraft],
+    vectors: Sequence[Vector],
+    nearest: Callable[[Vector, str], str | None],
+    threshold: float,
+    earlier: list[PendingMemory],
+) -> list[PendingMemory]:
+    """Memory items to store: each reinforces a stored near-duplicate (`nearest`) or an earlier
+    item of the same batch (`earlier`, extended in place) instead of adding a near-copy."""
+    planned: list[PendingMemory] = []
+    for i, (draft, vector) in enumerate(zip(drafts, vectors, strict=True)):
+        target = nearest(vector, draft.outcome)
+        for before in earlier:  # near-duplicates within the same batch
+            if (
+                before.draft.outcome == draft.outcome
+                and before.reinforce is None
+                and float(before.vector @ vector) >= threshold
+            ):
+                target = before.id
+                break
+        item = PendingMemory(memory_id_for(draft, i), draft, vector, target)
+        planned.append(item)
+        earlier.append(item)
+    return planned
+
+
+def plan_batch(
+    service: ContextService, domain: str, rows: Sequence[tuple[int, Trajectory]]
+) -> list[LearnPlan]:
+    """Run the roles for each trajectory and embed every text of the batch together."""
+    model = service.language_model
+    wanted = sorted({b for _, t in rows for b in t.bullet_ids})
+    used = {b.id: b for b in service.on_shard(domain, lambda s: s.bullets_by_id(domain, wanted))}
+    staged: list[tuple[int, Trajectory, Curation, Extraction, list[MemoryDraft]]] = []
+    for row_id, trajectory in rows:
+        reflection = Reflector(model).reflect(trajectory, used)
+        playbook = (
+            service.playbook(trajectory.capsule_id).bullets if model and reflection.insights else []
+        )
+        curation = Curator(model).curate(reflection, playbook)
+        extraction = MemoryExtractor(model).extract(trajectory)
+        drafts = with_capsule(extraction.drafts, trajectory.capsule_id)
+        staged.append((row_id, trajectory, curation, extraction, drafts))
+    delta_texts = sorted(
+        {
+            op.content
+            for _, _, curation, _, _ in staged
+            if curation.delta
+            for op in curation.delta.ops
+            if isinstance(op, AddOp | UpdateOp) and op.content is not None
+        }
+    )
+    memory_texts = [memory_text(d) for *_, drafts in staged for d in drafts]
+    vectors = service.embed_in_chunks(delta_texts + memory_texts)
+    delta_vectors = dict(zip(delta_texts, vectors[: len(delta_texts)], strict=True))
+    memory_vectors = iter(vectors[len(delta_texts) :])
+    earlier: list[PendingMemory] = []
+    plans = []
+    for row_id, trajectory, curation, extraction, drafts in staged:
+        memories = plan_memories(
+            drafts,
+            [next(memory_vectors) for _ in drafts],
+            lambda v, outcome: service.nearest_memory(domain, v, outcome),
+            service.settings.memory_dedup_threshold,
+            earlier,
+        )
+        ops = curation.delta.ops if curation.delta else []
+        plans.append(
+            LearnPlan(
+                row_id,
+                trajectory,
+                curation,
+                extraction,
+                {
+                    o.content: delta_vectors[o.content]
+                    for o in ops
+                    if isinstance(o, AddOp | UpdateOp) and o.content is not None
+                },
+                memories,
+            )
+        )
+    return plans
+
+
+def apply_batch(
+    store: ShardStore, domain: str, plans: Sequence[LearnPlan], settings: ContextSettings
+) -> BatchResult:
+    """Write every plan whose row is still pending and mark the rows, in one transaction.
+    A plan the merge refuses (a `TrifectaError`) is rolled back alone and its row `failed`.
+    Raises `DomainMoved` if a move fenced the domain off this shard."""
+    done = failed = 0
+    with transaction(store.engine, write=True) as session:
+        start = version = lock_domain(session, domain)
+        open_rows = still_pending(session, [p.row_id for p in plans])
+        for plan in plans:
+            if plan.row_id not in open_rows:
+                continue  # another worker learned it first
+            before = version
+            try:
+                with session.begin_nested():
+                    applied: DeltaResult | None = None
+                    added: list[AddedMemory] = []
+                    delta = plan.curation.delta
+                    if delta is not None:
+                        applied = merge_delta(
+                            session, domain, version, delta, plan.delta_vectors, settings
+                        )
+                        version = applied.version
+                    if plan.memories:
+                        version, added = insert_memories(session, domain, version, plan.memories)
+            except TrifectaError as exc:
+                version = before
+                mark_done(session, plan.row_id, version, {"error": exc.to_dict()}, "failed")
+                failed += 1
+                continue
+            mark_done(session, plan.row_id, version, _summary(applied, added))
+            done += 1
+        changes = changes_in(session, domain, start, version)
+    return BatchResult(changes, done, failed)
+
+
+def _summary(applied: DeltaResult | None, added: list[AddedMemory]) -> dict[str, Any]:
+    """What a queue row records of its learning (enough to check its effects later)."""
+    return {
+        "applied_ops": applied.applied if applied else [],
+        "skipped_ops": applied.skipped if applied else [],
+        "memories": [m.model_dump() for m in added],
+    }

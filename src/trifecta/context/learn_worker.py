@@ -1,0 +1,187 @@
+"""The learning worker: one thread per `ContextService` that drains the shards' learn queues.
+
+It starts on the first `submit` or `drain` (or `ContextService.start_learning`), and first
+drains every pending row of every shard it knows (the default shard and those of the shard
+map): rows acknowledged by a process that died are learned by the next one (recovery).
+Rows are taken oldest first and grouped per domain, so each domain learns in queue order;
+a batch of one domain is planned outside the lock and written in one transaction
+(`learn_batch`). Then the rows it wrote go to the live view of the domain and the domain's
+new version to the version board, so the next retrieval reads them without a reload.
+
+Workers of several processes may drain the same shard: the domain lock serialises their
+transactions, and a row another worker already closed is skipped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from trifecta.context.learn_batch import apply_batch, plan_batch
+from trifecta.context.learn_queue import LearnTicket, Queued
+from trifecta.context.sql import DomainMoved
+from trifecta.context.store import ShardStore
+from trifecta.context.trajectory import Trajectory
+from trifecta.core.errors import TrifectaError, Unavailable
+from trifecta.core.logging import get_logger
+
+if TYPE_CHECKING:
+    from trifecta.context.facade import ContextService
+
+log = get_logger(__name__)
+# A row that failed this many times for a reason other than a refusal is given up on.
+MAX_ATTEMPTS = 20
+
+
+class LearnWorker:
+    def __init__(self, service: ContextService, *, batch: int, poll_s: float):
+        self.service = service
+        self.batch = batch
+        self.poll_s = poll_s
+        self._shards: set[str] = set()
+        self._shards_lock = threading.Lock()
+        self._working = threading.Lock()  # held while a batch is written and published
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.learned = self.failed = self.batches = 0
+
+    # -- control -----------------------------------------------------------------------
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._watch([self.service.router.default_url])
+            self._thread = threading.Thread(target=self._run, name="context-learn", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def notify(self, shard_url: str) -> None:
+        """A row was queued on this shard: make sure the worker runs and looks there."""
+        self._watch([shard_url])
+        self.start()
+        self._wake.set()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no known shard has a pending row; False if `timeout` passed first."""
+        self.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            self._wake.set()
+            if self.pending() == 0:
+                with self._working:  # a batch that just committed has published too
+                    return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._idle:
+                self._idle.wait(min(remaining, 0.5))
+
+    def pending(self) -> int:
+        return sum(self._store(url).queue.pending_count() for url in self._known())
+
+    def stats(self) -> dict[str, int]:
+        return {"learned": self.learned, "failed": self.failed, "batches": self.batches}
+
+    # -- the loop ----------------------------------------------------------------------
+    def _watch(self, urls: Sequence[str]) -> None:
+        with self._shards_lock:
+            self._shards.update(urls)
+
+    def _known(self) -> list[str]:
+        with self._shards_lock:
+            return sorted(self._shards)
+
+    def _store(self, url: str) -> ShardStore:
+        return self.service.router.store(url)
+
+    def _run(self) -> None:
+        self._refresh_shards()
+        while not self._stop.is_set():
+            self._wake.clear()
+            handled = 0
+            for url in self._known():
+                try:
+                    handled += self._drain_shard(self._store(url))
+                except (SQLAlchemyError, TrifectaError) as exc:  # the shard is unreachable
+                    log.warning("learn queue unreadable", shard=url, error=str(exc))
+            with self._idle:
+                self._idle.notify_all()
+            if not handled and not self._wake.wait(self.poll_s):
+                self._refresh_shards()
+
+    def _refresh_shards(self) -> None:
+        try:
+            self._watch(self.service.shard_map.urls())
+        except SQLAlchemyError as exc:
+            log.warning("shard map unreadable", error=str(exc))
+
+    def _drain_shard(self, store: ShardStore) -> int:
+        rows = store.queue.pending(limit=4 * self.batch)
+        by_domain: dict[str, list[Queued]] = {}
+        for row in rows:  # queue order within each domain
+            by_domain.setdefault(row.domain, []).append(row)
+        for domain, queued in by_domain.items():
+            with self._working:
+                self._learn(store, domain, queued[: self.batch])
+        return len(rows)
+
+    def _learn(self, store: ShardStore, domain: str, queued: Sequence[Queued]) -> None:
+        broken = [q for q in queued if q.trajectory is None]
+        store.queue.settle([q.id for q in broken], "failed", broken[0].problem if broken else None)
+        rows = [(q.id, q.trajectory) for q in queued if q.trajectory is not None]
+        if not rows:
+            return
+        try:
+            plans = plan_batch(self.service, domain, rows)
+            result = apply_batch(store, domain, plans, self.service.settings)
+        except DomainMoved:
+            self._forward(store, domain, rows)
+            return
+        except (Unavailable, SQLAlchemyError) as exc:  # transient: keep the rows pending
+            self._retry(store, queued, str(exc))
+            return
+        except TrifectaError as exc:  # refused as a whole (e.g. the capsule was removed)
+            store.queue.settle([r for r, _ in rows], "failed", exc.one_line())
+            self.failed += len(rows)
+            return
+        self.service.views.apply(domain, result.changes)
+        self.service.versions.publish(domain, result.changes.version)
+        self.learned += result.done
+        self.failed += result.failed
+        self.batches += 1
+
+    def _forward(
+        self, store: ShardStore, domain: str, rows: Sequence[tuple[int, Trajectory]]
+    ) -> None:
+        """The domain moved: queue the rows on its new shard (idempotent per trajectory id),
+        then close them here."""
+        self.service.router.invalidate(domain)
+        for _, trajectory in rows:
+
+            def requeue(target: ShardStore, queued: Trajectory = trajectory) -> LearnTicket:
+                return target.queue.enqueue(domain, queued)
+
+            self.service.on_shard(domain, requeue)
+        store.queue.settle([r for r, _ in rows], "moved")
+        self._watch([self.service.router.url_for(domain)])
+
+    def _retry(self, store: ShardStore, queued: Sequence[Queued], error: str) -> None:
+        log.warning("learning postponed", rows=len(queued), error=error)
+        store.queue.retry_later([q.id for q in queued], error)
+        given_up = [q.id for q in queued if q.attempts + 1 >= MAX_ATTEMPTS]
+        store.queue.settle(given_up, "failed", f"gave up after {MAX_ATTEMPTS} attempts: {error}")
+        self._stop.wait(min(5.0, 0.1 * 2 ** min(q.attempts for q in queued)))
