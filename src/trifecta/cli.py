@@ -30,6 +30,7 @@ from trifecta.cognitive.serving.cli import serve_command  # noqa: E402
 from trifecta.context.cli import context_app  # noqa: E402
 from trifecta.edge.cli import edge_app  # noqa: E402
 from trifecta.fleet.cli import capsule_app, fleet_app, plan_command, size_command  # noqa: E402
+from trifecta.generative.cli import generative_app  # noqa: E402
 from trifecta.orchestrator.cli import run_command  # noqa: E402
 from trifecta.serve.cli import serve_command as serve_all_command  # noqa: E402
 
@@ -39,6 +40,7 @@ cognitive_app.command("serve")(serve_command)
 app.add_typer(context_app, name="context")
 app.add_typer(edge_app, name="edge")
 app.add_typer(fleet_app, name="fleet")
+app.add_typer(generative_app, name="generative")
 app.add_typer(models_app, name="models")
 app.command("plan")(plan_command)
 app.command("run")(run_command)

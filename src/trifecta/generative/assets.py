@@ -1,0 +1,35 @@
+"""Where the generative layer's shipped files live, and the AR checkpoints it converts from."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from trifecta.core.errors import InvalidInput, NotFound
+
+MODEL_FILE = "diffusion-moe.safetensors"
+RECIPE_FILE = "diffusion-moe.recipe.json"  # `trifecta generative train --recipe` reproduces it
+REPORT_FILE = "diffusion-moe.report.json"
+# The cognitive layer's shipped autoregressive tiers (plain Hugging Face Llama folders); read
+# as files, so this layer does not import the cognitive package.
+AR_TIERS = ("small", "medium", "large")
+
+
+def asset_dir() -> Path:
+    return Path(str(resources.files("trifecta") / "assets" / "generative"))
+
+
+def shipped_model_path() -> Path:
+    path = asset_dir() / MODEL_FILE
+    if not path.is_file():
+        raise NotFound(
+            f"the shipped generative model is missing ({path}); run `trifecta generative train`",
+            field="model",
+        )
+    return path
+
+
+def ar_checkpoint_dir(tier: str) -> Path:
+    if tier not in AR_TIERS:
+        raise InvalidInput(f"unknown tier {tier!r}", field="source_tier", allowed=AR_TIERS)
+    return Path(str(resources.files("trifecta") / "assets" / "cognitive" / tier))

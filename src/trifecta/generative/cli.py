@@ -1,0 +1,295 @@
+"""`trifecta generative ...`: train, evaluate and run the MoE diffusion model; per-capsule
+expert masks and router biases.
+
+Heavy libraries (torch, safetensors) are imported inside the commands so that
+`trifecta --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trifecta.core.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from trifecta.generative.decoding import DecodeConfig
+    from trifecta.generative.model import DiffusionLM
+
+generative_app = typer.Typer(
+    help="Generative layer: MoE masked-diffusion model, per-capsule experts and router biases.",
+    no_args_is_help=True,
+)
+mask_app = typer.Typer(
+    help="Per-capsule expert masks (selective activation).", no_args_is_help=True
+)
+generative_app.add_typer(mask_app, name="mask")
+console = Console()
+
+ModelOption = Annotated[
+    Path | None, typer.Option("--model", help="model file (default: the shipped one)")
+]
+StepsOption = Annotated[int, typer.Option(help="denoising steps over the response")]
+ParallelOption = Annotated[
+    bool, typer.Option("--parallel/--sequential", help="Fast-dLLM threshold unmasking or not")
+]
+
+
+def _load(model: Path | None) -> DiffusionLM:
+    from trifecta.generative.artifact import load_model
+    from trifecta.generative.assets import shipped_model_path
+
+    return load_model(model if model is not None else shipped_model_path())
+
+
+def _decode_config(steps: int, parallel: bool, threshold: float) -> DecodeConfig:
+    from trifecta.generative.decoding import DecodeConfig
+
+    return DecodeConfig(steps=steps, threshold=threshold if parallel else None)
+
+
+def _experts(text: str) -> list[int]:
+    try:
+        return [int(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        raise InvalidInput(
+            f"expected comma-separated expert ids, got {text!r}", field="experts"
+        ) from None
+
+
+@generative_app.command("train")
+def train_command(
+    out: Annotated[Path, typer.Option(help="where to write the model")] = Path(
+        "diffusion-moe.safetensors"
+    ),
+    recipe: Annotated[
+        Path | None, typer.Option(help="a recipe JSON (e.g. the shipped model's) to start from")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1)] = None,
+    seed: int | None = None,
+    evaluate: Annotated[
+        int, typer.Option(help="held-out tasks per grade to evaluate (0: skip)", min=0)
+    ] = 200,
+) -> None:
+    """Convert a shipped AR tier to a MoE diffusion model and train it (seeded); write the
+    model, its recipe and its held-out accuracy per grade."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from trifecta.generative.artifact import load_model, save_model
+    from trifecta.generative.decoding import DecodeConfig, Decoder
+    from trifecta.generative.evaluate import evaluate as run_eval
+    from trifecta.generative.evaluate import heldout_tasks
+    from trifecta.generative.train import TrainConfig, train
+
+    base = json.loads(recipe.read_text()) if recipe is not None else {}
+    options = {"steps": steps, "seed": seed}
+    config = TrainConfig.model_validate(base | {k: v for k, v in options.items() if v is not None})
+    started = time.time()
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("train", total=config.steps, loss="-")
+        result = train(
+            config, lambda step, loss: progress.update(task, completed=step + 1, loss=f"{loss:.3f}")
+        )
+    report: dict[str, object] = {
+        "train_seconds": round(time.time() - started, 1),
+        "final_loss": round(result.final_loss, 4),
+        "parameters": result.model.parameter_count(),
+    }
+    save_model(result.model, out)
+    if evaluate:
+        decoder = Decoder(load_model(out))  # the shipped float16 weights, not the trained ones
+        tasks = heldout_tasks(evaluate)
+        for name, decode in {
+            "parallel": DecodeConfig(),
+            "one_token_per_step": DecodeConfig(threshold=None, steps=DecodeConfig().gen_length),
+        }.items():
+            run = run_eval(decoder, tasks, decode)
+            report[f"heldout_accuracy_{name}"] = {str(g.difficulty): g.accuracy for g in run.grades}
+        report["heldout_tasks_per_grade"] = evaluate
+        report["decode"] = DecodeConfig().model_dump()
+    out.with_suffix(".recipe.json").write_text(config.model_dump_json(indent=2) + "\n")
+    out.with_suffix(".report.json").write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"wrote {out} ({out.stat().st_size} bytes); {json.dumps(report)}")
+
+
+@generative_app.command("eval")
+def eval_command(
+    model: ModelOption = None,
+    per_grade: Annotated[int, typer.Option(min=1)] = 200,
+    steps: StepsOption = 20,
+    parallel: ParallelOption = True,
+    threshold: Annotated[float, typer.Option(help="confidence to unmask in parallel")] = 0.9,
+    capsule: Annotated[str | None, typer.Option(help="route with this capsule's mask")] = None,
+) -> None:
+    """Held-out accuracy per grade, tokens/s and forward passes."""
+    from trifecta.generative.decoding import Decoder
+    from trifecta.generative.evaluate import evaluate, heldout_tasks
+
+    net = _load(model)
+    config = _decode_config(steps, parallel, threshold)
+    routing = None
+    if capsule is not None:
+        from trifecta.generative.service import GenerativeService
+
+        service = GenerativeService(net, online_load=False)
+        if service.store.mask(capsule) is None:
+            raise NotFound(f"capsule {capsule!r} has no expert mask", field="capsule")
+        routing, _, _ = service.routing_for(capsule)
+    run = evaluate(Decoder(net), heldout_tasks(per_grade), config, routing=routing)
+    table = Table("grade", "accuracy", "tasks", title="held-out accuracy")
+    for g in run.grades:
+        table.add_row(str(g.difficulty), f"{g.accuracy:.1%}", str(g.tasks))
+    console.print(table)
+    console.print(
+        f"{run.tokens_per_second:,.0f} tokens/s, {run.forward_passes} forward passes, "
+        f"{run.seconds:.1f} s"
+    )
+
+
+@generative_app.command("generate")
+def generate_command(
+    prompts: Annotated[list[str], typer.Argument(help="task-family prompts, batched")],
+    model: ModelOption = None,
+    steps: StepsOption = 20,
+    parallel: ParallelOption = True,
+    capsule: Annotated[
+        str | None, typer.Option(help="serve as this capsule (its mask and biases, tuned online)")
+    ] = None,
+) -> None:
+    """Complete prompts (one batch); with --capsule through the service, as the product does."""
+    from trifecta.generative.service import GenerativeRequest, GenerativeService
+
+    net = _load(model)
+    if capsule is None:
+        from trifecta.generative.decoding import Decoder
+        from trifecta.generative.sequences import answer_of
+
+        results, _ = Decoder(net).decode(prompts, _decode_config(steps, parallel, 0.9))
+        for prompt, result in zip(prompts, results, strict=True):
+            console.print(
+                f"{prompt} -> {result.text}  answer {answer_of(result.text)}  "
+                f"({result.steps} steps)"
+            )
+        return
+    service = GenerativeService(net)
+    requests = [
+        GenerativeRequest(capsule_id=capsule, prompt=p, steps=steps, parallel=parallel)
+        for p in prompts
+    ]
+    for response in service.complete_batch(requests):
+        console.print_json(response.model_dump_json(exclude={"tokens", "expert_load"}))
+
+
+@generative_app.command("biases")
+def biases_command(
+    capsule: Annotated[str, typer.Argument(help="capsule id")],
+    revert: Annotated[
+        int | None, typer.Option(help="append a version equal to version N (0: all zero)", min=0)
+    ] = None,
+) -> None:
+    """A capsule's router-bias history (every update is a version), or revert to one."""
+    from trifecta.generative.store import GenerativeStore
+
+    store = GenerativeStore()
+    if revert is not None:
+        shape = _model_shape()
+        version = store.revert_bias(capsule, revert, shape)
+        console.print(f"{capsule}: biases are now version {version.version} ({version.reason})")
+        return
+    history = store.bias_history(capsule)
+    if not history:
+        console.print(f"{capsule}: no bias updates (all zero)")
+        return
+    table = Table("version", "reason", "max |bias|", "created", title=f"router biases: {capsule}")
+    for v in history:
+        table.add_row(
+            str(v.version),
+            v.reason,
+            f"{float(v.tensor().abs().max()):.4f}",
+            str(v.created_at or ""),
+        )
+    console.print(table)
+
+
+def _model_shape() -> tuple[int, int]:
+    from trifecta.generative.artifact import load_model
+    from trifecta.generative.assets import shipped_model_path
+
+    config = load_model(shipped_model_path()).config
+    return config.n_layers, config.n_experts
+
+
+@mask_app.command("set")
+def mask_set(
+    capsule: Annotated[str, typer.Argument(help="capsule id")],
+    experts: Annotated[str, typer.Option(help="comma-separated expert ids, every layer")],
+) -> None:
+    """Configure a capsule's experts (the same in every layer)."""
+    from trifecta.generative.artifact import load_model
+    from trifecta.generative.assets import shipped_model_path
+    from trifecta.generative.selection import configured_mask
+    from trifecta.generative.store import GenerativeStore
+
+    config = load_model(shipped_model_path()).config
+    mask = configured_mask(_experts(experts), config.n_layers)
+    mask.validate_for(config.n_layers, config.n_experts, config.top_k)
+    GenerativeStore().put_mask(capsule, mask)
+    console.print(f"{capsule}: experts {mask.layers}")
+
+
+@mask_app.command("learn")
+def mask_learn(
+    capsule: Annotated[str, typer.Argument(help="capsule id")],
+    coverage: Annotated[float, typer.Option(help="share of routed tokens to keep")] = 0.9,
+) -> None:
+    """Learn a capsule's mask from its recorded traffic."""
+    from trifecta.generative.artifact import load_model
+    from trifecta.generative.assets import shipped_model_path
+    from trifecta.generative.selection import learn_mask
+    from trifecta.generative.store import GenerativeStore
+
+    store = GenerativeStore()
+    traffic = store.traffic(capsule)
+    if traffic is None:
+        raise NotFound(f"capsule {capsule!r} has no recorded traffic", field="capsule")
+    config = load_model(shipped_model_path()).config
+    mask = learn_mask(traffic[0], coverage, config.top_k)
+    store.put_mask(capsule, mask)
+    console.print(f"{capsule}: learned from {traffic[1]} requests: experts {mask.layers}")
+
+
+@mask_app.command("show")
+def mask_show(capsule: Annotated[str, typer.Argument(help="capsule id")]) -> None:
+    from trifecta.generative.store import GenerativeStore
+
+    mask = GenerativeStore().mask(capsule)
+    if mask is None:
+        raise NotFound(f"capsule {capsule!r} has no expert mask", field="capsule")
+    console.print(f"{capsule}: {mask.source} experts {mask.layers}")
+
+
+@mask_app.command("clear")
+def mask_clear(capsule: Annotated[str, typer.Argument(help="capsule id")]) -> None:
+    from trifecta.generative.store import GenerativeStore
+
+    if not GenerativeStore().clear_mask(capsule):
+        raise NotFound(f"capsule {capsule!r} has no expert mask", field="capsule")
+    console.print(f"{capsule}: mask cleared (every expert active)")
+
+
+# Expert placement and node expansion (`placement`, `expand`) live in their own module.
+from trifecta.generative.placement_cli import register_placement_commands  # noqa: E402
+
+register_placement_commands(generative_app)

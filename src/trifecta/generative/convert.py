@@ -1,0 +1,82 @@
+"""Autoregressive -> diffusion conversion with MoE upcycling (how RND1 was obtained).
+
+RND1 took a pretrained autoregressive model, swapped its causal attention mask for a
+bidirectional one and continued pretraining on the masked-token objective ("simple continual
+pretraining", with a learning-rate warm-up: `train.py`). Here the source is one of the
+cognitive layer's shipped Llama tiers. Its dense FFN becomes `n_experts` experts by sparse
+upcycling (Komatsuzaki et al., 2022): every expert starts as a copy of the FFN plus a little
+noise (so experts can diverge), the router starts small and random. Because the gates of the
+selected experts sum to one, the upcycled block computes the dense FFN exactly when the noise
+is zero, whatever the router picks (tested).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from trifecta.core.errors import InvalidInput
+from trifecta.generative.model import DiffusionConfig, DiffusionLM
+
+_FFN = ("gate_proj", "up_proj", "down_proj")
+
+
+def config_from_llama(folder: Path, n_experts: int, top_k: int) -> DiffusionConfig:
+    """The diffusion model's shape from a Llama `config.json`, with the MoE's width."""
+    hf = json.loads((folder / "config.json").read_text())
+    if hf.get("model_type") != "llama" or not hf.get("tie_word_embeddings", False):
+        raise InvalidInput("expected a Llama checkpoint with tied embeddings", field="source")
+    if hf["num_key_value_heads"] != hf["num_attention_heads"]:
+        raise InvalidInput("grouped-query attention is not supported", field="source")
+    if not 1 <= top_k <= n_experts:
+        raise InvalidInput(f"top_k {top_k} must be in 1..{n_experts}", field="top_k")
+    return DiffusionConfig(
+        vocab_size=hf["vocab_size"],
+        d_model=hf["hidden_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_heads=hf["num_attention_heads"],
+        d_ff=hf["intermediate_size"],
+        n_experts=n_experts,
+        top_k=top_k,
+        block_size=hf["max_position_embeddings"],
+        norm_eps=hf["rms_norm_eps"],
+        rope_theta=hf.get("rope_parameters", {}).get("rope_theta", 10000.0),
+    )
+
+
+def convert_llama(
+    folder: Path,
+    *,
+    n_experts: int = 8,
+    top_k: int = 2,
+    noise: float = 0.01,
+    router_std: float = 0.02,
+    seed: int = 0,
+) -> DiffusionLM:
+    """A DiffusionLM holding the checkpoint's weights, each FFN upcycled into experts.
+    `noise` is relative: each expert gets N(0, (noise * std(W))^2) added to every copy."""
+    config = config_from_llama(folder, n_experts, top_k)
+    source = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
+    model = DiffusionLM(config)
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {"embed_tokens.weight": source["model.embed_tokens.weight"]}
+    state["norm.weight"] = source["model.norm.weight"]
+    for i in range(config.n_layers):
+        src, dst = f"model.layers.{i}.", f"layers.{i}."
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            state[f"{dst}{norm}.weight"] = source[f"{src}{norm}.weight"]
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            state[f"{dst}self_attn.{proj}.weight"] = source[f"{src}self_attn.{proj}.weight"]
+        for e in range(n_experts):
+            for proj in _FFN:
+                dense = source[f"{src}mlp.{proj}.weight"]
+                jitter = torch.randn(dense.shape, generator=generator) * (noise * dense.std())
+                state[f"{dst}moe.experts.{e}.{proj}.weight"] = dense + jitter
+        router = torch.randn((n_experts, config.d_model), generator=generator) * router_std
+        state[f"{dst}moe.router.weight"] = router
+        state[f"{dst}moe.selection_bias"] = torch.zeros(n_experts)
+    model.load_state_dict(state, strict=True)
+    return model

@@ -1,0 +1,293 @@
+"""The generative model: a masked-diffusion LM whose feed-forward blocks are a sparse MoE.
+
+RND1 / LLaDA family: a bidirectional transformer reads a sequence in which some positions hold
+`<mask>` and predicts the token of every masked position at once; decoding (`decoding.py`)
+fills the masks over a few denoising steps. The body is the shipped cognitive tiers' Llama
+layout (RMSNorm, rotary positions, SwiGLU, tied embeddings), so an autoregressive tier
+converts into it weight for weight (`convert.py`): only the attention mask and the FFN differ.
+
+Each FFN is a Mixture-of-Experts in DeepSeek-V3's style: sigmoid affinities, top-k selection
+on affinity + bias, gates normalised over the selected experts. The bias steers *selection
+only* (never the gate values): the training loop nudges it for load balance without an
+auxiliary loss, and a capsule adds its own offsets and an expert mask at serving time
+(`Routing`). Experts outside the mask are never called.
+
+Shapes in comments: B batch, T positions, D d_model, H heads, E experts, K top-k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DiffusionConfig:
+    vocab_size: int = 46
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 192  # each expert's hidden width (the dense FFN's, which it was copied from)
+    n_experts: int = 8
+    top_k: int = 2
+    block_size: int = 64  # positions the rotary table covers
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+
+@dataclass
+class Routing:
+    """What a capsule changes in the router, and what the router reports back.
+
+    `bias` (n_layers, E) is added to the model's own selection bias; `active` (n_layers, E)
+    bool is the expert mask (None: every expert). `load` accumulates, per layer and expert, how many
+    tokens were routed there (pads excluded) and `calls` how many expert calls ran."""
+
+    bias: torch.Tensor | None = None
+    active: torch.Tensor | None = None
+    load: torch.Tensor | None = None  # (n_layers, E) float, filled by the forward pass
+    row_load: torch.Tensor | None = None  # (B, n_layers, E) the same per request, when asked
+    calls: int = 0
+    expert_tokens: int = 0  # sum over calls of the tokens each call computed
+    touched: set[tuple[int, int]] = field(default_factory=set)  # (layer, expert) pairs called
+
+
+class Rotary(nn.Module):
+    """Rotary embeddings as the Llama checkpoints apply them (rotate-half layout)."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, config: DiffusionConfig):
+        super().__init__()
+        hd = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq  # (B, T, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, hd)
+        return emb.cos()[:, None], emb.sin()[:, None]  # (B, 1, T, hd) each
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+# A layer's key/value cache for block decoding: (k, v), each (B, H, T, hd).
+LayerCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: DiffusionConfig):
+        super().__init__()
+        d, self.n_heads, self.head_dim = config.d_model, config.n_heads, config.head_dim
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, t, D): every position, or only the block being decoded
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        allowed: torch.Tensor,  # (B, 1, t or 1, T) bool: which keys each query may read
+        cache: LayerCache | None = None,
+        span: tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, LayerCache]:
+        B, t, D = x.shape
+        q, k, v = (
+            p(x).view(B, t, self.n_heads, self.head_dim).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )  # (B, H, t, hd) each
+        cos, sin = rotary
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None and span is not None:
+            # Fast-dLLM's dual cache: keys/values outside the block come from the last full
+            # pass (approximate: they do not see what the block has filled since).
+            start, end = span
+            k = torch.cat((cache[0][:, :, :start], k, cache[0][:, :, end:]), dim=2)
+            v = torch.cat((cache[1][:, :, :start], v, cache[1][:, :, end:]), dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, t, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, t, D)), (k, v)
+
+
+class Expert(nn.Module):
+    """SwiGLU, the Llama MLP: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: DiffusionConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoE(nn.Module):
+    """Top-k experts per token; the selection bias is a buffer (never a gradient's business)."""
+
+    selection_bias: torch.Tensor
+
+    def __init__(self, config: DiffusionConfig, layer: int):
+        super().__init__()
+        self.layer, self.top_k = layer, config.top_k
+        self.router = nn.Linear(config.d_model, config.n_experts, bias=False)
+        self.experts = nn.ModuleList(Expert(config) for _ in range(config.n_experts))
+        self.register_buffer("selection_bias", torch.zeros(config.n_experts))
+        self.last_load: torch.Tensor | None = None  # (E,) tokens per expert, last forward
+
+    def forward(
+        self, x: torch.Tensor, counted: torch.Tensor, routing: Routing | None
+    ) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (N, D)
+        affinity = torch.sigmoid(self.router(x))  # (N, E)
+        score = affinity.detach() + self.selection_bias
+        if routing is not None and routing.bias is not None:
+            score = score + routing.bias[self.layer]
+        if routing is not None and routing.active is not None:
+            score = score.masked_fill(~routing.active[self.layer], float("-inf"))
+        chosen = score.topk(self.top_k, dim=-1).indices  # (N, K)
+        gates = affinity.gather(1, chosen)
+        gates = gates / gates.sum(dim=-1, keepdim=True)  # (N, K), rows sum to 1
+        mask = counted.reshape(-1)
+        load = torch.bincount(chosen[mask].reshape(-1), minlength=len(self.experts)).float()
+        self.last_load = load
+        out = torch.zeros_like(x)
+        # One call per expert that has tokens; an expert nobody chose (masked ones) never runs.
+        for e in torch.unique(chosen).tolist():
+            token, slot = torch.where(chosen == e)
+            out.index_add_(0, token, gates[token, slot, None] * self.experts[e](x[token]))
+            if routing is not None:
+                routing.calls += 1
+                routing.expert_tokens += int(token.numel())
+                routing.touched.add((self.layer, e))
+        if routing is not None and routing.load is not None:
+            routing.load[self.layer] += load
+        if routing is not None and routing.row_load is not None:
+            B, E = routing.row_load.shape[0], len(self.experts)
+            row = (torch.arange(x.shape[0]) // (x.shape[0] // B))[mask]  # (n,) request of a token
+            pairs = row[:, None] * E + chosen[mask]  # (n, K)
+            routing.row_load[:, self.layer] += torch.bincount(
+                pairs.reshape(-1), minlength=B * E
+            ).view(B, E)
+        return out.reshape(shape)
+
+
+class Block(nn.Module):
+    def __init__(self, config: DiffusionConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.moe = MoE(config, layer)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        allowed: torch.Tensor,
+        counted: torch.Tensor,
+        routing: Routing | None,
+        cache: LayerCache | None = None,
+        span: tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, LayerCache]:
+        attended, kv = self.self_attn(self.input_layernorm(x), rotary, allowed, cache, span)
+        x = x + attended
+        x = x + self.moe(self.post_attention_layernorm(x), counted, routing)
+        return x, kv
+
+
+class DiffusionLM(nn.Module):
+    def __init__(self, config: DiffusionConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.rotary = Rotary(config)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.causal = False  # True only to check a conversion against its AR source
+
+    def forward(
+        self,
+        idx: torch.Tensor,  # (B, T) token ids, `<mask>` where a token is to be predicted
+        positions: torch.Tensor,  # (B, T) rotary positions (rows may be left-padded)
+        valid: torch.Tensor,  # (B, T) bool: real tokens (False: padding nobody reads)
+        routing: Routing | None = None,
+    ) -> tuple[torch.Tensor, list[LayerCache]]:
+        """Logits (B, T, vocab) of every position, and each layer's keys and values."""
+        B, T = idx.shape
+        allowed = valid[:, None, None, :].expand(B, 1, T, T)  # (B, 1, T, T)
+        if self.causal:
+            allowed = allowed & torch.ones(T, T, dtype=torch.bool).tril()
+        start_routing(routing, self.config)
+        x = self.embed_tokens(idx)  # (B, T, D)
+        rotary = self.rotary(positions)
+        caches = []
+        for block in self.layers:
+            x, kv = block(x, rotary, allowed, valid, routing)
+            caches.append(kv)
+        return self.logits(x), caches
+
+    def forward_span(
+        self,
+        idx: torch.Tensor,  # (B, t) the block's tokens
+        positions: torch.Tensor,  # (B, t)
+        valid: torch.Tensor,  # (B, T) bool over the whole sequence
+        span: tuple[int, int],
+        caches: list[LayerCache],
+        routing: Routing | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, t, vocab) of the block `span` only, reading every other position's keys
+        and values from `caches` (computed by the last full `forward`)."""
+        start_routing(routing, self.config)
+        x = self.embed_tokens(idx)
+        rotary = self.rotary(positions)
+        allowed = valid[:, None, None, :]  # (B, 1, 1, T)
+        counted = torch.ones(idx.shape, dtype=torch.bool)
+        for block, cache in zip(self.layers, caches, strict=True):
+            x, _ = block(x, rotary, allowed, counted, routing, cache, span)
+        return self.logits(x)
+
+    def blocks(self) -> list[Block]:
+        return [cast(Block, b) for b in self.layers]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(x), self.embed_tokens.weight)  # tied output head
+
+    def balance_step(self, rate: float) -> None:
+        """DeepSeek-V3's auxiliary-loss-free balancing after a training step: each layer's
+        overloaded experts (load above the mean) get `rate` less selection bias, underloaded
+        ones `rate` more."""
+        for block in self.blocks():
+            load = block.moe.last_load
+            if load is not None:
+                block.moe.selection_bias -= rate * torch.sign(load - load.mean())
+
+    def parameter_count(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.parameters())
+        expert = sum(p.numel() for b in self.blocks() for p in b.moe.experts[0].parameters())
+        n = self.config.n_experts
+        return {"total": total, "active": total - expert * (n - self.config.top_k)}
+
+
+def start_routing(routing: Routing | None, config: DiffusionConfig) -> None:
+    if routing is not None and routing.load is None:
+        routing.load = torch.zeros(config.n_layers, config.n_experts)

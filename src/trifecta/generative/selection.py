@@ -1,0 +1,75 @@
+"""Per-capsule selective activation: which experts a capsule's requests may use.
+
+A mask holds, for each MoE layer, the experts that layer may route to; the router picks the
+top-k among those only, and the others are never called (`model.MoE`). A mask is configured
+(expert ids, the same for every layer, or per layer) or learned from the capsule's traffic:
+per layer, the fewest experts that together took `coverage` of its routed tokens (at least
+top-k of them, so every token still gets k experts).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from trifecta.core.errors import InvalidInput
+
+
+class ExpertMask(BaseModel):
+    """The experts each layer may use (layer i -> sorted expert ids)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    layers: list[list[int]] = Field(min_length=1)
+    source: str = Field(default="configured", description="configured | learned")
+
+    def validate_for(self, n_layers: int, n_experts: int, top_k: int) -> None:
+        """Refuse a mask this model cannot use, naming the field."""
+        if len(self.layers) != n_layers:
+            raise InvalidInput(
+                f"{len(self.layers)} layers given, the model has {n_layers}", field="experts"
+            )
+        for layer in self.layers:
+            bad = [e for e in layer if not 0 <= e < n_experts]
+            if bad:
+                raise InvalidInput(
+                    f"expert {bad[0]} does not exist (the model has {n_experts}: 0-"
+                    f"{n_experts - 1})",
+                    field="experts",
+                )
+            if len(set(layer)) < top_k:
+                raise InvalidInput(
+                    f"a layer needs at least top_k={top_k} active experts, got {len(set(layer))}",
+                    field="experts",
+                )
+
+    def active(self, n_experts: int) -> torch.Tensor:
+        """(n_layers, E) bool."""
+        table = torch.zeros((len(self.layers), n_experts), dtype=torch.bool)
+        for i, layer in enumerate(self.layers):
+            table[i, layer] = True
+        return table
+
+    def active_count(self) -> int:
+        return sum(len(set(layer)) for layer in self.layers)
+
+
+def configured_mask(experts: list[int], n_layers: int) -> ExpertMask:
+    """The same experts in every layer."""
+    return ExpertMask(layers=[sorted(set(experts))] * n_layers, source="configured")
+
+
+def learn_mask(load: torch.Tensor, coverage: float, top_k: int) -> ExpertMask:
+    """From per-layer routed-token counts (n_layers, E): per layer, the most used experts
+    until their share of the tokens reaches `coverage` (at least `top_k` of them)."""
+    if not 0 < coverage <= 1:
+        raise InvalidInput(f"must be in (0, 1], got {coverage}", field="coverage")
+    if float(load.sum()) <= 0:
+        raise InvalidInput("the capsule has no recorded traffic to learn from", field="capsule")
+    layers = []
+    for row in load:
+        order = torch.argsort(row, descending=True, stable=True)
+        share = torch.cumsum(row[order], 0) / row.sum().clamp_min(1e-9)
+        count = int((share < coverage - 1e-9).sum()) + 1  # experts needed to reach coverage
+        layers.append(sorted(order[: max(count, top_k)].tolist()))
+    return ExpertMask(layers=layers, source="learned")

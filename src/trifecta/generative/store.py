@@ -1,0 +1,212 @@
+"""Per-capsule generative state in the control database: router-bias versions, expert masks
+and the capsule's routed traffic (what a learned mask is learned from).
+
+Biases are never overwritten: every update appends a version with its reason, so the history
+is the log, and reverting to version N appends a new version holding N's biases (a revert can
+itself be reverted). Version 0 is the implicit all-zero start.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import torch
+from pydantic import BaseModel
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    select,
+)
+
+from trifecta.core.db import ensure_schema, get_engine, transaction
+from trifecta.core.errors import NotFound
+from trifecta.core.logging import get_logger
+from trifecta.core.settings import get_settings
+from trifecta.generative.selection import ExpertMask
+
+log = get_logger("trifecta.generative.store")
+
+metadata = MetaData()
+bias_table = Table(
+    "generative_bias_versions",
+    metadata,
+    Column("capsule_id", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("bias", JSON, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+)
+mask_table = Table(
+    "generative_masks",
+    metadata,
+    Column("capsule_id", String(64), primary_key=True),
+    Column("layers", JSON, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("updated_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+)
+traffic_table = Table(
+    "generative_traffic",
+    metadata,
+    Column("capsule_id", String(64), primary_key=True),
+    Column("load", JSON, nullable=False),
+    Column("requests", Integer, nullable=False),
+)
+
+
+class BiasVersion(BaseModel):
+    capsule_id: str
+    version: int
+    bias: list[list[float]]
+    reason: str
+    created_at: datetime | None = None
+
+    def tensor(self) -> torch.Tensor:
+        return torch.tensor(self.bias, dtype=torch.float32)
+
+
+class GenerativeStore:
+    """Every method is one transaction."""
+
+    def __init__(self, engine: Engine | None = None):
+        self.engine = engine or get_engine(get_settings().db_url)
+        ensure_schema(self.engine, "trifecta.generative")
+
+    # -- biases -----------------------------------------------------------------------------
+    def current_bias(self, capsule_id: str, shape: tuple[int, int]) -> BiasVersion:
+        """The newest version, or version 0 (zeros of `shape`) when there is none."""
+        with transaction(self.engine) as session:
+            row = (
+                session.execute(
+                    select(bias_table)
+                    .where(bias_table.c.capsule_id == capsule_id)
+                    .order_by(bias_table.c.version.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .one_or_none()
+            )
+        if row is None:
+            zeros = [[0.0] * shape[1] for _ in range(shape[0])]
+            return BiasVersion(capsule_id=capsule_id, version=0, bias=zeros, reason="initial")
+        return BiasVersion(**dict(row))
+
+    def put_bias(self, capsule_id: str, bias: torch.Tensor, reason: str) -> BiasVersion:
+        """Append a version (numbered after the newest) and log it."""
+        values = [[round(float(v), 6) for v in row] for row in bias.tolist()]
+        with transaction(self.engine, write=True) as session:
+            newest = session.execute(
+                select(func.max(bias_table.c.version)).where(bias_table.c.capsule_id == capsule_id)
+            ).scalar_one_or_none()
+            version = (newest or 0) + 1
+            session.execute(
+                bias_table.insert().values(
+                    capsule_id=capsule_id, version=version, bias=values, reason=reason[:200]
+                )
+            )
+        log.info(
+            "router biases updated",
+            capsule=capsule_id,
+            version=version,
+            reason=reason,
+            max_abs=max(abs(v) for row in values for v in row),
+        )
+        return BiasVersion(capsule_id=capsule_id, version=version, bias=values, reason=reason)
+
+    def bias_history(self, capsule_id: str) -> list[BiasVersion]:
+        with transaction(self.engine) as session:
+            rows = (
+                session.execute(
+                    select(bias_table)
+                    .where(bias_table.c.capsule_id == capsule_id)
+                    .order_by(bias_table.c.version)
+                )
+                .mappings()
+                .all()
+            )
+        return [BiasVersion(**dict(r)) for r in rows]
+
+    def revert_bias(self, capsule_id: str, version: int, shape: tuple[int, int]) -> BiasVersion:
+        """Append a version equal to `version` (0: the all-zero start)."""
+        if version == 0:
+            target = torch.zeros(shape)
+        else:
+            found = [v for v in self.bias_history(capsule_id) if v.version == version]
+            if not found:
+                raise NotFound(
+                    f"capsule {capsule_id!r} has no bias version {version}", field="revert"
+                )
+            target = found[0].tensor()
+        return self.put_bias(capsule_id, target, f"revert to version {version}")
+
+    # -- masks ------------------------------------------------------------------------------
+    def mask(self, capsule_id: str) -> ExpertMask | None:
+        with transaction(self.engine) as session:
+            row = (
+                session.execute(select(mask_table).where(mask_table.c.capsule_id == capsule_id))
+                .mappings()
+                .one_or_none()
+            )
+        return ExpertMask(layers=row["layers"], source=row["source"]) if row else None
+
+    def put_mask(self, capsule_id: str, mask: ExpertMask) -> None:
+        with transaction(self.engine, write=True) as session:
+            session.execute(delete(mask_table).where(mask_table.c.capsule_id == capsule_id))
+            session.execute(
+                mask_table.insert().values(
+                    capsule_id=capsule_id, layers=mask.layers, source=mask.source
+                )
+            )
+        log.info("expert mask set", capsule=capsule_id, source=mask.source, layers=mask.layers)
+
+    def clear_mask(self, capsule_id: str) -> bool:
+        with transaction(self.engine, write=True) as session:
+            result = session.execute(
+                delete(mask_table).where(mask_table.c.capsule_id == capsule_id)
+            )
+        return bool(getattr(result, "rowcount", 0))
+
+    # -- traffic ----------------------------------------------------------------------------
+    def add_traffic(self, capsule_id: str, load: torch.Tensor, requests: int) -> None:
+        """Accumulate routed-token counts (n_layers, E) of `requests` served requests."""
+        with transaction(self.engine, write=True) as session:
+            row = (
+                session.execute(
+                    select(traffic_table).where(traffic_table.c.capsule_id == capsule_id)
+                )
+                .mappings()
+                .one_or_none()
+            )
+            total = load.clone()
+            count = requests
+            if row is not None:
+                total += torch.tensor(row["load"], dtype=torch.float32)
+                count += row["requests"]
+                session.execute(
+                    delete(traffic_table).where(traffic_table.c.capsule_id == capsule_id)
+                )
+            session.execute(
+                traffic_table.insert().values(
+                    capsule_id=capsule_id, load=total.tolist(), requests=count
+                )
+            )
+
+    def traffic(self, capsule_id: str) -> tuple[torch.Tensor, int] | None:
+        with transaction(self.engine) as session:
+            row = (
+                session.execute(
+                    select(traffic_table).where(traffic_table.c.capsule_id == capsule_id)
+                )
+                .mappings()
+                .one_or_none()
+            )
+        if row is None:
+            return None
+        return torch.tensor(row["load"], dtype=torch.float32), int(row["requests"])

@@ -1,0 +1,42 @@
+"""`trifecta generative ...`: bad input is one line naming the field, exit 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import run_cli
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["generative", "mask", "show", "nobody"], "capsule"),
+        (["generative", "eval", "--capsule", "nobody", "--per-grade", "1"], "capsule"),
+        (["generative", "generate", "--steps", "0", "41+17?"], "steps"),
+        (["generative", "mask", "set", "c1", "--experts", "0,1,8"], "experts"),
+        (["generative", "mask", "set", "c1", "--experts", "3"], "experts"),
+        (["generative", "mask", "set", "c1", "--experts", "a,b"], "experts"),
+        (["generative", "biases", "c1", "--revert", "5"], "revert"),
+        (["generative", "generate", "41*17?"], "prompt"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_field(
+    argv: list[str], field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"{field}:" in lines[0]
+
+
+def test_masks_and_biases_round_trip(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["generative", "mask", "set", "c1", "--experts", "0,2,5"], capsys)[0] == 0
+    code, out, _ = run_cli(["generative", "mask", "show", "c1"], capsys)
+    assert code == 0 and "[[0, 2, 5], [0, 2, 5]]" in out
+    code, out, _ = run_cli(["generative", "generate", "--capsule", "c1", "41+17?"], capsys)
+    assert code == 0 and '"experts_active": 6' in out
+    code, out, _ = run_cli(["generative", "biases", "c1"], capsys)
+    assert code == 0 and "load: 1 requests" in out
+    code, out, _ = run_cli(["generative", "biases", "c1", "--revert", "0"], capsys)
+    assert code == 0 and "version 2" in out
+    assert run_cli(["generative", "mask", "clear", "c1"], capsys)[0] == 0

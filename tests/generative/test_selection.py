@@ -1,0 +1,71 @@
+"""Selective activation: masked experts are never computed (counted at the expert modules)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from trifecta.core.errors import InvalidInput
+from trifecta.core.tasks import generate_tasks
+from trifecta.generative.decoding import DecodeConfig, Decoder
+from trifecta.generative.model import DiffusionLM, Routing
+from trifecta.generative.selection import ExpertMask, configured_mask, learn_mask
+
+PROMPTS = [t.prompt for t in generate_tasks(16, seed=5, split="heldout")]
+
+
+def _count_expert_calls(model: DiffusionLM) -> tuple[Counter[tuple[int, int]], list]:
+    calls: Counter[tuple[int, int]] = Counter()
+    handles = []
+    for i, block in enumerate(model.layers):
+        for e, expert in enumerate(block.moe.experts):
+
+            def hook(_m, args, _out, key=(i, e)) -> None:
+                calls[key] += args[0].shape[0]
+
+            handles.append(expert.register_forward_hook(hook))
+    return calls, handles
+
+
+def test_masked_experts_are_never_called(converted) -> None:
+    mask = ExpertMask(layers=[[1, 4, 6], [0, 2]])
+    calls, handles = _count_expert_calls(converted)
+    try:
+        Decoder(converted).decode(PROMPTS, DecodeConfig(), Routing(active=mask.active(8)))
+        masked_calls = dict(calls)
+        calls.clear()
+        Decoder(converted).decode(PROMPTS, DecodeConfig())
+        all_calls = dict(calls)
+    finally:
+        for h in handles:
+            h.remove()
+    allowed = {(0, 1), (0, 4), (0, 6), (1, 0), (1, 2)}
+    assert masked_calls and set(masked_calls) <= allowed
+    assert len(all_calls) > len(allowed)  # without the mask, more experts do run
+
+
+def test_routing_reports_what_ran(converted) -> None:
+    mask = configured_mask([0, 3, 5], 2)
+    routing = Routing(active=mask.active(8))
+    Decoder(converted).decode(PROMPTS, DecodeConfig(), routing)
+    assert routing.touched <= {(layer, e) for layer in range(2) for e in (0, 3, 5)}
+    assert routing.load is not None and float(routing.load[:, [1, 2, 4, 6, 7]].sum()) == 0
+    # every counted token went to top_k experts
+    assert float(routing.load.sum()) % converted.config.top_k == 0
+
+
+def test_learned_mask_covers_the_requested_share() -> None:
+    load = torch.tensor([[50.0, 30, 10, 5, 3, 2, 0, 0], [1.0] * 8])
+    mask = learn_mask(load, 0.9, top_k=2)
+    assert mask.layers[0] == [0, 1, 2]  # 50 + 30 + 10 = 90%
+    assert len(mask.layers[1]) == 8  # a flat layer needs every expert for 90%
+    assert learn_mask(load, 0.1, top_k=2).layers[0] == [0, 1]  # never below top_k
+
+
+@pytest.mark.parametrize("layers", [[[0, 8], [0, 1]], [[0], [0, 1]], [[0, 1]], [[0, -1], [1, 2]]])
+def test_impossible_masks_are_refused(layers: list[list[int]]) -> None:
+    with pytest.raises(InvalidInput) as err:
+        ExpertMask(layers=layers).validate_for(2, 8, 2)
+    assert err.value.field == "experts"
