@@ -34,6 +34,20 @@ def test_generate_with_a_tier_and_the_cascade(capsys: pytest.CaptureFixture[str]
     assert solve("41+17?") == "58"
 
 
+def test_generate_says_whether_the_answer_is_right(capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = ["t=41,p=17,r=63;t+r?", "41+17-23?", "What is 7*6?"]
+    code, out, _ = run(["cognitive", "generate", *prompts, "--model", "large", "--json"], capsys)
+    assert code == 0
+    lines = [json.loads(x) for x in out.splitlines()]
+    for line in lines[:2]:
+        assert line["expected"] == solve(line["prompt"])
+        assert line["verified"] == (line["answer"] == line["expected"])
+    assert lines[2]["verified"] is None and lines[2]["expected"] is None  # answered, unverifiable
+    code, out, _ = run(["cognitive", "generate", *prompts], capsys)
+    assert code == 0 and "unverifiable" in out
+    assert out.count("right") + out.count("wrong") == 2
+
+
 def test_calibrate_a_capsule_and_list_thresholds(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["capsule", "add", "--id", "twin-1", "--domain", "energy"], capsys)[0] == 0
     code, out, _ = run(
@@ -51,7 +65,6 @@ def test_calibrate_a_capsule_and_list_thresholds(capsys: pytest.CaptureFixture[s
     [
         (["models", "train", "--tier", "huge"], "tier"),
         (["models", "train", "--steps", "0", "--tier", "small"], "steps"),
-        (["cognitive", "generate", "41 + 17?", "--model", "small"], "prompt"),
         (["cognitive", "generate", "41+17?", "--model", "gpt-9"], "model"),
         (["cognitive", "generate", "41+17?", "--model", "/no/such/dir"], "model_path"),
         (["cognitive", "calibrate", "--capsule", "ghost"], "capsule_id"),
@@ -69,6 +82,33 @@ def test_bad_input_is_one_line_naming_the_field(
     code, _, err = run(argv, capsys)
     assert code == 2
     assert err.count("\n") == 1 and f"{field}:" in err and "Traceback" not in err
+
+
+def test_train_into_the_data_directory_then_promote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --out the shipped weights are untouched; `promote` copies a tier over them."""
+    from trifecta.cognitive import tiers
+    from trifecta.core.settings import get_settings
+
+    shipped = tmp_path / "assets"
+    for name in ("small", "medium", "large"):
+        (shipped / name).mkdir(parents=True)
+        (shipped / name / "marker").write_text("shipped")
+    monkeypatch.setattr(tiers, "assets_dir", lambda: shipped)
+    code, out, _ = run(["models", "train", "--tier", "small", "--steps", "2"], capsys)
+    assert code == 0 and "promote" in out
+    trained = get_settings().data_dir / "cognitive" / "tiers" / "small"
+    assert (trained / "model.safetensors").is_file() and (trained / "training.json").is_file()
+    assert (shipped / "small" / "marker").read_text() == "shipped"  # untouched
+    code, out, _ = run(["models", "promote", "--tier", "small", "--no-calibrate"], capsys)
+    assert code == 0
+    assert (shipped / "small" / "model.safetensors").is_file()
+    assert not (shipped / "small" / "marker").exists()
+    code, _, err = run(
+        ["models", "promote", "--tier", "small", "--from", str(tmp_path / "none")], capsys
+    )
+    assert code == 2 and "model_path:" in err
 
 
 def test_train_smoke_into_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

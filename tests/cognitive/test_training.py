@@ -10,20 +10,20 @@ import pytest
 import torch
 
 from trifecta.cognitive.backends import HuggingFaceBackend
-from trifecta.cognitive.checkpoints import build_tokenizer, load_checkpoint
+from trifecta.cognitive.checkpoints import build_tokenizer, load_checkpoint, tier_vocabulary
 from trifecta.cognitive.growth import grow
+from trifecta.cognitive.scratchpad import worked_answer
 from trifecta.cognitive.tiers import TIERS, load_tier
 from trifecta.cognitive.training import sequence_loss, train_tier, training_batches
 from trifecta.core.errors import InvalidInput
-from trifecta.core.tasks import generate_tasks, solve, split_of
-from trifecta.core.tokenizer import CharTokenizer
+from trifecta.core.tasks import generate_tasks, split_of
 
 
-def test_training_batches_are_seeded_train_split_answers() -> None:
+def test_training_batches_are_seeded_train_split_worked_answers() -> None:
     first = next(training_batches(5, 16))
     again = next(training_batches(5, 16))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
-    chars = CharTokenizer()
+    chars = tier_vocabulary()
     ids, answer_mask = first
     for row, mask in zip(ids.tolist(), answer_mask.tolist(), strict=True):
         text = chars.decode(row)
@@ -31,13 +31,14 @@ def test_training_batches_are_seeded_train_split_answers() -> None:
         assert split_of(prompt) == "train"
         answer = [t for t, m in zip(row, mask, strict=True) if m]
         assert answer[-1] == chars.eos_id  # the answer and the end token, nothing else
-        assert chars.decode(answer) == text[len(prompt) :] == solve(prompt)
+        assert chars.decode(answer) == text[len(prompt) :] == worked_answer(prompt)
 
 
 def test_sequence_loss_weighs_answer_and_prompt() -> None:
     ids, answer_mask = next(training_batches(6, 8))
-    logits = torch.zeros(*ids.shape, CharTokenizer().vocab_size)  # uniform predictions
-    uniform = torch.log(torch.tensor(float(CharTokenizer().vocab_size)))
+    vocab_size = tier_vocabulary().vocab_size
+    logits = torch.zeros(*ids.shape, vocab_size)  # uniform predictions
+    uniform = torch.log(torch.tensor(float(vocab_size)))
     assert sequence_loss(logits, ids, answer_mask, 0.0) == pytest.approx(float(uniform), abs=1e-5)
     assert sequence_loss(logits, ids, answer_mask, 0.5) == pytest.approx(
         1.5 * float(uniform), abs=1e-5

@@ -17,22 +17,31 @@ from trifecta.core.errors import InvalidInput
 from trifecta.core.tokenizer import BOS, EOS, MASK, PAD, SPECIALS, CharTokenizer
 
 if TYPE_CHECKING:
-    from transformers import LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from trifecta.cognitive.canon_llama import CanonLlamaConfig
     from trifecta.cognitive.tiers import TierSpec
 
 REQUIRED_FILES = ("config.json",)
 
 
+def tier_vocabulary() -> CharTokenizer:
+    """The tiers' vocabulary: the alphabet, then byte tokens for any other character."""
+    return CharTokenizer(byte_fallback=True)
+
+
 def build_tokenizer() -> PreTrainedTokenizerBase:
-    """The character vocabulary as a `transformers` fast tokenizer (left padding, BOS added)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    """The tiers' vocabulary as a `transformers` fast tokenizer (left padding, BOS added).
+
+    A BPE model without merges over single characters, with byte fallback: a character outside
+    the vocabulary becomes the `<0xNN>` tokens of its UTF-8 bytes, exactly as `CharTokenizer`
+    encodes it (Llama's tokenizer handles unknown characters the same way)."""
+    from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
-    chars = CharTokenizer()
-    backend = Tokenizer(models.WordLevel(vocab=dict(chars.ids), unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()  # characters join without spaces
+    chars = tier_vocabulary()
+    backend = Tokenizer(models.BPE(vocab=dict(chars.ids), merges=[], byte_fallback=True))
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     backend.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, chars.bos_id)]
     )
@@ -44,15 +53,18 @@ def build_tokenizer() -> PreTrainedTokenizerBase:
         pad_token=PAD,
         mask_token=MASK,
         padding_side="left",
+        # "<eos>" typed in a prompt is text, not the end token (as CharTokenizer reads it).
+        split_special_tokens=True,
     )
 
 
-def llama_config(spec: TierSpec) -> LlamaConfig:
-    """The `LlamaConfig` of a shipped tier."""
-    from transformers import LlamaConfig
+def llama_config(spec: TierSpec) -> CanonLlamaConfig:
+    """The config of a shipped tier: a Llama with a Canon layer before each attention."""
+    from trifecta.cognitive.canon_llama import CanonLlamaConfig
 
-    chars = CharTokenizer()
-    return LlamaConfig(
+    chars = tier_vocabulary()
+    return CanonLlamaConfig(
+        canon_width=spec.canon_width,
         vocab_size=chars.vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -92,7 +104,7 @@ def save_checkpoint(
     half: Any = copy.deepcopy(model)
     half.to(torch.float16).save_pretrained(staging, safe_serialization=True)
     build_tokenizer().save_pretrained(staging)
-    chars = CharTokenizer()
+    chars = tier_vocabulary()
     GenerationConfig(
         do_sample=False,
         bos_token_id=chars.bos_id,
@@ -104,11 +116,31 @@ def save_checkpoint(
         written.chmod(0o644)
     if record is not None:
         (staging / "training.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    _swap_in(staging, directory)
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    """Replace `directory` by the complete folder `staging`."""
     if directory.exists():
         for old in directory.iterdir():
             old.unlink()
         directory.rmdir()
     os.replace(staging, directory)
+
+
+def promote(source: Path, destination: Path) -> None:
+    """Copy the checkpoint in `source` over the one in `destination` (a shipped tier), once it
+    has been checked to load; the files are written beside it first and swapped in whole."""
+    import shutil
+
+    load_checkpoint(source)  # one InvalidInput naming model_path when it is not a checkpoint
+    if not (Path(source) / "model.safetensors").is_file():
+        raise InvalidInput(f"{source} holds no model.safetensors", field="model_path")
+    staging = destination.with_name(destination.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(source, staging)
+    _swap_in(staging, destination)
 
 
 def load_checkpoint(directory: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -127,6 +159,8 @@ def load_checkpoint(directory: str | Path) -> tuple[PreTrainedModel, PreTrainedT
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    import trifecta.cognitive.canon_llama  # noqa: F401  (registers the tiers' model type)
 
     hf_logging.disable_progress_bar()
     try:

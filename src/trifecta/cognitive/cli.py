@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trifecta.cognitive.scratchpad import ANSWER_TOKENS
 from trifecta.cognitive.tiers import AUTO_MODEL, TIER_NAMES, TIERS, get_tier
 from trifecta.core.errors import InvalidInput
 
@@ -65,18 +66,21 @@ def models_train(
         int, typer.Option(min=1, help="torch threads (1 is fastest on a busy machine)")
     ] = 1,
     out: Annotated[
-        Path | None, typer.Option(help="write here instead of the shipped assets")
+        Path | None,
+        typer.Option(
+            help="write the tiers here (default: the data directory's cognitive/tiers; "
+            "`trifecta models promote` ships them)"
+        ),
     ] = None,
     scratch: Annotated[
         bool, typer.Option(help="train from scratch instead of growing the next smaller tier")
     ] = False,
-    calibrate: Annotated[
-        bool, typer.Option(help="recalibrate the default thresholds afterwards")
-    ] = True,
 ) -> None:
-    """Train tiers on the task family's train split (seeded, with a progress bar). A larger tier
-    starts from the next smaller one, grown to its size (see docs/cognitive.md)."""
+    """Train tiers on the task family's train split (seeded, with a progress bar) into the data
+    directory. A larger tier starts from the next smaller one, grown to its size (see
+    docs/cognitive.md). The shipped tiers change only through `trifecta models promote`."""
     names = list(TIER_NAMES) if tier == "all" else [get_tier(tier).name]
+    out = out if out is not None else trained_dir()
     if steps is not None and steps < 1:
         raise InvalidInput("must be at least 1", field="steps")
     import torch
@@ -95,7 +99,7 @@ def models_train(
                 progress.update(task, completed=step, status=f"loss {loss:.3f}")
 
             parent = None if scratch else _smaller_tier(name, results, out)
-            directory = (out / name) if out is not None else spec.directory
+            directory = out / name
             results.append(
                 train_tier(
                     spec,
@@ -120,15 +124,41 @@ def models_train(
             f"{result.seconds:.0f}",
         )
     console.print(table)
-    if (
-        calibrate
-        and out is None
-        and all((TIERS[n].directory / "model.safetensors").is_file() for n in TIER_NAMES)
-    ):
-        _calibrate_default(sample=None, seed=seed)
+    console.print(f"saved under {out}; ship them with `trifecta models promote --from {out}`")
 
 
-def _smaller_tier(name: str, trained: list[Any], out: Path | None) -> Any:
+def trained_dir() -> Path:
+    """Where `trifecta models train` writes tiers by default: the data directory, never the
+    installed package."""
+    from trifecta.core.settings import get_settings
+
+    return get_settings().data_dir / "cognitive" / "tiers"
+
+
+@models_app.command("promote")
+def models_promote(
+    tier: Annotated[str, typer.Option(help=f"{', '.join(TIER_NAMES)} or all")] = "all",
+    source: Annotated[
+        Path | None,
+        typer.Option("--from", help="trained tiers (default: the data directory's)"),
+    ] = None,
+    calibrate: Annotated[
+        bool, typer.Option(help="recalibrate the default thresholds afterwards")
+    ] = True,
+) -> None:
+    """Copy trained tiers into the package's assets, where every command loads them from."""
+    from trifecta.cognitive.checkpoints import promote
+
+    names = list(TIER_NAMES) if tier == "all" else [get_tier(tier).name]
+    origin = source if source is not None else trained_dir()
+    for name in names:
+        promote(origin / name, TIERS[name].directory)
+        console.print(f"{name}: {origin / name} -> {TIERS[name].directory}")
+    if calibrate and all((TIERS[n].directory / "model.safetensors").is_file() for n in TIER_NAMES):
+        _calibrate_default(sample=None, seed=0)
+
+
+def _smaller_tier(name: str, trained: list[Any], out: Path) -> Any:
     """The model a tier grows from: the next smaller tier, as just trained or as saved."""
     index = TIER_NAMES.index(name)
     if index == 0:
@@ -139,7 +169,7 @@ def _smaller_tier(name: str, trained: list[Any], out: Path | None) -> Any:
             return result.model
     from trifecta.cognitive.checkpoints import load_checkpoint
 
-    directory = (out / smaller) if out is not None else TIERS[smaller].directory
+    directory = out / smaller
     if not (directory / "model.safetensors").is_file():
         raise InvalidInput(
             f"{name} grows from {smaller}, which is not trained in {directory} "
@@ -204,13 +234,20 @@ def cognitive_generate(
     capsule: Annotated[
         str | None, typer.Option(help="use this capsule's calibrated thresholds")
     ] = None,
-    max_tokens: Annotated[int, typer.Option(min=1, help="tokens to generate at most")] = 8,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="tokens to generate at most")
+    ] = ANSWER_TOKENS,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
 ) -> None:
-    """Complete prompts with one tier, a checkpoint, an endpoint, or the escalating cascade."""
+    """Complete prompts with one tier, a checkpoint, an endpoint, or the escalating cascade.
+    Where the task family's verifier can check a prompt, each answer is marked right or wrong
+    (with the right answer); any other prompt is answered and marked unverifiable."""
     from trifecta.cognitive.backends import open_backend
     from trifecta.cognitive.cascade import CascadeGeneration
     from trifecta.cognitive.service import auto_model
+    from trifecta.core.tasks import TaskFamilyVerifier, normalize_answer, solve
+
+    verifier = TaskFamilyVerifier()
 
     backend = (
         auto_model(capsule) if model == AUTO_MODEL else open_backend(model, model_name=model_name)
@@ -218,6 +255,8 @@ def cognitive_generate(
     outputs = backend.generate(prompts, max_new_tokens=max_tokens)
     for prompt, output in zip(prompts, outputs, strict=True):
         decisions = list(output.decisions) if isinstance(output, CascadeGeneration) else []
+        verified = verifier.verify(prompt, output.text)
+        expected = solve(prompt) if verified is not None else None
         if as_json:
             typer.echo(
                 json.dumps(
@@ -229,6 +268,9 @@ def cognitive_generate(
                         "logprobs": output.logprobs,
                         "entropies": output.entropies,
                         "finish_reason": output.finish_reason,
+                        "answer": normalize_answer(output.text),
+                        "verified": verified,
+                        "expected": expected,
                         "decisions": [d.__dict__ for d in decisions],
                     }
                 )
@@ -239,7 +281,17 @@ def cognitive_generate(
             for d in decisions
         )
         route = f"  {path}" if path else ""
-        console.print(f"{prompt} [bold]{output.text}[/bold]  [dim]{output.model}{route}[/dim]")
+        verdict = (
+            "[dim]unverifiable[/dim]"
+            if verified is None
+            else "[green]right[/green]"
+            if verified
+            else f"[red]wrong[/red] (the answer is {expected})"
+        )
+        console.print(
+            f"{prompt} [bold]{output.text}[/bold]  {verdict}  [dim]{output.model}{route}[/dim]",
+            highlight=False,
+        )
 
 
 def _target(budget: float | None, quality: float | None, rate: float | None) -> Any:

@@ -44,11 +44,12 @@ def _check(small: LlamaForCausalLM, spec: TierSpec) -> None:
 def grow(small: LlamaForCausalLM, spec: TierSpec, *, seed: int = 0) -> LlamaForCausalLM:
     """A `spec`-sized Llama computing the same function as `small` (new weights seeded)."""
     import torch
-    from transformers import LlamaForCausalLM
+
+    from trifecta.cognitive.canon_llama import CanonLlamaForCausalLM
 
     _check(small, spec)
     torch.manual_seed(seed)
-    large = LlamaForCausalLM(llama_config(spec))
+    large = CanonLlamaForCausalLM(llama_config(spec))
     old, new = small.model, large.model
     d0, d1 = small.config.hidden_size, spec.hidden_size
     gain = math.sqrt(d0 / d1)
@@ -63,6 +64,14 @@ def grow(small: LlamaForCausalLM, spec: TierSpec, *, seed: int = 0) -> LlamaForC
                 block.input_layernorm.weight.fill_(gain)
                 block.post_attention_layernorm.weight.fill_(gain)
         _norm(new.norm.weight, old.norm.weight, gain)
+        # Canon mixes are per feature: old features keep their weights; new features and the
+        # appended layers' mixes start at zero (the identity).
+        old_canons = getattr(old, "canons", ())
+        for index, canon in enumerate(getattr(new, "canons", ())):
+            canon.weight.zero_()
+            if index < len(old_canons):
+                source = old_canons[index].weight
+                canon.weight[: source.shape[0], : source.shape[1]] = source
         # The mean square now runs over d1 dimensions of which d1 - d0 are zero: scaling the
         # epsilon the same way keeps the normalisation exact.
         large.config.rms_norm_eps = small.config.rms_norm_eps * d0 / d1
@@ -75,7 +84,7 @@ def grow(small: LlamaForCausalLM, spec: TierSpec, *, seed: int = 0) -> LlamaForC
 
 def _embed(target: torch.Tensor, source: torch.Tensor) -> None:
     target.zero_()
-    target[:, : source.shape[1]] = source
+    target[: source.shape[0], : source.shape[1]] = source
 
 
 def _norm(target: torch.Tensor, source: torch.Tensor, gain: float) -> None:

@@ -15,11 +15,9 @@ from trifecta.cognitive.backends.base import Backend
 from trifecta.cognitive.calibration import Observations
 from trifecta.cognitive.cost import TierCost
 from trifecta.cognitive.entropy import DEFAULT_AGGREGATE, DEFAULT_WINDOW, Aggregate, signal_score
+from trifecta.cognitive.scratchpad import ANSWER_TOKENS
 from trifecta.core.protocols import Generation
 from trifecta.core.tasks import Task, TaskFamilyVerifier
-
-# Answers of the task family are at most four characters; two more leave room to stop.
-ANSWER_TOKENS = 6
 
 
 @dataclass(frozen=True)

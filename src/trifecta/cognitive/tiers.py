@@ -50,6 +50,8 @@ class TierSpec:
     # budget when look-ups are a third of the mix. 0 for a grown tier, which inherits it.
     lookup_steps: int = 0
     lookup_learning_rate: float = 2e-3
+    # Look-back of the Canon layer before each attention (canon_llama.py); 0: a plain Llama.
+    canon_width: int = 4
 
     @property
     def directory(self) -> Path:

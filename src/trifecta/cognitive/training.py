@@ -16,13 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trifecta.cognitive.checkpoints import build_tokenizer, llama_config, save_checkpoint
+from trifecta.cognitive.checkpoints import (
+    build_tokenizer,
+    llama_config,
+    save_checkpoint,
+    tier_vocabulary,
+)
 from trifecta.cognitive.growth import grow
+from trifecta.cognitive.scratchpad import ANSWER_TOKENS, worked_answer
 from trifecta.cognitive.tiers import TierSpec
 from trifecta.core.errors import InvalidInput
 from trifecta.core.logging import get_logger
 from trifecta.core.tasks import DIFFICULTIES, TaskFamilyVerifier, generate_tasks, iter_tasks
-from trifecta.core.tokenizer import CharTokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -71,14 +76,14 @@ def training_batches(
     to the width of long ones (telemetry look-ups): about a third fewer positions to compute."""
     import torch
 
-    chars = CharTokenizer()
+    chars = tier_vocabulary()
     stream = iter_tasks(seed=seed, split="train", difficulties=mix, short_telemetry=True)
     order = random.Random(seed)
     while True:
         pool = []
         for task in (next(stream) for _ in range(batch_size * pool_batches)):
             prompt = chars.encode(task.prompt, bos=True)
-            answer = chars.encode(task.answer, eos=True)
+            answer = chars.encode(worked_answer(task.prompt), eos=True)
             pool.append((prompt + answer, len(prompt)))
         pool.sort(key=lambda pair: len(pair[0]))
         groups = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
@@ -102,7 +107,7 @@ def sequence_loss(
     two-step attention that look-ups need, so that it forms sooner."""
     import torch
 
-    chars = CharTokenizer()
+    chars = tier_vocabulary()
     targets = ids[:, 1:]
     per_token = torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none"
@@ -126,7 +131,7 @@ def heldout_accuracy(
     accuracy: dict[int, float] = {}
     for grade in DIFFICULTIES:
         tasks = generate_tasks(per_grade, seed=seed, split="heldout", difficulties=[grade])
-        outputs = backend.generate([t.prompt for t in tasks], max_new_tokens=6)
+        outputs = backend.generate([t.prompt for t in tasks], max_new_tokens=ANSWER_TOKENS)
         right = sum(
             bool(verifier.verify(t.prompt, o.text)) for t, o in zip(tasks, outputs, strict=True)
         )
@@ -150,7 +155,9 @@ def train_tier(
     save it to `directory` when given (None: a dry run). `on_step(step, loss)` is called after
     every optimiser step (progress bars). The trained model is on `TrainResult.model`."""
     import torch
-    from transformers import LlamaForCausalLM, get_cosine_schedule_with_warmup
+    from transformers import get_cosine_schedule_with_warmup
+
+    from trifecta.cognitive.canon_llama import CanonLlamaForCausalLM
 
     total = spec.train_steps if steps is None else steps
     if total < 1:
@@ -159,7 +166,7 @@ def train_tier(
     if grow_from is not None:
         model = grow(grow_from, spec, seed=seed)
     else:
-        model = LlamaForCausalLM(llama_config(spec))
+        model = CanonLlamaForCausalLM(llama_config(spec))
     model.train()
     # Each tier reads its own stretch of the stream, so a grown tier sees new tasks.
     stream_seed = seed * 7 + TIER_OFFSETS.get(spec.name, 0)

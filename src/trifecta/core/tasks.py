@@ -45,6 +45,8 @@ _TELEMETRY = re.compile(r"^(?P<telemetry>[a-z]=\d{1,3}(?:,[a-z]=\d{1,3})*);")
 _EXPRESSION = re.compile(r"^(?P<first>[a-z]|\d{1,3})(?P<rest>(?:[+-](?:[a-z]|\d{1,3}))*)\?$")
 _TERM = re.compile(r"([+-])([a-z]|\d{1,3})")
 _ANSWER = re.compile(r"^\s*(-?\d+)")
+# A worked answer (scratchpad) ends with its result after the last "=": `41+63=104-17=87`.
+_FINAL_ANSWER = re.compile(r"=\s*(-?\d+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -107,11 +109,16 @@ def _parse(prompt: str) -> tuple[dict[str, int], list[tuple[int, str]]]:
     return telemetry, terms
 
 
+def signed_values(prompt: str) -> list[int]:
+    """The prompt's terms as signed numbers, look-ups resolved (`'t=41,p=17;t-p?'` ->
+    `[41, -17]`); raises InvalidInput for a prompt outside the family."""
+    telemetry, terms = _parse(prompt)
+    return [sign * (telemetry[t] if t.isalpha() else int(t)) for sign, t in terms]
+
+
 def solve(prompt: str) -> str:
     """The correct answer to any prompt of the family."""
-    telemetry, terms = _parse(prompt)
-    total = sum(sign * (telemetry[t] if t.isalpha() else int(t)) for sign, t in terms)
-    return str(total)
+    return str(sum(signed_values(prompt)))
 
 
 def estimate_difficulty(prompt: str) -> int:
@@ -132,7 +139,11 @@ def is_light(prompt: str) -> bool:
 
 
 def normalize_answer(text: str) -> str | None:
-    """The leading integer of a model's output (`' 58\\n...'` -> `'58'`), or None."""
+    """The answer a model's output states, or None: the integer after the last `=` of a worked
+    answer (`'41+63=104-17=87'` -> `'87'`), else the leading integer (`' 58\\n...'` -> `'58'`)."""
+    if "=" in text:
+        final = _FINAL_ANSWER.search(text)
+        return str(int(final.group(1))) if final else None
     match = _ANSWER.match(text)
     return str(int(match.group(1))) if match else None
 

@@ -1,8 +1,9 @@
 """Backend over the shipped tiny tiers: the embedded default standing for UserLM 8B/13B/70B.
 
 A shipped tier is an ordinary Hugging Face directory, so this is the local Hugging Face
-backend pointed at it, priced by the sizing of the checkpoint it stands for, and checking
-prompts against the character vocabulary first so that a bad prompt gets a clear error.
+backend pointed at it, priced by the sizing of the checkpoint it stands for. Its vocabulary
+falls back to UTF-8 bytes, so any text is a prompt it answers (however poorly, outside the
+task family).
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from trifecta.cognitive.backends.base import SamplingOptions, StopRule
 from trifecta.cognitive.backends.huggingface import HuggingFaceBackend
 from trifecta.cognitive.cost import TierCost, tier_cost
 from trifecta.cognitive.tiers import get_tier, load_tier
-from trifecta.core.protocols import Generation
-from trifecta.core.tokenizer import CharTokenizer
 
 _lock = threading.Lock()
 _loaded: dict[str, TierBackend] = {}
@@ -37,14 +35,6 @@ class TierBackend(HuggingFaceBackend):
             seed=seed,
         )
         self.spec = spec
-        self._chars = CharTokenizer()
-
-    def _generate(
-        self, prompts: list[str], options: SamplingOptions, stop_rule: StopRule | None
-    ) -> list[Generation]:
-        for prompt in prompts:
-            self._chars.encode(prompt)  # InvalidInput naming the character outside the alphabet
-        return super()._generate(prompts, options, stop_rule)
 
 
 def shipped_tier(tier: str) -> TierBackend:

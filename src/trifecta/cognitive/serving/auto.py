@@ -29,7 +29,7 @@ from trifecta.cognitive.serving.requests import (
 )
 from trifecta.cognitive.serving.service import ServedTier
 from trifecta.cognitive.serving.tenants import ANONYMOUS, Tenant
-from trifecta.core.errors import Unavailable
+from trifecta.core.errors import InvalidInput, Unavailable
 from trifecta.core.protocols import Generation
 
 WAIT_POLL_S = 0.05
@@ -183,8 +183,14 @@ class AutoModel:
         cancelled: threading.Event,
         top_p: float = 1.0,
         seed: int | None = None,
+        start_tier: str | None = None,
     ) -> list[AutoResult]:
-        """Run the cascade for `tenant` (blocking: call it from a worker thread)."""
+        """Run the cascade for `tenant` (blocking: call it from a worker thread), from the
+        first tier or, when a routing rule says so, from `start_tier`."""
+        names = [t.name for t in self.tiers]
+        if start_tier is not None and start_tier not in names:
+            raise InvalidInput(f"unknown tier {start_tier!r}", field="start_tier", allowed=names)
+        first = 0 if start_tier is None else names.index(start_tier)
         rungs = [
             TierRung(t, tenant, cancelled=cancelled, top_p=top_p, seed=seed) for t in self.tiers
         ]
@@ -197,6 +203,7 @@ class AutoModel:
             on_decision=self.hook(capsule)
             if self.hook is not None and capsule is not None
             else None,
+            start=(lambda batch: [first] * len(batch)) if first else None,
         )
         outputs = cascade.generate(
             prompts,
@@ -268,8 +275,10 @@ class AutoGroup:
             finish: FinishReason = (
                 "length" if result.generation.finish_reason == "length" else "stop"
             )
+            # The answer's own counts (what usage reports, beside `logprobs.tokens`); the work
+            # of every tier visited is in `cost()`.
             self.completions[index] = Completion(
-                finish, result.cost.prompt_tokens, result.cost.completion_tokens
+                finish, result.generation.prompt_tokens, len(tokens)
             )
             yield index, None
 

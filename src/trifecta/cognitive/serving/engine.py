@@ -64,7 +64,10 @@ class _Row:
         self.cached_prompt_tokens = cached
         self.position = len(request.prompt_ids)  # real tokens in the cache so far
         self.pending = 0  # the token to feed at the next step
-        self.generated = 0
+        self.generated = 0  # decoding steps, the end token included
+        # Tokens handed to the client: the completion's token count (usage), which lists no
+        # end token and no stop string, as `logprobs.tokens` does not.
+        self.released = 0
         self.stops = StopWatcher(request.params.stop)
         params = request.params
         generator = None
@@ -310,6 +313,7 @@ class BatchingEngine:
                     row.finish_reason = "length"
                     released += row.stops.flush()
             if released:
+                row.released += len(released)
                 row.request.sink.tokens(released)
         self._remove_finished()
 
@@ -336,7 +340,7 @@ class BatchingEngine:
                     Completion(
                         row.finish_reason,
                         prompt_tokens=len(row.request.prompt_ids),
-                        completion_tokens=row.generated,
+                        completion_tokens=row.released,
                         cached_prompt_tokens=row.cached_prompt_tokens,
                         replica=self._name,
                     )

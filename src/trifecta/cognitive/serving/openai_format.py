@@ -45,12 +45,17 @@ def finish_reason(completion: Completion) -> Literal["stop", "length"]:
 
 
 def usage_of(group: Group) -> Usage:
-    cost = group.cost()
+    """Token counts of the answers as returned (so `completion_tokens` is the number of
+    `logprobs.tokens`: no end token), and the cost of all the work done for them (an `auto`
+    request's cost includes the tiers it escalated from)."""
+    completions = group.completions.values()
+    prompt = sum(c.prompt_tokens for c in completions)
+    completion = sum(c.completion_tokens for c in completions)
     return Usage(
-        prompt_tokens=cost.prompt_tokens,
-        completion_tokens=cost.completion_tokens,
-        total_tokens=cost.prompt_tokens + cost.completion_tokens,
-        cost=cost,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        cost=group.cost(),
     )
 
 
