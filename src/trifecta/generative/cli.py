@@ -82,9 +82,8 @@ def train_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from trifecta.generative.artifact import load_model, save_model
-    from trifecta.generative.decoding import DecodeConfig, Decoder
-    from trifecta.generative.evaluate import evaluate as run_eval
-    from trifecta.generative.evaluate import heldout_tasks
+    from trifecta.generative.decoding import Decoder
+    from trifecta.generative.evaluate import heldout_report
     from trifecta.generative.train import TrainConfig, train
 
     base = json.loads(recipe.read_text()) if recipe is not None else {}
@@ -109,16 +108,8 @@ def train_command(
     }
     save_model(result.model, out)
     if evaluate:
-        decoder = Decoder(load_model(out))  # the shipped float16 weights, not the trained ones
-        tasks = heldout_tasks(evaluate)
-        for name, decode in {
-            "parallel": DecodeConfig(),
-            "one_token_per_step": DecodeConfig(threshold=None, steps=DecodeConfig().gen_length),
-        }.items():
-            run = run_eval(decoder, tasks, decode)
-            report[f"heldout_accuracy_{name}"] = {str(g.difficulty): g.accuracy for g in run.grades}
-        report["heldout_tasks_per_grade"] = evaluate
-        report["decode"] = DecodeConfig().model_dump()
+        # the shipped float16 weights, not the float32 ones still in memory
+        report |= heldout_report(Decoder(load_model(out)), evaluate)
     out.with_suffix(".recipe.json").write_text(config.model_dump_json(indent=2) + "\n")
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {out} ({out.stat().st_size} bytes); {json.dumps(report)}")

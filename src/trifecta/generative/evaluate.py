@@ -66,3 +66,22 @@ def evaluate(
             )
         grades.append(GradeResult(grade, correct / len(items), len(items)))
     return EvalRun(grades, seconds, tokens, passes)
+
+
+def heldout_report(decoder: Decoder, per_grade: int) -> dict[str, object]:
+    """What the shipped report records: accuracy per grade with the default decoding
+    (parallel unmasking, cached) and with one token per step, on the same tasks."""
+    tasks = heldout_tasks(per_grade)
+    default = DecodeConfig()
+    report: dict[str, object] = {
+        "heldout_tasks_per_grade": per_grade,
+        "decode": default.model_dump(),
+    }
+    for name, config in {
+        "parallel": default,
+        "one_token_per_step": DecodeConfig(threshold=None, steps=default.gen_length),
+    }.items():
+        run = evaluate(decoder, tasks, config)
+        report[f"heldout_accuracy_{name}"] = {str(g.difficulty): g.accuracy for g in run.grades}
+        report[f"forward_passes_{name}"] = run.forward_passes
+    return report
