@@ -32,6 +32,7 @@ from trifecta.orchestrator.ledger import Rollup
 from trifecta.orchestrator.loop import Orchestrator
 from trifecta.orchestrator.models import Feedback, FeedbackResult, TaskRequest, TaskResult
 from trifecta.orchestrator.stack import Stack
+from trifecta.serve.mcp_face import OrchestratorFace, mount_mcp_face
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -139,6 +140,7 @@ def create_app(
     app.include_router(control_routes(orchestrator))
     app.mount("/context", create_context_app(stack.context))
     app.state.orchestrator = orchestrator
+    mount_mcp_face(app, OrchestratorFace(orchestrator, stack))
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -1,0 +1,255 @@
+"""The trifecta's MCP face (official `mcp` SDK 2.x, streamable HTTP at `/mcp` of `trifecta
+serve`), and capsule-URI resolution over HTTP (`GET /v1/resolve?uri=...`).
+
+Tools, each validating its input and answering bad input (or a refusal: unknown capsule,
+quota, sovereignty) with an MCP error result (`isError`), never a crash:
+- `run_task`: one capsule task through the trifecta loop;
+- `search_context` / `show_playbook`: a capsule domain's ReasoningBank memories and ACE
+  playbook, read from the domain's shard through the bridge (sovereignty applies);
+- `show_plan`: the plan being served by (assignments capped by `max_assignments`);
+- `fleet_status`: every environment of the topology, up or down, what it served;
+- `resolve_capsule`: a `capsule://authority/domain/operation[/version]` URI.
+
+The tools need only `TrifectaFace`; `OrchestratorFace` is its one adapter over the server's
+orchestrator and stack, kept in one class so the request path can change under it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Protocol, TypeVar
+
+from fastapi import FastAPI, Query
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, Field, ValidationError
+
+from trifecta import __version__
+from trifecta.context.models import MemoryOutcome, MemoryQuery, MemorySearchResult, PlaybookView
+from trifecta.core.errors import TrifectaError, invalid_input_from
+from trifecta.fleet.capsule_uri import CapsuleResolver, Resolution
+from trifecta.fleet.capsules import SLUG
+from trifecta.fleet.plan_model import Plan
+from trifecta.orchestrator.loop import Orchestrator
+from trifecta.orchestrator.models import MAX_PROMPT_CHARS, TaskRequest, TaskResult
+from trifecta.orchestrator.stack import Stack
+
+MCP_PATH = "/mcp"
+T = TypeVar("T")
+
+
+class EnvironmentStatus(BaseModel):
+    name: str
+    kind: str
+    jurisdiction: str | None
+    reserved_for: list[str] | None
+    accelerators: list[str]
+    up: bool
+    services: list[str] = Field(default_factory=list)
+    served: int = 0
+    refused: int = 0
+    edge_nodes: int = 0
+    fault: str = Field(default="none", description="injected fault, if any")
+    error: str = ""
+
+
+class FleetStatus(BaseModel):
+    phase: str
+    capsules: int
+    plan_cost_per_hour: float
+    environments: list[EnvironmentStatus]
+
+
+class TrifectaFace(Protocol):
+    """What the MCP tools need of a running trifecta."""
+
+    def run_task(self, capsule_id: str, request: TaskRequest) -> TaskResult: ...
+
+    def search(self, capsule_id: str, query: MemoryQuery) -> MemorySearchResult: ...
+
+    def playbook(self, capsule_id: str) -> PlaybookView: ...
+
+    def plan(self) -> Plan: ...
+
+    def fleet_status(self) -> FleetStatus: ...
+
+    def resolve(self, uri: str) -> Resolution: ...
+
+
+class DomainContext(Protocol):
+    """What the face reads of a domain's context service (the bridge's context client)."""
+
+    def search_memories(self, capsule_id: str, query: MemoryQuery) -> MemorySearchResult: ...
+
+    def playbook(self, capsule_id: str) -> PlaybookView: ...
+
+
+class OrchestratorFace:
+    """`TrifectaFace` over the server's orchestrator and stack. Context reads go to the
+    domain's shard environment through the bridge, like the loop's own."""
+
+    def __init__(self, orchestrator: Orchestrator, stack: Stack):
+        self.orchestrator = orchestrator
+        self.stack = stack
+
+    def run_task(self, capsule_id: str, request: TaskRequest) -> TaskResult:
+        return self.orchestrator.serve(capsule_id, request)
+
+    def _context(self, capsule_id: str) -> DomainContext:
+        capsule = self.stack.capsule(capsule_id)
+        return self.stack.bridge.context(capsule, self.stack.place_domain(capsule.domain))
+
+    def search(self, capsule_id: str, query: MemoryQuery) -> MemorySearchResult:
+        return self._context(capsule_id).search_memories(capsule_id, query)
+
+    def playbook(self, capsule_id: str) -> PlaybookView:
+        return self._context(capsule_id).playbook(capsule_id)
+
+    def plan(self) -> Plan:
+        return self.stack.plan
+
+    def fleet_status(self) -> FleetStatus:
+        bridge, faults = self.stack.bridge, self.stack.bridge.faults()
+        environments = []
+        for env in self.stack.topology.environments:
+            status = EnvironmentStatus(
+                name=env.name,
+                kind=env.kind,
+                jurisdiction=env.jurisdiction,
+                reserved_for=env.reserved_for,
+                accelerators=env.accelerators,
+                up=bridge.is_up(env.name),
+                fault=faults[env.name].describe() if env.name in faults else "none",
+            )
+            if status.up:
+                try:
+                    health = bridge.health(env.name)
+                except TrifectaError as exc:  # hosts nothing, or failed just now
+                    status.error = exc.one_line()
+                else:
+                    status.services = list(health.services)
+                    status.served, status.refused = health.served, health.refused
+                    status.edge_nodes = health.edge_nodes
+            environments.append(status)
+        return FleetStatus(
+            phase=self.stack.phase,
+            capsules=len(self.stack.capsules.all()),
+            plan_cost_per_hour=self.stack.plan.cost_per_hour,
+            environments=environments,
+        )
+
+    def resolve(self, uri: str) -> Resolution:
+        # Every environment of the front door's topology is local: it hosts them all.
+        local = {"local": None, "localhost": None}
+        resolver = CapsuleResolver(
+            self.stack.capsules.registry,
+            local={**local, **{e.name: e for e in self.stack.topology.environments}},
+        )
+        return resolver.resolve(uri)
+
+
+def _answer(call: Callable[[], T]) -> T:
+    """Run a tool body; expected failures become the tool's error result."""
+    try:
+        return call()
+    except TrifectaError as exc:
+        raise ToolError(exc.one_line()) from None
+    except ValidationError as exc:
+        raise ToolError(invalid_input_from(exc).one_line()) from None
+
+
+CapsuleId = Field(pattern=SLUG, description="the capsule (tenant) id")
+
+
+def build_mcp_server(face: TrifectaFace) -> MCPServer:
+    """The MCP server; sync tools run in the SDK's worker threads (the loop blocks)."""
+    server: MCPServer = MCPServer(
+        "trifecta",
+        version=__version__,
+        log_level="WARNING",
+        instructions="Run capsule tasks through the Trifecta loop; read a domain's context, "
+        "the plan and the fleet's status; resolve capsule:// URIs.",
+    )
+
+    @server.tool(description="Serve one capsule task through the trifecta loop.")
+    def run_task(
+        capsule_id: str = CapsuleId,
+        prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS),
+        max_tokens: int = Field(default=8, ge=1, le=256),
+        request_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,40}$"),
+    ) -> TaskResult:
+        return _answer(
+            lambda: face.run_task(
+                capsule_id,
+                TaskRequest(prompt=prompt, max_tokens=max_tokens, request_id=request_id),
+            )
+        )
+
+    @server.tool(description="Search the ReasoningBank memories of a capsule's domain.")
+    def search_context(
+        capsule_id: str = CapsuleId,
+        query: str = Field(min_length=1, max_length=2000),
+        k: int = Field(default=5, ge=1, le=100),
+        outcome: MemoryOutcome | None = None,
+    ) -> MemorySearchResult:
+        return _answer(
+            lambda: face.search(capsule_id, MemoryQuery(query=query, k=k, outcome=outcome))
+        )
+
+    @server.tool(description="The ACE playbook of a capsule's domain (bullets and counters).")
+    def show_playbook(capsule_id: str = CapsuleId) -> PlaybookView:
+        return _answer(lambda: face.playbook(capsule_id))
+
+    @server.tool(description="The plan being served: cost, pools, capsule assignments.")
+    def show_plan(max_assignments: int = Field(default=50, ge=0, le=10_000)) -> Plan:
+        plan = face.plan()
+        return plan.model_copy(update={"assignments": plan.assignments[:max_assignments]})
+
+    @server.tool(description="Every environment: up or down, faults, what it served.")
+    def fleet_status() -> FleetStatus:
+        return _answer(face.fleet_status)
+
+    @server.tool(description="Resolve capsule://authority/domain/operation[/version].")
+    def resolve_capsule(uri: str = Field(min_length=1, max_length=512)) -> Resolution:
+        return _answer(lambda: face.resolve(uri))
+
+    return server
+
+
+def mount_mcp_face(
+    app: FastAPI, face: TrifectaFace, *, allowed_hosts: list[str] | None = None
+) -> MCPServer:
+    """Serve the MCP face at `MCP_PATH` of `app` and `GET /v1/resolve`. The MCP session
+    manager runs inside the app's lifespan. DNS-rebinding protection admits loopback host
+    names unless `allowed_hosts` (host:port patterns) names others."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    server = build_mcp_server(face)
+    security = None
+    if allowed_hosts is not None:
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=allowed_hosts,
+            allowed_origins=[f"http://{h}" for h in allowed_hosts],
+        )
+    mcp_app = server.streamable_http_app(
+        streamable_http_path=MCP_PATH, json_response=True, transport_security=security
+    )
+    # The MCP route joins the app's routes (a Mount would answer only at `/mcp/`).
+    app.router.routes.extend(mcp_app.routes)
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(outer: FastAPI) -> AsyncIterator[None]:
+        async with server.session_manager.run(), inner(outer):
+            yield
+
+    app.router.lifespan_context = lifespan
+
+    @app.get("/v1/resolve", tags=["control plane"])
+    def resolve(uri: str = Query(min_length=1, max_length=512)) -> Resolution:
+        """Resolve a capsule URI (a bad one: 422 naming the part; unknown: 404)."""
+        return face.resolve(uri)
+
+    return server

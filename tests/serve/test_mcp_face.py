@@ -1,0 +1,148 @@
+"""The trifecta's MCP face on a live `trifecta serve` app, through the official `mcp.Client`
+over streamable HTTP: every tool, bad input answered with an error result naming the field
+(and the server still serving afterwards), and `GET /v1/resolve` answering 4xx."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mcp import Client
+
+from tests.support import live_server
+from trifecta.cognitive.serving.factory import build_service
+from trifecta.core import db
+from trifecta.core.settings import Settings
+from trifecta.core.tasks import solve
+from trifecta.fleet.capsules import Capsule
+from trifecta.orchestrator.stack import Stack
+from trifecta.serve.app import create_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+TWIN = Capsule(id="mcp-twin", name="MCP twin", kind="digital_twin", domain="mcp-energy")
+GOV = Capsule(
+    id="mcp-gov", name="MCP gov", kind="sovereign", domain="sov-eu-mcp", jurisdiction="eu"
+)
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = Path(tmp_path_factory.mktemp("mcp-face"))
+    settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'control.db'}")
+    stack = Stack(settings=settings, capsules=[TWIN, GOV])
+    app = create_app(stack, cognitive=build_service(tiers=["small", "medium"], phase=stack.phase))
+    try:
+        with live_server(app) as url:
+            yield url
+    finally:
+        stack.close()
+        db.dispose_engines()
+
+
+def _text(result: Any) -> str:
+    return " ".join(getattr(block, "text", "") for block in result.content)
+
+
+def test_every_tool_through_the_official_client(base_url: str) -> None:
+    async def scenario() -> dict[str, Any]:
+        async with Client(f"{base_url}/mcp") as client:
+            tools = {tool.name for tool in (await client.list_tools()).tools}
+            task = await client.call_tool(
+                "run_task", {"capsule_id": TWIN.id, "prompt": "t=41,p=17;t+p?"}
+            )
+            search = await client.call_tool(
+                "search_context", {"capsule_id": TWIN.id, "query": "t=41,p=17;t+p?", "k": 5}
+            )
+            playbook = await client.call_tool("show_playbook", {"capsule_id": GOV.id})
+            plan = await client.call_tool("show_plan", {"max_assignments": 1})
+            status = await client.call_tool("fleet_status", {})
+            resolved = await client.call_tool(
+                "resolve_capsule", {"uri": "capsule://sovereign/sov-eu-mcp/task"}
+            )
+            return {
+                "tools": tools,
+                **{
+                    name: result
+                    for name, result in [
+                        ("task", task),
+                        ("search", search),
+                        ("playbook", playbook),
+                        ("plan", plan),
+                        ("status", status),
+                        ("resolved", resolved),
+                    ]
+                },
+            }
+
+    got = anyio.run(scenario)
+    assert got["tools"] == {
+        "run_task",
+        "search_context",
+        "show_playbook",
+        "show_plan",
+        "fleet_status",
+        "resolve_capsule",
+    }
+    for name in ("task", "search", "playbook", "plan", "status", "resolved"):
+        assert not got[name].is_error, (name, _text(got[name]))
+    task = got["task"].structured_content
+    assert task["capsule_id"] == TWIN.id and task["route"] in ("cache", "edge", "cognitive")
+    assert task["learned"] is True and task["verified"] == (
+        task["answer"] == solve("t=41,p=17;t+p?")
+    )
+    search = got["search"].structured_content
+    assert search["domain"] == "mcp-energy"
+    assert any(hit["memory"]["outcome"] in ("success", "failure") for hit in search["hits"])
+    assert got["playbook"].structured_content["domain"] == "sov-eu-mcp"
+    plan = got["plan"].structured_content
+    assert plan["cost_per_hour"] > 0 and len(plan["assignments"]) == 1
+    environments = {e["name"]: e for e in got["status"].structured_content["environments"]}
+    assert environments["sovereign"]["jurisdiction"] == "eu" and environments["sovereign"]["up"]
+    assert "cognitive" in environments["inference"]["services"]
+    assert sum(e["served"] for e in environments.values()) >= 2  # the task and the search
+    resolved = got["resolved"].structured_content
+    assert (resolved["where"], resolved["capsule_id"]) == ("local", GOV.id)
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "needle"),
+    [
+        ("run_task", {"capsule_id": "nobody", "prompt": "1+1?"}, "capsule_id"),
+        ("run_task", {"capsule_id": TWIN.id, "prompt": ""}, "prompt"),
+        ("run_task", {"capsule_id": TWIN.id, "prompt": "1+1?", "max_tokens": 0}, "max_tokens"),
+        ("run_task", {"capsule_id": "Not A Slug", "prompt": "1+1?"}, "capsule_id"),
+        ("run_task", {"prompt": "1+1?"}, "capsule_id"),
+        ("search_context", {"capsule_id": TWIN.id, "query": "x", "k": 0}, "k"),
+        ("search_context", {"capsule_id": TWIN.id, "query": "x", "outcome": "maybe"}, "outcome"),
+        ("show_playbook", {"capsule_id": "nobody"}, "capsule_id"),
+        ("show_plan", {"max_assignments": -1}, "max_assignments"),
+        ("resolve_capsule", {"uri": "capsule://local/energy/task/x.y"}, "uri.version"),
+        ("resolve_capsule", {"uri": "capsule://inference/sov-eu-mcp/task"}, "uri.domain"),
+    ],
+)
+def test_bad_input_is_an_error_result(
+    base_url: str, tool: str, arguments: dict[str, Any], needle: str
+) -> None:
+    async def call() -> tuple[Any, Any]:
+        async with Client(f"{base_url}/mcp") as client:
+            bad = await client.call_tool(tool, arguments)
+            after = await client.call_tool("fleet_status", {})  # the server still serves
+            return bad, after
+
+    bad, after = anyio.run(call)
+    assert bad.is_error and needle in _text(bad), _text(bad)
+    assert not after.is_error
+
+
+def test_resolve_over_http(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        ok = http.get("/v1/resolve", params={"uri": "capsule://local/mcp-energy/search"})
+        assert ok.status_code == 200 and ok.json()["capsule_id"] == TWIN.id
+        bad = http.get("/v1/resolve", params={"uri": "capsule://local/mcp-energy/fly"})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "uri.operation"
+        missing = http.get("/v1/resolve", params={"uri": "capsule://local/nothing-here/task"})
+        assert missing.status_code == 404 and missing.json()["error"]["field"] == "uri.domain"
