@@ -1,7 +1,8 @@
 """An environment's A2A server for the tests: the default topology's environment, a few
 capsules, and a handler that answers with the task family's exact solver (so an answer can
-be checked). `python -m tests.federation.a2a_peer --env NAME --host H --port P` serves one in
-its own process (the network-namespace test runs it there)."""
+be checked). `python -m tests.federation.a2a_peer serve --env NAME --host H --port P` serves one in
+its own process, and `... delegate --url U --capsule C --prompt P` delegates a task to one
+(the network-namespace test runs each on its own host)."""
 
 from __future__ import annotations
 
@@ -82,12 +83,49 @@ def peer_app(
     return app
 
 
+async def delegate(url: str, capsule_id: str, prompt: str) -> dict[str, object]:
+    """Discover the peer at `url` from its card and delegate one task to it (what the other
+    host does in the network-namespace test)."""
+    from trifecta.core.errors import TrifectaError
+    from trifecta.federation.a2a.client import Delegator
+    from trifecta.federation.a2a.discovery import PeerDirectory
+
+    directory = PeerDirectory([url], timeout_s=5.0, attempts=3)
+    try:
+        (peer,) = await directory.refresh()
+        if not peer.up:
+            return {"peer_up": False, "error": peer.error}
+        async with Delegator(lookup) as delegator:
+            try:
+                done = await delegator.send(
+                    directory.card(peer.name or url), capsule_id, CapsuleTask(prompt=prompt)
+                )
+            except TrifectaError as exc:
+                return {"peer_up": True, "peer": peer.name, "refused": exc.one_line()}
+        return {"peer_up": True, "peer": peer.name, "task": done.model_dump(mode="json")}
+    finally:
+        await directory.aclose()
+
+
 def main() -> None:
+    import json
+
+    import anyio
+
     parser = argparse.ArgumentParser()
-    parser.add_argument("--env", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve")
+    serve.add_argument("--env", required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, required=True)
+    send = commands.add_parser("delegate")
+    send.add_argument("--url", required=True)
+    send.add_argument("--capsule", required=True)
+    send.add_argument("--prompt", required=True)
     args = parser.parse_args()
+    if args.command == "delegate":
+        print(json.dumps(anyio.run(delegate, args.url, args.capsule, args.prompt)))
+        return
     environment = load_topology().environment(args.env)
     base = f"http://{args.host}:{args.port}"
     uvicorn.run(
