@@ -58,7 +58,7 @@ def main() -> int:
         capsule = Capsule(id="bench", name="bench", kind="digital_twin", domain="bench")
         stack = Stack(settings=settings, capsules=[capsule])
         stack.warm_up()
-        orchestrator = Orchestrator(stack, run_id="overhead")
+        orchestrator = Orchestrator(stack.parts, run_id="overhead")
         mesh = next(iter(stack.meshes.values()))
         rows: dict[str, dict[str, list[float]]] = {}
         try:

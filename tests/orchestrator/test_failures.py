@@ -36,7 +36,7 @@ def test_cloud_environment_down_reroutes_inside_the_allowed_set(stack: Stack) ->
             allowed_environments=["inference", "local"],
         ),
     )
-    orchestrator = Orchestrator(stack)
+    orchestrator = Orchestrator(stack.parts)
     stack.bridge.set_fault("inference", Fault(down=True))
     try:
         for prompt in _heavy(twin.domain):
@@ -52,7 +52,7 @@ def test_sovereign_capsule_is_refused_not_rerouted_when_its_site_is_down(stack: 
     gov = _add(
         stack, Capsule(id="f-gov", name="g", kind="sovereign", domain="f-gov", jurisdiction="eu")
     )
-    orchestrator = Orchestrator(stack)
+    orchestrator = Orchestrator(stack.parts)
     prompt = _heavy(gov.domain, 1)[0]
     assert orchestrator.serve(gov.id, TaskRequest(prompt=prompt)).environment == "sovereign"
     stack.bridge.set_fault("sovereign", Fault(down=True))
@@ -68,7 +68,7 @@ def test_sovereign_capsule_is_refused_not_rerouted_when_its_site_is_down(stack: 
 
 def test_edge_environment_down_falls_back_to_the_cloud_without_error(stack: Stack) -> None:
     twin = _add(stack, Capsule(id="f-edge", name="e", kind="digital_twin", domain="f-edge"))
-    orchestrator = Orchestrator(stack)
+    orchestrator = Orchestrator(stack.parts)
     light = generate_tasks(2, seed=5, split="heldout", difficulties=[1], domain=twin.domain)
     for name in stack.meshes:
         stack.bridge.set_fault(name, Fault(down=True))
@@ -93,7 +93,7 @@ def test_context_environment_down_serves_without_context(stack: Stack) -> None:
             allowed_environments=["inference", "local", "edge"],
         ),
     )
-    orchestrator = Orchestrator(stack)
+    orchestrator = Orchestrator(stack.parts)
     home = stack.place_domain(twin.domain)
     stack.bridge.set_fault(home, Fault(down=True))
     try:
@@ -102,3 +102,27 @@ def test_context_environment_down_serves_without_context(stack: Stack) -> None:
         stack.bridge.set_fault(home, Fault())
     assert result.context is None and not result.learned
     assert result.environment != home
+
+
+def test_reserved_site_never_serves_a_twin_when_the_clouds_are_down(stack: Stack) -> None:
+    """The shipped topology reserves `sovereign` and `sovereign-us` for sovereign capsules; with
+    every other cognitive environment down, a digital twin is refused, and the reserved sites'
+    own records show they never served it."""
+    twin = _add(stack, Capsule(id="f-reserved", name="r", kind="digital_twin", domain="f-res"))
+    orchestrator = Orchestrator(stack.parts)
+    clouds = [
+        e.name for e in stack.bridge.environments_hosting("cognitive") if e.reserved_for is None
+    ]
+    for name in clouds:
+        stack.bridge.set_fault(name, Fault(down=True))
+    try:
+        for prompt in _heavy(twin.domain):
+            with pytest.raises(Unavailable):
+                orchestrator.serve(twin.id, TaskRequest(prompt=prompt))
+    finally:
+        for name in clouds:
+            stack.bridge.set_fault(name, Fault())
+    for env in stack.topology.environments:
+        if env.reserved_for:
+            served = [r for r in stack.bridge.served(env.name) if r.capsule_id == twin.id]
+            assert served == [], (env.name, served)

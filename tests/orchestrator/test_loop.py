@@ -18,7 +18,7 @@ def _capsule(stack: Stack, suffix: str, **fields: object) -> Capsule:
 
 
 def test_a_task_goes_through_every_step_and_is_logged(stack: Stack) -> None:
-    orchestrator = Orchestrator(stack, run_id="loop-1")
+    orchestrator = Orchestrator(stack.parts, run_id="loop-1")
     capsule = _capsule(stack, "steps")
     task = generate_tasks(1, seed=3, split="heldout", difficulties=[3], domain=capsule.domain)[0]
     result = orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt))
@@ -32,7 +32,7 @@ def test_a_task_goes_through_every_step_and_is_logged(stack: Stack) -> None:
     assert result.cost.by_layer["cognitive"] > 0 and result.cost.by_layer["context"] > 0
     # Logged with its charges; the ledger and the request agree.
     assert orchestrator.records.get(result.id, capsule.id).answer == result.answer
-    rollup = stack.ledger.rollup("capsule_id", capsule_ids=[capsule.id])
+    rollup = stack.parts.ledger.rollup("capsule_id", capsule_ids=[capsule.id])
     assert rollup[0].usd == pytest.approx(result.cost.usd) and rollup[0].requests == 1
     # The context layer now holds a memory of it.
     stats = stack.context.stats(capsule.id)
@@ -40,7 +40,7 @@ def test_a_task_goes_through_every_step_and_is_logged(stack: Stack) -> None:
 
 
 def test_light_tasks_go_to_the_edge_and_heavy_ones_do_not(stack: Stack) -> None:
-    orchestrator = Orchestrator(stack)
+    orchestrator = Orchestrator(stack.parts)
     capsule = _capsule(stack, "light")
     light = generate_tasks(3, seed=4, split="heldout", difficulties=[2], domain=capsule.domain)
     heavy = generate_tasks(2, seed=4, split="heldout", difficulties=[5], domain=capsule.domain)
@@ -53,7 +53,7 @@ def test_light_tasks_go_to_the_edge_and_heavy_ones_do_not(stack: Stack) -> None:
 
 
 def test_a_verified_answer_is_served_from_the_cache_next_time(stack: Stack) -> None:
-    orchestrator = Orchestrator(stack)
+    orchestrator = Orchestrator(stack.parts)
     capsule = _capsule(stack, "cache")
     verified = 0
     for prompt in ("a=12,b=30;a?", "41+17?", "20+33?", "c=5,d=71,e=9;d?"):
@@ -73,7 +73,7 @@ def test_a_verified_answer_is_served_from_the_cache_next_time(stack: Stack) -> N
 
 
 def test_client_feedback_is_recorded_and_learned(stack: Stack) -> None:
-    orchestrator = Orchestrator(stack)
+    orchestrator = Orchestrator(stack.parts)
     capsule = _capsule(stack, "feedback")
     result = orchestrator.serve(capsule.id, TaskRequest(prompt="t=5,p=7;t+p?"))
     before = stack.context.stats(capsule.id).memories
@@ -88,7 +88,7 @@ def test_client_feedback_is_recorded_and_learned(stack: Stack) -> None:
 
 
 def test_request_ids_make_submission_idempotent(stack: Stack) -> None:
-    orchestrator = Orchestrator(stack)
+    orchestrator = Orchestrator(stack.parts)
     capsule = _capsule(stack, "idem")
     first = orchestrator.serve(capsule.id, TaskRequest(prompt="9+9?", request_id="fixed-1"))
     second = orchestrator.serve(capsule.id, TaskRequest(prompt="9+9?", request_id="fixed-1"))
@@ -96,7 +96,7 @@ def test_request_ids_make_submission_idempotent(stack: Stack) -> None:
 
 
 def test_quota_refuses_with_retry_after(stack: Stack) -> None:
-    orchestrator = Orchestrator(stack, learn=False)
+    orchestrator = Orchestrator(stack.parts, learn=False)
     capsule = _capsule(stack, "quota", quota_rps=1.0, demand=Demand(requests_per_s=1))
     orchestrator.serve(capsule.id, TaskRequest(prompt="1+2?"))
     with pytest.raises(QuotaExceeded) as err:
@@ -106,12 +106,12 @@ def test_quota_refuses_with_retry_after(stack: Stack) -> None:
 
 def test_unknown_capsule_is_not_found(stack: Stack) -> None:
     with pytest.raises(NotFound) as err:
-        Orchestrator(stack).serve("nobody", TaskRequest(prompt="1+1?"))
+        Orchestrator(stack.parts).serve("nobody", TaskRequest(prompt="1+1?"))
     assert err.value.field == "capsule_id"
 
 
 def test_free_text_is_served_unverified_and_awaits_feedback(stack: Stack) -> None:
-    orchestrator = Orchestrator(stack)
+    orchestrator = Orchestrator(stack.parts)
     capsule = _capsule(stack, "free")
     result = orchestrator.serve(capsule.id, TaskRequest(prompt="status?"))
     assert result.route == "cognitive" and result.verified is None and result.learned

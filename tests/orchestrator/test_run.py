@@ -23,7 +23,7 @@ def test_report_agrees_with_the_database_and_learning_carries_over(
     stack = make_stack()
     runs = tmp_path / "runs"
     first = run(stack, requests=60, seed=1, workers=2, out_dir=runs / "first", run_id="first")
-    log = RequestLog(stack.engine, stack.ledger)
+    log = RequestLog(stack.engine, stack.parts.ledger)
     assert first.requests + first.failed == 60
     assert first.consistency.requests_logged == log.count(run_id="first") == first.requests
     assert first.consistency.ledger_usd == pytest.approx(first.consistency.request_usd)
@@ -38,7 +38,7 @@ def test_report_agrees_with_the_database_and_learning_carries_over(
         assert (runs / "first" / name).stat().st_size > 0
     saved = json.loads((runs / "first" / "report.json").read_text())
     assert saved["requests"] == first.requests
-    assert {k["kind"] for k in saved["cost"]["kinds"]} == {c.kind for c in stack.capsules.values()}
+    assert {k["kind"] for k in saved["cost"]["kinds"]} == {c.kind for c in stack.capsules.all()}
 
     second = run(stack, requests=40, seed=2, workers=2, out_dir=runs / "second", run_id="second")
     assert second.context.memories_before == first.context.memories_after
@@ -49,9 +49,9 @@ def test_report_agrees_with_the_database_and_learning_carries_over(
 
 def test_workload_follows_demand_and_light_share(make_stack: StackFactory) -> None:
     stack = make_stack()
-    capsules = list(stack.capsules.values())
+    capsules = stack.capsules.all()
     items = build_workload(capsules, 400, seed=3)
-    assert len(items) == 400 and {i.capsule_id for i in items} <= set(stack.capsules)
+    assert len(items) == 400 and {i.capsule_id for i in items} <= {c.id for c in capsules}
     assert build_workload(capsules, 400, seed=3) == items
     for capsule in capsules[:3]:
         mix = capsule_mix(capsule)

@@ -1,11 +1,12 @@
-"""The mock bridge: every environment of a topology in one process (the playbook's "Local:
-Mac Dev Environment (Mock Bridge)").
+"""The mock bridge: fault injection around any bridge (the playbook's "Local: Mac Dev
+Environment (Mock Bridge)").
 
-Services are registered per environment; a client is a proxy whose every method call first
-checks the capsule's sovereignty, then the environment's injected faults (down, added
-latency, random failures), records the hop, and only then runs the in-process service. A
-test or a run can change the faults at any time (`set_fault`) to take an environment down
-under load.
+`MockBridge(inner)` hands out the inner bridge's typed clients wrapped so that every call first
+applies the environment's injected faults (down, added latency, random failures) and records
+the hop, then runs the real call. The inner bridge is the in-process one on the embedded
+default and the HTTP one in a federated run, so the same faults can be injected into both. A
+test or a run can change the faults at any time (`set_fault`) to take an environment down under
+load.
 """
 
 from __future__ import annotations
@@ -13,15 +14,42 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trifecta.core.errors import InvalidInput, SovereigntyViolation, Unavailable
-from trifecta.federation.bridge import Hop
+from trifecta.context.deltas import Delta, DeltaResult
+from trifecta.context.learning import LearnResult
+from trifecta.context.models import (
+    DomainStats,
+    MemoryQuery,
+    MemorySearchResult,
+    PlaybookView,
+    Retrieval,
+    RetrieveRequest,
+)
+from trifecta.context.trajectory import Trajectory
+from trifecta.core.errors import Unavailable, invalid_input_from
+from trifecta.federation.bridge import Bridge, Hop
+from trifecta.federation.services import (
+    CognitiveClient,
+    CompleteRequest,
+    CompleteResponse,
+    ContextClient,
+    EdgeClient,
+    EnvironmentHealth,
+    OffloadRequest,
+    OffloadResponse,
+    ServedRecord,
+    Service,
+)
 from trifecta.fleet.capsules import Capsule
-from trifecta.fleet.topology import Environment, Topology
+from trifecta.fleet.topology import Environment
+
+T = TypeVar("T")
+HOP_LOG_LIMIT = 50_000  # the sender's trace is bounded: a long run must not grow it forever
 
 
 class Fault(BaseModel):
@@ -30,71 +58,96 @@ class Fault(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     down: bool = False
-    latency_ms: float = Field(default=0.0, ge=0)
+    latency_ms: float = Field(default=0.0, ge=0, le=60_000)
     failure_rate: float = Field(default=0.0, ge=0, le=1)
+
+    def describe(self) -> str:
+        parts = ["down"] if self.down else []
+        if self.latency_ms:
+            parts.append(f"+{self.latency_ms:g} ms")
+        if self.failure_rate:
+            parts.append(f"{100 * self.failure_rate:g}% failures")
+        return ", ".join(parts) or "none"
 
 
 class MockBridge:
-    def __init__(
-        self, topology: Topology, *, faults: dict[str, Fault] | None = None, seed: int = 0
-    ):
-        self.topology = topology
-        self._services: dict[tuple[str, str], object] = {}
+    def __init__(self, inner: Bridge, *, faults: dict[str, Fault] | None = None, seed: int = 0):
+        self.inner = inner
+        self.topology = inner.topology
         self._faults: dict[str, Fault] = {}
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self.hops: list[Hop] = []
-        self.record_hops = True
+        self.hops: deque[Hop] = deque(maxlen=HOP_LOG_LIMIT)
         for name, fault in (faults or {}).items():
             self.set_fault(name, fault)
 
-    # -- set-up ------------------------------------------------------------------------
-    def host(self, environment: str, service: str, implementation: object) -> None:
-        self.topology.environment(environment)  # NotFound names the allowed environments
-        self._services[(environment, service)] = implementation
-
-    def set_fault(self, environment: str, fault: Fault | None = None, **changes: Any) -> None:
+    # -- faults --------------------------------------------------------------------------
+    def set_fault(
+        self,
+        environment: str,
+        fault: Fault | None = None,
+        *,
+        down: bool | None = None,
+        latency_ms: float | None = None,
+        failure_rate: float | None = None,
+    ) -> None:
         """Replace (or, with keyword arguments, update) the faults injected into `environment`."""
-        self.topology.environment(environment)
+        self.topology.environment(environment)  # NotFound names the environments
         base = fault or self._faults.get(environment, Fault())
-        self._faults[environment] = base.model_copy(update=changes) if changes else base
+        changes = {
+            k: v
+            for k, v in (("down", down), ("latency_ms", latency_ms), ("failure_rate", failure_rate))
+            if v is not None
+        }
+        try:
+            self._faults[environment] = Fault.model_validate(base.model_dump() | changes)
+        except ValidationError as exc:
+            raise invalid_input_from(exc, prefix="fault.") from None
 
     def fault(self, environment: str) -> Fault:
         return self._faults.get(environment, Fault())
 
-    # -- the Bridge interface ----------------------------------------------------------
-    def environments_hosting(self, service: str) -> list[Environment]:
-        return [self.topology.environment(env) for env, svc in self._services if svc == service]
+    def faults(self) -> dict[str, Fault]:
+        return {name: f for name, f in self._faults.items() if f != Fault()}
 
-    def hosts(self, environment: str, service: str) -> bool:
-        return (environment, service) in self._services
+    # -- the Bridge interface ------------------------------------------------------------
+    def environments_hosting(self, service: Service) -> list[Environment]:
+        return self.inner.environments_hosting(service)
 
     def is_up(self, environment: str) -> bool:
-        return not self.fault(environment).down
+        return not self.fault(environment).down and self.inner.is_up(environment)
 
-    def client(self, capsule: Capsule, environment: str, service: str) -> Any:
-        env = self.topology.environment(environment)
-        if not capsule.allows(env):
-            raise SovereigntyViolation(
-                f"capsule {capsule.id!r} may not reach environment {environment!r}",
-                field="environment",
-            )
-        if (environment, service) not in self._services:
-            hosted = sorted(svc for e, svc in self._services if e == environment)
-            raise InvalidInput(
-                f"{environment!r} hosts no {service!r}", field="service", allowed=hosted
-            )
-        return _Proxy(self, capsule, environment, service)
+    def cognitive(self, capsule: Capsule, environment: str) -> CognitiveClient:
+        return _FaultyCognitive(
+            self, capsule, environment, self.inner.cognitive(capsule, environment)
+        )
 
-    # -- dispatch ----------------------------------------------------------------------
-    def _dispatch(
+    def context(self, capsule: Capsule, environment: str) -> ContextClient:
+        return _FaultyContext(self, capsule, environment, self.inner.context(capsule, environment))
+
+    def edge(self, capsule: Capsule, environment: str) -> EdgeClient:
+        return _FaultyEdge(self, capsule, environment, self.inner.edge(capsule, environment))
+
+    def health(self, environment: str) -> EnvironmentHealth:
+        return self._call(
+            None, environment, "health", "health", lambda: self.inner.health(environment)
+        )
+
+    def served(self, environment: str) -> list[ServedRecord]:
+        return self.inner.served(environment)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    # -- dispatch ------------------------------------------------------------------------
+    def _call(
         self,
-        capsule: Capsule,
+        capsule: Capsule | None,
         environment: str,
         service: str,
         method: str,
-        call: Callable[[Any], Any],
-    ) -> Any:
+        call: Callable[[], T],
+    ) -> T:
         fault = self.fault(environment)
         ok = False
         try:
@@ -109,40 +162,67 @@ class MockBridge:
                     raise Unavailable(
                         f"call into {environment!r} failed (injected)", field="environment"
                     )
-            result = call(self._services[(environment, service)])
+            result = call()
             ok = True
             return result
         finally:
-            if self.record_hops:
-                with self._lock:
-                    self.hops.append(Hop(capsule.id, environment, service, method, ok))
+            if capsule is not None:
+                self.hops.append(Hop(capsule.id, environment, service, method, ok))
 
     def hops_of(self, capsule_ids: Iterable[str]) -> list[Hop]:
         wanted = set(capsule_ids)
-        with self._lock:
-            return [h for h in self.hops if h.capsule_id in wanted]
+        return [h for h in list(self.hops) if h.capsule_id in wanted]
 
 
-class _Proxy:
-    """A service seen from one capsule through the bridge: attribute access returns methods
-    that go through `MockBridge._dispatch`; plain attributes (a model's `name`) pass through."""
-
+class _Faulty:
     def __init__(self, bridge: MockBridge, capsule: Capsule, environment: str, service: str):
-        self._bridge, self._capsule = bridge, capsule
+        self.bridge, self.capsule = bridge, capsule
         self.environment, self.service = environment, service
 
-    def __getattr__(self, name: str) -> Any:
-        target = getattr(self._bridge._services[(self.environment, self.service)], name)
-        if not callable(target):
-            return target
+    def _call(self, method: str, call: Callable[[], T]) -> T:
+        return self.bridge._call(self.capsule, self.environment, self.service, method, call)
 
-        def method(*args: Any, **kwargs: Any) -> Any:
-            return self._bridge._dispatch(
-                self._capsule,
-                self.environment,
-                self.service,
-                name,
-                lambda impl: getattr(impl, name)(*args, **kwargs),
-            )
 
-        return method
+class _FaultyCognitive(_Faulty):
+    def __init__(self, bridge: MockBridge, capsule: Capsule, env: str, inner: CognitiveClient):
+        super().__init__(bridge, capsule, env, "cognitive")
+        self.inner = inner
+
+    def tiers(self) -> list[str]:
+        return self._call("tiers", self.inner.tiers)
+
+    def complete(self, request: CompleteRequest) -> CompleteResponse:
+        return self._call("complete", lambda: self.inner.complete(request))
+
+
+class _FaultyContext(_Faulty):
+    def __init__(self, bridge: MockBridge, capsule: Capsule, env: str, inner: ContextClient):
+        super().__init__(bridge, capsule, env, "context")
+        self.inner = inner
+
+    def retrieve(self, capsule_id: str, request: RetrieveRequest) -> Retrieval:
+        return self._call("retrieve", lambda: self.inner.retrieve(capsule_id, request))
+
+    def learn(self, trajectory: Trajectory) -> LearnResult:
+        return self._call("learn", lambda: self.inner.learn(trajectory))
+
+    def apply_delta(self, capsule_id: str, delta: Delta) -> DeltaResult:
+        return self._call("apply_delta", lambda: self.inner.apply_delta(capsule_id, delta))
+
+    def playbook(self, capsule_id: str) -> PlaybookView:
+        return self._call("playbook", lambda: self.inner.playbook(capsule_id))
+
+    def stats(self, capsule_id: str) -> DomainStats:
+        return self._call("stats", lambda: self.inner.stats(capsule_id))
+
+    def search_memories(self, capsule_id: str, query: MemoryQuery) -> MemorySearchResult:
+        return self._call("search_memories", lambda: self.inner.search_memories(capsule_id, query))
+
+
+class _FaultyEdge(_Faulty):
+    def __init__(self, bridge: MockBridge, capsule: Capsule, env: str, inner: EdgeClient):
+        super().__init__(bridge, capsule, env, "edge")
+        self.inner = inner
+
+    def offload(self, request: OffloadRequest) -> OffloadResponse:
+        return self._call("offload", lambda: self.inner.offload(request))

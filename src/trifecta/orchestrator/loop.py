@@ -6,8 +6,10 @@ capsule's allowed environments -> outcome (the task verifier, or the client's fe
 -> learning (reflect, curate and distil through the context layer; routing rules from
 outcomes) -> request log, cost ledger and metrics.
 
-Every hop goes through the bridge, which refuses any environment the capsule may not reach, so
-no route, fallback included, can carry a sovereign capsule's request or context elsewhere.
+Every hop is a typed client from the bridge (`federation.services`), in-process or over HTTP.
+The loop only ever picks environments that admit the capsule (`Environment.admits`: the one
+placement rule), the bridge refuses any other, and the receiving environment checks again, so
+no route, fallback included, can carry a capsule's request or context elsewhere.
 """
 
 from __future__ import annotations
@@ -22,12 +24,17 @@ from trifecta.context.models import Retrieval, RetrieveRequest
 from trifecta.context.trajectory import Trajectory, TrajectoryStep
 from trifecta.core.errors import Conflict, InvalidInput, SovereigntyViolation, Unavailable
 from trifecta.core.logging import get_logger
-from trifecta.core.protocols import Generation
 from trifecta.core.tasks import Task, TaskFamilyVerifier, make_task
-from trifecta.federation.bridge import COGNITIVE, CONTEXT, EDGE
+from trifecta.federation.bridge import placeable
+from trifecta.federation.services import (
+    COGNITIVE,
+    EDGE,
+    CompleteRequest,
+    CompleteResponse,
+    OffloadRequest,
+)
 from trifecta.fleet.capsules import Capsule
 from trifecta.orchestrator.ledger import Charge
-from trifecta.orchestrator.limits import QuotaGate
 from trifecta.orchestrator.metrics import LoopMetrics
 from trifecta.orchestrator.models import (
     ContextUse,
@@ -39,9 +46,9 @@ from trifecta.orchestrator.models import (
     TaskRequest,
     TaskResult,
 )
+from trifecta.orchestrator.parts import LoopParts
 from trifecta.orchestrator.records import RequestLog
 from trifecta.orchestrator.routing import RouteAdvice, RuleLearner, advise
-from trifecta.orchestrator.stack import Stack
 
 log = get_logger("trifecta.orchestrator")
 EDGE_MODEL = "bitnet-2b4t"  # the checkpoint the shipped edge model stands for (for charges)
@@ -74,12 +81,12 @@ class _Served:
 
 
 class Orchestrator:
-    def __init__(self, stack: Stack, *, run_id: str | None = None, learn: bool = True):
-        self.stack = stack
-        self.records = RequestLog(stack.engine, stack.ledger)
+    def __init__(self, parts: LoopParts, *, run_id: str | None = None, learn: bool = True):
+        self.parts = parts
+        self.bridge = parts.bridge
+        self.records = RequestLog(parts.engine, parts.ledger)
         self.verifier = TaskFamilyVerifier()
-        self.rules = RuleLearner(stack.cognitive.tiers)
-        self.quota = QuotaGate()
+        self.rules = RuleLearner(parts.tiers)
         self.metrics = LoopMetrics()
         self.run_id = run_id
         self.learn_enabled = learn
@@ -87,23 +94,23 @@ class Orchestrator:
     # -- the request path --------------------------------------------------------------
     def serve(self, capsule_id: str, request: TaskRequest) -> TaskResult:
         started = time.perf_counter()
-        capsule = self.stack.capsule(capsule_id)
+        capsule = self.parts.capsules.get(capsule_id)
         if request.request_id is not None:
             earlier = self.records.find(request.request_id)
             if earlier is not None:
                 if earlier.capsule_id != capsule_id:
                     raise Conflict("request_id is taken by another capsule", field="request_id")
                 return earlier
-        self.quota.admit(capsule)
+        self.parts.quota.admit(capsule.id, capsule.quota_rps)
         request_id = request.request_id or "req-" + uuid.uuid4().hex
         task = _task_of(request.prompt, capsule.domain)
         trace = _Trace()
-        context_env = self.stack.place_domain(capsule.domain)
+        context_env = self.parts.shards.place(capsule.domain)
         retrieval = self._retrieve(capsule, context_env, request.prompt, trace)
         advice = advise(
             task.kind if task else None,
             retrieval.bullets if retrieval else [],
-            self.stack.cognitive.tiers,
+            self.parts.tiers,
         )
         served = self._cached(capsule, request, context_env, trace)
         if served is None and advice.edge and task is not None and task.light:
@@ -146,12 +153,12 @@ class Orchestrator:
 
     def feedback(self, capsule_id: str, task_id: str, feedback: Feedback) -> FeedbackResult:
         """The client's verdict on an earlier task: recorded, then learned from."""
-        capsule = self.stack.capsule(capsule_id)
+        capsule = self.parts.capsules.get(capsule_id)
         earlier = self.records.get(task_id, capsule_id)
         self.records.set_feedback(task_id, capsule_id, feedback.success)
         outcome = "success" if feedback.success else "failure"
         self.metrics.outcomes.labels(earlier.route, f"client_{outcome}").inc()
-        context_env = self.stack.place_domain(capsule.domain)
+        context_env = self.parts.shards.place(capsule.domain)
         trajectory = _trajectory(
             capsule,
             earlier,
@@ -161,8 +168,7 @@ class Orchestrator:
             detail=feedback.detail,
             suffix=".feedback",
         )
-        client = self.stack.bridge.client(capsule, context_env, CONTEXT)
-        learned = client.learn(trajectory)
+        learned = self.bridge.context(capsule, context_env).learn(trajectory)
         return FeedbackResult(
             task_id=task_id,
             capsule_id=capsule_id,
@@ -175,8 +181,7 @@ class Orchestrator:
     def _retrieve(self, capsule: Capsule, env: str, prompt: str, trace: _Trace) -> Retrieval | None:
         started = time.perf_counter()
         try:
-            client = self.stack.bridge.client(capsule, env, CONTEXT)
-            retrieval: Retrieval = client.retrieve(
+            retrieval = self.bridge.context(capsule, env).retrieve(
                 capsule.id, RetrieveRequest(query=prompt, k_memories=MEMORIES_PER_REQUEST)
             )
         except Unavailable as exc:  # serve without context rather than fail the request
@@ -193,7 +198,7 @@ class Orchestrator:
         )
         seconds = time.perf_counter() - started
         trace.charges.append(
-            self.stack.pricer.cpu_seconds(layer="context", environment=env, seconds=seconds)
+            self.parts.pricer.cpu_seconds(layer="context", environment=env, seconds=seconds)
         )
         return retrieval
 
@@ -216,17 +221,21 @@ class Orchestrator:
         return _Served("cache", answer, env, ["cache"], first_rung=None)
 
     def _edge(self, capsule: Capsule, request: TaskRequest, trace: _Trace) -> _Served | None:
-        bridge = self.stack.bridge
         planned = self._assignment_edges(capsule)
         envs = sorted(
-            (e for e in bridge.environments_hosting(EDGE) if capsule.allows(e)),
+            placeable(capsule, self.bridge.environments_hosting(EDGE)),
             key=lambda e: (e.name not in planned, e.name),
         )
         for env in envs:
             started = time.perf_counter()
             try:
-                mesh = bridge.client(capsule, env.name, EDGE)
-                result = mesh.offload(capsule, [request.prompt], max_new_tokens=request.max_tokens)
+                result = self.bridge.edge(capsule, env.name).offload(
+                    OffloadRequest(
+                        capsule_id=capsule.id,
+                        prompts=[request.prompt],
+                        max_new_tokens=request.max_tokens,
+                    )
+                )
             except Unavailable as exc:
                 trace.failed(started, "edge", env.name, "edge", exc.one_line())
                 self.metrics.fallbacks.labels("edge", env.name).inc()
@@ -245,7 +254,7 @@ class Orchestrator:
                 mean_entropy=_mean(generation.entropies),
             )
             trace.charges.append(
-                self.stack.pricer.model_tokens(
+                self.parts.pricer.model_tokens(
                     layer="edge",
                     environment=env.name,
                     model=EDGE_MODEL,
@@ -259,13 +268,12 @@ class Orchestrator:
     def _cognitive(
         self, capsule: Capsule, request: TaskRequest, advice: RouteAdvice, trace: _Trace
     ) -> _Served:
-        bridge = self.stack.bridge
-        hosts = bridge.environments_hosting(COGNITIVE)
-        allowed = [e for e in hosts if capsule.allows(e)]
+        hosts = self.bridge.environments_hosting(COGNITIVE)
+        allowed = placeable(capsule, hosts)
         if not allowed:
             raise SovereigntyViolation(
-                f"capsule {capsule.id!r} allows none of the environments serving the cognitive "
-                f"layer ({', '.join(e.name for e in hosts)})",
+                f"no environment serving the cognitive layer admits capsule {capsule.id!r} "
+                f"({', '.join(e.name for e in hosts)})",
                 field="allowed_environments",
             )
         home = self._home(capsule)
@@ -273,19 +281,20 @@ class Orchestrator:
         for env in sorted(allowed, key=lambda e: (e.name != home, e.name)):
             started = time.perf_counter()
             try:
-                endpoint = bridge.client(capsule, env.name, COGNITIVE)
-                generation = endpoint.complete(
-                    capsule.id,
-                    request.prompt,
-                    max_new_tokens=request.max_tokens,
-                    start_tier=advice.start_tier,
+                response = self.bridge.cognitive(capsule, env.name).complete(
+                    CompleteRequest(
+                        capsule_id=capsule.id,
+                        prompt=request.prompt,
+                        max_new_tokens=request.max_tokens,
+                        start_tier=advice.start_tier,
+                    )
                 )
             except Unavailable as exc:
                 trace.failed(started, "cognitive", env.name, "auto", exc.one_line())
                 self.metrics.fallbacks.labels("cognitive", env.name).inc()
                 tried.append(env.name)
                 continue
-            return self._charge_cascade(env.name, generation, started, trace)
+            return self._charge_cascade(env.name, response, started, trace)
         raise Unavailable(
             f"no environment allowed for capsule {capsule.id!r} could serve it "
             f"(tried {', '.join(tried)})",
@@ -293,9 +302,9 @@ class Orchestrator:
         )
 
     def _charge_cascade(
-        self, env: str, generation: Generation, started: float, trace: _Trace
+        self, env: str, response: CompleteResponse, started: float, trace: _Trace
     ) -> _Served:
-        decisions = getattr(generation, "decisions", ())
+        decisions = response.decisions
         share = (time.perf_counter() - started) * 1000 / max(1, len(decisions))
         for decision in decisions:
             verdict = "handed on" if decision.escalated else "answered"
@@ -312,7 +321,7 @@ class Orchestrator:
                 )
             )
             trace.charges.append(
-                self.stack.pricer.model_tokens(
+                self.parts.pricer.model_tokens(
                     layer="cognitive",
                     environment=env,
                     model=get_tier(decision.tier).preset,
@@ -321,12 +330,12 @@ class Orchestrator:
                 )
             )
         if decisions:
-            trace.hops[-1].mean_entropy = _mean(generation.entropies)
+            trace.hops[-1].mean_entropy = _mean(response.entropies)
         path = [f"cognitive/{d.tier}" for d in decisions] or ["cognitive"]
         first = decisions[0] if decisions else None
         return _Served(
             "cognitive",
-            generation.text,
+            response.text,
             env,
             path,
             first_rung=first.tier if first else None,
@@ -349,14 +358,14 @@ class Orchestrator:
         )
         started = time.perf_counter()
         try:
-            self.stack.bridge.client(capsule, env, CONTEXT).learn(trajectory)
+            self.bridge.context(capsule, env).learn(trajectory)
         except Unavailable as exc:
             log.warning("learning skipped", capsule=capsule.id, reason=exc.one_line())
             trace.failed(started, "context", env, "learn", exc.one_line())
             return False
         trace.hop(started, layer="context", environment=env, model="learn", ok=True)
         trace.charges.append(
-            self.stack.pricer.cpu_seconds(
+            self.parts.pricer.cpu_seconds(
                 layer="context", environment=env, seconds=time.perf_counter() - started
             )
         )
@@ -379,7 +388,7 @@ class Orchestrator:
         )
         if delta is not None:
             try:
-                self.stack.bridge.client(capsule, env, CONTEXT).apply_delta(capsule.id, delta)
+                self.bridge.context(capsule, env).apply_delta(capsule.id, delta)
                 log.info(
                     "routing rule learned",
                     domain=capsule.domain,
@@ -390,27 +399,27 @@ class Orchestrator:
 
     def _observe(self, capsule: Capsule, result: TaskResult, trace: _Trace) -> None:
         m = self.metrics
-        m.requests.labels(result.route, capsule.id, capsule.kind).inc()
+        m.requests.labels(result.route, capsule.kind).inc()
         m.latency.labels(result.route).observe(result.latency_ms / 1000)
         verdict = {True: "correct", False: "wrong", None: "unknown"}[result.verified]
         m.outcomes.labels(result.route, verdict).inc()
         if result.escalated:
-            m.escalations.labels(capsule.id).inc()
+            m.escalations.labels(capsule.kind).inc()
         for hop in trace.hops:
             m.layer_latency.labels(hop.layer).observe(hop.latency_ms / 1000)
         for charge in trace.charges:
-            m.cost.labels(charge.layer, charge.environment, capsule.id).inc(charge.usd)
+            m.cost.labels(charge.layer, charge.environment, capsule.kind).inc(charge.usd)
             m.accelerator_seconds.labels(charge.layer, charge.accelerator or "cpu").inc(
                 charge.accelerator_seconds
             )
 
     # -- the plan's view of a capsule --------------------------------------------------
     def _home(self, capsule: Capsule) -> str | None:
-        assignment = self.stack.assignments.get(capsule.id)
+        assignment = self.parts.assignments.get(capsule.id)
         return assignment.environment if assignment else None
 
     def _assignment_edges(self, capsule: Capsule) -> set[str]:
-        assignment = self.stack.assignments.get(capsule.id)
+        assignment = self.parts.assignments.get(capsule.id)
         return set(assignment.edge_environments) if assignment else set()
 
 

@@ -90,6 +90,14 @@ class RunReport(BaseModel):
     previous: dict[str, float | None] | None = Field(
         default=None, description="the previous run's headline figures, for comparison"
     )
+    seed: int | None = Field(default=None, description="the seed that drew the workload")
+    faults: dict[str, str] = Field(
+        default_factory=dict, description="environment -> the faults injected into it"
+    )
+    federated: bool = Field(default=False, description="environments ran as their own servers")
+    refusals: dict[str, int] = Field(
+        default_factory=dict, description="why requests were refused -> how many"
+    )
 
     def headline(self) -> dict[str, float | None]:
         return {

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from trifecta.core.errors import TrifectaError
+from trifecta.core.errors import TrifectaError, Unavailable
 from trifecta.core.logging import get_logger
-from trifecta.federation.bridge import CONTEXT
 from trifecta.orchestrator.loop import Orchestrator
 from trifecta.orchestrator.models import TaskRequest, TaskResult
 from trifecta.orchestrator.plots import save_plots
@@ -42,16 +41,20 @@ def new_run_id() -> str:
 
 def context_sizes(stack: Stack) -> dict[str, tuple[int, int, int, int]]:
     """domain -> (active bullets, pruned bullets, memories, active routing rules), read through
-    one capsule of the domain (tenancy applies to the report too)."""
+    one capsule of the domain (tenancy applies to the report too). A domain whose environment
+    is down is left out: the report counts what it could read, and the run goes on."""
     sizes = {}
-    by_domain = {c.domain: c for c in stack.capsules.values()}
+    by_domain = {c.domain: c for c in stack.capsules.all()}
     for domain, capsule in sorted(by_domain.items()):
         env = stack.place_domain(domain)
-        client = stack.bridge.client(capsule, env, CONTEXT)
-        stats = client.stats(capsule.id)
-        rules = sum(
-            1 for b in client.playbook(capsule.id).bullets if b.section.startswith((START, NO_EDGE))
-        )
+        client = stack.bridge.context(capsule, env)
+        try:
+            stats = client.stats(capsule.id)
+            bullets = client.playbook(capsule.id).bullets
+        except Unavailable as exc:
+            log.info("context size not read", domain=domain, reason=exc.one_line())
+            continue
+        rules = sum(1 for b in bullets if b.section.startswith((START, NO_EDGE)))
         sizes[domain] = (
             stats.active_bullets,
             stats.bullets.get("pruned", 0),
@@ -67,27 +70,27 @@ def serve_workload(
     *,
     workers: int,
     progress: Progress | None = None,
-) -> tuple[list[TaskResult], int]:
-    """Serve every item (in `workers` threads); returns the results and the refused count."""
+) -> tuple[list[TaskResult], dict[str, int]]:
+    """Serve every item; a refused request costs only itself, and its reason is counted."""
     results: list[TaskResult] = []
-    failed = 0
+    refusals: dict[str, int] = {}
 
-    def one(item: WorkItem) -> TaskResult | None:
+    def one(item: WorkItem) -> TaskResult | str:
         try:
             return orchestrator.serve(item.capsule_id, TaskRequest(prompt=item.task.prompt))
         except TrifectaError as exc:
             log.warning("request refused", capsule=item.capsule_id, reason=exc.one_line())
-            return None
+            return type(exc).__name__
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for result in pool.map(one, items):
-            if result is None:
-                failed += 1
+        for outcome in pool.map(one, items):
+            if isinstance(outcome, str):
+                refusals[outcome] = refusals.get(outcome, 0) + 1
             else:
-                results.append(result)
+                results.append(outcome)
             if progress is not None:
                 progress(1)
-    return results, failed
+    return results, refusals
 
 
 def run(
@@ -102,17 +105,19 @@ def run(
 ) -> RunReport:
     run_id = run_id or new_run_id()
     before = context_sizes(stack)
-    capsules = list(stack.capsules.values())
+    capsules = stack.capsules.all()
     items = build_workload(capsules, requests, seed=seed)
-    orchestrator = Orchestrator(stack, run_id=run_id)
+    orchestrator = Orchestrator(stack.parts, run_id=run_id)
     started = time.perf_counter()
-    results, failed = serve_workload(orchestrator, items, workers=workers, progress=progress)
+    results, refusals = serve_workload(orchestrator, items, workers=workers, progress=progress)
+    failed = sum(refusals.values())
     seconds = time.perf_counter() - started
     after = context_sizes(stack)
     grades = _grades(results, items)
-    kinds, fleet_hour = kind_costs(results, stack.capsules, stack.phase, stack.plan)
+    by_id = {c.id: c for c in capsules}
+    kinds, fleet_hour = kind_costs(results, by_id, stack.phase, stack.plan)
     cognitive = [r for r in results if r.route == "cognitive"]
-    log_ = RequestLog(stack.engine, stack.ledger)
+    log_ = RequestLog(stack.engine, stack.parts.ledger)
     total = sum(r.cost.usd for r in results)
     report = RunReport(
         run_id=run_id,
@@ -144,17 +149,20 @@ def run(
             usd_per_request=total / max(1, len(results)),
             usd_per_hour_at_demand=fleet_hour,
             plan_usd_per_hour=stack.plan.cost_per_hour,
-            by_layer=rollup_map(stack.ledger.rollup("layer", run_id=run_id)),
-            by_environment=rollup_map(stack.ledger.rollup("environment", run_id=run_id)),
+            by_layer=rollup_map(stack.parts.ledger.rollup("layer", run_id=run_id)),
+            by_environment=rollup_map(stack.parts.ledger.rollup("environment", run_id=run_id)),
             kinds=kinds,
         ),
         consistency=Consistency(
             requests_logged=log_.count(run_id=run_id),
-            ledger_usd=sum(rollup_map(stack.ledger.rollup("layer", run_id=run_id)).values()),
+            ledger_usd=sum(rollup_map(stack.parts.ledger.rollup("layer", run_id=run_id)).values()),
             request_usd=log_.usd(run_id=run_id),
         ),
     )
     report.accuracy_by_grade = accuracy_by_grade(results, grades)
+    report.seed = seed
+    report.faults = {env: f.describe() for env, f in stack.bridge.faults().items()}
+    report.refusals = refusals
     runs_dir = out_dir.parent
     earlier = previous_report(runs_dir, run_id)
     report.previous = earlier.headline() if earlier else None

@@ -37,8 +37,7 @@ from trifecta.serve.mcp_face import OrchestratorFace, mount_mcp_face
 MAX_BODY_BYTES = 1 << 20
 
 
-def capsule_routes(orchestrator: Orchestrator) -> APIRouter:
-    stack = orchestrator.stack
+def capsule_routes(orchestrator: Orchestrator, stack: Stack) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["capsules"])
 
     @router.post("/capsules/{capsule_id}/tasks", status_code=status.HTTP_201_CREATED)
@@ -58,7 +57,7 @@ def capsule_routes(orchestrator: Orchestrator) -> APIRouter:
 
     @router.get("/capsules")
     def list_capsules(kind: str | None = None, domain: str | None = None) -> list[Capsule]:
-        return stack.registry.list(kind=kind, domain=domain)
+        return stack.capsules.registry.list(kind=kind, domain=domain)
 
     @router.post("/capsules", status_code=status.HTTP_201_CREATED)
     def add_capsule(body: Capsule) -> Capsule:
@@ -66,7 +65,7 @@ def capsule_routes(orchestrator: Orchestrator) -> APIRouter:
 
     @router.get("/capsules/{capsule_id}")
     def get_capsule(capsule_id: str) -> Capsule:
-        return stack.registry.get(capsule_id)
+        return stack.capsules.registry.get(capsule_id)
 
     @router.delete("/capsules/{capsule_id}", status_code=status.HTTP_204_NO_CONTENT)
     def remove_capsule(capsule_id: str) -> Response:
@@ -76,8 +75,7 @@ def capsule_routes(orchestrator: Orchestrator) -> APIRouter:
     return router
 
 
-def control_routes(orchestrator: Orchestrator) -> APIRouter:
-    stack = orchestrator.stack
+def control_routes(stack: Stack) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["control plane"])
 
     @router.get("/plan")
@@ -99,7 +97,7 @@ def control_routes(orchestrator: Orchestrator) -> APIRouter:
         by: Literal["capsule_id", "capsule_kind", "environment", "layer"] = Query("layer"),
     ) -> list[Rollup]:
         """Charged cost rolled up by capsule, kind, environment or layer."""
-        return stack.ledger.rollup(by)
+        return stack.parts.ledger.rollup(by)
 
     return router
 
@@ -110,21 +108,25 @@ def create_app(
     cognitive: CognitiveService | None = None,
     own_stack: bool = False,
 ) -> FastAPI:
-    """The server. Pass a running `Stack` (default: the embedded one from settings) and the
-    cognitive serving service (default: the shipped tiers)."""
+    """The server. Pass a running `Stack` (default: the embedded one from settings); the
+    OpenAI-compatible API serves the stack's own cognitive serving layer (the tiers loaded
+    once), unless another `cognitive` service is given."""
     if stack is None:
         stack, own_stack = Stack(), True
+    cognitive = cognitive or stack.cognitive
     if cognitive is None:
-        from trifecta.cognitive.serving.factory import build_service
+        from trifecta.orchestrator.stack import build_cognitive
 
-        cognitive = build_service(phase=stack.phase)
-    orchestrator = Orchestrator(stack)
+        cognitive = stack.cognitive = build_cognitive(stack.settings, stack.phase)
+    orchestrator = Orchestrator(stack.parts)
     served = cognitive
+    owned = cognitive is not stack.cognitive
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        served.close()
+        if owned:
+            served.close()
         if own_stack:
             stack.close()
 
@@ -136,11 +138,13 @@ def create_app(
     )
     install_error_handlers(app, max_body_bytes=MAX_BODY_BYTES)
     app.include_router(build_router(cognitive))
-    app.include_router(capsule_routes(orchestrator))
-    app.include_router(control_routes(orchestrator))
-    app.mount("/context", create_context_app(stack.context))
+    app.include_router(capsule_routes(orchestrator, stack))
+    app.include_router(control_routes(stack))
+    if stack.context is not None:
+        app.mount("/context", create_context_app(stack.context))
     app.state.orchestrator = orchestrator
     mount_mcp_face(app, OrchestratorFace(orchestrator, stack))
+    app.state.stack = stack
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -18,15 +18,14 @@ def serve_command(
     """
     import uvicorn
 
-    from trifecta.cognitive.serving.factory import build_service
     from trifecta.core.heap import freeze_startup_heap
-    from trifecta.orchestrator.stack import Stack
+    from trifecta.core.settings import get_settings
+    from trifecta.orchestrator.stack import Stack, build_cognitive
     from trifecta.serve.app import create_app
 
-    stack = Stack()
+    settings = get_settings()
+    stack = Stack(settings=settings, cognitive=build_cognitive(settings, settings.phase, replicas))
     stack.warm_up()
-    app = create_app(
-        stack, cognitive=build_service(phase=stack.phase, replicas=replicas), own_stack=True
-    )
+    app = create_app(stack, own_stack=True)
     freeze_startup_heap()
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -24,6 +24,7 @@ from trifecta.core.settings import Phase, get_settings
 if TYPE_CHECKING:
     from trifecta.cognitive.serving.auto import AutoModel
     from trifecta.cognitive.serving.ray_deployment import RayTierOptions
+    from trifecta.cognitive.store import ThresholdStore
 
 log = get_logger(__name__)
 
@@ -132,6 +133,7 @@ def build_service(
     torch_threads: int | None = DEFAULT_TORCH_THREADS,
     dummy_weights: bool = False,
     ray: RayTierOptions | None = None,
+    threshold_store: ThresholdStore | None = None,
 ) -> CognitiveService:
     """The shipped tiers (all by default): each with `replicas` in-process replicas, or, with
     `ray` options, as Ray Serve deployments (Ray must be initialised: `connect_ray`)."""
@@ -155,11 +157,13 @@ def build_service(
     return CognitiveService(
         served,
         tenants=tenants or TenantDirectory(require_capsule=require_capsule),
-        auto=shipped_auto_model(served),
+        auto=shipped_auto_model(served, store=threshold_store),
     )
 
 
-def shipped_auto_model(served: Sequence[ServedTier]) -> AutoModel | None:
+def shipped_auto_model(
+    served: Sequence[ServedTier], *, store: ThresholdStore | None = None
+) -> AutoModel | None:
     """`auto` over the served tiers with each capsule's calibrated thresholds (the shipped
     defaults for a capsule without its own), recalibrated online from its traffic. None when
     fewer than two tiers are served or no default thresholds ship yet."""
@@ -175,10 +179,10 @@ def shipped_auto_model(served: Sequence[ServedTier]) -> AutoModel | None:
     except NotFound as exc:
         log.warning("serving without the auto model", reason=exc.one_line())
         return None
-    online = online_calibrator()
+    online = online_calibrator(store)
     return AutoModel(
         served,
-        thresholds=thresholds_for,
+        thresholds=lambda capsule_id: thresholds_for(capsule_id, store),
         hook=online.hook,
         reuse_prefix=get_cognitive_settings().reuse_prefix,
     )
