@@ -79,7 +79,7 @@ def test_entropies_and_logprobs_are_exact_and_batch_independent() -> None:
 
 def test_stop_rule_and_stop_strings_end_a_sequence() -> None:
     backend = shipped_tier("small")
-    first = backend.generate(PROMPTS[:3], max_new_tokens=6, stop_rule=lambda _i, e: len(e) >= 1)
+    first = backend.generate(PROMPTS[:3], max_new_tokens=6, stop_rule=lambda _i, e, _t: len(e) >= 1)
     assert all(g.completion_tokens == 1 and g.finish_reason == "signal" for g in first)
     short = backend.generate(["41+17?"], max_new_tokens=1)[0]
     assert short.finish_reason in ("length", "stop") and short.completion_tokens <= 1

@@ -79,6 +79,22 @@ def test_block_signal_is_the_rise_over_the_block_reference() -> None:
     assert reader.block_start() == 2
 
 
+def test_step_signal_is_the_mean_entropy_of_each_reasoning_step() -> None:
+    # The worked answer "104=87": step one is "104=" (the separator closes it), step two "87".
+    tokens = ["1", "0", "4", "=", "8", "7"]
+    entropies = [0.2, 0.4, 0.0, 0.2, 0.9, 0.1]
+    trace = signal_trace(entropies, "step", tokens=tokens)
+    assert trace == pytest.approx([0.2, 0.3, 0.2, 0.2, 0.9, 0.5])
+    reader = SignalReader("step")
+    for h, t in zip(entropies[:5], tokens[:5], strict=True):
+        reader.push(h, t)
+    assert reader.block_start() == 4  # the finished step is the accepted prefix
+    crossing = first_crossing(entropies, 0.6, "step", tokens=tokens)
+    assert crossing is not None and (crossing.step, crossing.block_start) == (4, 4)
+    # Without tokens there are no separators: one step, the running mean.
+    assert signal_trace([0.2, 0.4], "step") == pytest.approx([0.2, 0.3])
+
+
 def test_window_mean_and_max() -> None:
     entropies = [0.1, 0.3, 0.8, 0.2]
     assert signal_trace(entropies, "mean", window=2) == pytest.approx([0.1, 0.2, 0.55, 0.5])

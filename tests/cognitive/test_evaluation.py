@@ -33,7 +33,9 @@ def test_router_routes_to_the_smallest_tier_it_trusts() -> None:
 
 @pytest.mark.slow
 def test_eval_end_to_end(tmp_path: Path) -> None:
-    config = EvalConfig(calibration_tasks=80, eval_tasks=80, router_tasks=120, seed=4)
+    config = EvalConfig(
+        calibration_tasks=80, eval_tasks=80, router_tasks=120, seed=4, bootstrap=200
+    )
     report = evaluate(config)
     methods = [p.method for p in report.points]
     for expected in (
@@ -42,12 +44,17 @@ def test_eval_end_to_end(tmp_path: Path) -> None:
         "always large",
         "cascade",
         "router",
+        "features router",
         "router+cascade",
         "random escalation",
         "oracle",
         "cascade (live)",
     ):
         assert expected in methods
+        interval = report.intervals[expected]
+        point = report.point(expected)
+        assert interval.accuracy.low <= point.accuracy + 1e-9  # roughly around the estimate
+        assert interval.accuracy.high >= point.accuracy - 0.1
     large = report.point("always large")
     assert large.cost_share == pytest.approx(1.0) and large.usd_share == pytest.approx(1.0)
     oracle = report.point("oracle")
@@ -58,11 +65,52 @@ def test_eval_end_to_end(tmp_path: Path) -> None:
     assert {g.method for g in report.gap} == {
         "cascade",
         "router",
+        "features router",
         "router+cascade",
         "random escalation",
     }
-    assert set(report.aurocs) == {"block", "mean", "max"}
+    assert set(report.gap_intervals) == {g.method for g in report.gap}
+    assert report.apgr_margin is not None and report.apgr_baseline in (
+        "router",
+        "features router",
+        "random escalation",
+    )
+    assert set(report.aurocs) == {"step", "block", "mean", "max"}
     assert len(goals(report)) == 3
     text = markdown(report)
     assert "APGR" in text and "| cascade (live) |" in text
     assert plot(report, tmp_path / "eval.png").stat().st_size > 10_000
+
+
+def test_prompt_features_read_the_structure() -> None:
+    from trifecta.cognitive.prompt_features import FEATURES, PromptFeatures, features
+
+    row = dict(zip(FEATURES, features("t=41,p=17,r=63,s=5;t+r-p?"), strict=True))
+    assert (row["operands"], row["lookups"], row["subtractions"], row["telemetry"]) == (3, 3, 1, 4)
+    assert row["grade_5"] == 1 and row["in_family"] == 1
+    other = dict(zip(FEATURES, features("What is 7*6?"), strict=True))
+    assert other["in_family"] == 0 and other["length"] == len("What is 7*6?")
+    assert PromptFeatures().embed(["41+17?", "1+2-3?"]).shape == (2, len(FEATURES))
+
+
+def test_bootstrap_intervals_cover_a_known_accuracy() -> None:
+    from trifecta.cognitive.bootstrap import point_intervals
+    from trifecta.cognitive.calibration import Observations
+
+    rng = np.random.default_rng(0)
+    correct = np.vstack([rng.random(400) < 0.3, rng.random(400) < 0.8])
+    obs = Observations(
+        ("small", "large"),
+        scores=np.zeros((2, 400)),
+        tokens=np.ones((2, 400)),
+        flops_per_token=np.array([1.0, 10.0]),
+        correct=correct,
+    )
+    zeros, ones = np.zeros(400, dtype=np.int64), np.ones(400, dtype=np.int64)
+    ci = point_intervals(obs, np.array([1.0, 5.0]), {"small": [(zeros, zeros)]}, samples=500)
+    small = ci["small"]
+    assert small.accuracy.contains(float(correct[0].mean()))
+    assert small.accuracy.high - small.accuracy.low < 0.12
+    assert small.cost_share.contains(0.1) and small.usd_share.contains(0.2)
+    escalated = point_intervals(obs, np.array([1.0, 5.0]), {"all": [(zeros, ones)]}, samples=200)
+    assert escalated["all"].relative_accuracy.contains(1.0)

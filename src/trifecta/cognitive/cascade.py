@@ -224,13 +224,14 @@ class EscalationCascade(Backend):
         """Stop a sequence at the step its signal crosses `threshold`."""
         readers: dict[int, SignalReader] = {}
 
-        def crossed(index: int, entropies: Sequence[float]) -> bool:
+        def crossed(index: int, entropies: Sequence[float], tokens: Sequence[str]) -> bool:
             reader = readers.setdefault(
                 index, SignalReader(self.thresholds.aggregate, self.thresholds.window)
             )
             value = 0.0
-            for entropy in entropies[len(reader.entropies) :]:
-                value = reader.push(entropy)
+            seen = len(reader.entropies)
+            for entropy, token in zip(entropies[seen:], tokens[seen:], strict=False):
+                value = reader.push(entropy, token)
             return value > threshold
 
         return crossed
@@ -239,7 +240,11 @@ class EscalationCascade(Backend):
         if threshold is None:
             return None
         return first_crossing(
-            output.entropies, threshold, self.thresholds.aggregate, self.thresholds.window
+            output.entropies,
+            threshold,
+            self.thresholds.aggregate,
+            self.thresholds.window,
+            output.tokens,
         )
 
     def _decide(
@@ -253,7 +258,12 @@ class EscalationCascade(Backend):
         signal = (
             crossing.value
             if crossing is not None
-            else signal_score(output.entropies, self.thresholds.aggregate, self.thresholds.window)
+            else signal_score(
+                output.entropies,
+                self.thresholds.aggregate,
+                self.thresholds.window,
+                output.tokens,
+            )
         )
         return Decision(
             tier=tier.name,

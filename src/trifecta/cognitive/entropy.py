@@ -9,7 +9,14 @@ closes the block and the new, lower entropy becomes the next block's reference. 
 trend as an escalation signal: the signal at a step is its entropy's rise over the block
 reference, and a tier hands the request on when that rise crosses the tier's threshold.
 
-Beside the block-wise trend we offer the mean and the max of the entropy over a sliding window;
+The tiers write worked answers (`104=87`: the intermediate result, then the answer; see
+`scratchpad.py`), so the reasoning has steps. `step` reads the entropy block-wise with the
+reasoning step as the block: the signal at a token is the mean entropy of its step so far, and
+a new block starts after each step separator. A hesitant step therefore raises the signal
+however confident the steps before it were, and with `reuse_prefix` the next tier keeps the
+finished steps and redoes only the unsure one.
+
+Beside these we offer the mean and the max of the entropy over a sliding window;
 `benchmarks/escalation.py` measures which aggregate best predicts a wrong answer, and the
 winner is `DEFAULT_AGGREGATE`.
 """
@@ -24,10 +31,11 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from trifecta.cognitive.scratchpad import STEP
 from trifecta.core.errors import InvalidInput
 
-Aggregate = Literal["block", "mean", "max"]
-AGGREGATES: tuple[Aggregate, ...] = ("block", "mean", "max")
+Aggregate = Literal["step", "block", "mean", "max"]
+AGGREGATES: tuple[Aggregate, ...] = ("step", "block", "mean", "max")
 # Chosen by the failure-prediction AUROC that benchmarks/escalation.py measures on held-out
 # tasks (docs/cognitive.md gives the figures for every aggregate and tier).
 DEFAULT_AGGREGATE: Aggregate = "max"
@@ -80,6 +88,7 @@ class Crossing:
 class SignalReader:
     """Reads one generation's entropies step by step and reports the signal at each step.
 
+    `step`: mean entropy of the current reasoning step so far (steps end at a `STEP` token).
     `block`: rise of the step's entropy over the reference taken at the block's start; a step
     below the reference starts a new block with itself as the reference (SwiReasoning).
     `mean` / `max`: the mean / max entropy over the last `window` steps."""
@@ -96,11 +105,21 @@ class SignalReader:
         self.entropies: list[float] = []
         self._reference = 0.0
         self._block_start = 0
+        self._step_total = 0.0
+        self._step_ended = False
 
-    def push(self, entropy: float) -> float:
-        """Add the next step's entropy; return the signal at that step."""
+    def push(self, entropy: float, token: str | None = None) -> float:
+        """Add the next step's entropy (and its token, which `step` needs to find the
+        reasoning steps); return the signal at that step."""
         step = len(self.entropies)
         self.entropies.append(float(entropy))
+        if self.aggregate == "step":
+            if self._step_ended:
+                self._block_start, self._step_total, self._step_ended = step, 0.0, False
+            self._step_total += float(entropy)
+            # The separator closes its step: its entropy (go on, or stop?) belongs to it.
+            self._step_ended = token == STEP
+            return self._step_total / (step - self._block_start + 1)
         if self.aggregate == "block":
             if step == 0:
                 # The first step has no earlier reference: its rise is over a fully confident
@@ -115,29 +134,35 @@ class SignalReader:
 
     def block_start(self) -> int:
         """First step of the block (or window) the latest step belongs to."""
-        if self.aggregate == "block":
+        if self.aggregate in ("block", "step"):
             return self._block_start
         return max(0, len(self.entropies) - self.window)
+
+
+def _tokens(entropies: Sequence[float], tokens: Sequence[str] | None) -> Sequence[str | None]:
+    return tokens if tokens is not None else [None] * len(entropies)
 
 
 def signal_trace(
     entropies: Sequence[float],
     aggregate: Aggregate = DEFAULT_AGGREGATE,
     window: int = DEFAULT_WINDOW,
+    tokens: Sequence[str] | None = None,
 ) -> list[float]:
-    """The signal at every step of a finished generation."""
+    """The signal at every step of a finished generation (`tokens`: its tokens, for `step`)."""
     reader = SignalReader(aggregate, window)
-    return [reader.push(h) for h in entropies]
+    return [reader.push(h, t) for h, t in zip(entropies, _tokens(entropies, tokens), strict=False)]
 
 
 def signal_score(
     entropies: Sequence[float],
     aggregate: Aggregate = DEFAULT_AGGREGATE,
     window: int = DEFAULT_WINDOW,
+    tokens: Sequence[str] | None = None,
 ) -> float:
     """The highest signal over a finished generation: it crosses a threshold `t` exactly when
     this score exceeds `t`, so calibration works on one number per request."""
-    trace = signal_trace(entropies, aggregate, window)
+    trace = signal_trace(entropies, aggregate, window, tokens)
     return max(trace) if trace else 0.0
 
 
@@ -146,11 +171,14 @@ def first_crossing(
     threshold: float,
     aggregate: Aggregate = DEFAULT_AGGREGATE,
     window: int = DEFAULT_WINDOW,
+    tokens: Sequence[str] | None = None,
 ) -> Crossing | None:
     """The first step whose signal exceeds `threshold`, or None."""
     reader = SignalReader(aggregate, window)
-    for step, entropy in enumerate(entropies):
-        value = reader.push(entropy)
+    for step, (entropy, token) in enumerate(
+        zip(entropies, _tokens(entropies, tokens), strict=False)
+    ):
+        value = reader.push(entropy, token)
         if value > threshold:
             return Crossing(step=step, value=value, block_start=reader.block_start())
     return None

@@ -1,11 +1,13 @@
 """`trifecta cognitive eval`: accuracy against compute cost on held-out tasks, for every policy.
 
 Policies: each tier alone, the entropy cascade, random escalation at the cascade's rates, the
-oracle, the trained router (RouteLLM-style), and the router and cascade combined. Thresholds
-are fitted on a calibration sample and reported on a disjoint evaluation sample, both from the
-held-out split; the router trains on the train split. The cascade is also run for real on the
-evaluation sample at its operating point, so the headline figures come from the live component
-(with early stopping), not only from the replay.
+oracle, the trained router (RouteLLM-style, on prompt embeddings), a router on the prompt's
+structure (length, operand count: `prompt_features.py`), and the router and cascade combined.
+Thresholds are fitted on a calibration sample and reported on a disjoint evaluation sample,
+both from the held-out split; the routers train on the train split. The cascade is also run for
+real on the evaluation sample at its operating point, so the headline figures come from the
+live component (with early stopping), not only from the replay. Every figure carries a
+bootstrap 95% interval over the evaluation tasks (`bootstrap.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from trifecta.cognitive.backends.shipped import shipped_tiers
+from trifecta.cognitive.bootstrap import (
+    GapIntervals,
+    Interval,
+    PointIntervals,
+    Route,
+    gap_intervals,
+    paired_difference,
+    point_intervals,
+)
 from trifecta.cognitive.calibration import Observations, Replay
 from trifecta.cognitive.cascade import Thresholds, cascade_of
 from trifecta.cognitive.cost import all_tier_costs
@@ -28,16 +39,18 @@ from trifecta.cognitive.families import (
     always,
     cascade_family,
     oracle,
+    random_escalation,
     random_mean,
     router_family,
 )
 from trifecta.cognitive.metrics import apgr, auroc, calls_for_gap
 from trifecta.cognitive.observe import ANSWER_TOKENS, TierRuns, run_tiers
+from trifecta.cognitive.prompt_features import PromptFeatures
 from trifecta.cognitive.router import TrainedRouter
 from trifecta.cognitive.tiers import TIER_NAMES
 from trifecta.core.embeddings import get_embedder
 from trifecta.core.protocols import Embedder
-from trifecta.core.tasks import DEFAULT_MIX, TaskFamilyVerifier, generate_tasks
+from trifecta.core.tasks import DEFAULT_MIX, Task, TaskFamilyVerifier, generate_tasks
 
 CALL_SHARES = np.linspace(0.0, 1.0, 21)  # x-axis of RouteLLM's PGR curve
 
@@ -57,6 +70,7 @@ class EvalConfig(BaseModel):
     aggregate: Aggregate = DEFAULT_AGGREGATE
     window: int = Field(default=DEFAULT_WINDOW, ge=1)
     domain: str | None = None
+    bootstrap: int = Field(default=1000, ge=0, description="bootstrap draws (0: no intervals)")
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,13 @@ class EvalReport:
     thresholds: Thresholds
     live_agrees: bool
     extras: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, PointIntervals] = field(default_factory=dict)  # method -> 95% CIs
+    gap_intervals: dict[str, GapIntervals] = field(default_factory=dict)
+    # APGR of the cascade minus the best baseline router's, paired over the same draws
+    apgr_margin: Interval | None = None
+    apgr_baseline: str = ""
+    # of the evaluation tasks only the largest tier solves, the share the live cascade sent there
+    needed_reached: float = float("nan")
 
     def point(self, method: str) -> Point:
         return next(p for p in self.points if p.method == method)
@@ -164,17 +185,21 @@ def evaluate(
     evaluation = eval_runs.observations(config.aggregate, config.window)
     grades = _accuracy_by_grade(eval_runs)
 
-    say("training the router on prompt embeddings")
-    router = TrainedRouter(embedder or get_embedder(), TIER_NAMES).fit(
-        [t.prompt for t in router_tasks], train_runs.correct()
+    say("training the routers on prompt embeddings and on prompt features")
+    calib_p, eval_p = _router_probabilities(
+        embedder or get_embedder(), router_tasks, train_runs, calib_tasks, eval_tasks
     )
-    calib_p = router.success_probabilities([t.prompt for t in calib_tasks])
-    eval_p = router.success_probabilities([t.prompt for t in eval_tasks])
+    calib_f, eval_f = _router_probabilities(
+        PromptFeatures(), router_tasks, train_runs, calib_tasks, eval_tasks
+    )
 
     say("replaying every configuration of each policy")
     families = {
         "cascade": cascade_family(calib, evaluation),
         "router": router_family(calib, evaluation, calib_p, eval_p),
+        "features router": _renamed(
+            router_family(calib, evaluation, calib_f, eval_f), "features router"
+        ),
         "router+cascade": router_family(
             calib, evaluation, calib_p, eval_p, cascade_grid=COARSE_GRID, router_grid=COARSE_GRID
         ),
@@ -189,7 +214,8 @@ def evaluate(
         points.append(
             _point(name, eval_runs, configuration.evaluation, detail=_describe(configuration))
         )
-    random_replay, spread = random_mean(evaluation, configuration_rates(chosen["cascade"]))
+    cascade_rates = configuration_rates(chosen["cascade"])
+    random_replay, spread = random_mean(evaluation, cascade_rates)
     points.append(
         _point(
             "random escalation",
@@ -207,12 +233,12 @@ def evaluate(
         values=dict(zip(TIER_NAMES[:-1], chosen["cascade"].thresholds, strict=True)),
     )
     say("running the live cascade on the evaluation tasks")
-    live = _live_cascade(backends, costs, thresholds, eval_runs)
+    live, live_route = _live_cascade(backends, costs, thresholds, eval_runs)
     points.append(live)
     expected = chosen["cascade"].evaluation
     live_agrees = abs(live.accuracy - (expected.accuracy or 0.0)) < 1e-9
 
-    gap = _gap_metrics(families, evaluation)
+    gap, gap_routes = _gap_metrics(families, evaluation)
     curves = {name: _cost_curve(family) for name, family in families.items()}
     curves["random escalation"] = [
         (r.cost_share, r.accuracy or 0.0)
@@ -221,7 +247,7 @@ def evaluate(
             for b in _budgets()
         )
     ]
-    return EvalReport(
+    report = EvalReport(
         config=config,
         tiers=TIER_NAMES,
         points=points,
@@ -231,7 +257,65 @@ def evaluate(
         accuracy_by_grade=grades,
         thresholds=thresholds,
         live_agrees=live_agrees,
+        needed_reached=_needed_reached(evaluation, live_route),
     )
+    if config.bootstrap:
+        say("bootstrapping the intervals")
+        routes: dict[str, list[Route]] = {
+            f"always {name}": [_route(always(evaluation, i))] for i, name in enumerate(TIER_NAMES)
+        }
+        routes.update({name: [_route(c.evaluation)] for name, c in chosen.items()})
+        routes["random escalation"] = [
+            _route(random_escalation(evaluation, cascade_rates, seed=s)) for s in range(20)
+        ]
+        routes["oracle"] = [_route(oracle(evaluation))]
+        routes["cascade (live)"] = [live_route]
+        usd = np.array([c.usd_per_token for c in eval_runs.costs])
+        report.intervals = point_intervals(
+            evaluation, usd, routes, samples=config.bootstrap, seed=config.seed
+        )
+        report.gap_intervals, draws = gap_intervals(
+            evaluation, gap_routes, list(CALL_SHARES), samples=config.bootstrap, seed=config.seed
+        )
+        baselines = ("router", "features router", "random escalation")
+        best = max(baselines, key=lambda name: next(g.apgr for g in gap if g.method == name))
+        report.apgr_baseline = best
+        report.apgr_margin = paired_difference(draws["cascade"], draws[best])
+    return report
+
+
+def _router_probabilities(
+    embedder: Embedder,
+    router_tasks: list[Task],
+    train_runs: TierRuns,
+    calib_tasks: list[Task],
+    eval_tasks: list[Task],
+) -> tuple[np.ndarray, np.ndarray]:
+    router = TrainedRouter(embedder, TIER_NAMES).fit(
+        [t.prompt for t in router_tasks], train_runs.correct()
+    )
+    return (
+        router.success_probabilities([t.prompt for t in calib_tasks]),
+        router.success_probabilities([t.prompt for t in eval_tasks]),
+    )
+
+
+def _renamed(family: Family, name: str) -> Family:
+    return Family(name, family.configurations)
+
+
+def _route(replay: Replay) -> Route:
+    return (replay.start_tier, replay.end_tier)
+
+
+def _needed_reached(evaluation: Observations, route: Route) -> float:
+    """Of the tasks only the largest tier solves, the share that ended on it."""
+    assert evaluation.correct is not None
+    correct = evaluation.correct
+    needed = correct[-1] & ~correct[:-1].any(axis=0)
+    if not needed.any():
+        return float("nan")
+    return float((route[1][needed] == len(evaluation.tiers) - 1).mean())
 
 
 def configuration_rates(configuration: Configuration) -> tuple[float, ...]:
@@ -270,7 +354,9 @@ def _cost_curve(family: Family) -> list[tuple[float, float]]:
     return sorted({(r.cost_share, r.accuracy or 0.0) for r in picks})
 
 
-def _gap_metrics(families: dict[str, Family], evaluation: Observations) -> list[GapMetrics]:
+def _gap_metrics(
+    families: dict[str, Family], evaluation: Observations
+) -> tuple[list[GapMetrics], dict[str, list[Route]]]:
     weak = always(evaluation, 0).accuracy or 0.0
     strong = always(evaluation, len(evaluation.tiers) - 1).accuracy or 0.0
     results = []
@@ -282,6 +368,7 @@ def _gap_metrics(families: dict[str, Family], evaluation: Observations) -> list[
         random_mean(evaluation, configuration_rates(families["cascade"].select(_large_calls(x))))[0]
         for x in CALL_SHARES
     ]
+    routes = {name: [_route(r) for r in replays] for name, replays in curves.items()}
     for name, replays in curves.items():
         shares = [r.reach[-1] for r in replays]
         accuracies = [r.accuracy or 0.0 for r in replays]
@@ -295,7 +382,7 @@ def _gap_metrics(families: dict[str, Family], evaluation: Observations) -> list[
                 calls_for_gap(xs, accuracies, weak, strong, 0.8),
             )
         )
-    return results
+    return results, routes
 
 
 def _aurocs(calib: TierRuns, evaluation: TierRuns, window: int) -> dict[str, dict[str, float]]:
@@ -320,7 +407,9 @@ def _accuracy_by_grade(runs: TierRuns) -> dict[str, dict[int, float]]:
     }
 
 
-def _live_cascade(backends: list, costs: dict, thresholds: Thresholds, runs: TierRuns) -> Point:
+def _live_cascade(
+    backends: list, costs: dict, thresholds: Thresholds, runs: TierRuns
+) -> tuple[Point, Route]:
     cascade = cascade_of(backends, costs, thresholds)
     outputs = cascade.generate([t.prompt for t in runs.tasks], max_new_tokens=ANSWER_TOKENS)
     verifier = TaskFamilyVerifier()
@@ -338,7 +427,9 @@ def _live_cascade(backends: list, costs: dict, thresholds: Thresholds, runs: Tie
     flops = sum(o.flops for o in outputs)  # type: ignore[attr-defined]
     usd = sum(o.usd for o in outputs)  # type: ignore[attr-defined]
     large = float(np.mean([TIER_NAMES[-1] in o.path for o in outputs]))  # type: ignore[attr-defined]
-    return Point(
+    start = np.array([TIER_NAMES.index(o.path[0]) for o in outputs])  # type: ignore[attr-defined]
+    end = np.array([TIER_NAMES.index(o.path[-1]) for o in outputs])  # type: ignore[attr-defined]
+    point = Point(
         "cascade (live)",
         accuracy,
         flops / flops_large,
@@ -346,3 +437,4 @@ def _live_cascade(backends: list, costs: dict, thresholds: Thresholds, runs: Tie
         large,
         detail="the real EscalationCascade with early stopping, same thresholds",
     )
+    return point, (start, end)

@@ -51,7 +51,10 @@ class TierRuns:
         self, aggregate: Aggregate = DEFAULT_AGGREGATE, window: int = DEFAULT_WINDOW
     ) -> np.ndarray:
         return np.array(
-            [[signal_score(o.entropies, aggregate, window) for o in row] for row in self.outputs]
+            [
+                [signal_score(o.entropies, aggregate, window, o.tokens) for o in row]
+                for row in self.outputs
+            ]
         )
 
     def observations(

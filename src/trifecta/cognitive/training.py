@@ -34,10 +34,11 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-# Look-ups (grade 1) are drawn more often: every telemetry grade needs them, and they are the
-# slowest skill to form; sums are learnt in a few hundred steps. Telemetry prompts come with the
-# short-telemetry curriculum (`core.tasks.iter_tasks`): without it look-ups stayed at chance.
-TRAIN_MIX: dict[int, float] = {1: 1.5, 2: 1.0, 3: 1.0, 4: 1.0, 5: 1.0}
+# After the look-up phase, the hard grades are drawn more often: a worked three-term answer is
+# two steps to learn, and plain look-ups and sums are learnt within a few hundred steps.
+# Telemetry prompts come with the short-telemetry curriculum (`core.tasks.iter_tasks`): without
+# it look-ups stayed at chance.
+TRAIN_MIX: dict[int, float] = {1: 1.0, 2: 1.0, 3: 1.5, 4: 2.0, 5: 2.5}
 TIER_OFFSETS = {"small": 0, "medium": 1, "large": 2}
 
 

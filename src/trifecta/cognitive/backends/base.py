@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from trifecta.core.errors import InvalidInput
 from trifecta.core.protocols import Generation
 
-# (index of the prompt in the batch, entropies generated so far) -> stop this sequence now.
-StopRule = Callable[[int, Sequence[float]], bool]
+# (index of the prompt in the batch, entropies and tokens generated so far) -> stop this
+# sequence now. The tokens let a rule find the steps of a worked answer.
+StopRule = Callable[[int, Sequence[float], Sequence[str]], bool]
 MAX_TOP_LOGPROBS = 20  # the OpenAI API's limit
 STOPPED_BY_RULE = "signal"  # finish_reason of a sequence a StopRule ended
 

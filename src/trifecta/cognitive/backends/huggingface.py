@@ -165,7 +165,7 @@ class HuggingFaceBackend(Backend):
                     if hit:
                         state.finish = "stop"
                         continue
-                if stop_rule is not None and stop_rule(offset + row, state.entropies):
+                if stop_rule is not None and stop_rule(offset + row, state.entropies, state.tokens):
                     state.finish = STOPPED_BY_RULE
             if (
                 all(state.finish is not None for state in states)

@@ -52,8 +52,9 @@ class _Watched(CollectingSink):
         if self.rule is None or self.stopped_at is not None:
             return
         entropies = [t.entropy for t in self.generated]
+        texts = [t.text for t in self.generated]
         for end in range(len(entropies) - len(generated) + 1, len(entropies) + 1):
-            if self.rule(self.index, entropies[:end]):
+            if self.rule(self.index, entropies[:end], texts[:end]):
                 self.stopped_at = end
                 self.on_stop()
                 return
