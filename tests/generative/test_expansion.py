@@ -1,0 +1,108 @@
+"""Node expansion and shrink from the current placement: few moves, valid placements."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trifecta.core.errors import InvalidInput
+from trifecta.generative.expansion import (
+    from_scratch,
+    moves_between,
+    nodes_needed,
+    nodes_to_remove,
+    resize,
+)
+from trifecta.generative.placement import Cluster, place
+
+
+def zipf_loads(experts: int, exponent: float, seed: int, tokens: int = 100_000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, experts + 1) ** exponent
+    loads = rng.multinomial(tokens, weights / weights.sum()).astype(np.float64)
+    rng.shuffle(loads)
+    return loads
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    experts=st.integers(16, 48),
+    nodes=st.integers(3, 6),
+    exponent=st.floats(0.6, 1.4),
+    seed=st.integers(0, 10_000),
+)
+def test_expansion_moves_fewer_experts_than_a_from_scratch_repack(
+    experts: int, nodes: int, exponent: float, seed: int
+) -> None:
+    loads = zipf_loads(experts, exponent, seed)
+    current = place(loads, Cluster.with_redundancy(nodes, experts, 0.10), method="greedy")
+    result = resize(current, loads, add=1, target=1.05)
+    scratch = from_scratch(current, loads, result.placement.cluster)
+    placement = result.placement
+    assert placement.cluster.nodes == nodes + 1
+    assert all(len(e) <= s for e, s in zip(placement.nodes, placement.cluster.slots, strict=True))
+    assert placement.replicas().min() >= 1
+    assert result.imbalance <= result.before + 1e-12
+    assert moves_between(current.hosts(), placement.nodes) <= result.moves
+    # Never dearer than the repack when both reach the target (tiny clusters may tie).
+    if scratch.imbalance <= 1.05:
+        assert result.imbalance <= 1.05 and result.moves <= scratch.moves
+    moves = [m for m, _ in result.curve]
+    assert moves == sorted(moves) and result.curve[-1] == (result.moves, result.imbalance)
+
+
+def test_adding_a_node_reaches_the_target_in_a_fraction_of_the_repack_moves() -> None:
+    loads = zipf_loads(64, 1.0, seed=11)
+    current = place(loads, Cluster.with_redundancy(8, 64, 0.10))
+    result = resize(current, loads, add=1, target=1.05)
+    scratch = from_scratch(current, loads, result.placement.cluster)
+    assert result.before == pytest.approx(9 / 8, rel=0.01)  # the new node starts empty
+    assert result.imbalance <= 1.05 and scratch.imbalance <= 1.05
+    assert result.moves * 4 <= scratch.moves
+
+
+def test_the_move_budget_is_respected_and_buys_balance() -> None:
+    loads = zipf_loads(64, 1.0, seed=5)
+    current = place(loads, Cluster.with_redundancy(8, 64, 0.10))
+    reached = [resize(current, loads, add=1, target=1.0, max_moves=k) for k in (0, 4, 16)]
+    assert [r.moves <= k for r, k in zip(reached, (0, 4, 16), strict=True)] == [True] * 3
+    assert reached[0].imbalance > reached[1].imbalance > reached[2].imbalance
+
+
+def test_shrink_rehomes_the_removed_node_experts() -> None:
+    loads = zipf_loads(48, 1.0, seed=2)
+    current = place(loads, Cluster.with_redundancy(6, 48, 0.30))
+    [gone] = nodes_to_remove(current, 1)
+    sole = [e for e in current.nodes[gone] if current.replicas()[e] == 1]
+    result = resize(current, loads, remove=[gone], target=1.05)
+    assert result.placement.cluster.nodes == 5
+    assert result.forced_moves == len(sole)
+    assert result.placement.replicas().min() >= 1
+    assert result.imbalance <= 1.05
+    with pytest.raises(InvalidInput, match="remove"):
+        resize(current, loads, remove=[0, 1, 2, 3])  # 2 nodes cannot hold 48 experts
+    with pytest.raises(InvalidInput, match="no node 9"):
+        resize(current, loads, remove=[9])
+
+
+def test_a_shifted_hot_set_is_rebalanced_in_place() -> None:
+    loads = zipf_loads(64, 1.2, seed=4)
+    current = place(loads, Cluster.with_redundancy(8, 64, 0.10))
+    shifted = np.roll(loads, 17)
+    result = resize(current, shifted, target=1.05)
+    assert result.before > 1.3 and result.imbalance <= 1.05
+    assert result.moves < from_scratch(current, shifted, current.cluster).moves
+
+
+def test_moves_count_only_new_weights_on_a_node() -> None:
+    assert moves_between([{0, 1}, {2}], [[1, 0], [2, 0], [3]]) == 2
+
+
+def test_scaling_follows_the_threshold_with_hysteresis() -> None:
+    assert nodes_needed(1000.0, nodes=8, per_node_threshold=100.0, low=50.0) == 10
+    assert nodes_needed(700.0, nodes=8, per_node_threshold=100.0, low=50.0) == 8
+    assert nodes_needed(300.0, nodes=8, per_node_threshold=100.0, low=50.0) == 3
+    with pytest.raises(InvalidInput, match="threshold"):
+        nodes_needed(300.0, nodes=8, per_node_threshold=100.0, low=200.0)
