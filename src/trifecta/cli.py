@@ -33,6 +33,12 @@ from trifecta.fleet.cli import capsule_app, fleet_app, plan_command, size_comman
 from trifecta.generative.cli import generative_app  # noqa: E402
 from trifecta.orchestrator.cli import run_command  # noqa: E402
 from trifecta.serve.cli import serve_command as serve_all_command  # noqa: E402
+from trifecta.serve.federation_cli import (  # noqa: E402
+    down_command,
+    env_app,
+    status_command,
+    up_command,
+)
 
 app.add_typer(capsule_app, name="capsule")
 app.add_typer(cognitive_app, name="cognitive")
@@ -45,6 +51,10 @@ app.add_typer(models_app, name="models")
 app.command("plan")(plan_command)
 app.command("run")(run_command)
 app.command("serve")(serve_all_command)
+app.add_typer(env_app, name="env")
+app.command("up")(up_command)
+app.command("down")(down_command)
+app.command("status")(status_command)
 app.command("size")(size_command)
 
 

@@ -71,6 +71,13 @@ class SovereigntyViolation(Forbidden):
     code = "sovereignty_violation"
 
 
+class Unauthenticated(TrifectaError):
+    """No credential, or one that is not valid (revoked, unknown)."""
+
+    status = 401
+    code = "unauthenticated"
+
+
 class Infeasible(TrifectaError):
     """A plan or placement cannot satisfy its constraints; the message says which."""
 

@@ -78,6 +78,10 @@ class Settings(_TomlSettings):
     model_name: str | None = None
     model_api_key: str | None = None
     ray_address: str | None = Field(default=None, description="Ray cluster for multi-node serving")
+    federation_credential: str | None = Field(
+        default=None,
+        description="the bearer token environments of a federation present to one another",
+    )
     torch_threads: int = Field(
         default=1,
         ge=1,

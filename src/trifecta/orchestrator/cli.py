@@ -36,6 +36,11 @@ def run_command(
     down: list[str] = typer.Option([], help="take an environment down (repeatable)"),
     latency: list[str] = typer.Option([], help="add latency, e.g. inference=20ms (repeatable)"),
     out: Path | None = typer.Option(None, help="report folder (default: <data>/runs/<run id>)"),
+    federated: bool = typer.Option(
+        False,
+        "--federated",
+        help="run every environment as its own server (`trifecta up`) and serve through them",
+    ),
 ) -> None:
     """Serve real tasks through every layer on the embedded default, and report.
 
@@ -59,9 +64,34 @@ def run_command(
     out_dir = out or runs / run_id
     if seed is None:
         seed = len(list(runs.glob("*/report.json"))) if runs.is_dir() else 0
-    with console.status("bringing the stack up (models, context shards, edge mesh)"):
-        stack = Stack(settings=settings, capsules=capsules, topology=topo, faults=faults, seed=seed)
-        stack.warm_up()
+    federation = None
+    if federated:
+        from trifecta.federation.processes import seed_registry, up
+
+        seed_registry(settings)
+        with console.status("starting every environment as its own server") as shown:
+            federation = up(
+                settings,
+                topo or load_topology(settings.topology),
+                topology_file=topology,
+                on_started=lambda name: shown.update(f"{name} is up; waiting for the others"),
+            )
+    try:
+        with console.status("bringing the stack up (models, context shards, edge mesh)"):
+            stack = Stack(
+                settings=settings,
+                capsules=capsules,
+                topology=topo,
+                faults=faults,
+                seed=seed,
+                remote=federation.bridge(topo or load_topology(settings.topology))
+                if federation
+                else None,
+            )
+            stack.warm_up()
+    except BaseException:
+        _stop(federation, settings)
+        raise
     try:
         with Progress(
             "[progress.description]{task.description}",
@@ -82,8 +112,18 @@ def run_command(
             )
     finally:
         stack.close()
+        _stop(federation, settings)
     print_report(report)
     console.print(f"report: {out_dir / 'report.json'} (plots: latency.png, accuracy.png, cost.png)")
+
+
+def _stop(federation: object, settings: object) -> None:
+    if federation is not None:
+        from trifecta.core.settings import Settings
+        from trifecta.federation.processes import down
+
+        assert isinstance(settings, Settings)
+        down(settings)
 
 
 def _pct(value: float | None) -> str:
@@ -103,7 +143,20 @@ def print_report(report: object) -> None:
 
     assert isinstance(report, RunReport)
     head = Table(title=f"Run {report.run_id} ({report.phase} phase)", show_header=False)
+    head.add_row(
+        "workload",
+        f"seed {report.seed}, {report.capsules} capsules"
+        + (", environments as their own servers" if report.federated else ", in-process"),
+    )
+    if report.faults:
+        head.add_row(
+            "faults injected", "; ".join(f"{env}: {what}" for env, what in report.faults.items())
+        )
     head.add_row("requests served / refused", f"{report.requests} / {report.failed}")
+    if report.refusals:
+        head.add_row(
+            "refused because", ", ".join(f"{why} x{n}" for why, n in report.refusals.items())
+        )
     head.add_row(
         "throughput", f"{report.throughput_rps:.1f} requests/s over {report.seconds:.1f} s"
     )

@@ -161,6 +161,7 @@ def run(
     )
     report.accuracy_by_grade = accuracy_by_grade(results, grades)
     report.seed = seed
+    report.federated = stack.federated
     report.faults = {env: f.describe() for env, f in stack.bridge.faults().items()}
     report.refusals = refusals
     runs_dir = out_dir.parent

@@ -127,6 +127,7 @@ class Stack:
         self.context: ContextService | None = None
         self.cognitive: CognitiveService | None = cognitive
         self._owns_cognitive = True  # a service handed in is ours to close with the stack
+        self.federated = remote is not None
         if remote is None:
             inner: Bridge = self._host_locally(language_model, edge_nodes)
         else:

@@ -1,0 +1,148 @@
+"""One environment of the topology as its own server (`trifecta env serve --env NAME`).
+
+The composition root of a site: it builds the services the topology places there (the
+cognitive serving layer and the context shards of the domains homed there in a serving cloud
+or sovereign site; the edge mesh of an edge site), puts them behind the federation routes
+(`federation.http_server`, the typed hops a front door's `HttpBridge` calls), publishes the
+site's A2A agent card and accepts capsule tasks delegated as A2A tasks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from trifecta import __version__
+from trifecta.cognitive.serving.service import CognitiveService
+from trifecta.context.facade import ContextService
+from trifecta.core.db import get_engine
+from trifecta.core.errors import InvalidInput
+from trifecta.core.http import install_error_handlers
+from trifecta.core.settings import Phase, Settings
+from trifecta.core.tasks import TaskFamilyVerifier
+from trifecta.edge.mesh import EdgeMesh
+from trifecta.federation.a2a.cards import build_agent_card
+from trifecta.federation.a2a.models import CapsuleTask, CapsuleTaskOutcome
+from trifecta.federation.a2a.server import add_a2a_routes
+from trifecta.federation.http_server import federation_router
+from trifecta.federation.receiver import EnvironmentHost, EnvironmentServices
+from trifecta.federation.services import CompleteRequest, OffloadRequest
+from trifecta.fleet.registry import CapsuleRegistry
+from trifecta.fleet.topology import Environment, Topology
+from trifecta.orchestrator.parts import CapsuleDirectory
+from trifecta.orchestrator.stack import build_cognitive, serves_cognitive, start_edge_mesh
+
+MAX_BODY_BYTES = 1 << 20
+
+
+class EnvironmentSite:
+    """The services of one environment, built once, closed together."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        name: str,
+        settings: Settings,
+        *,
+        phase: Phase | None = None,
+        edge_nodes: int = 1,
+    ):
+        self.environment: Environment = topology.environment(name)
+        self.phase: Phase = phase or settings.phase
+        env = self.environment
+        if not env.available_in(self.phase):
+            raise InvalidInput(
+                f"environment {name!r} does not serve in the {self.phase} phase",
+                field="env",
+                allowed=[e.name for e in topology.environments if e.available_in(self.phase)],
+            )
+        registry = CapsuleRegistry(get_engine(settings.db_url))
+        self.capsules = CapsuleDirectory(registry)
+        self.cognitive: CognitiveService | None = None
+        self.context: ContextService | None = None
+        self.mesh: EdgeMesh | None = None
+        services = EnvironmentServices()
+        if serves_cognitive(env, self.phase):
+            self.cognitive = build_cognitive(settings, self.phase)
+            self.context = ContextService(
+                control_url=settings.db_url, registry=registry, redis_url=settings.redis_url
+            )
+            services.cognitive, services.context = self.cognitive.auto, self.context
+        elif env.kind == "edge":
+            self.mesh = services.edge = start_edge_mesh(env, settings, edge_nodes)
+        self.host = EnvironmentHost(env, services, self.capsules.get)
+        self.verifier = TaskFamilyVerifier()
+        self._lock = threading.Lock()
+
+    def run_task(self, capsule_id: str, task: CapsuleTask) -> CapsuleTaskOutcome:
+        """A capsule task delegated here over A2A, served by this site's own layer."""
+        answer: str | None
+        if self.host.services.cognitive is not None:
+            response = self.host.cognitive_client().complete(
+                CompleteRequest(
+                    capsule_id=capsule_id, prompt=task.prompt, max_new_tokens=task.max_tokens
+                )
+            )
+            answer, route = response.text, "cognitive"
+            path = [f"cognitive/{d.tier}" for d in response.decisions]
+        else:
+            result = self.host.edge_client().offload(
+                OffloadRequest(
+                    capsule_id=capsule_id, prompts=[task.prompt], max_new_tokens=task.max_tokens
+                )
+            )
+            answer = result.generations[0].text if result.generations else None
+            route, path = "edge", [result.node or result.reason]
+        verified = self.verifier.verify(task.prompt, answer) if answer is not None else None
+        return CapsuleTaskOutcome(
+            answer=answer,
+            environment=self.environment.name,
+            route=route,
+            path=path,
+            verified=verified,
+        )
+
+    def warm_up(self) -> None:
+        if self.host.services.cognitive is not None:
+            from trifecta.cognitive.backends.base import SamplingOptions
+            from trifecta.cognitive.serving.tenants import ANONYMOUS
+
+            self.host.services.cognitive.generate(
+                ANONYMOUS, ["1+1?"], SamplingOptions(max_new_tokens=2), cancelled=threading.Event()
+            )
+        if self.context is not None:
+            self.context.embed(["warm up"])
+
+    def close(self) -> None:
+        if self.mesh is not None:
+            self.mesh.stop()
+        if self.cognitive is not None:
+            self.cognitive.close()
+
+
+def create_environment_app(
+    site: EnvironmentSite, *, base_url: str, credential: str | None = None
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await a2a.aclose()
+        site.close()
+
+    env = site.environment
+    app = FastAPI(
+        title=f"Trifecta environment {env.name}",
+        version=__version__,
+        description=f"The {env.kind} environment {env.name!r}: the typed federation hops, "
+        "its A2A agent card and capsule tasks delegated over A2A.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app, max_body_bytes=MAX_BODY_BYTES)
+    app.include_router(federation_router(site.host, credential=credential))
+    card = build_agent_card(env, base_url, services=site.host.services.names())
+    a2a = add_a2a_routes(app, card, site.run_task, site.capsules.get)
+    app.state.site = site
+    return app
