@@ -177,12 +177,18 @@ class Program:
 
 
 def load_program(
-    path: Path, *, facts_dir: Path | None = None, limits: Limits | None = None
+    path: Path,
+    *,
+    facts_dir: Path | None = None,
+    limits: Limits | None = None,
+    load_files: bool = True,
 ) -> Program:
     if not path.is_file():
         raise InvalidInput(f"no such program file {str(path)!r}", field="program")
     base = facts_dir if facts_dir is not None else path.parent
-    return compile_program(path.read_text(), source=str(path), base_dir=base, limits=limits)
+    return compile_program(
+        path.read_text(), source=str(path), base_dir=base, limits=limits, load_files=load_files
+    )
 
 
 def compile_program(
@@ -191,10 +197,13 @@ def compile_program(
     source: str = "<program>",
     base_dir: Path | None = None,
     limits: Limits | None = None,
+    load_files: bool = True,
 ) -> Program:
-    """Parse and resolve; raises `ProgramError` with every error found."""
+    """Parse and resolve; raises `ProgramError` with every error found. With `load_files`
+    false the `facts/examples ... from` files are not read (an aggregator that must not
+    see a site's data still gets every shape, provided the domains are declared closed)."""
     module = parse(text)
-    resolver = _Resolver(source, base_dir or Path.cwd(), limits or Limits())
+    resolver = _Resolver(source, base_dir or Path.cwd(), limits or Limits(), load_files)
     program = resolver.resolve(module)
     diagnostics = module.diagnostics + resolver.errors
     if diagnostics:
@@ -203,7 +212,8 @@ def compile_program(
 
 
 class _Resolver:
-    def __init__(self, source: str, base_dir: Path, limits: Limits):
+    def __init__(self, source: str, base_dir: Path, limits: Limits, load_files: bool):
+        self.load_files = load_files
         self.program = Program(source)
         self.base_dir = base_dir
         self.limits = limits
@@ -225,7 +235,7 @@ class _Resolver:
         for st in module.statements:
             if isinstance(st, FactStmt):
                 self._fact(st)
-            elif isinstance(st, LoadStmt):
+            elif isinstance(st, LoadStmt) and self.load_files:
                 self._load(st)
         for st in module.statements:
             if isinstance(st, DenseStmt):
