@@ -101,6 +101,7 @@ def equation_mlir(program: Program, index: int, eq: Equation) -> str:
     all_maps = ", ".join([*maps, out_map])
     operands = ", ".join(f"%a{i}" for i in range(len(eq.body)))
     parallel = ", ".join(['"parallel"'] * rank)
+    pointwise = f"indexing_maps = [{elementwise}, {elementwise}], iterator_types = [{parallel}]"
     return f"""
   func.func @{function_name(index, eq)}({args}) -> {out_type} {{
     %zero = arith.constant {_f32(0.0)} : f32
@@ -112,7 +113,7 @@ def equation_mlir(program: Program, index: int, eq: Equation) -> str:
         {indent.join(body)}
     }} -> {out_type}
     %init2 = tensor.empty() : {out_type}
-    %out = linalg.generic {{indexing_maps = [{elementwise}, {elementwise}], iterator_types = [{parallel}]}}
+    %out = linalg.generic {{{pointwise}}}
         ins(%sum : {out_type}) outs(%init2 : {out_type}) {{
       ^bb0(%v: f32, %o: f32):
         {indent.join(nonlin)}
