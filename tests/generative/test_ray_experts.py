@@ -1,0 +1,180 @@
+"""Experts executed where the placement puts them: in-process, and as Ray actors on a local
+two-node Ray cluster whose head and worker each run in a network namespace of the test's own
+(joined by a veth pair), one actor per placement node. Outputs equal the model's own layer.
+
+Run as a script (`python tests/generative/test_ray_experts.py ADDRESS OUT`) it is the driver
+that the Ray test starts inside the head's namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trifecta.generative.expansion import resize
+from trifecta.generative.model import DiffusionConfig, MoE
+from trifecta.generative.placement import Cluster, place
+from trifecta.generative.ray_experts import PlacedMoE
+
+HERE = Path(__file__).resolve()
+
+
+def seeded_layer(seed: int = 0) -> MoE:
+    torch.manual_seed(seed)
+    layer = MoE(DiffusionConfig(d_model=32, d_ff=48, n_experts=8, top_k=2), layer=0)
+    layer.selection_bias.copy_(torch.linspace(-0.2, 0.2, 8))  # routing uses the bias too
+    return layer.eval()
+
+
+def reference(layer: MoE, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return layer(x, torch.ones(x.shape[:-1], dtype=torch.bool), None)
+
+
+def placed_outputs(address: str | None) -> dict[str, object]:
+    """Run the seeded layer in-process and on its placement (here, or on Ray at `address`)."""
+    layer = seeded_layer()
+    x = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(1))
+    loads = np.array([900, 50, 400, 60, 300, 70, 200, 20], dtype=np.float64)
+    placement = place(loads, Cluster.uniform(2, 5))
+    placed = PlacedMoE(layer, placement, ray_address=address)
+    out = placed.forward(x)
+    grown = resize(placement, loads, add=1, target=1.0)
+    shipped = placed.apply(grown.placement)
+    after = placed.forward(x)
+    report: dict[str, object] = {
+        "max_abs_diff": float((out - reference(layer, x)).abs().max()),
+        "max_abs_diff_after_expand": float((after - reference(layer, x)).abs().max()),
+        "shipped": shipped,
+        "planned_moves": grown.moves,
+        "hosted": placed.backend.hosted(),
+        "planned": [sorted(n) for n in grown.placement.nodes],
+        "output": out.flatten()[:64].tolist(),
+    }
+    if address is not None:
+        report["actor_nodes"] = placed.backend.actor_nodes()  # type: ignore[attr-defined]
+    return report
+
+
+def test_in_process_placed_layer_equals_the_model_layer() -> None:
+    report = placed_outputs(None)
+    assert report["max_abs_diff"] < 1e-6
+    assert report["max_abs_diff_after_expand"] < 1e-6
+    assert report["shipped"] == report["planned_moves"] > 0
+    assert report["hosted"] == report["planned"]
+
+
+def test_tokens_split_evenly_over_replicas() -> None:
+    layer = seeded_layer()
+    placement = place(np.array([1000.0, *[10.0] * 7]), Cluster.uniform(3, 4))
+    assert placement.replicas()[0] == 3  # the hot expert is on every node
+    placed = PlacedMoE(layer, placement)
+    placed.forward(torch.randn(2, 30, 32, generator=torch.Generator().manual_seed(2)))
+    assert placed.node_tokens.sum() == 2 * 30 * 2  # every (token, chosen expert) once
+
+
+# --- the Ray cluster in network namespaces ------------------------------------------------
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def _pids(namespace: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+@pytest.fixture
+def two_namespaces() -> Iterator[tuple[str, str, str, str]]:
+    """(head namespace, worker namespace, head ip, worker ip), linked by a veth pair."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create network namespaces")
+    tag = uuid.uuid4().hex[:6]
+    names = (f"trif-rh-{tag}", f"trif-rw-{tag}")
+    subnet = f"10.{int(tag[:2], 16)}.{int(tag[2:4], 16)}"
+    ips = (f"{subnet}.1", f"{subnet}.2")
+    for name in names:
+        _ip("netns", "add", name)
+    try:
+        _ip("link", "add", f"vh{tag}", "type", "veth", "peer", "name", f"vw{tag}")
+        for name, link, address in zip(names, (f"vh{tag}", f"vw{tag}"), ips, strict=True):
+            _ip("link", "set", link, "netns", name)
+            _ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
+            _ip("netns", "exec", name, "ip", "addr", "add", f"{address}/24", "dev", link)
+            _ip("netns", "exec", name, "ip", "link", "set", link, "up")
+        yield names[0], names[1], ips[0], ips[1]
+    finally:
+        for name in names:
+            for sig in (signal.SIGTERM, signal.SIGKILL):  # whatever Ray left behind in there
+                for pid in _pids(name):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                deadline = time.monotonic() + 10
+                while _pids(name) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def _ray_start(namespace: str, temp: str, *args: str) -> None:
+    ray = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run(
+        ["ip", "netns", "exec", namespace, ray, "start", "--num-cpus=1", "--disable-usage-stats",
+         "--object-store-memory=80000000", f"--temp-dir={temp}", *args],
+        check=True, env=env, capture_output=True, timeout=180,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.netns
+@pytest.mark.timeout(600)
+def test_ray_actors_on_two_nodes_give_the_in_process_output(
+    two_namespaces: tuple[str, str, str, str], tmp_path: Path
+) -> None:
+    head_ns, worker_ns, head_ip, worker_ip = two_namespaces
+    temp = tempfile.mkdtemp(prefix="trr", dir="/tmp")  # short: Ray's socket paths must fit
+    try:
+        _ray_start(head_ns, temp, "--head", f"--node-ip-address={head_ip}", "--port=6379",
+                   "--include-dashboard=false")  # fmt: skip
+        _ray_start(worker_ns, temp, f"--address={head_ip}:6379", f"--node-ip-address={worker_ip}")
+        out = tmp_path / "report.json"
+        driver = [sys.executable, str(HERE), f"{head_ip}:6379", str(out)]
+        subprocess.run(
+            ["ip", "netns", "exec", head_ns, *driver],
+            check=True,
+            timeout=300,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
+        remote = json.loads(out.read_text())
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    local = placed_outputs(None)
+    assert remote["output"] == local["output"]  # the same floats, bit for bit
+    assert remote["max_abs_diff"] < 1e-6 and remote["max_abs_diff_after_expand"] < 1e-6
+    assert remote["hosted"] == remote["planned"] and remote["shipped"] == remote["planned_moves"]
+    actor_nodes = remote["actor_nodes"]
+    assert len(set(actor_nodes[:2])) == 2  # the two placement nodes on the two Ray nodes
+
+
+if __name__ == "__main__":  # the driver, inside the head's namespace
+    import ray
+
+    torch.set_num_threads(1)
+    ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False)
+    Path(sys.argv[2]).write_text(json.dumps(placed_outputs(sys.argv[1])))
