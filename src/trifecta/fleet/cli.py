@@ -223,13 +223,19 @@ def fleet_generate(
     out: Annotated[
         Path | None, typer.Option("--out", help="write here (.yaml or .json); default: print YAML")
     ] = None,
+    demand: Annotated[
+        str,
+        typer.Option(help="catalogue (a few plans) | continuous (each capsule's own demand)"),
+    ] = "catalogue",
 ) -> None:
     """Write a realistic synthetic fleet (digital twins and sovereign capsules)."""
-    from trifecta.fleet.fleetfile import dump_fleet, fleet_yaml, generate_fleet
+    from trifecta.fleet.fleetfile import DEMAND_MIXES, dump_fleet, fleet_yaml, generate_fleet
 
     if capsules < 1:
         raise InvalidInput("must be at least 1", field="capsules")
-    fleet = generate_fleet(capsules, seed=seed, phase=_phase(phase))
+    if demand not in DEMAND_MIXES:
+        raise InvalidInput(f"unknown demand mix {demand!r}", field="demand", allowed=DEMAND_MIXES)
+    fleet = generate_fleet(capsules, seed=seed, phase=_phase(phase), demand=demand)
     if out is None:
         typer.echo(fleet_yaml(fleet).rstrip())
         return

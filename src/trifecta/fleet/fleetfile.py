@@ -7,10 +7,11 @@ A fleet file is either a list of capsules or a mapping with a `capsules:` list (
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -113,8 +114,30 @@ _QUALITY = {
 }
 
 
+# Continuous demand (`demand="continuous"`): real tenants do not buy three sizes. Each
+# capsule's rate and request length are drawn log-normally around its profile's (spread
+# sigma), its shares normally around its use case's; no two capsules then share a demand, so
+# the planner cannot aggregate them into a few classes.
+DemandMix = Literal["catalogue", "continuous"]
+DEMAND_MIXES: tuple[DemandMix, ...] = ("catalogue", "continuous")
+_RATE_SIGMA = 0.8  # a factor of e^0.8 = 2.2 either side of the profile's rate, one sigma
+_LENGTH_SIGMA = 0.5
+_SHARE_SD = 0.1
+
+
 def _pick(rng: random.Random, options: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
     return rng.choices(options, weights=[o[-1] for o in options])[0]
+
+
+def _continuous(
+    rng: random.Random, rps: float, tokens: int, light: float, generative: float
+) -> tuple[float, int, float, float]:
+    rps = round(rps * math.exp(rng.gauss(0.0, _RATE_SIGMA)), 6)
+    tokens = min(8192, max(32, round(tokens * math.exp(rng.gauss(0.0, _LENGTH_SIGMA)))))
+    light = round(min(1.0, max(0.0, rng.gauss(light, _SHARE_SD))), 4)
+    if generative > 0:
+        generative = round(min(1.0 - light, max(0.0, rng.gauss(generative, _SHARE_SD))), 4)
+    return max(rps, 1e-6), tokens, light, generative
 
 
 def generate_fleet(
@@ -123,17 +146,23 @@ def generate_fleet(
     seed: int,
     phase: Phase = "dev",
     jurisdictions: Sequence[str] = ("eu", "us"),
+    demand: DemandMix = "catalogue",
 ) -> list[Capsule]:
     """`n` synthetic capsules: digital twins (most), sovereign capsules bound to one of
-    `jurisdictions`, and a few of a user-defined kind, across domains and demand profiles.
-    The same seed gives the same fleet."""
+    `jurisdictions`, and a few of a user-defined kind, across domains and demand profiles
+    (`catalogue`: a few plans, many identical capsules; `continuous`: every capsule's demand
+    drawn from distributions around its plan). The same seed gives the same fleet."""
     if n < 0:
         raise InvalidInput("must not be negative", field="capsules")
     if phase not in PHASES:
         raise InvalidInput(f"unknown phase {phase!r}", field="phase", allowed=PHASES)
     if not jurisdictions:
         raise InvalidInput("give at least one jurisdiction", field="jurisdictions")
+    if demand not in DEMAND_MIXES:
+        raise InvalidInput(f"unknown demand mix {demand!r}", field="demand", allowed=DEMAND_MIXES)
     rng = random.Random(seed)
+    # its own stream, so a continuous fleet has the same tenants as the catalogue one
+    demand_rng = random.Random(f"{seed}:demand")
     width = max(4, len(str(n)))
     capsules = []
     for i in range(n):
@@ -146,6 +175,9 @@ def generate_fleet(
             # dev tenants exercise the generative layer in process, not on planned GPUs.
             generative = 0.0
         quality = _pick(rng, _QUALITY[phase])[0]
+        rps = _BASE_RPS[phase] * rps_factor
+        if demand == "continuous":
+            rps, tokens, light, generative = _continuous(demand_rng, rps, tokens, light, generative)
         jurisdiction = rng.choice(list(jurisdictions)) if kind == "sovereign" else None
         allowed = None
         if kind == "digital_twin" and rng.random() < 0.15:
@@ -166,7 +198,7 @@ def generate_fleet(
                 phase=phase,
                 quality_target=quality,
                 demand=Demand(
-                    requests_per_s=_BASE_RPS[phase] * rps_factor,
+                    requests_per_s=rps,
                     tokens_per_request=tokens,
                     light_share=light,
                     generative_share=generative,

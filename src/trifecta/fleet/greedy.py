@@ -1,12 +1,18 @@
 """Greedy cheapest-fit placement: the baseline the planner is measured against.
 
 Capsules are taken largest first, and each is placed on its own, the way an operator adds
-tenants one at a time: its cognitive tier goes to the (home environment, tier) option with the
-lowest price per token (the best replica shape that still has devices), its light requests to
-the edge when the edge is cheaper per token than that tier, its generative requests to the
-allowed environment cheapest per token. Load fills the replicas already open first; new
-replicas are opened of the cheapest shape per token with devices left. Nothing is ever
-re-packed, so partly filled replicas and scarce devices are where it loses to the planner.
+tenants one at a time (first fit by marginal cost): each option for its cognitive tier (home
+environment, tier), with its light requests on the edge when the edge is cheaper per token,
+is priced by what it adds to the bill, the replicas that must be opened for it (0 where open
+replicas have room); the cheapest wins, ties going to the lower price per token. Its
+generative requests go where opening costs least the same way. Load fills the replicas
+already open first; new replicas are opened of the cheapest shape per token with devices
+left. Nothing is ever re-packed, so partly filled replicas and scarce devices are where it
+loses to the planner.
+
+`rule="price-per-token"` is the older variant: options ranked by price per token alone, the
+opening cost ignored (it wins on some fleets: marginal cost is myopic, and opens a replica
+cheap per hour but dear per token). Benchmarks run both and compare against the better.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from trifecta.core.errors import Infeasible
 from trifecta.core.settings import Phase
@@ -28,6 +35,7 @@ from trifecta.fleet.pools import CONTEXT_SERVICE, PoolShape, layer_models, pool_
 from trifecta.fleet.topology import Topology
 
 Group = tuple[str, str, str]
+GreedyRule = Literal["marginal", "price-per-token"]
 
 
 @dataclass
@@ -97,9 +105,22 @@ class _State:
         self.spare[group] -= load
 
 
-def greedy_plan(capsules: Sequence[Capsule], topology: Topology, phase: Phase) -> Plan:
+def _cheaper(score: tuple[float, float], than: tuple[float, float]) -> bool:
+    """Lower marginal cost, or the same (to a micro-dollar) at a lower price per token."""
+    if abs(score[0] - than[0]) > 1e-6:
+        return score[0] < than[0]
+    return score[1] < than[1] - 1e-12
+
+
+def greedy_plan(
+    capsules: Sequence[Capsule],
+    topology: Topology,
+    phase: Phase,
+    rule: GreedyRule = "marginal",
+) -> Plan:
     """Place `capsules` greedily (see the module docstring); raises `Infeasible` when a
     capsule finds no room."""
+    by_marginal = rule == "marginal"
     started = time.perf_counter()
     generative_model, edge_model = layer_models()
     shapes = pool_shapes(topology, phase)
@@ -124,7 +145,8 @@ def greedy_plan(capsules: Sequence[Capsule], topology: Topology, phase: Phase) -
                 group = (env, "generative", generative_model)
                 opening = state.opening(group, generative)
                 if opening is not None:
-                    fits.append((state.unit_price(group), group, opening[1]))
+                    cost = opening[0] if by_marginal else 0.0
+                    fits.append(((cost, state.unit_price(group)), group, opening[1]))
             if not fits:
                 raise Infeasible(
                     f"greedy: no generative capacity left for capsule {capsule.id}",
@@ -132,7 +154,10 @@ def greedy_plan(capsules: Sequence[Capsule], topology: Topology, phase: Phase) -
                 )
             _, group, opened = min(fits, key=lambda item: item[0])
             gen_choice = [(group, generative, opened)]
-        best: tuple[float, list[tuple[Group, float, list[PoolShape]]], CapsuleDecision] | None
+        best: (
+            tuple[tuple[float, float], list[tuple[Group, float, list[PoolShape]]], CapsuleDecision]
+            | None
+        )
         best = None
         for env, tier in cls.homes:
             cognitive = (env, "cognitive", tier)
@@ -156,14 +181,17 @@ def greedy_plan(capsules: Sequence[Capsule], topology: Topology, phase: Phase) -
                 if edge:
                     steps.append(((edge, "edge", edge_model), offload))
                 plan_steps = []
+                marginal = 0.0
                 for group, load in steps:
                     opening = state.opening(group, load)
                     if opening is None:
                         break
+                    marginal += opening[0] if by_marginal else 0.0
                     plan_steps.append((group, load, opening[1]))
                 else:
-                    score = sum(load * state.unit_price(group) for group, load, _ in plan_steps)
-                    if best is None or score < best[0] - 1e-12:
+                    unit = sum(load * state.unit_price(group) for group, load, _ in plan_steps)
+                    score = (marginal, unit)
+                    if best is None or _cheaper(score, best[0]):
                         decision = CapsuleDecision(
                             capsule,
                             env,
@@ -179,7 +207,7 @@ def greedy_plan(capsules: Sequence[Capsule], topology: Topology, phase: Phase) -
             state.commit(group, load, opened)
         decisions.append(best[2])
     report = SolverReport(
-        method="greedy-cheapest-fit",
+        method=f"greedy-first-fit-{rule}",
         status="heuristic",
         seconds=time.perf_counter() - started,
         capsules=len(capsules),

@@ -24,19 +24,13 @@ cheapest plan is under it, and checking afterwards lets the error say by how muc
 from __future__ import annotations
 
 import math
-import os
-import sys
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_array
 
 from trifecta.core.errors import Infeasible, InvalidInput
 from trifecta.core.logging import get_logger
@@ -45,90 +39,23 @@ from trifecta.fleet.assemble import CapsuleDecision, assemble_plan
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.classes import CapsuleClass, build_classes
 from trifecta.fleet.costs import phase_budget
+from trifecta.fleet.fluid import (
+    capsule_types,
+    fixed_classes,
+    fixed_decisions,
+    relaxation_bound,
+    round_homes,
+)
 from trifecta.fleet.plan_model import Plan, SolverReport
 from trifecta.fleet.pools import PoolShape, layer_models, pool_shapes
+from trifecta.fleet.program import Program, add_pools
 from trifecta.fleet.topology import Topology
 
 log = get_logger(__name__)
 _UNSET = object()
-
-
-@dataclass
-class Program:
-    """A linear program under construction: columns with bounds and costs, sparse rows."""
-
-    cost: list[float] = field(default_factory=list)
-    lower: list[float] = field(default_factory=list)
-    upper: list[float] = field(default_factory=list)
-    integer: list[int] = field(default_factory=list)
-    entries: list[tuple[int, int, float]] = field(default_factory=list)
-    row_lower: list[float] = field(default_factory=list)
-    row_upper: list[float] = field(default_factory=list)
-
-    def column(self, cost: float, lower: float, upper: float, *, integer: bool) -> int:
-        self.cost.append(cost)
-        self.lower.append(lower)
-        self.upper.append(upper)
-        self.integer.append(1 if integer else 0)
-        return len(self.cost) - 1
-
-    def row(self, terms: Sequence[tuple[int, float]], lower: float, upper: float) -> int:
-        index = len(self.row_lower)
-        self.entries.extend((index, col, coef) for col, coef in terms if coef != 0)
-        self.row_lower.append(lower)
-        self.row_upper.append(upper)
-        return index
-
-    def solve(
-        self,
-        *,
-        integer: Sequence[int] | None = None,
-        at_least: dict[int, float] | None = None,
-        time_limit: float,
-        mip_rel_gap: float,
-    ) -> Any:
-        """Solve with HiGHS. `integer` overrides which columns are integral (default: as
-        declared, `()` for the LP relaxation); `at_least` raises columns' lower bounds."""
-        rows, cols, values = zip(*self.entries, strict=True) if self.entries else ((), (), ())
-        matrix = coo_array((values, (rows, cols)), shape=(len(self.row_lower), len(self.cost)))
-        lower, upper = np.asarray(self.lower), np.asarray(self.upper)
-        for col, value in (at_least or {}).items():
-            lower[col] = min(max(lower[col], value), upper[col])
-        integrality = np.asarray(
-            self.integer if integer is None else integer or [0] * len(self.cost)
-        )
-        with _native_stdout_silenced():
-            return milp(
-                c=np.asarray(self.cost),
-                integrality=integrality,
-                bounds=Bounds(lower, upper),
-                constraints=LinearConstraint(
-                    matrix.tocsr(), np.asarray(self.row_lower), np.asarray(self.row_upper)
-                ),
-                options={"time_limit": max(time_limit, 0.1), "mip_rel_gap": mip_rel_gap},
-            )
-
-
-_stdout_lock = threading.Lock()
-
-
-@contextmanager
-def _native_stdout_silenced() -> Iterator[None]:
-    """HiGHS 1.12 prints a debugging line to the C-level stdout when it repairs a solution
-    (ERGO-Code/HiGHS#2783), whatever its output options say; `trifecta plan --json` must
-    print only JSON, so file descriptor 1 points at /dev/null while the solver runs."""
-    with _stdout_lock:
-        sys.stdout.flush()
-        saved = os.dup(1)
-        try:
-            with open(os.devnull, "w") as sink:
-                os.dup2(sink.fileno(), 1)
-                try:
-                    yield
-                finally:
-                    os.dup2(saved, 1)
-        finally:
-            os.close(saved)
+# Above this many classes the MILP no longer aggregates the fleet (continuous demand): plan
+# by rounding the fluid relaxation instead (`fleet/fluid.py`).
+AGGREGATION_LIMIT = 400
 
 
 @dataclass
@@ -191,26 +118,10 @@ def build_model(classes: list[CapsuleClass], shapes: list[PoolShape], topology: 
                 [(model.generative[(c, e)], 1.0) for e in cls.generative_environments], need, need
             )
 
-    device_terms: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
     all_requests = sum(cls.requests_per_s * cls.count for cls in classes)
-    for s, shape in enumerate(shapes):
-        if shape.group not in group_terms:
-            continue  # nobody may use it
-        if shape.accelerator is None:  # CPU replicas: as many as the whole fleet could need
-            upper = math.ceil(all_requests / shape.capacity) + 1
-        else:
-            upper = topology.environment(shape.environment).devices(shape.accelerator) // shape.tp
-        r = program.column(shape.price, 0, upper, integer=True)
-        model.replicas[s] = r
-        group_terms[shape.group].append((r, shape.capacity))
-        if shape.accelerator is not None:
-            device_terms[(shape.environment, shape.accelerator)].append((r, float(shape.tp)))
-    for terms in group_terms.values():
-        program.row(terms, 0.0, math.inf)
-    for (env, acc), terms in device_terms.items():
-        model.device_rows[(env, acc)] = program.row(
-            terms, -math.inf, topology.environment(env).devices(acc)
-        )
+    model.replicas, model.device_rows = add_pools(
+        program, shapes, topology, group_terms, all_requests
+    )
     return model
 
 
@@ -246,10 +157,13 @@ def _decisions(model: Model, x: np.ndarray) -> tuple[list[CapsuleDecision], dict
                 decisions.append(
                     CapsuleDecision(next(capsules), env, tier, edge_tokens, generative_tokens)
                 )
-    replicas = {
+    return decisions, _replicas(model, x)
+
+
+def _replicas(model: Model, x: np.ndarray) -> dict[PoolShape, int]:
+    return {
         model.shapes[s]: round(x[col]) for s, col in model.replicas.items() if round(x[col]) > 0
     }
-    return decisions, replicas
 
 
 def _dual_bound(result: Any) -> float:
@@ -308,6 +222,48 @@ def _solve(
     return best, status, bound
 
 
+def _plan_by_rounding(
+    classes: list[CapsuleClass],
+    shapes: list[PoolShape],
+    topology: Topology,
+    *,
+    time_limit: float,
+    mip_rel_gap: float,
+) -> tuple[Model, np.ndarray, list[CapsuleDecision], str, float] | None:
+    """The fluid relaxation, rounded, then priced exactly (`fleet/fluid.py`); None when the
+    relaxation or the rounded plan finds no solution (the class MILP then decides)."""
+    deadline = time.perf_counter() + time_limit
+    types = capsule_types(classes)
+    bound, targets = relaxation_bound(
+        types, shapes, topology, time_limit=0.4 * time_limit, mip_rel_gap=5 * mip_rel_gap
+    )
+    if not targets:
+        return None
+    model = build_model(fixed_classes(types, round_homes(types, targets)), shapes, topology)
+    x, status, _ = _solve(
+        model, time_limit=max(deadline - time.perf_counter(), 1.0), mip_rel_gap=mip_rel_gap
+    )
+    if x is None:
+        return None
+    offload, edges, generative = [], [], []
+    for c, cls in enumerate(model.classes):
+        offload.append(float(x[model.offload[(c, 0)]]) if (c, 0) in model.offload else 0.0)
+        flows = {e: float(x[model.edge[(c, e)]]) for e in cls.edges if (c, e) in model.edge}
+        total = sum(flows.values())
+        edges.append({e: v / total for e, v in flows.items()} if total > 1e-12 else {})
+        gen = {
+            e: float(x[model.generative[(c, e)]])
+            for e in cls.generative_environments
+            if (c, e) in model.generative
+        }
+        total = sum(gen.values())
+        generative.append({e: v / total for e, v in gen.items()} if total > 1e-12 else {})
+    decisions = fixed_decisions(model.classes, offload, edges, generative)
+    cost = float(np.dot(model.program.cost, x))
+    status = "within gap" if cost - bound <= mip_rel_gap * cost else "rounded (see gap)"
+    return model, x, decisions, status, bound
+
+
 def plan(
     capsules: Sequence[Capsule],
     topology: Topology,
@@ -338,9 +294,21 @@ def plan(
     budget = phase_budget(phase) if budget_per_hour is _UNSET else budget_per_hour
     shapes = pool_shapes(topology, phase)
     classes = build_classes(capsules, topology, phase, shapes)
-    model = build_model(classes, shapes, topology)
+    rounded = (
+        _plan_by_rounding(classes, shapes, topology, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
+        if len(classes) > AGGREGATION_LIMIT
+        else None
+    )
+    x: np.ndarray | None
+    if rounded is not None:
+        model, x, decisions, status, bound = rounded
+        replicas = _replicas(model, x)
+        method = "fluid-relaxation-rounding"
+    else:
+        model = build_model(classes, shapes, topology)
+        x, status, bound = _solve(model, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
+        method = "milp-highs"
     program = model.program
-    x, status, bound = _solve(model, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
     if x is None and status == "infeasible":
         from trifecta.fleet.infeasibility import explain_infeasible
 
@@ -351,10 +319,11 @@ def plan(
             f"({len(classes)} capsule classes); allow more time",
             field="time_limit",
         )
-    decisions, replicas = _decisions(model, x)
+    if rounded is None:
+        decisions, replicas = _decisions(model, x)
     cost = float(np.dot(program.cost, x))
     report = SolverReport(
-        method="milp-highs",
+        method=method,
         status=status,
         seconds=time.perf_counter() - started,
         capsules=len(capsules),
