@@ -189,11 +189,9 @@ def evaluate(
             result.boolean[name] = boolean.from_coords(coords, program.shape(name))
         else:
             value = dense_base(program, name, params)
-            if (
-                mode == "embedding"
-                and not program.tensors[name].learnable
-                and name not in program.dense
-            ):
+            fitted = params is not None and name in params
+            if mode == "embedding" and not fitted and name not in program.dense:
+                # read the facts back through the embeddings: similar objects share them
                 for axis, d in enumerate(program.tensors[name].domains):
                     value = np.moveaxis(np.tensordot(gram[d], value, axes=([1], [axis])), 0, axis)
                 value = np.clip(value, 0.0, 1.0)
@@ -203,8 +201,15 @@ def evaluate(
     for group in groups(program):
         recursive = is_recursive(program, group)
         label = ",".join(group)
+        eqs = [e for e in program.equations if e.lhs in group]
+        reads = {a.tensor for e in eqs for a in e.body}
+        if not all(n in sets for n in group) or not reads <= sets:
+            for name in group:  # a relation reading real values is evaluated as reals
+                if name in sets:
+                    sets.discard(name)
+                    base[name] = result.numeric[name] = result.dense(name)
+                    del result.boolean[name]
         if all(n in sets for n in group):
-            eqs = [e for e in program.equations if e.lhs in group]
             if recursive:
 
                 def report(r: int, new: int, label: str = label) -> None:

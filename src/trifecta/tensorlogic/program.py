@@ -211,6 +211,23 @@ def compile_program(
     return program
 
 
+def parse_query(program: Program, text: str) -> Atom:
+    """`Ancestor[ann, z]?` (the `?` optional) resolved against `program`."""
+    source = "<query>"
+    module = parse(text if text.rstrip().endswith("?") else text.rstrip() + "?")
+    if module.diagnostics:
+        raise ProgramError(source, module.diagnostics)
+    queries = [s for s in module.statements if isinstance(s, QueryStmt)]
+    if len(module.statements) != 1 or len(queries) != 1:
+        raise ProgramError(source, [Diagnostic(Pos(1, 1), "expected one query, e.g. R[a, x]?")])
+    resolver = _Resolver(source, Path.cwd(), Limits(), load_files=False)
+    resolver.program = program
+    atom = resolver._atom(queries[0].ref, allow_vars=True)
+    if atom is None or resolver.errors:
+        raise ProgramError(source, resolver.errors)
+    return atom
+
+
 class _Resolver:
     def __init__(self, source: str, base_dir: Path, limits: Limits, load_files: bool):
         self.load_files = load_files
