@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 
@@ -10,6 +12,11 @@ def serve_command(
     port: int = typer.Option(8000, min=1, max=65535),
     replicas: int = typer.Option(1, min=1, max=16, help="replicas per cognitive tier"),
     log_level: str = typer.Option("info"),
+    federated: bool = typer.Option(
+        False,
+        "--federated",
+        help="serve as the front door of the environments `trifecta up` started",
+    ),
 ) -> None:
     """Serve every HTTP surface in one process (OpenAPI at /docs).
 
@@ -24,7 +31,19 @@ def serve_command(
     from trifecta.serve.app import create_app
 
     settings = get_settings()
-    stack = Stack(settings=settings, cognitive=build_cognitive(settings, settings.phase, replicas))
+    remote = None
+    if federated:
+        from trifecta.federation.processes import load_federation
+        from trifecta.fleet.topology import load_topology
+
+        federation = load_federation(settings)
+        topology = Path(federation.topology) if federation.topology else settings.topology
+        remote = federation.bridge(load_topology(topology))
+    stack = Stack(
+        settings=settings,
+        cognitive=build_cognitive(settings, settings.phase, replicas),
+        remote=remote,
+    )
     stack.warm_up()
     app = create_app(stack, own_stack=True)
     freeze_startup_heap()
