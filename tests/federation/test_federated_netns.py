@@ -118,8 +118,11 @@ def _start(
 ) -> subprocess.Popen[bytes]:
     log = (data / f"{env}.log").open("wb")
     return subprocess.Popen(
-        ["ip", "netns", "exec", namespace, sys.executable, "-m", "trifecta.cli", "env", "serve"]
-        + ["--env", env, "--host", address, "--port", str(PORT), "--topology", str(topology)],
+        [
+            *("ip", "netns", "exec", namespace),
+            *(sys.executable, "-m", "trifecta.cli", "env", "serve", "--env", env),
+            *("--host", address, "--port", str(PORT), "--topology", str(topology)),
+        ],
         cwd=ROOT,
         env=os.environ
         | {
