@@ -39,6 +39,7 @@ from trifecta.serve.federation_cli import (  # noqa: E402
     status_command,
     up_command,
 )
+from trifecta.tensorlogic.cli import tl_app  # noqa: E402
 
 app.add_typer(capsule_app, name="capsule")
 app.add_typer(cognitive_app, name="cognitive")
@@ -56,6 +57,7 @@ app.command("up")(up_command)
 app.command("down")(down_command)
 app.command("status")(status_command)
 app.command("size")(size_command)
+app.add_typer(tl_app, name="tl")
 
 
 def _fail(message: str, code: int = 2) -> None:
