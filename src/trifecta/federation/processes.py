@@ -242,13 +242,10 @@ def status(federation: Federation, topology: Topology) -> list[EnvironmentStatus
 
 
 def seed_registry(settings: Settings) -> int:
-    """The shipped (or configured) fleet in the control database if it holds no capsule yet,
-    so that every environment and the front door know the same capsules from the start."""
+    """The configured fleet's capsules that the control database does not hold yet, so that
+    every environment and the front door know the same capsules from the start."""
     from trifecta.core.db import get_engine
     from trifecta.fleet.fleetfile import load_fleet
     from trifecta.fleet.registry import CapsuleRegistry
 
-    registry = CapsuleRegistry(get_engine(settings.db_url))
-    if registry.count() == 0:
-        return registry.add_many(load_fleet(settings.fleet))
-    return 0
+    return CapsuleRegistry(get_engine(settings.db_url)).add_missing(load_fleet(settings.fleet))

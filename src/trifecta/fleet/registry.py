@@ -68,6 +68,12 @@ class CapsuleRegistry:
             raise Conflict("one of the capsules already exists (use replace)", field="id") from None
         return len(rows)
 
+    def add_missing(self, capsules: Iterable[Capsule]) -> int:
+        """Register the capsules whose id is not registered yet (a fleet file beside the
+        capsules added by hand); returns how many were added."""
+        known = {c.id for c in self.list()}
+        return self.add_many(c for c in capsules if c.id not in known)
+
     @staticmethod
     def _check_domains(session: Session, batch: list[Capsule]) -> None:
         members: dict[str, list[Capsule]] = {}

@@ -1,4 +1,4 @@
-"""The trifecta loop: one capsule request, end to end (DESIGN.md, "One request, end to end").
+"""The trifecta loop: one capsule request, end to end (docs/architecture.md, "The request path").
 
 capsule checks (quota) -> context retrieval from the domain's shard -> route (response cache |
 edge | cognitive, steered by the playbook's routing rules) -> layer, with fallback inside the

@@ -117,8 +117,8 @@ class Stack:
         registry = CapsuleRegistry(self.engine)
         if capsules is not None:
             registry.add_many(capsules, replace=True)
-        elif registry.count() == 0:
-            registry.add_many(load_fleet(self.settings.fleet))
+        else:  # the configured fleet, beside any capsule registered by hand
+            registry.add_missing(load_fleet(self.settings.fleet))
         self.capsules = CapsuleDirectory(registry)
         self.topology = topology or load_topology(self.settings.topology)
         self.phase: Phase = phase or self.settings.phase
