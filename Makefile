@@ -48,9 +48,11 @@ lint: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev services lint
 	eval "$$(scripts/services.sh env)" && $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## bench: run every benchmark; each prints its table and updates its section of BENCHMARKS.md
+## bench: run every benchmark; each prints its table and updates its section of BENCHMARKS.md;
+## benchmarks/goals.py runs last and tables every goal
 bench: $(VENV)/.installed-dev services
-	eval "$$(scripts/services.sh env)" && for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	eval "$$(scripts/services.sh env)" && for b in benchmarks/[!_]*.py; do [ "$$b" = benchmarks/goals.py ] && continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/goals.py
 
 fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix src tests benchmarks scripts
