@@ -245,6 +245,7 @@ def test_discovery_marks_a_stopped_peer_down() -> None:
             assert [p.name for p in directory.admitting(gov_eu)] == ["edge-eu"]
             published = {r.manifest.capsule_id for r in directory.remote_capsules()}
             assert published == {"twin-1", "gov-eu"}
+            stale_card = directory.card("edge-eu")
             async with anyio.create_task_group() as group:
                 group.start_soon(directory.run)
                 await anyio.to_thread.run_sync(second.close)  # edge-eu stops answering
@@ -253,6 +254,9 @@ def test_discovery_marks_a_stopped_peer_down() -> None:
                     await anyio.sleep(0.02)
                 noticed = time.monotonic() - stopped
                 directory.stop()
+            async with Delegator(lookup) as delegator:  # a card kept from before: Unavailable
+                with pytest.raises(Unavailable, match="edge-eu"):
+                    await delegator.send(stale_card, "gov-eu", CapsuleTask(prompt=PROMPT))
             await directory.aclose()
             return noticed
 
@@ -265,3 +269,19 @@ def test_discovery_marks_a_stopped_peer_down() -> None:
         directory.card("edge-eu")
     assert directory.admitting(gov_eu) == []
     assert {r.manifest.capsule_id for r in directory.remote_capsules()} == {"twin-1"}
+
+
+def test_seeds_come_from_the_topology_urls() -> None:
+    data = TOPOLOGY.model_dump(mode="json")
+    for env in data["environments"]:
+        if env["name"] in ("inference", "sovereign", "edge-eu"):
+            env["url"] = f"http://{env['name']}.example:8000/"
+    topology = type(TOPOLOGY).model_validate(data)
+    directory = PeerDirectory.from_topology(topology, own="inference")
+    assert sorted(p.url for p in directory.peers()) == [
+        "http://edge-eu.example:8000",
+        "http://sovereign.example:8000",
+    ]
+    assert directory.peers(up=True) == []  # nothing is up before a refresh
+    with pytest.raises(NotFound, match="peer"):
+        directory.peer("nowhere")
