@@ -35,6 +35,7 @@ def test_a_task_goes_through_every_step_and_is_logged(stack: Stack) -> None:
     rollup = stack.parts.ledger.rollup("capsule_id", capsule_ids=[capsule.id])
     assert rollup[0].usd == pytest.approx(result.cost.usd) and rollup[0].requests == 1
     # The context layer now holds a memory of it.
+    assert stack.context.drain(30)  # learning runs off the request path
     stats = stack.context.stats(capsule.id)
     assert stats.memories == 1
 

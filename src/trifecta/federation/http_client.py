@@ -16,6 +16,7 @@ from pydantic import BaseModel, TypeAdapter
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from trifecta.context.deltas import Delta, DeltaResult
+from trifecta.context.learn_queue import LearnTicket
 from trifecta.context.learning import LearnResult
 from trifecta.context.models import (
     DomainStats,
@@ -31,6 +32,8 @@ from trifecta.federation.http_server import (
     PREFIX,
     CapsuleCall,
     DeltaCall,
+    DrainCall,
+    DrainResult,
     RetrieveCall,
     SearchCall,
 )
@@ -167,6 +170,13 @@ class HttpContext:
 
     def learn(self, trajectory: Trajectory) -> LearnResult:
         return self.link.call("POST", "/context/learn", trajectory, LearnResult)
+
+    def submit(self, trajectory: Trajectory) -> LearnTicket:
+        return self.link.call("POST", "/context/submit", trajectory, LearnTicket)
+
+    def drain(self, timeout_s: float) -> bool:
+        body = DrainCall(timeout_s=timeout_s)
+        return self.link.call("POST", "/context/drain", body, DrainResult).drained
 
     def apply_delta(self, capsule_id: str, delta: Delta) -> DeltaResult:
         body = DeltaCall(capsule_id=capsule_id, delta=delta)

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Header
 from pydantic import BaseModel, ConfigDict, Field
 
 from trifecta.context.deltas import Delta, DeltaResult
+from trifecta.context.learn_queue import LearnTicket
 from trifecta.context.learning import LearnResult
 from trifecta.context.models import (
     DomainStats,
@@ -56,6 +57,15 @@ class DeltaCall(CapsuleCall):
 
 class SearchCall(CapsuleCall):
     query: MemoryQuery
+
+
+class DrainCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+
+
+class DrainResult(BaseModel):
+    drained: bool = Field(description="False: the queue still held rows when the time was up")
 
 
 def peer_auth(credential: str | None) -> Callable[[str | None], None]:
@@ -103,6 +113,14 @@ def federation_router(host: EnvironmentHost, *, credential: str | None = None) -
     @router.post("/context/learn")
     def learn(body: Trajectory) -> LearnResult:
         return context.learn(body)
+
+    @router.post("/context/submit")
+    def submit(body: Trajectory) -> LearnTicket:
+        return context.submit(body)
+
+    @router.post("/context/drain")
+    def drain(body: DrainCall) -> DrainResult:
+        return DrainResult(drained=context.drain(body.timeout_s))
 
     @router.post("/context/apply_delta")
     def apply_delta(body: DeltaCall) -> DeltaResult:

@@ -21,6 +21,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trifecta.context.deltas import Delta, DeltaResult
+from trifecta.context.learn_queue import LearnTicket
 from trifecta.context.learning import LearnResult
 from trifecta.context.models import (
     DomainStats,
@@ -205,6 +206,12 @@ class _FaultyContext(_Faulty):
 
     def learn(self, trajectory: Trajectory) -> LearnResult:
         return self._call("learn", lambda: self.inner.learn(trajectory))
+
+    def submit(self, trajectory: Trajectory) -> LearnTicket:
+        return self._call("submit", lambda: self.inner.submit(trajectory))
+
+    def drain(self, timeout_s: float) -> bool:
+        return self._call("drain", lambda: self.inner.drain(timeout_s))
 
     def apply_delta(self, capsule_id: str, delta: Delta) -> DeltaResult:
         return self._call("apply_delta", lambda: self.inner.apply_delta(capsule_id, delta))

@@ -21,6 +21,7 @@ from trifecta.cognitive.serving.auto import AutoModel
 from trifecta.cognitive.serving.tenants import Tenant
 from trifecta.context.deltas import Delta, DeltaResult
 from trifecta.context.facade import ContextService
+from trifecta.context.learn_queue import LearnTicket
 from trifecta.context.learning import LearnResult
 from trifecta.context.models import (
     DomainStats,
@@ -243,6 +244,15 @@ class HostedContext:
 
     def learn(self, trajectory: Trajectory) -> LearnResult:
         return self._service(trajectory.capsule_id, "learn").learn(trajectory)
+
+    def submit(self, trajectory: Trajectory) -> LearnTicket:
+        return self._service(trajectory.capsule_id, "submit").submit(trajectory)
+
+    def drain(self, timeout_s: float) -> bool:
+        service = self.host.services.context
+        if service is None:
+            raise InvalidInput("no context layer here", field="service")
+        return service.drain(timeout_s)
 
     def apply_delta(self, capsule_id: str, delta: Delta) -> DeltaResult:
         return self._service(capsule_id, "apply_delta").apply_delta(capsule_id, delta)

@@ -14,6 +14,7 @@ from typing import Final, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from trifecta.context.deltas import Delta, DeltaResult
+from trifecta.context.learn_queue import LearnTicket
 from trifecta.context.learning import LearnResult
 from trifecta.context.models import (
     DomainStats,
@@ -81,6 +82,14 @@ class ContextClient(Protocol):
     def retrieve(self, capsule_id: str, request: RetrieveRequest) -> Retrieval: ...
 
     def learn(self, trajectory: Trajectory) -> LearnResult: ...
+
+    def submit(self, trajectory: Trajectory) -> LearnTicket:
+        """Queue the trajectory for learning; returns once it is durably stored."""
+        ...
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until the environment's learning queue is empty (False: timed out)."""
+        ...
 
     def apply_delta(self, capsule_id: str, delta: Delta) -> DeltaResult: ...
 

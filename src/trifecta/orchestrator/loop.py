@@ -357,8 +357,8 @@ class Orchestrator:
             suffix="",
         )
         started = time.perf_counter()
-        try:
-            self.bridge.context(capsule, env).learn(trajectory)
+        try:  # durably queued: the shard's worker learns from it off the request path
+            self.bridge.context(capsule, env).submit(trajectory)
         except Unavailable as exc:
             log.warning("learning skipped", capsule=capsule.id, reason=exc.one_line())
             trace.failed(started, "context", env, "learn", exc.one_line())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from trifecta.core.errors import TrifectaError, Unavailable
 from trifecta.core.logging import get_logger
+from trifecta.fleet.capsules import Capsule
 from trifecta.orchestrator.loop import Orchestrator
 from trifecta.orchestrator.models import TaskRequest, TaskResult
 from trifecta.orchestrator.plots import save_plots
@@ -64,6 +65,22 @@ def context_sizes(stack: Stack) -> dict[str, tuple[int, int, int, int]]:
     return sizes
 
 
+def drain_learning(stack: Stack, timeout_s: float = 300.0) -> None:
+    """Wait until every context environment has learned from what the run queued."""
+    by_env: dict[str, Capsule] = {}
+    for capsule in stack.capsules.all():
+        try:
+            by_env.setdefault(stack.place_domain(capsule.domain), capsule)
+        except TrifectaError:
+            continue
+    for env, capsule in sorted(by_env.items()):
+        try:
+            if not stack.bridge.context(capsule, env).drain(timeout_s):
+                log.warning("learning still queued", environment=env)
+        except Unavailable as exc:
+            log.info("learning not drained", environment=env, reason=exc.one_line())
+
+
 def serve_workload(
     orchestrator: Orchestrator,
     items: list[WorkItem],
@@ -112,6 +129,7 @@ def run(
     results, refusals = serve_workload(orchestrator, items, workers=workers, progress=progress)
     failed = sum(refusals.values())
     seconds = time.perf_counter() - started
+    drain_learning(stack)
     after = context_sizes(stack)
     grades = _grades(results, items)
     by_id = {c.id: c for c in capsules}

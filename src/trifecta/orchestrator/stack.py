@@ -210,6 +210,8 @@ class Stack:
 
     def close(self) -> None:
         self.bridge.close()
+        if self.context is not None:
+            self.context.close()  # what is still queued stays queued for the next start
         for mesh in self.meshes.values():
             mesh.stop()
         self.meshes.clear()

@@ -117,6 +117,8 @@ class EnvironmentSite:
             self.context.embed(["warm up"])
 
     def close(self) -> None:
+        if self.context is not None:
+            self.context.close()
         if self.mesh is not None:
             self.mesh.stop()
         if self.cognitive is not None:
