@@ -205,7 +205,9 @@ def compile_command(
     program: ProgramArg,
     facts: FactsOption = None,
     target: Annotated[str, typer.Option(help="host or riscv32 (the Coral NPU core)")] = "host",
-    out: Annotated[Path | None, typer.Option(help="where to write the IREE module (.vmfb)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="the IREE module to write (default: NAME.TARGET.vmfb here)")
+    ] = None,
 ) -> None:
     """Lower every equation to MLIR linalg and compile it with IREE."""
     from trifecta.tensorlogic.mlir import TARGETS, compile_equations
@@ -214,7 +216,7 @@ def compile_command(
         raise InvalidInput(f"unknown target {target!r}", field="target", allowed=TARGETS)
     loaded = _load(program, facts)
     compiled = compile_equations(loaded, "riscv32" if target == "riscv32" else "host")
-    path = out or program.with_suffix(f".{target}.vmfb")
+    path = out or Path(f"{program.stem}.{target}.vmfb")  # in the working directory
     path.write_bytes(compiled.vmfb)
     console.print(f"{program.name} for {target}: {compiled.size} bytes -> {path}", markup=False)
     table = Table()
