@@ -189,3 +189,21 @@ def test_embedding_mode_is_analogical_at_higher_temperature() -> None:
     soft = evaluate(program, mode="embedding", temperature=0.2, embed_dim=6, seed=1).dense("Two")
     assert soft.min() > 0.0 and soft.max() < 1.0
     assert soft[exact > 0].mean() > soft[exact == 0].mean() + 0.05
+
+
+def test_queries_on_a_packed_relation_read_only_what_they_need() -> None:
+    from trifecta.tensorlogic.bitset import BitMatrix
+    from trifecta.tensorlogic.program import parse_query
+
+    rng = np.random.default_rng(0)
+    program = graph_program(400, TC, [tuple(e) for e in rng.integers(0, 400, (1200, 2)).tolist()])
+    result = evaluate(program)
+    assert isinstance(result.boolean["Path"], BitMatrix)
+    dense = result.dense("Path")
+    for text in ("Path[3, z]", "Path[x, 7]", "Path[x, z]"):
+        atom = parse_query(program, text)
+        index = tuple(a if isinstance(a, int) else slice(None) for a in atom.args)
+        assert len(result.answers(atom)) == int(np.count_nonzero(dense[index]))
+        assert len(result.answers(atom, limit=5)) == 5
+    for a, b in [(3, 7), (5, 5), (0, 399)]:
+        assert result.value(parse_query(program, f"Path[{a}, {b}]")) == dense[a, b]

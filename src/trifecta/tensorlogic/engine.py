@@ -24,8 +24,9 @@ from scipy.sparse.csgraph import connected_components
 
 from trifecta.core.errors import InvalidInput
 from trifecta.tensorlogic import boolean, numeric
+from trifecta.tensorlogic.bitset import BitMatrix
 from trifecta.tensorlogic.boolean import BoolValue
-from trifecta.tensorlogic.program import Atom, Program
+from trifecta.tensorlogic.program import Atom, Index, Program
 
 Mode = Literal["boolean", "embedding"]
 Progress = Callable[[str, int, float], None]  # (tensor group, round, change or new pairs)
@@ -108,6 +109,40 @@ def embeddings(program: Program, dim: int, seed: int) -> dict[str, NDArray[np.fl
     return out
 
 
+def _pairs(value: BoolValue, args: tuple[Index, ...], limit: int | None) -> NDArray[np.int64]:
+    """The pairs of a binary relation matching the query's constants, without unpacking more
+    of a packed relation than the query needs (a 20k-node closure is 400M pairs)."""
+    row, col = args
+    if isinstance(value, np.ndarray):
+        value = boolean.normalise(value)
+    if isinstance(value, BitMatrix):
+        n, m = value.shape
+        if isinstance(row, int) and isinstance(col, int):
+            held = (int(value.bits[row, col >> 6]) >> (col & 63)) & 1
+            return np.array([[row, col]] * held, np.int64).reshape(-1, 2)
+        if isinstance(col, int):
+            bits = (value.bits[:, col >> 6] >> np.uint64(col & 63)) & np.uint64(1)
+            rows = np.flatnonzero(bits)
+            return np.stack([rows, np.full(len(rows), col)], axis=1).astype(np.int64)
+        starts = [row] if isinstance(row, int) else range(0, n, 256)
+        found: list[NDArray[np.int64]] = []
+        for start in starts:
+            stop = start + 1 if isinstance(row, int) else min(start + 256, n)
+            block = BitMatrix(value.bits[start:stop], (stop - start, m)).to_csr()
+            coords = boolean.to_coords(block)
+            coords[:, 0] += start
+            found.append(coords)
+            if limit is not None and sum(len(f) for f in found) >= limit:
+                break
+        return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+    csr = sp.csr_array(value)
+    if isinstance(row, int):
+        coords = boolean.to_coords(csr[[row], :])
+        coords[:, 0] = row
+        return coords
+    return boolean.to_coords(csr)
+
+
 @dataclass
 class Result:
     program: Program
@@ -132,7 +167,7 @@ class Result:
         info = self.program.tensors[query.tensor]
         domains = [self.program.domains[d] for d in info.domains]
         if query.tensor in self.boolean and len(info.domains) == 2:
-            coords = boolean.to_coords(self.boolean[query.tensor])
+            coords = _pairs(self.boolean[query.tensor], query.args, limit)
             values = np.ones(len(coords))
         else:
             table = self.dense(query.tensor)
@@ -158,9 +193,7 @@ class Result:
         """The value at a query whose indices are all constants."""
         index = tuple(int(a) for a in query.args)
         if query.tensor in self.boolean and len(index) == 2:
-            held = self.boolean[query.tensor]
-            csr = held.to_csr() if isinstance(held, boolean.BitMatrix) else held
-            return float(bool(csr[index[0], index[1]]))
+            return float(len(_pairs(self.boolean[query.tensor], index, None)) > 0)
         return float(self.dense(query.tensor)[index])
 
 
