@@ -22,6 +22,7 @@ from trifecta.context.facade import ContextService
 from trifecta.context.models import RetrieveRequest
 from trifecta.context.sql import Vector
 from trifecta.context.store import ShardStore
+from trifecta.context.writes import Changes
 from trifecta.core.db import get_engine, transaction
 from trifecta.core.errors import NotFound
 
@@ -180,3 +181,27 @@ def test_nothing_acknowledged_is_lost_on_kill_9(
     # Exactly once: each learned trajectory tagged the bullet once.
     assert sum(bullet_counts(url, bullet)) == len(rows)
     survivor.close()
+
+
+def test_a_replica_that_did_not_write_catches_up_incrementally(
+    make_service: ServiceFactory, sqlite_url: str
+) -> None:
+    writer, reader = make_service(sqlite_url), make_service(sqlite_url)
+    bullet = seed_bullet(writer)
+    request = RetrieveRequest(query="t=2,p=2,r=6;t+p?", k_memories=3)
+    before = reader.retrieve("twin-a", request)
+    writer.submit(trajectory(2, bullet))
+    assert writer.drain(timeout=60)
+    store = reader.router.store_for("plant")
+    asked: list[int] = []
+    load = store.changes_since
+
+    def spy(domain: str, since: int) -> Changes:
+        asked.append(since)
+        return load(domain, since)
+
+    store.changes_since = spy  # type: ignore[method-assign]
+    after = reader.retrieve("twin-a", request)
+    assert asked == [before.version]  # only the rows written since its version
+    assert [m.memory.source.trajectory_id for m in after.memories] == ["traj-kill-00002"]
+    writer.close()

@@ -32,6 +32,7 @@ def test_openapi_documents_every_route(http: httpx.Client) -> None:
         "/capsules/{capsule_id}/memories",
         "/capsules/{capsule_id}/memories/search",
         "/trajectories",
+        "/trajectories/queue",
         "/shards",
         "/shards/{domain}/move",
         "/shards/{domain}/shares",
@@ -175,3 +176,28 @@ def test_bad_references_and_limits(http: httpx.Client) -> None:
     assert http.get("/capsules/Not%20A%20Slug/playbook").status_code == 422
     # Nothing stored was lost by the refused requests.
     assert http.get("/capsules/twin-a/playbook").json()["bullets"] == []
+
+
+def test_a_queued_trajectory_is_acknowledged_then_learned(
+    make_service: ServiceFactory, sqlite_url: str
+) -> None:
+    service = make_service(sqlite_url)
+    body = {
+        "id": "traj-http-1",
+        "capsule_id": "twin-a",
+        "prompt": "t=4,p=2;t+p?",
+        "answer": "6",
+        "outcome": "success",
+        "judge": "verifier",
+    }
+    with live_server(create_app(service)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        ticket = client.post("/trajectories/queue", json=body)
+        assert ticket.status_code == 202
+        assert ticket.json()["domain"] == "plant" and not ticket.json()["duplicate"]
+        assert client.post("/trajectories/queue", json=body).json()["duplicate"]
+        bad = client.post("/trajectories/queue", json=body | {"capsule_id": "nobody"})
+        assert bad.status_code == 404 and bad.json()["error"]["field"] == "capsule_id"
+    assert service.drain(timeout=60)
+    assert [r.state for r in service.learn_queue("twin-a")] == ["done"]
+    assert service.stats("twin-a").memories == 1
+    service.close()

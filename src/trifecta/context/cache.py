@@ -35,10 +35,12 @@ return 0
 """
 
 
-def connect_redis(url: str) -> Any:
+def connect_redis(url: str, timeout_s: float = 0.25) -> Any:
+    """A client whose every call gives up after `timeout_s` (then readers use the shard):
+    a hung Redis costs a request a bounded wait, not a stall."""
     import redis
 
-    return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
 
 def request_key(kind: str, request: BaseModel | dict[str, Any]) -> str:

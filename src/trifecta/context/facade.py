@@ -72,6 +72,7 @@ class ContextService:
         control_url: str | None = None,
         registry: CapsuleRegistry | None = None,
         embedder: Embedder | Callable[[], Embedder] | None = None,
+        learning_embedder: Embedder | Callable[[], Embedder] | None = None,
         language_model: LanguageModel | None = None,
         redis_url: str | None = None,
         settings: ContextSettings | None = None,
@@ -89,9 +90,16 @@ class ContextService:
         self.language_model = language_model
         # An embedder, or a factory called on first use (the model takes a second to load).
         self._embedder = embedder
+        # The learning worker embeds with a model instance of its own by default (one call
+        # at a time per instance: a retrieval must not queue behind a batch of memories).
+        # An embedder that was handed in is shared unless a learning one is handed in too.
+        if learning_embedder is None and embedder is None:
+            from trifecta.core.embeddings import MiniLMEmbedder
+
+            learning_embedder = MiniLMEmbedder
         self.cache_enabled = self.settings.cache if cache is None else cache
         redis_url = redis_url if redis_url is not None else core.redis_url
-        self.redis = connect_redis(redis_url) if redis_url else None
+        self.redis = connect_redis(redis_url, self.settings.redis_timeout_s) if redis_url else None
         # Writers publish versions whether or not this process caches: other replicas may.
         self.versions = VersionBoard(self.redis, ttl_s=self.settings.version_ttl_s)
         self.results = ResultCache(
@@ -103,7 +111,12 @@ class ContextService:
             self.embed, max_entries=self.settings.query_cache_entries if self.cache_enabled else 0
         )
         self.learner = LearnWorker(
-            self, batch=self.settings.learn_batch, poll_s=self.settings.learn_poll_s
+            self,
+            embedder=learning_embedder or (lambda: self.embedder),
+            batch=self.settings.learn_batch,
+            poll_s=self.settings.learn_poll_s,
+            chunk=self.settings.embed_chunk,
+            linger_s=self.settings.learn_linger_s,
         )
 
     # -- plumbing ----------------------------------------------------------------------
@@ -123,12 +136,6 @@ class ContextService:
 
     def embed(self, texts: Sequence[str]) -> list[Vector]:
         return list(self.embedder.embed(list(texts))) if texts else []
-
-    def embed_in_chunks(self, texts: Sequence[str]) -> list[Vector]:
-        """Embed in calls of `embed_chunk` texts: the embedder serves one call at a time, so
-        a retrieval waits for at most one short call of the learning worker."""
-        chunk = self.settings.embed_chunk
-        return [v for i in range(0, len(texts), chunk) for v in self.embed(texts[i : i + chunk])]
 
     def on_shard(self, domain: str, work: Callable[[ShardStore], T]) -> T:
         """Run `work` on the domain's shard; if a move fenced that shard, re-route and retry

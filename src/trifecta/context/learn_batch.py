@@ -116,7 +116,7 @@ def plan_batch(
         }
     )
     memory_texts = [memory_text(d) for *_, drafts in staged for d in drafts]
-    vectors = service.embed_in_chunks(delta_texts + memory_texts)
+    vectors = service.learner.embed(delta_texts + memory_texts)
     delta_vectors = dict(zip(delta_texts, vectors[: len(delta_texts)], strict=True))
     memory_vectors = iter(vectors[len(delta_texts) :])
     earlier: list[PendingMemory] = []

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from trifecta.context.learn_batch import apply_batch, plan_batch
 from trifecta.context.learn_queue import LearnTicket, Queued
-from trifecta.context.sql import DomainMoved
+from trifecta.context.sql import DomainMoved, Vector
 from trifecta.context.store import ShardStore
 from trifecta.context.trajectory import Trajectory
 from trifecta.core.errors import TrifectaError, Unavailable
 from trifecta.core.logging import get_logger
+from trifecta.core.protocols import Embedder
 
 if TYPE_CHECKING:
     from trifecta.context.facade import ContextService
@@ -38,10 +39,23 @@ MAX_ATTEMPTS = 20
 
 
 class LearnWorker:
-    def __init__(self, service: ContextService, *, batch: int, poll_s: float):
+    def __init__(
+        self,
+        service: ContextService,
+        *,
+        embedder: Embedder | Callable[[], Embedder],
+        batch: int,
+        poll_s: float,
+        chunk: int,
+        linger_s: float = 0.0,
+    ):
         self.service = service
+        self._embedder = embedder
         self.batch = batch
         self.poll_s = poll_s
+        self.chunk = chunk
+        self.linger_s = linger_s
+        self._draining = threading.Event()  # someone waits in drain(): no lingering
         self._shards: set[str] = set()
         self._shards_lock = threading.Lock()
         self._working = threading.Lock()  # held while a batch is written and published
@@ -51,6 +65,21 @@ class LearnWorker:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.learned = self.failed = self.batches = 0
+
+    @property
+    def embedder(self) -> Embedder:
+        # A class or a factory is called on first use (a class passes the protocol check).
+        if isinstance(self._embedder, type) or not isinstance(self._embedder, Embedder):
+            self._embedder = self._embedder()
+        return self._embedder
+
+    def embed(self, texts: Sequence[str]) -> list[Vector]:
+        """The worker's embeddings, in calls of at most `chunk` texts."""
+        return [
+            v
+            for i in range(0, len(texts), self.chunk)
+            for v in self.embedder.embed(list(texts[i : i + self.chunk]))
+        ]
 
     # -- control -----------------------------------------------------------------------
     def start(self) -> None:
@@ -79,16 +108,20 @@ class LearnWorker:
         """Wait until no known shard has a pending row; False if `timeout` passed first."""
         self.start()
         deadline = time.monotonic() + timeout
-        while True:
-            self._wake.set()
-            if self.pending() == 0:
-                with self._working:  # a batch that just committed has published too
-                    return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            with self._idle:
-                self._idle.wait(min(remaining, 0.5))
+        self._draining.set()
+        try:
+            while True:
+                self._wake.set()
+                if self.pending() == 0:
+                    with self._working:  # a batch that just committed has published too
+                        return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                with self._idle:
+                    self._idle.wait(min(remaining, 0.5))
+        finally:
+            self._draining.clear()
 
     def pending(self) -> int:
         return sum(self._store(url).queue.pending_count() for url in self._known())
@@ -118,10 +151,19 @@ class LearnWorker:
                     handled += self._drain_shard(self._store(url))
                 except (SQLAlchemyError, TrifectaError) as exc:  # the shard is unreachable
                     log.warning("learn queue unreadable", shard=url, error=str(exc))
+                except Exception:  # a bug must not end the worker: rows stay queued
+                    log.exception("learning failed", shard=url)
+                    self._stop.wait(1.0)
             with self._idle:
                 self._idle.notify_all()
-            if not handled and not self._wake.wait(self.poll_s):
+            if handled >= self.batch:
+                continue  # a backlog: go on at once
+            if not self._wake.wait(self.poll_s):
                 self._refresh_shards()
+            elif not self._draining.is_set():
+                # Woken by a submit: let a few more arrive, so one embedding call and one
+                # transaction serve several trajectories (each call has a fixed cost).
+                self._stop.wait(self.linger_s)
 
     def _refresh_shards(self) -> None:
         try:

@@ -18,6 +18,7 @@ from trifecta.context.admin import MoveRequest, ShardAdmin, ShardListing, ShareR
 from trifecta.context.copier import CopyReport
 from trifecta.context.deltas import Delta, DeltaResult
 from trifecta.context.facade import ContextService, Read
+from trifecta.context.learn_queue import LearnTicket
 from trifecta.context.learning import LearnResult
 from trifecta.context.models import (
     AddMemoriesRequest,
@@ -136,6 +137,12 @@ def create_app(
         """Reflect, curate and distil one trajectory (tags, delta, memories) in one call."""
         return service.learn(trajectory)
 
+    @app.post("/trajectories/queue", tags=["learning"], status_code=202)
+    def submit(trajectory: Trajectory) -> LearnTicket:
+        """Queue a trajectory for learning. The answer is the acknowledgement: the trajectory
+        is stored and will be learned from, in order, exactly once."""
+        return service.submit(trajectory)
+
     @app.get("/shards", tags=["shards"])
     def list_shards() -> ShardListing:
         return admin.listing()
@@ -163,4 +170,5 @@ def create_app_from_settings() -> FastAPI:
     embedder loads before the server accepts requests."""
     service = ContextService()
     service.warm_up()
+    service.start_learning()  # learns what a previous process left queued
     return create_app(service)

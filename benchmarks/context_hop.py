@@ -1,0 +1,308 @@
+"""The loop's context hop: synchronous learning (the old path) against the learn queue and
+live views (the new path), on the same workload in one run.
+
+    .venv/bin/python benchmarks/context_hop.py [--rounds 6] [--requests 100]
+
+Per request the loop makes one retrieval (the prompt as query, 3 memories) and one learn
+(`orchestrator/loop.py`). The workload is `trifecta run`'s (`build_workload`: 8 capsules in
+4 domains, a quarter of the requests re-asking standing queries), each domain seeded with
+four routing-rule bullets that the trajectories tag. Each path has its own SQLite shard and
+`ContextService` (no Redis: versions come from the shard), one real MiniLM embedder shared,
+torch on one thread:
+
+- old: `retrieve` then `learn` (reflect, curate, distil, written before the hop returns; the
+  next retrieval finds a new version and catches its view up from the shard);
+- new: `retrieve` then `submit` (committed to the queue, learned by the worker thread, which
+  applies its rows to the live view). A round ends when `drain` returns, so the learning
+  the worker did is inside the round's time.
+
+The rounds alternate which path goes first and continue the same databases (the domains
+grow). Figures: the hop's request-path latency (bootstrap intervals over requests) and each
+round's throughput including the drain (bootstrap over the paired per-round ratios).
+Goals (from issue 15's 10x target for `trifecta run`, ~18 req/s today): the new hop sustains
+at least 180 requests/s with its learning included, and it is at least 3x the old path's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from benchmarks._report import (
+    Goal,
+    bootstrap_median,
+    bootstrap_ratio,
+    cpu_name,
+    goals_markdown,
+    machine_load,
+    write_results,
+    write_section,
+)
+from trifecta.context.deltas import AddOp, Delta
+from trifecta.context.facade import ContextService
+from trifecta.context.models import Retrieval, RetrieveRequest
+from trifecta.context.trajectory import Trajectory, TrajectoryStep
+from trifecta.core.db import get_engine
+from trifecta.core.embeddings import MiniLMEmbedder, get_embedder
+from trifecta.fleet.capsules import Capsule, Demand
+from trifecta.fleet.registry import CapsuleRegistry
+from trifecta.orchestrator.loop import MEMORIES_PER_REQUEST
+from trifecta.orchestrator.workload import WorkItem, build_workload
+
+NAME = "context_hop"
+DOMAINS = ["plant", "grid", "water", "rail"]
+RULES = [
+    ("routing", "start: lookup_chain tasks start on the medium tier"),
+    ("routing", "no-edge: add tasks stay off the edge"),
+    ("strategies", "Read the named sensor from the telemetry before computing."),
+    ("pitfalls", "A minus sign binds to the next term only."),
+]
+GOAL_RPS = 180.0
+GOAL_SPEEDUP = 3.0
+
+
+def fleet() -> list[Capsule]:
+    return [
+        Capsule(
+            id=f"twin-{domain}-{i}",
+            name=f"{domain} twin {i}",
+            kind="digital_twin",
+            domain=domain,
+            demand=Demand(requests_per_s=1.0 + i),
+        )
+        for domain in DOMAINS
+        for i in range(2)
+    ]
+
+
+def open_service(url: str, capsules: list[Capsule], *, new: bool) -> ContextService:
+    """Each path in its default configuration: the new one's worker embeds with a model
+    instance of its own, the old path has one for everything."""
+    CapsuleRegistry(get_engine(url)).add_many(capsules)
+    service = ContextService(
+        control_url=url,
+        embedder=get_embedder(),
+        learning_embedder=MiniLMEmbedder if new else None,
+    )
+    for capsule in capsules[:: len(capsules) // len(DOMAINS)]:
+        ops = [
+            AddOp(op_id=f"rule-{i}", section=section, content=text)
+            for i, (section, text) in enumerate(RULES)
+        ]
+        service.apply_delta(capsule.id, Delta(ops=ops))
+    return service
+
+
+def trajectory(item: WorkItem, retrieval: Retrieval, serial: str) -> Trajectory:
+    """What the loop would learn from: the verifier's verdict (4 in 5 correct here), the
+    layer path by difficulty, the bullets that were in context."""
+    task = item.task
+    correct = hashlib.blake2b(task.id.encode(), digest_size=1).digest()[0] % 5 != 0
+    layer = "edge" if task.difficulty <= 2 else "cognitive"
+    return Trajectory(
+        id=f"hop-{serial}",
+        capsule_id=item.capsule_id,
+        task_id=task.id,
+        task_kind=task.kind,
+        difficulty=task.difficulty,
+        prompt=task.prompt,
+        answer=task.answer if correct else "0",
+        outcome="success" if correct else "failure",
+        judge="verifier",
+        verdict_detail=None if correct else f"expected {task.answer}",
+        steps=[TrajectoryStep(layer=layer, tier="node-1" if layer == "edge" else "small")],
+        bullet_ids=[b.bullet.id for b in retrieval.bullets],
+    )
+
+
+@dataclass
+class Round:
+    hop_ms: list[float] = field(default_factory=list)
+    retrieve_ms: list[float] = field(default_factory=list)
+    write_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    drain_s: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return len(self.hop_ms) / self.seconds
+
+
+def run_round(service: ContextService, items: list[WorkItem], new: bool, tag: str) -> Round:
+    result = Round()
+    started = time.perf_counter()
+    for i, item in enumerate(items):
+        t0 = time.perf_counter()
+        request = RetrieveRequest(query=item.task.prompt, k_memories=MEMORIES_PER_REQUEST)
+        retrieval = service.retrieve(item.capsule_id, request)
+        t1 = time.perf_counter()
+        learned = trajectory(item, retrieval, f"{tag}-{i}")
+        if new:
+            service.submit(learned)
+        else:
+            service.learn(learned)
+        t2 = time.perf_counter()
+        result.retrieve_ms.append((t1 - t0) * 1e3)
+        result.write_ms.append((t2 - t1) * 1e3)
+        result.hop_ms.append((t2 - t0) * 1e3)
+    if new:
+        t3 = time.perf_counter()
+        if not service.drain(timeout=600):
+            raise SystemExit("the learn queue did not drain in 600 s")
+        result.drain_s = time.perf_counter() - t3
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--requests", type=int, default=100, help="per round and path")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    console = Console()
+    capsules = fleet()
+    workload = build_workload(capsules, args.requests * (args.rounds + 1), seed=args.seed)
+    distinct = len({(w.capsule_id, w.task.prompt) for w in workload})
+    folder = Path(tempfile.mkdtemp(prefix="context-hop-"))
+    services = {
+        "old": open_service(f"sqlite:///{folder / 'old.db'}", capsules, new=False),
+        "new": open_service(f"sqlite:///{folder / 'new.db'}", capsules, new=True),
+    }
+    services["new"].warm_up()
+    warm = workload[: args.requests]
+    for name, service in services.items():  # views built, code paths warm: not measured
+        run_round(service, warm, name == "new", "warm")
+    rounds: dict[str, list[Round]] = {"old": [], "new": []}
+    with Progress(console=console) as progress:
+        bar = progress.add_task("rounds", total=args.rounds * 2)
+        for r in range(args.rounds):
+            items = workload[args.requests * (r + 1) : args.requests * (r + 2)]
+            order = ["old", "new"] if r % 2 == 0 else ["new", "old"]
+            for name in order:
+                rounds[name].append(run_round(services[name], items, name == "new", f"r{r}"))
+                progress.advance(bar)
+    stats = services["new"].learning_stats()
+    services["new"].close()
+    report(console, args, rounds, stats, distinct, len(workload))
+
+
+def report(
+    console: Console,
+    args: argparse.Namespace,
+    rounds: dict[str, list[Round]],
+    stats: dict[str, int],
+    distinct: int,
+    total: int,
+) -> None:
+    def flat(name: str, attr: str) -> list[float]:
+        return [v for r in rounds[name] for v in getattr(r, attr)]
+
+    table = Table(title="context hop: retrieve + learn per request")
+    for column in ("path", "hop p50 ms [95%]", "hop p99 ms", "retrieve p50", "learn/submit p50"):
+        table.add_column(column)
+    table.add_column("req/s incl. learning")
+    rows: list[str] = []
+    for name in ("old", "new"):
+        p50, low, high = bootstrap_median(flat(name, "hop_ms"))
+        rps = [r.rps for r in rounds[name]]
+        cells = [
+            name,
+            f"{p50:.2f} [{low:.2f}, {high:.2f}]",
+            f"{np.percentile(flat(name, 'hop_ms'), 99):.1f}",
+            f"{np.median(flat(name, 'retrieve_ms')):.2f}",
+            f"{np.median(flat(name, 'write_ms')):.2f}",
+            f"{np.median(rps):.0f} ({min(rps):.0f}-{max(rps):.0f})",
+        ]
+        table.add_row(*cells)
+        rows.append("| " + " | ".join(cells) + " |")
+    console.print(table)
+    rng = np.random.default_rng(0)
+    ratios = np.array(
+        [n.rps / o.rps for n, o in zip(rounds["new"], rounds["old"], strict=True)], dtype=float
+    )
+    boot = np.median(ratios[rng.integers(0, ratios.size, (2000, ratios.size))], axis=1)
+    new_rps = np.array([r.rps for r in rounds["new"]])
+    boot_rps = np.median(new_rps[rng.integers(0, new_rps.size, (2000, new_rps.size))], axis=1)
+    p50_ratio = bootstrap_ratio(flat("old", "hop_ms"), flat("new", "hop_ms"))
+    goals = [
+        Goal(
+            claim="new hop throughput, learning included",
+            figure=float(np.median(new_rps)),
+            low=float(np.percentile(boot_rps, 2.5)),
+            high=float(np.percentile(boot_rps, 97.5)),
+            goal=GOAL_RPS,
+            direction="at least",
+            unit=" req/s",
+        ),
+        Goal(
+            claim="throughput new / old (paired rounds)",
+            figure=float(np.median(ratios)),
+            low=float(np.percentile(boot, 2.5)),
+            high=float(np.percentile(boot, 97.5)),
+            goal=GOAL_SPEEDUP,
+            direction="at least",
+            unit="x",
+        ),
+        Goal(
+            claim="hop p50 old / new (request path)",
+            figure=p50_ratio[0],
+            low=p50_ratio[1],
+            high=p50_ratio[2],
+            goal=GOAL_SPEEDUP,
+            direction="at least",
+            unit="x",
+        ),
+    ]
+    for g in goals:
+        console.print(f"{g.claim}: {g.figure:.2f}{g.unit} {g.interval()} -> {g.verdict()}")
+    hit_rate = stats["query_hits"] / max(1, stats["query_hits"] + stats["query_misses"])
+    command = f"benchmarks/context_hop.py --rounds {args.rounds} --requests {args.requests}"
+    write_results(NAME, command, goals)
+    if args.no_write:
+        return
+    lines = [
+        f"## {NAME}: the loop's context hop, synchronous learning vs the learn queue",
+        "",
+        f"`.venv/bin/python {command}`: {cpu_name()}; {machine_load()} at the end of the run"
+        " (other engineers' jobs share the two cores: figures move with their load).",
+        "",
+        f"{args.rounds} rounds x {args.requests} requests per path after a warm-up round, same"
+        " workload (`trifecta run`'s: 8 capsules, 4 domains), SQLite shards, no Redis, torch on"
+        " one thread. Hop = retrieve + learn (old) or retrieve + submit (new); throughput"
+        " counts each round's wall time including the new path's drain.",
+        "",
+        "| path | hop p50 ms [95%] | hop p99 ms | retrieve p50 ms | learn/submit p50 ms"
+        " | req/s incl. learning, median (range over rounds) |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        *goals_markdown(goals),
+        "",
+        f"Query-embedding cache on the new path: {stats['query_hits']} hits in"
+        f" {stats['query_hits'] + stats['query_misses']} retrievals ({hit_rate:.0%});"
+        f" the workload has {distinct} distinct (capsule, prompt) pairs in {total} requests."
+        f" Worker: {stats['learned']} trajectories learned in {stats['batches']} batches"
+        f" ({stats['failed']} refused).",
+    ]
+    write_section(NAME, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
