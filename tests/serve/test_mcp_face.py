@@ -54,9 +54,13 @@ def test_every_tool_through_the_official_client(base_url: str) -> None:
             task = await client.call_tool(
                 "run_task", {"capsule_id": TWIN.id, "prompt": "t=41,p=17;t+p?"}
             )
-            search = await client.call_tool(
-                "search_context", {"capsule_id": TWIN.id, "query": "t=41,p=17;t+p?", "k": 5}
-            )
+            for _ in range(100):  # learning is drained off the request path: wait for it
+                search = await client.call_tool(
+                    "search_context", {"capsule_id": TWIN.id, "query": "t=41,p=17;t+p?", "k": 5}
+                )
+                if search.is_error or search.structured_content["hits"]:
+                    break
+                await anyio.sleep(0.1)
             playbook = await client.call_tool("show_playbook", {"capsule_id": GOV.id})
             plan = await client.call_tool("show_plan", {"max_assignments": 1})
             status = await client.call_tool("fleet_status", {})
