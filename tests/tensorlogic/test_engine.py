@@ -30,6 +30,7 @@ Reach[y] = step(Src[x] Odd[x, y]) + step(Src[x] Even[x, y])
 FromZero[y] = step(Odd[0, y])
 Loop[x] = step(Odd[x, x])
 Tri[x, y, z] = step(Edge[x, y] Edge[y, z] Edge[z, x])
+Guarded[x] = step(Src[x] Edge[0, 0])
 """
 ASP = {
     "tc": "path(X,Z) :- edge(X,Z). path(X,Z) :- path(X,Y), edge(Y,Z).",
@@ -38,6 +39,7 @@ ASP = {
         "odd(X,Y) :- edge(X,Y). odd(X,Y) :- even(X,Z), edge(Z,Y). even(X,Y) :- odd(X,Z), edge(Z,Y)."
         "reach(Y) :- src(X), odd(X,Y). reach(Y) :- src(X), even(X,Y). fromzero(Y) :- odd(0,Y)."
         "loop(X) :- odd(X,X). tri(X,Y,Z) :- edge(X,Y), edge(Y,Z), edge(Z,X)."
+        "guarded(X) :- src(X), edge(0,0)."
     ),
 }
 
@@ -63,7 +65,7 @@ def graph_program(
     decls = (
         f"domain Node {n}\n"
         + "".join(f"tensor {t}[Node, Node]\n" for t in ("Edge", "Path", "SG", "Odd", "Even"))
-        + "".join(f"tensor {t}[Node]\n" for t in ("Src", "Reach", "FromZero", "Loop"))
+        + "".join(f"tensor {t}[Node]\n" for t in ("Src", "Reach", "FromZero", "Loop", "Guarded"))
         + "tensor Tri[Node, Node, Node]\n"
     )
     program = compile_program(decls + rules)
@@ -122,6 +124,7 @@ def test_multi_rule_program_equals_clingo(
         ("FromZero", "fromzero"),
         ("Loop", "loop"),
         ("Tri", "tri"),
+        ("Guarded", "guarded"),
     ]:
         got = set(map(tuple, np.argwhere(result.dense(tensor) > 0).tolist()))
         assert got == expected.get(predicate, set()), tensor
@@ -207,3 +210,20 @@ def test_queries_on_a_packed_relation_read_only_what_they_need() -> None:
         assert len(result.answers(atom, limit=5)) == 5
     for a, b in [(3, 7), (5, 5), (0, 399)]:
         assert result.value(parse_query(program, f"Path[{a}, {b}]")) == dense[a, b]
+
+
+def test_constants_and_diagonals_read_from_a_packed_relation() -> None:
+    rules = TC + (
+        "FromZero[y] = step(Path[0, y])\nReach[x] = step(Path[x, 7])\n"
+        "Loop[x] = step(Path[x, x])\nSrc[x] = step(Path[x, 3] Path[5, 5])\n"
+    )
+    rng = np.random.default_rng(1)
+    program = graph_program(
+        400, rules, [tuple(e) for e in rng.integers(0, 400, (1000, 2)).tolist()]
+    )
+    result = evaluate(program)
+    path = result.dense("Path")
+    assert np.array_equal(result.dense("FromZero"), path[0])
+    assert np.array_equal(result.dense("Reach"), path[:, 7])
+    assert np.array_equal(result.dense("Loop"), np.diag(path))
+    assert np.array_equal(result.dense("Src"), path[:, 3] * path[5, 5])

@@ -148,18 +148,30 @@ def _select(value: BoolValue, atom: Atom) -> Operand:
             dense = np.einsum(spec, dense)
             labels = list(letters)
         return dense, tuple(labels)
-    if isinstance(args[0], int) or isinstance(args[1], int):
-        csr = value.to_csr() if isinstance(value, BitMatrix) else value
-        if isinstance(args[0], int) and isinstance(args[1], int):
-            raise InvalidInput("an atom with only constants belongs in a query", field="program")
-        if isinstance(args[0], int):
-            row = np.asarray(csr[[args[0]], :].toarray()[0], np.bool_)
-            return row, (str(args[1]),)
-        col = np.asarray(csr[:, [args[1]]].toarray()[:, 0], np.bool_)
-        return col, (str(args[0]),)
-    if args[0] == args[1]:
-        csr = value.to_csr() if isinstance(value, BitMatrix) else value
-        return np.asarray(csr.diagonal(), np.bool_), (str(args[0]),)
+    row, col = args
+    if isinstance(value, BitMatrix):  # read only the bits needed
+        m = value.shape[1]
+        if isinstance(row, int):
+            bits = np.unpackbits(value.bits[row].view(np.uint8), bitorder="little")[:m]
+            line = bits.astype(np.bool_)
+            return (np.asarray(line[col]), ()) if isinstance(col, int) else (line, (col,))
+        if isinstance(col, int):
+            held = (value.bits[:, col >> 6] >> np.uint64(col & 63)) & np.uint64(1)
+            return held.astype(np.bool_), (str(row),)
+        if row == col:
+            ids = np.arange(min(value.shape), dtype=np.int64)
+            held = (value.bits[ids, ids >> 6] >> (ids & 63).astype(np.uint64)) & np.uint64(1)
+            return held.astype(np.bool_), (str(row),)
+        return value, (str(row), str(col))
+    csr = sp.csr_array(value)
+    if isinstance(row, int) and isinstance(col, int):  # a ground condition: a scalar
+        return np.asarray(bool(csr[row, col])), ()
+    if isinstance(row, int):
+        return np.asarray(csr[[row], :].toarray()[0], np.bool_), (str(col),)
+    if isinstance(col, int):
+        return np.asarray(csr[:, [col]].toarray()[:, 0], np.bool_), (str(row),)
+    if row == col:
+        return np.asarray(csr.diagonal(), np.bool_), (str(row),)
     return value, (str(args[0]), str(args[1]))
 
 
