@@ -21,7 +21,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from trifecta.edge.kernels.vnni import BLOCK_BYTES, BLOCK_INPUTS, BLOCK_ROWS, TOKEN_GROUP
+from trifecta.edge.kernels.vnni import (
+    BLOCK_BYTES,
+    BLOCK_INPUTS,
+    BLOCK_ROWS,
+    PREFETCH_BYTES,
+    TOKEN_GROUP,
+)
 from trifecta.edge.kernels.ymm import (
     ymm_add,
     ymm_add16,
@@ -36,6 +42,7 @@ from trifecta.edge.kernels.ymm import (
     ymm_sub,
     ymm_zero,
 )
+from trifecta.edge.kernels.zmm import prefetch
 
 HALF_BYTES = BLOCK_BYTES // 2  # 8 rows x 16 inputs
 HALF_ROWS = BLOCK_ROWS // 2
@@ -67,6 +74,7 @@ def _gemv_block(w, x, x_offset, x_sum, out, out_offset, block, steps):
         for t in range(c0, min(c0 + CHUNK_BLOCKS, steps)):
             at = base + t * BLOCK_BYTES
             k = x_offset + t * BLOCK_INPUTS
+            prefetch(w, at + PREFETCH_BYTES)
             s_lo = ymm_add16(s_lo, _fields_dot(ymm_load(w, at), x, k, mask))
             s_hi = ymm_add16(s_hi, _fields_dot(ymm_load(w, at + HALF_BYTES), x, k, mask))
         acc_lo = ymm_add(acc_lo, ymm_madd16(s_lo, ones))
@@ -96,6 +104,7 @@ def _gemm4_half(w, x, x_stride, x_sums, token, out, out_stride, block, half, ste
         sc = ymm_zero()
         sd = ymm_zero()
         for t in range(c0, min(c0 + CHUNK_BLOCKS, steps)):
+            prefetch(w, base + t * BLOCK_BYTES + PREFETCH_BYTES)
             v = ymm_load(w, base + t * BLOCK_BYTES)
             f0 = ymm_and(v, mask)
             f1 = ymm_and(ymm_srl(v, 2), mask)

@@ -23,6 +23,7 @@ from numba import njit, prange
 from numpy.typing import NDArray
 
 from trifecta.edge.kernels.zmm import (
+    prefetch,
     zmm_add,
     zmm_and,
     zmm_broadcast4,
@@ -39,6 +40,7 @@ BLOCK_ROWS = 16
 BLOCK_INPUTS = 16
 BLOCK_BYTES = 64
 TOKEN_GROUP = 4
+PREFETCH_BYTES = 2048  # how far ahead of the loads the weight stream is prefetched
 # Per-byte masks that keep field s of every byte (as signed int32 words).
 _MASK0, _MASK1, _MASK2, _MASK3 = 0x03030303, 0x0C0C0C0C, 0x30303030, -0x3F3F3F40  # 0xC0C0C0C0
 
@@ -93,6 +95,8 @@ def _gemv_block(w, x, x_offset, x_sum, out, out_offset, block, steps):
     for p in range(pairs):
         at = base + 2 * p * BLOCK_BYTES
         k = x_offset + 2 * p * BLOCK_INPUTS
+        prefetch(w, at + PREFETCH_BYTES)
+        prefetch(w, at + PREFETCH_BYTES + BLOCK_BYTES)
         v = zmm_load(w, at)
         u = zmm_load(w, at + BLOCK_BYTES)
         a0 = zmm_dpbusd(a0, zmm_and(v, m0), zmm_broadcast4(x, k))
@@ -142,6 +146,7 @@ def _gemm4_block(w, x, x_stride, x_sums, token, out, out_stride, block, steps):
     xd = xc + x_stride
     base = block * steps * BLOCK_BYTES
     for t in range(steps):
+        prefetch(w, base + t * BLOCK_BYTES + PREFETCH_BYTES)
         v = zmm_load(w, base + t * BLOCK_BYTES)
         f0 = zmm_and(v, m0)
         f1 = zmm_and(v, m1)
