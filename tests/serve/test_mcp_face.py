@@ -14,12 +14,11 @@ import pytest
 from mcp import Client
 
 from tests.support import live_server
-from trifecta.cognitive.serving.factory import build_service
 from trifecta.core import db
 from trifecta.core.settings import Settings
 from trifecta.core.tasks import solve
 from trifecta.fleet.capsules import Capsule
-from trifecta.orchestrator.stack import Stack
+from trifecta.orchestrator.stack import Stack, build_cognitive
 from trifecta.serve.app import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -30,17 +29,25 @@ GOV = Capsule(
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Stack]]:
     data = Path(tmp_path_factory.mktemp("mcp-face"))
     settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'control.db'}")
-    stack = Stack(settings=settings, capsules=[TWIN, GOV])
-    app = create_app(stack, cognitive=build_service(tiers=["small", "medium"], phase=stack.phase))
+    # the tiers loaded once, shared by the loop and the OpenAI API (as `trifecta serve` does)
+    stack = Stack(
+        settings=settings, capsules=[TWIN, GOV], cognitive=build_cognitive(settings, "dev")
+    )
+    app = create_app(stack)
     try:
         with live_server(app) as url:
-            yield url
+            yield url, stack
     finally:
         stack.close()
         db.dispose_engines()
+
+
+@pytest.fixture(scope="module")
+def base_url(served: tuple[str, Stack]) -> str:
+    return served[0]
 
 
 def _text(result: Any) -> str:
@@ -150,3 +157,23 @@ def test_resolve_over_http(base_url: str) -> None:
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "uri.operation"
         missing = http.get("/v1/resolve", params={"uri": "capsule://local/nothing-here/task"})
         assert missing.status_code == 404 and missing.json()["error"]["field"] == "uri.domain"
+
+
+def test_fleet_status_shows_an_environment_taken_down(served: tuple[str, Stack]) -> None:
+    url, stack = served
+
+    async def status() -> dict[str, Any]:
+        async with Client(f"{url}/mcp") as client:
+            result = await client.call_tool("fleet_status", {})
+        assert not result.is_error, _text(result)
+        return {e["name"]: e for e in result.structured_content["environments"]}
+
+    stack.bridge.set_fault("edge-us", down=True, latency_ms=20)
+    try:
+        down = anyio.run(status)["edge-us"]
+    finally:
+        stack.bridge.set_fault("edge-us", down=False, latency_ms=0)
+    assert down["up"] is False and down["fault"] == "down, +20 ms" and down["services"] == []
+    up = anyio.run(status)["edge-us"]
+    assert up["up"] is True and up["fault"] == "none" and up["services"] == ["edge"]
+    assert up["edge_nodes"] >= 1
