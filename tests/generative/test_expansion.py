@@ -9,13 +9,11 @@ from hypothesis import strategies as st
 
 from trifecta.core.errors import InvalidInput
 from trifecta.generative.expansion import (
-    from_scratch,
-    moves_between,
     nodes_needed,
     nodes_to_remove,
     resize,
 )
-from trifecta.generative.placement import Cluster, place
+from trifecta.generative.placement import Cluster, from_scratch, moves_between, place
 
 
 def zipf_loads(experts: int, exponent: float, seed: int, tokens: int = 100_000) -> np.ndarray:

@@ -27,8 +27,10 @@ from trifecta.generative.placement import (
     Cluster,
     Loads,
     Placement,
+    aligned,
     eplb_greedy,
     imbalance,
+    moves_between,
     place,
 )
 
@@ -57,21 +59,6 @@ class Rebalance(BaseModel):
     imbalance: float
     forced_moves: int
     curve: list[tuple[int, float]]  # (moves so far, max/mean) after each step, from the start
-
-
-class ScratchRepack(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    placement: Placement
-    moves: int
-    imbalance: float
-
-
-def moves_between(old: Sequence[set[int]], new: Sequence[Sequence[int]]) -> int:
-    """Replicas in `new` that their node did not already hold in `old` (node by node)."""
-    return sum(
-        len(set(experts) - (old[n] if n < len(old) else set())) for n, experts in enumerate(new)
-    )
 
 
 def resized_cluster(
@@ -249,22 +236,6 @@ class _State:
         return load
 
 
-def aligned(
-    fresh: Sequence[Sequence[int]], old: Sequence[set[int]], slots: Sequence[int]
-) -> list[list[int]]:
-    """Give the node lists of a fresh placement to the physical nodes that already hold the
-    most of them (an optimal assignment), so every expert that can stay put does."""
-    from scipy.optimize import linear_sum_assignment
-
-    overlap = np.array([[len(set(new) & held) for held in old] for new in fresh])
-    fits = np.array([[len(new) <= size for size in slots] for new in fresh])
-    rows, cols = linear_sum_assignment(np.where(fits, -overlap, 10**6))
-    nodes: list[list[int]] = [[] for _ in slots]
-    for r, c in zip(rows, cols, strict=True):
-        nodes[c] = list(fresh[r])
-    return nodes
-
-
 def _rehome_orphans(state: _State, orphans: list[int]) -> int:
     """Place experts that lost every replica, heaviest first, onto the lightest node with a
     free slot, dropping a redundant replica there when every node is full. Returns moves."""
@@ -414,24 +385,6 @@ def resize(
     held = {e for experts in nodes for e in experts}
     orphans = [e for e in range(current.num_experts) if e not in held]
     return rebalance(nodes, loads, cluster, target, max_moves, orphans)
-
-
-def from_scratch(
-    current: Placement, loads: Loads, cluster: Cluster, remove: Sequence[int] = ()
-) -> ScratchRepack:
-    """The EPLB-style baseline: repack from scratch on the new cluster, then give its node
-    lists to the physical nodes that already hold the most of them (an optimal assignment,
-    so the baseline keeps every expert that can stay put) and count the moves."""
-    fresh = eplb_greedy(np.asarray(loads, dtype=np.float64), cluster)
-    kept = [n for n in range(current.cluster.nodes) if n not in set(remove)]
-    old = [set(current.nodes[n]) for n in kept] + [set() for _ in range(cluster.nodes - len(kept))]
-    nodes = aligned(fresh.nodes, old, cluster.slots)
-    placement = Placement(
-        cluster=cluster, num_experts=current.num_experts, nodes=nodes, method="eplb-greedy"
-    )
-    return ScratchRepack(
-        placement=placement, moves=moves_between(old, nodes), imbalance=placement.imbalance(loads)
-    )
 
 
 def nodes_needed(total_load: float, nodes: int, per_node_threshold: float, low: float) -> int:

@@ -41,6 +41,10 @@ REPLICA_CANDIDATES = 6
 Loads = NDArray[np.float64]
 
 
+class ReplicasDoNotFit(InvalidInput):
+    """LPT found no node with a free slot lacking the expert (uneven slots, many replicas)."""
+
+
 class Cluster(BaseModel):
     """Nodes and how many expert replicas each node's memory holds."""
 
@@ -198,7 +202,7 @@ def lpt_pack(loads: Loads, counts: NDArray[np.int64], cluster: Cluster) -> list[
     for w, e in replicas:
         allowed = (free > 0) & np.array([e not in experts for experts in nodes])
         if not allowed.any():
-            raise InvalidInput("replicas do not fit on distinct nodes", field="slots_per_node")
+            raise ReplicasDoNotFit("replicas do not fit on distinct nodes", field="slots_per_node")
         # Ties go to the node with the most free slots, so slot-tight nodes fill last.
         candidates = np.flatnonzero(allowed)
         best = candidates[np.lexsort((-free[candidates], node_load[candidates]))[0]]
@@ -293,6 +297,20 @@ def milp_pack(
     return [np.flatnonzero(x[:, n]).tolist() for n in range(nodes)]
 
 
+def _fitting_lpt(
+    loads: Loads, order: list[int], extra: int, cluster: Cluster
+) -> tuple[list[list[int]], NDArray[np.int64]]:
+    """LPT with `extra` redundant replicas, or the most that LPT fits below it: with uneven
+    slots, replicas of one expert may not find distinct nodes (one each always does)."""
+    for fewer in range(extra, -1, -1):
+        counts = _replica_counts(loads, order, fewer)
+        try:
+            return lpt_pack(loads, counts, cluster), counts
+        except ReplicasDoNotFit:
+            continue
+    raise ReplicasDoNotFit("experts do not fit", field="slots_per_node")
+
+
 def place(loads: Loads, cluster: Cluster, method: str = "auto") -> Placement:
     """Replicate and pack `loads` (token counts per expert) onto `cluster`."""
     if method not in METHODS:
@@ -304,9 +322,9 @@ def place(loads: Loads, cluster: Cluster, method: str = "auto") -> Placement:
     candidates = sorted({round(k) for k in np.linspace(0, len(order), REPLICA_CANDIDATES)})
     best: tuple[float, list[list[int]], NDArray[np.int64]] | None = None
     for extra in candidates:
-        counts = _replica_counts(loads, order, extra)
+        nodes, counts = _fitting_lpt(loads, order, extra, cluster)
         weight = loads / counts
-        nodes = improve(lpt_pack(loads, counts, cluster), weight, cluster.slots)
+        nodes = improve(nodes, weight, cluster.slots)
         score = imbalance(np.array([weight[n].sum() for n in nodes]))
         if best is None or score < best[0] - 1e-12:
             best = (score, nodes, counts)
@@ -328,8 +346,7 @@ def eplb_greedy(loads: Loads, cluster: Cluster) -> Placement:
     _check_fits(loads, cluster)
     max_replicas = sum(1 for s in cluster.slots if s > 0)
     order = replication_order(loads, cluster.total_slots - loads.size, max_replicas)
-    counts = _replica_counts(loads, order, len(order))
-    nodes = lpt_pack(loads, counts, cluster)
+    nodes, _ = _fitting_lpt(loads, order, len(order), cluster)
     return Placement(cluster=cluster, num_experts=loads.size, nodes=nodes, method="eplb-greedy")
 
 
@@ -348,3 +365,52 @@ def round_robin(num_experts: int, cluster: Cluster) -> Placement:
         nodes[node].append(e)
         node = (node + 1) % cluster.nodes
     return Placement(cluster=cluster, num_experts=num_experts, nodes=nodes, method="round-robin")
+
+
+def moves_between(old: Sequence[set[int]], new: Sequence[Sequence[int]]) -> int:
+    """Replicas in `new` that their node did not already hold in `old` (node by node)."""
+    return sum(
+        len(set(experts) - (old[n] if n < len(old) else set())) for n, experts in enumerate(new)
+    )
+
+
+def aligned(
+    fresh: Sequence[Sequence[int]], old: Sequence[set[int]], slots: Sequence[int]
+) -> list[list[int]]:
+    """Give the node lists of a fresh placement to the physical nodes that already hold the
+    most of them (an optimal assignment), so every expert that can stay put does."""
+    from scipy.optimize import linear_sum_assignment
+
+    overlap = np.array([[len(set(new) & held) for held in old] for new in fresh])
+    fits = np.array([[len(new) <= size for size in slots] for new in fresh])
+    rows, cols = linear_sum_assignment(np.where(fits, -overlap, 10**6))
+    nodes: list[list[int]] = [[] for _ in slots]
+    for r, c in zip(rows, cols, strict=True):
+        nodes[c] = list(fresh[r])
+    return nodes
+
+
+class ScratchRepack(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    placement: Placement
+    moves: int
+    imbalance: float
+
+
+def from_scratch(
+    current: Placement, loads: Loads, cluster: Cluster, remove: Sequence[int] = ()
+) -> ScratchRepack:
+    """The EPLB-style baseline: repack from scratch on the new cluster, then give its node
+    lists to the physical nodes that already hold the most of them (an optimal assignment,
+    so the baseline keeps every expert that can stay put) and count the moves."""
+    fresh = eplb_greedy(np.asarray(loads, dtype=np.float64), cluster)
+    kept = [n for n in range(current.cluster.nodes) if n not in set(remove)]
+    old = [set(current.nodes[n]) for n in kept] + [set() for _ in range(cluster.nodes - len(kept))]
+    nodes = aligned(fresh.nodes, old, cluster.slots)
+    placement = Placement(
+        cluster=cluster, num_experts=current.num_experts, nodes=nodes, method="eplb-greedy"
+    )
+    return ScratchRepack(
+        placement=placement, moves=moves_between(old, nodes), imbalance=placement.imbalance(loads)
+    )

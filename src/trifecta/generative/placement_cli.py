@@ -157,8 +157,8 @@ def expand_command(
 ) -> None:
     """Add or remove nodes and rebalance from the CURRENT placement, moving as few experts as
     reach the target; compare with a from-scratch repack."""
-    from trifecta.generative.expansion import from_scratch, resize
-    from trifecta.generative.placement import Placement
+    from trifecta.generative.expansion import resize
+    from trifecta.generative.placement import Placement, from_scratch
 
     if not placement_file.is_file():
         raise InvalidInput(f"no such file {placement_file}", field="placement")
