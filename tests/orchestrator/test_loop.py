@@ -119,3 +119,23 @@ def test_free_text_is_served_unverified_and_awaits_feedback(stack: Stack) -> Non
     assert orchestrator.records.cached_answer(capsule.id, "status?") is None
     orchestrator.feedback(capsule.id, result.id, Feedback(success=True))
     assert orchestrator.records.cached_answer(capsule.id, "status?") is not None
+
+
+def test_a_capsule_changed_by_another_process_applies_to_the_next_request(stack: Stack) -> None:
+    """`trifecta capsule ...` writes the registry from another process; the running loop
+    serves the very next request under the new policy, and not at all once removed."""
+    from trifecta.fleet.registry import CapsuleRegistry
+
+    capsule = stack.add_capsule(
+        Capsule(id="changed", name="c", kind="digital_twin", domain="changed")
+    )
+    orchestrator = Orchestrator(stack.parts)
+    orchestrator.serve(capsule.id, TaskRequest(prompt="a=1,b=2;a?"))
+    elsewhere = CapsuleRegistry(stack.engine)  # what the CLI process holds
+    elsewhere.add(capsule.model_copy(update={"quota_rps": 0.001}), replace=True)
+    orchestrator.serve(capsule.id, TaskRequest(prompt="a=1,b=2;b?"))  # the new bucket's burst
+    with pytest.raises(QuotaExceeded):
+        orchestrator.serve(capsule.id, TaskRequest(prompt="a=1,b=3;b?"))
+    elsewhere.remove(capsule.id)
+    with pytest.raises(NotFound):
+        orchestrator.serve(capsule.id, TaskRequest(prompt="a=1,b=4;b?"))

@@ -25,9 +25,9 @@ PLACEMENT_TTL_S = 5.0
 
 
 class CapsuleDirectory:
-    """The capsules being served, read from the registry and kept in memory by id and domain.
-    A change made through `add`/`remove` is seen at once; one made by another process (the CLI)
-    is seen when `refresh` runs (the server calls it when the registry's version moves)."""
+    """The capsules being served, by id and by domain. `get` reads the capsule's row on every
+    request (one primary-key look-up), so a change made by another process (`trifecta capsule`
+    against a running server: policy, quota, share, removal) applies to the next request."""
 
     def __init__(self, registry: CapsuleRegistry):
         self.registry = registry
@@ -45,9 +45,11 @@ class CapsuleDirectory:
                 self._by_domain.setdefault(capsule.domain, set()).add(capsule.id)
 
     def get(self, capsule_id: str) -> Capsule:
-        found = self._by_id.get(capsule_id)
+        found = self.registry.find(capsule_id)
         if found is None:
-            found = self.registry.get(capsule_id)  # NotFound names the field
+            self._forget(capsule_id)
+            return self.registry.get(capsule_id)  # raises NotFound naming the field
+        if self._by_id.get(capsule_id) != found:
             self._remember(found)
         return found
 
@@ -67,6 +69,9 @@ class CapsuleDirectory:
 
     def remove(self, capsule_id: str) -> None:
         self.registry.remove(capsule_id)
+        self._forget(capsule_id)
+
+    def _forget(self, capsule_id: str) -> None:
         with self._lock:
             gone = self._by_id.pop(capsule_id, None)
             if gone is not None:

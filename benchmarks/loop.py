@@ -1,0 +1,241 @@
+"""The request path at the speed of its layers: `trifecta run`'s workload through the loop,
+beside the same tasks sent to the layers directly, in-process and federated, in one run.
+
+Baseline in the same run: each task of the workload handed straight to its layer (the edge
+mesh for light tasks, the serving layer's cascade for the rest), with no context hop, no
+routing, no verifier, no request log. Then the same workload through the loop as `trifecta
+run` serves it (2 workers, learning on), `--repeats` times; then, unless `--no-federated`,
+through environment servers started by `trifecta up` on loopback.
+
+Goals (from the federation issue): throughput at least 10x the ~18 requests/s measured before
+this change on this machine kind (`trifecta run`, in-process default, learning on); edge-route
+p50 at most 3x the direct edge call; the federated run's overhead per request stated.
+
+    .venv/bin/python benchmarks/loop.py [--requests 300] [--repeats 3] [--no-federated]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks._report import (
+    Goal,
+    bootstrap_median,
+    bootstrap_ratio,
+    cpu_name,
+    goals_markdown,
+    machine_load,
+    write_results,
+    write_section,
+)
+from trifecta.cognitive.backends.base import SamplingOptions
+from trifecta.cognitive.serving.tenants import Tenant
+from trifecta.core.logging import configure_logging
+from trifecta.core.settings import Settings
+from trifecta.federation.bridge import placeable
+from trifecta.orchestrator.loop import Orchestrator
+from trifecta.orchestrator.run import drain_learning, serve_workload
+from trifecta.orchestrator.stack import Stack
+from trifecta.orchestrator.workload import WorkItem, build_workload
+
+BEFORE_RPS = 18.0  # `trifecta run` before this change (issue 15), same machine kind
+THROUGHPUT_GOAL = 10 * BEFORE_RPS
+EDGE_RATIO_GOAL = 3.0
+WORKERS = 2  # what `trifecta run` uses
+
+
+def direct_calls(stack: Stack, items: list[WorkItem]) -> dict[str, list[float]]:
+    """Each task straight to its layer: ms per call, by route."""
+    auto = stack.cognitive.auto if stack.cognitive else None
+    assert auto is not None
+    out: dict[str, list[float]] = {"edge": [], "cognitive": []}
+    for item in items:
+        capsule = stack.capsules.get(item.capsule_id)
+        meshes = [
+            stack.meshes[e.name]
+            for e in placeable(capsule, [stack.topology.environment(n) for n in stack.meshes])
+        ]
+        started = time.perf_counter()
+        if item.task.light and meshes:
+            result = meshes[0].offload(capsule, [item.task.prompt], max_new_tokens=16)
+            route = "edge" if result.offloaded else "cognitive"
+            if route == "cognitive":
+                continue
+        else:
+            auto.generate(
+                Tenant.of(capsule),
+                [item.task.prompt],
+                SamplingOptions(max_new_tokens=16),
+                cancelled=threading.Event(),
+            )
+            route = "cognitive"
+        out[route].append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def loop_pass(
+    stack: Stack, items: list[WorkItem], run_id: str
+) -> tuple[float, dict[str, list[float]]]:
+    """(requests/s, ms per request by route) of the workload through the loop."""
+    orchestrator = Orchestrator(stack.parts, run_id=run_id)
+    started = time.perf_counter()
+    results, _ = serve_workload(orchestrator, items, workers=WORKERS)
+    seconds = time.perf_counter() - started
+    drain_learning(stack)  # learning is part of the work; its queue is drained, untimed
+    by_route: dict[str, list[float]] = {}
+    for r in results:
+        by_route.setdefault(r.route, []).append(r.latency_ms)
+    return len(results) / seconds, by_route
+
+
+def federated_pass(
+    settings: Settings, items: list[WorkItem], run_id: str
+) -> tuple[float, dict[str, list[float]]]:
+    from trifecta.federation.processes import down, seed_registry, up
+    from trifecta.fleet.topology import load_topology
+
+    seed_registry(settings)
+    topology = load_topology(settings.topology)
+    federation = up(settings, topology)
+    stack = Stack(settings=settings, remote=federation.bridge(topology))
+    try:
+        return loop_pass(stack, items, run_id)
+    finally:
+        stack.close()
+        down(settings)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-federated", action="store_true")
+    args = parser.parse_args()
+    configure_logging("ERROR")
+    logging.disable(logging.WARNING)
+    console = Console()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'control.db'}")
+        stack = Stack(settings=settings)
+        stack.warm_up()
+        capsules = stack.capsules.all()
+        try:
+            with console.status("the layers called directly"):
+                items = build_workload(capsules, args.requests, seed=100)
+                direct = direct_calls(stack, items)
+            rates: list[float] = []
+            routes: dict[str, list[float]] = {}
+            for repeat in range(args.repeats):
+                with console.status(f"through the loop, pass {repeat + 1}/{args.repeats}"):
+                    items = build_workload(capsules, args.requests, seed=200 + repeat)
+                    rate, by_route = loop_pass(stack, items, f"loop-{repeat}")
+                rates.append(rate)
+                for route, values in by_route.items():
+                    routes.setdefault(route, []).extend(values)
+        finally:
+            stack.close()
+        federated: tuple[float, dict[str, list[float]]] | None = None
+        if not args.no_federated:
+            with console.status("through environment servers (trifecta up)"):
+                items = build_workload(capsules, args.requests, seed=200)
+                federated = federated_pass(settings, items, "loop-federated")
+
+    rate, rate_lo, rate_hi = bootstrap_median(rates) if len(rates) > 1 else (rates[0],) * 3
+    edge_ratio = bootstrap_ratio(routes.get("edge", [np.nan]), direct["edge"])
+    goals = [
+        Goal(
+            claim="`trifecta run` throughput (in-process, learning on), requests/s",
+            figure=rate,
+            low=rate_lo,
+            high=rate_hi,
+            goal=THROUGHPUT_GOAL,
+            direction="at least",
+            note=f"10x the {BEFORE_RPS:g} requests/s before",
+        ),
+        Goal(
+            claim="edge route p50 through the loop / direct edge call p50",
+            figure=edge_ratio[0],
+            low=edge_ratio[1],
+            high=edge_ratio[2],
+            goal=EDGE_RATIO_GOAL,
+            direction="at most",
+            unit="x",
+        ),
+    ]
+    table = Table(title="The loop against its layers (ms per request, p50 [95% interval])")
+    for col in ("route", "layer directly", "through the loop", "federated", "federated - loop"):
+        table.add_column(col, justify="right")
+    rows = []
+    for route in ("edge", "cognitive", "cache"):
+        d = bootstrap_median(direct[route]) if direct.get(route) else None
+        loop = bootstrap_median(routes[route]) if routes.get(route) else None
+        fed = (
+            bootstrap_median(federated[1][route]) if federated and federated[1].get(route) else None
+        )
+        gap = fed[0] - loop[0] if fed is not None and loop is not None else None
+        cells = [
+            "-" if v is None else f"{v[0]:.1f} [{v[1]:.1f}, {v[2]:.1f}]" for v in (d, loop, fed)
+        ] + ["-" if gap is None else f"{gap:+.1f}"]
+        table.add_row(route, *cells)
+        rows.append(f"| {route} | " + " | ".join(cells) + " |")
+    console.print(table)
+    fed_line = (
+        f"federated throughput {federated[0]:.1f} requests/s (one pass)"
+        if federated
+        else "federated run skipped"
+    )
+    console.print(
+        f"in-process throughput {rate:.1f} requests/s [{rate_lo:.1f}, {rate_hi:.1f}] over "
+        f"{args.repeats} passes; {fed_line}"
+    )
+    for g in goals:
+        console.print(
+            f"{g.claim}: {g.figure:.2f} {g.interval()} (goal {g.direction} {g.goal:g}): {g.verdict()}"
+        )
+    command = (
+        f".venv/bin/python benchmarks/loop.py --requests {args.requests} --repeats {args.repeats}"
+    )
+    write_results("loop", command, goals)
+    write_section(
+        "loop",
+        "\n".join(
+            [
+                "## The request path (`benchmarks/loop.py`)",
+                "",
+                f"Command: `{command}`. Machine: {cpu_name()}; {machine_load()} when it ran. "
+                "Baseline in the same run: every task of the workload handed straight to its "
+                "layer (the edge mesh's offload for light tasks, the serving layer's cascade "
+                "otherwise). Then the same kind of workload (the shipped fleet's mix, new "
+                f"seeds) through the loop as `trifecta run` serves it ({WORKERS} workers, "
+                "learning on, queued and drained), and through environment servers started by "
+                "`trifecta up` on loopback (HTTP between the front door and each environment).",
+                "",
+                "| route | layer directly | through the loop | federated | federated - loop |",
+                "|---|---:|---:|---:|---:|",
+                *rows,
+                "",
+                f"In-process throughput {rate:.1f} requests/s [{rate_lo:.1f}, {rate_hi:.1f}] "
+                f"(median of {args.repeats} passes, bootstrap interval); {fed_line}.",
+                "",
+                *goals_markdown(goals),
+            ]
+        ),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
