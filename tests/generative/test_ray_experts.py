@@ -56,13 +56,19 @@ def placed_outputs(address: str | None) -> dict[str, object]:
     grown = resize(placement, loads, add=1, target=1.0)
     shipped = placed.apply(grown.placement)
     after = placed.forward(x)
+    hosted = placed.backend.hosted()
+    shrunk = resize(grown.placement, loads, remove=[0], target=1.0)
+    shipped_shrink = placed.apply(shrunk.placement, removed=[0])
+    after_shrink = placed.forward(x)
+    expected = reference(layer, x)
     report: dict[str, object] = {
-        "max_abs_diff": float((out - reference(layer, x)).abs().max()),
-        "max_abs_diff_after_expand": float((after - reference(layer, x)).abs().max()),
-        "shipped": shipped,
-        "planned_moves": grown.moves,
-        "hosted": placed.backend.hosted(),
-        "planned": [sorted(n) for n in grown.placement.nodes],
+        "max_abs_diff": float((out - expected).abs().max()),
+        "max_abs_diff_after_expand": float((after - expected).abs().max()),
+        "max_abs_diff_after_shrink": float((after_shrink - expected).abs().max()),
+        "shipped": [shipped, shipped_shrink],
+        "planned_moves": [grown.moves, shrunk.moves],
+        "hosted": [hosted, placed.backend.hosted()],
+        "planned": [[sorted(n) for n in p.placement.nodes] for p in (grown, shrunk)],
         "output": out.flatten()[:64].tolist(),
     }
     if address is not None:
@@ -70,11 +76,13 @@ def placed_outputs(address: str | None) -> dict[str, object]:
     return report
 
 
-def test_in_process_placed_layer_equals_the_model_layer() -> None:
+def test_in_process_placed_layer_equals_the_model_layer_through_expand_and_shrink() -> None:
     report = placed_outputs(None)
     assert report["max_abs_diff"] < 1e-6
     assert report["max_abs_diff_after_expand"] < 1e-6
-    assert report["shipped"] == report["planned_moves"] > 0
+    assert report["max_abs_diff_after_shrink"] < 1e-6
+    assert report["shipped"] == report["planned_moves"]
+    assert 0 not in report["planned_moves"]  # both resizes moved experts
     assert report["hosted"] == report["planned"]
 
 
@@ -167,6 +175,7 @@ def test_ray_actors_on_two_nodes_give_the_in_process_output(
     local = placed_outputs(None)
     assert remote["output"] == local["output"]  # the same floats, bit for bit
     assert remote["max_abs_diff"] < 1e-6 and remote["max_abs_diff_after_expand"] < 1e-6
+    assert remote["max_abs_diff_after_shrink"] < 1e-6
     assert remote["hosted"] == remote["planned"] and remote["shipped"] == remote["planned_moves"]
     actor_nodes = remote["actor_nodes"]
     assert len(set(actor_nodes[:2])) == 2  # the two placement nodes on the two Ray nodes

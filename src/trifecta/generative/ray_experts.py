@@ -85,6 +85,8 @@ class NodeBackend(Protocol):
 
     def add_node(self) -> None: ...
 
+    def remove_nodes(self, indices: Sequence[int]) -> None: ...
+
 
 class LocalBackend:
     """Every node's experts in this process (the default)."""
@@ -110,6 +112,9 @@ class LocalBackend:
     def add_node(self) -> None:
         first = self.nodes[0]
         self.nodes.append(NodeExperts(first.d_model, first.d_ff, {}))
+
+    def remove_nodes(self, indices: Sequence[int]) -> None:
+        self.nodes = [node for i, node in enumerate(self.nodes) if i not in set(indices)]
 
 
 class RayBackend:
@@ -169,10 +174,19 @@ class RayBackend:
             key=lambda n: (n["NodeManagerAddress"], n["NodeID"]),
         )
         node_id = alive[len(self.actors) % len(alive)]["NodeID"]
+        self.ray_nodes.append(node_id)
         strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
         self.actors.append(
             self.actor.options(scheduling_strategy=strategy).remote(self.d_model, self.d_ff, {})
         )
+
+    def remove_nodes(self, indices: Sequence[int]) -> None:
+        import ray
+
+        for i in indices:
+            ray.kill(self.actors[i])
+        self.actors = [a for i, a in enumerate(self.actors) if i not in set(indices)]
+        self.ray_nodes = [n for i, n in enumerate(self.ray_nodes) if i not in set(indices)]
 
     def actor_nodes(self) -> list[str]:
         """The Ray node each actor reports it runs on."""
@@ -251,24 +265,30 @@ class PlacedMoE:
                 out.index_add_(0, token, gates[token, slot, None] * torch.from_numpy(y))
         return out.reshape(shape)
 
-    def apply(self, placement: Placement) -> int:
-        """Move to `placement`: ship the experts each node lacks, drop those it no longer
-        hosts. Returns the experts shipped (the moves)."""
-        if placement.cluster.nodes < self.placement.cluster.nodes:
-            raise InvalidInput("nodes are added at the end, never removed here", field="placement")
-        for _ in range(placement.cluster.nodes - self.placement.cluster.nodes):
+    def apply(self, placement: Placement, removed: Sequence[int] = ()) -> int:
+        """Move to `placement` (as `expansion.resize` lays it out: the nodes not in `removed`
+        in their order, then the added ones): ship the experts each node lacks, drop those it
+        no longer hosts, then retire the removed nodes. Returns the experts shipped."""
+        old_count = self.placement.cluster.nodes
+        kept = [n for n in range(old_count) if n not in set(removed)]
+        added = placement.cluster.nodes - len(kept)
+        if added < 0 or any(not 0 <= n < old_count for n in removed):
+            raise InvalidInput("does not match the nodes kept and added", field="placement")
+        for _ in range(added):
             self.backend.add_node()
-        old_hosts = self.placement.hosts() + [set()] * (
-            placement.cluster.nodes - len(self.placement.nodes)
-        )
+        backend_index = kept + list(range(old_count, old_count + added))
+        hosts = self.placement.hosts()
         shipped = 0
-        for node, (old, new) in enumerate(zip(old_hosts, placement.hosts(), strict=True)):
-            for e in sorted(new - old):
-                self.backend.load(node, e, self.weights[e])
+        for node, new in enumerate(placement.hosts()):
+            index = backend_index[node]
+            old = hosts[index] if index < old_count else set()
+            for e in sorted(new - old):  # ship first: an expert is never without a replica
+                self.backend.load(index, e, self.weights[e])
                 shipped += 1
             for e in sorted(old - new):
-                self.backend.drop(node, e)
-        self.placement = placement
-        self.node_tokens = np.resize(self.node_tokens, placement.cluster.nodes)
-        self.node_tokens[len(old_hosts) :] = 0
+                self.backend.drop(index, e)
+        self.backend.remove_nodes(sorted(set(removed)))
+        tokens = np.zeros(placement.cluster.nodes, dtype=np.int64)
+        tokens[: len(kept)] = self.node_tokens[kept]
+        self.placement, self.node_tokens = placement, tokens
         return shipped
