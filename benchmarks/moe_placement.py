@@ -39,12 +39,17 @@ from benchmarks._report import (
     write_section,
 )
 from trifecta.generative.expansion import (
-    from_scratch,
     nodes_needed,
     nodes_to_remove,
     resize,
 )
-from trifecta.generative.placement import Cluster, eplb_greedy, place, round_robin
+from trifecta.generative.placement import (
+    Cluster,
+    eplb_greedy,
+    from_scratch,
+    place,
+    round_robin,
+)
 
 TOKENS_PER_WINDOW = 16_384 * 8  # tokens x top-k routed choices in one measured window
 SHAPES = ((64, 8), (128, 16))  # (experts, nodes)
