@@ -6,12 +6,15 @@ is free. The rebalance is a greedy descent on (max node load, sum of squared nod
 each step takes, off the heaviest node, the action with the largest gain per move among
 - move a replica to a node with a free slot (1 move),
 - add a replica of one of its experts on another node (1 move; the expert's load spreads),
+- either of those onto a full node in place of a redundant replica there (1 move),
 - swap a replica with a lighter one on another node (2 moves),
 - drop a redundant replica (free),
-and it stops at the target max/mean, at the move budget, or when nothing helps. Each step is
-recorded, so one run gives the whole trade-off curve (moves allowed vs max/mean reached).
-Written by hand: no library solves min-move rebalancing with replica-dependent loads; an exact
-MILP needs one variable per (expert, node, replica count) and is far slower at this size.
+and it stops at the target max/mean or the move budget. When it stalls, or would spend more
+than walking from the start to a fresh placement, it walks to one instead (copy by copy, the
+best-balanced step first), so it never costs more than a repack reaching the same target.
+The best max/mean reached within k moves is recorded for every k: one run toward 1.0 gives
+the whole trade-off curve. Written by hand: no library solves min-move rebalancing with
+replica-dependent loads; an exact MILP needs a variable per (expert, node, replica count).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class Rebalance(BaseModel):
     before: float  # max/mean once forced moves (experts of removed nodes) are done
     imbalance: float
     forced_moves: int
-    curve: list[tuple[int, float]]  # (moves so far, max/mean) after each step, from the start
+    curve: list[tuple[int, float]]  # (moves, best max/mean within them), where it improves
 
 
 def resized_cluster(
