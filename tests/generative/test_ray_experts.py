@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trifecta.generative.expansion import resize
 from trifecta.generative.model import DiffusionConfig, MoE
@@ -84,6 +86,20 @@ def test_in_process_placed_layer_equals_the_model_layer_through_expand_and_shrin
     assert report["shipped"] == report["planned_moves"]
     assert 0 not in report["planned_moves"]  # both resizes moved experts
     assert report["hosted"] == report["planned"]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    loads=st.lists(st.integers(0, 1000), min_size=8, max_size=8),
+    nodes=st.integers(1, 5),
+    spare=st.integers(0, 3),
+)
+def test_any_placement_gives_the_layer_output(loads: list[int], nodes: int, spare: int) -> None:
+    layer = seeded_layer(seed=3)
+    cluster = Cluster.uniform(nodes, -(-8 // nodes) + spare)
+    placed = PlacedMoE(layer, place(np.array(loads, dtype=np.float64), cluster, "greedy"))
+    x = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(placed.forward(x), reference(layer, x), atol=1e-6)
 
 
 def test_tokens_split_evenly_over_replicas() -> None:
