@@ -69,3 +69,18 @@ def test_bad_requests_name_the_field(service: GenerativeService) -> None:
     assert err.value.field == "expert_load"
     with pytest.raises(ValidationError):
         GenerativeRequest(capsule_id="", prompt="41+17?")
+
+
+def test_a_mask_learned_from_traffic_serves_the_capsule(service: GenerativeService) -> None:
+    from trifecta.generative.selection import learn_mask
+
+    service.complete_batch(_requests("c1", 16))
+    traffic = service.store.traffic("c1")
+    assert traffic is not None
+    mask = learn_mask(traffic[0], 0.8, service.model.config.top_k)
+    service.store.put_mask("c1", mask)
+    response = service.complete(_requests("c1", 1)[0])
+    allowed = mask.active(service.model.config.n_experts)
+    used = torch.tensor(response.expert_load) > 0
+    assert not bool((used & ~allowed).any())
+    assert response.experts_active == mask.active_count()

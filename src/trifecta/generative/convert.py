@@ -24,7 +24,9 @@ from trifecta.generative.model import DiffusionConfig, DiffusionLM
 _FFN = ("gate_proj", "up_proj", "down_proj")
 
 
-def config_from_llama(folder: Path, n_experts: int, top_k: int) -> DiffusionConfig:
+def config_from_llama(
+    folder: Path, n_experts: int, top_k: int, canon_width: int = 4
+) -> DiffusionConfig:
     """The diffusion model's shape from a Llama `config.json`, with the MoE's width."""
     hf = json.loads((folder / "config.json").read_text())
     if hf.get("model_type") != "llama" or not hf.get("tie_word_embeddings", False):
@@ -44,6 +46,7 @@ def config_from_llama(folder: Path, n_experts: int, top_k: int) -> DiffusionConf
         block_size=hf["max_position_embeddings"],
         norm_eps=hf["rms_norm_eps"],
         rope_theta=hf.get("rope_parameters", {}).get("rope_theta", 10000.0),
+        canon_width=canon_width,
     )
 
 
@@ -54,11 +57,13 @@ def convert_llama(
     top_k: int = 2,
     noise: float = 0.01,
     router_std: float = 0.02,
+    canon_width: int = 4,
     seed: int = 0,
 ) -> DiffusionLM:
     """A DiffusionLM holding the checkpoint's weights, each FFN upcycled into experts.
-    `noise` is relative: each expert gets N(0, (noise * std(W))^2) added to every copy."""
-    config = config_from_llama(folder, n_experts, top_k)
+    `noise` is relative: each expert gets N(0, (noise * std(W))^2) added to every copy.
+    Canon layers (`model.Canon`, not in the source) start at zero: the identity."""
+    config = config_from_llama(folder, n_experts, top_k, canon_width)
     source = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
     model = DiffusionLM(config)
     generator = torch.Generator().manual_seed(seed)
@@ -78,5 +83,7 @@ def convert_llama(
         router = torch.randn((n_experts, config.d_model), generator=generator) * router_std
         state[f"{dst}moe.router.weight"] = router
         state[f"{dst}moe.selection_bias"] = torch.zeros(n_experts)
+        if canon_width:
+            state[f"{dst}canon.weight"] = torch.zeros(canon_width, config.d_model)
     model.load_state_dict(state, strict=True)
     return model

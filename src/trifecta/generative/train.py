@@ -45,6 +45,7 @@ class TrainConfig(BaseModel):
     n_experts: int = Field(default=8, ge=2)
     top_k: int = Field(default=2, ge=1)
     upcycle_noise: float = Field(default=0.01, ge=0, description="relative std per expert copy")
+    canon_width: int = Field(default=4, ge=0, description="Canon layer look-back (0: none)")
     steps: int = Field(default=6000, gt=0)
     batch_size: int = Field(default=64, gt=0)
     learning_rate: float = Field(default=2e-3, gt=0)
@@ -133,6 +134,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
         n_experts=config.n_experts,
         top_k=config.top_k,
         noise=config.upcycle_noise,
+        canon_width=config.canon_width,
         seed=config.seed,
     )
     decay = [p for p in model.parameters() if p.dim() >= 2]
