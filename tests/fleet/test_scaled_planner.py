@@ -165,3 +165,16 @@ def test_fleet_files_read_the_same_with_the_c_loader_and_as_json(tmp_path: Path)
     with pytest.raises(InvalidInput, match=r"malformed JSON .* at line 2") as caught:
         load_fleet(tmp_path / "bad.json")
     assert caught.value.field == "fleet"
+
+
+def test_a_milp_far_from_its_bound_is_compared_with_the_rounded_relaxation(
+    monkeypatch: pytest.MonkeyPatch, small_continuous: tuple[Topology, list[Capsule], Plan]
+) -> None:
+    """Whenever the fallback runs, the plan kept is the cheaper one and stays valid."""
+    topology, fleet, exact = small_continuous
+    monkeypatch.setattr(planner_module, "FALLBACK_GAP", -1.0)  # always compare
+    result = plan(fleet, topology, "full", time_limit=20.0)
+    assert verify_plan(result, fleet, topology) == []
+    assert result.cost_per_hour <= exact.cost_per_hour * (1 + 1e-3) + 1e-6
+    assert result.solver.lower_bound is not None
+    assert result.solver.lower_bound <= result.cost_per_hour + 1e-6

@@ -56,6 +56,8 @@ _UNSET = object()
 # Above this many classes the MILP no longer aggregates the fleet (continuous demand): plan
 # by rounding the fluid relaxation instead (`fleet/fluid.py`).
 AGGREGATION_LIMIT = 400
+# A MILP plan further than this from its bound is compared with the rounded relaxation's.
+FALLBACK_GAP = 0.02
 
 
 @dataclass
@@ -322,6 +324,22 @@ def plan(
     if rounded is None:
         decisions, replicas = _decisions(model, x)
     cost = float(np.dot(program.cost, x))
+    if rounded is None and cost - bound > FALLBACK_GAP * cost:
+        # The MILP stopped far from its bound (its limits are wall-clock: on a loaded machine
+        # 5 s can end it at a poor incumbent); the rounded relaxation is small whatever the
+        # fleet, and either bound is a bound.
+        fallback = _plan_by_rounding(
+            classes, shapes, topology, time_limit=time_limit, mip_rel_gap=mip_rel_gap
+        )
+        if fallback is not None:
+            f_model, f_x, f_decisions, f_status, f_bound = fallback
+            f_cost = float(np.dot(f_model.program.cost, f_x))
+            bound = max(bound, f_bound)
+            if f_cost < cost:
+                model, x, decisions, cost = f_model, f_x, f_decisions, f_cost
+                replicas, program = _replicas(model, x), model.program
+                method = f"fluid-relaxation-rounding (the MILP stopped at status {status!r})"
+                status = f_status
     report = SolverReport(
         method=method,
         status=status,
