@@ -39,6 +39,7 @@ from trifecta.serve.federation_cli import (  # noqa: E402
     status_command,
     up_command,
 )
+from trifecta.serve.keys_cli import keys_app  # noqa: E402
 from trifecta.tensorlogic.cli import tl_app  # noqa: E402
 
 app.add_typer(capsule_app, name="capsule")
@@ -48,6 +49,7 @@ app.add_typer(context_app, name="context")
 app.add_typer(edge_app, name="edge")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(generative_app, name="generative")
+app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.command("plan")(plan_command)
 app.command("run")(run_command)

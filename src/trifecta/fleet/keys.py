@@ -1,0 +1,255 @@
+"""API keys: the admin key and per-capsule keys, stored hashed in the control database.
+
+A key reads `trf_<keyid>_<secret>`. The key id finds the row without hashing against every
+row; the row holds an argon2id hash of the secret (`argon2-cffi`), never the secret, which is
+shown once at creation. A capsule key belongs to one incarnation of its capsule: it stops
+working when the capsule is removed, and does not come back if a capsule of the same id is
+created again (the row remembers the capsule's creation time).
+
+`KeyStore.authenticate` is the `core.auth.Authenticator` every HTTP surface uses. It re-reads
+a key's row at most `ttl_s` (1 s) after the last check, so a revocation, or a removed capsule,
+is seen by a running server within a second (at once by the process that revoked it); the
+argon2 verification of a secret already verified against the same hash is remembered, so a
+busy client pays one indexed read a second, not a 50 ms hash per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from pydantic import BaseModel
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    select,
+    update,
+)
+
+from trifecta.core.auth import Principal
+from trifecta.core.db import ensure_schema, get_engine, transaction
+from trifecta.core.errors import InvalidInput, NotFound, Unauthenticated
+from trifecta.core.settings import get_settings
+from trifecta.fleet.registry import capsules_table
+
+KEY_PREFIX = "trf"
+KEY_ID = re.compile(r"^[0-9a-f]{12}$")
+VERIFY_TTL_S = 1.0
+MAX_REMEMBERED = 10_000  # verified secrets remembered (digests only), oldest forgotten first
+
+metadata = MetaData()
+keys_table = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("admin", Boolean, nullable=False),
+    Column("capsule_id", String(64), nullable=True, index=True),
+    Column("capsule_created_at", DateTime(timezone=True), nullable=True),
+    Column("secret_hash", String(256), nullable=False),
+    Column("label", String(200), nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+
+class ApiKey(BaseModel):
+    """A key as listed: never its secret."""
+
+    key_id: str
+    admin: bool
+    capsule_id: str | None
+    label: str = ""
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+class CreatedKey(BaseModel):
+    """A new key and its secret, the one time the secret is shown."""
+
+    key: ApiKey
+    token: str
+
+
+def split_token(token: str) -> tuple[str, str]:
+    """(key id, secret) of `trf_<keyid>_<secret>`."""
+    prefix, _, rest = token.partition("_")
+    key_id, _, secret = rest.partition("_")
+    if prefix != KEY_PREFIX or not KEY_ID.match(key_id) or not secret:
+        raise Unauthenticated("not a Trifecta API key (trf_<id>_<secret>)", field="authorization")
+    return key_id, secret
+
+
+def _digest(secret: str) -> bytes:
+    # Only to recognise a secret already verified by argon2 in this process; never stored.
+    return hashlib.blake2b(secret.encode(), digest_size=32).digest()
+
+
+class KeyStore:
+    """Create, list, revoke and verify API keys. Thread-safe; one per server process."""
+
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        *,
+        ttl_s: float = VERIFY_TTL_S,
+        hasher: PasswordHasher | None = None,
+    ):
+        self.engine = engine or get_engine(get_settings().db_url)
+        ensure_schema(self.engine, "trifecta.fleet")
+        self.ttl_s = ttl_s
+        self.hasher = hasher or PasswordHasher()
+        self._lock = threading.Lock()
+        self._recent: dict[str, tuple[float, bytes, Principal]] = {}
+        self._verified: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+
+    # -- administration -------------------------------------------------------------------
+
+    def create(
+        self, *, admin: bool = False, capsule_id: str | None = None, label: str = ""
+    ) -> CreatedKey:
+        """A new admin key (`admin=True`) or a key of one existing capsule."""
+        if admin == (capsule_id is not None):
+            raise InvalidInput("a key is either the admin's or one capsule's", field="capsule")
+        key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        with transaction(self.engine, write=True) as session:
+            born = None
+            if capsule_id is not None:
+                born = session.execute(
+                    select(capsules_table.c.created_at).where(capsules_table.c.id == capsule_id)
+                ).scalar_one_or_none()
+                if born is None:
+                    raise NotFound(f"no capsule {capsule_id!r}", field="capsule")
+            session.execute(
+                keys_table.insert().values(
+                    key_id=key_id,
+                    admin=admin,
+                    capsule_id=capsule_id,
+                    capsule_created_at=born,
+                    secret_hash=self.hasher.hash(secret),
+                    label=label,
+                    created_at=now,
+                )
+            )
+        key = ApiKey(key_id=key_id, admin=admin, capsule_id=capsule_id, label=label, created_at=now)
+        return CreatedKey(key=key, token=f"{KEY_PREFIX}_{key_id}_{secret}")
+
+    def list(self, *, capsule_id: str | None = None, active_only: bool = False) -> list[ApiKey]:
+        query = select(
+            keys_table.c.key_id,
+            keys_table.c.admin,
+            keys_table.c.capsule_id,
+            keys_table.c.label,
+            keys_table.c.created_at,
+            keys_table.c.revoked_at,
+        ).order_by(keys_table.c.created_at, keys_table.c.key_id)
+        if capsule_id is not None:
+            query = query.where(keys_table.c.capsule_id == capsule_id)
+        if active_only:
+            query = query.where(keys_table.c.revoked_at.is_(None))
+        with transaction(self.engine) as session:
+            rows = session.execute(query).mappings().all()
+        return [ApiKey.model_validate(dict(row)) for row in rows]
+
+    def has_admin(self) -> bool:
+        return any(key.admin for key in self.list(active_only=True))
+
+    def revoke(self, key_id: str) -> ApiKey:
+        """Revoke a key; it stops working here at once and in other processes within ttl_s."""
+        with transaction(self.engine, write=True) as session:
+            session.execute(
+                update(keys_table)
+                .where(keys_table.c.key_id == key_id, keys_table.c.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )
+        self._forget(key_id)
+        matches = [key for key in self.list() if key.key_id == key_id]
+        if not matches:
+            raise NotFound(f"no key {key_id!r}", field="key_id")
+        return matches[0]
+
+    def revoke_capsule(self, capsule_id: str) -> int:
+        """Revoke every key of a capsule (its removal); returns how many."""
+        ids = [key.key_id for key in self.list(capsule_id=capsule_id, active_only=True)]
+        for key_id in ids:
+            self.revoke(key_id)
+        return len(ids)
+
+    # -- verification -----------------------------------------------------------------------
+
+    def authenticate(self, token: str) -> Principal:
+        key_id, secret = split_token(token)
+        digest, now = _digest(secret), time.monotonic()
+        with self._lock:
+            recent = self._recent.get(key_id)
+        if recent is not None and now - recent[0] < self.ttl_s:
+            if hmac.compare_digest(recent[1], digest):
+                return recent[2]
+            raise Unauthenticated("not a valid API key", field="authorization")
+        principal, secret_hash = self._check_row(key_id)
+        self._verify(key_id, secret_hash, secret, digest)
+        with self._lock:
+            self._recent[key_id] = (now, digest, principal)
+            if len(self._recent) > MAX_REMEMBERED:
+                self._recent.pop(next(iter(self._recent)))
+        return principal
+
+    def _check_row(self, key_id: str) -> tuple[Principal, str]:
+        """The key's principal and hash, if the key is live and its capsule still exists."""
+        joined = keys_table.outerjoin(
+            capsules_table, capsules_table.c.id == keys_table.c.capsule_id
+        )
+        query = select(
+            keys_table.c.admin,
+            keys_table.c.capsule_id,
+            keys_table.c.capsule_created_at,
+            keys_table.c.secret_hash,
+            keys_table.c.revoked_at,
+            capsules_table.c.created_at.label("capsule_born"),
+        ).select_from(joined)
+        with transaction(self.engine) as session:
+            row = session.execute(query.where(keys_table.c.key_id == key_id)).one_or_none()
+        if row is None or row.revoked_at is not None:
+            raise Unauthenticated("unknown or revoked API key", field="authorization")
+        if not row.admin and (
+            row.capsule_born is None or row.capsule_born != row.capsule_created_at
+        ):
+            raise Unauthenticated("the key's capsule was removed", field="authorization")
+        principal = Principal(key_id=key_id, admin=bool(row.admin), capsule_id=row.capsule_id)
+        return principal, str(row.secret_hash)
+
+    def _verify(self, key_id: str, secret_hash: str, secret: str, digest: bytes) -> None:
+        remembered = (secret_hash, digest)
+        with self._lock:
+            if remembered in self._verified:
+                self._verified.move_to_end(remembered)
+                return
+        try:
+            self.hasher.verify(secret_hash, secret)
+        except (VerificationError, InvalidHashError):
+            raise Unauthenticated("not a valid API key", field="authorization") from None
+        with self._lock:
+            self._verified[remembered] = None
+            while len(self._verified) > MAX_REMEMBERED:
+                self._verified.popitem(last=False)
+
+    def _forget(self, key_id: str) -> None:
+        with self._lock:
+            self._recent.pop(key_id, None)
