@@ -139,3 +139,29 @@ def test_a_capsule_changed_by_another_process_applies_to_the_next_request(stack:
     elsewhere.remove(capsule.id)
     with pytest.raises(NotFound):
         orchestrator.serve(capsule.id, TaskRequest(prompt="a=1,b=4;b?"))
+
+
+def test_a_capsules_generative_share_goes_to_the_moe_diffusion_layer(stack: Stack) -> None:
+    """All of this capsule's heavy requests are declared generative: they are served by the
+    MoE diffusion model, charged at the RND1 preset, and their verdicts move the capsule's
+    router biases (the outcome rule)."""
+    capsule = stack.add_capsule(
+        Capsule(
+            id="gen-twin",
+            name="g",
+            kind="digital_twin",
+            domain="gen",
+            demand=Demand(requests_per_s=1, light_share=0.0, generative_share=1.0),
+        )
+    )
+    assert stack.generative is not None
+    before = stack.generative.store.current_bias(capsule.id, stack.generative.shape).version
+    orchestrator = Orchestrator(stack.parts, run_id="gen")
+    task = generate_tasks(1, seed=4, split="heldout", difficulties=[3], domain="gen")[0]
+    result = orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt))
+    assert result.route == "generative" and result.path == ["generative"]
+    (hop,) = [h for h in result.hops if h.layer == "generative"]
+    assert hop.ok and hop.model == "rnd1-30b-a3b" and "experts active" in hop.detail
+    assert result.verified is not None and result.cost.by_layer["generative"] > 0
+    after = stack.generative.store.current_bias(capsule.id, stack.generative.shape).version
+    assert after > before  # load and outcome rules both wrote a version

@@ -22,6 +22,7 @@ from trifecta.federation.services import (
     ContextClient,
     EdgeClient,
     EnvironmentHealth,
+    GenerativeClient,
     ServedRecord,
     Service,
 )
@@ -52,6 +53,8 @@ class Bridge(Protocol):
     def context(self, capsule: Capsule, environment: str) -> ContextClient: ...
 
     def edge(self, capsule: Capsule, environment: str) -> EdgeClient: ...
+
+    def generative(self, capsule: Capsule, environment: str) -> GenerativeClient: ...
 
     def health(self, environment: str) -> EnvironmentHealth: ...
 
@@ -97,6 +100,9 @@ class InProcessBridge:
 
     def edge(self, capsule: Capsule, environment: str) -> EdgeClient:
         return self._host(capsule, environment, "edge").edge_client()
+
+    def generative(self, capsule: Capsule, environment: str) -> GenerativeClient:
+        return self._host(capsule, environment, "generative").generative_client()
 
     def health(self, environment: str) -> EnvironmentHealth:
         return self.hosts[environment].health()

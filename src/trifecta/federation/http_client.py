@@ -30,6 +30,7 @@ from trifecta.context.trajectory import Trajectory
 from trifecta.core import errors
 from trifecta.federation.http_server import (
     PREFIX,
+    BiasVersionNumber,
     CapsuleCall,
     DeltaCall,
     DrainCall,
@@ -45,6 +46,8 @@ from trifecta.federation.services import (
     ContextClient,
     EdgeClient,
     EnvironmentHealth,
+    GenerativeClient,
+    GenerativeFeedback,
     OffloadRequest,
     OffloadResponse,
     ServedRecord,
@@ -52,6 +55,7 @@ from trifecta.federation.services import (
 )
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.topology import Environment, Topology
+from trifecta.generative.service import GenerativeRequest, GenerativeResponse
 
 M = TypeVar("M", bound=BaseModel)
 CONNECT_TIMEOUT_S = 2.0
@@ -203,6 +207,17 @@ class HttpEdge:
         return self.link.call("POST", "/edge/offload", request, OffloadResponse)
 
 
+class HttpGenerative:
+    def __init__(self, link: EnvironmentLink):
+        self.link = link
+
+    def complete(self, request: GenerativeRequest) -> GenerativeResponse:
+        return self.link.call("POST", "/generative/complete", request, GenerativeResponse)
+
+    def feedback(self, feedback: GenerativeFeedback) -> int:
+        return self.link.call("POST", "/generative/feedback", feedback, BiasVersionNumber).version
+
+
 class HttpBridge:
     """Each environment's server, reached over HTTP; what each hosts comes from its health."""
 
@@ -262,6 +277,9 @@ class HttpBridge:
 
     def edge(self, capsule: Capsule, environment: str) -> EdgeClient:
         return HttpEdge(self._link(capsule, environment, "edge"))
+
+    def generative(self, capsule: Capsule, environment: str) -> GenerativeClient:
+        return HttpGenerative(self._link(capsule, environment, "generative"))
 
     def health(self, environment: str) -> EnvironmentHealth:
         link = self.links.get(environment)

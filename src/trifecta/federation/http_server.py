@@ -33,10 +33,12 @@ from trifecta.federation.services import (
     CompleteRequest,
     CompleteResponse,
     EnvironmentHealth,
+    GenerativeFeedback,
     OffloadRequest,
     OffloadResponse,
     ServedRecord,
 )
+from trifecta.generative.service import GenerativeRequest, GenerativeResponse
 
 PREFIX = "/federation/v1"
 CapsuleIdField = Field(min_length=1, max_length=128)
@@ -64,6 +66,10 @@ class DrainCall(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0, le=600)
 
 
+class BiasVersionNumber(BaseModel):
+    version: int
+
+
 class DrainResult(BaseModel):
     drained: bool = Field(description="False: the queue still held rows when the time was up")
 
@@ -88,6 +94,7 @@ def federation_router(host: EnvironmentHost, *, credential: str | None = None) -
         prefix=PREFIX, tags=["federation"], dependencies=[Depends(peer_auth(credential))]
     )
     cognitive, context, edge = host.cognitive_client(), host.context_client(), host.edge_client()
+    generative = host.generative_client()
 
     @router.get("/health")
     def health() -> EnvironmentHealth:
@@ -137,6 +144,14 @@ def federation_router(host: EnvironmentHost, *, credential: str | None = None) -
     @router.post("/context/search_memories")
     def search_memories(body: SearchCall) -> MemorySearchResult:
         return context.search_memories(body.capsule_id, body.query)
+
+    @router.post("/generative/complete")
+    def generative_complete(body: GenerativeRequest) -> GenerativeResponse:
+        return generative.complete(body)
+
+    @router.post("/generative/feedback")
+    def generative_feedback(body: GenerativeFeedback) -> BiasVersionNumber:
+        return BiasVersionNumber(version=generative.feedback(body))
 
     @router.post("/edge/offload")
     def offload(body: OffloadRequest) -> OffloadResponse:

@@ -41,6 +41,8 @@ from trifecta.federation.services import (
     ContextClient,
     EdgeClient,
     EnvironmentHealth,
+    GenerativeClient,
+    GenerativeFeedback,
     OffloadRequest,
     OffloadResponse,
     ServedRecord,
@@ -48,6 +50,7 @@ from trifecta.federation.services import (
 )
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.topology import Environment
+from trifecta.generative.service import GenerativeRequest, GenerativeResponse
 
 T = TypeVar("T")
 HOP_LOG_LIMIT = 50_000  # the sender's trace is bounded: a long run must not grow it forever
@@ -128,6 +131,10 @@ class MockBridge:
 
     def edge(self, capsule: Capsule, environment: str) -> EdgeClient:
         return _FaultyEdge(self, capsule, environment, self.inner.edge(capsule, environment))
+
+    def generative(self, capsule: Capsule, environment: str) -> GenerativeClient:
+        inner = self.inner.generative(capsule, environment)
+        return _FaultyGenerative(self, capsule, environment, inner)
 
     def health(self, environment: str) -> EnvironmentHealth:
         return self._call(
@@ -233,3 +240,15 @@ class _FaultyEdge(_Faulty):
 
     def offload(self, request: OffloadRequest) -> OffloadResponse:
         return self._call("offload", lambda: self.inner.offload(request))
+
+
+class _FaultyGenerative(_Faulty):
+    def __init__(self, bridge: MockBridge, capsule: Capsule, env: str, inner: GenerativeClient):
+        super().__init__(bridge, capsule, env, "generative")
+        self.inner = inner
+
+    def complete(self, request: GenerativeRequest) -> GenerativeResponse:
+        return self._call("complete", lambda: self.inner.complete(request))
+
+    def feedback(self, feedback: GenerativeFeedback) -> int:
+        return self._call("feedback", lambda: self.inner.feedback(feedback))

@@ -130,6 +130,7 @@ def up(
     env = os.environ | {
         "TRIFECTA_DATA_DIR": str(settings.data_dir),
         "TRIFECTA_FEDERATION_CREDENTIAL": credential,
+        "TRIFECTA_PHASE": settings.phase,
     }
     if settings.database_url:
         env["TRIFECTA_DATABASE_URL"] = settings.database_url

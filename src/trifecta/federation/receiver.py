@@ -38,10 +38,12 @@ from trifecta.federation.services import (
     COGNITIVE,
     CONTEXT,
     EDGE,
+    GENERATIVE,
     CompleteRequest,
     CompleteResponse,
     EdgeGeneration,
     EnvironmentHealth,
+    GenerativeFeedback,
     OffloadRequest,
     OffloadResponse,
     ServedRecord,
@@ -50,6 +52,7 @@ from trifecta.federation.services import (
 )
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.topology import Environment
+from trifecta.generative.service import GenerativeRequest, GenerativeResponse, GenerativeService
 
 CapsuleLookup = Callable[[str], Capsule]
 SERVED_LOG_LIMIT = 100_000  # records kept in memory; the oldest go first (bounded by design)
@@ -98,6 +101,7 @@ class EnvironmentServices:
     cognitive: AutoModel | None = None
     context: ContextService | None = None
     edge: EdgeMesh | None = None
+    generative: GenerativeService | None = None
 
     def names(self) -> list[Service]:
         present: list[Service] = []
@@ -107,6 +111,8 @@ class EnvironmentServices:
             present.append(CONTEXT)
         if self.edge is not None:
             present.append(EDGE)
+        if self.generative is not None:
+            present.append(GENERATIVE)
         return present
 
 
@@ -176,6 +182,9 @@ class EnvironmentHost:
 
     def edge_client(self) -> HostedEdge:
         return HostedEdge(self)
+
+    def generative_client(self) -> HostedGenerative:
+        return HostedGenerative(self)
 
 
 class HostedCognitive:
@@ -294,3 +303,24 @@ class HostedEdge:
                 for g in result.generations or []
             ],
         )
+
+
+class HostedGenerative:
+    """This environment's generative layer: one model, each capsule decoding with its own
+    expert mask and router biases."""
+
+    def __init__(self, host: EnvironmentHost):
+        self.host = host
+
+    def _service(self, capsule_id: str, method: str) -> GenerativeService:
+        self.host.admit(capsule_id, GENERATIVE, method)
+        service = self.host.services.generative
+        assert service is not None  # admit() refused a host without one
+        return service
+
+    def complete(self, request: GenerativeRequest) -> GenerativeResponse:
+        return self._service(request.capsule_id, "complete").complete(request)
+
+    def feedback(self, feedback: GenerativeFeedback) -> int:
+        service = self._service(feedback.capsule_id, "feedback")
+        return service.feedback(feedback.capsule_id, feedback.expert_load, feedback.success).version

@@ -25,13 +25,15 @@ from trifecta.context.models import (
     RetrieveRequest,
 )
 from trifecta.context.trajectory import Trajectory
+from trifecta.generative.service import GenerativeRequest, GenerativeResponse
 
 # The services an environment can host.
-Service = Literal["cognitive", "context", "edge"]
+Service = Literal["cognitive", "context", "edge", "generative"]
 COGNITIVE: Final = "cognitive"
 CONTEXT: Final = "context"
 EDGE: Final = "edge"
-SERVICES: tuple[Service, ...] = (COGNITIVE, CONTEXT, EDGE)
+GENERATIVE: Final = "generative"
+SERVICES: tuple[Service, ...] = (COGNITIVE, CONTEXT, EDGE, GENERATIVE)
 MAX_PROMPT_CHARS = 8192
 
 
@@ -125,6 +127,25 @@ class OffloadResponse(_Model):
 
 class EdgeClient(Protocol):
     def offload(self, request: OffloadRequest) -> OffloadResponse: ...
+
+
+# -- generative ----------------------------------------------------------------------------
+class GenerativeFeedback(_Model):
+    """The verdict on a generative answer, with the experts its tokens were routed to."""
+
+    capsule_id: str = Field(min_length=1, max_length=128)
+    expert_load: list[list[int]]
+    success: bool
+
+
+class GenerativeClient(Protocol):
+    """The RND1-style MoE diffusion model, each capsule with its expert mask and biases."""
+
+    def complete(self, request: GenerativeRequest) -> GenerativeResponse: ...
+
+    def feedback(self, feedback: GenerativeFeedback) -> int:
+        """Apply the outcome rule to the capsule's router biases; returns their new version."""
+        ...
 
 
 # -- what an environment served (its own record, read by tests and `trifecta status`) ------

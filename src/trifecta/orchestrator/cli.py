@@ -36,6 +36,9 @@ def run_command(
     down: list[str] = typer.Option([], help="take an environment down (repeatable)"),
     latency: list[str] = typer.Option([], help="add latency, e.g. inference=20ms (repeatable)"),
     out: Path | None = typer.Option(None, help="report folder (default: <data>/runs/<run id>)"),
+    phase: str | None = typer.Option(
+        None, help="dev | pilot | full: the playbook phase to plan and price by (default: settings)"
+    ),
     federated: bool = typer.Option(
         False,
         "--federated",
@@ -56,6 +59,12 @@ def run_command(
     from trifecta.orchestrator.stack import Stack
 
     settings = get_settings()
+    if phase is not None:
+        from trifecta.core.settings import PHASES
+
+        if phase not in PHASES:
+            raise InvalidInput(f"unknown phase {phase!r}", field="phase", allowed=PHASES)
+        settings = settings.model_copy(update={"phase": phase})
     capsules = load_fleet(fleet) if fleet else None
     topo = load_topology(topology) if topology else None
     faults = _faults(down, latency)
@@ -184,7 +193,7 @@ def print_report(report: object) -> None:
 
     grades = Table(title="Accuracy by task grade")
     grades.add_column("grade")
-    cols = ["cache", "edge", "cognitive", "all"]
+    cols = ["cache", "edge", "cognitive", "generative", "all"]
     for c in cols:
         grades.add_column(c, justify="right")
     for g, by in report.accuracy_by_grade.items():

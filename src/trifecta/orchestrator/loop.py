@@ -14,6 +14,7 @@ no route, fallback included, can carry a capsule's request or context elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,11 +30,14 @@ from trifecta.federation.bridge import placeable
 from trifecta.federation.services import (
     COGNITIVE,
     EDGE,
+    GENERATIVE,
     CompleteRequest,
     CompleteResponse,
+    GenerativeFeedback,
     OffloadRequest,
 )
 from trifecta.fleet.capsules import Capsule
+from trifecta.generative.service import GenerativeRequest, GenerativeResponse
 from trifecta.orchestrator.ledger import Charge
 from trifecta.orchestrator.metrics import LoopMetrics
 from trifecta.orchestrator.models import (
@@ -52,6 +56,8 @@ from trifecta.orchestrator.routing import RouteAdvice, RuleLearner, advise
 
 log = get_logger("trifecta.orchestrator")
 EDGE_MODEL = "bitnet-2b4t"  # the checkpoint the shipped edge model stands for (for charges)
+GENERATIVE_MODEL = "rnd1-30b-a3b"  # what the shipped MoE diffusion model stands for
+GENERATIVE_MAX_PROMPT = 60  # the shipped generative model's prompt budget (characters)
 MEMORIES_PER_REQUEST = 3
 
 
@@ -78,6 +84,7 @@ class _Served:
     first_rung: str | None  # "edge" or the first tier, for the rule learner
     first_failed: bool = False  # the first rung handed the request on
     escalated: bool = False
+    generative: GenerativeResponse | None = None  # for the outcome feedback to its router
 
 
 class Orchestrator:
@@ -115,9 +122,13 @@ class Orchestrator:
         served = self._cached(capsule, request, context_env, trace)
         if served is None and advice.edge and task is not None and task.light:
             served = self._edge(capsule, request, trace)
+        if served is None and task is not None and _to_generative(capsule, request_id, task):
+            served = self._generative(capsule, request, trace)
         if served is None:
             served = self._cognitive(capsule, request, advice, trace)
         verified = self.verifier.verify(request.prompt, served.answer or "") if task else None
+        if served.generative is not None and verified is not None:
+            self._tune_generative(capsule, served, verified)
         latency_ms = (time.perf_counter() - started) * 1000
         result = TaskResult(
             id=request_id,
@@ -264,6 +275,64 @@ class Orchestrator:
             )
             return _Served("edge", generation.text, env.name, ["edge"], first_rung="edge")
         return None
+
+    def _generative(self, capsule: Capsule, request: TaskRequest, trace: _Trace) -> _Served | None:
+        """The RND1-style MoE diffusion layer, decoding with the capsule's own experts; None
+        (the cascade serves instead) when no admitting environment can."""
+        home = self._home(capsule)
+        envs = sorted(
+            placeable(capsule, self.bridge.environments_hosting(GENERATIVE)),
+            key=lambda e: (e.name != home, e.name),
+        )
+        for env in envs:
+            started = time.perf_counter()
+            try:
+                response = self.bridge.generative(capsule, env.name).complete(
+                    GenerativeRequest(capsule_id=capsule.id, prompt=request.prompt)
+                )
+            except Unavailable as exc:
+                trace.failed(started, "generative", env.name, GENERATIVE_MODEL, exc.one_line())
+                self.metrics.fallbacks.labels("generative", env.name).inc()
+                continue
+            share = response.compute.batch_requests or 1
+            trace.hop(
+                started,
+                layer="generative",
+                environment=env.name,
+                model=GENERATIVE_MODEL,
+                ok=True,
+                tokens=len(response.tokens),
+                detail=f"{response.steps} steps, {response.experts_active} experts active, "
+                f"bias v{response.bias_version}",
+            )
+            trace.charges.append(
+                self.parts.pricer.model_tokens(
+                    layer="generative",
+                    environment=env.name,
+                    model=GENERATIVE_MODEL,
+                    prompt_tokens=len(request.prompt),
+                    completion_tokens=len(response.tokens) // share,
+                )
+            )
+            answer = response.answer if response.answer is not None else response.text
+            return _Served(
+                "generative", answer, env.name, ["generative"], first_rung=None, generative=response
+            )
+        return None
+
+    def _tune_generative(self, capsule: Capsule, served: _Served, verified: bool) -> None:
+        """The verdict moves the capsule's router biases (experts used on a success gain)."""
+        assert served.generative is not None
+        try:
+            self.bridge.generative(capsule, served.environment).feedback(
+                GenerativeFeedback(
+                    capsule_id=capsule.id,
+                    expert_load=served.generative.expert_load,
+                    success=verified,
+                )
+            )
+        except Unavailable as exc:
+            log.warning("generative feedback not applied", reason=exc.one_line())
 
     def _cognitive(
         self, capsule: Capsule, request: TaskRequest, advice: RouteAdvice, trace: _Trace
@@ -423,6 +492,17 @@ class Orchestrator:
         return set(assignment.edge_environments) if assignment else set()
 
 
+def _to_generative(capsule: Capsule, request_id: str, task: Task) -> bool:
+    """Does this heavy request go to the generative layer? A stable draw per request id, at
+    the capsule's declared generative share of the requests the edge does not take."""
+    demand = capsule.demand
+    if demand.generative_share <= 0 or task.light or len(task.prompt) > GENERATIVE_MAX_PROMPT:
+        return False
+    share = min(1.0, demand.generative_share / max(1e-9, 1.0 - demand.light_share))
+    draw = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big")
+    return draw / 2**64 < share
+
+
 def _task_of(prompt: str, domain: str) -> Task | None:
     """The task-family view of a prompt, or None for free text the verifier cannot judge."""
     try:
@@ -479,7 +559,7 @@ def _trajectory(
             escalated="handed on" in h.detail,
         )
         for h in result.hops
-        if h.ok and h.layer in ("edge", "cognitive", "cache")
+        if h.ok and h.layer in ("edge", "cognitive", "generative", "cache")
     ]
     outcome = "unknown" if verdict is None else "success" if verdict else "failure"
     if detail is None and task is not None and verdict is False:

@@ -41,6 +41,8 @@ from trifecta.fleet.plan_model import Plan
 from trifecta.fleet.planner import plan as make_plan
 from trifecta.fleet.registry import CapsuleRegistry
 from trifecta.fleet.topology import Environment, Topology, load_topology
+from trifecta.generative.service import GenerativeService
+from trifecta.generative.store import GenerativeStore
 from trifecta.orchestrator.ledger import CostLedger, Pricer
 from trifecta.orchestrator.parts import CapsuleDirectory, LoopParts, ShardPlacement
 
@@ -85,6 +87,12 @@ def start_edge_mesh(
     return mesh
 
 
+def build_generative(settings: Settings) -> GenerativeService:
+    """The generative layer (the shipped MoE diffusion model, loaded once per process), its
+    per-capsule masks and router biases kept in the control database."""
+    return GenerativeService(store=GenerativeStore(get_engine(settings.db_url)))
+
+
 def build_cognitive(settings: Settings, phase: Phase, replicas: int = 1) -> CognitiveService:
     """The cognitive serving layer, the tiers loaded once for every caller in this process."""
     from trifecta.cognitive.serving.factory import build_service
@@ -125,6 +133,7 @@ class Stack:
         self.plan: Plan = make_plan(self.capsules.all(), self.topology, self.phase)
         self.meshes: dict[str, EdgeMesh] = {}
         self.context: ContextService | None = None
+        self.generative: GenerativeService | None = None
         self.cognitive: CognitiveService | None = cognitive
         self._owns_cognitive = True  # a service handed in is ours to close with the stack
         self.federated = remote is not None
@@ -162,12 +171,14 @@ class Stack:
         )
         if self.cognitive is None:
             self.cognitive = build_cognitive(self.settings, self.phase)
+        self.generative = build_generative(self.settings)
         hosts: dict[str, EnvironmentHost] = {}
         for env in self.topology.environments:
             services = EnvironmentServices()
             if serves_cognitive(env, self.phase):
                 services.cognitive = self.cognitive.auto
                 services.context = self.context
+                services.generative = self.generative
             elif env.kind == "edge" and env.available_in(self.phase) and edge_nodes >= 1:
                 services.edge = self.meshes[env.name] = start_edge_mesh(
                     env, self.settings, edge_nodes

@@ -33,7 +33,12 @@ from trifecta.federation.services import CompleteRequest, OffloadRequest
 from trifecta.fleet.registry import CapsuleRegistry
 from trifecta.fleet.topology import Environment, Topology
 from trifecta.orchestrator.parts import CapsuleDirectory
-from trifecta.orchestrator.stack import build_cognitive, serves_cognitive, start_edge_mesh
+from trifecta.orchestrator.stack import (
+    build_cognitive,
+    build_generative,
+    serves_cognitive,
+    start_edge_mesh,
+)
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -71,6 +76,7 @@ class EnvironmentSite:
                 control_url=settings.db_url, registry=registry, redis_url=settings.redis_url
             )
             services.cognitive, services.context = self.cognitive.auto, self.context
+            services.generative = build_generative(settings)
         elif env.kind == "edge":
             self.mesh = services.edge = start_edge_mesh(env, settings, edge_nodes)
         self.host = EnvironmentHost(env, services, self.capsules.get)
