@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,7 +15,8 @@ from trifecta.generative.expansion import (
     nodes_to_remove,
     resize,
 )
-from trifecta.generative.placement import Cluster, from_scratch, moves_between, place
+from trifecta.generative.placement import Cluster, Placement, from_scratch, moves_between, place
+from trifecta.generative.placement_milp import exact_min_moves
 
 
 def zipf_loads(experts: int, exponent: float, seed: int, tokens: int = 100_000) -> np.ndarray:
@@ -36,7 +39,7 @@ def test_expansion_moves_fewer_experts_than_a_from_scratch_repack(
 ) -> None:
     loads = zipf_loads(experts, exponent, seed)
     current = place(loads, Cluster.with_redundancy(nodes, experts, 0.10), method="greedy")
-    result = resize(current, loads, add=1, target=1.05)
+    result = resize(current, loads, add=1, target=1.05, method="greedy")
     scratch = from_scratch(current, loads, result.placement.cluster)
     placement = result.placement
     assert placement.cluster.nodes == nodes + 1
@@ -48,7 +51,7 @@ def test_expansion_moves_fewer_experts_than_a_from_scratch_repack(
     if scratch.imbalance <= 1.05:
         assert result.imbalance <= 1.05 and result.moves <= scratch.moves
     moves = [m for m, _ in result.curve]
-    assert moves == sorted(moves) and result.curve[-1] == (result.moves, result.imbalance)
+    assert moves == sorted(moves) and (result.moves, result.imbalance) in result.curve
 
 
 def test_adding_a_node_reaches_the_target_in_a_fraction_of_the_repack_moves() -> None:
@@ -92,6 +95,35 @@ def test_a_shifted_hot_set_is_rebalanced_in_place() -> None:
     result = resize(current, shifted, target=1.05)
     assert result.before > 1.3 and result.imbalance <= 1.05
     assert result.moves < from_scratch(current, shifted, current.cluster).moves
+
+
+def test_exact_min_moves_matches_brute_force() -> None:
+    loads = np.array([60.0, 30.0, 20.0, 10.0])
+    before = [{0, 1}, {2, 3}, set()]  # two full nodes and a new, empty one
+    cluster = Cluster.uniform(3, 2)
+    subsets = [set(c) for r in range(3) for c in itertools.combinations(range(4), r)]
+    best = min(
+        moves_between(before, [sorted(n) for n in nodes])
+        for nodes in itertools.product(subsets, repeat=3)
+        if set().union(*nodes) == set(range(4))
+        and Placement(cluster=cluster, num_experts=4, nodes=[sorted(n) for n in nodes]).imbalance(
+            loads
+        )
+        <= 1.2
+    )
+    exact = exact_min_moves(before, loads, cluster, target=1.2, time_limit_s=10)
+    assert exact is not None and exact[1] == best
+    placed = Placement(cluster=cluster, num_experts=4, nodes=exact[0])
+    assert placed.imbalance(loads) <= 1.2 + 1e-9
+
+
+def test_the_exact_rebalance_never_moves_more_than_the_greedy() -> None:
+    loads = zipf_loads(16, 1.0, seed=8)
+    current = place(loads, Cluster.with_redundancy(4, 16, 0.10))
+    greedy = resize(current, loads, add=1, target=1.02, method="greedy")
+    exact = resize(current, loads, add=1, target=1.02, method="milp")
+    assert exact.moves <= greedy.moves and exact.imbalance <= max(1.02, greedy.imbalance) + 1e-9
+    assert exact.placement.replicas().min() >= 1
 
 
 def test_moves_count_only_new_weights_on_a_node() -> None:

@@ -15,11 +15,11 @@ from trifecta.generative.placement import (
     Placement,
     eplb_greedy,
     loads_from_trace,
-    milp_pack,
     place,
     replication_order,
     round_robin,
 )
+from trifecta.generative.placement_milp import milp_pack
 
 
 def zipf_loads(experts: int, exponent: float, seed: int, tokens: int = 100_000) -> np.ndarray:

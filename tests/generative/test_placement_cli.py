@@ -79,3 +79,8 @@ def test_expand_refuses_removing_every_node(
         capsys,
     )
     assert code == 2 and "remove:" in stderr
+    code, _, stderr = run_cli(
+        ["generative", "expand", "--placement", str(out), "--loads", "1,2,3,4", "--method", "x"],
+        capsys,
+    )
+    assert code == 2 and "method:" in stderr

@@ -38,6 +38,10 @@ from trifecta.generative.placement import (
 )
 
 EPS = 1e-9
+METHODS = ("auto", "greedy", "milp")
+# `auto` also solves the exact MILP when experts x nodes x replica counts is at most this.
+EXACT_MAX = 2000
+EXACT_TIME_LIMIT_S = 2.0
 # Expert weights copied onto a node, per action.
 MOVES = {
     "drop": 0,
@@ -371,9 +375,14 @@ def resize(
     new_node_slots: int | None = None,
     target: float = 1.05,
     max_moves: int | None = None,
+    method: str = "auto",
 ) -> Rebalance:
     """Add `add` empty nodes and remove the nodes `remove` (old indices), then rebalance.
-    Kept nodes keep their order; added nodes come last."""
+    Kept nodes keep their order; added nodes come last. `method`: greedy, milp (also solve
+    `exact_min_moves` and keep it when it moves fewer experts), or auto (milp when small and
+    no move budget is given)."""
+    if method not in METHODS:
+        raise InvalidInput(f"unknown method {method!r}", field="method", allowed=METHODS)
     loads = np.asarray(loads, dtype=np.float64)
     if loads.size != current.num_experts:
         raise InvalidInput(
@@ -387,7 +396,26 @@ def resize(
     nodes = [list(current.nodes[n]) for n in kept] + [[] for _ in range(add)]
     held = {e for experts in nodes for e in experts}
     orphans = [e for e in range(current.num_experts) if e not in held]
-    return rebalance(nodes, loads, cluster, target, max_moves, orphans)
+    greedy = rebalance(nodes, loads, cluster, target, max_moves, orphans)
+    size = loads.size * cluster.nodes * cluster.nodes
+    if method == "greedy" or (method == "auto" and (max_moves is not None or size > EXACT_MAX)):
+        return greedy
+    from trifecta.generative.placement_milp import exact_min_moves
+
+    level = max(target, greedy.imbalance)
+    exact = exact_min_moves([set(n) for n in nodes], loads, cluster, level, EXACT_TIME_LIMIT_S)
+    if exact is None or exact[1] >= greedy.moves:
+        return greedy
+    placement = Placement(cluster=cluster, num_experts=loads.size, nodes=exact[0], method="milp")
+    reached = placement.imbalance(loads)
+    return greedy.model_copy(
+        update={
+            "placement": placement,
+            "moves": exact[1],
+            "imbalance": reached,
+            "curve": pareto([*greedy.curve, (exact[1], reached)]),
+        }
+    )
 
 
 def nodes_needed(total_load: float, nodes: int, per_node_threshold: float, low: float) -> int:

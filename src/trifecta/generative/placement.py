@@ -258,45 +258,6 @@ def improve(
     return nodes
 
 
-def milp_pack(
-    loads: Loads, counts: NDArray[np.int64], cluster: Cluster, time_limit_s: float
-) -> list[list[int]] | None:
-    """Exact packing for fixed replica counts with HiGHS; None when it finds no solution in time.
-
-    Variables x[e, n] in {0, 1} (replica of e on n) and T; minimise T subject to
-    sum_n x[e, n] = counts[e], sum_e x[e, n] <= slots[n], sum_e w[e] x[e, n] <= T."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import lil_array
-
-    experts, nodes = loads.size, cluster.nodes
-    weight = loads / counts
-    size = experts * nodes + 1  # x flattened e-major, then T
-    rows = lil_array((experts + 2 * nodes, size))
-    for e in range(experts):
-        rows[e, e * nodes : (e + 1) * nodes] = 1
-    for n in range(nodes):
-        rows[experts + n, n : experts * nodes : nodes] = 1
-        rows[experts + nodes + n, n : experts * nodes : nodes] = weight
-        rows[experts + nodes + n, size - 1] = -1
-    lower = np.concatenate([counts, np.zeros(nodes), np.full(nodes, -np.inf)])
-    upper = np.concatenate([counts, cluster.slots, np.zeros(nodes)])
-    cost = np.zeros(size)
-    cost[-1] = 1.0
-    integrality = np.ones(size)
-    integrality[-1] = 0
-    result = milp(
-        cost,
-        constraints=LinearConstraint(rows.tocsr(), lower, upper),
-        integrality=integrality,
-        bounds=Bounds(np.zeros(size), np.concatenate([np.ones(size - 1), [np.inf]])),
-        options={"time_limit": time_limit_s},
-    )
-    if result.x is None:
-        return None
-    x = np.round(result.x[:-1]).reshape(experts, nodes)
-    return [np.flatnonzero(x[:, n]).tolist() for n in range(nodes)]
-
-
 def _fitting_lpt(
     loads: Loads, order: list[int], extra: int, cluster: Cluster
 ) -> tuple[list[list[int]], NDArray[np.int64]]:
@@ -332,6 +293,8 @@ def place(loads: Loads, cluster: Cluster, method: str = "auto") -> Placement:
     score, nodes, counts = best
     used = "greedy"
     if method == "milp" or (method == "auto" and loads.size * cluster.nodes <= MILP_MAX_VARIABLES):
+        from trifecta.generative.placement_milp import milp_pack
+
         exact = milp_pack(loads, counts, cluster, MILP_TIME_LIMIT_S)
         weight = loads / counts
         if exact is not None and imbalance(np.array([weight[n].sum() for n in exact])) < score:

@@ -153,6 +153,10 @@ def expand_command(
     ] = None,
     target: Annotated[float, typer.Option(min=1.0, help="max/mean load to reach")] = 1.05,
     max_moves: Annotated[int | None, typer.Option(min=0, help="stop after this many moves")] = None,
+    method: Annotated[
+        str,
+        typer.Option(help="greedy, milp (also the exact min-move MILP) or auto (milp if small)"),
+    ] = "auto",
     out: Annotated[Path | None, typer.Option(help="write the new placement as JSON")] = None,
 ) -> None:
     """Add or remove nodes and rebalance from the CURRENT placement, moving as few experts as
@@ -176,12 +180,14 @@ def expand_command(
         new_node_slots=new_node_slots,
         target=target,
         max_moves=max_moves,
+        method=method,
     )
     scratch = from_scratch(current, load_vector, result.placement.cluster, removed)
     console.print(_placement_table(result.placement, load_vector, "after rebalance"))
     console.print(
         f"max/mean load {result.before:.4f} -> {result.imbalance:.4f} with {result.moves} "
-        f"expert moves; from-scratch repack: {scratch.imbalance:.4f} with {scratch.moves} moves"
+        f"expert moves ({result.placement.method}); from-scratch repack: "
+        f"{scratch.imbalance:.4f} with {scratch.moves} moves"
     )
     if out is not None:
         out.write_text(result.placement.model_dump_json(indent=2) + "\n")
