@@ -165,3 +165,25 @@ def test_a_capsules_generative_share_goes_to_the_moe_diffusion_layer(stack: Stac
     assert result.verified is not None and result.cost.by_layer["generative"] > 0
     after = stack.generative.store.current_bias(capsule.id, stack.generative.shape).version
     assert after > before  # load and outcome rules both wrote a version
+
+
+def test_rule_queries_are_symbolic_at_the_edge_and_neural_in_the_cloud(stack: Stack) -> None:
+    """A twin owning the shipped `plant` program: a query the rules settle is answered exactly
+    by an edge site (from the program artifact its mesh synced) and checked by the verifier;
+    one that depends on a learnable tensor goes to the cloud, in embedding mode."""
+    capsule = stack.add_capsule(
+        Capsule(id="rules-twin", name="r", kind="digital_twin", domain="rules", program="plant")
+    )
+    orchestrator = Orchestrator(stack.parts)
+    exact = orchestrator.serve(capsule.id, TaskRequest(prompt="Downstream[v1, p3]?"))
+    assert exact.route == "symbolic" and exact.answer == "yes" and exact.verified is True
+    assert stack.topology.environment(exact.environment).kind == "edge"
+    listed = orchestrator.serve(capsule.id, TaskRequest(prompt="Sees[who, filter]?"))
+    assert listed.answer == "level,press1,turbidity" and listed.verified is True
+    soft = orchestrator.serve(capsule.id, TaskRequest(prompt="Seeps[intake, p1]?"))
+    assert soft.route == "neural" and soft.verified is None
+    assert stack.topology.environment(soft.environment).kind != "edge"
+    (hop,) = [h for h in soft.hops if h.ok and h.layer == "tensorlogic"]
+    assert hop.model == "plant/embedding" and "confidence" in hop.detail
+    edge_refusal = [h for h in soft.hops if not h.ok and h.layer == "tensorlogic"]
+    assert edge_refusal and all("not settled" in h.detail for h in edge_refusal)

@@ -95,3 +95,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], field
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert "Traceback" not in done.stderr and field in done.stderr
     assert len([line for line in lines if "error" in line.lower()]) == 1
+
+
+def test_program_owning_capsules_draw_rule_queries() -> None:
+    from trifecta.fleet.capsules import Capsule
+    from trifecta.orchestrator.workload import _rule_book
+    from trifecta.tensorlogic.program import parse_query
+
+    twin = Capsule(id="wl-twin", name="t", kind="digital_twin", domain="wl", program="plant")
+    items = build_workload([twin], 200, seed=1)
+    rules = [i.task for i in items if i.task.kind == "rule"]
+    assert 10 <= len(rules) <= 60  # about RULE_SHARE of them
+    program = _rule_book().service("plant").program
+    for task in rules:
+        parse_query(program, task.prompt)  # every generated query is well formed

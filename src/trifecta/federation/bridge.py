@@ -23,6 +23,7 @@ from trifecta.federation.services import (
     EdgeClient,
     EnvironmentHealth,
     GenerativeClient,
+    RuleClient,
     ServedRecord,
     Service,
 )
@@ -55,6 +56,8 @@ class Bridge(Protocol):
     def edge(self, capsule: Capsule, environment: str) -> EdgeClient: ...
 
     def generative(self, capsule: Capsule, environment: str) -> GenerativeClient: ...
+
+    def rules(self, capsule: Capsule, environment: str) -> RuleClient: ...
 
     def health(self, environment: str) -> EnvironmentHealth: ...
 
@@ -103,6 +106,9 @@ class InProcessBridge:
 
     def generative(self, capsule: Capsule, environment: str) -> GenerativeClient:
         return self._host(capsule, environment, "generative").generative_client()
+
+    def rules(self, capsule: Capsule, environment: str) -> RuleClient:
+        return self._host(capsule, environment, "tensorlogic").rules_client()
 
     def health(self, environment: str) -> EnvironmentHealth:
         return self.hosts[environment].health()

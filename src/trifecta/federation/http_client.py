@@ -50,6 +50,9 @@ from trifecta.federation.services import (
     GenerativeFeedback,
     OffloadRequest,
     OffloadResponse,
+    RuleClient,
+    RuleRequest,
+    RuleResponse,
     ServedRecord,
     Service,
 )
@@ -218,6 +221,14 @@ class HttpGenerative:
         return self.link.call("POST", "/generative/feedback", feedback, BiasVersionNumber).version
 
 
+class HttpRules:
+    def __init__(self, link: EnvironmentLink):
+        self.link = link
+
+    def query(self, request: RuleRequest) -> RuleResponse:
+        return self.link.call("POST", "/tensorlogic/query", request, RuleResponse)
+
+
 class HttpBridge:
     """Each environment's server, reached over HTTP; what each hosts comes from its health."""
 
@@ -280,6 +291,9 @@ class HttpBridge:
 
     def generative(self, capsule: Capsule, environment: str) -> GenerativeClient:
         return HttpGenerative(self._link(capsule, environment, "generative"))
+
+    def rules(self, capsule: Capsule, environment: str) -> RuleClient:
+        return HttpRules(self._link(capsule, environment, "tensorlogic"))
 
     def health(self, environment: str) -> EnvironmentHealth:
         link = self.links.get(environment)

@@ -36,6 +36,8 @@ from trifecta.federation.services import (
     GenerativeFeedback,
     OffloadRequest,
     OffloadResponse,
+    RuleRequest,
+    RuleResponse,
     ServedRecord,
 )
 from trifecta.generative.service import GenerativeRequest, GenerativeResponse
@@ -94,7 +96,7 @@ def federation_router(host: EnvironmentHost, *, credential: str | None = None) -
         prefix=PREFIX, tags=["federation"], dependencies=[Depends(peer_auth(credential))]
     )
     cognitive, context, edge = host.cognitive_client(), host.context_client(), host.edge_client()
-    generative = host.generative_client()
+    generative, rules = host.generative_client(), host.rules_client()
 
     @router.get("/health")
     def health() -> EnvironmentHealth:
@@ -152,6 +154,10 @@ def federation_router(host: EnvironmentHost, *, credential: str | None = None) -
     @router.post("/generative/feedback")
     def generative_feedback(body: GenerativeFeedback) -> BiasVersionNumber:
         return BiasVersionNumber(version=generative.feedback(body))
+
+    @router.post("/tensorlogic/query")
+    def rule_query(body: RuleRequest) -> RuleResponse:
+        return rules.query(body)
 
     @router.post("/edge/offload")
     def offload(body: OffloadRequest) -> OffloadResponse:

@@ -45,6 +45,9 @@ from trifecta.federation.services import (
     GenerativeFeedback,
     OffloadRequest,
     OffloadResponse,
+    RuleClient,
+    RuleRequest,
+    RuleResponse,
     ServedRecord,
     Service,
 )
@@ -135,6 +138,9 @@ class MockBridge:
     def generative(self, capsule: Capsule, environment: str) -> GenerativeClient:
         inner = self.inner.generative(capsule, environment)
         return _FaultyGenerative(self, capsule, environment, inner)
+
+    def rules(self, capsule: Capsule, environment: str) -> RuleClient:
+        return _FaultyRules(self, capsule, environment, self.inner.rules(capsule, environment))
 
     def health(self, environment: str) -> EnvironmentHealth:
         return self._call(
@@ -252,3 +258,12 @@ class _FaultyGenerative(_Faulty):
 
     def feedback(self, feedback: GenerativeFeedback) -> int:
         return self._call("feedback", lambda: self.inner.feedback(feedback))
+
+
+class _FaultyRules(_Faulty):
+    def __init__(self, bridge: MockBridge, capsule: Capsule, env: str, inner: RuleClient):
+        super().__init__(bridge, capsule, env, "tensorlogic")
+        self.inner = inner
+
+    def query(self, request: RuleRequest) -> RuleResponse:
+        return self._call("query", lambda: self.inner.query(request))

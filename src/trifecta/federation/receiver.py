@@ -34,11 +34,13 @@ from trifecta.context.models import (
 from trifecta.context.trajectory import Trajectory
 from trifecta.core.errors import InvalidInput, SovereigntyViolation
 from trifecta.edge.mesh import EdgeMesh
+from trifecta.federation.rules import RuleBook
 from trifecta.federation.services import (
     COGNITIVE,
     CONTEXT,
     EDGE,
     GENERATIVE,
+    RULES,
     CompleteRequest,
     CompleteResponse,
     EdgeGeneration,
@@ -46,6 +48,8 @@ from trifecta.federation.services import (
     GenerativeFeedback,
     OffloadRequest,
     OffloadResponse,
+    RuleRequest,
+    RuleResponse,
     ServedRecord,
     Service,
     TierDecision,
@@ -102,6 +106,7 @@ class EnvironmentServices:
     context: ContextService | None = None
     edge: EdgeMesh | None = None
     generative: GenerativeService | None = None
+    rules: RuleBook | None = None
 
     def names(self) -> list[Service]:
         present: list[Service] = []
@@ -113,6 +118,8 @@ class EnvironmentServices:
             present.append(EDGE)
         if self.generative is not None:
             present.append(GENERATIVE)
+        if self.rules is not None:
+            present.append(RULES)
         return present
 
 
@@ -185,6 +192,9 @@ class EnvironmentHost:
 
     def generative_client(self) -> HostedGenerative:
         return HostedGenerative(self)
+
+    def rules_client(self) -> HostedRules:
+        return HostedRules(self)
 
 
 class HostedCognitive:
@@ -324,3 +334,24 @@ class HostedGenerative:
     def feedback(self, feedback: GenerativeFeedback) -> int:
         service = self._service(feedback.capsule_id, "feedback")
         return service.feedback(feedback.capsule_id, feedback.expert_load, feedback.success).version
+
+
+class HostedRules:
+    """Rule queries on a capsule's Tensor Logic program: symbolically and exactly when the
+    Boolean program settles them; otherwise (unless only symbolic answers are asked for, as an
+    edge site is) in embedding mode with a confidence."""
+
+    def __init__(self, host: EnvironmentHost):
+        self.host = host
+
+    def query(self, request: RuleRequest) -> RuleResponse:
+        capsule = self.host.admit(request.capsule_id, RULES, "query")
+        if capsule.program != request.program:
+            raise InvalidInput(
+                f"capsule {capsule.id!r} owns no program {request.program!r}", field="program"
+            )
+        book = self.host.services.rules
+        assert book is not None
+        if request.symbolic_only and not book.settles(request.program, request.query):
+            return RuleResponse(settled=False)
+        return RuleResponse(settled=True, answer=book.answer(request.program, request.query))

@@ -26,14 +26,16 @@ from trifecta.context.models import (
 )
 from trifecta.context.trajectory import Trajectory
 from trifecta.generative.service import GenerativeRequest, GenerativeResponse
+from trifecta.tensorlogic.service import RuleAnswer
 
 # The services an environment can host.
-Service = Literal["cognitive", "context", "edge", "generative"]
+Service = Literal["cognitive", "context", "edge", "generative", "tensorlogic"]
 COGNITIVE: Final = "cognitive"
 CONTEXT: Final = "context"
 EDGE: Final = "edge"
 GENERATIVE: Final = "generative"
-SERVICES: tuple[Service, ...] = (COGNITIVE, CONTEXT, EDGE, GENERATIVE)
+RULES: Final = "tensorlogic"
+SERVICES: tuple[Service, ...] = (COGNITIVE, CONTEXT, EDGE, GENERATIVE, RULES)
 MAX_PROMPT_CHARS = 8192
 
 
@@ -146,6 +148,25 @@ class GenerativeClient(Protocol):
     def feedback(self, feedback: GenerativeFeedback) -> int:
         """Apply the outcome rule to the capsule's router biases; returns their new version."""
         ...
+
+
+# -- Tensor Logic rule queries --------------------------------------------------------------
+class RuleRequest(_Model):
+    capsule_id: str = Field(min_length=1, max_length=128)
+    program: str = Field(min_length=1, max_length=64, description="the capsule's program")
+    query: str = Field(min_length=3, max_length=1000, description="e.g. Downstream[v1, p3]?")
+    symbolic_only: bool = Field(
+        default=False, description="answer only when the Boolean program settles the query"
+    )
+
+
+class RuleResponse(_Model):
+    settled: bool = Field(description="False: the query needs embedding mode, not answered")
+    answer: RuleAnswer | None = None
+
+
+class RuleClient(Protocol):
+    def query(self, request: RuleRequest) -> RuleResponse: ...
 
 
 # -- what an environment served (its own record, read by tests and `trifecta status`) ------

@@ -78,6 +78,12 @@ class Capsule(BaseModel):
     quality_target: float = Field(default=0.9, gt=0, le=1, description="target answer accuracy")
     share: float = Field(default=1.0, gt=0, description="weight in fair queuing")
     quota_rps: float | None = Field(default=None, gt=0, description="hard request-rate quota")
+    program: str | None = Field(
+        default=None,
+        pattern=SLUG,
+        description="a shipped Tensor Logic program the capsule owns (its twin's rules), "
+        "e.g. plant",
+    )
 
     @field_validator("allowed_environments")
     @classmethod

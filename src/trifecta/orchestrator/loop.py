@@ -27,14 +27,17 @@ from trifecta.core.errors import Conflict, InvalidInput, SovereigntyViolation, U
 from trifecta.core.logging import get_logger
 from trifecta.core.tasks import Task, TaskFamilyVerifier, make_task
 from trifecta.federation.bridge import placeable
+from trifecta.federation.rules import RuleVerifier, is_rule_query, render
 from trifecta.federation.services import (
     COGNITIVE,
     EDGE,
     GENERATIVE,
+    RULES,
     CompleteRequest,
     CompleteResponse,
     GenerativeFeedback,
     OffloadRequest,
+    RuleRequest,
 )
 from trifecta.fleet.capsules import Capsule
 from trifecta.generative.service import GenerativeRequest, GenerativeResponse
@@ -93,6 +96,7 @@ class Orchestrator:
         self.bridge = parts.bridge
         self.records = RequestLog(parts.engine, parts.ledger)
         self.verifier = TaskFamilyVerifier()
+        self.rule_verifier = RuleVerifier()
         self.rules = RuleLearner(parts.tiers)
         self.metrics = LoopMetrics()
         self.run_id = run_id
@@ -120,13 +124,22 @@ class Orchestrator:
             self.parts.tiers,
         )
         served = self._cached(capsule, request, context_env, trace)
+        program = capsule.program if is_rule_query(request.prompt) else None
+        if served is None and program is not None:
+            served = self._rules(capsule, program, request, trace)
         if served is None and advice.edge and task is not None and task.light:
             served = self._edge(capsule, request, trace)
         if served is None and task is not None and _to_generative(capsule, request_id, task):
             served = self._generative(capsule, request, trace)
         if served is None:
             served = self._cognitive(capsule, request, advice, trace)
-        verified = self.verifier.verify(request.prompt, served.answer or "") if task else None
+        verified = (
+            self.rule_verifier.verify(program, request.prompt, served.answer or "")
+            if program is not None
+            else self.verifier.verify(request.prompt, served.answer or "")
+            if task
+            else None
+        )
         if served.generative is not None and verified is not None:
             self._tune_generative(capsule, served, verified)
         latency_ms = (time.perf_counter() - started) * 1000
@@ -274,6 +287,52 @@ class Orchestrator:
                 )
             )
             return _Served("edge", generation.text, env.name, ["edge"], first_rung="edge")
+        return None
+
+    def _rules(
+        self, capsule: Capsule, program: str, request: TaskRequest, trace: _Trace
+    ) -> _Served | None:
+        """A rule query on the capsule's Tensor Logic program: symbolically and exactly at an
+        admitting edge site; what the Boolean program cannot settle, in embedding mode in an
+        admitting cloud. None (the cascade serves instead) when neither can."""
+        hosts = placeable(capsule, self.bridge.environments_hosting(RULES))
+        edges = sorted((e for e in hosts if e.kind == "edge"), key=lambda e: e.name)
+        clouds = sorted((e for e in hosts if e.kind != "edge"), key=lambda e: e.name)
+        for env, symbolic_only in [*((e, True) for e in edges), *((e, False) for e in clouds)]:
+            started = time.perf_counter()
+            try:
+                response = self.bridge.rules(capsule, env.name).query(
+                    RuleRequest(
+                        capsule_id=capsule.id,
+                        program=program,
+                        query=request.prompt,
+                        symbolic_only=symbolic_only,
+                    )
+                )
+            except Unavailable as exc:
+                trace.failed(started, "tensorlogic", env.name, program, exc.one_line())
+                self.metrics.fallbacks.labels("tensorlogic", env.name).inc()
+                continue
+            if not response.settled or response.answer is None:
+                trace.failed(started, "tensorlogic", env.name, program, "not settled by the rules")
+                continue
+            answer = response.answer
+            route: Route = "symbolic" if answer.mode == "symbolic" else "neural"
+            trace.hop(
+                started,
+                layer="tensorlogic",
+                environment=env.name,
+                model=f"{program}/{answer.mode}",
+                ok=True,
+                detail=f"confidence {answer.confidence:.2f}: {answer.reason}",
+            )
+            seconds = time.perf_counter() - started
+            trace.charges.append(
+                self.parts.pricer.cpu_seconds(
+                    layer="tensorlogic", environment=env.name, seconds=seconds
+                )
+            )
+            return _Served(route, render(answer), env.name, [f"tensorlogic/{answer.mode}"], None)
         return None
 
     def _generative(self, capsule: Capsule, request: TaskRequest, trace: _Trace) -> _Served | None:
@@ -559,7 +618,7 @@ def _trajectory(
             escalated="handed on" in h.detail,
         )
         for h in result.hops
-        if h.ok and h.layer in ("edge", "cognitive", "generative", "cache")
+        if h.ok and h.layer in ("edge", "cognitive", "generative", "tensorlogic", "cache")
     ]
     outcome = "unknown" if verdict is None else "success" if verdict else "failure"
     if detail is None and task is not None and verdict is False:

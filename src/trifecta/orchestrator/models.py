@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Route = Literal["cache", "edge", "cognitive", "generative"]
+Route = Literal["cache", "edge", "cognitive", "generative", "symbolic", "neural"]
 MAX_PROMPT_CHARS = 2000
 
 

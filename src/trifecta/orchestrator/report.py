@@ -18,7 +18,7 @@ from trifecta.fleet.plan_model import Plan
 from trifecta.orchestrator.ledger import SECONDS_PER_MONTH, Rollup, playbook_month
 from trifecta.orchestrator.models import TaskResult
 
-ROUTES = ("cache", "edge", "cognitive", "generative")
+ROUTES = ("cache", "edge", "cognitive", "generative", "symbolic", "neural")
 
 
 class RouteRow(BaseModel):

@@ -193,7 +193,10 @@ def run(
 
 
 def _grades(results: list[TaskResult], items: list[WorkItem]) -> dict[str, int | None]:
-    by_prompt = {(i.capsule_id, i.task.prompt): i.task.difficulty for i in items}
+    by_prompt: dict[tuple[str, str], int | None] = {
+        (i.capsule_id, i.task.prompt): None if i.task.kind == "rule" else i.task.difficulty
+        for i in items
+    }
     return {r.id: by_prompt.get((r.capsule_id, r.prompt)) for r in results}
 
 

@@ -35,6 +35,7 @@ from trifecta.edge.node import EdgeNode, NodeConfig, NodePlace
 from trifecta.federation.bridge import Bridge, InProcessBridge
 from trifecta.federation.mock import Fault, MockBridge
 from trifecta.federation.receiver import EnvironmentHost, EnvironmentServices
+from trifecta.federation.rules import RuleBook, artifact_source
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.fleetfile import load_fleet
 from trifecta.fleet.plan_model import Plan
@@ -45,6 +46,7 @@ from trifecta.generative.service import GenerativeService
 from trifecta.generative.store import GenerativeStore
 from trifecta.orchestrator.ledger import CostLedger, Pricer
 from trifecta.orchestrator.parts import CapsuleDirectory, LoopParts, ShardPlacement
+from trifecta.tensorlogic.assets import program_path, shipped_programs
 
 log = get_logger("trifecta.orchestrator")
 
@@ -66,10 +68,13 @@ def shard_url(settings: Settings, environment: str) -> str:
 def start_edge_mesh(
     env: Environment, settings: Settings, nodes: int, *, wait_s: float = 60
 ) -> EdgeMesh:
-    """An edge site's mesh with `nodes` in-process ternary nodes, the shipped model synced."""
+    """An edge site's mesh with `nodes` in-process ternary nodes, the shipped model and the
+    shipped Tensor Logic programs synced to them as artifacts."""
     root = settings.data_dir / "edge" / env.name
     mesh = EdgeMesh(root / "mesh", heartbeat_s=0.5).start()
     mesh.publish_file("model", shipped_model_path(), name="edge-model")
+    for name in shipped_programs():
+        mesh.publish_file("tensorlogic", program_path(name), name=name)
     place = NodePlace(name=env.name, kind=env.kind, jurisdiction=env.jurisdiction)
     for i in range(nodes):
         mesh.add_node(
@@ -85,6 +90,16 @@ def start_edge_mesh(
     if not mesh.wait_until(lambda m: all(m.in_sync(s) for s in m.node_states()), wait_s):
         log.warning("edge nodes not in sync yet", environment=env.name)
     return mesh
+
+
+def edge_rule_book(mesh: EdgeMesh) -> RuleBook:
+    """Rule queries at an edge site, on the programs its mesh holds as synced artifacts."""
+
+    def read(name: str) -> bytes | None:
+        ref = mesh.store.current("tensorlogic", name)
+        return mesh.store.read(ref.sha256) if ref is not None else None
+
+    return RuleBook(artifact_source(read))
 
 
 def build_generative(settings: Settings) -> GenerativeService:
@@ -134,6 +149,7 @@ class Stack:
         self.meshes: dict[str, EdgeMesh] = {}
         self.context: ContextService | None = None
         self.generative: GenerativeService | None = None
+        self.rules: RuleBook | None = None
         self.cognitive: CognitiveService | None = cognitive
         self._owns_cognitive = True  # a service handed in is ours to close with the stack
         self.federated = remote is not None
@@ -172,6 +188,7 @@ class Stack:
         if self.cognitive is None:
             self.cognitive = build_cognitive(self.settings, self.phase)
         self.generative = build_generative(self.settings)
+        self.rules = RuleBook()  # the cloud's: shared by the serving environments here
         hosts: dict[str, EnvironmentHost] = {}
         for env in self.topology.environments:
             services = EnvironmentServices()
@@ -179,10 +196,12 @@ class Stack:
                 services.cognitive = self.cognitive.auto
                 services.context = self.context
                 services.generative = self.generative
+                services.rules = self.rules
             elif env.kind == "edge" and env.available_in(self.phase) and edge_nodes >= 1:
                 services.edge = self.meshes[env.name] = start_edge_mesh(
                     env, self.settings, edge_nodes
                 )
+                services.rules = edge_rule_book(services.edge)
             if services.names():
                 hosts[env.name] = EnvironmentHost(env, services, self.capsules.get)
         return InProcessBridge(self.topology, hosts)
@@ -218,6 +237,9 @@ class Stack:
             mesh.offload(None, ["a=1,b=2;a?"], max_new_tokens=2)
         if self.context is not None:
             self.context.embed(["warm up"])
+        if self.rules is not None:  # embedding mode fits the learnable tensors once
+            for program in sorted({c.program for c in self.capsules.all() if c.program}):
+                self.rules.service(program).embedding()
 
     def close(self) -> None:
         self.bridge.close()

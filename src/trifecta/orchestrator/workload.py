@@ -13,13 +13,17 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 from trifecta.core.errors import InvalidInput
 from trifecta.core.tasks import DEFAULT_MIX, LIGHT_MAX_DIFFICULTY, Task, generate_tasks
+from trifecta.federation.rules import RuleBook
 from trifecta.fleet.capsules import Capsule
 
 STANDING_QUERIES = 6
 REPEAT_SHARE = 0.25
+RULE_SHARE = 0.15  # of a program-owning capsule's requests: rule queries on its program
+RULE_VARIABLE = "who"  # the variable of generated one-variable rule queries
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,39 @@ def build_workload(capsules: Sequence[Capsule], requests: int, *, seed: int) -> 
     items = []
     for i in picks:
         task = rng.choice(standing[i]) if rng.random() < REPEAT_SHARE else fresh[i].pop()
+        program = capsules[i].program
+        if program is not None and rng.random() < RULE_SHARE:
+            task = rule_query(program, capsules[i].domain, rng)
         items.append(WorkItem(capsules[i].id, task))
     return items
+
+
+def rule_query(program: str, domain: str, rng: random.Random) -> Task:
+    """A query on a derived relation of the capsule's program: ground (`Downstream[v1, p3]?`,
+    answered yes or no) or with one variable (`Sees[who, filter]?`, answered by the bindings)."""
+    compiled = _rule_book().service(program).program
+    derived = sorted({e.lhs for e in compiled.equations})
+    name = rng.choice(derived)
+    axes = compiled.tensors[name].domains
+    free = rng.randrange(-1, len(axes))  # -1: a ground query
+    args = [
+        RULE_VARIABLE if k == free else rng.choice(compiled.domains[axis].symbols)
+        for k, axis in enumerate(axes)
+    ]
+    prompt = f"{name}[{', '.join(args)}]?"
+    return Task(
+        id=f"rule-{_stable(prompt):x}",
+        kind="rule",
+        difficulty=0,
+        prompt=prompt,
+        answer="",
+        domain=domain,
+    )
+
+
+@cache
+def _rule_book() -> RuleBook:
+    return RuleBook()
 
 
 def _stable(text: str) -> int:

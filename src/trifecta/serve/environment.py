@@ -29,6 +29,7 @@ from trifecta.federation.a2a.models import CapsuleTask, CapsuleTaskOutcome
 from trifecta.federation.a2a.server import add_a2a_routes
 from trifecta.federation.http_server import federation_router
 from trifecta.federation.receiver import EnvironmentHost, EnvironmentServices
+from trifecta.federation.rules import RuleBook
 from trifecta.federation.services import CompleteRequest, OffloadRequest
 from trifecta.fleet.registry import CapsuleRegistry
 from trifecta.fleet.topology import Environment, Topology
@@ -36,6 +37,7 @@ from trifecta.orchestrator.parts import CapsuleDirectory
 from trifecta.orchestrator.stack import (
     build_cognitive,
     build_generative,
+    edge_rule_book,
     serves_cognitive,
     start_edge_mesh,
 )
@@ -77,8 +79,10 @@ class EnvironmentSite:
             )
             services.cognitive, services.context = self.cognitive.auto, self.context
             services.generative = build_generative(settings)
+            services.rules = RuleBook()
         elif env.kind == "edge":
             self.mesh = services.edge = start_edge_mesh(env, settings, edge_nodes)
+            services.rules = edge_rule_book(self.mesh)
         self.host = EnvironmentHost(env, services, self.capsules.get)
         self.verifier = TaskFamilyVerifier()
         self._lock = threading.Lock()
@@ -112,6 +116,10 @@ class EnvironmentSite:
         )
 
     def warm_up(self) -> None:
+        book = self.host.services.rules
+        if book is not None and self.host.services.cognitive is not None:
+            for program in sorted({c.program for c in self.capsules.all() if c.program}):
+                book.service(program).embedding()
         if self.host.services.cognitive is not None:
             from trifecta.cognitive.backends.base import SamplingOptions
             from trifecta.cognitive.serving.tenants import ANONYMOUS
