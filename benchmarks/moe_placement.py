@@ -53,6 +53,7 @@ from trifecta.generative.placement import (
 
 TOKENS_PER_WINDOW = 16_384 * 8  # tokens x top-k routed choices in one measured window
 SHAPES = ((64, 8), (128, 16))  # (experts, nodes)
+SMALL_SHAPE = (16, 4)  # small enough for the exact min-move MILP
 EXPONENTS = (0.8, 1.0, 1.2)
 GOAL_IMBALANCE = 1.05
 GOAL_MOVE_RATIO = 0.25
@@ -137,6 +138,24 @@ def expansion_figures(trace: Trace, curve_out: list[list[tuple[int, float]]]) ->
     }
 
 
+def small_figures(trace: Trace) -> dict[str, float]:
+    """A small cluster, where `resize`'s auto method also solves the exact min-move MILP
+    (2 s HiGHS limit), against the greedy alone and the repack, at 1.05 and at the repack's
+    own max/mean."""
+    cluster = Cluster.with_redundancy(trace.nodes, trace.experts, 0.10)
+    current = place(trace.window, cluster, method="greedy")
+    loads = trace.following
+    figures: dict[str, float] = {}
+    scratch = from_scratch(current, loads, Cluster(slots=[*cluster.slots, max(cluster.slots)]))
+    figures["scratch_moves"] = float(scratch.moves)
+    for name, level in (("goal", GOAL_IMBALANCE), ("equal", scratch.imbalance)):
+        for method in ("greedy", "auto"):
+            result = resize(current, loads, add=1, target=level, method=method)
+            reached = result.imbalance <= level + 1e-9
+            figures[f"{method}_{name}"] = result.moves / scratch.moves if reached else np.inf
+    return figures
+
+
 def shrink_figures(trace: Trace) -> dict[str, float]:
     cluster = Cluster.with_redundancy(trace.nodes, trace.experts, 0.30)
     current = place(trace.window, cluster, method="greedy")
@@ -207,6 +226,11 @@ def curve_rows(curves: list[list[tuple[int, float]]], scratch: list[float]) -> l
     return rows
 
 
+def _interval(values: list[float]) -> str:
+    median, low, high = bootstrap_median(values)
+    return f"{median:.3f} [{low:.3f}, {high:.3f}]"
+
+
 def _row(name: str, values: list[float], digits: int = 4) -> str:
     median, low, high = bootstrap_median(values)
     return (
@@ -228,6 +252,7 @@ def main() -> None:
     curves: list[list[tuple[int, float]]] = []
     grown = [expansion_figures(t, curves) for t in runs]
     shrunk = [shrink_figures(t) for t in runs]
+    small = [small_figures(t) for t in traces(max(count // 2, 4), (SMALL_SHAPE,))]
     seconds = time.perf_counter() - started
 
     def col(rows: list[dict[str, float]], key: str) -> list[float]:
@@ -272,6 +297,14 @@ def main() -> None:
             goal=GOAL_MOVE_RATIO,
             direction="at most",
         ),
+        Goal(
+            claim="16 experts on 4 nodes, greedy + exact MILP: moves / repack's at its max/mean",
+            figure=(x := bootstrap_median(col(small, "auto_equal")))[0],
+            low=x[1],
+            high=x[2],
+            goal=GOAL_MOVE_RATIO,
+            direction="at most",
+        ),
     ]
     command = "python benchmarks/moe_placement.py" + (" --quick" if args.quick else "")
     write_results("moe_placement", command, goals)
@@ -287,10 +320,12 @@ def main() -> None:
         "",
         *goals_markdown(goals, digits=4),
         "",
-        "The last goal is not met: matching the repack's near-perfect balance (about 1.001)",
-        "needs most of the replica counts and packing the repack chose, and every added",
-        "replica is itself a move. The curve table below gives the price of each level of",
-        "balance in moves; the PNG shows the whole trade-off.",
+        "The two goals at the repack's own max/mean (about 1.001) are not met: matching its",
+        "near-perfect balance needs most of the replica counts and packing it chose, and",
+        "every added replica is itself a move. On the small clusters the exact min-move MILP",
+        "(under its 2 s limit, so not always proven optimal) still needs 0.4-0.9 of the",
+        "repack's moves there; the goal of a quarter holds at 1.05 on the large clusters.",
+        "The curve table below gives the price of each level of balance in moves.",
         "",
         "Placement, max/mean node load (10% redundant slots):",
         "",
@@ -318,6 +353,18 @@ def main() -> None:
         "within k moves, on a run toward max/mean 1.0), against the repack's moves:",
         "",
         *curve_rows(curves, col(grown, "scratch_moves")),
+        "",
+        f"Small clusters ({SMALL_SHAPE[0]} experts on {SMALL_SHAPE[1]} nodes, {len(small)} "
+        "traces), where `resize` also solves the exact min-move MILP (HiGHS, 2 s limit):",
+        "moves as a share of the repack's (inf: the level was not reached)",
+        "",
+        "| rebalance | at max/mean 1.05 | at the repack's max/mean |",
+        "|---|---|---|",
+        *[
+            f"| {label} | {_interval(col(small, key + '_goal'))} "
+            f"| {_interval(col(small, key + '_equal'))} |"
+            for label, key in (("greedy", "greedy"), ("greedy + exact MILP (auto)", "auto"))
+        ],
         "",
         "Removing a node (30% redundant slots, 20% less load):",
         "",
