@@ -20,6 +20,7 @@ from trifecta.cognitive.backends import (
 )
 from trifecta.cognitive.entropy import entropy_from_logits
 from trifecta.cognitive.tiers import load_tier, tier_dir
+from trifecta.core.auth import AllowLocal
 from trifecta.core.errors import InvalidInput, Unavailable
 from trifecta.core.protocols import LanguageModel
 from trifecta.core.settings import get_settings
@@ -138,7 +139,7 @@ def test_backend_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_endpoint_matches_the_local_backends_over_loopback() -> None:
     """The OpenAI-compatible backend against our own server, started here on loopback."""
     app_module = pytest.importorskip("trifecta.cognitive.serving.app")
-    app = app_module.create_app(tiers=["small"])
+    app = app_module.create_app(tiers=["small"], auth=AllowLocal())  # not about keys
     local = shipped_tier("small")
     expected = local.generate(PROMPTS, max_new_tokens=6, top_logprobs=2)
     with live_server(app) as base:

@@ -20,6 +20,7 @@ from trifecta.context.settings import ContextSettings
 from trifecta.core.db import get_engine
 from trifecta.core.embeddings import MiniLMEmbedder, get_embedder
 from trifecta.fleet.capsules import Capsule
+from trifecta.fleet.keys import KeyStore
 from trifecta.fleet.registry import CapsuleRegistry
 
 CAPSULES = [
@@ -67,7 +68,8 @@ def service(make_service: ServiceFactory, sqlite_url: str) -> ContextService:
 class ServiceProcess:
     """`uvicorn trifecta.context.service:create_app_from_settings` in its own process."""
 
-    def __init__(self, env: dict[str, str], log_path: Path):
+    def __init__(self, env: dict[str, str], log_path: Path, admin_key: str):
+        self.headers = {"Authorization": f"Bearer {admin_key}"}  # acts for any capsule
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_path.open("w")
@@ -122,6 +124,7 @@ def start_services(tmp_path: Path) -> Iterator[Callable[..., list[ServiceProcess
         count: int, *, database_url: str, redis_url: str | None = None, cache: bool = True
     ) -> list[ServiceProcess]:
         register_capsules(database_url)
+        admin_key = KeyStore(get_engine(database_url)).create(admin=True).token
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRIFECTA_")}
         env.update(
             {
@@ -135,7 +138,8 @@ def start_services(tmp_path: Path) -> Iterator[Callable[..., list[ServiceProcess
         if redis_url:
             env["TRIFECTA_REDIS_URL"] = redis_url
         procs = [
-            ServiceProcess(env, tmp_path / f"service-{len(started) + i}.log") for i in range(count)
+            ServiceProcess(env, tmp_path / f"service-{len(started) + i}.log", admin_key)
+            for i in range(count)
         ]
         started.extend(procs)
         for proc in procs:

@@ -54,8 +54,8 @@ def search_titles(client: httpx.Client) -> list[str]:
 
 def exercise(a: ServiceProcess, b: ServiceProcess, rounds: int) -> tuple[dict, dict]:
     with (
-        httpx.Client(base_url=a.url, timeout=60) as ca,
-        httpx.Client(base_url=b.url, timeout=60) as cb,
+        httpx.Client(base_url=a.url, timeout=60, headers=a.headers) as ca,
+        httpx.Client(base_url=b.url, timeout=60, headers=b.headers) as cb,
     ):
         added = ca.post(
             "/capsules/twin-a/deltas",

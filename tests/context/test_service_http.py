@@ -12,13 +12,17 @@ from tests.support import live_server
 from trifecta.context.facade import ContextService
 from trifecta.context.service import create_app
 from trifecta.context.settings import ContextSettings
+from trifecta.core.auth import AllowLocal
 
 
 @pytest.fixture
 def http(make_service: ServiceFactory, sqlite_url: str) -> Iterator[httpx.Client]:
     settings = ContextSettings(tenancy_ttl_s=0, max_body_bytes=64_000, max_ops_per_delta=50)
     service: ContextService = make_service(sqlite_url, settings=settings)
-    with live_server(create_app(service)) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with (
+        live_server(create_app(service, auth=AllowLocal())) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
         yield client
 
 
@@ -190,7 +194,10 @@ def test_a_queued_trajectory_is_acknowledged_then_learned(
         "outcome": "success",
         "judge": "verifier",
     }
-    with live_server(create_app(service)) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with (
+        live_server(create_app(service, auth=AllowLocal())) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
         ticket = client.post("/trajectories/queue", json=body)
         assert ticket.status_code == 202
         assert ticket.json()["domain"] == "plant" and not ticket.json()["duplicate"]

@@ -14,6 +14,7 @@ from trifecta.context.models import MemoryDraft, MemoryQuery, RenderRequest
 from trifecta.context.service import create_app
 from trifecta.context.shards import ShardPlace
 from trifecta.context.trajectory import Trajectory
+from trifecta.core.auth import AllowLocal
 from trifecta.core.errors import Forbidden, NotFound, SovereigntyViolation
 
 
@@ -99,7 +100,10 @@ def test_sovereign_domain_stays_in_its_jurisdiction(
 
 def test_http_enforces_the_same_rule(service: ContextService) -> None:
     seed(service)
-    with live_server(create_app(service)) as url, httpx.Client(base_url=url) as http:
+    with (
+        live_server(create_app(service, auth=AllowLocal())) as url,
+        httpx.Client(base_url=url) as http,
+    ):
         refused = http.get("/capsules/twin-b/playbook", params={"domain": "plant"})
         assert refused.status_code == 403
         assert refused.json()["error"]["field"] == "domain"

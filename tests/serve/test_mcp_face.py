@@ -12,12 +12,14 @@ import anyio
 import httpx
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
 from tests.support import live_server
 from trifecta.core import db
 from trifecta.core.settings import Settings
 from trifecta.core.tasks import solve
 from trifecta.fleet.capsules import Capsule
+from trifecta.fleet.keys import KeyStore
 from trifecta.orchestrator.stack import Stack, build_cognitive
 from trifecta.serve.app import create_app
 
@@ -29,34 +31,47 @@ GOV = Capsule(
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Stack]]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Stack, str]]:
     data = Path(tmp_path_factory.mktemp("mcp-face"))
     settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'control.db'}")
     # the tiers loaded once, shared by the loop and the OpenAI API (as `trifecta serve` does)
     stack = Stack(
         settings=settings, capsules=[TWIN, GOV], cognitive=build_cognitive(settings, "dev")
     )
-    app = create_app(stack)
+    keys = KeyStore(stack.engine)
+    admin = keys.create(admin=True).token
+    app = create_app(stack, auth=keys)
     try:
         with live_server(app) as url:
-            yield url, stack
+            yield url, stack, admin
     finally:
         stack.close()
         db.dispose_engines()
 
 
 @pytest.fixture(scope="module")
-def base_url(served: tuple[str, Stack]) -> str:
+def base_url(served: tuple[str, Stack, str]) -> str:
     return served[0]
+
+
+@pytest.fixture(scope="module")
+def admin_key(served: tuple[str, Stack, str]) -> str:
+    return served[2]
+
+
+def _mcp(base_url: str, key: str) -> Client:
+    """The official client, sending the key (the admin's may act for any capsule)."""
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+    return Client(streamable_http_client(f"{base_url}/mcp", http_client=http))
 
 
 def _text(result: Any) -> str:
     return " ".join(getattr(block, "text", "") for block in result.content)
 
 
-def test_every_tool_through_the_official_client(base_url: str) -> None:
+def test_every_tool_through_the_official_client(base_url: str, admin_key: str) -> None:
     async def scenario() -> dict[str, Any]:
-        async with Client(f"{base_url}/mcp") as client:
+        async with _mcp(base_url, admin_key) as client:
             tools = {tool.name for tool in (await client.list_tools()).tools}
             task = await client.call_tool(
                 "run_task", {"capsule_id": TWIN.id, "prompt": "t=41,p=17;t+p?"}
@@ -136,10 +151,10 @@ def test_every_tool_through_the_official_client(base_url: str) -> None:
     ],
 )
 def test_bad_input_is_an_error_result(
-    base_url: str, tool: str, arguments: dict[str, Any], needle: str
+    base_url: str, admin_key: str, tool: str, arguments: dict[str, Any], needle: str
 ) -> None:
     async def call() -> tuple[Any, Any]:
-        async with Client(f"{base_url}/mcp") as client:
+        async with _mcp(base_url, admin_key) as client:
             bad = await client.call_tool(tool, arguments)
             after = await client.call_tool("fleet_status", {})  # the server still serves
             return bad, after
@@ -149,8 +164,9 @@ def test_bad_input_is_an_error_result(
     assert not after.is_error
 
 
-def test_resolve_over_http(base_url: str) -> None:
-    with httpx.Client(base_url=base_url, timeout=30) as http:
+def test_resolve_over_http(base_url: str, admin_key: str) -> None:
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    with httpx.Client(base_url=base_url, timeout=30, headers=admin) as http:
         ok = http.get("/v1/resolve", params={"uri": "capsule://local/mcp-energy/search"})
         assert ok.status_code == 200 and ok.json()["capsule_id"] == TWIN.id
         bad = http.get("/v1/resolve", params={"uri": "capsule://local/mcp-energy/fly"})
@@ -159,11 +175,11 @@ def test_resolve_over_http(base_url: str) -> None:
         assert missing.status_code == 404 and missing.json()["error"]["field"] == "uri.domain"
 
 
-def test_fleet_status_shows_an_environment_taken_down(served: tuple[str, Stack]) -> None:
-    url, stack = served
+def test_fleet_status_shows_an_environment_taken_down(served: tuple[str, Stack, str]) -> None:
+    url, stack, admin_key = served
 
     async def status() -> dict[str, Any]:
-        async with Client(f"{url}/mcp") as client:
+        async with _mcp(url, admin_key) as client:
             result = await client.call_tool("fleet_status", {})
         assert not result.is_error, _text(result)
         return {e["name"]: e for e in result.structured_content["environments"]}

@@ -16,6 +16,7 @@ from trifecta.cognitive.serving.factory import build_service
 from trifecta.core import db
 from trifecta.core.settings import Settings
 from trifecta.fleet.capsules import Capsule
+from trifecta.fleet.keys import KeyStore
 from trifecta.orchestrator.stack import Stack
 from trifecta.serve.app import create_app
 
@@ -23,22 +24,39 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     data = Path(tmp_path_factory.mktemp("serve"))
     settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'control.db'}")
     stack = Stack(settings=settings)
     stack.warm_up()
-    app = create_app(stack, cognitive=build_service(tiers=["small", "medium"], phase=stack.phase))
+    keys = KeyStore(stack.engine)
+    admin = keys.create(admin=True).token
+    app = create_app(
+        stack,
+        cognitive=build_service(tiers=["small", "medium"], phase=stack.phase),
+        auth=keys,
+    )
     try:
         with live_server(app) as url:
-            yield url
+            yield url, admin
     finally:
         stack.close()
         db.dispose_engines()
 
 
-def test_task_feedback_and_the_learning_it_causes(base_url: str) -> None:
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+@pytest.fixture(scope="module")
+def base_url(served: tuple[str, str]) -> str:
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def admin(served: tuple[str, str]) -> dict[str, str]:
+    """The admin key's header (it may act for any capsule)."""
+    return {"Authorization": f"Bearer {served[1]}"}
+
+
+def test_task_feedback_and_the_learning_it_causes(base_url: str, admin: dict[str, str]) -> None:
+    with httpx.Client(base_url=base_url, timeout=60, headers=admin) as http:
         capsule = Capsule(id="http-twin", name="HTTP twin", kind="digital_twin", domain="http")
         assert http.post("/v1/capsules", json=capsule.model_dump(mode="json")).status_code == 201
         made = http.post(f"/v1/capsules/{capsule.id}/tasks", json={"prompt": "t=41,p=17;t+p?"})
@@ -70,15 +88,16 @@ def test_task_feedback_and_the_learning_it_causes(base_url: str) -> None:
         assert any(row["key"] == capsule.id and row["usd"] > 0 for row in ledger)
 
 
-def test_openai_client_round_trip(base_url: str) -> None:
-    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused")
+def test_openai_client_round_trip(served: tuple[str, str]) -> None:
+    base_url, key = served
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key)
     assert {"small", "medium"} <= {m.id for m in client.models.list().data}
     out = client.completions.create(model="small", prompt="41+17?", max_tokens=4, logprobs=2)
     assert out.choices[0].logprobs is not None and out.choices[0].logprobs.tokens
 
 
-def test_control_plane_and_metrics(base_url: str) -> None:
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+def test_control_plane_and_metrics(base_url: str, admin: dict[str, str]) -> None:
+    with httpx.Client(base_url=base_url, timeout=60, headers=admin) as http:
         plan = http.get("/v1/plan").json()
         assert plan["phase"] == "dev" and plan["cost_per_hour"] < 5
         assert {e["name"] for e in http.get("/v1/topology").json()["environments"]} >= {
@@ -127,16 +146,22 @@ def test_control_plane_and_metrics(base_url: str) -> None:
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_field(
-    base_url: str, method: str, path: str, body: object, status: int, field: str
+    base_url: str,
+    admin: dict[str, str],
+    method: str,
+    path: str,
+    body: object,
+    status: int,
+    field: str,
 ) -> None:
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+    with httpx.Client(base_url=base_url, timeout=60, headers=admin) as http:
         answer = http.request(method, path, json=body)
     assert answer.status_code == status, answer.text
     assert answer.json()["error"]["field"] == field
 
 
-def test_oversize_body_is_413(base_url: str) -> None:
-    with httpx.Client(base_url=base_url, timeout=60) as http:
+def test_oversize_body_is_413(base_url: str, admin: dict[str, str]) -> None:
+    with httpx.Client(base_url=base_url, timeout=60, headers=admin) as http:
         answer = http.post(
             "/v1/capsules/dt-energy-0000/tasks",
             content=b"x" * (2 << 20),

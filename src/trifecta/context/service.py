@@ -3,6 +3,10 @@
 `create_app(...)` builds the app (the main server mounts it under `/context`); every route
 is one facade call, so HTTP clients and the in-process orchestrator get the same tenancy
 checks and caching. Errors are 4xx JSON bodies naming the field (`core.http`).
+
+Every route authenticates through `core.auth.authenticated`: a capsule's key acts only for
+its own capsule (a path or trajectory naming another is 403), the admin key for any; the
+shard routes (list, move, share) need the admin key. `/health` needs none (counters only).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
-from fastapi import FastAPI, Path, Query, Response
+from fastapi import Depends, FastAPI, Path, Query, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -34,6 +38,7 @@ from trifecta.context.models import (
 from trifecta.context.settings import ContextSettings
 from trifecta.context.shards import Share
 from trifecta.context.trajectory import Trajectory
+from trifecta.core.auth import Authenticator, Principal, admin_only, authenticated
 from trifecta.core.http import install_error_handlers
 from trifecta.core.protocols import Embedder, LanguageModel
 from trifecta.fleet.capsules import SLUG
@@ -59,9 +64,11 @@ def create_app(
     control_url: str | None = None,
     redis_url: str | None = None,
     cache: bool | None = None,
+    auth: Authenticator | None = None,
 ) -> FastAPI:
     """The service app. Pass a ready `ContextService`, or the parts to build one (the
-    language model comes from the composition root; None runs the roles on outcomes)."""
+    language model comes from the composition root; None runs the roles on outcomes).
+    `auth` checks the keys (default: the key store of the control database)."""
     settings = settings or (service.settings if service else ContextSettings())
     service = service or ContextService(
         control_url=control_url,
@@ -71,7 +78,13 @@ def create_app(
         settings=settings,
         cache=cache,
     )
+    if auth is None:
+        from trifecta.fleet.keys import KeyStore
+
+        auth = KeyStore()
     admin = ShardAdmin(service)
+    caller = Depends(authenticated(auth))
+    admin_key = [Depends(admin_only(auth))]
     app = FastAPI(
         title="Trifecta context service",
         summary="ACE playbooks and ReasoningBank memories per capsule domain, with shared caching.",
@@ -80,7 +93,7 @@ def create_app(
     app.state.context = service
     install_error_handlers(app, max_body_bytes=settings.max_body_bytes)
 
-    @app.get("/health", tags=["service"])
+    @app.get("/health", tags=["service"])  # liveness: counters only, no key needed
     def health() -> Health:
         return Health(
             status="ok",
@@ -103,61 +116,81 @@ def create_app(
     async def read_playbook(
         capsule_id: CapsuleId,
         domain: Annotated[str | None, Query(pattern=SLUG, description="a shared domain")] = None,
+        key: Principal = caller,
     ) -> PlaybookView:
         """The active bullets of the capsule's domain (or of a domain shared with it)."""
-        return await answer(lambda: service.plan_playbook(capsule_id, domain))
+        capsule = key.act_for(capsule_id)
+        return await answer(lambda: service.plan_playbook(capsule, domain))
 
     @app.post("/capsules/{capsule_id}/playbook/render", tags=["playbook"])
-    async def render_playbook(capsule_id: CapsuleId, request: RenderRequest) -> RenderedPlaybook:
+    async def render_playbook(
+        capsule_id: CapsuleId, request: RenderRequest, key: Principal = caller
+    ) -> RenderedPlaybook:
         """The playbook as prompt text within a token budget, most useful bullets first."""
-        return await answer(lambda: service.plan_render(capsule_id, request))
+        capsule = key.act_for(capsule_id)
+        return await answer(lambda: service.plan_render(capsule, request))
 
     @app.post("/capsules/{capsule_id}/deltas", tags=["playbook"])
-    def apply_delta(capsule_id: CapsuleId, delta: Delta) -> DeltaResult:
+    def apply_delta(capsule_id: CapsuleId, delta: Delta, key: Principal = caller) -> DeltaResult:
         """Merge ADD / UPDATE / TAG / REMOVE operations; replayed op ids change nothing."""
-        return service.apply_delta(capsule_id, delta)
+        return service.apply_delta(key.act_for(capsule_id), delta)
 
     @app.post("/capsules/{capsule_id}/retrieve", tags=["retrieval"])
-    async def retrieve(capsule_id: CapsuleId, request: RetrieveRequest) -> Retrieval:
+    async def retrieve(
+        capsule_id: CapsuleId, request: RetrieveRequest, key: Principal = caller
+    ) -> Retrieval:
         """Bullets and memories for one task, structured and as prompt text."""
-        return await answer(lambda: service.plan_retrieve(capsule_id, request))
+        capsule = key.act_for(capsule_id)
+        return await answer(lambda: service.plan_retrieve(capsule, request))
 
     @app.post("/capsules/{capsule_id}/memories", tags=["memory"])
-    def add_memories(capsule_id: CapsuleId, request: AddMemoriesRequest) -> AddMemoriesResult:
+    def add_memories(
+        capsule_id: CapsuleId, request: AddMemoriesRequest, key: Principal = caller
+    ) -> AddMemoriesResult:
         """Append memory items; near-identical ones reinforce what is stored."""
-        return service.add_memories(capsule_id, request.items)
+        return service.add_memories(key.act_for(capsule_id), request.items)
 
     @app.post("/capsules/{capsule_id}/memories/search", tags=["memory"])
-    async def search_memories(capsule_id: CapsuleId, query: MemoryQuery) -> MemorySearchResult:
+    async def search_memories(
+        capsule_id: CapsuleId, query: MemoryQuery, key: Principal = caller
+    ) -> MemorySearchResult:
         """Top-k memories by cosine similarity, filtered by outcome and age."""
-        return await answer(lambda: service.plan_search(capsule_id, query))
+        capsule = key.act_for(capsule_id)
+        return await answer(lambda: service.plan_search(capsule, query))
 
     @app.post("/trajectories", tags=["learning"])
-    def learn(trajectory: Trajectory) -> LearnResult:
+    def learn(trajectory: Trajectory, key: Principal = caller) -> LearnResult:
         """Reflect, curate and distil one trajectory (tags, delta, memories) in one call."""
+        key.act_for(trajectory.capsule_id, field="capsule_id")
         return service.learn(trajectory)
 
     @app.post("/trajectories/queue", tags=["learning"], status_code=202)
-    def submit(trajectory: Trajectory) -> LearnTicket:
+    def submit(trajectory: Trajectory, key: Principal = caller) -> LearnTicket:
         """Queue a trajectory for learning. The answer is the acknowledgement: the trajectory
         is stored and will be learned from, in order, exactly once."""
+        key.act_for(trajectory.capsule_id, field="capsule_id")
         return service.submit(trajectory)
 
-    @app.get("/shards", tags=["shards"])
+    @app.get("/shards", tags=["shards"], dependencies=admin_key)
     def list_shards() -> ShardListing:
         return admin.listing()
 
-    @app.post("/shards/{domain}/move", tags=["shards"])
+    @app.post("/shards/{domain}/move", tags=["shards"], dependencies=admin_key)
     def move_domain(domain: Domain, request: MoveRequest) -> CopyReport:
         """Move a domain to another database online (copy, catch up, switch, verify)."""
         return admin.move(domain, request)
 
-    @app.post("/shards/{domain}/shares", tags=["shards"])
+    @app.post("/shards/{domain}/shares", tags=["shards"], dependencies=admin_key)
     def share_domain(domain: Domain, request: ShareRequest) -> Share:
         """Let another domain's capsules (or everyone, '*') read this domain."""
         return admin.share(domain, request.grantee)
 
-    @app.delete("/shards/{domain}/shares/{grantee}", tags=["shards"], status_code=204)
+    @app.delete(
+        "/shards/{domain}/shares/{grantee}",
+        tags=["shards"],
+        status_code=204,
+        dependencies=admin_key,
+    )
     def unshare_domain(domain: Domain, grantee: str) -> Response:
         admin.unshare(domain, grantee)
         return Response(status_code=204)

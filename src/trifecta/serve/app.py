@@ -6,7 +6,12 @@
   and the client's feedback on it;
 - `/v1/capsules`, `/v1/plan`, `/v1/topology`, `/v1/ledger`: the control plane and the costs;
 - `/context/...`: the ReasoningBank / ACE service;
-- `/metrics`: Prometheus; `/healthz`.
+- `/v1/keys`: API keys (admin);
+- `/metrics`: Prometheus; `/healthz` (these two need no key: no tenant's data is in them).
+
+Every other route authenticates through `core.auth.authenticated` (`Authorization: Bearer
+<key>`); the capsule a request acts for comes from its key (a path id that is not the key's
+capsule is 403), and the admin routes need the admin key.
 """
 
 from __future__ import annotations
@@ -15,16 +20,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
 
-from fastapi import APIRouter, FastAPI, Query, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Query, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from trifecta import __version__
 from trifecta.cognitive.serving.app import build_router
 from trifecta.cognitive.serving.service import CognitiveService
 from trifecta.context.service import create_app as create_context_app
+from trifecta.core.auth import Authenticator, Principal, admin_only, authenticated
 from trifecta.core.http import install_error_handlers
 from trifecta.core.settings import PHASES, Phase
 from trifecta.fleet.capsules import Capsule
+from trifecta.fleet.keys import KeyStore
 from trifecta.fleet.plan_model import Plan
 from trifecta.fleet.planner import plan as make_plan
 from trifecta.fleet.topology import Topology
@@ -32,67 +39,75 @@ from trifecta.orchestrator.ledger import Rollup
 from trifecta.orchestrator.loop import Orchestrator
 from trifecta.orchestrator.models import Feedback, FeedbackResult, TaskRequest, TaskResult
 from trifecta.orchestrator.stack import Stack
+from trifecta.serve.auth import keys_routes, revoke_capsule_keys, server_authenticator
 from trifecta.serve.mcp_face import OrchestratorFace, mount_mcp_face
 
 MAX_BODY_BYTES = 1 << 20
 
 
-def capsule_routes(orchestrator: Orchestrator, stack: Stack) -> APIRouter:
+def capsule_routes(orchestrator: Orchestrator, stack: Stack, auth: Authenticator) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["capsules"])
+    caller, admin = Depends(authenticated(auth)), Depends(admin_only(auth))
 
     @router.post("/capsules/{capsule_id}/tasks", status_code=status.HTTP_201_CREATED)
-    def submit_task(capsule_id: str, body: TaskRequest) -> TaskResult:
+    def submit_task(capsule_id: str, body: TaskRequest, key: Principal = caller) -> TaskResult:
         """Serve one task through the trifecta loop (context, route, layer, verify, learn)."""
-        return orchestrator.serve(capsule_id, body)
+        return orchestrator.serve(key.act_for(capsule_id), body)
 
     @router.get("/capsules/{capsule_id}/tasks/{task_id}")
-    def get_task(capsule_id: str, task_id: str) -> TaskResult:
-        stack.capsule(capsule_id)
+    def get_task(capsule_id: str, task_id: str, key: Principal = caller) -> TaskResult:
+        stack.capsule(key.act_for(capsule_id))
         return orchestrator.records.get(task_id, capsule_id)
 
     @router.post("/capsules/{capsule_id}/tasks/{task_id}/feedback")
-    def task_feedback(capsule_id: str, task_id: str, body: Feedback) -> FeedbackResult:
+    def task_feedback(
+        capsule_id: str, task_id: str, body: Feedback, key: Principal = caller
+    ) -> FeedbackResult:
         """The client's verdict on an earlier task; the context layer learns from it."""
-        return orchestrator.feedback(capsule_id, task_id, body)
+        return orchestrator.feedback(key.act_for(capsule_id), task_id, body)
 
-    @router.get("/capsules")
+    @router.get("/capsules", dependencies=[admin])
     def list_capsules(kind: str | None = None, domain: str | None = None) -> list[Capsule]:
         return stack.capsules.registry.list(kind=kind, domain=domain)
 
-    @router.post("/capsules", status_code=status.HTTP_201_CREATED)
+    @router.post("/capsules", status_code=status.HTTP_201_CREATED, dependencies=[admin])
     def add_capsule(body: Capsule) -> Capsule:
         return stack.add_capsule(body)
 
     @router.get("/capsules/{capsule_id}")
-    def get_capsule(capsule_id: str) -> Capsule:
-        return stack.capsules.registry.get(capsule_id)
+    def get_capsule(capsule_id: str, key: Principal = caller) -> Capsule:
+        return stack.capsules.registry.get(key.act_for(capsule_id))
 
-    @router.delete("/capsules/{capsule_id}", status_code=status.HTTP_204_NO_CONTENT)
+    @router.delete(
+        "/capsules/{capsule_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[admin]
+    )
     def remove_capsule(capsule_id: str) -> Response:
         stack.remove_capsule(capsule_id)
+        revoke_capsule_keys(auth, capsule_id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     return router
 
 
-def control_routes(stack: Stack) -> APIRouter:
+def control_routes(stack: Stack, auth: Authenticator) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["control plane"])
+    admin = [Depends(admin_only(auth))]
 
-    @router.get("/plan")
+    @router.get("/plan", dependencies=admin)
     def current_plan() -> Plan:
         """The plan the running stack serves by."""
         return stack.plan
 
-    @router.post("/plan")
+    @router.post("/plan", dependencies=admin)
     def plan_capsules(capsules: list[Capsule], phase: Phase | None = None) -> Plan:
         """Plan a fleet (the body) on this server's topology, without changing anything."""
         return make_plan(capsules, stack.topology, phase or stack.phase)
 
-    @router.get("/topology")
+    @router.get("/topology", dependencies=[Depends(authenticated(auth))])
     def topology() -> Topology:
         return stack.topology
 
-    @router.get("/ledger")
+    @router.get("/ledger", dependencies=admin)
     def ledger(
         by: Literal["capsule_id", "capsule_kind", "environment", "layer"] = Query("layer"),
     ) -> list[Rollup]:
@@ -107,12 +122,15 @@ def create_app(
     *,
     cognitive: CognitiveService | None = None,
     own_stack: bool = False,
+    auth: Authenticator | None = None,
 ) -> FastAPI:
     """The server. Pass a running `Stack` (default: the embedded one from settings); the
     OpenAI-compatible API serves the stack's own cognitive serving layer (the tiers loaded
-    once), unless another `cognitive` service is given."""
+    once), unless another `cognitive` service is given. `auth` checks every key (default:
+    the key store of the stack's control database)."""
     if stack is None:
         stack, own_stack = Stack(), True
+    auth = auth or server_authenticator(stack.engine)
     cognitive = cognitive or stack.cognitive
     if cognitive is None:
         from trifecta.orchestrator.stack import build_cognitive
@@ -137,13 +155,16 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app, max_body_bytes=MAX_BODY_BYTES)
-    app.include_router(build_router(cognitive))
-    app.include_router(capsule_routes(orchestrator, stack))
-    app.include_router(control_routes(stack))
+    app.include_router(build_router(cognitive, auth=auth))
+    app.include_router(capsule_routes(orchestrator, stack, auth))
+    app.include_router(control_routes(stack, auth))
+    if isinstance(auth, KeyStore):
+        app.include_router(keys_routes(auth))
     if stack.context is not None:
-        app.mount("/context", create_context_app(stack.context))
+        app.mount("/context", create_context_app(stack.context, auth=auth))
     app.state.orchestrator = orchestrator
-    mount_mcp_face(app, OrchestratorFace(orchestrator, stack))
+    app.state.auth = auth
+    mount_mcp_face(app, OrchestratorFace(orchestrator, stack), auth=auth)
     app.state.stack = stack
 
     @app.get("/metrics", include_in_schema=False)

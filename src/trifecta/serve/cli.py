@@ -17,20 +17,47 @@ def serve_command(
         "--federated",
         help="serve as the front door of the environments `trifecta up` started",
     ),
+    insecure_local: bool = typer.Option(
+        False,
+        "--insecure-local",
+        help="serve without API keys (every caller is the admin); loopback only",
+    ),
 ) -> None:
     """Serve every HTTP surface in one process (OpenAPI at /docs).
 
     The OpenAI-compatible API, capsule tasks and feedback, the context service (/context),
     the control plane (/v1/plan, /v1/capsules, /v1/ledger) and Prometheus /metrics.
+    Every route but /healthz and /metrics needs an API key (`Authorization: Bearer`); on
+    first start an admin key is written to <data_dir>/admin.key.
     """
     import uvicorn
 
+    from trifecta.core.auth import Authenticator
     from trifecta.core.heap import freeze_startup_heap
     from trifecta.core.settings import get_settings
     from trifecta.orchestrator.stack import Stack, build_cognitive
     from trifecta.serve.app import create_app
+    from trifecta.serve.auth import ensure_local_admin_key, loopback_only, server_authenticator
 
     settings = get_settings()
+    auth: Authenticator
+    if insecure_local:
+        auth = loopback_only(host)  # refuses a non-loopback host with exit 2
+        typer.secho(
+            f"WARNING: --insecure-local: NO AUTHENTICATION on {host}:{port}; every local "
+            "process and user is the admin of every capsule",
+            fg=typer.colors.RED,
+            bold=True,
+            err=True,
+        )
+    else:
+        from trifecta.core.db import get_engine
+
+        keys = server_authenticator(get_engine(settings.db_url))
+        key_file = ensure_local_admin_key(keys, settings.data_dir)
+        where = f"in {key_file}" if key_file else "made with `trifecta keys create --admin`"
+        typer.echo(f"API keys required; the admin key is {where}", err=True)
+        auth = keys
     remote = None
     if federated:
         from trifecta.federation.processes import load_federation
@@ -45,6 +72,6 @@ def serve_command(
         remote=remote,
     )
     stack.warm_up()
-    app = create_app(stack, own_stack=True)
+    app = create_app(stack, own_stack=True, auth=auth)
     freeze_startup_heap()
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -12,6 +12,11 @@ quota, sovereignty) with an MCP error result (`isError`), never a crash:
 
 The tools need only `TrifectaFace`; `OrchestratorFace` is its one adapter over the server's
 orchestrator and stack, kept in one class so the request path can change under it.
+
+Authentication: `/mcp` refuses a request without a valid API key (401, before the MCP
+session sees it); each tool then reads the caller's key from the request's headers: a
+capsule's key acts only for its own capsule, and `show_plan`, `fleet_status`,
+`resolve_capsule` and `GET /v1/resolve` need the admin key.
 """
 
 from __future__ import annotations
@@ -20,14 +25,18 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol, TypeVar
 
-from fastapi import FastAPI, Query
-from mcp.server.mcpserver import MCPServer
+import anyio
+from fastapi import Depends, FastAPI, Query
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from trifecta import __version__
 from trifecta.context.models import MemoryOutcome, MemoryQuery, MemorySearchResult, PlaybookView
+from trifecta.core.auth import Authenticator, Principal, admin_only, principal_of
 from trifecta.core.errors import TrifectaError, invalid_input_from
+from trifecta.core.http import error_response
 from trifecta.fleet.capsule_uri import CapsuleResolver, Resolution
 from trifecta.fleet.capsules import SLUG
 from trifecta.fleet.plan_model import Plan
@@ -162,7 +171,13 @@ def _answer(call: Callable[[], T]) -> T:
 CapsuleId = Field(pattern=SLUG, description="the capsule (tenant) id")
 
 
-def build_mcp_server(face: TrifectaFace) -> MCPServer:
+def _caller(auth: Authenticator, ctx: Context) -> Principal:
+    """The key of the HTTP request that carried this tool call."""
+    headers = ctx.headers or {}
+    return _answer(lambda: principal_of(auth, headers.get("authorization")))
+
+
+def build_mcp_server(face: TrifectaFace, auth: Authenticator) -> MCPServer:
     """The MCP server; sync tools run in the SDK's worker threads (the loop blocks)."""
     server: MCPServer = MCPServer(
         "trifecta",
@@ -174,58 +189,91 @@ def build_mcp_server(face: TrifectaFace) -> MCPServer:
 
     @server.tool(description="Serve one capsule task through the trifecta loop.")
     def run_task(
+        ctx: Context,
         capsule_id: str = CapsuleId,
         prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS),
         max_tokens: int = Field(default=8, ge=1, le=256),
         request_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,40}$"),
     ) -> TaskResult:
+        key = _caller(auth, ctx)
         return _answer(
             lambda: face.run_task(
-                capsule_id,
+                key.act_for(capsule_id),
                 TaskRequest(prompt=prompt, max_tokens=max_tokens, request_id=request_id),
             )
         )
 
     @server.tool(description="Search the ReasoningBank memories of a capsule's domain.")
     def search_context(
+        ctx: Context,
         capsule_id: str = CapsuleId,
         query: str = Field(min_length=1, max_length=2000),
         k: int = Field(default=5, ge=1, le=100),
         outcome: MemoryOutcome | None = None,
     ) -> MemorySearchResult:
+        key = _caller(auth, ctx)
         return _answer(
-            lambda: face.search(capsule_id, MemoryQuery(query=query, k=k, outcome=outcome))
+            lambda: face.search(
+                key.act_for(capsule_id), MemoryQuery(query=query, k=k, outcome=outcome)
+            )
         )
 
     @server.tool(description="The ACE playbook of a capsule's domain (bullets and counters).")
-    def show_playbook(capsule_id: str = CapsuleId) -> PlaybookView:
-        return _answer(lambda: face.playbook(capsule_id))
+    def show_playbook(ctx: Context, capsule_id: str = CapsuleId) -> PlaybookView:
+        key = _caller(auth, ctx)
+        return _answer(lambda: face.playbook(key.act_for(capsule_id)))
 
     @server.tool(description="The plan being served: cost, pools, capsule assignments.")
-    def show_plan(max_assignments: int = Field(default=50, ge=0, le=10_000)) -> Plan:
+    def show_plan(ctx: Context, max_assignments: int = Field(default=50, ge=0, le=10_000)) -> Plan:
+        _answer(_caller(auth, ctx).require_admin)
         plan = face.plan()
         return plan.model_copy(update={"assignments": plan.assignments[:max_assignments]})
 
     @server.tool(description="Every environment: up or down, faults, what it served.")
-    def fleet_status() -> FleetStatus:
+    def fleet_status(ctx: Context) -> FleetStatus:
+        _answer(_caller(auth, ctx).require_admin)
         return _answer(face.fleet_status)
 
     @server.tool(description="Resolve capsule://authority/domain/operation[/version].")
-    def resolve_capsule(uri: str = Field(min_length=1, max_length=512)) -> Resolution:
+    def resolve_capsule(ctx: Context, uri: str = Field(min_length=1, max_length=512)) -> Resolution:
+        _answer(_caller(auth, ctx).require_admin)
         return _answer(lambda: face.resolve(uri))
 
     return server
 
 
+class KeyGuard:
+    """ASGI wrapper of the MCP route: a request without a valid key gets 401 before the MCP
+    session manager sees it (verification runs off the event loop: it may hash)."""
+
+    def __init__(self, app: ASGIApp, auth: Authenticator):
+        self.app, self.auth = app, auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = dict(scope.get("headers") or []).get(b"authorization")
+            value = header.decode("latin-1") if header is not None else None
+            try:
+                await anyio.to_thread.run_sync(principal_of, self.auth, value)
+            except TrifectaError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def mount_mcp_face(
-    app: FastAPI, face: TrifectaFace, *, allowed_hosts: list[str] | None = None
+    app: FastAPI,
+    face: TrifectaFace,
+    *,
+    auth: Authenticator,
+    allowed_hosts: list[str] | None = None,
 ) -> MCPServer:
     """Serve the MCP face at `MCP_PATH` of `app` and `GET /v1/resolve`. The MCP session
     manager runs inside the app's lifespan. DNS-rebinding protection admits loopback host
     names unless `allowed_hosts` (host:port patterns) names others."""
     from mcp.server.transport_security import TransportSecuritySettings
 
-    server = build_mcp_server(face)
+    server = build_mcp_server(face, auth)
     security = None
     if allowed_hosts is not None:
         security = TransportSecuritySettings(
@@ -237,6 +285,9 @@ def mount_mcp_face(
         streamable_http_path=MCP_PATH, json_response=True, transport_security=security
     )
     # The MCP route joins the app's routes (a Mount would answer only at `/mcp/`).
+    for route in mcp_app.routes:
+        if hasattr(route, "app"):
+            route.app = KeyGuard(route.app, auth)
     app.router.routes.extend(mcp_app.routes)
     inner = app.router.lifespan_context
 
@@ -247,7 +298,7 @@ def mount_mcp_face(
 
     app.router.lifespan_context = lifespan
 
-    @app.get("/v1/resolve", tags=["control plane"])
+    @app.get("/v1/resolve", tags=["control plane"], dependencies=[Depends(admin_only(auth))])
     def resolve(uri: str = Query(min_length=1, max_length=512)) -> Resolution:
         """Resolve a capsule URI (a bad one: 422 naming the part; unknown: 404)."""
         return face.resolve(uri)

@@ -17,6 +17,7 @@ from trifecta.cognitive.serving.cost import TierRate
 from trifecta.cognitive.serving.factory import build_tier
 from trifecta.cognitive.serving.service import CognitiveService
 from trifecta.cognitive.tiers import load_tier
+from trifecta.core.auth import AllowLocal
 
 pytestmark = pytest.mark.integration
 
@@ -53,8 +54,8 @@ def servers(small_rate: TierRate) -> Iterator[dict[str, str]]:
     random = build_tier("small", random_tier_model(), build_tokenizer(), rate=small_rate)
     shipped = build_tier("small", *load_tier("small"), rate=small_rate)
     with (
-        live_server(create_app(CognitiveService([random]))) as random_url,
-        live_server(create_app(CognitiveService([shipped]))) as shipped_url,
+        live_server(create_app(CognitiveService([random]), auth=AllowLocal())) as random_url,
+        live_server(create_app(CognitiveService([shipped]), auth=AllowLocal())) as shipped_url,
     ):
         yield {"random": random_url, "shipped": shipped_url}
 

@@ -16,6 +16,7 @@ from trifecta.cognitive.serving.auto import AutoModel
 from trifecta.cognitive.serving.cost import tier_rate
 from trifecta.cognitive.serving.factory import build_tier, random_model
 from trifecta.cognitive.serving.service import CognitiveService, ServedTier
+from trifecta.core.auth import AllowLocal
 
 pytestmark = pytest.mark.integration
 PROMPT = "t=41,p=17,r=63;t+r?"
@@ -48,7 +49,7 @@ def serve(tiers: list[ServedTier], threshold: float) -> Any:
             aggregate="max", window=2, values={"small": threshold}
         ),
     )
-    return live_server(create_app(CognitiveService(tiers, auto=auto)))
+    return live_server(create_app(CognitiveService(tiers, auto=auto), auth=AllowLocal()))
 
 
 def test_auto_answers_on_the_small_tier_while_it_is_confident(tiers: list[ServedTier]) -> None:

@@ -17,6 +17,7 @@ from trifecta.cognitive.serving.cost import TierRate
 from trifecta.cognitive.serving.factory import build_tier
 from trifecta.cognitive.serving.service import CognitiveService
 from trifecta.cognitive.serving.tenants import TenantDirectory
+from trifecta.core.auth import Principal, StaticKeys
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.registry import CapsuleRegistry
 
@@ -35,15 +36,15 @@ def server(
     model, tokenizer = long_context
     tier = build_tier("small", model, tokenizer, rate=small_rate, replicas=2, max_batch=4)
     service = CognitiveService([tier], tenants=TenantDirectory(registry.get))
-    with live_server(create_app(service)) as url:
+    # Each token stands for its capsule's key ("nobody": a key whose capsule is gone).
+    keys = StaticKeys({c: Principal(key_id=c, capsule_id=c) for c in ("acme", "tight", "nobody")})
+    with live_server(create_app(service, auth=keys)) as url:
         yield url, service
 
 
-def client(url: str, capsule: str | None = "acme") -> openai.OpenAI:
-    headers = {"X-Capsule-Id": capsule} if capsule else {}
-    return openai.OpenAI(
-        base_url=f"{url}/v1", api_key="unused", default_headers=headers, max_retries=0, timeout=60
-    )
+def client(url: str, capsule: str = "acme") -> openai.OpenAI:
+    """A client with the capsule's key: the capsule comes from the key."""
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=capsule, max_retries=0, timeout=60)
 
 
 def greedy(service: CognitiveService, prompt: str, max_new_tokens: int) -> str:
@@ -186,7 +187,9 @@ def test_bad_input_gets_an_openai_style_4xx(
 ) -> None:
     url, _ = server
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
-    response = httpx.post(url + path, json=body, headers={"X-Capsule-Id": "acme"}, timeout=30)
+    response = httpx.post(
+        url + path, json=body, headers={"Authorization": "Bearer acme"}, timeout=30
+    )
     assert response.status_code == status
     error = response.json()["error"]
     assert error["param"] == param and error["message"] and error["type"] == "invalid_request_error"
@@ -206,7 +209,7 @@ def test_malformed_json_unknown_capsule_and_quota(server: tuple[str, CognitiveSe
 
     with pytest.raises(openai.NotFoundError) as unknown:
         client(url, "nobody").completions.create(model="small", prompt="1?", max_tokens=1)
-    assert unknown.value.body["param"] == "X-Capsule-Id"  # type: ignore[index]
+    assert unknown.value.body["param"] == "authorization"  # type: ignore[index]
 
     tight = client(url, "tight")
     tight.completions.create(model="small", prompt="1?", max_tokens=1)

@@ -1,7 +1,9 @@
 """The OpenAI-compatible HTTP API: `/v1/models`, `/v1/completions`, `/v1/chat/completions`.
 
-The model name picks a tier (or `auto`, the escalating cascade); the capsule travels in the
-`X-Capsule-Id` header and decides the request's share of the tier and its quota. Responses
+The model name picks a tier (or `auto`, the escalating cascade); the capsule is the one of
+the request's API key (`Authorization: Bearer <key>`, checked by `core.auth`), never a header
+the client chooses, and decides the request's share of the tier and its quota (the admin key
+is served as the anonymous tenant). Responses
 stream over server-sent events when asked; every response carries its cost (`usage.cost`,
 and `X-Trifecta-*` headers when not streaming). A client that disconnects frees its batch slot
 at the replica's next step.
@@ -12,9 +14,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from trifecta.cognitive.serving.openai_errors import OpenAIRoute
@@ -45,14 +47,13 @@ from trifecta.cognitive.serving.openai_schema import (
 )
 from trifecta.cognitive.serving.requests import GeneratedToken, SamplingParams
 from trifecta.cognitive.serving.service import CognitiveService
-from trifecta.cognitive.serving.tenants import CAPSULE_HEADER
 from trifecta.cognitive.tiers import AUTO_MODEL
+from trifecta.core.auth import Authenticator, Principal, authenticated
 from trifecta.core.errors import InvalidInput
 from trifecta.core.http import install_error_handlers
 
 DISCONNECT_POLL_S = 0.25
 MAX_BODY_BYTES = 1 << 20  # prompts are short; anything near this is a mistake or an attack
-CapsuleHeader = Annotated[str | None, Header(alias=CAPSULE_HEADER)]
 Body = CompletionRequest | ChatCompletionRequest
 
 
@@ -151,19 +152,26 @@ def _json(
     return JSONResponse(model.model_dump(mode="json"), headers=response_headers(group, usage.cost))
 
 
-def build_router(service: CognitiveService) -> APIRouter:
+def build_router(service: CognitiveService, *, auth: Authenticator) -> APIRouter:
     router = APIRouter(route_class=OpenAIRoute)
+    caller = Depends(authenticated(auth))
 
-    @router.get("/v1/models", response_model=ModelList)
+    @router.get("/v1/models", response_model=ModelList, dependencies=[caller])
     async def list_models() -> ModelList:
         return ModelList(data=[ModelCard(id=name) for name in service.model_names()])
 
     @router.post("/v1/completions", response_model=None)
     async def completions(
-        body: CompletionRequest, request: Request, capsule: CapsuleHeader = None
+        body: CompletionRequest, request: Request, key: Principal = caller
     ) -> Response:
         group = _start(
-            service, body, body.prompts(), "prompt", body.max_tokens, body.logprobs or 0, capsule
+            service,
+            body,
+            body.prompts(),
+            "prompt",
+            body.max_tokens,
+            body.logprobs or 0,
+            key.capsule_id,
         )
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         with_logprobs = body.logprobs is not None
@@ -210,7 +218,7 @@ def build_router(service: CognitiveService) -> APIRouter:
 
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
-        body: ChatCompletionRequest, request: Request, capsule: CapsuleHeader = None
+        body: ChatCompletionRequest, request: Request, key: Principal = caller
     ) -> Response:
         if body.messages[-1].role != "user":
             raise InvalidInput(
@@ -223,7 +231,7 @@ def build_router(service: CognitiveService) -> APIRouter:
         # (a system message holding a capsule's telemetry, the user's question after it).
         prompt = "".join(message.text() for message in body.messages)
         top = (body.top_logprobs or 0) if body.logprobs else 0
-        group = _start(service, body, [prompt], "messages", body.token_limit(), top, capsule)
+        group = _start(service, body, [prompt], "messages", body.token_limit(), top, key.capsule_id)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
 
         def chunk(
@@ -287,9 +295,16 @@ def build_router(service: CognitiveService) -> APIRouter:
     return router
 
 
-def create_app(service: CognitiveService | None = None, **build: Any) -> FastAPI:
+def create_app(
+    service: CognitiveService | None = None, *, auth: Authenticator | None = None, **build: Any
+) -> FastAPI:
     """The OpenAI-compatible API over `service` (default: the shipped tiers, built with
-    `build` passed to `factory.build_service`). The main server mounts it at the root."""
+    `build` passed to `factory.build_service`). The main server mounts its router at the
+    root. `auth` checks the keys (default: the key store of the control database)."""
+    if auth is None:
+        from trifecta.fleet.keys import KeyStore
+
+        auth = KeyStore()
     if service is None:
         from trifecta.cognitive.serving.factory import build_service
 
@@ -305,6 +320,6 @@ def create_app(service: CognitiveService | None = None, **build: Any) -> FastAPI
         title="Trifecta cognitive layer (OpenAI-compatible)", version="1", lifespan=lifespan
     )
     install_error_handlers(app, max_body_bytes=MAX_BODY_BYTES)
-    app.include_router(build_router(service))
+    app.include_router(build_router(service, auth=auth))
     app.state.cognitive_service = service
     return app

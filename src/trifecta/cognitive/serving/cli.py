@@ -68,7 +68,7 @@ def serve_command(
         ),
     ] = False,
     require_capsule: Annotated[
-        bool, typer.Option(help="refuse requests without an X-Capsule-Id header")
+        bool, typer.Option(help="refuse keys without a capsule (the admin key)")
     ] = False,
     torch_threads: Annotated[int, typer.Option(help="torch intra-op threads per process")] = 1,
 ) -> None:

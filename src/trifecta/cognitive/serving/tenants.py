@@ -1,4 +1,4 @@
-"""Capsule id (from the request header) -> the share and quota its requests are served with.
+"""Capsule id (from the request's API key) -> the share and quota its requests are served with.
 
 Capsules come from the capsule registry (`fleet/registry.py`); lookups are cached for a few
 seconds so that a busy tier does not read the control database on every request, while a
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from trifecta.core.errors import InvalidInput, NotFound
 from trifecta.fleet.capsules import Capsule
 
-CAPSULE_HEADER = "X-Capsule-Id"
+KEY_FIELD = "authorization"  # the capsule is the API key's: errors name the key
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class Tenant:
         return Tenant(capsule.id, capsule.share, capsule.quota_rps)
 
 
-# Requests without a capsule header share this tenant (unless the server requires the header).
+# Requests of a key without a capsule (the admin key) share this tenant (unless the server
+# requires a capsule key).
 ANONYMOUS = Tenant("anonymous")
 
 
@@ -69,10 +70,10 @@ class TenantDirectory:
         return self._lookup
 
     def resolve(self, capsule_id: str | None) -> Tenant:
-        """The tenant for a request's capsule header (NotFound for an unknown capsule)."""
+        """The tenant of a request's capsule (NotFound for an unknown capsule)."""
         if not capsule_id:
             if self.require_capsule:
-                raise InvalidInput(f"the {CAPSULE_HEADER} header is required", field=CAPSULE_HEADER)
+                raise InvalidInput("this server serves capsule keys only", field=KEY_FIELD)
             return ANONYMOUS
         now = time.monotonic()
         with self._lock:
@@ -82,7 +83,7 @@ class TenantDirectory:
         try:
             tenant = Tenant.of(self._registry_lookup()(capsule_id))
         except NotFound:
-            raise NotFound(f"no capsule {capsule_id!r}", field=CAPSULE_HEADER) from None
+            raise NotFound(f"no capsule {capsule_id!r}", field=KEY_FIELD) from None
         with self._lock:
             self._cache[capsule_id] = (now, tenant)
         return tenant
