@@ -11,10 +11,11 @@ each step takes, off the heaviest node, the action with the largest gain per mov
 - drop a redundant replica (free),
 and it stops at the target max/mean or the move budget. When it stalls, or would spend more
 than walking from the start to a fresh placement, it walks to one instead (copy by copy, the
-best-balanced step first), so it never costs more than a repack reaching the same target.
+best-balanced step first): when a repack reaches the target, this costs no more moves.
 The best max/mean reached within k moves is recorded for every k: one run toward 1.0 gives
 the whole trade-off curve. Written by hand: no library solves min-move rebalancing with
-replica-dependent loads; an exact MILP needs a variable per (expert, node, replica count).
+replica-dependent loads; the exact MILP (`placement_milp.exact_min_moves`) needs variables
+per (expert, node, replica count), so `resize` adds it only on small clusters.
 """
 
 from __future__ import annotations
