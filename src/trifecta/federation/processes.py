@@ -84,11 +84,15 @@ def serving_environments(topology: Topology, phase: Phase) -> list[str]:
     return [e.name for e in topology.environments if e.available_in(phase) and e.kind != "training"]
 
 
-def env_command(name: str, host: str, port: int, topology: Path | None) -> list[str]:
+def env_command(
+    name: str, host: str, port: int, topology: Path | None, peers: list[str]
+) -> list[str]:
     cmd = [sys.executable, "-m", "trifecta.cli", "env", "serve", "--env", name]
     cmd += ["--host", host, "--port", str(port)]
     if topology is not None:
         cmd += ["--topology", str(topology)]
+    for peer in peers:
+        cmd += ["--peer", peer]
     return cmd
 
 
@@ -138,11 +142,15 @@ def up(
     names = only or serving_environments(topology, settings.phase)
     for name in names:
         topology.environment(name)  # NotFound names the environments
-        port = free_port(host)
+    ports = {name: free_port(host) for name in names}
+    urls = {name: f"http://{host}:{port}" for name, port in ports.items()}
+    for name in names:
+        port = ports[name]
         log_path = logs / f"{name}.log"
+        peers = [url for other, url in urls.items() if other != name]
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                env_command(name, host, port, topology_file),
+                env_command(name, host, port, topology_file, peers),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -221,6 +229,7 @@ class EnvironmentStatus(BaseModel):
     url: str
     up: bool
     health: EnvironmentHealth | None = None
+    peers_up: list[str] = Field(default_factory=list, description="peers whose card answers")
     why: str = ""
 
 
@@ -232,7 +241,16 @@ def status(federation: Federation, topology: Topology) -> list[EnvironmentStatus
         for env in federation.environments:
             try:
                 health = bridge.health(env.name)
-                rows.append(EnvironmentStatus(name=env.name, url=env.url, up=True, health=health))
+                peers = httpx.get(env.url + PREFIX + "/peers", timeout=5).json()
+                rows.append(
+                    EnvironmentStatus(
+                        name=env.name,
+                        url=env.url,
+                        up=True,
+                        health=health,
+                        peers_up=sorted(p["name"] for p in peers if p.get("up") and p.get("name")),
+                    )
+                )
             except Unavailable as exc:
                 rows.append(
                     EnvironmentStatus(name=env.name, url=env.url, up=False, why=exc.one_line())

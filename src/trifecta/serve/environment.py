@@ -9,8 +9,9 @@ site's A2A agent card and accepts capsule tasks delegated as A2A tasks.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -25,12 +26,14 @@ from trifecta.core.settings import Phase, Settings
 from trifecta.core.tasks import TaskFamilyVerifier
 from trifecta.edge.mesh import EdgeMesh
 from trifecta.federation.a2a.cards import build_agent_card
+from trifecta.federation.a2a.discovery import Peer, PeerDirectory
 from trifecta.federation.a2a.models import CapsuleTask, CapsuleTaskOutcome
 from trifecta.federation.a2a.server import add_a2a_routes
 from trifecta.federation.http_server import federation_router
 from trifecta.federation.receiver import EnvironmentHost, EnvironmentServices
 from trifecta.federation.rules import RuleBook
 from trifecta.federation.services import CompleteRequest, OffloadRequest
+from trifecta.fleet.manifest import manifest_of
 from trifecta.fleet.registry import CapsuleRegistry
 from trifecta.fleet.topology import Environment, Topology
 from trifecta.orchestrator.parts import CapsuleDirectory
@@ -140,11 +143,25 @@ class EnvironmentSite:
 
 
 def create_environment_app(
-    site: EnvironmentSite, *, base_url: str, credential: str | None = None
+    site: EnvironmentSite,
+    *,
+    base_url: str,
+    credential: str | None = None,
+    peers: Sequence[str] = (),
+    refresh_s: float = 5.0,
 ) -> FastAPI:
+    """The environment's server: the federation hops, its A2A card (with the manifests of the
+    capsules it admits) and delegated tasks, and discovery of its peers from `peers` (seed
+    URLs: the topology's, or those `trifecta up` hands each environment)."""
+    directory = PeerDirectory([p for p in peers if p.rstrip("/") != base_url], refresh_s=refresh_s)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(directory.run())
         yield
+        directory.stop()
+        await watcher
+        await directory.aclose()
         await a2a.aclose()
         site.close()
 
@@ -158,7 +175,15 @@ def create_environment_app(
     )
     install_error_handlers(app, max_body_bytes=MAX_BODY_BYTES)
     app.include_router(federation_router(site.host, credential=credential))
-    card = build_agent_card(env, base_url, services=site.host.services.names())
+
+    @app.get("/federation/v1/peers", tags=["federation"])
+    def peer_list() -> list[Peer]:
+        """The peers found from the seeds, and whether each one's card answers."""
+        return directory.peers()
+
+    admitted = [manifest_of(c) for c in site.capsules.all() if env.admits(c)]
+    card = build_agent_card(env, base_url, services=site.host.services.names(), manifests=admitted)
     a2a = add_a2a_routes(app, card, site.run_task, site.capsules.get)
     app.state.site = site
+    app.state.peers = directory
     return app

@@ -22,6 +22,9 @@ def env_serve_command(
     port: int = typer.Option(8100, min=1, max=65535),
     topology: Path | None = typer.Option(None, help="topology YAML (default: the shipped one)"),
     edge_nodes: int = typer.Option(1, min=1, max=16, help="in-process nodes of an edge site"),
+    peer: list[str] = typer.Option(
+        [], "--peer", help="a peer environment's URL to discover (default: the topology's URLs)"
+    ),
     log_level: str = typer.Option("warning"),
 ) -> None:
     """Serve one environment: the services the topology places there, its A2A agent card
@@ -38,7 +41,10 @@ def env_serve_command(
     site = EnvironmentSite(topo, env, settings, edge_nodes=edge_nodes)
     site.warm_up()
     url = f"http://{host}:{port}"
-    app = create_environment_app(site, base_url=url, credential=settings.federation_credential)
+    seeds = peer or [e.url for e in topo.environments if e.url and e.name != env]
+    app = create_environment_app(
+        site, base_url=url, credential=settings.federation_credential, peers=seeds
+    )
     freeze_startup_heap()
     console.print(f"environment {env!r} serving at {url}", style="bold")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
@@ -90,23 +96,24 @@ def status_command() -> None:
     federation = load_federation(settings)
     topo = load_topology(Path(federation.topology) if federation.topology else settings.topology)
     table = Table(title="Environments")
-    for col in ("environment", "url", "state", "services", "served", "refused", "edge nodes"):
+    columns = ("environment", "state", "services", "served", "refused", "edge nodes")
+    for col in (*columns, "peers up (A2A)"):
         table.add_column(col)
     down = 0
     for row in status(federation, topo):
         h = row.health
         if h is None:
             down += 1
-            table.add_row(row.name, row.url, f"[red]down[/red] {row.why}", "", "", "", "")
+            table.add_row(row.name, f"[red]down[/red] {row.why}", "", "", "", "", "")
         else:
             table.add_row(
                 row.name,
-                row.url,
                 "[green]up[/green]",
                 ", ".join(h.services),
                 str(h.served),
                 str(h.refused),
                 str(h.edge_nodes),
+                ", ".join(row.peers_up) or "-",
             )
     console.print(table)
     if down:
