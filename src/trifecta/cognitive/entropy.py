@@ -17,8 +17,7 @@ however confident the steps before it were, and with `reuse_prefix` the next tie
 finished steps and redoes only the unsure one.
 
 Beside these we offer the mean and the max of the entropy over a sliding window;
-`benchmarks/escalation.py` measures which aggregate best predicts a wrong answer, and the
-winner is `DEFAULT_AGGREGATE`.
+`benchmarks/escalation.py` measures how well each aggregate predicts a wrong answer.
 """
 
 from __future__ import annotations
@@ -36,9 +35,10 @@ from trifecta.core.errors import InvalidInput
 
 Aggregate = Literal["step", "block", "mean", "max"]
 AGGREGATES: tuple[Aggregate, ...] = ("step", "block", "mean", "max")
-# Chosen by the failure-prediction AUROC that benchmarks/escalation.py measures on held-out
-# tasks (docs/cognitive.md gives the figures for every aggregate and tier).
-DEFAULT_AGGREGATE: Aggregate = "max"
+# The tiers reason in steps, so the cascade reads the entropy step by step; benchmarks/
+# escalation.py measures every aggregate's failure-prediction AUROC on held-out tasks
+# (docs/cognitive.md gives the figures for every aggregate and tier).
+DEFAULT_AGGREGATE: Aggregate = "step"
 DEFAULT_WINDOW = 4
 
 

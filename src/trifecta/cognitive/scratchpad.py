@@ -1,38 +1,56 @@
-"""Worked answers: what the tiers are trained to write, intermediate results first.
+"""Worked answers: what the tiers are trained to write, intermediate steps first.
 
-A prompt of three or more terms is answered with its running results, each step one sum
-(`t=41,p=17,r=63,s=5;t+r-p?` -> `104=87`, `41+17-23?` -> `58=35`); the verifier reads the
-final answer after the last `=` (`core.tasks.normalize_answer`). One or two terms are one
-step and are answered directly (`t+r?` -> `104`).
+Two styles, one per tier (`TierSpec.scratchpad`):
 
-A small transformer answering a three-term chain in one go must fetch three operands and carry
-through two signed sums inside one forward pass; written out, each step is the two-operand
-skill it learns first, applied to the result it has just written (a scratchpad, after Nye et
-al., 2021, "Show Your Work", arXiv:2112.00114). The steps are results only, not operands
-(`41+17=58-23=35`), so that every answer of the family fits in 8 tokens, the completion budget
-the loop's requests carry by default.
+- `operands` (medium, large): the operands are written out, look-ups resolved, and each step
+  is one signed sum of two numbers that sit side by side: `t=41,p=17,r=63;t+r?` ->
+  `41+63=104`, `t=41,p=17,r=63,s=5;t+r-p?` -> `41+63=104-17=87`, `41+17-23?` -> `41+17=58-23=35`;
+- `results` (small): only the running results of three or more terms: `104=87`, `58=35`.
+
+A prompt of plain numbers and at most two terms is answered directly in both (`41+17?` ->
+`58`), as is a single look-up (`p?` -> `17`). The verifier reads the final answer after the
+last `=` (`core.tasks.normalize_answer`).
+
+A small transformer answering `t+r-p?` in one go must find three values and carry through two
+signed sums inside one forward pass. Written out (a scratchpad, after Nye et al., 2021, "Show
+Your Work", arXiv:2112.00114), each step is a skill it masters alone: a look-up is a copy of
+the digits after the asked sensor, and a sum of two adjacent numbers is the plain grade-2 task.
+Measured on the small tier (`results` style, docs/cognitive.md): look-ups 99% and sums 100%,
+but look-up sums answered in one go only 27.5%.
 """
 
 from __future__ import annotations
 
 from itertools import accumulate
+from typing import Literal
 
-from trifecta.core.tasks import signed_values
+from trifecta.core.tasks import estimate_difficulty, signed_values
 
-# Tokens a complete worked answer of the family takes: at most 8 characters (`-99=-198`), then
-# the end token.
-ANSWER_TOKENS = 9
-STEP = "="  # separates the steps of a worked answer; the last step is the answer
+Style = Literal["operands", "results"]
+STYLES: tuple[Style, ...] = ("operands", "results")
+# Tokens a complete worked answer of the family takes: at most 17 characters
+# (`10-99=-89-99=-188`), then the end token.
+ANSWER_TOKENS = 18
+STEP = "="  # ends each step of a worked answer; the text after the last one is the answer
 
 
-def worked_answer(prompt: str) -> str:
+def worked_answer(prompt: str, style: Style = "operands") -> str:
     """The completion a tier is trained to write for `prompt` (a task of the family)."""
-    partials = list(accumulate(signed_values(prompt)))
-    return (
-        STEP.join(str(value) for value in partials[1:]) if len(partials) > 2 else str(partials[-1])
-    )
+    values = signed_values(prompt)
+    partials = list(accumulate(values))
+    if len(values) == 1 or (len(values) == 2 and estimate_difficulty(prompt) == 2):
+        return str(partials[-1])
+    if style == "results":
+        if len(values) == 2:
+            return str(partials[-1])
+        return STEP.join(str(value) for value in partials[1:])
+    text = str(values[0])
+    for value, partial in zip(values[1:], partials[1:], strict=True):
+        text += f"{'-' if value < 0 else '+'}{abs(value)}{STEP}{partial}"
+    return text
 
 
 def steps_of(text: str) -> list[str]:
-    """The steps of a worked answer, in order (`'104=87'` -> `['104', '87']`)."""
+    """The parts of a worked answer between its `=` (`'41+63=104-17=87'` ->
+    `['41+63', '104-17', '87']`); the last is the answer."""
     return text.split(STEP)

@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from trifecta.cognitive.entropy import DEFAULT_AGGREGATE, DEFAULT_WINDOW, Aggregate
+from trifecta.cognitive.scratchpad import ANSWER_TOKENS
 from trifecta.core.settings import LayerSettings
 
 
@@ -33,7 +34,9 @@ class CognitiveSettings(LayerSettings):
     reuse_prefix: bool = Field(
         default=False, description="hand the accepted prefix of the smaller tier to the next one"
     )
-    max_new_tokens: int = Field(default=8, ge=1, description="default completion length")
+    max_new_tokens: int = Field(
+        default=ANSWER_TOKENS, ge=1, description="default completion length (a worked answer)"
+    )
 
 
 def get_cognitive_settings() -> CognitiveSettings:

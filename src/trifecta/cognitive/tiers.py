@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trifecta.cognitive.scratchpad import Style
 from trifecta.core.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class TierSpec:
     lookup_learning_rate: float = 2e-3
     # Look-back of the Canon layer before each attention (canon_llama.py); 0: a plain Llama.
     canon_width: int = 4
+    # How its worked answers are written (scratchpad.py): operands and results, or results only.
+    scratchpad: Style = "operands"
 
     @property
     def directory(self) -> Path:
@@ -75,6 +78,7 @@ TIERS: dict[str, TierSpec] = {
         lookup_learning_rate=3e-3,
         learning_rate=3e-3,
         init_std=0.08,
+        scratchpad="results",
     ),
     "medium": TierSpec(
         name="medium",
@@ -84,7 +88,7 @@ TIERS: dict[str, TierSpec] = {
         layers=3,
         heads=8,
         intermediate_size=384,
-        train_steps=1800,
+        train_steps=900,
         learning_rate=1.5e-3,
         init_std=0.08,
     ),
@@ -96,7 +100,8 @@ TIERS: dict[str, TierSpec] = {
         layers=4,
         heads=10,
         intermediate_size=480,
-        train_steps=1800,
+        train_steps=900,
+        batch_size=96,
         learning_rate=1e-3,
         init_std=0.08,
     ),

@@ -23,7 +23,7 @@ from trifecta.cognitive.checkpoints import (
     tier_vocabulary,
 )
 from trifecta.cognitive.growth import grow
-from trifecta.cognitive.scratchpad import ANSWER_TOKENS, worked_answer
+from trifecta.cognitive.scratchpad import ANSWER_TOKENS, Style, worked_answer
 from trifecta.cognitive.tiers import TierSpec
 from trifecta.core.errors import InvalidInput
 from trifecta.core.logging import get_logger
@@ -69,7 +69,12 @@ class TrainResult:
 
 
 def training_batches(
-    seed: int, batch_size: int, mix: Mapping[int, float] = TRAIN_MIX, *, pool_batches: int = 8
+    seed: int,
+    batch_size: int,
+    mix: Mapping[int, float] = TRAIN_MIX,
+    *,
+    pool_batches: int = 8,
+    style: Style = "operands",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless `(input_ids, answer_mask)` batches from the train split, right-padded with
     `<pad>`; `answer_mask` marks the answer and `<eos>` tokens. Tasks are drawn `pool_batches`
@@ -84,7 +89,7 @@ def training_batches(
         pool = []
         for task in (next(stream) for _ in range(batch_size * pool_batches)):
             prompt = chars.encode(task.prompt, bos=True)
-            answer = chars.encode(worked_answer(task.prompt), eos=True)
+            answer = chars.encode(worked_answer(task.prompt, style), eos=True)
             pool.append((prompt + answer, len(prompt)))
         pool.sort(key=lambda pair: len(pair[0]))
         groups = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
@@ -192,7 +197,9 @@ def train_tier(
         schedule = get_cosine_schedule_with_warmup(
             optimizer, max(1, phase_steps // 20), phase_steps
         )
-        batches = training_batches(stream_seed + step, spec.batch_size, phase_mix)
+        batches = training_batches(
+            stream_seed + step, spec.batch_size, phase_mix, style=spec.scratchpad
+        )
         for _ in range(phase_steps):
             step += 1
             ids, answer_mask = next(batches)
