@@ -91,7 +91,7 @@ statements = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(statements, max_size=8))
 def test_render_then_parse_gives_the_same_tree(program: list[object]) -> None:
     module = parse(render(program))  # type: ignore[arg-type]

@@ -139,8 +139,9 @@ def _pairs(value: BoolValue, args: tuple[Index, ...], limit: int | None) -> NDAr
     if isinstance(row, int):
         coords = boolean.to_coords(csr[[row], :])
         coords[:, 0] = row
-        return coords
-    return boolean.to_coords(csr)
+    else:
+        coords = boolean.to_coords(csr)
+    return coords[coords[:, 1] == col] if isinstance(col, int) else coords
 
 
 @dataclass
