@@ -75,11 +75,10 @@ class LearnWorker:
 
     def embed(self, texts: Sequence[str]) -> list[Vector]:
         """The worker's embeddings, in calls of at most `chunk` texts."""
-        return [
-            v
-            for i in range(0, len(texts), self.chunk)
-            for v in self.embedder.embed(list(texts[i : i + self.chunk]))
-        ]
+        vectors: list[Vector] = []
+        for i in range(0, len(texts), self.chunk):
+            vectors.extend(self.embedder.embed(list(texts[i : i + self.chunk])))
+        return vectors
 
     # -- control -----------------------------------------------------------------------
     def start(self) -> None:

@@ -63,7 +63,7 @@ class ContextSettings(LayerSettings):
         default=0.2, ge=0, description="how long a woken worker waits for more trajectories"
     )
     embed_chunk: int = Field(
-        default=32, ge=1, description="texts per embedding call of the learning worker"
+        default=8, ge=1, description="texts per embedding call of the learning worker"
     )
     redis_timeout_s: float = Field(
         default=0.25, gt=0, description="bound on every Redis call; past it the shard answers"
