@@ -29,6 +29,7 @@ class Run:
     name: str
     latencies_ms: list[float]
     seconds: float
+    kinds: list[str] | None = None  # per request: "read" or "write" (mixed workloads)
 
     @property
     def throughput(self) -> float:
@@ -36,6 +37,12 @@ class Run:
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q))
+
+    def of(self, kind: str) -> Run:
+        """The requests of one kind (throughput: of that kind, over the whole run)."""
+        kinds = self.kinds or []
+        mine = [ms for ms, k in zip(self.latencies_ms, kinds, strict=True) if k == kind]
+        return Run(f"{self.name} ({kind})", mine, self.seconds)
 
 
 def closed_loop(name: str, clients: int, per_client: int, call: Callable[[int, int], Any]) -> Run:
@@ -117,8 +124,10 @@ def client_main(
     url: str, requests: list[tuple[str, dict[str, Any]]], barrier: Any, out: Any
 ) -> None:
     """One client in its own process (as real clients are): after the barrier, send the
-    requests one after another and report each latency."""
+    requests one after another and report each latency and its kind (a search or retrieve
+    reads; anything else writes)."""
     latencies: list[float] = []
+    kinds: list[str] = []
     found: dict[str, list[str]] = {}
     with httpx.Client(base_url=url, timeout=300) as http:
         http.get("/health").raise_for_status()  # connected before the clock starts
@@ -129,10 +138,12 @@ def client_main(
             response = http.post(path, json=body)
             latencies.append((time.perf_counter() - start) * 1000)
             response.raise_for_status()
-            if "query" in body:
+            reads = path.endswith(("/memories/search", "/retrieve"))
+            kinds.append("read" if reads else "write")
+            if path.endswith("/memories/search"):
                 found[body["query"]] = [h["memory"]["id"] for h in response.json()["hits"]]
         ended = time.time()
-    out.put((latencies, began, ended, found))
+    out.put((latencies, began, ended, found, kinds))
 
 
 def http_clients(
@@ -149,9 +160,10 @@ def http_clients(
     for proc in procs:
         proc.join()
     latencies = [ms for r in results for ms in r[0]]
+    kinds = [k for r in results for k in r[4]]
     seconds = max(r[2] for r in results) - min(r[1] for r in results)
     found = {q: ids for r in results for q, ids in r[3].items()}
-    return Run(name, latencies, seconds), found
+    return Run(name, latencies, seconds, kinds), found
 
 
 def recall(found: dict[str, list[str]], truth: dict[str, list[str]]) -> float:

@@ -5,38 +5,54 @@ against FIFO when one capsule floods the tier.
 
 1. Throughput and latency under 1, 4 and 16 concurrent clients (closed loop: each client sends
    its next request when the last one returns), through the whole tier (fair queue, router,
-   replica): the continuous-batching replica (16 slots) against the same replica taking one
-   request at a time. Goal: at least 3x the tokens/s at 16 clients.
+   replica): the continuous-batching replica (16 slots) against two baselines on the same
+   replica, one request at a time, and static batching (requests gathered into a batch of up
+   to 16 that runs until its longest request ends before the next batch starts, as
+   `generate()` over a padded batch does). Requests ask for 8 to 56 tokens (seeded, the same
+   sequence for every mode): with equal lengths static batching would lose nothing. Rounds of
+   the three modes take turns. Goal: at least 3x the tokens/s of one at a time at 16 clients.
 2. Noisy neighbour (open loop, Poisson arrivals): four quiet capsules, then the same four
    beside a noisy capsule sending 10x each one's rate, first with weighted fair queuing and
-   then with plain FIFO. Goal: the quiet capsules' p99 latency with fair queuing within 1.5x
-   of their p99 when the noisy capsule is absent.
+   then with plain FIFO. Latency runs from each request's *scheduled* arrival, so a load
+   generator that falls behind does not hide the wait (no coordinated omission). Goal: the
+   quiet capsules' p99 latency with fair queuing within 1.5x of their p99 when the noisy
+   capsule is absent.
 
 The model is the `small` tier's architecture with seeded dummy weights, and every request runs
 to its `max_tokens` (what vLLM's serving benchmarks do with `--load-format dummy` and
-`ignore_eos`), so that both sides decode exactly the same number of tokens.
+`ignore_eos`), so that every mode decodes exactly the same number of tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import queue
 import random
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
-from benchmarks._report import write_section
+from benchmarks._report import (
+    Goal,
+    bootstrap_ratio,
+    cpu_name,
+    goals_markdown,
+    machine_load,
+    p99,
+    write_results,
+    write_section,
+)
 from trifecta.cognitive.serving.codec import TokenCodec
 from trifecta.cognitive.serving.factory import build_engines, set_torch_threads
 from trifecta.cognitive.serving.fair_queue import FairQueue, FifoQueue
@@ -59,6 +75,9 @@ CLIENTS = (1, 4, 16)
 QUIET_CAPSULES = 4
 NOISY_FACTOR = 10
 QUIET_LOAD = 0.3  # the quiet capsules together use this share of the tier's capacity
+LENGTHS = (8, 56)  # tokens per request in the closed loop, uniform (mean 32)
+STATIC_WINDOW_S = 0.005  # static batching: how long a batch waits for more requests
+MODES = ("continuous batching", "static batching", "one at a time")
 console = Console()
 
 
@@ -84,10 +103,17 @@ def make_pool(
 
 
 class Timed(CollectingSink):
-    def __init__(self, capsule: str, samples: list[Sample], lock: threading.Lock):
+    def __init__(
+        self,
+        capsule: str,
+        samples: list[Sample],
+        lock: threading.Lock,
+        start: float | None = None,
+    ):
+        """`start`: when the request was due (open loop: its scheduled arrival); default now."""
         super().__init__()
         self.capsule, self.samples, self.lock = capsule, samples, lock
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() if start is None else start
 
     def tokens(self, generated: Sequence[GeneratedToken]) -> None:
         """Dropped, as a streaming client's are once sent: the load generator runs in the
@@ -106,21 +132,59 @@ def prompt(rng: random.Random) -> str:
     return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(10, 24)))
 
 
+class StaticBatcher:
+    """The static-batching baseline in front of the same pool: requests wait for a batch
+    (up to `size`, gathered for STATIC_WINDOW_S after the first), the batch is submitted at
+    once, and the next batch starts only when every request of this one has ended."""
+
+    def __init__(self, pool: TierPool, size: int):
+        self.pool, self.size = pool, size
+        self.waiting: queue.Queue[EngineRequest | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def submit(self, request: EngineRequest) -> None:
+        self.waiting.put(request)
+
+    def close(self) -> None:
+        self.waiting.put(None)
+        self.thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while (first := self.waiting.get()) is not None:
+            batch = [first]
+            deadline = time.perf_counter() + STATIC_WINDOW_S
+            while len(batch) < self.size:
+                try:
+                    more = self.waiting.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                if more is None:
+                    self.waiting.put(None)
+                    break
+                batch.append(more)
+            sinks = [request.sink for request in batch]
+            for request in batch:
+                self.pool.submit(request)
+            for sink in sinks:
+                assert isinstance(sink, CollectingSink)
+                sink.finished(timeout=600)
+
+
 def closed_loop(
-    pool: TierPool, clients: int, requests_each: int, max_tokens: int
+    submit: Callable[[EngineRequest], None], codec: TokenCodec, clients: int, requests_each: int
 ) -> tuple[float, list[Sample]]:
-    """`clients` threads, each sending `requests_each` requests one after the other."""
+    """`clients` threads, each sending `requests_each` requests one after the other, each
+    asking for a seeded number of tokens in LENGTHS."""
     samples: list[Sample] = []
     lock = threading.Lock()
-    params = SamplingParams(max_new_tokens=max_tokens, ignore_eos=True)
 
     def client(index: int) -> None:
         rng = random.Random(index)
         for _ in range(requests_each):
             sink = Timed(f"c{index}", samples, lock)
-            pool.submit(
-                EngineRequest(pool.codec.encode(prompt(rng)), params, sink, capsule=f"c{index}")
-            )
+            params = SamplingParams(max_new_tokens=rng.randint(*LENGTHS), ignore_eos=True)
+            submit(EngineRequest(codec.encode(prompt(rng)), params, sink, capsule=f"c{index}"))
             sink.wait(timeout=600)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -157,7 +221,7 @@ def open_loop(
         delay = start + at - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        sink = Timed(capsule, samples, lock)
+        sink = Timed(capsule, samples, lock, start=start + at)  # from its scheduled arrival
         try:
             pool.submit(EngineRequest(pool.codec.encode(text), params, sink, capsule=capsule))
         except QuotaExceeded:
@@ -177,7 +241,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test)")
-    parser.add_argument("--rounds", type=int, default=2, help="noisy-neighbour rounds to pool")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every mode and scenario")
     args = parser.parse_args()
     set_torch_threads(1)
     requests_each = 4 if args.quick else 12
@@ -188,23 +252,35 @@ def main() -> None:
     codec = TokenCodec(tokenizer)
     freeze_startup_heap()  # as `trifecta cognitive serve` does once it is loaded
 
-    rows = []
+    # rounds[clients][mode] -> (tokens/s, samples) per round; the modes take turns
+    closed: dict[int, dict[str, list[tuple[float, list[Sample]]]]] = {
+        c: {m: [] for m in MODES} for c in CLIENTS
+    }
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("closed-loop clients", total=2 * len(CLIENTS))
-        for clients in CLIENTS:
-            result = {}
-            for mode, batch in (("batching", MAX_BATCH), ("one at a time", 1)):
-                pool = make_pool(model, codec, max_batch=batch)
-                try:
-                    tps, samples = closed_loop(pool, clients, requests_each, max_tokens)
-                finally:
-                    pool.close()
-                latencies = [s.latency_s for s in samples]
-                result[mode] = (tps, percentile(latencies, 50), percentile(latencies, 99))
-                progress.advance(task)
-            rows.append((clients, result))
+        task = progress.add_task("closed-loop clients", total=rounds * len(MODES) * len(CLIENTS))
+        for _ in range(rounds):
+            for clients in CLIENTS:
+                for mode in MODES:
+                    batch = 1 if mode == "one at a time" else MAX_BATCH
+                    pool = make_pool(model, codec, max_batch=batch)
+                    static = StaticBatcher(pool, MAX_BATCH) if mode == "static batching" else None
+                    try:
+                        closed[clients][mode].append(
+                            closed_loop(
+                                static.submit if static else pool.submit,
+                                codec,
+                                clients,
+                                requests_each,
+                            )
+                        )
+                    finally:
+                        if static:
+                            static.close()
+                        pool.close()
+                    progress.advance(task)
 
-    capacity_tps = rows[-1][1]["batching"][0]  # tokens/s of the batching tier at 16 clients
+    # tokens/s of the batching tier at 16 clients
+    capacity_tps = statistics.median(t for t, _ in closed[CLIENTS[-1]]["continuous batching"])
     per_request = max_tokens
     quiet_rate = QUIET_LOAD * capacity_tps / per_request / QUIET_CAPSULES
     quiet = {f"quiet-{i}": quiet_rate for i in range(QUIET_CAPSULES)}
@@ -238,11 +314,11 @@ def main() -> None:
                     percentile([s.latency_s for s in samples if s.capsule.startswith("quiet")], 99)
                 )
                 progress.advance(task)
-    p99 = {}
+    p99s = {}
     for name, samples in pooled.items():
         quiet_latencies = [s.latency_s for s in samples if s.capsule.startswith("quiet")]
         noisy_tps = sum(s.tokens for s in samples if s.capsule == "noisy") / elapsed_s[name]
-        p99[name] = (
+        p99s[name] = (
             percentile(quiet_latencies, 99),
             statistics.median(quiet_latencies),
             len(quiet_latencies),
@@ -251,52 +327,76 @@ def main() -> None:
         )
     rounds_fair = [f / a for f, a in zip(round_p99["fair"], round_p99["alone"], strict=True)]
 
-    report(rows, p99, rounds_fair, quiet_rate, max_tokens, args.quick)
+    report(closed, pooled, p99s, rounds_fair, quiet_rate, max_tokens, args.quick)
+
+
+def _quiet(samples: list[Sample]) -> list[float]:
+    return [s.latency_s for s in samples if s.capsule.startswith("quiet")]
+
+
+def _closed_goals(
+    closed: dict[int, dict[str, list[tuple[float, list[Sample]]]]],
+) -> list[Goal]:
+    """Throughput ratios at 16 clients, over the rounds (mean tokens/s each side)."""
+    top = closed[CLIENTS[-1]]
+
+    def tps(mode: str) -> list[float]:
+        return [t for t, _ in top[mode]]
+
+    vs_one = bootstrap_ratio(tps("continuous batching"), tps("one at a time"), statistic=np.mean)
+    vs_static = bootstrap_ratio(
+        tps("continuous batching"), tps("static batching"), statistic=np.mean
+    )
+    return [
+        Goal(
+            claim=f"continuous batching / one at a time, tokens/s, {CLIENTS[-1]} clients",
+            figure=vs_one[0],
+            low=vs_one[1],
+            high=vs_one[2],
+            goal=3,
+            direction="at least",
+            unit="x",
+            note=f"{len(top['continuous batching'])} interleaved rounds",
+        ),
+        Goal(
+            claim=f"continuous batching / static batching, tokens/s, {CLIENTS[-1]} clients",
+            figure=vs_static[0],
+            low=vs_static[1],
+            high=vs_static[2],
+            goal=1,
+            direction="at least",
+            unit="x",
+            note="request lengths 8-56 tokens",
+        ),
+    ]
 
 
 def report(
-    rows: list[tuple[int, dict[str, tuple[float, float, float]]]],
-    p99: dict[str, tuple[float, float, int, float, int]],
+    closed: dict[int, dict[str, list[tuple[float, list[Sample]]]]],
+    pooled: dict[str, list[Sample]],
+    p99s: dict[str, tuple[float, float, int, float, int]],
     rounds_fair: list[float],
     quiet_rate: float,
     max_tokens: int,
     quick: bool,
 ) -> None:
-    table = Table(title="continuous batching vs one request at a time")
-    for column in (
-        "clients",
-        "batching tok/s",
-        "p50 s",
-        "p99 s",
-        "one-at-a-time tok/s",
-        "p50 s",
-        "p99 s",
-        "speed-up",
-    ):
-        table.add_column(column, justify="right")
     lines = [
-        "| clients | batching tok/s | p50 s | p99 s | one-at-a-time tok/s | p50 s | p99 s "
-        "| ratio |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| clients | mode | tokens/s (median of rounds) | p50 s | p99 s | tokens/s vs one at a time |",
+        "|---:|---|---:|---:|---:|---:|",
     ]
-    for clients, result in rows:
-        b, s = result["batching"], result["one at a time"]
-        cells = [
-            str(clients),
-            f"{b[0]:.0f}",
-            f"{b[1]:.3f}",
-            f"{b[2]:.3f}",
-            f"{s[0]:.0f}",
-            f"{s[1]:.3f}",
-            f"{s[2]:.3f}",
-            f"{b[0] / s[0]:.2f}x",
-        ]
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
-    console.print(table)
-    speedup = rows[-1][1]["batching"][0] / rows[-1][1]["one at a time"][0]
-    fair_ratio = p99["fair"][0] / p99["alone"][0]
-    fifo_ratio = p99["fifo"][0] / p99["alone"][0]
+    for clients in CLIENTS:
+        base = statistics.median(t for t, _ in closed[clients]["one at a time"])
+        for mode in MODES:
+            runs = closed[clients][mode]
+            rate = statistics.median(t for t, _ in runs)
+            latencies = [s.latency_s for _, samples in runs for s in samples]
+            lines.append(
+                f"| {clients} | {mode} | {rate:.0f} | {percentile(latencies, 50):.3f} "
+                f"| {percentile(latencies, 99):.3f} | {rate / base:.2f}x |"
+            )
+    console.print("\n".join(lines))
+    fair = bootstrap_ratio(_quiet(pooled["fair"]), _quiet(pooled["alone"]), statistic=p99)
+    fifo_ratio = p99s["fifo"][0] / p99s["alone"][0]
     noisy_lines = [
         "| scheduling | quiet p99 s | quiet p50 s | quiet requests | quiet p99 vs alone | "
         "noisy tok/s | noisy 429s |",
@@ -308,59 +408,73 @@ def report(
         ("order", "noisy 10x: fair queuing order only"),
         ("fifo", "noisy 10x: plain FIFO"),
     ):
-        p, m, n, noisy_tps, refused = p99[name]
+        p, m, n, noisy_tps, refused = p99s[name]
         noisy_lines.append(
-            f"| {label} | {p:.3f} | {m:.3f} | {n} | {p / p99['alone'][0]:.2f}x | "
+            f"| {label} | {p:.3f} | {m:.3f} | {n} | {p / p99s['alone'][0]:.2f}x | "
             f"{noisy_tps:.0f} | {refused} |"
         )
     console.print("\n".join(noisy_lines))
-    verdict_batch = "met" if speedup >= 3 else "NOT met"
-    verdict_fair = "met" if fair_ratio <= 1.5 else "NOT met"
-    console.print(
-        f"16 clients: {speedup:.2f}x tokens/s (goal 3x: {verdict_batch}); quiet p99 with fair "
-        f"queuing {fair_ratio:.2f}x alone (goal 1.5x: {verdict_fair}), FIFO {fifo_ratio:.2f}x"
-    )
+    goal_list = [
+        *_closed_goals(closed),
+        Goal(
+            claim="quiet capsules' p99 with fair queuing / without the noisy capsule",
+            figure=fair[0],
+            low=fair[1],
+            high=fair[2],
+            goal=1.5,
+            direction="at most",
+            unit="x",
+            note="latency from scheduled arrival; bootstrap over requests",
+        ),
+    ]
+    for g in goal_list:
+        console.print(f"{g.claim}: {g.figure:.2f}{g.unit} {g.interval()} -> {g.verdict()}")
     if quick:
         return
+    command = ".venv/bin/python benchmarks/serving.py"
+    rounds = len(rounds_fair)
     write_section(
         "serving",
         "\n".join(
             [
                 "## Serving: continuous batching and fair queuing (`benchmarks/serving.py`)",
                 "",
-                "Command: `.venv/bin/python benchmarks/serving.py`. Model: the `small` tier's "
-                f"architecture (dummy weights; every request runs to {max_tokens} tokens), one replica "
-                f"of {MAX_BATCH} slots, torch on one intra-op thread. The ratios carry the claims; "
-                "absolute figures move with other load on the machine.",
+                f"Command: `{command}`. CPU: {cpu_name()}; the machine was shared with other "
+                f"engineers' training jobs ({machine_load()} at the end), which moves absolute "
+                "figures; the interleaved ratios carry the claims. Model: the `small` tier's "
+                f"architecture (dummy weights), one replica of {MAX_BATCH} slots, torch on one "
+                "intra-op thread.",
                 "",
-                "Closed loop: each client sends its next request when the last one returns. Baseline: "
-                "the same replica taking one request at a time.",
+                "Closed loop: each client sends its next request when the last one returns; "
+                f"each request asks for {LENGTHS[0]}-{LENGTHS[1]} tokens (seeded, the same for "
+                "every mode) and decodes them all. Baselines on the same replica: one request "
+                f"at a time, and static batching (a batch of up to {MAX_BATCH} gathered for "
+                f"{STATIC_WINDOW_S * 1e3:g} ms runs until its longest request ends; only then "
+                f"does the next start). {rounds} rounds, the modes taking turns.",
                 "",
                 *lines,
                 "",
-                f"At 16 clients: **{speedup:.2f}x** the tokens/s of one request at a time (goal: 3x, "
-                f"{verdict_batch}).",
-                "",
-                f"Noisy neighbour (open loop, Poisson arrivals): {QUIET_CAPSULES} quiet capsules at "
-                f"{quiet_rate:.2f} requests/s each ({QUIET_LOAD:.0%} of the tier's measured capacity "
-                f"together), then beside a noisy capsule at {NOISY_FACTOR}x that rate (the tier "
-                "overloaded). Baseline: plain FIFO in the same run. Latency: arrival to last token "
-                "(the load generator counts each request's tokens and drops them, as a streaming "
-                "client's are once sent).",
+                f"Noisy neighbour (open loop, Poisson arrivals): {QUIET_CAPSULES} quiet capsules "
+                f"at {quiet_rate:.2f} requests/s each ({QUIET_LOAD:.0%} of the tier's measured "
+                f"capacity together, {max_tokens} tokens each), then beside a noisy capsule at "
+                f"{NOISY_FACTOR}x that rate (the tier overloaded). Baseline: plain FIFO in the "
+                "same run. Latency: from each request's scheduled arrival to its last token, so "
+                "time the load generator spent behind schedule counts (no coordinated omission).",
                 "",
                 *noisy_lines,
                 "",
-                f"Quiet capsules' p99 with fair queuing: **{fair_ratio:.2f}x** their p99 without the "
-                f"noisy capsule (goal: at most 1.5x, {verdict_fair}); with FIFO: {fifo_ratio:.2f}x. "
-                f"Medians: {p99['fair'][1] / p99['alone'][1]:.2f}x with fair queuing, "
-                f"{p99['fifo'][1] / p99['alone'][1]:.2f}x with FIFO. Each scenario ran "
-                f"{len(rounds_fair)} times, taking turns, and its samples are pooled; the fair/alone "
-                f"p99 ratio of each round: {', '.join(f'{r:.2f}x' for r in rounds_fair)}. The "
-                "process freezes its start-up heap (`gc.freeze()`, as the serve commands do): "
-                "before that, full garbage collections of 250-400 ms set the p99 of every run.",
+                f"With FIFO the quiet p99 is {fifo_ratio:.2f}x its p99 alone. Each scenario ran "
+                f"{rounds} times, taking turns, samples pooled; the fair/alone p99 ratio of each "
+                f"round: {', '.join(f'{r:.2f}x' for r in rounds_fair)}. The process freezes its "
+                "start-up heap (`gc.freeze()`, as the serve commands do).",
+                "",
+                *goals_markdown(goal_list),
+                "",
+                "[95% bootstrap interval]: over rounds for throughput, over requests for p99.",
             ]
         ),
     )
+    write_results("serving", command, goal_list)
 
 
 if __name__ == "__main__":
