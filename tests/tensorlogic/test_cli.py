@@ -104,3 +104,42 @@ def test_compile_for_both_targets(tmp_path: Path, capsys: pytest.CaptureFixture[
         )
         assert code == 0, out
         assert out_file.stat().st_size > 1000 and "eq2_Cousin" in out
+
+
+@pytest.mark.slow
+def test_learn_over_partitions_is_federated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    program = tmp_path / "p.tl"
+    text = (EXAMPLES / "perceptron.tl").read_text()
+    program.write_text(
+        "\n".join(line for line in text.splitlines() if not line.startswith("example"))
+        + '\nexamples Y from "y.csv"\n'
+    )
+    for site, rows in (("a", "c1,0,1\nc1,1,0\nc2,0,0\nc2,1,1\n"), ("b", "c3,0,1\nc3,1,1\n")):
+        (tmp_path / site).mkdir()
+        (tmp_path / site / "y.csv").write_text(rows)
+    code, out, err = run_cli(
+        [
+            "tl",
+            "learn",
+            str(program),
+            "--partition",
+            str(tmp_path / "a"),
+            "--partition",
+            str(tmp_path / "b"),
+            "--steps",
+            "20",
+            "--local-steps",
+            "2",
+            "--lr",
+            "1.0",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "learning (federated over 2 sites)" in out
+    code, _, err = run_cli(
+        ["tl", "learn", str(program), "--partition", str(tmp_path / "nope")], capsys
+    )
+    assert code == 2 and "partition: no such directory" in err

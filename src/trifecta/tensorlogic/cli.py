@@ -188,7 +188,8 @@ def learn_command(
                 ),
             )
             params, losses, how = result.params, result.losses, "central"
-    table = Table(title=f"learning ({how})", title_justify="left")
+    console.print(f"learning ({how})")
+    table = Table()
     table.add_column("loss before", justify="right")
     table.add_column("loss after", justify="right")
     table.add_row(f"{losses[0]:.5f}", f"{losses[-1]:.5f}")
