@@ -31,6 +31,7 @@ FromZero[y] = step(Odd[0, y])
 Loop[x] = step(Odd[x, x])
 Tri[x, y, z] = step(Edge[x, y] Edge[y, z] Edge[z, x])
 Guarded[x] = step(Src[x] Edge[0, 0])
+Any[x] = step(Src[x] Edge[a, b])
 """
 ASP = {
     "tc": "path(X,Z) :- edge(X,Z). path(X,Z) :- path(X,Y), edge(Y,Z).",
@@ -39,7 +40,7 @@ ASP = {
         "odd(X,Y) :- edge(X,Y). odd(X,Y) :- even(X,Z), edge(Z,Y). even(X,Y) :- odd(X,Z), edge(Z,Y)."
         "reach(Y) :- src(X), odd(X,Y). reach(Y) :- src(X), even(X,Y). fromzero(Y) :- odd(0,Y)."
         "loop(X) :- odd(X,X). tri(X,Y,Z) :- edge(X,Y), edge(Y,Z), edge(Z,X)."
-        "guarded(X) :- src(X), edge(0,0)."
+        "guarded(X) :- src(X), edge(0,0). any(X) :- src(X), edge(A,B)."
     ),
 }
 
@@ -65,7 +66,9 @@ def graph_program(
     decls = (
         f"domain Node {n}\n"
         + "".join(f"tensor {t}[Node, Node]\n" for t in ("Edge", "Path", "SG", "Odd", "Even"))
-        + "".join(f"tensor {t}[Node]\n" for t in ("Src", "Reach", "FromZero", "Loop", "Guarded"))
+        + "".join(
+            f"tensor {t}[Node]\n" for t in ("Src", "Reach", "FromZero", "Loop", "Guarded", "Any")
+        )
         + "tensor Tri[Node, Node, Node]\n"
     )
     program = compile_program(decls + rules)
@@ -125,6 +128,7 @@ def test_multi_rule_program_equals_clingo(
         ("Loop", "loop"),
         ("Tri", "tri"),
         ("Guarded", "guarded"),
+        ("Any", "any"),
     ]:
         got = set(map(tuple, np.argwhere(result.dense(tensor) > 0).tolist()))
         assert got == expected.get(predicate, set()), tensor

@@ -254,10 +254,10 @@ def _project(value: BoolValue, labels: tuple[str, ...], drop: set[str]) -> Opera
     axes = tuple(i for i, v in enumerate(labels) if v in drop)
     if isinstance(value, sp.sparray | BitMatrix):
         csr = value.to_csr() if isinstance(value, BitMatrix) else value
+        if len(axes) == 2:  # both indices summed out: is the relation non-empty
+            return np.asarray(csr.nnz > 0), ()
         counts = np.diff(csr.indptr) if axes == (1,) else _col_counts(csr)
         kept = np.asarray(counts > 0)
-        if len(axes) == 2:
-            return np.asarray(kept).reshape(()), ()
         return kept.astype(np.bool_), tuple(v for v in labels if v not in drop)
     return np.asarray(value.any(axis=axes)), tuple(v for v in labels if v not in drop)
 
