@@ -128,11 +128,11 @@ def _pids(namespace: str) -> list[int]:
 
 def _end_processes(namespace: str) -> None:
     """End the processes in a namespace this test made (Ray's, started by the test)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
         for pid in _pids(namespace):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + grace
         while _pids(namespace) and time.monotonic() < deadline:
             time.sleep(0.2)
 
