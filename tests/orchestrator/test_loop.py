@@ -187,3 +187,21 @@ def test_rule_queries_are_symbolic_at_the_edge_and_neural_in_the_cloud(stack: St
     assert hop.model == "plant/embedding" and "confidence" in hop.detail
     edge_refusal = [h for h in soft.hops if not h.ok and h.layer == "tensorlogic"]
     assert edge_refusal and all("not settled" in h.detail for h in edge_refusal)
+
+
+def test_a_shard_entry_without_a_place_is_never_re_homed(stack: Stack) -> None:
+    from trifecta.core.errors import Infeasible
+
+    shards = stack.shards
+    home = stack.add_capsule(Capsule(id="np-a", name="a", kind="digital_twin", domain="np-a"))
+    url = shards.shard_url["inference"]
+    shards.shard_map.assign(home.domain, url, None)  # as a move without --place left it
+    assert stack.place_domain(home.domain) == "inference"  # derived from its database
+    entry = shards.shard_map.get(home.domain)
+    assert entry is not None and entry[0] == url and entry[1] is not None
+    stray = stack.add_capsule(Capsule(id="np-b", name="b", kind="digital_twin", domain="np-b"))
+    shards.shard_map.assign(stray.domain, "sqlite:////somewhere/else.db", None)
+    with pytest.raises(Infeasible, match="no known environment"):
+        stack.place_domain(stray.domain)
+    entry = shards.shard_map.get(stray.domain)
+    assert entry is not None and entry[0] == "sqlite:////somewhere/else.db"  # left alone

@@ -125,6 +125,21 @@ class ShardPlacement:
         self._placed[domain] = (env, time.monotonic() + PLACEMENT_TTL_S)
         return env
 
+    def _derive_place(self, domain: str, url: str) -> tuple[str, ShardPlace]:
+        """A shard entry without a place is never re-homed: its place is the environment whose
+        shard database it is, or the domain is refused until an operator names one."""
+        owner = next((name for name, known in self.shard_url.items() if known == url), None)
+        if owner is None:
+            raise Infeasible(
+                f"domain {domain!r} has its context shard at a database of no known environment; "
+                "name its place with `trifecta context shard move --place`",
+                field="domain",
+            )
+        env = self.bridge.topology.environment(owner)
+        place = ShardPlace(name=env.name, kind=env.kind, jurisdiction=env.jurisdiction)
+        self.shard_map.assign(domain, url, place)
+        return url, place
+
     def forget(self, domain: str) -> None:
         self._placed.pop(domain, None)
 
@@ -132,7 +147,9 @@ class ShardPlacement:
         members = self.capsules.members(domain)
         placed = self.shard_map.get(domain)
         topology = self.bridge.topology
-        if placed is None or placed[1] is None:
+        if placed is not None and placed[1] is None:
+            placed = self._derive_place(domain, placed[0])
+        if placed is None:
             hosts = [e.name for e in self.bridge.environments_hosting("context")]
             for name in [*preferred, *hosts]:
                 env = topology.environment(name)
@@ -144,16 +161,17 @@ class ShardPlacement:
                 f"no environment hosting context admits every capsule of domain {domain!r}",
                 field="domain",
             )
-        place = placed[1]
-        home = next((e for e in topology.environments if e.name == place.name), None)
+        shard_place = placed[1]
+        assert shard_place is not None
+        home = next((e for e in topology.environments if e.name == shard_place.name), None)
         for capsule in members:
             if home is None or not home.admits(capsule):
                 raise Infeasible(
-                    f"domain {domain!r} has its context shard in {place.name!r}, which does not "
+                    f"domain {domain!r} has its context shard in {shard_place.name!r}, which does not "
                     f"admit capsule {capsule.id!r}; move it with `trifecta context shard move`",
                     field="domain",
                 )
-        return place.name
+        return shard_place.name
 
 
 @dataclass
