@@ -167,8 +167,9 @@ class ShardPlacement:
         for capsule in members:
             if home is None or not home.admits(capsule):
                 raise Infeasible(
-                    f"domain {domain!r} has its context shard in {shard_place.name!r}, which does not "
-                    f"admit capsule {capsule.id!r}; move it with `trifecta context shard move`",
+                    f"domain {domain!r} has its context shard in {shard_place.name!r}, which "
+                    f"does not admit capsule {capsule.id!r}; move it with "
+                    "`trifecta context shard move`",
                     field="domain",
                 )
         return shard_place.name
