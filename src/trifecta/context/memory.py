@@ -64,8 +64,8 @@ def structured_draft(trajectory: Trajectory) -> MemoryDraft:
     lines.append(f"Path: {trajectory.path}")
     if trajectory.mean_entropy is not None:
         lines.append(f"Mean entropy: {trajectory.mean_entropy:.3f}")
-    if trajectory.bullet_ids:
-        lines.append("Bullets used: " + ", ".join(trajectory.bullet_ids))
+    # The bullets used are not listed: their ids mean nothing to a reader or to similarity
+    # (they made half the embedded text), and the TAG ops record them against the trajectory.
     return MemoryDraft(
         title=f"{kind} {'solved' if succeeded else 'failed'} via {trajectory.path}"[:200],
         description=(
