@@ -15,7 +15,7 @@ from trifecta.generative.model import DiffusionLM
 def converted() -> DiffusionLM:
     """The small AR tier converted and upcycled, before any diffusion training."""
     torch.set_num_threads(1)
-    return convert_llama(ar_checkpoint_dir("small")).eval()
+    return convert_llama(ar_checkpoint_dir()).eval()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from trifecta.generative.model import Routing
 def _dense_ffn(layer: str, x: torch.Tensor) -> torch.Tensor:
     from safetensors.torch import load_file
 
-    w = load_file(str(ar_checkpoint_dir("small") / "model.safetensors"))
+    w = load_file(str(ar_checkpoint_dir() / "model.safetensors"))
     gate, up, down = (
         w[f"model.layers.{layer}.mlp.{p}_proj.weight"].float() for p in ("gate", "up", "down")
     )
@@ -26,7 +26,7 @@ def _dense_ffn(layer: str, x: torch.Tensor) -> torch.Tensor:
 def test_causal_conversion_equals_the_llama_checkpoint() -> None:
     from transformers import LlamaForCausalLM
 
-    folder = ar_checkpoint_dir("small")
+    folder = ar_checkpoint_dir()
     reference = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     model = convert_llama(folder, noise=0.0).eval()
     model.causal = True  # only the mask differs from the diffusion model
@@ -41,7 +41,7 @@ def test_causal_conversion_equals_the_llama_checkpoint() -> None:
 def test_every_expert_is_the_dense_ffn_at_step_zero(converted) -> None:
     from safetensors.torch import load_file
 
-    w = load_file(str(ar_checkpoint_dir("small") / "model.safetensors"))
+    w = load_file(str(ar_checkpoint_dir() / "model.safetensors"))
     for i, block in enumerate(converted.layers):
         for proj in ("gate_proj", "up_proj", "down_proj"):
             dense = w[f"model.layers.{i}.mlp.{proj}.weight"].float()
@@ -53,7 +53,7 @@ def test_every_expert_is_the_dense_ffn_at_step_zero(converted) -> None:
 
 
 def test_without_noise_the_moe_block_computes_the_dense_ffn_whatever_it_routes() -> None:
-    model = convert_llama(ar_checkpoint_dir("small"), noise=0.0).eval()
+    model = convert_llama(ar_checkpoint_dir(), noise=0.0).eval()
     x = torch.randn(2, 7, model.config.d_model, generator=torch.Generator().manual_seed(1))
     counted = torch.ones(2, 7, dtype=torch.bool)
     for i, block in enumerate(model.layers):
@@ -69,5 +69,5 @@ def test_without_noise_the_moe_block_computes_the_dense_ffn_whatever_it_routes()
 
 def test_a_top_k_above_the_experts_is_refused() -> None:
     with pytest.raises(InvalidInput) as err:
-        convert_llama(ar_checkpoint_dir("small"), n_experts=8, top_k=9)
+        convert_llama(ar_checkpoint_dir(), n_experts=8, top_k=9)
     assert err.value.field == "top_k"

@@ -10,9 +10,13 @@ from trifecta.core.errors import InvalidInput, NotFound
 MODEL_FILE = "diffusion-moe.safetensors"
 RECIPE_FILE = "diffusion-moe.recipe.json"  # `trifecta generative train --recipe` reproduces it
 REPORT_FILE = "diffusion-moe.report.json"
-# The cognitive layer's shipped autoregressive tiers (plain Hugging Face Llama folders); read
-# as files, so this layer does not import the cognitive package.
+# The cognitive layer's shipped autoregressive tiers (Hugging Face folders); read as files, so
+# this layer does not import the cognitive package.
 AR_TIERS = ("small", "medium", "large")
+# A copy of the small tier's Llama checkpoint as the shipped model was converted from it, so
+# the recipe reproduces the weights whatever the cognitive layer ships next.
+VENDORED_SOURCE = "ar-source"
+SOURCES = (VENDORED_SOURCE, *AR_TIERS)
 
 
 def asset_dir() -> Path:
@@ -29,7 +33,10 @@ def shipped_model_path() -> Path:
     return path
 
 
-def ar_checkpoint_dir(tier: str) -> Path:
-    if tier not in AR_TIERS:
-        raise InvalidInput(f"unknown tier {tier!r}", field="source_tier", allowed=AR_TIERS)
-    return Path(str(resources.files("trifecta") / "assets" / "cognitive" / tier))
+def ar_checkpoint_dir(source: str = VENDORED_SOURCE) -> Path:
+    """The AR checkpoint folder to convert: the vendored copy, or a live cognitive tier."""
+    if source == VENDORED_SOURCE:
+        return asset_dir() / VENDORED_SOURCE
+    if source not in AR_TIERS:
+        raise InvalidInput(f"unknown source {source!r}", field="source", allowed=SOURCES)
+    return Path(str(resources.files("trifecta") / "assets" / "cognitive" / source))

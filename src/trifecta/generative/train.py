@@ -1,6 +1,7 @@
 """The recipe of the shipped generative model (`trifecta generative train`).
 
-1. Convert a shipped autoregressive tier (`convert.py`): bidirectional attention, each FFN
+1. Convert an autoregressive Llama checkpoint (`convert.py`; by default the vendored copy of
+   the small cognitive tier, `assets/generative/ar-source`): bidirectional attention, each FFN
    upcycled into `n_experts` experts.
 2. Continue training on the masked-diffusion objective (LLaDA, Nie et al. 2025, eq. 3): per
    row draw t ~ U(eps, 1), replace each response position by `<mask>` with probability t, and
@@ -41,12 +42,15 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = 0
-    source_tier: str = Field(default="small", description="the cognitive tier converted")
+    source: str = Field(
+        default="ar-source",
+        description="AR checkpoint converted: ar-source (the vendored small tier) or a tier",
+    )
     n_experts: int = Field(default=8, ge=2)
     top_k: int = Field(default=2, ge=1)
     upcycle_noise: float = Field(default=0.01, ge=0, description="relative std per expert copy")
     canon_width: int = Field(default=4, ge=0, description="Canon layer look-back (0: none)")
-    steps: int = Field(default=6000, gt=0)
+    steps: int = Field(default=5000, gt=0)  # the defaults are the shipped recipe
     batch_size: int = Field(default=64, gt=0)
     learning_rate: float = Field(default=2e-3, gt=0)
     min_learning_rate: float = Field(default=1e-4, ge=0)
@@ -130,7 +134,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     generator = torch.Generator().manual_seed(config.seed)
     tokenizer = CharTokenizer()
     model = convert_llama(
-        ar_checkpoint_dir(config.source_tier),
+        ar_checkpoint_dir(config.source),
         n_experts=config.n_experts,
         top_k=config.top_k,
         noise=config.upcycle_noise,
