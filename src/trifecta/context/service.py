@@ -78,10 +78,10 @@ def create_app(
         settings=settings,
         cache=cache,
     )
-    if auth is None:
+    if auth is None:  # the keys of the capsules the service checks tenancy against
         from trifecta.fleet.keys import KeyStore
 
-        auth = KeyStore()
+        auth = KeyStore(service.registry.engine)
     admin = ShardAdmin(service)
     caller = Depends(authenticated(auth))
     admin_key = [Depends(admin_only(auth))]
