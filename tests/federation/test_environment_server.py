@@ -86,7 +86,7 @@ def test_the_agent_card_names_the_site(edge_site: tuple[str, Topology]) -> None:
     url, _ = edge_site
     card = httpx.get(url + "/.well-known/agent-card.json", timeout=10).json()
     assert card["name"] == "trifecta-edge-eu"
-    assert [s["id"] for s in card["skills"]] == ["edge"]
+    assert [s["id"] for s in card["skills"]] == ["edge", "tensorlogic"]
 
 
 def test_an_unreachable_environment_is_unavailable() -> None:

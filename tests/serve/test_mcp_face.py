@@ -191,5 +191,5 @@ def test_fleet_status_shows_an_environment_taken_down(served: tuple[str, Stack, 
         stack.bridge.set_fault("edge-us", down=False, latency_ms=0)
     assert down["up"] is False and down["fault"] == "down, +20 ms" and down["services"] == []
     up = anyio.run(status)["edge-us"]
-    assert up["up"] is True and up["fault"] == "none" and up["services"] == ["edge"]
+    assert up["up"] is True and up["fault"] == "none" and up["services"] == ["edge", "tensorlogic"]
     assert up["edge_nodes"] >= 1
