@@ -172,7 +172,13 @@ def up(
             if on_started is not None:
                 on_started(running.name)
     except BaseException:
-        down(settings)
+        # Stop what this call started, and forget the state only if it is still ours: another
+        # `up` (or `down`) may have replaced it meanwhile.
+        for _, process in started:
+            _signal(process.pid, signal.SIGKILL)
+        path = state_file(settings)
+        if path.is_file() and load_federation(settings).credential == credential:
+            path.unlink(missing_ok=True)
         raise
     return federation
 
@@ -211,7 +217,10 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:  # a zombie (killed, not yet reaped by whoever adopted it) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def kill_environment(settings: Settings, name: str) -> None:
@@ -228,6 +237,7 @@ class EnvironmentStatus(BaseModel):
     name: str
     url: str
     up: bool
+    starting: bool = Field(default=False, description="its process lives but does not answer yet")
     health: EnvironmentHealth | None = None
     peers_up: list[str] = Field(default_factory=list, description="peers whose card answers")
     why: str = ""
@@ -253,7 +263,13 @@ def status(federation: Federation, topology: Topology) -> list[EnvironmentStatus
                 )
             except Unavailable as exc:
                 rows.append(
-                    EnvironmentStatus(name=env.name, url=env.url, up=False, why=exc.one_line())
+                    EnvironmentStatus(
+                        name=env.name,
+                        url=env.url,
+                        up=False,
+                        starting=_alive(env.pid),
+                        why=exc.one_line(),
+                    )
                 )
     finally:
         bridge.close()

@@ -102,7 +102,9 @@ def status_command() -> None:
     down = 0
     for row in status(federation, topo):
         h = row.health
-        if h is None:
+        if h is None and row.starting:
+            table.add_row(row.name, "[yellow]starting[/yellow]", "", "", "", "", "")
+        elif h is None:
             down += 1
             table.add_row(row.name, f"[red]down[/red] {row.why}", "", "", "", "", "")
         else:
