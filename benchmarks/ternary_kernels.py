@@ -358,6 +358,11 @@ def report(cases: list[Case], kernels: list[str], goal_list: list[Goal], command
         "therefore out of reach by construction wherever BLAS runs at memory speed; the "
         "kernel's distance from the floor says how close to that limit it runs.",
         "",
+        "Two-thread rows need two idle cores: where other processes hold the cores, each "
+        "parallel region waits for its second thread to be scheduled, and those rows (and "
+        "their goals) measure that wait, not the kernels; the one-thread rows, timed in "
+        f"thread CPU time, do not carry it ({machine_load()} when this run ended).",
+        "",
         "Bits per weight: every kernel reads 2-bit codes (`vnni16` layout for `vnni` and `avx2`, "
         "`rows32` for `portable`); float32 baseline 32.",
     ]
