@@ -55,7 +55,7 @@ class Mode:
     name: str
     parallel: bool
     cache: bool
-    masked: bool = False
+    active: torch.Tensor | None = None  # an expert mask (n_layers, E), None: every expert
     batch: int = 50
     speeds: list[float] = field(default_factory=list)
     correct: np.ndarray | None = None  # (tasks,) bool, the last run's verdicts
@@ -87,13 +87,13 @@ def learn_capsule_mask(decoder: Decoder, traffic: int) -> tuple[ExpertMask, torc
     return learn_mask(routing.load, 0.9, decoder.model.config.top_k), routing.load
 
 
-def run_mode(decoder: Decoder, mode: Mode, tasks: list[Task], active: torch.Tensor) -> None:
+def run_mode(decoder: Decoder, mode: Mode, tasks: list[Task]) -> None:
     from trifecta.generative.decoding import DecodeConfig, tokens_generated
     from trifecta.generative.model import Routing
     from trifecta.generative.sequences import answer_of
 
     config = DecodeConfig(threshold=0.9 if mode.parallel else None, cache=mode.cache)
-    routing = Routing(active=active if mode.masked else None)
+    routing = Routing(active=mode.active)
     verdicts, tokens, passes, seconds = [], 0, 0, 0.0
     for i in range(0, len(tasks), mode.batch):
         chunk = tasks[i : i + mode.batch]
@@ -111,6 +111,32 @@ def run_mode(decoder: Decoder, mode: Mode, tasks: list[Task], active: torch.Tens
     mode.touched_per_pass = routing.calls / max(1, passes) / n_layers
 
 
+def ar_source_accuracy(per_grade: int) -> list[float]:
+    """Greedy answers of the vendored AR checkpoint the model was converted from."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from trifecta.core.tasks import normalize_answer
+    from trifecta.core.tokenizer import CharTokenizer
+    from trifecta.generative.assets import ar_checkpoint_dir
+    from trifecta.generative.evaluate import heldout_tasks
+
+    model = LlamaForCausalLM.from_pretrained(str(ar_checkpoint_dir()), dtype=torch.float32).eval()
+    tokenizer, accuracies = CharTokenizer(), []
+    for tasks in heldout_tasks(per_grade).values():
+        correct = 0
+        for task in tasks:
+            ids = torch.tensor([tokenizer.encode(task.prompt, bos=True)])
+            with torch.no_grad():
+                out = model.generate(
+                    ids, max_new_tokens=6, do_sample=False, eos_token_id=2, pad_token_id=0
+                )
+            text = tokenizer.decode(out[0, ids.shape[1] :].tolist())
+            correct += normalize_answer(text) == task.answer
+        accuracies.append(correct / len(tasks))
+    return accuracies
+
+
 def beside_tiers(decoder: Decoder, per_grade: int) -> list[str]:
     """Accuracy per grade of the served decoding and, on the same held-out tasks, of the
     cognitive tiers (their own greedy decoding)."""
@@ -119,9 +145,10 @@ def beside_tiers(decoder: Decoder, per_grade: int) -> list[str]:
     from trifecta.generative.evaluate import evaluate, heldout_tasks
 
     rows = {
+        "AR source (the small tier as converted, vendored)": ar_source_accuracy(per_grade),
         "generative (MoE diffusion, served decoding)": [
             g.accuracy for g in evaluate(decoder, heldout_tasks(per_grade), DecodeConfig()).grades
-        ]
+        ],
     }
     try:
         from trifecta.cognitive.backends.shipped import shipped_tier
@@ -156,6 +183,7 @@ def main() -> None:
     from trifecta.generative.assets import shipped_model_path
     from trifecta.generative.decoding import Decoder
     from trifecta.generative.evaluate import heldout_tasks
+    from trifecta.generative.selection import configured_mask
 
     torch.set_num_threads(1)
     model = load_model(args.model or shipped_model_path())
@@ -169,19 +197,25 @@ def main() -> None:
         Mode("one token per step, no cache (LLaDA)", parallel=False, cache=False),
         Mode("parallel, no cache", parallel=True, cache=False),
         Mode("parallel + dual cache (served)", parallel=True, cache=True),
-        Mode("parallel + dual cache, capsule mask", parallel=True, cache=True, masked=True),
+        Mode("parallel + dual cache, capsule mask", parallel=True, cache=True, active=active),
+        Mode(
+            "parallel + dual cache, configured mask (experts 0-3)",
+            parallel=True,
+            cache=True,
+            active=configured_mask([0, 1, 2, 3], model.config.n_layers).active(8),
+        ),
         Mode("parallel + dual cache, batch 1", parallel=True, cache=True, batch=1),
     ]
     subset = tasks[:: max(1, len(tasks) // 60)]  # batch 1 is slow: a spread of 60 tasks
     for rep in range(args.reps):
         for mode in modes if rep % 2 == 0 else reversed(modes):
-            run_mode(decoder, mode, subset if mode.batch == 1 else tasks, active)
+            run_mode(decoder, mode, subset if mode.batch == 1 else tasks)
         print(
             f"round {rep + 1}/{args.reps}: "
             + ", ".join(f"{np.median(m.speeds):,.0f}" for m in modes)
         )
 
-    base, nocache, served, masked, _ = modes
+    base, nocache, served, masked, half, _ = modes
     lines = [
         "## Generative model decoding (`benchmarks/moe_decode.py`)",
         "",
@@ -238,10 +272,18 @@ def main() -> None:
         f"mask minus every expert {d_masked[0]:+.1%} [{d_masked[1]:+.1%}, {d_masked[2]:+.1%}].",
         "",
     ]
+    assert half.correct is not None
+    d_half = paired_difference(half.correct, served.correct)
     lines += [
+        f"A configured mask of experts 0-3 in both layers reads {half.touched_per_pass:.2f} "
+        f"experts per layer per pass ({half.touched_per_pass / served.touched_per_pass:.2f}x) "
+        f"at {d_half[0]:+.1%} [{d_half[1]:+.1%}, {d_half[2]:+.1%}] accuracy against every "
+        "expert.",
+        "",
         f"Held-out accuracy per grade ({args.per_grade} tasks per grade, the same tasks for "
-        "every model: `HELDOUT_SEED`, the edge evaluation's), the generative model beside the "
-        "cognitive tiers it was converted from (the small one) and above:",
+        "every model: `HELDOUT_SEED`, the edge evaluation's): the generative model beside the AR "
+        "checkpoint it was converted from and the cognitive tiers the working tree ships at the "
+        "time of the run (greedy decoding):",
         "",
         *beside_tiers(decoder, args.per_grade),
         "",
