@@ -121,7 +121,11 @@ def free_port() -> int:
 
 
 def client_main(
-    url: str, requests: list[tuple[str, dict[str, Any]]], barrier: Any, out: Any
+    url: str,
+    requests: list[tuple[str, dict[str, Any]]],
+    barrier: Any,
+    out: Any,
+    token: str | None = None,
 ) -> None:
     """One client in its own process (as real clients are): after the barrier, send the
     requests one after another and report each latency and its kind (a search or retrieve
@@ -129,7 +133,8 @@ def client_main(
     latencies: list[float] = []
     kinds: list[str] = []
     found: dict[str, list[str]] = {}
-    with httpx.Client(base_url=url, timeout=300) as http:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=url, timeout=300, headers=headers) as http:
         http.get("/health").raise_for_status()  # connected before the clock starts
         barrier.wait()
         began = time.time()
@@ -147,12 +152,18 @@ def client_main(
 
 
 def http_clients(
-    name: str, url: str, per_client: list[list[tuple[str, dict[str, Any]]]]
+    name: str,
+    url: str,
+    per_client: list[list[tuple[str, dict[str, Any]]]],
+    token: str | None = None,
 ) -> tuple[Run, dict[str, list[str]]]:
+    """Each client in its own process; `token`: the capsule's API key (every route of the
+    service authenticates)."""
     spawn = multiprocessing.get_context("spawn")
     barrier, out = spawn.Barrier(len(per_client)), spawn.Queue()
     procs = [
-        spawn.Process(target=client_main, args=(url, reqs, barrier, out)) for reqs in per_client
+        spawn.Process(target=client_main, args=(url, reqs, barrier, out, token))
+        for reqs in per_client
     ]
     for proc in procs:
         proc.start()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -33,10 +34,15 @@ SECTION = re.compile(r"<!-- section:([a-z0-9_]+) -->")
 
 
 def load_results() -> list[BenchmarkResult]:
-    return [
-        BenchmarkResult.model_validate_json(path.read_text())
-        for path in sorted(RESULTS_DIR.glob("*.json"))
-    ]
+    """Every results file in the goals format (`_report.write_results`); other JSON a
+    benchmark keeps beside them (raw runs, plots' data) is skipped."""
+    results = []
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        try:
+            results.append(BenchmarkResult.model_validate_json(path.read_text()))
+        except ValidationError:
+            continue
+    return results
 
 
 def _figure(goal: Goal) -> str:
@@ -63,15 +69,15 @@ def markdown(results: list[BenchmarkResult], missing: list[str]) -> str:
         "section above says how it measured; the load column is the machine's load average "
         "when that benchmark finished. Machine: " + "; ".join(machines) + ".",
         "",
-        "| benchmark | claim | figure | 95% interval | goal | met | load |",
-        "|---|---|---:|---|---|---|---|",
+        "| benchmark | claim | figure | 95% interval | goal | met | load | note |",
+        "|---|---|---:|---|---|---|---|---|",
     ]
     for r in results:
         for g in r.goals:
             lines.append(
                 f"| {r.name} | {g.claim} | {_figure(g)} | {_interval(g)} "
                 f"| {g.direction} {g.goal:g}{g.unit} | {'yes' if g.met else '**no**'} "
-                f"| {r.load.removeprefix('load average ')} |"
+                f"| {r.load.removeprefix('load average ')} | {g.note} |"
             )
     if missing:
         lines += [
