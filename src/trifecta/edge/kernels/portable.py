@@ -6,7 +6,9 @@ inner loop runs over the 32 rows of a group with the quad's four activations fix
 LLVM turns into 16-bit vector arithmetic on whatever SIMD width the machine has (32 lanes
 with AVX-512, 16 with AVX2, 8 with NEON). Products code * x fit 16 bits and 16 quads
 (64 products, |sum| <= 64 * 256) fit a 16-bit partial sum, which is then widened to int32.
-Indices are unsigned so numba emits no negative-index wrap-around in the inner loop.
+Indices are unsigned so numba emits no negative-index wrap-around in the inner loop. The
+weight stream is prefetched ahead (`llvm.prefetch`, which LLVM lowers on every target: a
+prefetch instruction where there is one, nothing elsewhere).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, uint64
 from numpy.typing import NDArray
+
+from trifecta.edge.kernels.vnni import PREFETCH_BYTES
+from trifecta.edge.kernels.zmm import prefetch
 
 GROUP_ROWS = 32
 QUADS_PER_PARTIAL = 16  # 64 inputs per 16-bit partial sum
@@ -48,6 +53,7 @@ def _group(w, x16, x_offset, x_sum, out, out_offset, group, quads):
             x2 = x16[k + uint64(2)]
             x3 = x16[k + uint64(3)]
             at = base + quad * uint64(GROUP_ROWS)
+            prefetch(w, at + uint64(PREFETCH_BYTES))  # a hint: no fault past the end
             for lane in range(GROUP_ROWS):
                 c = np.int16(w[at + uint64(lane)])
                 partial[lane] += (
