@@ -62,8 +62,9 @@ class TierSpec:
 
 
 # Each tier is about four times the one below; every head is 16 wide so that a tier can be
-# grown into the next (see growth.py). The steps are what trains each in a few minutes on two
-# CPU cores; docs/cognitive.md gives the held-out accuracy they reach.
+# grown into the next (see growth.py). The budgets are what trained each in about 20 minutes
+# on one thread of a heavily shared 2-core machine; docs/cognitive.md gives the held-out
+# accuracy they reach.
 TIERS: dict[str, TierSpec] = {
     "small": TierSpec(
         name="small",
