@@ -28,7 +28,13 @@ tl_app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-ProgramArg = Annotated[Path, typer.Argument(help="a .tl program", show_default=False)]
+ProgramArg = Annotated[
+    Path,
+    typer.Argument(
+        help="a .tl program, or a shipped one by name (plant, family, perceptron)",
+        show_default=False,
+    ),
+]
 FactsOption = Annotated[
     Path | None,
     typer.Option(
@@ -42,7 +48,16 @@ def _load(program: Path, facts: Path | None) -> Program:
 
     if facts is not None and not facts.is_dir():
         raise InvalidInput(f"no such directory {str(facts)!r}", field="facts")
-    return load_program(program, facts_dir=facts)
+    return load_program(_resolve(program), facts_dir=facts)
+
+
+def _resolve(program: Path) -> Path:
+    """A file, or the name of a program the package ships (`plant`, `family`, `perceptron`)."""
+    from trifecta.tensorlogic.assets import program_path, shipped_programs
+
+    if not program.exists() and program.suffix == "" and str(program) in shipped_programs():
+        return program_path(str(program))
+    return program
 
 
 @tl_app.command("check")
