@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from trifecta.core.errors import InvalidInput
-from trifecta.federation.mock import Fault
+
+if TYPE_CHECKING:  # the bridge pulls in the layers (torch): only the run command needs it
+    from trifecta.federation.mock import Fault
 
 console = Console()
 
 
 def _faults(down: list[str], latency: list[str]) -> dict[str, Fault]:
+    from trifecta.federation.mock import Fault
 
     faults: dict[str, Fault] = {name: Fault(down=True) for name in down}
     for item in latency:
