@@ -11,6 +11,7 @@ from trifecta.cognitive.cascade import CascadeGeneration, Decision, Thresholds, 
 from trifecta.cognitive.cost import all_tier_costs
 from trifecta.cognitive.entropy import signal_score
 from trifecta.cognitive.observe import run_tiers
+from trifecta.cognitive.scratchpad import ANSWER_TOKENS
 from trifecta.cognitive.tiers import AUTO_MODEL, TIER_NAMES
 from trifecta.core.errors import InvalidInput
 from trifecta.core.protocols import LanguageModel
@@ -146,7 +147,11 @@ def test_calibrated_rate_holds_on_held_out_traffic() -> None:
     held_out = [
         t.prompt for t in generate_tasks(400, seed=22, split="heldout", difficulties=DEFAULT_MIX)
     ]
-    outputs = cascade_of(backends, costs, fitted.thresholds).generate(held_out, max_new_tokens=6)
+    # The same completion budget as the calibration runs: a signal read over fewer tokens of a
+    # worked answer crosses less often.
+    outputs = cascade_of(backends, costs, fitted.thresholds).generate(
+        held_out, max_new_tokens=ANSWER_TOKENS
+    )
     reached_medium = [o for o in outputs if "medium" in o.path]
     small_rate = len(reached_medium) / len(outputs)
     medium_rate = sum("large" in o.path for o in reached_medium) / max(1, len(reached_medium))
