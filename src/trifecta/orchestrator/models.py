@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trifecta.cognitive.scratchpad import ANSWER_TOKENS
+
 Route = Literal["cache", "edge", "cognitive", "generative", "symbolic", "neural"]
 MAX_PROMPT_CHARS = 2000
 
@@ -17,7 +19,12 @@ class TaskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    max_tokens: int = Field(default=8, ge=1, le=256, description="completion tokens at most")
+    max_tokens: int = Field(
+        default=ANSWER_TOKENS,
+        ge=1,
+        le=256,
+        description="completion tokens at most (default: room for a worked answer's steps)",
+    )
     request_id: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_-]{1,40}$", description="idempotency key"
     )

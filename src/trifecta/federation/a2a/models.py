@@ -26,7 +26,9 @@ class CapsuleTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    max_tokens: int = Field(default=8, ge=1, le=256, description="completion tokens at most")
+    max_tokens: int = Field(
+        default=18, ge=1, le=256, description="completion tokens at most (a worked answer)"
+    )
     request_id: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_-]{1,40}$", description="idempotency key"
     )
