@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -16,12 +17,15 @@ from tests.cognitive.serving.reference import greedy_text
 from trifecta.cognitive.serving.codec import TokenCodec
 from trifecta.cognitive.serving.model_source import ModelSource
 
+KEY = os.environ.get("TRIFECTA_TEST_API_KEY", "")  # the admin key the test made
+
 
 def wait_until_up(base: str, timeout_s: float = 150) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
+            headers = {"Authorization": f"Bearer {KEY}"}
+            if httpx.get(f"{base}/v1/models", headers=headers, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -38,7 +42,7 @@ def greedy(prompt: str, max_new_tokens: int) -> str:
 
 def main(base: str) -> dict[str, Any]:
     wait_until_up(base)
-    api = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=60)
+    api = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=60)
     seen: dict[str, Any] = {"models": [m.id for m in api.models.list().data]}
 
     raw = api.completions.with_raw_response.create(

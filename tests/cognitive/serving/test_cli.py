@@ -40,6 +40,14 @@ def test_bad_options_exit_2_with_one_line(
 def test_the_command_serves_the_api(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "TRIFECTA_DATA_DIR": str(tmp_path / "data")}
+    key = subprocess.run(
+        [sys.executable, "-m", "trifecta.cli", "keys", "create", "--admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    headers = {"Authorization": f"Bearer {key}"}
     server = subprocess.Popen(
         [
             sys.executable,
@@ -62,7 +70,7 @@ def test_the_command_serves_the_api(tmp_path: Path) -> None:
         while True:
             assert server.poll() is None, server.communicate()[0]
             try:
-                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=headers, timeout=2)
                 break
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "the server did not start"
@@ -70,6 +78,7 @@ def test_the_command_serves_the_api(tmp_path: Path) -> None:
         assert [m["id"] for m in models.json()["data"]] == ["small"]
         answer = httpx.post(
             f"http://127.0.0.1:{port}/v1/completions",
+            headers=headers,
             timeout=30,
             json={"model": "small", "prompt": "41+17?", "max_tokens": 3},
         )

@@ -53,7 +53,17 @@ def test_the_tier_serves_through_ray_serve(namespace: str, tmp_path: Path) -> No
         **os.environ,
         "TRIFECTA_DATA_DIR": str(tmp_path / "data"),
         "RAY_USAGE_STATS_ENABLED": "0",
+        # a token left in ~/.ray by another Ray user of this machine must not switch this
+        # test's own cluster to token authentication
+        "RAY_AUTH_MODE": "disabled",
     }
+    env["TRIFECTA_TEST_API_KEY"] = subprocess.run(
+        [sys.executable, "-m", "trifecta.cli", "keys", "create", "--admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [
