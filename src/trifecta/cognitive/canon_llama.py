@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaModel
@@ -110,6 +110,13 @@ class CanonLlamaModel(LlamaModel):
         if use_cache and past_key_values is None:
             # A lazily grown cache: it takes the Canon layers after the attention layers.
             past_key_values = DynamicCache()
+        if use_cache and self.canons and isinstance(past_key_values, DynamicCache):
+            # `generate()` sizes its cache from the config (one layer per attention layer):
+            # give it the Canon layers too.
+            wanted = 2 * self.config.num_hidden_layers
+            if past_key_values.layer_class_to_replicate is None:
+                while len(past_key_values.layers) < wanted:
+                    past_key_values.layers.append(DynamicLayer())
         if position_ids is None:
             seen = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(  # type: ignore[assignment]
