@@ -14,18 +14,14 @@ no route, fallback included, can carry a capsule's request or context elsewhere.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Literal
 
 from trifecta.cognitive.tiers import get_tier
 from trifecta.context.models import Retrieval, RetrieveRequest
-from trifecta.context.trajectory import Trajectory, TrajectoryStep
-from trifecta.core.errors import Conflict, InvalidInput, SovereigntyViolation, Unavailable
+from trifecta.core.errors import Conflict, SovereigntyViolation, Unavailable
 from trifecta.core.logging import get_logger
-from trifecta.core.tasks import Task, TaskFamilyVerifier, make_task
+from trifecta.core.tasks import Task, TaskFamilyVerifier
 from trifecta.federation.bridge import placeable
 from trifecta.federation.rules import RuleVerifier, is_rule_query, render
 from trifecta.federation.services import (
@@ -40,12 +36,9 @@ from trifecta.federation.services import (
     RuleRequest,
 )
 from trifecta.fleet.capsules import Capsule
-from trifecta.generative.service import GenerativeRequest, GenerativeResponse
-from trifecta.orchestrator.ledger import Charge
+from trifecta.generative.service import GenerativeRequest
 from trifecta.orchestrator.metrics import LoopMetrics
 from trifecta.orchestrator.models import (
-    ContextUse,
-    Cost,
     Feedback,
     FeedbackResult,
     Hop,
@@ -56,38 +49,21 @@ from trifecta.orchestrator.models import (
 from trifecta.orchestrator.parts import LoopParts
 from trifecta.orchestrator.records import RequestLog
 from trifecta.orchestrator.routing import RouteAdvice, RuleLearner, advise
+from trifecta.orchestrator.trace import (
+    Served,
+    Trace,
+    context_use_of,
+    cost_of,
+    mean_of,
+    task_of,
+    to_generative,
+    trajectory_of,
+)
 
 log = get_logger("trifecta.orchestrator")
 EDGE_MODEL = "bitnet-2b4t"  # the checkpoint the shipped edge model stands for (for charges)
 GENERATIVE_MODEL = "rnd1-30b-a3b"  # what the shipped MoE diffusion model stands for
-GENERATIVE_MAX_PROMPT = 60  # the shipped generative model's prompt budget (characters)
 MEMORIES_PER_REQUEST = 3
-
-
-@dataclass
-class _Trace:
-    """What one request accumulates on its way through the layers."""
-
-    hops: list[Hop] = field(default_factory=list)
-    charges: list[Charge] = field(default_factory=list)
-
-    def hop(self, started: float, **fields: object) -> None:
-        self.hops.append(Hop(latency_ms=(time.perf_counter() - started) * 1000, **fields))
-
-    def failed(self, started: float, layer: str, environment: str, model: str, why: str) -> None:
-        self.hop(started, layer=layer, environment=environment, model=model, ok=False, detail=why)
-
-
-@dataclass
-class _Served:
-    route: Route
-    answer: str | None
-    environment: str
-    path: list[str]
-    first_rung: str | None  # "edge" or the first tier, for the rule learner
-    first_failed: bool = False  # the first rung handed the request on
-    escalated: bool = False
-    generative: GenerativeResponse | None = None  # for the outcome feedback to its router
 
 
 class Orchestrator:
@@ -114,8 +90,8 @@ class Orchestrator:
                 return earlier
         self.parts.quota.admit(capsule.id, capsule.quota_rps)
         request_id = request.request_id or "req-" + uuid.uuid4().hex
-        task = _task_of(request.prompt, capsule.domain)
-        trace = _Trace()
+        task = task_of(request.prompt, capsule.domain)
+        trace = Trace()
         context_env = self.parts.shards.place(capsule.domain)
         retrieval = self._retrieve(capsule, context_env, request.prompt, trace)
         advice = advise(
@@ -129,7 +105,7 @@ class Orchestrator:
             served = self._rules(capsule, program, request, trace)
         if served is None and advice.edge and task is not None and task.light:
             served = self._edge(capsule, request, trace)
-        if served is None and task is not None and _to_generative(capsule, request_id, task):
+        if served is None and task is not None and to_generative(capsule, request_id, task):
             served = self._generative(capsule, request, trace)
         if served is None:
             served = self._cognitive(capsule, request, advice, trace)
@@ -154,15 +130,15 @@ class Orchestrator:
             verified=verified,
             escalated=served.escalated,
             hops=trace.hops,
-            context=_context_use(context_env, retrieval, advice),
-            cost=_cost(trace.charges),
+            context=context_use_of(context_env, retrieval, advice),
+            cost=cost_of(trace.charges),
             latency_ms=latency_ms,
             learned=False,
         )
         if self.learn_enabled and retrieval is not None:
             result.learned = self._learn(capsule, context_env, result, task, trace)
             self._learn_rules(capsule, context_env, task, served, verified, retrieval)
-            result.cost = _cost(trace.charges)
+            result.cost = cost_of(trace.charges)
             result.hops = list(trace.hops)
             result.latency_ms = (time.perf_counter() - started) * 1000
         self.records.save(
@@ -183,10 +159,10 @@ class Orchestrator:
         outcome = "success" if feedback.success else "failure"
         self.metrics.outcomes.labels(earlier.route, f"client_{outcome}").inc()
         context_env = self.parts.shards.place(capsule.domain)
-        trajectory = _trajectory(
+        trajectory = trajectory_of(
             capsule,
             earlier,
-            _task_of(earlier.prompt, capsule.domain),
+            task_of(earlier.prompt, capsule.domain),
             judge="client",
             verdict=feedback.success,
             detail=feedback.detail,
@@ -202,7 +178,7 @@ class Orchestrator:
         )
 
     # -- the steps ---------------------------------------------------------------------
-    def _retrieve(self, capsule: Capsule, env: str, prompt: str, trace: _Trace) -> Retrieval | None:
+    def _retrieve(self, capsule: Capsule, env: str, prompt: str, trace: Trace) -> Retrieval | None:
         started = time.perf_counter()
         try:
             retrieval = self.bridge.context(capsule, env).retrieve(
@@ -227,8 +203,8 @@ class Orchestrator:
         return retrieval
 
     def _cached(
-        self, capsule: Capsule, request: TaskRequest, env: str, trace: _Trace
-    ) -> _Served | None:
+        self, capsule: Capsule, request: TaskRequest, env: str, trace: Trace
+    ) -> Served | None:
         started = time.perf_counter()
         found = self.records.cached_answer(capsule.id, request.prompt)
         if found is None:
@@ -242,9 +218,9 @@ class Orchestrator:
             ok=True,
             detail=f"verified answer of {source}",
         )
-        return _Served("cache", answer, env, ["cache"], first_rung=None)
+        return Served("cache", answer, env, ["cache"], first_rung=None)
 
-    def _edge(self, capsule: Capsule, request: TaskRequest, trace: _Trace) -> _Served | None:
+    def _edge(self, capsule: Capsule, request: TaskRequest, trace: Trace) -> Served | None:
         planned = self._assignment_edges(capsule)
         envs = sorted(
             placeable(capsule, self.bridge.environments_hosting(EDGE)),
@@ -275,7 +251,7 @@ class Orchestrator:
                 model=result.node or "edge",
                 ok=True,
                 tokens=generation.prompt_tokens + generation.completion_tokens,
-                mean_entropy=_mean(generation.entropies),
+                mean_entropy=mean_of(generation.entropies),
             )
             trace.charges.append(
                 self.parts.pricer.model_tokens(
@@ -286,12 +262,12 @@ class Orchestrator:
                     completion_tokens=generation.completion_tokens,
                 )
             )
-            return _Served("edge", generation.text, env.name, ["edge"], first_rung="edge")
+            return Served("edge", generation.text, env.name, ["edge"], first_rung="edge")
         return None
 
     def _rules(
-        self, capsule: Capsule, program: str, request: TaskRequest, trace: _Trace
-    ) -> _Served | None:
+        self, capsule: Capsule, program: str, request: TaskRequest, trace: Trace
+    ) -> Served | None:
         """A rule query on the capsule's Tensor Logic program: symbolically and exactly at an
         admitting edge site; what the Boolean program cannot settle, in embedding mode in an
         admitting cloud. None (the cascade serves instead) when neither can."""
@@ -332,10 +308,10 @@ class Orchestrator:
                     layer="tensorlogic", environment=env.name, seconds=seconds
                 )
             )
-            return _Served(route, render(answer), env.name, [f"tensorlogic/{answer.mode}"], None)
+            return Served(route, render(answer), env.name, [f"tensorlogic/{answer.mode}"], None)
         return None
 
-    def _generative(self, capsule: Capsule, request: TaskRequest, trace: _Trace) -> _Served | None:
+    def _generative(self, capsule: Capsule, request: TaskRequest, trace: Trace) -> Served | None:
         """The RND1-style MoE diffusion layer, decoding with the capsule's own experts; None
         (the cascade serves instead) when no admitting environment can."""
         home = self._home(capsule)
@@ -374,12 +350,12 @@ class Orchestrator:
                 )
             )
             answer = response.answer if response.answer is not None else response.text
-            return _Served(
+            return Served(
                 "generative", answer, env.name, ["generative"], first_rung=None, generative=response
             )
         return None
 
-    def _tune_generative(self, capsule: Capsule, served: _Served, verified: bool) -> None:
+    def _tune_generative(self, capsule: Capsule, served: Served, verified: bool) -> None:
         """The verdict moves the capsule's router biases (experts used on a success gain)."""
         assert served.generative is not None
         try:
@@ -394,8 +370,8 @@ class Orchestrator:
             log.warning("generative feedback not applied", reason=exc.one_line())
 
     def _cognitive(
-        self, capsule: Capsule, request: TaskRequest, advice: RouteAdvice, trace: _Trace
-    ) -> _Served:
+        self, capsule: Capsule, request: TaskRequest, advice: RouteAdvice, trace: Trace
+    ) -> Served:
         hosts = self.bridge.environments_hosting(COGNITIVE)
         allowed = placeable(capsule, hosts)
         if not allowed:
@@ -430,8 +406,8 @@ class Orchestrator:
         )
 
     def _charge_cascade(
-        self, env: str, response: CompleteResponse, started: float, trace: _Trace
-    ) -> _Served:
+        self, env: str, response: CompleteResponse, started: float, trace: Trace
+    ) -> Served:
         decisions = response.decisions
         share = (time.perf_counter() - started) * 1000 / max(1, len(decisions))
         for decision in decisions:
@@ -458,10 +434,10 @@ class Orchestrator:
                 )
             )
         if decisions:
-            trace.hops[-1].mean_entropy = _mean(response.entropies)
+            trace.hops[-1].mean_entropy = mean_of(response.entropies)
         path = [f"cognitive/{d.tier}" for d in decisions] or ["cognitive"]
         first = decisions[0] if decisions else None
-        return _Served(
+        return Served(
             "cognitive",
             response.text,
             env,
@@ -472,10 +448,10 @@ class Orchestrator:
         )
 
     def _learn(
-        self, capsule: Capsule, env: str, result: TaskResult, task: Task | None, trace: _Trace
+        self, capsule: Capsule, env: str, result: TaskResult, task: Task | None, trace: Trace
     ) -> bool:
         verdict = result.verified
-        trajectory = _trajectory(
+        trajectory = trajectory_of(
             capsule,
             result,
             task,
@@ -504,7 +480,7 @@ class Orchestrator:
         capsule: Capsule,
         env: str,
         task: Task | None,
-        served: _Served,
+        served: Served,
         verified: bool | None,
         retrieval: Retrieval,
     ) -> None:
@@ -525,7 +501,7 @@ class Orchestrator:
             except Unavailable as exc:
                 log.warning("routing rule not stored", reason=exc.one_line())
 
-    def _observe(self, capsule: Capsule, result: TaskResult, trace: _Trace) -> None:
+    def _observe(self, capsule: Capsule, result: TaskResult, trace: Trace) -> None:
         m = self.metrics
         m.requests.labels(result.route, capsule.kind).inc()
         m.latency.labels(result.route).observe(result.latency_ms / 1000)
@@ -549,95 +525,3 @@ class Orchestrator:
     def _assignment_edges(self, capsule: Capsule) -> set[str]:
         assignment = self.parts.assignments.get(capsule.id)
         return set(assignment.edge_environments) if assignment else set()
-
-
-def _to_generative(capsule: Capsule, request_id: str, task: Task) -> bool:
-    """Does this heavy request go to the generative layer? A stable draw per request id, at
-    the capsule's declared generative share of the requests the edge does not take."""
-    demand = capsule.demand
-    if demand.generative_share <= 0 or task.light or len(task.prompt) > GENERATIVE_MAX_PROMPT:
-        return False
-    share = min(1.0, demand.generative_share / max(1e-9, 1.0 - demand.light_share))
-    draw = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big")
-    return draw / 2**64 < share
-
-
-def _task_of(prompt: str, domain: str) -> Task | None:
-    """The task-family view of a prompt, or None for free text the verifier cannot judge."""
-    try:
-        return make_task(prompt, domain)
-    except InvalidInput:
-        return None
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _cost(charges: list[Charge]) -> Cost:
-    by_layer: dict[str, float] = {}
-    for c in charges:
-        by_layer[c.layer] = by_layer.get(c.layer, 0.0) + c.usd
-    return Cost(
-        usd=sum(by_layer.values()),
-        accelerator_seconds=sum(c.accelerator_seconds for c in charges),
-        by_layer=by_layer,
-    )
-
-
-def _context_use(env: str, retrieval: Retrieval | None, advice: RouteAdvice) -> ContextUse | None:
-    if retrieval is None:
-        return None
-    return ContextUse(
-        environment=env,
-        domain=retrieval.domain,
-        version=retrieval.version,
-        bullets=[b.bullet.id for b in retrieval.bullets],
-        rules=list(advice.rules),
-        memories=[m.memory.id for m in retrieval.memories],
-    )
-
-
-def _trajectory(
-    capsule: Capsule,
-    result: TaskResult,
-    task: Task | None,
-    *,
-    judge: Literal["verifier", "client", "none"],
-    verdict: bool | None,
-    detail: str | None,
-    suffix: str,
-) -> Trajectory:
-    steps = [
-        TrajectoryStep(
-            layer=h.layer,
-            tier=h.model,
-            mean_entropy=h.mean_entropy,
-            tokens=h.tokens,
-            latency_ms=h.latency_ms,
-            escalated="handed on" in h.detail,
-        )
-        for h in result.hops
-        if h.ok and h.layer in ("edge", "cognitive", "generative", "tensorlogic", "cache")
-    ]
-    outcome = "unknown" if verdict is None else "success" if verdict else "failure"
-    if detail is None and task is not None and verdict is False:
-        detail = f"expected {task.answer}"
-    return Trajectory(
-        id=result.id + suffix,
-        capsule_id=capsule.id,
-        domain=capsule.domain,
-        task_id=task.id if task else None,
-        task_kind=task.kind if task else None,
-        difficulty=task.difficulty if task else None,
-        prompt=result.prompt,
-        answer=result.answer,
-        outcome=outcome,
-        judge=judge,
-        verdict_detail=detail,
-        steps=steps,
-        bullet_ids=list(result.context.rules) if result.context else [],
-        memory_ids=list(result.context.memories) if result.context else [],
-        latency_ms=result.latency_ms,
-        cost_usd=result.cost.usd,
-    )
