@@ -16,9 +16,10 @@ mock bridge, so faults can be injected into every hop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from trifecta.cognitive.serving.auto import AutoModel
 from trifecta.cognitive.serving.quota import QuotaGate
 from trifecta.cognitive.serving.service import CognitiveService
 from trifecta.cognitive.store import ThresholdStore
@@ -100,6 +101,35 @@ def edge_rule_book(mesh: EdgeMesh) -> RuleBook:
         return mesh.store.read(ref.sha256) if ref is not None else None
 
     return RuleBook(artifact_source(read))
+
+
+def warm_up(
+    *,
+    auto: AutoModel | None,
+    meshes: Iterable[EdgeMesh],
+    context: ContextService | None,
+    cloud_rules: RuleBook | None,
+    programs: Iterable[str],
+) -> None:
+    """Load the tiers, compile the edge kernels, load the embedder and fit the programs'
+    learnable tensors before serving, so that the first requests do not pay for it (and
+    latency figures measure serving, not start-up)."""
+    import threading
+
+    from trifecta.cognitive.backends.base import SamplingOptions
+    from trifecta.cognitive.serving.tenants import ANONYMOUS
+
+    if auto is not None:
+        auto.generate(
+            ANONYMOUS, ["1+1?"], SamplingOptions(max_new_tokens=2), cancelled=threading.Event()
+        )
+    for mesh in meshes:
+        mesh.offload(None, ["a=1,b=2;a?"], max_new_tokens=2)
+    if context is not None:
+        context.embed(["warm up"])
+    if cloud_rules is not None:  # embedding mode fits the learnable tensors once
+        for program in sorted(set(programs)):
+            cloud_rules.service(program).embedding()
 
 
 def build_generative(settings: Settings) -> GenerativeService:
@@ -222,24 +252,13 @@ class Stack:
         self.capsules.remove(capsule_id)
 
     def warm_up(self) -> None:
-        """Load the tiers and compile the edge kernels before serving, so that the first
-        requests do not pay for it (and latency figures measure serving, not start-up)."""
-        import threading
-
-        from trifecta.cognitive.backends.base import SamplingOptions
-        from trifecta.cognitive.serving.tenants import ANONYMOUS
-
-        if self.cognitive is not None and self.cognitive.auto is not None:
-            self.cognitive.auto.generate(
-                ANONYMOUS, ["1+1?"], SamplingOptions(max_new_tokens=2), cancelled=threading.Event()
-            )
-        for mesh in self.meshes.values():
-            mesh.offload(None, ["a=1,b=2;a?"], max_new_tokens=2)
-        if self.context is not None:
-            self.context.embed(["warm up"])
-        if self.rules is not None:  # embedding mode fits the learnable tensors once
-            for program in sorted({c.program for c in self.capsules.all() if c.program}):
-                self.rules.service(program).embedding()
+        warm_up(
+            auto=self.cognitive.auto if self.cognitive is not None else None,
+            meshes=self.meshes.values(),
+            context=self.context,
+            cloud_rules=self.rules,
+            programs=[c.program for c in self.capsules.all() if c.program],
+        )
 
     def close(self) -> None:
         self.bridge.close()

@@ -43,6 +43,7 @@ from trifecta.orchestrator.stack import (
     edge_rule_book,
     serves_cognitive,
     start_edge_mesh,
+    warm_up,
 )
 
 MAX_BODY_BYTES = 1 << 20
@@ -119,19 +120,14 @@ class EnvironmentSite:
         )
 
     def warm_up(self) -> None:
-        book = self.host.services.rules
-        if book is not None and self.host.services.cognitive is not None:
-            for program in sorted({c.program for c in self.capsules.all() if c.program}):
-                book.service(program).embedding()
-        if self.host.services.cognitive is not None:
-            from trifecta.cognitive.backends.base import SamplingOptions
-            from trifecta.cognitive.serving.tenants import ANONYMOUS
-
-            self.host.services.cognitive.generate(
-                ANONYMOUS, ["1+1?"], SamplingOptions(max_new_tokens=2), cancelled=threading.Event()
-            )
-        if self.context is not None:
-            self.context.embed(["warm up"])
+        services = self.host.services
+        warm_up(
+            auto=services.cognitive,
+            meshes=[self.mesh] if self.mesh is not None else [],
+            context=self.context,
+            cloud_rules=services.rules if services.cognitive is not None else None,
+            programs=[c.program for c in self.capsules.all() if c.program],
+        )
 
     def close(self) -> None:
         if self.context is not None:
