@@ -76,3 +76,38 @@ class TaskVerifier(Protocol):
     client's feedback)."""
 
     def verify(self, prompt: str, answer: str) -> bool | None: ...
+
+
+@dataclass(frozen=True)
+class NamedCompletion:
+    """One completion by a model that another layer serves under a name through the OpenAI
+    API, priced as the checkpoint it stands for (`preset` on `accelerator`)."""
+
+    text: str
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    preset: str
+    accelerator: str
+    tp_degree: int
+    accelerator_seconds: float
+    usd: float
+
+
+@runtime_checkable
+class NamedModels(Protocol):
+    """Models served by name beside the cognitive tiers (the generative layer's `rnd1`). The
+    serve layer hands one to the OpenAI-compatible API, which dispatches on the request's
+    `model`; `capsule_id` is the API key's capsule (None: the admin key)."""
+
+    def model_names(self) -> list[str]: ...
+
+    def complete_named(
+        self,
+        model: str,
+        capsule_id: str | None,
+        prompts: Sequence[str],
+        *,
+        max_tokens: int,
+        steps: int | None = None,
+    ) -> list[NamedCompletion]: ...

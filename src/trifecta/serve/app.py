@@ -35,6 +35,7 @@ from trifecta.fleet.keys import KeyStore
 from trifecta.fleet.plan_model import Plan
 from trifecta.fleet.planner import plan as make_plan
 from trifecta.fleet.topology import Topology
+from trifecta.generative.named import GenerativeModels
 from trifecta.orchestrator.ledger import Rollup
 from trifecta.orchestrator.loop import Orchestrator
 from trifecta.orchestrator.models import Feedback, FeedbackResult, TaskRequest, TaskResult
@@ -155,7 +156,10 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app, max_body_bytes=MAX_BODY_BYTES)
-    app.include_router(build_router(cognitive, auth=auth))
+    # The generative model by name on the same /v1/completions (the layers never import
+    # each other: the serve layer composes them).
+    named = GenerativeModels(stack.generative, stack.phase) if stack.generative else None
+    app.include_router(build_router(cognitive, auth=auth, named=named))
     app.include_router(capsule_routes(orchestrator, stack, auth))
     app.include_router(control_routes(stack, auth))
     if isinstance(auth, KeyStore):

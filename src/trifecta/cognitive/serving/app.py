@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from trifecta.cognitive.serving.named import named_completion
 from trifecta.cognitive.serving.openai_errors import OpenAIRoute
 from trifecta.cognitive.serving.openai_format import (
     Chunk,
@@ -51,6 +52,7 @@ from trifecta.cognitive.tiers import AUTO_MODEL
 from trifecta.core.auth import Authenticator, Principal, authenticated
 from trifecta.core.errors import InvalidInput
 from trifecta.core.http import install_error_handlers
+from trifecta.core.protocols import NamedModels
 
 DISCONNECT_POLL_S = 0.25
 MAX_BODY_BYTES = 1 << 20  # prompts are short; anything near this is a mistake or an attack
@@ -152,18 +154,28 @@ def _json(
     return JSONResponse(model.model_dump(mode="json"), headers=response_headers(group, usage.cost))
 
 
-def build_router(service: CognitiveService, *, auth: Authenticator) -> APIRouter:
+def build_router(
+    service: CognitiveService, *, auth: Authenticator, named: NamedModels | None = None
+) -> APIRouter:
+    """The API over the tiers, and over `named`'s models (another layer's, composed by the
+    serve layer) on `/v1/completions`."""
     router = APIRouter(route_class=OpenAIRoute)
     caller = Depends(authenticated(auth))
+    named_models = set(named.model_names()) if named is not None else set()
 
     @router.get("/v1/models", response_model=ModelList, dependencies=[caller])
     async def list_models() -> ModelList:
-        return ModelList(data=[ModelCard(id=name) for name in service.model_names()])
+        names = [*service.model_names(), *sorted(named_models)]
+        return ModelList(data=[ModelCard(id=name) for name in names])
 
     @router.post("/v1/completions", response_model=None)
     async def completions(
         body: CompletionRequest, request: Request, key: Principal = caller
     ) -> Response:
+        if named is not None and body.model in named_models:
+            return await named_completion(service, named, body, key.capsule_id)
+        if body.steps is not None:
+            raise InvalidInput(f"{body.model} takes no denoising steps", field="steps")
         group = _start(
             service,
             body,
@@ -220,6 +232,8 @@ def build_router(service: CognitiveService, *, auth: Authenticator) -> APIRouter
     async def chat_completions(
         body: ChatCompletionRequest, request: Request, key: Principal = caller
     ) -> Response:
+        if body.model in named_models:
+            raise InvalidInput(f"{body.model} is served on /v1/completions", field="model")
         if body.messages[-1].role != "user":
             raise InvalidInput(
                 "the last message must come from the user",

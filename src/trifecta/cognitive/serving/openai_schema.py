@@ -67,6 +67,9 @@ class CompletionRequest(_Request):
     max_tokens: int = Field(default=16, ge=1)
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: Literal[False] = Field(default=False, description="echoing the prompt is not supported")
+    steps: int | None = Field(
+        default=None, ge=1, description="denoising steps (a diffusion model served by name only)"
+    )
 
     @field_validator("prompt")
     @classmethod
