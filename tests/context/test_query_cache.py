@@ -1,0 +1,97 @@
+"""Query embeddings: cached by text, and concurrent misses embedded together in one call."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from trifecta.context.query_cache import MAX_BATCH, QueryEmbeddings
+from trifecta.context.sql import Vector
+
+
+def vector_of(text: str) -> Vector:
+    """A deterministic stand-in embedding: each caller can check it got its own text's."""
+    rng = np.random.default_rng(abs(hash(text)) % 2**32)
+    v = rng.standard_normal(8).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+class GatedEmbedder:
+    """Records every call; the first call blocks until released, so that other callers pile
+    up behind it as they would behind a slow forward pass."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, texts: Sequence[str]) -> list[Vector]:
+        with self.lock:
+            self.calls.append(list(texts))
+            first = len(self.calls) == 1
+        if first:
+            self.entered.set()
+            assert self.release.wait(10)
+        return [vector_of(t) for t in texts]
+
+
+def test_concurrent_misses_share_one_call_and_each_gets_its_own_vector() -> None:
+    embed = GatedEmbedder()
+    cache = QueryEmbeddings(embed, max_entries=100)
+    texts = [f"q{i}" for i in range(20)] + ["q3", "q7"]  # two ask what another asks
+    with ThreadPoolExecutor(len(texts) + 1) as pool:
+        first = pool.submit(cache.vector, "first")
+        assert embed.entered.wait(5)
+        rest = [pool.submit(cache.vector, t) for t in texts]
+        while cache.stats()["misses"] < 1 + len(texts):  # every caller is waiting
+            threading.Event().wait(0.005)
+        embed.release.set()
+        got = [f.result(10) for f in rest]
+        assert np.array_equal(first.result(10), vector_of("first"))
+    for text, vector in zip(texts, got, strict=True):
+        assert np.array_equal(vector, vector_of(text))
+    # the first call, then one call for everything that waited behind it (each text once)
+    assert len(embed.calls) == 2
+    assert sorted(embed.calls[1]) == sorted(set(texts))
+    assert cache.stats()["calls"] == 2
+    assert np.array_equal(cache.vector("q5"), vector_of("q5"))  # now a hit
+    assert len(embed.calls) == 2 and cache.stats()["hits"] == 1
+
+
+def test_a_batch_is_bounded_and_every_waiter_is_served() -> None:
+    embed = GatedEmbedder()
+    cache = QueryEmbeddings(embed, max_entries=0)  # cache off: coalescing still applies
+    texts = [f"t{i}" for i in range(MAX_BATCH + 10)]
+    with ThreadPoolExecutor(len(texts) + 1) as pool:
+        pool.submit(cache.vector, "first")
+        assert embed.entered.wait(5)
+        futures = [pool.submit(cache.vector, t) for t in texts]
+        while cache.stats()["misses"] < 1 + len(texts):
+            threading.Event().wait(0.005)
+        embed.release.set()
+        for text, future in zip(texts, futures, strict=True):
+            assert np.array_equal(future.result(10), vector_of(text))
+    assert max(len(c) for c in embed.calls) <= MAX_BATCH
+    assert sum(len(c) for c in embed.calls) == len(texts) + 1
+    assert cache.stats()["entries"] == 0
+
+
+def test_a_failing_embedder_fails_every_caller_of_the_batch_and_recovers() -> None:
+    broken = True
+
+    def embed(texts: Sequence[str]) -> list[Vector]:
+        if broken:
+            raise RuntimeError("model gone")
+        return [vector_of(t) for t in texts]
+
+    cache = QueryEmbeddings(embed, max_entries=10)
+    with pytest.raises(RuntimeError, match="model gone"):
+        cache.vector("a")
+    broken = False
+    assert np.array_equal(cache.vector("a"), vector_of("a"))
+    assert cache.vector("a").flags.writeable is False
