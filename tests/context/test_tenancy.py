@@ -15,7 +15,8 @@ from trifecta.context.service import create_app
 from trifecta.context.shards import ShardPlace
 from trifecta.context.trajectory import Trajectory
 from trifecta.core.auth import AllowLocal
-from trifecta.core.errors import Forbidden, NotFound, SovereigntyViolation
+from trifecta.core.errors import Conflict, Forbidden, NotFound, SovereigntyViolation
+from trifecta.fleet.capsules import Capsule
 
 
 def seed(service: ContextService) -> None:
@@ -87,6 +88,35 @@ def test_unknown_capsule_and_domain_are_named(service: ContextService) -> None:
     with pytest.raises(NotFound) as domain:
         service.playbook("twin-a", domain="atlantis")
     assert domain.value.field == "domain"
+
+
+def test_an_emptied_sovereign_domain_keeps_its_tenancy(service: ContextService) -> None:
+    """The probe: delete the only capsule of a sovereign domain, then add a digital twin (or a
+    sovereign capsule of another jurisdiction) to it. Both are refused, so no sovereign memory
+    becomes readable; the domain's own tenancy may still join and finds its context."""
+    service.add_memories(
+        "gov-1", [MemoryDraft(title="sovereign", content="Sovereign secret.", outcome="success")]
+    )
+    service.registry.remove("gov-1")
+    assert service.tenancy.domain_tenancy("gov") == (True, "eu")
+    intruders = [
+        Capsule(id="twin-x", name="Probe", kind="digital_twin", domain="gov"),
+        Capsule(id="gov-us", name="Probe", kind="sovereign", domain="gov", jurisdiction="us"),
+    ]
+    for intruder in intruders:
+        with pytest.raises(Conflict) as refused:
+            service.registry.add(intruder)
+        assert refused.value.field == "domain" and "for good" in refused.value.message
+        with pytest.raises(Conflict):  # replacing a capsule is no way around it
+            service.registry.add_many([intruder], replace=True)
+        with pytest.raises(NotFound):  # never registered: it reads nothing
+            service.search_memories(intruder.id, MemoryQuery(query="sovereign"))
+    with pytest.raises(SovereigntyViolation):  # still sovereign: never shared with everyone
+        ShardAdmin(service).share("gov", "*")
+    heir = Capsule(id="gov-2", name="Heir", kind="sovereign", domain="gov", jurisdiction="eu")
+    service.registry.add(heir)
+    hits = service.search_memories("gov-2", MemoryQuery(query="sovereign")).hits
+    assert [h.memory.content for h in hits] == ["Sovereign secret."]
 
 
 def test_sovereign_domain_stays_in_its_jurisdiction(

@@ -67,6 +67,10 @@ def test_bad_input_is_one_line_and_exit_2(
         (["edge", "compile", "--model", str(small_artifact_path), "--target", "tpu"], "target"),
         (["edge", "mesh"], "node"),
         (["edge", "train", "--layout", "i4", "--out", str(tmp_path / "x.safetensors")], "layout"),
+        (["edge", "profiles", "--layout", "i3"], "layout"),  # was a KeyError traceback
+        (["edge", "profiles", "--phase", "prod"], "phase"),
+        (["edge", "node", "--name", "n", "--port", "99999"], "port"),  # was bound as 34463
+        (["edge", "node", "--name", "n", "--port", "0"], "port"),
     ]
     for argv, field in cases:
         code, _, err = run(argv, capsys)

@@ -97,6 +97,8 @@ CAPSULE = "capsules:\n  - {id: a, name: A, kind: digital_twin, domain: x%s}\n"
         (["fleet", "generate", "--capsules", "0"], "capsules"),
         (["size"], "params"),
         (["size", "--params", "7e9", "--batch", "0"], "batch"),
+        (["size", "--params", "7e9", "--bits", "0"], "bits"),  # was taken as 16
+        (["size", "--preset", "userlm-8b", "--bits", "0"], "bits"),
         (["plan", "--time-limit", "0"], "time_limit"),
     ],
 )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from trifecta.core.cli_options import Port
 from trifecta.core.errors import InvalidInput
 from trifecta.core.wiring import Wiring
 
@@ -82,7 +83,7 @@ def _progress_bar() -> tuple[Any, ProgressCallback]:
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8300,
+    port: Port = 8300,
     cache: Annotated[bool, typer.Option(help="views and result cache (+ Redis)")] = True,
 ) -> None:
     """Run the ReasoningBank FastAPI service (OpenAPI at /docs)."""

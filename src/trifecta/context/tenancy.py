@@ -44,20 +44,16 @@ class Tenancy:
         return self._remember("capsule", capsule_id, lambda: self.registry.get(capsule_id))
 
     def domain_tenancy(self, domain: str) -> tuple[bool, str | None] | None:
-        """(sovereign, jurisdiction) of the capsules of a domain (the registry keeps it the
-        same for all of them), or None for a domain without capsules."""
-
-        def load() -> tuple[bool, str | None] | None:
-            capsules = self.registry.list(domain=domain)
-            return capsules[0].tenancy if capsules else None
-
-        return self._remember("tenancy", domain, load)
+        """(sovereign, jurisdiction) of a domain as the registry recorded it when its first
+        capsule joined; it outlives the domain's capsules, so a sovereign domain emptied of
+        capsules is still sovereign. None for a domain no capsule ever joined."""
+        return self._remember("tenancy", domain, lambda: self.registry.domain_tenancy(domain))
 
     def known_domain(self, domain: str) -> bool:
         return self._remember(
             "domain",
             domain,
-            lambda: bool(self.registry.list(domain=domain)) or self.shard_map.has(domain),
+            lambda: self.registry.domain_tenancy(domain) is not None or self.shard_map.has(domain),
         )
 
     def write_domain(self, capsule_id: str, domain: str | None = None) -> str:

@@ -8,6 +8,7 @@ own settings in a table named after it (`[context]`, `[cognitive]`, ...) read by
 from __future__ import annotations
 
 import os
+import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -19,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from trifecta.core.errors import InvalidInput
 
 Phase = Literal["dev", "pilot", "full"]
 PHASES: tuple[Phase, ...] = ("dev", "pilot", "full")
@@ -49,9 +52,13 @@ class _TomlSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         header = (cls.toml_section,) if cls.toml_section else None
-        toml = TomlConfigSettingsSource(
-            settings_cls, toml_file=config_file(), toml_table_header=header
-        )
+        path = config_file()
+        try:  # the source reads the file here: a syntax error would be a 30-line traceback
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=path, toml_table_header=header)
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidInput(f"malformed TOML in {path}: {exc}", field=path.name) from None
+        except OSError as exc:  # a directory, or unreadable
+            raise InvalidInput(f"cannot read {path}: {exc.strerror}", field=path.name) from None
         return (init_settings, env_settings, toml)
 
 

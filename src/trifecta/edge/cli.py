@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trifecta.core.cli_options import Port
 from trifecta.core.errors import InvalidInput
 
 edge_app = typer.Typer(
@@ -189,11 +190,22 @@ def compile_command(
 
 
 @edge_app.command("profiles")
-def profiles_command(model: ModelOption = None, phase: str = "dev", layout: str = "i2") -> None:
+def profiles_command(
+    model: ModelOption = None,
+    phase: Annotated[str, typer.Option(help="dev, pilot or full (prices)")] = "dev",
+    layout: Annotated[str, typer.Option(help="i2 (2 bits) or b3 (base 3, 1.6 bits)")] = "i2",
+) -> None:
     """Throughput, power and price of the edge model on each edge accelerator."""
+    from trifecta.core.settings import PHASES
     from trifecta.edge.artifact import EdgeArtifact
+    from trifecta.edge.packing import LAYOUTS
     from trifecta.edge.profiles import edge_profiles
 
+    # Checked before the model loads: both are choices, and a typo was a KeyError traceback.
+    if layout not in LAYOUTS:
+        raise InvalidInput(f"unknown layout {layout!r}", field="layout", allowed=LAYOUTS)
+    if phase not in PHASES:
+        raise InvalidInput(f"unknown phase {phase!r}", field="phase", allowed=PHASES)
     config = EdgeArtifact.load(_model_path(model)).config
     table = Table("accelerator", "tokens/s", "bound", "W", "J/token", "$/hour", "$/1M tokens")
     for p in edge_profiles(config, phase=phase, layout=layout):  # type: ignore[arg-type]
@@ -213,7 +225,7 @@ def profiles_command(model: ModelOption = None, phase: str = "dev", layout: str 
 @edge_app.command("node")
 def node_command(
     name: Annotated[str, typer.Option(help="node name")],
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8701,
+    port: Port = 8701,
     host: str = "127.0.0.1",
     data_dir: Annotated[
         Path | None, typer.Option(help="artifact store (default: data dir/edge/nodes/<name>)")

@@ -1,10 +1,30 @@
-"""The capsule registry, persisted in the control database."""
+"""The capsule registry, persisted in the control database.
+
+A domain's tenancy (sovereign or not, and which jurisdiction) is fixed by its first capsule
+and kept in `domain_tenancies` for good: removing a domain's last capsule leaves its context
+(playbook, memories) in its shard, so freeing the domain would hand that context to whoever
+joins next. An emptied domain takes only capsules of its own tenancy; there is no release
+(an operator who wants the name for another tenancy has no safe way to prove the shard's
+every copy purged, so a new domain name is the way).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import JSON, Column, DateTime, Engine, MetaData, String, Table, delete, func, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,6 +43,16 @@ capsules_table = Table(
     Column("spec", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
 )
+domain_tenancies = Table(
+    "domain_tenancies",
+    metadata,
+    Column("domain", String(64), primary_key=True),
+    Column("sovereign", Boolean, nullable=False),
+    Column("jurisdiction", String(64), nullable=True),
+    Column("fixed_by", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+)
+Tenancy = tuple[bool, str | None]
 
 
 class CapsuleRegistry:
@@ -76,19 +106,38 @@ class CapsuleRegistry:
 
     @staticmethod
     def _check_domains(session: Session, batch: list[Capsule]) -> None:
+        """Every capsule of the batch must have its domain's tenancy: the recorded one (which
+        outlives the domain's capsules), else that of the domain's first capsule, which then
+        fixes it (recorded in the same transaction)."""
         members: dict[str, list[Capsule]] = {}
         for capsule in batch:
             members.setdefault(capsule.domain, []).append(capsule)
         domains = sorted(members)
+        fixed: dict[str, tuple[Tenancy, str]] = {}
         for start in range(0, len(domains), 500):
-            query = select(capsules_table.c.spec).where(
-                capsules_table.c.domain.in_(domains[start : start + 500])
-            )
+            chunk = domains[start : start + 500]
+            query = select(domain_tenancies).where(domain_tenancies.c.domain.in_(chunk))
+            for row in session.execute(query):
+                fixed[row.domain] = ((row.sovereign, row.jurisdiction), row.fixed_by)
+            query = select(capsules_table.c.spec).where(capsules_table.c.domain.in_(chunk))
             for spec in session.execute(query).scalars():
                 existing = Capsule.model_validate(spec)
                 members[existing.domain].insert(0, existing)
+        new_rows = []
         for domain, group in members.items():
             first = group[0]
+            if domain in fixed:
+                tenancy, fixed_by = fixed[domain]
+                for capsule in group:
+                    if capsule.tenancy != tenancy:
+                        raise Conflict(
+                            f"capsule {capsule.id!r} ({_tenancy(capsule)}) cannot join domain "
+                            f"{domain!r}: it belongs to the {_describe(tenancy)} tenancy fixed "
+                            f"by its first capsule {fixed_by!r}, for good (its context outlives "
+                            "its capsules)",
+                            field="domain",
+                        )
+                continue
             for other in group[1:]:
                 if other.tenancy != first.tenancy:
                     raise Conflict(
@@ -97,6 +146,28 @@ class CapsuleRegistry:
                         "is shared by its capsules",
                         field="domain",
                     )
+            sovereign, jurisdiction = first.tenancy
+            new_rows.append(
+                {
+                    "domain": domain,
+                    "sovereign": sovereign,
+                    "jurisdiction": jurisdiction,
+                    "fixed_by": first.id,
+                }
+            )
+        if new_rows:
+            session.execute(domain_tenancies.insert(), new_rows)
+
+    def domain_tenancy(self, domain: str) -> Tenancy | None:
+        """(sovereign, jurisdiction) of a domain, fixed by its first capsule and kept after
+        its last is removed; None for a domain no capsule ever joined."""
+        with transaction(self.engine) as session:
+            row = session.execute(
+                select(domain_tenancies.c.sovereign, domain_tenancies.c.jurisdiction).where(
+                    domain_tenancies.c.domain == domain
+                )
+            ).first()
+        return (bool(row[0]), row[1]) if row is not None else None
 
     def get(self, capsule_id: str) -> Capsule:
         with transaction(self.engine) as session:
@@ -138,4 +209,9 @@ class CapsuleRegistry:
 
 
 def _tenancy(capsule: Capsule) -> str:
-    return f"sovereign, {capsule.jurisdiction}" if capsule.sovereign else "not sovereign"
+    return _describe(capsule.tenancy)
+
+
+def _describe(tenancy: Tenancy) -> str:
+    sovereign, jurisdiction = tenancy
+    return f"sovereign, {jurisdiction}" if sovereign else "not sovereign"

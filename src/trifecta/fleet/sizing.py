@@ -314,7 +314,7 @@ def custom_spec(
     if preset is None:
         changes.update(
             name=f"custom-{params:.3g}",
-            bits_per_weight=bits or 16,
+            bits_per_weight=16 if bits is None else bits,  # 0 is bad input, not 'unset'
             source="",
             experts=None,
             active_experts=None,

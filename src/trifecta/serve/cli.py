@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 
+from trifecta.core.cli_options import Port
+
 
 def serve_command(
     host: str = typer.Option("127.0.0.1", help="interface to listen on"),
-    port: int = typer.Option(8000, min=1, max=65535),
+    port: Port = 8000,
     replicas: int = typer.Option(1, min=1, max=16, help="replicas per cognitive tier"),
     log_level: str = typer.Option("info"),
     federated: bool = typer.Option(

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trifecta.core.cli_options import Port
+
 console = Console()
 env_app = typer.Typer(
     help="One environment of the topology as its own server.", no_args_is_help=True
@@ -19,7 +21,7 @@ env_app = typer.Typer(
 def env_serve_command(
     env: str = typer.Option(..., "--env", help="the environment of the topology to serve"),
     host: str = typer.Option("127.0.0.1", help="interface to listen on"),
-    port: int = typer.Option(8100, min=1, max=65535),
+    port: Port = 8100,
     topology: Path | None = typer.Option(None, help="topology YAML (default: the shipped one)"),
     edge_nodes: int = typer.Option(1, min=1, max=16, help="in-process nodes of an edge site"),
     peer: list[str] = typer.Option(

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trifecta.core.cli_options import Port
 from trifecta.core.errors import InvalidInput
 
 
@@ -44,7 +45,7 @@ class ServeOptions(BaseModel):
 
 def serve_command(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    port: Port = 8000,
     tier: Annotated[
         list[str] | None, typer.Option(help="tier to serve (repeat); default: all")
     ] = None,
