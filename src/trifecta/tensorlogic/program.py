@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, Field
 
 from trifecta.core.errors import InvalidInput
+from trifecta.tensorlogic.names import is_variable_name, unknown_symbol
 from trifecta.tensorlogic.syntax import (
     DenseStmt,
     Diagnostic,
@@ -371,10 +372,10 @@ class _Resolver:
             const = self._constant(domain, arg.text, arg.is_int, grow)
             if const is not None:
                 args.append(const)
-            elif allow_vars and not arg.is_int:
+            elif allow_vars and not arg.is_int and is_variable_name(arg.text):
                 args.append(arg.text)
             else:
-                self.error(arg.pos, f"{arg.text!r} is not a symbol of domain {dname}")
+                self.error(arg.pos, unknown_symbol(arg.text, domain, allow_vars and not arg.is_int))
                 return None
         return Atom(ref.tensor, tuple(args))
 
@@ -417,9 +418,7 @@ class _Resolver:
                     const = self._constant(domain, sym, sym.isdigit(), grow=True)
                     if const is None:
                         self.error(
-                            st.pos,
-                            f"{path.name}:{row_no}: {sym!r} is not a symbol of domain "
-                            f"{domain.name}",
+                            st.pos, f"{path.name}:{row_no}: {unknown_symbol(sym, domain, False)}"
                         )
                         return
                     ids.append(const)
