@@ -117,6 +117,65 @@ def run_mode(decoder: Decoder, mode: Mode, tasks: list[Task]) -> None:
     mode.touched_per_pass = routing.calls / max(1, passes) / n_layers
 
 
+def layer_times(decoder: Decoder, reps: int) -> list[str]:
+    """One MoE layer's forward on fixed hidden states, by how many experts a mask leaves
+    active: what a masked expert costs once the routing has run. Sizes: a cached block step of
+    a batch of 50 (250 positions) and a full pass (50 rows of 55 positions)."""
+    import torch
+
+    from trifecta.generative.model import Routing
+
+    moe = decoder.model.blocks()[0].moe
+    E = decoder.model.config.n_experts
+    generator = torch.Generator().manual_seed(0)
+    actives = (E, E - 1, E // 2, decoder.model.config.top_k)
+    lines = [
+        "| tokens per call | " + " | ".join(f"{a} of {E} experts active" for a in actives) + " |",
+        "|---|" + "---:|" * len(actives),
+    ]
+    for n in (250, 2750):
+        x = torch.randn(n, decoder.model.config.d_model, generator=generator)
+        counted = torch.ones(n, dtype=torch.bool)
+        times: dict[int, list[float]] = {a: [] for a in actives}
+        with torch.no_grad():
+            for _ in range(reps):
+                for a in actives:
+                    active = torch.zeros((decoder.model.config.n_layers, E), dtype=torch.bool)
+                    active[:, :a] = True
+                    started = time.perf_counter()
+                    for _ in range(20):
+                        moe(x, counted, Routing(active=active))
+                    times[a].append((time.perf_counter() - started) / 20 * 1e3)
+        cells = []
+        for a in actives:
+            ratio, low, high = paired_ratio(times[a], times[E])
+            cells.append(f"{np.median(times[a]):.2f} ms ({ratio:.2f}x [{low:.2f}, {high:.2f}])")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def mask_accuracy(decoder: Decoder, active: torch.Tensor, per_grade: int) -> list[str]:
+    """Held-out accuracy on every grade with the capsule's mask and without: grades 3-5 are
+    near zero either way, so what a mask keeps shows on the look-ups and sums of grades 1-2."""
+    from trifecta.core.tasks import DIFFICULTIES
+    from trifecta.generative.decoding import DecodeConfig
+    from trifecta.generative.evaluate import evaluate, heldout_tasks
+    from trifecta.generative.model import Routing
+
+    tasks = heldout_tasks(per_grade)
+    rows = {
+        "every expert": evaluate(decoder, tasks, DecodeConfig()),
+        "capsule mask": evaluate(decoder, tasks, DecodeConfig(), routing=Routing(active=active)),
+    }
+    lines = [
+        "| experts | " + " | ".join(f"grade {g}" for g in DIFFICULTIES) + " |",
+        "|---|" + "---:|" * len(DIFFICULTIES),
+    ]
+    for name, report in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{g.accuracy:.1%}" for g in report.grades) + " |")
+    return lines
+
+
 def ar_source_accuracy(per_grade: int) -> list[float]:
     """Greedy answers of the vendored AR checkpoint the model was converted from."""
     import torch
@@ -267,6 +326,21 @@ def main() -> None:
         f"layer per forward pass with every expert, {masked.touched_per_pass:.2f} with the "
         f"mask ({reads:.2f}x), and expert calls ({served.expert_calls} -> "
         f"{masked.expert_calls}).",
+        "",
+        "What a masked expert costs once routed (the MoE dispatch sorts a batch's (token, "
+        "expert) pairs once and calls each expert with tokens on one contiguous slice): one "
+        "MoE layer's forward on the same hidden states with a mask leaving the first k experts "
+        f"active, median ms of {args.reps} rounds of 20 calls, ratio to every expert active "
+        "(per-round, bootstrap interval). Each token still runs top-2 experts, so the "
+        "multiply-adds do not change with the mask; only the per-expert calls do:",
+        "",
+        *layer_times(decoder, args.reps),
+        "",
+        f"Held-out accuracy on every grade ({args.per_grade} per grade) with the capsule's "
+        "mask and without (grades 3-5 are near zero either way; the look-ups and sums of "
+        "grades 1-2 show what a mask keeps):",
+        "",
+        *mask_accuracy(decoder, active, args.per_grade),
         "",
         f"Accuracy, paired over the same tasks (95% bootstrap): served decoding minus LLaDA "
         f"one-per-step {d_served[0]:+.1%} [{d_served[1]:+.1%}, {d_served[2]:+.1%}]; capsule "

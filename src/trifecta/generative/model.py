@@ -199,15 +199,26 @@ class MoE(nn.Module):
         mask = counted.reshape(-1)
         load = torch.bincount(chosen[mask].reshape(-1), minlength=len(self.experts)).float()
         self.last_load = load
-        out = torch.zeros_like(x)
-        # One call per expert that has tokens; an expert nobody chose (masked ones) never runs.
-        for e in torch.unique(chosen).tolist():
-            token, slot = torch.where(chosen == e)
-            out.index_add_(0, token, gates[token, slot, None] * self.experts[e](x[token]))
+        # Grouped dispatch: one stable sort puts every (token, slot) pair of an expert in one
+        # contiguous run, so each expert with tokens is called once on a slice, and the outputs
+        # return in one scatter-add. An expert nobody chose (a masked one) is never called.
+        flat = chosen.reshape(-1)  # (N*K,)
+        order = flat.argsort(stable=True)
+        counts = torch.bincount(flat, minlength=len(self.experts)).tolist()
+        token = order // self.top_k  # (N*K,) the token of each sorted pair
+        xs = x[token]
+        parts, start = [], 0
+        for e, count in enumerate(counts):
+            if count == 0:
+                continue
+            parts.append(self.experts[e](xs[start : start + count]))
+            start += count
             if routing is not None:
                 routing.calls += 1
-                routing.expert_tokens += int(token.numel())
+                routing.expert_tokens += count
                 routing.touched.add((self.layer, e))
+        weighted = torch.cat(parts) * gates.reshape(-1)[order, None]  # (N*K, D)
+        out = torch.zeros_like(x).index_add_(0, token, weighted)
         if routing is not None and routing.load is not None:
             routing.load[self.layer] += load
         if routing is not None and routing.row_load is not None:
