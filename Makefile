@@ -7,7 +7,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 # torch first and pinned: pip takes the CPU build from local disk; any other spec pulls CUDA.
 TORCH := torch==2.13.0
 
-.PHONY: run test bench lint fmt services services-stop clean venv dev
+.PHONY: run test bench lint fmt services services-stop browser clean venv dev
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "make: need $(PYTHON) (Python 3.11+)"; exit 1; }
@@ -38,6 +38,10 @@ services:
 services-stop:
 	@scripts/services.sh stop
 
+## browser: install Debian's chromium for the dashboard's end-to-end test (no browser download)
+browser:
+	@scripts/browser.sh install >/dev/null
+
 ## lint: layering contracts, ruff and mypy
 lint: $(VENV)/.installed-dev
 	$(BIN)/lint-imports
@@ -45,8 +49,8 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 ## test: set up everything and run the whole suite (slow tests included)
-test: $(VENV)/.installed-dev services lint
-	eval "$$(scripts/services.sh env)" && $(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(VENV)/.installed-dev services browser lint
+	eval "$$(scripts/services.sh env)" && eval "$$(scripts/browser.sh env)" && $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## bench: run every benchmark; each prints its table and updates its section of BENCHMARKS.md;
 ## benchmarks/goals.py runs last and tables every goal

@@ -15,12 +15,15 @@ import hmac
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from fastapi import Header
+from fastapi import Cookie, Header
 from pydantic import BaseModel, ConfigDict
 
 from trifecta.core.errors import Forbidden, Unauthenticated
 
 AUTH_HEADER = "Authorization"
+# The dashboard's browser session: the admin key in an HttpOnly, SameSite=Strict cookie
+# scoped to /dashboard, read only by dependencies made with `admin_only(..., cookie=True)`.
+SESSION_COOKIE = "trifecta_admin"
 
 
 class Principal(BaseModel):
@@ -99,10 +102,19 @@ def authenticated(auth: Authenticator) -> Callable[..., Principal]:
     return dependency
 
 
-def admin_only(auth: Authenticator) -> Callable[..., Principal]:
-    """The same dependency, then 403 unless the key is the admin key."""
+def admin_only(auth: Authenticator, *, cookie: bool = False) -> Callable[..., Principal]:
+    """The same dependency, then 403 unless the key is the admin key. With `cookie`, a
+    request without an `Authorization` header may present the key in the session cookie."""
 
     def dependency(authorization: str | None = Header(default=None)) -> Principal:
         return principal_of(auth, authorization).require_admin()
 
-    return dependency
+    def with_cookie(
+        authorization: str | None = Header(default=None),
+        session: str | None = Cookie(default=None, alias=SESSION_COOKIE),
+    ) -> Principal:
+        if authorization is None and session:
+            authorization = f"Bearer {session}"
+        return principal_of(auth, authorization).require_admin()
+
+    return with_cookie if cookie else dependency

@@ -28,6 +28,7 @@ from trifecta.context.models import (
 )
 from trifecta.context.trajectory import Trajectory
 from trifecta.core import errors
+from trifecta.core.logging import REQUEST_ID_HEADER, current_request_id
 from trifecta.federation.http_server import (
     PREFIX,
     BiasVersionNumber,
@@ -95,6 +96,13 @@ def _error_from(environment: str, response: httpx.Response) -> errors.TrifectaEr
     return _ERRORS[code](message, field=field)
 
 
+def _forward_request_id(request: httpx.Request) -> None:
+    """The hop carries the id of the request it serves, so the environment logs it too."""
+    request_id = current_request_id()
+    if request_id is not None:
+        request.headers[REQUEST_ID_HEADER] = request_id
+
+
 class EnvironmentLink:
     """One environment's server, as seen from this process."""
 
@@ -113,6 +121,7 @@ class EnvironmentLink:
             headers=headers,
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             transport=transport,
+            event_hooks={"request": [_forward_request_id]},
         )
 
     @retry(

@@ -29,6 +29,7 @@ from trifecta.cognitive.serving.service import CognitiveService
 from trifecta.context.service import create_app as create_context_app
 from trifecta.core.auth import Authenticator, Principal, admin_only, authenticated
 from trifecta.core.http import install_error_handlers
+from trifecta.core.logging import RequestIds
 from trifecta.core.settings import PHASES, Phase
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.keys import KeyStore
@@ -41,6 +42,7 @@ from trifecta.orchestrator.loop import Orchestrator
 from trifecta.orchestrator.models import Feedback, FeedbackResult, TaskRequest, TaskResult
 from trifecta.orchestrator.stack import Stack
 from trifecta.serve.auth import keys_routes, revoke_capsule_keys, server_authenticator
+from trifecta.serve.dashboard import mount_dashboard
 from trifecta.serve.mcp_face import OrchestratorFace, mount_mcp_face
 
 MAX_BODY_BYTES = 1 << 20
@@ -169,6 +171,9 @@ def create_app(
     app.state.orchestrator = orchestrator
     app.state.auth = auth
     mount_mcp_face(app, OrchestratorFace(orchestrator, stack), auth=auth)
+    mount_dashboard(app, stack, orchestrator, auth)
+    # outermost: every request (mounted apps too) gets its id and one log line
+    app.add_middleware(RequestIds, service="front-door")
     app.state.stack = stack
 
     @app.get("/metrics", include_in_schema=False)

@@ -22,6 +22,7 @@ from trifecta.context.facade import ContextService
 from trifecta.core.db import get_engine
 from trifecta.core.errors import InvalidInput
 from trifecta.core.http import install_error_handlers
+from trifecta.core.logging import RequestIds
 from trifecta.core.settings import Phase, Settings
 from trifecta.core.tasks import TaskFamilyVerifier
 from trifecta.edge.mesh import EdgeMesh
@@ -180,6 +181,7 @@ def create_environment_app(
     admitted = [manifest_of(c) for c in site.capsules.all() if env.admits(c)]
     card = build_agent_card(env, base_url, services=site.host.services.names(), manifests=admitted)
     a2a = add_a2a_routes(app, card, site.run_task, site.capsules.get)
+    app.add_middleware(RequestIds, service=f"env:{env.name}")  # logs the front door's id
     app.state.site = site
     app.state.peers = directory
     return app
