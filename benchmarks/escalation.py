@@ -41,6 +41,13 @@ def main() -> int:
     parser.add_argument("--router", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget", type=float, default=0.40)
+    parser.add_argument(
+        "--operating-point",
+        choices=("match", "accurate"),
+        default="match",
+        help="each policy's configuration, chosen on the calibration sample: the cheapest "
+        "within the budget as accurate as the largest tier, or the most accurate within it",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args()
@@ -56,6 +63,7 @@ def main() -> int:
         router_tasks=args.router,
         seed=args.seed,
         budget=args.budget,
+        operating_point=args.operating_point,
         bootstrap=args.bootstrap,
     )
     with console.status("evaluating") as status:

@@ -14,7 +14,7 @@ from trifecta.cognitive.calibration import (
     fit_rate,
     replay,
 )
-from trifecta.cognitive.families import always, oracle, random_escalation
+from trifecta.cognitive.families import always, cascade_family, oracle, random_escalation
 from trifecta.core.errors import InvalidInput
 
 
@@ -112,3 +112,27 @@ def test_always_oracle_and_random_policies() -> None:
     everything = random_escalation(obs, [1.0, 1.0], seed=0)
     assert everything.end_tier.tolist() == [2, 2, 2]
     assert ALWAYS_KEEP > 100
+
+
+def test_the_matching_operating_point_is_the_cheapest_as_accurate_as_the_largest_tier() -> None:
+    # Four requests: the small tier is unsure (0.9) on the two it gets wrong; the medium tier
+    # solves the first of them, only the large one the second.
+    obs = table(
+        [[0.1, 0.1, 0.9, 0.9], [0.1, 0.1, 0.1, 0.9], [0, 0, 0, 0]],
+        [[True, True, False, False], [True, True, True, False], [True, True, True, True]],
+    )
+    family = cascade_family(obs, obs)
+    largest = always(obs, 2).accuracy or 0.0
+    anything = family.select(lambda r: True)
+    assert anything.calibration.accuracy == pytest.approx(1.0)
+    matched = family.cheapest_reaching(lambda r: True, largest)
+    assert matched.calibration.accuracy == pytest.approx(1.0)
+    # as accurate, and no configuration reaching it is cheaper
+    reaching = [c for c in family.configurations if (c.calibration.accuracy or 0) >= largest]
+    assert matched.calibration.cost_share == min(c.calibration.cost_share for c in reaching)
+    assert matched.calibration.cost_share <= anything.calibration.cost_share
+    # the two unsure requests escalate, one ends on the medium tier, one on the large
+    assert matched.calibration.end_tier.tolist() == [0, 0, 1, 2]
+    # unreachable accuracy: the most accurate within the constraint
+    cheap = family.cheapest_reaching(lambda r: r.cost_share <= 0.2, 2.0)
+    assert cheap == family.select(lambda r: r.cost_share <= 0.2)

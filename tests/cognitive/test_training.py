@@ -14,7 +14,13 @@ from trifecta.cognitive.checkpoints import build_tokenizer, load_checkpoint, tie
 from trifecta.cognitive.growth import grow
 from trifecta.cognitive.scratchpad import worked_answer
 from trifecta.cognitive.tiers import TIERS, load_tier
-from trifecta.cognitive.training import sequence_loss, train_tier, training_batches
+from trifecta.cognitive.training import (
+    REFINE_MIX,
+    recipe,
+    sequence_loss,
+    train_tier,
+    training_batches,
+)
 from trifecta.core.errors import InvalidInput
 from trifecta.core.tasks import generate_tasks, split_of
 
@@ -93,3 +99,31 @@ def test_a_seconds_long_run_of_the_recipe(tmp_path: Path) -> None:
     assert grown.grown_from and (tmp_path / "medium" / "model.safetensors").is_file()
     with pytest.raises(InvalidInput, match="steps"):
         train_tier(spec, steps=0)
+
+
+def test_the_recipe_ends_with_the_refine_phase_and_a_warm_start_runs_only_it(
+    tmp_path: Path,
+) -> None:
+    spec = dataclasses.replace(TIERS["small"], batch_size=16, refine_steps=3)
+    phases = recipe(spec, 10, grown=False, warm=False)
+    assert [p.steps for p in phases] == [5, 5, 3]  # look-ups capped at half the main steps
+    assert phases[0].mix == {1: 1.0} and phases[-1].mix == REFINE_MIX
+    assert [p.steps for p in recipe(spec, 10, grown=True, warm=False)] == [0, 10, 3]
+    assert [p.steps for p in recipe(spec, 10, grown=False, warm=True)] == [3]
+    seen: list[int] = []
+    first = train_tier(spec, seed=3, steps=2, eval_per_grade=0)
+    before = [p.detach().clone() for p in first.model.parameters()]
+    again = train_tier(
+        spec,
+        seed=3,
+        warm_start=first.model,
+        earlier=first.record(),
+        eval_per_grade=0,
+        directory=tmp_path / "small",
+        on_step=lambda step, _loss: seen.append(step),
+    )
+    assert seen == [1, 2, 3]  # the refine phase only
+    assert any(not torch.equal(a, b) for a, b in zip(before, again.model.parameters(), strict=True))
+    record = json.loads((tmp_path / "small" / "training.json").read_text())
+    assert record["steps"] == 2 + 3 + 3 and record["refine_steps"] == 3
+    assert record["warm_start"]["steps"] == 5

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trifecta.cognitive.scratchpad import ANSWER_TOKENS
-from trifecta.cognitive.tiers import AUTO_MODEL, TIER_NAMES, TIERS, get_tier
+from trifecta.cognitive.tiers import AUTO_MODEL, TIER_NAMES, TIERS, get_tier, tier_dir
 from trifecta.core.errors import InvalidInput
 
 console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -75,6 +75,13 @@ def models_train(
     scratch: Annotated[
         bool, typer.Option(help="train from scratch instead of growing the next smaller tier")
     ] = False,
+    warm_start: Annotated[
+        bool,
+        typer.Option(
+            help="continue the tier already in --out (else the shipped one) with its refine "
+            "phase only"
+        ),
+    ] = False,
 ) -> None:
     """Train tiers on the task family's train split (seeded, with a progress bar) into the data
     directory. A larger tier starts from the next smaller one, grown to its size (see
@@ -92,21 +99,26 @@ def models_train(
     with _progress() as progress:
         for name in names:
             spec = TIERS[name]
-            total = steps or spec.train_steps
+            main = steps or spec.train_steps
+            warm = _warm_start(name, out) if warm_start else None
+            if warm is not None and spec.refine_steps == 0:
+                raise InvalidInput(f"tier {name!r} has no refine phase", field="warm_start")
+            total = spec.refine_steps + (0 if warm is not None else main)
             task = progress.add_task(f"training {name}", total=total, status="")
 
             def on_step(step: int, loss: float, task: Any = task) -> None:
                 progress.update(task, completed=step, status=f"loss {loss:.3f}")
 
-            parent = None if scratch else _smaller_tier(name, results, out)
-            directory = out / name
+            parent = None if scratch or warm is not None else _smaller_tier(name, results, out)
             results.append(
                 train_tier(
                     spec,
                     seed=seed,
-                    steps=total,
-                    directory=directory,
+                    steps=main,
+                    directory=out / name,
                     grow_from=parent,
+                    warm_start=warm[0] if warm is not None else None,
+                    earlier=warm[1] if warm is not None else None,
                     on_step=on_step,
                 )
             )
@@ -156,6 +168,19 @@ def models_promote(
         console.print(f"{name}: {origin / name} -> {TIERS[name].directory}")
     if calibrate and all((TIERS[n].directory / "model.safetensors").is_file() for n in TIER_NAMES):
         _calibrate_default(sample=None, seed=0)
+
+
+def _warm_start(name: str, out: Path) -> tuple[Any, dict[str, Any]]:
+    """The trained tier `name` to continue, and its training record: the one in `out` when
+    there is one, else the shipped one."""
+    from trifecta.cognitive.checkpoints import load_checkpoint
+
+    directory = out / name
+    if not (directory / "model.safetensors").is_file():
+        directory = tier_dir(name)
+    record_file = directory / "training.json"
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    return load_checkpoint(directory)[0], record
 
 
 def _smaller_tier(name: str, trained: list[Any], out: Path) -> Any:

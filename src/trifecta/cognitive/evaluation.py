@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,6 +54,7 @@ from trifecta.core.protocols import Embedder
 from trifecta.core.tasks import DEFAULT_MIX, Task, TaskFamilyVerifier, generate_tasks
 
 CALL_SHARES = np.linspace(0.0, 1.0, 21)  # x-axis of RouteLLM's PGR curve
+OperatingPoint = Literal["match", "accurate"]
 
 
 class EvalConfig(BaseModel):
@@ -66,6 +68,12 @@ class EvalConfig(BaseModel):
     seed: int = 0
     budget: float = Field(
         default=0.40, gt=0, le=1, description="compute cost, share of the largest tier"
+    )
+    operating_point: OperatingPoint = Field(
+        default="match",
+        description="how each policy's configuration is chosen on the calibration sample: "
+        "'match', the cheapest within the budget that is as accurate as the largest tier; "
+        "'accurate', the most accurate within the budget",
     )
     aggregate: Aggregate = DEFAULT_AGGREGATE
     window: int = Field(default=DEFAULT_WINDOW, ge=1)
@@ -205,7 +213,14 @@ def evaluate(
         ),
     }
     within_budget = _budget(config.budget)
-    chosen = {name: family.select(within_budget) for name, family in families.items()}
+    if config.operating_point == "match":
+        largest = always(calib, len(TIER_NAMES) - 1).accuracy or 0.0
+        chosen = {
+            name: family.cheapest_reaching(within_budget, largest)
+            for name, family in families.items()
+        }
+    else:
+        chosen = {name: family.select(within_budget) for name, family in families.items()}
     points = [
         _point(f"always {name}", eval_runs, always(evaluation, i))
         for i, name in enumerate(TIER_NAMES)

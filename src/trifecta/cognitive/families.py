@@ -54,6 +54,23 @@ class Family:
             meeting, key=lambda c: (c.calibration.accuracy or 0.0, -c.calibration.cost_share)
         )
 
+    def cheapest_reaching(self, constraint: Constraint, accuracy: float) -> Configuration:
+        """The cheapest configuration meeting `constraint` whose accuracy on the calibration
+        table is at least `accuracy` (ties: the more accurate); `select(constraint)` when none
+        reaches it. The most accurate configuration within a budget sits at the budget's edge,
+        so on new tasks its cost lands above the budget about half the time; the cheapest one
+        that keeps the accuracy leaves the slack on the cost side."""
+        reaching = [
+            c
+            for c in self.configurations
+            if constraint(c.calibration) and (c.calibration.accuracy or 0.0) >= accuracy
+        ]
+        if not reaching:
+            return self.select(constraint)
+        return min(
+            reaching, key=lambda c: (c.calibration.cost_share, -(c.calibration.accuracy or 0.0))
+        )
+
 
 def _candidates(
     values: NDArray[np.float64], grid: NDArray[np.float64], low: float, high: float

@@ -17,6 +17,13 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+OPERATING_POINTS = {
+    "match": "the cheapest configuration within the budget that is at least as accurate as "
+    "the largest tier",
+    "accurate": "the most accurate configuration within the budget",
+}
+
+
 def goals(report: EvalReport) -> list[tuple[str, bool, str]]:
     """(goal, met, the measured figures) for each of the issue's goals. A goal is met only
     when its bootstrap 95% interval clears it (without intervals: the point estimate)."""
@@ -146,7 +153,9 @@ def markdown(report: EvalReport) -> str:
             "train-split tasks. Intervals: bootstrap 95% over the evaluation tasks "
             f"({c.bootstrap} draws; CPT counts a draw that never recovers the gap as 100%). "
             f"Signal `{report.thresholds.aggregate}` (window {report.thresholds.window}); "
-            f"budget {c.budget:.0%} of the largest tier's compute; seed {c.seed}.",
+            f"budget {c.budget:.0%} of the largest tier's compute; each policy's operating "
+            f"point, chosen on the calibration sample: {OPERATING_POINTS[c.operating_point]}; "
+            f"seed {c.seed}.",
             points_markdown(report),
             "RouteLLM's metrics (x-axis: share of requests reaching the largest tier):",
             gap_markdown(report),

@@ -51,6 +51,10 @@ class TierSpec:
     # budget when look-ups are a third of the mix. 0 for a grown tier, which inherits it.
     lookup_steps: int = 0
     lookup_learning_rate: float = 2e-3
+    # Last steps on look-ups and look-up chains drawn far more often (training.REFINE_MIX), at
+    # a lower learning rate: what took a grown tier's look-ups from 87.5% (docs/cognitive.md).
+    refine_steps: int = 0
+    refine_learning_rate: float = 5e-4
     # Look-back of the Canon layer before each attention (canon_llama.py); 0: a plain Llama.
     canon_width: int = 4
     # How its worked answers are written (scratchpad.py): operands and results, or results only.

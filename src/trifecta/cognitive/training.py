@@ -39,6 +39,12 @@ log = get_logger(__name__)
 # Telemetry prompts come with the short-telemetry curriculum (`core.tasks.iter_tasks`): without
 # it look-ups stayed at chance.
 TRAIN_MIX: dict[int, float] = {1: 1.0, 2: 1.0, 3: 1.5, 4: 2.0, 5: 2.5}
+# The refine phase (`TierSpec.refine_steps`, after the mix): look-ups and the grades made of
+# them drawn far more often, at a lower learning rate. A grown tier's errors on grades 1, 3
+# and 5 were almost all a wrong value copied for a sensor (docs/cognitive.md), and the mix
+# draws a plain look-up only 1 task in 8.
+REFINE_MIX: dict[int, float] = {1: 3.0, 2: 0.5, 3: 2.0, 4: 1.0, 5: 3.0}
+REFINE_SHORT_TELEMETRY = True  # the refine phase's prompts: the look-up curriculum's lengths
 TIER_OFFSETS = {"small": 0, "medium": 1, "large": 2}
 
 
@@ -54,12 +60,21 @@ class TrainResult:
     directory: Path | None
     grown_from: bool = False
     model: Any = field(default=None, repr=False)
+    refine_steps: int = 0  # of `steps`, those of the refine phase
+    # A warm start's earlier training (the checkpoint it continued): its steps and seconds
+    # are included in `steps` and `seconds`.
+    earlier_steps: int = 0
+    earlier_seconds: float = 0.0
 
     def record(self) -> dict[str, Any]:
         return {
             "tier": self.tier,
             "seed": self.seed,
             "steps": self.steps,
+            "refine_steps": self.refine_steps,
+            "warm_start": {"steps": self.earlier_steps, "seconds": round(self.earlier_seconds, 1)}
+            if self.earlier_steps
+            else None,
             "seconds": round(self.seconds, 1),
             "parameters": self.parameters,
             "final_loss": round(self.final_loss, 4),
@@ -75,15 +90,17 @@ def training_batches(
     *,
     pool_batches: int = 8,
     style: Style = "operands",
+    short_telemetry: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless `(input_ids, answer_mask)` batches from the train split, right-padded with
     `<pad>`; `answer_mask` marks the answer and `<eos>` tokens. Tasks are drawn `pool_batches`
     batches at a time and grouped by length, so that short prompts (plain sums) are not padded
-    to the width of long ones (telemetry look-ups): about a third fewer positions to compute."""
+    to the width of long ones (telemetry look-ups): about a third fewer positions to compute.
+    `short_telemetry`: the look-up curriculum of `core.tasks.iter_tasks`."""
     import torch
 
     chars = tier_vocabulary()
-    stream = iter_tasks(seed=seed, split="train", difficulties=mix, short_telemetry=True)
+    stream = iter_tasks(seed=seed, split="train", difficulties=mix, short_telemetry=short_telemetry)
     order = random.Random(seed)
     while True:
         pool = []
@@ -145,6 +162,40 @@ def heldout_accuracy(
     return accuracy
 
 
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of the recipe with its own optimiser and warm-up + cosine schedule."""
+
+    steps: int
+    learning_rate: float
+    mix: Mapping[int, float]
+    short_telemetry: bool = True
+
+
+def recipe(
+    spec: TierSpec,
+    steps: int,
+    *,
+    grown: bool,
+    warm: bool,
+    mix: Mapping[int, float] = TRAIN_MIX,
+    refine_steps: int | None = None,
+) -> list[Phase]:
+    """The phases of `spec`'s recipe: look-ups alone (a tier trained from scratch), the mix
+    (`steps` in all with the look-ups), then the refine phase. A warm start (a trained model
+    of the same tier) runs the refine phase only. One schedule across phases left the later
+    phase at a rate that erased the look-ups, hence one optimiser per phase."""
+    refine = spec.refine_steps if refine_steps is None else refine_steps
+    if warm:
+        return [Phase(refine, spec.refine_learning_rate, REFINE_MIX, REFINE_SHORT_TELEMETRY)]
+    lookups = 0 if grown else min(spec.lookup_steps, steps // 2)
+    return [
+        Phase(lookups, spec.lookup_learning_rate, {1: 1.0}),
+        Phase(steps - lookups, spec.learning_rate, mix),
+        Phase(refine, spec.refine_learning_rate, REFINE_MIX, REFINE_SHORT_TELEMETRY),
+    ]
+
+
 def train_tier(
     spec: TierSpec,
     *,
@@ -152,67 +203,56 @@ def train_tier(
     steps: int | None = None,
     directory: Path | None = None,
     grow_from: Any | None = None,
+    warm_start: Any | None = None,
+    earlier: Mapping[str, Any] | None = None,
+    refine_steps: int | None = None,
     eval_per_grade: int = 200,
     on_step: Callable[[int, float], None] | None = None,
     mix: Mapping[int, float] = TRAIN_MIX,
     prompt_weight: float | None = None,
 ) -> TrainResult:
-    """Train tier `spec` (from scratch, or grown from the smaller trained model `grow_from`);
-    save it to `directory` when given (None: a dry run). `on_step(step, loss)` is called after
-    every optimiser step (progress bars). The trained model is on `TrainResult.model`."""
+    """Train tier `spec` (from scratch, grown from the smaller trained model `grow_from`, or
+    continued from `warm_start`, a trained model of this tier whose `training.json` record is
+    `earlier`: the refine phase only); save it to `directory` when given (None: a dry run).
+    `on_step(step, loss)` is called after every optimiser step (progress bars). The trained
+    model is on `TrainResult.model`."""
     import torch
-    from transformers import get_cosine_schedule_with_warmup
 
     from trifecta.cognitive.canon_llama import CanonLlamaForCausalLM
 
-    total = spec.train_steps if steps is None else steps
-    if total < 1:
+    main_steps = spec.train_steps if steps is None else steps
+    phases = recipe(
+        spec,
+        main_steps,
+        grown=grow_from is not None,
+        warm=warm_start is not None,
+        mix=mix,
+        refine_steps=refine_steps,
+    )
+    total = sum(phase.steps for phase in phases)
+    if total < 1 or (warm_start is None and main_steps < 1):
         raise InvalidInput("must be at least 1", field="steps")
     torch.manual_seed(seed)
-    if grow_from is not None:
+    if warm_start is not None:
+        model = warm_start
+    elif grow_from is not None:
         model = grow(grow_from, spec, seed=seed)
     else:
         model = CanonLlamaForCausalLM(llama_config(spec))
     model.train()
-    # Each tier reads its own stretch of the stream, so a grown tier sees new tasks.
-    stream_seed = seed * 7 + TIER_OFFSETS.get(spec.name, 0)
-    lookup_steps = min(spec.lookup_steps, total // 2) if grow_from is None else 0
-    # Two phases, each with its own optimiser and warm-up + cosine schedule: look-ups alone
-    # (when the tier has that phase), then the full mix at the tier's learning rate. One
-    # schedule across both left the second phase at a rate that erased the look-ups.
-    phases = [
-        (lookup_steps, spec.lookup_learning_rate, {1: 1.0}),
-        (total - lookup_steps, spec.learning_rate, mix),
-    ]
+    # Each tier reads its own stretch of the stream, so a grown tier sees new tasks; a warm
+    # start reads past the stretch its earlier training read.
+    earlier_steps = int(earlier.get("steps", 0)) if earlier else 0
+    stream_seed = seed * 7 + TIER_OFFSETS.get(spec.name, 0) + earlier_steps
     weight = spec.prompt_weight if prompt_weight is None else prompt_weight
     started = time.perf_counter()
     smoothed = math.nan
     step = 0
-    for phase_steps, learning_rate, phase_mix in phases:
-        if phase_steps == 0:
+    for phase in phases:
+        if phase.steps == 0:
             continue
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=learning_rate, betas=(0.9, 0.98), weight_decay=0.01
-        )
-        schedule = get_cosine_schedule_with_warmup(
-            optimizer, max(1, phase_steps // 20), phase_steps
-        )
-        batches = training_batches(
-            stream_seed + step, spec.batch_size, phase_mix, style=spec.scratchpad
-        )
-        for _ in range(phase_steps):
-            step += 1
-            ids, answer_mask = next(batches)
-            loss = sequence_loss(model(input_ids=ids).logits, ids, answer_mask, weight)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = float(loss.detach())
-            smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
-            if on_step is not None:
-                on_step(step, smoothed)
+        smoothed = _run_phase(model, phase, spec, stream_seed + step, weight, step, on_step)
+        step += phase.steps
     seconds = time.perf_counter() - started
     model = shipped_precision(model)
     accuracy = (
@@ -221,19 +261,62 @@ def train_tier(
     result = TrainResult(
         tier=spec.name,
         seed=seed,
-        steps=total,
-        seconds=seconds,
+        steps=earlier_steps + total,
+        seconds=float(earlier.get("seconds", 0.0) if earlier else 0.0) + seconds,
         parameters=sum(p.numel() for p in model.parameters()),
         final_loss=smoothed,
         heldout_accuracy=accuracy,
         directory=directory,
-        grown_from=grow_from is not None,
+        grown_from=grow_from is not None or bool(earlier and earlier.get("grown")),
         model=model,
+        refine_steps=phases[-1].steps,
+        earlier_steps=earlier_steps,
+        earlier_seconds=float(earlier.get("seconds", 0.0)) if earlier else 0.0,
     )
     if directory is not None:
         save_checkpoint(model, directory, record=result.record())
     log.debug("tier trained", **result.record())
     return result
+
+
+def _run_phase(
+    model: Any,
+    phase: Phase,
+    spec: TierSpec,
+    stream_seed: int,
+    prompt_weight: float,
+    first_step: int,
+    on_step: Callable[[int, float], None] | None,
+) -> float:
+    """`phase.steps` optimiser steps on `model`; returns the smoothed loss at the end."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=phase.learning_rate, betas=(0.9, 0.98), weight_decay=0.01
+    )
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, phase.steps // 20), phase.steps)
+    batches = training_batches(
+        stream_seed,
+        spec.batch_size,
+        phase.mix,
+        style=spec.scratchpad,
+        short_telemetry=phase.short_telemetry,
+    )
+    smoothed = math.nan
+    for step in range(first_step + 1, first_step + phase.steps + 1):
+        ids, answer_mask = next(batches)
+        loss = sequence_loss(model(input_ids=ids).logits, ids, answer_mask, prompt_weight)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        smoothed = value if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * value
+        if on_step is not None:
+            on_step(step, smoothed)
+    return smoothed
 
 
 def shipped_precision(model: Any) -> Any:
