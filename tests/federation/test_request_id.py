@@ -5,6 +5,7 @@ task and in the environment server's JSON log lines for each federation hop it s
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -17,12 +18,26 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from tests.support import free_port, live_server
 from trifecta.cognitive.serving.factory import build_service
 from trifecta.core import db
 from trifecta.core.auth import Principal, StaticKeys
-from trifecta.core.logging import REQUEST_ID_HEADER, configure_logging
+from trifecta.core.errors import InvalidInput
+from trifecta.core.http import install_error_handlers
+from trifecta.core.logging import (
+    ERROR_RING_SIZE,
+    REQUEST_ID_HEADER,
+    LoggedError,
+    RecentErrors,
+    RequestIds,
+    configure_logging,
+    current_request_id,
+    get_logger,
+    recent_errors,
+)
 from trifecta.core.settings import Settings
 from trifecta.federation.http_client import HttpBridge
 from trifecta.fleet.capsules import Capsule
@@ -31,7 +46,6 @@ from trifecta.fleet.topology import load_topology
 from trifecta.orchestrator.stack import Stack
 from trifecta.serve.app import create_app
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
 CREDENTIAL = "request-id-federation-credential"
 ADMIN = "request-id-admin-token"
 TWIN = Capsule(id="rid-twin", name="Twin", kind="digital_twin", domain="rid-grid")
@@ -50,6 +64,60 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
     return found
 
 
+# -- the middleware and the log lines, in one process ----------------------------------------
+def _app() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+    log = get_logger("tests.request_id")
+
+    @app.get("/work")
+    def work() -> dict[str, str | None]:  # a sync route: FastAPI runs it in a worker thread
+        log.info("working")
+        return {"seen": current_request_id()}
+
+    @app.get("/refuse")
+    def refuse() -> None:
+        raise InvalidInput("prompt: too long", field="prompt")
+
+    app.add_middleware(RequestIds, service="unit")
+    return app
+
+
+def test_the_id_reaches_the_route_its_log_lines_and_the_answer() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream=stream)
+    try:
+        with TestClient(_app()) as client:
+            offered = client.get("/work", headers={REQUEST_ID_HEADER: "ops-unit-0001"})
+            assigned = client.get("/work", headers={REQUEST_ID_HEADER: "no"})
+            refused = client.get("/refuse", headers={REQUEST_ID_HEADER: "ops-unit-0002"})
+    finally:
+        configure_logging()
+    assert offered.json() == {"seen": "ops-unit-0001"}
+    assert offered.headers[REQUEST_ID_HEADER] == "ops-unit-0001"
+    new = assigned.headers[REQUEST_ID_HEADER]
+    assert new.startswith("req-") and assigned.json() == {"seen": new}
+    lines = _json_lines(stream.getvalue())
+    worked = [e for e in lines if e.get("request_id") == "ops-unit-0001"]
+    assert {e["event"] for e in worked} == {"working", "request"}
+    (line,) = [e for e in worked if e["event"] == "request"]
+    assert line["service"] == "unit" and line["path"] == "/work" and line["status"] == 200
+    (warned,) = [e for e in lines if e.get("request_id") == "ops-unit-0002"]
+    assert refused.status_code == 422 and warned["level"] == "warning"
+    assert warned["detail"] == refused.json()["error"]["message"]
+    ring = [e for e in recent_errors.latest(ERROR_RING_SIZE) if e.request_id == "ops-unit-0002"]
+    assert ring and ring[0].event == "request refused" and "too long" in ring[0].detail
+
+
+def test_the_error_ring_is_bounded() -> None:
+    ring = RecentErrors(size=5)
+    for i in range(12):
+        ring.add(LoggedError(at=str(i), level="error", logger="t", event=f"e{i}"))
+    assert [e.event for e in ring.latest(10)] == ["e11", "e10", "e9", "e8", "e7"]
+    assert ring.total == 12
+
+
+# -- across processes --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
     """`trifecta env serve --env local` as its own process, logging JSON to a file."""
@@ -92,6 +160,8 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         db.dispose_engines()
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_one_request_id_in_the_front_door_s_and_the_environment_s_logs(
     environment: tuple[str, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -215,6 +215,19 @@ def test_request_ids_are_accepted_or_assigned(served: Served) -> None:
     for bad in ("short", "has space in it", "x" * 200, "bad\u00e9id12"):
         answer = served.client.get("/healthz", headers={REQUEST_ID_HEADER: bad.encode()})
         assert answer.headers[REQUEST_ID_HEADER].startswith("req-")
+    # a refused request is in the errors panel with its id and the error's message
+    refused = served.client.get(
+        f"/v1/capsules/{TWIN.id}/tasks/nope",
+        headers={
+            "Authorization": f"Bearer {served.keys['twin']}",
+            REQUEST_ID_HEADER: "ops-404-0001",
+        },
+    )
+    assert refused.status_code == 404
+    admin = {"Authorization": f"Bearer {served.keys['admin']}"}
+    errors = served.client.get(f"{PREFIX}/panels/errors", headers=admin).text
+    row = next(r for r in errors.split("<tr") if "ops-404-0001" in r)
+    assert "request refused" in row and "has no task" in row
 
 
 def _chromium() -> str:

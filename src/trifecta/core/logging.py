@@ -180,13 +180,16 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return logger
 
 
-def _error_message(body: bytes) -> str:
-    """The message of a JSON error body (`{"error": {"message": ...}}`), else its first bytes."""
+def _error_message(body: bytes, content_type: bytes) -> str:
+    """The message of a JSON error body (`{"error": {"message": ...}}`), the first bytes of a
+    plain-text one; nothing of a page (the dashboard's sign-in form answers 401 too)."""
+    if content_type.startswith(b"text/plain"):
+        return body[:_DETAIL_CHARS].decode("utf-8", "replace")
     try:
         error = json.loads(body)["error"]
         return str(error.get("message", ""))[:_DETAIL_CHARS]
     except (ValueError, KeyError, TypeError, AttributeError):
-        return body[:_DETAIL_CHARS].decode("utf-8", "replace")
+        return ""
 
 
 class RequestIds:
@@ -206,13 +209,15 @@ class RequestIds:
         offered = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.lower().encode())
         request_id = accept_request_id(offered.decode("latin-1") if offered else None)
         status = 500
+        content_type = b""
         detail: str | None = None
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, detail
+            nonlocal status, content_type, detail
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
                 headers = [
                     (k, v)
                     for k, v in message.get("headers", [])
@@ -221,7 +226,7 @@ class RequestIds:
                 headers.append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and status >= 400 and detail is None:
-                detail = _error_message(bytes(message.get("body", b"")))
+                detail = _error_message(bytes(message.get("body", b"")), content_type)
             await send(message)
 
         with request_scope(request_id):
