@@ -281,6 +281,8 @@ def test_in_chromium_the_page_refuses_loads_shows_the_fleet_and_updates(served: 
             expect(page.locator(f'tr[data-capsule="{TWIN.id}"] .requests')).to_have_text(
                 "1", timeout=15_000
             )
+            # one request in the last minute, beside its quota (none)
+            expect(page.locator(f'tr[data-capsule="{TWIN.id}"] .rate')).to_have_text("0.02 / none")
             assert page.evaluate("window.notReloaded === true")  # htmx swapped, no reload
 
             page.get_by_role("button", name="Sign out").click()

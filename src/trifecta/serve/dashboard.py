@@ -33,6 +33,7 @@ from trifecta.serve.dashboard_views import (
     capsule_page,
     fleet_summary,
     plan_view,
+    recent_requests,
     topology_rows,
 )
 
@@ -95,6 +96,7 @@ class Dashboard:
                     capsules,
                     self.assignments(stack.plan),
                     lambda ids: stack.parts.ledger.rollup("capsule_id", capsule_ids=ids),
+                    lambda ids: recent_requests(stack.engine, ids),
                     page=page,
                     query=query,
                 ),

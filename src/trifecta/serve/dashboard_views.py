@@ -9,13 +9,16 @@ site lists at most `MAX_NODES_SHOWN` nodes.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 from pydantic import BaseModel, Field
+from sqlalchemy import Engine, func, select
 
+from trifecta.core.db import transaction
 from trifecta.core.errors import TrifectaError
 from trifecta.core.settings import PHASES, Phase
 from trifecta.edge.mesh import EdgeMesh
@@ -25,8 +28,10 @@ from trifecta.fleet.costs import capsule_month_table, gpu_hour_table, phase_budg
 from trifecta.fleet.plan_model import CapsuleAssignment, Plan
 from trifecta.fleet.topology import Topology
 from trifecta.orchestrator.ledger import Rollup
+from trifecta.orchestrator.tables import requests as request_rows
 
 PER_PAGE = 25
+RATE_WINDOW_S = 60.0  # the recent request rate shown beside a capsule's quota
 MAX_NODES_SHOWN = 16
 PLAYBOOK_ACCELERATORS = ("rtx-5090", "a100-40gb", "coral-npu")  # the playbook's own rows
 
@@ -45,6 +50,7 @@ class CapsuleRow(BaseModel):
     domain: str
     jurisdiction: str | None
     quota_rps: float | None
+    recent_rps: float = Field(description="requests/s over the last minute")
     share: float
     home: str | None = Field(description="the plan's home environment")
     tier: str | None
@@ -118,17 +124,30 @@ def fleet_summary(capsules: Sequence[Capsule]) -> FleetSummary:
     )
 
 
+def recent_requests(engine: Engine, capsule_ids: list[str]) -> dict[str, int]:
+    """Requests each capsule made in the last `RATE_WINDOW_S` seconds (the request log)."""
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=RATE_WINDOW_S)
+    query = (
+        select(request_rows.c.capsule_id, func.count())
+        .where(request_rows.c.capsule_id.in_(capsule_ids), request_rows.c.created_at >= since)
+        .group_by(request_rows.c.capsule_id)
+    )
+    with transaction(engine) as session:
+        return {str(c): int(n) for c, n in session.execute(query)}
+
+
 def capsule_page(
     capsules: Iterable[Capsule],
     assignments: dict[str, CapsuleAssignment],
     spend: Callable[[list[str]], list[Rollup]],
+    recent: Callable[[list[str]], dict[str, int]] = lambda ids: {},
     *,
     page: int = 1,
     query: str = "",
     per_page: int = PER_PAGE,
 ) -> CapsulePage:
     """One page of the capsules whose id, name, domain or kind contains `query`, by id; the
-    ledger is asked for the spend of that page's capsules only."""
+    ledger and the request log are asked about that page's capsules only."""
     needle = query.strip().lower()
     matching = sorted(
         (
@@ -141,7 +160,9 @@ def capsule_page(
     pages = max(1, math.ceil(len(matching) / per_page))
     page = min(max(1, page), pages)
     shown = matching[(page - 1) * per_page : page * per_page]
-    spent = {r.key: r for r in spend([c.id for c in shown])} if shown else {}
+    ids = [c.id for c in shown]
+    spent = {r.key: r for r in spend(ids)} if shown else {}
+    counts = recent(ids) if shown else {}
     rows = []
     for capsule in shown:
         planned = assignments.get(capsule.id)
@@ -154,6 +175,7 @@ def capsule_page(
                 domain=capsule.domain,
                 jurisdiction=capsule.jurisdiction,
                 quota_rps=capsule.quota_rps,
+                recent_rps=counts.get(capsule.id, 0) / RATE_WINDOW_S,
                 share=capsule.share,
                 home=planned.environment if planned else None,
                 tier=planned.tier if planned else None,
