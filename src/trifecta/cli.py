@@ -14,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 from typer.exceptions import TyperException
 
+from trifecta.core.cli_options import unreachable_database
 from trifecta.core.errors import TrifectaError, Unavailable, invalid_input_from
 
 app = typer.Typer(
@@ -93,6 +94,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"malformed YAML: {str(exc).splitlines()[0]}")
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except Exception as exc:  # a database that does not answer: one line naming database_url
+        unreachable = unreachable_database(exc)
+        if unreachable is None:
+            raise
+        _fail(unreachable.one_line())
 
 
 if __name__ == "__main__":

@@ -72,7 +72,9 @@ def test_apply_learn_and_read(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert code == 0 and "[success]" in out and "lookup solved" in out
 
 
-def test_memory_add_and_shards(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_memory_add_and_shards(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     items = write(
         tmp_path / "m.json",
         {"items": [{"title": "grid", "content": "Grid operands run high.", "outcome": "success"}]},
@@ -84,10 +86,14 @@ def test_memory_add_and_shards(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     code, out, _ = run(capsys, "context", "memory", "search", "twin-a", "grid", "--domain", "grid")
     assert code == 0 and "grid" in out
     target = f"sqlite:///{tmp_path / 'grid-shard.db'}"
-    code, out, _ = run(capsys, "context", "shard", "move", "grid", "--to", target)
+    monkeypatch.setenv("TRIFECTA_SHARD_URLS", json.dumps({"inference": target}))
+    get_settings.cache_clear()
+    code, out, _ = run(capsys, "context", "shard", "places")
+    assert code == 0 and f"inference (inference): {target}" in out
+    code, out, _ = run(capsys, "context", "shard", "move", "grid", "--to", "inference")
     assert code == 0 and "verified" in out
     code, out, _ = run(capsys, "context", "shard", "list")
-    assert f"grid: {target}" in out and "shared: grid -> plant" in out
+    assert f"grid: {target} (inference)" in out and "shared: grid -> plant" in out
 
 
 @pytest.mark.parametrize(
@@ -114,13 +120,13 @@ def test_memory_add_and_shards(capsys: pytest.CaptureFixture[str], tmp_path: Pat
                 "move",
                 "gov",
                 "--to",
-                "sqlite:///x.db",
-                "--place",
-                "us-east",
-                "--place-kind",
                 "inference",
             ],
-            "trifecta: error: place: capsule 'gov-1' may not keep context",
+            "trifecta: error: to: capsule 'gov-1' may not keep context in 'inference'",
+        ),
+        (
+            ["context", "shard", "move", "gov", "--to", "sqlite:///x.db"],
+            "trifecta: error: to: 'sqlite:///x.db' is not a configured place",
         ),
     ],
 )

@@ -52,3 +52,85 @@ def test_a_malformed_config_file_is_one_line(
     code, _, err = run(["capsule", "list"], capsys)
     assert code == 2
     _one_line(err, "phase")
+
+
+UNREACHABLE = "postgresql+psycopg://u:secret@127.0.0.1:1/x"  # nothing listens on port 1
+
+
+def test_an_unreachable_postgres_is_one_line_naming_the_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "ctx.db"
+    cases = [
+        (
+            ["context", "migrate", "--from", UNREACHABLE, "--to", "sqlite:///o.db", "--no-switch"],
+            "from",
+        ),
+        (["context", "migrate", "--from", "sqlite:///ctx.db", "--to", UNREACHABLE], "from"),
+    ]
+    for argv, field in cases:
+        code, _, err = run(argv, capsys)
+        assert code == 2
+        _one_line(err, field)
+        assert "secret" not in err  # the password never reaches a terminal
+    assert not source.exists()  # a missing source used to become an empty ./ctx.db
+    monkeypatch.setenv("TRIFECTA_SHARD_URLS", f'{{"inference": "{UNREACHABLE}"}}')
+    get_settings.cache_clear()
+    code, _, err = run(["capsule", "add", "--id", "t", "--domain", "grid"], capsys)
+    assert code == 0, err
+    code, _, err = run(["context", "shard", "move", "grid", "--to", "inference"], capsys)
+    assert code == 2
+    _one_line(err, "to")
+    assert "cannot connect" in err and "secret" not in err
+    monkeypatch.setenv("TRIFECTA_DATABASE_URL", UNREACHABLE)
+    get_settings.cache_clear()
+    code, _, err = run(["capsule", "list"], capsys)
+    assert code == 2
+    _one_line(err, "database_url")
+    assert "secret" not in err
+
+
+def test_migrate_from_a_source_that_does_not_exist_copies_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once "0 rows copied, all verified" and exit 0, with an empty source file created."""
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "out.db"
+    for source in ("sqlite:///ctx.db", f"sqlite:///{tmp_path / 'no' / 'such.db'}"):
+        argv = ["context", "migrate", "--from", source, "--to", f"sqlite:///{target}"]
+        code, _, err = run([*argv, "--no-switch"], capsys)
+        assert code == 2
+        _one_line(err, "from")
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")  # a file, but no context in it
+    code, _, err = run(
+        [
+            "context",
+            "migrate",
+            "--from",
+            f"sqlite:///{empty}",
+            "--to",
+            f"sqlite:///{target}",
+            "--no-switch",
+        ],
+        capsys,
+    )
+    assert code == 2 and "holds no context tables" in err
+    _one_line(err, "from")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]  # nothing created
+
+
+def test_a_path_typo_in_shard_move_moves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once the directory was created and live data moved there."""
+    assert run(["capsule", "add", "--id", "t", "--domain", "grid"], capsys)[0] == 0
+    typo = f"sqlite:///{tmp_path / 'dta' / 'grid.db'}"
+    code, _, err = run(["context", "shard", "move", "grid", "--to", typo], capsys)
+    assert code == 2
+    _one_line(err, "to")
+    assert not (tmp_path / "dta").exists()
+    code, _, err = run(["context", "shard", "move", "grid", "--to", "sovereign"], capsys)
+    assert code == 2  # a configured place, but reserved for sovereign capsules
+    _one_line(err, "to")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.context.conftest import ServiceFactory
-from tests.context.test_shard_move import Writers, seed_memories, writer_services
+from tests.context.conftest import ServiceFactory, register_capsules
+from tests.context.test_shard_move import Writers, places, seed_memories, writer_services
 from trifecta.context import tables
-from trifecta.context.admin import migrate
+from trifecta.context.admin import ShardAdmin, migrate
 from trifecta.context.copier import table_check
 from trifecta.context.deltas import AddOp, Delta
 from trifecta.context.merge import bullet_id_for
@@ -42,7 +42,8 @@ def test_migrate_sqlite_to_postgres_under_concurrent_writes(
     writers = Writers(writer_services(make_service, sqlite_url, 3), bullet_id_for("checks", "c0"))
     threads = writers.start()
     time.sleep(0.3)
-    report = migrate(sqlite_url, postgres_url, batch_size=250, shard_map=ShardMap(sqlite_url))
+    admin = ShardAdmin(service, places=places(inference=postgres_url))
+    report = migrate(sqlite_url, postgres_url, batch_size=250, switch=admin)
     time.sleep(0.3)
     writers.stop.set()
     for thread in threads:
@@ -86,7 +87,13 @@ def test_migrate_command_resumes_after_it_is_killed(
 ) -> None:
     source = ShardStore(sqlite_url)
     seed_memories(source, "plant", 4000)
-    env = {**os.environ, "TRIFECTA_DATABASE_URL": sqlite_url, "TRIFECTA_DATA_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "TRIFECTA_DATABASE_URL": sqlite_url,
+        "TRIFECTA_DATA_DIR": str(tmp_path),
+        "TRIFECTA_SHARD_URLS": json.dumps({"inference": postgres_url}),  # the configured place
+    }
+    register_capsules(sqlite_url)
     args = ["context", "migrate", "--from", sqlite_url, "--to", postgres_url, "--batch-size", "20"]
     first = run_cli(args, env)
     deadline = time.monotonic() + 120
@@ -121,6 +128,15 @@ def test_migrate_refuses_bad_urls_with_one_line(sqlite_url: str, tmp_path: Path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert err.strip().splitlines() == [
-        "trifecta: error: database_url: unsupported driver 'mysql' "
-        "(allowed: postgresql+psycopg, sqlite)"
+        "trifecta: error: to: 'mysql://x@y/z' is not a configured place: name an environment "
+        "that keeps context shards, or the database configured for it (shard_urls) (allowed: "
+        "inference, local, sovereign, sovereign-us)"
+    ]
+    proc = run_cli(
+        ["context", "migrate", "--from", sqlite_url, "--to", "mysql://x@y/z", "--no-switch"], env
+    )
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == [
+        "trifecta: error: to: unsupported driver 'mysql' (allowed: postgresql+psycopg, sqlite)"
     ]

@@ -6,9 +6,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from tests.context.conftest import ServiceFactory
 from trifecta.context.admin import MoveRequest, ShardAdmin
@@ -18,11 +20,30 @@ from trifecta.context.facade import ContextService
 from trifecta.context.merge import bullet_id_for
 from trifecta.context.models import MemoryDraft, MemoryQuery
 from trifecta.context.settings import ContextSettings
+from trifecta.context.shards import ContextPlace
 from trifecta.context.sql import read_domain
 from trifecta.context.store import PendingMemory, ShardStore
 from trifecta.core.db import normalize_url, transaction
+from trifecta.core.errors import InvalidInput, SovereigntyViolation
+from trifecta.fleet.topology import Environment
 
 pytestmark = pytest.mark.slow
+
+
+def places(
+    kind: str = "inference", jurisdiction: str | None = None, **urls: str
+) -> dict[str, ContextPlace]:
+    """Configured places for a test: environments of `kind` named as given, each at its URL
+    (what `shard_urls` and the topology configure for a real deployment)."""
+    return {
+        name: ContextPlace(
+            environment=Environment(
+                name=name, kind=kind, provider="test", region="test", jurisdiction=jurisdiction
+            ),
+            url=normalize_url(url),
+        )
+        for name, url in urls.items()
+    }
 
 
 def seed_memories(store: ShardStore, domain: str, count: int, *, seed: int = 0) -> None:
@@ -118,7 +139,8 @@ def test_move_under_concurrent_writes_loses_nothing(
     writers = Writers(writer_services(make_service, sqlite_url, 3), bullet)
     threads = writers.start()
     time.sleep(0.5)  # writes before the move starts
-    report = ShardAdmin(mover).move("plant", MoveRequest(to=target_url, batch_size=200))
+    admin = ShardAdmin(mover, places=places(inference=target_url))
+    report = admin.move("plant", MoveRequest(to=target_url, batch_size=200))
     time.sleep(0.5)  # and after it switched
     writers.stop.set()
     for thread in threads:
@@ -152,16 +174,85 @@ def test_move_back_and_forth_and_refusals(
 ) -> None:
     service = make_service(sqlite_url)
     service.apply_delta("twin-b", Delta(ops=[AddOp(op_id="g", section="checks", content="Grid.")]))
-    admin = ShardAdmin(service)
     elsewhere = sqlite_url.replace("test.db", "elsewhere.db")
-    admin.move("grid", MoveRequest(to=elsewhere))
+    admin = ShardAdmin(service, places=places(elsewhere=elsewhere, home=sqlite_url))
+    admin.move("grid", MoveRequest(to="elsewhere"))
     with pytest.raises(Exception) as same:
         admin.move("grid", MoveRequest(to=elsewhere))
     assert getattr(same.value, "field", None) == "to"
-    back = admin.move("grid", MoveRequest(to=sqlite_url))
+    back = admin.move("grid", MoveRequest(to=sqlite_url))  # the configured URL names it too
     assert back.verified and back.final_version >= 1
     assert [b.content for b in service.playbook("twin-b").bullets] == ["Grid."]
     service.apply_delta(
         "twin-b", Delta(ops=[AddOp(op_id="g2", section="checks", content="After.")])
     )
     assert len(service.playbook("twin-b").bullets) == 2
+
+
+def test_a_move_goes_only_to_a_configured_place_that_admits_the_domain(
+    make_service: ServiceFactory, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A path typo, a URL nobody configured and a made-up sovereign place are refused before
+    anything is created or copied; the place of a move is derived from its target."""
+    service = make_service(sqlite_url)
+    service.apply_delta("gov-1", Delta(ops=[AddOp(op_id="s", section="checks", content="Gov.")]))
+    configured = f"sqlite:///{tmp_path / 'eu' / 'context.db'}"
+    (tmp_path / "eu").mkdir()
+    admin = ShardAdmin(
+        service,
+        places={
+            **places(cloud=f"sqlite:///{tmp_path / 'cloud.db'}"),
+            **places("sovereign", "eu", **{"sovereign-eu": configured}),
+        },
+    )
+    typo = f"sqlite:///{tmp_path / 'ue' / 'context.db'}"
+    for target in (typo, f"sqlite:///{tmp_path / 'mine.db'}", "postgresql://u:p@10.9.9.9/x"):
+        with pytest.raises(InvalidInput) as refused:
+            admin.move("gov", MoveRequest(to=target))
+        assert refused.value.field == "to" and "not a configured place" in refused.value.message
+    with pytest.raises(ValidationError):  # the caller cannot name a place: it is derived
+        MoveRequest.model_validate(
+            {"to": typo, "place": {"name": "x", "kind": "sovereign", "jurisdiction": "eu"}}
+        )
+    with pytest.raises(SovereigntyViolation) as outside:  # configured, but not for gov's tenancy
+        admin.move("gov", MoveRequest(to="cloud"))
+    assert outside.value.field == "to"
+    assert not (tmp_path / "ue").exists() and not (tmp_path / "mine.db").exists()
+    assert not (tmp_path / "cloud.db").exists()
+
+    report = admin.move("gov", MoveRequest(to="sovereign-eu"))
+    assert report.switched
+    entry = service.shard_map.get("gov")
+    assert entry is not None and entry[0] == normalize_url(configured)
+    assert entry[1] is not None and (entry[1].name, entry[1].kind, entry[1].jurisdiction) == (
+        "sovereign-eu",
+        "sovereign",
+        "eu",
+    )
+
+
+def test_after_a_move_the_next_start_serves_the_domain_where_it_moved(
+    make_service: ServiceFactory, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The next process (`trifecta run` / `serve` after `shard move`) reads the moved shard and
+    writes to it at once; the fenced old copy is never written again."""
+    service = make_service(sqlite_url)
+    service.apply_delta("twin-b", Delta(ops=[AddOp(op_id="g", section="checks", content="Grid.")]))
+    source = service.router.store_for("grid")
+    target_url = f"sqlite:///{tmp_path / 'grid.db'}"
+    ShardAdmin(service, places=places(inference=target_url)).move(
+        "grid", MoveRequest(to="inference", keep_source=True)
+    )
+    service.close()
+
+    restarted = make_service(sqlite_url)  # a new process over the same control database
+    started = time.monotonic()
+    restarted.apply_delta(
+        "twin-b", Delta(ops=[AddOp(op_id="g2", section="checks", content="After.")])
+    )
+    assert time.monotonic() - started < 5  # no 30 s wait on a fence
+    assert [b.content for b in restarted.playbook("twin-b").bullets] == ["Grid.", "After."]
+    assert table_check(ShardStore(target_url), "grid", "bullets")[0] == 2
+    assert table_check(source, "grid", "bullets")[0] == 1  # the fenced copy, as it was
+    with transaction(source.engine) as session:
+        assert read_domain(session, "grid")[1] == "moved"

@@ -6,13 +6,13 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.context.test_shard_move import places
 from tests.support import live_server
 from trifecta.context.admin import MoveRequest, ShardAdmin
 from trifecta.context.deltas import AddOp, Delta
 from trifecta.context.facade import ContextService
 from trifecta.context.models import MemoryDraft, MemoryQuery, RenderRequest
 from trifecta.context.service import create_app
-from trifecta.context.shards import ShardPlace
 from trifecta.context.trajectory import Trajectory
 from trifecta.core.auth import AllowLocal
 from trifecta.core.errors import Conflict, Forbidden, NotFound, SovereigntyViolation
@@ -122,10 +122,10 @@ def test_an_emptied_sovereign_domain_keeps_its_tenancy(service: ContextService) 
 def test_sovereign_domain_stays_in_its_jurisdiction(
     service: ContextService, tmp_path: object
 ) -> None:
-    outside = ShardPlace(name="aws-us", kind="inference", jurisdiction="us")
+    admin = ShardAdmin(service, places=places("inference", "us", **{"aws-us": "sqlite:///u.db"}))
     with pytest.raises(SovereigntyViolation) as refused:
-        ShardAdmin(service).move("gov", MoveRequest(to="sqlite:///unused.db", place=outside))
-    assert refused.value.field == "place"
+        admin.move("gov", MoveRequest(to="aws-us"))
+    assert refused.value.field == "to"
 
 
 def test_http_enforces_the_same_rule(service: ContextService) -> None:

@@ -222,26 +222,35 @@ def memory_search(
 
 @context_app.command("migrate")
 def migrate(
+    ctx: typer.Context,
     source: Annotated[
         str, typer.Option("--from", help="source database URL, e.g. sqlite:///ctx.db")
     ],
-    target: Annotated[str, typer.Option("--to", help="target URL, e.g. postgresql+psycopg://...")],
+    target: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="target: a configured place (environment name or its shard_urls database); "
+            "with --no-switch, any database URL",
+        ),
+    ],
     domains: Annotated[
         list[str] | None, typer.Option("--domain", help="only this domain (repeatable)")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="rows per committed batch")] = 500,
-    switch: Annotated[bool, typer.Option(help="re-point the shard map at the target")] = True,
+    switch: Annotated[
+        bool, typer.Option(help="re-point the shard map at the target (a configured place)")
+    ] = True,
     as_json: JsonFlag = False,
 ) -> None:
     """Copy domains between databases (e.g. SQLite -> Postgres), verified and resumable.
 
     Copies in committed batches, verifies row counts and checksums, fences the source and
     re-points the shard map. Re-run the same command after an interruption to resume."""
+    from trifecta.context.admin import ShardAdmin
     from trifecta.context.admin import migrate as run_migration
-    from trifecta.context.shards import ShardMap
-    from trifecta.core.settings import get_settings
 
-    shard_map = ShardMap(get_settings().db_url) if switch else None
+    admin = ShardAdmin(_service(ctx)) if switch else None
     progress, report = _progress_bar()
     with progress:
         result = run_migration(
@@ -249,7 +258,7 @@ def migrate(
             target,
             domains=domains,
             batch_size=batch_size,
-            shard_map=shard_map,
+            switch=admin,
             progress=report,
         )
     _emit(
@@ -274,32 +283,45 @@ def shard_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     _emit(listing, as_json, "\n".join(lines))
 
 
+@shard_app.command("places")
+def shard_places(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """The configured places a domain may move to (environments keeping context shards)."""
+    from pydantic import RootModel
+
+    from trifecta.context.admin import ShardAdmin
+    from trifecta.context.shards import hide_password
+
+    places = ShardAdmin(_service(ctx)).places
+    lines = [
+        f"{p.environment.name} ({p.environment.kind}"
+        f"{', ' + p.environment.jurisdiction if p.environment.jurisdiction else ''}): "
+        f"{hide_password(p.url)}"
+        for p in places.values()
+    ]
+    listing = RootModel[dict[str, str]]({n: hide_password(p.url) for n, p in places.items()})
+    _emit(listing, as_json, "\n".join(lines))
+
+
 @shard_app.command("move")
 def shard_move(
     ctx: typer.Context,
     domain: Annotated[str, typer.Argument(help="the domain to move")],
-    to: Annotated[str, typer.Option("--to", help="target database URL")],
-    place: Annotated[str | None, typer.Option(help="name of the target's environment")] = None,
-    place_kind: Annotated[str | None, typer.Option(help="kind of that environment")] = None,
-    jurisdiction: Annotated[
-        str | None, typer.Option(help="jurisdiction of that environment")
-    ] = None,
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="the target place: an environment that keeps context shards (see `shard "
+            "places`) or the database configured for it; its place is derived from it",
+        ),
+    ],
     batch_size: Annotated[int, typer.Option(min=1, help="rows per committed batch")] = 500,
     keep_source: Annotated[bool, typer.Option(help="leave the fenced rows on the source")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Move a domain to another database while it keeps taking writes."""
+    """Move a domain to another configured place while it keeps taking writes."""
     from trifecta.context.admin import MoveRequest, ShardAdmin
-    from trifecta.context.shards import ShardPlace
 
-    if (place is None) != (place_kind is None):
-        raise InvalidInput("give --place and --place-kind together", field="place")
-    where = (
-        ShardPlace(name=place, kind=place_kind, jurisdiction=jurisdiction)
-        if place and place_kind
-        else None
-    )
-    request = MoveRequest(to=to, place=where, batch_size=batch_size, keep_source=keep_source)
+    request = MoveRequest(to=to, batch_size=batch_size, keep_source=keep_source)
     progress, report = _progress_bar()
     with progress:
         result = ShardAdmin(_service(ctx)).move(domain, request, progress=report)

@@ -16,16 +16,20 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import create_engine, delete, func, inspect, select, tuple_, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from trifecta.context import tables
 from trifecta.context.sql import lock_domain, read_domain, upsert
 from trifecta.context.store import ShardStore
-from trifecta.core.db import transaction
-from trifecta.core.errors import Conflict
+from trifecta.core.db import is_sqlite, normalize_url, transaction
+from trifecta.core.errors import Conflict, InvalidInput
 from trifecta.core.logging import get_logger
 
 log = get_logger(__name__)
@@ -325,3 +329,65 @@ def domains_to_copy(source: ShardStore, target: ShardStore) -> list[str]:
     with transaction(source.engine) as session:
         rows = session.execute(select(d.domain, d.state, d.moved_to).order_by(d.domain))
         return [r[0] for r in rows if r[1] == "active" or r[2] == target.label]
+
+
+# -- before a copy: the databases the caller named exist and answer ------------------------
+CONNECT_TIMEOUT_S = 5
+
+
+def _unreachable(url: str, field: str) -> InvalidInput | None:
+    """None when the database answers; else the one-line error naming `field`. A throwaway
+    engine with a connect timeout, so an unreachable host costs seconds, not a hang."""
+    connect_args = {} if is_sqlite(url) else {"connect_timeout": CONNECT_TIMEOUT_S}
+    engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with engine.connect():
+            return None
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        shown = make_url(url).render_as_string(hide_password=True)
+        return InvalidInput(f"cannot connect to {shown}: {reason}", field=field)
+    finally:
+        engine.dispose()
+
+
+def require_reachable(url: str, *, field: str) -> str:
+    """The normalised URL of a database that answers (a SQLite file's folder must exist: a
+    typo is refused rather than created)."""
+    url = _normalised(url, field)
+    if is_sqlite(url):
+        path = make_url(url).database or ""
+        if path in ("", ":memory:") or not Path(path).expanduser().parent.is_dir():
+            raise InvalidInput(f"no folder for the SQLite database {path!r}", field=field)
+        return url
+    error = _unreachable(url, field)
+    if error is not None:
+        raise error
+    return url
+
+
+def require_source(url: str, *, field: str) -> str:
+    """The normalised URL of an existing database that holds context tables: nothing is
+    created at a source (a missing one was once an empty file and "0 rows, all verified")."""
+    url = _normalised(url, field)
+    if is_sqlite(url):
+        path = make_url(url).database or ""
+        if path in ("", ":memory:") or not Path(path).expanduser().is_file():
+            raise InvalidInput(f"no database file {path!r}", field=field)
+    error = _unreachable(url, field)
+    if error is not None:
+        raise error
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        if not inspect(engine).has_table(tables.domains.name):
+            raise InvalidInput("the database holds no context tables", field=field)
+    finally:
+        engine.dispose()
+    return url
+
+
+def _normalised(url: str, field: str) -> str:
+    try:
+        return normalize_url(url)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, field=field, allowed=exc.allowed) from None

@@ -3,12 +3,19 @@ shares that let one domain read another, and the router that sends each domain t
 
 The router remembers the map for a short while; that is safe because a domain that moved is
 fenced on its old shard, and a writer or reader that lands there is told to re-route.
+
+A shard lives only in a configured place: an environment of the topology that keeps context
+(a serving site, not an edge mesh or a training pool) at the database the settings name for it
+(`shard_urls`, else a file in the data directory). A move names the place (or that database's
+URL) and the place is derived from it, never taken from the caller, so a shard cannot land in
+a database nobody configured or under a made-up "sovereign" label.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, or_, select
@@ -18,7 +25,10 @@ from trifecta.context import tables
 from trifecta.context.sql import upsert
 from trifecta.context.store import ShardStore
 from trifecta.core.db import ensure_schema, get_engine, normalize_url, transaction
+from trifecta.core.errors import InvalidInput
+from trifecta.core.settings import Settings
 from trifecta.fleet.capsules import SLUG
+from trifecta.fleet.topology import Environment, Topology
 
 EVERYONE = "*"
 
@@ -29,6 +39,64 @@ class ShardPlace(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     kind: str = Field(min_length=1, max_length=64, description="e.g. sovereign, inference, edge")
     jurisdiction: str | None = Field(default=None, pattern=SLUG)
+
+
+class ContextPlace(BaseModel):
+    """A configured place for context shards: an environment and its shard database."""
+
+    environment: Environment
+    url: str = Field(description="the environment's shard database (password included)")
+
+    @property
+    def place(self) -> ShardPlace:
+        env = self.environment
+        return ShardPlace(name=env.name, kind=env.kind, jurisdiction=env.jurisdiction)
+
+
+def keeps_context(environment: Environment) -> bool:
+    """A serving site keeps context shards; an edge mesh or a training pool does not."""
+    return environment.serving and environment.kind not in ("edge", "training")
+
+
+def configured_places(topology: Topology, settings: Settings) -> dict[str, ContextPlace]:
+    """Every environment that keeps context in this phase, with the database configured for
+    it (an environment that does not serve in the phase would leave the domain unserved)."""
+    keeping = [e.name for e in topology.environments if keeps_context(e)]
+    names = [n for n in keeping if topology.environment(n).available_in(settings.phase)]
+    for name in sorted(settings.shard_urls):
+        if name not in keeping:
+            raise InvalidInput(
+                f"no environment keeping context is named {name!r}",
+                field="shard_urls",
+                allowed=keeping,
+            )
+    return {
+        name: ContextPlace(
+            environment=topology.environment(name), url=normalize_url(settings.shard_url(name))
+        )
+        for name in names
+    }
+
+
+def resolve_place(target: str, places: Mapping[str, ContextPlace]) -> ContextPlace:
+    """The configured place `target` names: an environment's name, or the database URL
+    configured for it. Anything else (a URL or path nobody configured) is refused."""
+    if target in places:
+        return places[target]
+    try:
+        url: str | None = normalize_url(target)
+    except InvalidInput:
+        url = None
+    for place in places.values():
+        if url is not None and place.url == url:
+            return place
+    shown = hide_password(url) if url is not None else target
+    raise InvalidInput(
+        f"{shown!r} is not a configured place: name an environment that keeps context shards, "
+        "or the database configured for it (shard_urls)",
+        field="to",
+        allowed=places,
+    )
 
 
 class ShardEntry(BaseModel):

@@ -85,6 +85,12 @@ class Settings(_TomlSettings):
     model_name: str | None = None
     model_api_key: str | None = None
     ray_address: str | None = Field(default=None, description="Ray cluster for multi-node serving")
+    shard_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description="the database of each environment's context shards (`[shard_urls]`: "
+        "environment name = URL); an environment not named keeps them in "
+        "<data_dir>/environments/<name>/context.db. These are the only places a shard moves to",
+    )
     federation_credential: str | None = Field(
         default=None,
         description="the bearer token environments of a federation present to one another",
@@ -106,6 +112,13 @@ class Settings(_TomlSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'trifecta.db'}"
+
+    def shard_url(self, environment: str) -> str:
+        """Where an environment keeps the context shards of the domains it homes."""
+        configured = self.shard_urls.get(environment)
+        if configured:
+            return configured
+        return f"sqlite:///{self.data_dir / 'environments' / environment / 'context.db'}"
 
     def artifacts_dir(self, *parts: str) -> Path:
         """A folder under the data directory, created on demand."""

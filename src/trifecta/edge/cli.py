@@ -208,7 +208,7 @@ def profiles_command(
         raise InvalidInput(f"unknown phase {phase!r}", field="phase", allowed=PHASES)
     config = EdgeArtifact.load(_model_path(model)).config
     table = Table("accelerator", "tokens/s", "bound", "W", "J/token", "$/hour", "$/1M tokens")
-    for p in edge_profiles(config, phase=phase, layout=layout):  # type: ignore[arg-type]
+    for p in edge_profiles(config, phase=phase, layout=layout):
         table.add_row(
             p.accelerator,
             f"{p.tokens_per_s:,.0f}",

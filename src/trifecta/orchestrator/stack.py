@@ -61,9 +61,9 @@ def npu_of(env: Environment) -> str:
 
 
 def shard_url(settings: Settings, environment: str) -> str:
-    """Where an environment keeps the context shards of the domains it homes."""
-    path = settings.data_dir / "environments" / environment / "context.db"
-    return f"sqlite:///{path}"
+    """Where an environment keeps the context shards of the domains it homes (the settings'
+    `shard_urls`, else a file in the data directory: the places a shard may move to)."""
+    return settings.shard_url(environment)
 
 
 def start_edge_mesh(
