@@ -31,12 +31,12 @@ from trifecta.federation.services import (
     RULES,
     CompleteRequest,
     CompleteResponse,
-    GenerativeFeedback,
     OffloadRequest,
     RuleRequest,
 )
 from trifecta.fleet.capsules import Capsule
 from trifecta.generative.service import GenerativeRequest
+from trifecta.orchestrator.generative_outcomes import GenerativeOutcomes
 from trifecta.orchestrator.metrics import LoopMetrics
 from trifecta.orchestrator.models import (
     Feedback,
@@ -77,6 +77,7 @@ class Orchestrator:
         self.metrics = LoopMetrics()
         self.run_id = run_id
         self.learn_enabled = learn
+        self.generative_outcomes = GenerativeOutcomes()
 
     # -- the request path --------------------------------------------------------------
     def serve(self, capsule_id: str, request: TaskRequest) -> TaskResult:
@@ -116,8 +117,8 @@ class Orchestrator:
             if task
             else None
         )
-        if served.generative is not None and verified is not None:
-            self._tune_generative(capsule, served, verified)
+        if served.generative is not None:
+            self._tune_generative(capsule, request_id, served)
         latency_ms = (time.perf_counter() - started) * 1000
         result = TaskResult(
             id=request_id,
@@ -355,16 +356,17 @@ class Orchestrator:
             )
         return None
 
-    def _tune_generative(self, capsule: Capsule, served: Served, verified: bool) -> None:
-        """The verdict moves the capsule's router biases (experts used on a success gain)."""
+    def _tune_generative(self, capsule: Capsule, request_id: str, served: Served) -> None:
+        """The answer's expert usage goes into its trajectory (`_learn`), so the context layer
+        records it with the outcome; the outcomes recorded so far move the capsule's router
+        biases (experts used on a success gain): `generative_outcomes`."""
         assert served.generative is not None
+        self.generative_outcomes.wait(request_id, served.generative.expert_load)
         try:
-            self.bridge.generative(capsule, served.environment).feedback(
-                GenerativeFeedback(
-                    capsule_id=capsule.id,
-                    expert_load=served.generative.expert_load,
-                    success=verified,
-                )
+            self.generative_outcomes.settle(
+                capsule.id,
+                self.bridge.context(capsule, self.parts.shards.place(capsule.domain)),
+                self.bridge.generative(capsule, served.environment),
             )
         except Unavailable as exc:
             log.warning("generative feedback not applied", reason=exc.one_line())
@@ -457,7 +459,9 @@ class Orchestrator:
             task,
             judge="verifier" if verdict is not None else "none",
             verdict=verdict,
-            detail=None,
+            detail=self.generative_outcomes.detail(
+                result.id, task.answer if task else None, verdict
+            ),
             suffix="",
         )
         started = time.perf_counter()
