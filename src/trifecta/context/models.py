@@ -18,6 +18,8 @@ SECTION = r"^[a-z][a-z0-9_]{1,31}$"
 # `str-1a2b3c4d`: three letters of the section, then a hex digest (see `merge.bullet_id_for`).
 BULLET_ID = r"^[a-z0-9]{3}-[0-9a-z]{4,24}$"
 MEMORY_ID = r"^mem-[0-9a-z]{4,40}$"
+# Times and ages in seconds stay below year 2100 (finite: `Infinity` made the cut-off NaN).
+MAX_EPOCH_S = 4_102_444_800.0
 DEFAULT_SECTIONS = ("strategies", "pitfalls", "formulas", "routing", "checks")
 
 Outcome = Literal["success", "failure", "unknown"]
@@ -132,9 +134,11 @@ class MemoryQuery(BaseModel):
     k: int = Field(default=5, ge=1, le=100)
     outcome: MemoryOutcome | None = Field(default=None, description="only successes or failures")
     since: float | None = Field(
-        default=None, description="only items created at or after (epoch s)"
+        default=None, ge=0, le=MAX_EPOCH_S, description="only items created at or after (epoch s)"
     )
-    max_age_s: float | None = Field(default=None, gt=0, description="only items younger than this")
+    max_age_s: float | None = Field(
+        default=None, gt=0, le=MAX_EPOCH_S, description="only items younger than this"
+    )
     min_similarity: float = Field(default=-1.0, ge=-1, le=1)
     domain: str | None = Field(
         default=None, pattern=SLUG, description="another domain to read (must be shared)"
@@ -182,7 +186,7 @@ class RetrieveRequest(BaseModel):
     token_budget: int | None = Field(default=None, ge=16, le=200_000)
     k_memories: int = Field(default=3, ge=0, le=50)
     memory_outcome: MemoryOutcome | None = None
-    memory_max_age_s: float | None = Field(default=None, gt=0)
+    memory_max_age_s: float | None = Field(default=None, gt=0, le=MAX_EPOCH_S)
     domain: str | None = Field(default=None, pattern=SLUG)
 
 

@@ -49,6 +49,13 @@ class InvalidInput(TrifectaError):
     code = "invalid_input"
 
 
+class BadRequest(InvalidInput):
+    """A request that cannot be read at all (a body that is not JSON, not UTF-8, too deep)."""
+
+    status = 400
+    code = "bad_request"
+
+
 class NotFound(TrifectaError):
     status = 404
     code = "not_found"

@@ -17,6 +17,10 @@ from trifecta.core.settings import Phase
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 BUILTIN_KINDS = ("digital_twin", "sovereign")
 SOVEREIGN_ENVIRONMENT_KINDS = ("sovereign", "edge")
+# Bounds that keep the fair queue's and the planner's arithmetic finite (a share of 1e308 or
+# 5e-324 overflowed the slot guarantees); far outside any real fleet in both directions.
+MIN_SHARE, MAX_SHARE = 1e-3, 1e3
+MAX_RATE_RPS = 1e6
 
 
 class Place(Protocol):
@@ -35,8 +39,10 @@ class Place(Protocol):
 class Demand(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    requests_per_s: float = Field(ge=0, description="mean request rate")
-    tokens_per_request: int = Field(default=256, gt=0, description="prompt + completion tokens")
+    requests_per_s: float = Field(ge=0, le=MAX_RATE_RPS, description="mean request rate")
+    tokens_per_request: int = Field(
+        default=256, gt=0, le=1_000_000, description="prompt + completion tokens"
+    )
     light_share: float = Field(
         default=0.5, ge=0, le=1, description="share of requests light enough for the edge"
     )
@@ -76,8 +82,12 @@ class Capsule(BaseModel):
     phase: Phase = "dev"
     demand: Demand = Field(default_factory=lambda: Demand(requests_per_s=1.0))
     quality_target: float = Field(default=0.9, gt=0, le=1, description="target answer accuracy")
-    share: float = Field(default=1.0, gt=0, description="weight in fair queuing")
-    quota_rps: float | None = Field(default=None, gt=0, description="hard request-rate quota")
+    share: float = Field(
+        default=1.0, ge=MIN_SHARE, le=MAX_SHARE, description="weight in fair queuing"
+    )
+    quota_rps: float | None = Field(
+        default=None, ge=1e-3, le=MAX_RATE_RPS, description="hard request-rate quota"
+    )
     program: str | None = Field(
         default=None,
         pattern=SLUG,

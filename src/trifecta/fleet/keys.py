@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 from sqlalchemy import (
     Boolean,
     Column,
@@ -84,6 +84,13 @@ class ApiKey(BaseModel):
     label: str = ""
     created_at: datetime
     revoked_at: datetime | None = None
+
+    @field_validator("created_at", "revoked_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # SQLite hands times back without their zone; they are stored in UTC, and an
+        # RFC 3339 date-time (what the API's spec promises) carries its offset.
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
     @property
     def active(self) -> bool:

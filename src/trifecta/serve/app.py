@@ -27,6 +27,7 @@ from trifecta import __version__
 from trifecta.cognitive.serving.app import build_router
 from trifecta.cognitive.serving.service import CognitiveService
 from trifecta.context.service import create_app as create_context_app
+from trifecta.core.apidocs import install_api_docs
 from trifecta.core.auth import Authenticator, Principal, admin_only, authenticated
 from trifecta.core.http import install_error_handlers
 from trifecta.core.logging import RequestIds
@@ -43,7 +44,9 @@ from trifecta.orchestrator.models import Feedback, FeedbackResult, TaskRequest, 
 from trifecta.orchestrator.stack import Stack
 from trifecta.serve.auth import keys_routes, revoke_capsule_keys, server_authenticator
 from trifecta.serve.dashboard import mount_dashboard
+from trifecta.serve.idempotency import SingleFlight
 from trifecta.serve.mcp_face import OrchestratorFace, mount_mcp_face
+from trifecta.serve.openapi import document_app, operations_of
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -51,11 +54,14 @@ MAX_BODY_BYTES = 1 << 20
 def capsule_routes(orchestrator: Orchestrator, stack: Stack, auth: Authenticator) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["capsules"])
     caller, admin = Depends(authenticated(auth)), Depends(admin_only(auth))
+    flights = SingleFlight()
 
     @router.post("/capsules/{capsule_id}/tasks", status_code=status.HTTP_201_CREATED)
     def submit_task(capsule_id: str, body: TaskRequest, key: Principal = caller) -> TaskResult:
-        """Serve one task through the trifecta loop (context, route, layer, verify, learn)."""
-        return orchestrator.serve(key.act_for(capsule_id), body)
+        """Serve one task through the trifecta loop (context, route, layer, verify, learn).
+        A `request_id` seen before replays its result (409 if another capsule's)."""
+        capsule = key.act_for(capsule_id)
+        return flights.run(body.request_id, lambda: orchestrator.serve(capsule, body))
 
     @router.get("/capsules/{capsule_id}/tasks/{task_id}")
     def get_task(capsule_id: str, task_id: str, key: Principal = caller) -> TaskResult:
@@ -161,13 +167,16 @@ def create_app(
     # The generative model by name on the same /v1/completions (the layers never import
     # each other: the serve layer composes them).
     named = GenerativeModels(stack.generative, stack.phase) if stack.generative else None
-    app.include_router(build_router(cognitive, auth=auth, named=named))
+    openai_api = build_router(cognitive, auth=auth, named=named)
+    app.include_router(openai_api)
     app.include_router(capsule_routes(orchestrator, stack, auth))
     app.include_router(control_routes(stack, auth))
     if isinstance(auth, KeyStore):
         app.include_router(keys_routes(auth))
     if stack.context is not None:
-        app.mount("/context", create_context_app(stack.context, auth=auth))
+        context_app = create_context_app(stack.context, auth=auth)
+        install_api_docs(context_app)
+        app.mount("/context", context_app)
     app.state.orchestrator = orchestrator
     app.state.auth = auth
     mount_mcp_face(app, OrchestratorFace(orchestrator, stack), auth=auth)
@@ -192,4 +201,6 @@ def create_app(
             "phases": list(PHASES),
         }
 
+    install_api_docs(app)
+    document_app(app, openai=operations_of(openai_api), mcp=True)
     return app

@@ -76,20 +76,22 @@ class FairQueue(Generic[T]):
         """The next request by tag among tenants `eligible` allows (all by default)."""
         skipped = []
         found: _Queued[T] | None = None
-        while self._heads:
-            head = heapq.heappop(self._heads)
-            if not self._valid(head):
-                continue
-            if eligible is not None and not eligible(head[2]):
-                skipped.append(head)
-                continue
-            queue = self._queues[head[2]]
-            found = queue.popleft()
-            if queue:
-                heapq.heappush(self._heads, (queue[0].start, queue[0].seq, head[2]))
-            break
-        for head in skipped:
-            heapq.heappush(self._heads, head)
+        try:
+            while self._heads:
+                head = heapq.heappop(self._heads)
+                if not self._valid(head):
+                    continue
+                if eligible is not None and not eligible(head[2]):
+                    skipped.append(head)
+                    continue
+                queue = self._queues[head[2]]
+                found = queue.popleft()
+                if queue:
+                    heapq.heappush(self._heads, (queue[0].start, queue[0].seq, head[2]))
+                break
+        finally:  # even if `eligible` raises: a lost head would strand its tenant's queue
+            for head in skipped:
+                heapq.heappush(self._heads, head)
         if found is None:
             return None
         self._virtual_time = max(self._virtual_time, found.start)

@@ -35,7 +35,8 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # Within what every JSON client reads exactly (a seed of 1e23 overflowed torch's seed).
+    seed: int | None = Field(default=None, ge=0, le=2**53)
     user: str | None = None
     ignore_eos: bool = Field(
         default=False, description="generate max_tokens whatever the model says (vLLM's extension)"

@@ -108,9 +108,12 @@ class SlotShares:
 
     @staticmethod
     def _guarantees(active: dict[str, _Tenant], slots: int) -> dict[str, int]:
-        total = sum(state.share for state in active.values())
+        # Shares relative to the largest: finite whatever their scale (1e308 overflowed).
+        top = max((state.share for state in active.values()), default=1.0)
+        total = sum(state.share / top for state in active.values())
         return {
-            name: max(1, math.floor(slots * state.share / total)) for name, state in active.items()
+            name: max(1, math.floor(slots * (state.share / top) / total))
+            for name, state in active.items()
         }
 
     def _over_share(self, tenant: str, active: dict[str, _Tenant]) -> bool:
