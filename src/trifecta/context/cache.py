@@ -8,13 +8,22 @@ replica B after a write on replica A returns cannot see the old result.
 
 If a writer dies between commit and publish, the version key's expiry (`version_ttl_s`)
 bounds how long replicas may serve the previous version: on expiry they read the shard.
+
+Redis failing (down, or up but not answering) costs one call `timeout_s` and opens the
+process's breaker (`RedisLink`): reads then use the in-process cache and the shard's version
+at once. A write whose publish failed keeps its version; when Redis answers again the
+process republishes it before it reads Redis again, and it checks each domain's version
+against the shard once (another replica's publish may have failed too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -22,6 +31,7 @@ from pydantic import BaseModel
 from trifecta.core.logging import get_logger
 
 T = TypeVar("T", bound=BaseModel)
+R = TypeVar("R")
 log = get_logger(__name__)
 
 # Publish only forward: concurrent writers may publish out of order.
@@ -35,12 +45,104 @@ return 0
 """
 
 
-def connect_redis(url: str, timeout_s: float = 0.25) -> Any:
-    """A client whose every call gives up after `timeout_s` (then readers use the shard):
-    a hung Redis costs a request a bounded wait, not a stall."""
+def connect_redis(url: str, timeout_s: float = 0.25, retry_s: float = 0.5) -> RedisLink:
+    """The process's link to Redis: every call gives up after `timeout_s` (connect included),
+    and a failed call opens the breaker, so a hung Redis costs one request a bounded wait and
+    the rest none."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    # No retries inside the client: redis-py's default (10 retries with backoff) turns one
+    # 0.25 s timeout into seconds; the breaker below decides when to try again.
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return RedisLink(client, retry_s=retry_s)
+
+
+class RedisDown(Exception):
+    """Redis did not answer (or the breaker is open): the caller uses its fallback."""
+
+
+class RedisLink:
+    """Every Redis call of a process goes through one breaker.
+
+    Closed: calls go to Redis. A call that fails (refused, reset, timed out) opens it: calls
+    then fail at once with `RedisDown` and a background thread pings Redis every `retry_s`.
+    When Redis answers, the recovery hooks run first (the version board republishes what
+    writers could not publish), then the generation is bumped (readers verify each domain's
+    version against its shard once before trusting Redis again), then the breaker closes.
+    Written here rather than taken from a breaker library because that order matters: no
+    caller may read Redis between its return and the republish of this process's versions.
+    """
+
+    def __init__(self, client: Any, *, retry_s: float = 0.5):
+        self.client = client
+        self.retry_s = retry_s
+        self.generation = 0
+        self.failures = self.skipped = self.recoveries = 0
+        self._open = False
+        self._lock = threading.Lock()
+        self._hooks: list[Callable[[Any], None]] = []
+        self._prober: threading.Thread | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def on_recover(self, hook: Callable[[Any], None]) -> None:
+        """Run `hook(client)` when Redis answers again, before any caller may use it."""
+        self._hooks.append(hook)
+
+    def call(self, op: Callable[[Any], R]) -> R:
+        """`op(client)`, or `RedisDown` if the breaker is open or the call fails."""
+        if self._open:
+            self.skipped += 1
+            raise RedisDown("circuit open")
+        try:
+            return op(self.client)
+        except Exception as exc:  # redis.RedisError and socket errors alike
+            self._trip(exc)
+            raise RedisDown(str(exc)) from exc
+
+    def _trip(self, exc: BaseException) -> None:
+        with self._lock:
+            self.failures += 1
+            if self._open:
+                return
+            self._open = True
+            log.warning("redis unreachable; using the in-process cache", error=str(exc))
+            self._prober = threading.Thread(target=self._probe, name="redis-probe", daemon=True)
+            self._prober.start()
+
+    def _probe(self) -> None:
+        while True:
+            time.sleep(self.retry_s)
+            try:
+                self.client.ping()
+                for hook in self._hooks:
+                    hook(self.client)
+            except Exception as exc:  # still down (or down again during the republish)
+                log.debug("redis still unreachable", error=str(exc))
+                continue
+            with self._lock:
+                self.generation += 1
+                self.recoveries += 1
+                self._open = False
+            log.info("redis reachable again", generation=self.generation)
+            return
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "redis_open": int(self._open),
+            "redis_failures": self.failures,
+            "redis_skipped": self.skipped,
+            "redis_recoveries": self.recoveries,
+        }
 
 
 def request_key(kind: str, request: BaseModel | dict[str, Any]) -> str:
@@ -53,35 +155,74 @@ def request_key(kind: str, request: BaseModel | dict[str, Any]) -> str:
 
 
 class VersionBoard:
-    """Where readers learn a domain's current version. Redis errors degrade to the shard."""
+    """Where readers learn a domain's current version. Redis errors degrade to the shard.
 
-    def __init__(self, redis_client: Any | None, *, ttl_s: float, prefix: str = "trifecta:ctx"):
-        self.redis = redis_client
+    A version this process could not publish is kept (the highest per domain) and published
+    when Redis answers again. After Redis came back, a domain's version is taken from the
+    shard once (and published) before the board trusts Redis for it: another replica may
+    have committed writes it could not publish while Redis was away."""
+
+    def __init__(self, link: RedisLink | None, *, ttl_s: float, prefix: str = "trifecta:ctx"):
+        self.link = link
         self.ttl_ms = int(ttl_s * 1000)
         self.prefix = prefix
-        self._publish = redis_client.register_script(_PUBLISH_MAX) if redis_client else None
+        self._script = link.client.register_script(_PUBLISH_MAX) if link else None
+        self._lock = threading.Lock()
+        self._unpublished: dict[str, int] = {}  # domain -> highest version not yet published
+        self._verified: dict[str, int] = {}  # domain -> link generation its version was checked
+        if link is not None:
+            link.on_recover(self._republish)
 
     def key(self, domain: str) -> str:
         return f"{self.prefix}:v:{domain}"
 
     def get(self, domain: str) -> int | None:
-        """The published version, or None (no Redis, not published, expired, unreachable)."""
-        if self.redis is None:
+        """The published version, or None (no Redis, not published, expired, unreachable, or
+        not yet checked against the shard since Redis came back): the caller reads the shard
+        and publishes what it read."""
+        link = self.link
+        if link is None:
+            return None
+        if link.generation and self._verified.get(domain, 0) < link.generation:
             return None
         try:
-            value = self.redis.get(self.key(domain))
-        except Exception as exc:  # redis.RedisError and socket errors alike: fall back to the shard
-            log.warning("redis version read failed", domain=domain, error=str(exc))
+            value = link.call(lambda r: r.get(self.key(domain)))
+        except RedisDown:
             return None
         return int(value) if value is not None else None
 
     def publish(self, domain: str, version: int) -> None:
-        if self._publish is None:
+        link = self.link
+        if link is None:
             return
+        generation = link.generation
         try:
-            self._publish(keys=[self.key(domain)], args=[version, self.ttl_ms])
-        except Exception as exc:
-            log.warning("redis version publish failed", domain=domain, error=str(exc))
+            link.call(lambda r: self._publish(r, domain, version))
+        except RedisDown:
+            with self._lock:
+                self._unpublished[domain] = max(version, self._unpublished.get(domain, -1))
+            return
+        with self._lock:
+            if self._verified.get(domain, 0) < generation:
+                self._verified[domain] = generation
+
+    def _publish(self, client: Any, domain: str, version: int) -> None:
+        assert self._script is not None
+        self._script(keys=[self.key(domain)], args=[version, self.ttl_ms], client=client)
+
+    def _republish(self, client: Any) -> None:
+        """Runs on the prober's thread when Redis answers again, before the breaker closes."""
+        with self._lock:
+            pending = dict(self._unpublished)
+        for domain, version in pending.items():
+            self._publish(client, domain, version)  # a failure leaves the breaker open
+            with self._lock:
+                if self._unpublished.get(domain) == version:
+                    del self._unpublished[domain]
+        log.info("versions republished", domains=len(pending))
+
+    def unpublished(self) -> int:
+        return len(self._unpublished)
 
 
 class ResultCache:
@@ -89,13 +230,13 @@ class ResultCache:
 
     def __init__(
         self,
-        redis_client: Any | None,
+        link: RedisLink | None,
         *,
         max_entries: int,
         ttl_s: float,
         prefix: str = "trifecta:ctx",
     ):
-        self.redis = redis_client
+        self.link = link
         self.ttl_ms = int(ttl_s * 1000)
         self.prefix = prefix
         self.max_entries = max_entries
@@ -114,11 +255,11 @@ class ResultCache:
                 self._local.move_to_end(local_key)
                 self.hits += 1
                 return found  # type: ignore[return-value]
-        if self.redis is not None:
+        if self.link is not None:
+            redis_key = self._redis_key(domain, version, key)
             try:
-                raw = self.redis.get(self._redis_key(domain, version, key))
-            except Exception as exc:
-                log.warning("redis cache read failed", domain=domain, error=str(exc))
+                raw = self.link.call(lambda r: r.get(redis_key))
+            except RedisDown:
                 raw = None
             if raw is not None:
                 value = model.model_validate_json(raw)
@@ -130,13 +271,11 @@ class ResultCache:
 
     def put(self, domain: str, version: int, key: str, value: BaseModel) -> None:
         self._remember((domain, version, key), value)
-        if self.redis is not None:
-            try:
-                self.redis.set(
-                    self._redis_key(domain, version, key), value.model_dump_json(), px=self.ttl_ms
-                )
-            except Exception as exc:
-                log.warning("redis cache write failed", domain=domain, error=str(exc))
+        if self.link is not None:
+            redis_key, body = self._redis_key(domain, version, key), value.model_dump_json()
+            # Redis away: the in-process copy serves this replica; others compute their own.
+            with contextlib.suppress(RedisDown):
+                self.link.call(lambda r: r.set(redis_key, body, px=self.ttl_ms))
 
     def _remember(self, key: tuple[str, int, str], value: BaseModel) -> None:
         with self._lock:
@@ -146,9 +285,10 @@ class ResultCache:
                 self._local.popitem(last=False)
 
     def stats(self) -> dict[str, int]:
+        links = self.link.stats() if self.link is not None else {}
         return {
             "hits": self.hits,
             "shared_hits": self.shared_hits,
             "misses": self.misses,
             "entries": len(self._local),
-        }
+        } | links

@@ -1,0 +1,125 @@
+"""A bounded load and soak run of `trifecta serve` on loopback, driven by locust: mixed
+capsules with their own keys send tasks (and feedback on some) on a fixed schedule for
+SOAK_S seconds, while the server's resident memory is sampled.
+
+Load: no 5xx and no dropped connection; every acknowledged learning write is in the learn
+queue and learned from after the drain, every acknowledged task and feedback is in the
+database; p50 / p99 are taken from each request's scheduled arrival.
+Soak: resident memory is flat (the slope of the second half is bounded) and the structures
+that grow with traffic are bounded (Prometheus series, the result cache)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.reliability.load import LoadRun, run_locust
+from tests.reliability.servers import ServeProcess
+from tests.reliability.traffic import CAPSULES, Audit, drained_audit
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+SOAK_S = 100.0
+RATE = 2.0  # tasks per second, all capsules together (what a loaded 2-core CI box sustains)
+USERS = 8
+RSS_SLOPE_MB_PER_MIN = 3.0
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def metric_series(url: str) -> int:
+    """How many sample lines /metrics exposes (each label set is one series)."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+@dataclass
+class Soak:
+    run: LoadRun
+    audit: Audit
+    rss: list[tuple[float, float]]  # (seconds since start, MB)
+    series_mid: int
+    series_end: int
+    context_cache: dict[str, int] = field(default_factory=dict)
+
+    def slope_mb_per_min(self) -> float:
+        """Least-squares slope of resident memory over the second half of the run."""
+        half = [(t, m) for t, m in self.rss if t >= self.rss[-1][0] / 2]
+        t, m = np.array(half).T
+        return float(np.polyfit(t, m, 1)[0] * 60)
+
+
+@pytest.fixture(scope="module")
+def soak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Soak]:
+    work = tmp_path_factory.mktemp("soak")
+    url = f"sqlite:///{work / 'control.db'}"
+    server = ServeProcess(work / "data", url)
+    server.start()
+    try:
+        keys = server.capsule_keys(CAPSULES)
+        samples: list[tuple[float, float]] = []
+        mid: list[int] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            started = time.monotonic()
+            while not done.wait(1.0):
+                elapsed = time.monotonic() - started
+                samples.append((elapsed, rss_mb(server.pid)))
+                if not mid and elapsed >= SOAK_S / 2:
+                    mid.append(metric_series(server.url))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        run = run_locust(server.url, keys, rate=RATE, seconds=SOAK_S, users=USERS, work=work)
+        done.set()
+        sampler.join()
+        series_end = metric_series(server.url)
+        admin = {"Authorization": f"Bearer {server.admin_key}"}
+        health = httpx.get(server.url + "/context/health", headers=admin, timeout=30).json()
+        audit = drained_audit(url, run.acks)
+        yield Soak(run, audit, samples, mid[0], series_end, health["cache_stats"])
+    finally:
+        server.stop()
+
+
+def test_load_answers_every_request_and_loses_no_acknowledged_write(soak: Soak) -> None:
+    run = soak.run
+    latencies = run.latencies_ms()
+    print(
+        f"load: {len(run.of('task'))} tasks + {len(run.of('feedback'))} feedback in "
+        f"{run.seconds:.0f} s, offered {run.rate:.1f}/s achieved {run.achieved_rate():.2f}/s, "
+        f"p50 {np.percentile(latencies, 50):.0f} ms p99 {np.percentile(latencies, 99):.0f} ms "
+        f"from scheduled arrival; statuses {dict(run.acks.statuses)}; audit {soak.audit}"
+    )
+    assert run.server_errors() == 0, dict(run.acks.statuses)
+    assert len(run.acks.tasks) >= 0.5 * RATE * SOAK_S  # the load did run
+    assert run.acks.feedback and run.acks.learned
+    assert soak.audit.clean, soak.audit
+    assert soak.audit.queue_rows == len(run.acks.learned)
+
+
+def test_soak_memory_is_flat_and_traffic_grows_nothing_unbounded(soak: Soak) -> None:
+    slope = soak.slope_mb_per_min()
+    first, last = soak.rss[0][1], soak.rss[-1][1]
+    print(
+        f"soak: RSS {first:.0f} -> {last:.0f} MB over {soak.rss[-1][0]:.0f} s, second-half "
+        f"slope {slope:+.2f} MB/min; /metrics series {soak.series_mid} mid-run, "
+        f"{soak.series_end} at the end; context cache {soak.context_cache}"
+    )
+    assert slope < RSS_SLOPE_MB_PER_MIN
+    # Label sets are per capsule kind, environment, layer, route: traffic adds no series.
+    assert soak.series_end <= soak.series_mid * 1.05
+    assert soak.context_cache["entries"] <= 20_000  # the result cache's bound (cache_entries)
