@@ -67,6 +67,7 @@ def peer_app(
     base_url: str,
     handler: CapsuleTaskHandler,
     capsule_lookup: Callable[[str], Capsule] = lookup,
+    credential: str | None = None,
 ) -> FastAPI:
     homed = [manifest_of(c) for c in CAPSULES if environment.admits(c)]
     card = build_agent_card(environment, base_url, manifests=homed)
@@ -79,7 +80,7 @@ def peer_app(
             await service.aclose()  # type: ignore[attr-defined]
 
     app = FastAPI(lifespan=lifespan)
-    holder.append(add_a2a_routes(app, card, handler, capsule_lookup))
+    holder.append(add_a2a_routes(app, card, handler, capsule_lookup, credential=credential))
     return app
 
 

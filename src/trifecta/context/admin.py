@@ -108,7 +108,7 @@ class ShardAdmin:
         self._known(domain)
         target_place = resolve_place(request.to, self.places)
         self.check_admits(domain, target_place)
-        url = require_reachable(target_place.url, field="to")
+        url = require_reachable(target_place.url, field="to", configured=True)
         service = self.service
         source = service.router.store_for(domain)
         target = service.router.store(url)
@@ -197,7 +197,10 @@ def migrate(
     source that does not exist, and an unreachable database is refused before any copy."""
     source_url = require_source(from_url, field="from")
     target_place = resolve_place(to_url, switch.places) if switch is not None else None
-    target_url = require_reachable(target_place.url if target_place else to_url, field="to")
+    if target_place is not None:
+        target_url = require_reachable(target_place.url, field="to", configured=True)
+    else:
+        target_url = require_reachable(to_url, field="to")
     source, target = ShardStore(source_url), ShardStore(target_url)
     names = domains if domains is not None else domains_to_copy(source, target)
     if switch is not None and target_place is not None:

@@ -351,12 +351,14 @@ def _unreachable(url: str, field: str) -> InvalidInput | None:
         engine.dispose()
 
 
-def require_reachable(url: str, *, field: str) -> str:
-    """The normalised URL of a database that answers (a SQLite file's folder must exist: a
-    typo is refused rather than created)."""
+def require_reachable(url: str, *, field: str, configured: bool = False) -> str:
+    """The normalised URL of a database that answers. A SQLite file's folder must exist (a
+    typo is refused rather than created) unless the URL is a configured place's."""
     url = _normalised(url, field)
     if is_sqlite(url):
         path = make_url(url).database or ""
+        if configured and path not in ("", ":memory:"):
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         if path in ("", ":memory:") or not Path(path).expanduser().parent.is_dir():
             raise InvalidInput(f"no folder for the SQLite database {path!r}", field=field)
         return url

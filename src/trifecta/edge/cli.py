@@ -242,14 +242,17 @@ def node_command(
         Path | None, typer.Option(help="preload this artifact (otherwise wait for the mesh)")
     ] = None,
 ) -> None:
-    """Run an edge node: an MCP server (streamable HTTP at /mcp) around the runtime."""
+    """Run an edge node: an MCP server (streamable HTTP at /mcp) around the runtime. With a
+    federation credential configured (`trifecta up` sets one), only peers presenting it are
+    answered."""
     from trifecta.core.settings import get_settings
     from trifecta.edge.node import EdgeNode, NodeConfig, NodePlace, serve_node
 
+    settings = get_settings()
     config = NodeConfig(
         name=name,
         environment=NodePlace(name=environment, kind=kind, jurisdiction=jurisdiction),
-        data_dir=data_dir or get_settings().artifacts_dir("edge", "nodes", name),
+        data_dir=data_dir or settings.artifacts_dir("edge", "nodes", name),
         capacity=capacity,
         kernel=None if kernel == "auto" else kernel,
         threads=threads,
@@ -262,7 +265,9 @@ def node_command(
         answer = node.put_artifact("model", model.stem, sha256_hex(data), data)
         if answer.status != "stored":
             raise InvalidInput(answer.message, field="model")
-    serve_node(node, host, port)
+    if settings.federation_credential is None:
+        console.print("no federation credential configured: any peer may use this node")
+    serve_node(node, host, port, credential=settings.federation_credential)
 
 
 @edge_app.command("mesh")

@@ -4,20 +4,25 @@ The official `mcp.Client` ties a session's transport to the task that opened it:
 node dies, the transport's task group fails and cancels that task. So each link opens its
 session in a supervisor task of its own and keeps it open; calls from other tasks use the
 session, and a failed or timed-out call (or a failure of the session itself) closes it. The
-supervisor then reconnects after `retry_s`. Callers only ever see `NodeDown`.
+supervisor then reconnects after `retry_s`. Callers only ever see `NodeDown`. A node reached
+over HTTP gets the federation credential with every request (`edge.mesh_auth`).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
 import anyio
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
+from mcp.shared._httpx_utils import create_mcp_http_client
 from pydantic import BaseModel, ValidationError
 
 from trifecta.core.logging import get_logger
+from trifecta.edge.mesh_auth import peer_headers
 
 log = get_logger("trifecta.edge.link")
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -29,9 +34,15 @@ class NodeDown(Exception):
 
 class NodeLink:
     def __init__(
-        self, target: str | MCPServer, *, retry_s: float = 0.5, connect_timeout_s: float = 5.0
+        self,
+        target: str | MCPServer,
+        *,
+        retry_s: float = 0.5,
+        connect_timeout_s: float = 5.0,
+        credential: str | None = None,
     ):
         self.target = target
+        self.credential = credential
         self.retry_s = retry_s
         self.connect_timeout_s = connect_timeout_s
         self._client: Client | None = None
@@ -50,10 +61,16 @@ class NodeLink:
         """Keep a session open until `close`; run as a task of the mesh's event loop."""
         while not self._stopping:
             try:
-                # The read timeout bounds the handshake; each call passes its own.
-                async with Client(
-                    self.target, read_timeout_seconds=self.connect_timeout_s
-                ) as client:
+                async with AsyncExitStack() as stack:
+                    target: Any = self.target
+                    if isinstance(target, str):  # over HTTP: a client that carries the credential
+                        http = create_mcp_http_client(headers=peer_headers(self.credential))
+                        await stack.enter_async_context(http)
+                        target = streamable_http_client(target, http_client=http)
+                    # The read timeout bounds the handshake; each call passes its own.
+                    client = await stack.enter_async_context(
+                        Client(target, read_timeout_seconds=self.connect_timeout_s)
+                    )
                     self._lost = anyio.Event()
                     self._client = client
                     try:

@@ -3,8 +3,9 @@ offloaded to a healthy node with fallback.
 
 `EdgeMesh` runs its own event loop in a background thread (an anyio blocking portal), so it
 is usable from plain Python, from the CLI (`trifecta edge mesh`) and inside a service. Nodes
-are MCP endpoints: other processes or hosts (`add_node("http://host:port/mcp")`) or
-in-process `EdgeNode`s (`add_node(node)`), reached through the same MCP tools.
+are MCP endpoints: other processes or hosts (`add_node("http://host:port/mcp")`, each request
+carrying the federation credential the nodes require) or in-process `EdgeNode`s
+(`add_node(node)`), reached through the same MCP tools.
 
 - Heartbeat: every `heartbeat_s` the mesh calls each node's `status`. A node that answers is
   healthy; one that does not is unhealthy at once and is skipped until it answers again.
@@ -76,8 +77,10 @@ class EdgeMesh:
         request_timeout_s: float = 60.0,
         transfer_timeout_s: float = 60.0,
         max_attempts: int = 3,
+        credential: str | None = None,
     ):
         self.store = ArtifactStore(store_dir or get_settings().artifacts_dir("edge", "mesh"))
+        self.credential = credential  # presented to nodes over HTTP (`edge.mesh_auth`)
         self.heartbeat_s = heartbeat_s
         self.status_timeout_s = status_timeout_s
         self.request_timeout_s = request_timeout_s
@@ -131,7 +134,7 @@ class EdgeMesh:
         else:
             if not target.startswith(("http://", "https://")):
                 raise InvalidInput(f"not an MCP URL: {target!r}", field="node")
-            key, link = target, NodeLink(target)
+            key, link = target, NodeLink(target, credential=self.credential)
         if key in self._nodes:
             raise InvalidInput(f"node {key!r} is already in the mesh", field="node")
         state = NodeState(key, link)

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from trifecta.core.settings import get_settings
 from trifecta.core.tasks import generate_tasks
 from trifecta.edge.mesh import EdgeMesh
 from trifecta.edge.processes import NodeProcess
@@ -52,7 +53,8 @@ def run_mesh(
     try:
         for process in spawned:
             process.wait_ready()
-        with EdgeMesh(work_dir / "mesh") as mesh:
+        credential = get_settings().federation_credential  # the nodes' (they inherit it)
+        with EdgeMesh(work_dir / "mesh", credential=credential) as mesh:
             for url in [*urls, *(p.url for p in spawned)]:
                 mesh.add_node(url)
             mesh.publish_file("model", model, "edge-model")

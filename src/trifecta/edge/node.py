@@ -276,13 +276,19 @@ class EdgeNode:
         return server
 
 
-def serve_node(node: EdgeNode, host: str, port: int) -> None:
-    """Serve a node's MCP endpoint over streamable HTTP until interrupted (blocking)."""
+def serve_node(node: EdgeNode, host: str, port: int, *, credential: str | None = None) -> None:
+    """Serve a node's MCP endpoint over streamable HTTP until interrupted (blocking); with a
+    federation credential, only peers presenting it are answered (`edge.mesh_auth`)."""
     import uvicorn
+    from starlette.types import ASGIApp
 
-    app = node.mcp_server().streamable_http_app(
+    from trifecta.edge.mesh_auth import PeersOnly
+
+    app: ASGIApp = node.mcp_server().streamable_http_app(
         json_response=True, host=host, max_request_body_size=MAX_ARTIFACT_BYTES * 2
     )
+    if credential is not None:
+        app = PeersOnly(app, credential)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     )

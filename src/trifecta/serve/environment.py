@@ -180,7 +180,7 @@ def create_environment_app(
 
     admitted = [manifest_of(c) for c in site.capsules.all() if env.admits(c)]
     card = build_agent_card(env, base_url, services=site.host.services.names(), manifests=admitted)
-    a2a = add_a2a_routes(app, card, site.run_task, site.capsules.get)
+    a2a = add_a2a_routes(app, card, site.run_task, site.capsules.get, credential=credential)
     app.add_middleware(RequestIds, service=f"env:{env.name}")  # logs the front door's id
     app.state.site = site
     app.state.peers = directory

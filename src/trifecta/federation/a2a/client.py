@@ -3,7 +3,9 @@
 The sender applies the placement rule before anything leaves this process: a peer whose
 environment (read from its agent card) does not admit the capsule gets no request, and the
 caller gets a `SovereigntyViolation` (the receiver refuses it again if asked). The capsule
-travels as the A2A tenant of every request, so the peer scopes tasks to it.
+travels as the A2A tenant of every request, so the peer scopes tasks to it, and every request
+carries the federation credential (the topology's, or the one `trifecta up` made) as a bearer
+token, which the peer's endpoint requires.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from types import TracebackType
 
 import httpx
 from a2a.client import ClientConfig, ClientFactory
-from a2a.client.client import Client
+from a2a.client.client import Client, ClientCallContext
 from a2a.client.errors import A2AClientError
 from a2a.helpers.proto_helpers import get_data_parts, get_message_text, new_data_part
 from a2a.types.a2a_pb2 import (
@@ -84,8 +86,12 @@ class Delegator:
         *,
         timeout_s: float = 60.0,
         http: httpx.AsyncClient | None = None,
+        credential: str | None = None,
     ):
         self.lookup = lookup
+        # Per call rather than on the client: a shared httpx client may also fetch public cards.
+        headers = {"Authorization": f"Bearer {credential}"} if credential else None
+        self._context = ClientCallContext(service_parameters=headers)
         self._owned = http is None
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0))
 
@@ -162,7 +168,8 @@ class Delegator:
         client = self._client(card, streaming=streaming, polling=polling)
         current = Task()
         try:
-            async for event in client.send_message(self._request(capsule_id, task)):
+            request = self._request(capsule_id, task)
+            async for event in client.send_message(request, context=self._context):
                 if _apply(current, event):
                     yield delegated(peer, capsule_id, current)
         except (A2AError, A2AClientError, httpx.HTTPError) as exc:
@@ -171,7 +178,9 @@ class Delegator:
     async def get(self, card: AgentCard, capsule_id: str, task_id: str) -> DelegatedTask:
         peer = self.check(card, capsule_id)
         try:
-            task = await self._client(card).get_task(GetTaskRequest(tenant=capsule_id, id=task_id))
+            task = await self._client(card).get_task(
+                GetTaskRequest(tenant=capsule_id, id=task_id), context=self._context
+            )
         except (A2AError, A2AClientError, httpx.HTTPError) as exc:
             raise _failure(peer, exc, task_id=task_id) from exc
         return delegated(peer, capsule_id, task)
@@ -180,7 +189,7 @@ class Delegator:
         peer = self.check(card, capsule_id)
         try:
             task = await self._client(card).cancel_task(
-                CancelTaskRequest(tenant=capsule_id, id=task_id)
+                CancelTaskRequest(tenant=capsule_id, id=task_id), context=self._context
             )
         except (A2AError, A2AClientError, httpx.HTTPError) as exc:
             raise _failure(peer, exc, task_id=task_id) from exc

@@ -2,7 +2,12 @@
 delegate capsule tasks (send, get, cancel, streaming), built on the SDK's request handler.
 
 The capsule travels as the A2A tenant (`SendMessageRequest.tenant`, protocol 1.0), and the
-task store is scoped by tenant, so one capsule never reads or cancels another's task. The
+task store is scoped by tenant, so one capsule never reads or cancels another's task. With a
+federation credential configured, the JSON-RPC endpoint answers only a peer that presents it
+(`Authorization: Bearer`, the same check as the typed hops, `http_server.peer_auth`): anyone
+else gets 401 before the SDK parses the request. The agent card stays public: it is how a peer
+finds the endpoint and the environment's place before any credential is used (A2A's
+well-known discovery), and it holds no prices and nothing a tenant sent or learned. The
 receiving side checks the placement rule itself: a task whose capsule this environment does
 not admit (`Environment.admits`) is rejected (A2A state `rejected`) before the handler runs,
 whatever the sender decided.
@@ -10,6 +15,7 @@ whatever the sender decided.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -27,12 +33,16 @@ from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
 from a2a.types.a2a_pb2 import AgentCard, TaskState
 from fastapi import FastAPI
 from pydantic import ValidationError
-from starlette.routing import BaseRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
-from trifecta.core.errors import InvalidInput, SovereigntyViolation, TrifectaError
+from trifecta.core.errors import InvalidInput, SovereigntyViolation, TrifectaError, Unauthenticated
+from trifecta.core.http import error_response
 from trifecta.core.logging import get_logger
 from trifecta.federation.a2a.cards import RPC_PATH, card_environment
 from trifecta.federation.a2a.models import CapsuleLookup, CapsuleTask, CapsuleTaskHandler
+from trifecta.federation.http_server import peer_auth
 from trifecta.fleet.topology import Environment
 
 log = get_logger("trifecta.federation.a2a")
@@ -134,11 +144,44 @@ class A2AService:
         await self.request_handler.aclose()
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _peers_only(endpoint: Endpoint, credential: str) -> Endpoint:
+    check = peer_auth(credential)
+
+    async def guarded(request: Request) -> Response:
+        try:
+            check(request.headers.get("authorization"))
+        except Unauthenticated as exc:
+            return error_response(exc)
+        return await endpoint(request)
+
+    return guarded
+
+
+def peers_only(routes: Sequence[BaseRoute], credential: str | None) -> list[BaseRoute]:
+    """The routes with the federation credential required in front of each (unchanged when
+    no credential is configured: a single-machine setup without `trifecta up`)."""
+    if credential is None:
+        return list(routes)
+    return [
+        Route(r.path, _peers_only(r.endpoint, credential), methods=r.methods, name=r.name)
+        if isinstance(r, Route)
+        else r
+        for r in routes
+    ]
+
+
 def build_a2a_service(
-    card: AgentCard, handler: CapsuleTaskHandler, lookup: CapsuleLookup
+    card: AgentCard,
+    handler: CapsuleTaskHandler,
+    lookup: CapsuleLookup,
+    *,
+    credential: str | None = None,
 ) -> A2AService:
-    """The agent-card route (`/.well-known/agent-card.json`) and the JSON-RPC route
-    (`RPC_PATH`) of the environment the card describes."""
+    """The agent-card route (`/.well-known/agent-card.json`, public) and the JSON-RPC route
+    (`RPC_PATH`, peers presenting `credential` only) of the environment the card describes."""
     executor = CapsuleTaskExecutor(card_environment(card), handler, lookup)
     request_handler = DefaultRequestHandler(
         agent_executor=executor,
@@ -146,7 +189,7 @@ def build_a2a_service(
         agent_card=card,
     )
     card_routes: list[BaseRoute] = list(create_agent_card_routes(card))
-    rpc_routes: list[BaseRoute] = list(create_jsonrpc_routes(request_handler, rpc_url=RPC_PATH))
+    rpc_routes = peers_only(create_jsonrpc_routes(request_handler, rpc_url=RPC_PATH), credential)
     return A2AService(
         card=card,
         routes=[*card_routes, *rpc_routes],
@@ -157,10 +200,15 @@ def build_a2a_service(
 
 
 def add_a2a_routes(
-    app: FastAPI, card: AgentCard, handler: CapsuleTaskHandler, lookup: CapsuleLookup
+    app: FastAPI,
+    card: AgentCard,
+    handler: CapsuleTaskHandler,
+    lookup: CapsuleLookup,
+    *,
+    credential: str | None = None,
 ) -> A2AService:
     """Mount an environment's A2A routes on a FastAPI app (listed in its OpenAPI)."""
-    service = build_a2a_service(card, handler, lookup)
+    service = build_a2a_service(card, handler, lookup, credential=credential)
     add_a2a_routes_to_fastapi(
         app, agent_card_routes=service.card_routes, jsonrpc_routes=service.rpc_routes
     )
