@@ -2,16 +2,20 @@
 beside the same tasks sent to the layers directly, in-process and federated, in one run.
 
 Baseline in the same run: each task of the workload handed straight to its layer (the edge
-mesh for light tasks, the serving layer's cascade for the rest), with no context hop, no
-routing, no verifier, no request log. Then the same workload through the loop as `trifecta
-run` serves it (2 workers, learning on), `--repeats` times; then, unless `--no-federated`,
-through environment servers started by `trifecta up` on loopback.
+mesh for light tasks, the serving layer's cascade for the rest), one at a time, with no
+context hop, no routing, no verifier, no request log. Then a workload through the loop one
+request at a time (the latency pass: the same conditions as the direct calls, so the edge
+ratio compares like with like), then through the loop as `trifecta run` serves it
+(`--workers` at once, learning on), `--repeats` times (the throughput passes; latency there
+is mostly queueing, by Little's law); then, unless `--no-federated`, through environment
+servers started by `trifecta up` on loopback.
 
 Goals (from the federation issue): throughput at least 10x the ~18 requests/s measured before
 this change on this machine kind (`trifecta run`, in-process default, learning on); edge-route
 p50 at most 3x the direct edge call; the federated run's overhead per request stated.
 
-    .venv/bin/python benchmarks/loop.py [--requests 300] [--repeats 3] [--no-federated]
+    .venv/bin/python benchmarks/loop.py [--requests 300] [--repeats 3] [--workers 16]
+        [--no-federated]
 """
 
 from __future__ import annotations
@@ -46,14 +50,13 @@ from trifecta.core.logging import configure_logging
 from trifecta.core.settings import Settings
 from trifecta.federation.bridge import placeable
 from trifecta.orchestrator.loop import Orchestrator
-from trifecta.orchestrator.run import drain_learning, serve_workload
+from trifecta.orchestrator.run import DEFAULT_WORKERS, drain_learning, serve_workload
 from trifecta.orchestrator.stack import Stack
 from trifecta.orchestrator.workload import WorkItem, build_workload
 
 BEFORE_RPS = 18.0  # `trifecta run` before this change (issue 15), same machine kind
 THROUGHPUT_GOAL = 10 * BEFORE_RPS
 EDGE_RATIO_GOAL = 3.0
-WORKERS = 2  # what `trifecta run` uses
 
 
 def direct_calls(stack: Stack, items: list[WorkItem]) -> dict[str, list[float]]:
@@ -86,12 +89,12 @@ def direct_calls(stack: Stack, items: list[WorkItem]) -> dict[str, list[float]]:
 
 
 def loop_pass(
-    stack: Stack, items: list[WorkItem], run_id: str
+    stack: Stack, items: list[WorkItem], run_id: str, workers: int
 ) -> tuple[float, dict[str, list[float]]]:
     """(requests/s, ms per request by route) of the workload through the loop."""
     orchestrator = Orchestrator(stack.parts, run_id=run_id)
     started = time.perf_counter()
-    results, _ = serve_workload(orchestrator, items, workers=WORKERS)
+    results, _ = serve_workload(orchestrator, items, workers=workers)
     seconds = time.perf_counter() - started
     drain_learning(stack)  # learning is part of the work; its queue is drained, untimed
     by_route: dict[str, list[float]] = {}
@@ -101,7 +104,7 @@ def loop_pass(
 
 
 def federated_pass(
-    settings: Settings, items: list[WorkItem], run_id: str
+    settings: Settings, items: list[WorkItem], run_id: str, workers: int
 ) -> tuple[float, dict[str, list[float]]]:
     from trifecta.federation.processes import down, seed_registry, up
     from trifecta.fleet.topology import load_topology
@@ -111,7 +114,7 @@ def federated_pass(
     federation = up(settings, topology)
     stack = Stack(settings=settings, remote=federation.bridge(topology))
     try:
-        return loop_pass(stack, items, run_id)
+        return loop_pass(stack, items, run_id, workers)
     finally:
         stack.close()
         down(settings)
@@ -121,6 +124,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
     parser.add_argument("--no-federated", action="store_true")
     args = parser.parse_args()
     configure_logging("ERROR")
@@ -136,12 +140,15 @@ def main() -> int:
             with console.status("the layers called directly"):
                 items = build_workload(capsules, args.requests, seed=100)
                 direct = direct_calls(stack, items)
+            with console.status("through the loop, one request at a time"):
+                items = build_workload(capsules, args.requests, seed=150)
+                _, one_at_a_time = loop_pass(stack, items, "loop-latency", 1)
             rates: list[float] = []
             routes: dict[str, list[float]] = {}
             for repeat in range(args.repeats):
                 with console.status(f"through the loop, pass {repeat + 1}/{args.repeats}"):
                     items = build_workload(capsules, args.requests, seed=200 + repeat)
-                    rate, by_route = loop_pass(stack, items, f"loop-{repeat}")
+                    rate, by_route = loop_pass(stack, items, f"loop-{repeat}", args.workers)
                 rates.append(rate)
                 for route, values in by_route.items():
                     routes.setdefault(route, []).extend(values)
@@ -151,10 +158,10 @@ def main() -> int:
         if not args.no_federated:
             with console.status("through environment servers (trifecta up)"):
                 items = build_workload(capsules, args.requests, seed=200)
-                federated = federated_pass(settings, items, "loop-federated")
+                federated = federated_pass(settings, items, "loop-federated", args.workers)
 
     rate, rate_lo, rate_hi = bootstrap_median(rates) if len(rates) > 1 else (rates[0],) * 3
-    edge_ratio = bootstrap_ratio(routes.get("edge", [np.nan]), direct["edge"])
+    edge_ratio = bootstrap_ratio(one_at_a_time.get("edge", [np.nan]), direct["edge"])
     goals = [
         Goal(
             claim="`trifecta run` throughput (in-process, learning on), requests/s",
@@ -166,7 +173,7 @@ def main() -> int:
             note=f"10x the {BEFORE_RPS:g} requests/s before",
         ),
         Goal(
-            claim="edge route p50 through the loop / direct edge call p50",
+            claim="edge route p50 through the loop / direct edge call p50 (one at a time)",
             figure=edge_ratio[0],
             low=edge_ratio[1],
             high=edge_ratio[2],
@@ -176,18 +183,28 @@ def main() -> int:
         ),
     ]
     table = Table(title="The loop against its layers (ms per request, p50 [95% interval])")
-    for col in ("route", "layer directly", "through the loop", "federated", "federated - loop"):
+    columns = (
+        "route",
+        "layer directly",
+        "loop, one at a time",
+        f"loop, {args.workers} at once",
+        "federated",
+        "federated - loop",
+    )
+    for col in columns:
         table.add_column(col, justify="right")
     rows = []
     for route in ("edge", "cognitive", "cache"):
         d = bootstrap_median(direct[route]) if direct.get(route) else None
+        one = bootstrap_median(one_at_a_time[route]) if one_at_a_time.get(route) else None
         loop = bootstrap_median(routes[route]) if routes.get(route) else None
         fed = (
             bootstrap_median(federated[1][route]) if federated and federated[1].get(route) else None
         )
         gap = fed[0] - loop[0] if fed is not None and loop is not None else None
         cells = [
-            "-" if v is None else f"{v[0]:.1f} [{v[1]:.1f}, {v[2]:.1f}]" for v in (d, loop, fed)
+            "-" if v is None else f"{v[0]:.1f} [{v[1]:.1f}, {v[2]:.1f}]"
+            for v in (d, one, loop, fed)
         ] + ["-" if gap is None else f"{gap:+.1f}"]
         table.add_row(route, *cells)
         rows.append(f"| {route} | " + " | ".join(cells) + " |")
@@ -207,6 +224,7 @@ def main() -> int:
         )
     command = (
         f".venv/bin/python benchmarks/loop.py --requests {args.requests} --repeats {args.repeats}"
+        f" --workers {args.workers}" + (" --no-federated" if args.no_federated else "")
     )
     write_results("loop", command, goals)
     write_section(
@@ -217,14 +235,18 @@ def main() -> int:
                 "",
                 f"Command: `{command}`. Machine: {cpu_name()}; {machine_load()} when it ran. "
                 "Baseline in the same run: every task of the workload handed straight to its "
-                "layer (the edge mesh's offload for light tasks, the serving layer's cascade "
-                "otherwise). Then the same kind of workload (the shipped fleet's mix, new "
-                f"seeds) through the loop as `trifecta run` serves it ({WORKERS} workers, "
-                "learning on, queued and drained), and through environment servers started by "
-                "`trifecta up` on loopback (HTTP between the front door and each environment).",
+                "layer, one at a time (the edge mesh's offload for light tasks, the serving "
+                "layer's cascade otherwise). Then the same kind of workload (the shipped "
+                "fleet's mix, new seeds) through the loop one request at a time (the latency "
+                "pass, like for like with the direct calls: the edge ratio is read there), "
+                f"then as `trifecta run` serves it ({args.workers} requests at once, learning "
+                "on, queued and drained; latency there is mostly queueing behind the other "
+                "requests, by Little's law), and through environment servers started by "
+                "`trifecta up` on loopback (HTTP between the front door and each environment). "
+                "The machine is shared with other engineers' jobs: figures move with the load.",
                 "",
-                "| route | layer directly | through the loop | federated | federated - loop |",
-                "|---|---:|---:|---:|---:|",
+                "| route | " + " | ".join(columns[1:]) + " |",
+                "|---|---:|---:|---:|---:|---:|",
                 *rows,
                 "",
                 f"In-process throughput {rate:.1f} requests/s [{rate_lo:.1f}, {rate_hi:.1f}] "

@@ -3,8 +3,10 @@
 The same learning as `learning.learn` (reflect, curate, distil; tags, the curator's delta,
 memory items), split in two phases:
 
-- `plan_batch`, outside any lock: the roles run, and every text to embed (delta contents and
-  memory texts of the whole batch) is embedded in a few calls instead of one per write;
+- `plan_batch`, outside any lock: the roles run (`stage_batch`), and every text to embed
+  (delta contents and memory texts of the whole batch) is embedded in a few calls instead of
+  one per write (`finish_batch`); the worker stages the batches of every domain it drains
+  and embeds their texts together, since a domain's batch alone is often one trajectory;
 - `apply_batch`, one transaction under the domain's lock: each trajectory's delta and
   memories are written and its queue row is marked done in that same transaction, so a row
   is either pending or its effects are committed. The rows the transaction wrote are read
@@ -89,10 +91,33 @@ def plan_memories(
     return planned
 
 
+@dataclass(frozen=True)
+class StagedBatch:
+    """A domain's batch after the roles ran: the texts it needs embedded, not yet embedded
+    (the worker embeds the texts of every domain's batch together)."""
+
+    domain: str
+    staged: list[tuple[int, Trajectory, Curation, Extraction, list[MemoryDraft]]]
+    delta_texts: list[str]
+    memory_texts: list[str]
+
+    @property
+    def texts(self) -> list[str]:
+        return self.delta_texts + self.memory_texts
+
+
 def plan_batch(
     service: ContextService, domain: str, rows: Sequence[tuple[int, Trajectory]]
 ) -> list[LearnPlan]:
     """Run the roles for each trajectory and embed every text of the batch together."""
+    batch = stage_batch(service, domain, rows)
+    return finish_batch(service, batch, service.learner.embed(batch.texts))
+
+
+def stage_batch(
+    service: ContextService, domain: str, rows: Sequence[tuple[int, Trajectory]]
+) -> StagedBatch:
+    """The roles' part of planning: reflect, curate and distil each trajectory."""
     model = service.language_model
     wanted = sorted({b for _, t in rows for b in t.bullet_ids})
     used = {b.id: b for b in service.on_shard(domain, lambda s: s.bullets_by_id(domain, wanted))}
@@ -116,7 +141,14 @@ def plan_batch(
         }
     )
     memory_texts = [memory_text(d) for *_, drafts in staged for d in drafts]
-    vectors = service.learner.embed(delta_texts + memory_texts)
+    return StagedBatch(domain, staged, delta_texts, memory_texts)
+
+
+def finish_batch(
+    service: ContextService, batch: StagedBatch, vectors: Sequence[Vector]
+) -> list[LearnPlan]:
+    """The plans of a staged batch, given the vectors of its `texts` in order."""
+    domain, staged, delta_texts = batch.domain, batch.staged, batch.delta_texts
     delta_vectors = dict(zip(delta_texts, vectors[: len(delta_texts)], strict=True))
     memory_vectors = iter(vectors[len(delta_texts) :])
     earlier: list[PendingMemory] = []

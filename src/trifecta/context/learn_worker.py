@@ -5,8 +5,9 @@ drains every pending row of every shard it knows (the default shard and those of
 map): rows acknowledged by a process that died are learned by the next one (recovery).
 Rows are taken oldest first and grouped per domain, so each domain learns in queue order;
 a batch of one domain is planned outside the lock and written in one transaction
-(`learn_batch`). Then the rows it wrote go to the live view of the domain and the domain's
-new version to the version board, so the next retrieval reads them without a reload.
+(`learn_batch`); the texts of every domain's batch are embedded together first. Then the
+rows it wrote go to the live view of the domain and the domain's new version to the version
+board, so the next retrieval reads them without a reload.
 
 Workers of several processes may drain the same shard: the domain lock serialises their
 transactions, and a row another worker already closed is skipped.
@@ -17,11 +18,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from trifecta.context.learn_batch import apply_batch, plan_batch
+from trifecta.context.learn_batch import (
+    BatchResult,
+    StagedBatch,
+    apply_batch,
+    finish_batch,
+    stage_batch,
+)
 from trifecta.context.learn_queue import LearnTicket, Queued
 from trifecta.context.sql import DomainMoved, Vector
 from trifecta.context.store import ShardStore
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 # A row that failed this many times for a reason other than a refusal is given up on.
 MAX_ATTEMPTS = 20
+T = TypeVar("T")
 
 
 class LearnWorker:
@@ -175,35 +183,70 @@ class LearnWorker:
         by_domain: dict[str, list[Queued]] = {}
         for row in rows:  # queue order within each domain
             by_domain.setdefault(row.domain, []).append(row)
-        for domain, queued in by_domain.items():
+        # The roles run per domain, then the texts of every domain's batch are embedded
+        # together: one forward over several short texts costs far less than one each.
+        staged = [
+            (queued, batch)
+            for domain, queued in by_domain.items()
+            if (batch := self._stage(store, domain, queued[: self.batch])) is not None
+        ]
+        texts = [text for _, batch in staged for text in batch.texts]
+        vectors = iter(self.embed(texts))
+        for queued, batch in staged:
+            mine = [next(vectors) for _ in batch.texts]
             with self._working:
-                self._learn(store, domain, queued[: self.batch])
+                self._learn(store, queued[: self.batch], batch, mine)
         return len(rows)
 
-    def _learn(self, store: ShardStore, domain: str, queued: Sequence[Queued]) -> None:
+    def _stage(
+        self, store: ShardStore, domain: str, queued: Sequence[Queued]
+    ) -> StagedBatch | None:
         broken = [q for q in queued if q.trajectory is None]
         store.queue.settle([q.id for q in broken], "failed", broken[0].problem if broken else None)
         rows = [(q.id, q.trajectory) for q in queued if q.trajectory is not None]
         if not rows:
-            return
-        try:
-            plans = plan_batch(self.service, domain, rows)
-            result = apply_batch(store, domain, plans, self.service.settings)
-        except DomainMoved:
-            self._forward(store, domain, rows)
-            return
-        except (Unavailable, SQLAlchemyError) as exc:  # transient: keep the rows pending
-            self._retry(store, queued, str(exc))
-            return
-        except TrifectaError as exc:  # refused as a whole (e.g. the capsule was removed)
-            store.queue.settle([r for r, _ in rows], "failed", exc.one_line())
-            self.failed += len(rows)
+            return None
+        return self._guarded(store, domain, queued, lambda: stage_batch(self.service, domain, rows))
+
+    def _learn(
+        self,
+        store: ShardStore,
+        queued: Sequence[Queued],
+        batch: StagedBatch,
+        vectors: Sequence[Vector],
+    ) -> None:
+        domain = batch.domain
+
+        def write() -> BatchResult:
+            plans = finish_batch(self.service, batch, vectors)
+            return apply_batch(store, domain, plans, self.service.settings)
+
+        result = self._guarded(store, domain, queued, write)
+        if result is None:
             return
         self.service.views.apply(domain, result.changes)
         self.service.versions.publish(domain, result.changes.version)
         self.learned += result.done
         self.failed += result.failed
         self.batches += 1
+
+    def _guarded(
+        self, store: ShardStore, domain: str, queued: Sequence[Queued], step: Callable[[], T]
+    ) -> T | None:
+        """`step`, or None after handling why it could not run: the domain moved (its rows
+        go to the new shard), the shard is unreachable for now (they stay pending), or the
+        batch was refused as a whole (they fail)."""
+        rows = [(q.id, q.trajectory) for q in queued if q.trajectory is not None]
+        try:
+            return step()
+        except DomainMoved:
+            self._forward(store, domain, rows)
+        except (Unavailable, SQLAlchemyError) as exc:  # transient: keep the rows pending
+            self._retry(store, queued, str(exc))
+        except TrifectaError as exc:  # refused as a whole (e.g. the capsule was removed)
+            store.queue.settle([r for r, _ in rows], "failed", exc.one_line())
+            self.failed += len(rows)
+        return None
 
     def _forward(
         self, store: ShardStore, domain: str, rows: Sequence[tuple[int, Trajectory]]

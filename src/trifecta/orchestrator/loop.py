@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from trifecta.cognitive.tiers import get_tier
-from trifecta.context.models import Retrieval, RetrieveRequest
+from trifecta.context.models import PlaybookView, Retrieval, RetrieveRequest
 from trifecta.core.errors import Conflict, SovereigntyViolation, Unavailable
 from trifecta.core.logging import get_logger
 from trifecta.core.tasks import Task, TaskFamilyVerifier
@@ -31,12 +32,12 @@ from trifecta.federation.services import (
     RULES,
     CompleteRequest,
     CompleteResponse,
+    GenerativeFeedback,
     OffloadRequest,
     RuleRequest,
 )
 from trifecta.fleet.capsules import Capsule
 from trifecta.generative.service import GenerativeRequest
-from trifecta.orchestrator.generative_outcomes import GenerativeOutcomes
 from trifecta.orchestrator.metrics import LoopMetrics
 from trifecta.orchestrator.models import (
     Feedback,
@@ -55,6 +56,7 @@ from trifecta.orchestrator.trace import (
     context_use_of,
     cost_of,
     mean_of,
+    ranked,
     task_of,
     to_generative,
     trajectory_of,
@@ -77,7 +79,8 @@ class Orchestrator:
         self.metrics = LoopMetrics()
         self.run_id = run_id
         self.learn_enabled = learn
-        self.generative_outcomes = GenerativeOutcomes()
+        # Query retrievals overlapped with the layer call (a thread each, while it decodes).
+        self._retrievals = ThreadPoolExecutor(thread_name_prefix="retrieve")
 
     # -- the request path --------------------------------------------------------------
     def serve(self, capsule_id: str, request: TaskRequest) -> TaskResult:
@@ -94,10 +97,10 @@ class Orchestrator:
         task = task_of(request.prompt, capsule.domain)
         trace = Trace()
         context_env = self.parts.shards.place(capsule.domain)
-        retrieval = self._retrieve(capsule, context_env, request.prompt, trace)
+        playbook = self._playbook(capsule, context_env, trace)
         advice = advise(
             task.kind if task else None,
-            retrieval.bullets if retrieval else [],
+            ranked(playbook.bullets) if playbook else [],
             self.parts.tiers,
         )
         served = self._cached(capsule, request, context_env, trace)
@@ -106,19 +109,30 @@ class Orchestrator:
             served = self._rules(capsule, program, request, trace)
         if served is None and advice.edge and task is not None and task.light:
             served = self._edge(capsule, request, trace)
-        if served is None and task is not None and to_generative(capsule, request_id, task):
-            served = self._generative(capsule, request, trace)
-        if served is None:
-            served = self._cognitive(capsule, request, advice, trace)
+        # The routes above read no context: the edge model, the rules, the response cache.
+        # The generative and cognitive layers may, so their request retrieves the query's
+        # bullets and memories, on another thread while the layer decodes.
+        found: Future[tuple[Retrieval | None, Trace]] | None = None
+        if served is None and playbook is not None:
+            found = self._retrievals.submit(self._retrieve, capsule, context_env, request.prompt)
+        try:
+            if served is None and task is not None and to_generative(capsule, request_id, task):
+                served = self._generative(capsule, request, trace)
+            if served is None:
+                served = self._cognitive(capsule, request, advice, trace)
+        finally:
+            retrieval, retrieved = found.result() if found is not None else (None, Trace())
+        trace.hops[1:1] = retrieved.hops  # after the playbook's hop, in the order they began
+        trace.charges.extend(retrieved.charges)
         verified = (
-            self.rule_verifier.verify(program, request.prompt, served.answer or "")
+            self._verify_rule(program, request.prompt, served.answer or "")
             if program is not None
             else self.verifier.verify(request.prompt, served.answer or "")
             if task
             else None
         )
-        if served.generative is not None:
-            self._tune_generative(capsule, request_id, served)
+        if served.generative is not None and verified is not None:
+            self._tune_generative(capsule, served, verified)
         latency_ms = (time.perf_counter() - started) * 1000
         result = TaskResult(
             id=request_id,
@@ -131,14 +145,14 @@ class Orchestrator:
             verified=verified,
             escalated=served.escalated,
             hops=trace.hops,
-            context=context_use_of(context_env, retrieval, advice),
+            context=context_use_of(context_env, playbook, retrieval, advice),
             cost=cost_of(trace.charges),
             latency_ms=latency_ms,
             learned=False,
         )
-        if self.learn_enabled and retrieval is not None:
+        if self.learn_enabled and playbook is not None:
             result.learned = self._learn(capsule, context_env, result, task, trace)
-            self._learn_rules(capsule, context_env, task, served, verified, retrieval)
+            self._learn_rules(capsule, context_env, task, served, verified, playbook)
             result.cost = cost_of(trace.charges)
             result.hops = list(trace.hops)
             result.latency_ms = (time.perf_counter() - started) * 1000
@@ -179,16 +193,44 @@ class Orchestrator:
         )
 
     # -- the steps ---------------------------------------------------------------------
-    def _retrieve(self, capsule: Capsule, env: str, prompt: str, trace: Trace) -> Retrieval | None:
+    def _playbook(self, capsule: Capsule, env: str, trace: Trace) -> PlaybookView | None:
+        """The domain's playbook (its routing rules steer the route): a read cached by the
+        domain's version, no embedding. None when the shard's environment is down: the
+        request is served without context and not learned from."""
+        started = time.perf_counter()
+        try:
+            playbook = self.bridge.context(capsule, env).playbook(capsule.id)
+        except Unavailable as exc:  # serve without context rather than fail the request
+            trace.failed(started, "context", env, "context", exc.one_line())
+            self.metrics.fallbacks.labels("context", env).inc()
+            return None
+        trace.hop(
+            started,
+            layer="context",
+            environment=env,
+            model="playbook",
+            ok=True,
+            detail=f"{len(playbook.bullets)} bullets at v{playbook.version}",
+        )
+        seconds = time.perf_counter() - started
+        trace.charges.append(
+            self.parts.pricer.cpu_seconds(layer="context", environment=env, seconds=seconds)
+        )
+        return playbook
+
+    def _retrieve(self, capsule: Capsule, env: str, prompt: str) -> tuple[Retrieval | None, Trace]:
+        """The query's ranked bullets and similar memories, with the hop and charge they cost
+        (a trace of their own: this runs beside the layer call)."""
+        trace = Trace()
         started = time.perf_counter()
         try:
             retrieval = self.bridge.context(capsule, env).retrieve(
                 capsule.id, RetrieveRequest(query=prompt, k_memories=MEMORIES_PER_REQUEST)
             )
-        except Unavailable as exc:  # serve without context rather than fail the request
+        except Unavailable as exc:  # the layer serves without them
             trace.failed(started, "context", env, "context", exc.one_line())
             self.metrics.fallbacks.labels("context", env).inc()
-            return None
+            return None, trace
         trace.hop(
             started,
             layer="context",
@@ -201,7 +243,7 @@ class Orchestrator:
         trace.charges.append(
             self.parts.pricer.cpu_seconds(layer="context", environment=env, seconds=seconds)
         )
-        return retrieval
+        return retrieval, trace
 
     def _cached(
         self, capsule: Capsule, request: TaskRequest, env: str, trace: Trace
@@ -356,17 +398,24 @@ class Orchestrator:
             )
         return None
 
-    def _tune_generative(self, capsule: Capsule, request_id: str, served: Served) -> None:
-        """The answer's expert usage goes into its trajectory (`_learn`), so the context layer
-        records it with the outcome; the outcomes recorded so far move the capsule's router
-        biases (experts used on a success gain): `generative_outcomes`."""
+    def _verify_rule(self, program: str, query: str, answer: str) -> bool | None:
+        """Right or wrong when the Boolean program settles the query; None otherwise, without
+        computing the embedding-mode answer the verdict would not use (fitting it costs
+        seconds on a verifier's first unsettled query)."""
+        if not self.rule_verifier.book.settles(program, query):
+            return None
+        return self.rule_verifier.verify(program, query, answer)
+
+    def _tune_generative(self, capsule: Capsule, served: Served, verified: bool) -> None:
+        """The verdict moves the capsule's router biases (experts used on a success gain)."""
         assert served.generative is not None
-        self.generative_outcomes.wait(request_id, served.generative.expert_load)
         try:
-            self.generative_outcomes.settle(
-                capsule.id,
-                self.bridge.context(capsule, self.parts.shards.place(capsule.domain)),
-                self.bridge.generative(capsule, served.environment),
+            self.bridge.generative(capsule, served.environment).feedback(
+                GenerativeFeedback(
+                    capsule_id=capsule.id,
+                    expert_load=served.generative.expert_load,
+                    success=verified,
+                )
             )
         except Unavailable as exc:
             log.warning("generative feedback not applied", reason=exc.one_line())
@@ -459,9 +508,7 @@ class Orchestrator:
             task,
             judge="verifier" if verdict is not None else "none",
             verdict=verdict,
-            detail=self.generative_outcomes.detail(
-                result.id, task.answer if task else None, verdict
-            ),
+            detail=None,
             suffix="",
         )
         started = time.perf_counter()
@@ -486,13 +533,13 @@ class Orchestrator:
         task: Task | None,
         served: Served,
         verified: bool | None,
-        retrieval: Retrieval,
+        playbook: PlaybookView,
     ) -> None:
         if task is None or verified is None or served.first_rung is None:
             return
         failed = served.first_failed or (len(served.path) == 1 and not verified)
         delta = self.rules.observe(
-            capsule.domain, task.kind, served.first_rung, failed, retrieval.bullets
+            capsule.domain, task.kind, served.first_rung, failed, ranked(playbook.bullets)
         )
         if delta is not None:
             try:

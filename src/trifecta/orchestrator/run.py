@@ -34,6 +34,9 @@ from trifecta.orchestrator.workload import WorkItem, build_workload
 
 log = get_logger("trifecta.run")
 Progress = Callable[[int], None]
+# Requests served at once by `trifecta run`: enough for the layers that batch (the serving
+# layer's continuous batching, the coalesced query embeddings) to fill their batches.
+DEFAULT_WORKERS = 16
 
 
 def new_run_id() -> str:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trifecta.context.models import Retrieval
+from trifecta.context.models import Bullet, PlaybookView, RankedBullet, Retrieval
 from trifecta.context.trajectory import Trajectory, TrajectoryStep
 from trifecta.core.errors import InvalidInput
 from trifecta.core.tasks import Task, make_task
@@ -82,16 +83,26 @@ def cost_of(charges: list[Charge]) -> Cost:
     )
 
 
-def context_use_of(env: str, retrieval: Retrieval | None, advice: RouteAdvice) -> ContextUse | None:
-    if retrieval is None:
+def ranked(bullets: Iterable[Bullet]) -> list[RankedBullet]:
+    """A playbook's bullets as the routing rules read them (their order does not matter)."""
+    return [RankedBullet(bullet=b, score=0.0) for b in bullets]
+
+
+def context_use_of(
+    env: str, playbook: PlaybookView | None, retrieval: Retrieval | None, advice: RouteAdvice
+) -> ContextUse | None:
+    """What the context layer gave the request: the playbook's routing rules it followed, and
+    the query's bullets and memories when its route retrieved them (the routes whose layer
+    reads no context, such as the edge, do not)."""
+    if playbook is None:
         return None
     return ContextUse(
         environment=env,
-        domain=retrieval.domain,
-        version=retrieval.version,
-        bullets=[b.bullet.id for b in retrieval.bullets],
+        domain=playbook.domain,
+        version=retrieval.version if retrieval else playbook.version,
+        bullets=[b.bullet.id for b in retrieval.bullets] if retrieval else [],
         rules=list(advice.rules),
-        memories=[m.memory.id for m in retrieval.memories],
+        memories=[m.memory.id for m in retrieval.memories] if retrieval else [],
     )
 
 
