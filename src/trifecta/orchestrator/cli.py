@@ -34,7 +34,12 @@ def _faults(down: list[str], latency: list[str]) -> dict[str, Fault]:
 def run_command(
     requests: int = typer.Option(600, min=1, help="tasks to serve"),
     seed: int | None = typer.Option(None, help="workload seed (default: a new one per run)"),
-    workers: int = typer.Option(2, min=1, max=64, help="requests served at once"),
+    workers: int = typer.Option(
+        16,  # run.DEFAULT_WORKERS (not imported: it pulls in the layers)
+        min=1,
+        max=64,
+        help="requests served at once (the layers batch across them)",
+    ),
     fleet: Path | None = typer.Option(None, help="fleet YAML (default: the shipped fleet)"),
     topology: Path | None = typer.Option(None, help="topology YAML (default: the shipped one)"),
     down: list[str] = typer.Option([], help="take an environment down (repeatable)"),
