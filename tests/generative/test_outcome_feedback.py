@@ -121,3 +121,26 @@ def test_a_memory_records_the_experts_an_answer_used() -> None:
         updated_at=0.0,
     )
     assert usage_of(memory) == load
+
+
+def test_a_grade_with_a_learnt_generative_advantage_is_routed_there(stack: Stack) -> None:
+    """A capsule that declares no generative share: its heavy tasks go to the cascade, until
+    the outcomes say the generative layer is better at a grade (planted here)."""
+    capsule = stack.add_capsule(
+        Capsule(id="route-twin", name="r", kind="digital_twin", domain="route-grid")
+    )
+    orchestrator = Orchestrator(stack.parts, run_id="routes")
+    rule = orchestrator.generative_routes
+    for _ in range(30):
+        rule.observe(capsule.id, 4, "generative", True)
+        rule.observe(capsule.id, 4, "cognitive", False)
+    grade4, grade5 = (
+        generate_tasks(1, seed=13, split="heldout", difficulties=[g], domain=capsule.domain)[0]
+        for g in (4, 5)
+    )
+    routed = orchestrator.serve(capsule.id, TaskRequest(prompt=grade4.prompt))
+    assert routed.route == "generative"
+    assert orchestrator.serve(capsule.id, TaskRequest(prompt=grade5.prompt)).route == "cognitive"
+    # Both verdicts were counted for their layer and grade.
+    assert rule.evidence(capsule.id, 4).generative.trials == 31
+    assert rule.evidence(capsule.id, 5).cognitive.trials == 1

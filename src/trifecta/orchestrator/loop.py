@@ -32,12 +32,12 @@ from trifecta.federation.services import (
     RULES,
     CompleteRequest,
     CompleteResponse,
-    GenerativeFeedback,
     OffloadRequest,
     RuleRequest,
 )
 from trifecta.fleet.capsules import Capsule
 from trifecta.generative.service import GenerativeRequest
+from trifecta.orchestrator.generative_outcomes import GenerativeOutcomes
 from trifecta.orchestrator.metrics import LoopMetrics
 from trifecta.orchestrator.models import (
     Feedback,
@@ -49,8 +49,9 @@ from trifecta.orchestrator.models import (
 )
 from trifecta.orchestrator.parts import LoopParts
 from trifecta.orchestrator.records import RequestLog
-from trifecta.orchestrator.routing import RouteAdvice, RuleLearner, advise
+from trifecta.orchestrator.routing import GenerativeRouteRule, RouteAdvice, RuleLearner, advise
 from trifecta.orchestrator.trace import (
+    GENERATIVE_MAX_PROMPT,
     Served,
     Trace,
     context_use_of,
@@ -79,6 +80,8 @@ class Orchestrator:
         self.metrics = LoopMetrics()
         self.run_id = run_id
         self.learn_enabled = learn
+        self.generative_outcomes = GenerativeOutcomes()
+        self.generative_routes = GenerativeRouteRule()
         # Query retrievals overlapped with the layer call (a thread each, while it decodes).
         self._retrievals = ThreadPoolExecutor(thread_name_prefix="retrieve")
 
@@ -116,7 +119,7 @@ class Orchestrator:
         if served is None and playbook is not None:
             found = self._retrievals.submit(self._retrieve, capsule, context_env, request.prompt)
         try:
-            if served is None and task is not None and to_generative(capsule, request_id, task):
+            if served is None and task is not None and self._gen_route(capsule, request_id, task):
                 served = self._generative(capsule, request, trace)
             if served is None:
                 served = self._cognitive(capsule, request, advice, trace)
@@ -131,8 +134,10 @@ class Orchestrator:
             if task
             else None
         )
-        if served.generative is not None and verified is not None:
-            self._tune_generative(capsule, served, verified)
+        if task is not None and verified is not None:
+            self.generative_routes.observe(capsule.id, task.difficulty, served.route, verified)
+        if served.generative is not None:
+            self._tune_generative(capsule, request_id, served)
         latency_ms = (time.perf_counter() - started) * 1000
         result = TaskResult(
             id=request_id,
@@ -406,16 +411,25 @@ class Orchestrator:
             return None
         return self.rule_verifier.verify(program, query, answer)
 
-    def _tune_generative(self, capsule: Capsule, served: Served, verified: bool) -> None:
-        """The verdict moves the capsule's router biases (experts used on a success gain)."""
+    def _gen_route(self, capsule: Capsule, request_id: str, task: Task) -> bool:
+        """The capsule's declared generative share, or its grade's rule learnt from outcomes
+        (the generative layer more accurate than the cascade there: `routing`)."""
+        if to_generative(capsule, request_id, task):
+            return True
+        fits = not task.light and len(task.prompt) <= GENERATIVE_MAX_PROMPT
+        return fits and self.generative_routes.prefers_generative(capsule.id, task.difficulty)
+
+    def _tune_generative(self, capsule: Capsule, request_id: str, served: Served) -> None:
+        """The answer's expert usage goes into its trajectory (`_learn`), so the context layer
+        records it with the outcome; the outcomes recorded so far move the capsule's router
+        biases (experts used on a success gain): `generative_outcomes`."""
         assert served.generative is not None
+        self.generative_outcomes.wait(request_id, served.generative.expert_load)
         try:
-            self.bridge.generative(capsule, served.environment).feedback(
-                GenerativeFeedback(
-                    capsule_id=capsule.id,
-                    expert_load=served.generative.expert_load,
-                    success=verified,
-                )
+            self.generative_outcomes.settle(
+                capsule.id,
+                self.bridge.context(capsule, self.parts.shards.place(capsule.domain)),
+                self.bridge.generative(capsule, served.environment),
             )
         except Unavailable as exc:
             log.warning("generative feedback not applied", reason=exc.one_line())
@@ -508,7 +522,9 @@ class Orchestrator:
             task,
             judge="verifier" if verdict is not None else "none",
             verdict=verdict,
-            detail=None,
+            detail=self.generative_outcomes.detail(
+                result.id, task.answer if task else None, verdict
+            ),
             suffix="",
         )
         started = time.perf_counter()

@@ -17,6 +17,7 @@ rules that hurt. A second run starts from the rules the first one learned.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -127,3 +128,83 @@ class RuleLearner:
             )
         op = AddOp(op_id=op_id, section=START + kind, content=content)
         return Delta(ops=[op], source="orchestrator rule learner")
+
+
+# -- the generative layer: a route learnt from verified outcomes ------------------------------
+GENERATIVE_MARGIN = 0.05  # accuracy points the generative layer must win by
+GENERATIVE_MIN_SAMPLES = 20  # verified outcomes on each side before any comparison
+GENERATIVE_CONFIDENCE = 0.95  # one-sided
+
+
+@dataclass
+class Tally:
+    successes: int = 0
+    trials: int = 0
+
+    @property
+    def accuracy(self) -> float:
+        return self.successes / self.trials if self.trials else 0.0
+
+
+@dataclass(frozen=True)
+class GenerativeEvidence:
+    generative: Tally
+    cognitive: Tally
+    lower_bound: float | None  # of generative minus cognitive accuracy; None: too few samples
+    prefer_generative: bool
+
+
+def difference_lower_bound(a: Tally, b: Tally, confidence: float) -> float:
+    """One-sided lower confidence bound of accuracy(a) - accuracy(b): Newcombe's hybrid score
+    interval (1998, method 10), built from each side's Wilson score interval at the two-sided
+    level 2 * confidence - 1. Unlike the Wald interval it stays sound near 0 and 1 and with
+    tens of samples, where a layer's accuracy on a grade often sits."""
+    from scipy.stats import binomtest
+
+    level = 2 * confidence - 1
+    low_a = binomtest(a.successes, a.trials).proportion_ci(level, method="wilson").low
+    high_b = binomtest(b.successes, b.trials).proportion_ci(level, method="wilson").high
+    pa, pb = a.accuracy, b.accuracy
+    return pa - pb - math.sqrt((pa - low_a) ** 2 + (high_b - pb) ** 2)
+
+
+class GenerativeRouteRule:
+    """Per capsule and grade, the verified outcomes of the generative layer and of the
+    cognitive cascade; a grade goes to the generative layer when it is better there with
+    confidence: at least `min_samples` verified outcomes on each side, and the one-sided
+    `confidence` lower bound of (generative - cognitive accuracy) above `margin`.
+
+    The capsule's declared `generative_share` keeps sending it samples either way, so a rule
+    that stops holding (the generative accuracy falls) stops routing by itself."""
+
+    def __init__(
+        self,
+        margin: float = GENERATIVE_MARGIN,
+        min_samples: int = GENERATIVE_MIN_SAMPLES,
+        confidence: float = GENERATIVE_CONFIDENCE,
+    ):
+        self.margin, self.min_samples, self.confidence = margin, min_samples, confidence
+        self._tallies: dict[tuple[str, int, str], Tally] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, capsule_id: str, grade: int, route: str, verified: bool) -> None:
+        """A verified outcome of `route` (only `generative` and `cognitive` are compared)."""
+        if route not in ("generative", "cognitive"):
+            return
+        with self._lock:
+            tally = self._tallies.setdefault((capsule_id, grade, route), Tally())
+            tally.trials += 1
+            tally.successes += int(verified)
+
+    def evidence(self, capsule_id: str, grade: int) -> GenerativeEvidence:
+        with self._lock:
+            gen = self._tallies.get((capsule_id, grade, "generative"), Tally())
+            cog = self._tallies.get((capsule_id, grade, "cognitive"), Tally())
+            gen, cog = Tally(gen.successes, gen.trials), Tally(cog.successes, cog.trials)
+        if min(gen.trials, cog.trials) < self.min_samples:
+            return GenerativeEvidence(gen, cog, None, False)
+        bound = difference_lower_bound(gen, cog, self.confidence)
+        return GenerativeEvidence(gen, cog, bound, bound > self.margin)
+
+    def prefers_generative(self, capsule_id: str, grade: int) -> bool:
+        return self.evidence(capsule_id, grade).prefer_generative
