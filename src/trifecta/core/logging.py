@@ -159,6 +159,57 @@ def configure_logging(
     _configured = True
 
 
+def _stdlib_logger_name(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    record = event.get("_record")
+    if record is not None:
+        event.setdefault("logger_name", record.name)
+    return event
+
+
+def uvicorn_log_config(fmt: str) -> dict[str, Any]:
+    """The `log_config` for `uvicorn.run`: with `json`, uvicorn's own lines (start-up, errors)
+    as JSON objects like every other line, and its access log off (`RequestIds` writes one
+    line per request, with its id); uvicorn's default otherwise."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    if fmt != "json":
+        return LOGGING_CONFIG
+    chain = [
+        _stdlib_logger_name,
+        _add_request_id,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    formatter = {
+        "()": structlog.stdlib.ProcessorFormatter,
+        "foreign_pre_chain": chain,
+        "processors": [
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.JSONRenderer(),
+        ],
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": formatter},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
+            "none": {"class": "logging.NullHandler"},
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "uvicorn.error": {"level": "INFO"},
+            "uvicorn.access": {"handlers": ["none"], "level": "INFO", "propagate": False},
+        },
+    }
+
+
 def _configure_from_settings() -> None:
     """Level and format from the settings (`TRIFECTA_LOG_LEVEL`, `TRIFECTA_LOG_FORMAT`); the
     defaults when the settings cannot be read (their own error is reported where they are)."""

@@ -76,4 +76,7 @@ def serve_command(
     stack.warm_up()
     app = create_app(stack, own_stack=True, auth=auth)
     freeze_startup_heap()
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    from trifecta.core.logging import uvicorn_log_config
+
+    log_config = uvicorn_log_config(settings.log_format)  # JSON lines throughout with json
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config)

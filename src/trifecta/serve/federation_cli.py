@@ -49,7 +49,10 @@ def env_serve_command(
     )
     freeze_startup_heap()
     console.print(f"environment {env!r} serving at {url}", style="bold")
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    from trifecta.core.logging import uvicorn_log_config
+
+    log_config = uvicorn_log_config(settings.log_format)  # JSON lines throughout with json
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config)
 
 
 def up_command(
