@@ -10,7 +10,6 @@ that grow with traffic are bounded (Prometheus series, the result cache)."""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Iterator
