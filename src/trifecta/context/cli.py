@@ -90,10 +90,16 @@ def serve(
     import uvicorn
 
     from trifecta.context.service import create_app
+    from trifecta.core.settings import get_settings
+    from trifecta.fleet.admin_key import admin_key_notice, ensure_local_admin_key
+    from trifecta.fleet.keys import KeyStore
 
     service = _service(ctx, with_model=True, cache=cache)
+    # First start: an admin key in the data directory, as `trifecta serve` writes one.
+    keys = KeyStore(service.registry.engine)
+    typer.echo(admin_key_notice(ensure_local_admin_key(keys, get_settings().data_dir)), err=True)
     service.warm_up()
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(service, auth=keys), host=host, port=port, log_level="warning")
 
 
 @context_app.command("playbook")

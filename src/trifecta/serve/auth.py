@@ -1,5 +1,6 @@
 """Authentication of `trifecta serve`: its authenticator, the local admin key written on
-first start, `--insecure-local`, and the admin routes over API keys (`/v1/keys`).
+first start (`fleet.admin_key`, shared with the layers' servers), `--insecure-local`, and the
+admin routes over API keys (`/v1/keys`).
 
 Every route of the server authenticates through `core.auth.authenticated` (the one FastAPI
 dependency) over the authenticator chosen here; the layers' own servers take the same one.
@@ -8,8 +9,6 @@ dependency) over the authenticator chosen here; the layers' own servers take the
 from __future__ import annotations
 
 import ipaddress
-import os
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, Response, status
 from pydantic import BaseModel, Field
@@ -17,10 +16,10 @@ from sqlalchemy import Engine
 
 from trifecta.core.auth import AllowLocal, Authenticator, Principal, admin_only
 from trifecta.core.errors import InvalidInput
+from trifecta.fleet.admin_key import ADMIN_KEY_FILE as ADMIN_KEY_FILE  # re-exported
+from trifecta.fleet.admin_key import ensure_local_admin_key as ensure_local_admin_key
 from trifecta.fleet.capsules import SLUG
 from trifecta.fleet.keys import ApiKey, CreatedKey, KeyStore
-
-ADMIN_KEY_FILE = "admin.key"
 
 
 def is_loopback(host: str) -> bool:
@@ -41,24 +40,6 @@ def loopback_only(host: str) -> AllowLocal:
             field="host",
         )
     return AllowLocal()
-
-
-def ensure_local_admin_key(store: KeyStore, data_dir: Path) -> Path | None:
-    """On first start (no admin key anywhere), create one and write it to
-    `<data_dir>/admin.key`, readable by its owner only. Returns the file if it holds the
-    server's admin key, None when admin keys exist but were made elsewhere."""
-    path = data_dir / ADMIN_KEY_FILE
-    if path.exists():
-        return path
-    if store.has_admin():
-        return None
-    created = store.create(admin=True, label="local admin (first start)")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    # Created with 0600 from the start: the key is never readable by others, not even briefly.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(created.token + "\n")
-    return path
 
 
 def server_authenticator(engine: Engine) -> KeyStore:

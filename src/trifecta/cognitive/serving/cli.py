@@ -135,7 +135,16 @@ def run_server(options: ServeOptions) -> None:
         f"serving {', '.join(service.model_names())} {where} at "
         f"http://{options.host}:{options.port}/v1"
     )
-    app = create_app(service)
+    # First start: an admin key in the data directory, as `trifecta serve` writes one.
+    from trifecta.core.db import get_engine
+    from trifecta.core.settings import get_settings
+    from trifecta.fleet.admin_key import admin_key_notice, ensure_local_admin_key
+    from trifecta.fleet.keys import KeyStore
+
+    settings = get_settings()
+    keys = KeyStore(get_engine(settings.db_url))
+    typer.echo(admin_key_notice(ensure_local_admin_key(keys, settings.data_dir)), err=True)
+    app = create_app(service, auth=keys)
     freeze_startup_heap()
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
 
