@@ -143,3 +143,28 @@ def test_learn_over_partitions_is_federated(
         ["tl", "learn", str(program), "--partition", str(tmp_path / "nope")], capsys
     )
     assert code == 2 and "partition: no such directory" in err
+
+
+def test_a_misspelled_query_constant_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "typo.tl"
+    bad.write_text((EXAMPLES / "family.tl").read_text() + "Ancestor[anne, z]?\n")
+    line = len(bad.read_text().splitlines())
+    code, _, err = run_cli(["tl", "run", str(bad)], capsys)
+    assert code == 2
+    assert err.strip() == (
+        f"trifecta: error: {bad}:{line}:10: 'anne' is not a symbol of domain Person "
+        "(did you mean 'ann'?); a variable is 1 to 3 lowercase letters"
+    )
+
+
+def test_a_ray_partition_without_its_resource_is_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    program = str(EXAMPLES / "perceptron.tl")
+    code, _, err = run_cli(
+        ["tl", "learn", program, "--ray-address", "10.0.0.1:6379", "--partition", "/data/a"],
+        capsys,
+    )
+    assert code == 2 and "partition: a Ray partition is RESOURCE=DIR, not '/data/a'" in err

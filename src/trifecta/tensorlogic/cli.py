@@ -160,37 +160,53 @@ def learn_command(
         typer.Option(help="a site's facts directory; repeat for federated averaging over sites"),
     ] = None,
     local_steps: Annotated[int, typer.Option(min=1, help="federated: SGD steps per round")] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="federated sites as Ray actors on this cluster (e.g. 10.0.0.1:6379); each "
+            "--partition is then RESOURCE=DIR, the actor pinned to the node offering RESOURCE"
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="write the fitted tensors (.npz)")] = None,
     seed: int = 0,
 ) -> None:
     """Fit the learnable tensors from the examples: centrally, or by federated averaging
-    with one process per --partition (its files never leave that process)."""
+    with one process per --partition (its files never leave that process), or one Ray actor
+    per partition on its own node with --ray-address."""
     import numpy as np
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from trifecta.tensorlogic.federated import federated_fit
+    from trifecta.tensorlogic.federated import Federation
     from trifecta.tensorlogic.learn import fit
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), console=err_console, transient=True
     ) as bar:
         if partition:
-            for site in partition:
-                if not site.is_dir():
-                    raise InvalidInput(f"no such directory {str(site)!r}", field="partition")
             task = bar.add_task("federated rounds", total=steps + 1)
-            fed = federated_fit(
-                program,
-                partition,
-                rounds=steps,
-                local_steps=local_steps,
-                lr=lr,
-                seed=seed,
-                on_round=lambda r, loss: bar.update(
-                    task, completed=r, description=f"round {r}: loss {loss:.4f}"
-                ),
-            )
-            params, losses, how = fed.params, fed.losses, f"federated over {len(partition)} sites"
+            if ray_address is None:
+                for site in partition:
+                    if not site.is_dir():
+                        raise InvalidInput(f"no such directory {str(site)!r}", field="partition")
+                federation = Federation(program, partition)
+            else:
+                from trifecta.tensorlogic.ray_sites import RayPartition, ray_federation
+
+                # a partition's directory is a path on its own node: not checked here
+                parts = [RayPartition.parse(str(p)) for p in partition]
+                federation = ray_federation(program, parts, address=ray_address)
+            with federation:
+                fed = federation.fit(
+                    rounds=steps,
+                    local_steps=local_steps,
+                    lr=lr,
+                    seed=seed,
+                    on_round=lambda r, loss: bar.update(
+                        task, completed=r, description=f"round {r}: loss {loss:.4f}"
+                    ),
+                )
+            where = "Ray actors" if ray_address else "sites"
+            params, losses, how = fed.params, fed.losses, f"federated over {len(partition)} {where}"
         else:
             task = bar.add_task("steps", total=steps)
             result = fit(

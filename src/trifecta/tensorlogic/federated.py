@@ -10,14 +10,15 @@ certifi / older protobuf than `constraints.txt` holds), so this small version st
 What crosses a process boundary: to a site, the program's path, its own facts directory
 and the global parameters (`FitIns`); back, only `FitRes` (parameter arrays and an example
 count) and `EvaluateRes` (a loss and a count). A site's facts and examples are read inside
-its process and never sent.
+its process and never sent. The sites here are local processes; `ray_sites` gives the same
+federation sites that are Ray actors pinned to their partitions' nodes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 
 from trifecta.core.errors import InvalidInput, Unavailable
 from trifecta.tensorlogic.learn import Params, initial_params
-from trifecta.tensorlogic.program import load_program
+from trifecta.tensorlogic.program import Program, load_program
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,39 @@ class FedAvg:
         }
 
 
-def _site_main(conn: Connection, program_path: str, facts_dir: str, threads: int) -> None:
-    """A site: loads its partition once, then answers FitIns / EvaluateIns until None."""
+SiteReply = FitRes | EvaluateRes | BaseException
+
+
+class SiteLink(Protocol):
+    """The server's end of one site, whatever carries it (a pipe, a Ray actor)."""
+
+    def send(self, message: FitIns | EvaluateIns) -> None: ...
+
+    def receive(self) -> SiteReply: ...
+
+    def close(self) -> None: ...
+
+
+def answer(program: Program, message: FitIns | EvaluateIns) -> SiteReply:
+    """What a site does with one message, on its own partition (`program` holds its facts)."""
     import torch
 
     from trifecta.tensorlogic.learn import TorchProgram, train
+
+    try:
+        model = TorchProgram(program, message.parameters)
+        if isinstance(message, FitIns):
+            train(model, steps=message.steps, lr=message.lr, optimizer="sgd")
+            return FitRes(model.numpy_params(), model.examples)
+        with torch.no_grad():
+            return EvaluateRes(float(model.loss()), model.examples)
+    except Exception as exc:  # reported to the server as this site's failure
+        return exc
+
+
+def _site_main(conn: Connection, program_path: str, facts_dir: str, threads: int) -> None:
+    """A site: loads its partition once, then answers FitIns / EvaluateIns until None."""
+    import torch
 
     torch.set_num_threads(threads)
     program = load_program(Path(program_path), facts_dir=Path(facts_dir))
@@ -104,16 +133,7 @@ def _site_main(conn: Connection, program_path: str, facts_dir: str, threads: int
         message = conn.recv()
         if message is None:
             return
-        try:
-            model = TorchProgram(program, message.parameters)
-            if isinstance(message, FitIns):
-                train(model, steps=message.steps, lr=message.lr, optimizer="sgd")
-                conn.send(FitRes(model.numpy_params(), model.examples))
-            else:
-                with torch.no_grad():
-                    conn.send(EvaluateRes(float(model.loss()), model.examples))
-        except Exception as exc:  # reported to the server as this site's failure
-            conn.send(exc)
+        conn.send(answer(program, message))
 
 
 class Site:
@@ -131,8 +151,8 @@ class Site:
     def send(self, message: FitIns | EvaluateIns) -> None:
         self._conn.send(message)
 
-    def receive(self) -> FitRes | EvaluateRes | BaseException:
-        result: FitRes | EvaluateRes | BaseException = self._conn.recv()
+    def receive(self) -> SiteReply:
+        result: SiteReply = self._conn.recv()
         return result
 
     def close(self) -> None:
@@ -150,14 +170,19 @@ class FederatedResult:
 
 
 class Federation:
-    """K sites (one process per partition), started once and trained on as often as asked."""
+    """K sites (one process per partition unless `sites` are given), started once and
+    trained on as often as asked."""
 
-    def __init__(self, program_path: Path, partitions: list[Path]):
-        if not partitions:
+    def __init__(
+        self, program_path: Path, partitions: list[Path], *, sites: Sequence[SiteLink] | None = None
+    ):
+        if not partitions and not sites:
             raise InvalidInput("at least one partition is needed", field="partitions")
         self.program_path = program_path
         self.server_view = load_program(program_path, load_files=False)  # shapes, no site data
-        self.sites = [Site(program_path, p) for p in partitions]
+        self.sites: list[SiteLink] = (
+            list(sites) if sites is not None else [Site(program_path, p) for p in partitions]
+        )
 
     def __enter__(self) -> Federation:
         return self
@@ -230,7 +255,7 @@ def federated_fit(
         )
 
 
-def _evaluate(sites: list[Site], params: Params) -> float:
+def _evaluate(sites: list[SiteLink], params: Params) -> float:
     for site in sites:
         site.send(EvaluateIns(params))
     replies = [site.receive() for site in sites]
