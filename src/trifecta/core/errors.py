@@ -118,13 +118,17 @@ class PayloadTooLarge(InvalidInput):
 
 def field_path(loc: Iterable[Any]) -> str:
     """Pydantic error location -> field name: `("body", "ops", 0, "content")` ->
-    `ops[0].content` (the request part, body / query / path, is dropped)."""
+    `ops[0].content`, `("body", 0, "share")` -> `[0].share` (the request part, body /
+    query / path, is dropped)."""
     parts: list[str] = []
     for part in loc:
         if part in ("body", "query", "path") and not parts:
             continue
-        if isinstance(part, int) and parts:
-            parts[-1] += f"[{part}]"
+        if isinstance(part, int):
+            if parts:
+                parts[-1] += f"[{part}]"
+            else:  # an item of a body that is a list: `[0].share`
+                parts.append(f"[{part}]")
         else:
             parts.append(str(part))
     return ".".join(parts)

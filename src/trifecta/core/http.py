@@ -10,7 +10,8 @@
   body is refused once its running total passes the limit, a declared `Content-Length` above
   it before a byte is read);
 - a database that cannot be reached (an outage, a full pool) with 503 `unavailable` and a
-  Retry-After, and any other unexpected exception with a JSON 500, never a plain-text page.
+  Retry-After, a unique key two writers raced for with 409, and any other unexpected
+  exception with a JSON 500 (`LastResort`), never a plain-text page or a dropped connection.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trifecta.core.errors import (
     BadRequest,
+    Conflict,
     NotFound,
     PayloadTooLarge,
     QuotaExceeded,
@@ -119,7 +121,13 @@ async def _trifecta_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse(validation_body(list(exc.errors())), status_code=422)
+    errors = list(exc.errors())
+    unparsed = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if unparsed is not None:  # FastAPI's location is a character offset, not a field
+        at = unparsed.get("loc", ("body", "?"))[-1]
+        reason = (unparsed.get("ctx") or {}).get("error", "invalid JSON")
+        return error_response(BadRequest(f"not JSON at character {at}: {reason}", field="body"))
+    return JSONResponse(validation_body(errors), status_code=422)
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -130,13 +138,46 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    """The last resort (Starlette's ServerErrorMiddleware calls it, then re-raises for the
-    server's log): JSON, and 503 when the database is what failed."""
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database failure: 503 while it cannot be reached, 409 for a key that is taken
+    (two writers raced), a JSON 500 otherwise."""
     if database_unreachable(exc):
         log.warning("database unreachable on %s %s: %s", request.method, request.url.path, exc)
         return error_response(Unavailable("the database cannot be reached", field="database"))
+    if isinstance(exc, IntegrityError):
+        return error_response(Conflict("a record with the same key exists", field="id"))
+    log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(TrifectaError("internal error; the server log has the details"))
+
+
+class LastResort:
+    """ASGI middleware: any exception no handler took becomes a logged JSON 500 here, so the
+    client gets the project's error body and its keep-alive connection survives (Starlette's
+    ServerErrorMiddleware answers plain text, and re-raises, which makes the server drop the
+    connection)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started:
+                raise
+            log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
+            failure = TrifectaError("internal error; the server log has the details")
+            await error_response(failure)(scope, receive, send)
 
 
 class _TooLarge(HTTPException):
@@ -196,6 +237,8 @@ def install_error_handlers(app: FastAPI, *, max_body_bytes: int | None = None) -
     app.add_exception_handler(TrifectaError, _trifecta_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeout, _database_error)
     if max_body_bytes is not None:
         app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
+    app.add_middleware(LastResort)
