@@ -1,6 +1,7 @@
 """The federation credential on A2A, from the receiving side: a peer's JSON-RPC endpoint
 answers 401 to a request without the credential or with a wrong one (and runs nothing), and
-serves a `Delegator` that presents it; the agent card stays public for discovery."""
+serves a `Delegator` that presents it; the agent card stays public for discovery, but names
+the capsules the environment homes only to a peer presenting the credential."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from tests.federation.a2a_peer import lookup, peer_app, serving, solver
 from trifecta.core.errors import Unavailable
 from trifecta.federation.a2a.cards import card_environment
 from trifecta.federation.a2a.client import Delegator
+from trifecta.federation.a2a.discovery import PeerDirectory
 from trifecta.federation.a2a.models import CapsuleTask
+from trifecta.fleet.capsule_uri import CardCatalog
+from trifecta.fleet.manifest import card_extension, manifests_in_card
 from trifecta.fleet.topology import load_topology
 
 pytestmark = pytest.mark.integration
@@ -59,8 +63,39 @@ def test_the_rpc_endpoint_refuses_a_peer_without_the_credential(
         assert answer.json()["error"]["field"] == "authorization"
     assert seen == []  # nothing ran
 
-    card = httpx.get(f"{url}/.well-known/agent-card.json", timeout=10)  # public: discovery
-    assert card.status_code == 200 and card.json()["name"] == "trifecta-inference"
+
+def test_the_card_is_public_but_lists_homed_capsules_only_to_peers(
+    guarded: tuple[str, list[tuple[str, str]]],
+) -> None:
+    url, _ = guarded
+    card_url = f"{url}/.well-known/agent-card.json"
+    for authorization in (None, "Bearer wrong"):  # anyone: discovery works, no tenant named
+        headers = {"Authorization": authorization} if authorization else {}
+        public = httpx.get(card_url, headers=headers, timeout=10)
+        assert public.status_code == 200 and public.json()["name"] == "trifecta-inference"
+        assert card_environment_of(public.json()) == "inference"
+        assert manifests_in_card(public.json()) == [] and "twin-1" not in public.text
+    whole = httpx.get(card_url, headers={"Authorization": f"Bearer {CREDENTIAL}"}, timeout=10)
+    assert [m.capsule_id for m in manifests_in_card(whole.json())] == ["twin-1"]
+
+    async def discover(credential: str | None) -> list[str]:
+        directory = PeerDirectory([url], credential=credential)
+        try:
+            (peer,) = await directory.refresh()
+            assert peer.up and peer.name == "inference"
+            return [c.manifest.capsule_id for c in directory.remote_capsules()]
+        finally:
+            await directory.aclose()
+
+    assert anyio.run(discover, None) == []
+    assert anyio.run(discover, CREDENTIAL) == ["twin-1"]
+    assert [c.manifest.capsule_id for c in CardCatalog([url]).remote_capsules()] == []
+    peer = CardCatalog([url], credential=CREDENTIAL).remote_capsules()
+    assert [c.manifest.capsule_id for c in peer] == ["twin-1"]
+
+
+def card_environment_of(card: dict[str, object]) -> str:
+    return str(card_extension(card)["environment"]["name"])
 
 
 def test_a_delegator_with_the_credential_is_served_and_one_without_is_not(

@@ -89,6 +89,39 @@ def test_the_agent_card_names_the_site(edge_site: tuple[str, Topology]) -> None:
     assert [s["id"] for s in card["skills"]] == ["edge", "tensorlogic"]
 
 
+def test_the_a2a_endpoint_of_an_environment_server_needs_the_credential(
+    edge_site: tuple[str, Topology],
+) -> None:
+    """As `trifecta env serve` wires it: a delegated task without the credential is 401 and
+    the site serves nothing; the card is public without the capsules the site homes."""
+    url, topology = edge_site
+    before = HttpBridge(topology, {"edge-eu": url}, credential=CREDENTIAL)
+    try:
+        served = len(before.served("edge-eu"))
+        task = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "SendMessage",
+            "params": {
+                "tenant": TWIN.id,
+                "message": {"role": "ROLE_USER", "messageId": "m", "parts": [{"text": "1+1?"}]},
+            },
+        }
+        refused = httpx.post(url + "/a2a", json=task, headers={"A2A-Version": "1.0"}, timeout=10)
+        assert refused.status_code == 401
+        assert len(before.served("edge-eu")) == served
+    finally:
+        before.close()
+    public = httpx.get(url + "/.well-known/agent-card.json", timeout=10)
+    assert TWIN.id not in public.text
+    whole = httpx.get(
+        url + "/.well-known/agent-card.json",
+        headers={"Authorization": f"Bearer {CREDENTIAL}"},
+        timeout=10,
+    )
+    assert TWIN.id in whole.text and GOV.id not in whole.text  # edge-eu does not admit GOV
+
+
 def test_an_unreachable_environment_is_unavailable() -> None:
     bridge = HttpBridge(load_topology(), {"inference": "http://127.0.0.1:9"})
     try:

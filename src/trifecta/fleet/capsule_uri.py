@@ -124,12 +124,16 @@ class CardCatalog:
     a long-running server keeps a `PeerDirectory` instead). A peer that does not answer is
     skipped and listed in `unreachable`."""
 
-    def __init__(self, urls: Iterable[str], *, timeout_s: float = 3.0):
+    def __init__(
+        self, urls: Iterable[str], *, timeout_s: float = 3.0, credential: str | None = None
+    ):
         import httpx
 
         self.capsules: list[RemoteCapsule] = []
         self.unreachable: dict[str, str] = {}
-        with httpx.Client(timeout=timeout_s) as http:
+        # A peer lists the capsules it homes only to a peer presenting the federation credential.
+        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+        with httpx.Client(timeout=timeout_s, headers=headers) as http:
             for url in (u.rstrip("/") for u in urls):
                 try:
                     response = http.get(f"{url}{CARD_PATH}")

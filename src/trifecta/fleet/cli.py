@@ -174,7 +174,12 @@ def capsule_resolve(
     environments = load_topology(topology or get_settings().topology).environments
     local = {"local": None, "localhost": None, **{e.name: e for e in environments}}
     seeds = [*(peers or []), *(e.url for e in environments if e.url)]
-    catalog = CardCatalog(seeds) if seeds and parsed.authority not in local else None
+    credential = get_settings().federation_credential  # peers list their capsules to peers only
+    catalog = (
+        CardCatalog(seeds, credential=credential)
+        if seeds and parsed.authority not in local
+        else None
+    )
     resolution = CapsuleResolver(_registry(), catalog, local=local).resolve(parsed)
     if as_json:
         typer.echo(resolution.model_dump_json(indent=2))

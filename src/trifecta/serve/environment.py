@@ -150,7 +150,8 @@ def create_environment_app(
     """The environment's server: the federation hops, its A2A card (with the manifests of the
     capsules it admits) and delegated tasks, and discovery of its peers from `peers` (seed
     URLs: the topology's, or those `trifecta up` hands each environment)."""
-    directory = PeerDirectory([p for p in peers if p.rstrip("/") != base_url], refresh_s=refresh_s)
+    seeds = [p for p in peers if p.rstrip("/") != base_url]
+    directory = PeerDirectory(seeds, refresh_s=refresh_s, credential=credential)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -118,6 +118,18 @@ def build_agent_card(
     )
 
 
+def without_manifests(card: AgentCard) -> AgentCard:
+    """The card as anyone may read it: the same environment and skills, no capsule manifests
+    (which name tenants, their domains and jurisdictions: peers presenting the federation
+    credential get them)."""
+    public = AgentCard()
+    public.CopyFrom(card)
+    for extension in public.capabilities.extensions:
+        if extension.uri == ENVIRONMENT_EXTENSION and "capsules" in extension.params:
+            extension.params["capsules"] = []
+    return public
+
+
 def card_json(card: AgentCard) -> dict[str, Any]:
     """The card as served (protocol 1.0 JSON field names)."""
     return MessageToDict(card)

@@ -2,7 +2,9 @@
 card is fetched from `/.well-known/agent-card.json`, refreshed on an interval, and a peer whose
 card stops answering is marked down until it answers again.
 
-The seeds are the topology's `Environment.url` values. Fetches use the SDK's card resolver on
+The seeds are the topology's `Environment.url` values. With the federation credential, a peer's
+card includes the manifests of the capsules it homes (`capsule://` resolution); without it,
+the public card has none. Fetches use the SDK's card resolver on
 one shared httpx client, with a per-request timeout and a short tenacity retry, so one lost
 packet does not mark a peer down but a dead peer is found within `timeout_s * attempts`.
 """
@@ -59,8 +61,10 @@ class PeerDirectory:
         timeout_s: float = 2.0,
         attempts: int = 2,
         http: httpx.AsyncClient | None = None,
+        credential: str | None = None,
     ):
         self.refresh_s = refresh_s
+        self._headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         self.timeout_s = timeout_s
         self.attempts = attempts
         self._owned = http is None
@@ -97,7 +101,9 @@ class PeerDirectory:
             reraise=True,
         ):
             with attempt:
-                return await resolver.get_agent_card(http_kwargs={"timeout": self.timeout_s})
+                return await resolver.get_agent_card(
+                    http_kwargs={"timeout": self.timeout_s, "headers": self._headers}
+                )
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     async def refresh_one(self, url: str) -> Peer:

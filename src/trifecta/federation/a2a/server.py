@@ -8,6 +8,8 @@ federation credential configured, the JSON-RPC endpoint answers only a peer that
 else gets 401 before the SDK parses the request. The agent card stays public: it is how a peer
 finds the endpoint and the environment's place before any credential is used (A2A's
 well-known discovery), and it holds no prices and nothing a tenant sent or learned. The
+manifests of the capsules an environment homes (names, domains, jurisdictions) are in the card
+only for a peer presenting the credential; anyone else reads the card without them. The
 receiving side checks the placement rule itself: a task whose capsule this environment does
 not admit (`Environment.admits`) is rejected (A2A state `rejected`) before the handler runs,
 whatever the sender decided.
@@ -40,7 +42,7 @@ from starlette.routing import BaseRoute, Route
 from trifecta.core.errors import InvalidInput, SovereigntyViolation, TrifectaError, Unauthenticated
 from trifecta.core.http import error_response
 from trifecta.core.logging import get_logger
-from trifecta.federation.a2a.cards import RPC_PATH, card_environment
+from trifecta.federation.a2a.cards import RPC_PATH, card_environment, without_manifests
 from trifecta.federation.a2a.models import CapsuleLookup, CapsuleTask, CapsuleTaskHandler
 from trifecta.federation.http_server import peer_auth
 from trifecta.fleet.topology import Environment
@@ -173,6 +175,27 @@ def peers_only(routes: Sequence[BaseRoute], credential: str | None) -> list[Base
     ]
 
 
+def card_routes_for(card: AgentCard, credential: str | None) -> list[BaseRoute]:
+    """The card route: the whole card for a peer presenting `credential`, the card without
+    capsule manifests for anyone else (the whole card for all when no credential is set)."""
+    if credential is None:
+        return list(create_agent_card_routes(card))
+    (public,) = create_agent_card_routes(without_manifests(card))
+    (whole,) = create_agent_card_routes(card)
+    assert isinstance(public, Route) and isinstance(whole, Route)
+    check = peer_auth(credential)
+    public_card, whole_card = public.endpoint, whole.endpoint
+
+    async def card_for(request: Request) -> Response:
+        try:
+            check(request.headers.get("authorization"))
+        except Unauthenticated:
+            return await public_card(request)
+        return await whole_card(request)
+
+    return [Route(public.path, card_for, methods=["GET"], name=public.name)]
+
+
 def build_a2a_service(
     card: AgentCard,
     handler: CapsuleTaskHandler,
@@ -188,7 +211,7 @@ def build_a2a_service(
         task_store=InMemoryTaskStore(owner_resolver=_tenant_scope),
         agent_card=card,
     )
-    card_routes: list[BaseRoute] = list(create_agent_card_routes(card))
+    card_routes = card_routes_for(card, credential)
     rpc_routes = peers_only(create_jsonrpc_routes(request_handler, rpc_url=RPC_PATH), credential)
     return A2AService(
         card=card,
