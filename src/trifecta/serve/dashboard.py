@@ -14,6 +14,7 @@ from the app's routes) with no key, a capsule's key and the admin key.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Cookie, Depends, FastAPI, Form, Header, Query, Request, status
@@ -26,6 +27,7 @@ from trifecta.core.errors import Forbidden, TrifectaError, Unauthenticated
 from trifecta.core.logging import recent_errors
 from trifecta.fleet.assets import asset_path
 from trifecta.fleet.plan_model import CapsuleAssignment, Plan
+from trifecta.orchestrator.ledger import Rollup
 from trifecta.orchestrator.loop import Orchestrator
 from trifecta.orchestrator.stack import Stack
 from trifecta.serve.dashboard_metrics import live_figures
@@ -39,6 +41,7 @@ from trifecta.serve.dashboard_views import (
 
 PREFIX = "/dashboard"
 ERRORS_SHOWN = 30
+LEDGER_TTL_S = 30.0
 SESSION_MAX_AGE_S = 8 * 3600
 # Everything from this server only; htmx's own indicator styles are turned off in the page so
 # no inline style is needed.
@@ -79,12 +82,22 @@ class Dashboard:
         self.orchestrator = orchestrator
         self.jinja = templates()
         self._assignments: tuple[int, dict[str, CapsuleAssignment]] = (0, {})
+        self._spent: tuple[float, list[Rollup]] = (0.0, [])
 
     def assignments(self, plan: Plan) -> dict[str, CapsuleAssignment]:
         """The plan's assignments by capsule id, rebuilt only when the plan changes."""
         if self._assignments[0] != id(plan):
             self._assignments = (id(plan), {a.capsule_id: a for a in plan.assignments})
         return self._assignments[1]
+
+    def spent_by_layer(self) -> list[Rollup]:
+        """The ledger's totals by layer: a scan of every charge, so read at most every
+        `LEDGER_TTL_S` seconds however many browsers poll."""
+        at, rows = self._spent
+        if time.monotonic() - at > LEDGER_TTL_S:
+            rows = self.stack.parts.ledger.rollup("layer")
+            self._spent = (time.monotonic(), rows)
+        return rows
 
     def panel(self, name: str, *, page: int = 1, query: str = "") -> dict[str, Any]:
         stack = self.stack
@@ -107,7 +120,7 @@ class Dashboard:
             )
             return {"environments": rows, "federated": stack.federated}
         if name == "plan":
-            return {"view": plan_view(stack.plan, stack.parts.ledger.rollup("layer"))}
+            return {"view": plan_view(stack.plan, self.spent_by_layer())}
         if name == "metrics":
             return {"figures": live_figures(self.orchestrator.metrics.registry)}
         return {"errors": recent_errors.latest(ERRORS_SHOWN), "total": recent_errors.total}
