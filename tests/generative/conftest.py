@@ -1,7 +1,11 @@
 """Fixtures of the generative tests: a converted (untrained) model is enough for mechanics;
-behaviour on tasks uses the shipped model."""
+behaviour on tasks uses the shipped model; the layer in the product uses one real stack."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -9,6 +13,9 @@ import torch
 from trifecta.generative.assets import ar_checkpoint_dir
 from trifecta.generative.convert import convert_llama
 from trifecta.generative.model import DiffusionLM
+
+if TYPE_CHECKING:
+    from trifecta.orchestrator.stack import Stack
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +32,21 @@ def shipped() -> DiffusionLM:
 
     torch.set_num_threads(1)
     return load_model(shipped_model_path())
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A real embedded stack on SQLite (tiers, context, generative layer, edge mesh), shared
+    by the tests of the generative layer in the product, each with capsules of its own."""
+    from trifecta.core import db
+    from trifecta.core.settings import Settings
+    from trifecta.orchestrator.stack import Stack
+
+    data = Path(tmp_path_factory.mktemp("generative-stack"))
+    settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'control.db'}")
+    built = Stack(settings=settings)
+    try:
+        yield built
+    finally:
+        built.close()
+        db.dispose_engines()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import openai
@@ -16,8 +15,6 @@ import pytest
 from tests.support import live_server
 from trifecta.cognitive.serving.factory import build_service
 from trifecta.cognitive.serving.tenants import TenantDirectory
-from trifecta.core import db
-from trifecta.core.settings import Settings
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.keys import KeyStore
 from trifecta.generative.selection import configured_mask
@@ -39,10 +36,7 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    data = Path(tmp_path_factory.mktemp("serve-generative"))
-    settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'control.db'}")
-    stack = Stack(settings=settings)
+def served(stack: Stack) -> Iterator[Served]:
     stack.add_capsule(TWIN)
     assert stack.generative is not None
     stack.generative.store.put_mask(TWIN.id, configured_mask([0, 2, 5], 2))
@@ -51,13 +45,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     admin_key = keys.create(admin=True).token
     tenants = TenantDirectory(stack.capsules.registry.get)
     cognitive = build_service(tiers=["small"], phase=stack.phase, tenants=tenants)
-    app = create_app(stack, cognitive=cognitive, auth=keys)
-    try:
-        with live_server(app) as url:
-            yield Served(url, stack, capsule_key, admin_key)
-    finally:
-        stack.close()
-        db.dispose_engines()
+    with live_server(create_app(stack, cognitive=cognitive, auth=keys)) as url:
+        yield Served(url, stack, capsule_key, admin_key)
 
 
 def test_the_model_is_listed_and_answers_with_the_capsules_experts(served: Served) -> None:

@@ -5,15 +5,10 @@ loop's verifier directly)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import torch
 
 from trifecta.context.models import MemoryItem, MemoryQuery, MemorySource
-from trifecta.core import db
-from trifecta.core.settings import Settings
 from trifecta.core.tasks import generate_tasks
 from trifecta.fleet.capsules import Capsule, Demand
 from trifecta.generative.tuning import feedback_update
@@ -38,17 +33,9 @@ TWIN = Capsule(
 )
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data = Path(tmp_path_factory.mktemp("outcomes"))
-    settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'control.db'}")
-    stack = Stack(settings=settings)
-    stack.add_capsule(TWIN)
-    try:
-        yield stack
-    finally:
-        stack.close()
-        db.dispose_engines()
+@pytest.fixture(scope="module", autouse=True)
+def twin(stack: Stack) -> Capsule:
+    return stack.add_capsule(TWIN)
 
 
 def test_verdicts_tune_the_router_once_the_context_layer_has_recorded_them(stack: Stack) -> None:
