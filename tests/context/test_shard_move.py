@@ -8,23 +8,28 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from tests.context.conftest import ServiceFactory
+from tests.support import live_server
 from trifecta.context.admin import MoveRequest, ShardAdmin
 from trifecta.context.copier import count_rows, table_check
 from trifecta.context.deltas import AddOp, Delta, TagOp
 from trifecta.context.facade import ContextService
 from trifecta.context.merge import bullet_id_for
 from trifecta.context.models import MemoryDraft, MemoryQuery
+from trifecta.context.service import create_app
 from trifecta.context.settings import ContextSettings
 from trifecta.context.shards import ContextPlace
 from trifecta.context.sql import read_domain
 from trifecta.context.store import PendingMemory, ShardStore
+from trifecta.core.auth import AllowLocal
 from trifecta.core.db import normalize_url, transaction
 from trifecta.core.errors import InvalidInput, SovereigntyViolation
+from trifecta.core.settings import get_settings
 from trifecta.fleet.topology import Environment
 
 pytestmark = pytest.mark.slow
@@ -256,3 +261,32 @@ def test_after_a_move_the_next_start_serves_the_domain_where_it_moved(
     assert table_check(source, "grid", "bullets")[0] == 1  # the fenced copy, as it was
     with transaction(source.engine) as session:
         assert read_domain(session, "grid")[1] == "moved"
+
+
+def test_the_move_route_answers_bad_targets_with_4xx_naming_the_field(
+    make_service: ServiceFactory, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTP (admin): a made-up place, any URL, an unreachable configured Postgres: 4xx
+    naming `to`, never a 500, and the domain stays where it was."""
+    monkeypatch.setenv(
+        "TRIFECTA_SHARD_URLS", '{"inference": "postgresql+psycopg://u:p@127.0.0.1:1/x"}'
+    )
+    get_settings.cache_clear()
+    service = make_service(sqlite_url)
+    service.apply_delta("twin-b", Delta(ops=[AddOp(op_id="g", section="checks", content="Grid.")]))
+    with (
+        live_server(create_app(service, auth=AllowLocal())) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        bodies = [
+            {"to": "sqlite:////tmp/anywhere.db"},
+            {"to": "sovereign"},  # configured, reserved for sovereign capsules
+            {"to": "inference"},  # configured, but its Postgres does not answer
+            {"to": "inference", "place": {"name": "x", "kind": "sovereign"}},
+        ]
+        for body in bodies:
+            answer = http.post("/shards/grid/move", json=body)
+            assert answer.status_code in (403, 422), (body, answer.text)
+            assert answer.json()["error"]["field"] in ("to", "place"), answer.text
+    assert service.shard_map.get("grid") is None  # still on the default shard
+    assert [b.content for b in service.playbook("twin-b").bullets] == ["Grid."]
