@@ -10,6 +10,7 @@ example count is bounded (`EXAMPLES` per operation, mode and key) to keep CI in 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 ALPHA = Capsule(id="fz-alpha", name="Alpha", kind="digital_twin", domain="fz-grid")
 CHEAP = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)  # real argon2id, small
 EXAMPLES = 5
+STATEFUL_EXAMPLES = 8
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -178,3 +180,41 @@ def test_every_operation_answers_within_its_spec(served: Served, mode: Generatio
     if mode == GenerationMode.POSITIVE:  # valid data reaches the routes, not only refusals
         assert sum(n for status, n in answered.items() if status < 300) >= len(operations)
     assert sum(answered.values()) >= len(operations) * EXAMPLES
+
+
+def test_created_resources_flow_through_their_links(served: Served) -> None:
+    """Stateful: capsules, tasks and keys created by the fuzzer are read, given feedback,
+    removed and revoked through the spec's links, with the same checks on every answer."""
+    schema = schemathesis.openapi.from_dict(served.spec).include(path_regex=r"^/v1/(capsules|keys)")
+    calls: Counter[tuple[str, str, int]] = Counter()
+    admin = served.keys["admin"]
+
+    class Machine(schema.as_state_machine()):  # type: ignore[misc]
+        def before_call(self, case: schemathesis.Case) -> None:
+            case.headers = {**(case.headers or {}), "Authorization": admin}
+
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            return {"base_url": served.url, "timeout": 60}
+
+        def after_call(self, response: Any, case: schemathesis.Case) -> None:
+            calls[(case.method, case.operation.path, response.status_code)] += 1
+
+        def validate_response(
+            self, response: Any, case: schemathesis.Case, additional_checks: Any = None, **kw: Any
+        ) -> None:
+            case.validate_response(response, checks=CHECKS, transport_kwargs=kw)
+
+    Machine.run(
+        settings=settings(
+            max_examples=STATEFUL_EXAMPLES,
+            stateful_step_count=6,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    assert not [call for call in calls if call[2] >= 500], calls
+    followed = {(m, p) for m, p, status in calls if status < 300 and "}/" in p + "/"}
+    assert followed, calls  # some created resource was used through its id

@@ -228,6 +228,17 @@ def test_hostile_bodies_are_4xx_naming_the_field(
     _refused(answer, status, "prompt" if status == 422 else "body")
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000, b"{}", b"x" * (MAX_BODY_BYTES + 1)],
+)
+def test_hostile_bodies_to_the_mcp_face_are_4xx(served: Served, content: bytes) -> None:
+    accept = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    answer = served.client.post("/mcp", content=content, headers={**served.admin, **accept})
+    assert 400 <= answer.status_code < 500, answer.text
+    assert answer.headers["content-type"] == "application/json"
+
+
 def test_context_written_before_the_first_task_survives_a_restart(tmp_path: Path) -> None:
     settings = _sqlite(tmp_path / "restart")
     memory = {"title": "sum", "content": "41+17=58 kept-across-restarts", "outcome": "success"}

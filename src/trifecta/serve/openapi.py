@@ -13,7 +13,8 @@ generator, or schemathesis checking conformance, sees what the server really doe
   MCP schema defines, not this one;
 - on each operation, each error status it can answer with its body: `ErrorBody` for the
   project's routes, the OpenAI API's error shape (or the project's, for what is refused
-  before the route: a body too large or unreadable) for the OpenAI-compatible routes.
+  before the route: a body too large or unreadable) for the OpenAI-compatible routes;
+- links from a created capsule, task or key to the operations that take its id.
 """
 
 from __future__ import annotations
@@ -45,6 +46,48 @@ STATUS_TEXT = {
 }
 QUOTA_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/capsules/{capsule_id}/tasks")
 MCP_STATUSES = (200, 202, 400, 401, 404, 406, 413, 415, 500, 503)
+
+
+# OpenAPI links: where a created resource's id goes next (clients and schemathesis's
+# stateful tests follow them). (operation, its success status) -> {name: (target, params)}.
+_TASK = "/v1/capsules/{capsule_id}/tasks"
+LINKS: dict[tuple[Operation, str], dict[str, tuple[Operation, dict[str, str]]]] = {
+    (("post", "/v1/capsules"), "201"): {
+        "GetCapsule": (("get", "/v1/capsules/{capsule_id}"), {"capsule_id": "$response.body#/id"}),
+        "RemoveCapsule": (
+            ("delete", "/v1/capsules/{capsule_id}"),
+            {"capsule_id": "$response.body#/id"},
+        ),
+    },
+    (("post", _TASK), "201"): {
+        "GetTask": (
+            ("get", _TASK + "/{task_id}"),
+            {"capsule_id": "$request.path.capsule_id", "task_id": "$response.body#/id"},
+        ),
+        "TaskFeedback": (
+            ("post", _TASK + "/{task_id}/feedback"),
+            {"capsule_id": "$request.path.capsule_id", "task_id": "$response.body#/id"},
+        ),
+    },
+    (("post", "/v1/keys"), "201"): {
+        "RevokeKey": (("delete", "/v1/keys/{key_id}"), {"key_id": "$response.body#/key/key_id"}),
+    },
+}
+
+
+def _add_links(spec: dict[str, Any]) -> None:
+    for ((method, path), status), links in LINKS.items():
+        response = spec["paths"].get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is None:
+            continue
+        response["links"] = {
+            name: {
+                "operationId": spec["paths"][target_path][target_method]["operationId"],
+                "parameters": params,
+            }
+            for name, ((target_method, target_path), params) in links.items()
+            if target_method in spec["paths"].get(target_path, {})
+        }
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -152,6 +195,7 @@ def build_spec(app: FastAPI, *, openai: set[Operation], mcp: bool) -> dict[str, 
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
     components.update(_schemas(ErrorBody, OpenAIErrorBody))
+    _add_links(spec)
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
             if method not in METHODS or path == "/mcp":
