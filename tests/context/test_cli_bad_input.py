@@ -134,3 +134,18 @@ def test_a_path_typo_in_shard_move_moves_nothing(
     code, _, err = run(["context", "shard", "move", "grid", "--to", "sovereign"], capsys)
     assert code == 2  # a configured place, but reserved for sovereign capsules
     _one_line(err, "to")
+
+
+def test_the_probe_from_the_cli_an_emptied_sovereign_domain_stays_sovereign(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    add = ["capsule", "add", "--id", "gov-1", "--kind", "sovereign", "--jurisdiction", "eu"]
+    assert run([*add, "--domain", "sov-eu-grid"], capsys)[0] == 0
+    assert run(["capsule", "remove", "gov-1"], capsys)[0] == 0
+    twin = ["capsule", "add", "--id", "twin-x", "--kind", "digital_twin", "--domain", "sov-eu-grid"]
+    code, _, err = run(twin, capsys)
+    assert code == 2
+    _one_line(err, "domain")
+    assert "for good" in err
+    code, out, _ = run(["capsule", "list", "--domain", "sov-eu-grid"], capsys)
+    assert code == 0 and "twin-x" not in out
