@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 from argon2 import PasswordHasher
+from fastapi.testclient import TestClient
 
 from tests.support import free_port, live_server
 from trifecta.cognitive.serving.factory import build_service
@@ -40,8 +41,10 @@ from trifecta.core import db
 from trifecta.core.settings import Settings
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.keys import KeyStore
+from trifecta.fleet.topology import load_topology
 from trifecta.orchestrator.stack import Stack
 from trifecta.serve.app import MAX_BODY_BYTES, create_app
+from trifecta.serve.environment import EnvironmentSite, create_environment_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -163,6 +166,26 @@ def test_concurrent_tasks_with_one_request_id_are_served_once(served: Served) ->
     assert len({r["answer"] for r in results}) == 1  # one serving, replayed
 
 
+def _read_answer(sock: socket.socket, got: bytes) -> bytes:
+    """The rest of an HTTP answer whose first bytes are `got` (headers, then the body by its
+    Content-Length)."""
+    sock.setblocking(True)
+    while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < _length(got):
+        more = sock.recv(65536)
+        if not more:
+            break
+        got += more
+    return got
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 def _raw_post(url: str, head: bytes, chunks: Iterator[bytes]) -> bytes:
     """Send a request chunk by chunk and stop as soon as the server answers."""
     host, port = url.removeprefix("http://").split(":")
@@ -175,13 +198,12 @@ def _raw_post(url: str, head: bytes, chunks: Iterator[bytes]) -> bytes:
             except BlockingIOError:
                 answer = b""
             if answer:
-                return answer
+                return _read_answer(sock, answer)
             try:
                 sock.sendall(chunk)
             except (BrokenPipeError, ConnectionResetError, BlockingIOError):
                 break
-        sock.setblocking(True)
-        return sock.recv(65536)
+        return _read_answer(sock, b"")
 
 
 def test_a_chunked_body_past_the_limit_is_refused_before_it_is_read(served: Served) -> None:
@@ -339,3 +361,33 @@ def test_a_postgres_outage_is_json_503_and_the_connection_survives(
         assert server.client.get("/healthz").status_code == 200
         postgres.start()
         assert server.client.post(task, json=TASK, headers=server.admin).status_code == 201
+
+
+def test_an_environment_server_documents_every_status_and_serves_local_docs(
+    tmp_path: Path,
+) -> None:
+    """`trifecta env serve` (the federation hops): the same error statuses in its spec."""
+    settings = _sqlite(tmp_path / "env")
+    site = EnvironmentSite(load_topology(), "edge-eu", settings)
+    try:
+        app = create_environment_app(site, base_url="http://placeholder", credential="c" * 32)
+        operations = [
+            (method, path, op)
+            for path, ops in app.openapi()["paths"].items()
+            for method, op in ops.items()
+        ]
+        assert len([o for o in operations if o[1].startswith("/federation/v1/")]) >= 5
+        for method, path, op in operations:
+            statuses = set(op["responses"])
+            assert {"500", "503"} <= statuses, (method, path)
+            if any(p["name"] == "authorization" for p in op.get("parameters", [])):
+                assert {"401", "403"} <= statuses, (method, path)
+            if "requestBody" in op:
+                assert {"400", "413", "422"} <= statuses, (method, path)
+                schema = op["responses"]["422"]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}
+        docs = TestClient(app).get("/docs")
+        assert docs.status_code == 200 and "cdn." not in docs.text
+    finally:
+        site.close()
+        db.dispose_engines()

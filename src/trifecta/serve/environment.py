@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from trifecta import __version__
 from trifecta.cognitive.serving.service import CognitiveService
 from trifecta.context.facade import ContextService
+from trifecta.core.apidocs import install_api_docs
 from trifecta.core.db import get_engine
 from trifecta.core.errors import InvalidInput
 from trifecta.core.http import install_error_handlers
@@ -46,6 +47,7 @@ from trifecta.orchestrator.stack import (
     start_edge_mesh,
     warm_up,
 )
+from trifecta.serve.openapi import document_app
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -182,6 +184,8 @@ def create_environment_app(
     admitted = [manifest_of(c) for c in site.capsules.all() if env.admits(c)]
     card = build_agent_card(env, base_url, services=site.host.services.names(), manifests=admitted)
     a2a = add_a2a_routes(app, card, site.run_task, site.capsules.get, credential=credential)
+    install_api_docs(app)  # /docs and /redoc from the package
+    document_app(app)  # the spec lists every status each route answers
     app.add_middleware(RequestIds, service=f"env:{env.name}")  # logs the front door's id
     app.state.site = site
     app.state.peers = directory
