@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from trifecta.core.tasks import make_task
 from trifecta.core.tokenizer import CharTokenizer
-from trifecta.generative.train import TrainConfig, masked_diffusion_loss, train
+from trifecta.generative.train import (
+    TrainConfig,
+    initial_model,
+    masked_diffusion_loss,
+    prompt_batches,
+    train,
+)
 
 
 def test_the_same_recipe_gives_the_same_weights() -> None:
@@ -30,3 +37,21 @@ def test_the_loss_only_reads_masked_response_positions(converted) -> None:
     g = torch.Generator().manual_seed(0)
     loss = masked_diffusion_loss(converted, prompts, CharTokenizer(), 20, g)
     assert loss.item() > 0 and loss.requires_grad
+
+
+def test_a_look_up_first_curriculum_opens_with_look_ups_alone() -> None:
+    config = TrainConfig(steps=6, batch_size=16, lookup_share=0.5)
+    batches = list(prompt_batches(config))
+    assert len(batches) == 6
+    kinds = [{make_task(p).difficulty for p in batch} for batch in batches]
+    assert all(k == {1} for k in kinds[:3])  # look-ups alone first
+    assert set().union(*kinds[3:]) - {1}  # then the mix
+    # Without it, the recipe's batches are what they always were.
+    plain = TrainConfig(steps=2, batch_size=16)
+    assert list(prompt_batches(plain)) == list(prompt_batches(plain.model_copy()))
+
+
+def test_a_continued_stage_starts_from_the_saved_model(shipped) -> None:
+    model = initial_model(TrainConfig(continue_from="diffusion-moe.safetensors"))
+    theirs = shipped.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())

@@ -11,6 +11,11 @@
 3. After every step, DeepSeek-V3's auxiliary-loss-free balancing nudges each layer's selection
    bias by `balance_rate` towards even expert load.
 
+A continued stage (`continue_from`: the shipped model) skips the conversion and trains the
+saved weights further. `lookup_share` of the steps come first and draw look-ups alone (grade 1),
+the curriculum the edge recipe uses: every hard task is a chain of look-ups, and the shipped
+model substitutes the right sensor value about one time in five.
+
 Seeded end to end on one torch thread, so the same recipe gives the same weights.
 """
 
@@ -20,6 +25,7 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trifecta.core.tasks import DIFFICULTIES, iter_tasks
 from trifecta.core.tokenizer import CharTokenizer
-from trifecta.generative.assets import ar_checkpoint_dir
+from trifecta.generative.assets import ar_checkpoint_dir, asset_dir
 from trifecta.generative.convert import convert_llama
 from trifecta.generative.model import DiffusionLM
 from trifecta.generative.sequences import encode_targets
@@ -61,6 +67,14 @@ class TrainConfig(BaseModel):
     mix: dict[int, float] = Field(default_factory=lambda: dict(TRAINING_MIX))
     short_telemetry: bool = True
     threads: int = Field(default=1, gt=0)
+    continue_from: str | None = Field(
+        default=None,
+        description="a saved model (a file of this package's assets, or a path) to train further "
+        "instead of converting `source`",
+    )
+    lookup_share: float = Field(
+        default=0.0, ge=0, lt=1, description="share of the steps, first, on look-ups alone"
+    )
 
     @field_validator("mix")
     @classmethod
@@ -89,14 +103,40 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 def prompt_batches(config: TrainConfig) -> Iterator[list[str]]:
+    """`config.steps` batches: look-ups alone for the first `lookup_share`, then the mix."""
+    lookups = iter_tasks(
+        seed=config.seed + 1,
+        split="train",
+        difficulties={1: 1.0},
+        short_telemetry=config.short_telemetry,
+    )
     stream = iter_tasks(
         seed=config.seed,
         split="train",
         difficulties=config.mix,
         short_telemetry=config.short_telemetry,
     )
-    for _ in range(config.steps):
-        yield [next(stream).prompt for _ in range(config.batch_size)]
+    first = int(config.lookup_share * config.steps)
+    for step in range(config.steps):
+        source = lookups if step < first else stream
+        yield [next(source).prompt for _ in range(config.batch_size)]
+
+
+def initial_model(config: TrainConfig) -> DiffusionLM:
+    """The converted source tier, or the saved model a continued stage starts from."""
+    if config.continue_from is None:
+        return convert_llama(
+            ar_checkpoint_dir(config.source),
+            n_experts=config.n_experts,
+            top_k=config.top_k,
+            noise=config.upcycle_noise,
+            canon_width=config.canon_width,
+            seed=config.seed,
+        )
+    from trifecta.generative.artifact import load_model
+
+    path = asset_dir() / config.continue_from
+    return load_model(path if path.is_file() else Path(config.continue_from)).train()
 
 
 def masked_diffusion_loss(
@@ -133,14 +173,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     torch.set_num_threads(config.threads)
     generator = torch.Generator().manual_seed(config.seed)
     tokenizer = CharTokenizer()
-    model = convert_llama(
-        ar_checkpoint_dir(config.source),
-        n_experts=config.n_experts,
-        top_k=config.top_k,
-        noise=config.upcycle_noise,
-        canon_width=config.canon_width,
-        seed=config.seed,
-    )
+    model = initial_model(config)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
