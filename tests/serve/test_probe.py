@@ -97,6 +97,16 @@ def _refused(answer: httpx.Response, status: int, field: str) -> None:
     assert named == field, error
 
 
+def test_the_spec_holds_every_surface_and_the_docs_load_locally(served: Served) -> None:
+    spec = served.client.get("/openapi.json").json()
+    assert "/mcp" in spec["paths"] and "/context/capsules/{capsule_id}/retrieve" in spec["paths"]
+    task = spec["paths"]["/v1/capsules/{capsule_id}/tasks"]["post"]["responses"]
+    assert {"400", "401", "403", "404", "409", "413", "422", "429", "503"} <= set(task)
+    for page in ("/docs", "/redoc", "/context/docs"):
+        html = served.client.get(page)
+        assert html.status_code == 200 and "cdn." not in html.text and "https://" not in html.text
+
+
 @pytest.mark.parametrize("share", [1e308, 5e-324])
 def test_an_extreme_share_is_refused_and_the_tier_serves_everyone(
     served: Served, share: float
