@@ -6,17 +6,23 @@ setting of published Datalog benchmarks), edges drawn from a seeded generator an
 every engine. Programs:
     TC  path(x,z) :- edge(x,z).          path(x,z) :- path(x,y), edge(y,z).
     SG  sg(x,y) :- edge(p,x), edge(p,y). sg(x,y) :- edge(a,x), sg(a,b), edge(b,y).
-Every engine runs in its own process with a time limit; one that exceeds it is recorded as
-"> N s" and not run on larger graphs of the same kind. Answers are compared by count and a
-checksum over the pairs (sums of i*n+j and of its square, mod 2^64).
+Every engine runs in its own process with a time limit and a memory cap; one that exceeds
+the limit is recorded as "> N s" and, unless `--keep-going`, not run on larger graphs of the
+same kind. Answers are compared by count and a checksum over the pairs (sums of i*n+j and of
+its square, mod 2^64).
 
     .venv/bin/python benchmarks/tensorlogic.py [--timeout 60] [--sizes 1000 5000 20000]
+    # clingo at 20k with a longer limit, merged into the last run's records:
+    .venv/bin/python benchmarks/tensorlogic.py --sizes 20000 --engines trifecta clingo \
+        --timeout 200 --keep-going --merge
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -53,6 +59,10 @@ TENSORLOGIC_EQ = {
 }
 DENSE_LIMIT_BYTES = 4 << 30  # the tensorlogic package holds float64 n x n tensors
 REPEAT_BUDGET_S = 30.0
+SETUP_ALLOWANCE_S = (
+    30.0  # a worker's start-up (imports, graph, clingo's fact text) beyond the limit
+)
+DEFAULT_COMMAND = "python benchmarks/tensorlogic.py"  # records written before commands were kept
 RUNS = Path(__file__).resolve().parent / "results" / "tensorlogic_runs.json"  # raw records
 
 
@@ -104,6 +114,16 @@ def _fingerprint_bits(bits: np.ndarray, n: int) -> tuple[int, int, int]:
     return kernel(bits, n)  # type: ignore[no-any-return]
 
 
+STARTED_FILE: list[Path] = []  # set in a baseline's worker: where its first timed run's start goes
+
+
+def mark_started() -> None:
+    """Write the wall-clock start of a baseline's first timed run, so that a run the memory cap
+    stops is known to have computed for (now - start) seconds without an answer."""
+    if STARTED_FILE and not STARTED_FILE[0].exists():
+        STARTED_FILE[0].write_text(repr(time.time()))
+
+
 def run_trifecta(workload: str, n: int, edges: np.ndarray) -> tuple[float, tuple[int, int, int]]:
     from trifecta.tensorlogic.engine import evaluate
     from trifecta.tensorlogic.program import compile_program
@@ -124,6 +144,7 @@ def run_clingo(workload: str, n: int, edges: np.ndarray) -> tuple[float, tuple[i
 
     facts = "".join(f"edge({a},{b})." for a, b in edges.tolist())
     name = "path" if workload == "tc" else "sg"
+    mark_started()
     started = time.perf_counter()
     ctl = clingo.Control(["--warn=none"])
     ctl.add("base", [], facts + ASP[workload])
@@ -147,6 +168,7 @@ def run_networkx(workload: str, n: int, edges: np.ndarray) -> tuple[float, tuple
     g = nx.DiGraph()
     g.add_nodes_from(range(n))
     g.add_edges_from(edges.tolist())
+    mark_started()
     started = time.perf_counter()
     closure = nx.transitive_closure(g, reflexive=False)
     seconds = time.perf_counter() - started
@@ -166,6 +188,7 @@ def run_tensorlogic(workload: str, n: int, edges: np.ndarray) -> tuple[float, tu
 
     adjacency = np.zeros((n, n))
     adjacency[edges[:, 0], edges[:, 1]] = 1.0
+    mark_started()
     started = time.perf_counter()
     prog = Program()
     prog.set_tensor("Edge", ntensor(adjacency, ["x", "y"]))
@@ -225,6 +248,25 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per baseline run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument(
+        "--probabilities", nargs="+", type=float, default=list(PROBABILITIES), metavar="P"
+    )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run a size's baselines even when a smaller graph of the same kind timed out",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="update the last run's records instead of replacing them",
+    )
+    parser.add_argument(
+        "--memory-gb", type=float, default=14.0, help="address-space cap of a baseline's process"
+    )
+    parser.add_argument("--started-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=5, metavar=("ENGINE", "WORKLOAD", "N", "P", "SEED"))
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the section from the last run's records"
@@ -232,33 +274,46 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         engine, workload, n, p, seed = args.worker
+        STARTED_FILE.extend([args.started_file] if args.started_file else [])
         worker(engine, workload, int(n), float(p), int(seed), args.repeats)
         return 0
     if args.report_only:
         from rich.console import Console
 
-        saved = json.loads(RUNS.read_text())
-        return report(Console(width=200), {tuple(r["key"]): r["record"] for r in saved}, args)
+        return report(Console(width=200), load_records())
 
     from rich.console import Console
 
     console = Console(width=200)
-    records: dict[tuple[str, str, int, float], dict[str, object]] = {}
+    records = load_records() if args.merge else {}
     timed_out: set[tuple[str, str, float]] = set()
-    for workload in WORKLOADS:
-        for p in PROBABILITIES:
+    command_line = " ".join(["python benchmarks/tensorlogic.py", *sys.argv[1:]])
+    for workload in args.workloads:
+        for p in args.probabilities:
             for n in sorted(args.sizes):
-                for engine in ENGINES:
+                for engine in args.engines:
                     key = (engine, workload, n, p)
                     reason = skip_reason(engine, workload, n)
-                    if reason is None and (engine, workload, p) in timed_out:
+                    after_timeout = (engine, workload, p) in timed_out or any(
+                        k[0] == engine
+                        and k[1] == workload
+                        and k[3] == p
+                        and k[2] < n
+                        and str(r.get("note", "")).startswith(">")
+                        for k, r in records.items()
+                    )  # this run's, or (with --merge) an earlier run's smaller graph
+                    if reason is None and after_timeout and not args.keep_going:
                         reason = f"> {args.timeout:g} s (timed out on a smaller graph)"
                     if reason is not None:
                         records[key] = {"note": reason}
                         continue
+                    started_file = RUNS.parent / f".started-{os.getpid()}"
+                    started_file.unlink(missing_ok=True)
                     command = [
                         sys.executable,
                         __file__,
+                        "--started-file",
+                        str(started_file),
                         "--repeats",
                         str(args.repeats),
                         "--worker",
@@ -268,42 +323,100 @@ def main() -> int:
                         str(p),
                         str(args.seed),
                     ]
-                    limit = None if engine == "trifecta" else args.timeout + REPEAT_BUDGET_S + 30
+                    baseline = engine != "trifecta"
+                    limit = args.timeout + REPEAT_BUDGET_S + SETUP_ALLOWANCE_S if baseline else None
+                    cap = int(args.memory_gb * 2**30) if baseline else None
                     started = time.perf_counter()
                     try:
                         done = subprocess.run(
-                            command, capture_output=True, text=True, timeout=limit, check=False
+                            command,
+                            capture_output=True,
+                            text=True,
+                            timeout=limit,
+                            check=False,
+                            preexec_fn=(lambda c=cap: cap_memory(c)) if cap else None,
                         )
                     except subprocess.TimeoutExpired:
                         done = None
+                    elapsed, ended = time.perf_counter() - started, time.time()
+                    # said in the table: run although a smaller graph of its kind timed out
+                    also = " (run although a smaller graph timed out)" if after_timeout else ""
                     if done is not None and done.returncode == 0:
                         record = json.loads(done.stdout.strip().splitlines()[-1])
-                        if engine != "trifecta" and record["seconds"][0] > args.timeout:
+                        if baseline and record["seconds"][0] > args.timeout:
                             timed_out.add((engine, workload, p))
                         records[key] = record
                     elif done is None:
                         timed_out.add((engine, workload, p))
-                        records[key] = {"note": f"> {args.timeout:g} s"}
+                        records[key] = {"note": f"> {args.timeout:g} s{also}"}
                     else:
-                        records[key] = {
-                            "note": "failed: "
-                            + (done.stderr.strip().splitlines() or ["?"])[-1][:80]
-                        }
+                        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+                        if "MemoryError" in last or "bad_alloc" in last:
+                            # still computing when the cap stopped it: its time exceeds this
+                            begun = (
+                                float(started_file.read_text()) if started_file.exists() else ended
+                            )
+                            secs = max(0.0, ended - begun)
+                            records[key] = {
+                                "note": f"> {secs:.0f} s (out of memory at {args.memory_gb:g} GB){also}"
+                            }
+                            timed_out.add((engine, workload, p))
+                        else:
+                            records[key] = {"note": "failed: " + last[:80]}
+                    started_file.unlink(missing_ok=True)
+                    records[key]["command"] = command_line
+                    records[key]["load"] = round(os.getloadavg()[0], 2)
                     console.print(
-                        f"{workload} n={n} p={p} {engine}: {records[key].get('seconds', records[key].get('note'))} ({time.perf_counter() - started:.1f} s)"
+                        f"{workload} n={n} p={p} {engine}: {records[key].get('seconds', records[key].get('note'))} ({elapsed:.1f} s)"
                     )
+                    save_records(records)  # a long run keeps what it has measured so far
+    return report(console, records)
+
+
+Records = dict[tuple[str, str, int, float], dict[str, object]]
+
+
+def cap_memory(limit_bytes: int) -> None:
+    """A baseline's address space is capped so that a grounder filling memory fails alone
+    instead of pushing the shared machine into the OOM killer."""
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+def load_records() -> Records:
+    if not RUNS.exists():
+        return {}
+    saved = json.loads(RUNS.read_text())
+    return {
+        (str(k[0]), str(k[1]), int(k[2]), float(k[3])): r
+        for k, r in ((e["key"], e["record"]) for e in saved)
+    }
+
+
+def save_records(records: Records) -> None:
     RUNS.parent.mkdir(exist_ok=True)
     RUNS.write_text(
         json.dumps([{"key": list(k), "record": r} for k, r in records.items()], indent=1)
     )
-    return report(console, records, args)
 
 
-def report(
-    console: object,
-    records: dict[tuple[str, str, int, float], dict[str, object]],
-    args: argparse.Namespace,
-) -> int:
+def after_a_smaller_timeout(
+    records: Records, engine: str, workload: str, n: int, p: float, note: str
+) -> bool:
+    """Was this over-the-limit baseline run although a smaller graph of its kind had timed
+    out (in an earlier, merged run)? The table says so."""
+    if not note.startswith(">") or "smaller graph" in note:
+        return False
+    return any(
+        k[0] == engine
+        and k[1] == workload
+        and k[3] == p
+        and k[2] < n
+        and str(r.get("note", "")).startswith(">")
+        for k, r in records.items()
+    )
+
+
+def report(console: object, records: Records) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -329,16 +442,17 @@ def report(
         "answers",
     ):
         table.add_column(column, justify="left" if column in ("program", "answers") else "right")
+    sizes = sorted({k[2] for k in records})
     for workload in WORKLOADS:
         for p in PROBABILITIES:
-            for n in sorted(args.sizes):
-                ours = records[("trifecta", workload, n, p)]
+            for n in sizes:
+                ours = records.get(("trifecta", workload, n, p), {"note": "not run"})
                 ours_s = ours.get("seconds")
                 cells: dict[str, str] = {}
                 same: list[str] = []
                 ratios: dict[str, str] = {}
                 for engine in ENGINES:
-                    rec = records[(engine, workload, n, p)]
+                    rec = records.get((engine, workload, n, p), {"note": "not run"})
                     if "seconds" in rec:
                         secs = rec["seconds"]
                         assert isinstance(secs, list)
@@ -363,8 +477,10 @@ def report(
                                         )
                                     )
                     else:
-                        cells[engine] = str(rec["note"])
                         note = str(rec["note"])
+                        if after_a_smaller_timeout(records, engine, workload, n, p, note):
+                            note += " (run although a smaller graph timed out)"
+                        cells[engine] = note
                         if (
                             note.startswith(">")
                             and isinstance(ours_s, list)
@@ -378,10 +494,15 @@ def report(
                                         claim=f"{workload.upper()} n={n} p={p}: x faster than {engine} ("
                                         + (
                                             "not run at this size: over the limit on a smaller graph; "
-                                            if "smaller graph" in note
+                                            if "timed out on a smaller graph" in note
                                             else ""
                                         )
-                                        + "lower bound: its time limit / our slowest run)",
+                                        + (
+                                            "lower bound: its seconds before the memory cap "
+                                            if "out of memory" in note
+                                            else "lower bound: its time limit "
+                                        )
+                                        + "/ our slowest run)",
                                         figure=bound,
                                         low=bound,
                                         high=None,
@@ -424,9 +545,19 @@ def report(
             anchors.append(
                 f"TC, n=5000, p={p}: {float(np.median(rec['seconds'])):.2f} s here; Soufflé about {published:g} s (published figure quoted in issue 19, other hardware, not measured here)"
             )
-    command = "python benchmarks/tensorlogic.py" + (
-        f" --timeout {args.timeout:g}" if args.timeout != 60 else ""
+    repeats = max(
+        (len(r["seconds"]) for r in records.values() if isinstance(r.get("seconds"), list)),
+        default=0,
+    )  # type: ignore[arg-type]
+    loads = [float(r["load"]) for r in records.values() if "load" in r]  # type: ignore[arg-type]
+    load_text = (
+        f"load average (1 min) {min(loads):.1f}-{max(loads):.1f} on 2 cores read after each run of the "
+        f"latest command, {machine_load()} when the section was written"
+        if loads
+        else f"{machine_load()} when the run ended"
     )
+    commands = sorted({str(r.get("command", DEFAULT_COMMAND)) for r in records.values()}, key=len)
+    command = "; ".join(commands)
     write_results("tensorlogic", command, goals)
     section = "\n".join(
         [
@@ -438,14 +569,18 @@ def report(
             "(`transitive_closure`, TC only) and the PyPI `tensorlogic` 0.0.4 package (dense float64 "
             "numpy einsums; its recursive evaluation unrolls one level, so the script re-applies its "
             "equation to a fixpoint). Same random graphs G(n, p) for every engine, each engine in its "
-            f"own process; a baseline over {args.timeout:g} s is stopped and not run on larger graphs. "
-            "Times are medians of up to "
-            f"{args.repeats} runs (each engine's run as it does the whole job: clingo parses its facts, "
+            "own process with a time limit (the `> N s` in its cell: 60 s unless the row says "
+            "otherwise) and an address-space cap; by default a baseline over its limit is not run on "
+            "larger graphs of the same kind (`timed out on a smaller graph`), rows measured with "
+            "`--keep-going` were run anyway and say so. Times are medians of up to "
+            f"{repeats} runs (each engine's run as it does the whole job: clingo parses its facts, "
             "ours converts the edge list to a sparse matrix); ratio intervals are 95% bootstrap "
             "intervals over the runs; where a baseline timed out the ratio is a lower bound (its "
-            "time limit over our slowest run). Answers compared by count and checksum.",
+            "time limit over our slowest run), and so where its memory cap stopped it before it "
+            "answered (the seconds it had computed, from the start of its timed run, over our "
+            "slowest run). Answers compared by count and checksum.",
             "",
-            f"CPU {cpu_name()}; {machine_load()} when the run ended: other engineers' jobs share the machine, so absolute times move between runs.",
+            f"CPU {cpu_name()}; {load_text}: other engineers' jobs share the machine, so absolute times move between runs.",
             "Memory: a dense closure of 20k nodes is 400M pairs, held as 50 MB of packed bits (peak resident ~0.8 GB for TC+SG at 20k, p=0.01, measured with /usr/bin/time).",
             "",
             f"Command: `{command}`",
