@@ -260,6 +260,21 @@ def test_hostile_bodies_are_4xx_naming_the_field(
     _refused(answer, status, "prompt" if status == 422 else "body")
 
 
+def test_a_huge_path_id_is_not_echoed_back_whole(served: Served) -> None:
+    answer = served.client.get("/v1/capsules/" + "a" * 60_000, headers=served.admin)
+    _refused(answer, 404, "capsule_id")
+    assert len(answer.content) < 1000
+
+
+def test_a_body_sent_as_text_names_the_body(served: Served) -> None:
+    answer = served.client.post(
+        f"/v1/capsules/{ALPHA.id}/tasks",
+        content=b'{"prompt": "41+17?"}',
+        headers={**served.admin, "content-type": "text/plain"},
+    )
+    _refused(answer, 422, "body")
+
+
 @pytest.mark.parametrize(
     "content",
     [b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000, b"{}", b"x" * (MAX_BODY_BYTES + 1)],

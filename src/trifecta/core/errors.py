@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 
+# A message quotes what the caller sent; a 60 KB path id is not worth echoing back whole.
+MAX_MESSAGE_CHARS = 500
+
+
 class TrifectaError(Exception):
     """Base of every expected failure. `status` is the HTTP status it maps to."""
 
@@ -22,6 +26,8 @@ class TrifectaError(Exception):
     def __init__(
         self, message: str, *, field: str | None = None, allowed: Iterable[Any] | None = None
     ):
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         self.message = message
         self.field = field
         self.allowed = sorted({str(a) for a in allowed}) if allowed is not None else None

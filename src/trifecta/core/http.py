@@ -77,7 +77,10 @@ def error_response(exc: TrifectaError) -> JSONResponse:
 
 def validation_body(errors: list[Any]) -> dict[str, Any]:
     fields = [
-        {"field": field_path(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in errors
+        # a whole part that is wrong (a body that is no object: sent as text/plain) is named
+        {"field": field_path(loc) or str(loc[0] if loc else ""), "message": e.get("msg", "invalid")}
+        for e in errors
+        for loc in [tuple(e.get("loc", ()))]
     ]
     first = fields[0] if fields else {"field": "", "message": "invalid request"}
     return {
