@@ -15,6 +15,7 @@ transactions, and a row another worker already closed is skipped.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,18 @@ log = get_logger(__name__)
 # A row that failed this many times for a reason other than a refusal is given up on.
 MAX_ATTEMPTS = 20
 T = TypeVar("T")
+# The worker's scheduling priority (Linux nice) below the request threads': learning is
+# background work, so when the CPU is short the requests get it first and the queue waits.
+BACKGROUND_NICE = 10
+
+
+def background_priority() -> None:
+    """Lower the calling thread's CPU priority (a Linux thread is a task of its own, so this
+    leaves the process's other threads alone); a no-op where that is not possible."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except (AttributeError, OSError) as exc:  # not Linux, or not permitted
+        log.info("learning worker keeps its priority", reason=str(exc))
 
 
 class LearnWorker:
@@ -149,6 +162,7 @@ class LearnWorker:
         return self.service.router.store(url)
 
     def _run(self) -> None:
+        background_priority()
         self._refresh_shards()
         while not self._stop.is_set():
             self._wake.clear()
