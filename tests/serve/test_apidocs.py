@@ -1,16 +1,22 @@
 """`/docs` and `/redoc` work offline: their pages load only the server's own assets, which
 ship in the package (no CDN: a blank page without a network before), for the main server and
-for an app mounted in it (the context service at `/context`)."""
+for an app mounted in it (the context service at `/context`); and an environment server's
+spec lists the statuses its routes answer, like the front door's."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from trifecta.core import db
 from trifecta.core.apidocs import ASSETS_PATH, assets_dir, install_api_docs
+from trifecta.core.settings import Settings
+from trifecta.fleet.topology import load_topology
+from trifecta.serve.environment import EnvironmentSite, create_environment_app
 
 URL = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url:\s*["']([^"']+)["']""")
 
@@ -64,3 +70,33 @@ def test_the_assets_ship_with_their_licences() -> None:
         "VERSIONS.md",
     ):
         assert (root / name).stat().st_size > 0, name
+
+
+def test_an_environment_server_documents_every_status_and_serves_local_docs(
+    tmp_path: Path,
+) -> None:
+    """`trifecta env serve` (the federation hops): the same error statuses in its spec."""
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'control.db'}")
+    site = EnvironmentSite(load_topology(), "edge-eu", settings)
+    try:
+        app = create_environment_app(site, base_url="http://placeholder", credential="c" * 32)
+        operations = [
+            (method, path, op)
+            for path, ops in app.openapi()["paths"].items()
+            for method, op in ops.items()
+        ]
+        assert len([o for o in operations if o[1].startswith("/federation/v1/")]) >= 5
+        for method, path, op in operations:
+            statuses = set(op["responses"])
+            assert {"500", "503"} <= statuses, (method, path)
+            if any(p["name"] == "authorization" for p in op.get("parameters", [])):
+                assert {"401", "403"} <= statuses, (method, path)
+            if "requestBody" in op:
+                assert {"400", "413", "422"} <= statuses, (method, path)
+                schema = op["responses"]["422"]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}
+        docs = TestClient(app).get("/docs")
+        assert docs.status_code == 200 and "cdn." not in docs.text
+    finally:
+        site.close()
+        db.dispose_engines()

@@ -30,7 +30,6 @@ from typing import Any
 import httpx
 import pytest
 from argon2 import PasswordHasher
-from fastapi.testclient import TestClient
 
 from tests.support import free_port, live_server
 from trifecta.cognitive.serving.factory import build_service
@@ -41,10 +40,8 @@ from trifecta.core import db
 from trifecta.core.settings import Settings
 from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.keys import KeyStore
-from trifecta.fleet.topology import load_topology
 from trifecta.orchestrator.stack import Stack
 from trifecta.serve.app import MAX_BODY_BYTES, create_app
-from trifecta.serve.environment import EnvironmentSite, create_environment_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -386,33 +383,3 @@ def test_a_postgres_outage_is_json_503_and_the_connection_survives(
         assert server.client.get("/healthz").status_code == 200
         postgres.start()
         assert server.client.post(task, json=TASK, headers=server.admin).status_code == 201
-
-
-def test_an_environment_server_documents_every_status_and_serves_local_docs(
-    tmp_path: Path,
-) -> None:
-    """`trifecta env serve` (the federation hops): the same error statuses in its spec."""
-    settings = _sqlite(tmp_path / "env")
-    site = EnvironmentSite(load_topology(), "edge-eu", settings)
-    try:
-        app = create_environment_app(site, base_url="http://placeholder", credential="c" * 32)
-        operations = [
-            (method, path, op)
-            for path, ops in app.openapi()["paths"].items()
-            for method, op in ops.items()
-        ]
-        assert len([o for o in operations if o[1].startswith("/federation/v1/")]) >= 5
-        for method, path, op in operations:
-            statuses = set(op["responses"])
-            assert {"500", "503"} <= statuses, (method, path)
-            if any(p["name"] == "authorization" for p in op.get("parameters", [])):
-                assert {"401", "403"} <= statuses, (method, path)
-            if "requestBody" in op:
-                assert {"400", "413", "422"} <= statuses, (method, path)
-                schema = op["responses"]["422"]["content"]["application/json"]["schema"]
-                assert schema == {"$ref": "#/components/schemas/ErrorBody"}
-        docs = TestClient(app).get("/docs")
-        assert docs.status_code == 200 and "cdn." not in docs.text
-    finally:
-        site.close()
-        db.dispose_engines()
