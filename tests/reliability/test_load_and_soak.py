@@ -5,8 +5,12 @@ SOAK_S seconds, while the server's resident memory is sampled.
 Load: no 5xx and no dropped connection; every acknowledged learning write is in the learn
 queue and learned from after the drain, every acknowledged task and feedback is in the
 database; p50 / p99 are taken from each request's scheduled arrival.
-Soak: resident memory is flat (the slope of the second half is bounded) and the structures
-that grow with traffic are bounded (Prometheus series, the result cache)."""
+Soak: the structures that grow with traffic are bounded (Prometheus series, the result
+cache) and resident memory grows by at most RSS_MB_PER_TASK per served task over the second
+half. Not flat yet at this length: the cognitive tiers' prefix KV caches (bounded at 16,384
+tokens per engine, about 150 MB together when full) fill over a few thousand tasks, and at
+2 tasks/s they add about 0.1 MB per task meanwhile. The bound caught the unbounded glibc
+arenas (0.32 MB per task here, 0.57 over four minutes) that `cap_malloc_arenas` removed."""
 
 from __future__ import annotations
 
@@ -25,10 +29,10 @@ from tests.reliability.servers import ServeProcess
 from tests.reliability.traffic import CAPSULES, Audit, drained_audit
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-SOAK_S = 100.0
+SOAK_S = 90.0
 RATE = 2.0  # tasks per second, all capsules together (what a loaded 2-core CI box sustains)
 USERS = 8
-RSS_SLOPE_MB_PER_MIN = 3.0
+RSS_MB_PER_TASK = 0.25
 
 
 def rss_mb(pid: int) -> float:
@@ -110,15 +114,17 @@ def test_load_answers_every_request_and_loses_no_acknowledged_write(soak: Soak) 
     assert soak.audit.queue_rows == len(run.acks.learned)
 
 
-def test_soak_memory_is_flat_and_traffic_grows_nothing_unbounded(soak: Soak) -> None:
+def test_soak_memory_growth_per_task_is_bounded_and_traffic_adds_no_series(soak: Soak) -> None:
     slope = soak.slope_mb_per_min()
+    per_task = slope / (soak.run.achieved_rate() * 60)
     first, last = soak.rss[0][1], soak.rss[-1][1]
     print(
         f"soak: RSS {first:.0f} -> {last:.0f} MB over {soak.rss[-1][0]:.0f} s, second-half "
-        f"slope {slope:+.2f} MB/min; /metrics series {soak.series_mid} mid-run, "
-        f"{soak.series_end} at the end; context cache {soak.context_cache}"
+        f"slope {slope:+.2f} MB/min = {per_task:.3f} MB per task; /metrics series "
+        f"{soak.series_mid} mid-run, {soak.series_end} at the end; context cache "
+        f"{soak.context_cache}"
     )
-    assert slope < RSS_SLOPE_MB_PER_MIN
+    assert per_task < RSS_MB_PER_TASK
     # Label sets are per capsule kind, environment, layer, route: traffic adds no series.
     assert soak.series_end <= soak.series_mid * 1.05
     assert soak.context_cache["entries"] <= 20_000  # the result cache's bound (cache_entries)

@@ -32,10 +32,12 @@ def serve_command(
     Every route but /healthz and /metrics needs an API key (`Authorization: Bearer`); on
     first start an admin key is written to <data_dir>/admin.key.
     """
+    from trifecta.core.heap import cap_malloc_arenas, freeze_startup_heap
+
+    cap_malloc_arenas()  # before any thread allocates: bounds the heap's growth per request
     import uvicorn
 
     from trifecta.core.auth import Authenticator
-    from trifecta.core.heap import freeze_startup_heap
     from trifecta.core.settings import get_settings
     from trifecta.orchestrator.stack import Stack, build_cognitive
     from trifecta.serve.app import create_app
