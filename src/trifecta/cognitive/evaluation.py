@@ -54,7 +54,7 @@ from trifecta.core.protocols import Embedder
 from trifecta.core.tasks import DEFAULT_MIX, Task, TaskFamilyVerifier, generate_tasks
 
 CALL_SHARES = np.linspace(0.0, 1.0, 21)  # x-axis of RouteLLM's PGR curve
-OperatingPoint = Literal["match", "accurate"]
+OperatingPoint = Literal["cheapest", "accurate"]
 
 
 class EvalConfig(BaseModel):
@@ -70,10 +70,17 @@ class EvalConfig(BaseModel):
         default=0.40, gt=0, le=1, description="compute cost, share of the largest tier"
     )
     operating_point: OperatingPoint = Field(
-        default="match",
+        default="cheapest",
         description="how each policy's configuration is chosen on the calibration sample: "
-        "'match', the cheapest within the budget that is as accurate as the largest tier; "
-        "'accurate', the most accurate within the budget",
+        "'cheapest', the cheapest within the budget that keeps `keep_accuracy` of the largest "
+        "tier's accuracy; 'accurate', the most accurate within the budget",
+    )
+    keep_accuracy: float = Field(
+        default=0.98,
+        gt=0,
+        le=1.5,
+        description="share of the largest tier's calibration accuracy the 'cheapest' operating "
+        "point keeps (the goal is 95%: the rest is a margin for new tasks)",
     )
     aggregate: Aggregate = DEFAULT_AGGREGATE
     window: int = Field(default=DEFAULT_WINDOW, ge=1)
@@ -213,11 +220,10 @@ def evaluate(
         ),
     }
     within_budget = _budget(config.budget)
-    if config.operating_point == "match":
-        largest = always(calib, len(TIER_NAMES) - 1).accuracy or 0.0
+    if config.operating_point == "cheapest":
+        kept = config.keep_accuracy * (always(calib, len(TIER_NAMES) - 1).accuracy or 0.0)
         chosen = {
-            name: family.cheapest_reaching(within_budget, largest)
-            for name, family in families.items()
+            name: family.cheapest_reaching(within_budget, kept) for name, family in families.items()
         }
     else:
         chosen = {name: family.select(within_budget) for name, family in families.items()}

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from trifecta.cognitive.bootstrap import Interval
-from trifecta.cognitive.evaluation import EvalReport, Point
+from trifecta.cognitive.evaluation import EvalConfig, EvalReport, Point
 
 GOAL_ACCURACY = 0.95  # of the largest tier's accuracy ...
 GOAL_COST = 0.40  # ... at no more than this share of its compute cost
@@ -17,11 +17,13 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-OPERATING_POINTS = {
-    "match": "the cheapest configuration within the budget that is at least as accurate as "
-    "the largest tier",
-    "accurate": "the most accurate configuration within the budget",
-}
+def _operating_point(config: EvalConfig) -> str:
+    if config.operating_point == "accurate":
+        return "the most accurate configuration within the budget"
+    return (
+        f"the cheapest configuration within the budget that keeps {config.keep_accuracy:.0%} "
+        "of the largest tier's accuracy"
+    )
 
 
 def goals(report: EvalReport) -> list[tuple[str, bool, str]]:
@@ -154,7 +156,7 @@ def markdown(report: EvalReport) -> str:
             f"({c.bootstrap} draws; CPT counts a draw that never recovers the gap as 100%). "
             f"Signal `{report.thresholds.aggregate}` (window {report.thresholds.window}); "
             f"budget {c.budget:.0%} of the largest tier's compute; each policy's operating "
-            f"point, chosen on the calibration sample: {OPERATING_POINTS[c.operating_point]}; "
+            f"point, chosen on the calibration sample: {_operating_point(c)}; "
             f"seed {c.seed}.",
             points_markdown(report),
             "RouteLLM's metrics (x-axis: share of requests reaching the largest tier):",
