@@ -59,7 +59,7 @@ from trifecta.core.embeddings import MiniLMEmbedder, get_embedder
 from trifecta.fleet.capsules import Capsule, Demand
 from trifecta.fleet.fleetfile import generate_fleet
 from trifecta.fleet.registry import CapsuleRegistry
-from trifecta.orchestrator.loop import MEMORIES_PER_REQUEST
+from trifecta.orchestrator.context_hop import MEMORIES_PER_REQUEST
 from trifecta.orchestrator.workload import WorkItem, build_workload
 
 NAME = "context_hop"

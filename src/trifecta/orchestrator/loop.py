@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from trifecta.cognitive.tiers import get_tier
-from trifecta.context.models import PlaybookView, Retrieval, RetrieveRequest
+from trifecta.context.models import PlaybookView, Retrieval
 from trifecta.core.errors import Conflict, SovereigntyViolation, Unavailable
 from trifecta.core.logging import get_logger
 from trifecta.core.tasks import Task, TaskFamilyVerifier
@@ -37,6 +37,7 @@ from trifecta.federation.services import (
 )
 from trifecta.fleet.capsules import Capsule
 from trifecta.generative.service import GenerativeRequest
+from trifecta.orchestrator.context_hop import ContextHop
 from trifecta.orchestrator.generative_outcomes import GenerativeOutcomes
 from trifecta.orchestrator.metrics import LoopMetrics
 from trifecta.orchestrator.models import (
@@ -66,7 +67,6 @@ from trifecta.orchestrator.trace import (
 log = get_logger("trifecta.orchestrator")
 EDGE_MODEL = "bitnet-2b4t"  # the checkpoint the shipped edge model stands for (for charges)
 GENERATIVE_MODEL = "rnd1-30b-a3b"  # what the shipped MoE diffusion model stands for
-MEMORIES_PER_REQUEST = 3
 
 
 class Orchestrator:
@@ -82,8 +82,7 @@ class Orchestrator:
         self.learn_enabled = learn
         self.generative_outcomes = GenerativeOutcomes()
         self.generative_routes = GenerativeRouteRule()
-        # Query retrievals overlapped with the layer call (a thread each, while it decodes).
-        self._retrievals = ThreadPoolExecutor(thread_name_prefix="retrieve")
+        self.context_hop = ContextHop(parts.bridge, parts.pricer, self.metrics)
 
     # -- the request path --------------------------------------------------------------
     def serve(self, capsule_id: str, request: TaskRequest) -> TaskResult:
@@ -100,7 +99,7 @@ class Orchestrator:
         task = task_of(request.prompt, capsule.domain)
         trace = Trace()
         context_env = self.parts.shards.place(capsule.domain)
-        playbook = self._playbook(capsule, context_env, trace)
+        playbook = self.context_hop.playbook(capsule, context_env, trace)
         advice = advise(
             task.kind if task else None,
             ranked(playbook.bullets) if playbook else [],
@@ -117,7 +116,7 @@ class Orchestrator:
         # bullets and memories, on another thread while the layer decodes.
         found: Future[tuple[Retrieval | None, Trace]] | None = None
         if served is None and playbook is not None:
-            found = self._retrievals.submit(self._retrieve, capsule, context_env, request.prompt)
+            found = self.context_hop.start_retrieval(capsule, context_env, request.prompt)
         try:
             if served is None and task is not None and self._gen_route(capsule, request_id, task):
                 served = self._generative(capsule, request, trace)
@@ -198,58 +197,6 @@ class Orchestrator:
         )
 
     # -- the steps ---------------------------------------------------------------------
-    def _playbook(self, capsule: Capsule, env: str, trace: Trace) -> PlaybookView | None:
-        """The domain's playbook (its routing rules steer the route): a read cached by the
-        domain's version, no embedding. None when the shard's environment is down: the
-        request is served without context and not learned from."""
-        started = time.perf_counter()
-        try:
-            playbook = self.bridge.context(capsule, env).playbook(capsule.id)
-        except Unavailable as exc:  # serve without context rather than fail the request
-            trace.failed(started, "context", env, "context", exc.one_line())
-            self.metrics.fallbacks.labels("context", env).inc()
-            return None
-        trace.hop(
-            started,
-            layer="context",
-            environment=env,
-            model="playbook",
-            ok=True,
-            detail=f"{len(playbook.bullets)} bullets at v{playbook.version}",
-        )
-        seconds = time.perf_counter() - started
-        trace.charges.append(
-            self.parts.pricer.cpu_seconds(layer="context", environment=env, seconds=seconds)
-        )
-        return playbook
-
-    def _retrieve(self, capsule: Capsule, env: str, prompt: str) -> tuple[Retrieval | None, Trace]:
-        """The query's ranked bullets and similar memories, with the hop and charge they cost
-        (a trace of their own: this runs beside the layer call)."""
-        trace = Trace()
-        started = time.perf_counter()
-        try:
-            retrieval = self.bridge.context(capsule, env).retrieve(
-                capsule.id, RetrieveRequest(query=prompt, k_memories=MEMORIES_PER_REQUEST)
-            )
-        except Unavailable as exc:  # the layer serves without them
-            trace.failed(started, "context", env, "context", exc.one_line())
-            self.metrics.fallbacks.labels("context", env).inc()
-            return None, trace
-        trace.hop(
-            started,
-            layer="context",
-            environment=env,
-            model="retrieve",
-            ok=True,
-            detail=f"{len(retrieval.bullets)} bullets, {len(retrieval.memories)} memories",
-        )
-        seconds = time.perf_counter() - started
-        trace.charges.append(
-            self.parts.pricer.cpu_seconds(layer="context", environment=env, seconds=seconds)
-        )
-        return retrieval, trace
-
     def _cached(
         self, capsule: Capsule, request: TaskRequest, env: str, trace: Trace
     ) -> Served | None:
