@@ -52,7 +52,8 @@ class TierSpec:
     lookup_steps: int = 0
     lookup_learning_rate: float = 2e-3
     # Last steps on look-ups and look-up chains drawn far more often (training.REFINE_MIX), at
-    # a lower learning rate: what took a grown tier's look-ups from 87.5% (docs/cognitive.md).
+    # a lower learning rate: it took the large tier's look-ups from 87.5% to 97.5%
+    # (docs/cognitive.md).
     refine_steps: int = 0
     refine_learning_rate: float = 5e-4
     # Look-back of the Canon layer before each attention (canon_llama.py); 0: a plain Llama.
@@ -106,6 +107,7 @@ TIERS: dict[str, TierSpec] = {
         heads=10,
         intermediate_size=480,
         train_steps=1800,
+        refine_steps=800,
         batch_size=96,
         learning_rate=1e-3,
         init_std=0.08,
