@@ -38,6 +38,14 @@ def kill_mid_writes(server: ServeProcess, writers: Writers, before: int, after: 
     return acked_at_kill
 
 
+def summary(writers: Writers) -> str:
+    acks = writers.acks
+    return (
+        f"{len(acks.tasks)} tasks, {len(acks.learned)} learning writes, {len(acks.feedback)} "
+        f"feedbacks acknowledged; answers {dict(sorted(acks.statuses.items()))} (0: no answer)"
+    )
+
+
 def test_kill_9_during_writes_loses_no_acknowledged_write_on_sqlite(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'control.db'}"
     server = ServeProcess(tmp_path / "data", url)
@@ -49,6 +57,7 @@ def test_kill_9_during_writes_loses_no_acknowledged_write_on_sqlite(tmp_path: Pa
         result = drained_audit(url, writers.acks)
     finally:
         server.stop()
+    print(f"sqlite kill -9: {summary(writers)}; audit {result}")
     assert result.clean, result
     assert result.queue_rows == len(writers.acks.learned) >= 18
     assert writers.acks.feedback, "no feedback was acknowledged"
@@ -74,6 +83,7 @@ def test_postgres_restart_under_load_then_kill_9_loses_nothing(
         result = drained_audit(own_postgres.url, writers.acks)
     finally:
         server.stop()
+    print(f"postgres restart + kill -9: {summary(writers)}; audit {result}")
     assert result.clean, result
     assert result.queue_rows == len(writers.acks.learned)
     assert writers.acks.feedback, "no feedback was acknowledged"
