@@ -144,6 +144,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
     parser.add_argument("--no-federated", action="store_true")
     args = parser.parse_args()
+    load_at_start = machine_load()  # other jobs come and go: the section gives both ends
     configure_logging("ERROR")
     logging.disable(logging.WARNING)
     console = Console()
@@ -259,7 +260,8 @@ def main() -> int:
             [
                 "## The request path (`benchmarks/loop.py`)",
                 "",
-                f"Command: `{command}`. Machine: {cpu_name()}; {machine_load()} when it ran. "
+                f"Command: `{command}`. Machine: {cpu_name()}; {load_at_start} at the start, "
+                f"{machine_load()} at the end. "
                 "Baseline in the same run: every task of the workload handed straight to its "
                 "layer, one at a time (the edge mesh's offload for light tasks, the serving "
                 "layer's cascade otherwise). Then the same kind of workload (the shipped "
