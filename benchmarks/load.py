@@ -17,6 +17,7 @@ the task figures are not the load generator's own.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -96,6 +97,7 @@ def main() -> None:
         audit = drained_audit(url, tasks.acks)
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     task_ms, floor_ms = tasks.latencies_ms(), floor.latencies_ms("healthz")
     ours, base = percentiles(task_ms), percentiles(floor_ms)
