@@ -121,3 +121,12 @@ def test_train_smoke_into_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture
         ["models", "train", "--tier", "large", "--steps", "1", "--out", str(tmp_path)], capsys
     )
     assert code == 2 and "medium" in err and "--scratch" in err
+    code, _, err = run(
+        ["models", "train", "--tier", "small", "--warm-start", "--out", str(tmp_path)], capsys
+    )
+    assert code == 2 and "warm_start:" in err  # the small tier has no refine phase
+    refine = ["--warm-start", "--refine-steps", "2", "--out", str(tmp_path)]
+    code, out, _ = run(["models", "train", "--tier", "small", *refine], capsys)
+    assert code == 0
+    record = json.loads((tmp_path / "small" / "training.json").read_text())
+    assert record["steps"] == 3 + 2 and record["warm_start"]["steps"] == 3

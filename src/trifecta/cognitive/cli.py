@@ -62,6 +62,10 @@ def models_train(
     steps: Annotated[
         int | None, typer.Option(help="optimiser steps (default: the tier's recipe)")
     ] = None,
+    refine_steps: Annotated[
+        int | None,
+        typer.Option(min=0, help="steps of the refine phase (default: the tier's recipe)"),
+    ] = None,
     threads: Annotated[
         int, typer.Option(min=1, help="torch threads (1 is fastest on a busy machine)")
     ] = 1,
@@ -101,9 +105,10 @@ def models_train(
             spec = TIERS[name]
             main = steps or spec.train_steps
             warm = _warm_start(name, out) if warm_start else None
-            if warm is not None and spec.refine_steps == 0:
+            refine = spec.refine_steps if refine_steps is None else refine_steps
+            if warm is not None and refine == 0:
                 raise InvalidInput(f"tier {name!r} has no refine phase", field="warm_start")
-            total = spec.refine_steps + (0 if warm is not None else main)
+            total = refine + (0 if warm is not None else main)
             task = progress.add_task(f"training {name}", total=total, status="")
 
             def on_step(step: int, loss: float, task: Any = task) -> None:
@@ -119,6 +124,7 @@ def models_train(
                     grow_from=parent,
                     warm_start=warm[0] if warm is not None else None,
                     earlier=warm[1] if warm is not None else None,
+                    refine_steps=refine,
                     on_step=on_step,
                 )
             )
