@@ -30,7 +30,7 @@ def test_migrations_run_once_on_first_use_on_both_backends(db_url: str) -> None:
     ensure_schema(engine, "trifecta.fleet")  # idempotent
     with transaction(engine) as session:
         version = session.execute(text("select version_num from alembic_version_fleet")).scalar()
-        assert version == "fleet_0002"  # capsules, then API keys
+        assert version == "fleet_0003"  # capsules, API keys, then domain tenancies
         assert session.execute(text("select count(*) from capsules")).scalar() == 0
 
 

@@ -17,7 +17,9 @@ def test_frozen_objects_stay_and_new_garbage_is_still_collected() -> None:
     survivor = Node()
     try:
         frozen = freeze_startup_heap()
-        assert frozen == gc.get_freeze_count() > 0
+        # Frozen objects freed by reference counting since (other threads of a long test
+        # session) leave the permanent generation, so the count can only have dropped.
+        assert 0 < gc.get_freeze_count() <= frozen
         survivor_ref = weakref.ref(survivor)
         later = Node()
         later_ref = weakref.ref(later)

@@ -19,7 +19,7 @@ from trifecta.cli import main
     ("args", "message"),
     [
         (["--tier", "huge"], "tier: unknown tier 'huge' (allowed: large, medium, small)"),
-        (["--port", "0"], "port: Input should be greater than or equal to 1"),
+        (["--port", "0"], "port: 0 is not a TCP port (1-65535)"),
         (
             ["--min-replicas", "3", "--max-replicas", "2"],
             "min_replicas: must not exceed --max-replicas",
