@@ -36,7 +36,8 @@ def test_every_worked_answer_is_right_and_fits_the_budget(
     worked = worked_answer(task.prompt, style)
     assert normalize_answer(worked) == task.answer
     assert len(worked) + 1 <= ANSWER_TOKENS  # characters, then the end token
-    steps = {"operands": {1: 1, 2: 1, 3: 2, 4: 3, 5: 3}, "results": {1: 1, 2: 1, 3: 1, 4: 2, 5: 2}}
+    operands = {1: 1, 2: 1, 3: 2, 4: 3, 5: 3}
+    steps = {"operands": operands, "named": operands, "results": {1: 1, 2: 1, 3: 1, 4: 2, 5: 2}}
     assert len(steps_of(worked)) == steps[style][grade]
 
 
@@ -47,3 +48,19 @@ def test_the_verifier_reads_the_final_step() -> None:
     assert verifier.verify("41+17-23?", "41+17=58-23=") is False  # cut before the answer
     assert verifier.verify("41+17-23?", " 35\n") is True  # a bare answer still reads
     assert verifier.verify("What is 7*6?", "42") is None  # outside the family: unverifiable
+
+
+@pytest.mark.parametrize(
+    ("prompt", "named"),
+    [
+        ("t=41,p=17,r=63;p?", "17"),
+        ("41+17-23?", "41+17=58-23=35"),
+        ("t=41,p=17,r=63;t+r?", "t41+r63=104"),
+        ("t=41,p=17,r=63,s=5;t+r-p?", "t41+r63=104-p17=87"),
+        ("a=10,b=99,c=99,d=1;a-b-c?", "a10-b99=-89-c99=-188"),
+    ],
+)
+def test_named_answers_write_each_sensor_before_its_value(prompt: str, named: str) -> None:
+    assert worked_answer(prompt, "named") == named
+    assert TaskFamilyVerifier().verify(prompt, named) is True
+    assert len(named) + 1 <= ANSWER_TOKENS

@@ -21,16 +21,18 @@ but look-up sums answered in one go only 27.5%.
 
 from __future__ import annotations
 
+import re
 from itertools import accumulate
 from typing import Literal
 
 from trifecta.core.tasks import estimate_difficulty, signed_values
 
-Style = Literal["operands", "results"]
-STYLES: tuple[Style, ...] = ("operands", "results")
-# Tokens a complete worked answer of the family takes: at most 17 characters
-# (`10-99=-89-99=-188`), then the end token.
-ANSWER_TOKENS = 18
+Style = Literal["operands", "results", "named"]
+STYLES: tuple[Style, ...] = ("operands", "results", "named")
+# Tokens a complete worked answer of the family takes: at most 20 characters
+# (`a10-b99=-89-c99=-188`, `named`), then the end token.
+ANSWER_TOKENS = 21
+_TERMS = re.compile(r"[a-z]|\d+")
 STEP = "="  # ends each step of a worked answer; the text after the last one is the answer
 
 
@@ -44,10 +46,17 @@ def worked_answer(prompt: str, style: Style = "operands") -> str:
         if len(values) == 2:
             return str(partials[-1])
         return STEP.join(str(value) for value in partials[1:])
-    text = str(values[0])
-    for value, partial in zip(values[1:], partials[1:], strict=True):
-        text += f"{'-' if value < 0 else '+'}{abs(value)}{STEP}{partial}"
+    names = _term_names(prompt) if style == "named" else [""] * len(values)
+    text = names[0] + str(values[0])
+    for name, value, partial in zip(names[1:], values[1:], partials[1:], strict=True):
+        text += f"{'-' if value < 0 else '+'}{name}{abs(value)}{STEP}{partial}"
     return text
+
+
+def _term_names(prompt: str) -> list[str]:
+    """Each term's sensor name, or "" for a number (`'t=41,p=17;t-p+3?'` -> `['t', 'p', '']`)."""
+    question = prompt.rsplit(";", 1)[-1].rstrip("?")
+    return [term if term.isalpha() else "" for term in _TERMS.findall(question)]
 
 
 def steps_of(text: str) -> list[str]:

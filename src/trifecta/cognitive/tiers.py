@@ -51,14 +51,17 @@ class TierSpec:
     # budget when look-ups are a third of the mix. 0 for a grown tier, which inherits it.
     lookup_steps: int = 0
     lookup_learning_rate: float = 2e-3
-    # Last steps on look-ups and look-up chains drawn far more often (training.REFINE_MIX), at
-    # a lower learning rate: it took the large tier's look-ups from 87.5% to 97.5%
-    # (docs/cognitive.md).
+    # Last steps on look-ups and look-up chains drawn far more often (training.REFINE_MIX), with
+    # their own schedule and, optionally, another answer style: the large tier's, writing each
+    # sensor before its value (`named`), took its grade 5 from 70.0% to 87.5% (docs/cognitive.md).
     refine_steps: int = 0
     refine_learning_rate: float = 5e-4
+    # How the refine phase writes worked answers (None: `scratchpad`); the style the tier ships.
+    refine_style: Style | None = None
     # Look-back of the Canon layer before each attention (canon_llama.py); 0: a plain Llama.
     canon_width: int = 4
-    # How its worked answers are written (scratchpad.py): operands and results, or results only.
+    # How its worked answers are written (scratchpad.py): operands and results, results only, or
+    # operands named by their sensor.
     scratchpad: Style = "operands"
 
     @property
@@ -108,6 +111,8 @@ TIERS: dict[str, TierSpec] = {
         intermediate_size=480,
         train_steps=1800,
         refine_steps=800,
+        refine_learning_rate=1e-3,
+        refine_style="named",
         batch_size=96,
         learning_rate=1e-3,
         init_std=0.08,

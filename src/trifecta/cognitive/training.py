@@ -172,6 +172,7 @@ class Phase:
     learning_rate: float
     mix: Mapping[int, float]
     short_telemetry: bool = True
+    style: Style | None = None  # how its worked answers are written (None: the tier's style)
 
 
 def recipe(
@@ -188,13 +189,16 @@ def recipe(
     of the same tier) runs the refine phase only. One schedule across phases left the later
     phase at a rate that erased the look-ups, hence one optimiser per phase."""
     refine = spec.refine_steps if refine_steps is None else refine_steps
+    last = Phase(
+        refine, spec.refine_learning_rate, REFINE_MIX, REFINE_SHORT_TELEMETRY, spec.refine_style
+    )
     if warm:
-        return [Phase(refine, spec.refine_learning_rate, REFINE_MIX, REFINE_SHORT_TELEMETRY)]
+        return [last]
     lookups = 0 if grown else min(spec.lookup_steps, steps // 2)
     return [
         Phase(lookups, spec.lookup_learning_rate, {1: 1.0}),
         Phase(steps - lookups, spec.learning_rate, mix),
-        Phase(refine, spec.refine_learning_rate, REFINE_MIX, REFINE_SHORT_TELEMETRY),
+        last,
     ]
 
 
@@ -302,7 +306,7 @@ def _run_phase(
         stream_seed,
         spec.batch_size,
         phase.mix,
-        style=spec.scratchpad,
+        style=phase.style or spec.scratchpad,
         short_telemetry=phase.short_telemetry,
     )
     smoothed = math.nan
