@@ -45,7 +45,7 @@ TRAIN_MIX: dict[int, float] = {1: 1.0, 2: 1.0, 3: 1.5, 4: 2.0, 5: 2.5}
 # draws a plain look-up only 1 task in 8.
 REFINE_MIX: dict[int, float] = {1: 3.0, 2: 0.5, 3: 2.0, 4: 1.0, 5: 3.0}
 # The refine phase's prompts list the usual number of sensors (no short-telemetry curriculum): on
-# held-out look-ups 97.5% against 92.0% with it, the same 800 steps (docs/cognitive.md).
+# held-out look-ups 97.5% against 92.0% with it, the same 800 `operands` steps (docs/cognitive.md).
 REFINE_SHORT_TELEMETRY = False
 TIER_OFFSETS = {"small": 0, "medium": 1, "large": 2}
 
