@@ -13,6 +13,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,23 @@ def own_redis(tmp_path: Path) -> Iterator[ThrowawayRedis]:
     server.kill()
 
 
-def start_replicas(tmp_path: Path, database_url: str, redis_url: str) -> list[ServiceProcess]:
+@contextmanager
+def started_replicas(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> Iterator[list[ServiceProcess]]:
+    """Two context-service replicas on one database and one Redis; stopped however the test ends."""
+    replicas: list[ServiceProcess] = []
+    try:
+        start_replicas(tmp_path, database_url, redis_url, into=replicas)
+        yield replicas
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+def start_replicas(
+    tmp_path: Path, database_url: str, redis_url: str, into: list[ServiceProcess]
+) -> None:
     register_capsules(database_url)
     admin_key = KeyStore(get_engine(database_url)).create(admin=True).token
     env = clean_env(
@@ -46,10 +63,10 @@ def start_replicas(tmp_path: Path, database_url: str, redis_url: str) -> list[Se
         TRIFECTA_REDIS_URL=redis_url,
         TRIFECTA_CONTEXT_TENANCY_TTL_S="30",  # the tenancy answer stays in memory
     )
-    replicas = [ServiceProcess(env, tmp_path / f"replica-{i}.log", admin_key) for i in range(2)]
-    for replica in replicas:
+    for i in range(2):  # recorded as started at once, so a failed start still stops the other
+        into.append(ServiceProcess(env, tmp_path / f"replica-{i}.log", admin_key))
+    for replica in into:
         replica.wait_ready()
-    return replicas
 
 
 @dataclass
@@ -107,8 +124,8 @@ def tag(http: httpx.Client, bullet: str, op_id: str) -> None:
 def test_redis_paused_then_killed_stays_fast_and_coherent(
     tmp_path: Path, postgres_url: str, own_redis: ThrowawayRedis
 ) -> None:
-    a, b = start_replicas(tmp_path, postgres_url, own_redis.url)
     with (
+        started_replicas(tmp_path, postgres_url, own_redis.url) as (a, b),
         httpx.Client(base_url=a.url, headers=a.headers, timeout=30) as writer,
         httpx.Client(base_url=b.url, headers=b.headers, timeout=30) as reader,
     ):
