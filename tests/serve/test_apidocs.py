@@ -100,3 +100,19 @@ def test_an_environment_server_documents_every_status_and_serves_local_docs(
     finally:
         site.close()
         db.dispose_engines()
+
+
+def test_a_layer_standing_alone_serves_local_docs_and_request_ids() -> None:
+    """A layer's own server (`trifecta context serve`, `cognitive serve`) gets the same local
+    docs and request ids the front door gives the apps mounted in it."""
+    from trifecta.core.http import stand_alone
+
+    client = TestClient(stand_alone(FastAPI(title="layer"), service="layer"))
+    html = client.get("/docs")
+    assert html.status_code == 200
+    urls = _urls(html.text)
+    assert urls and not [u for u in urls if "//" in u], urls
+    assert all(client.get(u).status_code == 200 for u in urls)
+    offered = "req-standalone-0001"
+    answer = client.get("/openapi.json", headers={"X-Request-Id": offered})
+    assert answer.headers["X-Request-Id"] == offered

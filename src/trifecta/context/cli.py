@@ -90,6 +90,7 @@ def serve(
     import uvicorn
 
     from trifecta.context.service import create_app
+    from trifecta.core.http import stand_alone
     from trifecta.core.settings import get_settings
     from trifecta.fleet.admin_key import admin_key_notice, ensure_local_admin_key
     from trifecta.fleet.keys import KeyStore
@@ -99,7 +100,8 @@ def serve(
     keys = KeyStore(service.registry.engine)
     typer.echo(admin_key_notice(ensure_local_admin_key(keys, get_settings().data_dir)), err=True)
     service.warm_up()
-    uvicorn.run(create_app(service, auth=keys), host=host, port=port, log_level="warning")
+    app = stand_alone(create_app(service, auth=keys), service="context")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @context_app.command("playbook")

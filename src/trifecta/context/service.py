@@ -39,7 +39,7 @@ from trifecta.context.settings import ContextSettings
 from trifecta.context.shards import Share
 from trifecta.context.trajectory import Trajectory
 from trifecta.core.auth import Authenticator, Principal, admin_only, authenticated
-from trifecta.core.http import install_error_handlers
+from trifecta.core.http import install_error_handlers, stand_alone
 from trifecta.core.protocols import Embedder, LanguageModel
 from trifecta.fleet.capsules import SLUG
 
@@ -204,4 +204,4 @@ def create_app_from_settings() -> FastAPI:
     service = ContextService()
     service.warm_up()
     service.start_learning()  # learns what a previous process left queued
-    return create_app(service)
+    return stand_alone(create_app(service), service="context")

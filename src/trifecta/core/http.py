@@ -245,3 +245,15 @@ def install_error_handlers(app: FastAPI, *, max_body_bytes: int | None = None) -
     if max_body_bytes is not None:
         app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     app.add_middleware(LastResort)
+
+
+def stand_alone(app: FastAPI, *, service: str) -> FastAPI:
+    """What a layer's app needs when it is its own server rather than mounted in the front
+    door (which already gives every request, mounted apps included, an id and its docs):
+    `/docs` and `/redoc` from the package, and one request id and log line per request."""
+    from trifecta.core.apidocs import install_api_docs
+    from trifecta.core.logging import RequestIds
+
+    install_api_docs(app)
+    app.add_middleware(RequestIds, service=service)
+    return app

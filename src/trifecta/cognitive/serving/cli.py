@@ -137,6 +137,7 @@ def run_server(options: ServeOptions) -> None:
     )
     # First start: an admin key in the data directory, as `trifecta serve` writes one.
     from trifecta.core.db import get_engine
+    from trifecta.core.http import stand_alone
     from trifecta.core.settings import get_settings
     from trifecta.fleet.admin_key import admin_key_notice, ensure_local_admin_key
     from trifecta.fleet.keys import KeyStore
@@ -144,7 +145,7 @@ def run_server(options: ServeOptions) -> None:
     settings = get_settings()
     keys = KeyStore(get_engine(settings.db_url))
     typer.echo(admin_key_notice(ensure_local_admin_key(keys, settings.data_dir)), err=True)
-    app = create_app(service, auth=keys)
+    app = stand_alone(create_app(service, auth=keys), service="cognitive")
     freeze_startup_heap()
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
 
