@@ -2,10 +2,11 @@
 
 It also answers the playbook's "cached responses" (Phase 1): a capsule asking again exactly
 what it asked before gets the earlier answer when that answer was verified correct (by the
-task verifier or the client's feedback), without running a model. An in-process set of the
+task verifier or the client's feedback), without running a model. An in-process filter of the
 (capsule, prompt) pairs with a correct answer spares a database query on every miss; a hit is
 confirmed against the database, so feedback recorded by another process is respected. (Answers
-another process verified are found after a restart: the set is loaded at start-up.)
+another process verified are found after a restart: the filter is loaded at start-up.) The
+filter has a fixed size, so a server's memory does not grow with the prompts it has seen.
 """
 
 from __future__ import annotations
@@ -40,18 +41,43 @@ def prompt_hash(prompt: str) -> str:
     return hashlib.blake2b(prompt.encode(), digest_size=16).hexdigest()
 
 
+class AnsweredFilter:
+    """Which (capsule, prompt hash) pairs may have a correct answer on record: a bitmap indexed
+    by one hash of the pair (a Bloom filter with one hash function; a few lines, no library
+    needed). "No" is always right; a false "maybe" costs one indexed query that finds nothing.
+    At 2**23 bits (1 MiB) a million answered pairs leave about 11% of misses a query (set
+    a bit per pair: 1 - e^(-n/m)); a set of the pairs grew without bound with the traffic."""
+
+    def __init__(self, bits: int = 1 << 23):
+        self._bits = bytearray(bits // 8)
+        self._size = bits
+
+    def _index(self, capsule_id: str, hashed_prompt: str) -> int:
+        key = hashlib.blake2b(f"{capsule_id}\x00{hashed_prompt}".encode(), digest_size=8)
+        return int.from_bytes(key.digest(), "little") % self._size
+
+    def add(self, capsule_id: str, hashed_prompt: str) -> None:
+        i = self._index(capsule_id, hashed_prompt)
+        self._bits[i >> 3] |= 1 << (i & 7)
+
+    def may_contain(self, capsule_id: str, hashed_prompt: str) -> bool:
+        i = self._index(capsule_id, hashed_prompt)
+        return bool(self._bits[i >> 3] & (1 << (i & 7)))
+
+
 class RequestLog:
     def __init__(self, engine: Engine, ledger: CostLedger):
         self.engine = engine
         self.ledger = ledger
         ensure_schema(engine, "trifecta.orchestrator")
-        self._answered: set[tuple[str, str]] = set()
+        self._answered = AnsweredFilter()
         self._lock = threading.Lock()
         with transaction(engine) as session:
             rows = session.execute(
                 select(requests.c.capsule_id, requests.c.prompt_hash).where(_correct()).distinct()
             )
-            self._answered.update((str(c), str(h)) for c, h in rows)
+            for capsule_id, hashed in rows:
+                self._answered.add(str(capsule_id), str(hashed))
 
     def save(
         self,
@@ -95,7 +121,7 @@ class RequestLog:
             )
         if result.answer is not None and result.verified is True:
             with self._lock:
-                self._answered.add((result.capsule_id, prompt_hash(result.prompt)))
+                self._answered.add(result.capsule_id, prompt_hash(result.prompt))
 
     def get(self, request_id: str, capsule_id: str) -> TaskResult:
         with transaction(self.engine) as session:
@@ -117,9 +143,8 @@ class RequestLog:
 
     def cached_answer(self, capsule_id: str, prompt: str) -> tuple[str, str] | None:
         """(answer, request id) of the capsule's latest correct answer to exactly `prompt`."""
-        key = (capsule_id, prompt_hash(prompt))
         with self._lock:
-            if key not in self._answered:
+            if not self._answered.may_contain(capsule_id, prompt_hash(prompt)):
                 return None
         query = (
             select(requests.c.answer, requests.c.id, requests.c.prompt)
@@ -153,7 +178,7 @@ class RequestLog:
             raise NotFound(f"capsule {capsule_id!r} has no task {request_id!r}", field="task_id")
         if success:
             with self._lock:
-                self._answered.add((capsule_id, str(found)))
+                self._answered.add(capsule_id, str(found))
 
     def count(self, *, run_id: str | None = None) -> int:
         query = select(func.count()).select_from(requests)
