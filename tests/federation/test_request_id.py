@@ -219,3 +219,31 @@ def test_one_request_id_in_the_front_door_s_and_the_environment_s_logs(
         assert any(p.startswith("/federation/v1/context/") for p in paths), (request_id, paths)
         assert "/federation/v1/cognitive/complete" in paths, (request_id, paths)
         assert all(e["status"] < 400 for e in hops if "status" in e)
+
+
+def test_a_delegated_a2a_task_carries_the_delegating_request_s_id() -> None:
+    """The A2A delegator's HTTP client adds the id of the request it serves to every hop."""
+    import asyncio
+
+    from trifecta.core.logging import request_scope
+    from trifecta.federation.a2a.client import Delegator
+
+    seen: list[str | None] = []
+
+    def peer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("X-Request-Id"))
+        return httpx.Response(200, json={})
+
+    def no_lookup(capsule_id: str) -> Capsule:
+        raise AssertionError(f"no capsule is looked up here ({capsule_id})")
+
+    async def hops() -> None:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(peer))
+        delegator = Delegator(no_lookup, http=http)
+        with request_scope("req-delegating-0001"):
+            await delegator.http.get("http://peer.test/a2a")
+        await delegator.http.get("http://peer.test/a2a")  # outside a request: no id
+        await http.aclose()
+
+    asyncio.run(hops())
+    assert seen == ["req-delegating-0001", None]

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TextIO
 
+import httpx
 import structlog
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,6 +50,13 @@ def accept_request_id(offered: str | None) -> str:
     if offered is not None and WELL_FORMED_ID.match(offered):
         return offered
     return "req-" + uuid.uuid4().hex
+
+
+async def forward_request_id(request: httpx.Request) -> None:
+    """An `httpx.AsyncClient` request hook: the hop carries the id of the request it serves."""
+    request_id = current_request_id()
+    if request_id is not None:
+        request.headers[REQUEST_ID_HEADER] = request_id
 
 
 @contextmanager

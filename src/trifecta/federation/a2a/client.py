@@ -34,6 +34,7 @@ from a2a.utils.errors import A2AError, TaskNotCancelableError, TaskNotFoundError
 from pydantic import ValidationError
 
 from trifecta.core.errors import Conflict, NotFound, SovereigntyViolation, Unavailable
+from trifecta.core.logging import forward_request_id
 from trifecta.federation.a2a.cards import card_environment
 from trifecta.federation.a2a.models import (
     CapsuleLookup,
@@ -94,6 +95,9 @@ class Delegator:
         self._context = ClientCallContext(service_parameters=headers)
         self._owned = http is None
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0))
+        # A delegated task is logged by the peer under the id of the request that delegated it.
+        if forward_request_id not in self.http.event_hooks["request"]:
+            self.http.event_hooks["request"].append(forward_request_id)
 
     async def __aenter__(self) -> Delegator:
         return self
