@@ -53,7 +53,7 @@ class TierSpec:
     lookup_learning_rate: float = 2e-3
     # Last steps on look-ups and look-up chains drawn far more often (training.REFINE_MIX), with
     # their own schedule and, optionally, another answer style: the large tier's, writing each
-    # sensor before its value (`named`), took its grade 5 from 70.0% to 87.5% (docs/cognitive.md).
+    # sensor before its value (`named`), took its grade 5 from 70.0% to 92.5% (docs/cognitive.md).
     refine_steps: int = 0
     refine_learning_rate: float = 5e-4
     # How the refine phase writes worked answers (None: `scratchpad`); the style the tier ships.

@@ -39,11 +39,11 @@ log = get_logger(__name__)
 # Telemetry prompts come with the short-telemetry curriculum (`core.tasks.iter_tasks`): without
 # it look-ups stayed at chance.
 TRAIN_MIX: dict[int, float] = {1: 1.0, 2: 1.0, 3: 1.5, 4: 2.0, 5: 2.5}
-# The refine phase (`TierSpec.refine_steps`, after the mix): look-ups and the grades made of
-# them drawn far more often, at a lower learning rate. A grown tier's errors on grades 1, 3
-# and 5 were almost all a wrong value copied for a sensor (docs/cognitive.md), and the mix
-# draws a plain look-up only 1 task in 8.
-REFINE_MIX: dict[int, float] = {1: 3.0, 2: 0.5, 3: 2.0, 4: 1.0, 5: 3.0}
+# The refine phase (`TierSpec.refine_steps`, after the mix): the grades made of look-ups drawn
+# far more often, grade 5 most. A grown tier's errors on grades 1, 3 and 5 were almost all a
+# wrong value copied for a sensor (docs/cognitive.md), and the mix draws a plain look-up only
+# 1 task in 8; with look-ups fixed (`named` answers), grade 5's second signed sum was left.
+REFINE_MIX: dict[int, float] = {1: 2.0, 2: 0.5, 3: 2.0, 4: 1.5, 5: 5.0}
 # The refine phase's prompts list the usual number of sensors (no short-telemetry curriculum): on
 # held-out look-ups 97.5% against 92.0% with it, the same 800 `operands` steps (docs/cognitive.md).
 REFINE_SHORT_TELEMETRY = False
