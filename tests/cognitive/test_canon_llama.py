@@ -90,3 +90,18 @@ def test_growth_keeps_the_canon_model_s_function() -> None:
         a, b = small(**batch).logits, grown(**batch).logits
     mask = batch["attention_mask"].bool()
     assert torch.allclose(a[mask], b[mask], atol=1e-4)
+
+
+def test_a_nan_at_a_padding_position_never_reaches_a_real_token() -> None:
+    """A padding position whose attention row was fully masked can hold NaN; the Canon mix
+    stores padding as zero, so the real tokens after it stay finite."""
+    from trifecta.cognitive.canon_llama import CanonMix
+
+    mix = CanonMix(hidden=3, width=4)
+    with torch.no_grad():
+        mix.weight.fill_(0.5)
+    x = torch.ones(1, 5, 3)
+    x[0, :2] = float("nan")  # two left-padding positions
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    out = mix(x, None, 0, mask)
+    assert torch.isfinite(out[0, 2:]).all()

@@ -63,7 +63,9 @@ class CanonMix(nn.Module):
         mask: torch.Tensor | None,  # (B, T) of this chunk, 1 = real token
     ) -> torch.Tensor:
         length = x.shape[1]
-        stored = x if mask is None else x * mask[:, :, None].to(x.dtype)
+        # `where`, not a product: a padding position whose attention row was fully masked can
+        # hold NaN, and NaN * 0 is NaN, which the convolution would carry into real tokens.
+        stored = x if mask is None else torch.where(mask[:, :, None].bool(), x, x.new_zeros(()))
         if cache is not None:
             history, _ = cache.update(stored[:, None], stored[:, None], cache_index)
             history = history[:, 0]  # (B, S, d), S >= T: earlier inputs, then this chunk
