@@ -12,6 +12,7 @@ counts and losses.
 from __future__ import annotations
 
 import hashlib
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,20 @@ class RaySite:
         ray.kill(self.actor)
 
 
+def _check_reachable(address: str | None) -> None:
+    """A `host:port` that nothing answers is one clear error, not a minute of Ray's own
+    retries and log lines before it gives up."""
+    if address is None or "://" in address or ":" not in address:
+        return  # "auto", a ray:// client address, or a local cluster: Ray resolves those
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except (OSError, ValueError) as exc:
+        raise Unavailable(
+            f"no Ray cluster answers at {address!r} ({exc})", field="ray_address"
+        ) from None
+
+
 def ray_federation(
     program_path: Path, partitions: list[RayPartition], *, address: str | None = None
 ) -> Federation:
@@ -142,6 +157,7 @@ def ray_federation(
     if len({p.resource for p in partitions}) != len(partitions):
         raise InvalidInput("each partition needs its own node resource", field="partition")
     if not ray.is_initialized():
+        _check_reachable(address)
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     offered = ray.cluster_resources()
     for partition in partitions:
