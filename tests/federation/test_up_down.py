@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,21 @@ def _trifecta(data: Path, *args: str, timeout: float = 300) -> subprocess.Comple
     )
 
 
-def _status_until(data: Path, wanted: str, deadline_s: float = 60) -> str:
+def _rows(shown: str) -> dict[str, str]:
+    """`trifecta status`'s table rows by environment name."""
+    return {line.split("│")[1].strip(): line for line in shown.splitlines() if "│" in line}
+
+
+def _edge_eu_sees_edge(shown: str) -> bool:
+    row = _rows(shown).get("edge-eu", "││")
+    return "edge " in row.split("│")[-2] + " "
+
+
+def _status_until(data: Path, wanted: Callable[[str], bool], deadline_s: float = 60) -> str:
     deadline = time.monotonic() + deadline_s
     while True:
         shown = _trifecta(data, "status").stdout
-        if wanted in shown or time.monotonic() > deadline:
+        if wanted(shown) or time.monotonic() > deadline:
             return shown
         time.sleep(1)
 
@@ -44,8 +55,9 @@ def test_up_status_down(tmp_path: Path) -> None:
     assert [e["name"] for e in state["environments"]] == list(ENVS)
     assert oct((tmp_path / "federation" / "up.json").stat().st_mode)[-3:] == "600"
     try:
-        shown = _status_until(tmp_path, "│ edge-eu    ")
-        rows = {line.split("│")[1].strip(): line for line in shown.splitlines() if "│" in line}
+        # Discovery refreshes on an interval: wait until each edge site has seen the other.
+        shown = _status_until(tmp_path, _edge_eu_sees_edge)
+        rows = _rows(shown)
         assert "up" in rows["edge"] and "edge-eu" in rows["edge"].split("│")[-2]
         assert "up" in rows["edge-eu"] and "edge " in rows["edge-eu"].split("│")[-2] + " "
         victim = next(e for e in state["environments"] if e["name"] == "edge-eu")
