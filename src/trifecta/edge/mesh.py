@@ -15,6 +15,10 @@ carrying the federation credential the nodes require) or in-process `EdgeNode`s
 - Offload: `offload(capsule, prompts)` applies the policy of `offload.decide`, then tries the
   eligible nodes least-loaded first; a node that fails mid-request is marked down and the next
   one is tried. When none serves the request, the result says so and the caller falls back.
+- Request ids: an offload made while a request is served (`core.logging.current_request_id`)
+  sends that id in the `generate` call, so the node logs the request under the front door's
+  id. It goes as a tool argument because the link's MCP session sends its HTTP requests from
+  its own task, outside the caller's context.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from trifecta.core.errors import InvalidInput, NotFound
-from trifecta.core.logging import get_logger
+from trifecta.core.logging import WELL_FORMED_ID, current_request_id, get_logger, request_scope
 from trifecta.core.protocols import Generation, TokenAlternative
 from trifecta.core.settings import get_settings
 from trifecta.edge.artifact import EdgeArtifact
@@ -310,9 +314,22 @@ class EdgeMesh:
         self, capsule: Capsule | None, prompts: Sequence[str], **options: Any
     ) -> OffloadResult:
         """Serve `prompts` on the edge if the policy allows; never raises for node failures."""
+        # Read here: the portal runs `_offload` in its own thread, without this context.
+        request_id = current_request_id()
+        if request_id is not None and WELL_FORMED_ID.match(request_id):
+            options = {**options, "request_id": request_id}
         return self.portal.call(self._offload, capsule, list(prompts), options)
 
     async def _offload(
+        self, capsule: Capsule | None, prompts: list[str], options: dict[str, Any]
+    ) -> OffloadResult:
+        request_id = options.get("request_id")
+        if request_id is None:
+            return await self._offload_to_nodes(capsule, prompts, options)
+        with request_scope(str(request_id)):  # the mesh's own lines carry it too
+            return await self._offload_to_nodes(capsule, prompts, options)
+
+    async def _offload_to_nodes(
         self, capsule: Capsule | None, prompts: list[str], options: dict[str, Any]
     ) -> OffloadResult:
         decision = decide(capsule, prompts, self.views(), self.model_accuracy())

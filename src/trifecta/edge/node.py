@@ -1,7 +1,9 @@
 """An edge node: the torch-free runtime behind an MCP server (official `mcp` SDK).
 
 Tools (streamable HTTP at `/mcp`, or in-process through `mcp.Client(node.mcp_server())`):
-- `generate`: run the active edge model on a batch of prompts;
+- `generate`: run the active edge model on a batch of prompts; the mesh sends the id of the
+  request it serves (`request_id`), and the node logs the call under it (one line: status,
+  prompts, milliseconds), so one id names the request at the front door and on the node;
 - `status`: identity, environment, load and capacity, active model, artifact inventory
   (the mesh's heartbeat);
 - `put_artifact`: receive an artifact (model, playbook snapshot, tensor-logic program),
@@ -27,7 +29,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel, ConfigDict, Field
 
 from trifecta.core.errors import TrifectaError
-from trifecta.core.logging import get_logger
+from trifecta.core.logging import WELL_FORMED_ID, accept_request_id, get_logger, request_scope
 from trifecta.core.protocols import Generation
 from trifecta.edge.artifact import EdgeArtifact
 from trifecta.edge.runtime import EdgeRuntime
@@ -251,8 +253,21 @@ class EdgeNode:
             temperature: float = Field(default=0.0, ge=0.0, le=5.0),
             top_logprobs: int = Field(default=0, ge=0, le=10),
             stop: list[str] = Field(default_factory=list, max_length=8),
+            request_id: str | None = Field(default=None, pattern=WELL_FORMED_ID.pattern),
         ) -> GenerateResponse:
-            return await node.generate(prompts, max_new_tokens, temperature, top_logprobs, stop)
+            with request_scope(accept_request_id(request_id)):
+                started = time.perf_counter()
+                answer = await node.generate(
+                    prompts, max_new_tokens, temperature, top_logprobs, stop
+                )
+                log.info(
+                    "generate",
+                    node=node.name,
+                    status=answer.status,
+                    prompts=len(prompts),
+                    ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+                return answer
 
         @server.tool(
             description="Identity, environment, load, active model and artifact inventory."
