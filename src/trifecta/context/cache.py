@@ -120,14 +120,20 @@ class RedisLink:
             self._prober.start()
 
     def _probe(self) -> None:
+        spent = 0.0
         while True:
-            time.sleep(self.retry_s)
+            # One ping per `retry_s` counted from the start of the last: a ping to a paused
+            # Redis takes its whole timeout, and sleeping a full `retry_s` after it would let
+            # a replica that never tripped read a stale version for longer than `retry_s`.
+            time.sleep(max(0.0, self.retry_s - spent))
+            started = time.monotonic()
             try:
                 self.client.ping()
                 for hook in self._hooks:
                     hook(self.client)
             except Exception as exc:  # still down (or down again during the republish)
                 log.debug("redis still unreachable", error=str(exc))
+                spent = time.monotonic() - started
                 continue
             with self._lock:
                 self.generation += 1
