@@ -6,7 +6,13 @@ memory items), split in two phases:
 - `plan_batch`, outside any lock: the roles run (`stage_batch`), and every text to embed
   (delta contents and memory texts of the whole batch) is embedded in a few calls instead of
   one per write (`finish_batch`); the worker stages the batches of every domain it drains
-  and embeds their texts together, since a domain's batch alone is often one trajectory;
+  and embeds their texts together, since a domain's batch alone is often one trajectory.
+  A memory text the domain already holds, an earlier item of the batch has, or the worker
+  embedded lately is not embedded again: the encoder is deterministic, so the stored vector
+  is the one it would compute, and the item then reinforces its nearest neighbour exactly
+  as before (an exact repeat: the stored item itself, similarity 1). ReasoningBank's items
+  repeat whenever a standing query is answered the same way, and the encoder is the
+  learning's main cost;
 - `apply_batch`, one transaction under the domain's lock: each trajectory's delta and
   memories are written and its queue row is marked done in that same transaction, so a row
   is either pending or its effects are committed. The rows the transaction wrote are read
@@ -19,13 +25,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
+
+from trifecta.context import tables
 from trifecta.context.deltas import AddOp, DeltaResult, UpdateOp
 from trifecta.context.learn_queue import mark_done, still_pending
-from trifecta.context.memory import Extraction, MemoryExtractor, memory_id_for, memory_text
+from trifecta.context.memory import (
+    Extraction,
+    MemoryExtractor,
+    memory_id_for,
+    memory_text,
+    text_of,
+)
 from trifecta.context.models import AddedMemory, MemoryDraft
 from trifecta.context.roles import Curation, Curator, Reflector
 from trifecta.context.settings import ContextSettings
-from trifecta.context.sql import Vector, lock_domain
+from trifecta.context.sql import Vector, lock_domain, to_vector
 from trifecta.context.store import ShardStore
 from trifecta.context.trajectory import Trajectory
 from trifecta.context.writes import Changes, PendingMemory, changes_in, insert_memories, merge_delta
@@ -34,6 +49,8 @@ from trifecta.core.errors import TrifectaError
 
 if TYPE_CHECKING:
     from trifecta.context.facade import ContextService
+
+M = tables.memories.c
 
 
 @dataclass(frozen=True)
@@ -99,11 +116,34 @@ class StagedBatch:
     domain: str
     staged: list[tuple[int, Trajectory, Curation, Extraction, list[MemoryDraft]]]
     delta_texts: list[str]
-    memory_texts: list[str]
+    memory_texts: list[str]  # distinct memory texts with no vector known yet
+    # Per memory draft, in order: its text's index in `memory_texts`, or its known vector.
+    sources: list[int | Vector]
 
     @property
     def texts(self) -> list[str]:
         return self.delta_texts + self.memory_texts
+
+    @property
+    def reused(self) -> int:
+        """Memory drafts that need no embedding (their text's vector is known)."""
+        return len(self.sources) - len(self.memory_texts)
+
+
+def stored_vectors(
+    store: ShardStore, domain: str, drafts: Sequence[MemoryDraft]
+) -> dict[str, Vector]:
+    """The stored vectors of the domain's memories whose content is a draft's, by text."""
+    contents = sorted({d.content for d in drafts})
+    if not contents:
+        return {}
+    with transaction(store.engine) as session:
+        rows = session.execute(
+            select(M.title, M.description, M.content, M.embedding).where(
+                M.domain == domain, M.content.in_(contents)
+            )
+        ).all()
+    return {text_of(r.title, r.description, r.content): to_vector(r.embedding) for r in rows}
 
 
 def plan_batch(
@@ -115,9 +155,13 @@ def plan_batch(
 
 
 def stage_batch(
-    service: ContextService, domain: str, rows: Sequence[tuple[int, Trajectory]]
+    service: ContextService,
+    domain: str,
+    rows: Sequence[tuple[int, Trajectory]],
+    remembered: Callable[[str], Vector | None] = lambda _text: None,
 ) -> StagedBatch:
-    """The roles' part of planning: reflect, curate and distil each trajectory."""
+    """The roles' part of planning: reflect, curate and distil each trajectory; and which
+    memory texts need embedding (not stored in the domain, not `remembered`)."""
     model = service.language_model
     wanted = sorted({b for _, t in rows for b in t.bullet_ids})
     used = {b.id: b for b in service.on_shard(domain, lambda s: s.bullets_by_id(domain, wanted))}
@@ -140,8 +184,25 @@ def stage_batch(
             if isinstance(op, AddOp | UpdateOp) and op.content is not None
         }
     )
-    memory_texts = [memory_text(d) for *_, drafts in staged for d in drafts]
-    return StagedBatch(domain, staged, delta_texts, memory_texts)
+    all_drafts = [d for *_, drafts in staged for d in drafts]
+    stored = service.on_shard(domain, lambda s: stored_vectors(s, domain, all_drafts))
+    memory_texts: list[str] = []
+    sources: list[int | Vector] = []
+    first: dict[str, int] = {}  # text -> its index in `memory_texts`, within this batch
+    for draft in all_drafts:
+        text = memory_text(draft)
+        known = stored.get(text)
+        if known is None:
+            known = remembered(text)
+        if known is not None:
+            sources.append(known)
+        elif text in first:
+            sources.append(first[text])
+        else:
+            first[text] = len(memory_texts)
+            sources.append(len(memory_texts))
+            memory_texts.append(text)
+    return StagedBatch(domain, staged, delta_texts, memory_texts, sources)
 
 
 def finish_batch(
@@ -150,13 +211,15 @@ def finish_batch(
     """The plans of a staged batch, given the vectors of its `texts` in order."""
     domain, staged, delta_texts = batch.domain, batch.staged, batch.delta_texts
     delta_vectors = dict(zip(delta_texts, vectors[: len(delta_texts)], strict=True))
-    memory_vectors = iter(vectors[len(delta_texts) :])
+    memory_vectors = vectors[len(delta_texts) :]
+    sources = iter(batch.sources)
     earlier: list[PendingMemory] = []
     plans = []
     for row_id, trajectory, curation, extraction, drafts in staged:
+        mine = [next(sources) for _ in drafts]
         memories = plan_memories(
             drafts,
-            [next(memory_vectors) for _ in drafts],
+            [memory_vectors[s] if isinstance(s, int) else s for s in mine],
             lambda v, outcome: service.nearest_memory(domain, v, outcome),
             service.settings.memory_dedup_threshold,
             earlier,

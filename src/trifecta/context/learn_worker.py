@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -48,6 +49,7 @@ T = TypeVar("T")
 # The worker's scheduling priority (Linux nice) below the request threads': learning is
 # background work, so when the CPU is short the requests get it first and the queue waits.
 BACKGROUND_NICE = 10
+RECENT_TEXTS = 4096  # memory texts whose vectors the worker keeps (384 floats each: 6 MiB)
 
 
 def background_priority() -> None:
@@ -86,6 +88,10 @@ class LearnWorker:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.learned = self.failed = self.batches = 0
+        self.reused = 0  # memory texts not embedded: their vector was known
+        # Memory texts this worker embedded lately and their vectors (only its thread uses
+        # them): a standing query answered the same way distils the same text again.
+        self._recent: OrderedDict[str, Vector] = OrderedDict()
 
     @property
     def embedder(self) -> Embedder:
@@ -95,11 +101,17 @@ class LearnWorker:
         return self._embedder
 
     def embed(self, texts: Sequence[str]) -> list[Vector]:
-        """The worker's embeddings, in calls of at most `chunk` texts."""
-        vectors: list[Vector] = []
-        for i in range(0, len(texts), self.chunk):
-            vectors.extend(self.embedder.embed(list(texts[i : i + self.chunk])))
-        return vectors
+        """The worker's embeddings, in calls of at most `chunk` texts (short calls: the
+        encoder is shared with the request path's query embeddings, which wait for it).
+        The texts go in order of length, so a call pads its texts to about the same length
+        (the encoder sorts within a call only); the vectors come back in the given order."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors: list[Vector | None] = [None] * len(texts)
+        for i in range(0, len(order), self.chunk):
+            part = order[i : i + self.chunk]
+            for k, vector in zip(part, self.embedder.embed([texts[k] for k in part]), strict=True):
+                vectors[k] = vector
+        return [v for v in vectors if v is not None]
 
     # -- control -----------------------------------------------------------------------
     def start(self) -> None:
@@ -147,7 +159,12 @@ class LearnWorker:
         return sum(self._store(url).queue.pending_count() for url in self._known())
 
     def stats(self) -> dict[str, int]:
-        return {"learned": self.learned, "failed": self.failed, "batches": self.batches}
+        return {
+            "learned": self.learned,
+            "failed": self.failed,
+            "batches": self.batches,
+            "vectors_reused": self.reused,
+        }
 
     # -- the loop ----------------------------------------------------------------------
     def _watch(self, urls: Sequence[str]) -> None:
@@ -208,6 +225,7 @@ class LearnWorker:
         vectors = iter(self.embed(texts))
         for queued, batch in staged:
             mine = [next(vectors) for _ in batch.texts]
+            self._remember(batch.memory_texts, mine[len(batch.delta_texts) :])
             with self._working:
                 self._learn(store, queued[: self.batch], batch, mine)
         return len(rows)
@@ -220,7 +238,22 @@ class LearnWorker:
         rows = [(q.id, q.trajectory) for q in queued if q.trajectory is not None]
         if not rows:
             return None
-        return self._guarded(store, domain, queued, lambda: stage_batch(self.service, domain, rows))
+        return self._guarded(
+            store, domain, queued, lambda: stage_batch(self.service, domain, rows, self._recalled)
+        )
+
+    def _recalled(self, text: str) -> Vector | None:
+        found = self._recent.get(text)
+        if found is not None:
+            self._recent.move_to_end(text)
+        return found
+
+    def _remember(self, texts: Sequence[str], vectors: Sequence[Vector]) -> None:
+        for text, vector in zip(texts, vectors, strict=True):
+            self._recent[text] = vector
+            self._recent.move_to_end(text)
+        while len(self._recent) > RECENT_TEXTS:
+            self._recent.popitem(last=False)
 
     def _learn(
         self,
@@ -242,6 +275,7 @@ class LearnWorker:
         self.service.versions.publish(domain, result.changes.version)
         self.learned += result.done
         self.failed += result.failed
+        self.reused += batch.reused
         self.batches += 1
 
     def _guarded(

@@ -34,7 +34,12 @@ def memory_id_for(draft: MemoryDraft, index: int = 0) -> str:
 
 def memory_text(draft: MemoryDraft) -> str:
     """The text a memory is embedded and matched by."""
-    return f"{draft.title}. {draft.description} {draft.content}".strip()
+    return text_of(draft.title, draft.description, draft.content)
+
+
+def text_of(title: str, description: str, content: str) -> str:
+    """`memory_text` of a stored item's fields."""
+    return f"{title}. {description} {content}".strip()
 
 
 class Extraction(BaseModel):
