@@ -7,6 +7,12 @@ graph (built on first need, then updated in place) and searches that instead.
 
 Filters (outcome, recency) are applied to an oversampled candidate list that is widened
 until k items pass or the whole index was searched.
+
+The candidates' similarities are then computed again in float64 (`cosines`): float32 matrix
+products round differently depending on a row's place in the matrix, so two copies of one
+vector could score a bit apart and order by where they are stored. In float64 the same
+vectors score the same wherever they are, equal scores order by memory id (`rank_key`), and
+a search kept up to date by `standing.py` orders exactly as a fresh one.
 """
 
 from __future__ import annotations
@@ -25,6 +31,23 @@ OVERSAMPLE = 4
 # sentence embeddings at the cost of a slower build.
 EXPANSION_ADD = 128
 EXPANSION_SEARCH = 128
+# float32 similarities of unit vectors are within ~1e-6 of the float64 ones: candidates this
+# close to the cut are re-scored too, so the float64 order decides who is in.
+FLOAT32_SLACK = 1e-5
+
+
+def cosines(vectors: NDArray[np.float32], query: Vector) -> NDArray[np.float64]:
+    """Similarities of (n, d) unit vectors with a query, in float64: one value per vector
+    whatever its place (einsum's own loop, not BLAS, whose blocking depends on the shape)."""
+    return np.einsum(
+        "ij,j->i", np.asarray(vectors, dtype=np.float64), np.asarray(query, dtype=np.float64)
+    )
+
+
+def rank_key(pair: tuple[str, float]) -> tuple[float, str]:
+    """The order of search results: best score first, equal scores by memory id (so that a
+    result list kept up to date by `standing.py` orders exactly as a fresh search)."""
+    return -pair[1], pair[0]
 
 
 class MemoryIndex:
@@ -89,20 +112,31 @@ class MemoryIndex:
                 rows = [r for r, m in enumerate(self._ids) if m is not None]
                 self._graph.add(np.asarray(rows, dtype=np.uint64), self._matrix[rows], threads=1)
             matches = self._graph.search(query, count, threads=1)
-            return [
-                (self._ids[int(k)] or "", 1.0 - float(d))
-                for k, d in zip(matches.keys, matches.distances, strict=True)
-                if self._ids[int(k)] is not None
-            ]
+            found = np.asarray(
+                [int(k) for k in matches.keys if self._ids[int(k)] is not None], dtype=np.int64
+            )
+            return self._rescored(found, query, count)
         used = len(self._ids)
         sims = self._matrix[:used] @ query
         dead = [r for r, m in enumerate(self._ids) if m is None] if len(self) < used else []
         if dead:
             sims[dead] = -np.inf
         count = min(count, used)
-        top = np.argpartition(-sims, count - 1)[:count] if count < used else np.arange(used)
-        top = top[np.argsort(-sims[top], kind="stable")]
-        return [(self._ids[r] or "", float(sims[r])) for r in top if self._ids[r] is not None]
+        if count < used:
+            # Every row that float32 rounding may have put on the wrong side of the cut too.
+            kth = sims[np.argpartition(-sims, count - 1)[count - 1]]
+            top = np.flatnonzero(sims >= kth - FLOAT32_SLACK)
+        else:
+            top = np.arange(used)
+        return self._rescored(top[np.isfinite(sims[top])], query, count)
+
+    def _rescored(
+        self, rows: NDArray[np.int64], query: Vector, count: int
+    ) -> list[tuple[str, float]]:
+        """The best `count` of `rows` by float64 similarity, equal scores by id."""
+        scores = cosines(self._matrix[rows], query)
+        pairs = [(self._ids[r] or "", float(s)) for r, s in zip(rows, scores, strict=True)]
+        return sorted(pairs, key=rank_key)[:count]
 
     def search(
         self, query: Vector, k: int, accept: Callable[[str], bool] | None = None
@@ -118,5 +152,5 @@ class MemoryIndex:
             if accept is not None:
                 found = [(m, s) for m, s in found if accept(m)]
             if len(found) >= k or count >= size:
-                return found[:k]
+                return sorted(found, key=rank_key)[:k]
             want *= OVERSAMPLE

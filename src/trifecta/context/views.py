@@ -5,6 +5,12 @@ index, at a known version. Reading at version v first brings the view up to v by
 rows written since (`seq > view.version`), so it never serves older data than asked for.
 The learning worker applies the rows it wrote to the live view itself (`ViewCache.apply`),
 so in the writer's process the next read finds the view current and loads nothing.
+
+A view also keeps the answers of the searches and bullet rankings it was asked lately.
+Applying a write updates the searches' top-k lists in place (`standing.py`: exact, and only
+the searches a new memory enters change) and forgets the bullet rankings if a bullet changed
+(re-ranking the playbook's few bullets for a query costs far less than embedding it). So a
+read after a write costs the rendering of its answer, not an embedding and a search.
 """
 
 from __future__ import annotations
@@ -14,12 +20,20 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
+
 from trifecta.context.models import Bullet, BulletStatus, MemoryHit, MemoryItem, RankedBullet
 from trifecta.context.render import rank_bullets
 from trifecta.context.sql import Vector
+from trifecta.context.standing import SearchKey, StandingSearches
 from trifecta.context.store import ShardStore
 from trifecta.context.vector_index import MemoryIndex
 from trifecta.context.writes import Changes
+
+# A write adding more memories than this (a replica catching up on a long absence) drops the
+# standing searches rather than scoring every one of them against every new memory.
+MERGE_AT_MOST = 512
+RANKINGS_KEPT = 1024  # bullet rankings remembered per domain (by query)
 
 
 class DomainView:
@@ -30,6 +44,8 @@ class DomainView:
         self.bullet_vectors: dict[str, Vector | None] = {}
         self.memories: dict[str, MemoryItem] = {}
         self.index: MemoryIndex | None = None
+        self.searches = StandingSearches()
+        self._rankings: dict[bytes | None, list[RankedBullet]] = {}  # query -> ranked bullets
         self.lock = threading.RLock()  # held by searches and by applying changes (brief)
         self.loading = threading.Lock()  # held while one reader loads changes from the shard
 
@@ -49,6 +65,8 @@ class DomainView:
         with self.lock:
             if not changes.since <= max(self.version, 0) or self.version >= changes.version:
                 return False
+            if changes.bullets:
+                self._rankings.clear()
             for bullet, vector in changes.bullets:
                 if bullet.status == BulletStatus.ACTIVE:
                     self.bullets[bullet.id] = bullet
@@ -56,11 +74,12 @@ class DomainView:
                 else:
                     self.bullets.pop(bullet.id, None)
                     self.bullet_vectors.pop(bullet.id, None)
-            live, gone = [], []
+            live, gone, added = [], [], []
             for item, status, vector in changes.memories:
                 if status == "active":
                     self.memories[item.id] = item
                     live.append((item.id, vector))
+                    added.append((item, vector))
                 else:
                     self.memories.pop(item.id, None)
                     gone.append(item.id)
@@ -69,14 +88,25 @@ class DomainView:
             if self.index is not None:
                 self.index.remove(gone)
                 self.index.upsert(live)
+            if len(added) > MERGE_AT_MOST:
+                self.searches.clear()
+            else:
+                self.searches.apply(added, set(gone))
             self.version = changes.version
             return True
 
     def ranked_bullets(self, query: Vector | None) -> list[RankedBullet]:
+        key = None if query is None else query.tobytes()
         with self.lock:
-            return rank_bullets(
-                list(self.bullets.values()), query=query, vectors=self.bullet_vectors
-            )
+            found = self._rankings.get(key)
+            if found is None:
+                found = rank_bullets(
+                    list(self.bullets.values()), query=query, vectors=self.bullet_vectors
+                )
+                if len(self._rankings) >= RANKINGS_KEPT:
+                    self._rankings.clear()
+                self._rankings[key] = found
+            return list(found)
 
     def active_bullets(self) -> list[Bullet]:
         with self.lock:
@@ -91,27 +121,42 @@ class DomainView:
         since: float | None = None,
         min_similarity: float = -1.0,
     ) -> list[MemoryHit]:
+        """The top-k memories, from the standing search of these arguments if there is one
+        (kept current by `apply`), else from the index (and kept from now on)."""
+        key = SearchKey(np.asarray(query, dtype=np.float32).tobytes(), k, outcome, since)
         with self.lock:
             if self.index is None:
                 return []
+            found = self.searches.get(key)
+            if found is None:
+                found = self._search_index(query, k, outcome, since)
+                self.searches.put(key, query, found)
             memories = self.memories
-
-            def accept(memory_id: str) -> bool:
-                item = memories[memory_id]
-                return (outcome is None or item.outcome == outcome) and (
-                    since is None or item.created_at >= since
-                )
-
-            found = self.index.search(
-                query, k, None if outcome is None and since is None else accept
-            )
             return [
                 MemoryHit(memory=memories[m], similarity=s) for m, s in found if s >= min_similarity
             ]
 
+    def _search_index(
+        self, query: Vector, k: int, outcome: str | None, since: float | None
+    ) -> list[tuple[str, float]]:
+        assert self.index is not None
+        memories = self.memories
+
+        def accept(memory_id: str) -> bool:
+            item = memories[memory_id]
+            return (outcome is None or item.outcome == outcome) and (
+                since is None or item.created_at >= since
+            )
+
+        return self.index.search(query, k, None if outcome is None and since is None else accept)
+
     def nearest_memory(self, vector: Vector, outcome: str) -> tuple[str, float] | None:
-        hits = self.search(vector, k=1, outcome=outcome)
-        return (hits[0].memory.id, hits[0].similarity) if hits else None
+        """The writer's de-duplication probe: searched, never kept as a standing search."""
+        with self.lock:
+            if self.index is None:
+                return None
+            found = self._search_index(vector, 1, outcome, None)
+        return found[0] if found else None
 
 
 class ViewCache:

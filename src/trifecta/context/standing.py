@@ -1,0 +1,140 @@
+"""Standing searches: a domain's recent top-k memory searches, kept exact as memories arrive.
+
+A write used to make every cached search of its domain useless (the version moved, so the
+next read searched again). A search's answer only changes if a written memory enters its
+top-k, and that is cheap to decide for all of them at once: for the new memories' embeddings
+E (n x d) and the standing queries' Q (m x d), S = Q @ E.T (one small matrix product), and
+memory j enters search i's top-k iff it passes i's filters and S[i, j] beats the k-th score
+(ties by id, as `MemoryIndex.search` orders). So a write updates each standing top-k in place
+and leaves the searches it cannot change untouched.
+
+The float32 product only screens: a memory that may enter (within `FLOAT32_SLACK` of the
+k-th) is scored again in float64 as the index scores its results (`cosines`), and its place
+decided on those. What is not decided here drops the affected searches only (the next read
+searches the index again): a memory in a search's top-k removed or rewritten (the k+1-th
+is not known).
+
+Written here rather than taken from a library: usearch and faiss update an index, not the
+answers to past queries; this is the incremental view maintenance of a top-k query.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from trifecta.context.models import MemoryItem
+from trifecta.context.sql import Vector
+from trifecta.context.vector_index import FLOAT32_SLACK, cosines, rank_key
+
+
+@dataclass(frozen=True)
+class SearchKey:
+    """What a search's answer depends on besides the domain's memories."""
+
+    query: bytes  # the query embedding's float32 bytes
+    k: int
+    outcome: str | None
+    since: float | None
+
+
+@dataclass
+class Standing:
+    query: Vector  # (d,)
+    key: SearchKey
+    top: list[tuple[str, float]]  # up to k (memory id, cosine), best first, ties by id
+
+    def accepts(self, item: MemoryItem) -> bool:
+        key = self.key
+        return (key.outcome is None or item.outcome == key.outcome) and (
+            key.since is None or item.created_at >= key.since
+        )
+
+    def kth(self) -> float:
+        """The score a memory must beat to enter: the k-th's, or -inf while fewer than k
+        memories pass the filters (then every one that passes is in `top`)."""
+        return self.top[-1][1] if len(self.top) >= self.key.k else -np.inf
+
+
+class StandingSearches:
+    """The standing searches of one domain (least recently asked evicted). Not thread-safe:
+    the domain view calls it under its lock."""
+
+    def __init__(self, max_entries: int = 2048):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[SearchKey, Standing] = OrderedDict()
+        self.updated = self.dropped = 0  # searches changed by a write, dropped by one
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: SearchKey) -> list[tuple[str, float]] | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        self._entries.move_to_end(key)
+        return found.top
+
+    def put(self, key: SearchKey, query: Vector, top: list[tuple[str, float]]) -> None:
+        self._entries[key] = Standing(np.asarray(query, dtype=np.float32), key, list(top))
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def apply(
+        self,
+        added: Sequence[tuple[MemoryItem, Vector]],
+        gone: set[str],
+    ) -> None:
+        """Bring every standing search up to date with a write: `added` are the memories
+        written active (new, or rewritten: their id may already be in some top-k), `gone`
+        the ids no longer active."""
+        if not self._entries or (not added and not gone):
+            return
+        touched = gone | {item.id for item, _ in added}
+        entries = list(self._entries.values())
+        # A rewritten or removed memory inside a top-k: the k+1-th is unknown here.
+        stale = {e.key for e in entries if any(m in touched for m, _ in e.top)}
+        live = [e for e in entries if e.key not in stale]
+        if added and live:
+            self._merge(live, added)
+        for key in stale:
+            del self._entries[key]
+        self.dropped += len(stale)
+
+    def _merge(self, entries: list[Standing], added: Sequence[tuple[MemoryItem, Vector]]) -> None:
+        """Merge new memories into the top-k lists they enter."""
+        queries = np.stack([e.query for e in entries])  # (m, d)
+        vectors = np.stack([np.asarray(v, dtype=np.float32) for _, v in added])  # (n, d)
+        scores = queries @ vectors.T  # (m, n)
+        kth = np.array([e.kth() for e in entries], dtype=np.float64)  # (m,)
+        near = scores >= (kth - FLOAT32_SLACK)[:, None]  # (m, n): may enter (float32 screen)
+        for i in np.flatnonzero(near.any(axis=1)):
+            entry = entries[int(i)]
+            hits = (int(j) for j in np.flatnonzero(near[i]))
+            candidates = [j for j in hits if entry.accepts(added[j][0])]
+            if not candidates:
+                continue
+            # The float64 similarities a fresh search would report (`cosines`), so equal
+            # scores order by id here exactly as there.
+            exact = cosines(vectors[candidates], entry.query)
+            merged = entry.top + [
+                (added[j][0].id, float(s)) for j, s in zip(candidates, exact, strict=True)
+            ]
+            top = sorted(merged, key=rank_key)[: entry.key.k]
+            if top != entry.top:
+                entry.top = top
+                self.updated += 1
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "standing": len(self._entries),
+            "standing_updated": self.updated,
+            "standing_dropped": self.dropped,
+        }
