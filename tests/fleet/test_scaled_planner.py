@@ -90,7 +90,9 @@ def test_a_thousand_continuous_capsules_plan_close_to_their_bound() -> None:
     fleet = generate_fleet(1000, seed=7, phase="full", demand="continuous")
     # a generous limit: HiGHS's limits are wall-clock, and a loaded machine weakens the bound
     result = plan(fleet, topology, "full", time_limit=20.0)
-    assert result.solver.method == "fluid-relaxation-rounding"
+    # the rounded relaxation is one candidate; a re-packed greedy placement may beat it
+    assert "fluid-relaxation-rounding" in result.solver.candidates
+    assert result.cost_per_hour == pytest.approx(min(result.solver.candidates.values()))
     assert result.solver.classes >= 950
     assert verify_plan(result, fleet, topology) == []
     assert result.solver.mip_gap is not None and 0 <= result.solver.mip_gap < 0.05

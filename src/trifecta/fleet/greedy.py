@@ -28,7 +28,7 @@ from trifecta.core.errors import Infeasible
 from trifecta.core.settings import Phase
 from trifecta.fleet.assemble import CapsuleDecision, assemble_plan
 from trifecta.fleet.capsules import Capsule
-from trifecta.fleet.classes import build_classes
+from trifecta.fleet.classes import CapsuleClass, build_classes
 from trifecta.fleet.costs import phase_budget
 from trifecta.fleet.plan_model import Plan, SolverReport
 from trifecta.fleet.pools import CONTEXT_SERVICE, PoolShape, layer_models, pool_shapes
@@ -46,12 +46,21 @@ class _State:
     spare: dict[Group, float] = field(default_factory=lambda: defaultdict(float))
     devices_used: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     devices: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Each group's shapes cheapest per token first, and its best price with devices left:
+    # that price changes only when devices are taken, so it is kept until then (the greedy
+    # asks for it hundreds of thousands of times on 10,000 capsules).
+    by_value: dict[Group, list[PoolShape]] = field(default_factory=dict)
+    _unit_prices: dict[Group, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.devices = {
             (env.name, acc): env.devices(acc)
             for env in self.topology.environments
             for acc in env.accelerators
+        }
+        self.by_value = {
+            group: sorted(shapes, key=lambda s: s.price / s.capacity)
+            for group, shapes in self.shapes.items()
         }
 
     def _devices_left(self, shape: PoolShape) -> int:
@@ -62,12 +71,14 @@ class _State:
 
     def unit_price(self, group: Group) -> float:
         """USD per hour per token/s of the best shape of `group` with devices left."""
-        prices = [
-            s.price / s.capacity
-            for s in self.shapes.get(group, [])
-            if self._devices_left(s) >= s.tp
-        ]
-        return min(prices, default=math.inf)
+        price = self._unit_prices.get(group)
+        if price is None:
+            best = next(
+                (s for s in self.by_value.get(group, []) if self._devices_left(s) >= s.tp), None
+            )
+            price = math.inf if best is None else best.price / best.capacity
+            self._unit_prices[group] = price
+        return price
 
     def opening(self, group: Group, load: float) -> tuple[float, list[PoolShape]] | None:
         """Cost and the replicas to open so that `group` takes `load` more (None: no devices
@@ -78,7 +89,7 @@ class _State:
         used: dict[tuple[str, str], int] = defaultdict(int)
         opened: list[PoolShape] = []
         cost = 0.0
-        by_value = sorted(self.shapes.get(group, []), key=lambda s: s.price / s.capacity)
+        by_value = self.by_value.get(group, [])
         while need > 1e-9:
             shape = next(
                 (
@@ -102,6 +113,7 @@ class _State:
             self.spare[group] += shape.capacity
             if shape.accelerator is not None:
                 self.devices_used[(shape.environment, shape.accelerator)] += shape.tp
+                self._unit_prices.clear()
         self.spare[group] -= load
 
 
@@ -112,6 +124,20 @@ def _cheaper(score: tuple[float, float], than: tuple[float, float]) -> bool:
     return score[1] < than[1] - 1e-12
 
 
+@dataclass
+class GreedyPlacement:
+    """What the greedy decided, before it is assembled into a `Plan`."""
+
+    rule: GreedyRule
+    decisions: list[CapsuleDecision]
+    replicas: dict[PoolShape, int]
+    seconds: float
+
+    @property
+    def cost_per_hour(self) -> float:
+        return sum(shape.price * count for shape, count in self.replicas.items())
+
+
 def greedy_plan(
     capsules: Sequence[Capsule],
     topology: Topology,
@@ -120,11 +146,32 @@ def greedy_plan(
 ) -> Plan:
     """Place `capsules` greedily (see the module docstring); raises `Infeasible` when a
     capsule finds no room."""
+    shapes = pool_shapes(topology, phase)
+    classes = build_classes(capsules, topology, phase, shapes)
+    placed = greedy_placement(classes, shapes, topology, rule)
+    report = SolverReport(
+        method=f"greedy-first-fit-{rule}",
+        status="heuristic",
+        seconds=placed.seconds,
+        capsules=len(capsules),
+        classes=len(classes),
+    )
+    position = {c.id: i for i, c in enumerate(capsules)}
+    decisions = sorted(placed.decisions, key=lambda d: position[d.capsule.id])
+    return assemble_plan(decisions, placed.replicas, topology, phase, report, phase_budget(phase))
+
+
+def greedy_placement(
+    classes: Sequence[CapsuleClass],
+    shapes: Sequence[PoolShape],
+    topology: Topology,
+    rule: GreedyRule = "marginal",
+) -> GreedyPlacement:
+    """The greedy's decisions and replicas for capsules already grouped into classes (the
+    planner runs it on its own classes, as the baseline every plan must beat)."""
     by_marginal = rule == "marginal"
     started = time.perf_counter()
     generative_model, edge_model = layer_models()
-    shapes = pool_shapes(topology, phase)
-    classes = build_classes(capsules, topology, phase, shapes)
     grouped: dict[Group, list[PoolShape]] = defaultdict(list)
     for shape in shapes:
         grouped[shape.group].append(shape)
@@ -206,14 +253,5 @@ def greedy_plan(
         for group, load, opened in best[1] + gen_choice:
             state.commit(group, load, opened)
         decisions.append(best[2])
-    report = SolverReport(
-        method=f"greedy-first-fit-{rule}",
-        status="heuristic",
-        seconds=time.perf_counter() - started,
-        capsules=len(capsules),
-        classes=len(classes),
-    )
-    budget = phase_budget(phase)
-    by_id = {d.capsule.id: i for i, d in enumerate(decisions)}
-    decisions.sort(key=lambda d: by_id.get(d.capsule.id, math.inf))
-    return assemble_plan(decisions, dict(state.replicas), topology, phase, report, budget)
+    replicas = {shape: count for shape, count in state.replicas.items() if count > 0}
+    return GreedyPlacement(rule, decisions, replicas, time.perf_counter() - started)

@@ -15,14 +15,12 @@ import math
 from trifecta.core.errors import Infeasible
 from trifecta.core.settings import Phase
 from trifecta.fleet.capsules import Capsule
+from trifecta.fleet.class_milp import Model
 from trifecta.fleet.classes import describe
 from trifecta.fleet.topology import Topology
 
 
-def explain_infeasible(model: object, topology: Topology, phase: Phase) -> Infeasible:
-    from trifecta.fleet.planner import Model
-
-    assert isinstance(model, Model)
+def explain_infeasible(model: Model, topology: Topology, phase: Phase) -> Infeasible:
     program = copy.deepcopy(model.program)
     penalty = 1e3 * (1 + max(program.cost, default=1.0)) * (1 + len(program.cost))
     unplaced: dict[int, int] = {}

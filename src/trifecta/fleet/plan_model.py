@@ -102,6 +102,10 @@ class SolverReport(BaseModel):
     constraints: int = 0
     lower_bound: float | None = Field(default=None, description="no plan costs less (USD/h)")
     mip_gap: float | None = Field(default=None, description="(cost - lower bound) / cost")
+    candidates: dict[str, float] = Field(
+        default_factory=dict,
+        description="USD/h of every plan the planner compared, by method (the cheapest kept)",
+    )
 
 
 class Plan(BaseModel):

@@ -145,6 +145,12 @@ def print_plan(console: Console, plan: Plan, *, capsules_shown: int = 10) -> Non
         f"{_money(plan.cost_per_month, 0)}/month\n"
         f"[dim]{solver.method}: {solver.status} in {solver.seconds:.2f} s{gap}[/]"
     )
+    if len(solver.candidates) > 1:
+        compared = ", ".join(
+            f"{method} {_money(cost)}"
+            for method, cost in sorted(solver.candidates.items(), key=lambda item: item[1])
+        )
+        console.print(f"[dim]cheapest of: {compared}[/]")
 
     envs = Table(title="Environments")
     for column in (
