@@ -58,6 +58,17 @@ def test_kernel_extremes_and_parallel_path(name: str) -> None:
     assert expected[0, 0] == -128 * cols
     assert np.array_equal(prepared.matmul(x_q, threads=2), expected)
     assert np.array_equal(prepared.matmul(x_q, threads=1), expected)
+    for token in (0, 1):  # the one-token (GEMV) path at the same extremes
+        one = x_q[token : token + 1]
+        assert np.array_equal(prepared.matmul(one, threads=1), expected[token : token + 1])
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_prepared_stream_starts_on_a_cache_line(name: str) -> None:
+    """A 64-byte block that straddled two cache lines would cost two line reads per load."""
+    for rows, cols in ((16, 16), (100, 300), (512, 640)):
+        prepared = KERNELS[name].prepare(_case(1, rows, cols, 1)[0])
+        assert prepared.stream.ctypes.data % 64 == 0
 
 
 def test_activation_quantisation_by_hand() -> None:

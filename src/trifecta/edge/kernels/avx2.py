@@ -5,15 +5,22 @@ the same `vnni16` layout as the VNNI kernel (see `vnni.py`): each 64-byte block 
 x 16 inputs, byte 4r + q packing, for row r, the 2-bit codes (w + 1) of inputs 16t + 4s + q
 at bits 2s. A 256-bit register holds half a block (8 rows, one per 32-bit lane).
 
-Inner loop for one token: for each field s, shift the half-block right by 2s and keep the low
-two bits of every byte (the codes, 0..2); `vpmaddubsw` multiplies them by the broadcast signed
-activations x[16t + 4s .. +3] and adds adjacent pairs into 16-bit lanes (|pair| <= 2 * 2 *
-128 = 512, never saturating). The 16-bit partial sums of 8 blocks (|sum| <= 8 * 4 * 512 =
-16384) are widened once by `vpmaddwd` against ones, which also adds the lane pairs, giving
-per row sum(code * x) in int32; subtracting sum(x) gives sum(w * x). Several tokens (GEMM)
-share the unpacking: each half-block's four fields are extracted once per group of 4 tokens.
+Inner loop for one token, per half-block v: one shift, h = v >> 4, brings fields 2 and 3
+down to where fields 0 and 1 sit; masking v and h with 0x03 and 0x0C per byte gives the
+codes of fields 0 and 2 (0..2) and four times those of fields 1 and 3 (0..8), with no
+further shifts (the three shifts of a shift-per-field unpacking cost about 10% at 4096).
+`vpmaddubsw` multiplies each by the broadcast signed activations x[16t + 4s .. +3] and adds
+adjacent pairs into 16-bit lanes; fields 0 and 2 go to one 16-bit sum (|pair| <= 2 * 2 * 128
+= 512 per field), fields 1 and 3, scaled by 4, to another (|pair| <= 2 * 8 * 128 = 2048).
+Over a chunk of 8 blocks these reach at most 8,192 and exactly 32,768 (`-32768` when every
+code is 2 and every activation -128, still an int16; the positive bound is 32,512), so they
+never overflow. Each chunk is widened by `vpmaddwd` (which also adds the lane pairs) against
+4s and 1s respectively, giving 4 * sum(code * x) in int32; one exact arithmetic shift by 2
+and subtracting sum(x) give sum(w * x). Several tokens (GEMM) share the unpacking: each
+half-block's four fields are extracted once per group of 4 tokens.
+
 This is the scheme of llama.cpp's and bitnet.cpp's AVX2 int8 dot products (`maddubs` then
-`madd` with ones), written here because numba has no SIMD types of its own.
+`madd`), written here because numba has no SIMD types of its own.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from trifecta.edge.kernels.ymm import (
     ymm_madd16,
     ymm_maddubs,
     ymm_splat,
+    ymm_sra,
     ymm_srl,
     ymm_store,
     ymm_sub,
@@ -47,48 +55,77 @@ from trifecta.edge.kernels.zmm import prefetch
 HALF_BYTES = BLOCK_BYTES // 2  # 8 rows x 16 inputs
 HALF_ROWS = BLOCK_ROWS // 2
 CHUNK_BLOCKS = 8  # blocks summed in 16 bits before widening (bound in the module docstring)
-_CODE_MASK = 0x03030303
+_LOW_FIELD = 0x03030303  # per byte: the field in bits 0-1 (code)
+_HIGH_FIELD = 0x0C0C0C0C  # per byte: the field in bits 2-3 (code * 4)
 _ONES16 = 0x00010001
+_FOURS16 = 0x00040004
 
 
 @njit(cache=True, inline="always")
-def _fields_dot(v, x, k, mask):
-    """sum over the 4 fields of vpmaddubsw(codes of field s, x[k + 4s .. +3]), 16-bit lanes."""
-    p = ymm_maddubs(ymm_and(v, mask), ymm_broadcast4(x, k))
-    p = ymm_add16(p, ymm_maddubs(ymm_and(ymm_srl(v, 2), mask), ymm_broadcast4(x, k + 4)))
-    q = ymm_maddubs(ymm_and(ymm_srl(v, 4), mask), ymm_broadcast4(x, k + 8))
-    q = ymm_add16(q, ymm_maddubs(ymm_and(ymm_srl(v, 6), mask), ymm_broadcast4(x, k + 12)))
-    return ymm_add16(p, q)
+def _pair(low, high, x, k):
+    """vpmaddubsw of two fields against x[k .. k + 3] and x[k + 8 .. k + 11], summed in
+    16-bit lanes: `low` is a field of the bytes, `high` the same field of the bytes >> 4."""
+    return ymm_add16(
+        ymm_maddubs(low, ymm_broadcast4(x, k)), ymm_maddubs(high, ymm_broadcast4(x, k + 8))
+    )
+
+
+@njit(cache=True, inline="always")
+def _widen(acc, even, odd, ones, fours):
+    """acc + 4 x (fields 0 + 2) + (4 x (fields 1 + 3)), widened to int32 by vpmaddwd: four
+    times sum(code * x) accumulates."""
+    return ymm_add(acc, ymm_add(ymm_madd16(even, fours), ymm_madd16(odd, ones)))
+
+
+@njit(cache=True, inline="always")
+def _finish(acc4, x_sum):
+    """sum(w * x) = sum(code * x) - sum(x) from four times sum(code * x) (an exact shift)."""
+    return ymm_sub(ymm_sra(acc4, 2), ymm_splat(x_sum))
 
 
 @njit(cache=True, inline="always")
 def _gemv_block(w, x, x_offset, x_sum, out, out_offset, block, steps):
-    """One group of 16 rows (two halves of 8) for one token."""
-    mask, ones = ymm_splat(_CODE_MASK), ymm_splat(_ONES16)
+    """One group of 16 rows (two halves of 8) for one token; per half, two 16-bit sums
+    (fields 0 + 2, fields 1 + 3) per chunk."""
+    low_field, high_field = ymm_splat(_LOW_FIELD), ymm_splat(_HIGH_FIELD)
+    ones, fours = ymm_splat(_ONES16), ymm_splat(_FOURS16)
     acc_lo = ymm_zero()
     acc_hi = ymm_zero()
     base = block * steps * BLOCK_BYTES
     for c0 in range(0, steps, CHUNK_BLOCKS):
-        s_lo = ymm_zero()
-        s_hi = ymm_zero()
+        lo_even = ymm_zero()
+        lo_odd = ymm_zero()
+        hi_even = ymm_zero()
+        hi_odd = ymm_zero()
         for t in range(c0, min(c0 + CHUNK_BLOCKS, steps)):
             at = base + t * BLOCK_BYTES
             k = x_offset + t * BLOCK_INPUTS
             prefetch(w, at + PREFETCH_BYTES)
-            s_lo = ymm_add16(s_lo, _fields_dot(ymm_load(w, at), x, k, mask))
-            s_hi = ymm_add16(s_hi, _fields_dot(ymm_load(w, at + HALF_BYTES), x, k, mask))
-        acc_lo = ymm_add(acc_lo, ymm_madd16(s_lo, ones))
-        acc_hi = ymm_add(acc_hi, ymm_madd16(s_hi, ones))
+            v = ymm_load(w, at)
+            h = ymm_srl(v, 4)
+            lo_even = ymm_add16(lo_even, _pair(ymm_and(v, low_field), ymm_and(h, low_field), x, k))
+            lo_odd = ymm_add16(
+                lo_odd, _pair(ymm_and(v, high_field), ymm_and(h, high_field), x, k + 4)
+            )
+            v = ymm_load(w, at + HALF_BYTES)
+            h = ymm_srl(v, 4)
+            hi_even = ymm_add16(hi_even, _pair(ymm_and(v, low_field), ymm_and(h, low_field), x, k))
+            hi_odd = ymm_add16(
+                hi_odd, _pair(ymm_and(v, high_field), ymm_and(h, high_field), x, k + 4)
+            )
+        acc_lo = _widen(acc_lo, lo_even, lo_odd, ones, fours)
+        acc_hi = _widen(acc_hi, hi_even, hi_odd, ones, fours)
     row = out_offset + block * BLOCK_ROWS
-    ymm_store(out, row, ymm_sub(acc_lo, ymm_splat(x_sum)))
-    ymm_store(out, row + HALF_ROWS, ymm_sub(acc_hi, ymm_splat(x_sum)))
+    ymm_store(out, row, _finish(acc_lo, x_sum))
+    ymm_store(out, row + HALF_ROWS, _finish(acc_hi, x_sum))
 
 
 @njit(cache=True, inline="always")
 def _gemm4_half(w, x, x_stride, x_sums, token, out, out_stride, block, half, steps):
     """One half-block row group (8 rows) for four tokens: each half-block's fields are
-    extracted once and used four times."""
-    mask, ones = ymm_splat(_CODE_MASK), ymm_splat(_ONES16)
+    extracted once and used four times (eight 16-bit sums: token x {even, odd})."""
+    low_field, high_field = ymm_splat(_LOW_FIELD), ymm_splat(_HIGH_FIELD)
+    ones, fours = ymm_splat(_ONES16), ymm_splat(_FOURS16)
     a = ymm_zero()
     b = ymm_zero()
     c = ymm_zero()
@@ -99,41 +136,40 @@ def _gemm4_half(w, x, x_stride, x_sums, token, out, out_stride, block, half, ste
     xd = xc + x_stride
     base = block * steps * BLOCK_BYTES + half * HALF_BYTES
     for c0 in range(0, steps, CHUNK_BLOCKS):
-        sa = ymm_zero()
-        sb = ymm_zero()
-        sc = ymm_zero()
-        sd = ymm_zero()
+        a_even = ymm_zero()
+        a_odd = ymm_zero()
+        b_even = ymm_zero()
+        b_odd = ymm_zero()
+        c_even = ymm_zero()
+        c_odd = ymm_zero()
+        d_even = ymm_zero()
+        d_odd = ymm_zero()
         for t in range(c0, min(c0 + CHUNK_BLOCKS, steps)):
             prefetch(w, base + t * BLOCK_BYTES + PREFETCH_BYTES)
             v = ymm_load(w, base + t * BLOCK_BYTES)
-            f0 = ymm_and(v, mask)
-            f1 = ymm_and(ymm_srl(v, 2), mask)
-            f2 = ymm_and(ymm_srl(v, 4), mask)
-            f3 = ymm_and(ymm_srl(v, 6), mask)
+            h = ymm_srl(v, 4)
+            f0 = ymm_and(v, low_field)
+            f1 = ymm_and(v, high_field)  # 4 x code
+            f2 = ymm_and(h, low_field)
+            f3 = ymm_and(h, high_field)  # 4 x code
             k = t * BLOCK_INPUTS
-            sa = ymm_add16(sa, _four(f0, f1, f2, f3, x, xa + k))
-            sb = ymm_add16(sb, _four(f0, f1, f2, f3, x, xb + k))
-            sc = ymm_add16(sc, _four(f0, f1, f2, f3, x, xc + k))
-            sd = ymm_add16(sd, _four(f0, f1, f2, f3, x, xd + k))
-        a = ymm_add(a, ymm_madd16(sa, ones))
-        b = ymm_add(b, ymm_madd16(sb, ones))
-        c = ymm_add(c, ymm_madd16(sc, ones))
-        d = ymm_add(d, ymm_madd16(sd, ones))
+            a_even = ymm_add16(a_even, _pair(f0, f2, x, xa + k))
+            a_odd = ymm_add16(a_odd, _pair(f1, f3, x, xa + k + 4))
+            b_even = ymm_add16(b_even, _pair(f0, f2, x, xb + k))
+            b_odd = ymm_add16(b_odd, _pair(f1, f3, x, xb + k + 4))
+            c_even = ymm_add16(c_even, _pair(f0, f2, x, xc + k))
+            c_odd = ymm_add16(c_odd, _pair(f1, f3, x, xc + k + 4))
+            d_even = ymm_add16(d_even, _pair(f0, f2, x, xd + k))
+            d_odd = ymm_add16(d_odd, _pair(f1, f3, x, xd + k + 4))
+        a = _widen(a, a_even, a_odd, ones, fours)
+        b = _widen(b, b_even, b_odd, ones, fours)
+        c = _widen(c, c_even, c_odd, ones, fours)
+        d = _widen(d, d_even, d_odd, ones, fours)
     row = block * BLOCK_ROWS + half * HALF_ROWS
-    ymm_store(out, token * out_stride + row, ymm_sub(a, ymm_splat(x_sums[token])))
-    ymm_store(out, (token + 1) * out_stride + row, ymm_sub(b, ymm_splat(x_sums[token + 1])))
-    ymm_store(out, (token + 2) * out_stride + row, ymm_sub(c, ymm_splat(x_sums[token + 2])))
-    ymm_store(out, (token + 3) * out_stride + row, ymm_sub(d, ymm_splat(x_sums[token + 3])))
-
-
-@njit(cache=True, inline="always")
-def _four(f0, f1, f2, f3, x, k):
-    """The four fields of one half-block against one token's 16 activations at k."""
-    p = ymm_add16(ymm_maddubs(f0, ymm_broadcast4(x, k)), ymm_maddubs(f1, ymm_broadcast4(x, k + 4)))
-    q = ymm_add16(
-        ymm_maddubs(f2, ymm_broadcast4(x, k + 8)), ymm_maddubs(f3, ymm_broadcast4(x, k + 12))
-    )
-    return ymm_add16(p, q)
+    ymm_store(out, token * out_stride + row, _finish(a, x_sums[token]))
+    ymm_store(out, (token + 1) * out_stride + row, _finish(b, x_sums[token + 1]))
+    ymm_store(out, (token + 2) * out_stride + row, _finish(c, x_sums[token + 2]))
+    ymm_store(out, (token + 3) * out_stride + row, _finish(d, x_sums[token + 3]))
 
 
 @njit(cache=True, inline="always")

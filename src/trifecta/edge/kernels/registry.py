@@ -34,6 +34,7 @@ from trifecta.edge.kernels.vnni import (
     vnni_matmul_serial,
 )
 
+CACHE_LINE = 64
 # Below this many weights a matrix runs on the calling thread: waking the pool costs more.
 PARALLEL_MIN_WEIGHTS = 1 << 18
 
@@ -69,11 +70,23 @@ class KernelSpec:
             (_round_up(rows, self.row_multiple), _round_up(cols, self.col_multiple)), np.int8
         )
         padded[:rows, :cols] = values
-        return PreparedTernary(self, self.layout(padded), rows, cols, *padded.shape)
+        stream = cache_line_aligned(self.layout(padded))
+        return PreparedTernary(self, stream, rows, cols, *padded.shape)
 
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def cache_line_aligned(stream: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """A copy of the byte stream starting on a 64-byte boundary. numpy aligns to 16 bytes
+    only, and a `vnni16` block that straddles two cache lines costs every 512-bit load two
+    line reads (flushed 4096 GEMV, `vnni`: about 10% slower unaligned)."""
+    buffer = np.empty(stream.size + CACHE_LINE, np.uint8)
+    start = -buffer.ctypes.data % CACHE_LINE
+    aligned = buffer[start : start + stream.size]
+    aligned[:] = stream
+    return aligned
 
 
 class PreparedTernary:

@@ -1,10 +1,11 @@
 """256-bit integer vectors for numba (AVX2), emitted as LLVM vector IR like `zmm.py`.
 
 `Ymm` is an LLVM `<8 x i32>`; operations that work on other lane widths bitcast it (free in
-the generated code). The AVX2 kernel needs: loads, a 4-byte broadcast, a logical shift of
-32-bit lanes, bitwise and, 16- and 32-bit adds, and the two int8 dot-product steps of AVX2:
-`vpmaddubsw` (unsigned byte x signed byte, adjacent pairs summed into 16-bit lanes with
-signed saturation) and `vpmaddwd` (16-bit x 16-bit, adjacent pairs summed into 32-bit lanes).
+the generated code). The AVX2 kernel needs: loads, a 4-byte broadcast, logical and
+arithmetic shifts of 32-bit lanes, bitwise and, 16- and 32-bit adds, and the two int8
+dot-product steps of AVX2: `vpmaddubsw` (unsigned byte x signed byte, adjacent pairs
+summed into 16-bit lanes with signed saturation) and `vpmaddwd` (16-bit x 16-bit, adjacent
+pairs summed into 32-bit lanes).
 Only call these on a CPU with AVX2 (the registry checks `avx2` before it runs the kernel).
 """
 
@@ -122,15 +123,22 @@ ymm_sub = _lanewise("sub", _VECTOR)
 ymm_add16 = _lanewise("add", _SHORTS)  # sixteen 16-bit lanes, wrapping
 
 
-@intrinsic
-def ymm_srl(typingctx: Any, a: Any, count: Any) -> Any:
-    """Logical right shift of every 32-bit lane by `count`."""
+def _shift(operation: str) -> Any:
+    @intrinsic
+    def shift(typingctx: Any, a: Any, count: Any) -> Any:
+        """Shift every 32-bit lane right by `count`."""
 
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        scalar = context.cast(builder, args[1], signature.args[1], types.int32)
-        return builder.lshr(args[0], _splat(builder, scalar))
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            scalar = context.cast(builder, args[1], signature.args[1], types.int32)
+            return getattr(builder, operation)(args[0], _splat(builder, scalar))
 
-    return Ymm(a, count), codegen
+        return Ymm(a, count), codegen
+
+    return shift
+
+
+ymm_srl = _shift("lshr")  # logical: moves 2-bit fields down before masking
+ymm_sra = _shift("ashr")  # arithmetic: exact division of signed multiples of 4
 
 
 def _x86(name: str, operand: ir.VectorType, result: ir.VectorType) -> Any:
