@@ -71,3 +71,25 @@ def test_a_top_k_above_the_experts_is_refused() -> None:
     with pytest.raises(InvalidInput) as err:
         convert_llama(ar_checkpoint_dir(), n_experts=8, top_k=9)
     assert err.value.field == "top_k"
+
+
+@pytest.mark.slow  # imports transformers (about 15 s)
+def test_causal_conversion_equals_the_canon_llama_tier() -> None:
+    """The current small tier (Canon layers, byte-fallback vocabulary) converts too: its Canon
+    weights are kept, and on the task alphabet its logits are reproduced."""
+    from transformers import AutoModelForCausalLM
+
+    import trifecta.cognitive.canon_llama  # noqa: F401  (registers the model type)
+
+    folder = ar_checkpoint_dir("ar-small-canon")
+    reference = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    model = convert_llama(folder, noise=0.0).eval()
+    assert model.config.vocab_size == 46 and model.config.canon_width == 4
+    assert float(model.layers[0].canon.weight.abs().sum()) > 0  # the tier's own, not zeros
+    model.causal = True
+    idx = torch.randint(4, 46, (3, 24), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(24).expand(3, 24)
+    with torch.no_grad():
+        expected = reference(idx).logits[..., :46]
+        got, _ = model(idx, positions, torch.ones(3, 24, dtype=torch.bool))
+    assert torch.allclose(got, expected, atol=1e-4)

@@ -85,3 +85,27 @@ def test_the_cache_reads_what_a_full_pass_computed(converted) -> None:
             batch.ids[:, s:e], batch.positions[:, s:e], batch.valid, (s, e), caches
         )
     assert torch.allclose(span, full[:, s:e], atol=1e-5)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_shifted_model_fills_every_mask_and_its_cache_matches_a_full_pass(cache: bool) -> None:
+    """A shifted model (each token read off the position before) decodes blocks whose first
+    position is predicted from the last position of the block before: the cached span starts
+    one position early and equals a full pass when nothing changed."""
+    from trifecta.generative.assets import ar_checkpoint_dir
+    from trifecta.generative.convert import convert_llama
+    from trifecta.generative.sequences import encode_prompts
+
+    model = convert_llama(ar_checkpoint_dir("ar-small-canon"), shift=True).eval()
+    config = DecodeConfig(gen_length=24, block_length=4, steps=12, cache=cache)
+    results, stats = Decoder(model).decode(PROMPTS, config)
+    assert stats.forward_passes <= 12
+    assert all(len(r.tokens) == 24 and MASK not in r.tokens for r in results)
+    batch = encode_prompts(PROMPTS, CharTokenizer(), 24, model.config.block_size)
+    s, e = batch.start + 3, batch.start + 8
+    with torch.no_grad():
+        full, caches = model(batch.ids, batch.positions, batch.valid)
+        span = model.forward_span(
+            batch.ids[:, s:e], batch.positions[:, s:e], batch.valid, (s, e), caches
+        )
+    assert torch.allclose(span, full[:, s:e], atol=1e-5)

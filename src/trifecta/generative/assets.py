@@ -16,7 +16,11 @@ AR_TIERS = ("small", "medium", "large")
 # A copy of the small tier's Llama checkpoint as the shipped model was converted from it, so
 # the recipe reproduces the weights whatever the cognitive layer ships next.
 VENDORED_SOURCE = "ar-source"
-SOURCES = (VENDORED_SOURCE, *AR_TIERS)
+# A copy of the small tier as it is since it has Canon layers (look-ups 99%, sums 100%; its
+# `training.json` beside it): what the named-scratchpad model is converted from.
+VENDORED_CANON_SOURCE = "ar-small-canon"
+VENDORED = (VENDORED_SOURCE, VENDORED_CANON_SOURCE)
+SOURCES = (*VENDORED, *AR_TIERS)
 
 
 def asset_dir() -> Path:
@@ -35,8 +39,8 @@ def shipped_model_path() -> Path:
 
 def ar_checkpoint_dir(source: str = VENDORED_SOURCE) -> Path:
     """The AR checkpoint folder to convert: the vendored copy, or a live cognitive tier."""
-    if source == VENDORED_SOURCE:
-        return asset_dir() / VENDORED_SOURCE
+    if source in VENDORED:
+        return asset_dir() / source
     if source not in AR_TIERS:
         raise InvalidInput(f"unknown source {source!r}", field="source", allowed=SOURCES)
     return Path(str(resources.files("trifecta") / "assets" / "cognitive" / source))

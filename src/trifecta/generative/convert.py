@@ -3,9 +3,12 @@
 RND1 took a pretrained autoregressive model, swapped its causal attention mask for a
 bidirectional one and continued pretraining on the masked-token objective ("simple continual
 pretraining", with a learning-rate warm-up: `train.py`). Here the source is one of the
-cognitive layer's shipped Llama tiers. Its dense FFN becomes `n_experts` experts by sparse
-upcycling (Komatsuzaki et al., 2022): every expert starts as a copy of the FFN plus a little
-noise (so experts can diverge), the router starts small and random. Because the gates of the
+cognitive layer's shipped Llama tiers: a plain Llama, or the Canon-Llama the tiers are now
+(its Canon layers are copied into the diffusion model's, which compute the same mix). Its
+dense FFN becomes `n_experts` experts by sparse upcycling (Komatsuzaki et al., 2022): every
+expert starts as a copy of the FFN plus a little noise (so experts can diverge), the router
+starts small and random. With `shift`, each position keeps predicting the next token as the
+AR head did (Dream 7B's choice, Ye et al. 2025) instead of its own. Because the gates of the
 selected experts sum to one, the upcycled block computes the dense FFN exactly when the noise
 is zero, whatever the router picks (tested).
 """
@@ -19,24 +22,32 @@ import torch
 from safetensors.torch import load_file
 
 from trifecta.core.errors import InvalidInput
+from trifecta.core.tokenizer import CharTokenizer
 from trifecta.generative.model import DiffusionConfig, DiffusionLM
 
 _FFN = ("gate_proj", "up_proj", "down_proj")
+# The cognitive tiers' Llama with Canon layers (`cognitive/canon_llama.py`), read as files.
+CANON_LLAMA = "trifecta_canon_llama"
 
 
 def config_from_llama(
-    folder: Path, n_experts: int, top_k: int, canon_width: int = 4
+    folder: Path, n_experts: int, top_k: int, canon_width: int = 4, shift: bool = False
 ) -> DiffusionConfig:
     """The diffusion model's shape from a Llama `config.json`, with the MoE's width."""
     hf = json.loads((folder / "config.json").read_text())
-    if hf.get("model_type") != "llama" or not hf.get("tie_word_embeddings", False):
+    if hf.get("model_type") not in ("llama", CANON_LLAMA) or not hf.get("tie_word_embeddings"):
         raise InvalidInput("expected a Llama checkpoint with tied embeddings", field="source")
+    if hf.get("model_type") == CANON_LLAMA:
+        canon_width = hf["canon_width"]  # the source's own Canon layers are kept
     if hf["num_key_value_heads"] != hf["num_attention_heads"]:
         raise InvalidInput("grouped-query attention is not supported", field="source")
     if not 1 <= top_k <= n_experts:
         raise InvalidInput(f"top_k {top_k} must be in 1..{n_experts}", field="top_k")
+    # A tier exported with byte fallback has 256 byte tokens after the task alphabet; the task
+    # family never uses them, so the diffusion model keeps the alphabet's ids only.
+    alphabet = CharTokenizer().vocab_size
     return DiffusionConfig(
-        vocab_size=hf["vocab_size"],
+        vocab_size=min(hf["vocab_size"], alphabet),
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
         n_heads=hf["num_attention_heads"],
@@ -47,6 +58,7 @@ def config_from_llama(
         norm_eps=hf["rms_norm_eps"],
         rope_theta=hf.get("rope_parameters", {}).get("rope_theta", 10000.0),
         canon_width=canon_width,
+        shift=shift,
     )
 
 
@@ -59,15 +71,17 @@ def convert_llama(
     router_std: float = 0.02,
     canon_width: int = 4,
     seed: int = 0,
+    shift: bool = False,
 ) -> DiffusionLM:
     """A DiffusionLM holding the checkpoint's weights, each FFN upcycled into experts.
     `noise` is relative: each expert gets N(0, (noise * std(W))^2) added to every copy.
-    Canon layers (`model.Canon`, not in the source) start at zero: the identity."""
-    config = config_from_llama(folder, n_experts, top_k, canon_width)
+    Canon layers start as the source's own (a Canon-Llama tier), or at zero (the identity)."""
+    config = config_from_llama(folder, n_experts, top_k, canon_width, shift)
     source = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
     model = DiffusionLM(config)
     generator = torch.Generator().manual_seed(seed)
-    state: dict[str, torch.Tensor] = {"embed_tokens.weight": source["model.embed_tokens.weight"]}
+    embed = source["model.embed_tokens.weight"][: config.vocab_size]
+    state: dict[str, torch.Tensor] = {"embed_tokens.weight": embed}
     state["norm.weight"] = source["model.norm.weight"]
     for i in range(config.n_layers):
         src, dst = f"model.layers.{i}.", f"layers.{i}."
@@ -83,7 +97,9 @@ def convert_llama(
         router = torch.randn((n_experts, config.d_model), generator=generator) * router_std
         state[f"{dst}moe.router.weight"] = router
         state[f"{dst}moe.selection_bias"] = torch.zeros(n_experts)
-        if canon_width:
-            state[f"{dst}canon.weight"] = torch.zeros(canon_width, config.d_model)
+        if config.canon_width:
+            canon = source.get(f"model.canons.{i}.weight")
+            zero = torch.zeros(config.canon_width, config.d_model)
+            state[f"{dst}canon.weight"] = zero if canon is None else canon
     model.load_state_dict(state, strict=True)
     return model

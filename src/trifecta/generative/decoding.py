@@ -107,6 +107,7 @@ class Decoder:
         steps = torch.zeros(B, dtype=torch.long)
         stats = DecodeStats(0, 0, 0)
         L = config.block_length
+        shift = int(self.model.config.shift)
         for b, budget in enumerate(config.block_steps()):
             s, e = start + b * L, start + (b + 1) * L
             caches = None
@@ -114,14 +115,16 @@ class Decoder:
                 masked = x[:, s:e] == t.mask_id  # (B, L)
                 if not masked.any():
                     break
+                # A shifted model reads each position's token off the position before it.
+                lo = s - shift
                 if config.cache and caches is not None:
                     logits = self.model.forward_span(
-                        x[:, s:e], positions[:, s:e], valid, (s, e), caches, routing
-                    )
-                    stats.positions_computed += B * L
+                        x[:, lo:e], positions[:, lo:e], valid, (lo, e), caches, routing
+                    )[:, :L]
+                    stats.positions_computed += B * (e - lo)
                 else:
                     full, caches = self.model(x, positions, valid, routing)
-                    logits = full[:, s:e]
+                    logits = full[:, lo : e - shift]
                     stats.full_passes += 1
                     stats.positions_computed += int(valid.sum())
                 stats.forward_passes += 1

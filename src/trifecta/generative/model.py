@@ -38,12 +38,16 @@ class DiffusionConfig:
     norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     canon_width: int = 4  # 0: no Canon layer
+    # True: position i's logits predict token i + 1, as in the AR source (Dream's "shift",
+    # Ye et al. 2025), so the converted model starts from what the AR head already predicts;
+    # False: position i predicts itself (LLaDA; the first shipped model).
+    shift: bool = False
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
-    def to_dict(self) -> dict[str, int | float]:
+    def to_dict(self) -> dict[str, int | float | bool]:
         return asdict(self)
 
 

@@ -8,6 +8,14 @@ is what follows the last `=`. Multi-step sums were what the autoregressive tiers
 the page, which the denoising steps fill first. LLaDA trains its padding `<eos>` tokens like
 any other token, so the model also learns where the answer ends.
 
+Two styles. `operands` (the first shipped model's): the values alone, as above, and a
+two-number sum written out (`41+17?` -> `41+17=58`). `named` (the cognitive layer's style that
+took its large tier to 92.5% on grade 5, docs/cognitive.md): each looked-up value follows its
+sensor's name (`t=41,p=17,r=63;t+r-p?` -> `t41+r63=104-p17=87`), so every value is written
+right after the name that selects it; a single look-up or a sum of two numbers is answered
+directly (`p?` -> `17`, `41+17?` -> `58`). The longest `named` answer of the family is 20
+characters (`a10-b99=-89-c99=-188`).
+
 Rows are left-padded so every request's response region occupies the same columns (block
 decoding walks them together); rotary positions count from each row's first real token.
 """
@@ -17,18 +25,23 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
+from typing import Literal
 
 import torch
 
 from trifecta.core.errors import InvalidInput
-from trifecta.core.tasks import normalize_answer, solve
+from trifecta.core.tasks import estimate_difficulty, normalize_answer, signed_values, solve
 from trifecta.core.tokenizer import CharTokenizer
 
 _TERM = re.compile(r"([+-]?)([a-z]|\d{1,3})")
+Style = Literal["operands", "named"]
 
 
-def scratchpad(prompt: str) -> str:
-    """The worked answer of a task-family prompt (see the module docstring)."""
+def scratchpad(prompt: str, style: Style = "operands") -> str:
+    """The worked answer of a task-family prompt in `style` (see the module docstring)."""
+    if style == "named":
+        return named_scratchpad(prompt)
     telemetry, _, expression = prompt.strip().rpartition(";")
     head = telemetry + ";" if telemetry else ""
     terms = _TERM.findall(expression.rstrip("?"))
@@ -37,6 +50,20 @@ def scratchpad(prompt: str) -> str:
     for (sign, _), value in zip(terms[1:], values[1:], strict=True):
         total += int(value) if sign == "+" else -int(value)
         text += f"{sign}{value}={total}"
+    return text
+
+
+def named_scratchpad(prompt: str) -> str:
+    """`t=41,p=17,r=63;t+r-p?` -> `t41+r63=104-p17=87`; `p?` -> `17`; `41+17?` -> `58`."""
+    values = signed_values(prompt)
+    partials = list(accumulate(values))
+    if len(values) == 1 or (len(values) == 2 and estimate_difficulty(prompt) == 2):
+        return str(partials[-1])
+    expression = prompt.strip().rpartition(";")[2]
+    names = [name if name.isalpha() else "" for _, name in _TERM.findall(expression)]
+    text = names[0] + str(values[0])
+    for name, value, partial in zip(names[1:], values[1:], partials[1:], strict=True):
+        text += f"{'-' if value < 0 else '+'}{name}{abs(value)}={partial}"
     return text
 
 
@@ -79,14 +106,18 @@ def encode_prompts(
 
 
 def encode_targets(
-    prompts: Sequence[str], tokenizer: CharTokenizer, gen_length: int, block_size: int
+    prompts: Sequence[str],
+    tokenizer: CharTokenizer,
+    gen_length: int,
+    block_size: int,
+    style: Style = "operands",
 ) -> tuple[Batch, torch.Tensor]:
     """The batch with its response region filled with the targets, and those targets
     (B, gen_length): scratchpad, `<eos>`, `<eos>` padding."""
     batch = encode_prompts(prompts, tokenizer, gen_length, block_size)
     targets = torch.full((len(prompts), gen_length), tokenizer.eos_id, dtype=torch.long)
     for i, prompt in enumerate(prompts):
-        worked = tokenizer.encode(scratchpad(prompt))
+        worked = tokenizer.encode(scratchpad(prompt, style))
         if len(worked) >= gen_length:
             raise InvalidInput(f"{prompt!r} needs {len(worked) + 1} positions", field="gen_length")
         targets[i, : len(worked)] = torch.tensor(worked)

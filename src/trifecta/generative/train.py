@@ -16,6 +16,21 @@ saved weights further. `lookup_share` of the steps come first and draw look-ups 
 the curriculum the edge recipe uses: every hard task is a chain of look-ups, and the shipped
 model substitutes the right sensor value about one time in five.
 
+Two additions of the named-scratchpad recipe (both off in the first recipes):
+
+- `block_mask_share` of the rows are masked the way semi-autoregressive decoding meets them
+  (the block-diffusion setting of Arriola et al. 2025, "Block Diffusion"): the response before
+  a random cut is clean, the `block_length` positions after it are masked at rate t, every
+  later position is masked; the loss counts that window only. Under LLaDA's uniform masks
+  alone a clean prefix followed by an all-masked suffix, the state every block of the decoder
+  starts from, is rare.
+- `expert_dropout` of the steps run with a random expert mask: per layer, a uniform number of
+  experts between top-k and all but one is kept, the others are masked and the router's top-k
+  is taken among the rest (the capsule masks' own mechanism, `model.Routing.active`), so the
+  experts learn to stand in for each other and a capsule's mask at serving time costs little.
+  The load-balancing step is skipped on those steps (a masked expert's zero load is not an
+  imbalance to correct).
+
 Seeded end to end on one torch thread, so the same recipe gives the same weights.
 """
 
@@ -35,8 +50,8 @@ from trifecta.core.tasks import DIFFICULTIES, iter_tasks
 from trifecta.core.tokenizer import CharTokenizer
 from trifecta.generative.assets import ar_checkpoint_dir, asset_dir
 from trifecta.generative.convert import convert_llama
-from trifecta.generative.model import DiffusionLM
-from trifecta.generative.sequences import encode_targets
+from trifecta.generative.model import DiffusionLM, Routing
+from trifecta.generative.sequences import Style, encode_targets
 
 # Weighted to the hard grades this layer is for; the light ones keep look-ups and sums sharp
 # (every hard task is built from them).
@@ -74,6 +89,17 @@ class TrainConfig(BaseModel):
     )
     lookup_share: float = Field(
         default=0.0, ge=0, lt=1, description="share of the steps, first, on look-ups alone"
+    )
+    style: Style = Field(default="operands", description="the scratchpad the model writes")
+    block_mask_share: float = Field(
+        default=0.0, ge=0, le=1, description="share of rows masked as block decoding meets them"
+    )
+    block_length: int = Field(default=4, gt=0, description="the window of those rows")
+    expert_dropout: float = Field(
+        default=0.0, ge=0, le=1, description="share of the steps run under a random expert mask"
+    )
+    shift: bool = Field(
+        default=False, description="each position predicts the next token, as the AR source did"
     )
 
     @field_validator("mix")
@@ -132,6 +158,7 @@ def initial_model(config: TrainConfig) -> DiffusionLM:
             noise=config.upcycle_noise,
             canon_width=config.canon_width,
             seed=config.seed,
+            shift=config.shift,
         )
     from trifecta.generative.artifact import load_model
 
@@ -145,29 +172,82 @@ def masked_diffusion_loss(
     tokenizer: CharTokenizer,
     gen_length: int,
     generator: torch.Generator,
+    *,
+    style: Style = "operands",
+    block_mask_share: float = 0.0,
+    block_length: int = 4,
+    routing: Routing | None = None,
 ) -> torch.Tensor:
     """LLaDA's objective on one batch: mask the response at a random rate t per row, predict
-    the masked tokens, weight by 1/t, average over the response positions."""
-    batch, targets = encode_targets(prompts, tokenizer, gen_length, model.config.block_size)
+    the masked tokens, weight by 1/t, average over the response positions. A share of the
+    rows is masked as block decoding meets them (module docstring)."""
+    batch, targets = encode_targets(prompts, tokenizer, gen_length, model.config.block_size, style)
     B, G = targets.shape
-    t = MASK_EPS + (1 - MASK_EPS) * torch.rand((B, 1), generator=generator)  # (B, 1)
-    masked = torch.rand((B, G), generator=generator) < t  # (B, G)
-    # A row with nothing masked teaches nothing: mask one position there.
-    empty = ~masked.any(dim=1)
-    pick = torch.randint(0, G, (B,), generator=generator)
-    masked[empty, pick[empty]] = True
+    masked, counted, t = draw_masks(B, G, generator, block_mask_share, block_length)
     ids = batch.ids.clone()
     response = ids[:, batch.start :]
     response[masked] = tokenizer.mask_id
-    logits, _ = model(ids, batch.positions, batch.valid)
-    logits = logits[:, batch.start :]  # (B, G, vocab)
+    logits, _ = model(ids, batch.positions, batch.valid, routing)
+    shift = int(model.config.shift)  # a shifted model reads token i off position i - 1
+    logits = logits[:, batch.start - shift : batch.start + G - shift]  # (B, G, vocab)
     loss = F.cross_entropy(logits.reshape(B * G, -1), targets.reshape(-1), reduction="none")
-    weighted = (loss.view(B, G) * masked) / t
+    weighted = (loss.view(B, G) * (masked & counted)) / t
     return weighted.sum() / (B * G)
 
 
-def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Convert the source tier and continue training it; `on_step(step, loss)` reports."""
+def draw_masks(
+    rows: int,
+    length: int,
+    generator: torch.Generator,
+    block_mask_share: float = 0.0,
+    block_length: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which response positions are masked (B, G), which the loss reads (B, G), and each row's
+    rate t (B, 1). Uniform rows: each position masked with probability t, all read. Blockwise
+    rows (a `block_mask_share` of them): clean before a random cut, the `block_length` window
+    after it masked with probability t and read, everything later masked and not read."""
+    B, G = rows, length
+    t = MASK_EPS + (1 - MASK_EPS) * torch.rand((B, 1), generator=generator)  # (B, 1)
+    masked = torch.rand((B, G), generator=generator) < t  # (B, G)
+    counted = torch.ones((B, G), dtype=torch.bool)
+    if block_mask_share > 0:
+        blockwise = torch.rand((B, 1), generator=generator) < block_mask_share  # (B, 1)
+        cut = torch.randint(0, G, (B, 1), generator=generator)  # the window's first position
+        column = torch.arange(G)[None, :]  # (1, G)
+        window = (column >= cut) & (column < cut + block_length)  # (B, G)
+        later = column >= cut + block_length
+        masked = torch.where(blockwise, (masked & window) | later, masked)
+        counted = torch.where(blockwise, window, counted)
+    # A row with nothing masked where the loss reads teaches nothing: mask one position there
+    # (drawn as the first recipes drew it when no row is blockwise, so they still reproduce).
+    empty = ~(masked & counted).any(dim=1)
+    if block_mask_share > 0:
+        pick = (torch.rand((B, G), generator=generator) * counted).argmax(dim=1)  # (B,)
+    else:
+        pick = torch.randint(0, G, (B,), generator=generator)
+    masked[empty, pick[empty]] = True
+    return masked, counted, t
+
+
+def random_expert_mask(
+    n_layers: int, n_experts: int, top_k: int, generator: torch.Generator
+) -> torch.Tensor:
+    """(n_layers, E) bool: per layer a uniform number of experts in [top_k, E - 1] kept, chosen
+    uniformly (expert dropout; module docstring)."""
+    active = torch.zeros((n_layers, n_experts), dtype=torch.bool)
+    for layer in range(n_layers):
+        keep = int(torch.randint(top_k, max(top_k, n_experts - 1) + 1, (1,), generator=generator))
+        active[layer, torch.randperm(n_experts, generator=generator)[:keep]] = True
+    return active
+
+
+def train(
+    config: TrainConfig,
+    on_step: Callable[[int, float], None] | None = None,
+    on_model: Callable[[int, DiffusionLM], None] | None = None,
+) -> TrainResult:
+    """Convert the source tier and continue training it; `on_step(step, loss)` reports,
+    `on_model(step, model)` sees the weights after each step (to keep checkpoints)."""
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     torch.set_num_threads(config.threads)
@@ -189,15 +269,36 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     for step, prompts in enumerate(prompt_batches(config)):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        loss = masked_diffusion_loss(model, prompts, tokenizer, config.gen_length, generator)
+        routing = None
+        if config.expert_dropout > 0 and float(torch.rand((), generator=generator)) < (
+            config.expert_dropout
+        ):
+            mc = model.config
+            routing = Routing(
+                active=random_expert_mask(mc.n_layers, mc.n_experts, mc.top_k, generator)
+            )
+        loss = masked_diffusion_loss(
+            model,
+            prompts,
+            tokenizer,
+            config.gen_length,
+            generator,
+            style=config.style,
+            block_mask_share=config.block_mask_share,
+            block_length=config.block_length,
+            routing=routing,
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        with torch.no_grad():
-            model.balance_step(config.balance_rate)
+        if routing is None:
+            with torch.no_grad():
+                model.balance_step(config.balance_rate)
         loss_value = float(loss.detach())
         if on_step is not None:
             on_step(step, loss_value)
+        if on_model is not None:
+            on_model(step, model)
     model.eval()
     return TrainResult(model, loss_value)
