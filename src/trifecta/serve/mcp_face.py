@@ -13,29 +13,33 @@ quota, sovereignty) with an MCP error result (`isError`), never a crash:
 The tools need only `TrifectaFace`; `OrchestratorFace` is its one adapter over the server's
 orchestrator and stack, kept in one class so the request path can change under it.
 
-Authentication: `/mcp` refuses a request without a valid API key (401, before the MCP
-session sees it); each tool then reads the caller's key from the request's headers: a
-capsule's key acts only for its own capsule, and `show_plan`, `fleet_status`,
-`resolve_capsule` and `GET /v1/resolve` need the admin key.
+HTTP: `/mcp` refuses a request without a valid API key (401, before the MCP session sees
+it), a POST body not declared `application/json` (415) and one above 1 MB (413), each as an
+`ErrorBody`; a body that is not a JSON-RPC message gets the protocol's JSON-RPC error (400).
+Each tool then reads the caller's key from the request's headers: a capsule's key acts only
+for its own capsule, and `show_plan`, `fleet_status`, `resolve_capsule` and `GET /v1/resolve`
+need the admin key.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from fastapi import Depends, FastAPI, Query
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.types import CallToolResult, InputRequiredResult
 from pydantic import BaseModel, Field, ValidationError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trifecta import __version__
 from trifecta.context.models import MemoryOutcome, MemoryQuery, MemorySearchResult, PlaybookView
 from trifecta.core.auth import Authenticator, Principal, admin_only, principal_of
-from trifecta.core.errors import TrifectaError, invalid_input_from
+from trifecta.core.errors import BadRequest, TrifectaError, invalid_input_from
 from trifecta.core.http import error_response
 from trifecta.fleet.capsule_uri import CapsuleResolver, Resolution
 from trifecta.fleet.capsules import SLUG
@@ -177,9 +181,26 @@ def _caller(auth: Authenticator, ctx: Context) -> Principal:
     return _answer(lambda: principal_of(auth, headers.get("authorization")))
 
 
+class OneLineErrors(MCPServer):
+    """The SDK's server, answering arguments that fail the tool's schema with one line
+    naming the field (the SDK's own text is pydantic's multi-line report with its links)."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(invalid_input_from(exc.__cause__).one_line()) from exc.__cause__
+            raise
+
+
 def build_mcp_server(face: TrifectaFace, auth: Authenticator) -> MCPServer:
     """The MCP server; sync tools run in the SDK's worker threads (the loop blocks)."""
-    server: MCPServer = MCPServer(
+    server: MCPServer = OneLineErrors(
         "trifecta",
         version=__version__,
         log_level="WARNING",
@@ -242,23 +263,78 @@ def build_mcp_server(face: TrifectaFace, auth: Authenticator) -> MCPServer:
     return server
 
 
-class KeyGuard:
-    """ASGI wrapper of the MCP route: a request without a valid key gets 401 before the MCP
-    session manager sees it (verification runs off the event loop: it may hash)."""
+class UnsupportedMediaType(BadRequest):
+    status = 415
+    code = "unsupported_media_type"
+
+
+_JSON = b"application/json"
+_ERROR_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+
+
+class McpGuard:
+    """ASGI wrapper of the MCP route: what HTTP refuses before the MCP session manager sees
+    a request, in the server's error shape (`ErrorBody`).
+
+    - no valid key: 401 (verification runs off the event loop: it may hash);
+    - a POST whose body is not declared JSON: 415 naming `content-type` (the SDK answered a
+      plain-text 400);
+    - any other error the SDK's transport answers in plain text (a bad Host header, ...):
+      the same status with an `ErrorBody`. Its JSON-RPC errors (a body that is not JSON or
+      not a JSON-RPC message, an unknown session) pass unchanged: MCP clients read them.
+    The body-size limit (413) is the app's own middleware, outside this one."""
 
     def __init__(self, app: ASGIApp, auth: Authenticator):
         self.app, self.auth = app, auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            header = dict(scope.get("headers") or []).get(b"authorization")
-            value = header.decode("latin-1") if header is not None else None
-            try:
-                await anyio.to_thread.run_sync(principal_of, self.auth, value)
-            except TrifectaError as exc:
-                await error_response(exc)(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        header = headers.get(b"authorization")
+        value = header.decode("latin-1") if header is not None else None
+        try:
+            await anyio.to_thread.run_sync(principal_of, self.auth, value)
+            media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if scope.get("method") == "POST" and media_type != _JSON:
+                raise UnsupportedMediaType(
+                    "send the JSON-RPC message as application/json", field="content-type"
+                )
+        except TrifectaError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        await self.app(scope, receive, _json_errors(send))
+
+
+def _json_errors(send: Send) -> Send:
+    """`send`, with a plain-text error answer rewritten as an `ErrorBody` of its status."""
+    start: Message | None = None
+    body = bytearray()
+
+    async def send_json(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            content_type = dict(message.get("headers") or []).get(b"content-type", b"")
+            if message["status"] >= 400 and not content_type.startswith(_JSON):
+                start = message  # held until its body is complete
                 return
-        await self.app(scope, receive, send)
+        elif message["type"] == "http.response.body" and start is not None:
+            body.extend(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            status = int(start["status"])
+            text = body.decode("utf-8", "replace").strip()[:300] or "refused"
+            code = _ERROR_CODES.get(status, "bad_request" if status < 500 else "internal_error")
+            answer = JSONResponse({"error": {"code": code, "message": text}}, status_code=status)
+            await send(
+                {"type": "http.response.start", "status": status, "headers": answer.raw_headers}
+            )
+            await send({"type": "http.response.body", "body": answer.body})
+            return
+        await send(message)
+
+    return send_json
 
 
 def mount_mcp_face(
@@ -287,7 +363,7 @@ def mount_mcp_face(
     # The MCP route joins the app's routes (a Mount would answer only at `/mcp/`).
     for route in mcp_app.routes:
         if hasattr(route, "app"):
-            route.app = KeyGuard(route.app, auth)
+            route.app = McpGuard(route.app, auth)
     app.router.routes.extend(mcp_app.routes)
     inner = app.router.lifespan_context
 

@@ -20,7 +20,7 @@ generator, or schemathesis checking conformance, sees what the server really doe
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -38,14 +38,22 @@ STATUS_TEXT = {
     403: "The key may not do this: another capsule's, or not the admin key.",
     404: "No such capsule, task, key, model or domain.",
     409: "Conflicts with what exists (a taken id, a request_id being served).",
+    406: "The Accept header admits no answer the transport gives (application/json).",
     413: "The body is above the server's limit (1 MB), declared or streamed.",
+    415: "The body is not declared as application/json.",
+    421: "The Host header is not one this server answers for (DNS-rebinding protection).",
     422: "A field is invalid or out of range; the body names it.",
     429: "Over the capsule's quota or queue; Retry-After says when to come back.",
     500: "An unexpected failure; the server's log has the details.",
     503: "A dependency (the database, an environment) is unreachable; Retry-After.",
 }
 QUOTA_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/capsules/{capsule_id}/tasks")
-MCP_STATUSES = (200, 202, 400, 401, 404, 406, 413, 415, 500, 503)
+# /mcp: what the SDK's transport answers (200 a JSON-RPC answer, 202 an accepted
+# notification, JSON-RPC errors for 400 / 404 / 406) and what the route's guard and the app
+# answer in `ErrorBody` (401, 413, 415, 421, 500, 503). `tests/reliability/test_mcp_fuzz.py`
+# checks every answer against this table.
+MCP_ANSWERS = {200: "result", 202: "result"} | dict.fromkeys((400, 404, 406), "either")
+MCP_ANSWERS |= dict.fromkeys((401, 413, 415, 421, 500, 503), "error")
 
 
 # OpenAPI links: where a created resource's id goes next (clients and schemathesis's
@@ -88,6 +96,20 @@ def _add_links(spec: dict[str, Any]) -> None:
             for name, ((target_method, target_path), params) in links.items()
             if target_method in spec["paths"].get(target_path, {})
         }
+
+
+class JsonRpcErrorDetail(BaseModel):
+    code: int = Field(description="-32700 parse error, -32600 invalid request, -32602 ...")
+    message: str
+    data: Any = None
+
+
+class JsonRpcErrorBody(BaseModel):
+    """A JSON-RPC error, which the MCP transport answers a message it cannot take with."""
+
+    jsonrpc: Literal["2.0"]
+    id: int | str | None
+    error: JsonRpcErrorDetail
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -160,12 +182,20 @@ def _mcp_operation() -> dict[str, Any]:
         ],
         "requestBody": {"required": True, "content": {"application/json": {"schema": any_json}}},
         "responses": {
-            str(s): {
-                "description": STATUS_TEXT.get(s, "A JSON-RPC answer or acknowledgement."),
-                "content": {"application/json": {"schema": any_json}},
-            }
-            for s in MCP_STATUSES
+            str(status): _mcp_response(status, kind) for status, kind in MCP_ANSWERS.items()
         },
+    }
+
+
+def _mcp_response(status: int, kind: str) -> dict[str, Any]:
+    own = {"$ref": "#/components/schemas/ErrorBody"}
+    rpc = {"$ref": "#/components/schemas/JsonRpcErrorBody"}
+    schema = {"result": {"type": "object"}, "error": own, "either": {"anyOf": [rpc, own]}}[kind]
+    if status == 202:  # a notification or response accepted: no body
+        return {"description": "Accepted (a JSON-RPC notification or response)."}
+    return {
+        "description": STATUS_TEXT.get(status, "A JSON-RPC answer."),
+        "content": {"application/json": {"schema": schema}},
     }
 
 
@@ -194,7 +224,7 @@ def build_spec(app: FastAPI, *, openai: set[Operation], mcp: bool) -> dict[str, 
         spec["paths"]["/mcp"] = {"post": _mcp_operation()}
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
-    components.update(_schemas(ErrorBody, OpenAIErrorBody))
+    components.update(_schemas(ErrorBody, OpenAIErrorBody, JsonRpcErrorBody))
     _add_links(spec)
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
