@@ -31,7 +31,15 @@ def clean_env(**extra: str) -> dict[str, str]:
 class ServeProcess:
     """`trifecta serve` on a loopback port of its own, over the given database (and Redis)."""
 
-    def __init__(self, data_dir: Path, database_url: str, redis_url: str | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        database_url: str,
+        redis_url: str | None = None,
+        *,
+        env: dict[str, str] | None = None,
+    ):
+        self.extra_env = env or {}  # settings of this server (TRIFECTA_...)
         self.data_dir = data_dir
         self.database_url = database_url
         self.redis_url = redis_url
@@ -48,6 +56,7 @@ class ServeProcess:
         )
         if self.redis_url:
             env["TRIFECTA_REDIS_URL"] = self.redis_url
+        env.update(self.extra_env)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / f"serve-{self.starts}.log").open("wb")
         self.starts += 1

@@ -37,6 +37,12 @@ class CognitiveSettings(LayerSettings):
     max_new_tokens: int = Field(
         default=ANSWER_TOKENS, ge=1, description="default completion length (a worked answer)"
     )
+    prefix_cache_tokens: int = Field(
+        default=16_384,
+        ge=0,
+        description="prompt-prefix keys/values each serving engine keeps, in tokens (least "
+        "recently used dropped first; the last prefix is always kept)",
+    )
 
 
 def get_cognitive_settings() -> CognitiveSettings:

@@ -78,17 +78,28 @@ def random_model(
 
 
 def build_engines(
-    model: Any, codec: TokenCodec, *, tier: str, replicas: int, max_batch: int = DEFAULT_MAX_BATCH
+    model: Any,
+    codec: TokenCodec,
+    *,
+    tier: str,
+    replicas: int,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    prefix_cache_tokens: int | None = None,
 ) -> list[BatchingEngine]:
     """`replicas` engines; each gets its own copy of the weights (forward passes of one module
-    from several threads are not something torch promises to keep safe)."""
+    from several threads are not something torch promises to keep safe). Each engine's prefix
+    cache holds `prefix_cache_tokens` (default: `TRIFECTA_COGNITIVE_PREFIX_CACHE_TOKENS`)."""
+    if prefix_cache_tokens is None:
+        from trifecta.cognitive.settings import get_cognitive_settings
+
+        prefix_cache_tokens = get_cognitive_settings().prefix_cache_tokens
     return [
         BatchingEngine(
             model if i == 0 else copy.deepcopy(model),
             codec,
             name=f"{tier}-{i}",
             max_batch=max_batch,
-            prefix_cache=PrefixKVCache(),
+            prefix_cache=PrefixKVCache(capacity_tokens=prefix_cache_tokens),
         )
         for i in range(replicas)
     ]
