@@ -399,18 +399,58 @@ def goals(cases: list[Case], kernels: list[str]) -> list[Goal]:
     return out
 
 
+def _at_4096_gemv(cases: list[Case]) -> list[Case]:
+    return [c for c in cases if c.size == 4096 and c.batch == 1]
+
+
+def _ceiling_lines(cases: list[Case], best_name: str) -> list[str]:
+    """Why the speedup over BLAS is judged as a share of the byte ceiling, with the figures
+    the old goal was about."""
+    figures = [
+        f"{c.threads} thread(s): byte ceiling (float32 floor / 2-bit floor) "
+        f"{_fmt(c.byte_ceiling(best_name), 1)}x, {best_name} over best BLAS "
+        f"{_fmt(c.vs_blas(best_name, True), 1)}x"
+        for c in _at_4096_gemv(cases)
+    ]
+    resident = [
+        f"{c.size} batch {c.batch}, {c.threads} thread(s): {_fmt(c.vs_blas(best_name, False), 1)}x"
+        for c in cases
+        if c.size == 1024
+    ]
+    return [
+        "Why the speedup over BLAS is a share of the byte ceiling, not a fixed 20x. Flushed, "
+        "both sides stream their weights from DRAM, and 2-bit weights are 16x fewer bytes than "
+        "float32: against a BLAS at memory speed no 2-bit kernel passes the ratio of the two "
+        "memory floors, the float32 matrix's and the packed one's (each the fastest of the "
+        "three reads). The goal is therefore the kernel's speedup over BLAS divided by that "
+        "ceiling, at least 0.8; it can pass 1 where BLAS runs slower than its own floor. "
+        "The retired goal, at least 20x over BLAS flushed, was out of reach by construction; "
+        f"its figures in this run, 4096 GEMV: {'; '.join(figures)}.",
+        "",
+        "Resident (repeated calls), where the float32 matrix is not streamed from DRAM "
+        "(1024: 4 MB of float32, held in L3 across calls) and BLAS's arithmetic counts: "
+        f"{best_name} over best BLAS {'; '.join(resident)}. No goal: the ratio mixes a cache "
+        "level with arithmetic and moves with the cache sizes of the CPU.",
+    ]
+
+
 def report(cases: list[Case], kernels: list[str], goal_list: list[Goal], command: str) -> str:
+    best_name = select_kernel().name
     lines = [
         "## Ternary kernels (`benchmarks/ternary_kernels.py`)",
         "",
         f"Command: `{command}`. CPU: {cpu_name()}; this is **not** an AVX2-only machine, so "
         "the `avx2` kernel is forced here (it is what `select_kernel` picks on an AVX2 CPU "
         f"without VNNI). Machine shared with other engineers' jobs while this ran ({machine_load()} "
-        "at the end): absolute times move, the interleaved ratios less so.",
+        "at the end): absolute times move, and flushed times carry the other jobs' use of the "
+        "memory bus; the interleaved ratios move less.",
         "",
         "Baseline in the same run: float32 numpy `x @ W.T` (OpenBLAS) at 1 and, for 2-thread rows, "
-        "2 threads, each ratio against the faster of the two. Memory floor: a streaming read of the "
-        "kernel's own packed bytes. *Repeated*: calls back to back (the 2-bit matrix stays in cache "
+        "2 threads, each ratio against the faster of the two. Memory floor: the fastest of three "
+        "reads of the kernel's own packed bytes (a plain vectorised sum; 512-bit loads with a "
+        "software prefetch 4 KB ahead into L2; the same into L1), since a prefetching kernel "
+        "can beat a plain read, which is then no floor; the column names the read that won. "
+        "*Repeated*: calls back to back (the 2-bit matrix stays in cache "
         "up to 4096; the 64 MB float32 matrix at 4096 never fits, so BLAS streams it either way). "
         "*Flushed*: a 256 MB buffer read by every thread before each call, the pools left idle, "
         "then each side's pool woken by an untimed small call (BLAS: a 512 x 512 product of the "
@@ -421,28 +461,26 @@ def report(cases: list[Case], kernels: list[str], goal_list: list[Goal], command
         "counts the other processes' time slices (a 4 ms BLAS GEMV took 121 ms of wall "
         "time); on two threads wall time, which carries that load.",
         "",
-        "| size | batch | threads | kernel | ms repeated | ms flushed | x BLAS flushed | "
-        "/ floor flushed | x BLAS repeated | / floor repeated |",
-        "|---:|---:|---:|---|---:|---:|---|---|---:|---:|",
+        "| size | batch | threads | kernel | ms repeated | ms flushed | floor ms flushed (read) "
+        "| x BLAS flushed | / floor flushed | x BLAS repeated | / floor repeated |",
+        "|---:|---:|---:|---|---:|---:|---|---|---|---:|---:|",
     ]
     for c in cases:
         best_t, best = c.best_blas(True)
         lines.append(
             f"| {c.size} | {c.batch} | {c.threads} | BLAS float32 (best: {best_t} thr.) "
-            f"| {c.best_blas(False)[1].median_ms(False):.3f} | {best.median_ms(True):.3f} | | | | |"
+            f"| {c.best_blas(False)[1].median_ms(False):.3f} | {best.median_ms(True):.3f} "
+            "| | | | | |"
         )
         for n in kernels:
+            read, floor = c.floor(n, True)
             lines.append(
                 f"| {c.size} | {c.batch} | {c.threads} | {n} | {c.kernels[n].median_ms(False):.3f} "
-                f"| {c.kernels[n].median_ms(True):.3f} | {_fmt(c.vs_blas(n, True), 1)} "
+                f"| {c.kernels[n].median_ms(True):.3f} | {floor.median_ms(True):.3f} ({read}) "
+                f"| {_fmt(c.vs_blas(n, True), 1)} "
                 f"| {_fmt(c.vs_floor(n, True), 2)} | {c.vs_blas(n, False)[0]:.1f} "
                 f"| {c.vs_floor(n, False)[0]:.2f} |"
             )
-    caps = [
-        f"{c.threads} thread(s): {bootstrap_ratio(c.best_blas(True)[1].flushed, c.floors[kernels[0]].flushed)[0]:.1f}x"
-        for c in cases
-        if c.size == 4096 and c.batch == 1
-    ]
     lines += [
         "",
         "Goals (4096 x 4096; the AVX2 goals are stated for an AVX2-only machine and measured "
@@ -450,12 +488,7 @@ def report(cases: list[Case], kernels: list[str], goal_list: list[Goal], command
         "",
         *goals_markdown(goal_list),
         "",
-        "The memory floor is the goal that means something. Flushed, both sides stream their "
-        "weights from DRAM, and 2-bit weights are 16x fewer bytes than float32, so against a "
-        "memory-bound BLAS no 2-bit kernel can pass about 16x: best BLAS flushed / memory floor "
-        f"flushed at 4096 GEMV = {', '.join(caps)} in this run. The 20x-over-BLAS goal is "
-        "therefore out of reach by construction wherever BLAS runs at memory speed; the "
-        "kernel's distance from the floor says how close to that limit it runs.",
+        *_ceiling_lines(cases, best_name),
         "",
         "Two-thread rows need two idle cores: where other processes hold the cores, each "
         "parallel region waits for its second thread to be scheduled, and those rows (and "
@@ -463,7 +496,8 @@ def report(cases: list[Case], kernels: list[str], goal_list: list[Goal], command
         f"thread CPU time, do not carry it ({machine_load()} when this run ended).",
         "",
         "Bits per weight: every kernel reads 2-bit codes (`vnni16` layout for `vnni` and `avx2`, "
-        "`rows32` for `portable`); float32 baseline 32.",
+        "`rows32` for `portable`); float32 baseline 32. The table-lookup kernels are gone "
+        "(slower than `portable` at every size; why, in `docs/edge.md`).",
     ]
     return "\n".join(lines)
 

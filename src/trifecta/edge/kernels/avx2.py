@@ -84,87 +84,106 @@ def _finish(acc4, x_sum):
 
 
 @njit(cache=True, inline="always")
-def _gemv_block(w, x, x_offset, x_sum, out, out_offset, block, steps):
-    """One group of 16 rows (two halves of 8) for one token; per half, two 16-bit sums
-    (fields 0 + 2, fields 1 + 3) per chunk."""
+def _gemv_chunk(w, x, base, x_offset, first, count, acc_lo, acc_hi):
+    """Blocks first .. first + count of a row group for one token, summed in 16 bits (per
+    half: fields 0 + 2 and fields 1 + 3) and then widened into the int32 accumulators.
+    Called with count = CHUNK_BLOCKS, a constant, the loop is unrolled in full (about 10%
+    fewer instructions at 4096)."""
     low_field, high_field = ymm_splat(_LOW_FIELD), ymm_splat(_HIGH_FIELD)
+    lo_even = ymm_zero()
+    lo_odd = ymm_zero()
+    hi_even = ymm_zero()
+    hi_odd = ymm_zero()
+    for j in range(count):
+        at = base + (first + j) * BLOCK_BYTES
+        k = x_offset + (first + j) * BLOCK_INPUTS
+        prefetch(w, at + PREFETCH_BYTES)
+        v = ymm_load(w, at)
+        h = ymm_srl(v, 4)
+        lo_even = ymm_add16(lo_even, _pair(ymm_and(v, low_field), ymm_and(h, low_field), x, k))
+        lo_odd = ymm_add16(lo_odd, _pair(ymm_and(v, high_field), ymm_and(h, high_field), x, k + 4))
+        v = ymm_load(w, at + HALF_BYTES)
+        h = ymm_srl(v, 4)
+        hi_even = ymm_add16(hi_even, _pair(ymm_and(v, low_field), ymm_and(h, low_field), x, k))
+        hi_odd = ymm_add16(hi_odd, _pair(ymm_and(v, high_field), ymm_and(h, high_field), x, k + 4))
     ones, fours = ymm_splat(_ONES16), ymm_splat(_FOURS16)
+    return _widen(acc_lo, lo_even, lo_odd, ones, fours), _widen(
+        acc_hi, hi_even, hi_odd, ones, fours
+    )
+
+
+@njit(cache=True, inline="always")
+def _gemv_block(w, x, x_offset, x_sum, out, out_offset, block, steps):
+    """One group of 16 rows (two halves of 8) for one token."""
     acc_lo = ymm_zero()
     acc_hi = ymm_zero()
     base = block * steps * BLOCK_BYTES
-    for c0 in range(0, steps, CHUNK_BLOCKS):
-        lo_even = ymm_zero()
-        lo_odd = ymm_zero()
-        hi_even = ymm_zero()
-        hi_odd = ymm_zero()
-        for t in range(c0, min(c0 + CHUNK_BLOCKS, steps)):
-            at = base + t * BLOCK_BYTES
-            k = x_offset + t * BLOCK_INPUTS
-            prefetch(w, at + PREFETCH_BYTES)
-            v = ymm_load(w, at)
-            h = ymm_srl(v, 4)
-            lo_even = ymm_add16(lo_even, _pair(ymm_and(v, low_field), ymm_and(h, low_field), x, k))
-            lo_odd = ymm_add16(
-                lo_odd, _pair(ymm_and(v, high_field), ymm_and(h, high_field), x, k + 4)
-            )
-            v = ymm_load(w, at + HALF_BYTES)
-            h = ymm_srl(v, 4)
-            hi_even = ymm_add16(hi_even, _pair(ymm_and(v, low_field), ymm_and(h, low_field), x, k))
-            hi_odd = ymm_add16(
-                hi_odd, _pair(ymm_and(v, high_field), ymm_and(h, high_field), x, k + 4)
-            )
-        acc_lo = _widen(acc_lo, lo_even, lo_odd, ones, fours)
-        acc_hi = _widen(acc_hi, hi_even, hi_odd, ones, fours)
+    full = steps - steps % CHUNK_BLOCKS
+    for first in range(0, full, CHUNK_BLOCKS):
+        acc_lo, acc_hi = _gemv_chunk(w, x, base, x_offset, first, CHUNK_BLOCKS, acc_lo, acc_hi)
+    acc_lo, acc_hi = _gemv_chunk(w, x, base, x_offset, full, steps - full, acc_lo, acc_hi)
     row = out_offset + block * BLOCK_ROWS
     ymm_store(out, row, _finish(acc_lo, x_sum))
     ymm_store(out, row + HALF_ROWS, _finish(acc_hi, x_sum))
 
 
 @njit(cache=True, inline="always")
-def _gemm4_half(w, x, x_stride, x_sums, token, out, out_stride, block, half, steps):
-    """One half-block row group (8 rows) for four tokens: each half-block's fields are
-    extracted once and used four times (eight 16-bit sums: token x {even, odd})."""
+def _gemm4_chunk(w, x, x_stride, token, base, first, count, a, b, c, d):
+    """Blocks first .. first + count of one half-block row group (8 rows) for four tokens:
+    each half-block's fields are extracted once and used four times (eight 16-bit sums:
+    token x {fields 0 + 2, fields 1 + 3}), then widened into the int32 accumulators."""
     low_field, high_field = ymm_splat(_LOW_FIELD), ymm_splat(_HIGH_FIELD)
-    ones, fours = ymm_splat(_ONES16), ymm_splat(_FOURS16)
-    a = ymm_zero()
-    b = ymm_zero()
-    c = ymm_zero()
-    d = ymm_zero()
     xa = token * x_stride
     xb = xa + x_stride
     xc = xb + x_stride
     xd = xc + x_stride
+    a_even = ymm_zero()
+    a_odd = ymm_zero()
+    b_even = ymm_zero()
+    b_odd = ymm_zero()
+    c_even = ymm_zero()
+    c_odd = ymm_zero()
+    d_even = ymm_zero()
+    d_odd = ymm_zero()
+    for j in range(count):
+        at = base + (first + j) * BLOCK_BYTES
+        prefetch(w, at + PREFETCH_BYTES)
+        v = ymm_load(w, at)
+        h = ymm_srl(v, 4)
+        f0 = ymm_and(v, low_field)
+        f1 = ymm_and(v, high_field)  # 4 x code
+        f2 = ymm_and(h, low_field)
+        f3 = ymm_and(h, high_field)  # 4 x code
+        k = (first + j) * BLOCK_INPUTS
+        a_even = ymm_add16(a_even, _pair(f0, f2, x, xa + k))
+        a_odd = ymm_add16(a_odd, _pair(f1, f3, x, xa + k + 4))
+        b_even = ymm_add16(b_even, _pair(f0, f2, x, xb + k))
+        b_odd = ymm_add16(b_odd, _pair(f1, f3, x, xb + k + 4))
+        c_even = ymm_add16(c_even, _pair(f0, f2, x, xc + k))
+        c_odd = ymm_add16(c_odd, _pair(f1, f3, x, xc + k + 4))
+        d_even = ymm_add16(d_even, _pair(f0, f2, x, xd + k))
+        d_odd = ymm_add16(d_odd, _pair(f1, f3, x, xd + k + 4))
+    ones, fours = ymm_splat(_ONES16), ymm_splat(_FOURS16)
+    return (
+        _widen(a, a_even, a_odd, ones, fours),
+        _widen(b, b_even, b_odd, ones, fours),
+        _widen(c, c_even, c_odd, ones, fours),
+        _widen(d, d_even, d_odd, ones, fours),
+    )
+
+
+@njit(cache=True, inline="always")
+def _gemm4_half(w, x, x_stride, x_sums, token, out, out_stride, block, half, steps):
+    """One half-block row group (8 rows) for four tokens."""
+    a = ymm_zero()
+    b = ymm_zero()
+    c = ymm_zero()
+    d = ymm_zero()
     base = block * steps * BLOCK_BYTES + half * HALF_BYTES
-    for c0 in range(0, steps, CHUNK_BLOCKS):
-        a_even = ymm_zero()
-        a_odd = ymm_zero()
-        b_even = ymm_zero()
-        b_odd = ymm_zero()
-        c_even = ymm_zero()
-        c_odd = ymm_zero()
-        d_even = ymm_zero()
-        d_odd = ymm_zero()
-        for t in range(c0, min(c0 + CHUNK_BLOCKS, steps)):
-            prefetch(w, base + t * BLOCK_BYTES + PREFETCH_BYTES)
-            v = ymm_load(w, base + t * BLOCK_BYTES)
-            h = ymm_srl(v, 4)
-            f0 = ymm_and(v, low_field)
-            f1 = ymm_and(v, high_field)  # 4 x code
-            f2 = ymm_and(h, low_field)
-            f3 = ymm_and(h, high_field)  # 4 x code
-            k = t * BLOCK_INPUTS
-            a_even = ymm_add16(a_even, _pair(f0, f2, x, xa + k))
-            a_odd = ymm_add16(a_odd, _pair(f1, f3, x, xa + k + 4))
-            b_even = ymm_add16(b_even, _pair(f0, f2, x, xb + k))
-            b_odd = ymm_add16(b_odd, _pair(f1, f3, x, xb + k + 4))
-            c_even = ymm_add16(c_even, _pair(f0, f2, x, xc + k))
-            c_odd = ymm_add16(c_odd, _pair(f1, f3, x, xc + k + 4))
-            d_even = ymm_add16(d_even, _pair(f0, f2, x, xd + k))
-            d_odd = ymm_add16(d_odd, _pair(f1, f3, x, xd + k + 4))
-        a = _widen(a, a_even, a_odd, ones, fours)
-        b = _widen(b, b_even, b_odd, ones, fours)
-        c = _widen(c, c_even, c_odd, ones, fours)
-        d = _widen(d, d_even, d_odd, ones, fours)
+    full = steps - steps % CHUNK_BLOCKS
+    for first in range(0, full, CHUNK_BLOCKS):
+        a, b, c, d = _gemm4_chunk(w, x, x_stride, token, base, first, CHUNK_BLOCKS, a, b, c, d)
+    a, b, c, d = _gemm4_chunk(w, x, x_stride, token, base, full, steps - full, a, b, c, d)
     row = block * BLOCK_ROWS + half * HALF_ROWS
     ymm_store(out, token * out_stride + row, _finish(a, x_sums[token]))
     ymm_store(out, (token + 1) * out_stride + row, _finish(b, x_sums[token + 1]))
