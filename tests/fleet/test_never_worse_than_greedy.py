@@ -63,7 +63,7 @@ def test_plan_is_never_worse_than_either_greedy_rule(
 def test_a_repacked_greedy_placement_costs_no_more_and_keeps_every_home(
     topology: Topology, rule: str
 ) -> None:
-    fleet = generate_fleet(300, seed=4, phase="full", demand="continuous")
+    fleet = generate_fleet(150, seed=4, phase="full", demand="continuous")
     shapes = pool_shapes(topology, "full")
     classes = build_classes(fleet, topology, "full", shapes)
     placed = greedy_placement(classes, shapes, topology, rule)  # type: ignore[arg-type]

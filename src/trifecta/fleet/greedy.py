@@ -46,11 +46,11 @@ class _State:
     spare: dict[Group, float] = field(default_factory=lambda: defaultdict(float))
     devices_used: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     devices: dict[tuple[str, str], int] = field(default_factory=dict)
-    # Each group's shapes cheapest per token first, and its best price with devices left:
-    # that price changes only when devices are taken, so it is kept until then (the greedy
-    # asks for it hundreds of thousands of times on 10,000 capsules).
+    # Each group's shapes cheapest per token first, and its best shape with devices left:
+    # that changes only when devices are taken, so it is kept until then (the greedy asks
+    # for it hundreds of thousands of times on 10,000 capsules).
     by_value: dict[Group, list[PoolShape]] = field(default_factory=dict)
-    _unit_prices: dict[Group, float] = field(default_factory=dict)
+    _best: dict[Group, PoolShape | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.devices = {
@@ -69,16 +69,24 @@ class _State:
         key = (shape.environment, shape.accelerator)
         return self.devices.get(key, 0) - self.devices_used[key]
 
+    def best_shape(self, group: Group) -> PoolShape | None:
+        """The shape of `group` cheapest per token that still has devices left. Devices are
+        only ever taken, so a shape passed over never comes back: the one found last time
+        stands while it has room."""
+        if group in self._best:
+            found = self._best[group]
+            if found is None or self._devices_left(found) >= found.tp:
+                return found
+        found = next(
+            (s for s in self.by_value.get(group, []) if self._devices_left(s) >= s.tp), None
+        )
+        self._best[group] = found
+        return found
+
     def unit_price(self, group: Group) -> float:
         """USD per hour per token/s of the best shape of `group` with devices left."""
-        price = self._unit_prices.get(group)
-        if price is None:
-            best = next(
-                (s for s in self.by_value.get(group, []) if self._devices_left(s) >= s.tp), None
-            )
-            price = math.inf if best is None else best.price / best.capacity
-            self._unit_prices[group] = price
-        return price
+        best = self.best_shape(group)
+        return math.inf if best is None else best.price / best.capacity
 
     def opening(self, group: Group, load: float) -> tuple[float, list[PoolShape]] | None:
         """Cost and the replicas to open so that `group` takes `load` more (None: no devices
@@ -86,6 +94,12 @@ class _State:
         need = load - self.spare[group]
         if need <= 1e-9:
             return 0.0, []
+        best = self.best_shape(group)
+        if best is None:
+            return None
+        count = max(1, math.ceil(need / best.capacity - 1e-9))
+        if self._devices_left(best) >= count * best.tp:  # the usual case: all of the best shape
+            return count * best.price, [best] * count
         used: dict[tuple[str, str], int] = defaultdict(int)
         opened: list[PoolShape] = []
         cost = 0.0
@@ -113,7 +127,6 @@ class _State:
             self.spare[group] += shape.capacity
             if shape.accelerator is not None:
                 self.devices_used[(shape.environment, shape.accelerator)] += shape.tp
-                self._unit_prices.clear()
         self.spare[group] -= load
 
 

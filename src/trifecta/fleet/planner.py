@@ -53,6 +53,10 @@ AGGREGATION_LIMIT = 400
 # An optimiser plan further than this from its bound is compared with the other routes.
 FALLBACK_GAP = 0.02
 GREEDY_RULES: tuple[GreedyRule, ...] = ("marginal", "price-per-token")
+# The solvers share one time limit: the class MILP gets this share of it, and a fallback
+# (rounding, re-pack) what is left, at least MIN_REPACK_S for a re-pack.
+MILP_SHARE = 0.5
+MIN_REPACK_S = 0.5
 
 
 @dataclass
@@ -71,7 +75,7 @@ class Candidate:
 class _Optimised:
     best: Candidate | None
     bound: float  # proven lower bound on any plan's cost (-inf: none proven)
-    model: Model  # the class MILP, or the rounded program (explains infeasibility)
+    model: Model | None  # the class MILP, or the rounded program (explains infeasibility)
     infeasible: bool
 
 
@@ -121,6 +125,7 @@ def _optimise(
     *,
     time_limit: float,
     mip_rel_gap: float,
+    have_greedy: bool,
 ) -> _Optimised:
     """The class MILP, or the rounded relaxation above AGGREGATION_LIMIT classes; a MILP far
     from its bound (its limits are wall-clock: on a loaded machine 5 s can end it at a poor
@@ -128,17 +133,27 @@ def _optimise(
     if len(classes) > AGGREGATION_LIMIT:
         rounded = _rounded(types, shapes, topology, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
         if rounded is not None:
-            assert rounded[0].model is not None
             return _Optimised(rounded[0], rounded[1], rounded[0].model, infeasible=False)
+        if have_greedy:  # a MILP over thousands of classes would not do better in time
+            return _Optimised(None, -math.inf, None, infeasible=False)
     model = build_model(classes, shapes, topology)
-    x, status, bound = solve_model(model, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
+    deadline = time.perf_counter() + time_limit
+    x, status, bound = solve_model(
+        model, time_limit=MILP_SHARE * time_limit, mip_rel_gap=mip_rel_gap
+    )
     if x is None:
         return _Optimised(None, -math.inf, model, infeasible=status == "infeasible")
     decisions, replicas = class_decisions(model, x)
     cost = float(np.dot(model.program.cost, x))
     best = Candidate("milp-highs", status, cost, decisions, replicas, model)
     if cost - bound > FALLBACK_GAP * cost:
-        rounded = _rounded(types, shapes, topology, time_limit=time_limit, mip_rel_gap=mip_rel_gap)
+        rounded = _rounded(
+            types,
+            shapes,
+            topology,
+            time_limit=max(deadline - time.perf_counter(), 1.0),
+            mip_rel_gap=mip_rel_gap,
+        )
         if rounded is not None:
             bound = max(bound, rounded[1])
             if rounded[0].cost < cost:
@@ -175,8 +190,8 @@ def plan(
     environment (sovereignty), quality above every tier, demand above the capacity, or a
     cost above the phase target (`budget_per_hour`, default: the playbook's, dev $5/hour).
     The solvers stop at a plan proven within `mip_rel_gap` of the optimum or after about
-    `time_limit` seconds with the best plan found; `plan.solver` reports the bound and gap
-    (`mip_rel_gap=0` asks for a proven optimum).
+    `time_limit` seconds (all stages together, after the greedy) with the best plan found;
+    `plan.solver` reports the bound and gap (`mip_rel_gap=0` asks for a proven optimum).
     """
     started = time.perf_counter()
     if phase not in PHASES:
@@ -192,10 +207,17 @@ def plan(
     classes = build_classes(capsules, topology, phase, shapes)
     types = capsule_types(classes)
     greedy = _greedy(classes, shapes, topology)
+    deadline = time.perf_counter() + time_limit  # for the solvers, after the greedy
     optimised = _optimise(
-        classes, types, shapes, topology, time_limit=time_limit, mip_rel_gap=mip_rel_gap
+        classes,
+        types,
+        shapes,
+        topology,
+        time_limit=time_limit,
+        mip_rel_gap=mip_rel_gap,
+        have_greedy=bool(greedy),
     )
-    if optimised.infeasible:
+    if optimised.infeasible and optimised.model is not None:
         from trifecta.fleet.infeasibility import explain_infeasible
 
         raise explain_infeasible(optimised.model, topology, phase)
@@ -218,7 +240,7 @@ def plan(
             types,
             shapes,
             topology,
-            time_limit=time_limit,
+            time_limit=max(deadline - time.perf_counter(), MIN_REPACK_S),
             mip_rel_gap=mip_rel_gap,
         )
         if repacked is not None:
