@@ -306,7 +306,10 @@ def plan_command(
     ] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
     time_limit: Annotated[
-        float, typer.Option(help="seconds the solver may take; then the best plan found")
+        float,
+        typer.Option(
+            help="seconds the solvers may take (after the greedy baselines); then the best plan found"
+        ),
     ] = 5.0,
     gap: Annotated[
         float,

@@ -44,16 +44,15 @@ class _State:
     shapes: dict[Group, list[PoolShape]]
     replicas: dict[PoolShape, int] = field(default_factory=lambda: defaultdict(int))
     spare: dict[Group, float] = field(default_factory=lambda: defaultdict(float))
-    devices_used: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
-    devices: dict[tuple[str, str], int] = field(default_factory=dict)
+    devices_left: dict[tuple[str, str], int] = field(default_factory=dict)
     # Each group's shapes cheapest per token first, and its best shape with devices left:
     # that changes only when devices are taken, so it is kept until then (the greedy asks
     # for it hundreds of thousands of times on 10,000 capsules).
     by_value: dict[Group, list[PoolShape]] = field(default_factory=dict)
-    _best: dict[Group, PoolShape | None] = field(default_factory=dict)
+    _best: dict[Group, tuple[PoolShape | None, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.devices = {
+        self.devices_left = {
             (env.name, acc): env.devices(acc)
             for env in self.topology.environments
             for acc in env.accelerators
@@ -66,27 +65,28 @@ class _State:
     def _devices_left(self, shape: PoolShape) -> int:
         if shape.accelerator is None:
             return 1 << 30
-        key = (shape.environment, shape.accelerator)
-        return self.devices.get(key, 0) - self.devices_used[key]
+        return self.devices_left.get((shape.environment, shape.accelerator), 0)
 
     def best_shape(self, group: Group) -> PoolShape | None:
         """The shape of `group` cheapest per token that still has devices left. Devices are
         only ever taken, so a shape passed over never comes back: the one found last time
         stands while it has room."""
-        if group in self._best:
-            found = self._best[group]
-            if found is None or self._devices_left(found) >= found.tp:
-                return found
-        found = next(
-            (s for s in self.by_value.get(group, []) if self._devices_left(s) >= s.tp), None
-        )
-        self._best[group] = found
-        return found
+        return self._best_and_price(group)[0]
 
     def unit_price(self, group: Group) -> float:
         """USD per hour per token/s of the best shape of `group` with devices left."""
-        best = self.best_shape(group)
-        return math.inf if best is None else best.price / best.capacity
+        return self._best_and_price(group)[1]
+
+    def _best_and_price(self, group: Group) -> tuple[PoolShape | None, float]:
+        kept = self._best.get(group)
+        if kept is not None and (kept[0] is None or self._devices_left(kept[0]) >= kept[0].tp):
+            return kept
+        found = next(
+            (s for s in self.by_value.get(group, []) if self._devices_left(s) >= s.tp), None
+        )
+        kept = (found, math.inf if found is None else found.price / found.capacity)
+        self._best[group] = kept
+        return kept
 
     def opening(self, group: Group, load: float) -> tuple[float, list[PoolShape]] | None:
         """Cost and the replicas to open so that `group` takes `load` more (None: no devices
@@ -126,7 +126,7 @@ class _State:
             self.replicas[shape] += 1
             self.spare[group] += shape.capacity
             if shape.accelerator is not None:
-                self.devices_used[(shape.environment, shape.accelerator)] += shape.tp
+                self.devices_left[(shape.environment, shape.accelerator)] -= shape.tp
         self.spare[group] -= load
 
 
@@ -219,18 +219,19 @@ def greedy_placement(
             | None
         )
         best = None
+        # the cheapest edge per token does not depend on the home: chosen once per capsule
+        cheapest_edge = (
+            min(cls.edges, key=lambda e: state.unit_price((e, "edge", edge_model)), default=None)
+            if light > 0
+            else None
+        )
+        edge_unit = (
+            state.unit_price((cheapest_edge, "edge", edge_model)) if cheapest_edge else math.inf
+        )
         for env, tier in cls.homes:
             cognitive = (env, "cognitive", tier)
             unit = state.unit_price(cognitive)
-            edge_env = (
-                min(
-                    cls.edges, key=lambda e: state.unit_price((e, "edge", edge_model)), default=None
-                )
-                if light > 0
-                else None
-            )
-            if edge_env and state.unit_price((edge_env, "edge", edge_model)) >= unit:
-                edge_env = None
+            edge_env = cheapest_edge if edge_unit < unit else None
             # offload where the edge is cheaper; keep the requests in the cloud if it is full
             for edge in [edge_env, None] if edge_env else [None]:
                 offload = light if edge else 0.0
