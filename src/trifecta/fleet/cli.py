@@ -308,7 +308,7 @@ def plan_command(
     time_limit: Annotated[
         float,
         typer.Option(
-            help="seconds the solvers may take (after the greedy baselines); then the best plan found"
+            help="seconds the solvers may take after the greedy baselines; then the best plan"
         ),
     ] = 5.0,
     gap: Annotated[

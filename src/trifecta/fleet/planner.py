@@ -237,6 +237,7 @@ def plan(
     ):
         repacked = repack(
             best_greedy.decisions,
+            best_greedy.replicas,
             types,
             shapes,
             topology,

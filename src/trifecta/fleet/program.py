@@ -79,6 +79,63 @@ class Program:
                 options={"time_limit": max(time_limit, 0.1), "mip_rel_gap": mip_rel_gap},
             )
 
+    def solve_from(self, start: np.ndarray, *, time_limit: float, mip_rel_gap: float) -> Solved:
+        """Solve with HiGHS (highspy) from a known feasible solution `start`, which becomes
+        the incumbent: the result costs no more than `start` whenever HiGHS accepts it.
+        scipy's `milp` takes no start, hence highspy here."""
+        import highspy
+
+        matrix = self._matrix().tocsc()
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = len(self.cost), len(self.row_lower)
+        lp.col_cost_ = np.asarray(self.cost, dtype=float)
+        lp.col_lower_ = np.asarray(self.lower, dtype=float)
+        lp.col_upper_ = np.asarray(self.upper, dtype=float)
+        lp.row_lower_ = np.asarray(self.row_lower, dtype=float)
+        lp.row_upper_ = np.asarray(self.row_upper, dtype=float)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = lp.num_col_, lp.num_row_
+        lp.a_matrix_.start_ = matrix.indptr
+        lp.a_matrix_.index_ = matrix.indices
+        lp.a_matrix_.value_ = matrix.data
+        kinds = (highspy.HighsVarType.kContinuous, highspy.HighsVarType.kInteger)
+        lp.integrality_ = [kinds[flag] for flag in self.integer]
+        highs = highspy.Highs()
+        highs.setOptionValue("output_flag", False)
+        highs.setOptionValue("time_limit", max(time_limit, 0.1))
+        highs.setOptionValue("mip_rel_gap", mip_rel_gap)
+        with _native_stdout_silenced():
+            highs.passModel(lp)
+            given = highspy.HighsSolution()
+            given.col_value = np.asarray(start, dtype=float)
+            given.value_valid = True
+            highs.setSolution(given)
+            highs.run()
+        status = highs.getModelStatus()
+        solution = highs.getSolution()
+        info = highs.getInfo()
+        if status == highspy.HighsModelStatus.kInfeasible:
+            return Solved(None, math.inf, 2, math.inf)
+        if not solution.value_valid:
+            return Solved(None, math.inf, 1, -math.inf)
+        x = np.asarray(solution.col_value, dtype=float)
+        optimal = status == highspy.HighsModelStatus.kOptimal
+        return Solved(x, float(np.dot(self.cost, x)), 0 if optimal else 1, info.mip_dual_bound)
+
+    def _matrix(self) -> coo_array:
+        rows, cols, values = zip(*self.entries, strict=True) if self.entries else ((), (), ())
+        return coo_array((values, (rows, cols)), shape=(len(self.row_lower), len(self.cost)))
+
+
+@dataclass
+class Solved:
+    """What `Program.solve_from` found, named as `scipy.optimize.milp`'s result is."""
+
+    x: np.ndarray | None
+    fun: float
+    status: int  # scipy's codes: 0 optimal, 1 a limit reached, 2 infeasible
+    mip_dual_bound: float
+
 
 _stdout_lock = threading.Lock()
 
