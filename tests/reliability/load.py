@@ -33,6 +33,20 @@ class Record(BaseModel):
     capsule: str | None = None
     learned: bool | None = None
     verdict: bool | None = None
+    sent: float | None = None  # epoch seconds the request left (later than `scheduled` when
+    # the user's previous request was slow)
+    hops: list[tuple[str, str, float]] = []  # (layer, model, ms) as the server reported them
+
+    def breakdown(self) -> str:
+        """Where a slow task's time went: waiting to be sent, each hop, the rest."""
+        waited = (self.sent - self.scheduled) if self.sent is not None else 0.0
+        total = self.done - self.scheduled
+        hops = sum(ms for _, _, ms in self.hops) / 1000
+        parts = [f"{layer}/{model} {ms / 1000:.2f}" for layer, model, ms in self.hops]
+        return (
+            f"{total:.1f} s: waited {waited:.1f} s to be sent; hops {', '.join(parts)}; "
+            f"outside the hops {total - waited - hops:.1f} s"
+        )
 
 
 @dataclass

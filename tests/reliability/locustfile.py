@@ -65,6 +65,7 @@ class Capsule(HttpUser):
             with self.client.get("/healthz", catch_response=True) as got:
                 self._record("healthz", scheduled, got.status_code)
             return
+        sent = time.time()
         with self.client.post(
             f"/v1/capsules/{self.capsule}/tasks",
             json={"prompt": next(self.prompts).prompt},
@@ -80,6 +81,8 @@ class Capsule(HttpUser):
                 id=body.get("id"),
                 capsule=self.capsule,
                 learned=body.get("learned"),
+                sent=sent,
+                hops=[(h["layer"], h["model"], h["latency_ms"]) for h in body.get("hops", [])],
             )
         self.sent += 1
         if made.status_code != 201 or self.sent % 4:
