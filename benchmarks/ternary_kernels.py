@@ -206,6 +206,7 @@ class Case:
     floors: dict[str, dict[str, Samples]]  # by kernel, then by read method
     f32_floors: dict[str, Samples]  # the float32 matrix, by read method
     blas: dict[int, Samples]  # by BLAS thread count
+    stream_bytes: dict[str, int]  # by kernel
 
     def best_blas(self, flushed: bool) -> tuple[int, Samples]:
         threads = min(self.blas, key=lambda t: self.blas[t].median_ms(flushed))
@@ -218,7 +219,18 @@ class Case:
         return bootstrap_ratio(pick(blas), pick(mine))
 
     def floor(self, kernel: str, flushed: bool) -> tuple[str, Samples]:
-        return fastest(self.floors[kernel], flushed)
+        """Kernels whose streams are the same size share one floor: each read's samples over
+        all their streams pooled (3x the samples; a flushed read on a shared machine varies
+        by 20% from call to call with the other jobs' use of the memory bus)."""
+        same = [n for n in self.floors if self.stream_bytes[n] == self.stream_bytes[kernel]]
+        pooled = {
+            method: Samples(
+                [t for n in same for t in self.floors[n][method].repeated],
+                [t for n in same for t in self.floors[n][method].flushed],
+            )
+            for method in self.floors[kernel]
+        }
+        return fastest(pooled, flushed)
 
     def vs_floor(self, kernel: str, flushed: bool) -> tuple[float, float, float]:
         floor = self.floor(kernel, flushed)[1]
@@ -309,6 +321,7 @@ def run_case(
         {n: _by_method(timings, f"{n}:floor:") for n in kernels},
         _by_method(timings, "f32:floor:"),
         blas,
+        {n: kernel.nbytes for n, kernel in prepared.items()},
     )
     best_t, best = case.best_blas(True)
     console.print(
@@ -450,6 +463,8 @@ def report(cases: list[Case], kernels: list[str], goal_list: list[Goal], command
         "reads of the kernel's own packed bytes (a plain vectorised sum; 512-bit loads with a "
         "software prefetch 4 KB ahead into L2; the same into L1), since a prefetching kernel "
         "can beat a plain read, which is then no floor; the column names the read that won. "
+        "Kernels whose streams have the same size (all three, at these sizes) share the floor: "
+        "each read's samples over their streams are pooled. "
         "*Repeated*: calls back to back (the 2-bit matrix stays in cache "
         "up to 4096; the 64 MB float32 matrix at 4096 never fits, so BLAS streams it either way). "
         "*Flushed*: a 256 MB buffer read by every thread before each call, the pools left idle, "
