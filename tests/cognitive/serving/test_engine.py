@@ -14,6 +14,7 @@ from tests.cognitive.serving.reference import greedy_tokens
 from trifecta.cognitive.serving.codec import TokenCodec
 from trifecta.cognitive.serving.engine import BatchingEngine
 from trifecta.cognitive.serving.requests import CollectingSink, EngineRequest, SamplingParams
+from trifecta.core.errors import InvalidInput
 from trifecta.core.protocols import LanguageModel
 from trifecta.core.tasks import ALPHABET
 
@@ -160,3 +161,66 @@ def test_the_engine_is_a_language_model(engine: BatchingEngine) -> None:
     assert [len(g.tokens) for g in generations] == [len(g.logprobs) for g in generations]
     assert all(len(g.entropies) == len(g.tokens) and g.model == "t-0" for g in generations)
     assert all(len(alts) == 2 for g in generations for alts in g.top_logprobs)
+
+
+def test_a_joiner_is_prefilled_inside_the_running_step(
+    engine: BatchingEngine, tiny: tuple[Any, Any]
+) -> None:
+    # One forward pass per step, newcomers' prompts included: while a long request decodes,
+    # short ones join and leave without adding a single forward pass.
+    prompt = next(
+        p
+        for p in random_prompts(40, seed=5)
+        if len(p) < 14 and len(reference(tiny[0], engine.codec, p, 40)) == 40
+    )
+    long = submit(engine, prompt, max_new_tokens=40)
+    while not long.generated:
+        time.sleep(0.0005)
+    short = [submit(engine, f"{i}+{i}?", max_new_tokens=2, ignore_eos=True) for i in range(4)]
+    for sink in short:
+        sink.wait(timeout=30)
+    long.wait(timeout=30)
+    assert long.completion is not None and long.completion.completion_tokens == 40
+    assert engine.steps == 40  # one per token of the long request: no extra prefill pass
+
+
+def test_the_tier_architecture_batches_to_the_tokens_it_decodes_alone() -> None:
+    # The tiers are Canon Llamas: their Canon layers read each row's earlier inputs from the
+    # slot cache, so rows joining and leaving around a request must not change its tokens.
+    from trifecta.cognitive.canon_llama import CanonLlamaForCausalLM
+    from trifecta.cognitive.checkpoints import build_tokenizer, llama_config
+    from trifecta.cognitive.tiers import get_tier
+
+    torch.manual_seed(1)
+    config = llama_config(get_tier("small"))
+    config.initializer_range = 0.3  # peaked choices, as the tiny fixture's
+    model = CanonLlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for mix in model.model.canons:
+            mix.weight.normal_(0, 0.3)
+    codec = TokenCodec(build_tokenizer())
+    engine = BatchingEngine(model, codec, name="canon", max_batch=4)
+    try:
+        rng = random.Random(7)
+        prompts = random_prompts(10, seed=7)
+        budgets = [rng.randint(2, 16) for _ in prompts]
+        sinks = []
+        for prompt, budget in zip(prompts, budgets, strict=True):
+            sinks.append(submit(engine, prompt, max_new_tokens=budget))
+            time.sleep(rng.random() * 0.003)
+        for prompt, budget, sink in zip(prompts, budgets, sinks, strict=True):
+            generated, _ = sink.wait(timeout=60)
+            assert [t.token_id for t in generated] == reference(model, codec, prompt, budget)
+    finally:
+        engine.close()
+
+
+def test_a_prompt_longer_than_the_context_fails_alone(engine: BatchingEngine) -> None:
+    too_long = CollectingSink()
+    ids = engine.codec.encode("1+1?") * engine.context_length
+    engine.submit(EngineRequest(ids, SamplingParams(max_new_tokens=3), too_long))
+    fine = submit(engine, "2+2?", max_new_tokens=3)
+    with pytest.raises(InvalidInput, match="does not fit"):
+        too_long.wait(timeout=30)
+    _, completion = fine.wait(timeout=30)
+    assert completion.finish_reason in ("length", "stop")

@@ -1,9 +1,12 @@
 """One replica: a causal LM decoding many requests at once with continuous batching.
 
-A background thread runs the loop: admit waiting requests into free batch slots (prefilling
-them together, starting from any cached prompt prefix), then advance every running request
-by one token in a single forward pass. Requests that arrive while the batch decodes join at
-the next step; a request that finishes (or is cancelled) leaves at once and frees its slot.
+A background thread runs the loop (iteration-level scheduling, as Orca and vLLM do): admit
+waiting requests into free slots of the preallocated cache (copying in any cached prompt
+prefix), then run one forward pass that feeds every running request its last token and every
+newcomer the rest of its prompt (`slot_forward.py`). Requests that arrive while the batch
+decodes join at the next step, without touching the others' caches; a request that finishes
+(or is cancelled) leaves at once and frees its slot. The thread waits only when no request is
+running or queued.
 
 Written here rather than taken from `transformers`' ContinuousBatchingManager because that
 one reports only the chosen token's log-probability, while the OpenAI API's `top_logprobs`
@@ -22,10 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
 
 from trifecta.cognitive.serving.codec import TokenCodec
-from trifecta.cognitive.serving.kv_batch import KV, KVBatch
 from trifecta.cognitive.serving.prefix_cache import PrefixKVCache, block_hashes
 from trifecta.cognitive.serving.requests import (
     Completion,
@@ -36,9 +37,10 @@ from trifecta.cognitive.serving.requests import (
     generate_all,
 )
 from trifecta.cognitive.serving.sampling import RowSampling, StepChoice, choose_next
+from trifecta.cognitive.serving.slot_forward import SlotForward, StepRows
 from trifecta.cognitive.serving.step_times import StepTimes
 from trifecta.cognitive.serving.stops import StopWatcher
-from trifecta.core.errors import Unavailable
+from trifecta.core.errors import InvalidInput, Unavailable
 from trifecta.core.logging import get_logger
 from trifecta.core.protocols import Generation, TokenAlternative
 
@@ -62,8 +64,8 @@ class _Row:
         self.request = request
         self.hashes = hashes
         self.cached_prompt_tokens = cached
-        self.position = len(request.prompt_ids)  # real tokens in the cache so far
-        self.pending = 0  # the token to feed at the next step
+        self.cached = cached  # positions held in its slot of the cache
+        self.feed: list[int] = []  # tokens to feed at the next step (the prompt, then one)
         self.generated = 0  # decoding steps, the end token included
         # Tokens handed to the client: the completion's token count (usage), which lists no
         # end token and no stop string, as `logprobs.tokens` does not.
@@ -96,11 +98,12 @@ class BatchingEngine:
         self._name = name
         self.max_batch = max_batch
         self.prefix_cache = prefix_cache if prefix_cache is not None else PrefixKVCache()
-        self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
+        self._forward = SlotForward(self.model, max_batch)
+        self._forward.check_agrees()
+        self.context_length = self._forward.context_length
         self._waiting: deque[EngineRequest] = deque()
         self._cancelled: set[str] = set()
-        self._rows: list[_Row] = []
-        self._batch: KVBatch | None = None
+        self._rows: list[_Row] = []  # row i decodes in slot i of the cache
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0  # forward passes, for tests and metrics
@@ -186,11 +189,10 @@ class BatchingEngine:
                 with torch.inference_mode():
                     started = time.perf_counter()
                     self._drop_cancelled(cancelled)
-                    if joiners:
-                        self._prefill(joiners)
+                    joined = self._admit(joiners)
                     if self._rows:
                         rows = len(self._rows)
-                        self._decode()
+                        self._step(joined)
                         # The whole iteration: each row's share of joins and leaves included.
                         self.step_times.record(rows, time.perf_counter() - started)
             except Exception as exc:  # a failed forward fails its batch, not the replica
@@ -200,7 +202,7 @@ class BatchingEngine:
                 for request in joiners:
                     if all(row.request is not request for row in self._rows):
                         request.sink.fail(exc)
-                self._rows, self._batch = [], None
+                self._rows = []
         for row in self._rows:
             row.request.sink.fail(Unavailable(f"replica {self._name} is shut down"))
         for request in self._waiting:
@@ -224,79 +226,50 @@ class BatchingEngine:
                 row.finish_reason = "cancelled"
         self._remove_finished()
 
-    def _prefill(self, joiners: list[EngineRequest]) -> None:
-        rows: list[_Row] = []
-        prefixes: list[KV | None] = []
+    def _admit(self, joiners: list[EngineRequest]) -> list[_Row]:
+        """Give each joiner the next free slot, with any cached prefix of its prompt copied in."""
+        rows = []
         for request in joiners:
+            if not 0 < len(request.prompt_ids) <= self.context_length:
+                self.finished["refused"] += 1
+                request.sink.fail(
+                    InvalidInput(
+                        f"a prompt of {len(request.prompt_ids)} tokens does not fit a context of "
+                        f"{self.context_length}",
+                        field="prompt",
+                    )
+                )
+                continue
             hashes = block_hashes(request.prompt_ids, self.prefix_cache.block_size)
             kv, cached = self.prefix_cache.lookup(request.prompt_ids, hashes)
-            rows.append(_Row(request, hashes, cached))
-            prefixes.append(kv)
-        suffixes = [row.request.prompt_ids[row.cached_prompt_tokens :] for row in rows]
-        width = max(len(s) for s in suffixes)
-        input_ids = torch.tensor([[0] * (width - len(s)) + s for s in suffixes], dtype=torch.long)
-        suffix_mask = torch.tensor(
-            [[0] * (width - len(s)) + [1] * len(s) for s in suffixes], dtype=torch.long
-        )
-        positions = torch.tensor(
-            [
-                [0] * (width - len(s)) + list(range(row.cached_prompt_tokens, row.position))
-                for s, row in zip(suffixes, rows, strict=True)
-            ],
-            dtype=torch.long,
-        )
-        past = self._past_for(prefixes, [row.cached_prompt_tokens for row in rows])
-        mask = torch.cat([past.mask, suffix_mask], dim=1) if past is not None else suffix_mask
-        cache = past.cache if past is not None else DynamicCache()
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self.steps += 1
-        joined = KVBatch(out.past_key_values, mask)
-        for index, row in enumerate(rows):
-            cacheable = (
-                (row.position - 1) // self.prefix_cache.block_size * self.prefix_cache.block_size
-            )
-            if cacheable > row.cached_prompt_tokens:
-                self.prefix_cache.insert(row.hashes, joined.row(index, cacheable), cacheable)
-        self._batch = joined if self._batch is None else self._batch.merge(joined)
-        self._rows.extend(rows)
-        self._advance(rows, choose_next(out.logits[:, -1, :], [row.rule for row in rows]))
+            if kv is not None:
+                self._forward.cache.load(len(self._rows), kv)
+            row = _Row(request, hashes, cached)
+            row.feed = request.prompt_ids[cached:]
+            self._rows.append(row)
+            rows.append(row)
+        return rows
 
-    def _past_for(self, prefixes: list[KV | None], lengths: list[int]) -> KVBatch | None:
-        """The joiners' cached prefixes as one left-padded batch (None when none was cached)."""
-        template = next((kv for kv in prefixes if kv is not None), None)
-        if template is None:
-            return None
-        empty = [(k[:, :, :0], v[:, :, :0]) for k, v in template]
-        return KVBatch.stack([kv if kv is not None else empty for kv in prefixes], lengths)
-
-    def _decode(self) -> None:
-        assert self._batch is not None
+    def _step(self, joined: list[_Row]) -> None:
+        """One forward pass: each running row's last token and each joiner's prompt."""
         rows = self._rows
-        mask = torch.cat([self._batch.mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
-        out = self.model(
-            input_ids=torch.tensor([[row.pending] for row in rows], dtype=torch.long),
-            attention_mask=mask,
-            position_ids=torch.tensor([[row.position] for row in rows], dtype=torch.long),
-            past_key_values=self._batch.cache,
-            use_cache=True,
-        )
+        logits = self._forward.step(StepRows([r.cached for r in rows], [r.feed for r in rows]))
         self.steps += 1
-        self._batch = KVBatch(out.past_key_values, mask)
+        block = self.prefix_cache.block_size
         for row in rows:
-            row.position += 1
-        self._advance(rows, choose_next(out.logits[:, -1, :], [row.rule for row in rows]))
+            row.cached += len(row.feed)
+        for row in joined:
+            # The prompt's full blocks, less its last token (a hit must leave one to feed).
+            cacheable = (row.cached - 1) // block * block
+            if cacheable > row.cached_prompt_tokens:
+                prefix = self._forward.cache.read(self._rows.index(row), cacheable)
+                self.prefix_cache.insert(row.hashes, prefix, cacheable)
+        self._advance(list(rows), choose_next(logits, [row.rule for row in rows]))
 
     def _advance(self, rows: list[_Row], choices: list[StepChoice]) -> None:
         """Hand each row its new token, and retire the rows that are done."""
         for row, choice in zip(rows, choices, strict=True):
-            row.pending = choice.token_id
+            row.feed = [choice.token_id]
             row.generated += 1
             released: list[GeneratedToken] = []
             if choice.token_id == self.codec.eos_id and not row.request.params.ignore_eos:
@@ -308,7 +281,7 @@ class BatchingEngine:
                     row.finish_reason = "stop"
                 elif (
                     row.generated >= row.request.params.max_new_tokens
-                    or row.position >= self.context_length  # no room left to feed it back
+                    or row.cached >= self.context_length  # no room left to feed it back
                 ):
                     row.finish_reason = "length"
                     released += row.stops.flush()
@@ -330,23 +303,22 @@ class BatchingEngine:
         )
 
     def _remove_finished(self) -> None:
-        keep = [i for i, row in enumerate(self._rows) if row.finish_reason is None]
-        if len(keep) == len(self._rows):
-            return
-        for row in self._rows:
-            if row.finish_reason is not None:
-                self.finished[row.finish_reason] += 1
-                row.request.sink.finish(
-                    Completion(
-                        row.finish_reason,
-                        prompt_tokens=len(row.request.prompt_ids),
-                        completion_tokens=row.released,
-                        cached_prompt_tokens=row.cached_prompt_tokens,
-                        replica=self._name,
-                    )
+        """End the finished rows; the last rows move into their slots (one row copied each)."""
+        for slot in range(len(self._rows) - 1, -1, -1):
+            row = self._rows[slot]
+            if row.finish_reason is None:
+                continue
+            self.finished[row.finish_reason] += 1
+            last = self._rows.pop()
+            if last is not row:
+                self._forward.cache.move(len(self._rows), slot, last.cached)
+                self._rows[slot] = last
+            row.request.sink.finish(
+                Completion(
+                    row.finish_reason,
+                    prompt_tokens=len(row.request.prompt_ids),
+                    completion_tokens=row.released,
+                    cached_prompt_tokens=row.cached_prompt_tokens,
+                    replica=self._name,
                 )
-        self._rows = [self._rows[i] for i in keep]
-        if not keep:
-            self._batch = None
-        elif self._batch is not None:
-            self._batch = self._batch.keep(keep)
+            )

@@ -32,13 +32,15 @@ class ModelSource(BaseModel):
             return load_checkpoint(self.path)
         if self.kind == "dummy":
             import torch
-            from transformers import LlamaForCausalLM
 
+            from trifecta.cognitive.canon_llama import CanonLlamaForCausalLM
             from trifecta.cognitive.checkpoints import build_tokenizer, llama_config
             from trifecta.cognitive.tiers import get_tier
 
             torch.manual_seed(self.seed)
-            return LlamaForCausalLM(llama_config(get_tier(self.tier))).eval(), build_tokenizer()
+            # The tier's own class: its Canon layers cost time in every step, as served.
+            model = CanonLlamaForCausalLM(llama_config(get_tier(self.tier)))
+            return model.eval(), build_tokenizer()
         from trifecta.cognitive.tiers import load_tier
 
         return load_tier(self.tier)

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from trifecta.cognitive.serving.kv_batch import KV
+from trifecta.cognitive.serving.slot_cache import KV
 
 DEFAULT_BLOCK_SIZE = 8
 
@@ -60,7 +60,7 @@ class PrefixKVCache:
             entry = self._entries[entry_key]
             self._entries.move_to_end(entry_key)
             self.hits += 1
-            return [(k[:, :, :length], v[:, :, :length]) for k, v in entry.kv], length
+            return [plane[:, :length] for plane in entry.kv], length
         return None, 0
 
     def insert(self, hashes: Sequence[int], kv: KV, length: int) -> None:
@@ -70,7 +70,7 @@ class PrefixKVCache:
             return
         key = hashes[blocks - 1]
         size = blocks * self.block_size
-        entry = _Entry([(k[:, :, :size], v[:, :, :size]) for k, v in kv], size)
+        entry = _Entry([plane[:, :size] for plane in kv], size)
         for index in range(blocks):
             if hashes[index] not in self._index:
                 self._index[hashes[index]] = (key, (index + 1) * self.block_size)
