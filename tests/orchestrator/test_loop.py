@@ -142,6 +142,32 @@ def test_a_capsule_changed_by_another_process_applies_to_the_next_request(stack:
         orchestrator.serve(capsule.id, TaskRequest(prompt="a=1,b=4;b?"))
 
 
+def test_a_request_reads_its_capsule_once_for_all_its_hops(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each hop's environment admits the capsule as the request read it at its start (one
+    registry look-up a request, not one a hop); the next request reads it afresh (above)."""
+    orchestrator = Orchestrator(stack.parts)
+    capsule = _capsule(stack, "reads")
+    registry = stack.capsules.registry
+    real_find = registry.find
+    reads: list[str] = []
+
+    def counted_find(capsule_id: str) -> Capsule | None:
+        reads.append(capsule_id)
+        return real_find(capsule_id)
+
+    monkeypatch.setattr(registry, "find", counted_find)
+    task = generate_tasks(1, seed=5, split="heldout", difficulties=[3], domain=capsule.domain)[0]
+    result = orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt))
+    models = [h.model for h in result.hops if h.layer == "context"]
+    assert {"playbook", "retrieve", "learn"} <= set(models)  # three context hops at least
+    assert any(h.layer == "cognitive" for h in result.hops)
+    assert reads == [capsule.id]
+    orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt + " "))
+    assert reads == [capsule.id] * 2
+
+
 def test_a_capsules_generative_share_goes_to_the_moe_diffusion_layer(stack: Stack) -> None:
     """All of this capsule's heavy requests are declared generative: they are served by the
     MoE diffusion model, charged at the RND1 preset, and their verdicts move the capsule's

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import copy_context
 
 from trifecta.context.models import PlaybookView, Retrieval, RetrieveRequest
 from trifecta.core.errors import Unavailable
@@ -48,7 +49,8 @@ class ContextHop:
     ) -> Future[tuple[Retrieval | None, Trace]]:
         """The query's retrieval on another thread, with a trace of its own (the caller
         merges it when it joins)."""
-        return self._pool.submit(self._retrieve, capsule, env, prompt)
+        # In the caller's context: the request's pinned capsule (`parts.CapsuleDirectory`).
+        return self._pool.submit(copy_context().run, self._retrieve, capsule, env, prompt)
 
     def _retrieve(self, capsule: Capsule, env: str, prompt: str) -> tuple[Retrieval | None, Trace]:
         trace = Trace()

@@ -88,6 +88,11 @@ class Orchestrator:
     def serve(self, capsule_id: str, request: TaskRequest) -> TaskResult:
         started = time.perf_counter()
         capsule = self.parts.capsules.get(capsule_id)
+        with self.parts.capsules.pinned(capsule):  # every hop admits the capsule as read now
+            return self._serve(capsule, request, started)
+
+    def _serve(self, capsule: Capsule, request: TaskRequest, started: float) -> TaskResult:
+        capsule_id = capsule.id
         if request.request_id is not None:
             earlier = self.records.find(request.request_id)
             if earlier is not None:

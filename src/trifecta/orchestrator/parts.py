@@ -7,7 +7,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
@@ -22,12 +24,17 @@ from trifecta.fleet.registry import CapsuleRegistry
 from trifecta.orchestrator.ledger import CostLedger, Pricer
 
 PLACEMENT_TTL_S = 5.0
+# The capsule of the request this thread (or task) is serving, as read at its start.
+_pinned: ContextVar[Capsule | None] = ContextVar("trifecta_request_capsule", default=None)
 
 
 class CapsuleDirectory:
     """The capsules being served, by id and by domain. `get` reads the capsule's row on every
     request (one primary-key look-up), so a change made by another process (`trifecta capsule`
-    against a running server: policy, quota, share, removal) applies to the next request."""
+    against a running server: policy, quota, share, removal) applies to the next request.
+    Within a request (`pinned`), every hop's check reads the capsule as the request began
+    instead of the row again: one policy per request, and one look-up instead of one a hop
+    (those look-ups were 7% of the loop's CPU, py-spy)."""
 
     def __init__(self, registry: CapsuleRegistry):
         self.registry = registry
@@ -44,7 +51,19 @@ class CapsuleDirectory:
             for capsule in capsules:
                 self._by_domain.setdefault(capsule.domain, set()).add(capsule.id)
 
+    @contextmanager
+    def pinned(self, capsule: Capsule) -> Iterator[Capsule]:
+        """Serve `capsule` as read now for the duration of the block (in this context)."""
+        token = _pinned.set(capsule)
+        try:
+            yield capsule
+        finally:
+            _pinned.reset(token)
+
     def get(self, capsule_id: str) -> Capsule:
+        pinned = _pinned.get()
+        if pinned is not None and pinned.id == capsule_id:
+            return pinned
         found = self.registry.find(capsule_id)
         if found is None:
             self._forget(capsule_id)
