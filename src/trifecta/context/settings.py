@@ -63,7 +63,11 @@ class ContextSettings(LayerSettings):
         default=0.2, ge=0, description="how long a woken worker waits for more trajectories"
     )
     embed_chunk: int = Field(
-        default=8, ge=1, description="texts per embedding call of the learning worker"
+        # The worker's encoder is its own (no retrieval waits on it): bigger calls are
+        # cheaper a text (bfloat16 MiniLM, one thread: 6.6 ms a text at 8, 4.8 at 32).
+        default=32,
+        ge=1,
+        description="texts per embedding call of the learning worker",
     )
     redis_timeout_s: float = Field(
         default=0.25, gt=0, description="bound on every Redis call; past it the shard answers"
