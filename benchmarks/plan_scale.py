@@ -195,7 +195,7 @@ def goals(rows: list[Row]) -> list[Goal]:
                 goal=1.0,
                 direction="at least",
                 unit="x",
-                note="deterministic: no interval",
+                note="one run: no interval (a cost moves only when a solver stops at its time limit)",
             )
         )
         if r.mix == "continuous" and r.size == 10000:
