@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-import yaml_rs
 from pydantic import ValidationError
 
 from trifecta.core.errors import InvalidInput, NotFound, invalid_input_from
@@ -57,6 +56,8 @@ def read_document(path: Path, *, field: str) -> Any:
                 field=field,
             ) from None
     if not _DOCUMENT_MARKER.search(text):
+        import yaml_rs  # here, not at the top: every command imports this module at start-up
+
         try:
             return yaml_rs.loads(text)
         except yaml_rs.YAMLDecodeError:
