@@ -24,6 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -231,8 +232,19 @@ class VersionBoard:
         return len(self._unpublished)
 
 
+@dataclass
+class _Result:
+    """A cached result: its JSON (what HTTP answers and Redis stores) and, once someone in
+    this process asked for it, the model parsed from it."""
+
+    body: bytes
+    value: BaseModel | None = None
+
+
 class ResultCache:
-    """Results by (domain, version, request key): an in-process LRU over Redis."""
+    """Results by (domain, version, request key): an in-process LRU over Redis. Each is kept
+    as its JSON, so an HTTP hit is answered with the bytes as they are (no validation and no
+    encoding per request), and as the model for in-process callers."""
 
     def __init__(
         self,
@@ -246,7 +258,7 @@ class ResultCache:
         self.ttl_ms = int(ttl_s * 1000)
         self.prefix = prefix
         self.max_entries = max_entries
-        self._local: OrderedDict[tuple[str, int, str], BaseModel] = OrderedDict()
+        self._local: OrderedDict[tuple[str, int, str], _Result] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = self.shared_hits = 0
 
@@ -254,13 +266,26 @@ class ResultCache:
         return f"{self.prefix}:r:{domain}:{version}:{key}"
 
     def get(self, domain: str, version: int, key: str, model: type[T]) -> T | None:
+        found = self._find(domain, version, key)
+        if found is None:
+            return None
+        if found.value is None:
+            found.value = model.model_validate_json(found.body)
+        return found.value  # type: ignore[return-value]
+
+    def get_body(self, domain: str, version: int, key: str) -> bytes | None:
+        """The result's JSON, or None."""
+        found = self._find(domain, version, key)
+        return found.body if found is not None else None
+
+    def _find(self, domain: str, version: int, key: str) -> _Result | None:
         local_key = (domain, version, key)
         with self._lock:
             found = self._local.get(local_key)
             if found is not None:
                 self._local.move_to_end(local_key)
                 self.hits += 1
-                return found  # type: ignore[return-value]
+                return found
         if self.link is not None:
             redis_key = self._redis_key(domain, version, key)
             try:
@@ -268,22 +293,25 @@ class ResultCache:
             except RedisDown:
                 raw = None
             if raw is not None:
-                value = model.model_validate_json(raw)
-                self._remember(local_key, value)
+                shared = _Result(bytes(raw))
+                self._remember(local_key, shared)
                 self.shared_hits += 1
-                return value
+                return shared
         self.misses += 1
         return None
 
-    def put(self, domain: str, version: int, key: str, value: BaseModel) -> None:
-        self._remember((domain, version, key), value)
+    def put(self, domain: str, version: int, key: str, value: BaseModel) -> bytes:
+        """Keep a result (here and in Redis); returns its JSON."""
+        body = value.model_dump_json().encode()
+        self._remember((domain, version, key), _Result(body, value))
         if self.link is not None:
-            redis_key, body = self._redis_key(domain, version, key), value.model_dump_json()
+            redis_key = self._redis_key(domain, version, key)
             # Redis away: the in-process copy serves this replica; others compute their own.
             with contextlib.suppress(RedisDown):
                 self.link.call(lambda r: r.set(redis_key, body, px=self.ttl_ms))
+        return body
 
-    def _remember(self, key: tuple[str, int, str], value: BaseModel) -> None:
+    def _remember(self, key: tuple[str, int, str], value: _Result) -> None:
         with self._lock:
             self._local[key] = value
             self._local.move_to_end(key)

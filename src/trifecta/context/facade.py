@@ -46,12 +46,14 @@ from trifecta.context.trajectory import Trajectory
 from trifecta.context.views import DomainReader, StoreReader, ViewCache
 from trifecta.core.db import get_engine
 from trifecta.core.errors import InvalidInput, Unavailable
+from trifecta.core.logging import get_logger
 from trifecta.core.protocols import Embedder, LanguageModel
 from trifecta.core.settings import get_settings
 from trifecta.fleet.registry import CapsuleRegistry
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -174,12 +176,29 @@ class ContextService:
         hit = self.results.get(domain, version, read.key, read.model)
         if hit is not None:
             return hit
+        value = self._compute(read, version)
+        self.results.put(domain, version, read.key, value)
+        return value
+
+    def run_json(self, read: Read[M]) -> bytes:
+        """`run`, as the JSON an HTTP answer carries (a cached result's bytes as stored)."""
+        domain = read.domain
+        if not self.cache_enabled:
+            return self.run(read).model_dump_json().encode()
+        version = self.current_version(domain)
+        body = self.results.get_body(domain, version, read.key)
+        if body is not None:
+            return body
+        return self.results.put(domain, version, read.key, self._compute(read, version))
+
+    def _compute(self, read: Read[M], version: int) -> M:
+        """The read computed from the domain's view brought up to `version` (its standing
+        searches make this cheap after a write: see `views.py`)."""
+        domain = read.domain
         view = self.on_shard(
             domain, lambda store: self.views.get(domain, lambda _d: store, version)
         )
-        value = read.compute(view)
-        self.results.put(domain, version, read.key, value)
-        return value
+        return read.compute(view)
 
     @property
     def fast_reads(self) -> bool:
@@ -187,15 +206,16 @@ class ContextService:
         domain versions in Redis."""
         return self.cache_enabled and self.redis is not None
 
-    def cached(self, read: Read[M]) -> M | None:
-        """The result if the cache holds it for the domain's version published in Redis, else
-        None (also with no Redis): one GET and one probe, cheap enough for an event loop."""
+    def cached_json(self, read: Read[M]) -> bytes | None:
+        """The result's JSON if the cache holds it for the domain's version published in
+        Redis, else None (also with no Redis): one GET and one probe, cheap enough for an
+        event loop."""
         if not self.cache_enabled:
             return None
         version = self.versions.get(read.domain)
         if version is None:
             return None
-        return self.results.get(read.domain, version, read.key, read.model)
+        return self.results.get_body(read.domain, version, read.key)
 
     # -- reads -------------------------------------------------------------------------
     def playbook(self, capsule_id: str, domain: str | None = None) -> PlaybookView:
@@ -340,6 +360,7 @@ class ContextService:
             domain, lambda s: s.apply_delta(domain, delta, vectors, self.settings)
         )
         self.versions.publish(domain, result.version)
+        self._refresh_view(domain, result.version)
         return result
 
     def add_memories(self, capsule_id: str, drafts: Sequence[MemoryDraft]) -> AddMemoriesResult:
@@ -356,7 +377,18 @@ class ContextService:
         )
         version, items = self.on_shard(domain, lambda s: s.add_memories(domain, pending))
         self.versions.publish(domain, version)
+        self._refresh_view(domain, version)
         return AddMemoriesResult(domain=domain, version=version, items=items)
+
+    def _refresh_view(self, domain: str, version: int) -> None:
+        """The writer brings its own view up to date (the learning worker applies its rows
+        itself): the write pays the read-back of its rows, not the next retrieve."""
+        if not self.cache_enabled:
+            return
+        try:
+            self.on_shard(domain, lambda store: self.views.refresh(domain, store, version))
+        except Exception as exc:  # the write is committed; the next read catches up instead
+            log.warning("view not refreshed after a write", domain=domain, error=str(exc))
 
     def nearest_memory(self, domain: str, vector: Vector, outcome: str) -> str | None:
         """The stored memory of this outcome a new one would reinforce, if any."""

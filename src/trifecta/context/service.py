@@ -102,30 +102,36 @@ def create_app(
             cache_stats=service.cache_stats(),
         )
 
-    async def answer(plan: Callable[[], Read[M]]) -> M:
+    async def answer(plan: Callable[[], Read[M]]) -> Response:
         # With Redis, a cache hit is answered on the event loop (the tenancy check, usually
         # remembered, one GET and a probe); whatever computes or reads a database runs in
-        # the thread pool.
+        # the thread pool. The body is the cached JSON as it is: FastAPI neither validates
+        # nor encodes it again (the route's response_model still documents it).
         if service.fast_reads:
             read = plan()
-            hit = service.cached(read)
-            return hit if hit is not None else await run_in_threadpool(service.run, read)
-        return await run_in_threadpool(lambda: service.run(plan()))
+            body = service.cached_json(read)
+            if body is None:
+                body = await run_in_threadpool(service.run_json, read)
+        else:
+            body = await run_in_threadpool(lambda: service.run_json(plan()))
+        return Response(body, media_type="application/json")
 
-    @app.get("/capsules/{capsule_id}/playbook", tags=["playbook"])
+    @app.get("/capsules/{capsule_id}/playbook", tags=["playbook"], response_model=PlaybookView)
     async def read_playbook(
         capsule_id: CapsuleId,
         domain: Annotated[str | None, Query(pattern=SLUG, description="a shared domain")] = None,
         key: Principal = caller,
-    ) -> PlaybookView:
+    ) -> Response:
         """The active bullets of the capsule's domain (or of a domain shared with it)."""
         capsule = key.act_for(capsule_id)
         return await answer(lambda: service.plan_playbook(capsule, domain))
 
-    @app.post("/capsules/{capsule_id}/playbook/render", tags=["playbook"])
+    @app.post(
+        "/capsules/{capsule_id}/playbook/render", tags=["playbook"], response_model=RenderedPlaybook
+    )
     async def render_playbook(
         capsule_id: CapsuleId, request: RenderRequest, key: Principal = caller
-    ) -> RenderedPlaybook:
+    ) -> Response:
         """The playbook as prompt text within a token budget, most useful bullets first."""
         capsule = key.act_for(capsule_id)
         return await answer(lambda: service.plan_render(capsule, request))
@@ -135,10 +141,10 @@ def create_app(
         """Merge ADD / UPDATE / TAG / REMOVE operations; replayed op ids change nothing."""
         return service.apply_delta(key.act_for(capsule_id), delta)
 
-    @app.post("/capsules/{capsule_id}/retrieve", tags=["retrieval"])
+    @app.post("/capsules/{capsule_id}/retrieve", tags=["retrieval"], response_model=Retrieval)
     async def retrieve(
         capsule_id: CapsuleId, request: RetrieveRequest, key: Principal = caller
-    ) -> Retrieval:
+    ) -> Response:
         """Bullets and memories for one task, structured and as prompt text."""
         capsule = key.act_for(capsule_id)
         return await answer(lambda: service.plan_retrieve(capsule, request))
@@ -150,10 +156,12 @@ def create_app(
         """Append memory items; near-identical ones reinforce what is stored."""
         return service.add_memories(key.act_for(capsule_id), request.items)
 
-    @app.post("/capsules/{capsule_id}/memories/search", tags=["memory"])
+    @app.post(
+        "/capsules/{capsule_id}/memories/search", tags=["memory"], response_model=MemorySearchResult
+    )
     async def search_memories(
         capsule_id: CapsuleId, query: MemoryQuery, key: Principal = caller
-    ) -> MemorySearchResult:
+    ) -> Response:
         """Top-k memories by cosine similarity, filtered by outcome and age."""
         capsule = key.act_for(capsule_id)
         return await answer(lambda: service.plan_search(capsule, query))
@@ -201,7 +209,13 @@ def create_app(
 def create_app_from_settings() -> FastAPI:
     """For `uvicorn --factory`: everything from TRIFECTA_* settings, no language model; the
     embedder loads before the server accepts requests."""
+    from trifecta.core.heap import freeze_startup_heap
+
     service = ContextService()
     service.warm_up()
     service.start_learning()  # learns what a previous process left queued
-    return stand_alone(create_app(service), service="context")
+    app = stand_alone(create_app(service), service="context")
+    # The embedder, torch and the app stay for the process's life: keep full collections
+    # from walking them on the request path (as `trifecta serve` does).
+    freeze_startup_heap()
+    return app

@@ -186,6 +186,15 @@ class ViewCache:
             view = self._views.get(domain)
         return view.apply(changes) if view is not None else False
 
+    def refresh(self, domain: str, store: ShardStore, version: int) -> None:
+        """After a write of this process outside the learning worker: bring the domain's view,
+        if this process holds one, up to the written version now, so the next read (which
+        in the loop is the next request) finds its standing searches already updated."""
+        with self._lock:
+            view = self._views.get(domain)
+        if view is not None and view.version < version:
+            view.catch_up(store, version)
+
     def drop(self, domain: str) -> None:
         with self._lock:
             self._views.pop(domain, None)
