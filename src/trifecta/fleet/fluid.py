@@ -98,8 +98,10 @@ def relaxation_bound(
     groups: GroupTerms = defaultdict(list)
     cloud_cols: list[dict[Home, tuple[int, int | None]]] = []
     for t in types:
-        cloud, requests = t.total("cloud"), t.total("requests")
-        light, generative = t.total("light"), t.total("generative")
+        loads = [_loads(c) for c in t.capsules]
+        cloud, requests = (sum(x[key] for x in loads) for key in ("cloud", "requests"))
+        light, generative = (sum(x[key] for x in loads) for key in ("light", "generative"))
+        ratio = t.light_ratio
         cols: dict[Home, tuple[int, int | None]] = {}
         request_cols, offload_cols = [], []
         for env, tier in t.homes:
@@ -114,7 +116,7 @@ def relaxation_bound(
                 offload_cols.append(o)
                 cols[(env, tier)] = (c, o)
                 # offload <= the most any member placed here could offload
-                program.row([(o, 1.0), (c, -t.light_ratio)], -math.inf, 0.0)
+                program.row([(o, 1.0), (c, -ratio)], -math.inf, 0.0)
                 groups[(env, "cognitive", tier)].append((o, 1.0))
         program.row([(c, 1.0) for c, _ in cols.values()], cloud, cloud)
         program.row([(r, 1.0) for r in request_cols], requests, requests)
@@ -187,7 +189,8 @@ def fixed_classes(
     out: list[CapsuleClass] = []
     for t, homes in zip(types, placed, strict=True):
         for home, capsules in homes.items():
-            sums = {key: sum(_loads(c)[key] for c in capsules) for key in _loads(capsules[0])}
+            loads = [_loads(c) for c in capsules]
+            sums = {key: sum(x[key] for x in loads) for key in loads[0]}
             tokens = sum(c.demand.tokens_per_s for c in capsules)
             out.append(
                 CapsuleClass(
