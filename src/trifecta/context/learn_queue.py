@@ -2,27 +2,90 @@
 
 `enqueue` commits the trajectory and returns its ticket: that commit is the acknowledgement,
 so an acknowledged trajectory survives the process (kill -9 included; on SQLite WAL with
-`synchronous=NORMAL` it survives a process crash, not a power cut). The learning worker
+`synchronous=NORMAL` it survives a process crash, not a power cut). Trajectories enqueued
+at the same moment by several request threads share one transaction (`GroupCommit`): each
+caller still returns only once its row is committed. The learning worker
 reads pending rows in queue order and marks each `done` inside the transaction that writes
 its learning (`mark_done`), so a row is either pending or its effects are committed.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from trifecta.context import tables
-from trifecta.context.sql import check_readable, insert_for
+from trifecta.context.sql import DomainMoved, check_readable, insert_for
 from trifecta.context.trajectory import Trajectory
 from trifecta.core.db import transaction
 
 Q = tables.learn_queue.c
+T = TypeVar("T")
+R = TypeVar("R")
+MAX_GROUP = 64  # items one transaction takes; the rest go in the next
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    item: T
+    result: R | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class GroupCommit(Generic[T, R]):
+    """Writes that callers hand in one at a time, committed several to a transaction (group
+    commit, as databases batch their log flushes). The first caller that finds its item
+    waiting and no write running writes every waiting item with one call of `write`; the
+    others wait for the write that holds theirs. `write` returns, per item and in order,
+    its result or the exception that caller should raise. A caller alone pays one write,
+    as before; written by hand: no library does this for a synchronous SQLAlchemy engine."""
+
+    def __init__(self, write: Callable[[list[T]], Sequence[R | BaseException]]):
+        self._write = write
+        self._waiting: list[_Pending[T, R]] = []
+        self._busy = False
+        self._cond = threading.Condition()
+        self.writes = self.items = 0
+
+    def submit(self, item: T) -> R:
+        mine: _Pending[T, R] = _Pending(item)
+        with self._cond:
+            self._waiting.append(mine)
+        while True:
+            with self._cond:
+                while not mine.done and self._busy:
+                    self._cond.wait()
+                if mine.done:
+                    break
+                self._busy = True
+                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+                self.writes += 1
+                self.items += len(group)
+            try:
+                results: Sequence[R | BaseException] = self._write([p.item for p in group])
+            except BaseException as exc:  # the transaction failed: every caller in it fails
+                results = [exc] * len(group)
+            with self._cond:
+                for pending, result in zip(group, results, strict=True):
+                    if isinstance(result, BaseException):
+                        pending.error = result
+                    else:
+                        pending.result = result
+                    pending.done = True
+                self._busy = False
+                self._cond.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        assert mine.result is not None
+        return mine.result
 
 
 class LearnTicket(BaseModel):
@@ -63,40 +126,65 @@ class Queued:
 class LearnQueue:
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._group: GroupCommit[tuple[str, Trajectory], LearnTicket] = GroupCommit(
+            self._enqueue_group
+        )
 
     def enqueue(self, domain: str, trajectory: Trajectory) -> LearnTicket:
         """Store the trajectory (once per domain and trajectory id) and acknowledge it.
         Raises `DomainMoved` if a move fenced the domain off this shard."""
+        return self._group.submit((domain, trajectory))
+
+    def _enqueue_group(
+        self, items: list[tuple[str, Trajectory]]
+    ) -> list[LearnTicket | BaseException]:
+        """One transaction for the trajectories enqueued together; a fenced domain refuses
+        its own items only."""
         now = time.time()
+        out: list[LearnTicket | BaseException] = []
         with transaction(self.engine, write=True) as session:
-            check_readable(session, domain)
-            stmt = insert_for(session, tables.learn_queue).values(
-                domain=domain,
+            fenced: dict[str, DomainMoved | None] = {}
+            for domain, trajectory in items:
+                if domain not in fenced:
+                    try:
+                        check_readable(session, domain)
+                        fenced[domain] = None
+                    except DomainMoved as moved:
+                        fenced[domain] = moved
+                refusal = fenced[domain]
+                out.append(
+                    refusal
+                    if refusal is not None
+                    else self._insert(session, domain, trajectory, now)
+                )
+        return out
+
+    def _insert(
+        self, session: Session, domain: str, trajectory: Trajectory, now: float
+    ) -> LearnTicket:
+        stmt = insert_for(session, tables.learn_queue).values(
+            domain=domain,
+            trajectory_id=trajectory.id,
+            capsule_id=trajectory.capsule_id,
+            payload=trajectory.model_dump_json(),
+            state="pending",
+            attempts=0,
+            submitted_at=now,
+        )
+        inserted = session.execute(
+            stmt.on_conflict_do_nothing(index_elements=["domain", "trajectory_id"]).returning(Q.id)
+        ).first()
+        if inserted is not None:
+            return LearnTicket(
                 trajectory_id=trajectory.id,
-                capsule_id=trajectory.capsule_id,
-                payload=trajectory.model_dump_json(),
-                state="pending",
-                attempts=0,
+                domain=domain,
+                position=int(inserted[0]),
                 submitted_at=now,
+                duplicate=False,
             )
-            inserted = session.execute(
-                stmt.on_conflict_do_nothing(index_elements=["domain", "trajectory_id"]).returning(
-                    Q.id
-                )
-            ).first()
-            if inserted is not None:
-                return LearnTicket(
-                    trajectory_id=trajectory.id,
-                    domain=domain,
-                    position=int(inserted[0]),
-                    submitted_at=now,
-                    duplicate=False,
-                )
-            row = session.execute(
-                select(Q.id, Q.submitted_at).where(
-                    Q.domain == domain, Q.trajectory_id == trajectory.id
-                )
-            ).one()
+        row = session.execute(
+            select(Q.id, Q.submitted_at).where(Q.domain == domain, Q.trajectory_id == trajectory.id)
+        ).one()
         return LearnTicket(
             trajectory_id=trajectory.id,
             domain=domain,

@@ -1,0 +1,88 @@
+"""Group commit: writes handed in by several threads at once share one transaction, and each
+caller returns its own result (or raises its own error) once that transaction is done."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from tests.context.submitter import trajectory
+from tests.context.test_learn_queue import seed_bullet
+from trifecta.context.facade import ContextService
+from trifecta.context.learn_queue import GroupCommit
+
+
+def test_callers_arriving_during_a_write_share_the_next_one() -> None:
+    first_in, release = threading.Event(), threading.Event()
+    groups: list[list[int]] = []
+
+    def write(items: list[int]) -> Sequence[int | BaseException]:
+        groups.append(list(items))
+        if len(groups) == 1:  # hold the first write until the others queue behind it
+            first_in.set()
+            release.wait(10)
+        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+
+    group: GroupCommit[int, int] = GroupCommit(write)
+    results: dict[int, int | str] = {}
+
+    def call(i: int) -> None:
+        try:
+            results[i] = group.submit(i)
+        except ValueError as exc:
+            results[i] = str(exc)
+
+    threads = [threading.Thread(target=call, args=(0,))]
+    threads[0].start()
+    assert first_in.wait(10)
+    threads += [threading.Thread(target=call, args=(i,)) for i in range(1, 6)]
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(group._waiting) < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert groups[0] == [0] and sorted(groups[1]) == [1, 2, 3, 4, 5] and len(groups) == 2
+    assert results == {0: 0, 1: "odd 1", 2: 20, 3: "odd 3", 4: 40, 5: "odd 5"}
+    assert (group.writes, group.items) == (2, 6)
+
+
+def test_a_failed_transaction_fails_every_caller_in_it() -> None:
+    def write(items: list[int]) -> Sequence[int | BaseException]:
+        raise RuntimeError("database gone")
+
+    group: GroupCommit[int, int] = GroupCommit(write)
+    with pytest.raises(RuntimeError, match="database gone"):
+        group.submit(1)
+    group._write = lambda items: list(items)  # the next write works again
+    assert group.submit(2) == 2
+
+
+def test_concurrent_submits_are_each_acknowledged_once(service: ContextService) -> None:
+    """Sixteen threads submit at once (two of them the same trajectory): every distinct
+    trajectory gets its own row and position, the repeat is a duplicate of its first."""
+    bullet = seed_bullet(service)
+    tickets: dict[int, object] = {}
+    start = threading.Barrier(16)
+
+    def submit(n: int) -> None:
+        start.wait(10)
+        tickets[n] = service.submit(trajectory(min(n, 14), bullet))
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(tickets) == 16
+    positions = {n: t.position for n, t in tickets.items()}  # type: ignore[attr-defined]
+    assert positions[14] == positions[15]
+    assert len(set(positions.values())) == 15
+    assert sum(t.duplicate for t in tickets.values()) == 1  # type: ignore[attr-defined]
+    assert service.drain(timeout=60)
+    assert [r.state for r in service.learn_queue("twin-a")] == ["done"] * 15
