@@ -95,5 +95,6 @@ def test_a_learned_memory_updates_the_standing_search_in_place(
     after = view.searches.stats()
     assert after["standing"] == before["standing"]  # no new search was made
     assert after["standing_updated"] > before["standing_updated"]  # the new memory entered
+    assert cached.cache_stats()["standing_updated"] == after["standing_updated"]  # /health
     assert any(h.memory.outcome == "failure" for h in answer.memories)
     same_answer(answer, uncached.retrieve(CAPSULE, request))

@@ -441,7 +441,7 @@ class ContextService:
         return self.on_shard(domain, lambda store: store.queue.rows(domain))
 
     def cache_stats(self) -> dict[str, int]:
-        return self.results.stats()
+        return self.results.stats() | self.views.stats()
 
     def learning_stats(self) -> dict[str, int]:
         """The worker's counters and the query-embedding cache's."""

@@ -195,6 +195,17 @@ class ViewCache:
         if view is not None and view.version < version:
             view.catch_up(store, version)
 
+    def stats(self) -> dict[str, int]:
+        """The standing searches of every view held: how many, and how many writes updated
+        in place or dropped (summed over domains)."""
+        with self._lock:
+            views = list(self._views.values())
+        total = {"standing": 0, "standing_updated": 0, "standing_dropped": 0}
+        for view in views:
+            for name, value in view.searches.stats().items():
+                total[name] += value
+        return total
+
     def drop(self, domain: str) -> None:
         with self._lock:
             self._views.pop(domain, None)
