@@ -12,6 +12,7 @@ from trifecta.cognitive.calibration import (
     calibrate,
     end_tiers,
     fit_rate,
+    keep_lower_bounds,
     replay,
 )
 from trifecta.cognitive.families import always, cascade_family, oracle, random_escalation
@@ -114,25 +115,36 @@ def test_always_oracle_and_random_policies() -> None:
     assert ALWAYS_KEEP > 100
 
 
-def test_the_matching_operating_point_is_the_cheapest_as_accurate_as_the_largest_tier() -> None:
-    # Four requests: the small tier is unsure (0.9) on the two it gets wrong; the medium tier
-    # solves the first of them, only the large one the second.
+def test_the_keep_operating_point_is_the_cheapest_whose_lower_bound_keeps_the_share() -> None:
+    # 400 requests: the small tier is unsure (0.9) on the quarter it gets wrong; the medium
+    # tier solves half of those, only the large tier the rest.
+    rng = np.random.default_rng(0)
+    hard = rng.random(400) < 0.25
+    harder = hard & (rng.random(400) < 0.5)
     obs = table(
-        [[0.1, 0.1, 0.9, 0.9], [0.1, 0.1, 0.1, 0.9], [0, 0, 0, 0]],
-        [[True, True, False, False], [True, True, True, False], [True, True, True, True]],
+        [np.where(hard, 0.9, 0.1).tolist(), np.where(harder, 0.9, 0.1).tolist(), [0.0] * 400],
+        [(~hard).tolist(), (~harder).tolist(), [True] * 400],
     )
     family = cascade_family(obs, obs)
-    largest = always(obs, 2).accuracy or 0.0
-    anything = family.select(lambda r: True)
-    assert anything.calibration.accuracy == pytest.approx(1.0)
-    matched = family.cheapest_reaching(lambda r: True, largest)
-    assert matched.calibration.accuracy == pytest.approx(1.0)
-    # as accurate, and no configuration reaching it is cheaper
-    reaching = [c for c in family.configurations if (c.calibration.accuracy or 0) >= largest]
-    assert matched.calibration.cost_share == min(c.calibration.cost_share for c in reaching)
-    assert matched.calibration.cost_share <= anything.calibration.cost_share
-    # the two unsure requests escalate, one ends on the medium tier, one on the large
-    assert matched.calibration.end_tier.tolist() == [0, 0, 1, 2]
-    # unreachable accuracy: the most accurate within the constraint
-    cheap = family.cheapest_reaching(lambda r: r.cost_share <= 0.2, 2.0)
-    assert cheap == family.select(lambda r: r.cost_share <= 0.2)
+    kept = family.cheapest_keeping(obs, 0.95)
+    # the unsure requests escalate as far as they must: as accurate as the largest tier
+    assert kept.calibration.accuracy == pytest.approx(1.0)
+    assert kept.calibration.end_tier.tolist() == np.where(harder, 2, np.where(hard, 1, 0)).tolist()
+    # and the product's calibration picks the same thresholds on the same grid
+    fitted = calibrate(obs, Target(kind="keep", value=0.95))
+    assert replay(obs, list(fitted.thresholds.values.values())).end_tier.tolist() == (
+        kept.calibration.end_tier.tolist()
+    )
+    # a share no configuration keeps by its lower bound: the most accurate one
+    assert family.cheapest_keeping(obs, 1.0).calibration.accuracy == pytest.approx(1.0)
+
+
+def test_the_lower_bound_is_a_margin_below_the_point_estimate() -> None:
+    rng = np.random.default_rng(1)
+    largest = rng.random(600) < 0.9
+    # a configuration right on 96% of the largest tier's accuracy, one on 100%
+    config = largest & (rng.random(600) < 0.96)
+    bounds = keep_lower_bounds(np.vstack([config, largest]), largest)
+    ratio = config.mean() / largest.mean()
+    assert ratio - 0.04 < bounds[0] < ratio - 0.005
+    assert bounds[1] == pytest.approx(1.0)

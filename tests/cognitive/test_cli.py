@@ -74,6 +74,9 @@ def test_calibrate_a_capsule_and_list_thresholds(capsys: pytest.CaptureFixture[s
             "target",
         ),
         (["cognitive", "calibrate", "--capsule", "x", "--budget", "1.5"], "budget"),
+        (["cognitive", "calibrate", "--capsule", "x", "--keep", "1.2"], "keep"),
+        (["models", "train", "--tier", "large", "--refine-mix", "1=4,9=1"], "refine_mix"),
+        (["models", "train", "--tier", "large", "--refine-mix", "1:4"], "refine_mix"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_field(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trifecta.cognitive.evaluation import EvalConfig, evaluate
+from trifecta.cognitive.evaluation import LIVE, EvalConfig, evaluate
 from trifecta.cognitive.metrics import apgr, auroc, calls_for_gap, performance_gap_recovered
 from trifecta.cognitive.report import goals, markdown, plot
 from trifecta.cognitive.router import TrainedRouter
@@ -46,9 +46,10 @@ def test_eval_end_to_end(tmp_path: Path) -> None:
         "router",
         "features router",
         "router+cascade",
+        "features router+cascade",
         "random escalation",
         "oracle",
-        "cascade (live)",
+        LIVE,
     ):
         assert expected in methods
         interval = report.intervals[expected]
@@ -59,14 +60,16 @@ def test_eval_end_to_end(tmp_path: Path) -> None:
     assert large.cost_share == pytest.approx(1.0) and large.usd_share == pytest.approx(1.0)
     oracle = report.point("oracle")
     assert oracle.accuracy >= max(p.accuracy for p in report.points if p.method != "oracle")
-    # The live cascade makes the replayed decisions; stopping early only saves tokens.
+    # The live auto model makes the replayed decisions; stopping early only saves tokens.
     assert report.live_agrees
-    assert report.point("cascade (live)").cost_share <= report.point("cascade").cost_share + 1e-9
+    assert report.point(LIVE).cost_share <= report.extras["replayed cost share"] + 1e-9
+    assert report.thresholds.router  # the product routes (a router ships)
     assert {g.method for g in report.gap} == {
         "cascade",
         "router",
         "features router",
         "router+cascade",
+        "features router+cascade",
         "random escalation",
     }
     assert set(report.gap_intervals) == {g.method for g in report.gap}
@@ -78,7 +81,7 @@ def test_eval_end_to_end(tmp_path: Path) -> None:
     assert set(report.aurocs) == {"step", "block", "mean", "max"}
     assert len(goals(report)) == 3
     text = markdown(report)
-    assert "APGR" in text and "| cascade (live) |" in text
+    assert "APGR" in text and f"| {LIVE} |" in text
     assert plot(report, tmp_path / "eval.png").stat().st_size > 10_000
 
 

@@ -110,6 +110,11 @@ def test_the_recipe_ends_with_the_refine_phase_and_a_warm_start_runs_only_it(
     assert phases[0].mix == {1: 1.0} and phases[-1].mix == REFINE_MIX
     assert [p.steps for p in recipe(spec, 10, grown=True, warm=False)] == [0, 10, 3]
     assert [p.steps for p in recipe(spec, 10, grown=False, warm=True)] == [3]
+    # a continuation's own mix and rate (`models train --refine-mix --refine-lr`)
+    (continued,) = recipe(
+        spec, 10, grown=False, warm=True, refine_mix={1: 4.0, 5: 1.0}, refine_learning_rate=1e-4
+    )
+    assert continued.mix == {1: 4.0, 5: 1.0} and continued.learning_rate == 1e-4
     seen: list[int] = []
     first = train_tier(spec, seed=3, steps=2, eval_per_grade=0)
     before = [p.detach().clone() for p in first.model.parameters()]

@@ -10,7 +10,13 @@ whose score stays at or below its threshold. Three targets:
 - `cost`: the most accurate thresholds whose compute cost is at most that share of always
   calling the largest tier (labelled; unlabelled samples fall back to one common rate);
 - `quality`: the cheapest thresholds whose accuracy is at least that value (labelled; when no
-  thresholds reach it, the most accurate ones).
+  thresholds reach it, the most accurate ones);
+- `keep`: the cheapest thresholds that keep at least that share of the largest tier's accuracy
+  with a margin: the lower end of a bootstrap 95% interval of their accuracy relative to the
+  largest tier's, over redraws of the sample, clears the share (labelled; when none does, the
+  most accurate ones). This is the product's default (`service.DEFAULT_TARGET`): the goal is
+  stated as a share of the largest tier's accuracy, and the margin is what lets the choice
+  hold on traffic it was not fitted on.
 
 Each fit also records the escalation rate per tier it implies, which online recalibration then
 keeps as live traffic drifts (`online.OnlineCalibrator`).
@@ -31,13 +37,17 @@ from trifecta.cognitive.cascade import Thresholds
 from trifecta.cognitive.entropy import DEFAULT_AGGREGATE, DEFAULT_WINDOW, Aggregate
 from trifecta.core.errors import InvalidInput
 
-TargetKind = Literal["rate", "cost", "quality"]
-TARGET_KINDS: tuple[TargetKind, ...] = ("rate", "cost", "quality")
+TargetKind = Literal["rate", "cost", "quality", "keep"]
+TARGET_KINDS: tuple[TargetKind, ...] = ("rate", "cost", "quality", "keep")
 GRID_QUANTILES = np.linspace(0.0, 1.0, 41)  # candidate thresholds: score quantiles, 2.5% apart
 # Signals are entropies or rises of entropy, never negative and far below 1e9 nats, so these
 # two finite thresholds (JSON and databases store no infinities) mean "never" and "always".
 ALWAYS_KEEP = 1e9
 ALWAYS_ESCALATE = -1.0
+KEEP_DRAWS = 400  # bootstrap redraws of the sample behind a `keep` target's lower bound
+KEEP_PERCENTILE = 2.5  # the lower end of a two-sided 95% interval, as the benchmark reads it
+# The joint fit of router cut-offs and thresholds tries every pair, so each on a coarser grid.
+ROUTED_QUANTILES = np.linspace(0.0, 1.0, 11)
 
 
 class Target(BaseModel):
@@ -195,6 +205,100 @@ def fit_quality(obs: Observations, target: float) -> list[float]:
     return list(chosen[2])
 
 
+def keep_lower_bounds(
+    correct: NDArray[np.bool_],
+    largest: NDArray[np.bool_],
+    *,
+    draws: int = KEEP_DRAWS,
+    seed: int = 0,
+) -> NDArray[np.float64]:
+    """For each configuration (`correct[c, i]`: did it answer request i right), the lower end
+    of the bootstrap 95% interval of its accuracy divided by the largest tier's (`largest[i]`)
+    on the same redraw of the requests (paired, as `bootstrap.point_intervals` reads it)."""
+    size = correct.shape[1]
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(size, np.full(size, 1.0 / size), size=draws).astype(np.float64)
+    right = counts @ correct.T.astype(np.float64)  # [draws, configurations]
+    large = counts @ largest.astype(np.float64)  # [draws]
+    ratio = right / np.maximum(large, 1.0)[:, None]
+    return np.percentile(ratio, KEEP_PERCENTILE, axis=0)
+
+
+def cheapest_keeping(
+    obs: Observations, replays: Sequence[Replay], share: float, *, seed: int = 0
+) -> int:
+    """Index of the cheapest of `replays` (outcomes on `obs`) whose accuracy keeps `share` of
+    the largest tier's by its bootstrap lower bound (ties: the more accurate); when none does,
+    the most accurate (ties: the cheaper)."""
+    if obs.correct is None:
+        raise InvalidInput("a keep target needs labelled observations", field="target")
+    rows = np.arange(obs.size)
+    correct = np.stack([obs.correct[r.end_tier, rows] for r in replays])
+    bounds = keep_lower_bounds(correct, obs.correct[-1], seed=seed)
+    accuracy = correct.mean(axis=1)
+    cost = np.array([r.cost_share for r in replays])
+    keeping = np.flatnonzero(bounds >= share)
+    if keeping.size:
+        return int(keeping[np.lexsort((-accuracy[keeping], cost[keeping]))[0]])
+    return int(np.lexsort((cost, -accuracy))[0])
+
+
+def fit_keep(obs: Observations, share: float) -> list[float]:
+    """The cheapest thresholds keeping `share` of the largest tier's accuracy with a margin
+    (`cheapest_keeping`)."""
+    grid = _grid(obs)
+    return list(grid[cheapest_keeping(obs, [replay(obs, values) for values in grid], share)])
+
+
+def routed_grid(
+    obs: Observations, probabilities: NDArray[np.float64]
+) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
+    """Every (router cut-offs, thresholds) pair of the joint fit, router first: each on the
+    coarse quantile grid of its own score (11 quantiles, as `families.COARSE_GRID`), plus
+    "never start here" (1.01) / "always" (-0.01) and never / always escalate."""
+    levels = range(len(obs.tiers) - 1)
+    router_lists = [
+        [1.01, *sorted(set(np.quantile(probabilities[level], ROUTED_QUANTILES).tolist())), -0.01]
+        for level in levels
+    ]
+    cascade_lists = [
+        [
+            ALWAYS_ESCALATE,
+            *sorted(set(np.quantile(obs.scores[level], ROUTED_QUANTILES).tolist())),
+            ALWAYS_KEEP,
+        ]
+        for level in levels
+    ]
+    return [
+        (alphas, values)
+        for alphas in itertools.product(*router_lists)
+        for values in itertools.product(*cascade_lists)
+    ]
+
+
+def route_starts(probabilities: NDArray[np.float64], alphas: Sequence[float]) -> NDArray[np.int64]:
+    """Each request's start tier: the smallest whose predicted success reaches its cut-off."""
+    levels = probabilities.shape[0]
+    choice = np.full(probabilities.shape[1], levels, dtype=np.int64)
+    for level in range(levels - 1, -1, -1):
+        choice = np.where(probabilities[level] >= alphas[level], level, choice)
+    return choice
+
+
+def fit_keep_routed(
+    obs: Observations, probabilities: NDArray[np.float64], share: float
+) -> tuple[list[float], list[float]]:
+    """(thresholds, router cut-offs): the cheapest pair keeping `share` of the largest tier's
+    accuracy with a margin, with a router (`probabilities`: [tiers - 1, requests], each tier's
+    predicted success) choosing where each request starts."""
+    grid = routed_grid(obs, probabilities)
+    replays = [
+        replay(obs, values, start=route_starts(probabilities, alphas)) for alphas, values in grid
+    ]
+    alphas, values = grid[cheapest_keeping(obs, replays, share)]
+    return list(values), list(alphas)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Fitted thresholds, the rates they imply on the sample, and how they were made."""
@@ -213,23 +317,36 @@ def calibrate(
     *,
     aggregate: Aggregate = DEFAULT_AGGREGATE,
     window: int = DEFAULT_WINDOW,
+    probabilities: NDArray[np.float64] | None = None,
 ) -> Calibration:
-    """Fit thresholds to `target` on `obs` (whose scores were read with `aggregate`)."""
+    """Fit thresholds to `target` on `obs` (whose scores were read with `aggregate`). With a
+    `keep` target and the router's `probabilities` for the sample ([tiers - 1, requests]),
+    the router's cut-offs are fitted with the thresholds (`fit_keep_routed`)."""
     if len(obs.tiers) < 2:
         raise InvalidInput("calibration needs at least two tiers", field="tiers")
     if obs.size == 0:
         raise InvalidInput("calibration needs a non-empty sample", field="sample")
+    start: NDArray[np.int64] | None = None  # each request's first tier, when routed
+    alphas: list[float] = []
     if target.kind == "rate":
         values = fit_rate(obs, target.value)
     elif target.kind == "cost":
         values = fit_cost(obs, target.value)
+    elif target.kind == "keep" and probabilities is None:
+        values = fit_keep(obs, target.value)
+    elif target.kind == "keep" and probabilities is not None:
+        values, alphas = fit_keep_routed(obs, probabilities, target.value)
+        start = route_starts(probabilities, alphas)
     else:
         values = fit_quality(obs, target.value)
-    outcome = replay(obs, values)
+    outcome = replay(obs, values, start=start)
     names = obs.tiers[:-1]
     return Calibration(
         thresholds=Thresholds(
-            aggregate=aggregate, window=window, values=dict(zip(names, values, strict=True))
+            aggregate=aggregate,
+            window=window,
+            values=dict(zip(names, values, strict=True)),
+            router=dict(zip(names, alphas, strict=True)) if start is not None else {},
         ),
         rates=dict(zip(names, outcome.rates, strict=True)),
         target=target,

@@ -42,6 +42,11 @@ class Thresholds(BaseModel):
     aggregate: Aggregate = DEFAULT_AGGREGATE
     window: int = Field(default=DEFAULT_WINDOW, ge=1)
     values: dict[str, float] = Field(default_factory=dict, description="tier -> threshold")
+    router: dict[str, float] = Field(
+        default_factory=dict,
+        description="tier -> the predicted success (start_router.py) a request needs to start "
+        "on that tier; empty: every request starts on the first tier",
+    )
 
     def for_tier(self, tier: str) -> float:
         try:
@@ -182,14 +187,30 @@ class EscalationCascade(Backend):
         return [finals[i] for i in range(len(prompts))]
 
     def _starts(self, prompts: list[str]) -> list[int]:
-        if self.start is None:
+        if self.start is None and self.thresholds.router:
+            starts = self._routed(prompts)
+        elif self.start is None:
             return [0] * len(prompts)
-        starts = [int(s) for s in self.start(prompts)]
+        else:
+            starts = [int(s) for s in self.start(prompts)]
         if len(starts) != len(prompts) or any(not 0 <= s < len(self.tiers) for s in starts):
             raise InvalidInput(
                 "the start rule returned no valid tier for some prompt", field="start"
             )
         return starts
+
+    def _routed(self, prompts: list[str]) -> list[int]:
+        """Start tiers from the shipped router under the thresholds' cut-offs."""
+        from trifecta.cognitive.start_router import shipped_router
+
+        router = shipped_router()
+        if router is None or router.tiers != tuple(t.name for t in self.tiers):
+            raise InvalidInput(
+                "the thresholds route requests but no router ships for these tiers "
+                "(`trifecta cognitive calibrate --default` fits one)",
+                field="router",
+            )
+        return router.starts(prompts, self.thresholds.router)
 
     def _run_tier(
         self,

@@ -86,6 +86,16 @@ def models_train(
             "phase only"
         ),
     ] = False,
+    refine_mix: Annotated[
+        str | None,
+        typer.Option(
+            help="grade weights of the refine phase, e.g. 1=4,3=2,4=1.5,5=4 (default: the recipe's)"
+        ),
+    ] = None,
+    refine_lr: Annotated[
+        float | None,
+        typer.Option(min=0, help="peak learning rate of the refine phase (default: the recipe's)"),
+    ] = None,
 ) -> None:
     """Train tiers on the task family's train split (seeded, with a progress bar) into the data
     directory. A larger tier starts from the next smaller one, grown to its size (see
@@ -94,6 +104,7 @@ def models_train(
     out = out if out is not None else trained_dir()
     if steps is not None and steps < 1:
         raise InvalidInput("must be at least 1", field="steps")
+    weights = _grade_weights(refine_mix) if refine_mix is not None else None
     import torch
 
     from trifecta.cognitive.training import train_tier
@@ -126,6 +137,8 @@ def models_train(
                     earlier=warm[1] if warm is not None else None,
                     refine_steps=refine,
                     on_step=on_step,
+                    refine_mix=weights,
+                    refine_learning_rate=refine_lr,
                 )
             )
     table = Table(title="held-out accuracy per grade")
@@ -143,6 +156,26 @@ def models_train(
         )
     console.print(table)
     console.print(f"saved under {out}; ship them with `trifecta models promote --from {out}`")
+
+
+def _grade_weights(text: str) -> dict[int, float]:
+    """`1=4,3=2` -> {1: 4.0, 3: 2.0}: grades of `core.tasks.DIFFICULTIES`, positive weights."""
+    from trifecta.core.tasks import DIFFICULTIES
+
+    weights: dict[int, float] = {}
+    for part in text.split(","):
+        grade, _, weight = part.partition("=")
+        try:
+            key, value = int(grade), float(weight)
+        except ValueError:
+            raise InvalidInput(f"{part!r} is not GRADE=WEIGHT", field="refine_mix") from None
+        if key not in DIFFICULTIES or value <= 0:
+            raise InvalidInput(
+                f"grade {key} weight {value}: grades {list(DIFFICULTIES)}, weights above 0",
+                field="refine_mix",
+            )
+        weights[key] = value
+    return weights
 
 
 def trained_dir() -> Path:
@@ -325,15 +358,19 @@ def cognitive_generate(
         )
 
 
-def _target(budget: float | None, quality: float | None, rate: float | None) -> Any:
+def _target(
+    budget: float | None, quality: float | None, rate: float | None, keep: float | None = None
+) -> Any:
     from trifecta.cognitive.calibration import Target
     from trifecta.cognitive.service import DEFAULT_TARGET
 
     given = [
-        (k, v) for k, v in (("cost", budget), ("quality", quality), ("rate", rate)) if v is not None
+        (k, v)
+        for k, v in (("cost", budget), ("quality", quality), ("rate", rate), ("keep", keep))
+        if v is not None
     ]
     if len(given) > 1:
-        raise InvalidInput("give one of --budget, --quality, --rate", field="target")
+        raise InvalidInput("give one of --budget, --quality, --rate, --keep", field="target")
     if not given:
         return DEFAULT_TARGET
     kind, value = given[0]
@@ -345,21 +382,26 @@ def _target(budget: float | None, quality: float | None, rate: float | None) -> 
 def _calibrate_default(sample: int | None, seed: int, target: Any = None) -> None:
     from trifecta.cognitive.service import (
         DEFAULT_TARGET,
+        ROUTER_TASKS,
         calibrate_on,
+        fit_default_router,
         save_default_calibration,
         traffic_sample,
     )
     from trifecta.cognitive.settings import get_cognitive_settings
 
     size = sample or get_cognitive_settings().calibration_sample
+    chosen = target or DEFAULT_TARGET
+    if chosen.kind == "keep":  # the router's cut-offs are fitted with the thresholds
+        with console.status(f"fitting the start router on {ROUTER_TASKS} train-split tasks"):
+            fit_default_router(ROUTER_TASKS, seed=seed)
     with console.status("calibrating the default thresholds on the default mix"):
-        calibration = calibrate_on(
-            traffic_sample(None, size, seed=seed + 1), target or DEFAULT_TARGET
-        )
+        calibration = calibrate_on(traffic_sample(None, size, seed=seed + 1), chosen)
     default = save_default_calibration(calibration)
     console.print(
-        f"default thresholds: {default.thresholds.values} (rates {default.rates}, "
-        f"accuracy {default.accuracy}, compute {default.cost_share:.1%} of the largest tier)"
+        f"default thresholds: {default.thresholds.values}, router cut-offs "
+        f"{default.thresholds.router or 'none'} (rates {default.rates}, accuracy "
+        f"{default.accuracy}, compute {default.cost_share:.1%} of the largest tier)"
     )
 
 
@@ -374,11 +416,18 @@ def cognitive_calibrate(
     ] = None,
     quality: Annotated[float | None, typer.Option(help="target accuracy")] = None,
     rate: Annotated[float | None, typer.Option(help="share each tier hands on")] = None,
+    keep: Annotated[
+        float | None,
+        typer.Option(
+            help="share of the largest tier's accuracy to keep, by a bootstrap lower bound "
+            "(the default target: 0.95)"
+        ),
+    ] = None,
     sample: Annotated[int | None, typer.Option(min=20, help="tasks in the traffic sample")] = None,
     seed: Annotated[int, typer.Option(help="seeds the traffic sample")] = 0,
 ) -> None:
     """Fit a capsule's escalation thresholds on a sample of its traffic and store them."""
-    target = _target(budget, quality, rate)
+    target = _target(budget, quality, rate, keep)
     if default == (capsule is not None):
         raise InvalidInput("give either --capsule ID or --default", field="capsule")
     if default:

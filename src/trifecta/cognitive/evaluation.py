@@ -12,7 +12,7 @@ bootstrap 95% interval over the evaluation tasks (`bootstrap.py`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,7 +29,7 @@ from trifecta.cognitive.bootstrap import (
     paired_difference,
     point_intervals,
 )
-from trifecta.cognitive.calibration import Observations, Replay
+from trifecta.cognitive.calibration import Observations, Replay, Target, calibrate, replay
 from trifecta.cognitive.cascade import Thresholds, cascade_of
 from trifecta.cognitive.cost import all_tier_costs
 from trifecta.cognitive.entropy import AGGREGATES, DEFAULT_AGGREGATE, DEFAULT_WINDOW, Aggregate
@@ -48,13 +48,15 @@ from trifecta.cognitive.metrics import apgr, auroc, calls_for_gap
 from trifecta.cognitive.observe import ANSWER_TOKENS, TierRuns, run_tiers
 from trifecta.cognitive.prompt_features import PromptFeatures
 from trifecta.cognitive.router import TrainedRouter
+from trifecta.cognitive.start_router import shipped_router
 from trifecta.cognitive.tiers import TIER_NAMES
 from trifecta.core.embeddings import get_embedder
 from trifecta.core.protocols import Embedder
 from trifecta.core.tasks import DEFAULT_MIX, Task, TaskFamilyVerifier, generate_tasks
 
 CALL_SHARES = np.linspace(0.0, 1.0, 21)  # x-axis of RouteLLM's PGR curve
-OperatingPoint = Literal["cheapest", "accurate"]
+LIVE = "auto (live)"  # the product's policy, run for real: the headline row
+OperatingPoint = Literal["keep", "accurate"]
 
 
 class EvalConfig(BaseModel):
@@ -70,17 +72,18 @@ class EvalConfig(BaseModel):
         default=0.40, gt=0, le=1, description="compute cost, share of the largest tier"
     )
     operating_point: OperatingPoint = Field(
-        default="cheapest",
+        default="keep",
         description="how each policy's configuration is chosen on the calibration sample: "
-        "'cheapest', the cheapest within the budget that keeps `keep_accuracy` of the largest "
-        "tier's accuracy; 'accurate', the most accurate within the budget",
+        "'keep', the cheapest whose bootstrap lower bound keeps `keep_accuracy` of the largest "
+        "tier's accuracy (the product's calibration target, `service.DEFAULT_TARGET`); "
+        "'accurate', the most accurate within the budget",
     )
     keep_accuracy: float = Field(
-        default=0.98,
+        default=0.95,
         gt=0,
-        le=1.5,
-        description="share of the largest tier's calibration accuracy the 'cheapest' operating "
-        "point keeps (the goal is 95%: the rest is a margin for new tasks)",
+        le=1,
+        description="share of the largest tier's accuracy the 'keep' operating point keeps, "
+        "by the lower end of its bootstrap 95% interval on the calibration sample",
     )
     aggregate: Aggregate = DEFAULT_AGGREGATE
     window: int = Field(default=DEFAULT_WINDOW, ge=1)
@@ -218,15 +221,33 @@ def evaluate(
         "router+cascade": router_family(
             calib, evaluation, calib_p, eval_p, cascade_grid=COARSE_GRID, router_grid=COARSE_GRID
         ),
+        "features router+cascade": _renamed(
+            router_family(
+                calib,
+                evaluation,
+                calib_f,
+                eval_f,
+                cascade_grid=COARSE_GRID,
+                router_grid=COARSE_GRID,
+            ),
+            "features router+cascade",
+        ),
     }
-    within_budget = _budget(config.budget)
-    if config.operating_point == "cheapest":
-        kept = config.keep_accuracy * (always(calib, len(TIER_NAMES) - 1).accuracy or 0.0)
+    if config.operating_point == "keep":
         chosen = {
-            name: family.cheapest_reaching(within_budget, kept) for name, family in families.items()
+            name: family.cheapest_keeping(calib, config.keep_accuracy)
+            for name, family in families.items()
         }
+        # What the product serves: `auto`'s thresholds (and, with a shipped router, its start
+        # cut-offs) fitted by the product's own calibration on the same sample.
+        thresholds = _product_thresholds(config, calib, calib_tasks)
     else:
-        chosen = {name: family.select(within_budget) for name, family in families.items()}
+        chosen = {name: family.select(_budget(config.budget)) for name, family in families.items()}
+        thresholds = Thresholds(
+            aggregate=config.aggregate,
+            window=config.window,
+            values=dict(zip(TIER_NAMES[:-1], chosen["cascade"].thresholds, strict=True)),
+        )
     points = [
         _point(f"always {name}", eval_runs, always(evaluation, i))
         for i, name in enumerate(TIER_NAMES)
@@ -248,15 +269,10 @@ def evaluate(
     )
     points.append(_point("oracle", eval_runs, oracle(evaluation)))
 
-    thresholds = Thresholds(
-        aggregate=config.aggregate,
-        window=config.window,
-        values=dict(zip(TIER_NAMES[:-1], chosen["cascade"].thresholds, strict=True)),
-    )
-    say("running the live cascade on the evaluation tasks")
+    say("running the live auto model on the evaluation tasks")
     live, live_route = _live_cascade(backends, costs, thresholds, eval_runs)
     points.append(live)
-    expected = chosen["cascade"].evaluation
+    expected = _replayed(thresholds, evaluation, eval_tasks)
     live_agrees = abs(live.accuracy - (expected.accuracy or 0.0)) < 1e-9
 
     gap, gap_routes = _gap_metrics(families, evaluation)
@@ -278,6 +294,10 @@ def evaluate(
         accuracy_by_grade=grades,
         thresholds=thresholds,
         live_agrees=live_agrees,
+        extras={
+            "replayed accuracy": expected.accuracy or 0.0,
+            "replayed cost share": expected.cost_share,
+        },
         needed_reached=_needed_reached(evaluation, live_route),
     )
     if config.bootstrap:
@@ -290,7 +310,7 @@ def evaluate(
             _route(random_escalation(evaluation, cascade_rates, seed=s)) for s in range(20)
         ]
         routes["oracle"] = [_route(oracle(evaluation))]
-        routes["cascade (live)"] = [live_route]
+        routes[LIVE] = [live_route]
         usd = np.array([c.usd_per_token for c in eval_runs.costs])
         report.intervals = point_intervals(
             evaluation, usd, routes, samples=config.bootstrap, seed=config.seed
@@ -303,6 +323,31 @@ def evaluate(
         report.apgr_baseline = best
         report.apgr_margin = paired_difference(draws["cascade"], draws[best])
     return report
+
+
+def _product_thresholds(config: EvalConfig, calib: Observations, tasks: list[Task]) -> Thresholds:
+    """`auto`'s configuration as `trifecta cognitive calibrate` fits it on `calib`: a `keep`
+    target, with the shipped router's start cut-offs when a router ships."""
+    router = shipped_router()
+    fitted = calibrate(
+        calib,
+        Target(kind="keep", value=config.keep_accuracy),
+        aggregate=config.aggregate,
+        window=config.window,
+        probabilities=router.probabilities([t.prompt for t in tasks]) if router else None,
+    )
+    return fitted.thresholds
+
+
+def _replayed(thresholds: Thresholds, obs: Observations, tasks: list[Task]) -> Replay:
+    """`thresholds` (and their router cut-offs) replayed on `obs`: what the live run should
+    reproduce."""
+    values = [thresholds.values[name] for name in TIER_NAMES[:-1]]
+    router = shipped_router() if thresholds.router else None
+    if router is None:
+        return replay(obs, values)
+    starts = np.array(router.starts([t.prompt for t in tasks], thresholds.router))
+    return replay(obs, values, start=starts)
 
 
 def _router_probabilities(
@@ -356,18 +401,28 @@ def _budgets() -> list[float]:
 
 
 def _describe(configuration: Configuration) -> str:
+    return _setting(configuration.thresholds, configuration.router)
+
+
+def _setting(thresholds: Sequence[float], router: Sequence[float] | None) -> str:
+    """'router 0.57, 0.62; thresholds 1.222, 0.583' (never / always for the sentinels)."""
     parts = []
-    if configuration.router is not None:
-        parts.append("router " + ", ".join(f"{a:.2f}" for a in configuration.router))
-    if any(v < 1e8 for v in configuration.thresholds):
+    if router is not None:
+        parts.append("router " + ", ".join(f"{a:.2f}" for a in router))
+    if any(v < 1e8 for v in thresholds):
         parts.append(
             "thresholds "
             + ", ".join(
-                "never" if v >= 1e8 else "always" if v < 0 else f"{v:.3f}"
-                for v in configuration.thresholds
+                "never" if v >= 1e8 else "always" if v < 0 else f"{v:.3f}" for v in thresholds
             )
         )
     return "; ".join(parts)
+
+
+def _describe_thresholds(thresholds: Thresholds) -> str:
+    names = TIER_NAMES[:-1]
+    router = [thresholds.router[name] for name in names] if thresholds.router else None
+    return _setting([thresholds.values[name] for name in names], router)
 
 
 def _cost_curve(family: Family) -> list[tuple[float, float]]:
@@ -451,11 +506,13 @@ def _live_cascade(
     start = np.array([TIER_NAMES.index(o.path[0]) for o in outputs])  # type: ignore[attr-defined]
     end = np.array([TIER_NAMES.index(o.path[-1]) for o in outputs])  # type: ignore[attr-defined]
     point = Point(
-        "cascade (live)",
+        LIVE,
         accuracy,
         flops / flops_large,
         usd / usd_large,
         large,
-        detail="the real EscalationCascade with early stopping, same thresholds",
+        detail="the real EscalationCascade as `auto` serves it, early stopping"
+        + (", the shipped router's start tiers; " if thresholds.router else "; ")
+        + _describe_thresholds(thresholds),
     )
     return point, (start, end)

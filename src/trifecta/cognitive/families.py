@@ -21,6 +21,7 @@ from trifecta.cognitive.calibration import (
     ALWAYS_KEEP,
     Observations,
     Replay,
+    cheapest_keeping,
     outcome,
     replay,
 )
@@ -54,22 +55,15 @@ class Family:
             meeting, key=lambda c: (c.calibration.accuracy or 0.0, -c.calibration.cost_share)
         )
 
-    def cheapest_reaching(self, constraint: Constraint, accuracy: float) -> Configuration:
-        """The cheapest configuration meeting `constraint` whose accuracy on the calibration
-        table is at least `accuracy` (ties: the more accurate); `select(constraint)` when none
-        reaches it. The most accurate configuration within a budget sits at the budget's edge,
-        so on new tasks its cost lands above the budget about half the time; the cheapest one
-        that keeps the accuracy leaves the slack on the cost side."""
-        reaching = [
-            c
-            for c in self.configurations
-            if constraint(c.calibration) and (c.calibration.accuracy or 0.0) >= accuracy
-        ]
-        if not reaching:
-            return self.select(constraint)
-        return min(
-            reaching, key=lambda c: (c.calibration.cost_share, -(c.calibration.accuracy or 0.0))
-        )
+    def cheapest_keeping(self, calib: Observations, share: float) -> Configuration:
+        """The cheapest configuration whose accuracy on the calibration table keeps `share` of
+        the largest tier's by its bootstrap lower bound (`calibration.cheapest_keeping`, the
+        rule the product calibrates with); the most accurate when none does. The most accurate
+        configuration within a budget sits at the budget's edge, so on new tasks its cost lands
+        above the budget about half the time; the cheapest one that keeps the accuracy with a
+        margin leaves the slack on the cost side."""
+        replays = [c.calibration for c in self.configurations]
+        return self.configurations[cheapest_keeping(calib, replays, share)]
 
 
 def _candidates(

@@ -70,6 +70,8 @@ class OnlineCalibrator:
         with self._lock:
             key = (capsule_id, decision.tier)
             self._signals.setdefault(key, deque(maxlen=self.window)).append(decision.signal)
+            # Requests are counted where most start (the first tier); those the router starts
+            # higher still feed their tier's window.
             if decision.tier != self._first_tier():
                 return None
             self._since[capsule_id] = self._since.get(capsule_id, 0) + 1
@@ -89,9 +91,7 @@ class OnlineCalibrator:
         for tier, signals in recent.items():
             if len(signals) >= MIN_SIGNALS and tier in rates:
                 values[tier] = float(np.quantile(np.asarray(signals), 1.0 - rates[tier]))
-        updated = Thresholds(
-            aggregate=thresholds.aggregate, window=thresholds.window, values=values
-        )
+        updated = thresholds.model_copy(update={"values": values})  # router cut-offs kept
         stored = self.store.find(capsule_id)
         target = (
             stored.target

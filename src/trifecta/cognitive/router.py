@@ -75,8 +75,25 @@ class TrainedRouter:
     def route(probabilities: NDArray[np.float64], thresholds: Sequence[float]) -> NDArray[np.int64]:
         """Index of the tier each prompt goes to: the smallest whose success probability
         reaches its threshold, else the last."""
-        levels = probabilities.shape[0]
-        choice = np.full(probabilities.shape[1], levels, dtype=np.int64)
-        for level in range(levels - 1, -1, -1):
-            choice = np.where(probabilities[level] >= thresholds[level], level, choice)
-        return choice
+        from trifecta.cognitive.calibration import route_starts
+
+        return route_starts(probabilities, thresholds)
+
+    def linear(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """([tiers - 1, features] coefficients, [tiers - 1] intercepts) whose sigmoid is each
+        tier's success probability; a tier that always (never) solved gets a flat +/-20 logit."""
+        if not self._models:
+            raise InvalidInput("the router is not trained yet", field="router")
+        width = next(
+            (m.coef_.shape[1] for m in self._models if m is not None),  # type: ignore[attr-defined]
+            self.embedder.dim,
+        )
+        coefficients = np.zeros((len(self._models), width))
+        intercepts = np.zeros(len(self._models))
+        for level, (model, constant) in enumerate(zip(self._models, self._constant, strict=True)):
+            if model is None:
+                intercepts[level] = 20.0 if constant else -20.0
+            else:
+                coefficients[level] = model.coef_[0]  # type: ignore[attr-defined]
+                intercepts[level] = model.intercept_[0]  # type: ignore[attr-defined]
+        return coefficients, intercepts

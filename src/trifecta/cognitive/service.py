@@ -22,14 +22,18 @@ from trifecta.cognitive.cost import all_tier_costs
 from trifecta.cognitive.observe import run_tiers
 from trifecta.cognitive.online import OnlineCalibrator
 from trifecta.cognitive.settings import get_cognitive_settings
+from trifecta.cognitive.start_router import RouterWeights, fit_router, save_router, shipped_router
 from trifecta.cognitive.store import StoredCalibration, ThresholdStore
 from trifecta.cognitive.tiers import TIER_NAMES, assets_dir
 from trifecta.core.errors import NotFound
 from trifecta.core.tasks import DEFAULT_MIX, Task, generate_tasks
 from trifecta.fleet.capsules import Capsule
 
-DEFAULT_TARGET = Target(kind="cost", value=0.40)
+# The goal the product states: at least 95% of the largest tier's accuracy (kept by the lower
+# end of a bootstrap interval, so that it holds on new traffic) at the least compute.
+DEFAULT_TARGET = Target(kind="keep", value=0.95)
 DEFAULT_THRESHOLDS_FILE = "thresholds.json"
+ROUTER_TASKS = 2000  # train-split tasks the shipped router learns from (as the benchmark's)
 
 
 class DefaultCalibration(BaseModel):
@@ -81,13 +85,31 @@ def traffic_sample(domain: str | None, size: int, *, seed: int = 0) -> list[Task
 
 
 def calibrate_on(tasks: list[Task], target: Target) -> Calibration:
-    """Run every shipped tier on `tasks` and fit thresholds to `target`."""
+    """Run every shipped tier on `tasks` and fit thresholds to `target` (with a `keep` target
+    and a shipped router, the router's cut-offs with them: where each request starts)."""
     settings = get_cognitive_settings()
     runs = run_tiers(shipped_tiers(TIER_NAMES), all_tier_costs(), tasks)
     observations = runs.observations(
         settings.aggregate, settings.window, labelled=target.kind != "rate"
     )
-    return calibrate(observations, target, aggregate=settings.aggregate, window=settings.window)
+    router = shipped_router() if target.kind == "keep" else None
+    return calibrate(
+        observations,
+        target,
+        aggregate=settings.aggregate,
+        window=settings.window,
+        probabilities=router.probabilities([t.prompt for t in tasks]) if router else None,
+    )
+
+
+def fit_default_router(size: int = ROUTER_TASKS, *, seed: int = 0) -> RouterWeights:
+    """Fit the router on which shipped tier solved which of `size` train-split tasks in the
+    default mix, and ship it (`assets/cognitive/router.json`)."""
+    tasks = generate_tasks(size, seed=seed, split="train", difficulties=DEFAULT_MIX)
+    runs = run_tiers(shipped_tiers(TIER_NAMES), all_tier_costs(), tasks)
+    weights = fit_router([t.prompt for t in tasks], runs.correct(), TIER_NAMES, seed=seed)
+    save_router(weights)
+    return weights
 
 
 def calibrate_capsule(

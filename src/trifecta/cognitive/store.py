@@ -37,6 +37,7 @@ thresholds_table = Table(
     Column("aggregate", String(16), nullable=False),
     Column("window", Integer, nullable=False),
     Column("thresholds", JSON, nullable=False),
+    Column("router", JSON, nullable=True),  # tier -> start cut-off (start_router.py); None: none
     Column("rates", JSON, nullable=False),
     Column("target_kind", String(16), nullable=False),
     Column("target_value", Float, nullable=False),
@@ -90,6 +91,7 @@ class ThresholdStore:
                     aggregate=thresholds.aggregate,
                     window=thresholds.window,
                     thresholds=thresholds.values,
+                    router=thresholds.router or None,
                     rates=calibration.rates,
                     target_kind=calibration.target.kind,
                     target_value=calibration.target.value,
@@ -141,7 +143,10 @@ def _from_row(row: object) -> StoredCalibration:
     return StoredCalibration(
         capsule_id=data["capsule_id"],
         thresholds=Thresholds(
-            aggregate=data["aggregate"], window=data["window"], values=data["thresholds"]
+            aggregate=data["aggregate"],
+            window=data["window"],
+            values=data["thresholds"],
+            router=data.get("router") or {},
         ),
         rates=data["rates"],
         target=Target(kind=data["target_kind"], value=data["target_value"]),

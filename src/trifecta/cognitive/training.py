@@ -183,14 +183,21 @@ def recipe(
     warm: bool,
     mix: Mapping[int, float] = TRAIN_MIX,
     refine_steps: int | None = None,
+    refine_mix: Mapping[int, float] | None = None,
+    refine_learning_rate: float | None = None,
 ) -> list[Phase]:
     """The phases of `spec`'s recipe: look-ups alone (a tier trained from scratch), the mix
-    (`steps` in all with the look-ups), then the refine phase. A warm start (a trained model
-    of the same tier) runs the refine phase only. One schedule across phases left the later
-    phase at a rate that erased the look-ups, hence one optimiser per phase."""
+    (`steps` in all with the look-ups), then the refine phase (`refine_mix` and
+    `refine_learning_rate` override the recipe's). A warm start (a trained model of the same
+    tier) runs the refine phase only. One schedule across phases left the later phase at a
+    rate that erased the look-ups, hence one optimiser per phase."""
     refine = spec.refine_steps if refine_steps is None else refine_steps
     last = Phase(
-        refine, spec.refine_learning_rate, REFINE_MIX, REFINE_SHORT_TELEMETRY, spec.refine_style
+        refine,
+        spec.refine_learning_rate if refine_learning_rate is None else refine_learning_rate,
+        REFINE_MIX if refine_mix is None else refine_mix,
+        REFINE_SHORT_TELEMETRY,
+        spec.refine_style,
     )
     if warm:
         return [last]
@@ -216,6 +223,8 @@ def train_tier(
     on_step: Callable[[int, float], None] | None = None,
     mix: Mapping[int, float] = TRAIN_MIX,
     prompt_weight: float | None = None,
+    refine_mix: Mapping[int, float] | None = None,
+    refine_learning_rate: float | None = None,
 ) -> TrainResult:
     """Train tier `spec` (from scratch, grown from the smaller trained model `grow_from`, or
     continued from `warm_start`, a trained model of this tier whose `training.json` record is
@@ -234,6 +243,8 @@ def train_tier(
         warm=warm_start is not None,
         mix=mix,
         refine_steps=refine_steps,
+        refine_mix=refine_mix,
+        refine_learning_rate=refine_learning_rate,
     )
     total = sum(phase.steps for phase in phases)
     if total < 1 or (warm_start is None and main_steps < 1):
