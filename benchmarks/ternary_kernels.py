@@ -15,9 +15,10 @@ exists) is timed beside, in the same run:
 
 Repeated: calls back to back (a matrix that fits in the cache stays there; the 64 MB float32
 matrix at 4096 never does). Flushed: before every call a buffer several times the cache is
-read by every thread, the pools are left to go idle, then each side's own thread pool is
-woken by a small untimed call (BLAS: a 512 x 512 product of the same batch on its threads;
-kernels: a tiny numba parallel loop), so no side pays for waking its workers inside the timed call.
+read by every thread, the pools are left to go idle, then each contender makes a small
+untimed call of its own compiled function (BLAS: a 512 x 512 product of the same batch on its
+threads; each kernel: itself on a 64 x 64 matrix; each floor read: itself on 4 KB), so no
+side pays inside the timed call for waking its workers or for dispatch state the flush evicted.
 
 BLAS and the kernels are timed in alternating rounds (OpenBLAS workers spin after a call and
 would steal the cores from numba if interleaved call by call). Ratios are of medians with
@@ -53,7 +54,7 @@ from benchmarks._report import (
     write_results,
     write_section,
 )
-from trifecta.edge.kernels import KERNELS, available_kernels, select_kernel
+from trifecta.edge.kernels import KERNELS, PreparedTernary, available_kernels, select_kernel
 from trifecta.edge.kernels.reference import reference_matmul
 from trifecta.edge.kernels.zmm import (
     prefetch,
@@ -106,14 +107,32 @@ def _vector_read_ahead(stream, sums, parts, ahead_l1):
         _vector_read_part(stream, sums, part, parts, ahead_l1)
 
 
-def floor_reads(stream: np.ndarray, threads: int) -> dict[str, Callable[[], object]]:
+@dataclass(frozen=True)
+class Timed:
+    """A timed call and its untimed warm-up after a flush: the same compiled function on a
+    tiny input, which wakes the thread pool and brings back into cache the dispatcher state
+    the call goes through (after a 256 MB flush that state is cold too, and the Python and
+    numba dispatch of a 6-argument kernel call then cost tens of microseconds more than a
+    1-argument read: a decoder calling layer after layer keeps it warm)."""
+
+    call: Callable[[], object]
+    warm: Callable[[], object]
+
+
+def floor_reads(stream: np.ndarray, threads: int) -> dict[str, Timed]:
     """The ways of reading a stream once that the floor takes the fastest of."""
     flat = stream.reshape(-1).view(np.uint8)
     sums = np.zeros(16 * threads, np.int32)
+    tiny = np.ones(4096, np.uint8)
     return {
-        "plain": partial(_stream_read, _words(stream)),
-        "prefetch-L2": partial(_vector_read_ahead, flat, sums, threads, False),
-        "prefetch-L1": partial(_vector_read_ahead, flat, sums, threads, True),
+        "plain": Timed(partial(_stream_read, _words(stream)), partial(_stream_read, _words(tiny))),
+        **{
+            name: Timed(
+                partial(_vector_read_ahead, flat, sums, threads, into_l1),
+                partial(_vector_read_ahead, tiny, sums, threads, into_l1),
+            )
+            for name, into_l1 in (("prefetch-L2", False), ("prefetch-L1", True))
+        },
     }
 
 
@@ -171,29 +190,28 @@ def clock_for(threads: int) -> Callable[[], float]:
 
 
 def measure(
-    contenders: Mapping[str, Callable[[], object]],
+    contenders: Mapping[str, Timed],
     flush: Callable[[], None],
-    warm: Callable[[], object],
     reps: int,
     into: dict[str, Samples],
     clock: Callable[[], float],
 ) -> None:
     """One round: each contender's repeated calls in a block, then `reps` flushed calls per
     contender taking turns (the same background load falls on every contender)."""
-    for name, call in contenders.items():
+    for name, timed in contenders.items():
         samples = into.setdefault(name, Samples([], []))
-        call()
+        timed.call()
         for _ in range(reps):
             start = clock()
-            call()
+            timed.call()
             samples.repeated.append(clock() - start)
     for _ in range(reps):
-        for name, call in contenders.items():
+        for name, timed in contenders.items():
             flush()
             time.sleep(SETTLE_S)
-            warm()
+            timed.warm()
             start = clock()
-            call()
+            timed.call()
             into[name].flushed.append(clock() - start)
 
 
@@ -261,12 +279,22 @@ def _words(stream: np.ndarray) -> np.ndarray:
     return flat[: flat.size - flat.size % 8].view(np.uint64)
 
 
+def _kernel_warm(kernel: PreparedTernary, batch: int, threads: int) -> Callable[[], object]:
+    """The same compiled entry the timed call goes through (parallel or serial), on a
+    64 x 64 matrix of the same kernel."""
+    bound = kernel.bind(np.zeros((batch, kernel.cols), np.int8), threads)[0]
+    assert isinstance(bound, partial)
+    small = kernel.spec.prepare(np.zeros((64, 64), np.int8))
+    x = np.zeros(batch * small.padded_cols, np.int8)
+    out = np.empty(batch * small.padded_rows, np.int32)
+    return partial(bound.func, small.stream, x, out, batch, small.padded_rows, small.padded_cols)
+
+
 def run_case(
     size: int, batch: int, threads: int, kernels: list[str], reps: int, console: Console
 ) -> Case:
     numba.set_num_threads(threads)
     lines = np.ones(FLUSH_BYTES // 8, np.uint64)
-    tiny = np.ones(64, np.uint64)
     # BLAS's wake-up call: the same shape class (gemv at batch 1, gemm at 8), large enough
     # for OpenBLAS to run it on all its threads (1 MB, against the 4-64 MB timed after it)
     warm_a, warm_b = np.ones((512, 512), np.float32), np.ones((batch, 512), np.float32)
@@ -277,13 +305,15 @@ def run_case(
     x_f = x_q.astype(np.float32)
     expected = reference_matmul(values, x_q) if size <= 2048 or batch == 1 else None
     prepared = {name: KERNELS[name].prepare(values) for name in kernels}
-    contenders: dict[str, Callable[[], object]] = {}
+    contenders: dict[str, Timed] = {}
     with threadpool_limits(limits=1, user_api="blas"):
         for name, kernel in prepared.items():
             out = kernel.matmul(x_q, threads)
             if expected is not None and not np.array_equal(out, expected):
                 raise SystemExit(f"{name} is wrong at {size} batch {batch}")
-            contenders[name] = kernel.bind(x_q, threads)[0]
+            contenders[name] = Timed(
+                kernel.bind(x_q, threads)[0], _kernel_warm(kernel, batch, threads)
+            )
             for method, read in floor_reads(kernel.stream, threads).items():
                 contenders[f"{name}:floor:{method}"] = read
     for method, read in floor_reads(dense, threads).items():
@@ -295,9 +325,12 @@ def run_case(
             with threadpool_limits(limits=blas_threads, user_api="blas"):
                 samples: dict[str, Samples] = {"blas": blas.get(blas_threads, Samples([], []))}
                 measure(
-                    {"blas": partial(np.matmul, x_f, dense.T)},
+                    {
+                        "blas": Timed(
+                            partial(np.matmul, x_f, dense.T), partial(np.matmul, warm_b, warm_a.T)
+                        )
+                    },
                     partial(_flush, lines),
-                    partial(np.matmul, warm_b, warm_a.T),
                     reps,
                     samples,
                     clock_for(threads),
@@ -308,7 +341,6 @@ def run_case(
             measure(
                 contenders,
                 partial(_flush, lines),
-                partial(_stream_read, tiny),
                 reps,
                 timings,
                 clock_for(threads),
@@ -469,7 +501,10 @@ def report(cases: list[Case], kernels: list[str], goal_list: list[Goal], command
         "up to 4096; the 64 MB float32 matrix at 4096 never fits, so BLAS streams it either way). "
         "*Flushed*: a 256 MB buffer read by every thread before each call, the pools left idle, "
         "then each side's pool woken by an untimed small call (BLAS: a 512 x 512 product of the "
-        "same batch; numba: a tiny parallel loop), so no side pays for waking threads. "
+        "same batch; each kernel: itself on a 64 x 64 matrix; each floor read: itself on 4 KB), "
+        "so no side pays for waking threads or for the dispatch state the flush evicted (a "
+        "decoder calling layer after layer keeps it warm; cold, a 6-argument kernel call paid "
+        "tens of microseconds more than a 1-argument read). "
         f"{ROUNDS} alternating rounds; medians; [95% bootstrap interval]. Clock: on one thread "
         "the calling thread's CPU time (`time.thread_time`), since every single-threaded "
         "contender runs on it and the wall time of a long call on this loaded machine "
