@@ -135,6 +135,7 @@ def main() -> None:
         f"--users {args.users}"
     )
     statuses = ", ".join(f"{k}: {v}" for k, v in sorted(tasks.acks.statuses.items()))
+    slowest = sorted(tasks.of("task"), key=lambda r: r.done - r.scheduled)[-3:]
 
     def cell(figure: tuple[float, float, float]) -> str:
         return f"{figure[0]:.0f} [{figure[1]:.0f}, {figure[2]:.0f}]"
@@ -161,6 +162,10 @@ def main() -> None:
         "",
         *goals_markdown(goal_list),
         "",
+        "The three slowest tasks, where their time went (the server's own hop timings; hops can overlap: the retrieval runs beside the layer call):",
+        "",
+        *[f"- {r.breakdown()}" for r in reversed(slowest)],
+        "",
         "Latency is completion minus the request's scheduled arrival (each user sends on a "
         "fixed schedule, `start + k / rate`), so queueing behind a slow answer counts. "
         "Intervals: 95% bootstrap over requests (percentiles) and over five-second windows "
@@ -172,6 +177,8 @@ def main() -> None:
     write_results("load", command, goal_list)
     for line in body[4:8]:
         console.print(line)
+    for r in reversed(slowest):
+        console.print("slow task:", r.breakdown())
     for g in goal_list:
         console.print(f"{g.claim}: {g.figure:.2f} {g.interval()} -> {g.verdict()}")
 
