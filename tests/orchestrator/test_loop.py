@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from trifecta.core.errors import NotFound, QuotaExceeded
@@ -7,7 +9,9 @@ from trifecta.core.tasks import generate_tasks, normalize_answer
 from trifecta.fleet.capsules import Capsule, Demand
 from trifecta.orchestrator.loop import Orchestrator
 from trifecta.orchestrator.models import Feedback, TaskRequest
+from trifecta.orchestrator.records import prompt_hash
 from trifecta.orchestrator.stack import Stack
+from trifecta.orchestrator.tables import requests
 
 
 def _capsule(stack: Stack, suffix: str, **fields: object) -> Capsule:
@@ -166,6 +170,49 @@ def test_a_request_reads_its_capsule_once_for_all_its_hops(
     assert reads == [capsule.id]
     orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt + " "))
     assert reads == [capsule.id] * 2
+
+
+def test_requests_logged_together_share_a_transaction_and_fail_alone(stack: Stack) -> None:
+    """Requests finishing at once are logged in one transaction with their charges; one
+    whose id is already logged fails alone (its caller gets the error), the others land."""
+    from sqlalchemy.exc import IntegrityError
+
+    from trifecta.orchestrator.ledger import CostLedger
+
+    orchestrator = Orchestrator(stack.parts)
+    capsule = _capsule(stack, "logged")
+    first = orchestrator.serve(capsule.id, TaskRequest(prompt="a=1,b=2;a?"))
+    records = orchestrator.records
+
+    def rows(result_id: str) -> tuple[dict[str, object], list[dict[str, object]]]:
+        copy = first.model_copy(update={"id": result_id})
+        row = {c.name: None for c in requests.columns} | {
+            "id": copy.id,
+            "capsule_id": copy.capsule_id,
+            "prompt": copy.prompt,
+            "prompt_hash": prompt_hash(copy.prompt),
+            "route": copy.route,
+            "path": copy.path,
+            "environment": copy.environment,
+            "latency_ms": 1.0,
+            "tokens": 0,
+            "cost_usd": 0.0,
+            "detail": copy.model_dump(mode="json"),
+            "created_at": dt.datetime.now(dt.UTC),
+        }
+        charged = CostLedger.rows(
+            request_id=copy.id,
+            capsule_id=copy.capsule_id,
+            capsule_kind="digital_twin",
+            items=[],
+            at=dt.datetime.now(dt.UTC),
+        )
+        return row, charged
+
+    out = records._save_group([rows("req-group-1"), rows(first.id), rows("req-group-2")])
+    assert out[0] is True and out[2] is True and isinstance(out[1], IntegrityError)
+    assert records.get("req-group-1", capsule.id).answer == first.answer
+    assert records.get("req-group-2", capsule.id).answer == first.answer
 
 
 def test_a_capsules_generative_share_goes_to_the_moe_diffusion_layer(stack: Stack) -> None:

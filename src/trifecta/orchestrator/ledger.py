@@ -152,26 +152,42 @@ class CostLedger:
         at: dt.datetime,
     ) -> None:
         """Insert a request's charges inside the caller's transaction."""
-        if items:
-            session.execute(
-                charges.insert(),
-                [
-                    {
-                        "request_id": request_id,
-                        "capsule_id": capsule_id,
-                        "capsule_kind": capsule_kind,
-                        "environment": c.environment,
-                        "layer": c.layer,
-                        "model": c.model,
-                        "accelerator": c.accelerator,
-                        "accelerator_seconds": c.accelerator_seconds,
-                        "usd_per_hour": c.usd_per_hour,
-                        "usd": c.usd,
-                        "created_at": at,
-                    }
-                    for c in items
-                ],
-            )
+        rows = self.rows(
+            request_id=request_id,
+            capsule_id=capsule_id,
+            capsule_kind=capsule_kind,
+            items=items,
+            at=at,
+        )
+        if rows:
+            session.execute(charges.insert(), rows)
+
+    @staticmethod
+    def rows(
+        *,
+        request_id: str,
+        capsule_id: str,
+        capsule_kind: str,
+        items: Sequence[Charge],
+        at: dt.datetime,
+    ) -> list[dict[str, object]]:
+        """A request's charges as rows of the charges table."""
+        return [
+            {
+                "request_id": request_id,
+                "capsule_id": capsule_id,
+                "capsule_kind": capsule_kind,
+                "environment": c.environment,
+                "layer": c.layer,
+                "model": c.model,
+                "accelerator": c.accelerator,
+                "accelerator_seconds": c.accelerator_seconds,
+                "usd_per_hour": c.usd_per_hour,
+                "usd": c.usd,
+                "created_at": at,
+            }
+            for c in items
+        ]
 
     def rollup(
         self, by: str, *, capsule_ids: Iterable[str] | None = None, run_id: str | None = None

@@ -17,12 +17,18 @@ import threading
 from collections.abc import Sequence
 
 from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
+from trifecta.context.learn_queue import GroupCommit
 from trifecta.core.db import ensure_schema, transaction
 from trifecta.core.errors import NotFound
 from trifecta.orchestrator.ledger import Charge, CostLedger
 from trifecta.orchestrator.models import TaskResult
+from trifecta.orchestrator.tables import charges as charges_table
 from trifecta.orchestrator.tables import requests
+
+# A request's row in the request log and its rows in the ledger, written together.
+SavedRows = tuple[dict[str, object], list[dict[str, object]]]
 
 
 def _correct() -> ColumnElement[bool]:
@@ -72,6 +78,8 @@ class RequestLog:
         ensure_schema(engine, "trifecta.orchestrator")
         self._answered = AnsweredFilter()
         self._lock = threading.Lock()
+        # Requests finishing together are logged in one transaction (`GroupCommit`).
+        self._saves: GroupCommit[SavedRows, bool] = GroupCommit(self._save_group)
         with transaction(engine) as session:
             rows = session.execute(
                 select(requests.c.capsule_id, requests.c.prompt_hash).where(_correct()).distinct()
@@ -89,39 +97,58 @@ class RequestLog:
         run_id: str | None,
     ) -> None:
         at = dt.datetime.now(dt.UTC)
-        with transaction(self.engine, write=True) as session:
-            session.execute(
-                requests.insert().values(
-                    id=result.id,
-                    capsule_id=result.capsule_id,
-                    run_id=run_id,
-                    prompt=result.prompt,
-                    prompt_hash=prompt_hash(result.prompt),
-                    answer=result.answer,
-                    route=result.route,
-                    path=result.path,
-                    environment=result.environment,
-                    verified=result.verified,
-                    feedback=None,
-                    difficulty=difficulty,
-                    latency_ms=result.latency_ms,
-                    tokens=sum(h.tokens for h in result.hops),
-                    cost_usd=result.cost.usd,
-                    detail=result.model_dump(mode="json"),
-                    created_at=at,
-                )
-            )
-            self.ledger.record(
-                session,
-                request_id=result.id,
-                capsule_id=result.capsule_id,
-                capsule_kind=capsule_kind,
-                items=charges,
-                at=at,
-            )
+        row: dict[str, object] = {
+            "id": result.id,
+            "capsule_id": result.capsule_id,
+            "run_id": run_id,
+            "prompt": result.prompt,
+            "prompt_hash": prompt_hash(result.prompt),
+            "answer": result.answer,
+            "route": result.route,
+            "path": result.path,
+            "environment": result.environment,
+            "verified": result.verified,
+            "feedback": None,
+            "difficulty": difficulty,
+            "latency_ms": result.latency_ms,
+            "tokens": sum(h.tokens for h in result.hops),
+            "cost_usd": result.cost.usd,
+            "detail": result.model_dump(mode="json"),
+            "created_at": at,
+        }
+        charged = CostLedger.rows(
+            request_id=result.id,
+            capsule_id=result.capsule_id,
+            capsule_kind=capsule_kind,
+            items=charges,
+            at=at,
+        )
+        self._saves.submit((row, charged))  # returns once committed
         if result.answer is not None and result.verified is True:
             with self._lock:
                 self._answered.add(result.capsule_id, prompt_hash(result.prompt))
+
+    def _save_group(self, group: list[SavedRows]) -> list[bool | BaseException]:
+        """The requests and their charges, two multi-row inserts in one transaction. A row
+        the database refuses (a request id already logged) would spoil the rest: then each
+        is written alone, so only its own caller gets the error."""
+        try:
+            with transaction(self.engine, write=True) as session:
+                session.execute(requests.insert(), [row for row, _ in group])
+                charged = [c for _, rows in group for c in rows]
+                if charged:
+                    session.execute(charges_table.insert(), charged)
+            return [True] * len(group)
+        except IntegrityError:
+            if len(group) == 1:
+                raise
+        out: list[bool | BaseException] = []
+        for item in group:
+            try:
+                out.extend(self._save_group([item]))
+            except IntegrityError as exc:
+                out.append(exc)
+        return out
 
     def get(self, request_id: str, capsule_id: str) -> TaskResult:
         with transaction(self.engine) as session:
