@@ -107,6 +107,7 @@ def test_a_repeated_memory_text_is_not_embedded_again(
     assert statuses == ["reinforced"] * 4
     items = stored(service)
     assert sum(r for _, r, _ in items) == 10 - len(items)  # every draft stored or reinforcing
+    service.close()
 
 
 def test_a_stored_memory_text_is_not_embedded_by_a_new_worker(
@@ -126,6 +127,7 @@ def test_a_stored_memory_text_is_not_embedded_by_a_new_worker(
     assert second.drain(timeout=60)
     assert counting.texts == []
     assert stored(second) == [(m, 1, status) for m, _, status in stored(first)]
+    second.close()
 
 
 def test_repeats_within_one_batch_are_embedded_once(
@@ -141,6 +143,7 @@ def test_repeats_within_one_batch_are_embedded_once(
     assert service.learning_stats()["vectors_reused"] == 4
     items = stored(service)
     assert sum(r for _, r, _ in items) == 10 - len(items)
+    service.close()
 
 
 def test_retrieval_is_the_same_as_learning_each_trajectory_alone(
@@ -158,3 +161,25 @@ def test_retrieval_is_the_same_as_learning_each_trajectory_alone(
     assert queued.drain(timeout=60)
     assert stored(queued) == stored(alone)
     assert retrieved(queued) == retrieved(alone)
+    queued.close()
+    alone.close()
+
+
+def test_the_worker_embeds_in_bfloat16_close_to_float32_or_in_float32_when_told(
+    embedder: MiniLMEmbedder, sqlite_url: str
+) -> None:
+    text = "lookup_add solved via edge/node-1. verifier judged the answer correct Task: t=1"
+    exact = embedder.embed([text])[0]
+    register_capsules(sqlite_url)
+    plain = ContextService(
+        control_url=sqlite_url,
+        embedder=embedder,
+        settings=ContextSettings(tenancy_ttl_s=0, learn_bfloat16=False),
+    )
+    assert np.allclose(plain.learner.embed([text])[0], exact, atol=1e-5)
+    assert plain.learner.bf16 is False
+    fast = counted(sqlite_url, CountingEmbedder(embedder))
+    vector = fast.learner.embed([text])[0]
+    assert float(vector @ exact) > 0.9999  # bfloat16 where the CPU has it, else float32
+    plain.close()
+    fast.close()

@@ -124,7 +124,7 @@ class LearnWorker:
         to the float32 ones, so a memory's neighbours are the same but for near-ties.
         Autocast is per thread: the request path's query embeddings stay float32."""
         if self.bf16 is None:
-            self.bf16 = native_bf16()
+            self.bf16 = self.service.settings.learn_bfloat16 and native_bf16()
         if not self.bf16:
             return nullcontext()
         import torch

@@ -69,6 +69,10 @@ class ContextSettings(LayerSettings):
         ge=1,
         description="texts per embedding call of the learning worker",
     )
+    learn_bfloat16: bool = Field(
+        default=True,
+        description="the learning worker embeds in bfloat16 where the CPU has it natively",
+    )
     redis_timeout_s: float = Field(
         default=0.25, gt=0, description="bound on every Redis call; past it the shard answers"
     )
