@@ -57,21 +57,43 @@ from trifecta.orchestrator.workload import WorkItem, build_workload
 BEFORE_RPS = 18.0  # `trifecta run` before this change (issue 15), same machine kind
 THROUGHPUT_GOAL = 10 * BEFORE_RPS
 EDGE_RATIO_GOAL = 3.0
-# Where the CPU goes, from a profile (py-spy, 100 Hz, one 16-worker pass of 300 requests,
-# load ~16, 2026-12-06; idle waits left out): what bounds the throughput, kept beside the
-# figures because re-profiling is not part of this script.
+CPU_MS: list[float] = []  # process CPU a request, serving and draining, per throughput pass
+# Where the CPU goes, from a profile (py-spy at 25 Hz over two 16-worker passes of 300 requests
+# and their drains, load ~14, 2026-12-06; waits left out), kept beside the figures because
+# re-profiling is not part of this script. Shares of the busy samples, and the CPU they make
+# of a request at the passes' measured ~28 ms of process CPU a request (learning included).
+PROFILE_ROWS = [
+    ("learning worker: MiniLM embeddings of memory texts (bfloat16)", 36.1),
+    ("learning worker: planning and writing (nearest-memory checks, one transaction)", 8.4),
+    ("cognitive tiers: forward passes", 20.0),
+    ("cognitive serving: batching engine, tokenizer", 4.9),
+    ("query embeddings (float32, misses batched; 1 hit in 330)", 13.1),
+    (
+        "the loop's own work: retrieval 2.8, queue insert 2.3, request log and ledger 2.1, "
+        "playbook 1.3, edge 1.0, the rest 2.1",
+        11.6,
+    ),
+    ("other (threads, event loop)", 5.9),
+]
+CPU_MS_PER_REQUEST = 28.0  # process CPU / requests over the profiled passes and drains
 PROFILE_NOTE = (
-    "What bounds it (py-spy, one 16-worker pass of 300 requests at load ~16, idle waits left "
-    "out): the learning worker's MiniLM embeddings of memory texts 29% of the CPU (plus 5% "
-    "its Python), the cognitive tiers' forward passes 23% (plus 11% the batching engine's "
-    "Python), the loop's own work 18% (the learn-queue insert 5%, the playbook read 3%, the "
-    "request log and ledger 3%, the retrieval without its embedding 3%), the query "
-    "embeddings 9%, the edge model 4%. Every request costs one memory-text embedding "
-    "(about 60 WordPiece tokens) whatever its route: a third of the CPU, the cognitive tiers "
-    "another third, on 2 cores shared with other jobs. A cheaper encoder was tried (int8 dynamic "
-    "quantization of MiniLM's linear layers: 2x faster, but cosine 0.93 to the fp32 "
-    "embeddings and 80% top-5 agreement, so retrieval would not be unchanged) and not kept."
+    "What bounds it: at 180 requests/s two cores give each request 11 ms of CPU, learning "
+    "included; a request costs about 28 ms (process CPU over the profiled passes and their "
+    "drains; 44 ms before this round of work). One memory text a request through MiniLM is "
+    "13 ms of CPU in float32 on this Xeon, 6.6 ms in bfloat16 at batches of 8 and 4.8 ms at "
+    "32 (measured alone), so learning every request's memory spends about the whole budget "
+    "by itself; the cognitive tiers' forwards take another 6 ms and the query embeddings 4. "
+    "The budget (py-spy, 25 Hz, two 16-worker passes and their drains at load ~14; waits "
+    "left out):"
 )
+
+
+def budget_rows() -> list[str]:
+    rows = ["| where | share of CPU | ms a request |", "|---|---:|---:|"]
+    for what, share in PROFILE_ROWS:
+        rows.append(f"| {what} | {share:.1f}% | {share * CPU_MS_PER_REQUEST / 100:.1f} |")
+    rows.append(f"| total | 100% | {CPU_MS_PER_REQUEST:.0f} (budget at 180 req/s: 11) |")
+    return rows
 
 
 def direct_calls(stack: Stack, items: list[WorkItem]) -> dict[str, list[float]]:
@@ -109,11 +131,13 @@ def loop_pass(
     """(requests/s served, requests/s with the learning they queued drained, ms per request
     by route) of the workload through the loop."""
     orchestrator = Orchestrator(stack.parts, run_id=run_id)
+    cpu = time.process_time()
     started = time.perf_counter()
     results, _ = serve_workload(orchestrator, items, workers=workers)
     seconds = time.perf_counter() - started
     drain_learning(stack)  # what the serving left queued: the rate with it drained too
     drained = time.perf_counter() - started
+    CPU_MS.append((time.process_time() - cpu) * 1000 / len(results))
     by_route: dict[str, list[float]] = {}
     for r in results:
         by_route.setdefault(r.route, []).append(r.latency_ms)
@@ -161,6 +185,7 @@ def main() -> int:
             with console.status("through the loop, one request at a time"):
                 items = build_workload(capsules, args.requests, seed=150)
                 _, _, one_at_a_time = loop_pass(stack, items, "loop-latency", 1)
+            CPU_MS.clear()  # the throughput passes' own
             rates: list[float] = []
             with_learning: list[float] = []
             routes: dict[str, list[float]] = {}
@@ -174,6 +199,7 @@ def main() -> int:
                 with_learning.append(drained)
                 for route, values in by_route.items():
                     routes.setdefault(route, []).extend(values)
+            cpu_ms = list(CPU_MS)
         finally:
             stack.close()
         federated: tuple[float, float, dict[str, list[float]]] | None = None
@@ -237,13 +263,18 @@ def main() -> int:
         if federated
         else "federated run skipped"
     )
+    cpu = bootstrap_median(cpu_ms) if len(cpu_ms) > 1 else (cpu_ms[0],) * 3
+    cpu_line = (
+        f"process CPU {cpu[0]:.1f} ms a request [{cpu[1]:.1f}, {cpu[2]:.1f}] over the passes "
+        "and their drains (2 cores at 180 requests/s allow 11)"
+    )
     drained_line = (
         f"{learnt[0]:.1f} requests/s [{learnt[1]:.1f}, {learnt[2]:.1f}] counting the time to "
         "drain the learning the pass queued"
     )
     console.print(
         f"in-process throughput {rate:.1f} requests/s [{rate_lo:.1f}, {rate_hi:.1f}] over "
-        f"{args.repeats} passes ({drained_line}); {fed_line}"
+        f"{args.repeats} passes ({drained_line}); {fed_line}; {cpu_line}"
     )
     for g in goals:
         console.print(
@@ -279,9 +310,11 @@ def main() -> int:
                 "",
                 f"In-process throughput {rate:.1f} requests/s [{rate_lo:.1f}, {rate_hi:.1f}] "
                 f"(median of {args.repeats} passes, bootstrap interval; {drained_line}); "
-                f"{fed_line}.",
+                f"{fed_line}. The in-process {cpu_line}.",
                 "",
                 PROFILE_NOTE,
+                "",
+                *budget_rows(),
                 "",
                 *goals_markdown(goals),
             ]
