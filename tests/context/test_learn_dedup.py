@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 from sqlalchemy import select
 
@@ -146,6 +147,7 @@ def test_repeats_within_one_batch_are_embedded_once(
     service.close()
 
 
+@pytest.mark.slow
 def test_retrieval_is_the_same_as_learning_each_trajectory_alone(
     make_service: ServiceFactory, sqlite_url: str
 ) -> None:
