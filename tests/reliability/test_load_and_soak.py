@@ -7,13 +7,13 @@ queue and learned from after the drain, every acknowledged task and feedback is 
 database; p50 / p99 are taken from each request's scheduled arrival.
 Soak: the structures that grow with traffic are bounded (Prometheus series, the result
 cache) and resident memory grows by at most RSS_MB_PER_TASK per served task over the second
-half. The server runs with small caps (SMALL_CAPS) so that the two bounded structures known
-to fill slowly, each engine's prefix KV cache and the result cache, are full by mid-run and
-cannot account for second-half growth. Not flat yet: what grows is outside Python's heap
-(tracemalloc sees +1.8 MB while resident memory grows by about 60), not SQLite's page cache
-(six connections) and not glibc's free lists (fixed mmap and trim thresholds change nothing);
-see RELIABILITY.md. The bound caught the unbounded glibc arenas (0.32 MB per task here, 0.57
-over four minutes) that `cap_malloc_arenas` removed."""
+half. The server runs with small caps (SMALL_CAPS) so that the bounded structures known to
+fill slowly are full by mid-run and cannot account for second-half growth: each engine's
+prefix KV cache, the result cache, and oneDNN's primitive cache (torch's CPU matmul kernels,
+JIT-compiled per input shape and kept up to ONEDNN_PRIMITIVE_CACHE_CAPACITY, 1024 by
+default: memray found it held 70 of the 82 MB allocated in a soak's second half and still
+alive at its end). Not flat yet: see RELIABILITY.md. The bound caught the unbounded glibc
+arenas (0.32 MB per task here, 0.57 over four minutes) that `cap_malloc_arenas` removed."""
 
 from __future__ import annotations
 
@@ -37,11 +37,13 @@ RATE = 2.0  # tasks per second, all capsules together (what a loaded 2-core CI b
 USERS = 8
 RSS_MB_PER_TASK = 0.25
 # Caps small enough that the bounded structures fill in the first half of the run: each
-# serving engine's prefix KV cache (16,384 tokens by default) and the context service's
-# in-process result cache (20,000 entries by default).
+# serving engine's prefix KV cache (16,384 tokens by default), the context service's
+# in-process result cache (20,000 entries by default) and oneDNN's primitive cache (1,024
+# primitives by default; read by oneDNN itself when torch first runs a kernel).
 SMALL_CAPS = {
     "TRIFECTA_COGNITIVE_PREFIX_CACHE_TOKENS": "256",
     "TRIFECTA_CONTEXT_CACHE_ENTRIES": "64",
+    "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16",
 }
 
 
