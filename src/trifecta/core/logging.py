@@ -6,8 +6,9 @@ door and each environment's), takes a well-formed `X-Request-Id` from the caller
 one, keeps it in a context variable for the request's lifetime, answers with it, and logs the
 request. Every log line of that request carries `request_id` (a processor adds it), and the
 federation's HTTP client forwards it as `X-Request-Id` to the environment servers, which log it
-in turn. Warnings and errors also land in a bounded ring (`recent_errors`) the operator's
-dashboard shows.
+in turn; the edge mesh sends it to a node as the `generate` tool's `request_id` argument
+(`edge.mesh`), and the node logs the call under it. Warnings and errors also land in a
+bounded ring (`recent_errors`) the operator's dashboard shows.
 """
 
 from __future__ import annotations
