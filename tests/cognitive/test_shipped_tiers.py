@@ -27,12 +27,13 @@ def test_the_large_tier_solves_every_hard_grade() -> None:
 
 def test_every_tier_masters_the_light_grades_and_the_large_the_hard_ones_best() -> None:
     tiers = {name: accuracy(name) for name in TIER_NAMES}
-    # Grade 1 at 80%, not 85%: the large tier's refine phase, drawn towards grade 5, left its
-    # plain look-up at 84.0% (87.5% before it; docs/cognitive.md). The edge answers grades 1-2.
-    assert all(tiers[name][1] >= 0.80 and tiers[name][2] >= 0.85 for name in TIER_NAMES)
+    # Grade 1 at 85%: the large tier's grade-5 refine phase left its plain look-up at 84.0%;
+    # a continuation weighted to grade 1 brought it back to 88.0% (docs/cognitive.md). The
+    # edge answers grades 1-2.
+    assert all(tiers[name][1] >= 0.85 and tiers[name][2] >= 0.85 for name in TIER_NAMES)
     for grade in HARD:
         assert tiers["large"][grade] == max(tier[grade] for tier in tiers.values())
-    assert tiers["large"][4] >= 0.90 and min(tiers["large"][g] for g in HARD) >= 0.60
+    assert min(tiers["large"][g] for g in HARD) >= 0.90
 
 
 @pytest.mark.parametrize(("lower", "upper"), [("small", "medium"), ("medium", "large")])

@@ -67,6 +67,9 @@ class TrainResult:
     # are included in `steps` and `seconds`.
     earlier_steps: int = 0
     earlier_seconds: float = 0.0
+    # The refine phase's grade weights and peak rate, when given in place of the recipe's.
+    refine_mix: Mapping[int, float] | None = None
+    refine_learning_rate: float | None = None
 
     def record(self) -> dict[str, Any]:
         return {
@@ -82,6 +85,16 @@ class TrainResult:
             "final_loss": round(self.final_loss, 4),
             "grown": self.grown_from,
             "heldout_accuracy": {str(g): round(a, 4) for g, a in self.heldout_accuracy.items()},
+            **(
+                {"refine_mix": {str(g): w for g, w in self.refine_mix.items()}}
+                if self.refine_mix is not None
+                else {}
+            ),
+            **(
+                {"refine_learning_rate": self.refine_learning_rate}
+                if self.refine_learning_rate is not None
+                else {}
+            ),
         }
 
 
@@ -289,6 +302,8 @@ def train_tier(
         refine_steps=phases[-1].steps,
         earlier_steps=earlier_steps,
         earlier_seconds=float(earlier.get("seconds", 0.0)) if earlier else 0.0,
+        refine_mix=refine_mix,
+        refine_learning_rate=refine_learning_rate,
     )
     if directory is not None:
         save_checkpoint(model, directory, record=result.record())
