@@ -25,8 +25,8 @@ class CognitiveSettings(LayerSettings):
         description="default share of a tier's requests handed to the next tier",
     )
     # 1,000: the `keep` target's bootstrap lower bound narrows with the sample, so a larger one
-    # buys the same kept accuracy for less compute (400 tasks: 41% of the large tier's compute
-    # on calibration; 1,000: 29%, docs/cognitive.md).
+    # buys the same kept accuracy for less compute (with the grade-5-refined large tier, 400
+    # tasks fitted a configuration at 41% of its compute on the sample, 1,000 tasks one at 29%).
     calibration_sample: int = Field(default=1000, ge=20, description="tasks per calibration")
     recalibrate_every: int = Field(
         default=200, ge=10, description="requests between online recalibrations of a capsule"
