@@ -46,6 +46,7 @@ from rich.progress import Progress
 from benchmarks._report import (
     Goal,
     bootstrap_ratio,
+    bootstrap_statistic,
     cpu_name,
     goals_markdown,
     machine_load,
@@ -78,6 +79,7 @@ QUIET_LOAD = 0.3  # the quiet capsules together use this share of the tier's cap
 LENGTHS = (8, 56)  # tokens per request in the closed loop, uniform (mean 32)
 STATIC_WINDOW_S = 0.005  # static batching: how long a batch waits for more requests
 MODES = ("continuous batching", "static batching", "one at a time")
+DEFAULT_ROUNDS = 5
 console = Console()
 
 
@@ -100,6 +102,14 @@ def make_pool(
         queue=FifoQueue() if fifo else FairQueue(),
         slot_shares=SlotShares() if slot_shares else None,
     )
+
+
+@dataclass
+class ClosedRun:
+    tokens_per_s: float
+    samples: list[Sample]
+    forward_passes: int  # of the replica, prefills included
+    step_fit: tuple[float, float] | None  # the replica's step time a + c * rows (s, s/row)
 
 
 class Timed(CollectingSink):
@@ -197,6 +207,26 @@ def closed_loop(
     return sum(s.tokens for s in samples) / elapsed, samples
 
 
+def run_mode(
+    model: Any, codec: TokenCodec, mode: str, clients: int, requests_each: int
+) -> ClosedRun:
+    """One closed-loop run of `mode` on a fresh replica."""
+    pool = make_pool(model, codec, max_batch=1 if mode == "one at a time" else MAX_BATCH)
+    static = StaticBatcher(pool, MAX_BATCH) if mode == "static batching" else None
+    try:
+        rate, samples = closed_loop(
+            static.submit if static else pool.submit, codec, clients, requests_each
+        )
+        assert isinstance(pool.dispatcher, LocalReplicas)
+        engines = list(pool.dispatcher.engines.values())
+        steps = sum(engine.steps for engine in engines)
+        return ClosedRun(rate, samples, steps, engines[0].step_times.fit())
+    finally:
+        if static:
+            static.close()
+        pool.close()
+
+
 def open_loop(
     pool: TierPool, rates: dict[str, float], duration_s: float, max_tokens: int
 ) -> tuple[list[Sample], int]:
@@ -241,7 +271,9 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every mode and scenario")
+    parser.add_argument(
+        "--rounds", type=int, default=DEFAULT_ROUNDS, help="rounds of every mode and scenario"
+    )
     args = parser.parse_args()
     set_torch_threads(1)
     requests_each = 4 if args.quick else 12
@@ -252,35 +284,30 @@ def main() -> None:
     codec = TokenCodec(tokenizer)
     freeze_startup_heap()  # as `trifecta cognitive serve` does once it is loaded
 
-    # rounds[clients][mode] -> (tokens/s, samples) per round; the modes take turns
-    closed: dict[int, dict[str, list[tuple[float, list[Sample]]]]] = {
-        c: {m: [] for m in MODES} for c in CLIENTS
-    }
+    load_before = machine_load()
+    # rounds[clients][mode] -> one run per round; the modes take turns
+    closed: dict[int, dict[str, list[ClosedRun]]] = {c: {m: [] for m in MODES} for c in CLIENTS}
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("closed-loop clients", total=rounds * len(MODES) * len(CLIENTS))
-        for _ in range(rounds):
+        task = progress.add_task(
+            "closed-loop clients", total=len(MODES) + rounds * len(MODES) * len(CLIENTS)
+        )
+        for mode in MODES:  # warm-up, discarded: torch's first calls of each shape are slow
+            run_mode(model, codec, mode, CLIENTS[-1], 1)
+            progress.advance(task)
+        for index in range(rounds):
+            # The modes take turns, each round in a rotated order: none always runs first.
+            order = MODES[index % len(MODES) :] + MODES[: index % len(MODES)]
             for clients in CLIENTS:
-                for mode in MODES:
-                    batch = 1 if mode == "one at a time" else MAX_BATCH
-                    pool = make_pool(model, codec, max_batch=batch)
-                    static = StaticBatcher(pool, MAX_BATCH) if mode == "static batching" else None
-                    try:
-                        closed[clients][mode].append(
-                            closed_loop(
-                                static.submit if static else pool.submit,
-                                codec,
-                                clients,
-                                requests_each,
-                            )
-                        )
-                    finally:
-                        if static:
-                            static.close()
-                        pool.close()
+                for mode in order:
+                    closed[clients][mode].append(
+                        run_mode(model, codec, mode, clients, requests_each)
+                    )
                     progress.advance(task)
 
     # tokens/s of the batching tier at 16 clients
-    capacity_tps = statistics.median(t for t, _ in closed[CLIENTS[-1]]["continuous batching"])
+    capacity_tps = statistics.median(
+        run.tokens_per_s for run in closed[CLIENTS[-1]]["continuous batching"]
+    )
     per_request = max_tokens
     quiet_rate = QUIET_LOAD * capacity_tps / per_request / QUIET_CAPSULES
     quiet = {f"quiet-{i}": quiet_rate for i in range(QUIET_CAPSULES)}
@@ -327,26 +354,27 @@ def main() -> None:
         )
     rounds_fair = [f / a for f, a in zip(round_p99["fair"], round_p99["alone"], strict=True)]
 
-    report(closed, pooled, p99s, rounds_fair, quiet_rate, max_tokens, args.quick)
+    loads = (load_before, machine_load())
+    report(closed, pooled, p99s, rounds_fair, quiet_rate, max_tokens, loads, args.quick)
 
 
 def _quiet(samples: list[Sample]) -> list[float]:
     return [s.latency_s for s in samples if s.capsule.startswith("quiet")]
 
 
-def _closed_goals(
-    closed: dict[int, dict[str, list[tuple[float, list[Sample]]]]],
-) -> list[Goal]:
-    """Throughput ratios at 16 clients, over the rounds (mean tokens/s each side)."""
+def _closed_goals(closed: dict[int, dict[str, list[ClosedRun]]]) -> list[Goal]:
+    """Throughput ratios at 16 clients: each round's ratio (its modes ran back to back, so a
+    swing of the machine's load between rounds cancels), their mean and its bootstrap."""
     top = closed[CLIENTS[-1]]
 
-    def tps(mode: str) -> list[float]:
-        return [t for t, _ in top[mode]]
+    def ratios(baseline: str) -> list[float]:
+        return [
+            ours.tokens_per_s / theirs.tokens_per_s
+            for ours, theirs in zip(top["continuous batching"], top[baseline], strict=True)
+        ]
 
-    vs_one = bootstrap_ratio(tps("continuous batching"), tps("one at a time"), statistic=np.mean)
-    vs_static = bootstrap_ratio(
-        tps("continuous batching"), tps("static batching"), statistic=np.mean
-    )
+    vs_one = bootstrap_statistic(ratios("one at a time"), np.mean)
+    vs_static = bootstrap_statistic(ratios("static batching"), np.mean)
     return [
         Goal(
             claim=f"continuous batching / one at a time, tokens/s, {CLIENTS[-1]} clients",
@@ -356,7 +384,7 @@ def _closed_goals(
             goal=3,
             direction="at least",
             unit="x",
-            note=f"{len(top['continuous batching'])} interleaved rounds",
+            note=f"{len(top['continuous batching'])} interleaved rounds, paired",
         ),
         Goal(
             claim=f"continuous batching / static batching, tokens/s, {CLIENTS[-1]} clients",
@@ -366,35 +394,67 @@ def _closed_goals(
             goal=1,
             direction="at least",
             unit="x",
-            note="request lengths 8-56 tokens",
+            note="request lengths 8-56 tokens; rounds paired",
         ),
     ]
 
 
+def _step_profile(closed: dict[int, dict[str, list[ClosedRun]]]) -> str:
+    """Why the batch's fullness buys what it buys: the continuous replica's own fit of its
+    step time against its batch size at 16 clients, and each round's ratio to static."""
+    top = closed[CLIENTS[-1]]
+    fits = [run.step_fit for run in top["continuous batching"] if run.step_fit is not None]
+    ratios = [
+        ours.tokens_per_s / theirs.tokens_per_s
+        for ours, theirs in zip(top["continuous batching"], top["static batching"], strict=True)
+    ]
+    per_round = ", ".join(f"{r:.2f}x" for r in ratios)
+    if not fits:
+        return f"Continuous / static batching at {CLIENTS[-1]} clients, each round: {per_round}."
+    fixed = statistics.median(a for a, _ in fits)
+    per_row = statistics.median(c for _, c in fits)
+    full = (fixed + per_row * MAX_BATCH) / (fixed + per_row)
+    return (
+        f"Profile: the continuous replica's step (one forward pass, sampling and handing out "
+        f"the tokens) fits t(rows) = {fixed * 1e3:.2f} ms + {per_row * 1e3:.3f} ms per row "
+        f"(least squares over its own step times at {CLIENTS[-1]} clients, wall time, median "
+        f"of rounds): a step of {MAX_BATCH} rows costs {full:.1f}x a one-row step. On a CPU "
+        "each row adds its own work, so a fuller batch (more tokens per forward pass) saves "
+        "only the fixed part of each step. "
+        f"Continuous / static batching at {CLIENTS[-1]} clients, each round: {per_round}."
+    )
+
+
 def report(
-    closed: dict[int, dict[str, list[tuple[float, list[Sample]]]]],
+    closed: dict[int, dict[str, list[ClosedRun]]],
     pooled: dict[str, list[Sample]],
     p99s: dict[str, tuple[float, float, int, float, int]],
     rounds_fair: list[float],
     quiet_rate: float,
     max_tokens: int,
+    loads: tuple[str, str],
     quick: bool,
 ) -> None:
     lines = [
-        "| clients | mode | tokens/s (median of rounds) | p50 s | p99 s | tokens/s vs one at a time |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| clients | mode | tokens/s (median of rounds) | p50 s | p99 s | tokens/s vs one at a "
+        "time | tokens per forward pass |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for clients in CLIENTS:
-        base = statistics.median(t for t, _ in closed[clients]["one at a time"])
+        base = statistics.median(run.tokens_per_s for run in closed[clients]["one at a time"])
         for mode in MODES:
             runs = closed[clients][mode]
-            rate = statistics.median(t for t, _ in runs)
-            latencies = [s.latency_s for _, samples in runs for s in samples]
+            rate = statistics.median(run.tokens_per_s for run in runs)
+            latencies = [s.latency_s for run in runs for s in run.samples]
+            tokens = sum(s.tokens for run in runs for s in run.samples)
+            passes = sum(run.forward_passes for run in runs)
             lines.append(
                 f"| {clients} | {mode} | {rate:.0f} | {percentile(latencies, 50):.3f} "
-                f"| {percentile(latencies, 99):.3f} | {rate / base:.2f}x |"
+                f"| {percentile(latencies, 99):.3f} | {rate / base:.2f}x | {tokens / passes:.1f} |"
             )
     console.print("\n".join(lines))
+    profile = _step_profile(closed)
+    console.print(profile)
     fair = bootstrap_ratio(_quiet(pooled["fair"]), _quiet(pooled["alone"]), statistic=p99)
     fifo_ratio = p99s["fifo"][0] / p99s["alone"][0]
     noisy_lines = [
@@ -431,8 +491,10 @@ def report(
         console.print(f"{g.claim}: {g.figure:.2f}{g.unit} {g.interval()} -> {g.verdict()}")
     if quick:
         return
-    command = ".venv/bin/python benchmarks/serving.py"
     rounds = len(rounds_fair)
+    command = ".venv/bin/python benchmarks/serving.py" + (
+        f" --rounds {rounds}" if rounds != DEFAULT_ROUNDS else ""
+    )
     write_section(
         "serving",
         "\n".join(
@@ -440,19 +502,26 @@ def report(
                 "## Serving: continuous batching and fair queuing (`benchmarks/serving.py`)",
                 "",
                 f"Command: `{command}`. CPU: {cpu_name()}; the machine was shared with other "
-                f"engineers' training jobs ({machine_load()} at the end), which moves absolute "
-                "figures; the interleaved ratios carry the claims. Model: the `small` tier's "
-                f"architecture (dummy weights), one replica of {MAX_BATCH} slots, torch on one "
-                "intra-op thread.",
+                f"engineers' jobs ({loads[0]} at the start, {loads[1]} at the end), which "
+                "moves absolute figures; the interleaved ratios carry the claims. Model: the "
+                "`small` tier's architecture (Canon Llama, dummy weights), one replica of "
+                f"{MAX_BATCH} slots, torch on one intra-op thread. The replica schedules per "
+                "iteration: one forward pass per step feeds every running request its next "
+                "token and every newcomer its prompt, over a preallocated per-slot KV cache "
+                "(`docs/serving.md`). *Tokens per forward pass*: the tokens the replica "
+                "decoded over its forward passes, i.e. how full its batch was.",
                 "",
                 "Closed loop: each client sends its next request when the last one returns; "
                 f"each request asks for {LENGTHS[0]}-{LENGTHS[1]} tokens (seeded, the same for "
                 "every mode) and decodes them all. Baselines on the same replica: one request "
                 f"at a time, and static batching (a batch of up to {MAX_BATCH} gathered for "
                 f"{STATIC_WINDOW_S * 1e3:g} ms runs until its longest request ends; only then "
-                f"does the next start). {rounds} rounds, the modes taking turns.",
+                f"does the next start). {rounds} rounds, the modes taking turns in a rotated order, "
+                "after an untimed warm-up run of each.",
                 "",
                 *lines,
+                "",
+                profile,
                 "",
                 f"Noisy neighbour (open loop, Poisson arrivals): {QUIET_CAPSULES} quiet capsules "
                 f"at {quiet_rate:.2f} requests/s each ({QUIET_LOAD:.0%} of the tier's measured "
@@ -470,7 +539,8 @@ def report(
                 "",
                 *goals_markdown(goal_list),
                 "",
-                "[95% bootstrap interval]: over rounds for throughput, over requests for p99.",
+                "[95% bootstrap interval]: for throughput, of the mean of each round's ratio "
+                "(the modes of a round ran back to back); for p99, over requests.",
             ]
         ),
     )
