@@ -119,7 +119,7 @@ def train_command(
 def eval_command(
     model: ModelOption = None,
     per_grade: Annotated[int, typer.Option(min=1)] = 200,
-    steps: StepsOption = 20,
+    steps: StepsOption = 24,
     parallel: ParallelOption = True,
     threshold: Annotated[float, typer.Option(help="confidence to unmask in parallel")] = 0.9,
     capsule: Annotated[str | None, typer.Option(help="route with this capsule's mask")] = None,
@@ -153,7 +153,7 @@ def eval_command(
 def generate_command(
     prompts: Annotated[list[str], typer.Argument(help="task-family prompts, batched")],
     model: ModelOption = None,
-    steps: StepsOption = 20,
+    steps: StepsOption = 24,
     parallel: ParallelOption = True,
     capsule: Annotated[
         str | None, typer.Option(help="serve as this capsule (its mask and biases, tuned online)")

@@ -39,9 +39,9 @@ from trifecta.generative.sequences import encode_prompts
 class DecodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    gen_length: int = Field(default=20, gt=0, description="response positions per request")
-    steps: int = Field(default=20, description="denoising steps over the whole response")
-    block_length: int = Field(default=5, gt=0)
+    gen_length: int = Field(default=24, gt=0, description="response positions per request")
+    steps: int = Field(default=24, description="denoising steps over the whole response")
+    block_length: int = Field(default=4, gt=0)
     threshold: float | None = Field(default=0.9, gt=0, lt=1)
     cache: bool = True
 
