@@ -200,16 +200,18 @@ class EscalationCascade(Backend):
         return starts
 
     def _routed(self, prompts: list[str]) -> list[int]:
-        """Start tiers from the shipped router under the thresholds' cut-offs."""
+        """Start tiers from the shipped router under the thresholds' cut-offs. A cascade over
+        other tiers than the router's (a server running a subset of them), or with no router
+        shipped, starts every request on its first tier, as a cascade without cut-offs does."""
         from trifecta.cognitive.start_router import shipped_router
 
         router = shipped_router()
         if router is None or router.tiers != tuple(t.name for t in self.tiers):
-            raise InvalidInput(
-                "the thresholds route requests but no router ships for these tiers "
-                "(`trifecta cognitive calibrate --default` fits one)",
-                field="router",
+            log.warning(
+                "no start router for these tiers: every request starts on the first",
+                tiers=[t.name for t in self.tiers],
             )
+            return [0] * len(prompts)
         return router.starts(prompts, self.thresholds.router)
 
     def _run_tier(
