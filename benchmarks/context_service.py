@@ -599,6 +599,14 @@ def report(results: dict[str, list[tuple[str, Run, float | None]]], plan: Plan) 
         "same server process on the same two cores (embedding, SQL writes, Python's GIL; "
         "not measured apart), not the retrieve's own work.",
         "",
+        "The view's scan and the standing searches' screen multiply with numpy's einsum: "
+        "with BLAS, OpenBLAS's worker threads had made one 10,000 x 384 scan take 54 ms "
+        "at the median on this loaded machine (1.0 ms with einsum). In the run before "
+        "that change the loop retrieve's p50 was 71 / 48 ms (p99 152 / 115 ms), but at "
+        "load average 14.6 (this run's is below), so the two runs differ in load too. The "
+        "uncached path (`store.scan_memories`) still multiplies with BLAS, so the *cache "
+        "off* rows, and the cached / uncached ratios, carry that cost too.",
+        "",
         "Cached search with no writes: sampled with py-spy (1,000 items, load average 15; "
         "a hit answered with the stored JSON, no validation or encoding, and the server's "
         "start-up heap frozen), a hit's time on the server's event loop was a third the "
