@@ -182,7 +182,7 @@ class BatchingEngine:
                     request = self._waiting.popleft()
                     if request.request_id in cancelled:
                         self._finish_unstarted(request)
-                    else:
+                    elif self._fits(request):
                         joiners.append(request)
                 self._waiting = deque(r for r in self._waiting if not self._drop_if(r, cancelled))
             try:
@@ -226,20 +226,24 @@ class BatchingEngine:
                 row.finish_reason = "cancelled"
         self._remove_finished()
 
+    def _fits(self, request: EngineRequest) -> bool:
+        """Whether the prompt fits a slot; if not, the request fails alone (not its batch)."""
+        if 0 < len(request.prompt_ids) <= self.context_length:
+            return True
+        self.finished["refused"] += 1
+        request.sink.fail(
+            InvalidInput(
+                f"a prompt of {len(request.prompt_ids)} tokens does not fit a context of "
+                f"{self.context_length}",
+                field="prompt",
+            )
+        )
+        return False
+
     def _admit(self, joiners: list[EngineRequest]) -> list[_Row]:
         """Give each joiner the next free slot, with any cached prefix of its prompt copied in."""
         rows = []
         for request in joiners:
-            if not 0 < len(request.prompt_ids) <= self.context_length:
-                self.finished["refused"] += 1
-                request.sink.fail(
-                    InvalidInput(
-                        f"a prompt of {len(request.prompt_ids)} tokens does not fit a context of "
-                        f"{self.context_length}",
-                        field="prompt",
-                    )
-                )
-                continue
             hashes = block_hashes(request.prompt_ids, self.prefix_cache.block_size)
             kv, cached = self.prefix_cache.lookup(request.prompt_ids, hashes)
             if kv is not None:
