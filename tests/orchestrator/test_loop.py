@@ -26,7 +26,8 @@ def test_a_task_goes_through_every_step_and_is_logged(stack: Stack) -> None:
     capsule = _capsule(stack, "steps")
     task = generate_tasks(1, seed=3, split="heldout", difficulties=[3], domain=capsule.domain)[0]
     result = orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt))
-    assert result.route == "cognitive" and result.path[0] == "cognitive/small"
+    # The start router picks the first tier from the prompt's structure; the cascade goes on.
+    assert result.route == "cognitive" and result.path[0].startswith("cognitive/")
     stated = normalize_answer(result.answer) if result.answer is not None else None
     assert result.verified == (stated == task.answer)  # a worked answer's final step
     assert result.context is not None and result.context.domain == capsule.domain
