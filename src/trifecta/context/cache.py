@@ -29,20 +29,24 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from trifecta.context.version_feed import VersionFeed
 from trifecta.core.logging import get_logger
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
 log = get_logger(__name__)
 
-# Publish only forward: concurrent writers may publish out of order.
+# Publish only forward: concurrent writers may publish out of order. An advance is also
+# pushed to the subscribed replicas (`version_feed.py`) in the same atomic step. Returns the
+# version Redis holds afterwards.
 _PUBLISH_MAX = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) > current then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+  redis.call('PUBLISH', KEYS[2], ARGV[3] .. ' ' .. ARGV[1])
+  return tonumber(ARGV[1])
 end
-return 0
+return current
 """
 
 
@@ -85,7 +89,7 @@ class RedisLink:
         self.client = client
         self.retry_s = retry_s
         self.generation = 0
-        self.failures = self.skipped = self.recoveries = 0
+        self.calls = self.failures = self.skipped = self.recoveries = 0
         self._open = False
         self._lock = threading.Lock()
         self._hooks: list[Callable[[Any], None]] = []
@@ -104,6 +108,7 @@ class RedisLink:
         if self._open:
             self.skipped += 1
             raise RedisDown("circuit open")
+        self.calls += 1
         try:
             return op(self.client)
         except Exception as exc:  # redis.RedisError and socket errors alike
@@ -145,6 +150,7 @@ class RedisLink:
 
     def stats(self) -> dict[str, int]:
         return {
+            "redis_calls": self.calls,
             "redis_open": int(self._open),
             "redis_failures": self.failures,
             "redis_skipped": self.skipped,
@@ -167,12 +173,30 @@ class VersionBoard:
     A version this process could not publish is kept (the highest per domain) and published
     when Redis answers again. After Redis came back, a domain's version is taken from the
     shard once (and published) before the board trusts Redis for it: another replica may
-    have committed writes it could not publish while Redis was away."""
+    have committed writes it could not publish while Redis was away.
 
-    def __init__(self, link: RedisLink | None, *, ttl_s: float, prefix: str = "trifecta:ctx"):
+    With `feed`, a reader first asks the local board a pub/sub subscription keeps
+    (`version_feed.py`), which answers without a Redis call while the subscription is live;
+    a version read from Redis or published by this process goes on that board too."""
+
+    def __init__(
+        self,
+        link: RedisLink | None,
+        *,
+        ttl_s: float,
+        prefix: str = "trifecta:ctx",
+        feed: bool = False,
+    ):
         self.link = link
         self.ttl_ms = int(ttl_s * 1000)
         self.prefix = prefix
+        self.channel = f"{prefix}:versions"
+        # An entry outlives its Redis key by at most a second (see VersionFeed).
+        self.feed = (
+            VersionFeed(link.client, self.channel, entry_ttl_s=min(ttl_s, 1.0))
+            if link is not None and feed
+            else None
+        )
         self._script = link.client.register_script(_PUBLISH_MAX) if link else None
         self._lock = threading.Lock()
         self._unpublished: dict[str, int] = {}  # domain -> highest version not yet published
@@ -192,19 +216,32 @@ class VersionBoard:
             return None
         if link.generation and self._verified.get(domain, 0) < link.generation:
             return None
+        feed = self.feed
+        epoch = None
+        if feed is not None and not link.is_open:
+            feed.start()
+            version = feed.lookup(domain)
+            if version is not None:
+                return version
+            epoch = feed.current_epoch()
         try:
             value = link.call(lambda r: r.get(self.key(domain)))
         except RedisDown:
             return None
-        return int(value) if value is not None else None
+        if value is None:
+            return None
+        if feed is not None:
+            feed.learn(domain, int(value), epoch)
+        return int(value)
 
     def publish(self, domain: str, version: int) -> None:
         link = self.link
         if link is None:
             return
         generation = link.generation
+        epoch = self.feed.current_epoch() if self.feed is not None else None
         try:
-            link.call(lambda r: self._publish(r, domain, version))
+            held = link.call(lambda r: self._publish(r, domain, version))
         except RedisDown:
             with self._lock:
                 self._unpublished[domain] = max(version, self._unpublished.get(domain, -1))
@@ -212,10 +249,14 @@ class VersionBoard:
         with self._lock:
             if self._verified.get(domain, 0) < generation:
                 self._verified[domain] = generation
+        if self.feed is not None:  # this process reads its own write without waiting
+            self.feed.learn(domain, held, epoch)
 
-    def _publish(self, client: Any, domain: str, version: int) -> None:
+    def _publish(self, client: Any, domain: str, version: int) -> int:
+        """Publish forward; the version Redis holds afterwards."""
         assert self._script is not None
-        self._script(keys=[self.key(domain)], args=[version, self.ttl_ms], client=client)
+        keys = [self.key(domain), self.channel]
+        return int(self._script(keys=keys, args=[version, self.ttl_ms, domain], client=client))
 
     def _republish(self, client: Any) -> None:
         """Runs on the prober's thread when Redis answers again, before the breaker closes."""
@@ -230,6 +271,13 @@ class VersionBoard:
 
     def unpublished(self) -> int:
         return len(self._unpublished)
+
+    def close(self) -> None:
+        if self.feed is not None:
+            self.feed.close()
+
+    def stats(self) -> dict[str, int]:
+        return self.feed.stats() if self.feed is not None else {}
 
 
 @dataclass

@@ -90,6 +90,7 @@ def serve(
     import uvicorn
 
     from trifecta.context.service import create_app
+    from trifecta.core.heap import freeze_startup_heap
     from trifecta.core.http import stand_alone
     from trifecta.core.settings import get_settings
     from trifecta.fleet.admin_key import admin_key_notice, ensure_local_admin_key
@@ -101,6 +102,9 @@ def serve(
     typer.echo(admin_key_notice(ensure_local_admin_key(keys, get_settings().data_dir)), err=True)
     service.warm_up()
     app = stand_alone(create_app(service, auth=keys), service="context")
+    # The model, torch and the app live as long as the process: keep full collections from
+    # walking them on the request path (as `trifecta serve` does).
+    freeze_startup_heap()
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

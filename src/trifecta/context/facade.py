@@ -103,7 +103,10 @@ class ContextService:
         redis_url = redis_url if redis_url is not None else core.redis_url
         self.redis = connect_redis(redis_url, self.settings.redis_timeout_s) if redis_url else None
         # Writers publish versions whether or not this process caches: other replicas may.
-        self.versions = VersionBoard(self.redis, ttl_s=self.settings.version_ttl_s)
+        # A process that caches learns versions from a pub/sub feed, not a GET per read.
+        self.versions = VersionBoard(
+            self.redis, ttl_s=self.settings.version_ttl_s, feed=self.cache_enabled
+        )
         self.results = ResultCache(
             self.redis, max_entries=self.settings.cache_entries, ttl_s=self.settings.cache_ttl_s
         )
@@ -432,8 +435,10 @@ class ContextService:
         self.learner.start()
 
     def close(self) -> None:
-        """Stop the learning worker (rows still queued stay queued for the next process)."""
+        """Stop the learning worker (rows still queued stay queued for the next process) and
+        the version feed."""
         self.learner.stop()
+        self.versions.close()
 
     def learn_queue(self, capsule_id: str) -> list[QueueRow]:
         """The queue rows of the capsule's domain, oldest first."""
@@ -441,7 +446,7 @@ class ContextService:
         return self.on_shard(domain, lambda store: store.queue.rows(domain))
 
     def cache_stats(self) -> dict[str, int]:
-        return self.results.stats() | self.views.stats()
+        return self.results.stats() | self.views.stats() | self.versions.stats()
 
     def learning_stats(self) -> dict[str, int]:
         """The worker's counters and the query-embedding cache's."""

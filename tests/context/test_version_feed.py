@@ -1,0 +1,114 @@
+"""The version feed: with its subscription live a cache hit makes no Redis call, another
+replica's write reaches the board by push, and a lost subscription falls back to the GET
+without serving a version it missed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from tests.context.conftest import ServiceFactory
+from trifecta.context.facade import ContextService
+from trifecta.context.models import MemoryDraft, MemoryQuery, MemorySource
+
+pytestmark = pytest.mark.integration
+CAPSULE = "twin-a"
+QUERY = MemoryQuery(query="how do minus signs bind", k=3)
+BOUND_S = 0.5  # RELIABILITY.md's bound for a write on one replica to be read on another
+
+
+def lesson(n: int) -> MemoryDraft:
+    return MemoryDraft(
+        title=f"Lesson {n}",
+        content=f"Lesson number {n}: carry operand {n * 37} before subtracting {n * 11}.",
+        outcome="success",
+        source=MemorySource(task_id=f"test-{n}"),
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def redis_calls(service: ContextService) -> int:
+    assert service.redis is not None
+    return service.redis.calls
+
+
+@pytest.fixture
+def replicas(
+    make_service: ServiceFactory, sqlite_url: str, redis_url: str
+) -> Iterator[tuple[ContextService, ContextService]]:
+    """Two caching services over one shard and one Redis, as two replicas would be."""
+    a = make_service(sqlite_url, redis_url=redis_url)
+    b = make_service(sqlite_url, redis_url=redis_url)
+    a.add_memories(CAPSULE, [lesson(1)])
+    yield a, b
+    a.close()
+    b.close()
+
+
+def feed_live(service: ContextService) -> bool:
+    feed = service.versions.feed
+    return feed is not None and feed.healthy
+
+
+def test_a_cache_hit_makes_no_redis_call_while_the_feed_is_live(
+    replicas: tuple[ContextService, ContextService],
+) -> None:
+    a, _ = replicas
+    first = a.search_memories(CAPSULE, QUERY)  # computes; starts the feed
+    wait_for(lambda: feed_live(a))
+    assert a.search_memories(CAPSULE, QUERY) == first  # learns the version onto the board
+    before = redis_calls(a)
+    hits_before = a.results.hits
+    for _ in range(50):
+        assert a.search_memories(CAPSULE, QUERY) == first
+    assert redis_calls(a) == before  # neither a version GET nor a result GET
+    assert a.results.hits - hits_before == 50
+    assert a.cache_stats()["feed_board_hits"] >= 50
+
+
+def test_a_write_on_one_replica_reaches_the_others_board_by_push(
+    replicas: tuple[ContextService, ContextService],
+) -> None:
+    a, b = replicas
+    a.search_memories(CAPSULE, QUERY)
+    wait_for(lambda: feed_live(a))
+    old = a.search_memories(CAPSULE, QUERY).version
+    written = b.add_memories(CAPSULE, [lesson(2)]).version
+    assert written > old
+    started = time.monotonic()
+    wait_for(lambda: a.search_memories(CAPSULE, QUERY).version == written, timeout=BOUND_S)
+    assert time.monotonic() - started < BOUND_S
+    assert a.cache_stats()["feed_messages"] >= 1
+
+
+def test_a_lost_subscription_falls_back_to_redis_and_misses_no_write(
+    replicas: tuple[ContextService, ContextService], redis_url: str
+) -> None:
+    a, b = replicas
+    a.search_memories(CAPSULE, QUERY)
+    wait_for(lambda: feed_live(a))
+    a.search_memories(CAPSULE, QUERY)
+    lapses = a.cache_stats()["feed_lapses"]
+    # Drop every subscription (A's and B's): B's write is then published to no one.
+    admin = redis.Redis.from_url(redis_url)
+    admin.client_kill_filter(_type="pubsub")
+    admin.close()
+    written = b.add_memories(CAPSULE, [lesson(3)]).version
+    # A's next read asks Redis (its board is no longer trusted) and sees the write.
+    assert a.search_memories(CAPSULE, QUERY).version == written
+    wait_for(lambda: a.cache_stats()["feed_lapses"] > lapses)
+    wait_for(lambda: feed_live(a))  # resubscribed, with an empty board under a new epoch
+    before = redis_calls(a)
+    assert a.search_memories(CAPSULE, QUERY).version == written
+    assert redis_calls(a) == before + 1  # the one GET that puts the version back on the board
+    assert a.search_memories(CAPSULE, QUERY).version == written
+    assert redis_calls(a) == before + 1
