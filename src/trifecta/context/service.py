@@ -209,8 +209,9 @@ def create_app(
 def create_app_from_settings() -> FastAPI:
     """For `uvicorn --factory`: everything from TRIFECTA_* settings, no language model; the
     embedder loads before the server accepts requests."""
-    from trifecta.core.heap import freeze_startup_heap
+    from trifecta.core.heap import bound_native_caches, freeze_startup_heap
 
+    bound_native_caches()  # before the embedder's first kernel (core/heap.py says why)
     service = ContextService()
     service.warm_up()
     service.start_learning()  # learns what a previous process left queued

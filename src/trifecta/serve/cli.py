@@ -32,9 +32,15 @@ def serve_command(
     Every route but /healthz and /metrics needs an API key (`Authorization: Bearer`); on
     first start an admin key is written to <data_dir>/admin.key.
     """
-    from trifecta.core.heap import cap_malloc_arenas, freeze_startup_heap
+    from trifecta.core.heap import (
+        bound_native_caches,
+        cap_malloc_arenas,
+        freeze_startup_heap,
+        start_malloc_trimmer,
+    )
 
     cap_malloc_arenas()  # before any thread allocates: bounds the heap's growth per request
+    bound_native_caches()  # before torch's first kernel: oneDNN and MKL read them once
     import uvicorn
 
     from trifecta.core.auth import Authenticator
@@ -78,6 +84,7 @@ def serve_command(
     stack.warm_up()
     app = create_app(stack, own_stack=True, auth=auth)
     freeze_startup_heap()
+    start_malloc_trimmer()  # glibc's freed pages back to the kernel while serving
     from trifecta.core.logging import uvicorn_log_config
 
     log_config = uvicorn_log_config(settings.log_format)  # JSON lines throughout with json

@@ -101,8 +101,9 @@ def run_server(options: ServeOptions) -> None:
 
     from trifecta.cognitive.serving.app import create_app
     from trifecta.cognitive.serving.factory import build_service, connect_ray
-    from trifecta.core.heap import freeze_startup_heap
+    from trifecta.core.heap import bound_native_caches, freeze_startup_heap
 
+    bound_native_caches()  # before the tiers' first kernel (core/heap.py says why)
     console = Console(stderr=True)
     ray_options = None
     if options.ray_address:
