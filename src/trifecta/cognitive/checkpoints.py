@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
 
     from trifecta.cognitive.canon_llama import CanonLlamaConfig
     from trifecta.cognitive.tiers import TierSpec
+
+# `from_pretrained` is not thread-safe: while it builds a model it swaps torch's init functions
+# for no-ops process-wide, so two loads at once (or a load beside a model being built) can leave
+# a tied head neither tied nor initialised. One load at a time.
+_load_lock = threading.Lock()
 
 REQUIRED_FILES = ("config.json",)
 
@@ -165,16 +171,47 @@ def load_checkpoint(directory: str | Path) -> tuple[PreTrainedModel, PreTrainedT
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=torch.float32
-        )
+        with _load_lock:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, dtype=torch.float32
+            )
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidInput(
             f"cannot load the checkpoint in {path}: {first}", field="model_path"
         ) from None
+    _check_head(model, path)
     model.eval()
     if tokenizer.pad_token_id is None:  # many causal LMs ship without a pad token
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+def _check_head(model: PreTrainedModel, path: Path) -> None:
+    """A checkpoint that ties its output head to the input embeddings stores the head once; make
+    sure the loaded model does read it from there (a head left untied holds whatever memory it
+    was given: one CI run answered with NaN logits), and refuse non-finite weights."""
+    import torch
+
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = bool(getattr(model.config, "tie_word_embeddings", False)) and head is not None
+    if tied and head.weight is not embeddings.weight and not _stores_head(path):
+        head.weight = embeddings.weight
+    if head is not None and not bool(torch.isfinite(head.weight).all()):
+        raise InvalidInput(f"the output head loaded from {path} is not finite", field="model_path")
+
+
+def _stores_head(path: Path) -> bool:
+    """Whether the checkpoint's safetensors hold an output head of their own."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names: list[str] = list(json.loads(index.read_text())["weight_map"])
+    elif (path / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path / "model.safetensors"), framework="pt") as weights:
+            names = list(weights.keys())
+    else:
+        return True  # another format: trust the loader's own tying
+    return any(name.endswith("lm_head.weight") for name in names)
