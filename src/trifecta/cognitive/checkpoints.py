@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trifecta.core.errors import InvalidInput
+from trifecta.core.model_loading import MODEL_LOAD_LOCK
 from trifecta.core.tokenizer import BOS, EOS, MASK, PAD, SPECIALS, CharTokenizer
 
 if TYPE_CHECKING:
@@ -22,11 +22,6 @@ if TYPE_CHECKING:
 
     from trifecta.cognitive.canon_llama import CanonLlamaConfig
     from trifecta.cognitive.tiers import TierSpec
-
-# `from_pretrained` is not thread-safe: while it builds a model it swaps torch's init functions
-# for no-ops process-wide, so two loads at once (or a load beside a model being built) can leave
-# a tied head neither tied nor initialised. One load at a time.
-_load_lock = threading.Lock()
 
 REQUIRED_FILES = ("config.json",)
 
@@ -171,7 +166,7 @@ def load_checkpoint(directory: str | Path) -> tuple[PreTrainedModel, PreTrainedT
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        with _load_lock:
+        with MODEL_LOAD_LOCK:  # from_pretrained is not thread-safe (core/model_loading.py)
             model = AutoModelForCausalLM.from_pretrained(
                 path, local_files_only=True, dtype=torch.float32
             )

@@ -60,7 +60,10 @@ class MiniLMEmbedder:
 
         hf_logging.disable_progress_bar()
 
-        self._model = SentenceTransformer(str(get_model_path()), device="cpu")
+        from trifecta.core.model_loading import MODEL_LOAD_LOCK
+
+        with MODEL_LOAD_LOCK:  # from_pretrained is not thread-safe (core/model_loading.py)
+            self._model = SentenceTransformer(str(get_model_path()), device="cpu")
         self._model.eval()
         self._tokenizer = self._model.tokenizer
         self._max_length = int(self._model.max_seq_length or 256)  # MiniLM was trained at 256
