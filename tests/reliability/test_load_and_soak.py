@@ -6,13 +6,14 @@ Load: no 5xx and no dropped connection; every acknowledged learning write is in 
 queue and learned from after the drain, every acknowledged task and feedback is in the
 database; p50 / p99 are taken from each request's scheduled arrival.
 Soak: the structures that grow with traffic are bounded (Prometheus series, the result
-cache) and memory is close to flat over the second half: the server's anonymous resident
-memory (its heaps, RssAnon) grows by at most ANON_MB_PER_TASK per served task and
-ANON_MB_SECOND_HALF in all, and all of its resident memory by at most RSS_MB_PER_TASK.
-The two differ by file-backed pages: the model weights are memory-mapped (safetensors), and
-a text with a token not seen before touches another page of MiniLM's embedding table; those
-pages are clean, reclaimable and bounded by the files' size (4.1 of a second half's 8.6 MB
-in a probe). The server runs with small caps (SMALL_CAPS) so that the bounded caches known
+cache) and memory is close to flat over the second half: the memory the server owns (its
+heaps and shared memory, RssAnon + RssShmem) grows by at most ANON_MB_PER_TASK per served
+task and ANON_MB_SECOND_HALF in all. All resident memory (VmRSS) is printed, not bounded: it
+adds file-backed pages, and those are clean, reclaimable and bounded by the files' size (the
+model weights are memory-mapped safetensors, and a text with a token not seen before touches
+another page of MiniLM's embedding table): +4 MB in one second half, +14 MB in a CI run
+beside other jobs while owned memory grew 1.3 MB.
+The server runs with small caps (SMALL_CAPS) so that the bounded caches known
 to fill slowly, each engine's prefix KV cache and the result cache, are full by mid-run and
 cannot account for second-half growth.
 oneDNN's primitive cache and MKL's per-thread pools, which held 70 and 48 MB of what a
@@ -45,7 +46,6 @@ USERS = 8
 # native caps. The bounds are about twice the measured values (not flat yet: see there).
 ANON_MB_PER_TASK = 0.1
 ANON_MB_SECOND_HALF = 8.0
-RSS_MB_PER_TASK = 0.15
 # Caps small enough that the bounded structures fill in the first half of the run: each
 # serving engine's prefix KV cache (16,384 tokens by default) and the context service's
 # in-process result cache (20,000 entries by default).
@@ -110,7 +110,8 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Soak]:
             while not done.wait(1.0):
                 elapsed = time.monotonic() - started
                 samples.append((elapsed, rss_mb(server.pid)))
-                anon.append((elapsed, rss_mb(server.pid, "RssAnon")))
+                owned = rss_mb(server.pid, "RssAnon") + rss_mb(server.pid, "RssShmem")
+                anon.append((elapsed, owned))
                 if not mid and elapsed >= SOAK_S / 2:
                     mid.append(metric_series(server.url))
 
@@ -150,14 +151,13 @@ def test_soak_memory_is_flat_and_traffic_adds_no_series(soak: Soak) -> None:
     print("soak RssAnon every 10 s:", [round(m) for t, m in soak.anon[::10]])
     print(
         f"soak: RSS {soak.rss[0][1]:.0f} -> {soak.rss[-1][1]:.0f} MB over "
-        f"{soak.rss[-1][0]:.0f} s; second half: anonymous {anon:.3f} MB per task "
+        f"{soak.rss[-1][0]:.0f} s; second half: owned {anon:.3f} MB per task "
         f"({soak.second_half_growth(soak.anon):+.1f} MB), all {rss:.3f} MB per task "
         f"({soak.second_half_growth(soak.rss):+.1f} MB); /metrics series {soak.series_mid} "
         f"mid-run, {soak.series_end} at the end; context cache {soak.context_cache}"
     )
     assert anon <= ANON_MB_PER_TASK
     assert soak.second_half_growth(soak.anon) <= ANON_MB_SECOND_HALF
-    assert rss <= RSS_MB_PER_TASK
     # Label sets are per capsule kind, environment, layer, route: traffic adds no series.
     assert soak.series_end <= soak.series_mid * 1.05
     assert soak.context_cache["entries"] <= 64  # the result cache's bound (cache_entries)
