@@ -69,3 +69,27 @@ def test_impossible_masks_are_refused(layers: list[list[int]]) -> None:
     with pytest.raises(InvalidInput) as err:
         ExpertMask(layers=layers).validate_for(2, 8, 2)
     assert err.value.field == "experts"
+
+
+def test_masked_router_routes_as_the_full_router_with_masked_scores(shipped) -> None:
+    """The sliced router (only the active experts' rows) picks the experts and gates the full
+    router would after setting masked scores to -inf, with a capsule's biases too."""
+    moe = shipped.blocks()[1].moe
+    x = torch.randn(300, shipped.config.d_model, generator=torch.Generator().manual_seed(3))
+    counted = torch.ones(300, dtype=torch.bool)
+    active = ExpertMask(layers=[[0, 1], [1, 3, 4, 6]]).active(8)
+    bias = torch.linspace(-0.2, 0.2, 16).view(2, 8)
+    with torch.no_grad():
+        ours = moe(x, counted, Routing(active=active, bias=bias))
+        affinity = torch.sigmoid(moe.router(x))
+        score = (affinity + moe.selection_bias + bias[1]).masked_fill(~active[1], float("-inf"))
+        chosen = score.topk(2, dim=-1).indices
+        gates = affinity.gather(1, chosen)
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+        reference = torch.zeros_like(x)
+        for slot in range(2):
+            for e in chosen[:, slot].unique().tolist():
+                rows = chosen[:, slot] == e
+                reference[rows] += gates[rows, slot, None] * moe.experts[e](x[rows])
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    assert len(moe._masked) >= 1  # the mask's router was cached for the next call

@@ -68,6 +68,16 @@ class Routing:
     touched: set[tuple[int, int]] = field(default_factory=set)  # (layer, expert) pairs called
 
 
+@dataclass(frozen=True)
+class MaskedRouter:
+    """One layer's router over a mask's active experts (`MoE._masked_router`)."""
+
+    ids: torch.Tensor  # (A,) the active experts' ids, ascending
+    id_list: list[int]  # the same as a list (the dispatch loop's)
+    weight: torch.Tensor  # (A, D) their router rows
+    selection_bias: torch.Tensor  # (A,) their selection biases
+
+
 class Rotary(nn.Module):
     """Rotary embeddings as the Llama checkpoints apply them (rotate-half layout)."""
 
@@ -185,34 +195,71 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList(Expert(config) for _ in range(config.n_experts))
         self.register_buffer("selection_bias", torch.zeros(config.n_experts))
         self.last_load: torch.Tensor | None = None  # (E,) tokens per expert, last forward
+        # A mask's router, cached per mask (see `_masked_router`).
+        self._masked: dict[tuple[bytes, int, int], MaskedRouter] = {}
+
+    def _masked_router(self, active: torch.Tensor) -> MaskedRouter:
+        """The router restricted to a mask's active experts: their ids (A,), router rows
+        (A, D) and selection biases (A,). A masked layer scores only the experts it may use,
+        so a mask also saves router work. Cached per mask while the weights stay unchanged
+        (the key holds their in-place version counters); never cached under autograd, where
+        a slice would carry a graph from one step into the next."""
+        key = (
+            active.numpy().tobytes(),
+            self.router.weight._version,
+            self.selection_bias._version,
+        )
+        cached = self._masked.get(key)
+        if cached is not None:
+            return cached
+        ids = active.nonzero().flatten()
+        masked = MaskedRouter(ids, ids.tolist(), self.router.weight[ids], self.selection_bias[ids])
+        if not torch.is_grad_enabled():
+            if len(self._masked) >= 64:  # a server sees a few masks; keep the cache bounded
+                self._masked.clear()
+            self._masked[key] = masked
+        return masked
 
     def forward(
         self, x: torch.Tensor, counted: torch.Tensor, routing: Routing | None
     ) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (N, D)
-        affinity = torch.sigmoid(self.router(x))  # (N, E)
-        score = affinity.detach() + self.selection_bias
-        if routing is not None and routing.bias is not None:
-            score = score + routing.bias[self.layer]
+        E = len(self.experts)
         if routing is not None and routing.active is not None:
-            score = score.masked_fill(~routing.active[self.layer], float("-inf"))
-        chosen = score.topk(self.top_k, dim=-1).indices  # (N, K)
-        gates = affinity.gather(1, chosen)
+            # Only the A active experts exist for this forward: router, top-k and dispatch
+            # all run over A columns; `ids` maps a column back to its expert.
+            masked = self._masked_router(routing.active[self.layer])
+            affinity = torch.sigmoid(F.linear(x, masked.weight))  # (N, A)
+            bias = masked.selection_bias
+            if routing.bias is not None:
+                bias = bias + routing.bias[self.layer][masked.ids]
+            ids: torch.Tensor | None = masked.ids
+            experts = masked.id_list
+        else:
+            affinity = torch.sigmoid(self.router(x))  # (N, E)
+            bias = self.selection_bias
+            if routing is not None and routing.bias is not None:
+                bias = bias + routing.bias[self.layer]
+            ids, experts = None, list(range(E))
+        score = affinity.detach() + bias
+        column = score.topk(self.top_k, dim=-1).indices  # (N, K) columns of `affinity`
+        gates = affinity.gather(1, column)
         gates = gates / gates.sum(dim=-1, keepdim=True)  # (N, K), rows sum to 1
+        chosen = column if ids is None else ids[column]  # (N, K) expert ids
         mask = counted.reshape(-1)
-        load = torch.bincount(chosen[mask].reshape(-1), minlength=len(self.experts)).float()
+        load = torch.bincount(chosen[mask].reshape(-1), minlength=E).float()
         self.last_load = load
         # Grouped dispatch: one stable sort puts every (token, slot) pair of an expert in one
         # contiguous run, so each expert with tokens is called once on a slice, and the outputs
         # return in one scatter-add. An expert nobody chose (a masked one) is never called.
-        flat = chosen.reshape(-1)  # (N*K,)
+        flat = column.reshape(-1)  # (N*K,)
         order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=len(self.experts)).tolist()
+        counts = torch.bincount(flat, minlength=len(experts)).tolist()
         token = order // self.top_k  # (N*K,) the token of each sorted pair
         xs = x[token]
         parts, start = [], 0
-        for e, count in enumerate(counts):
+        for e, count in zip(experts, counts, strict=True):
             if count == 0:
                 continue
             parts.append(self.experts[e](xs[start : start + count]))
@@ -226,7 +273,7 @@ class MoE(nn.Module):
         if routing is not None and routing.load is not None:
             routing.load[self.layer] += load
         if routing is not None and routing.row_load is not None:
-            B, E = routing.row_load.shape[0], len(self.experts)
+            B = routing.row_load.shape[0]
             row = (torch.arange(x.shape[0]) // (x.shape[0] // B))[mask]  # (n,) request of a token
             pairs = row[:, None] * E + chosen[mask]  # (n, K)
             routing.row_load[:, self.layer] += torch.bincount(
