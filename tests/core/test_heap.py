@@ -6,14 +6,25 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import json
 import os
 import time
+import tracemalloc
 import weakref
 from pathlib import Path
 
 import pytest
 
 from trifecta.core.heap import bound_native_caches, freeze_startup_heap, start_malloc_trimmer
+from trifecta.core.heap_report import (
+    INTERVAL_ENV,
+    REPORT_ENV,
+    malloc_stats,
+    owned_mb,
+    smaps_rollup_mb,
+    start_heap_report_if_asked,
+    status_mb,
+)
 
 
 class Node:
@@ -78,3 +89,64 @@ def resident_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
+
+
+def test_status_and_owned_memory_follow_an_allocation() -> None:
+    before = status_mb()
+    kept = bytearray(64 * 2**20)  # zero-filled: touched, so resident
+    after = status_mb()
+    assert set(after) == {"VmRSS", "RssAnon", "RssFile", "RssShmem"}
+    assert after["RssAnon"] - before["RssAnon"] >= 60
+    assert owned_mb() >= after["RssAnon"]
+    assert smaps_rollup_mb()["Anonymous"] >= 60
+    del kept
+
+
+def test_malloc_stats_tell_blocks_in_use_from_freed_ones() -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if getattr(libc, "mallinfo2", None) is None:
+        pytest.skip("not glibc 2.33+")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    start = malloc_stats()
+    assert start is not None and start.arenas >= 1
+    blocks = [libc.malloc(4096) for _ in range(10_000)]  # ~40 MB below the mmap threshold
+    held = malloc_stats()
+    assert held is not None and held.in_use_mb - start.in_use_mb >= 35
+    for address in blocks[:-1]:
+        libc.free(address)
+    freed = malloc_stats()
+    assert freed is not None and held.in_use_mb - freed.in_use_mb >= 35
+    assert freed.free_mb - held.free_mb >= 35  # glibc keeps them until trimmed
+    libc.free(blocks[-1])
+
+
+def test_heap_report_names_the_line_that_grows(tmp_path, monkeypatch) -> None:
+    report = tmp_path / "heap.jsonl"
+    monkeypatch.delenv(REPORT_ENV, raising=False)
+    assert start_heap_report_if_asked() is None  # off by default
+    monkeypatch.setenv(REPORT_ENV, str(report))
+    monkeypatch.setenv(INTERVAL_ENV, "0.3")
+    reporter = start_heap_report_if_asked()
+    assert reporter is not None
+    try:
+        # Counting every object of a test session takes seconds on a loaded machine.
+        assert reporter.ready.wait(60)
+        grown = [Node() for _ in range(20_000)]  # the line the report must name
+        deadline = time.monotonic() + 90
+        lines: list[dict] = []
+        while time.monotonic() < deadline:
+            lines = (
+                [json.loads(x) for x in report.read_text().splitlines()] if report.exists() else []
+            )
+            if lines and lines[-1]["object_growth"].get("Node", 0) >= 20_000:
+                break
+            time.sleep(0.1)
+    finally:
+        reporter.close()
+    assert not tracemalloc.is_tracing()
+    last = lines[-1]
+    assert last["object_growth"]["Node"] >= 20_000
+    assert any("test_heap.py" in row["where"] and row["kb"] > 500 for row in last["python_growth"])
+    assert last["status_mb"]["RssAnon"] > 0 and last["malloc"]["arenas"] >= 1
+    del grown

@@ -38,6 +38,7 @@ def serve_command(
         freeze_startup_heap,
         start_malloc_trimmer,
     )
+    from trifecta.core.heap_report import start_heap_report_if_asked
 
     cap_malloc_arenas()  # before any thread allocates: bounds the heap's growth per request
     bound_native_caches()  # before torch's first kernel: oneDNN and MKL read them once
@@ -85,6 +86,7 @@ def serve_command(
     app = create_app(stack, own_stack=True, auth=auth)
     freeze_startup_heap()
     start_malloc_trimmer()  # glibc's freed pages back to the kernel while serving
+    start_heap_report_if_asked()  # a debug aid, off unless TRIFECTA_HEAP_REPORT names a file
     from trifecta.core.logging import uvicorn_log_config
 
     log_config = uvicorn_log_config(settings.log_format)  # JSON lines throughout with json
