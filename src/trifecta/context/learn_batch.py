@@ -13,6 +13,13 @@ memory items), split in two phases:
   as before (an exact repeat: the stored item itself, similarity 1). ReasoningBank's items
   repeat whenever a standing query is answered the same way, and the encoder is the
   learning's main cost;
+- a trajectory queued with its request's query vector has its memory keyed by that vector,
+  not by the memory text's embedding (`query_key`): nothing is embedded for it. This is how
+  ReasoningBank's reference implementation retrieves (google-research/reasoning-bank,
+  `WebArena/memory_management.py`, `screening`): it keeps each task's query embedding and
+  ranks earlier tasks by the current query's similarity to theirs, then returns their items.
+  A repeated prompt then finds its own memory first (similarity 1), and distinct prompts
+  stay apart where their memory texts, alike but for a few digits, fold together;
 - `apply_batch`, one transaction under the domain's lock: each trajectory's delta and
   memories are written and its queue row is marked done in that same transaction, so a row
   is either pending or its effects are committed. The rows the transaction wrote are read
@@ -21,7 +28,7 @@ memory items), split in two phases:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +126,7 @@ class StagedBatch:
     memory_texts: list[str]  # distinct memory texts with no vector known yet
     # Per memory draft, in order: its text's index in `memory_texts`, or its known vector.
     sources: list[int | Vector]
+    keyed: int = 0  # memory drafts keyed by their request's query vector
 
     @property
     def texts(self) -> list[str]:
@@ -126,8 +134,8 @@ class StagedBatch:
 
     @property
     def reused(self) -> int:
-        """Memory drafts that need no embedding (their text's vector is known)."""
-        return len(self.sources) - len(self.memory_texts)
+        """Memory drafts keyed by their text whose text's vector is known (not embedded)."""
+        return len(self.sources) - len(self.memory_texts) - self.keyed
 
 
 def stored_vectors(
@@ -146,6 +154,21 @@ def stored_vectors(
     return {text_of(r.title, r.description, r.content): to_vector(r.embedding) for r in rows}
 
 
+def query_key(
+    trajectory: Trajectory, drafts: Sequence[MemoryDraft], query_vector: Vector | None
+) -> Vector | None:
+    """The vector the trajectory's memory is keyed by instead of its text's embedding: its
+    query's, when it was queued with one and distils exactly one item. Several items of one
+    task would share one key (and fold into each other); a generative answer's memory is
+    found by a text search for its title (the generative tuner's `MEMORY_QUERY`): both keep
+    their texts' embeddings."""
+    if query_vector is None or len(drafts) != 1:
+        return None
+    if any(step.layer == "generative" for step in trajectory.steps):
+        return None
+    return query_vector
+
+
 def plan_batch(
     service: ContextService, domain: str, rows: Sequence[tuple[int, Trajectory]]
 ) -> list[LearnPlan]:
@@ -159,9 +182,11 @@ def stage_batch(
     domain: str,
     rows: Sequence[tuple[int, Trajectory]],
     remembered: Callable[[str], Vector | None] = lambda _text: None,
+    query_vectors: Mapping[int, Vector] | None = None,
 ) -> StagedBatch:
     """The roles' part of planning: reflect, curate and distil each trajectory; and which
-    memory texts need embedding (not stored in the domain, not `remembered`)."""
+    memory texts need embedding (not stored in the domain, not keyed by the row's query
+    vector in `query_vectors`, not `remembered`)."""
     model = service.language_model
     wanted = sorted({b for _, t in rows for b in t.bullet_ids})
     used = {b.id: b for b in service.on_shard(domain, lambda s: s.bullets_by_id(domain, wanted))}
@@ -186,23 +211,32 @@ def stage_batch(
     )
     all_drafts = [d for *_, drafts in staged for d in drafts]
     stored = service.on_shard(domain, lambda s: stored_vectors(s, domain, all_drafts))
+    keys = query_vectors or {}
     memory_texts: list[str] = []
     sources: list[int | Vector] = []
+    keyed = 0
     first: dict[str, int] = {}  # text -> its index in `memory_texts`, within this batch
-    for draft in all_drafts:
-        text = memory_text(draft)
-        known = stored.get(text)
-        if known is None:
-            known = remembered(text)
-        if known is not None:
-            sources.append(known)
-        elif text in first:
-            sources.append(first[text])
-        else:
-            first[text] = len(memory_texts)
-            sources.append(len(memory_texts))
-            memory_texts.append(text)
-    return StagedBatch(domain, staged, delta_texts, memory_texts, sources)
+    for row_id, trajectory, _, _, drafts in staged:
+        key = query_key(trajectory, drafts, keys.get(row_id))
+        for draft in drafts:
+            text = memory_text(draft)
+            # A text the domain holds takes its stored vector whatever keyed it: an exact
+            # repeat reinforces the stored item (similarity 1), as learning it alone does.
+            known = stored.get(text)
+            if known is None and key is not None:
+                known = key
+                keyed += 1
+            if known is None:
+                known = remembered(text)
+            if known is not None:
+                sources.append(known)
+            elif text in first:
+                sources.append(first[text])
+            else:
+                first[text] = len(memory_texts)
+                sources.append(len(memory_texts))
+                memory_texts.append(text)
+    return StagedBatch(domain, staged, delta_texts, memory_texts, sources, keyed)
 
 
 def finish_batch(

@@ -7,6 +7,11 @@ at the same moment by several request threads share one transaction (`GroupCommi
 caller still returns only once its row is committed. The learning worker
 reads pending rows in queue order and marks each `done` inside the transaction that writes
 its learning (`mark_done`), so a row is either pending or its effects are committed.
+
+A row may carry the request's query embedding (`query_vector`, float32 bytes): the memory
+learned from it is then keyed by that vector, which the request's retrieval already computed,
+so the worker embeds nothing for it (`learn_batch`). It is stored with the trajectory, so a
+row recovered after a crash is keyed exactly as it would have been.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from trifecta.context import tables
-from trifecta.context.sql import DomainMoved, check_readable, insert_for
+from trifecta.context.sql import (
+    DomainMoved,
+    Vector,
+    check_readable,
+    insert_for,
+    to_bytes,
+    vector_or_none,
+)
 from trifecta.context.trajectory import Trajectory
 from trifecta.core.db import transaction
 
@@ -121,30 +133,33 @@ class Queued:
     trajectory: Trajectory | None
     attempts: int
     problem: str | None = None
+    query_vector: Vector | None = None  # the request's query embedding, if it came with one
+
+
+Item = tuple[str, Trajectory, Vector | None]  # domain, trajectory, its query vector
 
 
 class LearnQueue:
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._group: GroupCommit[tuple[str, Trajectory], LearnTicket] = GroupCommit(
-            self._enqueue_group
-        )
+        self._group: GroupCommit[Item, LearnTicket] = GroupCommit(self._enqueue_group)
 
-    def enqueue(self, domain: str, trajectory: Trajectory) -> LearnTicket:
-        """Store the trajectory (once per domain and trajectory id) and acknowledge it.
+    def enqueue(
+        self, domain: str, trajectory: Trajectory, query_vector: Vector | None = None
+    ) -> LearnTicket:
+        """Store the trajectory (once per domain and trajectory id), with the query vector
+        its memory is keyed by if there is one, and acknowledge it.
         Raises `DomainMoved` if a move fenced the domain off this shard."""
-        return self._group.submit((domain, trajectory))
+        return self._group.submit((domain, trajectory, query_vector))
 
-    def _enqueue_group(
-        self, items: list[tuple[str, Trajectory]]
-    ) -> list[LearnTicket | BaseException]:
+    def _enqueue_group(self, items: list[Item]) -> list[LearnTicket | BaseException]:
         """One transaction for the trajectories enqueued together; a fenced domain refuses
         its own items only."""
         now = time.time()
         out: list[LearnTicket | BaseException] = []
         with transaction(self.engine, write=True) as session:
             fenced: dict[str, DomainMoved | None] = {}
-            for domain, trajectory in items:
+            for domain, trajectory, query_vector in items:
                 if domain not in fenced:
                     try:
                         check_readable(session, domain)
@@ -155,12 +170,17 @@ class LearnQueue:
                 out.append(
                     refusal
                     if refusal is not None
-                    else self._insert(session, domain, trajectory, now)
+                    else self._insert(session, domain, trajectory, query_vector, now)
                 )
         return out
 
     def _insert(
-        self, session: Session, domain: str, trajectory: Trajectory, now: float
+        self,
+        session: Session,
+        domain: str,
+        trajectory: Trajectory,
+        query_vector: Vector | None,
+        now: float,
     ) -> LearnTicket:
         stmt = insert_for(session, tables.learn_queue).values(
             domain=domain,
@@ -170,6 +190,7 @@ class LearnQueue:
             state="pending",
             attempts=0,
             submitted_at=now,
+            query_vector=None if query_vector is None else to_bytes(query_vector),
         )
         inserted = session.execute(
             stmt.on_conflict_do_nothing(index_elements=["domain", "trajectory_id"]).returning(Q.id)
@@ -197,7 +218,7 @@ class LearnQueue:
         """The oldest pending rows of every domain of this shard, in queue order."""
         with transaction(self.engine) as session:
             rows = session.execute(
-                select(Q.id, Q.domain, Q.payload, Q.attempts)
+                select(Q.id, Q.domain, Q.payload, Q.attempts, Q.query_vector)
                 .where(Q.state == "pending")
                 .order_by(Q.id)
                 .limit(limit)
@@ -205,11 +226,9 @@ class LearnQueue:
         found = []
         for r in rows:
             try:
-                found.append(
-                    Queued(
-                        int(r.id), r.domain, Trajectory.model_validate_json(r.payload), r.attempts
-                    )
-                )
+                trajectory = Trajectory.model_validate_json(r.payload)
+                key = vector_or_none(r.query_vector)
+                found.append(Queued(int(r.id), r.domain, trajectory, r.attempts, None, key))
             except ValidationError as exc:
                 problem = f"stored trajectory does not parse: {exc.errors()[0]['msg']}"
                 found.append(Queued(int(r.id), r.domain, None, r.attempts, problem))

@@ -5,7 +5,8 @@ drains every pending row of every shard it knows (the default shard and those of
 map): rows acknowledged by a process that died are learned by the next one (recovery).
 Rows are taken oldest first and grouped per domain, so each domain learns in queue order;
 a batch of one domain is planned outside the lock and written in one transaction
-(`learn_batch`); the texts of every domain's batch are embedded together first. Then the
+(`learn_batch`); the texts of every domain's batch are embedded together first. A row queued
+with its request's query vector is keyed by it: its memory text is not embedded at all. Then the
 rows it wrote go to the live view of the domain and the domain's new version to the version
 board, so the next retrieval reads them without a reload.
 
@@ -102,6 +103,7 @@ class LearnWorker:
         self._start_lock = threading.Lock()
         self.learned = self.failed = self.batches = 0
         self.reused = 0  # memory texts not embedded: their vector was known
+        self.keyed = 0  # memories keyed by their request's query vector (nothing embedded)
         # Memory texts this worker embedded lately and their vectors (only its thread uses
         # them): a standing query answered the same way distils the same text again.
         self._recent: OrderedDict[str, Vector] = OrderedDict()
@@ -195,6 +197,7 @@ class LearnWorker:
             "failed": self.failed,
             "batches": self.batches,
             "vectors_reused": self.reused,
+            "keyed_by_query": self.keyed,
         }
 
     # -- the loop ----------------------------------------------------------------------
@@ -269,8 +272,12 @@ class LearnWorker:
         rows = [(q.id, q.trajectory) for q in queued if q.trajectory is not None]
         if not rows:
             return None
+        keys = {q.id: q.query_vector for q in queued if q.query_vector is not None}
         return self._guarded(
-            store, domain, queued, lambda: stage_batch(self.service, domain, rows, self._recalled)
+            store,
+            domain,
+            queued,
+            lambda: stage_batch(self.service, domain, rows, self._recalled, keys),
         )
 
     def _recalled(self, text: str) -> Vector | None:
@@ -307,6 +314,7 @@ class LearnWorker:
         self.learned += result.done
         self.failed += result.failed
         self.reused += batch.reused
+        self.keyed += batch.keyed
         self.batches += 1
 
     def _guarded(
@@ -319,7 +327,7 @@ class LearnWorker:
         try:
             return step()
         except DomainMoved:
-            self._forward(store, domain, rows)
+            self._forward(store, domain, [q for q in queued if q.trajectory is not None])
         except (Unavailable, SQLAlchemyError) as exc:  # transient: keep the rows pending
             self._retry(store, queued, str(exc))
         except TrifectaError as exc:  # refused as a whole (e.g. the capsule was removed)
@@ -327,19 +335,22 @@ class LearnWorker:
             self.failed += len(rows)
         return None
 
-    def _forward(
-        self, store: ShardStore, domain: str, rows: Sequence[tuple[int, Trajectory]]
-    ) -> None:
+    def _forward(self, store: ShardStore, domain: str, rows: Sequence[Queued]) -> None:
         """The domain moved: queue the rows on its new shard (idempotent per trajectory id),
-        then close them here."""
+        with their query vectors, then close them here."""
         self.service.router.invalidate(domain)
-        for _, trajectory in rows:
+        for row in rows:
+            assert row.trajectory is not None  # the caller passes parsed rows only
 
-            def requeue(target: ShardStore, queued: Trajectory = trajectory) -> LearnTicket:
-                return target.queue.enqueue(domain, queued)
+            def requeue(
+                target: ShardStore,
+                queued: Trajectory = row.trajectory,
+                key: Vector | None = row.query_vector,
+            ) -> LearnTicket:
+                return target.queue.enqueue(domain, queued, key)
 
             self.service.on_shard(domain, requeue)
-        store.queue.settle([r for r, _ in rows], "moved")
+        store.queue.settle([r.id for r in rows], "moved")
         self._watch([self.service.router.url_for(domain)])
 
     def _retry(self, store: ShardStore, queued: Sequence[Queued], error: str) -> None:

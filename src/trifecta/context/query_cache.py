@@ -77,6 +77,12 @@ class QueryEmbeddings:
                 raise
             self._finish(batch, vectors, None)
 
+    def known(self, text: str) -> Vector | None:
+        """The remembered vector of this text, if any: never embeds, counts no hit or miss
+        (the learn queue keys a request's memory by the vector its retrieval computed)."""
+        with self._cond:
+            return self._vectors.get(text)
+
     def _finish(
         self, batch: list[str], vectors: list[Vector] | None, error: BaseException | None
     ) -> None:

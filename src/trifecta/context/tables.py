@@ -108,6 +108,8 @@ learn_queue = Table(
     Column("version", BigInteger, nullable=True),
     Column("result", JSON, nullable=True),
     Column("error", Text, nullable=True),
+    # The request's query embedding (float32 bytes) the memory is keyed by; none: its text.
+    Column("query_vector", LargeBinary, nullable=True),
     UniqueConstraint("domain", "trajectory_id", name="uq_context_learn_queue_trajectory"),
     Index("ix_context_learn_queue_state", "state", "id"),
 )
