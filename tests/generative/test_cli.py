@@ -18,6 +18,9 @@ from tests.support import run_cli
         (["generative", "mask", "set", "c1", "--experts", "a,b"], "experts"),
         (["generative", "biases", "c1", "--revert", "5"], "revert"),
         (["generative", "generate", "41*17?"], "prompt"),
+        (["generative", "mask", "learn", "c1", "--rule", "share"], "rule"),
+        (["generative", "mask", "learn", "c1", "--check-tasks", "0"], "check_tasks"),
+        (["generative", "mask", "learn", "c1", "--tolerance", "1.5"], "tolerance"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field(
@@ -40,3 +43,11 @@ def test_masks_and_biases_round_trip(capsys: pytest.CaptureFixture[str]) -> None
     code, out, _ = run_cli(["generative", "biases", "c1", "--revert", "0"], capsys)
     assert code == 0 and "version 2" in out
     assert run_cli(["generative", "mask", "clear", "c1"], capsys)[0] == 0
+
+
+def test_mask_learn_verified(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["generative", "mask", "learn", "c3", "--check-tasks", "30", "--domain", "energy"]
+    code, out, _ = run_cli(argv, capsys)
+    assert code == 0 and "verified successes of 30 energy-domain tasks" in out
+    code, out, _ = run_cli(["generative", "mask", "show", "c3"], capsys)
+    assert code == 0 and "learned experts" in out

@@ -11,7 +11,12 @@ from trifecta.core.errors import InvalidInput
 from trifecta.core.tasks import generate_tasks
 from trifecta.generative.decoding import DecodeConfig, Decoder
 from trifecta.generative.model import DiffusionLM, Routing
-from trifecta.generative.selection import ExpertMask, configured_mask, learn_mask
+from trifecta.generative.selection import (
+    ExpertMask,
+    configured_mask,
+    learn_mask,
+    verified_mask,
+)
 
 PROMPTS = [t.prompt for t in generate_tasks(16, seed=5, split="heldout")]
 
@@ -93,3 +98,40 @@ def test_masked_router_routes_as_the_full_router_with_masked_scores(shipped) -> 
                 reference[rows] += gates[rows, slot, None] * moe.experts[e](x[rows])
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
     assert len(moe._masked) >= 1  # the mask's router was cached for the next call
+
+
+def test_verified_rule_keeps_a_rarely_used_expert_that_carries_successes() -> None:
+    """Expert 0 of layer 0 takes the fewest tokens yet losing it breaks answers; the busiest
+    expert of layer 1 breaks nothing. The traffic rule drops the first; the verified one
+    drops the second and keeps the first."""
+    load = torch.tensor([[1.0, 10, 10, 10], [40.0, 5, 5, 5]])
+    critical = (0, 0)
+    tried: list[tuple[int, int, bool]] = []
+
+    def retained(mask: ExpertMask) -> float:
+        lost = 0.5 if critical[1] not in mask.layers[critical[0]] else 0.0
+        lost += 0.004 * sum(4 - len(layer) for layer in mask.layers)  # every drop costs a bit
+        return 1.0 - lost
+
+    mask = verified_mask(
+        load, retained, top_k=2, tolerance=0.01, on_trial=lambda *t: tried.append(t)
+    )
+    assert 0 not in learn_mask(load, 0.9, top_k=2).layers[0]  # the traffic rule drops it
+    assert 0 in mask.layers[0]
+    assert all(len(layer) >= 2 for layer in mask.layers)
+    assert retained(mask) >= 0.99  # the tolerance bounds the whole mask, not each drop
+    assert mask.active_count() == 6  # two drops of 0.004 fit in 0.01, a third would not
+    assert len(tried) == 8 and tried[0][:2] == (0, 0)  # least routed share tried first
+
+
+def test_success_check_on_the_shipped_model(shipped) -> None:
+    from trifecta.generative.mask_check import learn_verified_mask
+
+    mask, check = learn_verified_mask(
+        Decoder(shipped), traffic=None, domain="energy", tolerance=0.05, check_tasks=40
+    )
+    assert check.successes  # the shipped model answers some of its kind of tasks
+    every = ExpertMask(layers=[list(range(8))] * 2)
+    assert check.retained(every) == 1.0  # decoding is deterministic: nothing lost
+    assert check.retained(mask) >= 0.95
+    mask.validate_for(2, 8, 2)

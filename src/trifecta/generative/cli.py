@@ -243,22 +243,68 @@ def mask_set(
 @mask_app.command("learn")
 def mask_learn(
     capsule: Annotated[str, typer.Argument(help="capsule id")],
-    coverage: Annotated[float, typer.Option(help="share of routed tokens to keep")] = 0.9,
+    rule: Annotated[
+        str, typer.Option(help="verified: drop experts while verified answers stay right; traffic")
+    ] = "verified",
+    tolerance: Annotated[
+        float, typer.Option(help="verified: share of reference successes a mask may lose")
+    ] = 0.01,
+    check_tasks: Annotated[int, typer.Option(help="verified: reference tasks to check on")] = 400,
+    domain: Annotated[
+        str | None, typer.Option(help="verified: task domain (default: the capsule's)")
+    ] = None,
+    coverage: Annotated[float, typer.Option(help="traffic: share of routed tokens to keep")] = 0.9,
 ) -> None:
-    """Learn a capsule's mask from its recorded traffic."""
-    from trifecta.generative.artifact import load_model
-    from trifecta.generative.assets import shipped_model_path
+    """Learn a capsule's mask: from verified successes (default) or its traffic share alone."""
+    from rich.progress import Progress
+
+    from trifecta.generative.decoding import Decoder
+    from trifecta.generative.mask_check import learn_verified_mask
     from trifecta.generative.selection import learn_mask
     from trifecta.generative.store import GenerativeStore
 
+    if rule not in ("verified", "traffic"):
+        raise InvalidInput(f"expected verified or traffic, got {rule!r}", field="rule")
     store = GenerativeStore()
     traffic = store.traffic(capsule)
-    if traffic is None:
-        raise NotFound(f"capsule {capsule!r} has no recorded traffic", field="capsule")
-    config = load_model(shipped_model_path()).config
-    mask = learn_mask(traffic[0], coverage, config.top_k)
+    model = _load(None)
+    config = model.config
+    if rule == "traffic":
+        if traffic is None:
+            raise NotFound(f"capsule {capsule!r} has no recorded traffic", field="capsule")
+        mask = learn_mask(traffic[0], coverage, config.top_k)
+        store.put_mask(capsule, mask)
+        console.print(f"{capsule}: learned from {traffic[1]} requests: experts {mask.layers}")
+        return
+    domain = domain or _capsule_domain(capsule)
+    bias = store.current_bias(capsule, (config.n_layers, config.n_experts)).tensor()
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("checking experts", total=config.n_layers * config.n_experts)
+        mask, check = learn_verified_mask(
+            Decoder(model),
+            traffic=traffic[0] if traffic is not None else None,
+            domain=domain,
+            tolerance=tolerance,
+            check_tasks=check_tasks,
+            bias=bias,
+            on_trial=lambda _layer, _expert, _dropped: progress.advance(bar),
+        )
     store.put_mask(capsule, mask)
-    console.print(f"{capsule}: learned from {traffic[1]} requests: experts {mask.layers}")
+    console.print(
+        f"{capsule}: {mask.active_count()} of {config.n_layers * config.n_experts} experts kept, "
+        f"{len(check.successes)} verified successes of {check.tasks} {domain or 'any'}-domain "
+        f"tasks checked ({check.trials} trials): experts {mask.layers}"
+    )
+
+
+def _capsule_domain(capsule: str) -> str | None:
+    """The capsule's domain from the registry (None: not registered, any domain)."""
+    from trifecta.fleet.registry import CapsuleRegistry
+
+    try:
+        return CapsuleRegistry().get(capsule).domain
+    except NotFound:
+        return None
 
 
 @mask_app.command("show")
