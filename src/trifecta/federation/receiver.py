@@ -76,7 +76,8 @@ def refuse_unless_admitted(environment: Environment, capsule: Capsule) -> None:
         )
 
 
-_RECORD_FIELDS = tuple(ServedRecord.model_fields)
+# A kept record: environment, service, method, capsule id, capsule kind, ok, detail.
+_Row = tuple[str, Service, str, str, str, bool, str]
 
 
 class ServedLog:
@@ -88,13 +89,14 @@ class ServedLog:
     long-lived server (about 3 per task), 110 MB by the time the log is full."""
 
     def __init__(self, limit: int = SERVED_LOG_LIMIT):
-        self._records: deque[tuple[object, ...]] = deque(maxlen=limit)
+        self._records: deque[_Row] = deque(maxlen=limit)
         self._lock = threading.Lock()
         self.served = 0
         self.refused = 0
 
     def add(self, record: ServedRecord) -> None:
-        row = tuple(getattr(record, name) for name in _RECORD_FIELDS)
+        r = record
+        row = (r.environment, r.service, r.method, r.capsule_id, r.capsule_kind, r.ok, r.detail)
         with self._lock:
             self._records.append(row)
             if record.ok:
@@ -107,7 +109,10 @@ class ServedLog:
             rows = list(self._records)
         # Validated when added: rebuilt without validating again.
         return [
-            ServedRecord.model_construct(**dict(zip(_RECORD_FIELDS, r, strict=True))) for r in rows
+            ServedRecord.model_construct(
+                environment=e, service=sv, method=m, capsule_id=c, capsule_kind=k, ok=ok, detail=d
+            )
+            for e, sv, m, c, k, ok, d in rows
         ]
 
 
