@@ -6,8 +6,9 @@ exists) is timed beside, in the same run:
 - float32 numpy `x @ W.T` (OpenBLAS), the baseline, at every thread count up to N; each ratio
   is taken against BLAS's best thread count;
 - the memory floor: the time to read the kernel's packed weights once (a streaming sum over
-  the very same bytes, vectorised by LLVM), the fastest of three ways of reading them: plain,
-  and with a software prefetch 4 KB ahead into L2 or into L1 (a prefetching kernel can beat
+  the very same bytes, the kernel's own buffer, vectorised by LLVM), the fastest of three
+  ways of reading them: plain,
+  and with a software prefetch as far ahead as the kernels' (8 KB) into L2 or into L1 (a prefetching kernel can beat
   a plain read, which would then be no floor);
 - the float32 floor: the same reads over the float32 matrix BLAS multiplies. Flushed, the
   best any 2-bit kernel can do against a memory-bound BLAS is their ratio (about 16x, the
@@ -21,8 +22,12 @@ threads; each kernel: itself on a 64 x 64 matrix; each floor read: itself on 4 K
 side pays inside the timed call for waking its workers or for dispatch state the flush evicted.
 
 BLAS and the kernels are timed in alternating rounds (OpenBLAS workers spin after a call and
-would steal the cores from numba if interleaved call by call). Ratios are of medians with
-95% bootstrap intervals over all calls; a goal is met only when its interval clears it.
+would steal the cores from numba if interleaved call by call). Within a round the kernels
+and the floor reads take turns call by call (the order reversed every other repetition), so
+a kernel and its floor are timed side by side under the same load: ratios to a floor are
+the median of the per-repetition ratios, with a 95% bootstrap interval over repetitions;
+ratios to BLAS are of medians, each side resampled. A goal is met only when its interval
+clears it.
 
     .venv/bin/python benchmarks/ternary_kernels.py [--sizes 1024 2048 4096] [--threads 1 2]
 """
@@ -56,6 +61,7 @@ from benchmarks._report import (
 )
 from trifecta.edge.kernels import KERNELS, PreparedTernary, available_kernels, select_kernel
 from trifecta.edge.kernels.reference import reference_matmul
+from trifecta.edge.kernels.vnni import PREFETCH_BYTES
 from trifecta.edge.kernels.zmm import (
     prefetch,
     prefetch_to_l1,
@@ -71,7 +77,7 @@ FLUSH_BYTES = 256 * 1024 * 1024
 SETTLE_S = 0.005  # after a flush: numba's OpenMP workers and OpenBLAS's stop spinning
 BLAS_SPIN_S = 0.3  # between a BLAS block and a kernel block
 ROUNDS = 3
-AHEAD_BYTES = 4096  # the prefetching floor reads run 4 KB ahead, as the kernels do
+AHEAD_BYTES = PREFETCH_BYTES  # the prefetching floor reads run as far ahead as the kernels
 
 
 @njit(parallel=True, cache=True)
@@ -86,7 +92,7 @@ def _stream_read(words: np.ndarray) -> np.uint64:
 @njit(inline="always")
 def _vector_read_part(stream, sums, part, parts, ahead_l1):
     """Part `part` of `parts` of the byte stream, 64 bytes per load, each line prefetched
-    4 KB ahead; the 16 lane sums land in sums[16 part:]."""
+    AHEAD_BYTES ahead; the 16 lane sums land in sums[16 part:]."""
     lines = stream.size // 64
     per = -(-lines // parts)
     acc = zmm_zero()
@@ -165,18 +171,38 @@ def fastest(reads: dict[str, Samples], flushed: bool) -> tuple[str, Samples]:
     return name, reads[name]
 
 
+def bootstrap_paired(
+    numerator: list[float], denominator: list[float], resamples: int = 2000
+) -> tuple[float, float, float]:
+    """The median of the per-repetition ratios numerator[i] / denominator[i] and its 95%
+    percentile-bootstrap interval (repetitions resampled). Both sides of a pair were timed
+    in the same repetition, one right after the other, each after its own flush, so the
+    slow drift of a shared machine (other jobs' use of the memory bus, which moved the
+    floor from 0.24 to 0.34 ms between runs) falls on both and cancels in the ratio; a ratio
+    of two separately resampled medians keeps it."""
+    ratios = np.asarray(numerator, float) / np.asarray(denominator, float)
+    rng = np.random.default_rng(0)
+    draws = np.median(ratios[rng.integers(0, ratios.size, (resamples, ratios.size))], axis=1)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(np.median(ratios)), float(low), float(high)
+
+
 def bootstrap_share(
     blas: list[float], mine: list[float], f32_floor: list[float], floor: list[float]
 ) -> tuple[float, float, float]:
-    """(BLAS / kernel) / (float32 floor / 2-bit floor) of medians: the kernel's speedup over
-    BLAS as a share of the speedup the bytes allow. 95% percentile bootstrap, each sample set
-    resampled independently."""
+    """(BLAS / kernel) / (float32 floor / 2-bit floor): the kernel's speedup over BLAS as a
+    share of the speedup the bytes allow, computed as median(BLAS) / median over repetitions
+    of kernel_i x f32_floor_i / floor_i (the kernel's time scaled to float32 bytes, the three
+    timed in the same repetition). BLAS runs in its own blocks (its workers spin after a
+    call), so its samples are resampled independently of the paired triples. 95% percentile
+    bootstrap."""
     rng = np.random.default_rng(0)
-    sets = [np.asarray(a, float) for a in (blas, mine, f32_floor, floor)]
-    draws = [np.median(a[rng.integers(0, a.size, (2000, a.size))], axis=1) for a in sets]
-    low, high = np.percentile(draws[0] / draws[1] / (draws[2] / draws[3]), [2.5, 97.5])
-    m = [float(np.median(a)) for a in sets]
-    return m[0] / m[1] / (m[2] / m[3]), float(low), float(high)
+    b = np.asarray(blas, float)
+    scaled = np.asarray(mine, float) * np.asarray(f32_floor, float) / np.asarray(floor, float)
+    draws_b = np.median(b[rng.integers(0, b.size, (2000, b.size))], axis=1)
+    draws_s = np.median(scaled[rng.integers(0, scaled.size, (2000, scaled.size))], axis=1)
+    low, high = np.percentile(draws_b / draws_s, [2.5, 97.5])
+    return float(np.median(b) / np.median(scaled)), float(low), float(high)
 
 
 def clock_for(threads: int) -> Callable[[], float]:
@@ -197,7 +223,8 @@ def measure(
     clock: Callable[[], float],
 ) -> None:
     """One round: each contender's repeated calls in a block, then `reps` flushed calls per
-    contender taking turns (the same background load falls on every contender)."""
+    contender taking turns, in reverse order every other repetition (the same background
+    load falls on every contender, and none is always first after the pause)."""
     for name, timed in contenders.items():
         samples = into.setdefault(name, Samples([], []))
         timed.call()
@@ -205,8 +232,9 @@ def measure(
             start = clock()
             timed.call()
             samples.repeated.append(clock() - start)
-    for _ in range(reps):
-        for name, timed in contenders.items():
+    order = list(contenders.items())
+    for rep in range(reps):
+        for name, timed in order if rep % 2 == 0 else order[::-1]:
             flush()
             time.sleep(SETTLE_S)
             timed.warm()
@@ -224,7 +252,6 @@ class Case:
     floors: dict[str, dict[str, Samples]]  # by kernel, then by read method
     f32_floors: dict[str, Samples]  # the float32 matrix, by read method
     blas: dict[int, Samples]  # by BLAS thread count
-    stream_bytes: dict[str, int]  # by kernel
 
     def best_blas(self, flushed: bool) -> tuple[int, Samples]:
         threads = min(self.blas, key=lambda t: self.blas[t].median_ms(flushed))
@@ -237,28 +264,21 @@ class Case:
         return bootstrap_ratio(pick(blas), pick(mine))
 
     def floor(self, kernel: str, flushed: bool) -> tuple[str, Samples]:
-        """Kernels whose streams are the same size share one floor: each read's samples over
-        all their streams pooled (3x the samples; a flushed read on a shared machine varies
-        by 20% from call to call with the other jobs' use of the memory bus)."""
-        same = [n for n in self.floors if self.stream_bytes[n] == self.stream_bytes[kernel]]
-        pooled = {
-            method: Samples(
-                [t for n in same for t in self.floors[n][method].repeated],
-                [t for n in same for t in self.floors[n][method].flushed],
-            )
-            for method in self.floors[kernel]
-        }
-        return fastest(pooled, flushed)
+        """The fastest read of this kernel's own stream. Not pooled with the other kernels'
+        streams of the same size: two 4 MB buffers read in the same run differ by up to 20%
+        flushed (0.275 against 0.327 ms, load 11; where their pages sit in memory), so a
+        pooled floor judged one kernel partly by another buffer's placement."""
+        return fastest(self.floors[kernel], flushed)
 
     def vs_floor(self, kernel: str, flushed: bool) -> tuple[float, float, float]:
         floor = self.floor(kernel, flushed)[1]
-        return bootstrap_ratio(self.kernels[kernel].pick(flushed), floor.pick(flushed))
+        return bootstrap_paired(self.kernels[kernel].pick(flushed), floor.pick(flushed))
 
     def byte_ceiling(self, kernel: str) -> tuple[float, float, float]:
         """Flushed float32 floor / 2-bit floor: the most any kernel reading these 2-bit bytes
         can gain over a BLAS that runs at memory speed."""
         f32 = fastest(self.f32_floors, True)[1]
-        return bootstrap_ratio(f32.flushed, self.floor(kernel, True)[1].flushed)
+        return bootstrap_paired(f32.flushed, self.floor(kernel, True)[1].flushed)
 
     def ceiling_share(self, kernel: str) -> tuple[float, float, float]:
         return bootstrap_share(
@@ -353,7 +373,6 @@ def run_case(
         {n: _by_method(timings, f"{n}:floor:") for n in kernels},
         _by_method(timings, "f32:floor:"),
         blas,
-        {n: kernel.nbytes for n, kernel in prepared.items()},
     )
     best_t, best = case.best_blas(True)
     console.print(
@@ -479,24 +498,27 @@ def _ceiling_lines(cases: list[Case], best_name: str) -> list[str]:
     ]
 
 
-def report(cases: list[Case], kernels: list[str], goal_list: list[Goal], command: str) -> str:
+def report(
+    cases: list[Case], kernels: list[str], goal_list: list[Goal], command: str, load_at_start: str
+) -> str:
     best_name = select_kernel().name
     lines = [
         "## Ternary kernels (`benchmarks/ternary_kernels.py`)",
         "",
         f"Command: `{command}`. CPU: {cpu_name()}; this is **not** an AVX2-only machine, so "
         "the `avx2` kernel is forced here (it is what `select_kernel` picks on an AVX2 CPU "
-        f"without VNNI). Machine shared with other engineers' jobs while this ran ({machine_load()} "
-        "at the end): absolute times move, and flushed times carry the other jobs' use of the "
+        f"without VNNI). Machine shared with other engineers' jobs while this ran ({load_at_start} "
+        f"at the start, {machine_load()} at the end): absolute times move, and flushed times carry the other jobs' use of the "
         "memory bus; the interleaved ratios move less.",
         "",
         "Baseline in the same run: float32 numpy `x @ W.T` (OpenBLAS) at 1 and, for 2-thread rows, "
         "2 threads, each ratio against the faster of the two. Memory floor: the fastest of three "
         "reads of the kernel's own packed bytes (a plain vectorised sum; 512-bit loads with a "
-        "software prefetch 4 KB ahead into L2; the same into L1), since a prefetching kernel "
-        "can beat a plain read, which is then no floor; the column names the read that won. "
-        "Kernels whose streams have the same size (all three, at these sizes) share the floor: "
-        "each read's samples over their streams are pooled. "
+        "software prefetch 8 KB ahead into L2, as far as the kernels prefetch; the same into "
+        "L1), since a prefetching kernel can beat a plain read, which is then no floor; the column names the read that won. "
+        "Each kernel's floor reads that kernel's own buffer: two buffers of the same size "
+        "read flushed in the same run differ by up to 20% (where their pages sit), so a floor "
+        "pooled over the kernels' streams judged one kernel by another's placement. "
         "*Repeated*: calls back to back (the 2-bit matrix stays in cache "
         "up to 4096; the 64 MB float32 matrix at 4096 never fits, so BLAS streams it either way). "
         "*Flushed*: a 256 MB buffer read by every thread before each call, the pools left idle, "
@@ -505,7 +527,11 @@ def report(cases: list[Case], kernels: list[str], goal_list: list[Goal], command
         "so no side pays for waking threads or for the dispatch state the flush evicted (a "
         "decoder calling layer after layer keeps it warm; cold, a 6-argument kernel call paid "
         "tens of microseconds more than a 1-argument read). "
-        f"{ROUNDS} alternating rounds; medians; [95% bootstrap interval]. Clock: on one thread "
+        f"{ROUNDS} alternating rounds. Within a round every kernel and floor read takes turns "
+        "call by call (reversed every other repetition): the */ floor* columns are the median "
+        "of the per-repetition ratios kernel / its floor, [95% bootstrap interval over "
+        "repetitions], which cancels the drift of a shared machine; *x BLAS* columns are "
+        "ratios of medians (BLAS runs in its own blocks), each side resampled. Clock: on one thread "
         "the calling thread's CPU time (`time.thread_time`), since every single-threaded "
         "contender runs on it and the wall time of a long call on this loaded machine "
         "counts the other processes' time slices (a 4 ms BLAS GEMV took 121 ms of wall "
@@ -560,6 +586,7 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = parser.parse_args()
     console = Console()
+    load_at_start = machine_load()
     kernels = [name for name, reason in available_kernels().items() if reason is None]
     cases = [
         run_case(size, batch, threads, kernels, args.reps, console)
@@ -574,7 +601,7 @@ def main() -> int:
             f"  {g.claim}: {g.figure:.2f} {g.interval()} goal {g.direction} {g.goal:g}: {g.verdict()}"
         )
     if not args.no_write:
-        write_section("ternary_kernels", report(cases, kernels, goal_list, command))
+        write_section("ternary_kernels", report(cases, kernels, goal_list, command, load_at_start))
         write_results("ternary_kernels", command, goal_list)
     return 0
 

@@ -40,10 +40,13 @@ BLOCK_ROWS = 16
 BLOCK_INPUTS = 16
 BLOCK_BYTES = 64
 TOKEN_GROUP = 4
-# How far ahead of the loads the weight stream is prefetched: about twice the bytes that must
-# be in flight to cover DRAM latency at this core's streaming rate (~15 GB/s x ~130 ns); 2 KB
-# left the flushed 4096 GEMV about 5% slower, 8 KB was no faster.
-PREFETCH_BYTES = 4096
+# How far ahead of the loads the weight stream is prefetched: two 4 KB pages. Covering DRAM
+# latency alone needs ~2 KB in flight (~15 GB/s x ~130 ns), but a prefetch into a new page
+# first walks the page tables (nested in a VM), and one page of lead left that walk exposed.
+# Flushed 4096 GEMV, paired with a plain read of the same bytes (load 16-26 on 2 cores):
+# `avx2` 1.11-1.13x the floor at 8 KB against 1.21-1.24x at 4 KB; `vnni` 1.01-1.05x against
+# 1.02-1.06x; 16 KB no better than 8 KB; 2 KB 5-10% slower.
+PREFETCH_BYTES = 8192
 # Per-byte masks that keep field s of every byte (as signed int32 words).
 _MASK0, _MASK1, _MASK2, _MASK3 = 0x03030303, 0x0C0C0C0C, 0x30303030, -0x3F3F3F40  # 0xC0C0C0C0
 
