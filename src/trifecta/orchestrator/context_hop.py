@@ -22,6 +22,11 @@ from trifecta.orchestrator.metrics import LoopMetrics
 from trifecta.orchestrator.trace import Trace
 
 MEMORIES_PER_REQUEST = 3
+# Retrievals in flight at once. They mostly wait for the query embedder, which embeds the
+# queries waiting together in one forward (`context/query_cache.py`), so the more of them wait
+# the fewer forwards: with the executor's default (6 threads on 2 cores) a 16-worker run's
+# batches averaged 3.1 queries, with 32 threads 5.9 (docs/orchestrator.md).
+RETRIEVAL_THREADS = 32
 
 
 class ContextHop:
@@ -30,7 +35,7 @@ class ContextHop:
         self.pricer = pricer
         self.metrics = metrics
         # Retrievals run on these threads while the request's own thread waits on its layer.
-        self._pool = ThreadPoolExecutor(thread_name_prefix="retrieve")
+        self._pool = ThreadPoolExecutor(RETRIEVAL_THREADS, thread_name_prefix="retrieve")
 
     def playbook(self, capsule: Capsule, env: str, trace: Trace) -> PlaybookView | None:
         """The domain's playbook; None when the shard's environment is down: the request is

@@ -1,0 +1,119 @@
+"""The context hop's retrievals embed their queries together: requests in flight at once wait
+for the encoder side by side and share its next forward (`context_hop.RETRIEVAL_THREADS`;
+the coalescing is `context/query_cache.py`'s), a lone request embeds at once on its own
+thread, and every caller gets its own query's vector."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from trifecta.orchestrator.context_hop import RETRIEVAL_THREADS
+from trifecta.orchestrator.loop import Orchestrator
+from trifecta.orchestrator.stack import Stack
+
+
+class Recorder:
+    """Wraps the process-wide embedder: records each call's texts, vectors and thread; the
+    first call can be held until released, as a slow forward holds the queries behind it."""
+
+    def __init__(self, embed, hold_first: bool = False) -> None:  # type: ignore[no-untyped-def]
+        self.embed = embed
+        self.calls: list[tuple[list[str], np.ndarray, str]] = []
+        self.entered, self.release = threading.Event(), threading.Event()
+        if not hold_first:
+            self.release.set()
+        self.fail: BaseException | None = None
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        first = not self.calls
+        vectors = self.embed(texts)
+        self.calls.append((list(texts), vectors, threading.current_thread().name))
+        if first:
+            self.entered.set()
+            assert self.release.wait(60)
+        if self.fail is not None:
+            raise self.fail
+        return vectors
+
+
+def _prompts(n: int) -> list[str]:
+    tag = uuid.uuid4().hex[:6]  # never asked before: every one misses the query cache
+    return [f"{tag}: what is {i} + {3 * i}?" for i in range(n)]
+
+
+def _wait_for_misses(stack: Stack, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while stack.context.query_vectors.stats()["misses"] < count:
+        assert time.monotonic() < deadline, "the retrievals did not all reach the encoder"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_concurrent_retrievals_share_one_forward_and_get_their_own_vectors(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedder = stack.context.embedder
+    recorder = Recorder(embedder.embed, hold_first=True)
+    monkeypatch.setattr(embedder, "embed", recorder)
+    capsule = stack.capsules.all()[0]
+    env = stack.place_domain(capsule.domain)
+    hop = Orchestrator(stack.parts).context_hop
+    first, *rest = _prompts(16)
+    assert len(rest) + 1 <= RETRIEVAL_THREADS
+    misses = stack.context.query_vectors.stats()["misses"]
+    started = [hop.start_retrieval(capsule, env, first)]
+    assert recorder.entered.wait(60)
+    started += [hop.start_retrieval(capsule, env, p) for p in rest]
+    _wait_for_misses(stack, misses + 16)  # all 15 wait behind the held forward at once
+    recorder.release.set()
+    retrievals = [f.result(60)[0] for f in started]
+    assert all(r is not None for r in retrievals)
+    # One forward for the first, one for the 15 that waited (the default 6 threads: <= 5).
+    assert [sorted(texts) for texts, _, _ in recorder.calls] == [[first], sorted(rest)]
+    monkeypatch.undo()
+    for texts, vectors, _ in recorder.calls:
+        alone = np.concatenate([embedder.embed([t]) for t in texts])
+        np.testing.assert_allclose(vectors, alone, atol=1e-5)
+
+
+def test_a_lone_retrieval_embeds_at_once_on_its_own_thread(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedder = stack.context.embedder
+    recorder = Recorder(embedder.embed)
+    monkeypatch.setattr(embedder, "embed", recorder)
+    capsule = stack.capsules.all()[0]
+    (prompt,) = _prompts(1)
+    retrieval, trace = (
+        Orchestrator(stack.parts)
+        .context_hop.start_retrieval(capsule, stack.place_domain(capsule.domain), prompt)
+        .result(60)
+    )
+    assert retrieval is not None and trace.hops[0].ok
+    # No hand-off to another thread and no timer: the request's own retrieval thread embeds.
+    ((texts, _, thread),) = recorder.calls
+    assert texts == [prompt] and thread.startswith("retrieve")
+
+
+def test_a_failed_forward_fails_its_own_callers_and_not_the_next(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedder = stack.context.embedder
+    recorder = Recorder(embedder.embed)
+    recorder.fail = RuntimeError("encoder out of memory")
+    monkeypatch.setattr(embedder, "embed", recorder)
+    capsule = stack.capsules.all()[0]
+    env = stack.place_domain(capsule.domain)
+    hop = Orchestrator(stack.parts).context_hop
+    bad, good = _prompts(2)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        hop.start_retrieval(capsule, env, bad).result(60)
+    recorder.fail = None
+    retrieval, _ = hop.start_retrieval(capsule, env, good).result(60)
+    assert retrieval is not None and [c[0] for c in recorder.calls] == [[bad], [good]]
