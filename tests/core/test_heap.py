@@ -136,9 +136,9 @@ def test_heap_report_names_the_line_that_grows(tmp_path, monkeypatch) -> None:
         deadline = time.monotonic() + 90
         lines: list[dict] = []
         while time.monotonic() < deadline:
-            lines = (
-                [json.loads(x) for x in report.read_text().splitlines()] if report.exists() else []
-            )
+            text = report.read_text() if report.exists() else ""
+            # Whole lines only: the reporter may be half-way through writing the next.
+            lines = [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines()]
             if lines and lines[-1]["object_growth"].get("Node", 0) >= 20_000:
                 break
             time.sleep(0.1)
@@ -150,3 +150,25 @@ def test_heap_report_names_the_line_that_grows(tmp_path, monkeypatch) -> None:
     assert any("test_heap.py" in row["where"] and row["kb"] > 500 for row in last["python_growth"])
     assert last["status_mb"]["RssAnon"] > 0 and last["malloc"]["arenas"] >= 1
     del grown
+
+
+def test_sqlite_and_tensor_figures_count_what_was_made() -> None:
+    import sqlite3
+
+    import torch
+
+    from trifecta.core.heap_report import sqlite_mb, tensor_summary
+
+    before = tensor_summary()
+    kept = [torch.zeros(256, 1024) for _ in range(4)]  # 1 MB each
+    after = tensor_summary()
+    assert before is not None and after is not None
+    assert after["count"] == before["count"] + 4  # type: ignore[operator]
+    assert after["storage_mb"] >= before["storage_mb"] + 3.9  # type: ignore[operator]
+    connection = sqlite3.connect(":memory:")
+    connection.execute("create table t (x)")
+    connection.executemany("insert into t values (?)", [("x" * 200,) for _ in range(20_000)])
+    used = sqlite_mb()
+    assert used is not None and used > 1  # the table's pages, in SQLite's own allocator
+    connection.close()
+    del kept

@@ -8,8 +8,9 @@ Then a daemon thread starts `tracemalloc`, takes a baseline, and every
 `TRIFECTA_HEAP_REPORT_INTERVAL_S` seconds (default 30) appends one JSON line: Python's traced
 heap and the source lines whose allocations grew most since the baseline, the objects the
 collector tracks counted by type (the start-up heap is frozen, so these are objects made while
-serving) and their growth, the process's resident memory by kind, and glibc's own account of
-its heap (bytes in use against bytes free but kept, and how many arenas). Read together they
+serving) and their growth, the process's resident memory by kind, glibc's own account of
+its heap (bytes in use against bytes free but kept, and how many arenas), SQLite's own
+memory, and the torch tensors made since start-up (count, storage, shapes). Read together they
 say which kind of growth a soak sees: Python objects (tracemalloc and the type counts grow),
 native allocations still in use (glibc's in-use bytes grow, Python's do not), or freed memory
 glibc keeps (its free bytes grow). tracemalloc slows every allocation and keeps its own
@@ -23,6 +24,7 @@ import ctypes.util
 import gc
 import json
 import os
+import sys
 import threading
 import time
 import tracemalloc
@@ -36,6 +38,7 @@ REPORT_ENV = "TRIFECTA_HEAP_REPORT"
 INTERVAL_ENV = "TRIFECTA_HEAP_REPORT_INTERVAL_S"
 STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 TOP = 15  # rows of each growth table in a report line
+STACKS = 5  # the largest growths with their whole stacks
 
 
 def status_mb(pid: int | str = "self") -> dict[str, float]:
@@ -131,6 +134,40 @@ def type_counts() -> Counter[str]:
     return Counter(type(o).__name__ for o in gc.get_objects())
 
 
+def sqlite_mb() -> float | None:
+    """Memory SQLite holds in this process (`sqlite3_memory_used`: page caches, statements,
+    schemas of every connection), or None when no SQLite library is loaded."""
+    if "sqlite3" not in sys.modules:
+        return None
+    name = ctypes.util.find_library("sqlite3")
+    used = getattr(ctypes.CDLL(name), "sqlite3_memory_used", None) if name else None
+    if used is None:
+        return None
+    used.restype = ctypes.c_int64
+    return float(used()) / 2**20
+
+
+def tensor_summary(top: int = 10) -> dict[str, object] | None:
+    """Live torch tensors the collector tracks (made since start-up: the start-up heap is
+    frozen), their storage in MB (each storage counted once) and the commonest shapes."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    storages: dict[int, int] = {}
+    shapes: Counter[str] = Counter()
+    for o in gc.get_objects():
+        # type(), not isinstance: isinstance reads __class__, which wakes lazy modules.
+        if issubclass(type(o), torch.Tensor) and not o.is_meta:
+            storage = o.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            shapes[f"{tuple(o.shape)} {o.dtype}"] += 1
+    return {
+        "count": sum(shapes.values()),
+        "storage_mb": sum(storages.values()) / 2**20,
+        "shapes": shapes.most_common(top),
+    }
+
+
 class HeapReporter:
     """The debug report's thread: a baseline, then one JSON line every `interval_s`."""
 
@@ -169,6 +206,9 @@ class HeapReporter:
             [tracemalloc.Filter(False, tracemalloc.__file__)]  # not its own bookkeeping
         )
         grown = [d for d in snapshot.compare_to(baseline, "lineno") if d.size_diff > 0][:TOP]
+        # The same growth by whole stack: a json or pydantic line says little without its
+        # caller. Most recent frame last, as in a Python traceback.
+        stacks = [d for d in snapshot.compare_to(baseline, "traceback") if d.size_diff > 0][:STACKS]
         now = type_counts()
         objects = (now - counts).most_common(TOP)
         stats = malloc_stats()
@@ -179,11 +219,21 @@ class HeapReporter:
                 {"where": str(d.traceback[0]), "kb": d.size_diff / 1024, "blocks": d.count_diff}
                 for d in grown
             ],
+            "python_growth_stacks": [
+                {
+                    "kb": d.size_diff / 1024,
+                    "blocks": d.count_diff,
+                    "stack": [str(frame) for frame in d.traceback],
+                }
+                for d in stacks
+            ],
             "objects": sum(now.values()),
             "object_growth": dict(objects),
             "status_mb": status_mb(),
             "smaps_rollup_mb": smaps_rollup_mb(),
             "malloc": stats.model_dump() if stats else None,
+            "sqlite_mb": sqlite_mb(),
+            "tensors": tensor_summary(),
         }
 
 
