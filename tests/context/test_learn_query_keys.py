@@ -1,12 +1,14 @@
 """Memories keyed by their request's query embedding (ReasoningBank's reference retrieval):
-the learn queue carries the vector the retrieval computed, the worker embeds nothing for it,
-and a prompt like an earlier one retrieves that one's memory. Trajectories without a vector
-(no retrieval, old queue rows) keep the memory text's embedding."""
+the learn queue carries the vector the retrieval computed, the worker embeds nothing for it
+(or only the prompt when no retrieval ran), and a prompt like an earlier one retrieves that
+one's memory. Trajectories that do not ask for it (`context learn`, outside clients, old
+queue rows) keep the memory text's embedding."""
 
 from __future__ import annotations
 
 import importlib.resources
 import time
+from typing import Literal
 
 import numpy as np
 from alembic import command
@@ -38,7 +40,10 @@ PROMPTS = [
 ]
 
 
-def served(i: int, prompt: str, *, layer: str = "cognitive") -> Trajectory:
+def served(
+    i: int, prompt: str, *, layer: str = "cognitive", key: Literal["text", "query"] = "query"
+) -> Trajectory:
+    """A trajectory as the loop submits it (keyed by its query unless `key` says text)."""
     return Trajectory(
         id=f"traj-key-{i:03d}",
         capsule_id="twin-a",
@@ -48,6 +53,7 @@ def served(i: int, prompt: str, *, layer: str = "cognitive") -> Trajectory:
         judge="verifier",
         task_kind="lookup_add",
         steps=[TrajectoryStep(layer=layer, tier="small", mean_entropy=0.2)],
+        memory_key=key,
     )
 
 
@@ -80,7 +86,8 @@ def test_a_trajectory_queued_with_its_query_vector_embeds_nothing(
         service.submit(served(i, prompt))
     assert service.drain(timeout=60)
     assert counting.texts == PROMPTS  # the queries, once each; no memory text
-    assert service.learning_stats()["keyed_by_query"] == len(PROMPTS)
+    stats = service.learning_stats()
+    assert stats["keyed_by_query"] == stats["query_vectors_carried"] == len(PROMPTS)
     keys = stored_vectors(service)
     for i, prompt in enumerate(PROMPTS):
         assert np.array_equal(keys[f"traj-key-{i:03d}"], service.query_vectors.vector(prompt))
@@ -89,17 +96,35 @@ def test_a_trajectory_queued_with_its_query_vector_embeds_nothing(
     service.close()
 
 
-def test_without_a_query_vector_the_memory_text_is_embedded_as_before(
+def test_a_query_keyed_memory_without_a_retrieval_embeds_only_its_prompt(
     embedder: MiniLMEmbedder, sqlite_url: str
 ) -> None:
-    """No retrieval of the prompt (`context learn`, an outside client): the memory text."""
+    """A route that retrieved nothing (the edge): the worker embeds the short prompt."""
     counting = CountingEmbedder(embedder)
     service = counted(sqlite_url, counting)
-    trajectory = served(0, PROMPTS[0])
+    service.submit(served(0, PROMPTS[0], layer="edge"))
+    assert service.drain(timeout=60)
+    assert counting.texts == [PROMPTS[0]]
+    stats = service.learning_stats()
+    assert (stats["keyed_by_query"], stats["query_vectors_carried"]) == (1, 0)
+    vector = stored_vectors(service)["traj-key-000"]
+    assert float(vector @ service.query_vectors.vector(PROMPTS[0])) > 0.999  # bfloat16
+    service.close()
+
+
+def test_a_text_keyed_trajectory_embeds_its_memory_text_as_before(
+    embedder: MiniLMEmbedder, sqlite_url: str
+) -> None:
+    """An outside client's trajectory (`memory_key` text, the default), even one whose prompt
+    this service retrieved: the memory text, as before."""
+    counting = CountingEmbedder(embedder)
+    service = counted(sqlite_url, counting)
+    trajectory = served(0, PROMPTS[0], key="text")
+    retrieve(service, trajectory.prompt)
     service.submit(trajectory)
     assert service.drain(timeout=60)
     text = memory_text(structured_draft(trajectory))
-    assert counting.texts == [text]
+    assert counting.texts == [trajectory.prompt, text]
     assert service.learning_stats()["keyed_by_query"] == 0
     vector = stored_vectors(service)["traj-key-000"]
     assert float(vector @ embedder.embed([text])[0]) > 0.999  # bfloat16 where native
@@ -179,7 +204,7 @@ def test_a_row_queued_before_the_migration_is_learned_by_its_text(
         connection.exec_driver_sql(
             "INSERT INTO context_learn_queue (domain, trajectory_id, capsule_id, payload, state,"
             " attempts, submitted_at) VALUES ('plant', ?, 'twin-a', ?, 'pending', 0, ?)",
-            (trajectory.id, trajectory.model_dump_json(), time.time()),
+            (trajectory.id, trajectory.model_dump_json(exclude={"memory_key"}), time.time()),
         )
     ensure_schema(engine, "trifecta.context")  # to the newest revision
     engine.dispose()

@@ -418,11 +418,12 @@ class ContextService:
     def submit(self, trajectory: Trajectory) -> LearnTicket:
         """Queue a trajectory for learning and return once it is committed to its domain's
         shard (the acknowledgement). The learning worker learns from it, in queue order per
-        domain, exactly once; submitting the same trajectory id again adds nothing. When this
-        service embedded the prompt for a retrieval (the loop's request did), that vector is
-        queued with it and keys its memory: the worker embeds nothing for it."""
+        domain, exactly once; submitting the same trajectory id again adds nothing. A memory
+        keyed by the query (`memory_key`) is queued with the prompt's vector when this
+        service embedded it for a retrieval (the loop's request did): nothing to embed."""
         domain = self.tenancy.write_domain(trajectory.capsule_id, trajectory.domain)
-        key = self.query_vectors.known(trajectory.prompt)
+        by_query = trajectory.memory_key == "query"
+        key = self.query_vectors.known(trajectory.prompt) if by_query else None
         ticket = self.on_shard(domain, lambda store: store.queue.enqueue(domain, trajectory, key))
         self.learner.notify(self.router.url_for(domain))
         return ticket

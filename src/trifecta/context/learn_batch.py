@@ -13,8 +13,10 @@ memory items), split in two phases:
   as before (an exact repeat: the stored item itself, similarity 1). ReasoningBank's items
   repeat whenever a standing query is answered the same way, and the encoder is the
   learning's main cost;
-- a trajectory queued with its request's query vector has its memory keyed by that vector,
-  not by the memory text's embedding (`query_key`): nothing is embedded for it. This is how
+- a trajectory that asks for it (`memory_key`, the loop's) has its memory keyed by its
+  prompt's embedding, not the memory text's (`query_key`): by the vector its request's
+  retrieval computed, queued with it (nothing is embedded), else by embedding the prompt, a
+  quarter of the memory text's tokens. This is how
   ReasoningBank's reference implementation retrieves (google-research/reasoning-bank,
   `WebArena/memory_management.py`, `screening`): it keeps each task's query embedding and
   ranks earlier tasks by the current query's similarity to theirs, then returns their items.
@@ -123,19 +125,18 @@ class StagedBatch:
     domain: str
     staged: list[tuple[int, Trajectory, Curation, Extraction, list[MemoryDraft]]]
     delta_texts: list[str]
-    memory_texts: list[str]  # distinct memory texts with no vector known yet
+    # Distinct texts to embed for memories with no vector known yet: memory texts, or the
+    # prompts of memories keyed by their query.
+    memory_texts: list[str]
     # Per memory draft, in order: its text's index in `memory_texts`, or its known vector.
     sources: list[int | Vector]
-    keyed: int = 0  # memory drafts keyed by their request's query vector
+    reused: int = 0  # memory drafts whose vector was known (stored, remembered, in-batch)
+    keyed: int = 0  # memory drafts keyed by their prompt's embedding
+    carried: int = 0  # ... of which the row carried the vector (the request's retrieval's)
 
     @property
     def texts(self) -> list[str]:
         return self.delta_texts + self.memory_texts
-
-    @property
-    def reused(self) -> int:
-        """Memory drafts keyed by their text whose text's vector is known (not embedded)."""
-        return len(self.sources) - len(self.memory_texts) - self.keyed
 
 
 def stored_vectors(
@@ -154,19 +155,15 @@ def stored_vectors(
     return {text_of(r.title, r.description, r.content): to_vector(r.embedding) for r in rows}
 
 
-def query_key(
-    trajectory: Trajectory, drafts: Sequence[MemoryDraft], query_vector: Vector | None
-) -> Vector | None:
-    """The vector the trajectory's memory is keyed by instead of its text's embedding: its
-    query's, when it was queued with one and distils exactly one item. Several items of one
-    task would share one key (and fold into each other); a generative answer's memory is
-    found by a text search for its title (the generative tuner's `MEMORY_QUERY`): both keep
-    their texts' embeddings."""
-    if query_vector is None or len(drafts) != 1:
-        return None
-    if any(step.layer == "generative" for step in trajectory.steps):
-        return None
-    return query_vector
+def query_key(trajectory: Trajectory, drafts: Sequence[MemoryDraft]) -> bool:
+    """Whether the trajectory's memory is keyed by its prompt's embedding rather than its
+    text's: when it asks for it (`memory_key`) and distils exactly one item. Several items
+    of one task would share one key (and fold into each other); a generative answer's memory
+    is found by a text search for its title (the generative tuner's `MEMORY_QUERY`): both
+    keep their texts' embeddings."""
+    if trajectory.memory_key != "query" or len(drafts) != 1:
+        return False
+    return not any(step.layer == "generative" for step in trajectory.steps)
 
 
 def plan_batch(
@@ -185,8 +182,9 @@ def stage_batch(
     query_vectors: Mapping[int, Vector] | None = None,
 ) -> StagedBatch:
     """The roles' part of planning: reflect, curate and distil each trajectory; and which
-    memory texts need embedding (not stored in the domain, not keyed by the row's query
-    vector in `query_vectors`, not `remembered`)."""
+    texts need embedding: a memory text not stored in the domain nor `remembered`, or, for a
+    memory keyed by its query (`query_key`), the prompt unless the row was queued with its
+    vector (`query_vectors`, by row id) or the prompt is `remembered`."""
     model = service.language_model
     wanted = sorted({b for _, t in rows for b in t.bullet_ids})
     used = {b.id: b for b in service.on_shard(domain, lambda s: s.bullets_by_id(domain, wanted))}
@@ -214,29 +212,37 @@ def stage_batch(
     keys = query_vectors or {}
     memory_texts: list[str] = []
     sources: list[int | Vector] = []
-    keyed = 0
+    reused = keyed = carried = 0
     first: dict[str, int] = {}  # text -> its index in `memory_texts`, within this batch
     for row_id, trajectory, _, _, drafts in staged:
-        key = query_key(trajectory, drafts, keys.get(row_id))
+        by_query = query_key(trajectory, drafts)
         for draft in drafts:
             text = memory_text(draft)
             # A text the domain holds takes its stored vector whatever keyed it: an exact
             # repeat reinforces the stored item (similarity 1), as learning it alone does.
             known = stored.get(text)
-            if known is None and key is not None:
-                known = key
+            if known is None and by_query:
                 keyed += 1
+                # The prompt is a quarter of the memory text's tokens (the rest: answer,
+                # path, verdict), so embedding it, when no vector came, is cheaper too.
+                text = trajectory.prompt
+                known = keys.get(row_id)
+                carried += known is not None
             if known is None:
                 known = remembered(text)
             if known is not None:
                 sources.append(known)
+                reused += 1
             elif text in first:
                 sources.append(first[text])
+                reused += 1
             else:
                 first[text] = len(memory_texts)
                 sources.append(len(memory_texts))
                 memory_texts.append(text)
-    return StagedBatch(domain, staged, delta_texts, memory_texts, sources, keyed)
+    return StagedBatch(
+        domain, staged, delta_texts, memory_texts, sources, reused - carried, keyed, carried
+    )
 
 
 def finish_batch(

@@ -5,8 +5,8 @@ drains every pending row of every shard it knows (the default shard and those of
 map): rows acknowledged by a process that died are learned by the next one (recovery).
 Rows are taken oldest first and grouped per domain, so each domain learns in queue order;
 a batch of one domain is planned outside the lock and written in one transaction
-(`learn_batch`); the texts of every domain's batch are embedded together first. A row queued
-with its request's query vector is keyed by it: its memory text is not embedded at all. Then the
+(`learn_batch`); the texts of every domain's batch are embedded together first. A memory keyed
+by its query takes the vector its row was queued with: nothing is embedded for it. Then the
 rows it wrote go to the live view of the domain and the domain's new version to the version
 board, so the next retrieval reads them without a reload.
 
@@ -103,7 +103,8 @@ class LearnWorker:
         self._start_lock = threading.Lock()
         self.learned = self.failed = self.batches = 0
         self.reused = 0  # memory texts not embedded: their vector was known
-        self.keyed = 0  # memories keyed by their request's query vector (nothing embedded)
+        self.keyed = 0  # memories keyed by their prompt's embedding
+        self.carried = 0  # ... whose vector came with the row (nothing embedded)
         # Memory texts this worker embedded lately and their vectors (only its thread uses
         # them): a standing query answered the same way distils the same text again.
         self._recent: OrderedDict[str, Vector] = OrderedDict()
@@ -198,6 +199,7 @@ class LearnWorker:
             "batches": self.batches,
             "vectors_reused": self.reused,
             "keyed_by_query": self.keyed,
+            "query_vectors_carried": self.carried,
         }
 
     # -- the loop ----------------------------------------------------------------------
@@ -315,6 +317,7 @@ class LearnWorker:
         self.failed += result.failed
         self.reused += batch.reused
         self.keyed += batch.keyed
+        self.carried += batch.carried
         self.batches += 1
 
     def _guarded(

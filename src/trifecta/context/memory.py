@@ -33,7 +33,8 @@ def memory_id_for(draft: MemoryDraft, index: int = 0) -> str:
 
 
 def memory_text(draft: MemoryDraft) -> str:
-    """The text a memory is embedded and matched by."""
+    """The text a memory is embedded and matched by, unless the memory is keyed by its
+    request's query embedding (`learn_batch.query_key`)."""
     return text_of(draft.title, draft.description, draft.content)
 
 

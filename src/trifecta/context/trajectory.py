@@ -65,6 +65,11 @@ class Trajectory(BaseModel):
     latency_ms: float | None = Field(default=None, ge=0)
     cost_usd: float | None = Field(default=None, ge=0)
     created_at: float = Field(default_factory=time.time)
+    memory_key: Literal["text", "query"] = Field(
+        default="text",
+        description="what its memory is retrieved by: the memory text's embedding, or the "
+        "prompt's (ReasoningBank's reference retrieval; the loop's requests ask for it)",
+    )
 
     @property
     def path(self) -> str:

@@ -148,4 +148,6 @@ def trajectory_of(
         memory_ids=list(result.context.memories) if result.context else [],
         latency_ms=result.latency_ms,
         cost_usd=result.cost.usd,
+        # Retrieved by the prompt's embedding, which the retrieval computed (ReasoningBank).
+        memory_key="query",
     )
