@@ -16,10 +16,10 @@ memory items), split in two phases:
 - a trajectory that asks for it (`memory_key`, the loop's) has its memory keyed by its
   prompt's embedding, not the memory text's (`query_key`): by the vector its request's
   retrieval computed, queued with it (nothing is embedded), else by embedding the prompt, a
-  quarter of the memory text's tokens. This is how
-  ReasoningBank's reference implementation retrieves (google-research/reasoning-bank,
-  `WebArena/memory_management.py`, `screening`): it keeps each task's query embedding and
-  ranks earlier tasks by the current query's similarity to theirs, then returns their items.
+  third of the memory text's tokens. This is how ReasoningBank's reference implementation
+  retrieves (google-research/reasoning-bank, `WebArena/memory_management.py`, `screening`):
+  it keeps each task's query embedding and ranks earlier tasks by the current query's
+  similarity to theirs, then returns their items.
   A repeated prompt then finds its own memory first (similarity 1), and distinct prompts
   stay apart where their memory texts, alike but for a few digits, fold together;
 - `apply_batch`, one transaction under the domain's lock: each trajectory's delta and
@@ -223,8 +223,8 @@ def stage_batch(
             known = stored.get(text)
             if known is None and by_query:
                 keyed += 1
-                # The prompt is a quarter of the memory text's tokens (the rest: answer,
-                # path, verdict), so embedding it, when no vector came, is cheaper too.
+                # The prompt is a third of the memory text's tokens (17 against 54, medians
+                # on the task family; the rest is answer, path, verdict): cheaper to embed.
                 text = trajectory.prompt
                 known = keys.get(row_id)
                 carried += known is not None
