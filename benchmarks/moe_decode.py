@@ -8,9 +8,16 @@ held-out hard tasks (grades 3-5) with the shipped model on one torch thread; the
 turns `--reps` times so that the machine's drift touches all of them, and tokens/s carries the
 median and a 95% bootstrap interval over the runs (ratios: each side resampled).
 
-The capsule's mask is learned from its own traffic: `--traffic` training-split tasks of one
-domain (the capsule's) in the default mix, decoded with every expert, the routed tokens
-counted per layer and expert, and per layer the fewest experts that took 90% of them kept.
+The capsule's mask is learned as the product learns it (`trifecta generative mask learn`,
+the verified rule): its traffic (`--traffic` training-split tasks of its domain in the default
+mix, decoded with every expert, routed tokens counted per layer and expert) orders the
+experts, least used first, and each is dropped only while the full model's verified answers
+on `--check-tasks` reference tasks of the domain stay right within 1%. The traffic-share rule
+alone (per layer the fewest experts that took 90% of the tokens) is measured beside it.
+
+Masked against every expert is also timed in paired batches: each batch of 50 tasks decoded
+with every expert and with each mask back to back, the order alternating, so a ratio within a
+pair sees the same machine (other engineers' jobs come and go on it).
 
     .venv/bin/python benchmarks/moe_decode.py [--per-grade 100] [--reps 5] [--no-write]
 """
@@ -81,6 +88,7 @@ def paired_ratio(a: list[float], b: list[float]) -> tuple[float, float, float]:
 
 
 def learn_capsule_mask(decoder: Decoder, traffic: int) -> tuple[ExpertMask, torch.Tensor]:
+    """The traffic-share rule's mask (90% of the routed tokens) and the traffic itself."""
     from trifecta.core.tasks import DEFAULT_MIX, generate_tasks
     from trifecta.generative.decoding import DecodeConfig
     from trifecta.generative.model import Routing
@@ -92,6 +100,45 @@ def learn_capsule_mask(decoder: Decoder, traffic: int) -> tuple[ExpertMask, torc
         decoder.decode([t.prompt for t in tasks[i : i + 50]], DecodeConfig(), routing)
     assert routing.load is not None
     return learn_mask(routing.load, 0.9, decoder.model.config.top_k), routing.load
+
+
+def verified_capsule_mask(
+    decoder: Decoder, traffic: torch.Tensor, check_tasks: int
+) -> tuple[ExpertMask, int, int]:
+    """The product's rule (`mask learn`, tolerance 1%): the mask, the reference successes it
+    was checked on and the reference tasks."""
+    from trifecta.generative.mask_check import learn_verified_mask
+
+    mask, check = learn_verified_mask(
+        decoder, traffic=traffic, domain=DOMAIN, tolerance=0.01, check_tasks=check_tasks
+    )
+    return mask, len(check.successes), check.tasks
+
+
+def paired_batches(
+    decoder: Decoder, tasks: list[Task], masks: dict[str, torch.Tensor], rounds: int
+) -> dict[str, list[float]]:
+    """Per batch of 50: seconds with every expert / seconds with each mask, decoded back to
+    back in alternating order (served decoding). One ratio per batch and round."""
+    from trifecta.generative.decoding import DecodeConfig
+    from trifecta.generative.model import Routing
+
+    modes: dict[str, torch.Tensor | None] = {"every expert": None, **masks}
+    ratios: dict[str, list[float]] = {name: [] for name in masks}
+    turn = 0
+    for _ in range(rounds):
+        for i in range(0, len(tasks), 50):
+            prompts = [t.prompt for t in tasks[i : i + 50]]
+            names = list(modes) if turn % 2 == 0 else list(reversed(modes))
+            turn += 1
+            seconds = {}
+            for name in names:
+                started = time.perf_counter()
+                decoder.decode(prompts, DecodeConfig(), Routing(active=modes[name]))
+                seconds[name] = time.perf_counter() - started
+            for name in masks:
+                ratios[name].append(seconds["every expert"] / seconds[name])
+    return ratios
 
 
 def run_mode(decoder: Decoder, mode: Mode, tasks: list[Task]) -> None:
@@ -276,6 +323,8 @@ def main() -> None:
     parser.add_argument("--per-grade", type=int, default=100)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--traffic", type=int, default=400)
+    parser.add_argument("--check-tasks", type=int, default=400)
+    parser.add_argument("--pair-rounds", type=int, default=10)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -294,7 +343,13 @@ def main() -> None:
     by_grade = heldout_tasks(args.per_grade, HARD)
     tasks = [t for grade in HARD for t in by_grade[grade]]
     grades = np.array([t.difficulty for t in tasks])
-    mask, traffic_load = learn_capsule_mask(decoder, args.traffic)
+    share_mask, traffic_load = learn_capsule_mask(decoder, args.traffic)
+    started = time.perf_counter()
+    mask, check_successes, check_total = verified_capsule_mask(
+        decoder, traffic_load, args.check_tasks
+    )
+    learn_seconds = time.perf_counter() - started
+    print(f"verified mask {mask.layers} in {learn_seconds:.0f} s")
     E = model.config.n_experts
     active = mask.active(E)
     half_experts = list(range(E // 2))
@@ -303,7 +358,12 @@ def main() -> None:
         Mode("one token per step, no cache (LLaDA)", parallel=False, cache=False),
         Mode("parallel, no cache", parallel=True, cache=False),
         Mode("parallel + dual cache (served)", parallel=True, cache=True),
-        Mode("parallel + dual cache, capsule mask", parallel=True, cache=True, active=active),
+        Mode(
+            "parallel + dual cache, capsule mask (verified)",
+            parallel=True,
+            cache=True,
+            active=active,
+        ),
         Mode(
             f"parallel + dual cache, configured half mask (experts 0-{E // 2 - 1})",
             parallel=True,
@@ -322,6 +382,24 @@ def main() -> None:
         )
 
     base, nocache, served, masked, half, _ = modes
+    pairs = paired_batches(
+        decoder,
+        tasks,
+        {"capsule mask (verified)": active, "configured half mask": half_active},
+        args.pair_rounds,
+    )
+    pair_lines = [
+        "| mask | experts per layer | every expert's seconds / the mask's, median [95% CI] | "
+        "pairs |",
+        "|---|---|---:|---:|",
+    ]
+    for name, ratios in pairs.items():
+        med, low, high = bootstrap_median(ratios)
+        kept = mask.layers if "capsule" in name else [half_experts] * model.config.n_layers
+        pair_lines.append(
+            f"| {name} | {[len(k) for k in kept]} | {med:.3f}x [{low:.3f}, {high:.3f}] | "
+            f"{len(ratios)} |"
+        )
     shape = DecodeConfig()
     lines = [
         "## Generative model decoding (`benchmarks/moe_decode.py`)",
@@ -361,31 +439,45 @@ def main() -> None:
     d_served = paired_difference(served.correct, base.correct)
     d_masked = paired_difference(masked.correct, served.correct)
     speed = paired_ratio(served.speeds, base.speeds)
-    mask_speed = paired_ratio(masked.speeds, served.speeds)
+    mask_speed = bootstrap_median(pairs["capsule mask (verified)"])
+    half_speed = bootstrap_median(pairs["configured half mask"])
     mask_lines, mask_diffs = mask_accuracy(
         decoder,
         {
             "every expert": None,
-            "capsule's learned mask": active,
+            "capsule's mask, verified rule (the product's)": active,
+            "capsule's mask, traffic-share rule (the former default)": share_mask.active(E),
             "configured half mask": half_active,
         },
         args.per_grade,
     )
-    d_learned, d_halfmask = mask_diffs["capsule's learned mask"], mask_diffs["configured half mask"]
+    d_learned = mask_diffs["capsule's mask, verified rule (the product's)"]
+    d_halfmask = mask_diffs["configured half mask"]
     reads = masked.touched_per_pass / max(1e-9, served.touched_per_pass)
     usage = (traffic_load / traffic_load.sum(dim=1, keepdim=True)).numpy()
     lines += [
         "",
-        f"The capsule's mask, learned from {args.traffic} of its requests (domain `{DOMAIN}`, "
-        f"default mix): {mask.layers} ({mask.active_count()} of "
-        f"{model.config.n_layers * model.config.n_experts} layer-experts); traffic share per "
+        f"The capsule's mask, verified rule: its traffic ({args.traffic} requests of domain "
+        f"`{DOMAIN}`, default mix) orders the experts, and a drop is kept while the full "
+        f"model's {check_successes} verified successes on {check_total} reference tasks of the "
+        f"domain stay right within 1% ({learn_seconds:.0f} s to learn): {mask.layers} "
+        f"({mask.active_count()} of {model.config.n_layers * model.config.n_experts} "
+        f"layer-experts). The traffic-share rule keeps {share_mask.layers}. Traffic share per "
         "expert, layer by layer: "
         + "; ".join("[" + ", ".join(f"{v:.2f}" for v in row) + "]" for row in usage)
-        + ". Every token still runs top-2 experts, so the FLOPs per token are the same; what "
-        f"the mask saves is expert weights read: {served.touched_per_pass:.2f} experts per "
-        f"layer per forward pass with every expert, {masked.touched_per_pass:.2f} with the "
-        f"mask ({reads:.2f}x), and expert calls ({served.expert_calls} -> "
-        f"{masked.expert_calls}).",
+        + ". Every token still runs top-2 experts, so the multiply-adds per token are the "
+        "same; a masked layer's router scores only its active experts (router rows sliced per "
+        "mask, cached) and its dispatch loops over them only, so what a mask saves is router "
+        "work, expert calls and expert weights read: "
+        f"{served.touched_per_pass:.2f} experts per layer per forward pass with every expert, "
+        f"{masked.touched_per_pass:.2f} with the capsule's mask ({reads:.2f}x); expert calls "
+        f"{served.expert_calls} -> {masked.expert_calls}.",
+        "",
+        f"Masked decoding timed in paired batches ({args.pair_rounds} rounds over the "
+        f"{len(tasks)} tasks, batches of 50; each batch decoded with every expert and with "
+        "each mask back to back, order alternating; 95% bootstrap interval over the pairs):",
+        "",
+        *pair_lines,
         "",
         "What a masked expert costs once routed (the MoE dispatch sorts a batch's (token, "
         "expert) pairs once and calls each expert with tokens on one contiguous slice): one "
@@ -397,7 +489,7 @@ def main() -> None:
         *layer_times(decoder, args.reps),
         "",
         f"Held-out accuracy on every grade ({args.per_grade} per grade, the same tasks for "
-        "each row, served decoding) with every expert, the capsule's learned mask and a "
+        "each row, served decoding) with every expert, the capsule's mask by each rule and a "
         f"configured half mask (experts 0-{E // 2 - 1} in every layer):",
         "",
         *mask_lines,
@@ -414,7 +506,7 @@ def main() -> None:
         "",
         f"Accuracy, paired over the same tasks (95% bootstrap): served decoding minus LLaDA "
         f"one-per-step {d_served[0]:+.1%} [{d_served[1]:+.1%}, {d_served[2]:+.1%}]; capsule "
-        f"mask minus every expert (grades 3-5) {d_masked[0]:+.1%} [{d_masked[1]:+.1%}, {d_masked[2]:+.1%}].",
+        f"mask (verified) minus every expert (grades 3-5) {d_masked[0]:+.1%} [{d_masked[1]:+.1%}, {d_masked[2]:+.1%}].",
         "",
     ]
     assert half.correct is not None
@@ -452,7 +544,7 @@ def main() -> None:
             direction="at least",
         ),
         Goal(
-            claim="capsule mask tokens/s over every expert",
+            claim="capsule mask (verified) speed over every expert, paired batches",
             figure=mask_speed[0],
             low=mask_speed[1],
             high=mask_speed[2],
@@ -461,7 +553,7 @@ def main() -> None:
             unit="x",
         ),
         Goal(
-            claim="accuracy change on grades 3-5, capsule mask vs every expert (points)",
+            claim="accuracy change on grades 3-5, capsule mask (verified) vs every expert (points)",
             figure=100 * d_masked[0],
             low=100 * d_masked[1],
             high=100 * d_masked[2],
@@ -469,12 +561,21 @@ def main() -> None:
             direction="at least",
         ),
         Goal(
-            claim="accuracy change on grades 1-5, capsule mask vs every expert (points)",
+            claim="accuracy change on grades 1-5, capsule mask (verified) vs every expert (points)",
             figure=100 * d_learned["all"][0],
             low=100 * d_learned["all"][1],
             high=100 * d_learned["all"][2],
             goal=-3.0,
             direction="at least",
+        ),
+        Goal(
+            claim="configured half mask speed over every expert, paired batches",
+            figure=half_speed[0],
+            low=half_speed[1],
+            high=half_speed[2],
+            goal=1.0,
+            direction="at least",
+            unit="x",
         ),
         Goal(
             claim="accuracy change on grades 1-5, half mask vs every expert (points)",
