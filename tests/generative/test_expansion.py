@@ -16,7 +16,7 @@ from trifecta.generative.expansion import (
     resize,
 )
 from trifecta.generative.placement import Cluster, Placement, from_scratch, moves_between, place
-from trifecta.generative.placement_milp import exact_min_moves
+from trifecta.generative.placement_milp import exact_min_moves, min_moves_floor
 
 
 def zipf_loads(experts: int, exponent: float, seed: int, tokens: int = 100_000) -> np.ndarray:
@@ -136,3 +136,21 @@ def test_scaling_follows_the_threshold_with_hysteresis() -> None:
     assert nodes_needed(300.0, nodes=8, per_node_threshold=100.0, low=50.0) == 3
     with pytest.raises(InvalidInput, match="threshold"):
         nodes_needed(300.0, nodes=8, per_node_threshold=100.0, low=200.0)
+
+
+def test_move_floor_is_proven_and_bounds_the_greedy() -> None:
+    """On a small instance HiGHS proves its minimum; no rebalance reaching the same max/mean
+    moves fewer experts, and an unreachable target is reported as proven infeasible."""
+    loads = zipf_loads(16, 1.0, seed=4)
+    cluster = Cluster.with_redundancy(4, 16, 0.10)
+    current = place(loads, cluster, method="greedy")
+    grown = Cluster(slots=[*cluster.slots, max(cluster.slots)])
+    before = [set(n) for n in current.nodes] + [set()]
+    floor = min_moves_floor(before, loads * 1.15, grown, target=1.05, time_limit_s=20)
+    assert floor.proven and floor.moves is not None
+    assert floor.lower_bound <= floor.moves + 1e-6
+    greedy = resize(current, loads * 1.15, add=1, target=1.05, method="greedy")
+    if greedy.imbalance <= 1.05 + 1e-9:
+        assert greedy.moves >= floor.moves
+    impossible = min_moves_floor(before, loads, Cluster.uniform(5, 1), target=1.0, time_limit_s=5)
+    assert impossible.moves is None and impossible.proven

@@ -8,6 +8,7 @@ benchmark measures the greedy rebalance against it).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -60,13 +61,33 @@ def milp_pack(
     return [np.flatnonzero(x[:, n]).tolist() for n in range(nodes)]
 
 
+@dataclass(frozen=True)
+class MoveFloor:
+    """What HiGHS knows about the fewest moves to a max/mean target."""
+
+    moves: int | None  # the best placement found (None: none found in time, or none exists)
+    lower_bound: float  # no placement under the target moves fewer experts than this
+    proven: bool  # the best found is the minimum (HiGHS closed the gap)
+    placed: list[list[int]] | None
+
+
 def exact_min_moves(
     before: Sequence[set[int]], loads: Loads, cluster: Cluster, target: float, time_limit_s: float
 ) -> tuple[list[list[int]], int] | None:
+    """The fewest moves found by `min_moves_floor` within the time limit, and their placement."""
+    floor = min_moves_floor(before, loads, cluster, target, time_limit_s)
+    if floor.placed is None or floor.moves is None:
+        return None
+    return floor.placed, floor.moves
+
+
+def min_moves_floor(
+    before: Sequence[set[int]], loads: Loads, cluster: Cluster, target: float, time_limit_s: float
+) -> MoveFloor:
     """The fewest moves from `before` (one set per node of `cluster`) to any placement with
-    max/mean <= `target`, replica counts free, solved with HiGHS (`scipy.optimize.milp`);
-    None when it proves none exists or finds none in time. Exact but only cheap for small
-    instances: the reference the greedy rebalance is measured against.
+    max/mean <= `target`, replica counts free, solved with HiGHS (`scipy.optimize.milp`):
+    the best placement found, the proven lower bound, and whether they meet. Exact but only
+    cheap for small instances: the reference the greedy rebalance is measured against.
 
     x[e, n] (replica of e on n), y[e, k] (e has k replicas), z[e, n, k] >= x + y - 1 (the
     replica on n weighs load[e] / k); each node's sum of load[e] / k * z <= target x mean."""
@@ -111,8 +132,13 @@ def exact_min_moves(
         bounds=Bounds(0, 1),
         options={"time_limit": time_limit_s},
     )
+    # HiGHS's dual bound: the floor it proved, even when the time limit stopped it early
+    bound = getattr(result, "mip_dual_bound", None)
+    lower = float(bound) if bound is not None and np.isfinite(bound) else 0.0
     if result.x is None:
-        return None
+        infeasible = result.status == 2  # proven: no placement reaches the target at all
+        return MoveFloor(None, np.inf if infeasible else lower, infeasible, None)
     chosen = np.round(result.x[:nx]).reshape(experts, nodes)
     placed = [np.flatnonzero(chosen[:, n]).tolist() for n in range(nodes)]
-    return placed, _moves(before, placed)
+    moves = _moves(before, placed)
+    return MoveFloor(moves, max(lower, 0.0), result.status == 0, placed)
