@@ -5,17 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.support import run_cli
 from trifecta.cognitive.calibration import (
     ALWAYS_KEEP,
     Observations,
     Target,
+    _grid,
     calibrate,
     end_tiers,
     fit_rate,
-    keep_lower_bounds,
     replay,
 )
 from trifecta.cognitive.families import always, cascade_family, oracle, random_escalation
+from trifecta.cognitive.selection import cost_upper_bounds, keep_lower_bounds, route_flops
 from trifecta.core.errors import InvalidInput
 
 
@@ -148,3 +150,86 @@ def test_the_lower_bound_is_a_margin_below_the_point_estimate() -> None:
     ratio = config.mean() / largest.mean()
     assert ratio - 0.04 < bounds[0] < ratio - 0.005
     assert bounds[1] == pytest.approx(1.0)
+
+
+def budget_table(size: int = 400) -> Observations:
+    """The small tier unsure (high score) on the quarter it gets wrong, the medium tier on half
+    of those; tokens vary per request so the compute share has an interval."""
+    rng = np.random.default_rng(3)
+    hard = rng.random(size) < 0.25
+    harder = hard & (rng.random(size) < 0.5)
+    scores = np.vstack(
+        [
+            np.where(hard, 0.9, 0.1) + rng.random(size) * 0.05,
+            np.where(harder, 0.9, 0.1) + rng.random(size) * 0.05,
+            np.zeros(size),
+        ]
+    )
+    return Observations(
+        tiers=("small", "medium", "large"),
+        scores=scores,
+        tokens=rng.integers(5, 30, size=(3, size)).astype(np.float64),
+        flops_per_token=np.array([1.0, 2.0, 10.0]),
+        correct=np.vstack([~hard, ~harder, np.ones(size, dtype=bool)]),
+    )
+
+
+@pytest.mark.parametrize("budget", [0.15, 0.25, 0.4])
+def test_the_budget_target_is_the_most_accurate_within_the_budget_by_its_upper_bound(
+    budget: float,
+) -> None:
+    obs = budget_table()
+    fitted = calibrate(obs, Target(kind="cost", value=budget))
+    chosen = replay(obs, list(fitted.thresholds.values.values()))
+    # every configuration of the grid with its bound, checked here one by one
+    replays = [replay(obs, values) for values in _grid(obs)]
+    flops = np.stack([route_flops(obs, r.start_tier, r.end_tier) for r in replays])
+    upper = cost_upper_bounds(flops, obs.tokens[-1] * obs.flops_per_token[-1])
+    within = upper <= budget
+    assert within.any()
+    [mine] = cost_upper_bounds(
+        route_flops(obs, chosen.start_tier, chosen.end_tier)[None, :],
+        obs.tokens[-1] * obs.flops_per_token[-1],
+    )
+    assert mine <= budget  # within the budget by the upper end of its interval
+    assert mine > chosen.cost_share  # ... which is a margin above the point estimate
+    best = max(r.accuracy or 0.0 for r, ok in zip(replays, within, strict=True) if ok)
+    assert chosen.accuracy == pytest.approx(best)  # and the most accurate such
+
+
+def test_a_budget_below_the_smallest_tier_gives_the_cheapest_configuration() -> None:
+    obs = budget_table()
+    fitted = calibrate(obs, Target(kind="cost", value=0.01))
+    assert fitted.rates["small"] == 0.0  # no request leaves the small tier
+    assert fitted.cost_share == pytest.approx(always(obs, 0).cost_share)
+
+
+def test_an_unlabelled_budget_escalates_the_most_it_can_within_the_bound() -> None:
+    labelled = budget_table()
+    obs = Observations(labelled.tiers, labelled.scores, labelled.tokens, labelled.flops_per_token)
+    fitted = calibrate(obs, Target(kind="cost", value=0.3))
+    chosen = replay(obs, list(fitted.thresholds.values.values()))
+    largest = obs.tokens[-1] * obs.flops_per_token[-1]
+    flops = route_flops(obs, chosen.start_tier, chosen.end_tier)[None, :]
+    assert cost_upper_bounds(flops, largest)[0] <= 0.3
+    assert 0.0 < chosen.rates[0] < 1.0
+
+
+def test_the_upper_bound_is_a_margin_above_the_point_estimate() -> None:
+    rng = np.random.default_rng(4)
+    largest = rng.integers(10, 40, size=600).astype(np.float64)
+    cheap = largest * np.where(rng.random(600) < 0.3, 1.2, 0.1)  # ~0.43 of the largest's
+    bounds = cost_upper_bounds(np.vstack([cheap, largest]), largest)
+    share = cheap.sum() / largest.sum()
+    assert share + 0.005 < bounds[0] < share + 0.06
+    assert bounds[1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.2"])
+def test_calibrate_refuses_a_budget_outside_0_1(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(["cognitive", "calibrate", "--default", "--budget", value], capsys)
+    assert code == 2
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert len(lines) == 1 and "budget" in lines[0]

@@ -25,6 +25,7 @@ from trifecta.cognitive.families import COARSE_GRID, router_family
 from trifecta.cognitive.online import OnlineCalibrator
 from trifecta.cognitive.prompt_features import PromptFeatures
 from trifecta.cognitive.router import TrainedRouter
+from trifecta.cognitive.selection import cost_upper_bounds, route_flops
 from trifecta.cognitive.start_router import RouterWeights, StartRouter, fit_router
 from trifecta.cognitive.store import ThresholdStore
 from trifecta.cognitive.tiers import TIER_NAMES, TIERS
@@ -105,6 +106,30 @@ def test_the_keep_calibration_fits_the_router_cutoffs_with_the_thresholds() -> N
     assert again.cost_share == pytest.approx(routed.cost_share)
 
 
+@pytest.mark.slow
+def test_the_budget_calibration_fits_the_router_cutoffs_with_the_thresholds() -> None:
+    obs, probabilities = routed_table()
+    target = Target(kind="cost", value=0.5)
+    routed = calibrate(obs, target, probabilities=probabilities)
+    alone = calibrate(obs, target)
+    assert set(routed.thresholds.router) == {"small", "medium"}
+    # Starting the hard requests higher buys accuracy the cascade alone cannot afford.
+    assert routed.accuracy is not None and alone.accuracy is not None
+    assert routed.accuracy >= alone.accuracy
+    start = route_starts(probabilities, list(routed.thresholds.router.values()))
+    again = replay(obs, list(routed.thresholds.values.values()), start=start)
+    largest = obs.tokens[-1] * obs.flops_per_token[-1]
+    [upper] = cost_upper_bounds(route_flops(obs, start, again.end_tier)[None, :], largest)
+    assert upper <= 0.5
+    # The benchmark's family picks, by the same rule, a configuration as accurate.
+    family = router_family(
+        obs, obs, probabilities, probabilities, cascade_grid=COARSE_GRID, router_grid=COARSE_GRID
+    )
+    chosen = family.most_accurate_within(obs, 0.5)
+    assert chosen.calibration.accuracy == pytest.approx(routed.accuracy)
+    assert again.end_tier.tolist() == chosen.calibration.end_tier.tolist()
+
+
 def test_the_cascade_starts_each_request_where_the_router_says(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -159,6 +184,7 @@ def test_the_shipped_router_and_defaults_route() -> None:
     router = start_router.shipped_router()
     assert router is not None and router.tiers == TIER_NAMES
     defaults = json.loads((TIERS["small"].directory.parent / "thresholds.json").read_text())
-    assert defaults["target"] == {"kind": "keep", "value": 0.95}
+    assert defaults["target"] == {"kind": "cost", "value": 0.4}
+    assert defaults["cost_share"] <= 0.4
     assert set(defaults["thresholds"]["router"]) == set(TIER_NAMES[:-1])
     RouterWeights.model_validate_json(start_router.router_path().read_text())

@@ -3,29 +3,34 @@
 Every tier is run once on the whole sample, which gives a table of observations (each tier's
 signal score, correctness when a verifier can tell, and tokens for every request). Any choice of
 thresholds can then be replayed on that table exactly, since a request ends on the first tier
-whose score stays at or below its threshold. Three targets:
+whose score stays at or below its threshold. Four targets:
 
 - `rate`: each tier but the last hands on at most that share of the requests it sees
   (unlabelled: a quantile of the scores of the requests that reach the tier);
-- `cost`: the most accurate thresholds whose compute cost is at most that share of always
-  calling the largest tier (labelled; unlabelled samples fall back to one common rate);
+- `cost`: the most accurate thresholds whose compute stays within that share of always calling
+  the largest tier with a margin: the upper end of a bootstrap 95% interval of their compute
+  share, over redraws of the sample, is at most the budget (labelled; unlabelled samples fall
+  back to the highest common rate within the budget by the same bound). This is the product's
+  default (`service.DEFAULT_TARGET`, 40%): the operator states a budget, and the calibration
+  spends it on accuracy, with the margin that lets the budget hold on traffic it was not
+  fitted on;
 - `quality`: the cheapest thresholds whose accuracy is at least that value (labelled; when no
   thresholds reach it, the most accurate ones);
 - `keep`: the cheapest thresholds that keep at least that share of the largest tier's accuracy
   with a margin: the lower end of a bootstrap 95% interval of their accuracy relative to the
-  largest tier's, over redraws of the sample, clears the share (labelled; when none does, the
-  most accurate ones). This is the product's default (`service.DEFAULT_TARGET`): the goal is
-  stated as a share of the largest tier's accuracy, and the margin is what lets the choice
-  hold on traffic it was not fitted on.
+  largest tier's clears the share (labelled; when none does, the most accurate ones).
 
-Each fit also records the escalation rate per tier it implies, which online recalibration then
-keeps as live traffic drifts (`online.OnlineCalibrator`).
+With a start router's predictions for the sample (`probabilities`), the `cost` and `keep`
+targets fit the router's cut-offs with the thresholds, over every pair on a coarser grid. The
+bounds are read by `selection.py`. Each fit also records the escalation rate per tier it
+implies, which online recalibration then keeps as live traffic drifts
+(`online.OnlineCalibrator`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,8 +38,10 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
+from trifecta.cognitive import selection
 from trifecta.cognitive.cascade import Thresholds
 from trifecta.cognitive.entropy import DEFAULT_AGGREGATE, DEFAULT_WINDOW, Aggregate
+from trifecta.cognitive.selection import bounds_of, replay_blocks
 from trifecta.core.errors import InvalidInput
 
 TargetKind = Literal["rate", "cost", "quality", "keep"]
@@ -44,10 +51,9 @@ GRID_QUANTILES = np.linspace(0.0, 1.0, 41)  # candidate thresholds: score quanti
 # two finite thresholds (JSON and databases store no infinities) mean "never" and "always".
 ALWAYS_KEEP = 1e9
 ALWAYS_ESCALATE = -1.0
-KEEP_DRAWS = 400  # bootstrap redraws of the sample behind a `keep` target's lower bound
-KEEP_PERCENTILE = 2.5  # the lower end of a two-sided 95% interval, as the benchmark reads it
 # The joint fit of router cut-offs and thresholds tries every pair, so each on a coarser grid.
 ROUTED_QUANTILES = np.linspace(0.0, 1.0, 11)
+ROUTED_KINDS: tuple[TargetKind, ...] = ("cost", "keep")  # targets that fit a start router too
 
 
 class Target(BaseModel):
@@ -164,26 +170,31 @@ def _grid(obs: Observations) -> list[tuple[float, ...]]:
     return list(itertools.product(*lists))
 
 
+def _cascade_blocks(
+    obs: Observations, grid: Sequence[Sequence[float]]
+) -> Iterator[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    end = np.stack([end_tiers(obs.scores, values) for values in grid])
+    yield np.zeros_like(end), end
+
+
+def _fit_unlabelled_cost(obs: Observations, budget: float) -> list[float]:
+    """The highest common rate whose compute stays within `budget` by its upper bound."""
+    rates = np.linspace(0.0, 1.0, 101)
+    fits = [fit_rate(obs, float(rate)) for rate in rates]
+    bounds = bounds_of(obs, replay_blocks([replay(obs, values) for values in fits]))
+    within = np.flatnonzero(bounds.cost_upper <= budget)
+    return fits[int(within[-1]) if within.size else 0]
+
+
 def fit_cost(obs: Observations, budget: float) -> list[float]:
-    """The most accurate thresholds (ties: the cheapest) within `budget` of the largest
-    tier's compute cost. Without labels: the highest common rate within the budget."""
+    """The most accurate thresholds whose compute stays within `budget` of the largest tier's
+    by its bootstrap upper bound (`selection.most_accurate_within`). Without labels: the
+    highest common rate within the budget by the same bound."""
     if obs.correct is None:
-        best_rate = 0.0
-        for rate in np.linspace(0.0, 1.0, 101):
-            if replay(obs, fit_rate(obs, float(rate))).cost_share <= budget:
-                best_rate = float(rate)
-        return fit_rate(obs, best_rate)
-    best: tuple[float, float, tuple[float, ...]] | None = None
-    for values in _grid(obs):
-        outcome = replay(obs, values)
-        if outcome.cost_share > budget or outcome.accuracy is None:
-            continue
-        key = (outcome.accuracy, -outcome.cost_share)
-        if best is None or key > best[:2]:
-            best = (*key, values)
-    if best is None:  # even the smallest tier alone is over budget: never escalate
-        return [ALWAYS_KEEP] * (len(obs.tiers) - 1)
-    return list(best[2])
+        return _fit_unlabelled_cost(obs, budget)
+    grid = _grid(obs)
+    bounds = bounds_of(obs, _cascade_blocks(obs, grid))
+    return list(grid[selection.most_accurate_within(bounds.cost_upper, bounds.accuracy, budget)])
 
 
 def fit_quality(obs: Observations, target: float) -> list[float]:
@@ -205,25 +216,6 @@ def fit_quality(obs: Observations, target: float) -> list[float]:
     return list(chosen[2])
 
 
-def keep_lower_bounds(
-    correct: NDArray[np.bool_],
-    largest: NDArray[np.bool_],
-    *,
-    draws: int = KEEP_DRAWS,
-    seed: int = 0,
-) -> NDArray[np.float64]:
-    """For each configuration (`correct[c, i]`: did it answer request i right), the lower end
-    of the bootstrap 95% interval of its accuracy divided by the largest tier's (`largest[i]`)
-    on the same redraw of the requests (paired, as `bootstrap.point_intervals` reads it)."""
-    size = correct.shape[1]
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(size, np.full(size, 1.0 / size), size=draws).astype(np.float64)
-    right = counts @ correct.T.astype(np.float64)  # [draws, configurations]
-    large = counts @ largest.astype(np.float64)  # [draws]
-    ratio = right / np.maximum(large, 1.0)[:, None]
-    return np.percentile(ratio, KEEP_PERCENTILE, axis=0)
-
-
 def cheapest_keeping(
     obs: Observations, replays: Sequence[Replay], share: float, *, seed: int = 0
 ) -> int:
@@ -232,30 +224,40 @@ def cheapest_keeping(
     the most accurate (ties: the cheaper)."""
     if obs.correct is None:
         raise InvalidInput("a keep target needs labelled observations", field="target")
-    rows = np.arange(obs.size)
-    correct = np.stack([obs.correct[r.end_tier, rows] for r in replays])
-    bounds = keep_lower_bounds(correct, obs.correct[-1], seed=seed)
-    accuracy = correct.mean(axis=1)
-    cost = np.array([r.cost_share for r in replays])
-    keeping = np.flatnonzero(bounds >= share)
-    if keeping.size:
-        return int(keeping[np.lexsort((-accuracy[keeping], cost[keeping]))[0]])
-    return int(np.lexsort((cost, -accuracy))[0])
+    bounds = bounds_of(obs, replay_blocks(replays), seed=seed)
+    return selection.cheapest_keeping(bounds.keep_lower, bounds.accuracy, bounds.cost_share, share)
+
+
+def most_accurate_within(
+    obs: Observations, replays: Sequence[Replay], budget: float, *, seed: int = 0
+) -> int:
+    """Index of the most accurate of `replays` (outcomes on `obs`) whose compute stays within
+    `budget` of the largest tier's by its bootstrap upper bound (ties: the lower bound); when
+    none does, the one with the lowest bound."""
+    if obs.correct is None:
+        raise InvalidInput("a budget operating point needs labelled observations", field="target")
+    bounds = bounds_of(obs, replay_blocks(replays), seed=seed)
+    return selection.most_accurate_within(bounds.cost_upper, bounds.accuracy, budget)
 
 
 def fit_keep(obs: Observations, share: float) -> list[float]:
     """The cheapest thresholds keeping `share` of the largest tier's accuracy with a margin
-    (`cheapest_keeping`)."""
+    (`selection.cheapest_keeping`)."""
+    if obs.correct is None:
+        raise InvalidInput("a keep target needs labelled observations", field="target")
     grid = _grid(obs)
-    return list(grid[cheapest_keeping(obs, [replay(obs, values) for values in grid], share)])
+    bounds = bounds_of(obs, _cascade_blocks(obs, grid))
+    index = selection.cheapest_keeping(bounds.keep_lower, bounds.accuracy, bounds.cost_share, share)
+    return list(grid[index])
 
 
 def routed_grid(
     obs: Observations, probabilities: NDArray[np.float64]
-) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
-    """Every (router cut-offs, thresholds) pair of the joint fit, router first: each on the
-    coarse quantile grid of its own score (11 quantiles, as `families.COARSE_GRID`), plus
-    "never start here" (1.01) / "always" (-0.01) and never / always escalate."""
+) -> tuple[list[tuple[float, ...]], list[tuple[float, ...]]]:
+    """The two axes of the joint fit of router cut-offs and thresholds (every pair is tried,
+    router first): each on the coarse quantile grid of its own score (11 quantiles, as
+    `families.COARSE_GRID`), plus "never start here" (1.01) / "always" (-0.01) and never /
+    always escalate."""
     levels = range(len(obs.tiers) - 1)
     router_lists = [
         [1.01, *sorted(set(np.quantile(probabilities[level], ROUTED_QUANTILES).tolist())), -0.01]
@@ -269,11 +271,7 @@ def routed_grid(
         ]
         for level in levels
     ]
-    return [
-        (alphas, values)
-        for alphas in itertools.product(*router_lists)
-        for values in itertools.product(*cascade_lists)
-    ]
+    return list(itertools.product(*router_lists)), list(itertools.product(*cascade_lists))
 
 
 def route_starts(probabilities: NDArray[np.float64], alphas: Sequence[float]) -> NDArray[np.int64]:
@@ -285,18 +283,51 @@ def route_starts(probabilities: NDArray[np.float64], alphas: Sequence[float]) ->
     return choice
 
 
+def _routed_blocks(
+    obs: Observations,
+    probabilities: NDArray[np.float64],
+    alphas_axis: Sequence[Sequence[float]],
+    values_axis: Sequence[Sequence[float]],
+) -> Iterator[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """One block per router setting: every threshold setting from those start tiers."""
+    below_start = np.arange(len(obs.tiers))[:, None]
+    for alphas in alphas_axis:
+        start = route_starts(probabilities, alphas)
+        scores = np.where(below_start < start[None, :], np.inf, obs.scores)  # never stop below
+        end = np.stack([end_tiers(scores, values) for values in values_axis])
+        yield np.broadcast_to(start, end.shape), end
+
+
+def fit_routed(
+    obs: Observations, probabilities: NDArray[np.float64], target: Target
+) -> tuple[list[float], list[float]]:
+    """(thresholds, router cut-offs) for a `cost` or `keep` target, with a router
+    (`probabilities`: [tiers - 1, requests], each tier's predicted success) choosing where each
+    request starts: the pair the target's rule picks among every pair of the joint grid."""
+    if obs.correct is None:
+        raise InvalidInput(
+            f"a routed {target.kind} target needs labelled observations", field="target"
+        )
+    alphas_axis, values_axis = routed_grid(obs, probabilities)
+    bounds = bounds_of(obs, _routed_blocks(obs, probabilities, alphas_axis, values_axis))
+    if target.kind == "cost":
+        index = selection.most_accurate_within(bounds.cost_upper, bounds.accuracy, target.value)
+    elif target.kind == "keep":
+        index = selection.cheapest_keeping(
+            bounds.keep_lower, bounds.accuracy, bounds.cost_share, target.value
+        )
+    else:
+        raise InvalidInput("a router is fitted with a cost or keep target", field="target")
+    alphas, values = divmod(index, len(values_axis))
+    return list(values_axis[values]), list(alphas_axis[alphas])
+
+
 def fit_keep_routed(
     obs: Observations, probabilities: NDArray[np.float64], share: float
 ) -> tuple[list[float], list[float]]:
     """(thresholds, router cut-offs): the cheapest pair keeping `share` of the largest tier's
-    accuracy with a margin, with a router (`probabilities`: [tiers - 1, requests], each tier's
-    predicted success) choosing where each request starts."""
-    grid = routed_grid(obs, probabilities)
-    replays = [
-        replay(obs, values, start=route_starts(probabilities, alphas)) for alphas, values in grid
-    ]
-    alphas, values = grid[cheapest_keeping(obs, replays, share)]
-    return list(values), list(alphas)
+    accuracy with a margin (`fit_routed` with a `keep` target)."""
+    return fit_routed(obs, probabilities, Target(kind="keep", value=share))
 
 
 @dataclass(frozen=True)
@@ -320,23 +351,25 @@ def calibrate(
     probabilities: NDArray[np.float64] | None = None,
 ) -> Calibration:
     """Fit thresholds to `target` on `obs` (whose scores were read with `aggregate`). With a
-    `keep` target and the router's `probabilities` for the sample ([tiers - 1, requests]),
-    the router's cut-offs are fitted with the thresholds (`fit_keep_routed`)."""
+    `cost` or `keep` target and the router's `probabilities` for the sample ([tiers - 1,
+    requests]), the router's cut-offs are fitted with the thresholds (`fit_routed`)."""
     if len(obs.tiers) < 2:
         raise InvalidInput("calibration needs at least two tiers", field="tiers")
     if obs.size == 0:
         raise InvalidInput("calibration needs a non-empty sample", field="sample")
     start: NDArray[np.int64] | None = None  # each request's first tier, when routed
     alphas: list[float] = []
-    if target.kind == "rate":
+    routed = probabilities is not None and target.kind in ROUTED_KINDS
+    if routed and obs.correct is not None:
+        assert probabilities is not None
+        values, alphas = fit_routed(obs, probabilities, target)
+        start = route_starts(probabilities, alphas)
+    elif target.kind == "rate":
         values = fit_rate(obs, target.value)
     elif target.kind == "cost":
         values = fit_cost(obs, target.value)
-    elif target.kind == "keep" and probabilities is None:
+    elif target.kind == "keep":
         values = fit_keep(obs, target.value)
-    elif target.kind == "keep" and probabilities is not None:
-        values, alphas = fit_keep_routed(obs, probabilities, target.value)
-        start = route_starts(probabilities, alphas)
     else:
         values = fit_quality(obs, target.value)
     outcome = replay(obs, values, start=start)

@@ -380,6 +380,7 @@ def _target(
 
 
 def _calibrate_default(sample: int | None, seed: int, target: Any = None) -> None:
+    from trifecta.cognitive.calibration import ROUTED_KINDS
     from trifecta.cognitive.service import (
         DEFAULT_TARGET,
         ROUTER_TASKS,
@@ -392,7 +393,7 @@ def _calibrate_default(sample: int | None, seed: int, target: Any = None) -> Non
 
     size = sample or get_cognitive_settings().calibration_sample
     chosen = target or DEFAULT_TARGET
-    if chosen.kind == "keep":  # the router's cut-offs are fitted with the thresholds
+    if chosen.kind in ROUTED_KINDS:  # the router's cut-offs are fitted with the thresholds
         with console.status(f"fitting the start router on {ROUTER_TASKS} train-split tasks"):
             fit_default_router(ROUTER_TASKS, seed=seed)
     with console.status("calibrating the default thresholds on the default mix"):
@@ -412,15 +413,19 @@ def cognitive_calibrate(
         bool, typer.Option("--default", help="recalibrate the shipped defaults")
     ] = False,
     budget: Annotated[
-        float | None, typer.Option(help="compute cost, share of the largest tier")
+        float | None,
+        typer.Option(
+            help="compute budget, share of the largest tier's, kept by a bootstrap upper bound: "
+            "the most accurate thresholds within it (the default target: 0.40)"
+        ),
     ] = None,
     quality: Annotated[float | None, typer.Option(help="target accuracy")] = None,
     rate: Annotated[float | None, typer.Option(help="share each tier hands on")] = None,
     keep: Annotated[
         float | None,
         typer.Option(
-            help="share of the largest tier's accuracy to keep, by a bootstrap lower bound "
-            "(the default target: 0.95)"
+            help="share of the largest tier's accuracy to keep, by a bootstrap lower bound: "
+            "the cheapest thresholds that keep it"
         ),
     ] = None,
     sample: Annotated[int | None, typer.Option(min=20, help="tasks in the traffic sample")] = None,

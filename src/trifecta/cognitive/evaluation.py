@@ -56,7 +56,7 @@ from trifecta.core.tasks import DEFAULT_MIX, Task, TaskFamilyVerifier, generate_
 
 CALL_SHARES = np.linspace(0.0, 1.0, 21)  # x-axis of RouteLLM's PGR curve
 LIVE = "auto (live)"  # the product's policy, run for real: the headline row
-OperatingPoint = Literal["keep", "accurate"]
+OperatingPoint = Literal["budget", "keep", "accurate"]
 
 
 class EvalConfig(BaseModel):
@@ -72,11 +72,12 @@ class EvalConfig(BaseModel):
         default=0.40, gt=0, le=1, description="compute cost, share of the largest tier"
     )
     operating_point: OperatingPoint = Field(
-        default="keep",
+        default="budget",
         description="how each policy's configuration is chosen on the calibration sample: "
-        "'keep', the cheapest whose bootstrap lower bound keeps `keep_accuracy` of the largest "
-        "tier's accuracy (the product's calibration target, `service.DEFAULT_TARGET`); "
-        "'accurate', the most accurate within the budget",
+        "'budget', the most accurate whose compute stays within `budget` by its bootstrap "
+        "upper bound (the product's calibration target, `service.DEFAULT_TARGET`); 'keep', "
+        "the cheapest whose bootstrap lower bound keeps `keep_accuracy` of the largest tier's "
+        "accuracy; 'accurate', the most accurate within the budget by the point estimate",
     )
     keep_accuracy: float = Field(
         default=0.95,
@@ -233,9 +234,11 @@ def evaluate(
             "features router+cascade",
         ),
     }
-    if config.operating_point == "keep":
+    if config.operating_point in ("budget", "keep"):
         chosen = {
-            name: family.cheapest_keeping(calib, config.keep_accuracy)
+            name: family.most_accurate_within(calib, config.budget)
+            if config.operating_point == "budget"
+            else family.cheapest_keeping(calib, config.keep_accuracy)
             for name, family in families.items()
         }
         # What the product serves: `auto`'s thresholds (and, with a shipped router, its start
@@ -326,12 +329,15 @@ def evaluate(
 
 
 def _product_thresholds(config: EvalConfig, calib: Observations, tasks: list[Task]) -> Thresholds:
-    """`auto`'s configuration as `trifecta cognitive calibrate` fits it on `calib`: a `keep`
-    target, with the shipped router's start cut-offs when a router ships."""
+    """`auto`'s configuration as `trifecta cognitive calibrate` fits it on `calib`: a `cost`
+    target (`--budget`) or a `keep` one, with the shipped router's start cut-offs when a
+    router ships."""
     router = shipped_router()
     fitted = calibrate(
         calib,
-        Target(kind="keep", value=config.keep_accuracy),
+        Target(kind="cost", value=config.budget)
+        if config.operating_point == "budget"
+        else Target(kind="keep", value=config.keep_accuracy),
         aggregate=config.aggregate,
         window=config.window,
         probabilities=router.probabilities([t.prompt for t in tasks]) if router else None,

@@ -22,6 +22,7 @@ from trifecta.cognitive.calibration import (
     Observations,
     Replay,
     cheapest_keeping,
+    most_accurate_within,
     outcome,
     replay,
 )
@@ -64,6 +65,13 @@ class Family:
         margin leaves the slack on the cost side."""
         replays = [c.calibration for c in self.configurations]
         return self.configurations[cheapest_keeping(calib, replays, share)]
+
+    def most_accurate_within(self, calib: Observations, budget: float) -> Configuration:
+        """The most accurate configuration whose compute on the calibration table stays within
+        `budget` of the largest tier's by its bootstrap upper bound
+        (`calibration.most_accurate_within`, the rule of the product's default target)."""
+        replays = [c.calibration for c in self.configurations]
+        return self.configurations[most_accurate_within(calib, replays, budget)]
 
 
 def _candidates(

@@ -20,6 +20,12 @@ def _pct(value: float | None) -> str:
 def _operating_point(config: EvalConfig) -> str:
     if config.operating_point == "accurate":
         return "the most accurate configuration within the budget"
+    if config.operating_point == "budget":
+        return (
+            f"the most accurate configuration whose compute stays within {config.budget:.0%} of "
+            "the largest tier's by the upper end of its bootstrap 95% interval on that sample "
+            "(the product's calibration target)"
+        )
     return (
         f"the cheapest configuration that keeps {config.keep_accuracy:.0%} of the largest "
         "tier's accuracy by the lower end of its bootstrap 95% interval on that sample (the "
