@@ -58,33 +58,39 @@ BEFORE_RPS = 18.0  # `trifecta run` before this change (issue 15), same machine 
 THROUGHPUT_GOAL = 10 * BEFORE_RPS
 EDGE_RATIO_GOAL = 3.0
 CPU_MS: list[float] = []  # process CPU a request, serving and draining, per throughput pass
-# Where the CPU goes, from a profile (py-spy at 25 Hz over two 16-worker passes of 300 requests
-# and their drains, load ~14, 2026-12-06; waits left out), kept beside the figures because
-# re-profiling is not part of this script. Shares of the busy samples, and the CPU they make
-# of a request at the passes' measured ~28 ms of process CPU a request (learning included).
+QUERY_EMBEDS: list[tuple[int, int]] = []  # (query-cache misses, encoder calls) per pass
+# Where the CPU goes, from a profile (py-spy at 50 Hz over two 16-worker passes of 300 requests
+# and their drains, load ~24, 2026-12-06, after query-keyed memories and the batched query
+# embeddings; waits in Python's locks and the event loop left out, SQLite's lock waits cannot
+# be told apart and are in), kept beside the figures because re-profiling is not part of this
+# script. Shares of the busy samples, and the CPU they make of a request at the passes'
+# measured ~39 ms of process CPU a request (learning included; the load inflates it).
 PROFILE_ROWS = [
-    ("learning worker: MiniLM embeddings of memory texts (bfloat16)", 36.1),
-    ("learning worker: planning and writing (nearest-memory checks, one transaction)", 8.4),
-    ("cognitive tiers: forward passes", 20.0),
-    ("cognitive serving: batching engine, tokenizer", 4.9),
-    ("query embeddings (float32, misses batched; 1 hit in 330)", 13.1),
+    ("cognitive tiers: forward passes", 26.7),
+    ("cognitive serving: batching engine, tokenizer", 7.1),
+    ("learning worker: SQL (nearest-memory checks, writes; lock waits included)", 12.7),
+    ("learning worker: MiniLM embeddings (prompts of requests that retrieved nothing)", 12.6),
+    ("learning worker: the rest", 3.5),
+    ("query embeddings (float32, 4.8 queries a forward)", 9.3),
+    ("edge mesh", 5.9),
     (
-        "the loop's own work: retrieval 2.8, queue insert 2.3, request log and ledger 2.1, "
-        "playbook 1.3, edge 1.0, the rest 2.1",
-        11.6,
+        "the loop's SQL: capsule read 4.6, learn-queue insert 3.9, domain version 3.5, "
+        "request log 2.4, other 0.8",
+        15.2,
     ),
-    ("other (threads, event loop)", 5.9),
+    ("the loop's own Python and the context search", 4.2),
+    ("other (threads, event loop)", 2.8),
 ]
-CPU_MS_PER_REQUEST = 28.0  # process CPU / requests over the profiled passes and drains
+CPU_MS_PER_REQUEST = 39.0  # process CPU / requests over the profiled passes and drains
 PROFILE_NOTE = (
     "What bounds it: at 180 requests/s two cores give each request 11 ms of CPU, learning "
-    "included; a request costs about 28 ms (process CPU over the profiled passes and their "
-    "drains; 44 ms before this round of work). One memory text a request through MiniLM is "
-    "13 ms of CPU in float32 on this Xeon, 6.6 ms in bfloat16 at batches of 8 and 4.8 ms at "
-    "32 (measured alone), so learning every request's memory spends about the whole budget "
-    "by itself; the cognitive tiers' forwards take another 6 ms and the query embeddings 4. "
-    "The budget (py-spy, 25 Hz, two 16-worker passes and their drains at load ~14; waits "
-    "left out):"
+    "included. The cognitive tiers' forwards and their serving engine take a third of the "
+    "CPU; SQLite takes 28% (the loop's capsule, version, queue and log statements and the "
+    "learning worker's, their lock waits included: on 2 cores at load 24 a writer holding "
+    "SQLite's lock is often descheduled); MiniLM 22% (the query embeddings, now batched, and "
+    "the worker's embeddings of prompts that were not retrieved for). The budget (py-spy, "
+    "50 Hz, two 16-worker passes of 300 requests and their drains at load ~24, which read "
+    "35 and 42 ms of process CPU a request; waits in Python's locks left out):"
 )
 
 
@@ -131,6 +137,8 @@ def loop_pass(
     """(requests/s served, requests/s with the learning they queued drained, ms per request
     by route) of the workload through the loop."""
     orchestrator = Orchestrator(stack.parts, run_id=run_id)
+    queries = stack.context.query_vectors if stack.context is not None else None
+    before = queries.stats() if queries is not None else None
     cpu = time.process_time()
     started = time.perf_counter()
     results, _ = serve_workload(orchestrator, items, workers=workers)
@@ -138,6 +146,9 @@ def loop_pass(
     drain_learning(stack)  # what the serving left queued: the rate with it drained too
     drained = time.perf_counter() - started
     CPU_MS.append((time.process_time() - cpu) * 1000 / len(results))
+    if queries is not None and before is not None:
+        after = queries.stats()
+        QUERY_EMBEDS.append((after["misses"] - before["misses"], after["calls"] - before["calls"]))
     by_route: dict[str, list[float]] = {}
     for r in results:
         by_route.setdefault(r.route, []).append(r.latency_ms)
@@ -186,6 +197,7 @@ def main() -> int:
                 items = build_workload(capsules, args.requests, seed=150)
                 _, _, one_at_a_time = loop_pass(stack, items, "loop-latency", 1)
             CPU_MS.clear()  # the throughput passes' own
+            QUERY_EMBEDS.clear()
             rates: list[float] = []
             with_learning: list[float] = []
             routes: dict[str, list[float]] = {}
@@ -268,13 +280,18 @@ def main() -> int:
         f"process CPU {cpu[0]:.1f} ms a request [{cpu[1]:.1f}, {cpu[2]:.1f}] over the passes "
         "and their drains (2 cores at 180 requests/s allow 11)"
     )
+    misses, calls = (sum(x) for x in zip(*QUERY_EMBEDS, strict=True)) if QUERY_EMBEDS else (0, 0)
+    batch_line = (
+        f"query embeddings in the throughput passes: {misses} cache misses in {calls} encoder "
+        f"calls ({misses / max(calls, 1):.1f} queries a call)"
+    )
     drained_line = (
         f"{learnt[0]:.1f} requests/s [{learnt[1]:.1f}, {learnt[2]:.1f}] counting the time to "
         "drain the learning the pass queued"
     )
     console.print(
         f"in-process throughput {rate:.1f} requests/s [{rate_lo:.1f}, {rate_hi:.1f}] over "
-        f"{args.repeats} passes ({drained_line}); {fed_line}; {cpu_line}"
+        f"{args.repeats} passes ({drained_line}); {fed_line}; {cpu_line}; {batch_line}"
     )
     for g in goals:
         console.print(
@@ -310,7 +327,7 @@ def main() -> int:
                 "",
                 f"In-process throughput {rate:.1f} requests/s [{rate_lo:.1f}, {rate_hi:.1f}] "
                 f"(median of {args.repeats} passes, bootstrap interval; {drained_line}); "
-                f"{fed_line}. The in-process {cpu_line}.",
+                f"{fed_line}. The in-process {cpu_line}; {batch_line}.",
                 "",
                 PROFILE_NOTE,
                 "",
