@@ -40,6 +40,7 @@ from rich.table import Table
 
 from benchmarks._report import (
     Goal,
+    bootstrap_difference,
     bootstrap_median,
     bootstrap_ratio,
     cpu_name,
@@ -191,20 +192,11 @@ def report(samples: dict[str, list[float]], args: argparse.Namespace) -> int:
     # The extra milliseconds of a blocking delegation: bootstrap of the median difference.
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    a, b = np.asarray(samples["a2a send"]), np.asarray(bare)
-    diffs = np.median(a[rng.integers(0, a.size, (2000, a.size))], axis=1) - np.median(
-        b[rng.integers(0, b.size, (2000, b.size))], axis=1
-    )
-    extra = float(np.median(a) - np.median(b))
     goals.append(
-        Goal(
-            claim="A2A send: extra ms per task over a bare JSON POST (p50)",
-            figure=extra,
-            low=float(np.percentile(diffs, 2.5)),
-            high=float(np.percentile(diffs, 97.5)),
-            goal=GOAL_EXTRA_MS,
-            direction="at most",
+        Goal.of(
+            "A2A send: extra ms per task over a bare JSON POST (p50)",
+            bootstrap_difference(samples["a2a send"], bare, statistic=np.median),
+            at_most=GOAL_EXTRA_MS,
             unit=" ms",
         )
     )

@@ -166,20 +166,16 @@ def main() -> None:
     vs_sha_ttl0 = bootstrap_ratio(samples["ours_ttl0"], samples["sha256"])
     vs_argon2 = bootstrap_ratio(samples["argon2"], samples["ours"])
     goals = [
-        Goal(
-            claim="key check per request, median (ours, TTL 0.5 s)",
-            figure=stats["ours"][0],
-            low=stats["ours"][1],
-            high=stats["ours"][2],
-            goal=0.5,
-            direction="at most",
+        Goal.of(
+            "key check per request, median (ours, TTL 0.5 s)",
+            stats["ours"],
+            at_most=0.5,
             unit=" ms",
         ),
-        Goal(
-            claim=f"revocation seen by another process (max of {args.revocations})",
-            figure=max(seen_after),
-            goal=1.0,
-            direction="at most",
+        Goal.of(
+            f"revocation seen by another process (max of {args.revocations})",
+            max(seen_after),
+            at_most=1.0,
             unit=" s",
         ),
     ]

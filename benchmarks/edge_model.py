@@ -210,13 +210,10 @@ def main() -> int:
             (label, f"{ours:,.0f}", f"{theirs:,.0f}", f"{ratio:.2f}x [{low:.2f}, {high:.2f}]")
         )
         goals.append(
-            Goal(
-                claim=f"edge runtime {label}, x float32 PyTorch",
-                figure=ratio,
-                low=low,
-                high=high,
-                goal=1.0,
-                direction="at least",
+            Goal.of(
+                f"edge runtime {label}, x float32 PyTorch",
+                (ratio, low, high),
+                at_least=1.0,
                 unit="x",
                 note="the torch-free runtime is at least as fast as the dense baseline",
             )
@@ -281,15 +278,11 @@ def main() -> int:
     edge = accuracy["edge (ternary)"]
     light = [1.0] * sum(edge[g][0] for g in ("1", "2"))
     light += [0.0] * (sum(edge[g][1] for g in ("1", "2")) - len(light))
-    share, low, high = bootstrap_statistic(light, np.mean)
     goals.append(
-        Goal(
-            claim="edge model: held-out accuracy on the light grades (1-2) it is offloaded",
-            figure=share,
-            low=low,
-            high=high,
-            goal=0.95,
-            direction="at least",
+        Goal.of(
+            "edge model: held-out accuracy on the light grades (1-2) it is offloaded",
+            bootstrap_statistic(light, np.mean),
+            at_least=0.95,
             note="bootstrap 95% over the tasks",
         )
     )

@@ -109,26 +109,9 @@ def main() -> None:
         + len(audit.missing_feedback)
     )
     goal_list = [
-        Goal(
-            claim="5xx or dropped responses under load",
-            figure=tasks.server_errors(),
-            goal=0,
-            direction="at most",
-        ),
-        Goal(
-            claim="acknowledged writes missing after the drain",
-            figure=lost,
-            goal=0,
-            direction="at most",
-        ),
-        Goal(
-            claim=f"achieved / offered task rate at {args.rate:g}/s",
-            figure=ratio[0],
-            low=ratio[1],
-            high=ratio[2],
-            goal=0.95,
-            direction="at least",
-        ),
+        Goal.of("5xx or dropped responses under load", tasks.server_errors(), at_most=0),
+        Goal.of("acknowledged writes missing after the drain", lost, at_most=0),
+        Goal.of(f"achieved / offered task rate at {args.rate:g}/s", ratio, at_least=0.95),
     ]
     command = (
         f".venv/bin/python benchmarks/load.py --rate {args.rate:g} --seconds {args.seconds:g} "

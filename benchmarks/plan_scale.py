@@ -176,35 +176,30 @@ def goals(rows: list[Row]) -> list[Goal]:
     for r in rows:
         if r.size == 10000:
             out.append(
-                Goal(
-                    claim=f"`trifecta plan` end to end, 10,000 capsules, {r.mix} demand",
-                    figure=_median(r.wall_s),
-                    low=min(r.wall_s),
-                    high=max(r.wall_s),
-                    goal=TIME_LIMIT_S,
-                    direction="at most",
+                Goal.of(
+                    f"`trifecta plan` end to end, 10,000 capsules, {r.mix} demand",
+                    (_median(r.wall_s), min(r.wall_s), max(r.wall_s)),
+                    at_most=TIME_LIMIT_S,
                     unit=" s",
                     note=f"median of {len(r.wall_s)} runs [min, max]; CPU time "
                     f"{_median(r.cpu_s):.2f} s [{min(r.cpu_s):.2f}, {max(r.cpu_s):.2f}]",
                 )
             )
         out.append(
-            Goal(
-                claim=f"best greedy / plan cost, {r.size:,} capsules, {r.mix} demand",
-                figure=r.best_greedy / r.cost,
-                goal=1.0,
-                direction="at least",
+            Goal.of(
+                f"best greedy / plan cost, {r.size:,} capsules, {r.mix} demand",
+                r.best_greedy / r.cost,
+                at_least=1.0,
                 unit="x",
                 note="one run: no interval (a cost moves only when a solver stops at its time limit)",
             )
         )
         if r.mix == "continuous" and r.size == 10000:
             out.append(
-                Goal(
-                    claim="plan within 5% of the proven lower bound, 10,000 continuous capsules",
-                    figure=100 * r.gap,
-                    goal=100 * GAP_GOAL,
-                    direction="at most",
+                Goal.of(
+                    "plan within 5% of the proven lower bound, 10,000 continuous capsules",
+                    100 * r.gap,
+                    at_most=100 * GAP_GOAL,
                     unit="%",
                     note="bound of the fluid relaxation (fleet/fluid.py)",
                 )

@@ -376,23 +376,17 @@ def _closed_goals(closed: dict[int, dict[str, list[ClosedRun]]]) -> list[Goal]:
     vs_one = bootstrap_statistic(ratios("one at a time"), np.mean)
     vs_static = bootstrap_statistic(ratios("static batching"), np.mean)
     return [
-        Goal(
-            claim=f"continuous batching / one at a time, tokens/s, {CLIENTS[-1]} clients",
-            figure=vs_one[0],
-            low=vs_one[1],
-            high=vs_one[2],
-            goal=3,
-            direction="at least",
+        Goal.of(
+            f"continuous batching / one at a time, tokens/s, {CLIENTS[-1]} clients",
+            vs_one,
+            at_least=3,
             unit="x",
             note=f"{len(top['continuous batching'])} interleaved rounds, paired",
         ),
-        Goal(
-            claim=f"continuous batching / static batching, tokens/s, {CLIENTS[-1]} clients",
-            figure=vs_static[0],
-            low=vs_static[1],
-            high=vs_static[2],
-            goal=1,
-            direction="at least",
+        Goal.of(
+            f"continuous batching / static batching, tokens/s, {CLIENTS[-1]} clients",
+            vs_static,
+            at_least=1,
             unit="x",
             note="request lengths 8-56 tokens; rounds paired",
         ),
@@ -476,13 +470,10 @@ def report(
     console.print("\n".join(noisy_lines))
     goal_list = [
         *_closed_goals(closed),
-        Goal(
-            claim="quiet capsules' p99 with fair queuing / without the noisy capsule",
-            figure=fair[0],
-            low=fair[1],
-            high=fair[2],
-            goal=1.5,
-            direction="at most",
+        Goal.of(
+            "quiet capsules' p99 with fair queuing / without the noisy capsule",
+            fair,
+            at_most=1.5,
             unit="x",
             note="latency from scheduled arrival; bootstrap over requests",
         ),

@@ -466,13 +466,10 @@ def report(console: object, records: Records) -> int:
                                 ratios[engine] = f"{ratio:.1f} [{low:.1f}, {high:.1f}]"
                                 if (engine == "clingo" and n >= 5000) or engine == "tensorlogic":
                                     goals.append(
-                                        Goal(
-                                            claim=f"{workload.upper()} n={n} p={p}: x faster than {engine}",
-                                            figure=ratio,
-                                            low=low,
-                                            high=high,
-                                            goal=10.0 if engine == "clingo" else 1.0,
-                                            direction="at least",
+                                        Goal.of(
+                                            f"{workload.upper()} n={n} p={p}: x faster than {engine}",
+                                            (ratio, low, high),
+                                            at_least=10.0 if engine == "clingo" else 1.0,
                                             unit="x",
                                         )
                                     )
@@ -531,11 +528,10 @@ def report(console: object, records: Records) -> int:
     console.print(table)
     goals.insert(
         0,
-        Goal(
-            claim="answers identical to every baseline that finished (mismatches)",
-            figure=float(mismatches),
-            goal=0.0,
-            direction="at most",
+        Goal.of(
+            "answers identical to every baseline that finished (mismatches)",
+            float(mismatches),
+            at_most=0.0,
         ),
     )
     anchors = []
