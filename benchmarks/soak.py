@@ -1,0 +1,269 @@
+"""Soak: `trifecta serve` under a steady task load for minutes, its memory sampled throughout.
+
+The server starts as the CI soak starts it (`tests/reliability/test_load_and_soak.py`: its
+own data directory and SQLite database, the small prefix and result caches so that the
+bounded caches known to fill slowly are full early), sits idle for `--idle-seconds`, then
+mixed capsules, each with its own key, send tasks through locust at `--rate` for
+`--seconds` (every fourth task also gets feedback). Every `--sample-s` seconds the sampler
+reads the server's /proc status: the memory it owns (RssAnon + RssShmem: heaps, anonymous
+mappings, shared memory) and all resident memory (adds clean pages of the memory-mapped
+weights, which the kernel may drop and read back).
+
+Reported: the owned-memory slope against tasks served, in MB per 1,000 tasks, over the second
+half of the load and over its last third (a plateau test: a structure still filling shows a
+smaller slope at the end than in the middle; a leak keeps its slope), each with a 95%
+moving-block bootstrap interval (samples next to each other are not independent: glibc's trim
+every 10 s makes the series a saw-tooth, so one-minute blocks are resampled, not points).
+Baseline: the same sampler on the same server while it is idle before the load, the drift
+and noise of the measurement itself (MB per minute, beside the loaded slope per minute).
+
+Goal (issue 16): the owned-memory slope over the second half at most 0.005 MB per task
+(5 MB per 1,000 tasks), met when the whole interval is below it.
+
+    .venv/bin/python benchmarks/soak.py [--seconds 600] [--rate 2] [--heap-report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from rich.console import Console
+from tests.reliability.load import run_locust
+from tests.reliability.servers import ServeProcess
+from tests.reliability.test_load_and_soak import SMALL_CAPS
+from tests.reliability.traffic import CAPSULES
+
+from benchmarks._report import (
+    RESULTS_DIR,
+    Goal,
+    cpu_name,
+    goals_markdown,
+    machine_load,
+    write_results,
+    write_section,
+)
+from trifecta.core.heap_report import INTERVAL_ENV, REPORT_ENV, status_mb
+
+HEADING = "## Soak: `trifecta serve`'s memory under minutes of steady load"
+GOAL_MB_PER_1K = 5.0  # 0.005 MB per task
+BLOCK_S = 60.0  # the bootstrap's block: several trim periods of the saw-tooth
+FLOOR_S = 20.0  # the floor row's window: two trim periods
+
+
+def block_bootstrap_slope(
+    x: np.ndarray, y: np.ndarray, block: int, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Least-squares slope of y on x and its 95% moving-block bootstrap interval: runs of
+    `block` consecutive samples are drawn with replacement, so the series' own correlation
+    (a saw-tooth, slow drifts) stays inside each run. Written here because scipy's
+    `bootstrap` resamples points or paired points, not blocks."""
+    rng = np.random.default_rng(seed)
+    n = x.size
+    block = max(2, min(block, n // 2))
+    starts = rng.integers(0, n - block + 1, (resamples, int(np.ceil(n / block))))
+    index = (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :n]
+    xs, ys = x[index], y[index]
+    xc = xs - xs.mean(axis=1, keepdims=True)
+    slopes = (xc * (ys - ys.mean(axis=1, keepdims=True))).sum(axis=1) / (xc**2).sum(axis=1)
+    low, high = np.percentile(slopes, [2.5, 97.5])
+    return float(np.polyfit(x, y, 1)[0]), float(low), float(high)
+
+
+class Sampler:
+    """Reads the server's /proc status every `every_s` seconds on a thread of its own."""
+
+    def __init__(self, pid: int, every_s: float) -> None:
+        self.pid, self.every_s = pid, every_s
+        self.rows: list[dict[str, float]] = []  # epoch seconds and MB by status field
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.rows.append({"epoch": time.time(), **status_mb(self.pid)})
+            if self._done.wait(self.every_s):
+                return
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def owned(row: dict[str, float]) -> float:
+    return row["RssAnon"] + row["RssShmem"]
+
+
+def window(
+    rows: list[dict[str, float]], done: np.ndarray, start: float, end: float, field: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tasks served so far, MB) of the samples between two epoch times."""
+    picked = [r for r in rows if start <= r["epoch"] <= end]
+    served = np.array([np.searchsorted(done, r["epoch"]) for r in picked], float)
+    mb = np.array([owned(r) if field == "owned" else r[field] for r in picked])
+    return served, mb
+
+
+def floors(served: np.ndarray, mb: np.ndarray, per: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest sample of each run of `per` samples (and its task count): the floor the
+    trimmer brings memory back to, without the transient peaks of a request in flight."""
+    runs = len(mb) // per
+    lowest = mb[: runs * per].reshape(runs, per).argmin(axis=1) + np.arange(runs) * per
+    return served[lowest], mb[lowest]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=2.0, help="tasks per second offered")
+    parser.add_argument("--seconds", type=float, default=600.0, help="length of the load")
+    parser.add_argument("--users", type=int, default=8, help="locust users (capsules in turn)")
+    parser.add_argument("--sample-s", type=float, default=2.0, help="seconds between samples")
+    parser.add_argument("--idle-seconds", type=float, default=60.0, help="the idle baseline")
+    parser.add_argument(
+        "--heap-report",
+        type=Path,
+        default=None,
+        help="write the server's debug heap report (core/heap_report.py) here; its "
+        "tracemalloc changes the figures, so such a run records no section",
+    )
+    parser.add_argument(
+        "--onednn-cache",
+        type=int,
+        default=None,
+        help="oneDNN's primitive cache in the server (default: the server's own bound, 256)",
+    )
+    parser.add_argument(
+        "--no-record", action="store_true", help="print only (a probe: no section, no results)"
+    )
+    args = parser.parse_args()
+    console = Console()
+    work = Path(tempfile.mkdtemp(prefix="trifecta-soak-"))
+    url = f"sqlite:///{work / 'control.db'}"
+    env = dict(SMALL_CAPS)
+    if args.onednn_cache is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(args.onednn_cache)
+    if args.heap_report:
+        env |= {REPORT_ENV: str(args.heap_report.resolve()), INTERVAL_ENV: "30"}
+    server = ServeProcess(work / "data", url, env=env)
+    console.print(f"starting trifecta serve ({work})")
+    server.start()
+    load_start = load_end = 0.0
+    try:
+        keys = server.capsule_keys(CAPSULES)
+        with Sampler(server.pid, args.sample_s) as sampler:
+            console.print(f"idle for {args.idle_seconds:g} s (the baseline)")
+            time.sleep(args.idle_seconds)
+            console.print(f"tasks: {args.rate:g}/s for {args.seconds:g} s, {args.users} users")
+            load_start = time.time()
+            run = run_locust(
+                server.url, keys, rate=args.rate, seconds=args.seconds, users=args.users,
+                work=work,
+            )  # fmt: skip
+            load_end = time.time()
+        load = machine_load()
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows = sampler.rows
+    done = np.sort([r.done for r in run.of("task") if r.status == 201])
+    block = int(BLOCK_S / args.sample_s)
+    length = load_end - load_start
+
+    def slope(start: float, field: str = "owned") -> tuple[float, float, float]:
+        served, mb = window(rows, done, load_start + start * length, load_end, field)
+        return tuple(1000 * v for v in block_bootstrap_slope(served, mb, block))  # type: ignore[return-value]
+
+    half, third, all_half = slope(0.5), slope(2 / 3), slope(0.5, "VmRSS")
+    per_floor = max(2, int(FLOOR_S / args.sample_s))
+    floor_x, floor_y = floors(
+        *window(rows, done, load_start + length / 2, load_end, "owned"), per_floor
+    )
+    floor = tuple(
+        1000 * v for v in block_bootstrap_slope(floor_x, floor_y, max(2, block // per_floor))
+    )
+    idle = [r for r in rows if r["epoch"] < load_start]
+    idle_t = np.array([r["epoch"] for r in idle]) / 60
+    idle_min = block_bootstrap_slope(idle_t, np.array([owned(r) for r in idle]), block)
+    loaded = [r for r in rows if r["epoch"] >= load_start + length / 2]
+    loaded_min = block_bootstrap_slope(
+        np.array([r["epoch"] for r in loaded]) / 60, np.array([owned(r) for r in loaded]), block
+    )
+    includes_zero = half[1] <= 0 <= half[2]
+    goal = Goal(
+        claim="owned memory (RssAnon + RssShmem) slope over the second half",
+        figure=half[0],
+        low=half[1],
+        high=half[2],
+        goal=GOAL_MB_PER_1K,
+        direction="at most",
+        unit=" MB/1k tasks",
+        note=f"interval includes 0: {'yes' if includes_zero else 'no'}; last third "
+        f"{third[0]:.2f} [{third[1]:.2f}, {third[2]:.2f}]; {len(done)} tasks in "
+        f"{length / 60:.0f} min",
+    )
+    command = (
+        f".venv/bin/python benchmarks/soak.py --seconds {args.seconds:g} --rate {args.rate:g} "
+        f"--users {args.users} --sample-s {args.sample_s:g} --idle-seconds {args.idle_seconds:g}"
+        + (f" --onednn-cache {args.onednn_cache}" if args.onednn_cache is not None else "")
+    )
+    minute_marks = [r for r in rows if r["epoch"] >= load_start][:: max(1, int(60 / args.sample_s))]
+
+    def cell(v: tuple[float, float, float]) -> str:
+        return f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]"
+
+    body = [
+        HEADING,
+        "",
+        f"`{command}`. CPU: {cpu_name()}; {load} at the end of the load (the machine is "
+        "shared with other engineers' work). Small caps as in the CI soak: "
+        + ", ".join(f"`{k}={v}`" for k, v in SMALL_CAPS.items())
+        + f". {len(done)} tasks answered 201 in {length:.0f} s "
+        f"({len(done) / length:.2f}/s), {run.server_errors()} 5xx or dropped.",
+        "",
+        "| window | owned MB per 1,000 tasks [95%] | owned MB per minute [95%] |",
+        "|---|---:|---:|",
+        f"| second half of the load | {cell(half)} | {cell(loaded_min)} |",
+        f"| last third of the load (plateau test) | {cell(third)} | |",
+        f"| second half, floor (lowest sample of each {FLOOR_S:.0f} s) | {cell(floor)} | |",  # type: ignore[arg-type]
+        f"| all resident (VmRSS), second half | {cell(all_half)} | |",
+        f"| baseline: the same server idle for {args.idle_seconds:.0f} s before the load | "
+        f"| {cell(idle_min)} |",
+        "",
+        "Owned memory at the start of each minute of load (MB): "
+        + ", ".join(f"{owned(r):.0f}" for r in minute_marks)
+        + f"; all resident {minute_marks[0]['VmRSS']:.0f} -> {rows[-1]['VmRSS']:.0f} MB.",
+        "",
+        *goals_markdown([goal]),
+        "",
+        "Slopes are least squares of memory against tasks served (each sample's count of tasks "
+        f"answered by then); intervals are 95% moving-block bootstraps ({BLOCK_S:.0f} s "
+        "blocks). The CI version (90 s) is `tests/reliability/test_load_and_soak.py`; "
+        "what grows and why is in RELIABILITY.md.",
+    ]
+    if args.heap_report is None and not args.no_record:
+        write_section("soak", "\n".join(body))
+        write_results("soak", command, [goal])
+        raw = RESULTS_DIR / "soak_samples.json"
+        raw.write_text(json.dumps({"load_start": load_start, "load_end": load_end,
+                                   "tasks_done": done.tolist(), "samples": rows}) + "\n")  # fmt: skip
+    for line in body[2:13]:
+        console.print(line)
+    console.print(f"{goal.claim}: {goal.figure:.2f} {goal.interval()} -> {goal.verdict()}")
+
+
+if __name__ == "__main__":
+    main()
