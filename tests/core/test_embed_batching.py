@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trifecta.core.embeddings import (
+    FORWARD_TOKENS,
     LENGTH_BUCKETS,
     MAX_BATCH,
     PAD_BELOW,
@@ -59,19 +60,32 @@ def test_a_batch_equals_each_text_alone(
     np.testing.assert_allclose(together, np.stack([alone[t] for t in picks]), atol=1e-5)
 
 
-def test_leftover_rows_go_as_one_padded_forward(embedder: MiniLMEmbedder, monkeypatch) -> None:
-    rows: list[int] = []
+SHORT = ["2+61?", "41+53?", "x", "a b", "1+1?", "7*3?", "9-2?", "yes", "no", "3+3?", "0?"]
+LONG = [
+    f"memory {i}: lookup_add solved via the edge route after " + "one step " * 8 for i in range(6)
+]
+
+
+def test_leftover_rows_go_as_one_padded_forward_when_that_is_cheaper(
+    embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows: list[tuple[int, int]] = []
     forward = embedder._forward
 
     def spy(ids: list[list[int]]):  # type: ignore[no-untyped-def]
-        rows.append(len(ids))
+        rows.append((len(ids), max(len(x) for x in ids)))
         return forward(ids)
 
     monkeypatch.setattr(embedder, "_forward", spy)
-    embedder.embed(POOL[:6])
-    embedder.embed(POOL * 2)  # 24 texts: 16, then 8
-    embedder.embed(POOL[:11])  # 8, then 3 padded to 4
-    assert rows == [8, 16, 8, 8, 4]
+    short = embedder.embed(SHORT[:6])  # 16 tokens: 2 padding rows cost less than a forward
+    embedder.embed(SHORT)  # 11: 8, then 3 padded to 4
+    embedder.embed(LONG)  # 31 tokens (bucket 32): 2 padding rows cost more, so 4 + 2
+    assert [r for r, _ in rows] == [8, 8, 4, 4, 2]
+    assert max(t for _, t in rows[:3]) <= 16 and min(t for _, t in rows[3:]) > 24
+    monkeypatch.undo()
+    # The padded forward's real rows are the texts' own vectors.
+    one_by_one = np.stack([embedder.embed([t])[0] for t in SHORT[:6]])
+    np.testing.assert_allclose(short, one_by_one, atol=1e-5)
 
 
 def test_threads_embedding_at_once_each_get_their_own(
@@ -84,14 +98,19 @@ def test_threads_embedding_at_once_each_get_their_own(
         np.testing.assert_allclose(vectors, np.stack([alone[t] for t in texts]), atol=1e-5)
 
 
-@given(st.integers(min_value=1, max_value=400))
-def test_the_chunk_plan_covers_every_text_in_fixed_shapes(count: int) -> None:
-    plan = chunk_plan(count)
-    assert sum(texts for texts, _ in plan) == count
+@given(st.lists(st.sampled_from(LENGTH_BUCKETS), min_size=1, max_size=400))
+def test_the_chunk_plan_covers_every_text_in_fixed_shapes(lengths: list[int]) -> None:
+    lengths.sort(reverse=True)
+    plan = chunk_plan(lengths)
+    assert sum(texts for texts, _ in plan) == len(lengths)
     assert all(rows & (rows - 1) == 0 and texts <= rows <= MAX_BATCH for texts, rows in plan)
     padded = [(texts, rows) for texts, rows in plan if texts != rows]
-    # At most one padded chunk, the last, holding the leftover below PAD_BELOW: it costs at
-    # most one forward of PAD_BELOW rows more than the rows it holds.
+    # At most one padded chunk, the last, holding the leftover below PAD_BELOW, and only where
+    # its padding rows cost fewer tokens than the forwards it saves.
+    if padded:
+        texts, rows = padded[0]
+        saved = bin(texts).count("1") - 1  # the power-of-two chunks it replaces, less one
+        assert (rows - texts) * lengths[-texts] <= FORWARD_TOKENS * saved
     assert len(padded) <= 1 and (not padded or (plan[-1] == padded[0] and padded[0][0] < PAD_BELOW))
     assert [rows for _, rows in plan] == sorted((rows for _, rows in plan), reverse=True)
 

@@ -13,10 +13,13 @@ vectors are `encode`'s (tests/core/test_embeddings_shapes.py).
 
 A forward over a few short texts is bound by reading the weights, not by arithmetic: on the
 2-core Xeon, one torch thread, one text of 8 to 32 tokens costs 12-15 ms of CPU, eight texts
-of 16 tokens 30 ms (3.8 a text), sixteen 57 ms. So a chunk costs about the same with a few
-rows more, and the rows left over below PAD_BELOW (say 6 = 4 + 2) go through as one chunk
-padded up to the next power of two (8) with copies of their first text, rather than as two
-forwards that each read every weight (tests/core/test_embed_batching.py)."""
+of 16 tokens 30 ms (3.8 a text). So the chunks left below PAD_BELOW rows (6 = 4 + 2) go as
+one chunk padded up to the next power of two (8) with copies of one of its texts when the
+padding costs less than the forwards it saves: a forward's fixed cost is about
+FORWARD_TOKENS padded tokens' worth (measured float32, 3 to 7 texts of 16, 32 and 64
+tokens: the rule picked the cheaper plan in each case, or one within 3%; in bfloat16 padding
+was cheaper in every case, so the rule only leaves some of that unclaimed).
+tests/core/test_embed_batching.py."""
 
 from __future__ import annotations
 
@@ -39,7 +42,8 @@ _instance: MiniLMEmbedder | None = None
 # at 32: 6.5).
 LENGTH_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256)
 MAX_BATCH = 64  # texts per forward pass; chunks are powers of two up to this
-PAD_BELOW = 8  # leftover rows below this go as one padded chunk (see the module docstring)
+PAD_BELOW = 8  # leftover rows below this may go as one padded chunk (the module docstring)
+FORWARD_TOKENS = 60  # a forward's fixed cost in padded tokens (float32, one thread, measured)
 
 
 def length_bucket(tokens: int, max_length: int) -> int:
@@ -58,16 +62,23 @@ def power_of_two_chunks(count: int, largest: int = MAX_BATCH) -> list[int]:
     return sizes
 
 
-def chunk_plan(count: int, largest: int = MAX_BATCH) -> list[tuple[int, int]]:
-    """(texts, rows) per forward pass, largest first: power-of-two chunks, except that the
-    texts left below PAD_BELOW share one chunk of the next power of two rows (13 -> (8, 8),
-    (5, 8)); its extra rows are copies of one of its texts, whose vectors are dropped."""
-    sizes = power_of_two_chunks(count, largest)
-    full = [(size, size) for size in sizes if size >= PAD_BELOW]
-    rest = count - sum(texts for texts, _ in full)
-    if rest:
-        full.append((rest, 1 << (rest - 1).bit_length()))
-    return full
+def chunk_plan(lengths: Sequence[int], largest: int = MAX_BATCH) -> list[tuple[int, int]]:
+    """(texts, rows) per forward pass for texts of these padded lengths, longest first:
+    power-of-two chunks, except that the texts left in chunks below PAD_BELOW share one chunk
+    of the next power of two rows when its padding rows cost fewer tokens than the forwards
+    it saves (13 texts of 16 tokens -> (8, 8), (5, 8)); its extra rows are copies of one of
+    its texts, whose vectors are dropped."""
+    sizes = power_of_two_chunks(len(lengths), largest)
+    plan = [(size, size) for size in sizes if size >= PAD_BELOW]
+    tail = [size for size in sizes if size < PAD_BELOW]
+    rest = sum(tail)
+    if not rest:
+        return plan
+    rows = 1 << (rest - 1).bit_length()
+    padded_length = lengths[len(lengths) - rest]  # the tail's longest text
+    if (rows - rest) * padded_length <= FORWARD_TOKENS * (len(tail) - 1):
+        return [*plan, (rest, rows)]
+    return plan + [(size, size) for size in tail]
 
 
 class MiniLMEmbedder:
@@ -111,10 +122,11 @@ class MiniLMEmbedder:
         )["input_ids"]
         # Longest first, so each chunk's texts are of about the same length.
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        lengths = [length_bucket(len(ids[i]), self._max_length) for i in order]
         vectors = np.empty((len(ids), self._dim), dtype=np.float32)
         with self._encode_lock, torch.inference_mode():  # modules are not re-entrant
             start = 0
-            for size, rows in chunk_plan(len(order)):
+            for size, rows in chunk_plan(lengths):
                 part = order[start : start + size]
                 start += size
                 chunk = [ids[i] for i in part]
