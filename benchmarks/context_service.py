@@ -648,6 +648,24 @@ def report(results: dict[str, list[tuple[str, Run, float | None]]], plan: Plan) 
         "stderr) measured 53 us a line at load average 4, about 1% of the 5 ms goal, so "
         "it was left as it is. The p99 above is the load's.",
         "",
+        "Where the tail comes from (issue 17), measured on a server instrumented with "
+        "`gc.callbacks`, a 1 ms event-loop lag probe that records the loop thread's and "
+        "the process's CPU time across each stall, and per-request server time, seeded "
+        "as here (SQLite, 2 clients, load average 12-37 on the 2 cores): the collector "
+        "is not it (start-up heap frozen; no generation-2 collection in any phase; "
+        "while hits were served 2-5 young collections of 0.1-1.3 ms in 1,200-3,000 "
+        "requests). "
+        "In the cached search, stalls of the loop over 3 ms added up to 3.3-4.7 s of a "
+        "5-6 s phase while the whole process ran 0.3-0.6 s of CPU: it was waiting for a "
+        "core, not computing and not waiting for its own threads (a hit costs the loop "
+        "0.5 ms of CPU at the median). In the loop workload the process ran 1.4-3.3 s of "
+        "CPU inside 3-10 s of stalls, the loop thread a tenth of it: the learn beside "
+        "the retrieve held the cores (torch ran on two OpenMP threads in the server) and "
+        "the GIL (switched every 5 ms by default). So the server now runs torch on one "
+        "thread and switches the GIL every 1 ms (`context.service.tune_serving_process`; "
+        "an operator's `OMP_NUM_THREADS` wins). Back-to-back runs with and without that "
+        "at this load differed by less than run-to-run noise; a quiet machine decides.",
+        "",
         "Throughput ratios are ratios of mean latencies (closed loop, same clients); "
         "[95% bootstrap interval] over requests.",
         "",
