@@ -402,8 +402,8 @@ def main() -> None:
         "the repack's",
         f"moves, and proved that none needs fewer than {floor_median:.2f}: "
         + (
-            "so no algorithm can meet the strict goal on these instances (the fifth row is "
-            "marked unattainable)."
+            "so no algorithm can meet the strict goal read as the median over these "
+            "instances (the fifth row is marked unattainable)."
             if unattainable
             else "the floor it proved is under the goal, so whether some placement meets the "
             "strict goal is open on a time limit this short on a loaded machine (the fifth "
