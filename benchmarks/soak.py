@@ -40,7 +40,7 @@ import numpy as np
 from rich.console import Console
 from tests.reliability.load import run_locust
 from tests.reliability.servers import ServeProcess
-from tests.reliability.test_load_and_soak import SMALL_CAPS
+from tests.reliability.test_load_and_soak import SMALL_CAPS, SOAK_S
 from tests.reliability.traffic import CAPSULES
 
 from benchmarks._report import (
@@ -251,7 +251,7 @@ def main() -> None:
         "",
         "Slopes are least squares of memory against tasks served (each sample's count of tasks "
         f"answered by then); intervals are 95% moving-block bootstraps ({BLOCK_S:.0f} s "
-        "blocks). The CI version (90 s) is `tests/reliability/test_load_and_soak.py`; "
+        f"blocks). The CI version ({SOAK_S:.0f} s) is `tests/reliability/test_load_and_soak.py`; "
         "what grows and why is in RELIABILITY.md.",
     ]
     if args.heap_report is None and not args.no_record:
