@@ -11,16 +11,13 @@ and republishing its versions; the test measures it from B's answers."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.reliability.servers import ThrowawayRedis
-from tests.reliability.test_redis_faults import helpful, own_redis, started_replicas, tag
+from tests.reliability.conftest import SeededReplicas, helpful, tag
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.postgres]
-__all__ = ["own_redis"]  # the fixture, imported for this module's test
 BOUND_S = 0.5  # RELIABILITY.md's bound
 READ_FOR_S = 2.0
 
@@ -40,49 +37,40 @@ def reads_after(reader: httpx.Client, since: float, expected: int) -> tuple[floa
 
 
 def test_an_idle_replica_reads_writes_acknowledged_while_redis_was_away_within_the_bound(
-    tmp_path: Path, postgres_url: str, own_redis: ThrowawayRedis
+    seeded_replicas: SeededReplicas,
 ) -> None:
-    with (
-        started_replicas(tmp_path, postgres_url, own_redis.url) as (a, b),
-        httpx.Client(base_url=a.url, headers=a.headers, timeout=30) as writer,
-        httpx.Client(base_url=b.url, headers=b.headers, timeout=30) as reader,
-    ):
-        added = writer.post(
-            "/capsules/twin-a/deltas",
-            json={"ops": [{"op": "ADD", "op_id": "seed", "section": "checks", "content": "Tag."}]},
-        ).raise_for_status()
-        bullet = added.json()["added"][0]
-        acknowledged = 0
-        assert helpful(reader) == acknowledged  # B holds the result under Redis's version
+    seeded = seeded_replicas
+    writer, reader, own_redis, bullet = seeded.writer, seeded.reader, seeded.redis, seeded.bullet
+    acknowledged = 0  # the seeded bullet's helpful count, read by B in the fixture
 
-        # -- paused: A acknowledges writes it cannot publish; B makes no call -------------
-        # Three pauses of different lengths: Redis resumes at a different point of A's
-        # probe cycle each time.
-        windows: dict[str, tuple[float, int, int]] = {}
-        for cycle, pause_s in enumerate((1.0, 1.2, 1.4)):
-            own_redis.pause()
-            # A read trips A's breaker first. (Otherwise A's first publish sits in the paused
-            # Redis's socket and runs when it resumes, which hides the window.)
-            assert helpful(writer) == acknowledged
-            for i in range(3):
-                tag(writer, bullet, f"p{cycle}-{i}")
-                acknowledged += 1
-            time.sleep(pause_s)  # A's breaker is open and probing
-            own_redis.resume()
-            windows[f"paused-{cycle}"] = reads_after(reader, time.monotonic(), acknowledged)
-
-        # -- killed, then restarted empty on the same port --------------------------------
-        own_redis.kill()
+    # -- paused: A acknowledges writes it cannot publish; B makes no call -------------
+    # Three pauses of different lengths: Redis resumes at a different point of A's
+    # probe cycle each time.
+    windows: dict[str, tuple[float, int, int]] = {}
+    for cycle, pause_s in enumerate((1.0, 1.2, 1.4)):
+        own_redis.pause()
+        # A read trips A's breaker first. (Otherwise A's first publish sits in the paused
+        # Redis's socket and runs when it resumes, which hides the window.)
         assert helpful(writer) == acknowledged
-        for i in range(4):
-            tag(writer, bullet, f"k{i}")
+        for i in range(3):
+            tag(writer, bullet, f"p{cycle}-{i}")
             acknowledged += 1
-        time.sleep(1.0)
-        own_redis.start()  # returns once Redis answers a ping
-        windows["killed"] = reads_after(reader, time.monotonic(), acknowledged)
-        assert helpful(writer) == acknowledged
-        stats_a = writer.get("/health").json()["cache_stats"]
-        stats_b = reader.get("/health").json()["cache_stats"]
+        time.sleep(pause_s)  # A's breaker is open and probing
+        own_redis.resume()
+        windows[f"paused-{cycle}"] = reads_after(reader, time.monotonic(), acknowledged)
+
+    # -- killed, then restarted empty on the same port --------------------------------
+    own_redis.kill()
+    assert helpful(writer) == acknowledged
+    for i in range(4):
+        tag(writer, bullet, f"k{i}")
+        acknowledged += 1
+    time.sleep(1.0)
+    own_redis.start()  # returns once Redis answers a ping
+    windows["killed"] = reads_after(reader, time.monotonic(), acknowledged)
+    assert helpful(writer) == acknowledged
+    stats_a = writer.get("/health").json()["cache_stats"]
+    stats_b = reader.get("/health").json()["cache_stats"]
 
     print(  # the figures RELIABILITY.md quotes
         "after Redis answered again, last stale read on the idle replica (s, -1 = none), "

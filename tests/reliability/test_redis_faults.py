@@ -12,61 +12,16 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.context.conftest import ServiceProcess, register_capsules
-from tests.reliability.servers import ThrowawayRedis, clean_env
-from trifecta.core.db import get_engine
-from trifecta.fleet.keys import KeyStore
+from tests.context.conftest import ServiceProcess
+from tests.reliability.conftest import SeededReplicas, helpful, tag
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.postgres]
 PAUSE_S = 10.0
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[ThrowawayRedis]:
-    server = ThrowawayRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.kill()
-
-
-@contextmanager
-def started_replicas(
-    tmp_path: Path, database_url: str, redis_url: str
-) -> Iterator[list[ServiceProcess]]:
-    """Two context-service replicas on one database and one Redis; stopped however the test ends."""
-    replicas: list[ServiceProcess] = []
-    try:
-        start_replicas(tmp_path, database_url, redis_url, into=replicas)
-        yield replicas
-    finally:
-        for replica in replicas:
-            replica.stop()
-
-
-def start_replicas(
-    tmp_path: Path, database_url: str, redis_url: str, into: list[ServiceProcess]
-) -> None:
-    register_capsules(database_url)
-    admin_key = KeyStore(get_engine(database_url)).create(admin=True).token
-    env = clean_env(
-        TRIFECTA_DATA_DIR=str(tmp_path / "data"),
-        TRIFECTA_CONFIG=str(tmp_path / "absent.toml"),
-        TRIFECTA_DATABASE_URL=database_url,
-        TRIFECTA_REDIS_URL=redis_url,
-        TRIFECTA_CONTEXT_TENANCY_TTL_S="30",  # the tenancy answer stays in memory
-    )
-    for i in range(2):  # recorded as started at once, so a failed start still stops the other
-        into.append(ServiceProcess(env, tmp_path / f"replica-{i}.log", admin_key))
-    for replica in into:
-        replica.wait_ready()
 
 
 @dataclass
@@ -109,83 +64,62 @@ class Readers:
         return sum(start <= t < end for t in self.answered) / (end - start)
 
 
-def helpful(http: httpx.Client) -> int:
-    bullets = http.get("/capsules/twin-a/playbook").raise_for_status().json()["bullets"]
-    return int(bullets[0]["helpful"])
-
-
-def tag(http: httpx.Client, bullet: str, op_id: str) -> None:
-    http.post(
-        "/capsules/twin-a/deltas",
-        json={"ops": [{"op": "TAG", "op_id": op_id, "bullet_id": bullet, "tag": "helpful"}]},
-    ).raise_for_status()
-
-
 def test_redis_paused_then_killed_stays_fast_and_coherent(
-    tmp_path: Path, postgres_url: str, own_redis: ThrowawayRedis
+    seeded_replicas: SeededReplicas,
 ) -> None:
-    with (
-        started_replicas(tmp_path, postgres_url, own_redis.url) as (a, b),
-        httpx.Client(base_url=a.url, headers=a.headers, timeout=30) as writer,
-        httpx.Client(base_url=b.url, headers=b.headers, timeout=30) as reader,
-    ):
-        added = writer.post(
-            "/capsules/twin-a/deltas",
-            json={"ops": [{"op": "ADD", "op_id": "seed", "section": "checks", "content": "Tag."}]},
-        ).raise_for_status()
-        bullet = added.json()["added"][0]
-        writer.post(  # a second domain for the background readers
-            "/capsules/twin-b/deltas",
-            json={"ops": [{"op": "ADD", "op_id": "g0", "section": "checks", "content": "Grid."}]},
-        ).raise_for_status()
-        acknowledged = 0
-        assert helpful(reader) == acknowledged  # B caches the version Redis holds
+    seeded = seeded_replicas
+    writer, reader, own_redis, bullet = seeded.writer, seeded.reader, seeded.redis, seeded.bullet
+    writer.post(  # a second domain for the background readers
+        "/capsules/twin-b/deltas",
+        json={"ops": [{"op": "ADD", "op_id": "g0", "section": "checks", "content": "Grid."}]},
+    ).raise_for_status()
+    acknowledged = 0  # the seeded bullet's helpful count, read by B in the fixture
 
-        readers = Readers([a, b])
-        threads = readers.run()
-        time.sleep(3)
-        before = (time.monotonic() - 3, time.monotonic())
+    readers = Readers(seeded.replicas)
+    threads = readers.run()
+    time.sleep(3)
+    before = (time.monotonic() - 3, time.monotonic())
 
-        # -- Redis paused: up, accepting connections, answering nothing -----------------
-        own_redis.pause()
-        paused_at = time.monotonic()
-        stale_during: list[tuple[int, int]] = []
-        while time.monotonic() < paused_at + PAUSE_S:
-            tag(writer, bullet, f"p{acknowledged}")
-            acknowledged += 1
-            seen = helpful(reader)
-            if seen != acknowledged:
-                stale_during.append((acknowledged, seen))
-            time.sleep(0.25)
-        during = (paused_at + 1, time.monotonic())  # the first second trips the breakers
-        # The last write of the pause could not be published: Redis still holds an older
-        # version. Resume, and read on B at once and for three seconds.
-        own_redis.resume()
-        resumed_at = time.monotonic()
-        stale_after: list[tuple[int, int]] = []
-        while time.monotonic() < resumed_at + 3:
-            seen = helpful(reader)
-            if seen != acknowledged:
-                stale_after.append((acknowledged, seen))
-        after = (resumed_at, time.monotonic())
+    # -- Redis paused: up, accepting connections, answering nothing -----------------
+    own_redis.pause()
+    paused_at = time.monotonic()
+    stale_during: list[tuple[int, int]] = []
+    while time.monotonic() < paused_at + PAUSE_S:
+        tag(writer, bullet, f"p{acknowledged}")
+        acknowledged += 1
+        seen = helpful(reader)
+        if seen != acknowledged:
+            stale_during.append((acknowledged, seen))
+        time.sleep(0.25)
+    during = (paused_at + 1, time.monotonic())  # the first second trips the breakers
+    # The last write of the pause could not be published: Redis still holds an older
+    # version. Resume, and read on B at once and for three seconds.
+    own_redis.resume()
+    resumed_at = time.monotonic()
+    stale_after: list[tuple[int, int]] = []
+    while time.monotonic() < resumed_at + 3:
+        seen = helpful(reader)
+        if seen != acknowledged:
+            stale_after.append((acknowledged, seen))
+    after = (resumed_at, time.monotonic())
 
-        # -- Redis killed, then back empty on the same port ------------------------------
-        own_redis.kill()
-        for i in range(6):
-            tag(writer, bullet, f"k{i}")
-            acknowledged += 1
-            assert helpful(reader) == acknowledged
-        own_redis.start()
-        time.sleep(1.5)  # past the breaker's retry interval: both replicas use Redis again
-        for i in range(6):
-            tag(writer, bullet, f"r{i}")
-            acknowledged += 1
-            assert helpful(reader) == acknowledged
-        readers.stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-        stats_a = writer.get("/health").json()["cache_stats"]
-        stats_b = reader.get("/health").json()["cache_stats"]
+    # -- Redis killed, then back empty on the same port ------------------------------
+    own_redis.kill()
+    for i in range(6):
+        tag(writer, bullet, f"k{i}")
+        acknowledged += 1
+        assert helpful(reader) == acknowledged
+    own_redis.start()
+    time.sleep(1.5)  # past the breaker's retry interval: both replicas use Redis again
+    for i in range(6):
+        tag(writer, bullet, f"r{i}")
+        acknowledged += 1
+        assert helpful(reader) == acknowledged
+    readers.stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    stats_a = writer.get("/health").json()["cache_stats"]
+    stats_b = reader.get("/health").json()["cache_stats"]
 
     rates = {name: readers.rate(*span) for name, span in (("before", before), ("during", during))}
     worst_health = max(s for t, s in readers.health_s if paused_at <= t < resumed_at)
