@@ -42,9 +42,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SOAK_S = 150.0
 RATE = 2.0  # tasks per second, all capsules together (what a loaded 2-core CI box sustains)
 USERS = 8
-# Measured with CI_CAPS over 150 s (RELIABILITY.md): the floor of owned memory grew 0.017
-# and 0.046 MB per task over the second half (+4.9 and +7.6 MB floor to floor) in two runs
-# at load 11-18 on 2 cores; at 90 s, still in the first minutes' ramp, 0.083 (+6.3 MB).
+# Measured with CI_CAPS over 150 s (RELIABILITY.md): the floor of owned memory grew 0.017,
+# 0.046 and 0.030 MB per task over the second half (+4.9, +7.6, +6.1 MB floor to floor) in
+# three runs at load 7-18 on 2 cores; at 90 s, still in the first minutes' ramp, 0.083 (+6.3 MB).
 # The bounds were 0.1 MB per task and 8 MB over a 45 s half, on single samples (a transient
 # peak of up to 90 MB at one sample could fail them); now less per task and per second.
 ANON_MB_PER_TASK = 0.08
