@@ -6,7 +6,7 @@ prompt's structure (`prompt_features.py`: length, operand, look-up and subtracti
 grade the grammar reads) predicts, for each tier but the last, the chance that the tier
 answers correctly; a request starts on the smallest tier whose predicted success reaches that
 tier's cut-off (`Thresholds.router`) and the entropy cascade takes it from there. The cut-offs
-are calibrated with the thresholds (`calibration.fit_keep`), per capsule.
+are calibrated with the thresholds (`calibration.fit_routed`), per capsule.
 
 The predictions are per-tier logistic regressions (scikit-learn through `router.TrainedRouter`)
 fitted on which tier solved which train-split task and shipped as `assets/cognitive/router.json`;
