@@ -663,8 +663,9 @@ def report(results: dict[str, list[tuple[str, Run, float | None]]], plan: Plan) 
         "the retrieve held the cores (torch ran on two OpenMP threads in the server) and "
         "the GIL (switched every 5 ms by default). So the server now runs torch on one "
         "thread and switches the GIL every 1 ms (`context.service.tune_serving_process`; "
-        "an operator's `OMP_NUM_THREADS` wins). Back-to-back runs with and without that "
-        "at this load differed by less than run-to-run noise; a quiet machine decides.",
+        "an operator's `OMP_NUM_THREADS` wins). It shows no gain: back-to-back runs with "
+        "and without it, at load average 2 as at 13-37, differ less than runs of one "
+        "setting do (`docs/context.md` has the figures).",
         "",
         "Throughput ratios are ratios of mean latencies (closed loop, same clients); "
         "[95% bootstrap interval] over requests.",
