@@ -661,11 +661,10 @@ def report(results: dict[str, list[tuple[str, Run, float | None]]], plan: Plan) 
         "0.5 ms of CPU at the median). In the loop workload the process ran 1.4-3.3 s of "
         "CPU inside 3-10 s of stalls, the loop thread a tenth of it: the learn beside "
         "the retrieve held the cores (torch ran on two OpenMP threads in the server) and "
-        "the GIL (switched every 5 ms by default). So the server now runs torch on one "
-        "thread and switches the GIL every 1 ms (`context.service.tune_serving_process`; "
-        "an operator's `OMP_NUM_THREADS` wins). It shows no gain: back-to-back runs with "
-        "and without it, at load average 2 as at 13-37, differ less than runs of one "
-        "setting do (`docs/context.md` has the figures).",
+        "the GIL (switched every 5 ms by default). Running the server's torch on one "
+        "thread with a 1 ms GIL switch interval showed no gain (back-to-back runs with "
+        "and without, at load average 2 as at 13-37, differ less than runs of one "
+        "setting do; `docs/context.md` has the figures), so it was not kept.",
         "",
         "Throughput ratios are ratios of mean latencies (closed loop, same clients); "
         "[95% bootstrap interval] over requests.",

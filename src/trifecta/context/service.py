@@ -11,8 +11,6 @@ shard routes (list, move, share) need the admin key. `/health` needs none (count
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -52,11 +50,6 @@ from trifecta.core.protocols import Embedder, LanguageModel
 from trifecta.fleet.capsules import SLUG
 
 M = TypeVar("M", bound=BaseModel)
-# How long a thread may hold the GIL before another that waits is let in (CPython's default
-# is 5 ms). A cache miss hands the GIL between the event loop and a pool thread three or
-# four times, and beside a learn (tokenizer and model glue in Python between torch kernels)
-# each hand-off could wait a whole interval: see `tune_serving_process`.
-GIL_SWITCH_INTERVAL_S = 0.001
 CapsuleId = Annotated[str, Path(pattern=SLUG, description="the calling capsule")]
 Domain = Annotated[str, Path(pattern=SLUG)]
 
@@ -233,38 +226,12 @@ def create_app(
     return app
 
 
-def tune_serving_process() -> dict[str, str]:
-    """Keep a read's tail short while the same process learns (issue 17); returns what is
-    in effect. Call once at start-up, after `bound_native_caches` (it loads torch).
-
-    - torch on one thread unless the operator set `OMP_NUM_THREADS`: with torch's default
-      (one thread per core) a learn's embedding took both cores of the 2-core machine, its
-      OpenMP threads spinning between kernels, while the reads' threads, the clients and
-      Redis waited for a core. One thread leaves the other core to reads; a single short
-      text gains little from a second thread. (`torch.set_num_threads`, not the variable:
-      usearch loads its own OpenMP runtime when the service is imported, and torch's count
-      set this way holds on every thread, the pool's included.)
-    - a 1 ms GIL switch interval (`GIL_SWITCH_INTERVAL_S`): a read waiting behind a
-      learn's Python waits at most that long per hand-off rather than 5 ms.
-    """
-    import torch
-
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    return {
-        "torch_threads": str(torch.get_num_threads()),
-        "switch_interval_s": str(sys.getswitchinterval()),
-    }
-
-
 def create_app_from_settings() -> FastAPI:
     """For `uvicorn --factory`: everything from TRIFECTA_* settings, no language model; the
     embedder loads before the server accepts requests."""
     from trifecta.core.heap import bound_native_caches, freeze_startup_heap
 
     bound_native_caches()  # before the embedder's first kernel (core/heap.py says why)
-    tune_serving_process()
     service = ContextService()
     service.warm_up()
     service.start_learning()  # learns what a previous process left queued
