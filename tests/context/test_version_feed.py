@@ -109,6 +109,9 @@ def test_a_lost_subscription_falls_back_to_redis_and_misses_no_write(
     wait_for(lambda: feed_live(a))  # resubscribed, with an empty board under a new epoch
     before = redis_calls(a)
     assert a.search_memories(CAPSULE, QUERY).version == written
-    assert redis_calls(a) == before + 1  # the one GET that puts the version back on the board
+    # At most the one GET that puts the version back on the board: none when a message
+    # arriving after the resubscription put it there first (timing decides which).
+    after = redis_calls(a)
+    assert after <= before + 1
     assert a.search_memories(CAPSULE, QUERY).version == written
-    assert redis_calls(a) == before + 1
+    assert redis_calls(a) == after  # from the board now
