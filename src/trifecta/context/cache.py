@@ -193,7 +193,7 @@ class VersionBoard:
         self.channel = f"{prefix}:versions"
         # An entry outlives its Redis key by at most a second (see VersionFeed).
         self.feed = (
-            VersionFeed(link.client, self.channel, entry_ttl_s=min(ttl_s, 1.0))
+            VersionFeed(link.client, self.channel, entry_ttl_s=min(ttl_s, 1.0), key_of=self.key)
             if link is not None and feed
             else None
         )

@@ -44,6 +44,7 @@ from trifecta.core.auth import (
     admin_only,
     authenticated,
     principal_of,
+    remembered_principal,
 )
 from trifecta.core.http import install_error_handlers, stand_alone
 from trifecta.core.protocols import Embedder, LanguageModel
@@ -58,11 +59,15 @@ def authenticated_on_loop(auth: Authenticator) -> Callable[..., Awaitable[Princi
     """`core.auth.authenticated` for the routes that may answer from the cache, run on the
     event loop: FastAPI runs a plain-function dependency in the thread pool, and that hop (a
     worker woken, then the loop woken again) was a sixth of a cache hit's samples under
-    py-spy. The key store remembers a verified key (`fleet.keys`); its re-read of the key's
-    row every half second then blocks the loop, as the tenancy check's read does."""
+    py-spy. Only a key the store remembers is answered on the loop (`fleet.keys` renews a
+    used key's row in the background before it expires); a key whose row must be read now
+    is checked in the thread pool, so no request waits behind that read."""
 
     async def dependency(authorization: str | None = Header(default=None)) -> Principal:
-        return principal_of(auth, authorization)
+        principal = remembered_principal(auth, authorization)
+        if principal is None:
+            principal = await run_in_threadpool(principal_of, auth, authorization)
+        return principal
 
     return dependency
 

@@ -16,7 +16,11 @@ and a GET answered before it cannot be written in after. Readers then GET as bef
 
 An entry also expires after `entry_ttl_s`, so the version key's Redis expiry still bounds
 how long a replica serves a version whose successor's publish never happened (its writer
-died between commit and publish).
+died between commit and publish). The feed thread renews an entry that readers use before
+it expires (one MGET for all such domains, `refresh_ahead_s` before expiry, under the same
+epoch rule as a reader's GET), so a steadily read domain does not cost the event loop a
+blocking GET every `entry_ttl_s`; an entry whose Redis key is gone is not renewed and
+expires as before.
 
 Written here rather than with redis-py's client-side caching (RESP3 tracking): that cache
 is invalidated by the same kind of push but gives no signal that its invalidations stopped
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from trifecta.core.logging import get_logger
@@ -45,15 +50,22 @@ class VersionFeed:
         entry_ttl_s: float = 1.0,
         ping_s: float = 0.05,
         stale_s: float = 0.3,
+        key_of: Callable[[str], str] | None = None,
+        refresh_ahead_s: float | None = None,
     ):
         self.client = client
         self.channel = channel
         self.entry_ttl_s = entry_ttl_s
         self.ping_s = ping_s
         self.stale_s = stale_s
+        self.key_of = key_of  # a domain's Redis version key; None: entries are not renewed
+        self.refresh_ahead_s = entry_ttl_s / 2 if refresh_ahead_s is None else refresh_ahead_s
         self.epoch = 0
-        self.messages = self.lapses = self.board_hits = 0
+        self.messages = self.lapses = self.board_hits = self.renewals = 0
         self._board: dict[str, tuple[int, float]] = {}  # domain -> (version, trusted until)
+        # domain -> monotonic time a reader last asked for it (one dict store per lookup,
+        # atomic under the GIL; the feed thread reads a copy)
+        self._asked: dict[str, float] = {}
         self._last_pong = -1e9  # monotonic time of the last PONG; never -> not healthy
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -78,8 +90,10 @@ class VersionFeed:
         subscription not known live): the caller asks Redis."""
         if not self.healthy:
             return None
+        now = time.monotonic()
+        self._asked[domain] = now
         entry = self._board.get(domain)
-        if entry is None or entry[1] < time.monotonic():
+        if entry is None or entry[1] < now:
             return None
         self.board_hits += 1
         return entry[0]
@@ -107,6 +121,7 @@ class VersionFeed:
             "feed_messages": self.messages,
             "feed_lapses": self.lapses,
             "feed_board_hits": self.board_hits,
+            "feed_renewals": self.renewals,
         }
 
     # -- the subscription thread -------------------------------------------------------
@@ -146,6 +161,7 @@ class VersionFeed:
             if now - pinged >= self.ping_s:
                 pubsub.ping()
                 pinged = now
+                self._renew()
             message = pubsub.get_message(timeout=self.ping_s)
             if message is None:
                 continue
@@ -154,6 +170,41 @@ class VersionFeed:
                 self._pong()
             elif kind == "message":
                 self._message(message["data"])
+
+    def _renew(self) -> None:
+        """Re-read from Redis, off the readers' threads, the versions of the domains read
+        within the last `entry_ttl_s` whose entries expire within `refresh_ahead_s`. Kept
+        only under the epoch taken before the read, and never lowering the board, exactly
+        as a reader's GET (`learn`); a missing key renews nothing."""
+        if self.key_of is None or not self.healthy:
+            return
+        now = time.monotonic()
+        asked = self._asked.copy()
+        for domain, at in asked.items():  # forget domains nobody reads any more
+            if now - at > 10 * self.entry_ttl_s:
+                self._asked.pop(domain, None)
+        with self._lock:
+            epoch = self.epoch
+            due = [
+                domain
+                for domain, (_, until) in self._board.items()
+                if until - now < self.refresh_ahead_s
+                and now - asked.get(domain, -1e9) < self.entry_ttl_s
+            ]
+        if not due:
+            return
+        try:
+            values = self.client.mget([self.key_of(domain) for domain in due])
+        except Exception as exc:  # readers GET as before once the entries expire
+            log.debug("version feed renewal failed", error=str(exc))
+            return
+        with self._lock:
+            if epoch != self.epoch:
+                return
+            for domain, value in zip(due, values, strict=True):
+                if value is not None:
+                    self._raise(domain, int(value))
+                    self.renewals += 1
 
     def _pong(self) -> None:
         now = time.monotonic()

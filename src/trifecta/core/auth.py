@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from fastapi import Cookie, Header
 from pydantic import BaseModel, ConfigDict
@@ -57,6 +57,15 @@ class Authenticator(Protocol):
     def authenticate(self, token: str) -> Principal: ...
 
 
+@runtime_checkable
+class RemembersKeys(Protocol):
+    """An authenticator that can answer some tokens from memory, without I/O: the principal,
+    None when answering needs a read (then call `authenticate` off the event loop), or
+    Unauthenticated when memory already says no."""
+
+    def remembered(self, token: str) -> Principal | None: ...
+
+
 class AllowLocal:
     """No authentication: every request is the local admin (loopback `--insecure-local`)."""
 
@@ -91,6 +100,18 @@ def principal_of(auth: Authenticator, authorization: str | None) -> Principal:
     if isinstance(auth, AllowLocal):
         return LOCAL_ADMIN
     return auth.authenticate(bearer_token(authorization))
+
+
+def remembered_principal(auth: Authenticator, authorization: str | None) -> Principal | None:
+    """The request's principal if it can be had without I/O (safe on an event loop), else
+    None: the caller then runs `principal_of` in a worker thread."""
+    if isinstance(auth, AllowLocal):
+        return LOCAL_ADMIN
+    if isinstance(auth, StaticKeys):  # a table in memory
+        return auth.authenticate(bearer_token(authorization))
+    if isinstance(auth, RemembersKeys):
+        return auth.remembered(bearer_token(authorization))
+    return None
 
 
 def authenticated(auth: Authenticator) -> Callable[..., Principal]:

@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from argon2 import PasswordHasher
@@ -58,6 +59,7 @@ def key_hasher() -> PasswordHasher:
     return PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
 
+RENEW_AT = 0.75  # of ttl_s: from then on, a used key's row is re-read in the background
 MAX_REMEMBERED = 10_000  # verified secrets remembered (digests only), oldest forgotten first
 
 metadata = MetaData()
@@ -135,6 +137,9 @@ class KeyStore:
         self._lock = threading.Lock()
         self._recent: dict[str, tuple[float, bytes, Principal]] = {}
         self._verified: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._renewing: set[str] = set()
+        self._renewer: ThreadPoolExecutor | None = None
+        self.renewals = 0
 
     # -- administration -------------------------------------------------------------------
 
@@ -227,6 +232,54 @@ class KeyStore:
             if len(self._recent) > MAX_REMEMBERED:
                 self._recent.pop(next(iter(self._recent)))
         return principal
+
+    def remembered(self, token: str) -> Principal | None:
+        """`authenticate` from memory only (`core.auth.RemembersKeys`): None when the key's
+        row must be read first. A key past `RENEW_AT` of its `ttl_s` has its row re-read in the
+        background, so a key in steady use is never re-read on the caller's thread; the
+        renewed entry counts its age from before that read, so a revocation is still seen
+        within `ttl_s` plus one check."""
+        key_id, secret = split_token(token)
+        digest, now = _digest(secret), time.monotonic()
+        with self._lock:
+            recent = self._recent.get(key_id)
+        if recent is None or now - recent[0] >= self.ttl_s:
+            return None
+        if not hmac.compare_digest(recent[1], digest):
+            raise Unauthenticated("not a valid API key", field="authorization")
+        if now - recent[0] >= self.ttl_s * RENEW_AT:
+            self._renew_soon(key_id, recent)
+        return recent[2]
+
+    def _renew_soon(self, key_id: str, recent: tuple[float, bytes, Principal]) -> None:
+        with self._lock:
+            if key_id in self._renewing:
+                return
+            self._renewing.add(key_id)
+            if self._renewer is None:
+                self._renewer = ThreadPoolExecutor(1, thread_name_prefix="key-renewal")
+            renewer = self._renewer
+        renewer.submit(self._renew, key_id, recent)
+
+    def _renew(self, key_id: str, recent: tuple[float, bytes, Principal]) -> None:
+        started = time.monotonic()
+        try:
+            principal, secret_hash = self._check_row(key_id)
+        except Unauthenticated:  # revoked, or its capsule removed: forget it now
+            principal, secret_hash = None, ""
+        except Exception:  # the database: the entry expires and a caller reads the row
+            with self._lock:
+                self._renewing.discard(key_id)
+            return
+        with self._lock:
+            self._renewing.discard(key_id)
+            if self._recent.get(key_id) is not recent:
+                return  # forgotten (revoked here) or renewed meanwhile: leave it
+            if principal is not None and (secret_hash, recent[1]) in self._verified:
+                self._recent[key_id] = (started, recent[1], principal)
+                self.renewals += 1
+            else:
+                del self._recent[key_id]
 
     def _check_row(self, key_id: str) -> tuple[Principal, str]:
         """The key's principal and hash, if the key is live and its capsule still exists."""
