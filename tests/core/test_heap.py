@@ -52,9 +52,14 @@ def test_frozen_objects_stay_and_new_garbage_is_still_collected() -> None:
 
 def test_native_caches_are_bounded_unless_the_operator_chose(monkeypatch) -> None:
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
     monkeypatch.setenv("MKL_DISABLE_FAST_MM", "0")  # an operator's own choice
-    settings = bound_native_caches(onednn_primitives=128)
-    assert settings == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128", "MKL_DISABLE_FAST_MM": "0"}
+    settings = bound_native_caches(onednn_primitives=128, ideep_entries=16)
+    assert settings == {
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128",
+        "LRU_CACHE_CAPACITY": "16",
+        "MKL_DISABLE_FAST_MM": "0",
+    }
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "128"
 
 

@@ -13,20 +13,27 @@ then spreads short-lived request objects over many arenas, and the fragments eac
 `trifecta serve`'s resident memory by about 0.35 MB per request in a soak
 (tests/reliability/test_load_and_soak.py), two thirds of its growth.
 
-`bound_native_caches` bounds two caches of the native libraries under torch, each kept per
+`bound_native_caches` bounds three caches of the native libraries under torch, each kept per
 process or per thread for speed and never shrunk. oneDNN (bfloat16 matrix products, as the
-learning worker's embedder runs under autocast, and some float32 element-wise kernels)
-JIT-compiles kernels per input shape and keeps up to 1,024 of them (about 70 KB each): in a
-soak memray found 70 of the 82 MB allocated in the second half and still alive at the end
-there. The embedder now pads to a few shapes (`core/embeddings.py`) so the cache stops
-filling; the bound caps what those shapes hold. MKL (float32 matrix products) keeps a memory
-pool per thread, sized by the largest product the thread has run: with the oneDNN cache
-bounded, memray found MKL's pools holding 48 of the 55 MB a soak's second half kept, on three
-threads; a server's pool has forty, and each new large batch on a new thread added ~100 MB in
-a probe. Without the pool MKL calls malloc and free (Intel documents the cost as small
-problems running somewhat slower; the embedder's calls showed no difference here within the
-machine's noise). Both libraries read their variable once, at their first call, and torch
-exposes no setter: a server sets them at start-up; an operator's own values win.
+learning worker's embedder runs under autocast, and some element-wise kernels) JIT-compiles
+kernels per input shape and keeps up to 1,024 of them; torch's bfloat16 matrix product goes
+through ideep, which keeps its own cache of prepared products per shape (`LRU_CACHE_CAPACITY`,
+1,024 by default) that oneDNN's bound does not reach. Measured on an AMX Xeon (issue 16): a
+new (m, 384) x (384, 1536) shape kept about 0.30 MB in oneDNN's cache and 0.27 MB in
+ideep's, and with only oneDNN's bounded a soak still grew by ~18 MB per 1,000 tasks, filling
+slowly as rarer (batch, length) shapes of the embedder came by. The serving engine's float32
+Llama forwards never reach oneDNN (MKL runs them: no primitive is created for them, counted
+with `ONEDNN_VERBOSE=profile_create`), so its unpadded token counts add nothing here. Both
+caches are bounded to the embedder's hot shapes; a miss recompiles in 0.1-0.5 ms, against
+5 ms or more for a forward, and the learning worker's embedding showed no slowdown at 32.
+MKL (float32 matrix products) keeps a memory pool per thread, sized by the largest product
+the thread has run: with the oneDNN cache bounded, memray found MKL's pools holding 48 of
+the 55 MB a soak's second half kept, on three threads; a server's pool has forty, and each
+new large batch on a new thread added ~100 MB in a probe. Without the pool MKL calls malloc
+and free (Intel documents the cost as small problems running somewhat slower; the
+embedder's calls showed no difference here within the machine's noise). The libraries read
+their variables once, at their first call, and torch exposes no setter: a server sets them
+at start-up; an operator's own values win.
 
 `start_malloc_trimmer` hands glibc's free pages back to the kernel every few seconds. A
 request allocates and frees many short-lived native buffers (tensors, SQLite pages, HTTP
@@ -47,9 +54,10 @@ import os
 import threading
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
-# Primitives oneDNN keeps (about 70 KB each, so about 18 MB at most): the embedder's
-# working set of a few shapes (about 33 primitives a shape in bfloat16) with room to spare.
-ONEDNN_CACHE_PRIMITIVES = 256
+# Entries each cache keeps (about 0.3 MB each for the embedder's products, so about 20 MB
+# for both at most): the embedder's hot shapes (about 20 primitives in a 150 s soak, counted).
+ONEDNN_CACHE_PRIMITIVES = 32
+IDEEP_CACHE_ENTRIES = 32
 TRIM_INTERVAL_S = 10.0
 
 
@@ -73,12 +81,15 @@ def cap_malloc_arenas(arenas: int = 2) -> bool:
     return bool(mallopt is not None and mallopt(M_ARENA_MAX, arenas) == 1)
 
 
-def bound_native_caches(onednn_primitives: int = ONEDNN_CACHE_PRIMITIVES) -> dict[str, str]:
-    """Bound oneDNN's primitive cache and turn off MKL's per-thread memory pools, unless the
-    environment already says otherwise; returns the settings in effect. Call before torch
-    runs its first kernel (both libraries read their variable once)."""
+def bound_native_caches(
+    onednn_primitives: int = ONEDNN_CACHE_PRIMITIVES, ideep_entries: int = IDEEP_CACHE_ENTRIES
+) -> dict[str, str]:
+    """Bound oneDNN's primitive cache and ideep's, and turn off MKL's per-thread memory pools,
+    unless the environment already says otherwise; returns the settings in effect. Call
+    before torch runs its first kernel (the libraries read their variables once)."""
     wanted = {
         "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(onednn_primitives),
+        "LRU_CACHE_CAPACITY": str(ideep_entries),  # ideep's name for its cache's bound
         "MKL_DISABLE_FAST_MM": "1",
     }
     return {name: os.environ.setdefault(name, value) for name, value in wanted.items()}
