@@ -143,7 +143,7 @@ def main() -> None:
         "--onednn-cache",
         type=int,
         default=None,
-        help="oneDNN's primitive cache in the server (default: the server's own bound, 256)",
+        help="oneDNN's primitive cache in the server (default: the server's own bound, core/heap.py)",
     )
     parser.add_argument(
         "--no-record", action="store_true", help="print only (a probe: no section, no results)"

@@ -18,14 +18,15 @@ process or per thread for speed and never shrunk. oneDNN (bfloat16 matrix produc
 learning worker's embedder runs under autocast, and some element-wise kernels) JIT-compiles
 kernels per input shape and keeps up to 1,024 of them; torch's bfloat16 matrix product goes
 through ideep, which keeps its own cache of prepared products per shape (`LRU_CACHE_CAPACITY`,
-1,024 by default) that oneDNN's bound does not reach. Measured on an AMX Xeon (issue 16): a
-new (m, 384) x (384, 1536) shape kept about 0.30 MB in oneDNN's cache and 0.27 MB in
-ideep's, and with only oneDNN's bounded a soak still grew by ~18 MB per 1,000 tasks, filling
-slowly as rarer (batch, length) shapes of the embedder came by. The serving engine's float32
-Llama forwards never reach oneDNN (MKL runs them: no primitive is created for them, counted
-with `ONEDNN_VERBOSE=profile_create`), so its unpadded token counts add nothing here. Both
-caches are bounded to the embedder's hot shapes; a miss recompiles in 0.1-0.5 ms, against
+1,024 by default) that oneDNN's bound does not reach. Measured on an AMX Xeon (issue 16):
+a new (m, 384) x (384, 1536) shape kept about 0.30 MB in oneDNN's cache and 0.27 MB in
+ideep's, so 64 shapes of the embedder's (7 batch sizes x 9 lengths) could hold tens of MB.
+Both are bounded to the embedder's hot shapes; a miss recompiles in 0.1-0.5 ms, against
 5 ms or more for a forward, and the learning worker's embedding showed no slowdown at 32.
+The serving engine's float32 Llama forwards never reach oneDNN (MKL runs them: counted with
+`ONEDNN_VERBOSE=profile_create`, a 150 s soak created 20 primitives, all the embedder's).
+These bounds did not flatten the soak's slope (RELIABILITY.md): these caches are not what
+keeps growing.
 MKL (float32 matrix products) keeps a memory pool per thread, sized by the largest product
 the thread has run: with the oneDNN cache bounded, memray found MKL's pools holding 48 of
 the 55 MB a soak's second half kept, on three threads; a server's pool has forty, and each
