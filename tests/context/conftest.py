@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.context.replicas import CAPSULE, lesson
 from tests.support import free_port
 from trifecta.context.facade import ContextService
 from trifecta.context.settings import ContextSettings
@@ -58,6 +59,19 @@ def make_service(embedder: MiniLMEmbedder) -> ServiceFactory:
         )
 
     return make
+
+
+@pytest.fixture
+def replicas(
+    make_service: ServiceFactory, sqlite_url: str, redis_url: str
+) -> Iterator[tuple[ContextService, ContextService]]:
+    """Two caching services over one shard and one Redis, as two replicas would be."""
+    a = make_service(sqlite_url, redis_url=redis_url)
+    b = make_service(sqlite_url, redis_url=redis_url)
+    a.add_memories(CAPSULE, [lesson(1)])
+    yield a, b
+    a.close()
+    b.close()
 
 
 @pytest.fixture

@@ -6,29 +6,14 @@ Redis key is gone is not kept alive."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 
-from tests.context.conftest import ServiceFactory
-from tests.context.test_version_feed import BOUND_S, QUERY, feed_live, lesson, redis_calls, wait_for
+from tests.context.replicas import BOUND_S, CAPSULE, QUERY, feed_live, lesson, redis_calls, wait_for
 from trifecta.context.facade import ContextService
 
 pytestmark = pytest.mark.integration
-CAPSULE = "twin-a"
-
-
-@pytest.fixture
-def replicas(
-    make_service: ServiceFactory, sqlite_url: str, redis_url: str
-) -> Iterator[tuple[ContextService, ContextService]]:
-    a = make_service(sqlite_url, redis_url=redis_url)
-    b = make_service(sqlite_url, redis_url=redis_url)
-    a.add_memories(CAPSULE, [lesson(1)])
-    yield a, b
-    a.close()
-    b.close()
 
 
 def read_steadily(service: ContextService, seconds: float) -> None:

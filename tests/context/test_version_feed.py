@@ -5,58 +5,14 @@ without serving a version it missed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
-from tests.context.conftest import ServiceFactory
+from tests.context.replicas import BOUND_S, CAPSULE, QUERY, feed_live, lesson, redis_calls, wait_for
 from trifecta.context.facade import ContextService
-from trifecta.context.models import MemoryDraft, MemoryQuery, MemorySource
 
 pytestmark = pytest.mark.integration
-CAPSULE = "twin-a"
-QUERY = MemoryQuery(query="how do minus signs bind", k=3)
-BOUND_S = 0.5  # RELIABILITY.md's bound for a write on one replica to be read on another
-
-
-def lesson(n: int) -> MemoryDraft:
-    return MemoryDraft(
-        title=f"Lesson {n}",
-        content=f"Lesson number {n}: carry operand {n * 37} before subtracting {n * 11}.",
-        outcome="success",
-        source=MemorySource(task_id=f"test-{n}"),
-    )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
-
-def redis_calls(service: ContextService) -> int:
-    assert service.redis is not None
-    return service.redis.calls
-
-
-@pytest.fixture
-def replicas(
-    make_service: ServiceFactory, sqlite_url: str, redis_url: str
-) -> Iterator[tuple[ContextService, ContextService]]:
-    """Two caching services over one shard and one Redis, as two replicas would be."""
-    a = make_service(sqlite_url, redis_url=redis_url)
-    b = make_service(sqlite_url, redis_url=redis_url)
-    a.add_memories(CAPSULE, [lesson(1)])
-    yield a, b
-    a.close()
-    b.close()
-
-
-def feed_live(service: ContextService) -> bool:
-    feed = service.versions.feed
-    return feed is not None and feed.healthy
 
 
 def test_a_cache_hit_makes_no_redis_call_while_the_feed_is_live(
