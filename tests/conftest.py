@@ -95,6 +95,32 @@ def _session_databases(shared_url: str) -> list[str]:
         admin.dispose()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _drop_dead_sessions_databases(shared_url: str) -> None:
+    """Databases left by a test session that was killed (its pid is gone): without this they
+    pile up on the shared test server, one per killed run."""
+    admin = create_engine(shared_url)
+    try:
+        with admin.connect() as conn:
+            names = conn.execute(
+                text("SELECT datname FROM pg_database WHERE datname ~ '^(t|trifecta)_s[0-9]+_'")
+            ).scalars()
+            left = [name for name in names if not _pid_alive(int(name.split("_")[1][1:]))]
+    finally:
+        admin.dispose()
+    for name in sorted(left, key=lambda name: name.startswith("trifecta_")):  # children first
+        _drop_postgres_database(shared_url, name)
+
+
 @pytest.fixture(scope="session")
 def postgres_session_url(
     monkeypatch_session: pytest.MonkeyPatch,
@@ -104,6 +130,7 @@ def postgres_session_url(
     included. Each test's database is created from it; at the end the session drops every
     database it made, through the server's shared database."""
     shared = _require(POSTGRES_URL, "TRIFECTA_TEST_POSTGRES_URL")
+    _drop_dead_sessions_databases(shared)
     url, _name = _fresh_postgres_database(shared, f"trifecta_{SESSION}")
     monkeypatch_session.setenv("TRIFECTA_TEST_POSTGRES_URL", url)
     yield url
