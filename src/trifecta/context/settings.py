@@ -53,6 +53,15 @@ class ContextSettings(LayerSettings):
     query_cache_entries: int = Field(
         default=4096, ge=0, description="query embeddings remembered by exact text (0: none)"
     )
+    standing_searches_kept: int = Field(
+        # Each keeps about 2.4 KB (its query's bytes, the top-k). Generated task prompts
+        # rarely recur: of 20,000 held-out ones of a domain an LRU of 2,048 answers 3.4%,
+        # of 256 0.5% (`benchmarks/soak.py --hit-rates`); what a kept search is for is a
+        # capsule's repeated prompts, a few to a few dozen (docs/context.md).
+        default=256,
+        ge=0,
+        description="standing searches a domain's view keeps (least recently asked go first)",
+    )
     learn_batch: int = Field(
         default=32, ge=1, description="queued trajectories of one domain learned per transaction"
     )
@@ -68,6 +77,10 @@ class ContextSettings(LayerSettings):
         default=32,
         ge=1,
         description="texts per embedding call of the learning worker",
+    )
+    learning_process: bool = Field(
+        default=True,
+        description="learn in a process of its own (else a thread of the serving process)",
     )
     learn_bfloat16: bool = Field(
         default=True,

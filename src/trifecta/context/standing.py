@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trifecta.context.models import MemoryItem
+from trifecta.context.settings import ContextSettings
 from trifecta.context.sql import Vector
 from trifecta.context.vector_index import FLOAT32_SLACK, cosines, rank_key
 
@@ -43,7 +44,7 @@ class SearchKey:
 
 @dataclass
 class Standing:
-    query: Vector  # (d,)
+    query: Vector  # (d,) float32: a view of the key's bytes where they are the query's
     key: SearchKey
     top: list[tuple[str, float]]  # up to k (memory id, cosine), best first, ties by id
 
@@ -61,12 +62,18 @@ class Standing:
 
 class StandingSearches:
     """The standing searches of one domain (least recently asked evicted). Not thread-safe:
-    the domain view calls it under its lock."""
+    the domain view calls it under its lock.
 
-    def __init__(self, max_entries: int = 2048):
-        self.max_entries = max_entries
+    `max_entries` bounds them (None: the `standing_searches_kept` setting): a server holds
+    one set per domain view, so the bound times the views held is what they can take."""
+
+    def __init__(self, max_entries: int | None = None):
+        self.max_entries = (
+            ContextSettings().standing_searches_kept if max_entries is None else max_entries
+        )
         self._entries: OrderedDict[SearchKey, Standing] = OrderedDict()
         self.updated = self.dropped = 0  # searches changed by a write, dropped by one
+        self.hits = self.misses = 0  # `get`s answered, and not
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -74,12 +81,19 @@ class StandingSearches:
     def get(self, key: SearchKey) -> list[tuple[str, float]] | None:
         found = self._entries.get(key)
         if found is None:
+            self.misses += 1
             return None
+        self.hits += 1
         self._entries.move_to_end(key)
         return found.top
 
     def put(self, key: SearchKey, query: Vector, top: list[tuple[str, float]]) -> None:
-        self._entries[key] = Standing(np.asarray(query, dtype=np.float32), key, list(top))
+        if self.max_entries == 0:
+            return
+        vector = np.asarray(query, dtype=np.float32)
+        if vector.tobytes() == key.query:  # as the view keys them: keep one copy, not two
+            vector = np.frombuffer(key.query, dtype=np.float32)
+        self._entries[key] = Standing(vector, key, list(top))
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
