@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -52,7 +53,15 @@ from benchmarks._report import (
     write_results,
     write_section,
 )
-from trifecta.core.heap_report import INTERVAL_ENV, REPORT_ENV, status_mb
+from trifecta.core.heap_report import (
+    INTERVAL_ENV,
+    MEMRAY_AFTER_ENV,
+    MEMRAY_ENV,
+    MEMRAY_FOR_ENV,
+    REPORT_ENV,
+    memray_leaks,
+    status_mb,
+)
 
 HEADING = "## Soak: `trifecta serve`'s memory under minutes of steady load"
 GOAL_MB_PER_1K = 5.0  # 0.005 MB per task
@@ -125,6 +134,41 @@ def floors(served: np.ndarray, mb: np.ndarray, per: int) -> tuple[np.ndarray, np
     return served[lowest], mb[lowest]
 
 
+def lru_hit_rates(stream: list[str], caps: list[int]) -> dict[int, float]:
+    """The share of a query stream a least-recently-used cache of each size answers (the
+    standing searches' policy), simulated per cap."""
+    rates = {}
+    for cap in caps:
+        kept: OrderedDict[str, None] = OrderedDict()
+        hits = 0
+        for query in stream:
+            if query in kept:
+                hits += 1
+                kept.move_to_end(query)
+            else:
+                kept[query] = None
+                if len(kept) > cap:
+                    kept.popitem(last=False)
+        rates[cap] = hits / len(stream)
+    return rates
+
+
+def print_hit_rates(console: Console, tasks: int) -> None:
+    """How often a domain's task prompts recur within the last N of its queries: the hit
+    rate a per-domain standing-search cache of N entries can have on the task streams."""
+    from trifecta.core.tasks import iter_tasks
+
+    caps = [64, 256, 1024, 2048, 4096]
+    console.print(f"LRU hit rate per domain, {tasks} tasks: " + ", ".join(map(str, caps)))
+    for split in ("train", "heldout"):
+        for domain in (None, "energy"):
+            stream = [t.prompt for _, t in zip(range(tasks), iter_tasks(seed=1, split=split, domain=domain), strict=False)]  # fmt: skip
+            rates = lru_hit_rates(stream, caps)
+            console.print(
+                f"{split} {domain}: " + ", ".join(f"{100 * r:.2f}%" for r in rates.values())
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=2.0, help="tasks per second offered")
@@ -140,16 +184,44 @@ def main() -> None:
         "tracemalloc changes the figures, so such a run records no section",
     )
     parser.add_argument(
+        "--memray",
+        type=Path,
+        default=None,
+        help="run memray's tracker (native stacks) in the server from --memray-after-s into "
+        "the load for --memray-for-s, write its capture here and print what it kept alive; "
+        "it slows the server, so such a run records no section",
+    )
+    parser.add_argument("--memray-after-s", type=float, default=120.0)
+    parser.add_argument("--memray-for-s", type=float, default=300.0)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting beyond the small caps (a probe: no section, no results)",
+    )
+    parser.add_argument(
         "--onednn-cache",
         type=int,
         default=None,
         help="oneDNN's primitive cache in the server (default: the server's own bound, core/heap.py)",
     )
     parser.add_argument(
+        "--hit-rates",
+        type=int,
+        default=0,
+        metavar="TASKS",
+        help="print the hit rates per-domain caches of several sizes would have on the task "
+        "streams (this many tasks each), then exit",
+    )
+    parser.add_argument(
         "--no-record", action="store_true", help="print only (a probe: no section, no results)"
     )
     args = parser.parse_args()
     console = Console()
+    if args.hit_rates:
+        print_hit_rates(console, args.hit_rates)
+        return
     work = Path(tempfile.mkdtemp(prefix="trifecta-soak-"))
     url = f"sqlite:///{work / 'control.db'}"
     env = dict(SMALL_CAPS)
@@ -157,6 +229,16 @@ def main() -> None:
         env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(args.onednn_cache)
     if args.heap_report:
         env |= {REPORT_ENV: str(args.heap_report.resolve()), INTERVAL_ENV: "30"}
+    if args.memray:
+        after = args.idle_seconds + args.memray_after_s  # counted from the server's start
+        env |= {
+            MEMRAY_ENV: str(args.memray.resolve()),
+            MEMRAY_AFTER_ENV: f"{after:g}",
+            MEMRAY_FOR_ENV: f"{args.memray_for_s:g}",
+        }
+    for setting in args.set:
+        name, _, value = setting.partition("=")
+        env[name] = value
     server = ServeProcess(work / "data", url, env=env)
     console.print(f"starting trifecta serve ({work})")
     server.start()
@@ -203,13 +285,10 @@ def main() -> None:
         np.array([r["epoch"] for r in loaded]) / 60, np.array([owned(r) for r in loaded]), block
     )
     includes_zero = half[1] <= 0 <= half[2]
-    goal = Goal(
-        claim="owned memory (RssAnon + RssShmem) slope over the second half",
-        figure=half[0],
-        low=half[1],
-        high=half[2],
-        goal=GOAL_MB_PER_1K,
-        direction="at most",
+    goal = Goal.of(
+        "owned memory (RssAnon + RssShmem) slope over the second half",
+        half,
+        at_most=GOAL_MB_PER_1K,
         unit=" MB/1k tasks",
         note=f"interval includes 0: {'yes' if includes_zero else 'no'}; last third "
         f"{third[0]:.2f} [{third[1]:.2f}, {third[2]:.2f}]; {len(done)} tasks in "
@@ -254,7 +333,7 @@ def main() -> None:
         f"blocks). The CI version ({SOAK_S:.0f} s) is `tests/reliability/test_load_and_soak.py`; "
         "what grows and why is in RELIABILITY.md.",
     ]
-    if args.heap_report is None and not args.no_record:
+    if args.heap_report is None and args.memray is None and not args.set and not args.no_record:
         write_section("soak", "\n".join(body))
         write_results("soak", command, [goal])
         raw = RESULTS_DIR / "soak_samples.json"
@@ -263,6 +342,12 @@ def main() -> None:
     for line in body[2:13]:
         console.print(line)
     console.print(f"{goal.claim}: {goal.figure:.2f} {goal.interval()} -> {goal.verdict()}")
+    if args.memray is not None:
+        console.print(f"memray: alive at the end of its {args.memray_for_s:g} s window")
+        for row in memray_leaks(args.memray):
+            console.print(
+                f"{row['mb']:.2f} MB in {row['blocks']} blocks:", *row["stack"], sep="\n  "
+            )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,13 @@ say which kind of growth a soak sees: Python objects (tracemalloc and the type c
 native allocations still in use (glibc's in-use bytes grow, Python's do not), or freed memory
 glibc keeps (its free bytes grow). tracemalloc slows every allocation and keeps its own
 traces in the same heap, so a reported run's figures are not a plain run's.
+
+`TRIFECTA_HEAP_MEMRAY` (a file) starts memray's tracker with native stacks in the server
+instead: it waits `TRIFECTA_HEAP_MEMRAY_AFTER_S` seconds (default 120: past start-up and the
+first minutes' ramp), tracks every allocation of every thread for
+`TRIFECTA_HEAP_MEMRAY_FOR_S` (default 300), then stops, so the capture's allocations still
+alive at its end (`memray_leaks`) are what a stretch of steady serving kept, by native stack
+(glibc's heap, not Python's only: the part tracemalloc cannot see). The two are exclusive.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ from pydantic import BaseModel
 
 REPORT_ENV = "TRIFECTA_HEAP_REPORT"
 INTERVAL_ENV = "TRIFECTA_HEAP_REPORT_INTERVAL_S"
+MEMRAY_ENV = "TRIFECTA_HEAP_MEMRAY"
+MEMRAY_AFTER_ENV = "TRIFECTA_HEAP_MEMRAY_AFTER_S"
+MEMRAY_FOR_ENV = "TRIFECTA_HEAP_MEMRAY_FOR_S"
 STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 TOP = 15  # rows of each growth table in a report line
 STACKS = 5  # the largest growths with their whole stacks
@@ -237,9 +247,75 @@ class HeapReporter:
         }
 
 
-def start_heap_report_if_asked() -> HeapReporter | None:
-    """Start the debug report when `TRIFECTA_HEAP_REPORT` names a file (off by default: it
-    slows a server); returns the reporter (`close()` ends it), or None."""
+class MemrayWindow:
+    """memray's tracker (native stacks) over one stretch of a server's life, on a thread."""
+
+    def __init__(self, path: Path, after_s: float, for_s: float) -> None:
+        self.path, self.after_s, self.for_s = path, after_s, for_s
+        self.stop = threading.Event()
+        self.tracking = threading.Event()  # set while the tracker runs
+        self.done = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="heap-memray", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 120.0) -> None:
+        self.stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        import memray  # a dev dependency: only a debugging run gets here
+
+        try:
+            if self.stop.wait(self.after_s):
+                return
+            self.path.unlink(missing_ok=True)
+            with memray.Tracker(self.path, native_traces=True):
+                self.tracking.set()
+                self.stop.wait(self.for_s)
+            self.tracking.clear()
+        finally:
+            self.done.set()
+
+
+def memray_leaks(path: Path, top: int = 20, frames: int = 12) -> list[dict[str, object]]:
+    """A memray capture's allocations still alive when its tracker stopped, merged by native
+    and Python stack (hybrid), largest first: MB, blocks and the innermost frames."""
+    import memray
+
+    reader = memray.FileReader(path)
+    rows = []
+    for record in reader.get_leaked_allocation_records(merge_threads=True):
+        try:
+            stack = record.hybrid_stack_trace(max_stacks=frames)
+        except NotImplementedError:  # a capture without native stacks
+            stack = record.stack_trace(max_stacks=frames)
+        rows.append(
+            {
+                "mb": record.size / 2**20,
+                "blocks": record.n_allocations,
+                "stack": [f"{fn} {file}:{line}" for fn, file, line in stack],
+            }
+        )
+    reader.close()
+    rows.sort(key=lambda r: -float(r["mb"]))  # type: ignore[arg-type]
+    return rows[:top]
+
+
+def start_heap_report_if_asked() -> HeapReporter | MemrayWindow | None:
+    """Start the debug report when `TRIFECTA_HEAP_REPORT` names a file, or memray's window
+    when `TRIFECTA_HEAP_MEMRAY` does (both off by default: they slow a server); returns the
+    reporter (`close()` ends it), or None."""
+    capture = os.environ.get(MEMRAY_ENV)
+    if capture:
+        window = MemrayWindow(
+            Path(capture),
+            float(os.environ.get(MEMRAY_AFTER_ENV, "120")),
+            float(os.environ.get(MEMRAY_FOR_ENV, "300")),
+        )
+        window.start()
+        return window
     target = os.environ.get(REPORT_ENV)
     if not target:
         return None
