@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from trifecta.core.tasks import generate_tasks
 from trifecta.edge.artifact import EdgeArtifact
-from trifecta.edge.canon import canon_rows
+from trifecta.edge.canon import canon_norm_quantize, canon_rows
+from trifecta.edge.kernels.activations import norm_quantize
 from trifecta.edge.model import Canon, EdgeTransformer, KVCache
 from trifecta.edge.runtime import EdgeRuntime
 
@@ -61,6 +62,65 @@ def test_runtime_canon_is_the_reference_bit_for_bit(
     ends = np.array([last, prefix], np.int64)
     stepped = canon_rows(inputs, np.array([0, 1], np.int64), ends, weight)
     assert np.array_equal(stepped, np.stack([whole[last], rolled[prefix]]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sequences=st.integers(1, 3),
+    filled=st.integers(0, 9),
+    width=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_canon_equals_its_steps_apart(
+    sequences: int, filled: int, width: int, seed: int
+) -> None:
+    """`canon_norm_quantize` (store, mix, norm, int8 in one call) gives the same bytes and
+    multipliers as the store, `canon_rows` and `norm_quantize` one after another, and stores
+    the same cache."""
+    rng = np.random.default_rng(seed)
+    d, block = 16, 12
+    cache = rng.normal(size=(sequences, block, d)).astype(np.float32)
+    weight = rng.normal(0, 0.7, size=(width, d)).astype(np.float32)
+    norm_weight = rng.normal(1, 0.2, size=d).astype(np.float32)
+    # one decode step of every sequence, each at its own position (a prefill is covered by
+    # the end-to-end tests below)
+    rows = np.arange(sequences, dtype=np.int64)
+    positions = rng.integers(0, filled + 1, size=sequences).astype(np.int64)
+    x = rng.normal(size=(sequences, d)).astype(np.float32)
+    apart = cache.copy()
+    apart[rows, positions] = x
+    expected_q, expected_m = norm_quantize(
+        canon_rows(apart, rows, positions, weight), norm_weight, 1e-5
+    )
+    fused = cache.copy()
+    x_q, multiplier = canon_norm_quantize(fused, rows, positions, x, weight, norm_weight, 1e-5)
+    assert np.array_equal(fused, apart)
+    assert np.array_equal(x_q, expected_q)
+    assert np.array_equal(multiplier, expected_m)
+
+
+def test_runtime_decode_steps_equal_one_whole_prefill(small_artifact: EdgeArtifact) -> None:
+    """The runtime's decode path (prefills, then one token a step through the cache, two
+    rows at different positions in one batch) computes the logits of a prefill of the
+    whole sequence so far, with a Canon layer that changes every token."""
+    runtime = EdgeRuntime(_with_strong_canon(small_artifact))
+    ids = [1, 7, 9, 12, 5, 22, 8, 3, 14, 30]
+
+    def whole(n: int) -> np.ndarray:
+        states, _ = runtime.start([""])
+        return runtime.forward(states, [ids[:n]])[0]
+
+    states, _ = runtime.start(["", ""])
+    runtime.forward([states[0]], [ids[:2]])
+    runtime.forward([states[1]], [ids[:4]])
+    for k in range(len(ids) - 4):
+        logits = runtime.forward(states, [[ids[2 + k]], [ids[4 + k]]])
+        assert np.allclose(logits[0], whole(3 + k), atol=1e-6)
+        assert np.allclose(logits[1], whole(5 + k), atol=1e-6)
+    # prefills of sequences from separate caches, in one call (a cache per sequence)
+    apart = [runtime.start([""])[0][0] for _ in range(2)]
+    logits = runtime.forward(apart, [ids[:6], ids[:9]])
+    assert np.allclose(logits, np.stack([whole(6), whole(9)]), atol=1e-6)
 
 
 def _with_strong_canon(artifact: EdgeArtifact) -> EdgeArtifact:

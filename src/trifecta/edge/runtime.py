@@ -24,7 +24,7 @@ from trifecta.core.protocols import Generation, TokenAlternative
 from trifecta.core.tokenizer import CharTokenizer
 from trifecta.edge.artifact import EdgeArtifact, TernaryMatrix
 from trifecta.edge.attention import KVBatch, attend_prefill, attend_step, rotary_tables, rotate
-from trifecta.edge.canon import canon_rows
+from trifecta.edge.canon import canon_norm_quantize
 from trifecta.edge.config import EdgeModelConfig
 from trifecta.edge.kernels import PreparedTernary, select_kernel
 from trifecta.edge.kernels.activations import norm_quantize, quantize
@@ -49,13 +49,14 @@ class TernaryLayer:
 
     def __call__(self, x: Array, threads: int) -> Array:
         """BitLinear: int8 activations x ternary weights, rescaled exactly as the reference."""
-        return self._rescale(*quantize(np.ascontiguousarray(x, np.float32)), threads)
+        return self.quantized(*quantize(np.ascontiguousarray(x, np.float32)), threads)
 
     def after_norm(self, x: Array, norm_weight: Array, eps: float, threads: int) -> Array:
         """BitLinear of RMSNorm(x) * norm_weight (normalised and quantised in one pass)."""
-        return self._rescale(*norm_quantize(np.ascontiguousarray(x), norm_weight, eps), threads)
+        return self.quantized(*norm_quantize(np.ascontiguousarray(x), norm_weight, eps), threads)
 
-    def _rescale(self, x_q: NDArray[np.int8], multiplier: Array, threads: int) -> Array:
+    def quantized(self, x_q: NDArray[np.int8], multiplier: Array, threads: int) -> Array:
+        """BitLinear of activations already quantised (x_q, 127 / gamma per token)."""
         accumulations = self.prepared.matmul(x_q, threads)
         return accumulations.astype(np.float32) * (self.scale / multiplier)
 
@@ -174,12 +175,13 @@ class EdgeRuntime:
             lengths = positions + 1
             total = int(lengths.max())
         for layer, block in enumerate(self.blocks):
-            x_in = x
-            if block.canon is not None:
-                x_in = self._canon(
-                    layer, block.canon, x, sequences, rows, positions, bounds, one_cache
+            if block.canon is None:
+                qkv = block.qkv.after_norm(x, block.norm_attn, eps, threads)
+            else:
+                x_q, multiplier = self._canon_quantized(
+                    layer, block, x, sequences, rows, positions, bounds, one_cache
                 )
-            qkv = block.qkv.after_norm(x_in, block.norm_attn, eps, threads)
+                qkv = block.qkv.quantized(x_q, multiplier, threads)
             q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
             if rotary:
                 heads = (len(q), cfg.n_heads, cfg.head_dim)
@@ -213,30 +215,40 @@ class EdgeRuntime:
         last = rms_norm(x[bounds[1:] - 1], self.norm_out, cfg.norm_eps)
         return (last @ self.tok_emb.T).astype(np.float32)
 
-    @staticmethod
-    def _canon(
+    def _canon_quantized(
+        self,
         layer: int,
-        weight: Array,
+        block: BlockWeights,
         x: Array,
         sequences: list[DecodeState],
         rows: NDArray[np.int64],
         positions: NDArray[np.int64],
         bounds: NDArray[np.int64],
         one_cache: bool,
-    ) -> Array:
-        """Store the layer's inputs (token n: cache row `rows[n]`, `positions[n]`) and mix
-        them with the inputs before them (`canon_rows`)."""
+    ) -> tuple[NDArray[np.int8], Array]:
+        """Store the layer's inputs (token n: cache row `rows[n]`, `positions[n]`), mix them
+        with the inputs before them and quantise the mix for the attention's BitLinear, in
+        one call per cache (`canon_norm_quantize`)."""
+        assert block.canon is not None
+        eps = self.config.norm_eps
         if one_cache:  # every decode step, and a generation's prefills
             inputs = sequences[0].cache.inputs[layer]
-            inputs[rows, positions] = x
-            return canon_rows(inputs, rows, positions, weight)
-        mixed = []
-        for i, seq in enumerate(sequences):
-            span = slice(bounds[i], bounds[i + 1])
-            inputs = seq.cache.inputs[layer]
-            inputs[rows[span], positions[span]] = x[span]
-            mixed.append(canon_rows(inputs, rows[span], positions[span], weight))
-        return np.concatenate(mixed)
+            return canon_norm_quantize(
+                inputs, rows, positions, x, block.canon, block.norm_attn, eps
+            )
+        parts = [
+            canon_norm_quantize(
+                seq.cache.inputs[layer],
+                rows[bounds[i] : bounds[i + 1]],
+                positions[bounds[i] : bounds[i + 1]],
+                np.ascontiguousarray(x[bounds[i] : bounds[i + 1]]),
+                block.canon,
+                block.norm_attn,
+                eps,
+            )
+            for i, seq in enumerate(sequences)
+        ]
+        return np.concatenate([q for q, _ in parts]), np.concatenate([m for _, m in parts])
 
     # -- generation ---------------------------------------------------------------------
 

@@ -27,6 +27,20 @@ def _quantize_row(y, out, row):
 
 
 @njit(cache=True)
+def norm_quantize_row(y, weight, eps, normed, out, row):
+    """RMSNorm(y) * weight of one token (y: (cols,)) into `out[row]` as int8, through the
+    scratch row `normed`; returns its multiplier. Shared with the fused Canon kernel."""
+    cols = y.size
+    total = np.float32(0.0)
+    for i in range(cols):
+        total += y[i] * y[i]
+    scale = np.float32(1.0) / np.sqrt(total / np.float32(cols) + np.float32(eps))
+    for i in range(cols):
+        normed[i] = y[i] * scale * weight[i]
+    return _quantize_row(normed, out, row)
+
+
+@njit(cache=True)
 def norm_quantize(
     x: NDArray[np.float32], weight: NDArray[np.float32], eps: float
 ) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
@@ -36,13 +50,7 @@ def norm_quantize(
     multipliers = np.empty((rows, 1), np.float32)
     normed = np.empty(cols, np.float32)
     for r in range(rows):
-        total = np.float32(0.0)
-        for i in range(cols):
-            total += x[r, i] * x[r, i]
-        scale = np.float32(1.0) / np.sqrt(total / np.float32(cols) + np.float32(eps))
-        for i in range(cols):
-            normed[i] = x[r, i] * scale * weight[i]
-        multipliers[r, 0] = _quantize_row(normed, x_q, r)
+        multipliers[r, 0] = norm_quantize_row(x[r], weight, eps, normed, x_q, r)
     return x_q, multipliers
 
 
