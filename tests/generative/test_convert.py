@@ -93,3 +93,50 @@ def test_causal_conversion_equals_the_canon_llama_tier() -> None:
         expected = reference(idx).logits[..., :46]
         got, _ = model(idx, positions, torch.ones(3, 24, dtype=torch.bool))
     assert torch.allclose(got, expected, atol=1e-4)
+
+
+def _dense_ffn_of(folder_name: str, layer: int, x: torch.Tensor) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    w = load_file(str(ar_checkpoint_dir(folder_name) / "model.safetensors"))
+    gate, up, down = (
+        w[f"model.layers.{layer}.mlp.{p}_proj.weight"].float() for p in ("gate", "up", "down")
+    )
+    return torch.nn.functional.silu(x @ gate.T) * (x @ up.T) @ down.T
+
+
+def test_fine_grained_upcycling_keeps_the_dense_ffn_when_whole_virtual_groups_are_chosen() -> None:
+    """Granularity 4 (He et al. 2024's virtual groups): 8 experts of a quarter width, top-4;
+    a group's experts share a router row, and each shard's down projection is scaled by 4, so
+    the medium tier's FFN is computed exactly, whichever group the router or a bias picks."""
+    model = convert_llama(
+        ar_checkpoint_dir("ar-medium-canon"), n_experts=8, top_k=4, granularity=4, noise=0.0
+    ).eval()
+    assert model.config.d_ff == 384 // 4
+    x = torch.randn(2, 7, model.config.d_model, generator=torch.Generator().manual_seed(1))
+    counted = torch.ones(2, 7, dtype=torch.bool)
+    second_group = Routing(bias=torch.tensor([[0, 0, 0, 0, 5.0, 5.0, 5.0, 5.0]] * 3))
+    for i, block in enumerate(model.layers):
+        router = block.moe.router.weight.detach()
+        assert torch.equal(router[0], router[3]) and torch.equal(router[4], router[7])
+        assert not torch.equal(router[0], router[4])
+        with torch.no_grad():
+            plain = block.moe(x, counted, None)
+            forced = block.moe(x, counted, second_group)
+        dense = _dense_ffn_of("ar-medium-canon", i, x)
+        assert torch.allclose(plain, dense, atol=1e-4)
+        assert torch.allclose(forced, dense, atol=1e-4)
+    # with top-k below the shards only part of the FFN could run: refused, naming the field
+    with pytest.raises(InvalidInput) as err:
+        convert_llama(ar_checkpoint_dir("ar-medium-canon"), n_experts=8, top_k=2, granularity=4)
+    assert err.value.field == "top_k"
+    with pytest.raises(InvalidInput) as err:
+        convert_llama(ar_checkpoint_dir("ar-medium-canon"), n_experts=8, top_k=3, granularity=3)
+    assert err.value.field == "granularity"
+
+
+def test_granularity_one_is_the_plain_upcycling_bit_for_bit(converted) -> None:
+    """The first recipes still reproduce: granularity 1 draws and copies as before."""
+    again = convert_llama(ar_checkpoint_dir(), granularity=1).eval()
+    for name, tensor in converted.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[name]), name

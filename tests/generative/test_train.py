@@ -111,3 +111,26 @@ def test_a_shifted_model_reads_each_token_off_the_position_before() -> None:
     first = logits[:, batch.start - 1].argmax(dim=-1)
     assert first.tolist() == targets[:, 0].tolist()  # '1', '8', '5'
     assert first.tolist() != logits[:, batch.start].argmax(dim=-1).tolist()
+
+
+def test_the_medium_source_already_writes_the_operands_direct_scratchpad() -> None:
+    """`operands_direct` is the medium tier's own style: converted (virtual groups, top-4) and
+    read causally, the tier writes these scratchpads token for token under teacher forcing."""
+    from trifecta.generative.sequences import encode_targets, scratchpad
+
+    assert scratchpad("t=41,p=17,r=63;t+r-p?", "operands_direct") == "41+63=104-17=87"
+    assert scratchpad("41+17?", "operands_direct") == "58"  # answered directly
+    assert scratchpad("41+17-23?", "operands_direct") == "41+17=58-23=35"
+    config = TrainConfig(
+        source="ar-medium-canon", n_experts=8, top_k=4, granularity=4, gen_length=24, shift=True
+    )
+    model = initial_model(config).eval()
+    model.causal = True
+    prompts = ["p=17,t=4;p?", "41+17?", "k=52,b=8,q=30;b+q?", "41+17-23?"]
+    batch, targets = encode_targets(prompts, CharTokenizer(), 24, 64, "operands_direct")
+    with torch.no_grad():
+        logits, _ = model(batch.ids, batch.positions, batch.valid)
+    predicted = logits[:, batch.start - 1 : batch.start + 23].argmax(dim=-1)  # (B, 24)
+    for row, prompt in enumerate(prompts):
+        n = len(scratchpad(prompt, "operands_direct")) + 1  # the scratchpad and its <eos>
+        assert predicted[row, :n].tolist() == targets[row, :n].tolist(), prompt

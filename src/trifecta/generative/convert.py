@@ -11,6 +11,17 @@ starts small and random. With `shift`, each position keeps predicting the next t
 AR head did (Dream 7B's choice, Ye et al. 2025) instead of its own. Because the gates of the
 selected experts sum to one, the upcycled block computes the dense FFN exactly when the noise
 is zero, whatever the router picks (tested).
+
+Fine-grained upcycling (`granularity` G > 1; He et al. 2024, NVIDIA, "Upcycling Large Language
+Models into Mixture of Experts", arXiv:2410.07524, "virtual group" initialisation): the dense
+FFN's hidden units are cut into G shards, each expert is one shard (width d_ff / G), and the E
+experts form E / G virtual groups, each a whole copy of the FFN. The experts of a group share
+one router row, so they tie and top-k (a multiple of G) selects whole groups. Scaling: the
+normalised gates of a selected group sum to s_g / sum(s_selected), each shard getting 1/G of
+that, so each shard's down projection is multiplied by G and the selected groups then sum to
+exactly the dense FFN. With top-k below G (say 8 experts of a quarter width, top-2) only part
+of the hidden units run per token and no scaling keeps the dense function, which is why a
+top-k that is not a multiple of G is refused.
 """
 
 from __future__ import annotations
@@ -31,7 +42,12 @@ CANON_LLAMA = "trifecta_canon_llama"
 
 
 def config_from_llama(
-    folder: Path, n_experts: int, top_k: int, canon_width: int = 4, shift: bool = False
+    folder: Path,
+    n_experts: int,
+    top_k: int,
+    canon_width: int = 4,
+    shift: bool = False,
+    granularity: int = 1,
 ) -> DiffusionConfig:
     """The diffusion model's shape from a Llama `config.json`, with the MoE's width."""
     hf = json.loads((folder / "config.json").read_text())
@@ -43,6 +59,18 @@ def config_from_llama(
         raise InvalidInput("grouped-query attention is not supported", field="source")
     if not 1 <= top_k <= n_experts:
         raise InvalidInput(f"top_k {top_k} must be in 1..{n_experts}", field="top_k")
+    if granularity < 1 or n_experts % granularity or hf["intermediate_size"] % granularity:
+        raise InvalidInput(
+            f"granularity {granularity} must divide the experts ({n_experts}) and the FFN "
+            f"width ({hf['intermediate_size']})",
+            field="granularity",
+        )
+    if top_k % granularity:
+        raise InvalidInput(
+            f"top_k {top_k} must be a multiple of granularity {granularity} (whole virtual "
+            "groups, or the dense FFN is not kept)",
+            field="top_k",
+        )
     # A tier exported with byte fallback has 256 byte tokens after the task alphabet; the task
     # family never uses them, so the diffusion model keeps the alphabet's ids only.
     alphabet = CharTokenizer().vocab_size
@@ -51,7 +79,7 @@ def config_from_llama(
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
         n_heads=hf["num_attention_heads"],
-        d_ff=hf["intermediate_size"],
+        d_ff=hf["intermediate_size"] // granularity,
         n_experts=n_experts,
         top_k=top_k,
         block_size=hf["max_position_embeddings"],
@@ -72,11 +100,15 @@ def convert_llama(
     canon_width: int = 4,
     seed: int = 0,
     shift: bool = False,
+    granularity: int = 1,
 ) -> DiffusionLM:
     """A DiffusionLM holding the checkpoint's weights, each FFN upcycled into experts.
     `noise` is relative: each expert gets N(0, (noise * std(W))^2) added to every copy.
-    Canon layers start as the source's own (a Canon-Llama tier), or at zero (the identity)."""
-    config = config_from_llama(folder, n_experts, top_k, canon_width, shift)
+    Canon layers start as the source's own (a Canon-Llama tier), or at zero (the identity).
+    `granularity` > 1: expert e is shard e % G of the FFN, in virtual group e // G (module
+    docstring)."""
+    config = config_from_llama(folder, n_experts, top_k, canon_width, shift, granularity)
+    width = config.d_ff  # each expert's share of the dense FFN's hidden units
     source = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
     model = DiffusionLM(config)
     generator = torch.Generator().manual_seed(seed)
@@ -90,12 +122,16 @@ def convert_llama(
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
             state[f"{dst}self_attn.{proj}.weight"] = source[f"{src}self_attn.{proj}.weight"]
         for e in range(n_experts):
+            units = slice((e % granularity) * width, (e % granularity + 1) * width)
             for proj in _FFN:
-                dense = source[f"{src}mlp.{proj}.weight"]
-                jitter = torch.randn(dense.shape, generator=generator) * (noise * dense.std())
-                state[f"{dst}moe.experts.{e}.{proj}.weight"] = dense + jitter
-        router = torch.randn((n_experts, config.d_model), generator=generator) * router_std
-        state[f"{dst}moe.router.weight"] = router
+                dense = source[f"{src}mlp.{proj}.weight"]  # (d_ff, D), down_proj (D, d_ff)
+                shard = dense[:, units] * granularity if proj == "down_proj" else dense[units]
+                jitter = torch.randn(shard.shape, generator=generator) * (noise * shard.std())
+                state[f"{dst}moe.experts.{e}.{proj}.weight"] = shard + jitter
+        groups = n_experts // granularity
+        router = torch.randn((groups, config.d_model), generator=generator) * router_std
+        # (E, D): a virtual group's experts share their row, so they tie and are chosen together
+        state[f"{dst}moe.router.weight"] = router.repeat_interleave(granularity, dim=0)
         state[f"{dst}moe.selection_bias"] = torch.zeros(n_experts)
         if config.canon_width:
             canon = source.get(f"model.canons.{i}.weight")

@@ -14,7 +14,10 @@ took its large tier to 92.5% on grade 5, docs/cognitive.md): each looked-up valu
 sensor's name (`t=41,p=17,r=63;t+r-p?` -> `t41+r63=104-p17=87`), so every value is written
 right after the name that selects it; a single look-up or a sum of two numbers is answered
 directly (`p?` -> `17`, `41+17?` -> `58`). The longest `named` answer of the family is 20
-characters (`a10-b99=-89-c99=-188`).
+characters (`a10-b99=-89-c99=-188`). `operands_direct`: the medium and large tiers' own
+`operands` (cognitive `scratchpad.py`): `operands` without names, but a single look-up or a sum
+of two numbers answered directly (`41+17?` -> `58`), so a model converted from one of those
+tiers is trained to write what its source already writes.
 
 Rows are left-padded so every request's response region occupies the same columns (block
 decoding walks them together); rotary positions count from each row's first real token.
@@ -35,13 +38,13 @@ from trifecta.core.tasks import estimate_difficulty, normalize_answer, signed_va
 from trifecta.core.tokenizer import CharTokenizer
 
 _TERM = re.compile(r"([+-]?)([a-z]|\d{1,3})")
-Style = Literal["operands", "named"]
+Style = Literal["operands", "named", "operands_direct"]
 
 
 def scratchpad(prompt: str, style: Style = "operands") -> str:
     """The worked answer of a task-family prompt in `style` (see the module docstring)."""
-    if style == "named":
-        return named_scratchpad(prompt)
+    if style != "operands":
+        return named_scratchpad(prompt, names=style == "named")
     telemetry, _, expression = prompt.strip().rpartition(";")
     head = telemetry + ";" if telemetry else ""
     terms = _TERM.findall(expression.rstrip("?"))
@@ -53,16 +56,18 @@ def scratchpad(prompt: str, style: Style = "operands") -> str:
     return text
 
 
-def named_scratchpad(prompt: str) -> str:
-    """`t=41,p=17,r=63;t+r-p?` -> `t41+r63=104-p17=87`; `p?` -> `17`; `41+17?` -> `58`."""
+def named_scratchpad(prompt: str, names: bool = True) -> str:
+    """`t=41,p=17,r=63;t+r-p?` -> `t41+r63=104-p17=87`; `p?` -> `17`; `41+17?` -> `58`.
+    Without `names`: `41+63=104-17=87` (`operands_direct`)."""
     values = signed_values(prompt)
     partials = list(accumulate(values))
     if len(values) == 1 or (len(values) == 2 and estimate_difficulty(prompt) == 2):
         return str(partials[-1])
     expression = prompt.strip().rpartition(";")[2]
-    names = [name if name.isalpha() else "" for _, name in _TERM.findall(expression)]
-    text = names[0] + str(values[0])
-    for name, value, partial in zip(names[1:], values[1:], partials[1:], strict=True):
+    terms = _TERM.findall(expression)
+    labels = [name if names and name.isalpha() else "" for _, name in terms]
+    text = labels[0] + str(values[0])
+    for name, value, partial in zip(labels[1:], values[1:], partials[1:], strict=True):
         text += f"{'-' if value < 0 else '+'}{name}{abs(value)}={partial}"
     return text
 

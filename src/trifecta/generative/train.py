@@ -69,6 +69,9 @@ class TrainConfig(BaseModel):
     )
     n_experts: int = Field(default=8, ge=2)
     top_k: int = Field(default=2, ge=1)
+    granularity: int = Field(
+        default=1, ge=1, description="FFN shards per expert group (fine-grained upcycling)"
+    )
     upcycle_noise: float = Field(default=0.01, ge=0, description="relative std per expert copy")
     canon_width: int = Field(default=4, ge=0, description="Canon layer look-back (0: none)")
     steps: int = Field(default=5000, gt=0)  # the defaults are the shipped recipe
@@ -159,6 +162,7 @@ def initial_model(config: TrainConfig) -> DiffusionLM:
             canon_width=config.canon_width,
             seed=config.seed,
             shift=config.shift,
+            granularity=config.granularity,
         )
     from trifecta.generative.artifact import load_model
 
