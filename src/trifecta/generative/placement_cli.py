@@ -155,8 +155,14 @@ def expand_command(
     max_moves: Annotated[int | None, typer.Option(min=0, help="stop after this many moves")] = None,
     method: Annotated[
         str,
-        typer.Option(help="greedy, milp (also the exact min-move MILP) or auto (milp if small)"),
+        typer.Option(
+            help="greedy, milp (then the min-move MILP from the greedy's answer) or auto "
+            "(milp, its replica counts restricted on large clusters; greedy with --max-moves)"
+        ),
     ] = "auto",
+    time_limit: Annotated[
+        float, typer.Option(min=0.1, help="seconds HiGHS may spend on the MILP")
+    ] = 5.0,
     out: Annotated[Path | None, typer.Option(help="write the new placement as JSON")] = None,
 ) -> None:
     """Add or remove nodes and rebalance from the CURRENT placement, moving as few experts as
@@ -181,12 +187,13 @@ def expand_command(
         target=target,
         max_moves=max_moves,
         method=method,
+        time_limit_s=time_limit,
     )
     scratch = from_scratch(current, load_vector, result.placement.cluster, removed)
     console.print(_placement_table(result.placement, load_vector, "after rebalance"))
     console.print(
         f"max/mean load {result.before:.4f} -> {result.imbalance:.4f} with {result.moves} "
-        f"expert moves ({result.placement.method}); from-scratch repack: "
+        f"expert moves (answer: {result.solver}); from-scratch repack: "
         f"{scratch.imbalance:.4f} with {scratch.moves} moves"
     )
     if out is not None:

@@ -7,6 +7,7 @@ benchmark measures the greedy rebalance against it).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,8 +68,9 @@ class MoveFloor:
 
     moves: int | None  # the best placement found (None: none found in time, or none exists)
     lower_bound: float  # no placement under the target moves fewer experts than this
-    proven: bool  # the best found is the minimum (HiGHS closed the gap)
+    proven: bool  # the best found is the minimum (HiGHS closed the gap), or none exists
     placed: list[list[int]] | None
+    timed_out: bool = False  # the time limit stopped HiGHS before it proved its answer
 
 
 def exact_min_moves(
@@ -82,63 +84,91 @@ def exact_min_moves(
 
 
 def min_moves_floor(
-    before: Sequence[set[int]], loads: Loads, cluster: Cluster, target: float, time_limit_s: float
+    before: Sequence[set[int]],
+    loads: Loads,
+    cluster: Cluster,
+    target: float,
+    time_limit_s: float,
+    start: Sequence[Sequence[int]] | None = None,
+    replica_options: Sequence[Sequence[int]] | None = None,
 ) -> MoveFloor:
     """The fewest moves from `before` (one set per node of `cluster`) to any placement with
-    max/mean <= `target`, replica counts free, solved with HiGHS (`scipy.optimize.milp`):
-    the best placement found, the proven lower bound, and whether they meet. Exact but only
-    cheap for small instances: the reference the greedy rebalance is measured against.
+    max/mean <= `target`, solved with HiGHS: the best placement found, the proven lower
+    bound, and whether they meet. Exact but only cheap for small instances: the reference
+    the greedy rebalance is measured against, and `resize`'s answer when small.
 
-    x[e, n] (replica of e on n), y[e, k] (e has k replicas), z[e, n, k] >= x + y - 1 (the
-    replica on n weighs load[e] / k); each node's sum of load[e] / k * z <= target x mean."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import coo_array
+    y[e, k] (e has k replicas) and z[e, n, k] (e has k replicas, one on n, weighing
+    load[e] / k there), sum_n z[e, n, k] = k y[e, k]; each node's sum of load[e] / k * z
+    <= target x mean. No big-M: the relaxation is tight enough for HiGHS to prove small
+    instances in seconds.
 
+    `start`: a placement under the target; HiGHS starts from it (highspy: scipy's `milp`
+    takes no start), so the answer never moves more than it, and a run stopped by the time
+    limit still returns it. `replica_options`: the replica counts each expert may take (all
+    by default); fewer options make a smaller, restricted program whose answer is a
+    placement but whose bound is no floor for the unrestricted problem."""
+    from trifecta.fleet.program import Program
+
+    started = time.perf_counter()
     loads = np.asarray(loads, dtype=np.float64)
     experts, nodes = loads.size, cluster.nodes
     most = sum(1 for s in cluster.slots if s > 0)
-    nx, ny = experts * nodes, experts * most
-    x = np.arange(nx).reshape(experts, nodes)
-    y = nx + np.arange(ny).reshape(experts, most)  # column k-1: k replicas
-    z = nx + ny + np.arange(nx * most).reshape(experts, nodes, most)
-    rows: list[tuple[list[int], list[float], float, float]] = []  # (columns, values, lo, hi)
-    for e in range(experts):
-        rows.append((list(y[e]), [1.0] * most, 1, 1))
-        rows.append(
-            (list(x[e]) + list(y[e]), [1.0] * nodes + [-k for k in range(1, most + 1)], 0, 0)
-        )
+    options = [sorted(set(o)) for o in replica_options] if replica_options else None
+    allowed = options or [list(range(1, most + 1))] * experts
+    start_counts = None
+    if start is not None:
+        start_counts = np.zeros(experts, dtype=np.int64)
+        for held in start:
+            start_counts[list(held)] += 1
+        allowed = [sorted({*a, int(c)}) for a, c in zip(allowed, start_counts, strict=True)]
+    program = Program()
+    # z[e, n, k] = 1: e has k replicas and one of them is on n (it weighs load[e] / k there).
+    # Summing z over k gives "e on n"; sum_n z[e, n, k] = k y[e, k] ties it to the count.
+    z = [
+        [
+            {k: program.column(0.0 if e in before[n] else 1.0, 0, 1, integer=True) for k in ks}
+            for n in range(nodes)
+        ]
+        for e, ks in enumerate(allowed)
+    ]
+    y = [{k: program.column(0.0, 0, 1, integer=True) for k in ks} for ks in allowed]
+    for e, ks in enumerate(allowed):
+        program.row([(y[e][k], 1.0) for k in ks], 1, 1)
+        for k in ks:
+            program.row([(z[e][n][k], 1.0) for n in range(nodes)] + [(y[e][k], -k)], 0, 0)
+            for n in range(nodes):  # redundant for integers, tightens the relaxation
+                program.row([(z[e][n][k], 1.0), (y[e][k], -1.0)], -np.inf, 0)
+        for n in range(nodes):  # one replica per node
+            program.row([(z[e][n][k], 1.0) for k in ks], 0, 1)
+    capacity = target * loads.sum() / nodes
     for n in range(nodes):
-        rows.append((list(x[:, n]), [1.0] * experts, 0, cluster.slots[n]))
-        weights = (loads[:, None] / np.arange(1, most + 1)).ravel()
-        rows.append(
-            (list(z[:, n, :].ravel()), list(weights), -np.inf, target * loads.sum() / nodes)
-        )
-    for e in range(experts):
-        for n in range(nodes):
-            for k in range(most):
-                rows.append(([x[e, n], y[e, k], z[e, n, k]], [1.0, 1.0, -1.0], -np.inf, 1))
-    r = [i for i, (cols, _, _, _) in enumerate(rows) for _ in cols]
-    c = [col for cols, _, _, _ in rows for col in cols]
-    v = [val for _, vals, _, _ in rows for val in vals]
-    size = nx + ny + nx * most
-    matrix = coo_array((v, (r, c)), shape=(len(rows), size)).tocsr()
-    cost = np.zeros(size)
-    cost[:nx] = [0.0 if e in before[n] else 1.0 for e in range(experts) for n in range(nodes)]
-    integrality = np.concatenate([np.ones(nx + ny), np.zeros(nx * most)])
-    result = milp(
-        cost,
-        constraints=LinearConstraint(matrix, [lo for *_, lo, _ in rows], [hi for *_, hi in rows]),
-        integrality=integrality,
-        bounds=Bounds(0, 1),
-        options={"time_limit": time_limit_s},
-    )
+        on = [(z[e][n][k], 1.0) for e, ks in enumerate(allowed) for k in ks]
+        program.row(on, 0, cluster.slots[n])
+        terms = [(z[e][n][k], loads[e] / k) for e, ks in enumerate(allowed) for k in ks]
+        program.row(terms, -np.inf, capacity)
+    left = time_limit_s - (time.perf_counter() - started)  # building counts against the limit
+    if start is None:
+        result = program.solve(time_limit=left, mip_rel_gap=1e-6)
+    else:
+        assert start_counts is not None
+        vector = np.zeros(len(program.cost))
+        for n, held in enumerate(start):
+            for e in held:
+                vector[z[e][n][int(start_counts[e])]] = 1.0
+        for e in range(experts):
+            vector[y[e][int(start_counts[e])]] = 1.0
+        result = program.solve_from(vector, time_limit=left, mip_rel_gap=1e-6)
     # HiGHS's dual bound: the floor it proved, even when the time limit stopped it early
     bound = getattr(result, "mip_dual_bound", None)
     lower = float(bound) if bound is not None and np.isfinite(bound) else 0.0
     if result.x is None:
         infeasible = result.status == 2  # proven: no placement reaches the target at all
-        return MoveFloor(None, np.inf if infeasible else lower, infeasible, None)
-    chosen = np.round(result.x[:nx]).reshape(experts, nodes)
-    placed = [np.flatnonzero(chosen[:, n]).tolist() for n in range(nodes)]
+        return MoveFloor(None, np.inf if infeasible else lower, infeasible, None, not infeasible)
+    solution = np.asarray(result.x)
+    placed = [
+        [e for e, ks in enumerate(allowed) if sum(solution[z[e][n][k]] for k in ks) > 0.5]
+        for n in range(nodes)
+    ]
     moves = _moves(before, placed)
-    return MoveFloor(moves, max(lower, 0.0), result.status == 0, placed)
+    optimal = result.status == 0
+    return MoveFloor(moves, max(lower, 0.0), optimal, placed, not optimal)
