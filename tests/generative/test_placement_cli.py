@@ -34,6 +34,7 @@ def test_placement_then_expand_round_trip(
     )  # fmt: skip
     assert code == 0, stderr
     assert "from-scratch repack" in stdout
+    assert "answer:" in stdout and "MILP" in stdout  # which answer was kept, and why
     assert len(json.loads(grown.read_text())["nodes"]) == 5
 
 
