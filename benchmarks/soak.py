@@ -20,7 +20,12 @@ and noise of the measurement itself (MB per minute, beside the loaded slope per 
 Goal (issue 16): the owned-memory slope over the second half at most 0.005 MB per task
 (5 MB per 1,000 tasks), met when the whole interval is below it.
 
-    .venv/bin/python benchmarks/soak.py [--seconds 600] [--rate 2] [--heap-report]
+    .venv/bin/python benchmarks/soak.py [--seconds 600] [--rate 2] [--heap-report FILE]
+
+Probes (print only): `--memray FILE` (memray's native stacks over a window of the load:
+what the window allocated and still held at its end, `core/heap_report.py`), `--set
+NAME=VALUE` (a server setting beyond the small caps), `--hit-rates TASKS` (the hit rates
+per-domain LRU caches of several sizes would have on the task streams).
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ from trifecta.core.heap_report import (
     MEMRAY_ENV,
     MEMRAY_FOR_ENV,
     REPORT_ENV,
-    memray_leaks,
+    memray_growth,
     status_mb,
 )
 
@@ -343,11 +348,13 @@ def main() -> None:
         console.print(line)
     console.print(f"{goal.claim}: {goal.figure:.2f} {goal.interval()} -> {goal.verdict()}")
     if args.memray is not None:
-        console.print(f"memray: alive at the end of its {args.memray_for_s:g} s window")
-        for row in memray_leaks(args.memray):
-            console.print(
-                f"{row['mb']:.2f} MB in {row['blocks']} blocks:", *row["stack"], sep="\n  "
-            )
+        console.print(
+            f"memray: MB held at four even points of its {args.memray_for_s:g} s window by "
+            "what the window allocated, by library and line (largest growth first)"
+        )
+        for row in memray_growth(args.memray):
+            sizes = " ".join(f"{mb:6.2f}" for mb in row.mb)
+            console.print(f"{sizes}  {row.library}: {row.site}")
 
 
 if __name__ == "__main__":

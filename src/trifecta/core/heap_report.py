@@ -20,8 +20,9 @@ traces in the same heap, so a reported run's figures are not a plain run's.
 instead: it waits `TRIFECTA_HEAP_MEMRAY_AFTER_S` seconds (default 120: past start-up and the
 first minutes' ramp), tracks every allocation of every thread for
 `TRIFECTA_HEAP_MEMRAY_FOR_S` (default 300), then stops, so the capture's allocations still
-alive at its end (`memray_leaks`) are what a stretch of steady serving kept, by native stack
-(glibc's heap, not Python's only: the part tracemalloc cannot see). The two are exclusive.
+held at points of the window (`memray_growth`) say, by library and line, what a stretch of
+steady serving kept (glibc's heap, not Python's only: the part tracemalloc cannot see).
+The two are exclusive.
 """
 
 from __future__ import annotations
@@ -279,28 +280,68 @@ class MemrayWindow:
             self.done.set()
 
 
-def memray_leaks(path: Path, top: int = 20, frames: int = 12) -> list[dict[str, object]]:
-    """A memray capture's allocations still alive when its tracker stopped, merged by native
-    and Python stack (hybrid), largest first: MB, blocks and the innermost frames."""
+# Native frames that name who allocated (checked in order in the innermost frames).
+LIBRARIES = (
+    ("oneDNN/ideep", ("dnnl", "ideep")),
+    ("torch", ("c10::", "at::")),
+    ("SQLite", ("sqlite3",)),
+    ("pymalloc arenas", ("new_arena",)),
+    ("numpy", ("PyDataMem",)),
+)
+
+
+def _library(functions: list[str]) -> str:
+    text = " ".join(functions[:16])
+    return next((name for name, marks in LIBRARIES if any(m in text for m in marks)), "other")
+
+
+def _site(stack: list[tuple[str, str, int]]) -> str:
+    """The innermost Python frame of the application (not the standard library's, not an
+    installed package's): the line that made the allocation, or made the call that did."""
+    for function, file, line in stack:
+        if file.endswith(".py") and "site-packages" not in file and "/lib/python3" not in file:
+            return f"{function} {file.rsplit('/src/', 1)[-1]}:{line}"
+    return "-"
+
+
+class HeldBySite(BaseModel):
+    """MB a memray window's allocations of one (library, application line) still held."""
+
+    library: str
+    site: str
+    mb: list[float]  # at each mark of the window
+
+
+def memray_growth(path: Path, marks: int = 4, top: int = 20) -> list[HeldBySite]:
+    """What a memray window's allocations still held at `marks` even points of the window,
+    in MB, by (library, application line), largest growth from the first mark to the last
+    first. A bounded cache that turns over shows a step and then a flat line (its new
+    entries replace entries made before the window, which the capture cannot see freed);
+    a structure that keeps growing keeps rising."""
     import memray
 
     reader = memray.FileReader(path)
-    rows = []
-    for record in reader.get_leaked_allocation_records(merge_threads=True):
+    snapshots = len(list(reader.get_memory_snapshots()))
+    points = [max(1, snapshots * (i + 1) // marks) for i in range(marks)]
+    held: dict[tuple[str, str], list[int]] = {}
+    for record in reader.get_temporal_allocation_records(merge_threads=True):
         try:
-            stack = record.hybrid_stack_trace(max_stacks=frames)
+            stack = record.hybrid_stack_trace(max_stacks=60)
         except NotImplementedError:  # a capture without native stacks
-            stack = record.stack_trace(max_stacks=frames)
-        rows.append(
-            {
-                "mb": record.size / 2**20,
-                "blocks": record.n_allocations,
-                "stack": [f"{fn} {file}:{line}" for fn, file, line in stack],
-            }
-        )
+            stack = record.stack_trace(max_stacks=60)
+        key = (_library([f for f, _, _ in stack]), _site(stack))
+        row = held.setdefault(key, [0] * marks)
+        for interval in record.intervals:
+            made, freed = interval.allocated_before_snapshot, interval.deallocated_before_snapshot
+            for i, point in enumerate(points):
+                if made <= point and (freed is None or freed > point):
+                    row[i] += interval.n_bytes
     reader.close()
-    rows.sort(key=lambda r: -float(r["mb"]))  # type: ignore[arg-type]
-    return rows[:top]
+    rows = sorted(held.items(), key=lambda kv: kv[1][0] - kv[1][-1])[:top]
+    return [
+        HeldBySite(library=lib, site=site, mb=[b / 2**20 for b in sizes])
+        for (lib, site), sizes in rows
+    ]
 
 
 def start_heap_report_if_asked() -> HeapReporter | MemrayWindow | None:
