@@ -83,3 +83,29 @@ def test_wrong_activation_shape_is_refused() -> None:
     prepared = KERNELS["portable"].prepare(np.zeros((4, 8), np.int8))
     with pytest.raises(InvalidInput, match="activations"):
         prepared.matmul(np.zeros((1, 9), np.int8))
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_prefetch_distance_is_an_argument_and_only_a_hint(name: str) -> None:
+    """Each kernel takes its prefetch distance as its last argument (numba's on-disk cache is
+    keyed on the kernel's own file, so a constant imported from `vnni.py` went stale in the
+    other kernels' caches when it changed there); any distance gives the exact products."""
+    values, x_q = _case(3, 64, 128, 5)
+    prepared = KERNELS[name].prepare(values)
+    expected = reference_matmul(values, x_q)
+    x = np.zeros((5, prepared.padded_cols), np.int8)
+    x[:, : prepared.cols] = x_q
+    for entry in (prepared.spec.serial, prepared.spec.parallel):
+        for ahead in (0, 64, 4096, 1 << 20):
+            out = np.empty(5 * prepared.padded_rows, np.int32)
+            entry(
+                prepared.stream,
+                x.reshape(-1),
+                out,
+                5,
+                prepared.padded_rows,
+                prepared.padded_cols,
+                ahead,
+            )
+            got = out.reshape(5, prepared.padded_rows)[:, : prepared.rows]
+            assert np.array_equal(got, expected), (entry, ahead)

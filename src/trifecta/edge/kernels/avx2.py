@@ -32,7 +32,6 @@ from trifecta.edge.kernels.vnni import (
     BLOCK_BYTES,
     BLOCK_INPUTS,
     BLOCK_ROWS,
-    PREFETCH_BYTES,
     TOKEN_GROUP,
 )
 from trifecta.edge.kernels.ymm import (
@@ -84,7 +83,7 @@ def _finish(acc4, x_sum):
 
 
 @njit(cache=True, inline="always")
-def _gemv_chunk(w, x, base, x_offset, first, count, acc_lo, acc_hi):
+def _gemv_chunk(w, x, base, x_offset, first, count, acc_lo, acc_hi, ahead):
     """Blocks first .. first + count of a row group for one token, summed in 16 bits (per
     half: fields 0 + 2 and fields 1 + 3) and then widened into the int32 accumulators.
     Called with count = CHUNK_BLOCKS, a constant, the loop is unrolled in full (about 10%
@@ -97,7 +96,7 @@ def _gemv_chunk(w, x, base, x_offset, first, count, acc_lo, acc_hi):
     for j in range(count):
         at = base + (first + j) * BLOCK_BYTES
         k = x_offset + (first + j) * BLOCK_INPUTS
-        prefetch(w, at + PREFETCH_BYTES)
+        prefetch(w, at + ahead)
         v = ymm_load(w, at)
         h = ymm_srl(v, 4)
         lo_even = ymm_add16(lo_even, _pair(ymm_and(v, low_field), ymm_and(h, low_field), x, k))
@@ -113,22 +112,24 @@ def _gemv_chunk(w, x, base, x_offset, first, count, acc_lo, acc_hi):
 
 
 @njit(cache=True, inline="always")
-def _gemv_block(w, x, x_offset, x_sum, out, out_offset, block, steps):
+def _gemv_block(w, x, x_offset, x_sum, out, out_offset, block, steps, ahead):
     """One group of 16 rows (two halves of 8) for one token."""
     acc_lo = ymm_zero()
     acc_hi = ymm_zero()
     base = block * steps * BLOCK_BYTES
     full = steps - steps % CHUNK_BLOCKS
     for first in range(0, full, CHUNK_BLOCKS):
-        acc_lo, acc_hi = _gemv_chunk(w, x, base, x_offset, first, CHUNK_BLOCKS, acc_lo, acc_hi)
-    acc_lo, acc_hi = _gemv_chunk(w, x, base, x_offset, full, steps - full, acc_lo, acc_hi)
+        acc_lo, acc_hi = _gemv_chunk(
+            w, x, base, x_offset, first, CHUNK_BLOCKS, acc_lo, acc_hi, ahead
+        )
+    acc_lo, acc_hi = _gemv_chunk(w, x, base, x_offset, full, steps - full, acc_lo, acc_hi, ahead)
     row = out_offset + block * BLOCK_ROWS
     ymm_store(out, row, _finish(acc_lo, x_sum))
     ymm_store(out, row + HALF_ROWS, _finish(acc_hi, x_sum))
 
 
 @njit(cache=True, inline="always")
-def _gemm4_chunk(w, x, x_stride, token, base, first, count, a, b, c, d):
+def _gemm4_chunk(w, x, x_stride, token, base, first, count, a, b, c, d, ahead):
     """Blocks first .. first + count of one half-block row group (8 rows) for four tokens:
     each half-block's fields are extracted once and used four times (eight 16-bit sums:
     token x {fields 0 + 2, fields 1 + 3}), then widened into the int32 accumulators."""
@@ -147,7 +148,7 @@ def _gemm4_chunk(w, x, x_stride, token, base, first, count, a, b, c, d):
     d_odd = ymm_zero()
     for j in range(count):
         at = base + (first + j) * BLOCK_BYTES
-        prefetch(w, at + PREFETCH_BYTES)
+        prefetch(w, at + ahead)
         v = ymm_load(w, at)
         h = ymm_srl(v, 4)
         f0 = ymm_and(v, low_field)
@@ -173,7 +174,7 @@ def _gemm4_chunk(w, x, x_stride, token, base, first, count, a, b, c, d):
 
 
 @njit(cache=True, inline="always")
-def _gemm4_half(w, x, x_stride, x_sums, token, out, out_stride, block, half, steps):
+def _gemm4_half(w, x, x_stride, x_sums, token, out, out_stride, block, half, steps, ahead):
     """One half-block row group (8 rows) for four tokens."""
     a = ymm_zero()
     b = ymm_zero()
@@ -182,8 +183,10 @@ def _gemm4_half(w, x, x_stride, x_sums, token, out, out_stride, block, half, ste
     base = block * steps * BLOCK_BYTES + half * HALF_BYTES
     full = steps - steps % CHUNK_BLOCKS
     for first in range(0, full, CHUNK_BLOCKS):
-        a, b, c, d = _gemm4_chunk(w, x, x_stride, token, base, first, CHUNK_BLOCKS, a, b, c, d)
-    a, b, c, d = _gemm4_chunk(w, x, x_stride, token, base, full, steps - full, a, b, c, d)
+        a, b, c, d = _gemm4_chunk(
+            w, x, x_stride, token, base, first, CHUNK_BLOCKS, a, b, c, d, ahead
+        )
+    a, b, c, d = _gemm4_chunk(w, x, x_stride, token, base, full, steps - full, a, b, c, d, ahead)
     row = block * BLOCK_ROWS + half * HALF_ROWS
     ymm_store(out, token * out_stride + row, _finish(a, x_sums[token]))
     ymm_store(out, (token + 1) * out_stride + row, _finish(b, x_sums[token + 1]))
@@ -201,28 +204,28 @@ def _token_sums(x, batch, cols):
 
 
 @njit(cache=True, inline="always")
-def _row_group(w, x, out, sums, batch, rows, cols, block):
+def _row_group(w, x, out, sums, batch, rows, cols, block, ahead):
     steps = cols // BLOCK_INPUTS
     grouped = batch - batch % TOKEN_GROUP
     for token in range(0, grouped, TOKEN_GROUP):
-        _gemm4_half(w, x, cols, sums, token, out, rows, block, 0, steps)
-        _gemm4_half(w, x, cols, sums, token, out, rows, block, 1, steps)
+        _gemm4_half(w, x, cols, sums, token, out, rows, block, 0, steps, ahead)
+        _gemm4_half(w, x, cols, sums, token, out, rows, block, 1, steps, ahead)
     for token in range(grouped, batch):
-        _gemv_block(w, x, token * cols, sums[token], out, token * rows, block, steps)
+        _gemv_block(w, x, token * cols, sums[token], out, token * rows, block, steps, ahead)
 
 
 @njit(cache=True, parallel=True)
-def avx2_matmul_parallel(w, x, out, batch, rows, cols):
+def avx2_matmul_parallel(w, x, out, batch, rows, cols, ahead):
     """out (batch * rows) = ternary(w) @ x for x flattened (batch, cols); row groups split
-    over the numba threads."""
+    over the numba threads; the weight stream is prefetched `ahead` bytes ahead."""
     sums = _token_sums(x, batch, cols)
     for block in prange(rows // BLOCK_ROWS):
-        _row_group(w, x, out, sums, batch, rows, cols, block)
+        _row_group(w, x, out, sums, batch, rows, cols, block, ahead)
 
 
 @njit(cache=True)
-def avx2_matmul_serial(w, x, out, batch, rows, cols):
+def avx2_matmul_serial(w, x, out, batch, rows, cols, ahead):
     """As `avx2_matmul_parallel`, on the calling thread (small matrices)."""
     sums = _token_sums(x, batch, cols)
     for block in range(rows // BLOCK_ROWS):
-        _row_group(w, x, out, sums, batch, rows, cols, block)
+        _row_group(w, x, out, sums, batch, rows, cols, block, ahead)

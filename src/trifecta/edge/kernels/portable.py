@@ -17,7 +17,6 @@ import numpy as np
 from numba import njit, prange, uint64
 from numpy.typing import NDArray
 
-from trifecta.edge.kernels.vnni import PREFETCH_BYTES
 from trifecta.edge.kernels.zmm import prefetch
 
 GROUP_ROWS = 32
@@ -38,7 +37,7 @@ def rows32_layout(values: NDArray[np.int8]) -> NDArray[np.uint8]:
 
 
 @njit(cache=True, inline="always")
-def _group(w, x16, x_offset, x_sum, out, out_offset, group, quads):
+def _group(w, x16, x_offset, x_sum, out, out_offset, group, quads, ahead):
     acc = np.zeros(GROUP_ROWS, np.int32)
     partial = np.zeros(GROUP_ROWS, np.int16)
     base = uint64(group) * uint64(quads) * uint64(GROUP_ROWS)
@@ -53,7 +52,7 @@ def _group(w, x16, x_offset, x_sum, out, out_offset, group, quads):
             x2 = x16[k + uint64(2)]
             x3 = x16[k + uint64(3)]
             at = base + quad * uint64(GROUP_ROWS)
-            prefetch(w, at + uint64(PREFETCH_BYTES))  # a hint: no fault past the end
+            prefetch(w, at + uint64(ahead))  # a hint: no fault past the end
             for lane in range(GROUP_ROWS):
                 c = np.int16(w[at + uint64(lane)])
                 partial[lane] += (
@@ -75,17 +74,18 @@ def _prologue(x, batch, cols):
 
 
 @njit(cache=True, parallel=True)
-def portable_matmul_parallel(w, x, out, batch, rows, cols):
-    """out (batch * rows) = ternary(w) @ x for x flattened (batch, cols); groups over threads."""
+def portable_matmul_parallel(w, x, out, batch, rows, cols, ahead):
+    """out (batch * rows) = ternary(w) @ x for x flattened (batch, cols); groups over threads,
+    the weight stream prefetched `ahead` bytes ahead."""
     x16, sums = _prologue(x, batch, cols)
     for group in prange(rows // GROUP_ROWS):
         for token in range(batch):
-            _group(w, x16, token * cols, sums[token], out, token * rows, group, cols // 4)
+            _group(w, x16, token * cols, sums[token], out, token * rows, group, cols // 4, ahead)
 
 
 @njit(cache=True)
-def portable_matmul_serial(w, x, out, batch, rows, cols):
+def portable_matmul_serial(w, x, out, batch, rows, cols, ahead):
     x16, sums = _prologue(x, batch, cols)
     for group in range(rows // GROUP_ROWS):
         for token in range(batch):
-            _group(w, x16, token * cols, sums[token], out, token * rows, group, cols // 4)
+            _group(w, x16, token * cols, sums[token], out, token * rows, group, cols // 4, ahead)

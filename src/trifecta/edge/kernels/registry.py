@@ -29,6 +29,7 @@ from trifecta.edge.kernels.portable import (
 from trifecta.edge.kernels.vnni import (
     BLOCK_INPUTS,
     BLOCK_ROWS,
+    PREFETCH_BYTES,
     vnni_layout,
     vnni_matmul_parallel,
     vnni_matmul_serial,
@@ -141,6 +142,7 @@ class PreparedTernary:
             batch,
             self.padded_rows,
             self.padded_cols,
+            PREFETCH_BYTES,
         )
         view = out.reshape(batch, self.padded_rows)[:, : self.rows]
         large = self.rows * self.cols >= PARALLEL_MIN_WEIGHTS
