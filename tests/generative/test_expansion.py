@@ -195,3 +195,16 @@ def test_the_milp_time_limit_is_honoured_and_the_greedy_answer_kept() -> None:
     assert result.moves <= greedy.moves
     with pytest.raises(InvalidInput, match="time_limit"):
         resize(current, grown, add=1, time_limit_s=0)
+
+
+def test_restricted_replica_counts_give_a_valid_placement() -> None:
+    """Options restricted per expert (as `auto` does on large clusters); a count of 0 (an
+    expert a removed node held alone) is ignored rather than dividing by zero."""
+    loads = np.array([60.0, 30.0, 20.0, 10.0])
+    before = [{0, 1}, {2, 3}, set()]
+    floor = min_moves_floor(
+        before, loads, Cluster.uniform(3, 2), 1.3, 10, replica_options=[[0, 2], [1], [1], [1]]
+    )
+    assert floor.placed is not None and floor.proven
+    placed = Placement(cluster=Cluster.uniform(3, 2), num_experts=4, nodes=floor.placed)
+    assert placed.replicas().tolist() == [2, 1, 1, 1] and placed.imbalance(loads) <= 1.3 + 1e-9

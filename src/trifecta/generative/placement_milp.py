@@ -113,8 +113,10 @@ def min_moves_floor(
     loads = np.asarray(loads, dtype=np.float64)
     experts, nodes = loads.size, cluster.nodes
     most = sum(1 for s in cluster.slots if s > 0)
-    options = [sorted(set(o)) for o in replica_options] if replica_options else None
-    allowed = options or [list(range(1, most + 1))] * experts
+    every = list(range(1, most + 1))
+    # An option outside 1..most (an expert a removed node held alone had 0) is no option.
+    options = [sorted({k for k in o if 1 <= k <= most}) or every for o in replica_options or []]
+    allowed = options or [every] * experts
     start_counts = None
     if start is not None:
         start_counts = np.zeros(experts, dtype=np.int64)
