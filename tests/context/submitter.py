@@ -1,11 +1,14 @@
 """A process that submits trajectories and prints each acknowledgement (the kill -9 test's
-child): `python -m tests.context.submitter URL BULLET_ID COUNT`."""
+child): `python -m tests.context.submitter URL BULLET_ID COUNT [process]`. With `process` it
+learns in a learner process of its own and prints that process's id first."""
 
 from __future__ import annotations
 
 import sys
 
 from trifecta.context.facade import ContextService
+from trifecta.context.learner_process import LearnerProcess
+from trifecta.context.settings import ContextSettings
 from trifecta.context.trajectory import Trajectory, TrajectoryStep
 from trifecta.core.embeddings import get_embedder
 
@@ -26,7 +29,16 @@ def trajectory(i: int, bullet_id: str) -> Trajectory:
 
 def main() -> None:
     url, bullet_id, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    service = ContextService(control_url=url, embedder=get_embedder())
+    if sys.argv[4:] == ["process"]:
+        service = ContextService(
+            control_url=url, settings=ContextSettings(learning_process=True), redis_url=""
+        )
+        assert isinstance(service.learner, LearnerProcess)
+        service.start_learning()
+        assert service.drain(timeout=300)  # the learner is up
+        print(f"learner {service.learner.pid}", flush=True)
+    else:
+        service = ContextService(control_url=url, embedder=get_embedder())
     service.warm_up()
     print("ready", flush=True)
     for i in range(count):

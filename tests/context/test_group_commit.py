@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from sqlalchemy import event
 
 from tests.context.submitter import trajectory
 from tests.context.test_learn_queue import seed_bullet
@@ -86,3 +87,39 @@ def test_concurrent_submits_are_each_acknowledged_once(service: ContextService) 
     assert sum(t.duplicate for t in tickets.values()) == 1  # type: ignore[attr-defined]
     assert service.drain(timeout=60)
     assert [r.state for r in service.learn_queue("twin-a")] == ["done"] * 15
+
+
+def test_a_group_is_one_insert_that_skips_repeats(service: ContextService) -> None:
+    """One group: new trajectories, one already queued, and one twice: one row each, the
+    repeats acknowledged as duplicates at their first row's position, in the given order."""
+    bullet = seed_bullet(service)
+    queue = service.router.store_for("plant").queue
+    before = queue.enqueue("plant", trajectory(0, bullet))
+    items = [("plant", trajectory(i, bullet), None) for i in (1, 0, 2, 1)]
+    statements: list[str] = []
+
+    def seen(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(queue.engine, "before_cursor_execute", seen)
+    try:
+        tickets = queue._enqueue_group(items)
+    finally:
+        event.remove(queue.engine, "before_cursor_execute", seen)
+    assert sum(s.lstrip().upper().startswith("INSERT") for s in statements) == 1
+    assert all(not isinstance(t, BaseException) for t in tickets)
+    got = [(t.trajectory_id, t.duplicate) for t in tickets]  # type: ignore[union-attr]
+    assert got == [
+        ("traj-kill-00001", False),
+        ("traj-kill-00000", True),
+        ("traj-kill-00002", False),
+        ("traj-kill-00001", True),
+    ]
+    positions = [t.position for t in tickets]  # type: ignore[union-attr]
+    assert positions[1] == before.position and positions[3] == positions[0]
+    assert len({before.position, positions[0], positions[2]}) == 3
+    assert [r.trajectory_id for r in queue.rows("plant")] == [
+        "traj-kill-00000",
+        "traj-kill-00001",
+        "traj-kill-00002",
+    ]

@@ -21,6 +21,7 @@ from trifecta.context.deltas import AddOp, Delta, DeltaResult, UpdateOp
 from trifecta.context.learn_batch import plan_memories, with_capsule
 from trifecta.context.learn_queue import LearnTicket, QueueRow
 from trifecta.context.learn_worker import LearnWorker
+from trifecta.context.learner_process import LearnerProcess, learner_config
 from trifecta.context.learning import LearnResult, learn
 from trifecta.context.memory import memory_text
 from trifecta.context.models import (
@@ -115,13 +116,26 @@ class ContextService:
         self.query_vectors = QueryEmbeddings(
             self.embed, max_entries=self.settings.query_cache_entries if self.cache_enabled else 0
         )
-        self.learner = LearnWorker(
-            self,
-            embedder=learning_embedder or (lambda: self.embedder),
-            batch=self.settings.learn_batch,
-            poll_s=self.settings.learn_poll_s,
-            chunk=self.settings.embed_chunk,
-            linger_s=self.settings.learn_linger_s,
+        # The learning worker: in a process of its own by default (`learner_process.py`),
+        # else a thread of this one (the setting, or parts that cannot cross a process).
+        config = learner_config(
+            settings=self.settings,
+            control_url=self.control_url,
+            redis_url=redis_url,
+            embedder=learning_embedder or embedder,
+            language_model=language_model,
+        )
+        self.learner: LearnWorker | LearnerProcess = (
+            LearnerProcess(self, config)
+            if config is not None
+            else LearnWorker(
+                self,
+                embedder=learning_embedder or (lambda: self.embedder),
+                batch=self.settings.learn_batch,
+                poll_s=self.settings.learn_poll_s,
+                chunk=self.settings.embed_chunk,
+                linger_s=self.settings.learn_linger_s,
+            )
         )
 
     # -- plumbing ----------------------------------------------------------------------
@@ -136,7 +150,10 @@ class ContextService:
         return self._embedder
 
     def warm_up(self) -> None:
-        """Load the embedder now rather than on the first request that needs it."""
+        """Load the embedder now rather than on the first request that needs it (and start
+        a learner process: it loads its own model, which takes seconds)."""
+        if isinstance(self.learner, LearnerProcess):
+            self.learner.start()
         self.embed(["warm up"])
 
     def embed(self, texts: Sequence[str]) -> list[Vector]:

@@ -3,7 +3,7 @@
 The same learning as `learning.learn` (reflect, curate, distil; tags, the curator's delta,
 memory items), split in two phases:
 
-- `plan_batch`, outside any lock: the roles run (`stage_batch`), and every text to embed
+- planning, outside any lock: the roles run (`stage_batch`), and every text to embed
   (delta contents and memory texts of the whole batch) is embedded in a few calls instead of
   one per write (`finish_batch`); the worker stages the batches of every domain it drains
   and embeds their texts together, since a domain's batch alone is often one trajectory.
@@ -164,14 +164,6 @@ def query_key(trajectory: Trajectory, drafts: Sequence[MemoryDraft]) -> bool:
     if trajectory.memory_key != "query" or len(drafts) != 1:
         return False
     return not any(step.layer == "generative" for step in trajectory.steps)
-
-
-def plan_batch(
-    service: ContextService, domain: str, rows: Sequence[tuple[int, Trajectory]]
-) -> list[LearnPlan]:
-    """Run the roles for each trajectory and embed every text of the batch together."""
-    batch = stage_batch(service, domain, rows)
-    return finish_batch(service, batch, service.learner.embed(batch.texts))
 
 
 def stage_batch(

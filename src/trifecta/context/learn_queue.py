@@ -3,8 +3,8 @@
 `enqueue` commits the trajectory and returns its ticket: that commit is the acknowledgement,
 so an acknowledged trajectory survives the process (kill -9 included; on SQLite WAL with
 `synchronous=NORMAL` it survives a process crash, not a power cut). Trajectories enqueued
-at the same moment by several request threads share one transaction (`GroupCommit`): each
-caller still returns only once its row is committed. The learning worker
+at the same moment by several request threads share one transaction and one multi-row INSERT
+(`GroupCommit`): each caller still returns only once its row is committed. The learning worker
 reads pending rows in queue order and marks each `done` inside the transaction that writes
 its learning (`mark_done`), so a row is either pending or its effects are committed.
 
@@ -153,66 +153,80 @@ class LearnQueue:
         return self._group.submit((domain, trajectory, query_vector))
 
     def _enqueue_group(self, items: list[Item]) -> list[LearnTicket | BaseException]:
-        """One transaction for the trajectories enqueued together; a fenced domain refuses
-        its own items only."""
+        """One transaction, and one INSERT, for the trajectories enqueued together; a fenced
+        domain refuses its own items only."""
         now = time.time()
-        out: list[LearnTicket | BaseException] = []
         with transaction(self.engine, write=True) as session:
             fenced: dict[str, DomainMoved | None] = {}
-            for domain, trajectory, query_vector in items:
-                if domain not in fenced:
-                    try:
-                        check_readable(session, domain)
-                        fenced[domain] = None
-                    except DomainMoved as moved:
-                        fenced[domain] = moved
-                refusal = fenced[domain]
-                out.append(
-                    refusal
-                    if refusal is not None
-                    else self._insert(session, domain, trajectory, query_vector, now)
-                )
-        return out
+            for domain in dict.fromkeys(d for d, _, _ in items):
+                try:
+                    check_readable(session, domain)
+                    fenced[domain] = None
+                except DomainMoved as moved:
+                    fenced[domain] = moved
+            open_items = [item for item in items if fenced[item[0]] is None]
+            tickets = self._insert(session, open_items, now)
+        return [
+            refusal if (refusal := fenced[domain]) is not None else tickets[(domain, t.id)].pop(0)
+            for domain, t, _ in items
+        ]
 
     def _insert(
-        self,
-        session: Session,
-        domain: str,
-        trajectory: Trajectory,
-        query_vector: Vector | None,
-        now: float,
-    ) -> LearnTicket:
+        self, session: Session, items: Sequence[Item], now: float
+    ) -> dict[tuple[str, str], list[LearnTicket]]:
+        """Queue the items with one multi-row INSERT (a trajectory already queued, or twice
+        in this group, is skipped by the unique index) and read back the rows of those it
+        skipped; per (domain, trajectory id), the tickets in the order they were handed in."""
+        if not items:
+            return {}
         stmt = insert_for(session, tables.learn_queue).values(
-            domain=domain,
-            trajectory_id=trajectory.id,
-            capsule_id=trajectory.capsule_id,
-            payload=trajectory.model_dump_json(),
-            state="pending",
-            attempts=0,
-            submitted_at=now,
-            query_vector=None if query_vector is None else to_bytes(query_vector),
+            [
+                {
+                    "domain": domain,
+                    "trajectory_id": trajectory.id,
+                    "capsule_id": trajectory.capsule_id,
+                    "payload": trajectory.model_dump_json(),
+                    "state": "pending",
+                    "attempts": 0,
+                    "submitted_at": now,
+                    "query_vector": None if vector is None else to_bytes(vector),
+                }
+                for domain, trajectory, vector in items
+            ]
         )
-        inserted = session.execute(
-            stmt.on_conflict_do_nothing(index_elements=["domain", "trajectory_id"]).returning(Q.id)
-        ).first()
-        if inserted is not None:
-            return LearnTicket(
-                trajectory_id=trajectory.id,
-                domain=domain,
-                position=int(inserted[0]),
-                submitted_at=now,
-                duplicate=False,
+        inserted = {
+            (r.domain, r.trajectory_id): int(r.id)
+            for r in session.execute(
+                stmt.on_conflict_do_nothing(index_elements=["domain", "trajectory_id"]).returning(
+                    Q.id, Q.domain, Q.trajectory_id
+                )
             )
-        row = session.execute(
-            select(Q.id, Q.submitted_at).where(Q.domain == domain, Q.trajectory_id == trajectory.id)
-        ).one()
-        return LearnTicket(
-            trajectory_id=trajectory.id,
-            domain=domain,
-            position=int(row.id),
-            submitted_at=float(row.submitted_at),
-            duplicate=True,
-        )
+        }
+        earlier: dict[tuple[str, str], tuple[int, float]] = {}
+        missing = {(d, t.id) for d, t, _ in items} - set(inserted)
+        for domain in {d for d, _ in missing}:
+            ids = sorted(t for d, t in missing if d == domain)
+            for r in session.execute(
+                select(Q.id, Q.trajectory_id, Q.submitted_at).where(
+                    Q.domain == domain, Q.trajectory_id.in_(ids)
+                )
+            ):
+                earlier[(domain, r.trajectory_id)] = (int(r.id), float(r.submitted_at))
+        tickets: dict[tuple[str, str], list[LearnTicket]] = {}
+        for domain, trajectory, _ in items:
+            key = (domain, trajectory.id)
+            first = key in inserted and key not in tickets  # the rest of a group: duplicates
+            position, submitted = (inserted[key], now) if key in inserted else earlier[key]
+            tickets.setdefault(key, []).append(
+                LearnTicket(
+                    trajectory_id=trajectory.id,
+                    domain=domain,
+                    position=position,
+                    submitted_at=submitted,
+                    duplicate=not first,
+                )
+            )
+        return tickets
 
     def pending(self, limit: int) -> list[Queued]:
         """The oldest pending rows of every domain of this shard, in queue order."""

@@ -108,6 +108,9 @@ class LearnWorker:
         # Memory texts this worker embedded lately and their vectors (only its thread uses
         # them): a standing query answered the same way distils the same text again.
         self._recent: OrderedDict[str, Vector] = OrderedDict()
+        # Called with (shard url, domain, version) after a batch is committed and published:
+        # the learner process tells the serving process through it (`learner.py`).
+        self.on_learned: Callable[[str, str, int], None] | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -313,6 +316,8 @@ class LearnWorker:
             return
         self.service.views.apply(domain, result.changes)
         self.service.versions.publish(domain, result.changes.version)
+        if self.on_learned is not None:
+            self.on_learned(store.url, domain, result.changes.version)
         self.learned += result.done
         self.failed += result.failed
         self.reused += batch.reused
