@@ -92,3 +92,30 @@ def test_a_llama_that_computes_something_else_is_refused(tiny: tuple[Any, Any]) 
     model.load_state_dict(tiny[0].state_dict())
     with pytest.raises(InvalidInput, match="logits differ"):
         SlotForward(model, slots=2).check_agrees()
+
+
+@settings(max_examples=5, deadline=None)
+@given(plan=plans)
+def test_mixed_steps_match_a_llama_with_biases_and_grouped_heads(plan: list[list[int]]) -> None:
+    """Projections with biases (stacked with the weights) and fewer key-value heads than
+    query heads (queries and keys turned together) compute what the model's forward does."""
+    from transformers import LlamaConfig
+
+    torch.manual_seed(3)
+    config = LlamaConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attention_bias=True,
+        mlp_bias=True,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0, 0.5)  # biases start at zero: make them count
+    assert run_plan(model, plan) < 1e-4
