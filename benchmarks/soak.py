@@ -93,8 +93,39 @@ def block_bootstrap_slope(
     return float(np.polyfit(x, y, 1)[0]), float(low), float(high)
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (a learner process a server starts, say), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], []))
+    return tree
+
+
+def tree_status_mb(pid: int) -> dict[str, float]:
+    """`status_mb` summed over the process and its descendants, and how many there were."""
+    total: dict[str, float] = {"processes": 0.0}
+    for member in process_tree(pid):
+        try:
+            status = status_mb(member)
+        except OSError:
+            continue
+        total["processes"] += 1
+        for name, mb in status.items():
+            total[name] = total.get(name, 0.0) + mb
+    return total
+
+
 class Sampler:
-    """Reads the server's /proc status every `every_s` seconds on a thread of its own."""
+    """Reads the /proc status of the server and of any process it started (summed) every
+    `every_s` seconds on a thread of its own."""
 
     def __init__(self, pid: int, every_s: float) -> None:
         self.pid, self.every_s = pid, every_s
@@ -104,7 +135,7 @@ class Sampler:
 
     def _run(self) -> None:
         while True:
-            self.rows.append({"epoch": time.time(), **status_mb(self.pid)})
+            self.rows.append({"epoch": time.time(), **tree_status_mb(self.pid)})
             if self._done.wait(self.every_s):
                 return
 
@@ -303,6 +334,7 @@ def main() -> None:
         f".venv/bin/python benchmarks/soak.py --seconds {args.seconds:g} --rate {args.rate:g} "
         f"--users {args.users} --sample-s {args.sample_s:g} --idle-seconds {args.idle_seconds:g}"
         + (f" --onednn-cache {args.onednn_cache}" if args.onednn_cache is not None else "")
+        + "".join(f" --set {setting}" for setting in args.set)
     )
     minute_marks = [r for r in rows if r["epoch"] >= load_start][:: max(1, int(60 / args.sample_s))]
 
@@ -316,7 +348,9 @@ def main() -> None:
         "shared with other engineers' work). Small caps as in the CI soak: "
         + ", ".join(f"`{k}={v}`" for k, v in SMALL_CAPS.items())
         + f". {len(done)} tasks answered 201 in {length:.0f} s "
-        f"({len(done) / length:.2f}/s), {run.server_errors()} 5xx or dropped.",
+        f"({len(done) / length:.2f}/s), {run.server_errors()} 5xx or dropped. Memory is summed "
+        f"over the server and any process it started ({max(r['processes'] for r in rows):.0f} "
+        "at most).",
         "",
         "| window | owned MB per 1,000 tasks [95%] | owned MB per minute [95%] |",
         "|---|---:|---:|",
