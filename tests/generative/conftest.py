@@ -25,6 +25,21 @@ def converted() -> DiffusionLM:
     return convert_llama(ar_checkpoint_dir()).eval()
 
 
+def mask_experts(top_k: int) -> list[int]:
+    """A configured mask's experts for a model of this top-k: one more than top-k, so the
+    router still chooses (0, 2, 5 for top-2)."""
+    return [0, 2, 5, 6, 7][: max(3, top_k + 1)]
+
+
+def shipped_shape() -> tuple[int, int, int]:
+    """The shipped model's (layers, experts, top-k), read from its file's config."""
+    from trifecta.generative.artifact import load_model
+    from trifecta.generative.assets import shipped_model_path
+
+    config = load_model(shipped_model_path()).config
+    return config.n_layers, config.n_experts, config.top_k
+
+
 @pytest.fixture(scope="session")
 def shipped() -> DiffusionLM:
     from trifecta.generative.artifact import load_model
