@@ -61,46 +61,45 @@ EDGE_RATIO_GOAL = 3.0
 CPU_MS: list[float] = []  # CPU a request, serving and draining, per throughput pass
 CHILD_CPU_MS: list[float] = []  # of which in child processes (the context learner's)
 QUERY_EMBEDS: list[tuple[int, int]] = []  # (query-cache misses, encoder calls) per pass
-# Where the CPU goes, from a profile (py-spy at 50 Hz over two 16-worker passes of 300 requests
-# and their drains, load ~24, 2026-12-06, after query-keyed memories and the batched query
-# embeddings; waits in Python's locks and the event loop left out, SQLite's lock waits cannot
-# be told apart and are in), kept beside the figures because re-profiling is not part of this
-# script. Shares of the busy samples, and the CPU they make of a request at the passes'
-# measured ~39 ms of process CPU a request (learning included; the load inflates it).
+# Where the CPU goes, from a profile (py-spy at 40 Hz, following the context learner's process,
+# over two 16-worker passes of 300 requests and their drains, load ~9, 2026-12-06, after the
+# serving step's stacked products and with learning in its own process; waits in Python's
+# locks, queues and the event loop left out, SQLite's lock waits cannot be told apart and are
+# in), kept beside the figures because re-profiling is not part of this script. Shares of the
+# busy samples of both processes; `budget_rows` turns them into ms at this run's measured CPU
+# a request.
 PROFILE_ROWS = [
-    ("cognitive tiers: forward passes", 26.7),
-    ("cognitive serving: batching engine, tokenizer", 7.1),
-    ("learning worker: SQL (nearest-memory checks, writes; lock waits included)", 12.7),
-    ("learning worker: MiniLM embeddings (prompts of requests that retrieved nothing)", 12.6),
-    ("learning worker: the rest", 3.5),
-    ("query embeddings (float32, 4.8 queries a forward)", 9.3),
-    ("edge mesh", 5.9),
+    ("cognitive tiers: forward passes (4-5 steps a request, 1.2-5 rows a step)", 28.6),
+    ("cognitive serving: batching engine, sampling, cascade", 7.9),
+    ("cognitive serving: the capsule's thresholds read each request (SQL)", 2.2),
+    ("query embeddings (MiniLM, batched)", 12.5),
+    ("context learner's process: MiniLM 5.1, SQL 4.9, the rest 1.8", 11.8),
+    ("edge mesh", 6.5),
     (
-        "the loop's SQL: capsule read 4.6, learn-queue insert 3.9, domain version 3.5, "
-        "request log 2.4, other 0.8",
-        15.2,
+        "the loop's SQL: learn-queue insert 5.6, domain version 3.5, capsule read 3.3, "
+        "request log 3.1, retrieval 1.3, other 0.6",
+        17.4,
     ),
-    ("the loop's own Python and the context search", 4.2),
-    ("other (threads, event loop)", 2.8),
+    ("the loop's own Python and the context search", 3.3),
+    ("other (threads, event loop, the learner's pipe)", 9.6),
 ]
-CPU_MS_PER_REQUEST = 39.0  # process CPU / requests over the profiled passes and drains
 PROFILE_NOTE = (
     "What bounds it: at 180 requests/s two cores give each request 11 ms of CPU, learning "
-    "included. The cognitive tiers' forwards and their serving engine take a third of the "
-    "CPU; SQLite takes 28% (the loop's capsule, version, queue and log statements and the "
-    "learning worker's, their lock waits included: on 2 cores at load 24 a writer holding "
-    "SQLite's lock is often descheduled); MiniLM 22% (the query embeddings, now batched, and "
-    "the worker's embeddings of prompts that were not retrieved for). The budget (py-spy, "
-    "50 Hz, two 16-worker passes of 300 requests and their drains at load ~24, which read "
-    "35 and 42 ms of process CPU a request; waits in Python's locks left out):"
+    "included. The cognitive tiers' forwards and their serving engine take 39% of the CPU "
+    "(the tiers are so small that a step costs what torch dispatches, 4-5 steps a request "
+    "with 1.2 rows a step on the small tier, 5 on the medium, 3 on the large at 16 requests "
+    "in flight); SQLite takes 27% (the loop's queue, version, capsule and log statements and "
+    "the learner's); MiniLM 18% (the query embeddings and the learner's). The budget (py-spy, "
+    "40 Hz, both processes, two 16-worker passes of 300 requests and their drains at load "
+    "~9; waits left out), in ms at this run's median CPU a request:"
 )
 
 
-def budget_rows() -> list[str]:
+def budget_rows(cpu_ms: float) -> list[str]:
     rows = ["| where | share of CPU | ms a request |", "|---|---:|---:|"]
     for what, share in PROFILE_ROWS:
-        rows.append(f"| {what} | {share:.1f}% | {share * CPU_MS_PER_REQUEST / 100:.1f} |")
-    rows.append(f"| total | 100% | {CPU_MS_PER_REQUEST:.0f} (budget at 180 req/s: 11) |")
+        rows.append(f"| {what} | {share:.1f}% | {share * cpu_ms / 100:.1f} |")
+    rows.append(f"| total | 100% | {cpu_ms:.1f} (budget at 180 req/s: 11) |")
     return rows
 
 
@@ -353,7 +352,7 @@ def main() -> int:
                 "",
                 PROFILE_NOTE,
                 "",
-                *budget_rows(),
+                *budget_rows(cpu[0]),
                 "",
                 *goals_markdown(goals),
             ]
