@@ -111,13 +111,15 @@ def process_tree(pid: int) -> list[int]:
 
 def tree_status_mb(pid: int) -> dict[str, float]:
     """`status_mb` summed over the process and its descendants, and how many there were."""
-    total: dict[str, float] = {"processes": 0.0}
+    total: dict[str, float] = {"processes": 0.0, "server": 0.0}
     for member in process_tree(pid):
         try:
             status = status_mb(member)
         except OSError:
             continue
         total["processes"] += 1
+        if member == pid:  # the server's own owned memory, apart from its children's
+            total["server"] = status["RssAnon"] + status["RssShmem"]
         for name, mb in status.items():
             total[name] = total.get(name, 0.0) + mb
     return total
@@ -152,13 +154,23 @@ def owned(row: dict[str, float]) -> float:
     return row["RssAnon"] + row["RssShmem"]
 
 
+def value(row: dict[str, float], field: str) -> float:
+    """A sample's MB: "owned" (all processes), "children" (the server's processes), or a
+    status field (summed over the processes) or "server" (the server process alone)."""
+    if field == "owned":
+        return owned(row)
+    if field == "children":
+        return owned(row) - row["server"]
+    return row[field]
+
+
 def window(
     rows: list[dict[str, float]], done: np.ndarray, start: float, end: float, field: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(tasks served so far, MB) of the samples between two epoch times."""
     picked = [r for r in rows if start <= r["epoch"] <= end]
     served = np.array([np.searchsorted(done, r["epoch"]) for r in picked], float)
-    mb = np.array([owned(r) if field == "owned" else r[field] for r in picked])
+    mb = np.array([value(r, field) for r in picked])
     return served, mb
 
 
@@ -306,6 +318,7 @@ def main() -> None:
         return tuple(1000 * v for v in block_bootstrap_slope(served, mb, block))  # type: ignore[return-value]
 
     half, third, all_half = slope(0.5), slope(2 / 3), slope(0.5, "VmRSS")
+    server_half, children_half = slope(0.5, "server"), slope(0.5, "children")
     per_floor = max(2, int(FLOOR_S / args.sample_s))
     floor_x, floor_y = floors(
         *window(rows, done, load_start + length / 2, load_end, "owned"), per_floor
@@ -357,12 +370,16 @@ def main() -> None:
         f"| second half of the load | {cell(half)} | {cell(loaded_min)} |",
         f"| last third of the load (plateau test) | {cell(third)} | |",
         f"| second half, floor (lowest sample of each {FLOOR_S:.0f} s) | {cell(floor)} | |",  # type: ignore[arg-type]
+        f"| the server process alone, second half | {cell(server_half)} | |",
+        f"| the processes it started (the learner), second half | {cell(children_half)} | |",
         f"| all resident (VmRSS), second half | {cell(all_half)} | |",
         f"| baseline: the same server idle for {args.idle_seconds:.0f} s before the load | "
         f"| {cell(idle_min)} |",
         "",
         "Owned memory at the start of each minute of load (MB): "
         + ", ".join(f"{owned(r):.0f}" for r in minute_marks)
+        + "; the server process alone: "
+        + ", ".join(f"{r['server']:.0f}" for r in minute_marks)
         + f"; all resident {minute_marks[0]['VmRSS']:.0f} -> {rows[-1]['VmRSS']:.0f} MB.",
         "",
         *goals_markdown([goal]),
@@ -378,7 +395,7 @@ def main() -> None:
         raw = RESULTS_DIR / "soak_samples.json"
         raw.write_text(json.dumps({"load_start": load_start, "load_end": load_end,
                                    "tasks_done": done.tolist(), "samples": rows}) + "\n")  # fmt: skip
-    for line in body[2:13]:
+    for line in body[2:15]:
         console.print(line)
     console.print(f"{goal.claim}: {goal.figure:.2f} {goal.interval()} -> {goal.verdict()}")
     if args.memray is not None:
