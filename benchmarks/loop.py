@@ -60,6 +60,7 @@ THROUGHPUT_GOAL = 10 * BEFORE_RPS
 EDGE_RATIO_GOAL = 3.0
 CPU_MS: list[float] = []  # CPU a request, serving and draining, per throughput pass
 CHILD_CPU_MS: list[float] = []  # of which in child processes (the context learner's)
+ENGINE_CPU_MS: list[float] = []  # of which on the serving engines' decoding threads
 QUERY_EMBEDS: list[tuple[int, int]] = []  # (query-cache misses, encoder calls) per pass
 # Where the CPU goes, from a profile (py-spy at 40 Hz, following the context learner's process,
 # over two 16-worker passes of 300 requests and their drains, load ~9, 2026-12-06, after the
@@ -147,6 +148,14 @@ def tree_cpu_seconds() -> tuple[float, float]:
     return own.user + own.system, children
 
 
+def engine_cpu_seconds() -> float:
+    """CPU seconds of this process's serving-engine threads (`engine-<replica>`): the tiers'
+    forwards and the batching around them, read per thread, so other threads' load does not
+    count."""
+    ids = {t.native_id for t in threading.enumerate() if t.name.startswith("engine-")}
+    return sum(t.user_time + t.system_time for t in psutil.Process().threads() if t.id in ids)
+
+
 def loop_pass(
     stack: Stack, items: list[WorkItem], run_id: str, workers: int
 ) -> tuple[float, float, dict[str, list[float]]]:
@@ -156,6 +165,7 @@ def loop_pass(
     queries = stack.context.query_vectors if stack.context is not None else None
     before = queries.stats() if queries is not None else None
     cpu = tree_cpu_seconds()
+    engines = engine_cpu_seconds()
     started = time.perf_counter()
     results, _ = serve_workload(orchestrator, items, workers=workers)
     seconds = time.perf_counter() - started
@@ -164,6 +174,7 @@ def loop_pass(
     spent = tree_cpu_seconds()
     CPU_MS.append((sum(spent) - sum(cpu)) * 1000 / len(results))
     CHILD_CPU_MS.append((spent[1] - cpu[1]) * 1000 / len(results))
+    ENGINE_CPU_MS.append((engine_cpu_seconds() - engines) * 1000 / len(results))
     if queries is not None and before is not None:
         after = queries.stats()
         QUERY_EMBEDS.append((after["misses"] - before["misses"], after["calls"] - before["calls"]))
@@ -216,6 +227,7 @@ def main() -> int:
                 _, _, one_at_a_time = loop_pass(stack, items, "loop-latency", 1)
             CPU_MS.clear()  # the throughput passes' own
             CHILD_CPU_MS.clear()
+            ENGINE_CPU_MS.clear()
             QUERY_EMBEDS.clear()
             rates: list[float] = []
             with_learning: list[float] = []
@@ -230,7 +242,7 @@ def main() -> int:
                 with_learning.append(drained)
                 for route, values in by_route.items():
                     routes.setdefault(route, []).extend(values)
-            cpu_ms, child_ms = list(CPU_MS), list(CHILD_CPU_MS)
+            cpu_ms, child_ms, engine_ms = list(CPU_MS), list(CHILD_CPU_MS), list(ENGINE_CPU_MS)
         finally:
             stack.close()
         federated: tuple[float, float, dict[str, list[float]]] | None = None
@@ -296,10 +308,12 @@ def main() -> int:
     )
     cpu = bootstrap_median(cpu_ms) if len(cpu_ms) > 1 else (cpu_ms[0],) * 3
     child = bootstrap_median(child_ms) if len(child_ms) > 1 else (child_ms[0],) * 3
+    engine = bootstrap_median(engine_ms) if len(engine_ms) > 1 else (engine_ms[0],) * 3
     cpu_line = (
         f"CPU {cpu[0]:.1f} ms a request [{cpu[1]:.1f}, {cpu[2]:.1f}] over the passes and their "
         f"drains, the context learner's process's {child[0]:.1f} [{child[1]:.1f}, "
-        f"{child[2]:.1f}] of it (2 cores at 180 requests/s allow 11)"
+        f"{child[2]:.1f}] of it and the serving engines' threads' {engine[0]:.1f} "
+        f"[{engine[1]:.1f}, {engine[2]:.1f}] (2 cores at 180 requests/s allow 11)"
     )
     misses, calls = (sum(x) for x in zip(*QUERY_EMBEDS, strict=True)) if QUERY_EMBEDS else (0, 0)
     batch_line = (
