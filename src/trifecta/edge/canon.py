@@ -25,13 +25,15 @@ from trifecta.edge.kernels.activations import norm_quantize_row
 
 @njit(cache=True)
 def _canon_row(inputs, row, position, weight, out):
-    """The Canon mix of `inputs[row, position]` with the inputs before it, into `out` (d,)."""
+    """The Canon mix of `inputs[row, position]` with the inputs before it, into `out` (d,).
+    The look-back is the outer loop, so the inner one runs along contiguous features (LLVM
+    vectorises it); each feature still adds its terms in the order of j."""
     width, d = weight.shape
     for i in range(d):
-        total = inputs[row, position, i]
-        for j in range(min(width, position + 1)):
-            total = total + weight[j, i] * inputs[row, position - j, i]
-        out[i] = total
+        out[i] = inputs[row, position, i]
+    for j in range(min(width, position + 1)):
+        for i in range(d):
+            out[i] = out[i] + weight[j, i] * inputs[row, position - j, i]
 
 
 @njit(cache=True)
