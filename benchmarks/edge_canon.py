@@ -16,6 +16,10 @@ the decode speed at batch 1 (docs/edge.md measured 6-7% before the Canon layer w
 with the attention's norm; see "Why a Canon layer").
 
     .venv/bin/python benchmarks/edge_canon.py [--steps 4000] [--per-grade 200] [--pairs 600]
+
+`--decode-only` skips the training: it times the shipped artifact against the same weights
+with the Canon layers removed (the decode speed depends on the shapes, not on the weights'
+values, since the tokens are forced) and prints the two ratios without writing the section.
 """
 
 from __future__ import annotations
@@ -113,6 +117,29 @@ def speed_ratio(timed: np.ndarray) -> tuple[float, float, float]:
     return bootstrap_statistic(timed[:, 1] / timed[:, 0], np.median)
 
 
+def shipped_pair() -> dict[int, Any]:
+    """width -> artifact: the shipped model (4) and its weights without the Canon layers (0)."""
+    from trifecta.edge.artifact import EdgeArtifact
+    from trifecta.edge.assets import shipped_model_path
+
+    shipped = EdgeArtifact.load(shipped_model_path())
+    floats = {k: v for k, v in shipped.floats.items() if not k.endswith("canon.weight")}
+    config = shipped.config.model_copy(update={"canon_width": 0})
+    return {4: shipped, 0: EdgeArtifact(config, shipped.ternary, floats, shipped.layout)}
+
+
+def print_decode_only(pairs: int) -> None:
+    timed = decode_pairs(shipped_pair(), {1: pairs, 8: max(pairs // 3, 2)})
+    for batch, runs in timed.items():
+        ratio, low, high = speed_ratio(runs)
+        with_canon, without = 1.0 / np.median(runs, axis=0)
+        print(
+            f"batch {batch}: {with_canon:,.0f} against {without:,.0f} tokens/s, "
+            f"with / without the Canon layer {ratio:.3f}x [{low:.3f}, {high:.3f}] "
+            f"({len(runs)} pairs); {machine_load()}"
+        )
+
+
 def canon_goals(grades: dict[int, dict[int, list[float]]], timed: np.ndarray) -> list[Goal]:
     """The benchmark's goals from width -> grade -> 0/1 answers and the batch-1 decode pairs
     (`decode_pairs`)."""
@@ -152,7 +179,11 @@ def main() -> None:
         "--pairs", type=int, default=600, help="timed decode pairs at batch 1 (a third at 8)"
     )
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--decode-only", action="store_true", help="the shipped model, no training")
     args = parser.parse_args()
+    if args.decode_only:
+        print_decode_only(args.pairs)
+        return
     runs = {width: trained(width, args.steps, args.per_grade) for width in (4, 0)}
     rows = {width: figures for width, (_, figures, _) in runs.items()}
     timed = decode_pairs(
