@@ -29,7 +29,9 @@ rebalancing with replica-dependent loads.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -47,11 +49,18 @@ from trifecta.generative.placement import (
     place,
 )
 
+if TYPE_CHECKING:
+    from trifecta.generative.placement_milp import MoveFloor
+
 METHODS = ("auto", "greedy", "milp")
 # `auto` solves the exact MILP (z[e, n, k]: experts x nodes x replica counts columns) up to
 # this size, 64 experts on 9 nodes; above it, a restricted one (see `resize`).
 EXACT_MAX = 6000
 EXACT_TIME_LIMIT_S = 5.0
+# Above this size (64 experts on 9 nodes is 5184) the whole MILP rarely beats the greedy in
+# its time limit: it gets half the limit and a large-neighbourhood search (`placement_lns`)
+# the rest, from the better answer. 16 experts on 5 nodes (400) keeps the whole limit.
+LNS_ABOVE = 1000
 
 
 class Rebalance(BaseModel):
@@ -244,20 +253,20 @@ def _exact(
 
     cluster = greedy.placement.cluster
     most = sum(1 for s in cluster.slots if s > 0)
-    restricted = method == "auto" and loads.size * cluster.nodes * most > EXACT_MAX
-    options = None
-    if restricted:  # the replica counts the current, greedy and repack placements use
-        kept = np.bincount([e for n in before for e in n], minlength=loads.size)
-        repack = eplb_greedy(loads, cluster).replicas()
-        options = [
-            sorted({int(c), int(g), int(r)})
-            for c, g, r in zip(kept, greedy.placement.replicas(), repack, strict=True)
-        ]
     level = max(target, greedy.imbalance)
-    floor = min_moves_floor(
-        before, loads, cluster, level, time_limit_s, greedy.placement.nodes, options
-    )
-    program = "restricted MILP" if restricted else "exact MILP"
+    if method == "auto" and loads.size * cluster.nodes * most > EXACT_MAX:
+        # Too large for the whole MILP: the search alone gets the time limit (measured: a
+        # MILP restricted to the current, greedy and repack replica counts found fewer
+        # moves than the greedy on 0 of 24 large traces at the repack's max/mean).
+        return _searched(greedy, None, before, loads, level, time_limit_s, time_limit_s)
+    started = time.perf_counter()
+    search = loads.size * cluster.nodes * most > LNS_ABOVE
+    budget = time_limit_s / 2 if search else time_limit_s
+    floor = min_moves_floor(before, loads, cluster, level, budget, greedy.placement.nodes)
+    program = "exact MILP"
+    left = time_limit_s - (time.perf_counter() - started)
+    if search and not floor.proven and left > 0.05:
+        return _searched(greedy, floor, before, loads, level, left, time_limit_s)
     if floor.placed is None or floor.moves is None or floor.moves >= greedy.moves:
         why = (
             "proved no placement moves fewer"
@@ -281,6 +290,50 @@ def _exact(
             "imbalance": reached,
             "curve": pareto([*greedy.curve, (floor.moves, reached)]),
             "solver": f"{program} ({status}) from the greedy's {greedy.moves} moves",
+        }
+    )
+
+
+def _searched(
+    greedy: Rebalance,
+    floor: MoveFloor | None,
+    before: list[set[int]],
+    loads: Loads,
+    level: float,
+    left: float,
+    time_limit_s: float,
+) -> Rebalance:
+    """The large-neighbourhood search from the better of the greedy's and the MILP's
+    answers, for the time left; kept when it moves fewer experts than the greedy."""
+    from trifecta.generative.placement_lns import lns_min_moves
+
+    cluster = greedy.placement.cluster
+    start, origin = greedy.placement.nodes, "greedy's"
+    program = "LNS" if floor is None else "exact MILP and LNS"
+    better = floor is not None and floor.moves is not None and floor.moves < greedy.moves
+    if better and floor is not None and floor.placed is not None:
+        start, origin = floor.placed, "exact MILP's"
+    found = lns_min_moves(before, loads, cluster, level, start, left)
+    if found.moves >= greedy.moves:
+        return greedy.model_copy(
+            update={
+                "solver": f"greedy ({program} found no fewer moves within the "
+                f"{time_limit_s:g} s time limit)"
+            }
+        )
+    placement = Placement(
+        cluster=cluster, num_experts=loads.size, nodes=found.placed, method="milp"
+    )
+    reached = placement.imbalance(loads)
+    return greedy.model_copy(
+        update={
+            "placement": placement,
+            "moves": found.moves,
+            "imbalance": reached,
+            "curve": pareto([*greedy.curve, (found.moves, reached)]),
+            "solver": f"LNS ({found.improved} of {found.rounds} "
+            f"neighbourhoods improved within the {time_limit_s:g} s time limit) from the "
+            f"{origin} {found.start_moves} moves (greedy {greedy.moves})",
         }
     )
 

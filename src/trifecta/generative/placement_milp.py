@@ -91,6 +91,8 @@ def min_moves_floor(
     time_limit_s: float,
     start: Sequence[Sequence[int]] | None = None,
     replica_options: Sequence[Sequence[int]] | None = None,
+    capacity: float | None = None,
+    outside: Sequence[int] | None = None,
 ) -> MoveFloor:
     """The fewest moves from `before` (one set per node of `cluster`) to any placement with
     max/mean <= `target`, solved with HiGHS: the best placement found, the proven lower
@@ -106,7 +108,11 @@ def min_moves_floor(
     takes no start), so the answer never moves more than it, and a run stopped by the time
     limit still returns it. `replica_options`: the replica counts each expert may take (all
     by default); fewer options make a smaller, restricted program whose answer is a
-    placement but whose bound is no floor for the unrestricted problem."""
+    placement but whose bound is no floor for the unrestricted problem. `capacity`: the
+    most load a node may carry (default `target` x the mean node load); a sub-problem over
+    some nodes (`placement_lns`) passes the whole cluster's. `outside`: replicas each expert
+    keeps on nodes outside the program (they stay); a replica then weighs load / (outside +
+    k), and an expert held outside may take k = 0 here."""
     from trifecta.fleet.program import Program
 
     started = time.perf_counter()
@@ -114,8 +120,13 @@ def min_moves_floor(
     experts, nodes = loads.size, cluster.nodes
     most = sum(1 for s in cluster.slots if s > 0)
     every = list(range(1, most + 1))
-    # An option outside 1..most (an expert a removed node held alone had 0) is no option.
-    options = [sorted({k for k in o if 1 <= k <= most}) or every for o in replica_options or []]
+    kept = np.zeros(experts, dtype=np.int64) if outside is None else np.asarray(outside)
+    # An option outside 1..most (an expert a removed node held alone had 0) is no option;
+    # 0 is one for an expert with replicas outside the program.
+    options = [
+        sorted({k for k in o if int(kept[e] == 0) <= k <= most}) or every
+        for e, o in enumerate(replica_options or [])
+    ]
     allowed = options or [every] * experts
     start_counts = None
     if start is not None:
@@ -142,11 +153,12 @@ def min_moves_floor(
                 program.row([(z[e][n][k], 1.0), (y[e][k], -1.0)], -np.inf, 0)
         for n in range(nodes):  # one replica per node
             program.row([(z[e][n][k], 1.0) for k in ks], 0, 1)
-    capacity = target * loads.sum() / nodes
+    if capacity is None:
+        capacity = target * loads.sum() / nodes
     for n in range(nodes):
         on = [(z[e][n][k], 1.0) for e, ks in enumerate(allowed) for k in ks]
         program.row(on, 0, cluster.slots[n])
-        terms = [(z[e][n][k], loads[e] / k) for e, ks in enumerate(allowed) for k in ks]
+        terms = [(z[e][n][k], loads[e] / (kept[e] + k)) for e, ks in enumerate(allowed) for k in ks]
         program.row(terms, -np.inf, capacity)
     left = time_limit_s - (time.perf_counter() - started)  # building counts against the limit
     if start is None:
