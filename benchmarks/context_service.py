@@ -36,6 +36,7 @@ import random
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,11 @@ METHOD = (
     "the stored JSON); its first request of each prompt is listed separately. Delta apply: one TAG per "
     "request, each with a new op id, so every request writes. *Loop*: the workload "
     "`trifecta run` produces (`orchestrator/loop.py`: per served request one retrieve "
-    "before and one learn after, reads and writes 1:1), each client alternating the two; "
-    "every learn adds memories and moves the domain's version, so the result cache must "
-    "not serve a stale answer: the retrieve after it is rendered from the view's standing "
+    "before and one learn queued after (`/trajectories/queue`, as the loop submits it: the "
+    "answer is the commit of the queue row, and the service's learner process, a process "
+    "of its own, learns from it), reads and writes 1:1, each client alternating the two; "
+    "every batch learned adds memories and moves the domain's version, so the result cache "
+    "must not serve a stale answer: the retrieve after it is rendered from the view's standing "
     "search (updated by the write, not searched again) and the remembered query embedding. "
     "Baseline: a usearch HNSW index (the library the context "
     "layer's `vector_index` uses; expansion {expansion}) over the same embeddings, in the "
@@ -111,6 +114,8 @@ CONTENTION = (
 )
 DOMAIN, CAPSULE = "bench", "bench-twin"
 REPEATED = 8  # prompts of the repeated-prompt loop: a capsule's standing queries
+# (back end, workload, mode) -> seconds from a loop pass's end until its queue was empty
+DRAINS: dict[tuple[str, str, str], float] = {}
 LOOP_REPEATED = f"loop, {REPEATED} prompts repeated"
 PATHS = [
     [("edge", "node-1")],
@@ -347,9 +352,20 @@ def loop_requests(
                 verdict_detail=None if ok else f"expected {task.answer}",
                 steps=[TrajectoryStep(layer="cognitive", tier="small", mean_entropy=0.4)],
             )
-            requests.append(("/trajectories", trajectory.model_dump(mode="json")))
+            # Queued, as the loop submits it: the service's learner process learns from it.
+            requests.append(("/trajectories/queue", trajectory.model_dump(mode="json")))
         out.append(requests)
     return out
+
+
+def drain_seconds(url: str, timeout_s: float = 600.0) -> float:
+    """How long after a pass the server's learner took to empty the learn queue (the
+    learning the pass queued is not free: it is reported beside the pass)."""
+    queue = ShardStore(url).queue
+    began = time.perf_counter()
+    while queue.pending_count() and time.perf_counter() - began < timeout_s:
+        time.sleep(0.05)
+    return time.perf_counter() - began
 
 
 @dataclass
@@ -424,6 +440,7 @@ def run_backend(
                 token,
             )
             rows.append(("loop", loop, None))
+            DRAINS[(backend, "loop", loop.name)] = drain_seconds(url)
             repeated, _ = http_clients(
                 "cache on" if cache else "cache off",
                 server.url,
@@ -431,6 +448,7 @@ def run_backend(
                 token,
             )
             rows.append((LOOP_REPEATED, repeated, None))
+            DRAINS[(backend, LOOP_REPEATED, repeated.name)] = drain_seconds(url)
         finally:
             server.stop()
     return rows
@@ -516,53 +534,39 @@ def goals(results: dict[str, list[tuple[str, Run, float | None]]]) -> list[Goal]
         loop_tail = bootstrap_statistic(loop["cache on"].of("read").latencies_ms, p99)
         repeated_tail = bootstrap_statistic(repeated["cache on"].of("read").latencies_ms, p99)
         out += [
-            Goal(
-                claim=f"{backend}: cached search p99",
-                figure=tail[0],
-                low=tail[1],
-                high=tail[2],
-                goal=5,
-                direction="at most",
-                unit=" ms",
+            Goal.of(f"{backend}: cached search p99", tail, at_most=5, unit=" ms"),
+            Goal.of(
+                f"{backend}: cached / uncached search throughput", speedup, at_least=10, unit="x"
             ),
-            Goal(
-                claim=f"{backend}: cached / uncached search throughput",
-                figure=speedup[0],
-                low=speedup[1],
-                high=speedup[2],
-                goal=10,
-                direction="at least",
+            Goal.of(
+                f"{backend}: cached search / usearch HNSW baseline throughput",
+                vs_index,
+                at_least=1,
                 unit="x",
             ),
-            Goal(
-                claim=f"{backend}: cached search / usearch HNSW baseline throughput",
-                figure=vs_index[0],
-                low=vs_index[1],
-                high=vs_index[2],
-                goal=1,
-                direction="at least",
-                unit="x",
-            ),
-            Goal(
-                claim=f"{backend}: loop workload (1 learn per retrieve), cached retrieve p99",
-                figure=loop_tail[0],
-                low=loop_tail[1],
-                high=loop_tail[2],
-                goal=5,
-                direction="at most",
+            Goal.of(
+                f"{backend}: loop workload (1 queued learn per retrieve), cached retrieve p99",
+                loop_tail,
+                at_most=5,
                 unit=" ms",
             ),
-            Goal(
-                claim=f"{backend}: loop workload, {REPEATED} prompts repeated, cached retrieve p99",
-                figure=repeated_tail[0],
-                low=repeated_tail[1],
-                high=repeated_tail[2],
-                goal=5,
-                direction="at most",
+            Goal.of(
+                f"{backend}: loop workload, {REPEATED} prompts repeated, cached retrieve p99",
+                repeated_tail,
+                at_most=5,
                 unit=" ms",
             ),
         ]
     return out
+
+
+def drain_note() -> str:
+    """The time each loop pass's queued learning took to finish after the pass."""
+    parts = [f"{b} {w} ({m}) {sec:.1f} s" for (b, w, m), sec in DRAINS.items()]
+    return (
+        "The learning the loop passes queued, learned by the server's learner process: "
+        "the queue was empty this long after each pass ended: " + "; ".join(parts) + "."
+    )
 
 
 def report(results: dict[str, list[tuple[str, Run, float | None]]], plan: Plan) -> None:
@@ -608,13 +612,15 @@ def report(results: dict[str, list[tuple[str, Run, float | None]]], plan: Plan) 
         "Loop rows: requests/s is of that kind alone over the whole run (reads and writes "
         "alternate, so the two add up to the workload's rate).",
         "",
+        drain_note(),
+        "",
         *goals_markdown(goal_list),
         "",
         "The usearch baseline embeds every query, as the service does on a miss (compare it "
         "with *cache on, first request of a query*); the cached service answers a repeated "
         "query from its result cache without embedding, which is most of its lead. "
-        "In the loop workload every learn moves the domain's version, so the retrieve "
-        "after it misses the result cache. Each retrieve here asks a prompt the loop has "
+        "In the loop workload every batch the learner commits moves the domain's version, so "
+        "the retrieve after it misses the result cache. Each retrieve here asks a prompt the loop has "
         "not retrieved before with these arguments (200 prompts, 100 pairs per client; "
         "the search rows asked them with k=5, the loop asks 3), so no standing search can "
         "answer it: it is computed from the view, with the query embedding remembered "
@@ -625,10 +631,14 @@ def report(results: dict[str, list[tuple[str, Run, float | None]]], plan: Plan) 
         f"are the same workload with each client cycling through {REPEATED} prompts, as a "
         "capsule's standing queries repeat, so after a prompt's first retrieve it is "
         "answered from its kept search unless a write rewrote (reinforced) a memory in its "
-        "top-k, which drops it. The loop retrieve's p50 "
-        "against the cached search's 2 ms is the learn of the other client running in the "
-        "same server process on the same two cores (embedding, SQL writes, Python's GIL; "
-        "not measured apart), not the retrieve's own work.",
+        "top-k, which drops it. The loop's learns are queued, as `trifecta run` submits "
+        "them, and learned by the server's learner process (`context/learner.py`), which "
+        "tells the server of each batch so that its view reads only the newer rows; until "
+        "this run the workload posted `/trajectories`, learned synchronously inside the "
+        "server process beside the retrieves (retrieve p99 25.9 ms SQLite, 13.7 ms "
+        "Postgres, at load average about 2). The loop retrieve's p50 against the cached "
+        "search's is the learner's batches moving the version (the retrieve after one "
+        "misses the result cache) and the learner's CPU on the same two cores.",
         "",
         "The view's scan and the standing searches' screen multiply with numpy's einsum: "
         "with BLAS, OpenBLAS's worker threads had made one 10,000 x 384 scan take 54 ms "
