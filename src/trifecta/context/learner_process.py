@@ -79,7 +79,7 @@ def learner_config(
     elif path is None:
         reason = "the embedder was handed in as an object, not a class or factory"
     if reason is not None or path is None:
-        log.info("learning in a thread of this process", reason=reason)
+        log.debug("learning in a thread of this process", reason=reason)
         return None
     core = get_settings()
     return LearnerConfig(
@@ -242,7 +242,7 @@ class LearnerProcess:
                         self._answers[event.id] = event.ok
                         self._answered.notify_all()
             elif isinstance(event, Ready):
-                log.info("learner process ready", pid=event.pid)
+                log.debug("learner process ready", pid=event.pid)
 
     def _learned(self, event: Learned) -> None:
         """The child committed a batch: publish the version here too and bring this
