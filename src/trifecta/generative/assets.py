@@ -13,14 +13,14 @@ REPORT_FILE = "diffusion-moe.report.json"
 # The cognitive layer's shipped autoregressive tiers (Hugging Face folders); read as files, so
 # this layer does not import the cognitive package.
 AR_TIERS = ("small", "medium", "large")
-# A copy of the small tier's Llama checkpoint as the shipped model was converted from it, so
-# the recipe reproduces the weights whatever the cognitive layer ships next.
+# A copy of the small tier's Llama checkpoint as the first model was converted from it, so
+# its recipe reproduces the weights whatever the cognitive layer ships next.
 VENDORED_SOURCE = "ar-source"
 # A copy of the small tier as it is since it has Canon layers (look-ups 99%, sums 100%; its
-# `training.json` beside it): what the named-scratchpad model is converted from.
+# `training.json` beside it): what the named-scratchpad (previous) model was converted from.
 VENDORED_CANON_SOURCE = "ar-small-canon"
-# The medium tier as committed when the fine-grained model was converted from it (grades 3-5
-# 84.5% / 66% / 45.5% in its `training.json`).
+# The medium tier as committed when the shipped, fine-grained model was converted from it
+# (grades 3-5 84.5% / 66% / 45.5% in its `training.json`).
 VENDORED_MEDIUM_SOURCE = "ar-medium-canon"
 VENDORED = (VENDORED_SOURCE, VENDORED_CANON_SOURCE, VENDORED_MEDIUM_SOURCE)
 SOURCES = (*VENDORED, *AR_TIERS)

@@ -1,8 +1,9 @@
 """The recipe of the shipped generative model (`trifecta generative train`).
 
-1. Convert an autoregressive Llama checkpoint (`convert.py`; by default the vendored copy of
-   the small cognitive tier, `assets/generative/ar-source`): bidirectional attention, each FFN
-   upcycled into `n_experts` experts.
+1. Convert an autoregressive Llama checkpoint (`convert.py`; a vendored copy of a cognitive
+   tier, `assets/generative/ar-*`; the shipped recipe's is the medium tier): bidirectional
+   attention, each FFN upcycled into `n_experts` experts (cut into `granularity` shards for
+   fine-grained experts).
 2. Continue training on the masked-diffusion objective (LLaDA, Nie et al. 2025, eq. 3): per
    row draw t ~ U(eps, 1), replace each response position by `<mask>` with probability t, and
    minimise the cross-entropy on the masked positions weighted by 1/t. The prompt is never
@@ -65,7 +66,8 @@ class TrainConfig(BaseModel):
     seed: int = 0
     source: str = Field(
         default="ar-source",
-        description="AR checkpoint converted: ar-source (the vendored small tier) or a tier",
+        description="AR checkpoint converted: a vendored copy (ar-source, ar-small-canon, "
+        "ar-medium-canon) or a live tier",
     )
     n_experts: int = Field(default=8, ge=2)
     top_k: int = Field(default=2, ge=1)
