@@ -4,6 +4,7 @@ window, is not."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trifecta.core.heap_report import memray_growth
+from trifecta.core.heap_report import HeldBySite
 
 pytest.importorskip("memray")
 
@@ -43,12 +44,28 @@ CHILD = textwrap.dedent(
 )
 
 
+READ = (
+    "import json, sys; from pathlib import Path; "
+    "from trifecta.core.heap_report import memray_growth; "
+    "print(json.dumps([r.model_dump() for r in memray_growth(Path(sys.argv[1]))]))"
+)
+
+
 @pytest.mark.slow
 def test_memray_window_reports_what_the_window_kept(tmp_path: Path) -> None:
     script, capture = tmp_path / "child.py", tmp_path / "capture.bin"
     script.write_text(CHILD)
     subprocess.run([sys.executable, str(script), str(capture)], check=True, timeout=120)
-    rows = memray_growth(capture)
+    # Read in another process too: memray loaded here unsettled this session's tracemalloc
+    # test (test_heap.py) when it ran after this one.
+    read = subprocess.run(
+        [sys.executable, "-c", READ, str(capture)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    rows = [HeldBySite.model_validate(row) for row in json.loads(read.stdout)]
     kept = [r for r in rows if "keep_this" in r.site]
     assert len(kept) == 1 and 12 <= kept[0].mb[-1] < 12.5
     assert kept[0].mb[0] < 1  # made after the first mark: the rise is seen
