@@ -79,20 +79,24 @@ def test_impossible_masks_are_refused(layers: list[list[int]]) -> None:
 def test_masked_router_routes_as_the_full_router_with_masked_scores(shipped) -> None:
     """The sliced router (only the active experts' rows) picks the experts and gates the full
     router would after setting masked scores to -inf, with a capsule's biases too."""
+    c = shipped.config
     moe = shipped.blocks()[1].moe
-    x = torch.randn(300, shipped.config.d_model, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(300, c.d_model, generator=torch.Generator().manual_seed(3))
     counted = torch.ones(300, dtype=torch.bool)
-    active = ExpertMask(layers=[[0, 1], [1, 3, 4, 6]]).active(8)
-    bias = torch.linspace(-0.2, 0.2, 16).view(2, 8)
+    # layer 1 keeps top-k + 2 experts; the other layers every expert
+    layers = [list(range(c.n_experts))] * c.n_layers
+    layers[1] = [1, 3, 4, 6, 7, 0][: c.top_k + 2]
+    active = ExpertMask(layers=layers).active(c.n_experts)
+    bias = torch.linspace(-0.2, 0.2, c.n_layers * c.n_experts).view(c.n_layers, c.n_experts)
     with torch.no_grad():
         ours = moe(x, counted, Routing(active=active, bias=bias))
         affinity = torch.sigmoid(moe.router(x))
         score = (affinity + moe.selection_bias + bias[1]).masked_fill(~active[1], float("-inf"))
-        chosen = score.topk(2, dim=-1).indices
+        chosen = score.topk(c.top_k, dim=-1).indices
         gates = affinity.gather(1, chosen)
         gates = gates / gates.sum(dim=-1, keepdim=True)
         reference = torch.zeros_like(x)
-        for slot in range(2):
+        for slot in range(c.top_k):
             for e in chosen[:, slot].unique().tolist():
                 rows = chosen[:, slot] == e
                 reference[rows] += gates[rows, slot, None] * moe.experts[e](x[rows])
@@ -130,8 +134,9 @@ def test_success_check_on_the_shipped_model(shipped) -> None:
     mask, check = learn_verified_mask(
         Decoder(shipped), traffic=None, domain="energy", tolerance=0.05, check_tasks=40
     )
+    c = shipped.config
     assert check.successes  # the shipped model answers some of its kind of tasks
-    every = ExpertMask(layers=[list(range(8))] * 2)
+    every = ExpertMask(layers=[list(range(c.n_experts))] * c.n_layers)
     assert check.retained(every) == 1.0  # decoding is deterministic: nothing lost
     assert check.retained(mask) >= 0.95
-    mask.validate_for(2, 8, 2)
+    mask.validate_for(c.n_layers, c.n_experts, c.top_k)
