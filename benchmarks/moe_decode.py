@@ -421,7 +421,9 @@ def main() -> None:
         "## Generative model decoding (`benchmarks/moe_decode.py`)",
         "",
         f"Command: `.venv/bin/python benchmarks/moe_decode.py --per-grade {args.per_grade} "
-        f"--reps {args.reps}`. CPU: {cpu_name()}; one torch thread; {machine_load()} at the "
+        f"--reps {args.reps} --pair-rounds {args.pair_rounds} --traffic {args.traffic} "
+        f"--check-tasks {args.check_tasks}`. CPU: {cpu_name()}; one torch thread; "
+        f"{machine_load()} at the "
         "end of the run (other engineers' jobs shared the cores: absolute tokens/s move with "
         "the load, ratios of modes taking turns much less).",
         "",
