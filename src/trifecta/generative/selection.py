@@ -10,9 +10,11 @@ top-k among those only, and the others are never called (`model.MoE`). A mask is
   model got right stay right without it. Traffic share alone misjudges experts: these experts
   were upcycled from one dense FFN, so when a masked expert's tokens go to their next choice
   what they lose is how much the two experts *differ* on those tokens, not how many tokens
-  there were. On the shipped model, one capsule's least-used expert of layer 0 (10% of its
-  tokens) carried 10 of its 218 verified successes, while the most-used expert of layer 1
-  (21%) carried none (`docs/generative.md`). So traffic only orders the candidates (least
+  there were. On the previous shipped model (small tier), one capsule's least-used expert
+  of layer 0 (10% of its tokens) carried 10 of its 218 verified successes, while the
+  most-used expert of layer 1 (21%) carried none (`docs/generative.md`). On a fine-grained
+  model an expert is a shard of the FFN, and dropping both copies of a shard loses those
+  hidden units outright. So traffic only orders the candidates (least
   used first) and a check of verified successes decides.
 """
 
