@@ -14,7 +14,7 @@ torch on one thread:
 - old: `retrieve` then `learn` (reflect, curate, distil, written before the hop returns; the
   next retrieval finds a new version and catches its view up from the shard);
 - new: `retrieve` then `submit` (committed to the queue), learned by the learner process
-  (`learning_process`, the default), whose batches reach this process's live view as reads
+  (`learning_process` on), whose batches reach this process's live view as reads
   of the rows newer than the view holds. A round ends when `drain` returns, so the learning
   is inside the round's time;
 - thread: the new path with the worker in a thread of the serving process (the setting
@@ -315,7 +315,7 @@ def report(
         f"{args.rounds} rounds x {args.requests} requests per path after a warm-up round, same"
         " workload (`trifecta run`'s: 8 capsules, 4 domains), SQLite shards, no Redis, torch on"
         " one thread. Hop = retrieve + learn (old) or retrieve + submit (new: the learner"
-        " process, the default; thread: the worker in a thread of the serving process, as"
+        " process; thread: the worker in a thread of the serving process, as"
         " before); throughput counts each round's wall time including the drain.",
         "",
         "| path | hop p50 ms [95%] | hop p99 ms | retrieve p50 ms | learn/submit p50 ms"

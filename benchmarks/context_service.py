@@ -97,8 +97,8 @@ METHOD = (
     "request, each with a new op id, so every request writes. *Loop*: the workload "
     "`trifecta run` produces (`orchestrator/loop.py`: per served request one retrieve "
     "before and one learn queued after (`/trajectories/queue`, as the loop submits it: the "
-    "answer is the commit of the queue row, and the service's learner process, a process "
-    "of its own, learns from it), reads and writes 1:1, each client alternating the two; "
+    "answer is the commit of the queue row, and the service's learning worker learns from "
+    "it: a process of its own when `learning_process` is on, a thread otherwise), reads and writes 1:1, each client alternating the two; "
     "every batch learned adds memories and moves the domain's version, so the result cache "
     "must not serve a stale answer: the retrieve after it is rendered from the view's standing "
     "search (updated by the write, not searched again) and the remembered query embedding. "
@@ -352,7 +352,7 @@ def loop_requests(
                 verdict_detail=None if ok else f"expected {task.answer}",
                 steps=[TrajectoryStep(layer="cognitive", tier="small", mean_entropy=0.4)],
             )
-            # Queued, as the loop submits it: the service's learner process learns from it.
+            # Queued, as the loop submits it: the service's learning worker learns from it.
             requests.append(("/trajectories/queue", trajectory.model_dump(mode="json")))
         out.append(requests)
     return out
@@ -564,7 +564,7 @@ def drain_note() -> str:
     """The time each loop pass's queued learning took to finish after the pass."""
     parts = [f"{b} {w} ({m}) {sec:.1f} s" for (b, w, m), sec in DRAINS.items()]
     return (
-        "The learning the loop passes queued, learned by the server's learner process: "
+        "The learning the loop passes queued, learned by the server's learning worker: "
         "the queue was empty this long after each pass ended: " + "; ".join(parts) + "."
     )
 
@@ -632,8 +632,9 @@ def report(results: dict[str, list[tuple[str, Run, float | None]]], plan: Plan) 
         "capsule's standing queries repeat, so after a prompt's first retrieve it is "
         "answered from its kept search unless a write rewrote (reinforced) a memory in its "
         "top-k, which drops it. The loop's learns are queued, as `trifecta run` submits "
-        "them, and learned by the server's learner process (`context/learner.py`), which "
-        "tells the server of each batch so that its view reads only the newer rows; until "
+        "them, and learned by the server's learning worker (the run committed with this text: "
+        "the learner process, `context/learner.py`, which tells the server of each batch so "
+        "that its view reads only the newer rows); until "
         "this run the workload posted `/trajectories`, learned synchronously inside the "
         "server process beside the retrieves (retrieve p99 25.9 ms SQLite, 13.7 ms "
         "Postgres, at load average about 2). The loop retrieve's p50 against the cached "

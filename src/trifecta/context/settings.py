@@ -79,7 +79,9 @@ class ContextSettings(LayerSettings):
         description="texts per embedding call of the learning worker",
     )
     learning_process: bool = Field(
-        default=True,
+        # Off: on this 2-core machine, loaded by other jobs, the process measured no faster
+        # than the thread (benchmarks/context_hop.py, loop.py; docs/context.md has figures).
+        default=False,
         description="learn in a process of its own (else a thread of the serving process)",
     )
     learn_bfloat16: bool = Field(
