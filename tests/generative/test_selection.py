@@ -14,6 +14,7 @@ from trifecta.generative.model import DiffusionLM, Routing
 from trifecta.generative.selection import (
     ExpertMask,
     configured_mask,
+    half_mask,
     learn_mask,
     verified_mask,
 )
@@ -140,3 +141,28 @@ def test_success_check_on_the_shipped_model(shipped) -> None:
     assert check.retained(every) == 1.0  # decoding is deterministic: nothing lost
     assert check.retained(mask) >= 0.95
     mask.validate_for(c.n_layers, c.n_experts, c.top_k)
+
+
+def test_half_mask_keeps_every_shard_on_a_fine_grained_model() -> None:
+    # 8 experts = 2 groups x 4 shards (expert e is shard e % 4): the most-used half of layer 0
+    # is [2, 3, 6, 7], both copies of shards 2 and 3 and neither of shards 0 and 1.
+    load = torch.tensor(
+        [[1.0, 2.0, 9.0, 8.0, 3.0, 0.5, 7.0, 6.0], [5.0, 1.0, 1.0, 1.0, 4.0, 2.0, 3.0, 0.0]]
+    )
+    mask = half_mask(load, granularity=4, top_k=4)
+    assert mask.layers == [[1, 2, 3, 4], [0, 3, 5, 6]]  # per shard the more-used copy
+    for layer in mask.layers:
+        assert len(layer) == 4  # the asked size, E / 2
+        assert {e % 4 for e in layer} == {0, 1, 2, 3}  # every shard covered
+    mask.validate_for(n_layers=2, n_experts=8, top_k=4)
+    # 2 shards x 4 groups: half is 4 experts, each shard's best copy first, then by traffic
+    two = half_mask(load, granularity=2, top_k=2)
+    assert two.layers[0] == [2, 3, 6, 7] and two.layers[1] == [0, 4, 5, 6]
+
+
+def test_half_mask_without_shards_is_the_most_used_half() -> None:
+    load = torch.tensor([[1.0, 2.0, 9.0, 8.0, 3.0, 0.5, 7.0, 6.0]])
+    old_rule = sorted(load.argsort(dim=1, descending=True)[0, :4].tolist())
+    assert half_mask(load, granularity=1, top_k=2).layers == [old_rule] == [[2, 3, 6, 7]]
+    with pytest.raises(InvalidInput, match="granularity"):
+        half_mask(load, granularity=3, top_k=2)

@@ -16,6 +16,10 @@ top-k among those only, and the others are never called (`model.MoE`). A mask is
   model an expert is a shard of the FFN, and dropping both copies of a shard loses those
   hidden units outright. So traffic only orders the candidates (least
   used first) and a check of verified successes decides.
+- `half_mask` (a configured size, no check): half of each layer's experts chosen by traffic.
+  On a fine-grained model it keeps, for each shard, its most-used copies, so every hidden
+  unit of the dense FFN stays (the most-used half alone dropped two shards of four in two of
+  the shipped model's three layers and cost 55 points, `docs/generative.md`).
 """
 
 from __future__ import annotations
@@ -86,6 +90,35 @@ def learn_mask(load: torch.Tensor, coverage: float, top_k: int) -> ExpertMask:
         count = int((share < coverage - 1e-9).sum()) + 1  # experts needed to reach coverage
         layers.append(sorted(order[: max(count, top_k)].tolist()))
     return ExpertMask(layers=layers, source="learned")
+
+
+def half_mask(load: torch.Tensor, granularity: int, top_k: int) -> ExpertMask:
+    """Half of each layer's experts from routed-token counts `load` (n_layers, E).
+
+    `granularity` G: expert e is shard e % G of the FFN in virtual group e // G (`convert`).
+    G = 1: the E/2 most used experts. G > 1: first each shard's most-used copy, so every
+    shard stays, then the most used of the remaining copies up to E/2 (never fewer than G or
+    top-k experts: with one group every shard has one copy and nothing can go)."""
+    n_layers, n_experts = load.shape
+    if granularity < 1 or n_experts % granularity:
+        raise InvalidInput(
+            f"granularity {granularity} must divide the model's {n_experts} experts",
+            field="granularity",
+        )
+    size = max(n_experts // 2, granularity if granularity > 1 else 1, top_k)
+    layers = []
+    for row in load:
+        order = torch.argsort(row, descending=True, stable=True).tolist()  # most used first
+        kept: list[int] = []
+        if granularity > 1:
+            covered: set[int] = set()
+            for expert in order:  # each shard's most-used copy, in traffic order
+                if expert % granularity not in covered:
+                    covered.add(expert % granularity)
+                    kept.append(expert)
+        kept += [e for e in order if e not in kept][: size - len(kept)]
+        layers.append(sorted(kept[:size]))
+    return ExpertMask(layers=layers, source="configured")
 
 
 def verified_mask(
