@@ -99,7 +99,7 @@ def half_mask(load: torch.Tensor, granularity: int, top_k: int) -> ExpertMask:
     G = 1: the E/2 most used experts. G > 1: first each shard's most-used copy, so every
     shard stays, then the most used of the remaining copies up to E/2 (never fewer than G or
     top-k experts: with one group every shard has one copy and nothing can go)."""
-    n_layers, n_experts = load.shape
+    n_experts = load.shape[1]
     if granularity < 1 or n_experts % granularity:
         raise InvalidInput(
             f"granularity {granularity} must divide the model's {n_experts} experts",
