@@ -62,6 +62,13 @@ class ContextSettings(LayerSettings):
         ge=0,
         description="standing searches a domain's view keeps (least recently asked go first)",
     )
+    bullet_rankings_kept: int = Field(
+        # A ranking is 7-28 KB at 10-50 bullets (measured); the queries that recur are the
+        # ones a kept standing search serves, so the same bound fits (0.3-7 MB a domain).
+        default=256,
+        ge=0,
+        description="bullet rankings a domain view remembers by query (least recent dropped)",
+    )
     learn_batch: int = Field(
         default=32, ge=1, description="queued trajectories of one domain learned per transaction"
     )

@@ -24,6 +24,7 @@ import numpy as np
 
 from trifecta.context.models import Bullet, BulletStatus, MemoryHit, MemoryItem, RankedBullet
 from trifecta.context.render import rank_bullets
+from trifecta.context.settings import ContextSettings
 from trifecta.context.sql import Vector
 from trifecta.context.standing import SearchKey, StandingSearches
 from trifecta.context.store import ShardStore
@@ -33,11 +34,10 @@ from trifecta.context.writes import Changes
 # A write adding more memories than this (a replica catching up on a long absence) drops the
 # standing searches rather than scoring every one of them against every new memory.
 MERGE_AT_MOST = 512
-RANKINGS_KEPT = 1024  # bullet rankings remembered per domain (by query)
 
 
 class DomainView:
-    def __init__(self, domain: str):
+    def __init__(self, domain: str, rankings_kept: int | None = None):
         self.domain = domain
         self.version = -1
         self.bullets: dict[str, Bullet] = {}
@@ -45,7 +45,11 @@ class DomainView:
         self.memories: dict[str, MemoryItem] = {}
         self.index: MemoryIndex | None = None
         self.searches = StandingSearches()
-        self._rankings: dict[bytes | None, list[RankedBullet]] = {}  # query -> ranked bullets
+        # query -> ranked bullets, least recently asked dropped past `bullet_rankings_kept`
+        self._rankings: OrderedDict[bytes | None, list[RankedBullet]] = OrderedDict()
+        self.rankings_kept = (
+            ContextSettings().bullet_rankings_kept if rankings_kept is None else rankings_kept
+        )
         self.lock = threading.RLock()  # held by searches and by applying changes (brief)
         self.loading = threading.Lock()  # held while one reader loads changes from the shard
 
@@ -103,9 +107,12 @@ class DomainView:
                 found = rank_bullets(
                     list(self.bullets.values()), query=query, vectors=self.bullet_vectors
                 )
-                if len(self._rankings) >= RANKINGS_KEPT:
-                    self._rankings.clear()
-                self._rankings[key] = found
+                if self.rankings_kept > 0:
+                    self._rankings[key] = found
+                    while len(self._rankings) > self.rankings_kept:
+                        self._rankings.popitem(last=False)
+            else:
+                self._rankings.move_to_end(key)
             return list(found)
 
     def active_bullets(self) -> list[Bullet]:
