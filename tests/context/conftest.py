@@ -18,6 +18,8 @@ from tests.context.replicas import CAPSULE, lesson
 from tests.support import free_port
 from trifecta.context.facade import ContextService
 from trifecta.context.settings import ContextSettings
+from trifecta.context.store import ShardStore
+from trifecta.context.writes import Changes
 from trifecta.core.db import get_engine
 from trifecta.core.embeddings import MiniLMEmbedder, get_embedder
 from trifecta.fleet.capsules import Capsule
@@ -77,6 +79,28 @@ def replicas(
 @pytest.fixture
 def service(make_service: ServiceFactory, sqlite_url: str) -> ContextService:
     return make_service(sqlite_url)
+
+
+ChangesSpy = Callable[[ShardStore], list[int]]
+
+
+@pytest.fixture
+def spy_changes_since(monkeypatch: pytest.MonkeyPatch) -> ChangesSpy:
+    """Wraps a store's `changes_since` and returns the list of each `since` it is asked for,
+    so a test can tell a view that caught up by reading newer rows from one that reloaded."""
+
+    def spy(store: ShardStore) -> list[int]:
+        asked: list[int] = []
+        load = store.changes_since
+
+        def recording(domain: str, since: int) -> Changes:
+            asked.append(since)
+            return load(domain, since)
+
+        monkeypatch.setattr(store, "changes_since", recording)
+        return asked
+
+    return spy
 
 
 class ServiceProcess:

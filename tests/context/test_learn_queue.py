@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.context.conftest import ServiceFactory
+from tests.context.conftest import ChangesSpy, ServiceFactory
 from tests.context.submitter import trajectory
 from trifecta.context import tables
 from trifecta.context.deltas import AddOp, Delta, TagOp
@@ -22,7 +22,6 @@ from trifecta.context.facade import ContextService
 from trifecta.context.models import RetrieveRequest
 from trifecta.context.sql import Vector
 from trifecta.context.store import ShardStore
-from trifecta.context.writes import Changes
 from trifecta.core.db import get_engine, transaction
 from trifecta.core.errors import NotFound
 
@@ -184,7 +183,7 @@ def test_nothing_acknowledged_is_lost_on_kill_9(
 
 
 def test_a_replica_that_did_not_write_catches_up_incrementally(
-    make_service: ServiceFactory, sqlite_url: str
+    make_service: ServiceFactory, sqlite_url: str, spy_changes_since: ChangesSpy
 ) -> None:
     writer, reader = make_service(sqlite_url), make_service(sqlite_url)
     bullet = seed_bullet(writer)
@@ -193,14 +192,7 @@ def test_a_replica_that_did_not_write_catches_up_incrementally(
     writer.submit(trajectory(2, bullet))
     assert writer.drain(timeout=60)
     store = reader.router.store_for("plant")
-    asked: list[int] = []
-    load = store.changes_since
-
-    def spy(domain: str, since: int) -> Changes:
-        asked.append(since)
-        return load(domain, since)
-
-    store.changes_since = spy  # type: ignore[method-assign]
+    asked = spy_changes_since(store)
     after = reader.retrieve("twin-a", request)
     assert asked == [before.version]  # only the rows written since its version
     assert [m.memory.source.trajectory_id for m in after.memories] == ["traj-kill-00002"]

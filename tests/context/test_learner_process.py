@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.context.conftest import ServiceFactory, register_capsules
+from tests.context.conftest import ChangesSpy, ServiceFactory, register_capsules
 from tests.context.submitter import trajectory
 from tests.context.test_learn_queue import REPO, bullet_counts, seed_bullet
 from trifecta.context.facade import ContextService
@@ -21,7 +21,6 @@ from trifecta.context.learner import import_path
 from trifecta.context.learner_process import LearnerProcess
 from trifecta.context.models import RetrieveRequest
 from trifecta.context.settings import ContextSettings
-from trifecta.context.writes import Changes
 from trifecta.core.embeddings import MiniLMEmbedder, get_embedder
 
 
@@ -70,7 +69,7 @@ def test_parts_that_cannot_cross_a_process_keep_learning_in_a_thread(
 
 @pytest.mark.slow
 def test_the_learner_process_learns_survives_kill_9_and_stops_with_the_service(
-    sqlite_url: str,
+    sqlite_url: str, spy_changes_since: ChangesSpy
 ) -> None:
     service = process_service(sqlite_url)
     assert isinstance(service.learner, LearnerProcess)
@@ -79,14 +78,7 @@ def test_the_learner_process_learns_survives_kill_9_and_stops_with_the_service(
     service.retrieve("twin-a", request)  # this process now holds a live view of the domain
     held = service.views.get("plant", lambda _d: service.router.store_for("plant"), 0).version
     store = service.router.store_for("plant")
-    asked: list[int] = []
-    load = store.changes_since
-
-    def spy(domain: str, since: int) -> Changes:
-        asked.append(since)
-        return load(domain, since)
-
-    store.changes_since = spy  # type: ignore[method-assign]
+    asked = spy_changes_since(store)
     for i in range(10):
         service.submit(trajectory(i, bullet))
     assert service.drain(timeout=180)
