@@ -133,6 +133,14 @@ def direct_calls(stack: Stack, items: list[WorkItem]) -> dict[str, list[float]]:
     return out
 
 
+def over_passes(values: list[float]) -> tuple[float, float, float]:
+    """A figure's median over the throughput passes and its bootstrap interval; after a
+    single pass (`--repeats 1`) that pass's figure, with no interval to draw."""
+    if len(values) > 1:
+        return bootstrap_median(values)
+    return values[0], values[0], values[0]
+
+
 def tree_cpu_seconds() -> tuple[float, float]:
     """(this process's CPU seconds, its live child processes' CPU seconds): the context layer
     learns in a process of its own, whose CPU a request costs as much as the server's."""
@@ -251,8 +259,8 @@ def main() -> int:
                 items = build_workload(capsules, args.requests, seed=200)
                 federated = federated_pass(settings, items, "loop-federated", args.workers)
 
-    rate, rate_lo, rate_hi = bootstrap_median(rates) if len(rates) > 1 else (rates[0],) * 3
-    learnt = bootstrap_median(with_learning) if len(rates) > 1 else (with_learning[0],) * 3
+    rate, rate_lo, rate_hi = over_passes(rates)
+    learnt = over_passes(with_learning)
     edge_ratio = bootstrap_ratio(one_at_a_time.get("edge", [np.nan]), direct["edge"])
     goals = [
         Goal(
@@ -306,9 +314,7 @@ def main() -> int:
         if federated
         else "federated run skipped"
     )
-    cpu = bootstrap_median(cpu_ms) if len(cpu_ms) > 1 else (cpu_ms[0],) * 3
-    child = bootstrap_median(child_ms) if len(child_ms) > 1 else (child_ms[0],) * 3
-    engine = bootstrap_median(engine_ms) if len(engine_ms) > 1 else (engine_ms[0],) * 3
+    cpu, child, engine = over_passes(cpu_ms), over_passes(child_ms), over_passes(engine_ms)
     cpu_line = (
         f"CPU {cpu[0]:.1f} ms a request [{cpu[1]:.1f}, {cpu[2]:.1f}] over the passes and their "
         f"drains, the context learner's process's {child[0]:.1f} [{child[1]:.1f}, "
