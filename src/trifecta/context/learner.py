@@ -16,6 +16,11 @@ The two talk over pipes, one JSON line a message (the models below):
 - the child answers on what was its stdout (`Ready`, `Learned` after each committed batch,
   `Drained`); anything else it prints goes to stderr, so stray output cannot break a line.
 
+The child sets up its heap as `trifecta serve` does (`core/heap.py`): two glibc arenas and the
+native caches' bounds before anything allocates, the start-up heap frozen and glibc's heap
+trimmed every 10 s once the service is built, and the heap reports of `core/heap_report.py`
+(`<file>.learner`) when asked. Without them it grew about 11 MB per 1,000 tasks in a soak.
+
 The child lives only as long as its parent: end of file on stdin (the parent closed it, or
 died, kill -9 included: the kernel closes its end) stops the worker and ends the process,
 and a watchdog ends it too if its parent process changes (re-parented after a death whose
@@ -164,6 +169,7 @@ def serve(config: LearnerConfig, commands: TextIO, outbox: _Outbox) -> None:
 
     worker.on_learned = learned
     worker.start()
+    _serve_heap()
     outbox.send(Ready(pid=os.getpid()))
 
     def drain(command: Drain) -> None:
@@ -183,6 +189,25 @@ def serve(config: LearnerConfig, commands: TextIO, outbox: _Outbox) -> None:
         service.close()
 
 
+def _start_heap() -> None:
+    """Before anything allocates: what `trifecta serve` does first (core/heap.py says why)."""
+    from trifecta.core.heap import bound_native_caches, cap_malloc_arenas
+
+    cap_malloc_arenas()
+    bound_native_caches()  # inherited from a server that set them; set here when run alone
+
+
+def _serve_heap() -> None:
+    """Once the service is built: freeze what start-up made, trim glibc's heap while
+    learning, and the heap reports when asked (core/heap_report.py)."""
+    from trifecta.core.heap import freeze_startup_heap, start_malloc_trimmer
+    from trifecta.core.heap_report import start_heap_report_if_asked
+
+    freeze_startup_heap()
+    start_malloc_trimmer()
+    start_heap_report_if_asked(role="learner")
+
+
 def _embedder(factory: object) -> Embedder:
     assert callable(factory)
     made = factory()
@@ -192,6 +217,7 @@ def _embedder(factory: object) -> Embedder:
 
 
 def main() -> None:
+    _start_heap()
     # The event pipe is the stdout we were given; print() and stray writes go to stderr.
     events = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)

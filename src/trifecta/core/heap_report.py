@@ -19,16 +19,24 @@ traces in the same heap, so a reported run's figures are not a plain run's.
 `TRIFECTA_HEAP_MEMRAY` (a file) starts memray's tracker with native stacks in the server
 instead: it waits `TRIFECTA_HEAP_MEMRAY_AFTER_S` seconds (default 120: past start-up and the
 first minutes' ramp), tracks every allocation of every thread for
-`TRIFECTA_HEAP_MEMRAY_FOR_S` (default 300), then stops, so the capture's allocations still
-held at points of the window (`memray_growth`) say, by library and line, what a stretch of
-steady serving kept (glibc's heap, not Python's only: the part tracemalloc cannot see).
+`TRIFECTA_HEAP_MEMRAY_FOR_S` (default 300), then stops (`core/heap_memray.py`: what the
+window's allocations still held, by library and line, is what a stretch of steady serving
+kept, glibc's heap included: the part tracemalloc cannot see).
 The two are exclusive.
+
+`TRIFECTA_HEAP_SIZES` (a file) is the cheap part alone, safe for a measured run: every
+`TRIFECTA_HEAP_REPORT_INTERVAL_S` seconds one JSON line of the process's owned memory, SQLite's
+and glibc's figures, and the entries of each bounded structure that registered itself with
+`track` (the router's prefix index, the served and hop logs...) against its bound, so a soak
+can tell a cache filling to its bound from a leak. A learner process writes its own files
+beside the server's (`<file>.learner`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import json
 import os
@@ -36,17 +44,22 @@ import sys
 import threading
 import time
 import tracemalloc
+import weakref
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import BaseModel
+
+from trifecta.core.heap_memray import MemrayWindow
 
 REPORT_ENV = "TRIFECTA_HEAP_REPORT"
 INTERVAL_ENV = "TRIFECTA_HEAP_REPORT_INTERVAL_S"
 MEMRAY_ENV = "TRIFECTA_HEAP_MEMRAY"
 MEMRAY_AFTER_ENV = "TRIFECTA_HEAP_MEMRAY_AFTER_S"
 MEMRAY_FOR_ENV = "TRIFECTA_HEAP_MEMRAY_FOR_S"
+SIZES_ENV = "TRIFECTA_HEAP_SIZES"
 STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 TOP = 15  # rows of each growth table in a report line
 STACKS = 5  # the largest growths with their whole stacks
@@ -68,6 +81,76 @@ def owned_mb(pid: int | str = "self") -> float:
     clean pages of mapped files, which the kernel may drop and read back."""
     status = status_mb(pid)
     return status["RssAnon"] + status["RssShmem"]
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (a learner process a server starts, say), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], []))
+    return tree
+
+
+def tree_status_mb(pid: int) -> dict[str, float]:
+    """`status_mb` summed over the process and its descendants, how many there were
+    ("processes") and the owned memory of `pid` alone ("server")."""
+    total: dict[str, float] = {"processes": 0.0, "server": 0.0}
+    for member in process_tree(pid):
+        try:
+            status = status_mb(member)
+        except (OSError, KeyError):
+            continue  # ended meanwhile (a zombie's status has no Rss lines)
+        total["processes"] += 1
+        if member == pid:  # the server's own owned memory, apart from its children's
+            total["server"] = status["RssAnon"] + status["RssShmem"]
+        for name, mb in status.items():
+            total[name] = total.get(name, 0.0) + mb
+    return total
+
+
+class Bounded(Protocol):
+    """A structure that holds `entries` now and at most `bound`. (Not `__len__`: an empty
+    structure must stay truthy where callers write `log or ServedLog()`.)"""
+
+    @property
+    def entries(self) -> int: ...
+
+    @property
+    def bound(self) -> int: ...
+
+
+_tracked: dict[str, weakref.WeakSet[Bounded]] = {}
+_tracked_lock = threading.Lock()
+
+
+def track(name: str, structure: Bounded) -> None:
+    """Name a bounded structure for the heap reports' per-structure sizes. A weak reference:
+    tracking keeps nothing alive, and instances of one name are summed."""
+    with _tracked_lock:
+        _tracked.setdefault(name, weakref.WeakSet()).add(structure)
+
+
+def tracked_sizes() -> dict[str, dict[str, int]]:
+    """Each tracked name's entries and bound, summed over its live instances."""
+    with _tracked_lock:
+        groups = {name: list(members) for name, members in _tracked.items()}
+    return {
+        name: {
+            "instances": len(members),
+            "entries": sum(m.entries for m in members),
+            "bound": sum(m.bound for m in members),
+        }
+        for name, members in sorted(groups.items())
+        if members
+    }
 
 
 def smaps_rollup_mb(pid: int | str = "self") -> dict[str, float]:
@@ -100,9 +183,16 @@ class _MallInfo2(ctypes.Structure):
     ]  # fmt: skip
 
 
+@functools.cache
+def _library(name: str) -> ctypes.CDLL | None:
+    """A C library by name, looked up once: `find_library` runs `ldconfig` in a child
+    process, which a report every few seconds should not fork from a large server."""
+    found = ctypes.util.find_library(name)
+    return ctypes.CDLL(found) if found else None
+
+
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name) if name else None
+    return _library("c")
 
 
 def malloc_info_xml() -> str | None:
@@ -150,8 +240,8 @@ def sqlite_mb() -> float | None:
     schemas of every connection), or None when no SQLite library is loaded."""
     if "sqlite3" not in sys.modules:
         return None
-    name = ctypes.util.find_library("sqlite3")
-    used = getattr(ctypes.CDLL(name), "sqlite3_memory_used", None) if name else None
+    library = _library("sqlite3")
+    used = getattr(library, "sqlite3_memory_used", None) if library is not None else None
     if used is None:
         return None
     used.restype = ctypes.c_int64
@@ -245,121 +335,77 @@ class HeapReporter:
             "malloc": stats.model_dump() if stats else None,
             "sqlite_mb": sqlite_mb(),
             "tensors": tensor_summary(),
+            "structures": tracked_sizes(),
         }
 
 
-class MemrayWindow:
-    """memray's tracker (native stacks) over one stretch of a server's life, on a thread."""
+class SizesReporter:
+    """The cheap report alone (no tracemalloc): one JSON line every `interval_s` of owned
+    memory, SQLite's and glibc's figures and the tracked structures' sizes."""
 
-    def __init__(self, path: Path, after_s: float, for_s: float) -> None:
-        self.path, self.after_s, self.for_s = path, after_s, for_s
+    def __init__(self, path: Path, interval_s: float) -> None:
+        self.path, self.interval_s = path, interval_s
         self.stop = threading.Event()
-        self.tracking = threading.Event()  # set while the tracker runs
-        self.done = threading.Event()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="heap-memray", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="heap-sizes", daemon=True)
         self._thread.start()
 
-    def close(self, timeout: float = 120.0) -> None:
+    def close(self, timeout: float = 30.0) -> None:
         self.stop.set()
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        import memray  # a dev dependency: only a debugging run gets here
-
-        try:
-            if self.stop.wait(self.after_s):
+        started = time.monotonic()
+        while True:
+            self.write(time.monotonic() - started)
+            if self.stop.wait(self.interval_s):
                 return
-            self.path.unlink(missing_ok=True)
-            with memray.Tracker(self.path, native_traces=True):
-                self.tracking.set()
-                self.stop.wait(self.for_s)
-            self.tracking.clear()
-        finally:
-            self.done.set()
+
+    def write(self, elapsed: float) -> None:
+        stats = malloc_stats()
+        line = {
+            "seconds": round(elapsed, 1),
+            "epoch": time.time(),
+            "status_mb": status_mb(),
+            "malloc": stats.model_dump() if stats else None,
+            "sqlite_mb": sqlite_mb(),
+            "structures": tracked_sizes(),
+        }
+        with self.path.open("a") as out:
+            out.write(json.dumps(line) + "\n")
 
 
-# Native frames that name who allocated (checked in order in the innermost frames).
-LIBRARIES = (
-    ("oneDNN/ideep", ("dnnl", "ideep")),
-    ("torch", ("c10::", "at::")),
-    ("SQLite", ("sqlite3",)),
-    ("pymalloc arenas", ("new_arena",)),
-    ("numpy", ("PyDataMem",)),
-)
+def _target(name: str, role: str) -> Path | None:
+    """The file an environment variable names, `<file>.<role>` for a helper process."""
+    value = os.environ.get(name)
+    if not value:
+        return None
+    return Path(f"{value}.{role}") if role else Path(value)
 
 
-def _library(functions: list[str]) -> str:
-    text = " ".join(functions[:16])
-    return next((name for name, marks in LIBRARIES if any(m in text for m in marks)), "other")
-
-
-def _site(stack: list[tuple[str, str, int]]) -> str:
-    """The innermost Python frame of the application (not the standard library's, not an
-    installed package's): the line that made the allocation, or made the call that did."""
-    for function, file, line in stack:
-        if file.endswith(".py") and "site-packages" not in file and "/lib/python3" not in file:
-            return f"{function} {file.rsplit('/src/', 1)[-1]}:{line}"
-    return "-"
-
-
-class HeldBySite(BaseModel):
-    """MB a memray window's allocations of one (library, application line) still held."""
-
-    library: str
-    site: str
-    mb: list[float]  # at each mark of the window
-
-
-def memray_growth(path: Path, marks: int = 4, top: int = 20) -> list[HeldBySite]:
-    """What a memray window's allocations still held at `marks` even points of the window,
-    in MB, by (library, application line), largest growth from the first mark to the last
-    first. A bounded cache that turns over shows a step and then a flat line (its new
-    entries replace entries made before the window, which the capture cannot see freed);
-    a structure that keeps growing keeps rising."""
-    import memray
-
-    reader = memray.FileReader(path)
-    snapshots = len(list(reader.get_memory_snapshots()))
-    points = [max(1, snapshots * (i + 1) // marks) for i in range(marks)]
-    held: dict[tuple[str, str], list[int]] = {}
-    for record in reader.get_temporal_allocation_records(merge_threads=True):
-        try:
-            stack = record.hybrid_stack_trace(max_stacks=60)
-        except NotImplementedError:  # a capture without native stacks
-            stack = record.stack_trace(max_stacks=60)
-        key = (_library([f for f, _, _ in stack]), _site(stack))
-        row = held.setdefault(key, [0] * marks)
-        for interval in record.intervals:
-            made, freed = interval.allocated_before_snapshot, interval.deallocated_before_snapshot
-            for i, point in enumerate(points):
-                if made <= point and (freed is None or freed > point):
-                    row[i] += interval.n_bytes
-    reader.close()
-    rows = sorted(held.items(), key=lambda kv: kv[1][0] - kv[1][-1])[:top]
-    return [
-        HeldBySite(library=lib, site=site, mb=[b / 2**20 for b in sizes])
-        for (lib, site), sizes in rows
-    ]
-
-
-def start_heap_report_if_asked() -> HeapReporter | MemrayWindow | None:
+def start_heap_report_if_asked(role: str = "") -> HeapReporter | MemrayWindow | None:
     """Start the debug report when `TRIFECTA_HEAP_REPORT` names a file, or memray's window
     when `TRIFECTA_HEAP_MEMRAY` does (both off by default: they slow a server); returns the
-    reporter (`close()` ends it), or None."""
-    capture = os.environ.get(MEMRAY_ENV)
-    if capture:
+    reporter (`close()` ends it), or None. The sizes report starts too when
+    `TRIFECTA_HEAP_SIZES` names a file (cheap; it runs as long as the process). A helper
+    process passes its `role` and writes `<file>.<role>`."""
+    interval = float(os.environ.get(INTERVAL_ENV, "30"))
+    sizes = _target(SIZES_ENV, role)
+    if sizes is not None:
+        SizesReporter(sizes, interval).start()
+    capture = _target(MEMRAY_ENV, role)
+    if capture is not None:
         window = MemrayWindow(
-            Path(capture),
+            capture,
             float(os.environ.get(MEMRAY_AFTER_ENV, "120")),
             float(os.environ.get(MEMRAY_FOR_ENV, "300")),
         )
         window.start()
         return window
-    target = os.environ.get(REPORT_ENV)
-    if not target:
+    target = _target(REPORT_ENV, role)
+    if target is None:
         return None
-    reporter = HeapReporter(Path(target), float(os.environ.get(INTERVAL_ENV, "30")))
+    reporter = HeapReporter(target, interval)
     reporter.start()
     return reporter
