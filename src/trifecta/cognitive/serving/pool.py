@@ -92,6 +92,9 @@ class LocalReplicas:
             raise ValueError("a tier needs at least one replica")
         self.engines = {engine.name: engine for engine in engines}
         self.router = router or ScoringRouter()
+        self.router.fit_index(
+            sum(e.prefix_cache.capacity_tokens // e.prefix_cache.block_size for e in engines)
+        )
         self.queue_depth = queue_depth
         self.block_size = engines[0].prefix_cache.block_size
         self._in_flight = dict.fromkeys(self.engines, 0)

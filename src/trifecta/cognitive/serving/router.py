@@ -15,6 +15,10 @@ Hot-prefix protection: the affinity term only counts while the replica holding t
 within `imbalance_threshold` requests of the least loaded candidate. A prefix that floods the
 tier spills to the next replica, which then holds it too, so a hot prefix spreads over as many
 replicas as its load needs instead of pinning one.
+
+The prefix index is bounded: it remembers at most as many block hashes as the tier's
+replicas' prefix caches can hold (`fit_index`), or `router_prefix_hashes` when set. A hash
+beyond that names a prefix no replica still holds, so it could only mislead the router.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trifecta.cognitive.serving.requests import ReplicaLoad
+from trifecta.cognitive.settings import get_cognitive_settings
+from trifecta.core.heap_report import track
+
+# Before the replicas are known (a router made alone, the Ray router): two engines' caches
+# at the default 16,384 tokens in 8-token blocks.
+DEFAULT_INDEX_HASHES = 2 * 16_384 // 8
 
 
 @dataclass(frozen=True)
@@ -39,9 +49,24 @@ class RouterWeights:
 class PrefixIndex:
     """Which replicas recently routed which prompt-block hashes (least recently used first out)."""
 
-    def __init__(self, capacity: int = 100_000):
+    def __init__(self, capacity: int = DEFAULT_INDEX_HASHES):
         self.capacity = capacity
         self._owners: OrderedDict[int, set[str]] = OrderedDict()
+        track("cognitive router prefix index (hashes)", self)
+
+    @property
+    def entries(self) -> int:
+        return len(self._owners)
+
+    @property
+    def bound(self) -> int:
+        return self.capacity
+
+    def resize(self, capacity: int) -> None:
+        """A new bound; the least recently routed hashes go first if it is smaller."""
+        self.capacity = max(1, capacity)
+        while len(self._owners) > self.capacity:
+            self._owners.popitem(last=False)
 
     def matched_blocks(self, hashes: Sequence[int], replicas: Sequence[str]) -> dict[str, int]:
         """For each replica, how many leading blocks of the prompt it has seen."""
@@ -75,10 +100,23 @@ class PrefixIndex:
 class ScoringRouter:
     """Chooses a replica for each request; remembers where prefixes went."""
 
-    def __init__(self, weights: RouterWeights | None = None, *, seed: int | None = None):
+    def __init__(
+        self,
+        weights: RouterWeights | None = None,
+        *,
+        seed: int | None = None,
+        index_hashes: int | None = None,
+    ):
         self.weights = weights or RouterWeights()
-        self.index = PrefixIndex()
+        self._configured = index_hashes or get_cognitive_settings().router_prefix_hashes
+        self.index = PrefixIndex(self._configured or DEFAULT_INDEX_HASHES)
         self._random = random.Random(seed)
+
+    def fit_index(self, cached_blocks: int) -> None:
+        """Bound the index by the blocks the replicas' prefix caches hold together, unless a
+        bound was configured."""
+        if self._configured is None:
+            self.index.resize(cached_blocks)
 
     def score(
         self, load: ReplicaLoad, matched: int, total_blocks: int, least_in_flight: int
