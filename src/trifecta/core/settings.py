@@ -101,6 +101,23 @@ class Settings(_TomlSettings):
         description="intra-op threads for the shipped models; more than one "
         "made small-model decode steps 50-100x slower when the cores are shared",
     )
+    served_log_records: int = Field(
+        # ~110 bytes a record: about 0.2 MB an environment (was a fixed 100,000, 11 MB). The
+        # log is for reading placement back (tests, an operator's look at the last calls);
+        # the served and refused counts cover every record.
+        default=2_000,
+        ge=1,
+        description="records of what an environment served or refused kept in memory "
+        "(oldest dropped first; its served and refused counts cover every record)",
+    )
+    hop_log_hops: int = Field(
+        # ~300 bytes a hop: about 0.6 MB (was a fixed 50,000, 15 MB). Only tests read it; a
+        # run's report reads each request's own hops.
+        default=2_000,
+        ge=1,
+        description="the sender's trace of calls into environments kept in memory (oldest "
+        "dropped first)",
+    )
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
 

@@ -33,6 +33,8 @@ from trifecta.context.models import (
 )
 from trifecta.context.trajectory import Trajectory
 from trifecta.core.errors import Unavailable, invalid_input_from
+from trifecta.core.heap_report import track
+from trifecta.core.settings import get_settings
 from trifecta.federation.bridge import Bridge, Hop
 from trifecta.federation.services import (
     CognitiveClient,
@@ -56,7 +58,6 @@ from trifecta.fleet.topology import Environment
 from trifecta.generative.service import GenerativeRequest, GenerativeResponse
 
 T = TypeVar("T")
-HOP_LOG_LIMIT = 50_000  # the sender's trace is bounded: a long run must not grow it forever
 
 
 class Fault(BaseModel):
@@ -84,7 +85,9 @@ class MockBridge:
         self._faults: dict[str, Fault] = {}
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self.hops: deque[Hop] = deque(maxlen=HOP_LOG_LIMIT)
+        # The sender's trace, bounded (`hop_log_hops`): a long run must not grow it forever.
+        self.hops: deque[Hop] = deque(maxlen=get_settings().hop_log_hops)
+        track("federation hop log (hops)", self)
         for name, fault in (faults or {}).items():
             self.set_fault(name, fault)
 
@@ -182,6 +185,15 @@ class MockBridge:
         finally:
             if capsule is not None:
                 self.hops.append(Hop(capsule.id, environment, service, method, ok))
+
+    @property
+    def entries(self) -> int:
+        """Hops in the trace."""
+        return len(self.hops)
+
+    @property
+    def bound(self) -> int:
+        return self.hops.maxlen or 0
 
     def hops_of(self, capsule_ids: Iterable[str]) -> list[Hop]:
         wanted = set(capsule_ids)

@@ -33,6 +33,8 @@ from trifecta.context.models import (
 )
 from trifecta.context.trajectory import Trajectory
 from trifecta.core.errors import InvalidInput, SovereigntyViolation
+from trifecta.core.heap_report import track
+from trifecta.core.settings import get_settings
 from trifecta.edge.mesh import EdgeMesh
 from trifecta.federation.rules import RuleBook
 from trifecta.federation.services import (
@@ -59,7 +61,6 @@ from trifecta.fleet.topology import Environment
 from trifecta.generative.service import GenerativeRequest, GenerativeResponse, GenerativeService
 
 CapsuleLookup = Callable[[str], Capsule]
-SERVED_LOG_LIMIT = 100_000  # records kept in memory; the oldest go first (bounded by design)
 
 
 def refuse_unless_admitted(environment: Environment, capsule: Capsule) -> None:
@@ -86,13 +87,25 @@ class ServedLog:
     Each record is kept as a tuple of its field values (about 110 bytes, the strings shared
     with the caller's) rather than as the pydantic model (about 1.1 KB with its dict and
     fields-set): a soak saw the full log's 100,000 models as the largest Python growth of a
-    long-lived server (about 3 per task), 110 MB by the time the log is full."""
+    long-lived server (about 3 per task), 110 MB by the time the log is full. It keeps
+    `served_log_records` (2,000 by default: about 0.2 MB)."""
 
-    def __init__(self, limit: int = SERVED_LOG_LIMIT):
+    def __init__(self, limit: int | None = None):
+        # The bound: `served_log_records` (oldest first out); the counts cover every record.
+        limit = limit if limit is not None else get_settings().served_log_records
         self._records: deque[_Row] = deque(maxlen=limit)
         self._lock = threading.Lock()
         self.served = 0
         self.refused = 0
+        track("federation served log (records)", self)
+
+    @property
+    def entries(self) -> int:
+        return len(self._records)
+
+    @property
+    def bound(self) -> int:
+        return self._records.maxlen or 0
 
     def add(self, record: ServedRecord) -> None:
         r = record
