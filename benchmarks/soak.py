@@ -37,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -58,14 +57,24 @@ from benchmarks._report import (
     write_results,
     write_section,
 )
+from benchmarks._soak_accounting import (
+    EMBEDDING_BYTES,
+    HealthPoller,
+    context_rows,
+    health_row,
+    read_lines,
+    structure_table,
+)
+from benchmarks._soak_hit_rates import print_hit_rates, print_router_hit_rates
+from trifecta.core.heap_memray import memray_growth
 from trifecta.core.heap_report import (
     INTERVAL_ENV,
     MEMRAY_AFTER_ENV,
     MEMRAY_ENV,
     MEMRAY_FOR_ENV,
     REPORT_ENV,
-    memray_growth,
-    status_mb,
+    SIZES_ENV,
+    tree_status_mb,
 )
 
 HEADING = "## Soak: `trifecta serve`'s memory under minutes of steady load"
@@ -91,38 +100,6 @@ def block_bootstrap_slope(
     slopes = (xc * (ys - ys.mean(axis=1, keepdims=True))).sum(axis=1) / (xc**2).sum(axis=1)
     low, high = np.percentile(slopes, [2.5, 97.5])
     return float(np.polyfit(x, y, 1)[0]), float(low), float(high)
-
-
-def process_tree(pid: int) -> list[int]:
-    """The process and its descendants (a learner process a server starts, say), from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo.extend(children.get(tree[-1], []))
-    return tree
-
-
-def tree_status_mb(pid: int) -> dict[str, float]:
-    """`status_mb` summed over the process and its descendants, and how many there were."""
-    total: dict[str, float] = {"processes": 0.0, "server": 0.0}
-    for member in process_tree(pid):
-        try:
-            status = status_mb(member)
-        except OSError:
-            continue
-        total["processes"] += 1
-        if member == pid:  # the server's own owned memory, apart from its children's
-            total["server"] = status["RssAnon"] + status["RssShmem"]
-        for name, mb in status.items():
-            total[name] = total.get(name, 0.0) + mb
-    return total
 
 
 class Sampler:
@@ -182,39 +159,50 @@ def floors(served: np.ndarray, mb: np.ndarray, per: int) -> tuple[np.ndarray, np
     return served[lowest], mb[lowest]
 
 
-def lru_hit_rates(stream: list[str], caps: list[int]) -> dict[int, float]:
-    """The share of a query stream a least-recently-used cache of each size answers (the
-    standing searches' policy), simulated per cap."""
-    rates = {}
-    for cap in caps:
-        kept: OrderedDict[str, None] = OrderedDict()
-        hits = 0
-        for query in stream:
-            if query in kept:
-                hits += 1
-                kept.move_to_end(query)
-            else:
-                kept[query] = None
-                if len(kept) > cap:
-                    kept.popitem(last=False)
-        rates[cap] = hits / len(stream)
-    return rates
+def health_line(label: str, health: list[dict[str, float]], marks: list[float], field: str) -> str:
+    return f"| {label} | " + " | ".join(health_row(health, marks, field)) + " |"
 
 
-def print_hit_rates(console: Console, tasks: int) -> None:
-    """How often a domain's task prompts recur within the last N of its queries: the hit
-    rate a per-domain standing-search cache of N entries can have on the task streams."""
-    from trifecta.core.tasks import iter_tasks
-
-    caps = [64, 256, 1024, 2048, 4096]
-    console.print(f"LRU hit rate per domain, {tasks} tasks: " + ", ".join(map(str, caps)))
-    for split in ("train", "heldout"):
-        for domain in (None, "energy"):
-            stream = [t.prompt for _, t in zip(range(tasks), iter_tasks(seed=1, split=split, domain=domain), strict=False)]  # fmt: skip
-            rates = lru_hit_rates(stream, caps)
-            console.print(
-                f"{split} {domain}: " + ", ".join(f"{100 * r:.2f}%" for r in rates.values())
-            )
+def accounting(
+    args: argparse.Namespace,
+    sizes: list[dict[str, object]],
+    learner_sizes: list[dict[str, object]],
+    health: list[dict[str, float]],
+    written: dict[str, float],
+    load_start: float,
+    load_end: float,
+    done: np.ndarray,
+) -> list[str]:
+    """The section's accounting: each bounded structure's entries against its bound over
+    the load (a cache filling to its bound, or not), the context caches, and the rows the
+    workload wrote (the product's data, which may grow)."""
+    length = load_end - load_start
+    marks = [load_start + f * length for f in (0, 0.25, 0.5, 0.75)] + [load_end - args.sizes_s]
+    labels = ["load start", "1/4", "1/2", "3/4", "end"]
+    lines = [
+        f"What the server held, by owner, at points of the load (its sizes report every "
+        f"{args.sizes_s:g} s, `TRIFECTA_HEAP_SIZES`; the context service's counters from "
+        "/context/health every 60 s):",
+        "",
+        *structure_table(sizes, marks, labels),
+        health_line("context result cache: entries", health, marks, "entries"),
+        health_line("context standing searches held (all domains)", health, marks, "standing"),
+    ]
+    if learner_sizes:
+        lines += ["", "The learner process:", "", *structure_table(learner_sizes, marks, labels)]
+    memories = written["memories"]
+    lines += [
+        "",
+        f"Rows the workload wrote (the product's data, counted in the {written['databases']:.0f} "
+        f"databases at the end): {memories:,.0f} memories and {written['bullets']:,.0f} bullets "
+        f"for {len(done):,} tasks; the memories' vectors alone take "
+        f"{memories * EMBEDDING_BYTES / 2**20:.1f} MB of the in-memory index "
+        f"({memories * EMBEDDING_BYTES / 2**20 / max(len(done), 1) * 1000:.2f} MB per 1,000 "
+        "tasks; the index doubles its matrix as it fills), beside each memory's item in the "
+        f"domain's view; the databases hold {written['db_mb']:.1f} MB on disk (not in the "
+        "owned memory).",
+    ]
+    return lines
 
 
 def main() -> None:
@@ -224,6 +212,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=8, help="locust users (capsules in turn)")
     parser.add_argument("--sample-s", type=float, default=2.0, help="seconds between samples")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="the idle baseline")
+    parser.add_argument(
+        "--sizes-s", type=float, default=30.0, help="seconds between the server's sizes reports"
+    )
     parser.add_argument(
         "--heap-report",
         type=Path,
@@ -269,14 +260,18 @@ def main() -> None:
     console = Console()
     if args.hit_rates:
         print_hit_rates(console, args.hit_rates)
+        print_router_hit_rates(console, args.hit_rates)
         return
     work = Path(tempfile.mkdtemp(prefix="trifecta-soak-"))
     url = f"sqlite:///{work / 'control.db'}"
     env = dict(SMALL_CAPS)
+    # The server's sizes report (cheap: no tracemalloc), and the learner's beside it.
+    sizes_file = work / "sizes.jsonl"
+    env |= {SIZES_ENV: str(sizes_file), INTERVAL_ENV: f"{args.sizes_s:g}"}
     if args.onednn_cache is not None:
         env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(args.onednn_cache)
     if args.heap_report:
-        env |= {REPORT_ENV: str(args.heap_report.resolve()), INTERVAL_ENV: "30"}
+        env |= {REPORT_ENV: str(args.heap_report.resolve())}
     if args.memray:
         after = args.idle_seconds + args.memray_after_s  # counted from the server's start
         env |= {
@@ -293,7 +288,8 @@ def main() -> None:
     load_start = load_end = 0.0
     try:
         keys = server.capsule_keys(CAPSULES)
-        with Sampler(server.pid, args.sample_s) as sampler:
+        health = HealthPoller(server.url, server.admin_key, every_s=60.0)
+        with Sampler(server.pid, args.sample_s) as sampler, health:
             console.print(f"idle for {args.idle_seconds:g} s (the baseline)")
             time.sleep(args.idle_seconds)
             console.print(f"tasks: {args.rate:g}/s for {args.seconds:g} s, {args.users} users")
@@ -306,6 +302,9 @@ def main() -> None:
         load = machine_load()
     finally:
         server.stop()
+        sizes = read_lines(sizes_file)
+        learner_sizes = read_lines(Path(f"{sizes_file}.learner"))
+        written = context_rows(work / "data", work / "control.db")
         shutil.rmtree(work, ignore_errors=True)
 
     rows = sampler.rows
@@ -383,6 +382,8 @@ def main() -> None:
         + f"; all resident {minute_marks[0]['VmRSS']:.0f} -> {rows[-1]['VmRSS']:.0f} MB.",
         "",
         *goals_markdown([goal]),
+        "",
+        *accounting(args, sizes, learner_sizes, health.rows, written, load_start, load_end, done),
         "",
         "Slopes are least squares of memory against tasks served (each sample's count of tasks "
         f"answered by then); intervals are 95% moving-block bootstraps ({BLOCK_S:.0f} s "

@@ -6,8 +6,10 @@ Load: no 5xx and no dropped connection; every acknowledged learning write is in 
 queue and learned from after the drain, every acknowledged task and feedback is in the
 database; p50 / p99 are taken from each request's scheduled arrival.
 Soak: the structures that grow with traffic are bounded (Prometheus series, the result
-cache) and memory is close to flat over the second half: the floor of the memory the server
-owns (its heaps and shared memory, RssAnon + RssShmem; the lowest sample of each 10 s, where
+cache, and every structure that reports its bound in the server's sizes report: the router's
+prefix index, the served and hop logs) and memory is close to flat over the second half: the
+floor of the memory the server and any process it started own (summed over the process tree;
+their heaps and shared memory, RssAnon + RssShmem; the lowest sample of each 10 s, where
 glibc's trim brings it back, without a request's transient buffers) grows by at most
 ANON_MB_PER_TASK per served task and ANON_MB_SECOND_HALF in all. All resident memory (VmRSS)
 is printed, not bounded: it adds file-backed pages, and those are clean, reclaimable and
@@ -24,6 +26,7 @@ heap report (core/heap_report.py) and are now kept as tuples."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +39,7 @@ import pytest
 from tests.reliability.load import LoadRun, run_locust
 from tests.reliability.servers import ServeProcess
 from tests.reliability.traffic import CAPSULES, Audit, drained_audit
-from trifecta.core.heap_report import owned_mb, status_mb
+from trifecta.core.heap_report import INTERVAL_ENV, SIZES_ENV, tree_status_mb
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SOAK_S = 150.0
@@ -77,10 +80,12 @@ class Soak:
     run: LoadRun
     audit: Audit
     rss: list[tuple[float, float]]  # (seconds since start, MB): all resident memory
-    anon: list[tuple[float, float]]  # the same, anonymous memory only
+    anon: list[tuple[float, float]]  # the same, owned memory only (RssAnon + RssShmem)
     series_mid: int
     series_end: int
     context_cache: dict[str, int] = field(default_factory=dict)
+    structures: dict[str, dict[str, int]] = field(default_factory=dict)  # the last sizes line
+    processes: int = 1  # the most processes the server's tree had at a sample
 
     def slope_mb_per_task(self, samples: list[tuple[float, float]]) -> float:
         """Least-squares slope of memory's floors over the second half, per served task."""
@@ -114,21 +119,29 @@ def second_half(samples: list[tuple[float, float]]) -> list[tuple[float, float]]
 def soak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Soak]:
     work = tmp_path_factory.mktemp("soak")
     url = f"sqlite:///{work / 'control.db'}"
-    server = ServeProcess(work / "data", url, env=CI_CAPS)
+    sizes = work / "sizes.jsonl"  # the server's bounded structures, every 10 s
+    server = ServeProcess(
+        work / "data", url, env=CI_CAPS | {SIZES_ENV: str(sizes), INTERVAL_ENV: "10"}
+    )
     server.start()
     try:
         keys = server.capsule_keys(CAPSULES)
         samples: list[tuple[float, float]] = []
         anon: list[tuple[float, float]] = []
         mid: list[int] = []
+        processes = [1.0]
         done = threading.Event()
 
         def sample() -> None:
+            # The server and any process it started (a learner process): memory it moved
+            # to a child still counts.
             started = time.monotonic()
             while not done.wait(1.0):
                 elapsed = time.monotonic() - started
-                samples.append((elapsed, status_mb(server.pid)["VmRSS"]))
-                anon.append((elapsed, owned_mb(server.pid)))
+                tree = tree_status_mb(server.pid)
+                samples.append((elapsed, tree["VmRSS"]))
+                anon.append((elapsed, tree["RssAnon"] + tree["RssShmem"]))
+                processes.append(tree["processes"])
                 if not mid and elapsed >= SOAK_S / 2:
                     mid.append(metric_series(server.url))
 
@@ -141,7 +154,12 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Soak]:
         admin = {"Authorization": f"Bearer {server.admin_key}"}
         health = httpx.get(server.url + "/context/health", headers=admin, timeout=30).json()
         audit = drained_audit(url, run.acks)
-        yield Soak(run, audit, samples, anon, mid[0], series_end, health["cache_stats"])
+        text = sizes.read_text()
+        last = json.loads(text[: text.rfind("\n") + 1].splitlines()[-1])
+        yield Soak(
+            run, audit, samples, anon, mid[0], series_end, health["cache_stats"],
+            last["structures"], int(max(processes)),
+        )  # fmt: skip
     finally:
         server.stop()
 
@@ -171,10 +189,16 @@ def test_soak_memory_is_flat_and_traffic_adds_no_series(soak: Soak) -> None:
         f"{soak.rss[-1][0]:.0f} s; second half: owned {anon:.3f} MB per task "
         f"({soak.second_half_growth(soak.anon):+.1f} MB), all {rss:.3f} MB per task "
         f"({soak.second_half_growth(soak.rss):+.1f} MB); /metrics series {soak.series_mid} "
-        f"mid-run, {soak.series_end} at the end; context cache {soak.context_cache}"
+        f"mid-run, {soak.series_end} at the end; context cache {soak.context_cache}; "
+        f"{soak.processes} process(es) at most; structures {soak.structures}"
     )
     assert anon <= ANON_MB_PER_TASK
     assert soak.second_half_growth(soak.anon) <= ANON_MB_SECOND_HALF
     # Label sets are per capsule kind, environment, layer, route: traffic adds no series.
     assert soak.series_end <= soak.series_mid * 1.05
     assert soak.context_cache["entries"] <= 64  # the result cache's bound (cache_entries)
+    # Each structure that registered its bound (core/heap_report.track) is within it: the
+    # router's prefix index, the served and hop logs.
+    assert soak.structures, "the server's sizes report named no structure"
+    for name, size in soak.structures.items():
+        assert size["entries"] <= size["bound"], (name, size)
