@@ -26,8 +26,8 @@ def small_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_the_defaults_keep_a_megabyte_at_most() -> None:
     defaults = Settings()
-    assert defaults.served_log_records == 2_000  # about 110 bytes a record
-    assert defaults.hop_log_hops == 2_000  # about 300 bytes a hop
+    assert defaults.served_log_records == 2_000  # about 104 bytes a record
+    assert defaults.hop_log_hops == 2_000  # about 120 bytes a hop
 
 
 @pytest.mark.usefixtures("small_logs")

@@ -69,12 +69,6 @@ class ContextSettings(LayerSettings):
         ge=0,
         description="bullet rankings a domain view remembers by query (least recent dropped)",
     )
-    sqlite_cache_kib: int = Field(
-        default=512,
-        ge=16,
-        description="page cache of each SQLite shard connection, in KiB (SQLite's own "
-        "default: 2,000); a pool keeps up to 30 connections a shard database",
-    )
     learn_batch: int = Field(
         default=32, ge=1, description="queued trajectories of one domain learned per transaction"
     )

@@ -8,12 +8,10 @@ reader that still routes to a shard the domain has left is told to re-route.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, and_, event, func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.engine import make_url
 
 from trifecta.context import tables
@@ -43,37 +41,14 @@ from trifecta.context.writes import (
     insert_memories,
     merge_delta,
 )
-from trifecta.core.db import ensure_schema, get_engine, is_sqlite, transaction
+from trifecta.core.db import ensure_schema, get_engine, transaction
 
 B, M = tables.bullets.c, tables.memories.c
-# The page-cache bound each SQLite shard engine's connections got (once per engine).
-_page_caches: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
-
-
-def bound_page_cache(engine: Engine, kib: int) -> None:
-    """Give every connection `engine` opens from now on a page cache of at most `kib` KiB
-    (`PRAGMA cache_size`; SQLite's own default is 2,000). A connection keeps its cache for
-    its life and a pool keeps up to 30 connections an engine, so the cache, not the data, was
-    what grew with them. Connections opened before the first store of a URL keep SQLite's
-    default (the embedded default's shards are opened by their store first)."""
-    if not is_sqlite(engine) or engine in _page_caches:
-        return
-    _page_caches[engine] = kib
-
-    def pragma(dbapi_conn: Any, _record: Any) -> None:
-        cursor = dbapi_conn.cursor()
-        cursor.execute(f"PRAGMA cache_size=-{int(kib)}")  # negative: KiB, not pages
-        cursor.close()
-
-    event.listen(engine, "connect", pragma)
 
 
 class ShardStore:
-    def __init__(self, url: str, *, page_cache_kib: int | None = None):
+    def __init__(self, url: str):
         self.engine = get_engine(url)
-        if page_cache_kib is None:
-            page_cache_kib = ContextSettings().sqlite_cache_kib
-        bound_page_cache(self.engine, page_cache_kib)
         ensure_schema(self.engine, "trifecta.context")
         self.url = self.engine.url.render_as_string(hide_password=False)
         self.queue = LearnQueue(self.engine)

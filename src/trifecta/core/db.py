@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from trifecta.core.errors import InvalidInput
+from trifecta.core.settings import get_settings
 
 SUPPORTED_DRIVERS = ("sqlite", "postgresql+psycopg")
 
@@ -59,6 +60,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # A connection keeps its page cache for its life and a pool keeps up to 30 of them an
+    # engine: bounded by `sqlite_cache_kib` (negative: KiB, not pages).
+    cursor.execute(f"PRAGMA cache_size=-{int(get_settings().sqlite_cache_kib)}")
     cursor.close()
 
 

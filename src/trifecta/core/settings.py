@@ -101,8 +101,14 @@ class Settings(_TomlSettings):
         description="intra-op threads for the shipped models; more than one "
         "made small-model decode steps 50-100x slower when the cores are shared",
     )
+    sqlite_cache_kib: int = Field(
+        default=512,
+        ge=16,
+        description="page cache of each SQLite connection, in KiB (SQLite's own default: "
+        "2,000); an engine's pool keeps up to 30 connections, each its cache for its life",
+    )
     served_log_records: int = Field(
-        # ~110 bytes a record: about 0.2 MB an environment (was a fixed 100,000, 11 MB). The
+        # ~104 bytes a record (measured): 0.2 MB an environment (was a fixed 100,000, 10 MB). The
         # log is for reading placement back (tests, an operator's look at the last calls);
         # the served and refused counts cover every record.
         default=2_000,
@@ -111,8 +117,8 @@ class Settings(_TomlSettings):
         "(oldest dropped first; its served and refused counts cover every record)",
     )
     hop_log_hops: int = Field(
-        # ~300 bytes a hop: about 0.6 MB (was a fixed 50,000, 15 MB). Only tests read it; a
-        # run's report reads each request's own hops.
+        # ~120 bytes a hop (measured): about 0.24 MB (was a fixed 50,000, 6 MB). Only tests
+        # read it; a run's report reads each request's own hops.
         default=2_000,
         ge=1,
         description="the sender's trace of calls into environments kept in memory (oldest "
