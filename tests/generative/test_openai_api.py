@@ -98,7 +98,7 @@ def test_max_tokens_truncates_and_streaming_gives_one_chunk_per_choice(served: S
     ("body", "param"),
     [
         ({"model": "rnd1", "prompt": "41+17?", "steps": 0}, "steps"),
-        ({"model": "rnd1", "prompt": "41+17?", "steps": 2}, "steps"),  # fewer than its 6 blocks
+        ({"model": "rnd1", "prompt": "41+17?", "steps": 2}, "steps"),  # fewer than its 3 blocks
         ({"model": "rnd1", "prompt": "x" * 61}, "prompt"),
         ({"model": "rnd1", "prompt": "Hello?"}, "prompt"),  # outside the model's alphabet
         ({"model": "rnd1", "prompt": "41+17?", "logprobs": 1}, "logprobs"),

@@ -1,14 +1,15 @@
-"""Selective activation: masked experts are never computed (counted at the expert modules)."""
+"""Selective activation: masked experts are never read (their weights poisoned with NaN)."""
 
 from __future__ import annotations
 
-from collections import Counter
+import copy
 
 import pytest
 import torch
 
 from trifecta.core.errors import InvalidInput
 from trifecta.core.tasks import generate_tasks
+from trifecta.core.tokenizer import CharTokenizer
 from trifecta.generative.decoding import DecodeConfig, Decoder
 from trifecta.generative.model import DiffusionLM, Routing
 from trifecta.generative.selection import (
@@ -18,38 +19,39 @@ from trifecta.generative.selection import (
     learn_mask,
     verified_mask,
 )
+from trifecta.generative.sequences import encode_prompts
 
 PROMPTS = [t.prompt for t in generate_tasks(16, seed=5, split="heldout")]
 
 
-def _count_expert_calls(model: DiffusionLM) -> tuple[Counter[tuple[int, int]], list]:
-    calls: Counter[tuple[int, int]] = Counter()
-    handles = []
-    for i, block in enumerate(model.layers):
-        for e, expert in enumerate(block.moe.experts):
+def _poisoned(model: DiffusionLM, active: torch.Tensor) -> DiffusionLM:
+    """A copy of `model` whose experts outside `active` hold NaN weights: any read of them
+    would reach the logits."""
+    poisoned = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, block in enumerate(poisoned.blocks()):
+            for e, expert in enumerate(block.moe.experts):
+                if not active[layer, e]:
+                    for weight in expert.parameters():
+                        weight.fill_(float("nan"))
+    return poisoned
 
-            def hook(_m, args, _out, key=(i, e)) -> None:
-                calls[key] += args[0].shape[0]
 
-            handles.append(expert.register_forward_hook(hook))
-    return calls, handles
-
-
-def test_masked_experts_are_never_called(converted) -> None:
+def test_masked_experts_are_never_read(converted) -> None:
     mask = ExpertMask(layers=[[1, 4, 6], [0, 2]])
-    calls, handles = _count_expert_calls(converted)
-    try:
-        Decoder(converted).decode(PROMPTS, DecodeConfig(), Routing(active=mask.active(8)))
-        masked_calls = dict(calls)
-        calls.clear()
-        Decoder(converted).decode(PROMPTS, DecodeConfig())
-        all_calls = dict(calls)
-    finally:
-        for h in handles:
-            h.remove()
+    active = mask.active(8)
+    model = _poisoned(converted, active)
+    batch = encode_prompts(PROMPTS, CharTokenizer(), 20, model.config.block_size)
+    routing = Routing(active=active)
+    with torch.no_grad():
+        masked, _ = model(batch.ids, batch.positions, batch.valid, routing)
+        every, _ = model(batch.ids, batch.positions, batch.valid)
+    assert torch.isfinite(masked).all()  # no masked weight was read
+    assert torch.isnan(every).any()  # ... and without the mask the poison does show
     allowed = {(0, 1), (0, 4), (0, 6), (1, 0), (1, 2)}
-    assert masked_calls and set(masked_calls) <= allowed
-    assert len(all_calls) > len(allowed)  # without the mask, more experts do run
+    assert routing.touched and routing.touched <= allowed
+    results, _ = Decoder(model).decode(PROMPTS, DecodeConfig(), Routing(active=active))
+    assert all(len(r.tokens) == DecodeConfig().gen_length for r in results)
 
 
 def test_routing_reports_what_ran(converted) -> None:
@@ -166,3 +168,35 @@ def test_half_mask_without_shards_is_the_most_used_half() -> None:
     assert half_mask(load, granularity=1, top_k=2).layers == [old_rule] == [[2, 3, 6, 7]]
     with pytest.raises(InvalidInput, match="granularity"):
         half_mask(load, granularity=3, top_k=2)
+
+
+def test_a_failing_trial_stops_early_and_starts_with_what_broke_before(shipped) -> None:
+    """A mask that drops two whole FFN shards breaks most successes: the trial stops after
+    the first batch, and the successes it broke come first in the next trial."""
+    from trifecta.generative.mask_check import FIRST_BATCH, SuccessCheck, reference_tasks
+
+    c = shipped.config
+    check = SuccessCheck(Decoder(shipped), reference_tasks(40, "energy"))
+    n = len(check.successes)
+    assert n > FIRST_BATCH  # the shipped model answers most of its kind of tasks
+    every = ExpertMask(layers=[list(range(c.n_experts))] * c.n_layers)
+    assert check.retained(every, floor=0.99) == 1.0 and check.decoded == n
+    shards_missing = ExpertMask(layers=[[2, 3, 6, 7]] * c.n_layers)  # no copy of shards 0, 1
+    share = check.retained(shards_missing, floor=0.99)
+    assert share < 0.99 and check.decoded == n + FIRST_BATCH  # stopped after one batch
+    broken = [i for i, count in enumerate(check.broken) if count]
+    assert broken and check.lost == 0  # the passing mask (every expert) lost none
+    first = sorted(range(n), key=lambda i: -check.broken[i])[: len(broken)]
+    assert sorted(first) == broken  # what broke is decoded first next time
+
+
+def test_loss_bound_is_the_exact_upper_bound() -> None:
+    from scipy.stats import binomtest
+
+    from trifecta.generative.mask_check import loss_bound
+
+    assert loss_bound(0, 100) == pytest.approx(1 - 0.05**0.01)  # about 3/n, the rule of three
+    for lost, n in ((0, 136), (1, 136), (5, 40)):
+        exact = binomtest(lost, n, alternative="less").proportion_ci(confidence_level=0.95)
+        assert loss_bound(lost, n) == pytest.approx(exact.high, rel=1e-6)
+    assert loss_bound(0, 300) < loss_bound(0, 100) < loss_bound(1, 100)

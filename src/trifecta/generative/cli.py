@@ -48,10 +48,18 @@ def _load(model: Path | None) -> DiffusionLM:
     return load_model(model if model is not None else shipped_model_path())
 
 
-def _decode_config(steps: int, parallel: bool, threshold: float) -> DecodeConfig:
+def _decode_config(steps: int, parallel: bool, threshold: float | None = None) -> DecodeConfig:
+    """The served decoding with these steps; `threshold` None: the served threshold."""
     from trifecta.generative.decoding import DecodeConfig
 
-    return DecodeConfig(steps=steps, threshold=threshold if parallel else None)
+    served = DecodeConfig()
+    if not parallel:
+        threshold = None
+    elif threshold is None:
+        threshold = served.threshold
+    return DecodeConfig.model_validate(
+        served.model_dump() | {"steps": steps, "threshold": threshold}
+    )
 
 
 def _experts(text: str) -> list[int]:
@@ -121,7 +129,9 @@ def eval_command(
     per_grade: Annotated[int, typer.Option(min=1)] = 200,
     steps: StepsOption = 24,
     parallel: ParallelOption = True,
-    threshold: Annotated[float, typer.Option(help="confidence to unmask in parallel")] = 0.9,
+    threshold: Annotated[
+        float | None, typer.Option(help="confidence to unmask in parallel (default: served)")
+    ] = None,
     capsule: Annotated[str | None, typer.Option(help="route with this capsule's mask")] = None,
 ) -> None:
     """Held-out accuracy per grade, tokens/s and forward passes."""
@@ -167,7 +177,7 @@ def generate_command(
         from trifecta.generative.decoding import Decoder
         from trifecta.generative.sequences import answer_of
 
-        results, _ = Decoder(net).decode(prompts, _decode_config(steps, parallel, 0.9))
+        results, _ = Decoder(net).decode(prompts, _decode_config(steps, parallel))
         for prompt, result in zip(prompts, results, strict=True):
             console.print(
                 f"{prompt} -> {result.text}  answer {answer_of(result.text)}  "
@@ -249,17 +259,23 @@ def mask_learn(
     tolerance: Annotated[
         float, typer.Option(help="verified: share of reference successes a mask may lose")
     ] = 0.01,
-    check_tasks: Annotated[int, typer.Option(help="verified: reference tasks to check on")] = 400,
+    check_tasks: Annotated[
+        int | None, typer.Option(help="verified: reference tasks to check on [default: 150]")
+    ] = None,
     domain: Annotated[
         str | None, typer.Option(help="verified: task domain (default: the capsule's)")
     ] = None,
     coverage: Annotated[float, typer.Option(help="traffic: share of routed tokens to keep")] = 0.9,
 ) -> None:
     """Learn a capsule's mask: from verified successes (default) or its traffic share alone."""
-    from rich.progress import Progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from trifecta.generative.decoding import Decoder
-    from trifecta.generative.mask_check import learn_verified_mask
+    from trifecta.generative.mask_check import (
+        DEFAULT_CHECK_TASKS,
+        learn_verified_mask,
+        loss_bound,
+    )
     from trifecta.generative.selection import learn_mask
     from trifecta.generative.store import GenerativeStore
 
@@ -277,9 +293,33 @@ def mask_learn(
         console.print(f"{capsule}: learned from {traffic[1]} requests: experts {mask.layers}")
         return
     domain = domain or _capsule_domain(capsule)
+    check_tasks = DEFAULT_CHECK_TASKS if check_tasks is None else check_tasks
     bias = store.current_bias(capsule, (config.n_layers, config.n_experts)).tensor()
-    with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("checking experts", total=config.n_layers * config.n_experts)
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("dropped {task.fields[dropped]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        bar = progress.add_task(
+            f"decoding {check_tasks} reference tasks, then each expert",
+            total=config.n_layers * config.n_experts,
+            dropped=0,
+        )
+
+        def advance(layer: int, expert: int, dropped: bool) -> None:
+            done = progress.tasks[0]
+            progress.update(
+                bar,
+                advance=1,
+                dropped=done.fields["dropped"] + int(dropped),
+                description=f"checking layer {layer} expert {expert}",
+            )
+
         mask, check = learn_verified_mask(
             Decoder(model),
             traffic=traffic[0] if traffic is not None else None,
@@ -287,13 +327,16 @@ def mask_learn(
             tolerance=tolerance,
             check_tasks=check_tasks,
             bias=bias,
-            on_trial=lambda _layer, _expert, _dropped: progress.advance(bar),
+            on_trial=advance,
         )
     store.put_mask(capsule, mask)
+    n = len(check.successes)
     console.print(
         f"{capsule}: {mask.active_count()} of {config.n_layers * config.n_experts} experts kept, "
-        f"{len(check.successes)} verified successes of {check.tasks} {domain or 'any'}-domain "
-        f"tasks checked ({check.trials} trials): experts {mask.layers}"
+        f"{n} verified successes of {check.tasks} {domain or 'any'}-domain "
+        f"tasks checked ({check.trials} trials, {time.perf_counter() - started:.0f} s): "
+        f"experts {mask.layers}; the mask lost {check.lost} of the {n} (95% bound on the "
+        f"share it loses at large: {loss_bound(check.lost, n):.1%})"
     )
 
 

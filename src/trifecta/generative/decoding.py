@@ -11,6 +11,16 @@ step (LLaDA's low-confidence remasking). How many are kept per step:
   confidence exceeds x, and at least what the schedule needs (so a block always finishes
   within its steps and at least one token moves per step).
 
+The rule is the published one (checked against LLaDA's and Fast-dLLM's reference code, their
+`generate.py`): greedy, each position's candidate is its most likely token and its confidence
+that token's softmax probability; only the current block's masked positions compete; with a
+threshold, Fast-dLLM keeps the most confident position and every other one above the
+threshold, looping until the block is full. Here a block also has a step budget, so the
+floor is ceil(masked left / steps left): one whenever a block has at least as many steps as
+positions (the served 24 steps over 24 positions), where it is Fast-dLLM's rule exactly. One
+difference: `<mask>`, `<pad>` and `<bos>` are banned before the softmax (a response never
+holds them), so the confidence is over the tokens a response can hold.
+
 With `cache=True` (Fast-dLLM's approximate "dual cache") one full forward pass at the start
 of each block computes the keys and values of every position; the block's later steps
 recompute only the block's own positions and read everything else from that cache. The cache
@@ -39,10 +49,14 @@ from trifecta.generative.sequences import encode_prompts
 class DecodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # The defaults are the served decoding. Threshold and block length were chosen on the dev
+    # split (`evaluate.dev_tasks`, never the held-out tasks) by `benchmarks/moe_decode.py
+    # --sweep`: of the settings at least 2.5x LLaDA's one-token-per-step speed there, the one
+    # with the smallest accuracy cost (docs/generative.md, "Decoding").
     gen_length: int = Field(default=24, gt=0, description="response positions per request")
     steps: int = Field(default=24, description="denoising steps over the whole response")
-    block_length: int = Field(default=4, gt=0)
-    threshold: float | None = Field(default=0.9, gt=0, lt=1)
+    block_length: int = Field(default=8, gt=0)
+    threshold: float | None = Field(default=0.99, gt=0, lt=1)
     cache: bool = True
 
     @model_validator(mode="after")

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trifecta.core.tasks import DIFFICULTIES, Task, generate_tasks
+from trifecta.core.tasks import DIFFICULTIES, Task, generate_tasks, iter_tasks
 from trifecta.generative.decoding import DecodeConfig, Decoder, tokens_generated
 from trifecta.generative.model import Routing
 from trifecta.generative.sequences import answer_of
@@ -14,6 +14,11 @@ from trifecta.generative.sequences import answer_of
 # The seed the edge evaluation and the `edge_model` benchmark draw their held-out tasks with,
 # so the figures sit beside the cognitive tiers' and the edge model's on the same tasks.
 HELDOUT_SEED = 1
+# The dev split: held-out-split prompts (never trained on) drawn with another seed, minus any
+# prompt among the first HELDOUT_RESERVED of each grade's HELDOUT_SEED tasks. Decoding
+# settings are chosen on these, so the held-out figures never chose what they measure.
+DEV_SEED = 2
+HELDOUT_RESERVED = 1000
 
 
 @dataclass
@@ -40,6 +45,21 @@ def heldout_tasks(per_grade: int, grades: Sequence[int] = DIFFICULTIES) -> dict[
         g: generate_tasks(per_grade, seed=HELDOUT_SEED, split="heldout", difficulties=[g])
         for g in grades
     }
+
+
+def dev_tasks(per_grade: int, grades: Sequence[int] = DIFFICULTIES) -> dict[int, list[Task]]:
+    """`per_grade` tasks per grade of the dev split (disjoint from `heldout_tasks` of up to
+    HELDOUT_RESERVED per grade: a prompt drawn by both seeds is skipped here)."""
+    out: dict[int, list[Task]] = {}
+    for g in grades:
+        reserved = {t.prompt for t in heldout_tasks(HELDOUT_RESERVED, [g])[g]}
+        stream = iter_tasks(seed=DEV_SEED, split="heldout", difficulties=[g])
+        out[g] = []
+        while len(out[g]) < per_grade:
+            task = next(stream)
+            if task.prompt not in reserved:
+                out[g].append(task)
+    return out
 
 
 def evaluate(

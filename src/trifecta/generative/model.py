@@ -224,7 +224,13 @@ class MoE(nn.Module):
         self, x: torch.Tensor, counted: torch.Tensor, routing: Routing | None
     ) -> torch.Tensor:
         shape = x.shape
-        x = x.reshape(-1, shape[-1])  # (N, D)
+        full = x.reshape(-1, shape[-1])  # (N, D)
+        mask = counted.reshape(-1)  # (N,) False: padding, which nothing reads
+        # At inference padding is not routed at all (its output stays zero: attention masks
+        # it out and the Canon layer zeroes it); training computes as its recipes were run.
+        skip = not torch.is_grad_enabled() and not bool(mask.all())
+        keep = mask.nonzero().flatten() if skip else None
+        x = full if keep is None else full[keep]  # (n, D)
         E = len(self.experts)
         if routing is not None and routing.active is not None:
             # Only the A active experts exist for this forward: router, top-k and dispatch
@@ -246,9 +252,9 @@ class MoE(nn.Module):
         column = score.topk(self.top_k, dim=-1).indices  # (N, K) columns of `affinity`
         gates = affinity.gather(1, column)
         gates = gates / gates.sum(dim=-1, keepdim=True)  # (N, K), rows sum to 1
-        chosen = column if ids is None else ids[column]  # (N, K) expert ids
-        mask = counted.reshape(-1)
-        load = torch.bincount(chosen[mask].reshape(-1), minlength=E).float()
+        chosen = column if ids is None else ids[column]  # (n, K) expert ids
+        counted_chosen = chosen if keep is not None else chosen[mask]  # padding excluded
+        load = torch.bincount(counted_chosen.reshape(-1), minlength=E).float()
         self.last_load = load
         # Grouped dispatch: one stable sort puts every (token, slot) pair of an expert in one
         # contiguous run, so each expert with tokens is called once on a slice, and the outputs
@@ -270,12 +276,14 @@ class MoE(nn.Module):
                 routing.touched.add((self.layer, e))
         weighted = torch.cat(parts) * gates.reshape(-1)[order, None]  # (N*K, D)
         out = torch.zeros_like(x).index_add_(0, token, weighted)
+        if keep is not None:
+            out = torch.zeros_like(full).index_copy_(0, keep, out)
         if routing is not None and routing.load is not None:
             routing.load[self.layer] += load
         if routing is not None and routing.row_load is not None:
-            B = routing.row_load.shape[0]
-            row = (torch.arange(x.shape[0]) // (x.shape[0] // B))[mask]  # (n,) request of a token
-            pairs = row[:, None] * E + chosen[mask]  # (n, K)
+            B, N = routing.row_load.shape[0], full.shape[0]
+            row = (torch.arange(N) // (N // B))[mask]  # (n,) the request of a counted token
+            pairs = row[:, None] * E + counted_chosen  # (n, K)
             routing.row_load[:, self.layer] += torch.bincount(
                 pairs.reshape(-1), minlength=B * E
             ).view(B, E)
