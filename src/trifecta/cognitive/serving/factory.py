@@ -178,8 +178,10 @@ def shipped_auto_model(
     """`auto` over the served tiers with each capsule's calibrated thresholds (the shipped
     defaults for a capsule without its own), recalibrated online from its traffic. None when
     fewer than two tiers are served or no default thresholds ship yet."""
-    from trifecta.cognitive.service import default_calibration, online_calibrator, thresholds_for
+    from trifecta.cognitive.cascade import Decision, DecisionHook
+    from trifecta.cognitive.service import default_calibration, online_calibrator
     from trifecta.cognitive.serving.auto import AutoModel
+    from trifecta.cognitive.serving.thresholds import ThresholdBoard
     from trifecta.cognitive.settings import get_cognitive_settings
     from trifecta.core.errors import NotFound
 
@@ -190,11 +192,22 @@ def shipped_auto_model(
     except NotFound as exc:
         log.warning("serving without the auto model", reason=exc.one_line())
         return None
-    online = online_calibrator(store)
+    # Thresholds from a snapshot of the store, not a read a request (`serving/thresholds.py`);
+    # a recalibration here applies to the next request.
+    board = ThresholdBoard(store)
+    online = online_calibrator(board.store)
+
+    def hook(capsule_id: str) -> DecisionHook:
+        def observe(_prompt: str, decision: Decision) -> None:
+            if online.observe(capsule_id, decision) is not None:
+                board.expire()
+
+        return observe
+
     return AutoModel(
         served,
-        thresholds=lambda capsule_id: thresholds_for(capsule_id, store),
-        hook=online.hook,
+        thresholds=board,
+        hook=hook,
         reuse_prefix=get_cognitive_settings().reuse_prefix,
     )
 
