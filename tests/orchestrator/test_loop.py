@@ -154,15 +154,15 @@ def test_a_request_reads_its_capsule_once_for_all_its_hops(
     registry look-up a request, not one a hop); the next request reads it afresh (above)."""
     orchestrator = Orchestrator(stack.parts)
     capsule = _capsule(stack, "reads")
-    registry = stack.capsules.registry
-    real_find = registry.find
+    rows = stack.capsules._spec_of  # the directory's read of a capsule's row
+    real_read = rows.read
     reads: list[str] = []
 
-    def counted_find(capsule_id: str) -> Capsule | None:
+    def counted_read(*, capsule_id: str) -> str | None:
         reads.append(capsule_id)
-        return real_find(capsule_id)
+        return real_read(capsule_id=capsule_id)
 
-    monkeypatch.setattr(registry, "find", counted_find)
+    monkeypatch.setattr(rows, "read", counted_read)
     task = generate_tasks(1, seed=5, split="heldout", difficulties=[3], domain=capsule.domain)[0]
     result = orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt))
     models = [h.model for h in result.hops if h.layer == "context"]
