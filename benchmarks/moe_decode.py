@@ -108,7 +108,7 @@ def sweep_section() -> list[str]:
             f"{served.block_length}) are NOT this choice"
         )
     )
-    return [*sweep.sweep_lines(saved), "", f"{verdict.capitalize()}.", ""]
+    return [*sweep.sweep_lines(saved), "", f"{verdict[0].upper()}{verdict[1:]}.", ""]
 
 
 def full_run(decoder: Decoder, args: argparse.Namespace, granularity: int) -> None:
