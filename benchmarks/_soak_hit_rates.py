@@ -47,7 +47,7 @@ def print_hit_rates(console: Console, tasks: int) -> None:
     rate a per-domain standing-search cache of N entries can have on the task streams."""
     from trifecta.core.tasks import iter_tasks
 
-    caps = [64, 256, 1024, 2048, 4096]
+    caps = [16, 32, 64, 256, 1024, 4096]
     console.print(f"LRU hit rate per domain, {tasks} tasks: " + ", ".join(map(str, caps)))
     for split in ("train", "heldout"):
         for domain in (None, "energy"):

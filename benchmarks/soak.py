@@ -396,7 +396,7 @@ def main() -> None:
         raw = RESULTS_DIR / "soak_samples.json"
         raw.write_text(json.dumps({"load_start": load_start, "load_end": load_end,
                                    "tasks_done": done.tolist(), "samples": rows}) + "\n")  # fmt: skip
-    for line in body[2:15]:
+    for line in body[2:-2]:  # the figures and the accounting
         console.print(line)
     console.print(f"{goal.claim}: {goal.figure:.2f} {goal.interval()} -> {goal.verdict()}")
     if args.memray is not None:
