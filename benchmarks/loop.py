@@ -62,37 +62,35 @@ CPU_MS: list[float] = []  # CPU a request, serving and draining, per throughput 
 CHILD_CPU_MS: list[float] = []  # of which in child processes (the context learner's)
 ENGINE_CPU_MS: list[float] = []  # of which on the serving engines' decoding threads
 QUERY_EMBEDS: list[tuple[int, int]] = []  # (query-cache misses, encoder calls) per pass
-# Where the CPU goes, from a profile (py-spy at 40 Hz, following the context learner's process,
-# over two 16-worker passes of 300 requests and their drains, load ~9, 2026-12-06, after the
-# serving step's stacked products and with learning in its own process; waits in Python's
-# locks, queues and the event loop left out, SQLite's lock waits cannot be told apart and are
-# in), kept beside the figures because re-profiling is not part of this script. Shares of the
-# busy samples of both processes; `budget_rows` turns them into ms at this run's measured CPU
-# a request.
+# Where the CPU goes, from a profile (py-spy at 67 Hz attached after warm-up, over two 16-worker
+# passes of 300 requests and their drains, load ~4-5, 2026-12-07, learning in a thread of the
+# server (the default), after this stop's cuts: the capsule read on a driver connection, the
+# thresholds snapshot, the serving step's rotary table; waits in Python's locks, queues and the
+# event loop left out, SQLite's lock waits cannot be told apart and are in), kept beside the
+# figures because re-profiling is not part of this script. Shares of the busy samples;
+# `budget_rows` turns them into ms at this run's measured CPU a request.
 PROFILE_ROWS = [
-    ("cognitive tiers: forward passes (4-5 steps a request, 1.2-5 rows a step)", 28.6),
-    ("cognitive serving: batching engine, sampling, cascade", 7.9),
-    ("cognitive serving: the capsule's thresholds read each request (SQL)", 2.2),
-    ("query embeddings (MiniLM, batched)", 12.5),
-    ("context learner's process: MiniLM 5.1, SQL 4.9, the rest 1.8", 11.8),
-    ("edge mesh", 6.5),
+    ("cognitive tiers: forward passes (2-2.5 steps a request, 1.2-4 rows a step)", 23.1),
+    ("cognitive serving: batching engine, sampling, cascade, thresholds snapshot", 9.2),
+    ("query embeddings (MiniLM, batched)", 15.1),
+    ("context learner (a thread): MiniLM 19.0, SQL 8.6, the rest 1.0", 28.6),
+    ("edge mesh", 3.2),
     (
-        "the loop's SQL: learn-queue insert 5.6, domain version 3.5, capsule read 3.3, "
-        "request log 3.1, retrieval 1.3, other 0.6",
-        17.4,
+        "the loop's SQL: domain version 3.7, learn-queue insert 2.8, request log 2.6, "
+        "capsule read 0.1, other 0.8",
+        10.0,
     ),
-    ("the loop's own Python and the context search", 3.3),
-    ("other (threads, event loop, the learner's pipe)", 9.6),
+    ("the loop's own Python and the context search", 5.6),
+    ("other (threads, event loop)", 5.2),
 ]
 PROFILE_NOTE = (
     "What bounds it: at 180 requests/s two cores give each request 11 ms of CPU, learning "
-    "included. The cognitive tiers' forwards and their serving engine take 39% of the CPU "
-    "(the tiers are so small that a step costs what torch dispatches, 4-5 steps a request "
-    "with 1.2 rows a step on the small tier, 5 on the medium, 3 on the large at 16 requests "
-    "in flight); SQLite takes 27% (the loop's queue, version, capsule and log statements and "
-    "the learner's); MiniLM 18% (the query embeddings and the learner's). The budget (py-spy, "
-    "40 Hz, both processes, two 16-worker passes of 300 requests and their drains at load "
-    "~9; waits left out), in ms at this run's median CPU a request:"
+    "included. MiniLM takes 34% of the CPU (the learner's embeddings 19, the query "
+    "embeddings 15), the cognitive tiers' forwards and their serving engine 32% (the tiers "
+    "are so small that a step costs what torch dispatches), SQLite 19% (the loop's version, "
+    "queue and log statements and the learner's). The budget (py-spy, 67 Hz, two 16-worker "
+    "passes of 300 requests and their drains at load ~4-5; waits left out), in ms at this "
+    "run's median CPU a request:"
 )
 
 
