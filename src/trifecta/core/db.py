@@ -9,6 +9,7 @@ only the context schema. `ensure_schema` runs pending revisions on first use.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import threading
@@ -54,7 +55,7 @@ def is_sqlite(url_or_engine: str | Engine) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, cache_kib: int) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -62,7 +63,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     # A connection keeps its page cache for its life and a pool keeps up to 30 of them an
     # engine: bounded by `sqlite_cache_kib` (negative: KiB, not pages).
-    cursor.execute(f"PRAGMA cache_size=-{int(get_settings().sqlite_cache_kib)}")
+    cursor.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
     cursor.close()
 
 
@@ -89,7 +90,8 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
             max_overflow=2 * pool_size,
             connect_args={"check_same_thread": False, "isolation_level": None},
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
+        cache_kib = get_settings().sqlite_cache_kib  # read once an engine
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, cache_kib=cache_kib))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True)
