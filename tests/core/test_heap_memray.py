@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trifecta.core.heap_report import HeldBySite
+from trifecta.core.heap_memray import HeldBySite
 
 pytest.importorskip("memray")
 
@@ -20,7 +20,7 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from trifecta.core.heap_report import MemrayWindow
+    from trifecta.core.heap_memray import MemrayWindow
 
     before = bytearray(8 << 20)  # made before the window: not reported
     window = MemrayWindow(Path(sys.argv[1]), after_s=0.0, for_s=30.0)
@@ -46,7 +46,7 @@ CHILD = textwrap.dedent(
 
 READ = (
     "import json, sys; from pathlib import Path; "
-    "from trifecta.core.heap_report import memray_growth; "
+    "from trifecta.core.heap_memray import memray_growth; "
     "print(json.dumps([r.model_dump() for r in memray_growth(Path(sys.argv[1]))]))"
 )
 
