@@ -109,3 +109,16 @@ def test_a_shifted_model_fills_every_mask_and_its_cache_matches_a_full_pass(cach
             batch.ids[:, s:e], batch.positions[:, s:e], batch.valid, (s, e), caches
         )
     assert torch.allclose(span, full[:, s:e], atol=1e-5)
+
+
+def test_dev_tasks_are_held_out_and_disjoint_from_the_heldout_tasks() -> None:
+    """The served settings are chosen on dev tasks: never trained on, never reported."""
+    from trifecta.core.tasks import split_of
+    from trifecta.generative.evaluate import HELDOUT_RESERVED, dev_tasks, heldout_tasks
+
+    dev = dev_tasks(50, (2, 4))
+    for grade, tasks in dev.items():
+        assert len(tasks) == 50 and all(t.difficulty == grade for t in tasks)
+        assert all(split_of(t.prompt) == "heldout" for t in tasks)
+        reported = {t.prompt for t in heldout_tasks(HELDOUT_RESERVED, [grade])[grade]}
+        assert not reported & {t.prompt for t in tasks}
