@@ -16,6 +16,11 @@ moving-block bootstrap interval (samples next to each other are not independent:
 every 10 s makes the series a saw-tooth, so one-minute blocks are resampled, not points).
 Baseline: the same sampler on the same server while it is idle before the load, the drift
 and noise of the measurement itself (MB per minute, beside the loaded slope per minute).
+Accounting (`_soak_accounting.py`): what the server held by owner at five points of the
+load, from its sizes report (`TRIFECTA_HEAP_SIZES`, cheap: each bounded structure's entries
+against its bound, SQLite's own memory, glibc's bytes in use), the context service's counters
+(/context/health) and the memories and bullets the workload wrote (counted in the databases
+at the end): a cache filling to its bound, the product's own data and unheld growth apart.
 
 Goal (issue 16): the owned-memory slope over the second half at most 0.005 MB per task
 (5 MB per 1,000 tasks), met when the whole interval is below it.
@@ -23,9 +28,10 @@ Goal (issue 16): the owned-memory slope over the second half at most 0.005 MB pe
     .venv/bin/python benchmarks/soak.py [--seconds 600] [--rate 2] [--heap-report FILE]
 
 Probes (print only): `--memray FILE` (memray's native stacks over a window of the load:
-what the window allocated and still held at its end, `core/heap_report.py`), `--set
+what the window allocated and still held at its end, `core/heap_memray.py`), `--set
 NAME=VALUE` (a server setting beyond the small caps), `--hit-rates TASKS` (the hit rates
-per-domain LRU caches of several sizes would have on the task streams).
+per-domain LRU caches and the router's prefix index at several sizes would have on the task
+streams, `_soak_hit_rates.py`).
 """
 
 from __future__ import annotations
