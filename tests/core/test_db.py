@@ -3,9 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import bindparam, column, select, table, text
 
-from trifecta.core.db import ensure_schema, get_engine, normalize_url, transaction
+from trifecta.core.db import RowRead, ensure_schema, get_engine, normalize_url, transaction
 from trifecta.core.errors import InvalidInput
 from trifecta.core.settings import get_settings
 
@@ -49,3 +49,19 @@ def test_settings_read_toml_then_environment(
     monkeypatch.setenv("TRIFECTA_PHASE", "full")
     get_settings.cache_clear()
     assert get_settings().phase == "full"
+
+
+def test_row_read_reads_one_row_and_sees_other_writers(db_url: str) -> None:
+    """`RowRead` answers the row as any session would, None when there is none, and a write
+    committed elsewhere by the next read (no transaction held open between reads)."""
+    engine = get_engine(db_url)
+    with transaction(engine) as session:
+        session.execute(text("create table kv (k varchar(8) primary key, v integer, w text)"))
+        session.execute(text("insert into kv values ('a', 1, null)"))
+    kv = table("kv", column("k"), column("v"), column("w"))
+    read = RowRead(engine, select(kv.c.v, kv.c.w).where(kv.c.k == bindparam("key")))
+    assert read.read(key="a") == (1, None)
+    assert read.read(key="b") is None
+    with transaction(engine) as session:
+        session.execute(text("update kv set v = 2, w = 'moved' where k = 'a'"))
+    assert read.read(key="a") == (2, "moved")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, bindparam, func, select
 from sqlalchemy.engine import make_url
 
 from trifecta.context import tables
@@ -27,6 +27,7 @@ from trifecta.context.models import (
 )
 from trifecta.context.settings import ContextSettings
 from trifecta.context.sql import (
+    DomainMoved,
     Vector,
     bullet_of,
     check_readable,
@@ -41,7 +42,7 @@ from trifecta.context.writes import (
     insert_memories,
     merge_delta,
 )
-from trifecta.core.db import ensure_schema, get_engine, transaction
+from trifecta.core.db import RowRead, ensure_schema, get_engine, transaction
 
 B, M = tables.bullets.c, tables.memories.c
 
@@ -52,6 +53,11 @@ class ShardStore:
         ensure_schema(self.engine, "trifecta.context")
         self.url = self.engine.url.render_as_string(hide_password=False)
         self.queue = LearnQueue(self.engine)
+        d = tables.domains.c
+        self._domain_row = RowRead(
+            self.engine,
+            select(d.version, d.state, d.moved_to).where(d.domain == bindparam("domain")),
+        )
 
     @property
     def label(self) -> str:
@@ -60,8 +66,17 @@ class ShardStore:
 
     # -- reads -------------------------------------------------------------------------
     def version(self, domain: str) -> int:
-        with transaction(self.engine) as session:
-            return check_readable(session, domain)
+        """The domain's version (0 before its first write); raises DomainMoved when a move
+        fenced it off this shard. Read every request without Redis, hence one plain statement
+        rather than a session (`RowRead`: 290 -> ~20 us on SQLite)."""
+        row = self._domain_row.read(domain=domain)
+        if row is None:
+            return 0
+        version, state, moved_to = row
+        if state == "moved":
+            raise DomainMoved(domain, None if moved_to is None else str(moved_to))
+        assert isinstance(version, int)  # an INTEGER column on both back ends
+        return version
 
     def domains(self) -> list[str]:
         with transaction(self.engine) as session:

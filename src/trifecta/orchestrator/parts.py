@@ -7,17 +7,17 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
 
-from sqlalchemy import Select, Text, bindparam, cast, select
+from sqlalchemy import Text, bindparam, cast, select
 from sqlalchemy.engine import Engine
 
 from trifecta.cognitive.serving.quota import QuotaGate
 from trifecta.context.shards import ShardMap, ShardPlace
+from trifecta.core.db import RowRead
 from trifecta.core.errors import Infeasible
 from trifecta.federation.bridge import Bridge
 from trifecta.fleet.capsules import Capsule
@@ -28,36 +28,6 @@ from trifecta.orchestrator.ledger import CostLedger, Pricer
 PLACEMENT_TTL_S = 5.0
 # The capsule of the request this thread (or task) is serving, as read at its start.
 _pinned: ContextVar[Capsule | None] = ContextVar("trifecta_request_capsule", default=None)
-
-
-class _OneValue:
-    """One single-row, single-column read on a pooled driver connection, without a
-    transaction around it (one statement reads a consistent snapshot by itself): 20 us on
-    SQLite against 125 for a SQLAlchemy connection, whose BEGIN and ROLLBACK cost the rest,
-    and 290 for an ORM session (measured here, a primary-key read of the capsules table)."""
-
-    def __init__(self, engine: Engine, statement: Select[Any]):
-        self.engine = engine
-        self._compiled = statement.compile(dialect=engine.dialect)
-        self._positional = engine.dialect.positional
-
-    def read(self, **values: object) -> str | None:
-        params = self._compiled.construct_params(values)
-        args: Sequence[object] | Mapping[str, object] = (
-            tuple(params[name] for name in self._compiled.positiontup or ())
-            if self._positional
-            else params
-        )
-        connection = self.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(self._compiled.string, args)
-            row = cursor.fetchone()
-            cursor.close()
-            connection.commit()  # ends the driver's implicit transaction, if it opened one
-        finally:
-            connection.close()
-        return None if row is None else str(row[0])
 
 
 class CapsuleDirectory:
@@ -72,7 +42,7 @@ class CapsuleDirectory:
 
     def __init__(self, registry: CapsuleRegistry):
         self.registry = registry
-        self._spec_of = _OneValue(
+        self._spec_of = RowRead(
             registry.engine,
             select(cast(capsules_table.c.spec, Text)).where(
                 capsules_table.c.id == bindparam("capsule_id")
@@ -105,10 +75,11 @@ class CapsuleDirectory:
         pinned = _pinned.get()
         if pinned is not None and pinned.id == capsule_id:
             return pinned
-        stored = self._spec_of.read(capsule_id=capsule_id)
-        if stored is None:
+        row = self._spec_of.read(capsule_id=capsule_id)
+        if row is None:
             self._forget(capsule_id)
             return self.registry.get(capsule_id)  # raises NotFound naming the field
+        stored = str(row[0])
         parsed = self._parsed.get(capsule_id)
         if parsed is not None and parsed[0] == stored:
             return parsed[1]
