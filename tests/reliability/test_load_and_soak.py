@@ -47,11 +47,12 @@ RATE = 2.0  # tasks per second, all capsules together (what a loaded 2-core CI b
 USERS = 8
 # What they catch: a per-task leak of about 0.1 MB or more (glibc's unbounded arenas grew
 # 0.32), not the few KB a task of memories and caches filling to their bounds. Measured with
-# CI_CAPS over 150 s (RELIABILITY.md), summed over the server's process tree: -0.019, 0.040
-# and 0.007 MB per task over the second half (+1.0, +8.2 and -0.1 MB floor to floor, two
-# samples; the fitted line, now bounded, +1.0 MB in the third) in three runs at load 1-6 on
-# 2 cores, with the router's index, the logs and SQLite's caches bounded; before them 0.017,
-# 0.046, 0.030 and, under heavier load, 0.072. The bounds keep 2x over this session's worst.
+# CI_CAPS over 150 s (RELIABILITY.md), summed over the server's process tree: -0.019, 0.040,
+# 0.007 and 0.007 MB per task over the second half (+1.0, +8.2, -0.1 and +2.6 MB floor to
+# floor, two samples; the fitted line, now bounded, +1.0 MB in each of the last two) in four
+# runs at load 1-6 on 2 cores, with the router's index, the logs and SQLite's caches
+# bounded; before them 0.017, 0.046, 0.030 and, under heavier load, 0.072. The bounds keep 2x
+# over this session's worst.
 ANON_MB_PER_TASK = 0.08
 ANON_MB_SECOND_HALF = 10.0
 FLOOR_S = 10.0  # glibc's trim period (core/heap.py): each window holds one trim
