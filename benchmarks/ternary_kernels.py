@@ -308,7 +308,16 @@ def _kernel_warm(kernel: PreparedTernary, batch: int, threads: int) -> Callable[
     small = kernel.spec.prepare(np.zeros((64, 64), np.int8))
     x = np.zeros(batch * small.padded_cols, np.int8)
     out = np.empty(batch * small.padded_rows, np.int32)
-    return partial(bound.func, small.stream, x, out, batch, small.padded_rows, small.padded_cols)
+    return partial(
+        bound.func,
+        small.stream,
+        x,
+        out,
+        batch,
+        small.padded_rows,
+        small.padded_cols,
+        *bound.args[6:],  # the arguments after the shape (the prefetch distance), as bound
+    )
 
 
 def run_case(

@@ -57,6 +57,10 @@ class KernelSpec:
     # code that keeps them in memory (portable 2x slower at 4096x4096; measured by
     # benchmarks/ternary_kernels.py).
     single_thread_via_parallel: bool = False
+    # The prefetch distance is an argument of kernels outside vnni.py (their numba caches are
+    # keyed on their own files, so a constant imported from vnni.py would go stale there);
+    # vnni compiles its own constant in, which measured faster.
+    takes_prefetch_distance: bool = True
 
     def unavailable_reason(self) -> str | None:
         missing = missing_features(self.requires)
@@ -142,8 +146,7 @@ class PreparedTernary:
             batch,
             self.padded_rows,
             self.padded_cols,
-            PREFETCH_BYTES,
-        )
+        ) + ((PREFETCH_BYTES,) if self.spec.takes_prefetch_distance else ())
         view = out.reshape(batch, self.padded_rows)[:, : self.rows]
         large = self.rows * self.cols >= PARALLEL_MIN_WEIGHTS
         if large and (threads > 1 or self.spec.single_thread_via_parallel):
@@ -166,6 +169,7 @@ KERNELS: dict[str, KernelSpec] = {
             vnni_matmul_parallel,
             vnni_matmul_serial,
             single_thread_via_parallel=True,
+            takes_prefetch_distance=False,
         ),
         KernelSpec(
             "avx2",

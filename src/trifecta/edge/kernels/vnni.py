@@ -45,9 +45,11 @@ TOKEN_GROUP = 4
 # first walks the page tables (nested in a VM), and one page of lead left that walk exposed.
 # Flushed 4096 GEMV, paired with a plain read of the same bytes (load 16-26 on 2 cores):
 # `avx2` 1.11-1.13x the floor at 8 KB against 1.21-1.24x at 4 KB; `vnni` 1.01-1.05x against
-# 1.02-1.06x; 16 KB no better than 8 KB; 2 KB 5-10% slower. The kernels take it as an argument
-# (`ahead`): numba's on-disk cache is keyed on the kernel's own file, so a constant read from
-# this module would stay compiled into the other kernels' cache after it changed here.
+# 1.02-1.06x; 16 KB no better than 8 KB; 2 KB 5-10% slower. This kernel compiles the distance
+# in: taken as an argument it ran 1.22-1.26x the floor against 1.05-1.10x (benchmarks/
+# ternary_kernels.py, 4096 GEMV flushed, alternated with the constant, load 0.7). Its numba
+# cache is keyed on this file, so a change here recompiles it; the avx2 and portable kernels
+# live in other files and take the distance as an argument instead (the registry passes it).
 PREFETCH_BYTES = 8192
 # Per-byte masks that keep field s of every byte (as signed int32 words).
 _MASK0, _MASK1, _MASK2, _MASK3 = 0x03030303, 0x0C0C0C0C, 0x30303030, -0x3F3F3F40  # 0xC0C0C0C0
@@ -86,7 +88,7 @@ def _combine(f0, f1, f2, f3, x_sum):
 
 
 @njit(cache=True, inline="always")
-def _gemv_block(w, x, x_offset, x_sum, out, out_offset, block, steps, ahead):
+def _gemv_block(w, x, x_offset, x_sum, out, out_offset, block, steps):
     """One group of 16 rows for one token; two blocks per iteration keep 8 accumulators in
     flight to cover vpdpbusd's latency."""
     m0, m1, m2, m3 = zmm_splat(_MASK0), zmm_splat(_MASK1), zmm_splat(_MASK2), zmm_splat(_MASK3)
@@ -103,8 +105,8 @@ def _gemv_block(w, x, x_offset, x_sum, out, out_offset, block, steps, ahead):
     for p in range(pairs):
         at = base + 2 * p * BLOCK_BYTES
         k = x_offset + 2 * p * BLOCK_INPUTS
-        prefetch(w, at + ahead)
-        prefetch(w, at + ahead + BLOCK_BYTES)
+        prefetch(w, at + PREFETCH_BYTES)
+        prefetch(w, at + PREFETCH_BYTES + BLOCK_BYTES)
         v = zmm_load(w, at)
         u = zmm_load(w, at + BLOCK_BYTES)
         a0 = zmm_dpbusd(a0, zmm_and(v, m0), zmm_broadcast4(x, k))
@@ -128,7 +130,7 @@ def _gemv_block(w, x, x_offset, x_sum, out, out_offset, block, steps, ahead):
 
 
 @njit(cache=True, inline="always")
-def _gemm4_block(w, x, x_stride, x_sums, token, out, out_stride, block, steps, ahead):
+def _gemm4_block(w, x, x_stride, x_sums, token, out, out_stride, block, steps):
     """One group of 16 rows for four tokens: each block is masked once and used four times;
     sixteen independent accumulators (token x field) keep vpdpbusd's pipeline full."""
     m0, m1, m2, m3 = zmm_splat(_MASK0), zmm_splat(_MASK1), zmm_splat(_MASK2), zmm_splat(_MASK3)
@@ -154,7 +156,7 @@ def _gemm4_block(w, x, x_stride, x_sums, token, out, out_stride, block, steps, a
     xd = xc + x_stride
     base = block * steps * BLOCK_BYTES
     for t in range(steps):
-        prefetch(w, base + t * BLOCK_BYTES + ahead)
+        prefetch(w, base + t * BLOCK_BYTES + PREFETCH_BYTES)
         v = zmm_load(w, base + t * BLOCK_BYTES)
         f0 = zmm_and(v, m0)
         f1 = zmm_and(v, m1)
@@ -193,28 +195,27 @@ def _token_sums(x, batch, cols):
 
 
 @njit(cache=True, inline="always")
-def _row_group(w, x, out, sums, batch, rows, cols, block, ahead):
+def _row_group(w, x, out, sums, batch, rows, cols, block):
     steps = cols // BLOCK_INPUTS
     grouped = batch - batch % TOKEN_GROUP
     for token in range(0, grouped, TOKEN_GROUP):
-        _gemm4_block(w, x, cols, sums, token, out, rows, block, steps, ahead)
+        _gemm4_block(w, x, cols, sums, token, out, rows, block, steps)
     for token in range(grouped, batch):
-        _gemv_block(w, x, token * cols, sums[token], out, token * rows, block, steps, ahead)
+        _gemv_block(w, x, token * cols, sums[token], out, token * rows, block, steps)
 
 
 @njit(cache=True, parallel=True)
-def vnni_matmul_parallel(w, x, out, batch, rows, cols, ahead):
+def vnni_matmul_parallel(w, x, out, batch, rows, cols):
     """out (batch * rows) = ternary(w) @ x for x flattened (batch, cols); row groups split
-    over the numba threads; the weight stream is prefetched `ahead` bytes ahead
-    (`PREFETCH_BYTES`)."""
+    over the numba threads."""
     sums = _token_sums(x, batch, cols)
     for block in prange(rows // BLOCK_ROWS):
-        _row_group(w, x, out, sums, batch, rows, cols, block, ahead)
+        _row_group(w, x, out, sums, batch, rows, cols, block)
 
 
 @njit(cache=True)
-def vnni_matmul_serial(w, x, out, batch, rows, cols, ahead):
+def vnni_matmul_serial(w, x, out, batch, rows, cols):
     """As `vnni_matmul_parallel`, on the calling thread (small matrices)."""
     sums = _token_sums(x, batch, cols)
     for block in range(rows // BLOCK_ROWS):
-        _row_group(w, x, out, sums, batch, rows, cols, block, ahead)
+        _row_group(w, x, out, sums, batch, rows, cols, block)
