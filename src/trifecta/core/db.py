@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from trifecta.core.errors import InvalidInput
@@ -189,13 +189,40 @@ class RowRead:
             if self._positional
             else params
         )
-        connection = self.engine.raw_connection()
+        dialect = self.engine.dialect
+        try:
+            connection = self.engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:
+            raise self._wrapped(exc, args, invalidated=False) from exc
         try:
             cursor = connection.cursor()
             cursor.execute(self._compiled.string, args)
             row = cursor.fetchone()
             cursor.close()
             connection.commit()  # ends the driver's implicit transaction, if it opened one
+        except dialect.loaded_dbapi.Error as exc:
+            # as a session would: a lost connection leaves the pool, and the caller gets
+            # SQLAlchemy's exception (the HTTP layer answers 503 for an unreachable database)
+            lost = dialect.is_disconnect(exc, connection, None)
+            if lost:
+                connection.invalidate(exc)
+            raise self._wrapped(exc, args, invalidated=lost) from exc
         finally:
             connection.close()
         return None if row is None else tuple(row)
+
+    def _wrapped(
+        self,
+        exc: Exception,
+        args: Sequence[object] | Mapping[str, object],
+        *,
+        invalidated: bool,
+    ) -> BaseException:
+        return DBAPIError.instance(
+            self._compiled.string,
+            args,
+            exc,
+            self.engine.dialect.loaded_dbapi.Error,
+            connection_invalidated=invalidated,
+            dialect=self.engine.dialect,
+        )
