@@ -31,7 +31,8 @@ Probes (print only): `--memray FILE` (memray's native stacks over a window of th
 what the window allocated and still held at its end, `core/heap_memray.py`), `--set
 NAME=VALUE` (a server setting beyond the small caps), `--hit-rates TASKS` (the hit rates
 per-domain LRU caches and the router's prefix index at several sizes would have on the task
-streams, `_soak_hit_rates.py`).
+streams, `_soak_hit_rates.py`), `--memory-cost MEMORIES` (what one kept memory costs in RAM,
+by part: the view's row, its strings, the index's share; `_soak_memory_cost.py`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from benchmarks._soak_accounting import (
     structure_table,
 )
 from benchmarks._soak_hit_rates import print_hit_rates, print_router_hit_rates
+from benchmarks._soak_memory_cost import print_memory_cost
 from trifecta.core.heap_memray import memray_growth
 from trifecta.core.heap_report import (
     INTERVAL_ENV,
@@ -260,6 +262,13 @@ def main() -> None:
         "streams (this many tasks each), then exit",
     )
     parser.add_argument(
+        "--memory-cost",
+        type=int,
+        default=0,
+        metavar="MEMORIES",
+        help="print what one kept memory costs in RAM, by part (this many memories), then exit",
+    )
+    parser.add_argument(
         "--no-record", action="store_true", help="print only (a probe: no section, no results)"
     )
     args = parser.parse_args()
@@ -267,6 +276,9 @@ def main() -> None:
     if args.hit_rates:
         print_hit_rates(console, args.hit_rates)
         print_router_hit_rates(console, args.hit_rates)
+        return
+    if args.memory_cost:
+        print_memory_cost(console, args.memory_cost)
         return
     work = Path(tempfile.mkdtemp(prefix="trifecta-soak-"))
     url = f"sqlite:///{work / 'control.db'}"

@@ -22,7 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
-from trifecta.context.models import Bullet, BulletStatus, MemoryHit, MemoryItem, RankedBullet
+from trifecta.context.memory_table import MemoryTable
+from trifecta.context.models import Bullet, BulletStatus, MemoryHit, RankedBullet
 from trifecta.context.render import rank_bullets
 from trifecta.context.settings import ContextSettings
 from trifecta.context.sql import Vector
@@ -42,7 +43,7 @@ class DomainView:
         self.version = -1
         self.bullets: dict[str, Bullet] = {}
         self.bullet_vectors: dict[str, Vector | None] = {}
-        self.memories: dict[str, MemoryItem] = {}
+        self.memories = MemoryTable(domain)  # compact rows: a model is built per hit
         self.index: MemoryIndex | None = None
         self.searches = StandingSearches()
         # query -> ranked bullets, least recently asked dropped past `bullet_rankings_kept`
@@ -85,7 +86,7 @@ class DomainView:
                     live.append((item.id, vector))
                     added.append((item, vector))
                 else:
-                    self.memories.pop(item.id, None)
+                    self.memories.discard(item.id)
                     gone.append(item.id)
             if live and self.index is None:
                 self.index = MemoryIndex(len(live[0][1]))
@@ -150,10 +151,7 @@ class DomainView:
         memories = self.memories
 
         def accept(memory_id: str) -> bool:
-            item = memories[memory_id]
-            return (outcome is None or item.outcome == outcome) and (
-                since is None or item.created_at >= since
-            )
+            return memories.passes(memory_id, outcome, since)
 
         return self.index.search(query, k, None if outcome is None and since is None else accept)
 
