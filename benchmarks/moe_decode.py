@@ -27,11 +27,13 @@ The half mask is half of each layer's experts chosen by the capsule's traffic as
 product's `half_mask` chooses them: on the fine-grained shipped model, each FFN shard's most-
 used copy, so every shard stays. `--only half-mask` re-measures only that mask (its accuracy
 on every grade and its paired-batch speed) and keeps every other row of the section and of
-`results/moe_decode.json` from the last full run.
+`results/moe_decode.json` from the last full run. `--only pairs` prints the masks' paired-
+batch speed, each through the dense path and through the dispatch, and one MoE layer's times.
 
     .venv/bin/python benchmarks/moe_decode.py [--per-grade 100] [--reps 5] [--no-write]
     .venv/bin/python benchmarks/moe_decode.py --sweep [--dev-per-grade 100] [--reps 2]
     .venv/bin/python benchmarks/moe_decode.py --only half-mask [--per-grade 200]
+    .venv/bin/python benchmarks/moe_decode.py --only pairs [--per-grade 20] [--pair-rounds 2]
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._moe_decode import sweep
+from benchmarks._moe_decode.half_dev import compare_half_rules
 from benchmarks._moe_decode.half_rerun import rerun_half_mask
 from benchmarks._moe_decode.masks import (
     DOMAIN,
@@ -63,6 +66,7 @@ from benchmarks._moe_decode.masks import (
     verified_capsule_mask,
 )
 from benchmarks._moe_decode.modes import HARD, Mode, llada_config, run_mode, served_config
+from benchmarks._moe_decode.pairs import rerun_pairs
 from benchmarks._moe_decode.source import beside_source, shipped_granularity, shipped_source
 from benchmarks._moe_decode.stats import paired_difference, paired_ratio, points
 from benchmarks._report import (
@@ -360,9 +364,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["half-mask"],
+        choices=["half-mask", "pairs", "half-dev"],
         default=None,
-        help="re-measure only the half mask; the section's other rows are kept",
+        help="half-mask: re-measure only the half mask, the section's other rows kept; "
+        "pairs: print the masks' paired-batch speed, dense path and dispatch (no write); "
+        "half-dev: print the half-mask rules' accuracy on the dev split (no write)",
     )
     parser.add_argument(
         "--sweep", action="store_true", help="choose the served settings on the dev split"
@@ -384,6 +390,10 @@ def main() -> None:
         run_sweep(decoder, args)
     elif args.only == "half-mask":
         rerun_half_mask(decoder, args, granularity)
+    elif args.only == "half-dev":
+        compare_half_rules(decoder, args, granularity)
+    elif args.only == "pairs":
+        rerun_pairs(decoder, args, granularity)
     else:
         full_run(decoder, args, granularity)
 

@@ -4,6 +4,7 @@ timed against every expert in paired batches and per MoE layer, and scored on ev
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,79 +70,110 @@ def verified_capsule_mask(
     return mask, len(check.successes), check.tasks
 
 
+def set_dense(decoder: Decoder, dense: bool) -> None:
+    """Whether a masked layer with few active experts may run them as one dense FFN
+    (`model.DENSE_EXTRA_EXPERTS`); False: every masked layer dispatches, as before it."""
+    for block in decoder.model.blocks():
+        block.moe.dense = dense
+
+
 def paired_batches(
-    decoder: Decoder, tasks: list[Task], masks: dict[str, torch.Tensor], rounds: int
+    decoder: Decoder,
+    tasks: list[Task],
+    masks: dict[str, torch.Tensor],
+    rounds: int,
+    dispatch: frozenset[str] = frozenset(),
 ) -> dict[str, list[float]]:
     """Per batch of 50: seconds with every expert / seconds with each mask, decoded back to
-    back in alternating order (served decoding). One ratio per batch and round."""
+    back in alternating order (served decoding). One ratio per batch and round. The masks
+    named in `dispatch` run without the dense path."""
     from trifecta.generative.model import Routing
 
     modes: dict[str, torch.Tensor | None] = {"every expert": None, **masks}
     ratios: dict[str, list[float]] = {name: [] for name in masks}
     config = served_config()
     turn = 0
-    for _ in range(rounds):
-        for i in range(0, len(tasks), BATCH):
-            prompts = [t.prompt for t in tasks[i : i + BATCH]]
-            names = list(modes) if turn % 2 == 0 else list(reversed(modes))
-            turn += 1
-            seconds = {}
-            for name in names:
-                started = time.perf_counter()
-                decoder.decode(prompts, config, Routing(active=modes[name]))
-                seconds[name] = time.perf_counter() - started
-            for name in masks:
-                ratios[name].append(seconds["every expert"] / seconds[name])
+    try:
+        for _ in range(rounds):
+            for i in range(0, len(tasks), BATCH):
+                prompts = [t.prompt for t in tasks[i : i + BATCH]]
+                names = list(modes) if turn % 2 == 0 else list(reversed(modes))
+                turn += 1
+                seconds = {}
+                for name in names:
+                    set_dense(decoder, name not in dispatch)
+                    started = time.perf_counter()
+                    decoder.decode(prompts, config, Routing(active=modes[name]))
+                    seconds[name] = time.perf_counter() - started
+                for name in masks:
+                    ratios[name].append(seconds["every expert"] / seconds[name])
+    finally:
+        set_dense(decoder, True)
     return ratios
 
 
 def layer_times(decoder: Decoder, reps: int) -> list[str]:
     """One MoE layer's forward on fixed hidden states, by how many experts a mask leaves
-    active: what a masked expert costs once the routing has run. Sizes: a cached block step of
-    a batch of 50 (250 positions) and a full pass (50 rows of 55 positions)."""
+    active, through the dense path where the layer takes it and through the dispatch: what a
+    masked expert costs once the routing has run. Sizes: a cached block step of a batch of 50
+    (400 positions) and a full pass (50 rows of 55 positions)."""
     import torch
 
-    from trifecta.generative.model import Routing
+    from trifecta.generative.model import DENSE_EXTRA_EXPERTS, Routing
 
     moe = decoder.model.blocks()[0].moe
-    E = decoder.model.config.n_experts
+    E, k = decoder.model.config.n_experts, decoder.model.config.top_k
+    # (active experts, dense path allowed): every expert, then each count down to top-k,
+    # with the dispatch beside the dense path where the dense path applies
+    variants = [(E, False)]
+    for a in range(min(E - 1, k + DENSE_EXTRA_EXPERTS + 1), k - 1, -1):
+        variants += [(a, False), (a, True)] if a <= k + DENSE_EXTRA_EXPERTS else [(a, False)]
     generator = torch.Generator().manual_seed(0)
-    actives = tuple(dict.fromkeys((E, E - 1, E // 2, decoder.model.config.top_k)))
+    names = [f"{a} of {E}{', dense' if dense else ''}" for a, dense in variants]
     lines = [
-        "| tokens per call | " + " | ".join(f"{a} of {E} experts active" for a in actives) + " |",
-        "|---|" + "---:|" * len(actives),
+        "| positions per call | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(variants),
     ]
-    for n in (250, 2750):
-        x = torch.randn(n, decoder.model.config.d_model, generator=generator)
-        counted = torch.ones(n, dtype=torch.bool)
-        times: dict[int, list[float]] = {a: [] for a in actives}
-        with torch.no_grad():
-            for _ in range(reps):
-                for a in actives:
-                    active = torch.zeros((decoder.model.config.n_layers, E), dtype=torch.bool)
-                    active[:, :a] = True
-                    started = time.perf_counter()
-                    for _ in range(20):
-                        moe(x, counted, Routing(active=active))
-                    times[a].append((time.perf_counter() - started) / 20 * 1e3)
-        cells = []
-        for a in actives:
-            ratio, low, high = paired_ratio(times[a], times[E])
-            cells.append(f"{np.median(times[a]):.2f} ms ({ratio:.2f}x [{low:.2f}, {high:.2f}])")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    try:
+        for n in (400, 2750):
+            x = torch.randn(n, decoder.model.config.d_model, generator=generator)
+            counted = torch.ones(n, dtype=torch.bool)
+            times: dict[tuple[int, bool], list[float]] = {v: [] for v in variants}
+            with torch.no_grad():
+                for _ in range(reps):
+                    for a, dense in variants:
+                        active = torch.zeros((decoder.model.config.n_layers, E), dtype=torch.bool)
+                        active[:, :a] = True
+                        moe.dense = dense
+                        moe(x, counted, Routing(active=active))  # the mask's cache filled
+                        started = time.perf_counter()
+                        for _ in range(20):
+                            moe(x, counted, Routing(active=active))
+                        times[(a, dense)].append((time.perf_counter() - started) / 20 * 1e3)
+            cells = []
+            for v in variants:
+                ratio, low, high = paired_ratio(times[v], times[(E, False)])
+                cells.append(f"{np.median(times[v]):.2f} ms ({ratio:.2f}x [{low:.2f}, {high:.2f}])")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    finally:
+        moe.dense = True
     return lines
 
 
 def mask_accuracy(
-    decoder: Decoder, masks: dict[str, torch.Tensor | None], per_grade: int
+    decoder: Decoder,
+    masks: dict[str, torch.Tensor | None],
+    per_grade: int,
+    split: Callable[[int], dict[int, list[Task]]] | None = None,
 ) -> tuple[list[str], dict[str, dict[str, Estimate]]]:
-    """Held-out accuracy on every grade with each mask (None: every expert) on the same tasks,
-    and each mask's paired difference against every expert on grades 1-2, 3-5 and all."""
+    """Accuracy on every grade with each mask (None: every expert) on the same tasks (`split`:
+    held-out by default, or the dev split's), and each mask's paired difference against every
+    expert on grades 1-2, 3-5 and all."""
     from trifecta.generative.evaluate import heldout_tasks
     from trifecta.generative.model import Routing
     from trifecta.generative.sequences import answer_of
 
-    tasks = heldout_tasks(per_grade)
+    tasks = (split or heldout_tasks)(per_grade)
     config = served_config()
     verdicts: dict[str, dict[int, np.ndarray]] = {}
     for name, mask in masks.items():

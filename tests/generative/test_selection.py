@@ -14,6 +14,7 @@ from trifecta.generative.decoding import DecodeConfig, Decoder
 from trifecta.generative.model import DiffusionLM, Routing
 from trifecta.generative.selection import (
     ExpertMask,
+    checked_half_mask,
     configured_mask,
     half_mask,
     learn_mask,
@@ -107,6 +108,62 @@ def test_masked_router_routes_as_the_full_router_with_masked_scores(shipped) -> 
     assert len(moe._masked) >= 1  # the mask's router was cached for the next call
 
 
+@pytest.mark.parametrize("extra", [0, 1])
+def test_dense_path_computes_what_the_dispatch_does(shipped, extra: int) -> None:
+    """A layer left top-k (+1) active experts runs them as one dense FFN: the same outputs,
+    routed loads and per-request loads as dispatching each token to its experts, with
+    padding and a capsule's biases; only the active experts' weights are stacked."""
+    c = shipped.config
+    moe = shipped.blocks()[2].moe
+    x = torch.randn(120, c.d_model, generator=torch.Generator().manual_seed(4))
+    counted = torch.ones(120, dtype=torch.bool)
+    counted[::5] = False  # padding, never routed
+    layers = [list(range(c.n_experts))] * c.n_layers
+    layers[2] = [0, 2, 5, 7, 3, 6][: c.top_k + extra]
+    active = ExpertMask(layers=layers).active(c.n_experts)
+    bias = torch.linspace(-0.3, 0.3, c.n_layers * c.n_experts).view(c.n_layers, c.n_experts)
+    outputs, routings = [], []
+    try:
+        for dense in (False, True):
+            moe.dense = dense
+            routing = Routing(
+                active=active,
+                bias=bias,
+                load=torch.zeros(c.n_layers, c.n_experts),
+                row_load=torch.zeros(4, c.n_layers, c.n_experts),
+            )
+            with torch.no_grad():
+                outputs.append(moe(x, counted, routing))
+            routings.append(routing)
+    finally:
+        moe.dense = True
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    dispatch, dense = routings
+    assert torch.equal(dense.load, dispatch.load) and torch.equal(dense.row_load, dispatch.row_load)
+    assert dense.touched == {(2, e) for e in layers[2]}  # only active experts
+    stacked = moe._masked_router(active[2]).stacked
+    assert stacked is not None and stacked.experts == c.top_k + extra
+    assert stacked.w_in.shape == (2 * stacked.experts * c.d_ff, c.d_model)
+
+
+def test_dense_weights_follow_an_update_of_the_experts(shipped) -> None:
+    """The stacked weights are cached per mask and rebuilt when an expert's weights change."""
+    model = copy.deepcopy(shipped)
+    c = model.config
+    moe = model.blocks()[0].moe
+    active = configured_mask(list(range(c.top_k)), c.n_layers).active(c.n_experts)
+    x = torch.randn(40, c.d_model, generator=torch.Generator().manual_seed(5))
+    counted = torch.ones(40, dtype=torch.bool)
+    with torch.no_grad():
+        before = moe(x, counted, Routing(active=active))
+        moe.experts[1].down_proj.weight.mul_(2.0)  # an in-place update (an optimiser's)
+        after = moe(x, counted, Routing(active=active))
+        moe.dense = False
+        dispatched = moe(x, counted, Routing(active=active))
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, dispatched, rtol=1e-5, atol=1e-5)
+
+
 def test_verified_rule_keeps_a_rarely_used_expert_that_carries_successes() -> None:
     """Expert 0 of layer 0 takes the fewest tokens yet losing it breaks answers; the busiest
     expert of layer 1 breaks nothing. The traffic rule drops the first; the verified one
@@ -160,6 +217,31 @@ def test_half_mask_keeps_every_shard_on_a_fine_grained_model() -> None:
     # 2 shards x 4 groups: half is 4 experts, each shard's best copy first, then by traffic
     two = half_mask(load, granularity=2, top_k=2)
     assert two.layers[0] == [2, 3, 6, 7] and two.layers[1] == [0, 4, 5, 6]
+
+
+def test_checked_half_mask_swaps_in_the_copy_the_successes_need() -> None:
+    """Traffic picks shard 1's copy 1 in layer 0, but the successes need copy 5: the checked
+    rule swaps it in, keeps every other traffic choice (no swap there keeps more), and every
+    layer still covers each shard once."""
+    load = torch.tensor(
+        [[1.0, 2.0, 9.0, 8.0, 3.0, 0.5, 7.0, 6.0], [5.0, 1.0, 1.0, 1.0, 4.0, 2.0, 3.0, 0.0]]
+    )
+    start = half_mask(load, granularity=4, top_k=4)
+    assert start.layers[0] == [1, 2, 3, 4]
+    floors: list[float] = []
+
+    def retained(mask: ExpertMask, floor: float) -> float:
+        floors.append(floor)
+        share = 0.9 if 5 in mask.layers[0] else 0.8
+        return share - 0.05 * len(set(mask.layers[1]) - set(start.layers[1]))
+
+    mask = checked_half_mask(start, granularity=4, n_experts=8, retained=retained)
+    assert mask.layers == [[2, 3, 4, 5], start.layers[1]]
+    assert all({e % 4 for e in layer} == {0, 1, 2, 3} for layer in mask.layers)
+    assert len(floors) == 1 + 8  # the start, then one trial per kept expert
+    assert floors[-1] == pytest.approx(0.9)  # later trials may stop below the best so far
+    with pytest.raises(InvalidInput):
+        checked_half_mask(start, granularity=1, n_experts=8, retained=retained)
 
 
 def test_half_mask_without_shards_is_the_most_used_half() -> None:

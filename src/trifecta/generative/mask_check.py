@@ -32,7 +32,7 @@ from trifecta.core.errors import InvalidInput
 from trifecta.core.tasks import DEFAULT_MIX, Task, generate_tasks
 from trifecta.generative.decoding import DecodeConfig, Decoder
 from trifecta.generative.model import Routing
-from trifecta.generative.selection import ExpertMask, verified_mask
+from trifecta.generative.selection import ExpertMask, checked_half_mask, half_mask, verified_mask
 from trifecta.generative.sequences import answer_of
 
 # The seed of the reference tasks: fixed, so that learning a mask twice gives the same mask.
@@ -156,5 +156,28 @@ def learn_verified_mask(
         decoder.model.config.top_k,
         tolerance,
         on_trial,
+    )
+    return mask, check
+
+
+def learn_checked_half_mask(
+    decoder: Decoder,
+    *,
+    traffic: torch.Tensor,
+    domain: str | None,
+    granularity: int,
+    check_tasks: int = DEFAULT_CHECK_TASKS,
+    bias: torch.Tensor | None = None,
+) -> tuple[ExpertMask, SuccessCheck]:
+    """A half mask whose copy of each shard is checked: `half_mask` from the capsule's
+    `traffic`, then the swaps that keep more reference successes of `check_tasks` tasks of
+    its `domain` (`selection.checked_half_mask`)."""
+    if check_tasks < 1:
+        raise InvalidInput(f"must be positive, got {check_tasks}", field="check_tasks")
+    config = decoder.model.config
+    start = half_mask(traffic, granularity, config.top_k)
+    check = SuccessCheck(decoder, reference_tasks(check_tasks, domain), bias=bias)
+    mask = checked_half_mask(
+        start, granularity, config.n_experts, lambda m, floor: check.retained(m, floor)
     )
     return mask, check

@@ -10,7 +10,8 @@ Each FFN is a Mixture-of-Experts in DeepSeek-V3's style: sigmoid affinities, top
 on affinity + bias, gates normalised over the selected experts. The bias steers *selection
 only* (never the gate values): the training loop nudges it for load balance without an
 auxiliary loss, and a capsule adds its own offsets and an expert mask at serving time
-(`Routing`). Experts outside the mask are never called.
+(`Routing`). Experts outside the mask are never called. A masked layer left with few active
+experts runs them as one dense FFN (`dense_experts.py`) instead of dispatching tokens.
 
 Shapes in comments: B batch, T positions, D d_model, H heads, E experts, K top-k.
 """
@@ -23,6 +24,15 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trifecta.generative.dense_experts import StackedExperts
+
+# A masked layer with at most top-k + DENSE_EXTRA_EXPERTS active experts runs them as one
+# dense FFN at inference: with exactly top-k every token runs every one of them (the same
+# multiply-adds as the dispatch, without its sort, calls and scatter-add); one more costs a
+# zero-gated expert per token and still measured faster; two more (1.5x the multiply-adds at
+# top-4) measured slower than the dispatch at every size (docs/generative.md).
+DENSE_EXTRA_EXPERTS = 1
 
 
 @dataclass
@@ -76,6 +86,7 @@ class MaskedRouter:
     id_list: list[int]  # the same as a list (the dispatch loop's)
     weight: torch.Tensor  # (A, D) their router rows
     selection_bias: torch.Tensor  # (A,) their selection biases
+    stacked: StackedExperts | None  # their weights as one FFN, when few enough to run dense
 
 
 class Rotary(nn.Module):
@@ -194,26 +205,41 @@ class MoE(nn.Module):
         self.router = nn.Linear(config.d_model, config.n_experts, bias=False)
         self.experts = nn.ModuleList(Expert(config) for _ in range(config.n_experts))
         self.register_buffer("selection_bias", torch.zeros(config.n_experts))
+        self.dense = True  # False: a masked layer always dispatches (tests, measurements)
         self.last_load: torch.Tensor | None = None  # (E,) tokens per expert, last forward
         # A mask's router, cached per mask (see `_masked_router`).
-        self._masked: dict[tuple[bytes, int, int], MaskedRouter] = {}
+        self._masked: dict[tuple[object, ...], MaskedRouter] = {}
 
     def _masked_router(self, active: torch.Tensor) -> MaskedRouter:
         """The router restricted to a mask's active experts: their ids (A,), router rows
-        (A, D) and selection biases (A,). A masked layer scores only the experts it may use,
-        so a mask also saves router work. Cached per mask while the weights stay unchanged
-        (the key holds their in-place version counters); never cached under autograd, where
-        a slice would carry a graph from one step into the next."""
+        (A, D) and selection biases (A,), and, when few enough to run dense, their weights
+        stacked. A masked layer scores only the experts it may use, so a mask also saves
+        router work. Cached per mask while the weights stay unchanged (the key holds their
+        in-place version counters); never cached under autograd, where a slice would carry a
+        graph from one step into the next."""
         key = (
             active.numpy().tobytes(),
             self.router.weight._version,
             self.selection_bias._version,
+            self.dense,
+            *(p._version for p in self.experts.parameters()),
         )
         cached = self._masked.get(key)
         if cached is not None:
             return cached
         ids = active.nonzero().flatten()
-        masked = MaskedRouter(ids, ids.tolist(), self.router.weight[ids], self.selection_bias[ids])
+        id_list = ids.tolist()
+        stacked = None
+        if self.dense and len(id_list) <= self.top_k + DENSE_EXTRA_EXPERTS:
+            chosen = [cast(Expert, self.experts[e]) for e in id_list]
+            stacked = StackedExperts.of(
+                [e.gate_proj.weight for e in chosen],
+                [e.up_proj.weight for e in chosen],
+                [e.down_proj.weight for e in chosen],
+            )
+        masked = MaskedRouter(
+            ids, id_list, self.router.weight[ids], self.selection_bias[ids], stacked
+        )
         if not torch.is_grad_enabled():
             if len(self._masked) >= 64:  # a server sees a few masks; keep the cache bounded
                 self._masked.clear()
@@ -228,10 +254,12 @@ class MoE(nn.Module):
         mask = counted.reshape(-1)  # (N,) False: padding, which nothing reads
         # At inference padding is not routed at all (its output stays zero: attention masks
         # it out and the Canon layer zeroes it); training computes as its recipes were run.
-        skip = not torch.is_grad_enabled() and not bool(mask.all())
+        inference = not torch.is_grad_enabled()
+        skip = inference and not bool(mask.all())
         keep = mask.nonzero().flatten() if skip else None
         x = full if keep is None else full[keep]  # (n, D)
         E = len(self.experts)
+        stacked = None
         if routing is not None and routing.active is not None:
             # Only the A active experts exist for this forward: router, top-k and dispatch
             # all run over A columns; `ids` maps a column back to its expert.
@@ -242,40 +270,33 @@ class MoE(nn.Module):
                 bias = bias + routing.bias[self.layer][masked.ids]
             ids: torch.Tensor | None = masked.ids
             experts = masked.id_list
+            stacked = masked.stacked if inference else None  # the dense path
         else:
             affinity = torch.sigmoid(self.router(x))  # (N, E)
             bias = self.selection_bias
             if routing is not None and routing.bias is not None:
                 bias = bias + routing.bias[self.layer]
             ids, experts = None, list(range(E))
-        score = affinity.detach() + bias
-        column = score.topk(self.top_k, dim=-1).indices  # (N, K) columns of `affinity`
+        if stacked is not None and len(experts) == self.top_k:
+            # Every token selects every active expert: no top-k to take.
+            column = torch.arange(self.top_k).expand(x.shape[0], -1)  # (N, K)
+        else:
+            column = (affinity.detach() + bias).topk(self.top_k, dim=-1).indices  # (N, K)
         gates = affinity.gather(1, column)
         gates = gates / gates.sum(dim=-1, keepdim=True)  # (N, K), rows sum to 1
         chosen = column if ids is None else ids[column]  # (n, K) expert ids
         counted_chosen = chosen if keep is not None else chosen[mask]  # padding excluded
         load = torch.bincount(counted_chosen.reshape(-1), minlength=E).float()
         self.last_load = load
-        # Grouped dispatch: one stable sort puts every (token, slot) pair of an expert in one
-        # contiguous run, so each expert with tokens is called once on a slice, and the outputs
-        # return in one scatter-add. An expert nobody chose (a masked one) is never called.
-        flat = column.reshape(-1)  # (N*K,)
-        order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=len(experts)).tolist()
-        token = order // self.top_k  # (N*K,) the token of each sorted pair
-        xs = x[token]
-        parts, start = [], 0
-        for e, count in zip(experts, counts, strict=True):
-            if count == 0:
-                continue
-            parts.append(self.experts[e](xs[start : start + count]))
-            start += count
+        if stacked is not None:
+            dense_gates = torch.zeros_like(affinity).scatter_(1, column, gates)  # (n, A)
+            out = stacked(x, dense_gates)
             if routing is not None:
-                routing.calls += 1
-                routing.expert_tokens += count
-                routing.touched.add((self.layer, e))
-        weighted = torch.cat(parts) * gates.reshape(-1)[order, None]  # (N*K, D)
-        out = torch.zeros_like(x).index_add_(0, token, weighted)
+                routing.calls += len(experts)
+                routing.expert_tokens += len(experts) * x.shape[0]
+                routing.touched.update((self.layer, e) for e in experts)
+        else:
+            out = self._dispatch(x, column, gates, experts, routing)
         if keep is not None:
             out = torch.zeros_like(full).index_copy_(0, keep, out)
         if routing is not None and routing.load is not None:
@@ -288,6 +309,35 @@ class MoE(nn.Module):
                 pairs.reshape(-1), minlength=B * E
             ).view(B, E)
         return out.reshape(shape)
+
+    def _dispatch(
+        self,
+        x: torch.Tensor,  # (n, D)
+        column: torch.Tensor,  # (n, K) columns of the routed experts
+        gates: torch.Tensor,  # (n, K)
+        experts: list[int],  # column -> expert id
+        routing: Routing | None,
+    ) -> torch.Tensor:
+        """Grouped dispatch: one stable sort puts every (token, slot) pair of an expert in one
+        contiguous run, so each expert with tokens is called once on a slice, and the outputs
+        return in one scatter-add. An expert nobody chose (a masked one) is never called."""
+        flat = column.reshape(-1)  # (n*K,)
+        order = flat.argsort(stable=True)
+        counts = torch.bincount(flat, minlength=len(experts)).tolist()
+        token = order // self.top_k  # (n*K,) the token of each sorted pair
+        xs = x[token]
+        parts, start = [], 0
+        for e, count in zip(experts, counts, strict=True):
+            if count == 0:
+                continue
+            parts.append(self.experts[e](xs[start : start + count]))
+            start += count
+            if routing is not None:
+                routing.calls += 1
+                routing.expert_tokens += count
+                routing.touched.add((self.layer, e))
+        weighted = torch.cat(parts) * gates.reshape(-1)[order, None]  # (n*K, D)
+        return torch.zeros_like(x).index_add_(0, token, weighted)
 
 
 class Block(nn.Module):

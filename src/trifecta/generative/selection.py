@@ -20,6 +20,9 @@ top-k among those only, and the others are never called (`model.MoE`). A mask is
   On a fine-grained model it keeps, for each shard, its most-used copies, so every hidden
   unit of the dense FFN stays (the most-used half alone dropped two shards of four in two of
   the shipped model's three layers and cost 55 points, `docs/generative.md`).
+- `checked_half_mask` (the same size, checked): `half_mask`'s choice, then each kept expert
+  swapped for another copy of its shard where that keeps more of the full model's verified
+  successes (`mask_check`); traffic share alone does not see which copy a capsule needs.
 """
 
 from __future__ import annotations
@@ -155,3 +158,35 @@ def verified_mask(
         if on_trial is not None:
             on_trial(layer, expert, dropped)
     return ExpertMask(layers=[sorted(kept) for kept in layers], source="learned")
+
+
+def checked_half_mask(
+    start: ExpertMask,
+    granularity: int,
+    n_experts: int,
+    retained: Callable[[ExpertMask, float], float],
+) -> ExpertMask:
+    """`start` (a half mask covering every shard once) improved one swap at a time: each kept
+    expert, layer by layer, is swapped for another copy of its shard (expert e is shard
+    e % `granularity`), and a swap is kept when `retained(mask, floor)` (the share of the
+    reference successes the mask still answers right; it may stop early once the share
+    cannot exceed `floor`) is higher than the best so far. Every shard stays covered and
+    each layer keeps its size."""
+    if granularity < 2 or n_experts % granularity:
+        raise InvalidInput(
+            f"a checked half mask needs shards: granularity {granularity} must be at least 2 "
+            f"and divide {n_experts}",
+            field="granularity",
+        )
+    layers = [list(layer) for layer in start.layers]
+    best = retained(start, 0.0)
+    for i, layer in enumerate(layers):
+        for slot, expert in enumerate(list(layer)):
+            copies = range(expert % granularity, n_experts, granularity)
+            for other in [c for c in copies if c not in layer]:
+                trial = [sorted(kept) for kept in layers]
+                trial[i] = sorted([*layer[:slot], other, *layer[slot + 1 :]])
+                share = retained(ExpertMask(layers=trial, source="learned"), best)
+                if share > best + 1e-9:
+                    best, layer[slot] = share, other
+    return ExpertMask(layers=[sorted(layer) for layer in layers], source="learned")
