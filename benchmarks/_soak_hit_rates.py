@@ -23,17 +23,24 @@ from trifecta.cognitive.serving.router import ScoringRouter
 from trifecta.core.tasks import iter_tasks
 
 
-def lru_hit_rates(stream: list[str], caps: list[int]) -> dict[int, float]:
+def lru_hit_rates(stream: list[str], caps: list[int], seen: int = 0) -> dict[int, float]:
     """The share of a query stream a least-recently-used cache of each size answers (the
-    standing searches' policy), simulated per cap."""
+    standing searches' policy), simulated per cap. With `seen` > 0, a query is kept only the
+    second time it is asked within the last `seen` first asks (a doorkeeper: one-off queries
+    then never push out repeated ones; a proposal, not what the views do)."""
     rates = {}
     for cap in caps:
         kept: OrderedDict[str, None] = OrderedDict()
+        once: OrderedDict[str, None] = OrderedDict()
         hits = 0
         for query in stream:
             if query in kept:
                 hits += 1
                 kept.move_to_end(query)
+            elif seen and once.pop(query, 0) == 0:  # asked the first time: remembered only
+                once[query] = None
+                if len(once) > seen:
+                    once.popitem(last=False)
             else:
                 kept[query] = None
                 if len(kept) > cap:
@@ -79,7 +86,8 @@ def router_hit_rates(
             _kv, length = caches[name].lookup(ids, hashes)
             hits += length > 0
             stale += matched[name] > 0 and length == 0
-            caches[name].insert(hashes, [np.zeros((1, len(ids)), np.float32)], len(ids))
+            stand_in = np.zeros((1, len(ids)), np.float32)  # the cache only stores it
+            caches[name].insert(hashes, [stand_in], len(ids))  # type: ignore[list-item]
         rates[bound] = (hits / len(prompts), stale / len(prompts))
     return rates
 
@@ -98,4 +106,33 @@ def print_router_hit_rates(console: Console, tasks: int) -> None:
                 f"{bound}: hit {100 * hit:.2f}% stale {100 * stale:.2f}%"
                 for bound, (hit, stale) in rates.items()
             )
+        )
+
+
+def print_loop_hit_rates(console: Console, requests: int) -> None:
+    """Per-domain LRU hit rates on the loop benchmark's stream: the shipped fleet's capsules,
+    a quarter of each capsule's requests one of its few standing queries (`workload.py`), the
+    rest fresh held-out tasks. A domain's standing searches see every capsule of the domain."""
+    from trifecta.fleet.fleetfile import load_fleet
+    from trifecta.orchestrator.workload import build_workload
+
+    capsules = load_fleet()
+    domain_of = {c.id: c.domain for c in capsules}
+    streams: dict[str, list[str]] = {}
+    for item in build_workload(capsules, requests, seed=200):
+        streams.setdefault(domain_of[item.capsule_id], []).append(item.task.prompt)
+    caps = [16, 32, 64, 128, 256]
+    for seen in (0, 1024):
+        hits = dict.fromkeys(caps, 0.0)
+        for stream in streams.values():
+            for cap, rate in lru_hit_rates(stream, caps, seen).items():
+                hits[cap] += rate * len(stream)
+        console.print(
+            f"loop stream, {requests} requests over {len(streams)} domains, LRU hit rate per "
+            + (
+                f"domain, kept at a second ask within {seen} (proposal), at "
+                if seen
+                else "domain at "
+            )
+            + ", ".join(f"{cap}: {100 * hits[cap] / requests:.2f}%" for cap in caps)
         )
