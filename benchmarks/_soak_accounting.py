@@ -108,7 +108,22 @@ def structure_table(
     rows.append("| SQLite's own memory (MB) | " + " | ".join(sqlite) + " |")
     in_use = [f"{line['malloc']['in_use_mb']:.0f}" if line and line["malloc"] else "-" for line in picked]  # type: ignore[index]  # fmt: skip
     rows.append("| glibc's bytes in use (MB) | " + " | ".join(in_use) + " |")
+    trims = [trim_cell(line) for line in picked]
+    rows.append(
+        "| glibc trims so far: count, ms each (mean), MB given back (summed) | "
+        + " | ".join(trims)
+        + " |"
+    )
     return rows
+
+
+def trim_cell(line: dict[str, object] | None) -> str:
+    """The trimmer's counters in a sizes line (`core/heap.py` TRIMS), or "-"."""
+    trims = line.get("trims") if line else None
+    if not isinstance(trims, dict) or not trims["trims"]:
+        return "-"
+    each_ms = 1000 * trims["seconds"] / trims["trims"]
+    return f"{trims['trims']}, {each_ms:.1f}, {trims['returned_mb']:.0f}"
 
 
 def health_row(rows: list[dict[str, float]], marks: list[float], field: str) -> list[str]:

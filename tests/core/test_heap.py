@@ -17,7 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from trifecta.core.heap import bound_native_caches, freeze_startup_heap, start_malloc_trimmer
+from trifecta.core.heap import (
+    TRIMS,
+    bound_native_caches,
+    freeze_startup_heap,
+    start_malloc_trimmer,
+)
 from trifecta.core.heap_report import (
     INTERVAL_ENV,
     REPORT_ENV,
@@ -64,7 +69,8 @@ def test_native_caches_are_bounded_unless_the_operator_chose(monkeypatch) -> Non
 
 def test_malloc_trimmer_gives_freed_heap_pages_back() -> None:
     """A heap of many small blocks, one kept at its top so glibc cannot shrink the heap by
-    itself: after the trimmer's next pass the freed pages are no longer resident."""
+    itself: after the trimmer's next pass the freed pages are no longer resident, and the
+    trimmer's own count (`TRIMS`, in the sizes report) says so."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     if getattr(libc, "malloc_trim", None) is None:
         pytest.skip("not glibc")
@@ -76,6 +82,7 @@ def test_malloc_trimmer_gives_freed_heap_pages_back() -> None:
     for address in blocks[:-1]:
         libc.free(address)
     before = resident_mb()
+    trims, returned, seconds = TRIMS.trims, TRIMS.returned_mb, TRIMS.seconds
     stop = start_malloc_trimmer(interval_s=0.05)
     assert stop is not None
     try:
@@ -83,6 +90,11 @@ def test_malloc_trimmer_gives_freed_heap_pages_back() -> None:
         while resident_mb() > before - 100 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert resident_mb() <= before - 100
+        deadline = time.monotonic() + 5  # the pass that trimmed records after the call
+        while TRIMS.returned_mb - returned < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert TRIMS.trims > trims and TRIMS.seconds > seconds
+        assert TRIMS.returned_mb - returned >= 100
     finally:
         stop.set()
         libc.free(blocks[-1])

@@ -52,6 +52,7 @@ def test_the_sizes_report_writes_a_line_per_interval(tmp_path: Path) -> None:
     assert len(lines) >= 2
     assert lines[-1]["structures"]["test report ring"]["entries"] == 5
     assert lines[-1]["status_mb"]["RssAnon"] > 0
+    assert set(lines[-1]["trims"]) == {"trims", "seconds", "returned_mb"}  # the trimmer's
 
 
 def test_the_tree_sums_a_child_process() -> None:

@@ -40,7 +40,9 @@ at start-up; an operator's own values win.
 request allocates and frees many short-lived native buffers (tensors, SQLite pages, HTTP
 bodies); glibc returns freed memory at the top of its main heap only, so a long-lived block
 above freed ones keeps them resident. `malloc_trim(0)` (glibc 2.8+) releases free pages
-anywhere in the heap: in a soak it gave back 24 of the second half's 57 MB.
+anywhere in the heap: in a soak it gave back 24 of the second half's 57 MB. The trimmer
+counts its trims, their time and what each gave back (`TRIMS`), which the sizes report
+writes, so a soak says what trimming costs and returns at the defaults.
 
 How each of these was found, and how to look for the next: `core/heap_report.py` (the
 memory readers and the server's debug heap report) and `benchmarks/soak.py`.
@@ -53,6 +55,9 @@ import ctypes.util
 import gc
 import os
 import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 # Entries each cache keeps (about 0.3 MB each for the embedder's products, so about 20 MB
@@ -60,6 +65,28 @@ M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 ONEDNN_CACHE_PRIMITIVES = 32
 IDEEP_CACHE_ENTRIES = 32
 TRIM_INTERVAL_S = 10.0
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class TrimStats:
+    """What the trimmer did in this process: trims made, the seconds they took, and the
+    anonymous resident memory each gave back (before minus after, summed; other threads
+    allocate meanwhile, so a single trim's figure is noisy, the sum over many is not)."""
+
+    trims: int = 0
+    seconds: float = 0.0
+    returned_mb: float = 0.0
+
+
+TRIMS = TrimStats()  # the sizes report (core/heap_report.py) writes it beside glibc's figures
+
+
+def anonymous_resident_mb() -> float:
+    """This process's RssAnon from /proc/self/statm (resident pages minus the file-backed and
+    shared ones; one short read, cheap enough to take around every trim)."""
+    fields = Path("/proc/self/statm").read_text().split()
+    return (int(fields[1]) - int(fields[2])) * PAGE_BYTES / 2**20
 
 
 def freeze_startup_heap() -> int:
@@ -108,7 +135,11 @@ def start_malloc_trimmer(interval_s: float = TRIM_INTERVAL_S) -> threading.Event
 
     def run() -> None:
         while not stop.wait(interval_s):
+            before, started = anonymous_resident_mb(), time.perf_counter()
             trim(0)  # releases the GIL (a foreign call): requests keep running meanwhile
+            TRIMS.seconds += time.perf_counter() - started
+            TRIMS.returned_mb += before - anonymous_resident_mb()
+            TRIMS.trims += 1
 
     threading.Thread(target=run, name="malloc-trim", daemon=True).start()
     return stop

@@ -47,11 +47,13 @@ import tracemalloc
 import weakref
 import xml.etree.ElementTree as ET
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
 from pydantic import BaseModel
 
+from trifecta.core.heap import TRIMS
 from trifecta.core.heap_memray import MemrayWindow
 
 REPORT_ENV = "TRIFECTA_HEAP_REPORT"
@@ -371,6 +373,7 @@ class SizesReporter:
             "malloc": stats.model_dump() if stats else None,
             "sqlite_mb": sqlite_mb(),
             "structures": tracked_sizes(),
+            "trims": asdict(TRIMS),
         }
         with self.path.open("a") as out:
             out.write(json.dumps(line) + "\n")
