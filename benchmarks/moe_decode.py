@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._moe_decode import sweep
-from benchmarks._moe_decode.half_dev import compare_half_rules
+from benchmarks._moe_decode.half_dev import compare_half_rules, half_dev_section
 from benchmarks._moe_decode.half_rerun import rerun_half_mask
 from benchmarks._moe_decode.masks import (
     DOMAIN,
@@ -79,6 +79,7 @@ from benchmarks._report import (
     write_section,
 )
 from trifecta.generative.mask_check import DEFAULT_CHECK_TASKS
+from trifecta.generative.model import DENSE_EXTRA_EXPERTS
 
 
 def run_sweep(decoder: Decoder, args: argparse.Namespace) -> None:
@@ -161,11 +162,13 @@ def full_run(decoder: Decoder, args: argparse.Namespace, granularity: int) -> No
         )
 
     base, nocache, served, masked, half_mode, _ = modes
+    dispatch_name = "capsule mask (verified), dispatch only"
     pairs = paired_batches(
         decoder,
         tasks,
-        {"capsule mask (verified)": active, half_name: half_active},
+        {"capsule mask (verified)": active, half_name: half_active, dispatch_name: active},
         args.pair_rounds,
+        dispatch=frozenset({dispatch_name}),
     )
     pair_lines = [
         "| mask | experts per layer | every expert's seconds / the mask's, median [95% CI] | "
@@ -237,7 +240,7 @@ def full_run(decoder: Decoder, args: argparse.Namespace, granularity: int) -> No
     d_halfmask = mask_diffs[half_name]
     reads = masked.touched_per_pass / max(1e-9, served.touched_per_pass)
     usage = (traffic_load / traffic_load.sum(dim=1, keepdim=True)).numpy()
-    lines += ["", *sweep_section()]
+    lines += ["", *sweep_section(), *half_dev_section()]
     lines += [
         f"The capsule's mask, verified rule: its traffic ({args.traffic} requests of domain "
         f"`{DOMAIN}`, default mix) orders the experts, and a drop is kept while the full "
@@ -247,11 +250,13 @@ def full_run(decoder: Decoder, args: argparse.Namespace, granularity: int) -> No
         f"layer-experts). The traffic-share rule keeps {share_mask.layers}. Traffic share per "
         "expert, layer by layer: "
         + "; ".join("[" + ", ".join(f"{v:.2f}" for v in row) + "]" for row in usage)
-        + f". Every token still runs top-{model.config.top_k} experts, so the multiply-adds "
-        "per token are the "
-        "same; a masked layer's router scores only its active experts (router rows sliced per "
-        "mask, cached) and its dispatch loops over them only, so what a mask saves is router "
-        "work, expert calls and expert weights read: "
+        + f". Every token still runs top-{model.config.top_k} experts. A masked layer's "
+        "router scores only its active experts (router rows sliced per mask, cached); a layer "
+        f"left at most top-k + {DENSE_EXTRA_EXPERTS} active experts runs them as one dense FFN "
+        "(two matmuls over their weights stacked once per mask, each expert's hidden units "
+        "scaled by its gate, zero where a token did not pick it), the others dispatch each "
+        "token to its experts. A mask saves router work and expert weights read, and on "
+        "dense layers the dispatch's sort, per-expert calls and scatter-add: "
         f"{served.touched_per_pass:.2f} experts per layer per forward pass with every expert, "
         f"{masked.touched_per_pass:.2f} with the capsule's mask ({reads:.2f}x); expert calls "
         f"{served.expert_calls} -> {masked.expert_calls}.",
@@ -262,13 +267,12 @@ def full_run(decoder: Decoder, args: argparse.Namespace, granularity: int) -> No
         "",
         *pair_lines,
         "",
-        "What a masked expert costs once routed (the MoE dispatch sorts a batch's (token, "
-        "expert) pairs once and calls each expert with tokens on one contiguous slice): one "
-        "MoE layer's forward on the same hidden states with a mask leaving the first k experts "
-        f"active, median ms of {args.reps} rounds of 20 calls, ratio to every expert active "
-        f"(per-round, bootstrap interval). Each token still runs top-{model.config.top_k} "
-        "experts, so the "
-        "multiply-adds do not change with the mask; only the per-expert calls do:",
+        "What a masked expert costs once routed: one MoE layer's forward on the same hidden "
+        "states with a mask leaving the first k experts active, through the dispatch (sort "
+        "the (token, expert) pairs once, call each expert with tokens on one contiguous "
+        "slice, scatter-add) and, where the layer takes it, the dense path; median ms of "
+        f"{args.reps} rounds of 20 calls, ratio to every expert active (per-round, bootstrap "
+        "interval):",
         "",
         *layer_times(decoder, args.reps),
         "",

@@ -1,16 +1,21 @@
 """`moe_decode.py --only half-dev`: the half-mask rules compared on the dev split (never the
 held-out tasks), printed: each shard's most-used copy (`half_mask`, traffic only) and the
-same with each copy checked against the reference successes (`checked_half_mask`). The full
+same with each copy checked against the reference successes (`checked_half_mask`), and the
+copies fitted to the full model's predictions (`mask_fit.fitted_half_mask`); saved for the
+full run's section. The full
 run's half mask is the rule this comparison chose (`masks.HALF_RULE`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import TYPE_CHECKING
 
 from benchmarks._moe_decode.masks import DOMAIN, learn_capsule_mask, mask_accuracy
-from benchmarks._report import cpu_name, machine_load
+from benchmarks._report import RESULTS_DIR, cpu_name, machine_load
+
+RESULTS = RESULTS_DIR / "moe_decode_half_dev.json"
 
 if TYPE_CHECKING:
     from trifecta.generative.decoding import Decoder
@@ -18,7 +23,8 @@ if TYPE_CHECKING:
 
 def compare_half_rules(decoder: Decoder, args: argparse.Namespace, granularity: int) -> None:
     from trifecta.generative.evaluate import dev_tasks
-    from trifecta.generative.mask_check import learn_checked_half_mask
+    from trifecta.generative.mask_check import learn_checked_half_mask, reference_tasks
+    from trifecta.generative.mask_fit import fitted_half_mask
     from trifecta.generative.selection import half_mask
 
     config = decoder.model.config
@@ -33,24 +39,49 @@ def compare_half_rules(decoder: Decoder, args: argparse.Namespace, granularity: 
         check_tasks=args.check_tasks,
     )
     learn_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    prompts = [t.prompt for t in reference_tasks(args.check_tasks, DOMAIN)]
+    fitted, before, after = fitted_half_mask(decoder, traffic_rule, granularity, prompts)
+    fit_seconds = time.perf_counter() - started
     masks = {
         "every expert": None,
         f"half mask, traffic rule {traffic_rule.layers}": traffic_rule.active(config.n_experts),
         f"half mask, checked rule {checked.layers}": checked.active(config.n_experts),
+        f"half mask, fitted rule {fitted.layers}": fitted.active(config.n_experts),
     }
     lines, diffs = mask_accuracy(decoder, masks, args.dev_per_grade, dev_tasks)
-    print(
-        f"Half-mask rules on the dev split (`--only half-dev --dev-per-grade "
-        f"{args.dev_per_grade} --traffic {args.traffic} --check-tasks {args.check_tasks}`; "
-        f"{cpu_name()}; one torch thread; {machine_load()} at the end). The checked rule: "
-        f"{check.trials} trials on {len(check.successes)} reference successes of "
-        f"{check.tasks} `{DOMAIN}` tasks, {learn_seconds:.0f} s."
-    )
-    print("\n".join(lines))
-    for name, by in diffs.items():
-        print(
+    text = [
+        f"Half-mask rules compared on the dev split (`.venv/bin/python benchmarks/moe_decode.py "
+        f"--only half-dev --dev-per-grade {args.dev_per_grade} --traffic {args.traffic} "
+        f"--check-tasks {args.check_tasks}`; {cpu_name()}; one torch thread; {machine_load()} "
+        f"at the end): {args.dev_per_grade} dev tasks per grade (`DEV_SEED`, none among the "
+        "held-out tasks), served decoding. Traffic rule: each shard's most-used copy in the "
+        "capsule's traffic. Checked rule: each kept copy swapped for the other where that keeps "
+        f"more of the full model's verified successes ({check.trials} trials on "
+        f"{len(check.successes)} successes of {check.tasks} `{DOMAIN}` reference tasks, "
+        f"{learn_seconds:.0f} s). Fitted rule: per layer the copies whose masked model's "
+        f"predictions diverge least from the full model's (KL {before:.4f} -> {after:.4f} nats "
+        f"per masked position on the {len(prompts)} reference prompts, {fit_seconds:.0f} s).",
+        "",
+        *lines,
+        "",
+        "Paired differences against every expert (95% paired bootstrap over the dev tasks): "
+        + "; ".join(
             f"{name}: "
             + ", ".join(
                 f"grades {span} {d[0]:+.1%} [{d[1]:+.1%}, {d[2]:+.1%}]" for span, d in by.items()
             )
+            for name, by in diffs.items()
         )
+        + ".",
+    ]
+    print("\n".join(text))
+    if not args.no_write:
+        RESULTS.write_text(json.dumps({"lines": text}, indent=2) + "\n")
+
+
+def half_dev_section() -> list[str]:
+    """The last `--only half-dev` comparison, for the full run's section."""
+    if not RESULTS.exists():
+        return ["No dev-split comparison of half-mask rules saved yet (`--only half-dev`).", ""]
+    return [*json.loads(RESULTS.read_text())["lines"], ""]

@@ -162,6 +162,15 @@ def test_dense_weights_follow_an_update_of_the_experts(shipped) -> None:
         dispatched = moe(x, counted, Routing(active=active))
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, dispatched, rtol=1e-5, atol=1e-5)
+    # a copy carries the cache along, and its fresh tensors restart their version counts
+    moe.dense = True
+    copied = copy.deepcopy(model).blocks()[0].moe
+    with torch.no_grad():
+        copied.experts[2].up_proj.weight.mul_(0.5)
+        changed = copied(x, counted, Routing(active=active))
+        copied.dense = False
+        torch.testing.assert_close(changed, copied(x, counted, Routing(active=active)))
+    assert not torch.allclose(changed, after)
 
 
 def test_verified_rule_keeps_a_rarely_used_expert_that_carries_successes() -> None:
@@ -282,3 +291,26 @@ def test_loss_bound_is_the_exact_upper_bound() -> None:
         exact = binomtest(lost, n, alternative="less").proportion_ci(confidence_level=0.95)
         assert loss_bound(lost, n) == pytest.approx(exact.high, rel=1e-6)
     assert loss_bound(0, 300) < loss_bound(0, 100) < loss_bound(1, 100)
+
+
+def test_copy_choices_cover_every_shard_once() -> None:
+    from trifecta.generative.mask_fit import copy_choices
+
+    choices = list(copy_choices([1, 2, 3, 4], granularity=4, n_experts=8))
+    assert len(choices) == 16  # two copies of each of 4 shards
+    assert all(sorted({e % 4 for e in c}) == [0, 1, 2, 3] for c in choices)
+    assert [0, 1, 2, 3] in choices and [4, 5, 6, 7] in choices
+
+
+def test_fitted_half_mask_moves_closer_to_the_full_model(shipped) -> None:
+    """Fitted from a deliberately poor start (every layer's second copies), the mask keeps a
+    copy of every shard in every layer and its divergence from the full model falls."""
+    from trifecta.generative.mask_fit import fitted_half_mask
+
+    c = shipped.config
+    start = ExpertMask(layers=[[4, 5, 6, 7]] * c.n_layers)
+    prompts = [t.prompt for t in generate_tasks(12, seed=9, split="train")]
+    mask, before, after = fitted_half_mask(Decoder(shipped), start, 4, prompts)
+    assert 0 <= after < before
+    assert all(sorted(e % 4 for e in layer) == [0, 1, 2, 3] for layer in mask.layers)
+    mask.validate_for(c.n_layers, c.n_experts, c.top_k)

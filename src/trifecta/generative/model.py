@@ -215,14 +215,15 @@ class MoE(nn.Module):
         (A, D) and selection biases (A,), and, when few enough to run dense, their weights
         stacked. A masked layer scores only the experts it may use, so a mask also saves
         router work. Cached per mask while the weights stay unchanged (the key holds their
-        in-place version counters); never cached under autograd, where a slice would carry a
-        graph from one step into the next."""
+        storage and in-place version counters); never cached under autograd, where a slice
+        would carry a graph from one step into the next."""
+        weights = (self.router.weight, self.selection_bias, *self.experts.parameters())
+        # A version counter alone is not an identity: a copied model's fresh tensors restart
+        # their counts (and carry this cache along), so the storage address is keyed too.
         key = (
             active.numpy().tobytes(),
-            self.router.weight._version,
-            self.selection_bias._version,
             self.dense,
-            *(p._version for p in self.experts.parameters()),
+            *((w.data_ptr(), w._version) for w in weights),
         )
         cached = self._masked.get(key)
         if cached is not None:
