@@ -75,13 +75,24 @@ def compare_half_rules(decoder: Decoder, args: argparse.Namespace, granularity: 
         )
         + ".",
     ]
+    # The rule of the smallest dev cost over grades 1-5; a tie keeps the traffic rule (first).
+    costs = {name.split(" [")[0]: by["all"][0] for name, by in diffs.items()}
+    chosen = max(costs, key=lambda name: costs[name])
+    text += ["", f"Chosen on the dev split (the smallest cost on grades 1-5): {chosen}."]
     print("\n".join(text))
     if not args.no_write:
-        RESULTS.write_text(json.dumps({"lines": text}, indent=2) + "\n")
+        RESULTS.write_text(json.dumps({"lines": text, "chosen": chosen}, indent=2) + "\n")
 
 
 def half_dev_section() -> list[str]:
     """The last `--only half-dev` comparison, for the full run's section."""
     if not RESULTS.exists():
         return ["No dev-split comparison of half-mask rules saved yet (`--only half-dev`).", ""]
-    return [*json.loads(RESULTS.read_text())["lines"], ""]
+    saved = json.loads(RESULTS.read_text())
+    used = "half mask, traffic rule"  # what the full run measures (`selection.half_mask`)
+    verdict = (
+        "The full run's half mask is this choice."
+        if saved.get("chosen") == used
+        else f"The full run's half mask ({used}) is NOT this choice."
+    )
+    return [*saved["lines"], "", verdict, ""]
