@@ -151,6 +151,10 @@ def test_the_cascade_starts_each_request_where_the_router_says(
         shipped_tiers(TIER_NAMES), all_tier_costs(), thresholds, start=lambda b: [0] * len(b)
     )
     assert all(o.path == ["small"] for o in forced.generate(prompts[:3], max_new_tokens=4))
+    # a floor (a routing rule learnt from outcomes) raises the start; the router may go higher
+    floored = cascade_of(shipped_tiers(TIER_NAMES), all_tier_costs(), thresholds, floor=1)
+    for start, output in zip(expected, floored.generate(prompts, max_new_tokens=8), strict=True):
+        assert output.path == [TIER_NAMES[max(start, 1)]]
     # a cascade over a subset of the tiers (a server running two of them) has no router for
     # them: every request starts on its first tier
     pair = cascade_of(shipped_tiers(TIER_NAMES[:2]), all_tier_costs(), thresholds)

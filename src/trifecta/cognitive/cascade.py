@@ -120,6 +120,7 @@ class EscalationCascade(Backend):
         reuse_prefix: bool = False,
         on_decision: DecisionHook | None = None,
         start: StartRule | None = None,
+        floor: int = 0,
     ):
         if not tiers:
             raise InvalidInput("a cascade needs at least one tier", field="tiers")
@@ -131,6 +132,9 @@ class EscalationCascade(Backend):
         self.reuse_prefix = reuse_prefix
         self.on_decision = on_decision
         self.start = start
+        # The lowest tier any request starts on (a routing rule learnt from outcomes: `auto`'s
+        # `start_tier`); the router or `start` may still start a request higher.
+        self.floor = min(max(floor, 0), len(self.tiers) - 1)
 
     def with_thresholds(
         self, thresholds: Thresholds, on_decision: DecisionHook | None = None
@@ -143,6 +147,7 @@ class EscalationCascade(Backend):
             reuse_prefix=self.reuse_prefix,
             on_decision=on_decision if on_decision is not None else self.on_decision,
             start=self.start,
+            floor=self.floor,
         )
 
     @property
@@ -190,14 +195,14 @@ class EscalationCascade(Backend):
         if self.start is None and self.thresholds.router:
             starts = self._routed(prompts)
         elif self.start is None:
-            return [0] * len(prompts)
+            return [self.floor] * len(prompts)
         else:
             starts = [int(s) for s in self.start(prompts)]
         if len(starts) != len(prompts) or any(not 0 <= s < len(self.tiers) for s in starts):
             raise InvalidInput(
                 "the start rule returned no valid tier for some prompt", field="start"
             )
-        return starts
+        return [max(s, self.floor) for s in starts]
 
     def _routed(self, prompts: list[str]) -> list[int]:
         """Start tiers from the shipped router under the thresholds' cut-offs. A cascade over

@@ -9,7 +9,13 @@ module parses back:
     no-edge: add tasks stay off the edge (edge: 7 of 10 wrong)
 
 `RuleLearner` writes such bullets as ACE deltas from measured outcomes (a structured insight,
-not invented text): `ADD` for a new rule, `UPDATE` when a start rule moves up a tier. Every
+not invented text): `ADD` for a new rule, `UPDATE` when a start rule moves up a tier. A
+domain's own outcomes are few (a fleet spreads a kind's requests over a dozen domains: in a
+300-request pass no domain reached 8 outcomes of a rung that failed 85% of the time), so a
+domain's failure share is read shrunk toward the fleet's for the same kind and rung (a Beta
+prior at the fleet's share, worth `PRIOR_WEIGHT` outcomes): the fleet's evidence makes the
+rule quickly where the domain agrees with it, the domain's own outcomes hold it back where
+they disagree. Only counts of outcomes are pooled, never a request or its context. Every
 request that follows a rule names the bullet in its trajectory, so the context layer's
 reflector tags it helpful or harmful by the verifier's verdict, and grow-and-refine prunes
 rules that hurt. A second run starts from the rules the first one learned.
@@ -29,9 +35,12 @@ from trifecta.context.models import RankedBullet
 START, NO_EDGE = "routing_start_", "routing_noedge_"
 _START = re.compile(r"^start: (?P<kind>[a-z_]+) tasks start on the (?P<tier>[a-z0-9_-]+) tier")
 _NO_EDGE = re.compile(r"^no-edge: (?P<kind>[a-z_]+) tasks stay off the edge")
-# How much evidence makes a rule: at least MIN_SAMPLES outcomes, most of them bad.
+# How much evidence makes a rule: at least MIN_SAMPLES outcomes of the rung for the kind in
+# the fleet, and most of them bad in the domain's share shrunk toward the fleet's, read when
+# the domain's own outcome is a failure.
 MIN_SAMPLES = 8
 FAILURE_SHARE = 0.6
+PRIOR_WEIGHT = 8.0  # outcomes the fleet's share weighs as, against the domain's own
 
 
 @dataclass(frozen=True)
@@ -68,13 +77,34 @@ def current_start_rule(kind: str, bullets: Iterable[RankedBullet]) -> str | None
     return next((r.bullet.id for r in bullets if r.bullet.section == START + kind), None)
 
 
-def start_rule(kind: str, tier: str, failed: int, total: int, below: str) -> str:
-    evidence = f"{below}: {failed} of {total} handed on or wrong"
+def start_rule(
+    kind: str,
+    tier: str,
+    failed: int,
+    total: int,
+    below: str,
+    fleet_failed: int | None = None,
+    fleet_total: int | None = None,
+) -> str:
+    evidence = f"{below}: {failed} of {total} handed on or wrong" + _in_fleet(
+        fleet_failed, fleet_total
+    )
     return f"start: {kind} tasks start on the {tier} tier ({evidence})"
 
 
-def no_edge_rule(kind: str, failed: int, total: int) -> str:
-    return f"no-edge: {kind} tasks stay off the edge (edge: {failed} of {total} wrong)"
+def no_edge_rule(
+    kind: str,
+    failed: int,
+    total: int,
+    fleet_failed: int | None = None,
+    fleet_total: int | None = None,
+) -> str:
+    evidence = f"edge: {failed} of {total} wrong" + _in_fleet(fleet_failed, fleet_total)
+    return f"no-edge: {kind} tasks stay off the edge ({evidence})"
+
+
+def _in_fleet(failed: int | None, total: int | None) -> str:
+    return "" if failed is None or total is None else f", {failed} of {total} in the fleet"
 
 
 class RuleLearner:
@@ -83,9 +113,17 @@ class RuleLearner:
 
     def __init__(self, tiers: Sequence[str]):
         self.tiers = list(tiers)
-        self._counts: dict[tuple[str, str, str], list[int]] = {}
+        self._counts: dict[tuple[str, str, str], list[int]] = {}  # (domain, kind, rung)
+        self._fleet: dict[tuple[str, str], list[int]] = {}  # (kind, rung): every domain's
         self._proposed: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
+
+    @staticmethod
+    def failure_share(own: Sequence[int], fleet: Sequence[int]) -> float:
+        """The domain's failure share (`own` = [outcomes, failures]) under a Beta prior at the
+        fleet's share worth `PRIOR_WEIGHT` outcomes: the posterior mean."""
+        prior = fleet[1] / fleet[0] if fleet[0] else 0.0
+        return (own[1] + PRIOR_WEIGHT * prior) / (own[0] + PRIOR_WEIGHT)
 
     def observe(
         self,
@@ -101,24 +139,32 @@ class RuleLearner:
         key = (domain, kind, rung)
         with self._lock:
             counts = self._counts.setdefault(key, [0, 0])
-            counts[0] += 1
-            counts[1] += int(failed)
-            total, bad = counts
-            if total < MIN_SAMPLES or bad < FAILURE_SHARE * total or key in self._proposed:
+            fleet = self._fleet.setdefault((kind, rung), [0, 0])
+            for tally in (counts, fleet):
+                tally[0] += 1
+                tally[1] += int(failed)
+            if (  # a rule follows one of the domain's own failures, never a success
+                not failed
+                or key in self._proposed
+                or fleet[0] < MIN_SAMPLES
+                or self.failure_share(counts, fleet) < FAILURE_SHARE
+            ):
                 return None
             self._proposed.add(key)
+            total, bad = counts
+            fleet_total, fleet_bad = fleet
         if rung == "edge":
             op = AddOp(
                 op_id=f"rule-{domain}-{kind}-no-edge",
                 section=NO_EDGE + kind,
-                content=no_edge_rule(kind, bad, total),
+                content=no_edge_rule(kind, bad, total, fleet_bad, fleet_total),
             )
             return Delta(ops=[op], source="orchestrator rule learner")
         index = self.tiers.index(rung)
         if index + 1 >= len(self.tiers):
             return None  # the last tier has nowhere to hand on to
         nxt = self.tiers[index + 1]
-        content = start_rule(kind, nxt, bad, total, rung)
+        content = start_rule(kind, nxt, bad, total, rung, fleet_bad, fleet_total)
         op_id = f"rule-{domain}-{kind}-start-{nxt}"
         existing = current_start_rule(kind, bullets)
         if existing is not None:

@@ -186,8 +186,9 @@ class AutoModel:
         seed: int | None = None,
         start_tier: str | None = None,
     ) -> list[AutoResult]:
-        """Run the cascade for `tenant` (blocking: call it from a worker thread), from the
-        first tier or, when a routing rule says so, from `start_tier`."""
+        """Run the cascade for `tenant` (blocking: call it from a worker thread). Each request
+        starts where the shipped router puts it, never below `start_tier` (a routing rule
+        learnt from outcomes: the tiers under it mostly hand such requests on)."""
         names = [t.name for t in self.tiers]
         if start_tier is not None and start_tier not in names:
             raise InvalidInput(f"unknown tier {start_tier!r}", field="start_tier", allowed=names)
@@ -204,7 +205,7 @@ class AutoModel:
             on_decision=self.hook(capsule)
             if self.hook is not None and capsule is not None
             else None,
-            start=(lambda batch: [first] * len(batch)) if first else None,
+            floor=first,
         )
         outputs = cascade.generate(
             prompts,
