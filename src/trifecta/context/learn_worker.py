@@ -48,9 +48,6 @@ log = get_logger(__name__)
 # A row that failed this many times for a reason other than a refusal is given up on.
 MAX_ATTEMPTS = 20
 T = TypeVar("T")
-# The worker's scheduling priority (Linux nice) below the request threads': learning is
-# background work, so when the CPU is short the requests get it first and the queue waits.
-BACKGROUND_NICE = 10
 RECENT_TEXTS = 4096  # memory texts whose vectors the worker keeps (384 floats each: 6 MiB)
 
 
@@ -64,11 +61,14 @@ def native_bf16() -> bool:
     return bool(amx() or avx512())
 
 
-def background_priority() -> None:
-    """Lower the calling thread's CPU priority (a Linux thread is a task of its own, so this
-    leaves the process's other threads alone); a no-op where that is not possible."""
+def background_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by `nice` (a Linux thread is a task of its
+    own, so this leaves the process's other threads alone); a no-op at 0 or where that is
+    not possible."""
+    if nice <= 0:
+        return
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError) as exc:  # not Linux, or not permitted
         log.info("learning worker keeps its priority", reason=str(exc))
 
@@ -218,7 +218,7 @@ class LearnWorker:
         return self.service.router.store(url)
 
     def _run(self) -> None:
-        background_priority()
+        background_priority(self.service.settings.learn_nice)
         self._refresh_shards()
         while not self._stop.is_set():
             self._wake.clear()

@@ -91,6 +91,12 @@ class ContextSettings(LayerSettings):
         default=False,
         description="learn in a process of its own (else a thread of the serving process)",
     )
+    learn_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="the learning worker's Linux nice value (background work; 0: as requests)",
+    )
     learn_bfloat16: bool = Field(
         default=True,
         description="the learning worker embeds in bfloat16 where the CPU has it natively",
