@@ -30,6 +30,12 @@ class TokenCodec:
             self.bos_id = tokenizer.bos_token_id
             self.vocab_size = len(tokenizer)
         self._names: dict[int, str] = {}
+        # A fast tokenizer's Rust tokenizer, called directly: what the wrapper's `encode`
+        # computes when it neither truncates nor pads (read at each call: the wrapper sets that
+        # state per call), without its per-call Python: 101 -> 7 us a prompt on the shipped
+        # tiers' tokenizer (medians of 10 alternated rounds of 300 prompts, load 7.6), paid on
+        # every tier a request visits (0.8% of the loop's CPU in the profile).
+        self._backend: Any = None if self._char else getattr(tokenizer, "backend_tokenizer", None)
 
     def encode(self, text: str, *, field: str = "prompt") -> list[int]:
         if self._char:
@@ -38,8 +44,12 @@ class TokenCodec:
             except InvalidInput as exc:
                 raise InvalidInput(exc.message, field=field) from None
         else:
+            backend = self._backend
             try:
-                ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+                if backend is not None and backend.truncation is None and backend.padding is None:
+                    ids = list(backend.encode(text, add_special_tokens=False).ids)
+                else:
+                    ids = list(self.tokenizer.encode(text, add_special_tokens=False))
             except Exception as exc:  # `tokenizers` raises plain Exceptions for unknown characters
                 raise InvalidInput(
                     f"the model's tokenizer cannot encode it ({exc})", field=field
