@@ -1,0 +1,357 @@
+"""MiniLM's CPU a text at the loop's shapes, ours against the baselines a skeptic names, and
+each candidate's vectors against float32's.
+
+Timed, one torch thread, each call's process CPU (ONNX Runtime on one intra-op thread too),
+candidates interleaved in a shuffled order every round so that the machine's load falls on
+all of them alike:
+  - sentence-transformers' own `encode`, float32 (baseline);
+  - ONNX Runtime, float32 and dynamic int8 (baselines): the model exported here from the shipped
+    weights (torch.onnx), quantised by `onnxruntime.quantization.quantize_dynamic` with the
+    settings of sentence-transformers' `export_dynamic_quantized_onnx_model(...,
+    "avx512_vnni")` (int8 weights per tensor, uint8 activations, full range). That function
+    itself needs optimum-onnx, which requires transformers < 4.58 (we run 5.x), so its
+    quantiser is called directly;
+  - ours (core/embeddings.py): float32; float32 under bfloat16 autocast (the learner's path
+    before); torch's dynamic int8 of the Linear layers (fbgemm: VNNI here, AVX2 elsewhere);
+    bfloat16 weights (the shipped path where the CPU has bfloat16 natively).
+Shapes: the loop's query calls (1, 2, 4, 8 texts; logged over a 300-request run: 138, 6, 12
+and 18 forwards) and the learner's batches (16 and 32 texts), of the task family's prompts.
+
+Quality over a few thousand texts: the task family's prompts (the loop's queries, and the
+memories keyed by them) and the memory texts the learner composes from trajectories. Cosine
+of each candidate's vector to float32's; recall@10: queries embedded by the candidate
+against an index embedded in float32 (what an existing data directory holds), against
+float32's own ten nearest.
+
+    .venv/bin/python benchmarks/embeddings.py [--rounds 20] [--texts 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from rich.console import Console
+from rich.progress import track
+
+from benchmarks._report import (
+    Goal,
+    bootstrap_ratio,
+    bootstrap_statistic,
+    cpu_name,
+    goals_markdown,
+    machine_load,
+    write_results,
+    write_section,
+)
+from trifecta.context.memory import memory_text, structured_draft
+from trifecta.context.trajectory import Trajectory, TrajectoryStep
+from trifecta.core.embeddings import MiniLMEmbedder, native_bfloat16
+from trifecta.core.tasks import generate_tasks
+
+Embed = Callable[[list[str]], np.ndarray]  # texts -> (n, 384) unit vectors
+QUERY_MIX = {1: 138, 2: 6, 4: 12, 8: 18}  # forwards of each size in a 300-request loop run
+LEARNER_SHAPES = (16, 32)
+SHIPPED = "ours, bfloat16 weights (shipped)"
+ENCODE = "sentence-transformers encode, float32"
+ONNX = "ONNX Runtime dynamic int8"
+AUTOCAST = "ours, float32 + bfloat16 autocast (learner before)"
+RECALL_GOAL, QUERY_GOAL, LEARNER_GOAL = 0.98, 0.5, 1.0
+console = Console()
+
+
+def corpus(count: int, seed: int = 11) -> tuple[list[str], list[str]]:
+    """(prompts, memory texts), about half each: the task family's prompts over its domains
+    and grades, and memory texts composed as the learner does without a language model."""
+    domains = ["energy", "plant", "grid", "water", "health", None]
+    tasks = [
+        t
+        for i, d in enumerate(domains)
+        for t in generate_tasks(count // len(domains) + 1, seed=seed + i, domain=d)
+    ]
+    rng = random.Random(seed)
+    prompts = list(dict.fromkeys(t.prompt for t in tasks))[: count // 2]
+    memories = []
+    for t in tasks[: count - len(prompts)]:
+        right = rng.random() < 0.7
+        layer, tier = rng.choice(
+            [("edge", "node-1"), ("cognitive", "small"), ("cognitive", "large")]
+        )
+        trajectory = Trajectory(
+            capsule_id="dt-energy-0000",
+            task_kind=t.kind,
+            difficulty=t.difficulty,
+            prompt=t.prompt,
+            answer=t.answer if right else str(rng.randint(0, 300)),
+            outcome="success" if right else "failure",
+            judge="verifier",
+            verdict_detail=None if right else f"expected {t.answer}",
+            steps=[TrajectoryStep(layer=layer, tier=tier, mean_entropy=rng.random())],
+        )
+        memories.append(memory_text(structured_draft(trajectory)))
+    return prompts, memories
+
+
+def onnx_runtime(embedder: MiniLMEmbedder, folder: Path) -> tuple[Embed, Embed]:
+    """(float32, dynamic int8) ONNX Runtime sessions of the shipped weights exported to ONNX
+    (transformer, mean pooling, L2 norm in one graph), int8 quantised as sentence-
+    transformers' "avx512_vnni" config does."""
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    bert = embedder.model[0].auto_model  # type: ignore[index]
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            states = self.bert(
+                input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)
+            ).last_hidden_state  # (B, T, 384)
+            weights = mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)  # (B, 384)
+
+    plain, quantised = folder / "minilm.onnx", folder / "minilm_int8.onnx"
+    example = torch.ones(2, 16, dtype=torch.long)
+    axes = {0: "batch", 1: "tokens"}
+    torch.onnx.export(
+        Pooled().eval(),
+        (example, example),
+        str(plain),
+        input_names=["ids", "mask"],
+        output_names=["vectors"],
+        dynamic_axes={"ids": axes, "mask": axes},
+        opset_version=17,
+        dynamo=False,
+    )
+    quantize_dynamic(
+        plain, quantised, weight_type=QuantType.QInt8, per_channel=False, reduce_range=False
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    tokenizer = embedder.model.tokenizer  # type: ignore[attr-defined]
+
+    def session(path: Path) -> Embed:
+        runner = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def embed(texts: list[str]) -> np.ndarray:  # padded to the batch's longest, as encode
+            batch = tokenizer(
+                texts, padding=True, truncation=True, max_length=256, return_tensors="np"
+            )
+            feeds = {"ids": batch["input_ids"].astype(np.int64), "mask": batch["attention_mask"]}
+            return np.asarray(runner.run(None, feeds)[0], dtype=np.float32)
+
+        return embed
+
+    return session(plain), session(quantised)
+
+
+def candidates(folder: Path) -> dict[str, Embed]:
+    import torch
+
+    float32 = MiniLMEmbedder("float32")
+    model = float32.model
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.asarray(
+            model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False),  # type: ignore[attr-defined]
+            dtype=np.float32,
+        )
+
+    def autocast(texts: list[str]) -> np.ndarray:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return float32.embed(texts)
+
+    int8 = MiniLMEmbedder("float32")
+    int8._model[0] = torch.ao.quantization.quantize_dynamic(  # type: ignore[index]
+        int8._model[0],  # type: ignore[index]
+        {torch.nn.Linear},
+        dtype=torch.qint8,
+    )
+    ort_float32, ort_int8 = onnx_runtime(float32, folder)
+    found: dict[str, Embed] = {
+        ENCODE: encode,
+        "ONNX Runtime float32": ort_float32,
+        ONNX: ort_int8,
+        "ours, float32": float32.embed,
+        AUTOCAST: autocast,
+        "ours, torch dynamic int8 (fbgemm)": int8.embed,
+    }
+    if native_bfloat16():  # bfloat16 weights are shipped only here (core/embeddings.py)
+        found[SHIPPED] = MiniLMEmbedder("bfloat16").embed
+    return found
+
+
+def cpu_ms(embed: Embed, texts: list[str]) -> float:
+    start = time.process_time()
+    embed(texts)
+    return (time.process_time() - start) * 1e3
+
+
+def timings(
+    found: dict[str, Embed], pool: list[str], rounds: int
+) -> dict[str, dict[int, list[float]]]:
+    """CPU ms a text per candidate and batch size, one sample per round; each round draws
+    new texts from the pool and runs the candidates in a shuffled order."""
+    rng = random.Random(5)
+    sizes = [*QUERY_MIX, *LEARNER_SHAPES]
+    out: dict[str, dict[int, list[float]]] = {name: {s: [] for s in sizes} for name in found}
+    for embed in found.values():  # warm every shape once (oneDNN / ORT first calls)
+        for size in sizes:
+            embed(pool[:size])
+    for _ in track(range(rounds), description="timing rounds", console=console):
+        for size in sizes:
+            texts = rng.sample(pool, size)
+            for name in rng.sample(list(found), len(found)):
+                out[name][size].append(cpu_ms(found[name], texts) / size)
+    return out
+
+
+def query_mix(samples: dict[int, list[float]]) -> list[float]:
+    """Per round: CPU ms a text over the loop's query calls (each size weighted by its count
+    of forwards and its texts)."""
+    texts = {size: count * size for size, count in QUERY_MIX.items()}
+    total = sum(texts.values())
+    rounds = len(samples[1])
+    return [sum(samples[s][r] * texts[s] for s in QUERY_MIX) / total for r in range(rounds)]
+
+
+def quality(
+    found: dict[str, Embed], prompts: list[str], memories: list[str], queries: int
+) -> dict[str, dict[str, float | tuple[float, float, float]]]:
+    """Cosine to float32 over every text; recall@10 of `queries` held-back prompts against an
+    index (the other prompts and the memories) embedded in float32."""
+    reference = found["ours, float32"]
+    asked, indexed = prompts[:queries], prompts[queries:] + memories
+    exact_q, index = reference(asked), reference(indexed)
+    exact_m = reference(memories)
+    truth = np.argsort(-(exact_q @ index.T), axis=1)[:, :10]
+    report: dict[str, dict[str, float | tuple[float, float, float]]] = {}
+    for name, embed in found.items():
+        ours_q, ours_m = embed(asked), embed(memories)
+        cosines = np.concatenate([(ours_q * exact_q).sum(1), (ours_m * exact_m).sum(1)])
+        top = np.argsort(-(ours_q @ index.T), axis=1)[:, :10]
+        hits = [len(set(a) & set(b)) / 10 for a, b in zip(truth, top, strict=True)]
+        report[name] = {
+            "recall": bootstrap_statistic(hits, np.mean),
+            "cos_mean": float(cosines.mean()),
+            "cos_min": float(cosines.min()),
+        }
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20, help="timed calls per shape")
+    parser.add_argument("--texts", type=int, default=3000, help="texts for the quality pass")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    command = (
+        f".venv/bin/python benchmarks/embeddings.py --rounds {args.rounds} --texts {args.texts}"
+    )
+    load_before = machine_load()
+    prompts, memories = corpus(args.texts)
+    with tempfile.TemporaryDirectory() as folder:
+        console.print("exporting MiniLM to ONNX and quantising it (the int8 baseline)")
+        found = candidates(Path(folder))
+        times = timings(found, prompts, args.rounds)
+        console.print(f"quality over {len(prompts) + len(memories)} texts")
+        scores = quality(found, prompts, memories, queries=min(500, len(prompts) // 4))
+    shipped = SHIPPED if SHIPPED in found else "ours, float32"
+    sizes = [*QUERY_MIX, *LEARNER_SHAPES]
+    lines = [
+        "| candidate | "
+        + " | ".join(f"{s} text{'s' if s > 1 else ''}" for s in sizes)
+        + " | query mix | cosine mean / min | recall@10 vs float32 |",
+        "|---|" + "---:|" * (len(sizes) + 3),
+    ]
+    for name in found:
+        cells = [f"{np.median(times[name][s]):.2f}" for s in sizes]
+        mix = bootstrap_ratio(query_mix(times[name]), query_mix(times[ENCODE]))
+        recall = scores[name]["recall"]
+        assert isinstance(recall, tuple)
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {np.median(query_mix(times[name])):.2f} ({mix[0]:.2f}x [{mix[1]:.2f}, {mix[2]:.2f}])"
+            + f" | {scores[name]['cos_mean']:.5f} / {scores[name]['cos_min']:.5f}"
+            + f" | {recall[0]:.3f} [{recall[1]:.3f}, {recall[2]:.3f}] |"
+        )
+    recall = scores[shipped]["recall"]
+    assert isinstance(recall, tuple)
+    goals = [
+        Goal.of(
+            "query embedding CPU a text over the loop's query calls, shipped / sentence-transformers encode float32",
+            bootstrap_ratio(query_mix(times[shipped]), query_mix(times[ENCODE])),
+            at_most=QUERY_GOAL,
+            unit="x",
+        ),
+        Goal.of(
+            "learner batch of 32: CPU a text, shipped / float32 under bfloat16 autocast (the learner before)",
+            bootstrap_ratio(times[shipped][32], times[AUTOCAST][32]),
+            at_most=LEARNER_GOAL,
+            unit="x",
+        ),
+        Goal.of(
+            "query embedding CPU a text over the loop's query calls, shipped / ONNX Runtime dynamic int8",
+            bootstrap_ratio(query_mix(times[shipped]), query_mix(times[ONNX])),
+            at_most=1.0,
+            unit="x",
+        ),
+        Goal.of(
+            "recall@10 of the shipped path vs float32 (index in float32)",
+            recall,
+            at_least=RECALL_GOAL,
+        ),
+    ]
+    write_results("embeddings", command, goals)
+    load_after = machine_load()
+    write_section(
+        "embeddings",
+        "\n".join(
+            [
+                "## MiniLM embeddings at the loop's shapes (`benchmarks/embeddings.py`)",
+                "",
+                f"Command: `{command}`. Machine: {cpu_name()}; {load_before} at the start, "
+                f"{load_after} at the end (the machine is shared with other engineers' jobs: "
+                "absolute figures move with the load, the interleaved ratios less). One torch "
+                "thread; CPU ms a text, median of the rounds, each call's process CPU; "
+                f"{args.rounds} rounds, candidates shuffled within each. Baselines: "
+                "sentence-transformers' `encode` (float32) and ONNX Runtime, float32 and dynamic int8 "
+                "(the shipped weights exported here; `quantize_dynamic` with sentence-"
+                "transformers' avx512_vnni settings, since its own export needs optimum-onnx, "
+                "which cannot be installed beside transformers 5). Query mix: the loop's "
+                "query calls (1, 2, 4, 8 texts, weighted as a 300-request run made them), "
+                "ratio to `encode` with its bootstrap interval. Quality: "
+                f"{len(prompts) + len(memories)} texts (task-family prompts and memory "
+                "texts); recall@10 of held-back prompts against a float32 index of the rest.",
+                "",
+                *lines,
+                "",
+                *goals_markdown(goals),
+            ]
+        ),
+    )
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+    for g in goals:
+        console.print(f"{g.claim}: {g.figure:.3f} {g.interval(3)} -> {g.verdict()}", markup=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
