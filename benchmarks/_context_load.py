@@ -71,7 +71,13 @@ class Server:
     def __init__(self, database_url: str, redis_url: str | None, cache: bool, data_dir: Path):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRIFECTA_")}
+        # The caller's context settings (TRIFECTA_CONTEXT_*, e.g. LEARNING_PROCESS or
+        # LEARN_NICE) reach the server; every other TRIFECTA_ variable is the script's to set.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("TRIFECTA_") or k.startswith("TRIFECTA_CONTEXT_")
+        }
         env.update(
             {
                 "TRIFECTA_DATA_DIR": str(data_dir),

@@ -72,6 +72,7 @@ from trifecta.context.deltas import AddOp, Delta
 from trifecta.context.facade import ContextService
 from trifecta.context.memory import memory_id_for, memory_text, structured_draft
 from trifecta.context.models import MemoryDraft
+from trifecta.context.settings import ContextSettings
 from trifecta.context.store import PendingMemory, ShardStore
 from trifecta.context.trajectory import Trajectory, TrajectoryStep
 from trifecta.context.vector_index import EXPANSION_ADD, EXPANSION_SEARCH
@@ -560,12 +561,26 @@ def goals(results: dict[str, list[tuple[str, Run, float | None]]]) -> list[Goal]
     return out
 
 
+def learner_setup() -> str:
+    """Where and at what priority the server learned: the defaults, or the TRIFECTA_CONTEXT_
+    variables the caller set (`Server` passes them on)."""
+    fields = ContextSettings.model_fields
+    process = os.environ.get(
+        "TRIFECTA_CONTEXT_LEARNING_PROCESS", str(fields["learning_process"].default)
+    ).lower() in ("1", "true", "yes", "on")
+    nice = os.environ.get("TRIFECTA_CONTEXT_LEARN_NICE", str(fields["learn_nice"].default))
+    where = "a process of its own" if process else "a thread of the server process"
+    return f"{where}, at nice {nice}"
+
+
 def drain_note() -> str:
     """The time each loop pass's queued learning took to finish after the pass."""
     parts = [f"{b} {w} ({m}) {sec:.1f} s" for (b, w, m), sec in DRAINS.items()]
     return (
-        "The learning the loop passes queued, learned by the server's learning worker: "
-        "the queue was empty this long after each pass ended: " + "; ".join(parts) + "."
+        f"The learning the loop passes queued, learned by the server's learning worker "
+        f"({learner_setup()}): the queue was empty this long after each pass ended: "
+        + "; ".join(parts)
+        + "."
     )
 
 
@@ -632,13 +647,14 @@ def report(results: dict[str, list[tuple[str, Run, float | None]]], plan: Plan) 
         "capsule's standing queries repeat, so after a prompt's first retrieve it is "
         "answered from its kept search unless a write rewrote (reinforced) a memory in its "
         "top-k, which drops it. The loop's learns are queued, as `trifecta run` submits "
-        "them, and learned by the server's learning worker: at the defaults a thread of the "
-        "server process (`learning_process` off). The tail is not that thread's share of the "
-        "interpreter lock: the same command with the learner in its own process "
-        "(`TRIFECTA_CONTEXT_LEARNING_PROCESS=true`, run right after the committed one, load "
-        "average 2-3) read loop retrieve p99 44.2 ms SQLite, 67.4 ms Postgres (8 prompts "
-        "repeated: 9.9, 15.1), inside these rows' intervals. What is left is the learner's CPU, which shares "
-        "the two cores with the server and both clients (not isolated further). Until the "
+        f"them, and learned by the server's learning worker (this run: {learner_setup()}; "
+        "`TRIFECTA_CONTEXT_LEARNING_PROCESS` and `TRIFECTA_CONTEXT_LEARN_NICE` choose). "
+        "Until issue 15 this script dropped every `TRIFECTA_` variable before starting the "
+        "server, so an earlier run 'with the learner in its own process' (p99 44.2 / 67.4 "
+        "ms) had learned in a thread like the committed one and said nothing about the "
+        "interpreter lock; `docs/context.md` (*Learner priority and placement*) has the "
+        "alternated runs since, which differ by workload and by run more than the "
+        "placements can be ranked at the load they ran at. Until the "
         "learn queue the workload posted `/trajectories`, learned synchronously inside the "
         "server process beside the retrieves (retrieve p99 25.9 ms SQLite, 13.7 ms "
         "Postgres, at load average about 2). The loop retrieve's p50 against the cached "
