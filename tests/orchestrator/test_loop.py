@@ -280,3 +280,28 @@ def test_a_shard_entry_without_a_place_is_never_re_homed(stack: Stack) -> None:
         stack.place_domain(stray.domain)
     entry = shards.shard_map.get(stray.domain)
     assert entry is not None and entry[0] == "sqlite:////somewhere/else.db"  # left alone
+
+
+def test_a_routing_rule_is_stored_off_the_request_path_and_a_run_waits_for_it(
+    stack: Stack,
+) -> None:
+    from trifecta.orchestrator.routing import MIN_SAMPLES, START, advise
+    from trifecta.orchestrator.trace import Served, Trace, ranked
+
+    orchestrator = Orchestrator(stack.parts)
+    capsule = _capsule(stack, "rules")
+    task = generate_tasks(1, seed=4, split="heldout", difficulties=[4], domain=capsule.domain)[0]
+    for i in range(MIN_SAMPLES):  # the fleet's small tier hands `chain` tasks on elsewhere
+        orchestrator.rules.observe(f"elsewhere-{i}", task.kind, "small", failed=True)
+    env = stack.parts.shards.place(capsule.domain)
+    playbook = orchestrator.context_hop.playbook(capsule, env, Trace())
+    assert playbook is not None
+    served = Served("cognitive", "0", env, ["cognitive/small"], "small", first_failed=True)
+    orchestrator._learn_rules(capsule, env, task, served, False, playbook)  # returns at once
+    orchestrator.settle()
+    stored = orchestrator.context_hop.playbook(capsule, env, Trace())
+    assert stored is not None
+    rules = [b for b in stored.bullets if b.section == START + task.kind]
+    assert len(rules) == 1
+    advice = advise(task.kind, ranked(stored.bullets), stack.parts.tiers)
+    assert advice.start_tier == "medium" and advice.rules == (rules[0].id,)

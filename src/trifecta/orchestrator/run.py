@@ -110,6 +110,7 @@ def serve_workload(
                 results.append(outcome)
             if progress is not None:
                 progress(1)
+    orchestrator.settle()
     return results, refusals
 
 
