@@ -18,6 +18,7 @@ from trifecta.core.embeddings import (
     PAD_BELOW,
     MiniLMEmbedder,
     chunk_plan,
+    get_embedder,
 )
 
 # Query-like texts of 2 to ~60 tokens (the loop's prompts are 6-28), so batches mix buckets.
@@ -41,7 +42,7 @@ POOL = [
 def embedder() -> MiniLMEmbedder:
     # float32 weights, whatever the CPU: these are exact claims (the shipped bfloat16 path's
     # are tests/core/test_embed_precision.py).
-    return MiniLMEmbedder("float32")
+    return get_embedder("float32")
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ RECALL = 0.98  # recall@10 against float32's ranking (measured: 0.99 on the loop
 
 @pytest.fixture(scope="module")
 def float32() -> MiniLMEmbedder:
-    return MiniLMEmbedder("float32")
+    return get_embedder("float32")
 
 
 @pytest.fixture(scope="module")

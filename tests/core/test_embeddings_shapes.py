@@ -13,6 +13,7 @@ from trifecta.core.embeddings import (
     LENGTH_BUCKETS,
     MAX_BATCH,
     MiniLMEmbedder,
+    get_embedder,
     length_bucket,
     power_of_two_chunks,
 )
@@ -34,7 +35,7 @@ TEXTS = [
 def embedder() -> MiniLMEmbedder:
     # float32 weights, whatever the CPU: these are exact claims (the shipped bfloat16 path's
     # are tests/core/test_embed_precision.py).
-    return MiniLMEmbedder("float32")
+    return get_embedder("float32")
 
 
 def encode(embedder: MiniLMEmbedder, texts: list[str]) -> np.ndarray:

@@ -49,8 +49,10 @@ from trifecta.core.errors import InvalidInput
 if TYPE_CHECKING:
     import torch
 
+Precision = Literal["float32", "bfloat16"]
+PRECISION_ENV = "TRIFECTA_EMBED_PRECISION"  # auto (the default), float32 or bfloat16
 _lock = threading.Lock()
-_instance: MiniLMEmbedder | None = None
+_instances: dict[Precision | None, MiniLMEmbedder] = {}  # None: the load-time choice
 # Padded lengths in tokens, nine shapes up to MiniLM's 256-token limit: above 32 tokens at
 # most 1.5x the longest text's (attention's cost is quadratic in it), below it at most 32.
 # 24 because the loop's queries are mostly 16-28 tokens (a batch of 8 at 24: 5.3 ms a text,
@@ -59,10 +61,6 @@ LENGTH_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256)
 MAX_BATCH = 64  # texts per forward pass; chunks are powers of two up to this
 PAD_BELOW = 8  # leftover rows below this may go as one padded chunk (the module docstring)
 FORWARD_TOKENS = 60  # a forward's fixed cost in padded tokens (float32, one thread, measured)
-
-
-Precision = Literal["float32", "bfloat16"]
-PRECISION_ENV = "TRIFECTA_EMBED_PRECISION"  # auto (the default), float32 or bfloat16
 
 
 def native_bfloat16() -> bool:
@@ -203,10 +201,10 @@ class MiniLMEmbedder:
         return states["sentence_embedding"]  # (B, 384) float32, unit norm
 
 
-def get_embedder() -> MiniLMEmbedder:
-    """The process-wide embedder (the model loads on first call, about a second)."""
-    global _instance
+def get_embedder(precision: Precision | None = None) -> MiniLMEmbedder:
+    """The process-wide embedder (the model loads on first call, about a second); with a
+    precision, the process-wide one of that precision (comparisons, tests)."""
     with _lock:
-        if _instance is None:
-            _instance = MiniLMEmbedder()
-        return _instance
+        if precision not in _instances:
+            _instances[precision] = MiniLMEmbedder(precision)
+        return _instances[precision]
