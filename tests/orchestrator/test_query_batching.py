@@ -79,7 +79,12 @@ def test_concurrent_retrievals_share_one_forward_and_get_their_own_vectors(
     monkeypatch.undo()
     for texts, vectors, _ in recorder.calls:
         alone = np.concatenate([embedder.embed([t]) for t in texts])
-        np.testing.assert_allclose(vectors, alone, atol=1e-5)
+        # Each row is its own text's vector: nearest to it, and equal up to the embedder's
+        # precision (bfloat16 weights on CPUs that have them give a batch's rows within
+        # cosine 0.9995 of the rows embedded alone: tests/core/test_embed_precision.py).
+        similarity = vectors @ alone.T
+        assert (similarity.argmax(axis=1) == np.arange(len(texts))).all()
+        assert np.diag(similarity).min() >= 0.9995
 
 
 def test_a_lone_retrieval_embeds_at_once_on_its_own_thread(
