@@ -47,6 +47,8 @@ from trifecta.generative.expansion import (
 )
 from trifecta.generative.placement import (
     Cluster,
+    Placement,
+    ScratchRepack,
     eplb_greedy,
     from_scratch,
     place,
@@ -302,16 +304,33 @@ def _row(name: str, values: list[float], digits: int = 4) -> str:
     )
 
 
-def strict_figures(trace: Trace) -> dict[str, float]:
-    """Only the strict row's figures: `resize` auto and the greedy alone, to the repack's
-    own max/mean after one node is added."""
+@dataclass
+class StrictCase:
+    """One large trace's strict expansion: the greedy placement before, the nodes added, and
+    the from-scratch repack of the grown cluster whose own max/mean is the level to reach."""
+
+    current: Placement
+    add: int
+    grown: Cluster
+    scratch: ScratchRepack
+    level: float
+
+
+def strict_case(trace: Trace) -> StrictCase:
     cluster = Cluster.with_redundancy(trace.nodes, trace.experts, 0.10)
     current = place(trace.window, cluster, method="greedy")
     threshold = trace.window.sum() / trace.nodes * 1.05  # as in `expansion_figures`
     add = nodes_needed(trace.following.sum(), trace.nodes, threshold, threshold / 2) - trace.nodes
     grown = Cluster(slots=[*cluster.slots, *[max(cluster.slots)] * add])
     scratch = from_scratch(current, trace.following, grown)
-    level = scratch.imbalance
+    return StrictCase(current, add, grown, scratch, scratch.imbalance)
+
+
+def strict_figures(trace: Trace) -> dict[str, float]:
+    """Only the strict row's figures: `resize` auto and the greedy alone, to the repack's
+    own max/mean after one node is added."""
+    case = strict_case(trace)
+    current, add, scratch, level = case.current, case.add, case.scratch, case.level
     equal = resize(current, trace.following, add=add, target=level)
     greedy = resize(current, trace.following, add=add, target=level, method="greedy")
     return {
@@ -326,18 +345,13 @@ def bound_figures(trace: Trace, seconds: float) -> dict[str, float]:
     repack's own max/mean after the node is added (the min-move MILP started from ours, so it
     searches below our answer), over the repack's moves. Above the goal's 0.25, no rebalance
     can meet the strict goal on that trace."""
-    cluster = Cluster.with_redundancy(trace.nodes, trace.experts, 0.10)
-    current = place(trace.window, cluster, method="greedy")
-    threshold = trace.window.sum() / trace.nodes * 1.05  # as in `expansion_figures`
-    add = nodes_needed(trace.following.sum(), trace.nodes, threshold, threshold / 2) - trace.nodes
-    grown = Cluster(slots=[*cluster.slots, *[max(cluster.slots)] * add])
-    scratch = from_scratch(current, trace.following, grown)
-    level = scratch.imbalance
+    case = strict_case(trace)
+    current, add, scratch, level = case.current, case.add, case.scratch, case.level
     ours = resize(current, trace.following, add=add, target=level)
     before = [set(n) for n in current.nodes] + [set() for _ in range(add)]
     reached = ours.imbalance <= level + 1e-9  # HiGHS starts only from a feasible answer
     start = ours.placement.nodes if reached else None
-    floor = min_moves_floor(before, trace.following, grown, level, seconds, start=start)
+    floor = min_moves_floor(before, trace.following, case.grown, level, seconds, start=start)
     lowest = max(0.0, float(np.ceil(floor.lower_bound - 1e-6)))
     best = float(floor.moves) if floor.moves is not None else np.inf
     if reached:
