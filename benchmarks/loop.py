@@ -89,8 +89,10 @@ PROFILE_NOTE = (
     "embeddings 15), the cognitive tiers' forwards and their serving engine 32% (the tiers "
     "are so small that a step costs what torch dispatches), SQLite 19% (the loop's version, "
     "queue and log statements and the learner's). The budget (py-spy, 67 Hz, two 16-worker "
-    "passes of 300 requests and their drains at load ~4-5; waits left out), in ms at this "
-    "run's median CPU a request:"
+    "passes of 300 requests and their drains at load ~4-5; waits left out), taken on b615db3, "
+    "before MiniLM's bfloat16 weights (which cut MiniLM's own CPU in this loop to 0.73x "
+    "[0.72, 0.78]: the `embeddings` section), so its MiniLM rows now overstate their share, "
+    "in ms at this run's median CPU a request:"
 )
 
 
