@@ -68,7 +68,12 @@ from benchmarks._moe_decode.masks import (
 from benchmarks._moe_decode.modes import HARD, Mode, llada_config, run_mode, served_config
 from benchmarks._moe_decode.pairs import rerun_pairs
 from benchmarks._moe_decode.source import beside_source, shipped_granularity, shipped_source
-from benchmarks._moe_decode.stats import paired_difference, paired_ratio, points
+from benchmarks._moe_decode.stats import (
+    differences_sentence,
+    paired_difference,
+    paired_ratio,
+    points,
+)
 from benchmarks._report import (
     Goal,
     bootstrap_median,
@@ -283,15 +288,7 @@ def full_run(decoder: Decoder, args: argparse.Namespace, granularity: int) -> No
         "",
         *mask_lines,
         "",
-        "Paired differences against every expert (95% paired bootstrap over the tasks): "
-        + "; ".join(
-            f"{name}: "
-            + ", ".join(
-                f"grades {span} {d[0]:+.1%} [{d[1]:+.1%}, {d[2]:+.1%}]" for span, d in by.items()
-            )
-            for name, by in mask_diffs.items()
-        )
-        + ".",
+        differences_sentence("the tasks", mask_diffs),
         "",
         f"Accuracy, paired over the same tasks (95% bootstrap): served decoding minus LLaDA "
         f"one-per-step {d_served[0]:+.1%} [{d_served[1]:+.1%}, {d_served[2]:+.1%}]; capsule "

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from benchmarks._moe_decode.masks import DOMAIN, learn_capsule_mask, mask_accuracy
+from benchmarks._moe_decode.stats import differences_sentence
 from benchmarks._report import RESULTS_DIR, cpu_name, machine_load
 
 RESULTS = RESULTS_DIR / "moe_decode_half_dev.json"
@@ -65,15 +66,7 @@ def compare_half_rules(decoder: Decoder, args: argparse.Namespace, granularity: 
         "",
         *lines,
         "",
-        "Paired differences against every expert (95% paired bootstrap over the dev tasks): "
-        + "; ".join(
-            f"{name}: "
-            + ", ".join(
-                f"grades {span} {d[0]:+.1%} [{d[1]:+.1%}, {d[2]:+.1%}]" for span, d in by.items()
-            )
-            for name, by in diffs.items()
-        )
-        + ".",
+        differences_sentence("the dev tasks", diffs),
     ]
     # The rule of the smallest dev cost over grades 1-5; a tie keeps the traffic rule (first).
     costs = {name.split(" [")[0]: by["all"][0] for name, by in diffs.items()}

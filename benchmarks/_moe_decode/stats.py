@@ -29,3 +29,19 @@ def paired_ratio(a: list[float], b: list[float]) -> Estimate:
 def points(d: Estimate) -> Estimate:
     """A share difference in percentage points."""
     return (100 * d[0], 100 * d[1], 100 * d[2])
+
+
+def differences_sentence(over: str, diffs: dict[str, dict[str, Estimate]]) -> str:
+    """One sentence of paired differences against every expert, a clause per mask with its
+    grade spans: "Paired differences ... over `over`: name: grades 1-2 -0.5% [...], ...; ..."."""
+    return (
+        f"Paired differences against every expert (95% paired bootstrap over {over}): "
+        + "; ".join(
+            f"{name}: "
+            + ", ".join(
+                f"grades {span} {d[0]:+.1%} [{d[1]:+.1%}, {d[2]:+.1%}]" for span, d in by.items()
+            )
+            for name, by in diffs.items()
+        )
+        + "."
+    )
