@@ -32,6 +32,12 @@ are unit length in float32. Rejected on this measure: torch's dynamic int8 (fbge
 or per channel), recall@10 0.81-0.87; autocast over float32 weights (what the learner did),
 slower at one text than float32 itself since it casts the weights at every call.
 `TRIFECTA_EMBED_PRECISION=float32` keeps float32 anywhere (tests/core/test_embed_precision.py).
+
+With bfloat16 weights the query shapes (1-8 texts of up to 32 tokens) run as TorchScript
+traced and frozen per shape with oneDNN's graph fusion (core/embed_compiled.py): a small
+call's cost is torch dispatching operators one by one, which the traced graph does not pay.
+Larger batches, float32 weights and a CPU or build where the compiled path fails run the
+modules eagerly as above (`TRIFECTA_EMBED_ENGINE`: auto, eager or torchscript).
 """
 
 from __future__ import annotations
@@ -39,11 +45,12 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
 import numpy as np
 from numpy.typing import NDArray
 
+from trifecta.core.embed_compiled import CompiledShapes, Engine, load_engine
 from trifecta.core.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -124,8 +131,9 @@ class MiniLMEmbedder:
     """`Embedder` over sentence-transformers; 384-dimensional, L2-normalised float32 vectors
     whatever the weights' precision (`load_precision`)."""
 
-    def __init__(self, precision: str | None = None) -> None:
+    def __init__(self, precision: str | None = None, engine: str | None = None) -> None:
         self.precision: Precision = load_precision(precision)
+        self.engine: Engine = load_engine(engine, self.precision)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
@@ -146,6 +154,18 @@ class MiniLMEmbedder:
         self._max_length = int(self._model.max_seq_length or 256)  # MiniLM was trained at 256
         self._dim = int(self._model.get_embedding_dimension() or 384)
         self._encode_lock = threading.Lock()
+        self.compiled = (
+            CompiledShapes(cast("torch.nn.Module", self._model[0].auto_model))
+            if self.engine == "torchscript"
+            else None
+        )
+
+    @property
+    def engine_in_use(self) -> Engine:
+        """The engine the query shapes run on now: eager once the compiled path gave up."""
+        if self.compiled is None or self.compiled.broken is not None:
+            return "eager"
+        return "torchscript"
 
     @property
     def dim(self) -> int:
@@ -186,6 +206,9 @@ class MiniLMEmbedder:
         features = self._tokenizer.pad(
             {"input_ids": ids}, padding="max_length", max_length=padded, return_tensors="pt"
         )
+        compiled = self._compiled_forward(features["input_ids"], features["attention_mask"])
+        if compiled is not None:
+            return compiled
         # BERT reads segment ids; a single sentence is segment 0 throughout.
         features["token_type_ids"] = features["input_ids"].new_zeros(features["input_ids"].shape)
         if self.precision == "float32":  # a caller's autocast applies (the learner's)
@@ -199,6 +222,19 @@ class MiniLMEmbedder:
             for module in list(self._model)[1:]:  # mean pooling, L2 normalisation
                 states = module(states)
         return states["sentence_embedding"]  # (B, 384) float32, unit norm
+
+    def _compiled_forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """The TorchScript forward of a compiled shape, else None. Float32 weights under a
+        caller's autocast stay eager (the autocast applies there); bfloat16 weights ignore
+        it, as the eager path does."""
+        import torch
+
+        if self.compiled is None:
+            return None
+        if self.precision == "float32" and torch.is_autocast_enabled("cpu"):
+            return None
+        with torch.autocast("cpu", enabled=False):
+            return self.compiled.forward(ids, mask)
 
 
 def get_embedder(precision: Precision | None = None) -> MiniLMEmbedder:

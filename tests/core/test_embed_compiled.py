@@ -1,0 +1,86 @@
+"""The TorchScript engine of the embedder (core/embed_compiled.py): chosen for bfloat16 weights,
+reported, its vectors the eager path's within the stated cosine (so queries and the learner's
+memories, which stay eager in large batches, rank alike), compiled only for the fixed query
+shapes, and given up for the eager path when it fails."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trifecta.core.embed_compiled import (
+    COMPILED_LENGTHS,
+    COMPILED_ROWS,
+    ENGINE_ENV,
+    CompiledShapes,
+    load_engine,
+)
+from trifecta.core.embeddings import MiniLMEmbedder, get_embedder
+from trifecta.core.errors import InvalidInput
+
+QUERIES = ["t=41,p=17,r=63;t+r?", "41+53?", "a=4,k=9,n=13;a+k?", "What is 17 + 25?"]
+# The least cosine between the compiled and the eager vector of a text, both bfloat16
+# (measured: 0.99999+), and to float32's (the eager bfloat16 bound, core/embeddings.py).
+COSINE_EAGER, COSINE_FLOAT32 = 0.9999, 0.9995
+
+
+@pytest.fixture(scope="module")
+def compiled() -> MiniLMEmbedder:
+    shipped = get_embedder()  # shared with the other embedder tests: one load fewer
+    if shipped.engine == "torchscript":
+        return shipped
+    return MiniLMEmbedder("bfloat16", engine="torchscript")  # a CPU without native bfloat16
+
+
+def test_the_engine_follows_the_precision_and_a_bad_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ENGINE_ENV, raising=False)
+    assert load_engine(None, "bfloat16") == "torchscript"
+    assert load_engine(None, "float32") == "eager"
+    monkeypatch.setenv(ENGINE_ENV, "eager")
+    assert load_engine(None, "bfloat16") == "eager"
+    monkeypatch.setenv(ENGINE_ENV, "onnx")
+    with pytest.raises(InvalidInput) as error:
+        load_engine(None, "bfloat16")
+    assert error.value.field == ENGINE_ENV
+
+
+def test_compiled_vectors_are_the_eager_ones_within_the_stated_cosine(
+    compiled: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exact = get_embedder("float32").embed(QUERIES[:2])
+    ours = np.concatenate([compiled.embed(QUERIES[:1]), compiled.embed(QUERIES[1:2])])
+    assert compiled.engine_in_use == "torchscript"
+    assert ours.dtype == np.float32 and ours.shape == (2, compiled.dim)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    with monkeypatch.context() as eager_only:  # the same weights, run eagerly
+        eager_only.setattr(compiled, "compiled", None)
+        eager = np.concatenate([compiled.embed(QUERIES[:1]), compiled.embed(QUERIES[1:2])])
+    assert (ours * eager).sum(axis=1).min() >= COSINE_EAGER
+    assert (ours * exact).sum(axis=1).min() >= COSINE_FLOAT32
+    # Only the query shapes compile: a batch of 16 runs eager and adds none.
+    assert compiled.compiled is not None
+    before = compiled.compiled.shapes
+    compiled.embed(QUERIES * 4)
+    assert compiled.compiled.shapes == before
+    assert all(CompiledShapes.covers(rows, length) for rows, length in before)
+    assert {rows for rows, _ in before} <= set(COMPILED_ROWS)
+    assert {length for _, length in before} <= set(COMPILED_LENGTHS)
+
+
+def test_a_failing_compile_falls_back_to_eager_and_says_so(
+    compiled: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert compiled.compiled is not None
+    expected = compiled.embed(QUERIES[2:3])
+
+    def missing_kernel(*_args: object) -> None:
+        raise RuntimeError("no oneDNN Graph kernel for this CPU")
+
+    monkeypatch.setattr(compiled.compiled, "_compile", missing_kernel)
+    monkeypatch.setattr(compiled.compiled, "_modules", {})
+    vectors = compiled.embed(QUERIES[2:3])
+    assert compiled.engine_in_use == "eager"
+    assert compiled.compiled.broken is not None and "oneDNN" in compiled.compiled.broken
+    assert float((vectors * expected).sum()) >= COSINE_EAGER
