@@ -1,23 +1,24 @@
-"""MiniLM's forward as TorchScript, traced and frozen once per fixed input shape, with oneDNN's
-graph fusion: the query path's engine (core/embeddings.py).
+"""MiniLM's forward as TorchScript, traced and frozen once per fixed input shape: the query
+path's engine (core/embeddings.py).
 
-A query call embeds one to a few short texts, and there the forward's cost is not arithmetic
-but torch dispatching some 150 operators one by one from Python (BERT's six layers, then
-pooling and normalisation). Traced, the whole forward is one graph run by TorchScript's
-executor; frozen (`torch.jit.freeze`), the weights are constants it may fold; with
-`torch.jit.enable_onednn_fusion` oneDNN Graph (LLGA) compiles the linear layers, their GELU
-and bias adds, the attention and the layer norms into fused partitions. Measured at one text
-of 24 tokens in bfloat16, one torch thread: 9.4 ms of CPU eager, 5.2 traced and frozen,
-3.2 with the fusion (benchmarks/embeddings.py has each row).
+A query call embeds one to a few short texts, and there much of the forward's cost is not
+arithmetic but torch dispatching some 150 operators one by one from Python (BERT's six
+layers, then pooling and normalisation). Traced, the whole forward is one graph run by
+TorchScript's executor; frozen (`torch.jit.freeze`), the weights are constants it may fold.
+Measured in benchmarks/embeddings.py (bfloat16, one torch thread, candidates interleaved so
+that each call finds its weights out of cache, as a query between other work does): one text
+8.2 ms of CPU against 13.2 eager, the loop's query mix 0.65x of eager. oneDNN's graph fusion
+(`torch.jit.enable_onednn_fusion`) was no faster there (4.94 against 4.91 ms a text over the
+mix; faster only when the same shape runs back to back with its weights in cache) and held
+twice the memory, so it is off (`fusion=True` keeps it as the benchmark's row).
 
 One module per (rows, padded length): TorchScript's profiling executor specialises a graph
 to the shapes it has seen and, past a few, falls back to slower generic plans (a shared
 module over 16 shapes ran the fifth and later ones no faster than eager), so each shape gets
-its own trace, compiled on first use. Each costs 0.2-0.9 s to trace and warm and holds about
-10-20 MB (oneDNN's compiled partitions and their prepared weights), so only the query shapes
-are compiled (COMPILED_ROWS x COMPILED_LENGTHS, at most 12 modules); the learner's large
-batches, whose cost is arithmetic, stay eager. The fusion is process-wide (torch has no
-per-module switch); nothing else in the project runs TorchScript.
+its own trace, compiled on first use. Each costs 0.2-0.9 s to trace and warm and about 10 MB
+of the executor's state, so only the query shapes are compiled (COMPILED_ROWS x
+COMPILED_LENGTHS, at most 12 modules); the learner's large batches, whose cost is arithmetic,
+stay eager.
 
 Vectors: the same operators as the eager path in the same precision, so within the cosine the
 eager path already keeps to float32 (tests/core/test_embed_compiled.py).
@@ -84,7 +85,7 @@ class CompiledShapes:
     `forward` returns None for a shape it does not compile (the caller runs eager), and after
     any failure to trace or run (a missing kernel path) for every shape from then on."""
 
-    def __init__(self, bert: torch.nn.Module, fusion: bool = True) -> None:
+    def __init__(self, bert: torch.nn.Module, fusion: bool = False) -> None:
         self._encoder = pooled_encoder(bert)
         self._fusion = fusion
         self._modules: dict[tuple[int, int], torch.jit.ScriptModule] = {}
@@ -134,8 +135,8 @@ class CompiledShapes:
         import torch
 
         started = time.perf_counter()
-        # Process-wide and read when the executor optimises (the warm calls below).
-        torch.jit.enable_onednn_fusion(self._fusion)
+        if self._fusion:  # process-wide, read when the executor optimises (the warm calls)
+            torch.jit.enable_onednn_fusion(True)
         with warnings.catch_warnings():  # the tracer warns about HF's Python-side checks
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(self._encoder, (ids, mask), check_trace=False)

@@ -34,7 +34,7 @@ slower at one text than float32 itself since it casts the weights at every call.
 `TRIFECTA_EMBED_PRECISION=float32` keeps float32 anywhere (tests/core/test_embed_precision.py).
 
 With bfloat16 weights the query shapes (1-8 texts of up to 32 tokens) run as TorchScript
-traced and frozen per shape with oneDNN's graph fusion (core/embed_compiled.py): a small
+traced and frozen per shape (core/embed_compiled.py): a small
 call's cost is torch dispatching operators one by one, which the traced graph does not pay.
 Larger batches, float32 weights and a CPU or build where the compiled path fails run the
 modules eagerly as above (`TRIFECTA_EMBED_ENGINE`: auto, eager or torchscript).
