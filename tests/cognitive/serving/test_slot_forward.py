@@ -119,3 +119,18 @@ def test_mixed_steps_match_a_llama_with_biases_and_grouped_heads(plan: list[list
             if name.endswith("bias"):
                 parameter.normal_(0, 0.5)  # biases start at zero: make them count
     assert run_plan(model, plan) < 1e-4
+
+
+def test_the_scripted_step_computes_the_eager_steps_logits(canon: CanonLlamaForCausalLM) -> None:
+    """The step a replica runs (one TorchScript call: `scripted_step`) and the eager step give
+    the same logits and leave the same cache, on a step of prompts and one of decoding rows."""
+    scripted, eager = SlotForward(canon, slots=3), SlotForward(canon, slots=3)
+    assert scripted.scripted is not None
+    prompts = StepRows([0, 0, 0], [[5, 6, 7], [8, 9], [10, 11, 12, 13]])
+    decoding = StepRows([3, 2, 4], [[14], [15], [16]])
+    with torch.inference_mode():
+        for rows in (prompts, decoding):
+            got, want = scripted.step(rows), eager.step(rows, eager=True)
+            assert torch.allclose(got, want, atol=1e-5)
+    for ours, theirs in zip(scripted.cache.planes, eager.cache.planes, strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-5)

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
+from trifecta.cognitive.serving.scripted_step import scripted_layers
 from trifecta.cognitive.serving.slot_cache import SlotCache
 from trifecta.core.errors import InvalidInput
 
@@ -164,9 +165,13 @@ class SlotForward:
             shapes += [(self.kv_heads, self.head_dim)] * 2  # keys, values
         shapes += [(int(config.hidden_size),)] * len(self.canons)  # each Canon layer's inputs
         self.cache = SlotCache(slots, self.context_length, shapes)
+        # The step as one TorchScript call (the GIL held once a step: `scripted_step`); the
+        # eager step below stays for other activations and as its reference in the tests.
+        self.scripted = scripted_layers(self) if config.hidden_act == "silu" else None
 
-    def step(self, rows: StepRows) -> torch.Tensor:
-        """Feed every row its chunk; the logits after each row's last fed token [n, vocab].
+    def step(self, rows: StepRows, *, eager: bool = False) -> torch.Tensor:
+        """Feed every row its chunk; the logits after each row's last fed token [n, vocab]
+        (`eager`: through torch's eager operations even where the scripted step applies).
 
         The fed tokens are packed into one sequence of T tokens (no padding: a decoding row
         costs one token however long a newcomer's prompt is); only attention is per row, each
@@ -186,6 +191,20 @@ class SlotForward:
             first = ends - counts  # (n,) each row's first token in the pack
             positions = torch.tensor(rows.starts)[owner] + torch.arange(len(ids)) - first[owner]
         index = self._index(owner, positions, attended, n, decoding)
+        if self.scripted is not None and not eager:
+            out: torch.Tensor = self.scripted(
+                ids,
+                owner,
+                positions,
+                index.visible,
+                ends,
+                n,
+                decoding,
+                index.back_rows,
+                index.back_columns,
+                index.back_valid,
+            )
+            return out
         x = F.embedding(ids, self.embedding)  # (T, d)
         rotary = self.cos[positions], self.signed_sin[positions]  # (T, 1, hd) each
         for number, block in enumerate(self.blocks):

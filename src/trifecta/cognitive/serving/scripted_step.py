@@ -1,0 +1,153 @@
+"""The continuous-batching step's layers as one TorchScript call, so a step holds the GIL once.
+
+Why: torch releases the GIL around every operation it runs from Python and takes it back
+after. A tier's step runs ~220 small operations; while the loop's request threads run Python,
+each of those take-backs waits for the GIL, so the replica's thread spent more of a step
+waiting than computing (py-spy `--native --idle` of `trifecta run`, 16 workers: the large
+tier's thread 15% on a core, ~35% of its samples in `take_gil` after a torch call; a lone
+step of the large tier 1.9 ms, 2.9 ms beside four threads of Python at 10% each). A scripted
+module runs its whole graph in C++ with the GIL released once (`torch.jit`'s call from
+Python drops it for the run), so the step neither waits for the request threads nor makes
+them wait, and the second core can run it while they run Python.
+
+TorchScript is deprecated in favour of `torch.compile` / `torch.export`; neither has this
+property for an eager caller (a compiled graph's wrapper is Python, and `torch.export`'s
+packaged form needs a C++ toolchain at run time and static shapes), so it is used here and
+`SlotForward` keeps its eager step for what this module does not cover (non-SiLU MLPs) and
+as the reference `check_agrees` tests this one against.
+
+Shapes as in `slot_forward`: T tokens fed, n rows, L attended width, d hidden size.
+"""
+
+# No `from __future__ import annotations`: TorchScript reads the class annotations as types.
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class ScriptedLayers(torch.nn.Module):
+    """Embedding, every decoder layer (Canon mix, attention over the slot cache, SiLU MLP), the
+    final norm and the head: the eager `SlotForward.step`'s arithmetic, operation for
+    operation. The cache planes are the `SlotCache`'s own tensors (written in place)."""
+
+    # Declared here: TorchScript cannot type an empty list (no Canon layers) from `__init__`.
+    canons: list[Tensor]
+    eps: list[float]
+    qkv_bias: list[Tensor | None]
+    out_bias: list[Tensor | None]
+    gate_up_bias: list[Tensor | None]
+    down_bias: list[Tensor | None]
+
+    def __init__(self, forward: Any) -> None:  # a `SlotForward` (not imported: no cycle)
+        super().__init__()
+        blocks = forward.blocks
+        self.embedding: Tensor = forward.embedding.detach()
+        self.cos: Tensor = forward.cos
+        self.signed_sin: Tensor = forward.signed_sin
+        self.final_norm: Tensor = forward.final_norm.detach()
+        self.final_eps: float = forward.final_eps
+        self.head: Tensor = forward.head
+        self.attention_norms = [b.attention_norm.detach() for b in blocks]
+        self.qkv = [b.qkv for b in blocks]
+        self.qkv_bias = [_detached(b.qkv_bias) for b in blocks]
+        self.out = [b.out for b in blocks]
+        self.out_bias = [_detached(b.out_bias) for b in blocks]
+        self.mlp_norms = [b.mlp_norm.detach() for b in blocks]
+        self.gate_up = [b.gate_up for b in blocks]
+        self.gate_up_bias = [_detached(b.gate_up_bias) for b in blocks]
+        self.down = [b.down for b in blocks]
+        self.down_bias = [_detached(b.down_bias) for b in blocks]
+        self.eps = [b.eps for b in blocks]
+        self.canons = [c.weight.detach() for c in forward.canons]
+        self.planes = forward.cache.planes
+        self.heads: int = forward.heads
+        self.kv: int = forward.kv_heads
+        self.head_dim: int = forward.head_dim
+        self.scaling: float = float(forward.scaling)
+        self.gqa: bool = forward.kv_heads != forward.heads
+
+    def forward(
+        self,
+        ids: Tensor,  # (T,)
+        owner: Tensor,  # (T,) each token's row
+        positions: Tensor,  # (T,)
+        visible: Tensor,  # (T, L)
+        ends: Tensor | None,  # (n,) one past each row's last token; None: one token a row
+        n: int,
+        decoding: bool,
+        back_rows: Tensor | None,  # (T, width) the Canon look-back's rows, columns, validity
+        back_columns: Tensor | None,
+        back_valid: Tensor | None,  # (T, width, 1)
+    ) -> Tensor:  # (n, vocab)
+        x = F.embedding(ids, self.embedding)  # (T, d)
+        cos = self.cos[positions]  # (T, 1, hd)
+        signed_sin = self.signed_sin[positions]
+        d = x.shape[-1]
+        tokens = x.shape[0]
+        attended = visible.shape[1]
+        mask = visible[:, None, None]  # (T, 1, 1, L)
+        layers = len(self.qkv)
+        for number in range(layers):
+            if len(self.canons) > 0:
+                assert back_rows is not None and back_columns is not None
+                assert back_valid is not None
+                plane = self.planes[2 * layers + number]
+                plane.index_put_([owner, positions], x)
+                history = plane[back_rows, back_columns]  # (T, width, d)
+                history = history.masked_fill(back_valid.logical_not(), 0.0)
+                x = x + (self.canons[number][None] * history).sum(1)
+            h = torch.rms_norm(x, [d], self.attention_norms[number], self.eps[number])
+            qkv = _product(h, self.qkv[number], self.qkv_bias[number])
+            qkv = qkv.view(tokens, self.heads + 2 * self.kv, self.head_dim)
+            qk = qkv[:, : self.heads + self.kv]
+            v = qkv[:, self.heads + self.kv :]
+            qk = torch.addcmul(qk * cos, qk.roll(self.head_dim // 2, -1), signed_sin)
+            q = qk[:, : self.heads]
+            k = qk[:, self.heads :]
+            key_plane = self.planes[2 * number]
+            value_plane = self.planes[2 * number + 1]
+            key_plane.index_put_([owner, positions], k)
+            value_plane.index_put_([owner, positions], v)
+            keys = key_plane[:n, :attended]  # (n, L, kv, hd)
+            values = value_plane[:n, :attended]
+            if not decoding:  # each token's row of the cache
+                keys = keys[owner]
+                values = values[owner]
+            out = F.scaled_dot_product_attention(
+                q[:, :, None],  # (T, h, 1, hd)
+                keys.transpose(1, 2),  # (T, kv, L, hd)
+                values.transpose(1, 2),
+                attn_mask=mask,
+                scale=self.scaling,
+                enable_gqa=self.gqa,
+            )  # (T, h, 1, hd)
+            x = x + _product(out.reshape(tokens, -1), self.out[number], self.out_bias[number])
+            h = torch.rms_norm(x, [d], self.mlp_norms[number], self.eps[number])
+            gate_up = _product(h, self.gate_up[number], self.gate_up_bias[number])
+            gate, up = gate_up.chunk(2, -1)
+            x = x + _product(F.silu(gate) * up, self.down[number], self.down_bias[number])
+        last = x if ends is None else x[ends - 1]  # (n, d): each row's last fed token
+        normed = torch.rms_norm(last, [d], self.final_norm, self.final_eps)
+        return torch.mm(normed, self.head)
+
+
+def _product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    if bias is None:
+        return torch.mm(x, weight)
+    return torch.addmm(bias, x, weight)
+
+
+def _detached(tensor: Tensor | None) -> Tensor | None:
+    return None if tensor is None else tensor.detach()
+
+
+def scripted_layers(forward: Any) -> torch.jit.ScriptModule:
+    """The `SlotForward`'s layers as a TorchScript module (its deprecation warning silenced:
+    the module docstring says why this path is kept)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module: torch.jit.ScriptModule = torch.jit.script(ScriptedLayers(forward))
+    return module
