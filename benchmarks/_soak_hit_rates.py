@@ -27,7 +27,8 @@ def lru_hit_rates(stream: list[str], caps: list[int], seen: int = 0) -> dict[int
     """The share of a query stream a least-recently-used cache of each size answers (the
     standing searches' policy), simulated per cap. With `seen` > 0, a query is kept only the
     second time it is asked within the last `seen` first asks (a doorkeeper: one-off queries
-    then never push out repeated ones; a proposal, not what the views do)."""
+    then never push out repeated ones: the standing searches' policy since issue 16, at the
+    `standing_searches_first_asks` setting's 1,024)."""
     rates = {}
     for cap in caps:
         kept: OrderedDict[str, None] = OrderedDict()
@@ -59,10 +60,14 @@ def print_hit_rates(console: Console, tasks: int) -> None:
     for split in ("train", "heldout"):
         for domain in (None, "energy"):
             stream = [t.prompt for _, t in zip(range(tasks), iter_tasks(seed=1, split=split, domain=domain), strict=False)]  # fmt: skip
-            rates = lru_hit_rates(stream, caps)
-            console.print(
-                f"{split} {domain}: " + ", ".join(f"{100 * r:.2f}%" for r in rates.values())
-            )
+            for seen in (0, 1024):
+                rates = lru_hit_rates(stream, caps, seen)
+                console.print(
+                    f"{split} {domain}"
+                    + (f", kept at a second ask within {seen}" if seen else "")
+                    + ": "
+                    + ", ".join(f"{100 * r:.2f}%" for r in rates.values())
+                )
 
 
 def router_hit_rates(
@@ -130,7 +135,7 @@ def print_loop_hit_rates(console: Console, requests: int) -> None:
         console.print(
             f"loop stream, {requests} requests over {len(streams)} domains, LRU hit rate per "
             + (
-                f"domain, kept at a second ask within {seen} (proposal), at "
+                f"domain, kept at a second ask within {seen} (the default), at "
                 if seen
                 else "domain at "
             )

@@ -83,7 +83,7 @@ def test_a_learned_memory_updates_the_standing_search_in_place(
     request = RetrieveRequest(query=PROMPTS[0], k_memories=3)
     for i in range(3):
         cached.learn(trajectory(i, i, True))
-    cached.retrieve(CAPSULE, request)  # the search now stands
+        cached.retrieve(CAPSULE, request)  # asked again after a write: it stands from its second
     view = cached.views.get("plant", cached.router.store_for, cached.current_version("plant"))
     before = view.searches.stats()
     try:

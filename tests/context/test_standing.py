@@ -113,7 +113,7 @@ def test_a_standing_search_equals_a_fresh_one_after_any_writes(steps: list) -> N
 
 
 def test_a_new_memory_updates_the_searches_it_enters_and_leaves_the_others() -> None:
-    searches = StandingSearches()
+    searches = StandingSearches(first_asks=0)  # kept at the first ask
     near, far = unit_vectors(2, 2)
     keys = [SearchKey(v.tobytes(), 2, None, None) for v in (near, far)]
     searches.put(keys[0], near, [("a", 0.9), ("b", 0.5)])
@@ -125,7 +125,7 @@ def test_a_new_memory_updates_the_searches_it_enters_and_leaves_the_others() -> 
 
 
 def test_removing_a_memory_of_a_top_k_drops_that_search_only() -> None:
-    searches = StandingSearches()
+    searches = StandingSearches(first_asks=0)  # kept at the first ask
     q1, q2 = unit_vectors(3, 2)
     k1, k2 = SearchKey(q1.tobytes(), 1, None, None), SearchKey(q2.tobytes(), 1, None, None)
     searches.put(k1, q1, [("a", 0.9)])

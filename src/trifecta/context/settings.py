@@ -62,12 +62,31 @@ class ContextSettings(LayerSettings):
         ge=0,
         description="standing searches a domain's view keeps (least recently asked go first)",
     )
+    standing_searches_first_asks: int = Field(
+        # A search is kept at its second ask, its first remembered by hash (about 0.1 KB):
+        # fresh prompts then never fill the bound (`standing.py`; 0: keep at the first ask).
+        default=1024,
+        ge=0,
+        description="first asks of a search a domain's view remembers, to keep it at its second",
+    )
     bullet_rankings_kept: int = Field(
         # A ranking is 7-28 KB at 10-50 bullets (measured); the queries that recur are the
         # ones a kept standing search serves, so the same bound fits (0.3-7 MB a domain).
         default=256,
         ge=0,
         description="bullet rankings a domain view remembers by query (least recent dropped)",
+    )
+    hot_reads_kept: int = Field(
+        default=256,
+        ge=0,
+        description="reads a domain remembers by request to tell which are asked again",
+    )
+    hot_reads_refreshed: int = Field(
+        # A hot read costs the worker a render from the kept search (about a millisecond);
+        # a capsule's standing queries are a few to a few dozen (docs/context.md).
+        default=32,
+        ge=0,
+        description="hot reads the learning worker recomputes per batch before publishing it",
     )
     learn_batch: int = Field(
         default=32, ge=1, description="queued trajectories of one domain learned per transaction"

@@ -14,6 +14,13 @@ decided on those. What is not decided here drops the affected searches only (the
 searches the index again): a memory in a search's top-k removed or rewritten (the k+1-th
 is not known).
 
+A search is kept from its second ask (a doorkeeper: the first ask of a query is remembered
+by its key's hash only, among the last `standing_searches_first_asks` first asks). A kept
+search is only worth its 2 KB if its query recurs after a write; a stream of fresh prompts
+(the soak's) otherwise fills the bound with searches never asked again. Simulated on the
+task streams (`benchmarks/soak.py --hit-rates`), the loop benchmark's stream, whose capsules
+repeat a few standing queries, loses under a point of hit rate at the same bound.
+
 Written here rather than taken from a library: usearch and faiss update an index, not the
 answers to past queries; this is the incremental view maintenance of a top-k query.
 """
@@ -65,13 +72,19 @@ class StandingSearches:
     the domain view calls it under its lock.
 
     `max_entries` bounds them (None: the `standing_searches_kept` setting): a server holds
-    one set per domain view, so the bound times the views held is what they can take."""
+    one set per domain view, so the bound times the views held is what they can take.
+    `first_asks` (None: the `standing_searches_first_asks` setting) is how many first asks
+    are remembered so that a search is kept at its second; 0 keeps every search at its first."""
 
-    def __init__(self, max_entries: int | None = None):
-        self.max_entries = (
-            ContextSettings().standing_searches_kept if max_entries is None else max_entries
+    def __init__(self, max_entries: int | None = None, first_asks: int | None = None):
+        settings = ContextSettings()
+        self.max_entries = settings.standing_searches_kept if max_entries is None else max_entries
+        self.first_asks = (
+            settings.standing_searches_first_asks if first_asks is None else first_asks
         )
         self._entries: OrderedDict[SearchKey, Standing] = OrderedDict()
+        # hash(key) of searches asked once lately: an int each (about 0.1 KB), not a search
+        self._asked_once: OrderedDict[int, None] = OrderedDict()
         self.updated = self.dropped = 0  # searches changed by a write, dropped by one
         self.hits = self.misses = 0  # `get`s answered, and not
 
@@ -88,7 +101,9 @@ class StandingSearches:
         return found.top
 
     def put(self, key: SearchKey, query: Vector, top: list[tuple[str, float]]) -> None:
-        if self.max_entries == 0:
+        """Keep a search just made from the index, if this is its second ask (or the
+        doorkeeper is off); its first ask is only remembered."""
+        if self.max_entries == 0 or self._first_ask(hash(key)):
             return
         vector = np.asarray(query, dtype=np.float32)
         if vector.tobytes() == key.query:  # as the view keys them: keep one copy, not two
@@ -97,6 +112,18 @@ class StandingSearches:
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+    def _first_ask(self, hashed: int) -> bool:
+        """True (and remembered) if the key is not among the recent first asks; a hash
+        collision only keeps a search one ask early, never changes an answer."""
+        if self.first_asks == 0:
+            return False
+        if self._asked_once.pop(hashed, 0) is None:  # asked once before: keep it now
+            return False
+        self._asked_once[hashed] = None
+        if len(self._asked_once) > self.first_asks:
+            self._asked_once.popitem(last=False)
+        return True
 
     def clear(self) -> None:
         self._entries.clear()
