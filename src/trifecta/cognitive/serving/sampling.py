@@ -8,10 +8,14 @@ temperature and top-p only change which token is drawn.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from trifecta.cognitive.serving.scripted_step import script
 
 
 @dataclass(frozen=True)
@@ -45,22 +49,43 @@ def _draw(logits: torch.Tensor, rule: RowSampling) -> int:
     return int(torch.multinomial(probs, 1, generator=rule.generator).item())
 
 
-def choose_next(logits: torch.Tensor, rules: Sequence[RowSampling]) -> list[StepChoice]:
-    """Pick each row's next token from `logits` [rows, vocab]."""
+def _distribution(
+    logits: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's log-probabilities, entropy, greedy token, its log-probability and the top-k
+    alternatives (values, ids; empty when k is 0). Run scripted (`_scripted`): one GIL
+    release for the step's sampling arithmetic instead of one per operation."""
     logits = logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
     probs = logprobs.exp()
     entropy = -torch.where(probs > 0, probs * logprobs, torch.zeros_like(probs)).sum(-1)
     chosen = logits.argmax(dim=-1)
-    for row, rule in enumerate(rules):
-        if rule.temperature > 0:
-            chosen[row] = _draw(logits[row], rule)
     chosen_logprob = logprobs.gather(1, chosen[:, None]).squeeze(1)
+    if k > 0:
+        values, indices = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+    else:
+        values, indices = logprobs[:, :0], chosen[:, None][:, :0]
+    return logprobs, entropy, chosen, chosen_logprob, values, indices
+
+
+@functools.cache
+def _scripted() -> Any:
+    return script(_distribution)
+
+
+def choose_next(logits: torch.Tensor, rules: Sequence[RowSampling]) -> list[StepChoice]:
+    """Pick each row's next token from `logits` [rows, vocab]."""
     k = max((rule.top_logprobs for rule in rules), default=0)
+    logprobs, entropy, chosen, chosen_logprob, values, indices = _scripted()(logits, k)
+    drawn = [row for row, rule in enumerate(rules) if rule.temperature > 0]
+    if drawn:
+        chosen, chosen_logprob = chosen.clone(), chosen_logprob.clone()
+        for row in drawn:
+            chosen[row] = _draw(logits[row].float(), rules[row])
+            chosen_logprob[row] = logprobs[row, chosen[row]]
     top_ids: list[list[int]] = [[] for _ in rules]
     top_lps: list[list[float]] = [[] for _ in rules]
     if k > 0:
-        values, indices = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
         top_ids, top_lps = indices.tolist(), values.tolist()
     ids, lps, ents = chosen.tolist(), chosen_logprob.tolist(), entropy.tolist()
     return [

@@ -71,23 +71,36 @@ class ScriptedLayers(torch.nn.Module):
 
     def forward(
         self,
-        ids: Tensor,  # (T,)
-        owner: Tensor,  # (T,) each token's row
-        positions: Tensor,  # (T,)
-        visible: Tensor,  # (T, L)
-        ends: Tensor | None,  # (n,) one past each row's last token; None: one token a row
-        n: int,
-        decoding: bool,
-        back_rows: Tensor | None,  # (T, width) the Canon look-back's rows, columns, validity
-        back_columns: Tensor | None,
-        back_valid: Tensor | None,  # (T, width, 1)
-    ) -> Tensor:  # (n, vocab)
+        ids: Tensor,  # (T,) the fed tokens, packed row after row
+        starts: Tensor,  # (n,) the positions each row's slot already holds
+        counts: Tensor | None,  # (n,) tokens fed to each row; None: one each (decoding)
+        attended: int,  # L: the longest row after the step
+    ) -> Tensor:  # (n, vocab) the logits after each row's last fed token
+        n = starts.shape[0]
+        decoding = counts is None
+        ends: Tensor | None = None  # (n,) one past each row's last token in the pack
+        if counts is None:  # token t is row t's, at the row's next column
+            owner = torch.arange(n)
+            positions = starts
+        else:
+            owner = torch.repeat_interleave(torch.arange(n), counts)  # (T,) each token's row
+            ends = torch.cumsum(counts, 0)
+            first = ends - counts  # (n,) each row's first token in the pack
+            positions = starts[owner] + torch.arange(ids.shape[0]) - first[owner]
+        visible = torch.arange(attended)[None, :] <= positions[:, None]  # (T, L)
+        back_rows: Tensor | None = None  # (T, width) the Canon look-back's rows ...
+        back_columns: Tensor | None = None  # ... columns (clamped at 0) ...
+        back_valid: Tensor | None = None  # (T, width, 1) ... and which are real positions
+        if len(self.canons) > 0:
+            back = positions[:, None] - torch.arange(self.canons[0].shape[0])[None, :]
+            back_rows = owner[:, None].expand_as(back)
+            back_columns = back.clamp(min=0)
+            back_valid = (back >= 0)[:, :, None]
         x = F.embedding(ids, self.embedding)  # (T, d)
         cos = self.cos[positions]  # (T, 1, hd)
         signed_sin = self.signed_sin[positions]
         d = x.shape[-1]
         tokens = x.shape[0]
-        attended = visible.shape[1]
         mask = visible[:, None, None]  # (T, 1, 1, L)
         layers = len(self.qkv)
         for number in range(layers):
@@ -144,10 +157,15 @@ def _detached(tensor: Tensor | None) -> Tensor | None:
     return None if tensor is None else tensor.detach()
 
 
-def scripted_layers(forward: Any) -> torch.jit.ScriptModule:
-    """The `SlotForward`'s layers as a TorchScript module (its deprecation warning silenced:
-    the module docstring says why this path is kept)."""
+def script(target: Any) -> Any:
+    """`torch.jit.script(target)`, its deprecation warning silenced (the module docstring says
+    why this path is kept)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        module: torch.jit.ScriptModule = torch.jit.script(ScriptedLayers(forward))
+        return torch.jit.script(target)
+
+
+def scripted_layers(forward: Any) -> torch.jit.ScriptModule:
+    """The `SlotForward`'s layers as a TorchScript module."""
+    module: torch.jit.ScriptModule = script(ScriptedLayers(forward))
     return module

@@ -180,6 +180,10 @@ class SlotForward:
         decoding = all(len(chunk) == 1 for chunk in rows.chunks)
         attended = max(s + len(c) for s, c in zip(rows.starts, rows.chunks, strict=True))  # L
         ids = torch.tensor([token for chunk in rows.chunks for token in chunk])  # (T,)
+        if self.scripted is not None and not eager:  # the index arithmetic below, scripted
+            counts = None if decoding else torch.tensor([len(chunk) for chunk in rows.chunks])
+            out: torch.Tensor = self.scripted(ids, torch.tensor(rows.starts), counts, attended)
+            return out
         ends: torch.Tensor | None = None  # (n,) one past each row's last token in the pack
         if decoding:  # token t is row t's, at the row's next column: no index arithmetic
             owner = torch.arange(n)
@@ -191,20 +195,6 @@ class SlotForward:
             first = ends - counts  # (n,) each row's first token in the pack
             positions = torch.tensor(rows.starts)[owner] + torch.arange(len(ids)) - first[owner]
         index = self._index(owner, positions, attended, n, decoding)
-        if self.scripted is not None and not eager:
-            out: torch.Tensor = self.scripted(
-                ids,
-                owner,
-                positions,
-                index.visible,
-                ends,
-                n,
-                decoding,
-                index.back_rows,
-                index.back_columns,
-                index.back_valid,
-            )
-            return out
         x = F.embedding(ids, self.embedding)  # (T, d)
         rotary = self.cos[positions], self.signed_sin[positions]  # (T, 1, hd) each
         for number, block in enumerate(self.blocks):
