@@ -84,8 +84,8 @@ def test_resize_auto_runs_the_lns_on_large_clusters_within_its_time_limit() -> N
     started = time.perf_counter()
     result = resize(current, grown, add=1, target=1.002, time_limit_s=2.0)
     seconds = time.perf_counter() - started
-    # Half the limit to the exact MILP, the rest to the search.
-    assert "2 s time limit" in result.solver and "LNS" in result.solver
+    # Half the limit to the exact MILP, the rest to annealing then the LNS.
+    assert "2 s time limit" in result.solver and "annealing and LNS" in result.solver
     assert result.moves <= greedy.moves
     assert result.placement.imbalance(grown) <= max(1.002, greedy.imbalance) + 1e-9
     assert seconds <= 2.0 + 2.0 + 1.5  # two greedy runs, the limit, a loaded machine
