@@ -314,3 +314,21 @@ def test_fitted_half_mask_moves_closer_to_the_full_model(shipped) -> None:
     assert 0 <= after < before
     assert all(sorted(e % 4 for e in layer) == [0, 1, 2, 3] for layer in mask.layers)
     mask.validate_for(c.n_layers, c.n_experts, c.top_k)
+
+
+def test_router_biases_cannot_change_a_half_masked_layer(shipped) -> None:
+    """The half mask keeps one copy per shard: top-k experts, so every token selects every
+    active one, and biases (which steer selection only, never gates) change nothing: tuning
+    a capsule's biases under that mask cannot move its accuracy."""
+    c = shipped.config
+    moe = shipped.blocks()[1].moe
+    x = torch.randn(64, c.d_model, generator=torch.Generator().manual_seed(9))
+    counted = torch.ones(64, dtype=torch.bool)
+    load = torch.arange(c.n_layers * c.n_experts, dtype=torch.float32).view(c.n_layers, -1)
+    mask = half_mask(load, granularity=4, top_k=c.top_k)
+    assert all(len(layer) == c.top_k for layer in mask.layers)
+    active = mask.active(c.n_experts)
+    bias = torch.linspace(-0.25, 0.25, c.n_layers * c.n_experts).view(c.n_layers, -1)
+    with torch.no_grad():
+        plain, biased = (moe(x, counted, Routing(active=active, bias=b)) for b in (None, bias))
+    assert torch.equal(plain, biased)
