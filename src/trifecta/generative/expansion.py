@@ -52,7 +52,7 @@ from trifecta.generative.placement import (
 if TYPE_CHECKING:
     from trifecta.generative.placement_milp import MoveFloor
 
-METHODS = ("auto", "greedy", "milp")
+METHODS = ("auto", "greedy", "milp", "search")
 # `auto` solves the exact MILP (z[e, n, k]: experts x nodes x replica counts columns) up to
 # this size, 64 experts on 9 nodes; above it, a restricted one (see `resize`).
 EXACT_MAX = 6000
@@ -215,9 +215,10 @@ def resize(
     Kept nodes keep their order; added nodes come last. `method`: greedy (the descent, run
     ranking actions both ways, the fewer moves kept); milp (the greedy answer, then the
     exact min-move MILP started from it under `time_limit_s`, kept when it moves fewer
-    experts: never more than the greedy); auto (as milp without a move budget; above
-    `EXACT_MAX` the MILP's replica counts are restricted to the current, greedy and repack
-    ones so that it stays small). `solver` in the result says which answer was used."""
+    experts: never more than the greedy); search (the greedy's answer annealed, then the
+    LNS from the better, under `time_limit_s`; kept when it moves fewer experts); auto (as
+    milp without a move budget up to `LNS_ABOVE`, the MILP then search sharing the limit up
+    to `EXACT_MAX`, search above it). `solver` in the result says which answer was used."""
     if method not in METHODS:
         raise InvalidInput(f"unknown method {method!r}", field="method", allowed=METHODS)
     if time_limit_s <= 0:
@@ -241,6 +242,10 @@ def resize(
     greedy = min(runs, key=lambda r: (max(r.imbalance, target), r.moves))
     if method == "greedy" or (method == "auto" and max_moves is not None):
         return greedy
+    if method == "search":  # what `auto` runs above EXACT_MAX, at any size
+        level = max(target, greedy.imbalance)
+        before = [set(n) for n in nodes]
+        return _searched(greedy, None, before, loads, level, time_limit_s, time_limit_s)
     return _exact(greedy, [set(n) for n in nodes], loads, target, method, time_limit_s)
 
 

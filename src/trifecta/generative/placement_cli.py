@@ -156,12 +156,13 @@ def expand_command(
     method: Annotated[
         str,
         typer.Option(
-            help="greedy, milp (then the min-move MILP from the greedy's answer) or auto "
-            "(milp, its replica counts restricted on large clusters; greedy with --max-moves)"
+            help="greedy, milp (then the min-move MILP from the greedy's answer), search "
+            "(then annealing and the LNS) or auto (milp on small clusters, search on large "
+            "ones, both on mid-sized; greedy with --max-moves)"
         ),
     ] = "auto",
     time_limit: Annotated[
-        float, typer.Option(min=0.1, help="seconds HiGHS may spend on the MILP")
+        float, typer.Option(min=0.1, help="seconds the MILP and the search may spend")
     ] = 5.0,
     out: Annotated[Path | None, typer.Option(help="write the new placement as JSON")] = None,
 ) -> None:
