@@ -1,27 +1,23 @@
-"""MiniLM's forward as TorchScript, traced and frozen once per fixed input shape: the query
-path's engine (core/embeddings.py).
+"""MiniLM's forward as TorchScript, traced and frozen once: the embedder's engine with
+bfloat16 weights (core/embeddings.py).
 
 A query call embeds one to a few short texts, and there much of the forward's cost is not
 arithmetic but torch dispatching some 150 operators one by one from Python (BERT's six
 layers, then pooling and normalisation). Traced, the whole forward is one graph run by
 TorchScript's executor; frozen (`torch.jit.freeze`), the weights are constants it may fold.
-Measured in benchmarks/embeddings.py (bfloat16, one torch thread, candidates interleaved so
-that each call finds its weights out of cache, as a query between other work does): one text
-8.2 ms of CPU against 13.2 eager, the loop's query mix 0.65x of eager. oneDNN's graph fusion
-(`torch.jit.enable_onednn_fusion`) was no faster there (4.94 against 4.91 ms a text over the
-mix; faster only when the same shape runs back to back with its weights in cache) and held
-twice the memory, so it is off (`fusion=True` keeps it as the benchmark's row).
+One module serves every shape of the embedder's fixed set: BERT's traced graph does not
+depend on the batch or the length (the two Python-side checks the tracer fixes are about
+a missing mask and a mask longer than the input, neither of which happens here). Measured,
+bfloat16, one torch thread, load 7 (probe over 25 shapes, 1-32 texts x 16-128 tokens): the
+trace and freeze cost 0.24 s of CPU and about 13 MB, once; every shape ran 3-5 ms of CPU
+faster than eager (one text of 24 tokens 7.2 against 11.6 ms); vectors at cosine 0.99999 or
+more to eager's. benchmarks/embeddings.py has the rows.
 
-One module per (rows, padded length): TorchScript's profiling executor specialises a graph
-to the shapes it has seen and, past a few, falls back to slower generic plans (a shared
-module over 16 shapes ran the fifth and later ones no faster than eager), so each shape gets
-its own trace, compiled on first use. Each costs 0.2-0.9 s to trace and warm and about 10 MB
-of the executor's state, so only the query shapes are compiled (COMPILED_ROWS x
-COMPILED_LENGTHS, at most 12 modules); the learner's large batches, whose cost is arithmetic,
-stay eager.
-
-Vectors: the same operators as the eager path in the same precision, so within the cosine the
-eager path already keeps to float32 (tests/core/test_embed_compiled.py).
+Not taken (same benchmark): oneDNN's graph fusion (`torch.jit.enable_onednn_fusion`), no
+faster with the weights out of cache as a query between other work finds them, about 20 MB
+per shape of compiled partitions, and one shared module slowed past a few shapes, so it
+would need a module per shape; a module per shape without fusion, whose first uses (0.2-0.9
+s each, a dozen shapes) cost a 300-request loop run more CPU than they saved.
 """
 
 from __future__ import annotations
@@ -38,9 +34,7 @@ if TYPE_CHECKING:
 
 Engine = Literal["eager", "torchscript"]
 ENGINE_ENV = "TRIFECTA_EMBED_ENGINE"  # auto (the default), eager or torchscript
-COMPILED_ROWS = (1, 2, 4, 8)  # the loop's query calls (core/embeddings.py's chunk sizes)
-COMPILED_LENGTHS = (16, 24, 32)  # the loop's queries are 6-28 tokens
-WARM_CALLS = 3  # the profiling executor optimises after its first runs; count them at compile
+WARM_CALLS = 2  # the profiling executor runs profiled first, then optimises
 log = logging.getLogger(__name__)
 
 
@@ -80,54 +74,43 @@ def pooled_encoder(bert: torch.nn.Module) -> torch.nn.Module:
     return PooledEncoder().eval()
 
 
-class CompiledShapes:
-    """Traced, frozen, fused forwards of one model, one per compiled shape, made on first use;
-    `forward` returns None for a shape it does not compile (the caller runs eager), and after
-    any failure to trace or run (a missing kernel path) for every shape from then on."""
+class CompiledEncoder:
+    """The traced, frozen forward of one model, made on first use; `forward` returns None
+    after any failure to trace or run it (a missing kernel path), and the caller runs eager
+    from then on."""
 
     def __init__(self, bert: torch.nn.Module, fusion: bool = False) -> None:
         self._encoder = pooled_encoder(bert)
-        self._fusion = fusion
-        self._modules: dict[tuple[int, int], torch.jit.ScriptModule] = {}
+        self._fusion = fusion  # oneDNN's graph fusion: the benchmark's row only
+        self._module: torch.jit.ScriptModule | None = None
+        self.shapes: set[tuple[int, int]] = set()  # (rows, length) run so far
         self.broken: str | None = None  # why the compiled path was given up, if it was
-        self.compile_seconds = 0.0  # wall time spent tracing and warming, all shapes
-
-    @staticmethod
-    def covers(rows: int, length: int) -> bool:
-        return rows in COMPILED_ROWS and length in COMPILED_LENGTHS
-
-    @property
-    def shapes(self) -> list[tuple[int, int]]:
-        """The (rows, length) shapes compiled so far."""
-        return sorted(self._modules)
+        self.compile_seconds = 0.0  # wall time to trace, freeze and warm
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
         """(B, T) token ids and mask -> (B, 384) float32 unit vectors, or None (run eager).
         The caller holds the embedder's lock and torch's inference mode."""
-        rows, length = ids.shape
-        if self.broken is not None or not self.covers(rows, length):
+        if self.broken is not None:
             return None
         try:
-            module = self._modules.get((rows, length)) or self._compile(ids, mask)
+            module = self._module or self._compile(ids, mask)
+            self.shapes.add((int(ids.shape[0]), int(ids.shape[1])))
             return module(ids, mask)
         # A kernel path missing on this CPU, or a torch build without TorchScript's parts.
         except (RuntimeError, AttributeError, NotImplementedError) as error:
             self.broken = f"{type(error).__name__}: {str(error)[:200]}"
-            self._modules.clear()
+            self._module = None
             log.warning("embedder: TorchScript path off, eager from now on (%s)", self.broken)
             return None
 
-    def compile_all(self) -> float:
-        """Compile every shape now (a server's warm-up, the benchmark); returns the seconds."""
+    def compile_now(self) -> float:
+        """Trace and freeze now rather than at the first call; returns the seconds."""
         import torch
 
-        started = time.perf_counter()
         with torch.inference_mode():
-            for rows in COMPILED_ROWS:
-                for length in COMPILED_LENGTHS:
-                    ids = torch.full((rows, length), 100, dtype=torch.long)  # 100: [UNK]
-                    self.forward(ids, torch.ones_like(ids))
-        return time.perf_counter() - started
+            ids = torch.full((1, 16), 100, dtype=torch.long)  # 100: [UNK]
+            self.forward(ids, torch.ones_like(ids))
+        return self.compile_seconds
 
     def _compile(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.jit.ScriptModule:
         import warnings
@@ -143,8 +126,7 @@ class CompiledShapes:
             module = torch.jit.freeze(traced)  # deprecated for torch.compile, still shipped
         for _ in range(WARM_CALLS):
             module(ids, mask)
-        self._modules[(int(ids.shape[0]), int(ids.shape[1]))] = module
-        seconds = time.perf_counter() - started
-        self.compile_seconds += seconds
-        log.info("embedder: compiled shape %s in %.2f s", tuple(ids.shape), seconds)
+        self._module = module
+        self.compile_seconds = time.perf_counter() - started
+        log.info("embedder: traced and froze MiniLM in %.2f s", self.compile_seconds)
         return module

@@ -33,11 +33,11 @@ or per channel), recall@10 0.81-0.87; autocast over float32 weights (what the le
 slower at one text than float32 itself since it casts the weights at every call.
 `TRIFECTA_EMBED_PRECISION=float32` keeps float32 anywhere (tests/core/test_embed_precision.py).
 
-With bfloat16 weights the query shapes (1-8 texts of up to 32 tokens) run as TorchScript
-traced and frozen per shape (core/embed_compiled.py): a small
-call's cost is torch dispatching operators one by one, which the traced graph does not pay.
-Larger batches, float32 weights and a CPU or build where the compiled path fails run the
-modules eagerly as above (`TRIFECTA_EMBED_ENGINE`: auto, eager or torchscript).
+With bfloat16 weights the forward runs as TorchScript, traced and frozen once, for every
+shape of the fixed set (core/embed_compiled.py): a small call's cost is mostly torch
+dispatching operators one by one, which the traced graph does not pay. Float32 weights and a
+CPU or build where the traced path fails run the modules eagerly as above
+(`TRIFECTA_EMBED_ENGINE`: auto, eager or torchscript).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Literal, cast, get_args
 import numpy as np
 from numpy.typing import NDArray
 
-from trifecta.core.embed_compiled import CompiledShapes, Engine, load_engine
+from trifecta.core.embed_compiled import CompiledEncoder, Engine, load_engine
 from trifecta.core.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -155,14 +155,14 @@ class MiniLMEmbedder:
         self._dim = int(self._model.get_embedding_dimension() or 384)
         self._encode_lock = threading.Lock()
         self.compiled = (
-            CompiledShapes(cast("torch.nn.Module", self._model[0].auto_model))
+            CompiledEncoder(cast("torch.nn.Module", self._model[0].auto_model))
             if self.engine == "torchscript"
             else None
         )
 
     @property
     def engine_in_use(self) -> Engine:
-        """The engine the query shapes run on now: eager once the compiled path gave up."""
+        """The engine the forward runs on now: eager once the traced path gave up."""
         if self.compiled is None or self.compiled.broken is not None:
             return "eager"
         return "torchscript"
@@ -224,9 +224,9 @@ class MiniLMEmbedder:
         return states["sentence_embedding"]  # (B, 384) float32, unit norm
 
     def _compiled_forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-        """The TorchScript forward of a compiled shape, else None. Float32 weights under a
-        caller's autocast stay eager (the autocast applies there); bfloat16 weights ignore
-        it, as the eager path does."""
+        """The TorchScript forward, else None (run eager). Float32 weights under a caller's
+        autocast stay eager (the autocast applies there); bfloat16 weights ignore it, as
+        the eager path does."""
         import torch
 
         if self.compiled is None:
