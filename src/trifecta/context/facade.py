@@ -12,12 +12,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 from trifecta.context.cache import ResultCache, VersionBoard, connect_redis, request_key
 from trifecta.context.deltas import AddOp, Delta, DeltaResult, UpdateOp
+from trifecta.context.hot_reads import HotReads
 from trifecta.context.learn_batch import plan_memories, with_capsule
 from trifecta.context.learn_queue import LearnTicket, QueueRow
 from trifecta.context.learn_worker import LearnWorker
@@ -112,6 +113,12 @@ class ContextService:
             self.redis, max_entries=self.settings.cache_entries, ttl_s=self.settings.cache_ttl_s
         )
         self.views = ViewCache()
+        # The reads asked again and again, which the learning worker recomputes at each
+        # version it publishes (`hot_reads.py`): off with the cache.
+        self.hot_reads: HotReads[Read[Any]] = HotReads(
+            kept=self.settings.hot_reads_kept,
+            per_write=self.settings.hot_reads_refreshed if self.cache_enabled else 0,
+        )
         # With caching off every read embeds and scans afresh (the uncached baseline).
         self.query_vectors = QueryEmbeddings(
             self.embed, max_entries=self.settings.query_cache_entries if self.cache_enabled else 0
@@ -192,6 +199,7 @@ class ContextService:
         domain = read.domain
         if not self.cache_enabled:
             return self.on_shard(domain, lambda store: read.compute(StoreReader(store, domain)))
+        self.hot_reads.asked(read)
         version = self.current_version(domain)
         hit = self.results.get(domain, version, read.key, read.model)
         if hit is not None:
@@ -200,11 +208,14 @@ class ContextService:
         self.results.put(domain, version, read.key, value)
         return value
 
-    def run_json(self, read: Read[M]) -> bytes:
-        """`run`, as the JSON an HTTP answer carries (a cached result's bytes as stored)."""
+    def run_json(self, read: Read[M], *, asked: bool = False) -> bytes:
+        """`run`, as the JSON an HTTP answer carries (a cached result's bytes as stored).
+        `asked`: `cached_json` already counted this ask."""
         domain = read.domain
         if not self.cache_enabled:
             return self.run(read).model_dump_json().encode()
+        if not asked:
+            self.hot_reads.asked(read)
         version = self.current_version(domain)
         body = self.results.get_body(domain, version, read.key)
         if body is not None:
@@ -232,10 +243,26 @@ class ContextService:
         event loop."""
         if not self.cache_enabled:
             return None
+        self.hot_reads.asked(read)
         version = self.versions.get(read.domain)
         if version is None:
             return None
         return self.results.get_body(read.domain, version, read.key)
+
+    def refresh_hot(self, domain: str, version: int) -> int:
+        """Compute the domain's hot reads at `version` into the result cache (the learning
+        worker, after applying a batch to the view, before publishing `version`), so that
+        their next ask is a hit; how many. A failure leaves the rest to their next ask."""
+        done = 0
+        with self.query_vectors.uncounted():  # the figures count the requests' own asks
+            for read in self.hot_reads.take(domain):
+                try:
+                    self.results.put(domain, version, read.key, self._compute(read, version))
+                except Exception as exc:  # the batch is committed: never fail it for this
+                    log.warning("hot read not refreshed", domain=domain, error=str(exc))
+                    break
+                done += 1
+        return done
 
     # -- reads -------------------------------------------------------------------------
     def playbook(self, capsule_id: str, domain: str | None = None) -> PlaybookView:
@@ -467,7 +494,12 @@ class ContextService:
         return self.on_shard(domain, lambda store: store.queue.rows(domain))
 
     def cache_stats(self) -> dict[str, int]:
-        return self.results.stats() | self.views.stats() | self.versions.stats()
+        return (
+            self.results.stats()
+            | self.views.stats()
+            | self.versions.stats()
+            | self.hot_reads.stats()
+        )
 
     def learning_stats(self) -> dict[str, int]:
         """The worker's counters and the query-embedding cache's."""

@@ -315,6 +315,9 @@ class LearnWorker:
         if result is None:
             return
         self.service.views.apply(domain, result.changes)
+        # The reads asked since the last batch, answered at the new version before anyone
+        # can ask for it (`hot_reads.py`): their next ask is a cache hit.
+        self.service.refresh_hot(domain, result.changes.version)
         self.service.versions.publish(domain, result.changes.version)
         if self.on_learned is not None:
             self.on_learned(store.url, domain, result.changes.version)

@@ -257,6 +257,7 @@ class LearnerProcess:
         try:
             store = service.router.store(event.shard)
             service.views.refresh(event.domain, store, event.version)
+            service.refresh_hot(event.domain, event.version)
         except Exception as exc:  # the next read of the domain catches up instead
             log.warning("view not refreshed after learning", domain=event.domain, error=str(exc))
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from trifecta.context.sql import Vector
@@ -46,15 +47,27 @@ class QueryEmbeddings:
         self._cond = threading.Condition()
         self.hits = self.misses = 0
         self.calls = 0  # embedding calls made (misses / calls: the mean batch)
+        self._quiet = threading.local()  # set on a thread whose asks are not counted
+
+    @contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Asks of this thread inside the block count no hit or miss (the learning worker
+        recomputing hot reads: the counters are the requests')."""
+        self._quiet.on = True
+        try:
+            yield
+        finally:
+            self._quiet.on = False
 
     def vector(self, text: str) -> Vector:
         with self._cond:
             found = self._vectors.get(text)
+            counted = not getattr(self._quiet, "on", False)
             if found is not None:
                 self._vectors.move_to_end(text)
-                self.hits += 1
+                self.hits += counted
                 return found
-            self.misses += 1
+            self.misses += counted
             slot = self._slots.get(text)
             if slot is None:
                 slot = self._slots[text] = _Slot()

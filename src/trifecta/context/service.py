@@ -136,7 +136,7 @@ def create_app(
             read = plan()
             body = service.cached_json(read)
             if body is None:
-                body = await run_in_threadpool(service.run_json, read)
+                body = await run_in_threadpool(lambda: service.run_json(read, asked=True))
         else:
             body = await run_in_threadpool(lambda: service.run_json(plan()))
         return Response(body, media_type="application/json")

@@ -1,0 +1,99 @@
+"""Hot reads: the reads of a domain asked again and again, recomputed by the learning worker.
+
+A learned batch moves its domain's version, so the next ask of every cached read misses the
+result cache and is computed on the request path, although the view's standing search kept
+its memories exact and the answer costs little more than rendering. For a read that is hot
+(asked at least twice, and asked again since the domain's last refresh) the learning worker
+computes the answer at the new version itself, after applying its batch to the view and
+before publishing the version, so the next ask finds it in the result cache. A read nobody
+asked between two batches is not recomputed at the next (a fresh prompt costs nothing
+here), and at most `per_write` reads are recomputed per batch, the most recently asked
+first.
+
+Only background writes refresh (the learning worker): a synchronous write (a delta, added
+memories) would pay the recomputation on its own request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+
+class Keyed(Protocol):
+    """What a hot read is known by: its domain and its result-cache key."""
+
+    @property
+    def domain(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+
+R = TypeVar("R", bound=Keyed)
+
+
+@dataclass
+class _Entry(Generic[R]):
+    read: R
+    asks: int = 1
+    asked_since_refresh: bool = True
+
+
+class HotReads(Generic[R]):
+    """Per domain, the reads asked lately (least recently asked dropped past `kept`), for
+    the `domains` domains asked lately. Thread-safe: request threads, the event loop and
+    the learning worker call it."""
+
+    def __init__(self, *, kept: int, per_write: int, domains: int = 256):
+        self.kept = kept
+        self.per_write = per_write
+        self.max_domains = domains
+        self._domains: OrderedDict[str, OrderedDict[str, _Entry[R]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.refreshed = 0  # reads recomputed by a writer
+
+    def asked(self, read: R) -> None:
+        """Count an ask of `read` (a hit or a miss alike)."""
+        if self.kept == 0 or self.per_write == 0:
+            return
+        with self._lock:
+            reads = self._domains.get(read.domain)
+            if reads is None:
+                reads = self._domains[read.domain] = OrderedDict()
+                while len(self._domains) > self.max_domains:
+                    self._domains.popitem(last=False)
+            self._domains.move_to_end(read.domain)
+            entry = reads.get(read.key)
+            if entry is None:
+                reads[read.key] = _Entry(read)
+                while len(reads) > self.kept:
+                    reads.popitem(last=False)
+                return
+            entry.asks += 1
+            entry.asked_since_refresh = True
+            reads.move_to_end(read.key)
+
+    def take(self, domain: str) -> list[R]:
+        """The domain's hot reads to recompute after a write, most recently asked first;
+        each is taken again only once asked again."""
+        with self._lock:
+            reads = self._domains.get(domain)
+            if not reads:
+                return []
+            taken: list[R] = []
+            for entry in reversed(reads.values()):
+                if len(taken) == self.per_write:
+                    break
+                if entry.asks >= 2 and entry.asked_since_refresh:
+                    entry.asked_since_refresh = False
+                    taken.append(entry.read)
+            self.refreshed += len(taken)
+            return taken
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            held = sum(len(reads) for reads in self._domains.values())
+        return {"hot_reads": held, "hot_refreshed": self.refreshed}
