@@ -11,6 +11,9 @@ into the hole, so one row is copied, never the batch.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 
 # A request's cached positions, one tensor per plane, each [1, length, ...]: what the prefix
@@ -41,8 +44,9 @@ class SlotCache:
 
     def load(self, slot: int, kv: KV) -> None:
         """Copy a cached prefix (each plane [1, length, ...]) into the first columns of `slot`."""
-        for plane, prefix in zip(self.planes, kv, strict=True):
-            plane[slot, : prefix.shape[1]] = prefix[0]
+        if len(kv) != len(self.planes):
+            raise ValueError(f"a prefix of {len(kv)} planes for a cache of {len(self.planes)}")
+        _copies()[0](self.planes, kv, slot)
 
     def read(self, slot: int, length: int) -> KV:
         """The first `length` columns of `slot`, copied out (for the prefix cache)."""
@@ -50,5 +54,25 @@ class SlotCache:
 
     def move(self, source: int, target: int, length: int) -> None:
         """Row `source`'s first `length` columns into slot `target` (a leaving row's hole)."""
-        for plane in self.planes:
-            plane[target, :length] = plane[source, :length]
+        _copies()[1](self.planes, source, target, length)
+
+
+# The per-plane copies as single TorchScript calls: a replica's thread copies every plane
+# (two a layer, plus the Canon inputs) while holding the GIL once, not once a plane
+# (`scripted_step` says why that matters under the loop's request threads).
+def _load(planes: list[torch.Tensor], kv: list[torch.Tensor], slot: int) -> None:
+    for i in range(len(planes)):
+        prefix = kv[i]
+        planes[i][slot, : prefix.shape[1]] = prefix[0]
+
+
+def _move(planes: list[torch.Tensor], source: int, target: int, length: int) -> None:
+    for plane in planes:
+        plane[target, :length] = plane[source, :length]
+
+
+@functools.cache
+def _copies() -> tuple[Any, Any]:
+    from trifecta.cognitive.serving.scripted_step import script
+
+    return script(_load), script(_move)
