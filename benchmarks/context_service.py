@@ -43,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -118,6 +119,10 @@ REPEATED = 8  # prompts of the repeated-prompt loop: a capsule's standing querie
 # (back end, workload, mode) -> seconds from a loop pass's end until its queue was empty
 DRAINS: dict[tuple[str, str, str], float] = {}
 LOOP_REPEATED = f"loop, {REPEATED} prompts repeated"
+# (back end, workload) -> the server's result-cache hits, misses and hot reads refreshed
+# by its learning worker over a cache-on loop pass (from /health, before and after)
+CACHE_COUNTS: dict[tuple[str, str], tuple[int, int, int]] = {}
+COUNTED = ("hits", "misses", "hot_refreshed")
 PATHS = [
     [("edge", "node-1")],
     [("cognitive", "small")],
@@ -434,6 +439,7 @@ def run_backend(
                 token,
             )
             rows.append(("delta apply", deltas, None))
+            before = cache_counts(server.url)
             loop, _ = http_clients(
                 "cache on" if cache else "cache off",
                 server.url,
@@ -442,6 +448,9 @@ def run_backend(
             )
             rows.append(("loop", loop, None))
             DRAINS[(backend, "loop", loop.name)] = drain_seconds(url)
+            after = cache_counts(server.url)
+            if cache:
+                CACHE_COUNTS[(backend, "loop")] = counts_between(before, after)
             repeated, _ = http_clients(
                 "cache on" if cache else "cache off",
                 server.url,
@@ -450,6 +459,10 @@ def run_backend(
             )
             rows.append((LOOP_REPEATED, repeated, None))
             DRAINS[(backend, LOOP_REPEATED, repeated.name)] = drain_seconds(url)
+            if cache:
+                CACHE_COUNTS[(backend, LOOP_REPEATED)] = counts_between(
+                    after, cache_counts(server.url)
+                )
         finally:
             server.stop()
     return rows
@@ -573,6 +586,32 @@ def learner_setup() -> str:
     return f"{where}, at nice {nice}"
 
 
+def cache_counts(url: str) -> dict[str, int]:
+    """The server's cache counters (`/health`, no key needed)."""
+    stats: dict[str, int] = httpx.get(url + "/health", timeout=30).json()["cache_stats"]
+    return stats
+
+
+def counts_between(before: dict[str, int], after: dict[str, int]) -> tuple[int, int, int]:
+    hits, misses, refreshed = (after.get(k, 0) - before.get(k, 0) for k in COUNTED)
+    return hits, misses, refreshed
+
+
+def hot_note() -> str:
+    """How the cache-on loop passes' reads were answered: result-cache hits and misses, and
+    the hot reads the learning worker computed before publishing its batches."""
+    parts = [
+        f"{b} {w}: {h} hits, {m} misses, {r} refreshed"
+        for (b, w), (h, m, r) in CACHE_COUNTS.items()
+    ]
+    return (
+        "The server's result-cache lookups over each cache-on loop pass (`/health`; a read "
+        "that misses looks twice, on the event loop and again in the thread pool, then is "
+        "computed from the view; *refreshed*: hot reads the learning worker computed at a "
+        "batch's version before publishing it, `context/hot_reads.py`): " + "; ".join(parts) + "."
+    )
+
+
 def drain_note() -> str:
     """The time each loop pass's queued learning took to finish after the pass."""
     parts = [f"{b} {w} ({m}) {sec:.1f} s" for (b, w, m), sec in DRAINS.items()]
@@ -628,6 +667,8 @@ def report(results: dict[str, list[tuple[str, Run, float | None]]], plan: Plan) 
         "alternate, so the two add up to the workload's rate).",
         "",
         drain_note(),
+        "",
+        hot_note(),
         "",
         *goals_markdown(goal_list),
         "",
