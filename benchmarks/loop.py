@@ -96,6 +96,31 @@ PROFILE_NOTE = (
 )
 
 
+# Where the idle time went (py-spy `record --idle`, then `--native --idle`, 50 Hz, one 16-worker
+# pass of 300 requests and its drain, taken on d7e427a's tree before the scripted step, load
+# 0.3-2 for the first and ~6 for the native one); kept beside the figures as the profile is.
+IDLE_NOTE = (
+    "Where the idle time went (issue 15: the process used 1.08-1.14 of the 2 cores at 16 "
+    "requests in flight on a quiet machine, load 0.3; py-spy `--idle` and `--native --idle`, "
+    "one pass each, taken on d7e427a before the scripted step): the request threads waited "
+    "68% of their samples for a cognitive answer, 9.5% for the learn queue's group commit, "
+    "6.5% for the edge mesh and 3.2% in SQLite's BEGIN (the loop's SQL is not where they "
+    "block); the learner thread (nice 10) waited for work 14% of its samples, so it was not "
+    "starved; the small tier's replica was idle 92%. The large and medium tiers' replicas were "
+    "inside a step ~70% of the pass but on a core ~15%: the native stacks put about half "
+    "their samples in `take_gil` after a torch call (torch gives the GIL up around each of a "
+    "step's ~220 operations and waits for it after each), not in a batching window or a late "
+    "wake-up (a replica steps again as soon as a step returns). Since then the step's layers, "
+    "its index arithmetic, the sampling's distribution and the slot cache's row copies run "
+    "as TorchScript calls that drop the GIL once each (`cognitive/serving/scripted_step.py`): "
+    "a large-tier step 0.99 against 1.23-1.36 ms of CPU (1 row), one replica under 16 clients "
+    "36-58 against 31-42 requests/s; through the loop, seven alternated 300-request passes "
+    "each at load 6-8 (other engineers' jobs held the other cores): throughput 1.13x "
+    "[0.89, 1.65] (no difference shown at that load), CPU a request while serving 0.95x "
+    "[0.90, 1.00]."
+)
+
+
 def budget_rows(cpu_ms: float) -> list[str]:
     rows = ["| where | share of CPU | ms a request |", "|---|---:|---:|"]
     for what, share in PROFILE_ROWS:
@@ -373,6 +398,8 @@ def main() -> int:
                 PROFILE_NOTE,
                 "",
                 *budget_rows(cpu[0]),
+                "",
+                IDLE_NOTE,
                 "",
                 *goals_markdown(goals),
             ]
