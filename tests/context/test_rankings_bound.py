@@ -33,7 +33,10 @@ def queries(count: int, seed: int) -> list[np.ndarray]:
     return [rng.standard_normal(DIM).astype(np.float32) for _ in range(count)]
 
 
-def test_rankings_stay_within_their_bound_least_recently_asked_first() -> None:
+def test_rankings_stay_within_their_bound_least_recently_asked_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRIFECTA_CONTEXT_STANDING_SEARCHES_FIRST_ASKS", "0")  # kept at once
     view = view_with_bullets(rankings_kept=4)
     first = queries(4, seed=1)
     rankings = [view.ranked_bullets(q) for q in first]
@@ -61,3 +64,14 @@ def test_the_setting_bounds_the_views_a_server_makes(monkeypatch: pytest.MonkeyP
     assert DomainView("d").rankings_kept == 3
     monkeypatch.delenv("TRIFECTA_CONTEXT_BULLET_RANKINGS_KEPT")
     assert DomainView("d").rankings_kept == 256  # the default
+
+
+def test_a_ranking_is_kept_from_its_second_ask() -> None:
+    """As a standing search (`standing.py`): fresh queries keep no ranking."""
+    view = view_with_bullets(rankings_kept=4)
+    for q in queries(50, seed=5):
+        view.ranked_bullets(q)
+    assert len(view._rankings) == 0
+    q = queries(1, seed=6)[0]
+    first = view.ranked_bullets(q)
+    assert view.ranked_bullets(q) == first and list(view._rankings) == [q.tobytes()]

@@ -63,11 +63,12 @@ class ContextSettings(LayerSettings):
         description="standing searches a domain's view keeps (least recently asked go first)",
     )
     standing_searches_first_asks: int = Field(
-        # A search is kept at its second ask, its first remembered by hash (about 0.1 KB):
-        # fresh prompts then never fill the bound (`standing.py`; 0: keep at the first ask).
+        # A search (or bullet ranking) is kept at its second ask, its first remembered by
+        # hash (about 0.1 KB): fresh prompts then never fill the bounds (`standing.py`; 0:
+        # keep at the first ask).
         default=1024,
         ge=0,
-        description="first asks of a search a domain's view remembers, to keep it at its second",
+        description="first asks a view remembers: a search or ranking is kept from its second",
     )
     bullet_rankings_kept: int = Field(
         # A ranking is 7-28 KB at 10-50 bullets (measured); the queries that recur are the

@@ -67,6 +67,29 @@ class Standing:
         return self.top[-1][1] if len(self.top) >= self.key.k else -np.inf
 
 
+class FirstAsks:
+    """The doorkeeper: the hashes of the last `size` keys asked for the first time (an int
+    each, about 0.1 KB, not the answer), so that an answer is kept from its second ask."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._hashes: OrderedDict[int, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def again(self, hashed: int) -> bool:
+        """True if this is (at least) the key's second ask, or the doorkeeper is off (size
+        0); else the ask is remembered. A hash collision only keeps an answer one ask early,
+        never changes it."""
+        if self.size == 0 or self._hashes.pop(hashed, 0) is None:
+            return True
+        self._hashes[hashed] = None
+        if len(self._hashes) > self.size:
+            self._hashes.popitem(last=False)
+        return False
+
+
 class StandingSearches:
     """The standing searches of one domain (least recently asked evicted). Not thread-safe:
     the domain view calls it under its lock.
@@ -83,8 +106,7 @@ class StandingSearches:
             settings.standing_searches_first_asks if first_asks is None else first_asks
         )
         self._entries: OrderedDict[SearchKey, Standing] = OrderedDict()
-        # hash(key) of searches asked once lately: an int each (about 0.1 KB), not a search
-        self._asked_once: OrderedDict[int, None] = OrderedDict()
+        self._asked_once = FirstAsks(self.first_asks)
         self.updated = self.dropped = 0  # searches changed by a write, dropped by one
         self.hits = self.misses = 0  # `get`s answered, and not
 
@@ -103,7 +125,7 @@ class StandingSearches:
     def put(self, key: SearchKey, query: Vector, top: list[tuple[str, float]]) -> None:
         """Keep a search just made from the index, if this is its second ask (or the
         doorkeeper is off); its first ask is only remembered."""
-        if self.max_entries == 0 or self._first_ask(hash(key)):
+        if self.max_entries == 0 or not self._asked_once.again(hash(key)):
             return
         vector = np.asarray(query, dtype=np.float32)
         if vector.tobytes() == key.query:  # as the view keys them: keep one copy, not two
@@ -112,18 +134,6 @@ class StandingSearches:
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
-
-    def _first_ask(self, hashed: int) -> bool:
-        """True (and remembered) if the key is not among the recent first asks; a hash
-        collision only keeps a search one ask early, never changes an answer."""
-        if self.first_asks == 0:
-            return False
-        if self._asked_once.pop(hashed, 0) is None:  # asked once before: keep it now
-            return False
-        self._asked_once[hashed] = None
-        if len(self._asked_once) > self.first_asks:
-            self._asked_once.popitem(last=False)
-        return True
 
     def clear(self) -> None:
         self._entries.clear()

@@ -27,7 +27,7 @@ from trifecta.context.models import Bullet, BulletStatus, MemoryHit, RankedBulle
 from trifecta.context.render import rank_bullets
 from trifecta.context.settings import ContextSettings
 from trifecta.context.sql import Vector
-from trifecta.context.standing import SearchKey, StandingSearches
+from trifecta.context.standing import FirstAsks, SearchKey, StandingSearches
 from trifecta.context.store import ShardStore
 from trifecta.context.vector_index import MemoryIndex
 from trifecta.context.writes import Changes
@@ -51,6 +51,8 @@ class DomainView:
         self.rankings_kept = (
             ContextSettings().bullet_rankings_kept if rankings_kept is None else rankings_kept
         )
+        # a ranking is kept from its query's second ask, as a standing search is (`standing.py`)
+        self.ranking_asks = FirstAsks(ContextSettings().standing_searches_first_asks)
         self.lock = threading.RLock()  # held by searches and by applying changes (brief)
         self.loading = threading.Lock()  # held while one reader loads changes from the shard
 
@@ -108,7 +110,7 @@ class DomainView:
                 found = rank_bullets(
                     list(self.bullets.values()), query=query, vectors=self.bullet_vectors
                 )
-                if self.rankings_kept > 0:
+                if self.rankings_kept > 0 and self.ranking_asks.again(hash(key)):
                     self._rankings[key] = found
                     while len(self._rankings) > self.rankings_kept:
                         self._rankings.popitem(last=False)
