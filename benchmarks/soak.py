@@ -80,6 +80,7 @@ from benchmarks._report import (
 from benchmarks._soak_accounting import (
     EMBEDDING_BYTES,
     HealthPoller,
+    attribution,
     context_rows,
     health_row,
     read_lines,
@@ -223,7 +224,7 @@ def accounting(
         f"for {len(done):,} tasks; the memories' vectors alone take "
         f"{memories * EMBEDDING_BYTES / 2**20:.1f} MB of the in-memory index "
         f"({memories * EMBEDDING_BYTES / 2**20 / max(len(done), 1) * 1000:.2f} MB per 1,000 "
-        "tasks; the index doubles its matrix as it fills), beside each memory's row in the "
+        "tasks; the index grows its matrix 256 rows or an eighth at a time), beside each memory's row in the "
         "domain's view (with its strings and index row about 2.7 KB a memory, 4.3 KB as the "
         "view held it before `memory_table.py`: `--memory-cost 1500`); the databases hold "
         f"{written['db_mb']:.1f} MB on disk (not in the owned memory).",
@@ -421,6 +422,8 @@ def main() -> None:
         *goals_markdown([goal]),
         "",
         *accounting(args, sizes, learner_sizes, health.rows, written, load_start, load_end, done),
+        "",
+        *attribution(),
         "",
         "Slopes are least squares of memory against tasks served (each sample's count of tasks "
         f"answered by then); intervals are 95% moving-block bootstraps ({BLOCK_S:.0f} s "
