@@ -71,12 +71,14 @@ class Server:
     def __init__(self, database_url: str, redis_url: str | None, cache: bool, data_dir: Path):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        # The caller's context settings (TRIFECTA_CONTEXT_*, e.g. LEARNING_PROCESS or
-        # LEARN_NICE) reach the server; every other TRIFECTA_ variable is the script's to set.
+        # The caller's context and embedder settings (TRIFECTA_CONTEXT_*, e.g.
+        # LEARNING_PROCESS or LEARN_NICE; TRIFECTA_EMBED_*, e.g. ENGINE) reach the server;
+        # every other TRIFECTA_ variable is the script's to set.
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith("TRIFECTA_") or k.startswith("TRIFECTA_CONTEXT_")
+            if not k.startswith("TRIFECTA_")
+            or k.startswith(("TRIFECTA_CONTEXT_", "TRIFECTA_EMBED_"))
         }
         env.update(
             {
@@ -106,7 +108,9 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 300
+        # Start-up is not measured: at load average 7 on the 2 cores, loading MiniLM and
+        # tracing its TorchScript module took over 5 minutes.
+        deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
