@@ -14,7 +14,7 @@ from trifecta.generative.expansion import resize
 from trifecta.generative.placement import Cluster, from_scratch, moves_between, place
 from trifecta.generative.placement_anneal import anneal_min_moves
 
-STEPS = 500_000  # some 0.2-0.7 s of annealing, as loaded as the machine is
+STEPS = 1_000_000  # some 0.3-1.5 s of annealing, as loaded as the machine is
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,7 +55,7 @@ def test_annealing_lowers_the_greedy_moves_and_keeps_the_level() -> None:
     seconds = time.perf_counter() - started
     assert found.start_moves == moves_between(before, start) == 17
     assert found.moves == moves_between(before, found.placed)
-    assert found.moves < found.start_moves and found.improved  # 14 when this was written
+    assert found.moves < found.start_moves and found.improved  # 14 when written (17 at 500k)
     assert found.steps == STEPS
     check_valid(found.placed, loads, cluster, level)
     assert seconds < 30.0
@@ -74,7 +74,7 @@ def test_an_infeasible_start_is_annealed_into_a_feasible_placement() -> None:
     annealer must reach on its own."""
     before, loads, cluster, _, _ = benchmark_first_trace()
     start = [sorted(n) for n in before]
-    found = anneal_min_moves(before, loads, cluster, 1.05, start, 30.0, max_steps=STEPS)
+    found = anneal_min_moves(before, loads, cluster, 1.05, start, 30.0, max_steps=STEPS // 4)
     assert found.improved and found.moves > 0
     check_valid(found.placed, loads, cluster, 1.05)
 
