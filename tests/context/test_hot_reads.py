@@ -36,13 +36,15 @@ def test_a_read_is_hot_from_its_second_ask_and_taken_once_per_ask_since() -> Non
     assert hot.stats() == {"hot_reads": 3, "hot_refreshed": 3}
 
 
-def test_at_most_per_write_are_taken_and_the_rest_wait_for_the_next_write() -> None:
+def test_at_most_per_write_are_taken_and_none_not_asked_since_the_last_write() -> None:
     hot: HotReads[Ask] = HotReads(kept=8, per_write=1)
     a, b = Ask("d", "a"), Ask("d", "b")
     for read in (a, a, b, b):
         hot.asked(read)
-    assert hot.take("d") == [b]
-    assert hot.take("d") == [a]  # still asked since its last refresh
+    assert hot.take("d") == [b]  # the most recently asked
+    assert hot.take("d") == []  # `a` was last asked before the previous write
+    hot.asked(a)
+    assert hot.take("d") == [a]
 
 
 def test_off_at_zero_and_bounded_per_domain() -> None:

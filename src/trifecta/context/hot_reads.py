@@ -3,7 +3,7 @@
 A learned batch moves its domain's version, so the next ask of every cached read misses the
 result cache and is computed on the request path, although the view's standing search kept
 its memories exact and the answer costs little more than rendering. For a read that is hot
-(asked at least twice, and asked again since the domain's last refresh) the learning worker
+(asked at least twice, and asked again since the domain's last batch) the learning worker
 computes the answer at the new version itself, after applying its batch to the view and
 before publishing the version, so the next ask finds it in the result cache. A read nobody
 asked between two batches is not recomputed at the next (a fresh prompt costs nothing
@@ -38,8 +38,14 @@ R = TypeVar("R", bound=Keyed)
 @dataclass
 class _Entry(Generic[R]):
     read: R
+    asked_at: int  # the domain's batch count at its last ask
     asks: int = 1
-    asked_since_refresh: bool = True
+
+
+@dataclass
+class _Domain(Generic[R]):
+    reads: OrderedDict[str, _Entry[R]]
+    batches: int = 0  # writes that took its hot reads
 
 
 class HotReads(Generic[R]):
@@ -51,7 +57,7 @@ class HotReads(Generic[R]):
         self.kept = kept
         self.per_write = per_write
         self.max_domains = domains
-        self._domains: OrderedDict[str, OrderedDict[str, _Entry[R]]] = OrderedDict()
+        self._domains: OrderedDict[str, _Domain[R]] = OrderedDict()
         self._lock = threading.Lock()
         self.refreshed = 0  # reads recomputed by a writer
 
@@ -60,40 +66,42 @@ class HotReads(Generic[R]):
         if self.kept == 0 or self.per_write == 0:
             return
         with self._lock:
-            reads = self._domains.get(read.domain)
-            if reads is None:
-                reads = self._domains[read.domain] = OrderedDict()
+            domain = self._domains.get(read.domain)
+            if domain is None:
+                domain = self._domains[read.domain] = _Domain(OrderedDict())
                 while len(self._domains) > self.max_domains:
                     self._domains.popitem(last=False)
             self._domains.move_to_end(read.domain)
+            reads = domain.reads
             entry = reads.get(read.key)
             if entry is None:
-                reads[read.key] = _Entry(read)
+                reads[read.key] = _Entry(read, domain.batches)
                 while len(reads) > self.kept:
                     reads.popitem(last=False)
                 return
             entry.asks += 1
-            entry.asked_since_refresh = True
+            entry.asked_at = domain.batches
             reads.move_to_end(read.key)
 
     def take(self, domain: str) -> list[R]:
-        """The domain's hot reads to recompute after a write, most recently asked first;
-        each is taken again only once asked again."""
+        """The domain's hot reads to recompute after a write: asked twice, and asked since
+        the domain's last write took its hot reads; most recently asked first."""
         with self._lock:
-            reads = self._domains.get(domain)
-            if not reads:
+            held = self._domains.get(domain)
+            if held is None:
                 return []
+            since = held.batches
+            held.batches += 1
             taken: list[R] = []
-            for entry in reversed(reads.values()):
-                if len(taken) == self.per_write:
-                    break
-                if entry.asks >= 2 and entry.asked_since_refresh:
-                    entry.asked_since_refresh = False
+            for entry in reversed(held.reads.values()):  # most recently asked first
+                if len(taken) == self.per_write or entry.asked_at < since:
+                    break  # the rest were asked before the last write
+                if entry.asks >= 2:
                     taken.append(entry.read)
             self.refreshed += len(taken)
             return taken
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            held = sum(len(reads) for reads in self._domains.values())
+            held = sum(len(domain.reads) for domain in self._domains.values())
         return {"hot_reads": held, "hot_refreshed": self.refreshed}
