@@ -21,9 +21,14 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 from numpy.typing import NDArray
-from usearch.index import Index
 
-from trifecta.context.sql import Vector
+from trifecta.core.shared_libstdcxx import share_libstdcxx
+
+share_libstdcxx()  # before usearch's extension loads: the module says why
+
+from usearch.index import Index  # noqa: E402
+
+from trifecta.context.sql import Vector  # noqa: E402
 
 HNSW_ABOVE = 50_000
 OVERSAMPLE = 4
