@@ -134,3 +134,21 @@ def test_the_scripted_step_computes_the_eager_steps_logits(canon: CanonLlamaForC
             assert torch.allclose(got, want, atol=1e-5)
     for ours, theirs in zip(scripted.cache.planes, eager.cache.planes, strict=True):
         assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_a_torch_that_cannot_script_runs_the_same_step_eagerly(
+    canon: CanonLlamaForCausalLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where TorchScript's compiler is missing, the scripted module's own code runs eagerly:
+    same logits as the eager step, no error."""
+
+    def no_compiler(target: object) -> object:
+        raise RuntimeError("TorchScript is not available in this build")
+
+    monkeypatch.setattr(torch.jit, "script", no_compiler)
+    fallback, eager = SlotForward(canon, slots=2), SlotForward(canon, slots=2)
+    assert fallback.scripted is not None
+    assert not isinstance(fallback.scripted, torch.jit.ScriptModule)
+    rows = StepRows([0, 0], [[5, 6, 7], [8, 9]])
+    with torch.inference_mode():
+        assert torch.allclose(fallback.step(rows), eager.step(rows, eager=True), atol=1e-5)

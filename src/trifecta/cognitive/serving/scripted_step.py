@@ -20,12 +20,15 @@ Shapes as in `slot_forward`: T tokens fed, n rows, L attended width, d hidden si
 """
 
 # No `from __future__ import annotations`: TorchScript reads the class annotations as types.
+import logging
 import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 
 class ScriptedLayers(torch.nn.Module):
@@ -159,13 +162,18 @@ def _detached(tensor: Tensor | None) -> Tensor | None:
 
 def script(target: Any) -> Any:
     """`torch.jit.script(target)`, its deprecation warning silenced (the module docstring says
-    why this path is kept)."""
+    why this path is kept); `target` itself, run eagerly, where this torch cannot script it
+    (a build without TorchScript's compiler: same arithmetic, the GIL taken per operation)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.script(target)
+        try:
+            return torch.jit.script(target)
+        except (RuntimeError, AttributeError, NotImplementedError) as error:
+            log.warning("serving: TorchScript unavailable, eager step (%s)", str(error)[:200])
+            return target
 
 
-def scripted_layers(forward: Any) -> torch.jit.ScriptModule:
-    """The `SlotForward`'s layers as a TorchScript module."""
-    module: torch.jit.ScriptModule = script(ScriptedLayers(forward))
+def scripted_layers(forward: Any) -> torch.nn.Module:
+    """The `SlotForward`'s layers as a TorchScript module (or eager, as `script` says)."""
+    module: torch.nn.Module = script(ScriptedLayers(forward))
     return module
