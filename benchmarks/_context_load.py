@@ -108,9 +108,8 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        # Start-up is not measured: at load average 7 on the 2 cores, loading MiniLM and
-        # tracing its TorchScript module took over 5 minutes.
-        deadline = time.monotonic() + 900
+        # Start-up is not measured; loading MiniLM takes seconds, more on a loaded machine.
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
