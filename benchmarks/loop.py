@@ -62,37 +62,36 @@ CPU_MS: list[float] = []  # CPU a request, serving and draining, per throughput 
 CHILD_CPU_MS: list[float] = []  # of which in child processes (the context learner's)
 ENGINE_CPU_MS: list[float] = []  # of which on the serving engines' decoding threads
 QUERY_EMBEDS: list[tuple[int, int]] = []  # (query-cache misses, encoder calls) per pass
-# Where the CPU goes, from a profile (py-spy at 67 Hz attached after warm-up, over two 16-worker
-# passes of 300 requests and their drains, load ~4-5, 2026-12-07, learning in a thread of the
-# server (the default), after this stop's cuts: the capsule read on a driver connection, the
-# thresholds snapshot, the serving step's rotary table; waits in Python's locks, queues and the
-# event loop left out, SQLite's lock waits cannot be told apart and are in), kept beside the
-# figures because re-profiling is not part of this script. Shares of the busy samples;
-# `budget_rows` turns them into ms at this run's measured CPU a request.
+# Where the CPU goes, from a profile (py-spy at 67 Hz attached 3 s after serving began, 40 s of
+# `trifecta run --requests 6000 --workers 16 --seed 7` on a fresh data directory, load ~1,
+# 2026-12-07, HEAD e9e6bef: the scripted serving step and the TorchScript MiniLM in; learning in
+# a thread of the server, the default; waits in Python's locks, queues and the event loop left
+# out, SQLite's lock waits cannot be told apart and are in), kept beside the figures because
+# re-profiling is not part of this script. Shares of the busy samples; `budget_rows` turns them
+# into ms at this run's measured CPU a request.
 PROFILE_ROWS = [
-    ("cognitive tiers: forward passes (2-2.5 steps a request, 1.2-4 rows a step)", 23.1),
-    ("cognitive serving: batching engine, sampling, cascade, thresholds snapshot", 9.2),
-    ("query embeddings (MiniLM, batched)", 15.1),
-    ("context learner (a thread): MiniLM 19.0, SQL 8.6, the rest 1.0", 28.6),
-    ("edge mesh", 3.2),
+    ("cognitive tiers: forward passes (the scripted step)", 14.3),
+    ("cognitive serving: batching engine, sampling, cascade, thresholds snapshot", 10.5),
+    ("query embeddings (MiniLM, TorchScript)", 9.0),
+    ("context learner (a thread): SQL 12.7, MiniLM 3.5, the rest 3.0", 19.2),
+    ("edge mesh", 13.0),
     (
-        "the loop's SQL: domain version 3.7, learn-queue insert 2.8, request log 2.6, "
-        "capsule read 0.1, other 0.8",
-        10.0,
+        "the loop's SQL: request log 7.0, domain read 5.0, learn-queue insert 4.2, "
+        "capsule read 0.8, other 4.4",
+        21.4,
     ),
-    ("the loop's own Python and the context search", 5.6),
-    ("other (threads, event loop)", 5.2),
+    ("the loop's own Python and the context search", 11.1),
+    ("other (threads, event loop)", 1.5),
 ]
 PROFILE_NOTE = (
     "What bounds it: at 180 requests/s two cores give each request 11 ms of CPU, learning "
-    "included. MiniLM takes 34% of the CPU (the learner's embeddings 19, the query "
-    "embeddings 15), the cognitive tiers' forwards and their serving engine 32% (the tiers "
-    "are so small that a step costs what torch dispatches), SQLite 19% (the loop's version, "
-    "queue and log statements and the learner's). The budget (py-spy, 67 Hz, two 16-worker "
-    "passes of 300 requests and their drains at load ~4-5; waits left out), taken on b615db3, "
-    "before MiniLM's bfloat16 weights (which cut MiniLM's own CPU in this loop to 0.73x "
-    "[0.72, 0.78]: the `embeddings` section), so its MiniLM rows now overstate their share, "
-    "in ms at this run's median CPU a request:"
+    "included. SQLite is now the largest share, 34% (the loop's request log, domain read and "
+    "learn-queue insert 21, the learner's writes 13; its lock waits cannot be told apart from "
+    "its work in this profile), then the cognitive tiers' forwards and their serving engine "
+    "25%, the edge mesh 13% and MiniLM 12.5% (the query embeddings 9.0, the learner's 3.5). "
+    "The budget (py-spy, 67 Hz, 40 s of `trifecta run --requests 6000 --workers 16 --seed 7` "
+    "after it began serving, load ~1; waits left out), taken on e9e6bef with the scripted "
+    "serving step and the TorchScript MiniLM, in ms at this run's median CPU a request:"
 )
 
 
