@@ -58,7 +58,7 @@ from benchmarks._report import (
 )
 from trifecta.context.memory import memory_text, structured_draft
 from trifecta.context.trajectory import Trajectory, TrajectoryStep
-from trifecta.core.embed_compiled import CompiledEncoder
+from trifecta.core.embed_compiled import CompiledEncoder, pooled_encoder
 from trifecta.core.embeddings import MiniLMEmbedder, native_bfloat16
 from trifecta.core.tasks import generate_tasks
 
@@ -114,26 +114,14 @@ def onnx_runtime(embedder: MiniLMEmbedder, folder: Path) -> tuple[Embed, Embed]:
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    bert = embedder.model[0].auto_model  # type: ignore[index]
-
-    class Pooled(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            states = self.bert(
-                input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)
-            ).last_hidden_state  # (B, T, 384)
-            weights = mask.unsqueeze(-1).to(states.dtype)
-            pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=-1)  # (B, 384)
+    # The shipped module's BERT, pooling and normalisation in one graph (float32 weights).
+    encoder = pooled_encoder(embedder.model[0].auto_model)  # type: ignore[index]
 
     plain, quantised = folder / "minilm.onnx", folder / "minilm_int8.onnx"
     example = torch.ones(2, 16, dtype=torch.long)
     axes = {0: "batch", 1: "tokens"}
     torch.onnx.export(
-        Pooled().eval(),
+        encoder,
         (example, example),
         str(plain),
         input_names=["ids", "mask"],
