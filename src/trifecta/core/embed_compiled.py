@@ -22,9 +22,11 @@ s each, a dozen shapes) cost a 300-request loop run more CPU than they saved.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal, get_args
 
 from trifecta.core.errors import InvalidInput
@@ -120,8 +122,8 @@ class CompiledEncoder:
         started = time.perf_counter()
         if self._fusion:  # process-wide, read when the executor optimises (the warm calls)
             torch.jit.enable_onednn_fusion(True)
-        with warnings.catch_warnings():  # the tracer warns about HF's Python-side checks
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), _without_loss_type_warning():
+            warnings.simplefilter("ignore")  # the tracer warns about HF's Python-side checks
             traced = torch.jit.trace(self._encoder, (ids, mask), check_trace=False)
             module = torch.jit.freeze(traced)  # deprecated for torch.compile, still shipped
         for _ in range(WARM_CALLS):
@@ -130,3 +132,23 @@ class CompiledEncoder:
         self.compile_seconds = time.perf_counter() - started
         log.info("embedder: traced and froze MiniLM in %.2f s", self.compile_seconds)
         return module
+
+
+class _LossTypeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("`loss_type=")
+
+
+@contextlib.contextmanager
+def _without_loss_type_warning() -> Iterator[None]:
+    """The tracer reads every attribute of the model (`module_has_exports`), and reading
+    transformers' `loss_function` property warns, in plain text on stderr, that no loss is
+    configured: about a loss this encoder never computes, and a non-JSON line in a server's
+    JSON log. Dropped for the trace only."""
+    source = logging.getLogger("transformers.modeling_utils")
+    quiet = _LossTypeFilter()
+    source.addFilter(quiet)
+    try:
+        yield
+    finally:
+        source.removeFilter(quiet)
