@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +77,30 @@ def test_light_requests_are_served_at_the_edge(mesh: EdgeMesh) -> None:
     assert result.offloaded and result.node in {"eu-1", "eu-2"}
     assert result.generations is not None and len(result.generations) == 2
     assert all(g.model.startswith("edge:") for g in result.generations)
+
+
+def test_a_request_that_finds_every_node_busy_waits_and_is_served(mesh: EdgeMesh) -> None:
+    """Every node at capacity (as while a killed node's load moves to the others): the
+    request waits between passes and is served once one frees, instead of failing."""
+    nodes = list(mesh._local)  # the in-process nodes: their own capacity gate answers busy
+    for node in nodes:
+        node._in_flight = node.config.capacity
+
+    def free_one() -> None:
+        time.sleep(0.03)  # within the first of the mesh's waits (20, 40, 80 ms)
+        with nodes[0]._lock:
+            nodes[0]._in_flight = 0
+
+    freer = threading.Thread(target=free_one)
+    freer.start()
+    try:
+        result = mesh.offload(TWIN, ["41+17?"], max_new_tokens=4)
+    finally:
+        freer.join()
+        for node in nodes:
+            node._in_flight = 0
+    assert result.offloaded and result.node == nodes[0].name, result.detail
+    assert any("busy" in attempt for attempt in result.attempts)
 
 
 def test_policy_refusals_fall_back_to_the_cloud(mesh: EdgeMesh) -> None:

@@ -47,6 +47,10 @@ from trifecta.edge.store import ArtifactKind, ArtifactRef, ArtifactStore
 from trifecta.fleet.capsules import Capsule
 
 log = get_logger("trifecta.edge.mesh")
+# A node answers `busy` at capacity; a request that found every node busy (say, while a killed
+# node's load moves to the others) waits 20, 40, 80 ms between passes before it fails.
+BUSY_ROUNDS = 4
+BUSY_WAIT_S = 0.02
 
 
 @dataclass
@@ -336,36 +340,44 @@ class EdgeMesh:
         if not decision.offload:
             return OffloadResult(False, decision.reason, decision.detail)
         attempts: list[str] = []
-        for key in decision.candidates[: self.max_attempts]:
-            state = self._nodes.get(key)
-            if state is None or not state.healthy:
-                continue
-            state.in_flight += 1
-            try:
-                answer = await state.link.call(
-                    "generate",
-                    {"prompts": prompts, **options},
-                    GenerateResponse,
-                    self.request_timeout_s,
-                )
-            except NodeDown as exc:
-                state.healthy = False  # skip it until its heartbeat answers again
-                attempts.append(f"{key}: {exc}")
-                continue
-            finally:
-                state.in_flight -= 1
-            if answer.status == "ok":
-                return OffloadResult(
-                    True,
-                    "offloaded",
-                    f"served by {answer.node}",
-                    answer.node,
-                    [_generation(g) for g in answer.generations],
-                    attempts,
-                )
-            attempts.append(f"{key}: {answer.status} {answer.message}")
-            if answer.status == "invalid":
-                return OffloadResult(False, "rejected_by_node", answer.message, key, None, attempts)
+        for round_ in range(BUSY_ROUNDS):
+            busy = False  # a node at capacity: worth another pass after a short wait
+            for key in decision.candidates[: self.max_attempts]:
+                state = self._nodes.get(key)
+                if state is None or not state.healthy:
+                    continue
+                state.in_flight += 1
+                try:
+                    answer = await state.link.call(
+                        "generate",
+                        {"prompts": prompts, **options},
+                        GenerateResponse,
+                        self.request_timeout_s,
+                    )
+                except NodeDown as exc:
+                    state.healthy = False  # skip it until its heartbeat answers again
+                    attempts.append(f"{key}: {exc}")
+                    continue
+                finally:
+                    state.in_flight -= 1
+                if answer.status == "ok":
+                    return OffloadResult(
+                        True,
+                        "offloaded",
+                        f"served by {answer.node}",
+                        answer.node,
+                        [_generation(g) for g in answer.generations],
+                        attempts,
+                    )
+                attempts.append(f"{key}: {answer.status} {answer.message}")
+                busy = busy or answer.status == "busy"
+                if answer.status == "invalid":
+                    return OffloadResult(
+                        False, "rejected_by_node", answer.message, key, None, attempts
+                    )
+            if not busy or round_ == BUSY_ROUNDS - 1:
+                break
+            await anyio.sleep(BUSY_WAIT_S * 2**round_)
         return OffloadResult(
             False, "nodes_failed", "; ".join(attempts) or "no node answered", None, None, attempts
         )
