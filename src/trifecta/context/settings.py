@@ -77,6 +77,13 @@ class ContextSettings(LayerSettings):
         ge=0,
         description="bullet rankings a domain view remembers by query (least recent dropped)",
     )
+    token_counts_kept: int = Field(
+        # About 0.17 KB each, keyed by hash (`tokens.py`): 8,192 take 1.4 MB. The texts
+        # that recur are a domain's bullet and memory lines and its hot reads' prompts.
+        default=8192,
+        ge=0,
+        description="token counts of rendered texts remembered (least recently asked go first)",
+    )
     hot_reads_kept: int = Field(
         default=256,
         ge=0,

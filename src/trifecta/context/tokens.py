@@ -8,8 +8,11 @@ download (the `tokenizers` library reads the shipped `tokenizer.json` in about 0
 from __future__ import annotations
 
 import threading
-from functools import lru_cache
+from collections import OrderedDict
 from typing import Any
+
+from trifecta.context.settings import ContextSettings
+from trifecta.core.heap_report import track
 
 _lock = threading.Lock()
 _tokenizer: Any = None
@@ -29,9 +32,58 @@ def _load() -> Any:
         return _tokenizer
 
 
-@lru_cache(maxsize=65536)
+def _count(text: str) -> int:
+    return len(_load().encode(text, add_special_tokens=False).ids)
+
+
+class TokenCounts:
+    """The last `kept` texts' counts, least recently asked dropped first. Keyed by the text's
+    hash and length, not the text: a rendered prompt (up to the budget's 1,500 tokens, 6 KB)
+    is counted on every render, and keeping the texts themselves (the `lru_cache` of 65,536
+    texts this replaced) held every prompt of a soak, about 1 KB a task (issue 16); an entry
+    is now about 0.17 KB whatever the text. Two texts of one length whose 64-bit hashes collide
+    would share a count: a budget estimate off, nothing else."""
+
+    def __init__(self, kept: int) -> None:
+        self.kept = kept
+        self._counts: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._lock = threading.Lock()
+        track("context token counts (texts)", self)
+
+    @property
+    def entries(self) -> int:
+        return len(self._counts)
+
+    @property
+    def bound(self) -> int:
+        return self.kept
+
+    def count(self, text: str) -> int:
+        if not text:
+            return 0
+        key = (hash(text), len(text))
+        with self._lock:
+            found = self._counts.get(key)
+            if found is not None:
+                self._counts.move_to_end(key)
+                return found
+        counted = _count(text)  # outside the lock: tokenizing a prompt takes milliseconds
+        if self.kept:
+            with self._lock:
+                self._counts[key] = counted
+                while len(self._counts) > self.kept:
+                    self._counts.popitem(last=False)
+        return counted
+
+
+_counts: TokenCounts | None = None
+
+
 def count_tokens(text: str) -> int:
     """Subword tokens in `text` (no special tokens)."""
-    if not text:
-        return 0
-    return len(_load().encode(text, add_special_tokens=False).ids)
+    global _counts
+    if _counts is None:
+        with _lock:
+            if _counts is None:
+                _counts = TokenCounts(ContextSettings().token_counts_kept)
+    return _counts.count(text)
