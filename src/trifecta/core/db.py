@@ -55,7 +55,7 @@ def is_sqlite(url_or_engine: str | Engine) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, cache_kib: int) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, cache_kib: int, soft_heap_mib: int) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -64,6 +64,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, cache_kib: int) -> None:
     # A connection keeps its page cache for its life and a pool keeps up to 30 of them an
     # engine: bounded by `sqlite_cache_kib` (negative: KiB, not pages).
     cursor.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+    # The bound above is per connection, and a process opens a pool per database (the
+    # control database, each environment's shards): the soft heap limit bounds them all
+    # together. It is process-wide (every connection sets the same value); past it SQLite's
+    # page caches recycle their pages instead of allocating more.
+    cursor.execute(f"PRAGMA soft_heap_limit={int(soft_heap_mib) * 2**20}")
     cursor.close()
 
 
@@ -90,8 +95,13 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
             max_overflow=2 * pool_size,
             connect_args={"check_same_thread": False, "isolation_level": None},
         )
-        cache_kib = get_settings().sqlite_cache_kib  # read once an engine
-        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, cache_kib=cache_kib))
+        settings = get_settings()  # read once an engine
+        pragmas = functools.partial(
+            _sqlite_pragmas,
+            cache_kib=settings.sqlite_cache_kib,
+            soft_heap_mib=settings.sqlite_soft_heap_mib,
+        )
+        event.listen(engine, "connect", pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True)

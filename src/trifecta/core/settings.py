@@ -107,6 +107,12 @@ class Settings(_TomlSettings):
         description="page cache of each SQLite connection, in KiB (SQLite's own default: "
         "2,000); an engine's pool keeps up to 30 connections, each its cache for its life",
     )
+    sqlite_soft_heap_mib: int = Field(
+        default=64,
+        ge=0,
+        description="all of a process's SQLite memory, in MiB, past which connections reuse "
+        "their cached pages instead of growing (a soft limit; 0: none)",
+    )
     served_log_records: int = Field(
         # ~104 bytes a record (measured): 0.2 MB an environment (was a fixed 100,000, 10 MB). The
         # log is for reading placement back (tests, an operator's look at the last calls);
