@@ -94,6 +94,7 @@ from benchmarks._soak_hit_rates import (
 from benchmarks._soak_memory_cost import print_memory_cost
 from trifecta.core.heap_memray import memray_growth
 from trifecta.core.heap_report import (
+    BASELINE_ENV,
     INTERVAL_ENV,
     MEMRAY_AFTER_ENV,
     MEMRAY_ENV,
@@ -250,6 +251,13 @@ def main() -> None:
         "tracemalloc changes the figures, so such a run records no section",
     )
     parser.add_argument(
+        "--heap-report-baseline-s",
+        type=float,
+        default=None,
+        help="seconds into the load at which the heap report takes its baseline (default: "
+        "half the load, so its growth is the second half's, net of what was freed)",
+    )
+    parser.add_argument(
         "--memray",
         type=Path,
         default=None,
@@ -309,7 +317,13 @@ def main() -> None:
     if args.onednn_cache is not None:
         env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(args.onednn_cache)
     if args.heap_report:
-        env |= {REPORT_ENV: str(args.heap_report.resolve())}
+        into = (
+            args.seconds / 2 if args.heap_report_baseline_s is None else args.heap_report_baseline_s
+        )
+        env |= {
+            REPORT_ENV: str(args.heap_report.resolve()),
+            BASELINE_ENV: f"{args.idle_seconds + into:g}",  # counted from the server's start
+        }
     if args.memray:
         after = args.idle_seconds + args.memray_after_s  # counted from the server's start
         env |= {

@@ -13,7 +13,9 @@ its heap (bytes in use against bytes free but kept, and how many arenas), SQLite
 memory, and the torch tensors made since start-up (count, storage, shapes). Read together they
 say which kind of growth a soak sees: Python objects (tracemalloc and the type counts grow),
 native allocations still in use (glibc's in-use bytes grow, Python's do not), or freed memory
-glibc keeps (its free bytes grow). tracemalloc slows every allocation and keeps its own
+glibc keeps (its free bytes grow). `TRIFECTA_HEAP_REPORT_BASELINE_S` takes the baseline that
+many seconds after the start instead (tracing from the start), so the growth is between two
+points of a run, net of what was freed. tracemalloc slows every allocation and keeps its own
 traces in the same heap, so a reported run's figures are not a plain run's.
 
 `TRIFECTA_HEAP_MEMRAY` (a file) starts memray's tracker with native stacks in the server
@@ -62,8 +64,9 @@ MEMRAY_ENV = "TRIFECTA_HEAP_MEMRAY"
 MEMRAY_AFTER_ENV = "TRIFECTA_HEAP_MEMRAY_AFTER_S"
 MEMRAY_FOR_ENV = "TRIFECTA_HEAP_MEMRAY_FOR_S"
 SIZES_ENV = "TRIFECTA_HEAP_SIZES"
+BASELINE_ENV = "TRIFECTA_HEAP_REPORT_BASELINE_S"
 STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
-TOP = 15  # rows of each growth table in a report line
+TOP = 25  # rows of each growth table in a report line
 STACKS = 5  # the largest growths with their whole stacks
 
 
@@ -250,6 +253,21 @@ def sqlite_mb() -> float | None:
     return float(used()) / 2**20
 
 
+def sqlite_connections() -> dict[str, int] | None:
+    """The SQLite connections this process's shared engines hold open (`core/db.py`'s pools:
+    idle in a pool or checked out by a thread), and how many engines: each keeps its page
+    cache for its life, so their count times `sqlite_cache_kib` is what the caches can grow
+    to (`sqlite_soft_heap_mib` bounds them together). None when no engine was made."""
+    db = sys.modules.get("trifecta.core.db")
+    if db is None:
+        return None
+    engines = [e for e in list(db._engines.values()) if db.is_sqlite(e)]
+    pools = [e.pool for e in engines]
+    idle = sum(int(getattr(p, "checkedin", lambda: 0)()) for p in pools)
+    busy = sum(int(getattr(p, "checkedout", lambda: 0)()) for p in pools)
+    return {"engines": len(engines), "open": idle + busy, "checked_out": busy}
+
+
 def tensor_summary(top: int = 10) -> dict[str, object] | None:
     """Live torch tensors the collector tracks (made since start-up: the start-up heap is
     frozen), their storage in MB (each storage counted once) and the commonest shapes."""
@@ -272,12 +290,19 @@ def tensor_summary(top: int = 10) -> dict[str, object] | None:
 
 
 class HeapReporter:
-    """The debug report's thread: a baseline, then one JSON line every `interval_s`."""
+    """The debug report's thread: a baseline, then one JSON line every `interval_s`.
+    Tracing starts at once and the baseline is taken `baseline_s` later, so a report's
+    growth is what was made after that point and is still alive, net of what that point's
+    heap freed meanwhile: a bounded cache turning over shows none (a capture started at that
+    point, like memray's window, counts a full cache's turnover as growth)."""
 
-    def __init__(self, path: Path, interval_s: float, frames: int = 8) -> None:
+    def __init__(
+        self, path: Path, interval_s: float, frames: int = 8, baseline_s: float = 0.0
+    ) -> None:
         self.path = path
         self.interval_s = interval_s
         self.frames = frames
+        self.baseline_s = baseline_s
         self.stop = threading.Event()
         self.ready = threading.Event()  # set once the baseline is taken
 
@@ -293,6 +318,9 @@ class HeapReporter:
     def _run(self) -> None:
         tracemalloc.start(self.frames)
         started = time.monotonic()
+        if self.stop.wait(self.baseline_s):
+            tracemalloc.stop()
+            return
         baseline, counts = tracemalloc.take_snapshot(), type_counts()
         self.ready.set()
         while not self.stop.wait(self.interval_s):
@@ -372,6 +400,7 @@ class SizesReporter:
             "status_mb": status_mb(),
             "malloc": stats.model_dump() if stats else None,
             "sqlite_mb": sqlite_mb(),
+            "sqlite_connections": sqlite_connections(),
             "structures": tracked_sizes(),
             "trims": asdict(TRIMS),
         }
@@ -409,6 +438,6 @@ def start_heap_report_if_asked(role: str = "") -> HeapReporter | MemrayWindow | 
     target = _target(REPORT_ENV, role)
     if target is None:
         return None
-    reporter = HeapReporter(target, interval)
+    reporter = HeapReporter(target, interval, baseline_s=float(os.environ.get(BASELINE_ENV, "0")))
     reporter.start()
     return reporter
