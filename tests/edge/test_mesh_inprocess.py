@@ -17,7 +17,8 @@ from trifecta.core.protocols import Generation, LanguageModel
 from trifecta.edge.artifact import FORMAT_VERSION, CorruptArtifact, EdgeArtifact
 from trifecta.edge.mesh import EdgeMesh
 from trifecta.edge.mesh_model import EdgeMeshModel
-from trifecta.edge.node import EdgeNode, NodeConfig, NodePlace
+from trifecta.edge.node import EdgeNode, GenerateResponse, NodeConfig, NodePlace
+from trifecta.edge.offload import OffloadResult
 from trifecta.edge.store import sha256_hex
 from trifecta.fleet.capsules import Capsule
 
@@ -207,3 +208,105 @@ def test_a_node_with_an_unreadable_stored_model_starts_and_is_brought_up_to_date
         mesh.publish_file("model", small_artifact_path, "edge-model")
         assert mesh.wait_until(lambda m: all(m.in_sync(s) for s in m.node_states()), timeout_s=60)
     assert node.model_sha256 == sha256_hex(small_artifact_path.read_bytes())
+
+
+def test_an_in_process_node_serves_on_the_caller_s_thread_with_the_tool_s_checks(
+    mesh: EdgeMesh,
+) -> None:
+    """The mesh calls an in-process node directly (no MCP session, no thread hand-off), and
+    the answer is the one the node's `generate` tool gives for the same call."""
+    threads: list[threading.Thread] = []
+    for node in mesh._local:
+        runtime = node.runtime
+        assert runtime is not None
+        original = runtime.generate
+
+        def recording(*args: object, _original=original, **kwargs: object):  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread())
+            return _original(*args, **kwargs)
+
+        runtime.generate = recording  # type: ignore[method-assign]
+    result = mesh.offload(TWIN, ["41+17?"], max_new_tokens=4)
+    assert result.offloaded and threads == [threading.current_thread()]
+    assert result.generations is not None
+    node = next(n for n in mesh._local if n.name == result.node)
+
+    async def over_mcp() -> GenerateResponse:
+        async with Client(node.mcp_server()) as client:
+            answer = await client.call_tool(
+                "generate", {"prompts": ["41+17?"], "max_new_tokens": 4}
+            )
+            return GenerateResponse.model_validate(answer.structured_content)
+
+    [tool_generation] = anyio.run(over_mcp).generations
+    assert tool_generation.text == result.generations[0].text
+    assert tool_generation.tokens == result.generations[0].tokens
+
+
+def test_options_the_generate_tool_refuses_are_refused_before_any_node(mesh: EdgeMesh) -> None:
+    served = [n._served for n in mesh._local]
+    too_long = mesh.offload(TWIN, ["41+17?"], max_new_tokens=65)
+    assert not too_long.offloaded and too_long.reason == "invalid_request"
+    assert too_long.detail.startswith("max_new_tokens:"), too_long.detail
+    unknown = mesh.offload(TWIN, ["41+17?"], beam_width=2)
+    assert unknown.reason == "invalid_request" and unknown.detail.startswith("beam_width:")
+    # no node was asked, none is marked down for the caller's mistake
+    assert [n._served for n in mesh._local] == served
+    assert all(s.healthy for s in mesh.node_states())
+
+
+def test_a_node_that_breaks_mid_request_is_skipped_and_rejoins(
+    mesh: EdgeMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = mesh._local[0]
+
+    def crash(request: object) -> object:
+        raise RuntimeError("kernel fault")
+
+    monkeypatch.setattr(broken, "serve_generate", crash)
+    results = [mesh.offload(TWIN, ["12+30?"], max_new_tokens=3) for _ in range(3)]
+    assert all(r.offloaded and r.node != broken.name for r in results)
+    assert any(
+        f"{broken.name}: generate failed (RuntimeError)" in a for r in results for a in r.attempts
+    )
+    state = next(s for s in mesh.node_states() if s.key == broken.name)
+    monkeypatch.undo()
+    # its heartbeat still answers, so it is back at the next beat
+    assert mesh.wait_until(lambda m: state.healthy, timeout_s=10)
+    assert mesh.offload(TWIN, ["12+30?"], max_new_tokens=3).offloaded
+
+
+def test_concurrent_callers_share_the_nodes_within_their_capacity(mesh: EdgeMesh) -> None:
+    """Callers on many threads: no node ever holds more than its capacity, a request that
+    finds none free is refused as such (the caller then goes to the cloud), and every
+    count returns to zero."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    peak: dict[str, int] = {}
+    for node in mesh._local:
+        node.config.capacity = 2
+        runtime = node.runtime
+        assert runtime is not None
+        runtime.generate(["1+1?"], max_new_tokens=2)  # compiled before the callers race
+        original = runtime.generate
+
+        def counting(*args: object, _node=node, _original=original, **kwargs: object):  # type: ignore[no-untyped-def]
+            peak[_node.name] = max(peak.get(_node.name, 0), _node._in_flight)
+            time.sleep(0.002)  # hold the slot, so callers overlap
+            return _original(*args, **kwargs)
+
+        runtime.generate = counting  # type: ignore[method-assign]
+
+    def ask(i: int) -> OffloadResult:
+        return mesh.offload(TWIN, [f"{i}+1?"], max_new_tokens=3)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(ask, range(64)))
+    refused = [r for r in results if not r.offloaded]
+    assert all(
+        r.reason == "no_capacity" or all(" busy " in a for a in r.attempts) for r in refused
+    ), [r.detail for r in refused]
+    assert {r.node for r in results if r.offloaded} == {n.name for n in mesh._local}
+    assert max(peak.values()) <= 2
+    assert all(s.in_flight == 0 for s in mesh.node_states())
+    assert all(n._in_flight == 0 for n in mesh._local)

@@ -5,7 +5,7 @@ offloaded to a healthy node with fallback.
 is usable from plain Python, from the CLI (`trifecta edge mesh`) and inside a service. Nodes
 are MCP endpoints: other processes or hosts (`add_node("http://host:port/mcp")`, each request
 carrying the federation credential the nodes require) or in-process `EdgeNode`s
-(`add_node(node)`), reached through the same MCP tools.
+(`add_node(node)`), whose heartbeat and sync go through the same MCP tools.
 
 - Heartbeat: every `heartbeat_s` the mesh calls each node's `status`. A node that answers is
   healthy; one that does not is unhealthy at once and is skipped until it answers again.
@@ -15,6 +15,10 @@ carrying the federation credential the nodes require) or in-process `EdgeNode`s
 - Offload: `offload(capsule, prompts)` applies the policy of `offload.decide`, then tries the
   eligible nodes least-loaded first; a node that fails mid-request is marked down and the next
   one is tried. When none serves the request, the result says so and the caller falls back.
+  It runs on the caller's thread: an in-process node's `serve_generate` is called there (the
+  `generate` tool's own checks and work, without the MCP session's encoding, schema checks
+  and two thread hand-offs, which cost more CPU than the edge model's forward), and only a
+  remote node's call goes through the mesh's event loop.
 - Request ids: an offload made while a request is served (`core.logging.current_request_id`)
   sends that id in the `generate` call, so the node logs the request under the front door's
   id. It goes as a tool argument because the link's MCP session sends its HTTP requests from
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -34,14 +39,21 @@ from typing import Any
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from pydantic import ValidationError
 
 from trifecta.core.errors import InvalidInput, NotFound
-from trifecta.core.logging import WELL_FORMED_ID, current_request_id, get_logger, request_scope
+from trifecta.core.logging import WELL_FORMED_ID, current_request_id, get_logger
 from trifecta.core.protocols import Generation, TokenAlternative
 from trifecta.core.settings import get_settings
 from trifecta.edge.artifact import EdgeArtifact
 from trifecta.edge.link import NodeDown, NodeLink
-from trifecta.edge.node import EdgeNode, GenerateResponse, NodeStatus, PutArtifactResponse
+from trifecta.edge.node import (
+    EdgeNode,
+    GenerateRequest,
+    GenerateResponse,
+    NodeStatus,
+    PutArtifactResponse,
+)
 from trifecta.edge.offload import NodeView, OffloadDecision, OffloadResult, decide
 from trifecta.edge.store import ArtifactKind, ArtifactRef, ArtifactStore
 from trifecta.fleet.capsules import Capsule
@@ -57,6 +69,7 @@ BUSY_WAIT_S = 0.02
 class NodeState:
     key: str
     link: NodeLink
+    local: EdgeNode | None = None  # an in-process node: `generate` is called on it directly
     status: NodeStatus | None = None
     healthy: bool = False
     last_seen: float = 0.0
@@ -96,6 +109,7 @@ class EdgeMesh:
         self.max_attempts = max_attempts
         self._nodes: dict[str, NodeState] = {}
         self._counter = itertools.count()
+        self._flight = threading.Lock()  # `in_flight` counts change on the callers' threads
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None
         self._local: list[EdgeNode] = []
@@ -136,16 +150,19 @@ class EdgeMesh:
 
     def add_node(self, target: str | EdgeNode) -> str:
         """Track a node: an MCP URL (`http://127.0.0.1:8701/mcp`) or an in-process `EdgeNode`."""
-        if isinstance(target, EdgeNode):
-            key, link = target.name, NodeLink(target.mcp_server())
-            self._local.append(target)
+        local = target if isinstance(target, EdgeNode) else None
+        if local is not None:
+            key, link = local.name, NodeLink(local.mcp_server())
         else:
+            assert isinstance(target, str)
             if not target.startswith(("http://", "https://")):
                 raise InvalidInput(f"not an MCP URL: {target!r}", field="node")
             key, link = target, NodeLink(target, credential=self.credential)
         if key in self._nodes:
             raise InvalidInput(f"node {key!r} is already in the mesh", field="node")
-        state = NodeState(key, link)
+        if local is not None:
+            self._local.append(local)
+        state = NodeState(key, link, local)
         self._nodes[key] = state
         self.portal.start_task_soon(link.supervise)
         self.portal.start_task_soon(self._heartbeat_loop, state)
@@ -317,28 +334,21 @@ class EdgeMesh:
     def offload(
         self, capsule: Capsule | None, prompts: Sequence[str], **options: Any
     ) -> OffloadResult:
-        """Serve `prompts` on the edge if the policy allows; never raises for node failures."""
-        # Read here: the portal runs `_offload` in its own thread, without this context.
-        request_id = current_request_id()
-        if request_id is not None and WELL_FORMED_ID.match(request_id):
-            options = {**options, "request_id": request_id}
-        return self.portal.call(self._offload, capsule, list(prompts), options)
-
-    async def _offload(
-        self, capsule: Capsule | None, prompts: list[str], options: dict[str, Any]
-    ) -> OffloadResult:
-        request_id = options.get("request_id")
-        if request_id is None:
-            return await self._offload_to_nodes(capsule, prompts, options)
-        with request_scope(str(request_id)):  # the mesh's own lines carry it too
-            return await self._offload_to_nodes(capsule, prompts, options)
-
-    async def _offload_to_nodes(
-        self, capsule: Capsule | None, prompts: list[str], options: dict[str, Any]
-    ) -> OffloadResult:
+        """Serve `prompts` on the edge if the policy allows; never raises for node failures.
+        `options` are the `generate` tool's (`GenerateRequest`): one it refuses is answered
+        `invalid_request`, naming the field, without a node being asked."""
+        portal = self.portal  # a mesh not started has no heartbeat: refuse as before
+        prompts = list(prompts)
         decision = decide(capsule, prompts, self.views(), self.model_accuracy())
         if not decision.offload:
             return OffloadResult(False, decision.reason, decision.detail)
+        request_id = current_request_id()
+        if request_id is not None and WELL_FORMED_ID.match(request_id):
+            options = {**options, "request_id": request_id}
+        try:
+            request = GenerateRequest(prompts=prompts, **options)
+        except ValidationError as exc:
+            return OffloadResult(False, "invalid_request", _first_error(exc))
         attempts: list[str] = []
         for round_ in range(BUSY_ROUNDS):
             busy = False  # a node at capacity: worth another pass after a short wait
@@ -346,20 +356,17 @@ class EdgeMesh:
                 state = self._nodes.get(key)
                 if state is None or not state.healthy:
                     continue
-                state.in_flight += 1
+                with self._flight:
+                    state.in_flight += 1
                 try:
-                    answer = await state.link.call(
-                        "generate",
-                        {"prompts": prompts, **options},
-                        GenerateResponse,
-                        self.request_timeout_s,
-                    )
+                    answer = self._generate(portal, state, request)
                 except NodeDown as exc:
                     state.healthy = False  # skip it until its heartbeat answers again
                     attempts.append(f"{key}: {exc}")
                     continue
                 finally:
-                    state.in_flight -= 1
+                    with self._flight:
+                        state.in_flight -= 1
                 if answer.status == "ok":
                     return OffloadResult(
                         True,
@@ -377,10 +384,31 @@ class EdgeMesh:
                     )
             if not busy or round_ == BUSY_ROUNDS - 1:
                 break
-            await anyio.sleep(BUSY_WAIT_S * 2**round_)
+            time.sleep(BUSY_WAIT_S * 2**round_)
         return OffloadResult(
             False, "nodes_failed", "; ".join(attempts) or "no node answered", None, None, attempts
         )
+
+    def _generate(
+        self, portal: BlockingPortal, state: NodeState, request: GenerateRequest
+    ) -> GenerateResponse:
+        """One `generate` on one node: in process on this thread, else over its MCP link."""
+        if state.local is None:
+            arguments = request.model_dump(exclude_none=True)
+            return portal.call(
+                state.link.call, "generate", arguments, GenerateResponse, self.request_timeout_s
+            )
+        try:
+            return state.local.serve_generate(request)
+        except Exception as exc:  # a bug in the node: fail over as for a node that broke
+            log.error("node failed", node=state.key, error=repr(exc)[:200])
+            raise NodeDown(f"{state.key}: generate failed ({type(exc).__name__})") from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "request"
+    return f"{where}: {error['msg']}"
 
 
 def _generation(out: Any) -> Generation:

@@ -3,7 +3,9 @@
 Tools (streamable HTTP at `/mcp`, or in-process through `mcp.Client(node.mcp_server())`):
 - `generate`: run the active edge model on a batch of prompts; the mesh sends the id of the
   request it serves (`request_id`), and the node logs the call under it (one line: status,
-  prompts, milliseconds), so one id names the request at the front door and on the node;
+  prompts, milliseconds), so one id names the request at the front door and on the node.
+  The same work, with the same checks (`GenerateRequest`), is `EdgeNode.serve_generate`: the
+  mesh calls it directly on an in-process node, on the requesting thread;
 - `status`: identity, environment, load and capacity, active model, artifact inventory
   (the mesh's heartbeat);
 - `put_artifact`: receive an artifact (model, playbook snapshot, tensor-logic program),
@@ -22,7 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -40,6 +42,28 @@ log = get_logger("trifecta.edge.node")
 MAX_PROMPTS = 64
 MAX_NEW_TOKENS = 64
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
+
+
+# The `generate` tool's arguments, declared once: the tool's schema and `GenerateRequest`.
+Prompts = Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+NewTokens = Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)]
+Temperature = Annotated[float, Field(ge=0.0, le=5.0)]
+TopLogprobs = Annotated[int, Field(ge=0, le=10)]
+Stops = Annotated[list[str], Field(max_length=8)]
+RequestId = Annotated[str | None, Field(pattern=WELL_FORMED_ID.pattern)]
+
+
+class GenerateRequest(BaseModel):
+    """A `generate` call: what the MCP tool accepts, checked the same way in process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompts: Prompts
+    max_new_tokens: NewTokens = 8
+    temperature: Temperature = 0.0
+    top_logprobs: TopLogprobs = 0
+    stop: Stops = Field(default_factory=list)
+    request_id: RequestId = None
 
 
 class NodePlace(BaseModel):
@@ -198,14 +222,22 @@ class EdgeNode:
             handle.flush()
             EdgeArtifact.load(Path(handle.name))
 
-    async def generate(
-        self,
-        prompts: list[str],
-        max_new_tokens: int,
-        temperature: float,
-        top_logprobs: int,
-        stop: list[str],
-    ) -> GenerateResponse:
+    def serve_generate(self, request: GenerateRequest) -> GenerateResponse:
+        """The `generate` tool's work on the calling thread: the capacity gate, the model, and
+        one log line under the request's id."""
+        with request_scope(accept_request_id(request.request_id)):
+            started = time.perf_counter()
+            answer = self._generate(request)
+            log.info(
+                "generate",
+                node=self.name,
+                status=answer.status,
+                prompts=len(request.prompts),
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+            return answer
+
+    def _generate(self, request: GenerateRequest) -> GenerateResponse:
         runtime = self.runtime
         if runtime is None:
             return GenerateResponse(
@@ -219,14 +251,12 @@ class EdgeNode:
             self._in_flight += 1
         started = time.perf_counter()
         try:
-            generations = await anyio.to_thread.run_sync(
-                lambda: runtime.generate(
-                    prompts,
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_logprobs=top_logprobs,
-                    stop=stop,
-                )
+            generations = runtime.generate(
+                request.prompts,
+                max_new_tokens=request.max_new_tokens,
+                temperature=request.temperature,
+                top_logprobs=request.top_logprobs,
+                stop=request.stop,
             )
         except TrifectaError as exc:
             return GenerateResponse(status="invalid", node=self.name, message=exc.one_line())
@@ -234,7 +264,7 @@ class EdgeNode:
             with self._lock:
                 self._in_flight -= 1
         with self._lock:
-            self._served += len(prompts)
+            self._served += len(request.prompts)
         return GenerateResponse(
             status="ok",
             node=self.name,
@@ -248,26 +278,22 @@ class EdgeNode:
 
         @server.tool(description="Run the node's edge model on a batch of prompts.")
         async def generate(
-            prompts: list[str] = Field(min_length=1, max_length=MAX_PROMPTS),
-            max_new_tokens: int = Field(default=8, ge=1, le=MAX_NEW_TOKENS),
-            temperature: float = Field(default=0.0, ge=0.0, le=5.0),
-            top_logprobs: int = Field(default=0, ge=0, le=10),
-            stop: list[str] = Field(default_factory=list, max_length=8),
-            request_id: str | None = Field(default=None, pattern=WELL_FORMED_ID.pattern),
+            prompts: Prompts,
+            max_new_tokens: NewTokens = 8,
+            temperature: Temperature = 0.0,
+            top_logprobs: TopLogprobs = 0,
+            stop: Stops = Field(default_factory=list),
+            request_id: RequestId = None,
         ) -> GenerateResponse:
-            with request_scope(accept_request_id(request_id)):
-                started = time.perf_counter()
-                answer = await node.generate(
-                    prompts, max_new_tokens, temperature, top_logprobs, stop
-                )
-                log.info(
-                    "generate",
-                    node=node.name,
-                    status=answer.status,
-                    prompts=len(prompts),
-                    ms=round((time.perf_counter() - started) * 1000, 1),
-                )
-                return answer
+            request = GenerateRequest.model_construct(  # checked by the tool's own schema
+                prompts=prompts,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_logprobs=top_logprobs,
+                stop=stop,
+                request_id=request_id,
+            )
+            return await anyio.to_thread.run_sync(node.serve_generate, request)
 
         @server.tool(
             description="Identity, environment, load, active model and artifact inventory."

@@ -28,6 +28,7 @@ Reason = Literal[
     "no_capacity",
     "nodes_failed",
     "rejected_by_node",
+    "invalid_request",
 ]
 
 
