@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from trifecta.generative.expansion import resize
-from trifecta.generative.placement import Cluster, from_scratch, moves_between, place
+from trifecta.generative.placement import Cluster, moves_between, place
 from trifecta.generative.placement_anneal import anneal_min_moves
+
+from .placement_cases import benchmark_first_trace, check_valid
 
 STEPS = 1_000_000  # some 0.3-1.5 s of annealing, as loaded as the machine is
 
@@ -24,47 +26,27 @@ def compiled() -> None:
     anneal_min_moves([{0, 1}, {2, 3}], loads, Cluster.uniform(2, 3), 1.5, [[0, 1], [2, 3]], 0.01)
 
 
-def benchmark_first_trace() -> tuple[list[set[int]], np.ndarray, Cluster, float, list[list[int]]]:
-    """The benchmark's first trace (64 experts, Zipf 0.8, one node added) at the repack's
-    own max/mean, and the greedy's answer there (17 moves)."""
-    rng = np.random.default_rng(1000)
-    weights = 1.0 / np.arange(1, 65) ** 0.8
-    share = weights[rng.permutation(64)] / weights.sum()
-    window = rng.multinomial(131_072, share).astype(np.float64)
-    following = rng.multinomial(int(131_072 * 1.15), share).astype(np.float64)
-    current = place(window, Cluster.with_redundancy(8, 64, 0.10), method="greedy")
-    grown = Cluster(slots=[*current.cluster.slots, max(current.cluster.slots)])
-    level = from_scratch(current, following, grown).imbalance
-    greedy = resize(current, following, add=1, target=level, method="greedy")
-    before = [set(n) for n in current.nodes] + [set()]
-    return before, following, grown, max(level, greedy.imbalance), greedy.placement.nodes
-
-
-def check_valid(placed: list[list[int]], loads: np.ndarray, cluster: Cluster, level: float) -> None:
-    counts = np.bincount([e for n in placed for e in n], minlength=loads.size)
-    assert counts.min() >= 1
-    assert all(len(set(n)) == len(n) <= s for n, s in zip(placed, cluster.slots, strict=True))
-    node_loads = np.array([(loads / counts)[n].sum() for n in placed])
-    assert node_loads.max() / node_loads.mean() <= level + 1e-9
-
-
 def test_annealing_lowers_the_greedy_moves_and_keeps_the_level() -> None:
-    before, loads, cluster, level, start = benchmark_first_trace()
+    case = benchmark_first_trace()
     started = time.perf_counter()
-    found = anneal_min_moves(before, loads, cluster, level, start, 30.0, max_steps=STEPS)
+    found = anneal_min_moves(
+        case.before, case.loads, case.cluster, case.level, case.greedy, 30.0, max_steps=STEPS
+    )
     seconds = time.perf_counter() - started
-    assert found.start_moves == moves_between(before, start) == 17
-    assert found.moves == moves_between(before, found.placed)
+    assert found.start_moves == moves_between(case.before, case.greedy) == 17
+    assert found.moves == moves_between(case.before, found.placed)
     assert found.moves < found.start_moves and found.improved  # 14 when written (17 at 500k)
     assert found.steps == STEPS
-    check_valid(found.placed, loads, cluster, level)
+    check_valid(found.placed, case.loads, case.cluster, case.level)
     assert seconds < 30.0
 
 
 def test_the_time_limit_is_honoured() -> None:
-    before, loads, cluster, level, start = benchmark_first_trace()
+    case = benchmark_first_trace()
     started = time.perf_counter()
-    found = anneal_min_moves(before, loads, cluster, level, start, time_limit_s=0.3)
+    found = anneal_min_moves(
+        case.before, case.loads, case.cluster, case.level, case.greedy, time_limit_s=0.3
+    )
     assert time.perf_counter() - started <= 0.3 + 0.5  # one chunk past it, a loaded machine
     assert found.moves <= found.start_moves
 
@@ -72,11 +54,13 @@ def test_the_time_limit_is_honoured() -> None:
 def test_an_infeasible_start_is_annealed_into_a_feasible_placement() -> None:
     """The placement before the rebalance, an empty node added: over 1.05, which the
     annealer must reach on its own."""
-    before, loads, cluster, _, _ = benchmark_first_trace()
-    start = [sorted(n) for n in before]
-    found = anneal_min_moves(before, loads, cluster, 1.05, start, 30.0, max_steps=STEPS // 4)
+    case = benchmark_first_trace()
+    start = [sorted(n) for n in case.before]
+    found = anneal_min_moves(
+        case.before, case.loads, case.cluster, 1.05, start, 30.0, max_steps=STEPS // 4
+    )
     assert found.improved and found.moves > 0
-    check_valid(found.placed, loads, cluster, 1.05)
+    check_valid(found.placed, case.loads, case.cluster, 1.05)
 
 
 def test_resize_search_runs_what_large_clusters_run_at_any_size() -> None:

@@ -12,6 +12,8 @@ from trifecta.generative.expansion import resize
 from trifecta.generative.placement import Cluster, from_scratch, moves_between, place
 from trifecta.generative.placement_lns import lns_min_moves
 
+from .placement_cases import benchmark_first_trace
+
 
 def zipf_loads(experts: int, exponent: float, seed: int, tokens: int = 100_000) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -57,22 +59,14 @@ def test_lns_never_moves_more_than_its_start_and_keeps_the_target(seed: int) -> 
 
 
 def test_lns_lowers_the_moves_where_the_greedy_overspends() -> None:
-    """64 experts on 9 nodes at the strict level (the benchmark's first trace: Zipf 0.8,
-    128k routed tokens, the next window 15% larger): the greedy's answer moves 17 experts,
-    re-solving a few nodes at a time finds fewer (13 in 5 s when this was written)."""
-    rng = np.random.default_rng(1000)
-    weights = 1.0 / np.arange(1, 65) ** 0.8
-    share = weights[rng.permutation(64)] / weights.sum()
-    window = rng.multinomial(131_072, share).astype(np.float64)
-    following = rng.multinomial(int(131_072 * 1.15), share).astype(np.float64)
-    current = place(window, Cluster.with_redundancy(8, 64, 0.10), method="greedy")
-    grown = Cluster(slots=[*current.cluster.slots, max(current.cluster.slots)])
-    level = from_scratch(current, following, grown).imbalance
-    greedy = resize(current, following, add=1, target=level, method="greedy")
-    before = [set(n) for n in current.nodes] + [set()]
-    start = greedy.placement.nodes
-    found = lns_min_moves(before, following, grown, level, start, time_limit_s=3.0)
-    assert found.start_moves == greedy.moves == 17
+    """64 experts on 9 nodes at the strict level (the benchmark's first trace): the
+    greedy's answer moves 17 experts, re-solving a few nodes at a time finds fewer (13 in
+    5 s when this was written)."""
+    case = benchmark_first_trace()
+    found = lns_min_moves(
+        case.before, case.loads, case.cluster, case.level, case.greedy, time_limit_s=3.0
+    )
+    assert found.start_moves == case.greedy_moves == 17
     assert found.moves < found.start_moves
 
 

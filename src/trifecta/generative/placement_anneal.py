@@ -12,7 +12,9 @@ et al. 1983) under a temperature cooled geometrically over the time limit:
 - replace a redundant replica on a node by another expert.
 Half the proposals take a replica off the most loaded node; the best placement that keeps
 the level is returned. Changes that alter an expert's replica count re-weigh every
-holder, which is why the loads are recomputed per step rather than patched.
+holder, which is why the node loads are summed per step (from per-replica weights kept
+as counts change) rather than patched. A rejected change is undone by its inverse (the
+helpers `_replica`, `_swap`), the same code that applied it.
 
 Written by hand, compiled with numba: no library anneals min-move placements with
 replica-dependent loads, and the step loop must run some 10^5 times a second to matter
@@ -64,15 +66,13 @@ class AnnealResult:
 def _node_loads(
     lists: NDArray[np.int64],
     sizes: NDArray[np.int64],
-    loads: NDArray[np.float64],
-    counts: NDArray[np.int64],
+    weight: NDArray[np.float64],
     out: NDArray[np.float64],
 ) -> None:
     for n in range(sizes.size):
         total = 0.0
         for i in range(sizes[n]):
-            e = lists[n, i]
-            total += loads[e] / counts[e]
+            total += weight[lists[n, i]]
         out[n] = total
 
 
@@ -94,13 +94,67 @@ def _spread(load: NDArray[np.float64], unit: float) -> float:
     return total
 
 
-@njit(cache=True)
-def _remove(lists: NDArray[np.int64], sizes: NDArray[np.int64], n: int, e: int) -> None:
-    for i in range(sizes[n]):
+@njit(cache=True, inline="always")
+def _take(
+    lists: NDArray[np.int64], sizes: NDArray[np.int64], held: NDArray[np.bool_], n: int, e: int
+) -> None:
+    held[n, e] = False
+    for i in range(sizes[n] - 1, -1, -1):  # from the end: an undo takes the last one put
         if lists[n, i] == e:
             lists[n, i] = lists[n, sizes[n] - 1]
             sizes[n] -= 1
             return
+
+
+@njit(cache=True, inline="always")
+def _put(
+    lists: NDArray[np.int64], sizes: NDArray[np.int64], held: NDArray[np.bool_], n: int, e: int
+) -> None:
+    held[n, e] = True
+    lists[n, sizes[n]] = e
+    sizes[n] += 1
+
+
+@njit(cache=True, inline="always")
+def _replica(
+    lists: NDArray[np.int64],
+    sizes: NDArray[np.int64],
+    held: NDArray[np.bool_],
+    counts: NDArray[np.int64],
+    loads: NDArray[np.float64],
+    weight: NDArray[np.float64],
+    n: int,
+    e: int,
+    add: bool,
+) -> None:
+    """A replica of e joins node n (`add`) or leaves it; each undoes the other. The
+    expert's weight per replica follows its count."""
+    if add:
+        _put(lists, sizes, held, n, e)
+        counts[e] += 1
+    else:
+        _take(lists, sizes, held, n, e)
+        counts[e] -= 1
+    weight[e] = loads[e] / counts[e]
+
+
+@njit(cache=True, inline="always")
+def _swap(
+    lists: NDArray[np.int64],
+    sizes: NDArray[np.int64],
+    held: NDArray[np.bool_],
+    n: int,
+    a: int,
+    m: int,
+    b: int,
+) -> None:
+    """a leaves n for m and b (when >= 0) leaves m for n: a move when b < 0. Undone by
+    `_swap(n, b, m, a)` (or `_swap(m, a, n, -1)` for a move)."""
+    _take(lists, sizes, held, n, a)
+    if b >= 0:
+        _take(lists, sizes, held, m, b)
+        _put(lists, sizes, held, n, b)
+    _put(lists, sizes, held, m, a)
 
 
 @njit(cache=True)
@@ -127,7 +181,8 @@ def _anneal_chunk(
     nodes, experts = held.shape
     load = np.zeros(nodes)
     new_load = np.zeros(nodes)
-    _node_loads(lists, sizes, loads, counts, load)
+    weight = loads / counts  # a replica's load, kept as replica counts change
+    _node_loads(lists, sizes, weight, load)
     for _ in range(steps):
         h = int(np.argmax(load))
         kind = np.random.randint(0, 5)
@@ -135,35 +190,26 @@ def _anneal_chunk(
         n = h if (kind != 1 and np.random.random() < 0.5) else np.random.randint(0, nodes)
         m = np.random.randint(0, nodes)
         a = -1  # the expert that leaves n
-        b = -1  # the expert that joins n (drop/add) or leaves m (swap)
+        b = -1  # the expert that joins n (add, replace) or leaves m (swap)
+        delta = 0.0  # the change in moves
         if sizes[n] > 0:
             a = lists[n, np.random.randint(0, sizes[n])]
-        delta = 0.0
         if kind == 0:  # drop a from n
             if a < 0 or counts[a] < 2:
                 continue
             delta = -1.0 + before[n, a]
-            _remove(lists, sizes, n, a)
-            held[n, a] = False
-            counts[a] -= 1
-        elif kind == 1:  # add b on n; half the time one n held before
+            _replica(lists, sizes, held, counts, loads, weight, n, a, False)
+        elif kind == 1:  # add b on n
             b = np.random.randint(0, experts)
             if held[n, b] or sizes[n] >= slots[n]:
                 continue
             delta = 1.0 - before[n, b]
-            lists[n, sizes[n]] = b
-            sizes[n] += 1
-            held[n, b] = True
-            counts[b] += 1
+            _replica(lists, sizes, held, counts, loads, weight, n, b, True)
         elif kind == 2:  # move a from n to m
             if a < 0 or m == n or held[m, a] or sizes[m] >= slots[m]:
                 continue
             delta = (1.0 - before[m, a]) - (1.0 - before[n, a])
-            _remove(lists, sizes, n, a)
-            held[n, a] = False
-            lists[m, sizes[m]] = a
-            sizes[m] += 1
-            held[m, a] = True
+            _swap(lists, sizes, held, n, a, m, -1)
         elif kind == 3:  # swap a (on n) with b (on m)
             if a < 0 or m == n or sizes[m] == 0 or held[m, a]:
                 continue
@@ -172,29 +218,15 @@ def _anneal_chunk(
                 continue
             delta = (1.0 - before[m, a]) + (1.0 - before[n, b])
             delta -= (1.0 - before[n, a]) + (1.0 - before[m, b])
-            _remove(lists, sizes, n, a)
-            _remove(lists, sizes, m, b)
-            lists[n, sizes[n]] = b
-            sizes[n] += 1
-            lists[m, sizes[m]] = a
-            sizes[m] += 1
-            held[n, a] = False
-            held[m, b] = False
-            held[n, b] = True
-            held[m, a] = True
+            _swap(lists, sizes, held, n, a, m, b)
         else:  # replace a on n (a redundant replica) by b
             b = np.random.randint(0, experts)
             if a < 0 or counts[a] < 2 or held[n, b]:
                 continue
             delta = (1.0 - before[n, b]) - (1.0 - before[n, a])
-            _remove(lists, sizes, n, a)
-            held[n, a] = False
-            counts[a] -= 1
-            lists[n, sizes[n]] = b
-            sizes[n] += 1
-            held[n, b] = True
-            counts[b] += 1
-        _node_loads(lists, sizes, loads, counts, new_load)
+            _replica(lists, sizes, held, counts, loads, weight, n, a, False)
+            _replica(lists, sizes, held, counts, loads, weight, n, b, True)
+        _node_loads(lists, sizes, weight, new_load)
         over = _overload(new_load, cap, unit)
         spread = _spread(new_load, unit)
         change = delta + penalty * (over - state[1]) + SHAPE * (spread - state[2])
@@ -208,41 +240,18 @@ def _anneal_chunk(
                 best_lists[:, :] = lists
                 best_sizes[:] = sizes
             continue
-        # Rejected: undo.
+        # Rejected: the inverse change.
         if kind == 0:
-            lists[n, sizes[n]] = a
-            sizes[n] += 1
-            held[n, a] = True
-            counts[a] += 1
+            _replica(lists, sizes, held, counts, loads, weight, n, a, True)
         elif kind == 1:
-            sizes[n] -= 1
-            held[n, b] = False
-            counts[b] -= 1
+            _replica(lists, sizes, held, counts, loads, weight, n, b, False)
         elif kind == 2:
-            sizes[m] -= 1
-            held[m, a] = False
-            lists[n, sizes[n]] = a
-            sizes[n] += 1
-            held[n, a] = True
+            _swap(lists, sizes, held, m, a, n, -1)
         elif kind == 3:
-            _remove(lists, sizes, n, b)
-            _remove(lists, sizes, m, a)
-            lists[n, sizes[n]] = a
-            sizes[n] += 1
-            lists[m, sizes[m]] = b
-            sizes[m] += 1
-            held[n, b] = False
-            held[m, a] = False
-            held[n, a] = True
-            held[m, b] = True
+            _swap(lists, sizes, held, n, b, m, a)
         else:
-            sizes[n] -= 1
-            held[n, b] = False
-            counts[b] -= 1
-            lists[n, sizes[n]] = a
-            sizes[n] += 1
-            held[n, a] = True
-            counts[a] += 1
+            _replica(lists, sizes, held, counts, loads, weight, n, b, False)
+            _replica(lists, sizes, held, counts, loads, weight, n, a, True)
 
 
 def anneal_min_moves(
