@@ -118,6 +118,7 @@ class ContextService:
         self.hot_reads: HotReads[Read[Any]] = HotReads(
             kept=self.settings.hot_reads_kept,
             per_write=self.settings.hot_reads_refreshed if self.cache_enabled else 0,
+            first_asks=self.settings.standing_searches_first_asks,
         )
         # With caching off every read embeds and scans afresh (the uncached baseline).
         self.query_vectors = QueryEmbeddings(

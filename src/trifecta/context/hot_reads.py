@@ -21,6 +21,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from trifecta.context.standing import FirstAsks
+
 
 class Keyed(Protocol):
     """What a hot read is known by: its domain and its result-cache key."""
@@ -45,18 +47,27 @@ class _Entry(Generic[R]):
 @dataclass
 class _Domain(Generic[R]):
     reads: OrderedDict[str, _Entry[R]]
+    firsts: FirstAsks  # reads asked once, by hash
     batches: int = 0  # writes that took its hot reads
 
 
 class HotReads(Generic[R]):
     """Per domain, the reads asked lately (least recently asked dropped past `kept`), for
     the `domains` domains asked lately. Thread-safe: request threads, the event loop and
-    the learning worker call it."""
+    the learning worker call it.
 
-    def __init__(self, *, kept: int, per_write: int, domains: int = 256):
+    With `first_asks` a read is kept from its second ask: the last `first_asks` first asks
+    of a domain are remembered by hash (about 0.1 KB each, `standing.FirstAsks`) instead of
+    as the read and its closure (its request, the prompt among it), so prompts asked once,
+    most of a generated stream, never fill `kept` (issue 16: a soak's memory grew with
+    them). A read asked once is never taken either way. 0 keeps every read from its first
+    ask."""
+
+    def __init__(self, *, kept: int, per_write: int, domains: int = 256, first_asks: int = 0):
         self.kept = kept
         self.per_write = per_write
         self.max_domains = domains
+        self.first_asks = first_asks
         self._domains: OrderedDict[str, _Domain[R]] = OrderedDict()
         self._lock = threading.Lock()
         self.refreshed = 0  # reads recomputed by a writer
@@ -68,14 +79,18 @@ class HotReads(Generic[R]):
         with self._lock:
             domain = self._domains.get(read.domain)
             if domain is None:
-                domain = self._domains[read.domain] = _Domain(OrderedDict())
+                domain = self._domains[read.domain] = _Domain(
+                    OrderedDict(), FirstAsks(self.first_asks)
+                )
                 while len(self._domains) > self.max_domains:
                     self._domains.popitem(last=False)
             self._domains.move_to_end(read.domain)
             reads = domain.reads
             entry = reads.get(read.key)
             if entry is None:
-                reads[read.key] = _Entry(read, domain.batches)
+                if not domain.firsts.again(hash(read.key)):
+                    return  # a first ask: remembered by hash only
+                reads[read.key] = _Entry(read, domain.batches, 2 if self.first_asks else 1)
                 while len(reads) > self.kept:
                     reads.popitem(last=False)
                 return

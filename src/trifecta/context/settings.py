@@ -68,7 +68,8 @@ class ContextSettings(LayerSettings):
         # keep at the first ask).
         default=1024,
         ge=0,
-        description="first asks a view remembers: a search or ranking is kept from its second",
+        description="first asks a view (and the hot reads) remember per domain: a search, "
+        "ranking or hot read is kept from its second",
     )
     bullet_rankings_kept: int = Field(
         # A ranking is 7-28 KB at 10-50 bullets (measured); the queries that recur are the
