@@ -30,15 +30,16 @@ memory items), split in two phases:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from trifecta.context import tables
 from trifecta.context.deltas import AddOp, DeltaResult, UpdateOp
-from trifecta.context.learn_queue import mark_done, still_pending
+from trifecta.context.learn_queue import Done, mark_done_many, still_pending
 from trifecta.context.memory import (
     Extraction,
     MemoryExtractor,
@@ -52,7 +53,13 @@ from trifecta.context.settings import ContextSettings
 from trifecta.context.sql import Vector, lock_domain, to_vector
 from trifecta.context.store import ShardStore
 from trifecta.context.trajectory import Trajectory
-from trifecta.context.writes import Changes, PendingMemory, changes_in, insert_memories, merge_delta
+from trifecta.context.writes import (
+    Changes,
+    MemoryBatch,
+    PendingMemory,
+    changes_in,
+    merge_delta,
+)
 from trifecta.core.db import transaction
 from trifecta.core.errors import TrifectaError
 
@@ -279,34 +286,52 @@ def apply_batch(
 ) -> BatchResult:
     """Write every plan whose row is still pending and mark the rows, in one transaction.
     A plan the merge refuses (a `TrifectaError`) is rolled back alone and its row `failed`.
-    Raises `DomainMoved` if a move fenced the domain off this shard."""
+    Raises `DomainMoved` if a move fenced the domain off this shard.
+
+    The statements are few whatever the batch's size: the memories of every plan go in at
+    the end (`MemoryBatch`), the rows are closed by one executemany, and the domain's
+    version is written once; only a plan with a delta runs statements of its own (in a
+    savepoint, the only step that can refuse)."""
     done = failed = 0
     with transaction(store.engine, write=True) as session:
         start = version = lock_domain(session, domain)
         open_rows = still_pending(session, [p.row_id for p in plans])
-        for plan in plans:
-            if plan.row_id not in open_rows:
-                continue  # another worker learned it first
-            before = version
-            try:
-                with session.begin_nested():
-                    applied: DeltaResult | None = None
-                    added: list[AddedMemory] = []
-                    delta = plan.curation.delta
-                    if delta is not None:
+        todo = [p for p in plans if p.row_id in open_rows]  # the rest: another worker's
+        memories = MemoryBatch(session, domain, [m.id for p in todo for m in p.memories])
+        closed: list[Done] = []
+        for plan in todo:
+            applied: DeltaResult | None = None
+            delta = plan.curation.delta
+            if delta is not None:
+                try:
+                    with session.begin_nested():
                         applied = merge_delta(
-                            session, domain, version, delta, plan.delta_vectors, settings
+                            session,
+                            domain,
+                            version,
+                            delta,
+                            plan.delta_vectors,
+                            settings,
+                            write_version=False,
                         )
-                        version = applied.version
-                    if plan.memories:
-                        version, added = insert_memories(session, domain, version, plan.memories)
-            except TrifectaError as exc:
-                version = before
-                mark_done(session, plan.row_id, version, {"error": exc.to_dict()}, "failed")
-                failed += 1
-                continue
-            mark_done(session, plan.row_id, version, _summary(applied, added))
+                except TrifectaError as exc:
+                    closed.append((plan.row_id, version, {"error": exc.to_dict()}, "failed"))
+                    failed += 1
+                    continue
+                version = applied.version
+            added: list[AddedMemory] = []
+            if plan.memories:
+                version, added = memories.add(version, plan.memories)
+            closed.append((plan.row_id, version, _summary(applied, added), "done"))
             done += 1
+        memories.flush(session)
+        if version != start:
+            session.execute(
+                update(tables.domains)
+                .where(tables.domains.c.domain == domain)
+                .values(version=version, updated_at=time.time())
+            )
+        mark_done_many(session, closed)
         changes = changes_in(session, domain, start, version)
     return BatchResult(changes, done, failed)
 

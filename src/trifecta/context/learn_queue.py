@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from trifecta.context import tables
 from trifecta.context.sql import (
     DomainMoved,
     Vector,
-    check_readable,
     insert_for,
     to_bytes,
     vector_or_none,
@@ -139,6 +138,26 @@ class Queued:
 Item = tuple[str, Trajectory, Vector | None]  # domain, trajectory, its query vector
 
 
+_DOMAIN_STATE = select(tables.domains.c.state, tables.domains.c.moved_to).where(
+    tables.domains.c.domain == bindparam("b_domain")
+)
+_INSERTS: dict[str, Any] = {}  # dialect name -> the queue's INSERT
+
+
+def _insert_statement(session: Session) -> Any:
+    """The queue's INSERT ... ON CONFLICT DO NOTHING RETURNING for the session's dialect
+    (a trajectory already queued is skipped by the unique index)."""
+    name = session.get_bind().dialect.name
+    stmt = _INSERTS.get(name)
+    if stmt is None:
+        stmt = _INSERTS[name] = (
+            insert_for(session, tables.learn_queue)
+            .on_conflict_do_nothing(index_elements=["domain", "trajectory_id"])
+            .returning(Q.id, Q.domain, Q.trajectory_id)
+        )
+    return stmt
+
+
 class LearnQueue:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -159,11 +178,12 @@ class LearnQueue:
         with transaction(self.engine, write=True) as session:
             fenced: dict[str, DomainMoved | None] = {}
             for domain in dict.fromkeys(d for d, _, _ in items):
-                try:
-                    check_readable(session, domain)
-                    fenced[domain] = None
-                except DomainMoved as moved:
-                    fenced[domain] = moved
+                row = session.execute(_DOMAIN_STATE, {"b_domain": domain}).first()
+                fenced[domain] = (
+                    DomainMoved(domain, row.moved_to)
+                    if row is not None and row.state == "moved"
+                    else None
+                )
             open_items = [item for item in items if fenced[item[0]] is None]
             tickets = self._insert(session, open_items, now)
         return [
@@ -179,28 +199,25 @@ class LearnQueue:
         skipped; per (domain, trajectory id), the tickets in the order they were handed in."""
         if not items:
             return {}
-        stmt = insert_for(session, tables.learn_queue).values(
-            [
-                {
-                    "domain": domain,
-                    "trajectory_id": trajectory.id,
-                    "capsule_id": trajectory.capsule_id,
-                    "payload": trajectory.model_dump_json(),
-                    "state": "pending",
-                    "attempts": 0,
-                    "submitted_at": now,
-                    "query_vector": None if vector is None else to_bytes(vector),
-                }
-                for domain, trajectory, vector in items
-            ]
-        )
+        rows = [
+            {
+                "domain": domain,
+                "trajectory_id": trajectory.id,
+                "capsule_id": trajectory.capsule_id,
+                "payload": trajectory.model_dump_json(),
+                "state": "pending",
+                "attempts": 0,
+                "submitted_at": now,
+                "query_vector": None if vector is None else to_bytes(vector),
+            }
+            for domain, trajectory, vector in items
+        ]
+        # One statement object per dialect, executed with the rows (SQLAlchemy renders them
+        # as one multi-row INSERT, in order): its compiled form is reused, where an INSERT
+        # built with the rows' values was keyed and compiled anew every group.
         inserted = {
             (r.domain, r.trajectory_id): int(r.id)
-            for r in session.execute(
-                stmt.on_conflict_do_nothing(index_elements=["domain", "trajectory_id"]).returning(
-                    Q.id, Q.domain, Q.trajectory_id
-                )
-            )
+            for r in session.execute(_insert_statement(session), rows)
         }
         earlier: dict[tuple[str, str], tuple[int, float]] = {}
         missing = {(d, t.id) for d, t, _ in items} - set(inserted)
@@ -307,12 +324,38 @@ def still_pending(session: Session, ids: list[int]) -> set[int]:
     return {int(r[0]) for r in rows}
 
 
+# Built once: closing a batch's rows is one executemany of one compiled statement.
+_MARK_DONE = (
+    update(tables.learn_queue)
+    .where(Q.id == bindparam("b_id"))
+    .values(
+        state=bindparam("b_state"),
+        version=bindparam("b_version"),
+        result=bindparam("b_result", type_=tables.learn_queue.c.result.type),
+        done_at=bindparam("b_done_at"),
+        error=None,
+    )
+)
+
+Done = tuple[int, int, dict[str, Any], str]  # row id, version, result, state
+
+
 def mark_done(
     session: Session, row_id: int, version: int, result: dict[str, Any], state: str = "done"
 ) -> None:
     """Close a row in the transaction that wrote its learning."""
+    mark_done_many(session, [(row_id, version, result, state)])
+
+
+def mark_done_many(session: Session, rows: Sequence[Done]) -> None:
+    """Close rows in the transaction that wrote their learning."""
+    if not rows:
+        return
+    now = time.time()
     session.execute(
-        update(tables.learn_queue)
-        .where(Q.id == row_id)
-        .values(state=state, version=version, result=result, done_at=time.time(), error=None)
+        _MARK_DONE,
+        [
+            {"b_id": i, "b_state": state, "b_version": v, "b_result": result, "b_done_at": now}
+            for i, v, result, state in rows
+        ],
     )

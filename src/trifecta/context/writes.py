@@ -3,7 +3,9 @@
 `ShardStore` runs each alone (one delta, one batch of memories); the learning worker runs
 many of them, and the marking of its queue rows, in one transaction under one domain lock.
 Every step takes the domain's current version (the caller holds the lock) and returns the
-version after it: a step that changes rows bumps it, and its rows carry the new value.
+version after it: a step that changes rows bumps it, and its rows carry the new value. The
+worker's transaction keeps the version in hand and writes it once at its end
+(`write_version=False`, `MemoryBatch`): nobody else reads it before the commit.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from trifecta.context import tables
@@ -83,9 +85,12 @@ def merge_delta(
     delta: Delta,
     vectors: Mapping[str, Vector],
     settings: ContextSettings,
+    *,
+    write_version: bool = True,
 ) -> DeltaResult:
     """Merge a delta and grow-and-refine. `vectors` maps each ADD or UPDATE content to its
-    embedding (computed before the lock was taken). The result carries the new version."""
+    embedding (computed before the lock was taken). The result carries the new version;
+    with `write_version=False` the caller writes it to the domain row."""
     now = time.time()
     refs = referenced_ids(delta.ops)
     op_ids = [op.op_id for op in delta.ops]
@@ -136,7 +141,7 @@ def merge_delta(
     )
     if grows:
         report.evicted = evict_over_budget(state, settings.playbook_token_budget, now=now)
-    version = bump_version(session, domain, version)
+    version = bump_version(session, domain, version) if write_version else version + 1
     changed = [bid for bid, b in state.items() if before.get(bid) != b.key()]
     for bid in changed:
         row = {**state[bid].__dict__, "status": state[bid].status.value, "seq": version}
@@ -193,59 +198,115 @@ def _load_for_merge(
             state[r.id] = BulletState.of(bullet_of(r))
 
 
+# One statement for every reinforced item of a batch (executemany): built once, so its
+# compiled form is reused instead of building and compiling an UPDATE per item.
+_REINFORCE = (
+    update(tables.memories)
+    .where(M.domain == bindparam("b_domain"), M.id == bindparam("b_id"))
+    .values(
+        reinforced=M.reinforced + bindparam("b_count"),
+        updated_at=bindparam("b_now"),
+        seq=bindparam("b_seq"),
+    )
+)
+
+
+class MemoryBatch:
+    """The memories of several steps of one transaction under the domain's lock, written at
+    `flush`: one SELECT of the ids already stored, one multi-row INSERT and one executemany
+    UPDATE of the reinforced stored items, instead of that round of statements per step
+    (SQLAlchemy's work per statement was most of the learner's CPU in SQL). The rows end as
+    the steps one at a time leave them: an item added and then reinforced in the same batch
+    is inserted with its count, its last `updated_at` and its last version."""
+
+    def __init__(self, session: Session, domain: str, ids: Sequence[str]):
+        self.domain = domain
+        wanted = sorted(set(ids))
+        self._existing: set[str] = (
+            {
+                str(r[0])
+                for r in session.execute(select(M.id).where(M.domain == domain, M.id.in_(wanted)))
+            }
+            if wanted
+            else set()
+        )
+        self._inserts: dict[str, dict[str, Any]] = {}  # by id, in the order added
+        self._reinforce: dict[str, dict[str, Any]] = {}  # stored items: count, now, seq
+
+    def add(self, version: int, pending: Sequence[PendingMemory]) -> tuple[int, list[AddedMemory]]:
+        """One step: append memories (an id already stored or added is left as it is; an
+        item with a `reinforce` target bumps that item's count instead); the version after."""
+        now = time.time()
+        results: list[AddedMemory] = []
+        rows: list[dict[str, Any]] = []
+        reinforce: dict[str, int] = {}
+        for p in pending:
+            if p.id in self._existing:
+                results.append(AddedMemory(id=p.id, status="exists"))
+                continue
+            self._existing.add(p.id)
+            if p.reinforce:
+                reinforce[p.reinforce] = reinforce.get(p.reinforce, 0) + 1
+                results.append(AddedMemory(id=p.id, status="reinforced", reinforced_id=p.reinforce))
+                continue
+            d = p.draft
+            rows.append(
+                {
+                    "domain": self.domain,
+                    "id": p.id,
+                    "title": d.title,
+                    "description": d.description,
+                    "content": d.content,
+                    "outcome": d.outcome,
+                    "source_capsule": d.source.capsule_id,
+                    "source_task": d.source.task_id,
+                    "source_trajectory": d.source.trajectory_id,
+                    "reinforced": 0,
+                    "status": "active",
+                    "embedding": to_bytes(p.vector),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            results.append(AddedMemory(id=p.id, status="added"))
+        if not rows and not reinforce:
+            return version, results
+        version += 1
+        for row in rows:
+            row["seq"] = version
+            self._inserts[row["id"]] = row
+        for target, count in sorted(reinforce.items()):
+            added = self._inserts.get(target)
+            if added is not None:  # added earlier in this batch: not in the table yet
+                added.update(reinforced=added["reinforced"] + count, updated_at=now, seq=version)
+                continue
+            stored = self._reinforce.setdefault(target, {"b_count": 0})
+            stored.update(b_count=stored["b_count"] + count, b_now=now, b_seq=version)
+        return version, results
+
+    def flush(self, session: Session) -> None:
+        """Write what the steps added (in the caller's transaction)."""
+        if self._inserts:
+            session.execute(tables.memories.insert(), list(self._inserts.values()))
+        if self._reinforce:
+            session.execute(
+                _REINFORCE,
+                [
+                    {"b_domain": self.domain, "b_id": target, **values}
+                    for target, values in sorted(self._reinforce.items())
+                ],
+            )
+        self._inserts, self._reinforce = {}, {}
+
+
 def insert_memories(
     session: Session, domain: str, version: int, pending: Sequence[PendingMemory]
 ) -> tuple[int, list[AddedMemory]]:
     """Append memories; an item whose id exists is left as it is, and an item with a
     `reinforce` target bumps that item's count instead of adding a near-duplicate."""
-    now = time.time()
-    ids = [p.id for p in pending]
-    existing = {
-        str(r[0]) for r in session.execute(select(M.id).where(M.domain == domain, M.id.in_(ids)))
-    }
-    results: list[AddedMemory] = []
-    inserts: list[dict[str, Any]] = []
-    reinforce: dict[str, int] = {}
-    for p in pending:
-        if p.id in existing:
-            results.append(AddedMemory(id=p.id, status="exists"))
-            continue
-        existing.add(p.id)
-        if p.reinforce:
-            reinforce[p.reinforce] = reinforce.get(p.reinforce, 0) + 1
-            results.append(AddedMemory(id=p.id, status="reinforced", reinforced_id=p.reinforce))
-            continue
-        d = p.draft
-        inserts.append(
-            {
-                "domain": domain,
-                "id": p.id,
-                "title": d.title,
-                "description": d.description,
-                "content": d.content,
-                "outcome": d.outcome,
-                "source_capsule": d.source.capsule_id,
-                "source_task": d.source.task_id,
-                "source_trajectory": d.source.trajectory_id,
-                "reinforced": 0,
-                "status": "active",
-                "embedding": to_bytes(p.vector),
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
-        results.append(AddedMemory(id=p.id, status="added"))
-    if not inserts and not reinforce:
-        return version, results
-    version = bump_version(session, domain, version)
-    for row in inserts:
-        row["seq"] = version
-    if inserts:
-        session.execute(tables.memories.insert(), inserts)
-    for target, count in sorted(reinforce.items()):
-        session.execute(
-            update(tables.memories)
-            .where(M.domain == domain, M.id == target)
-            .values(reinforced=M.reinforced + count, updated_at=now, seq=version)
-        )
-    return version, results
+    batch = MemoryBatch(session, domain, [p.id for p in pending])
+    after, results = batch.add(version, pending)
+    if after != version:
+        bump_version(session, domain, version)
+    batch.flush(session)
+    return after, results
