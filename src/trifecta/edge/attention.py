@@ -32,7 +32,7 @@ def rotate(x: Array, cos: Array, sin: Array) -> Array:
     """Apply RoPE to x (tokens, heads, head_dim) with cos/sin rows (tokens, head_dim)."""
     half = x.shape[-1] // 2
     turned = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return (x * cos[:, None, :] + turned * sin[:, None, :]).astype(np.float32)
+    return (x * cos[:, None, :] + turned * sin[:, None, :]).astype(np.float32, copy=False)
 
 
 class KVBatch:
@@ -72,6 +72,7 @@ def attend_step(
     kh = keys.reshape(batch, total, heads, head_dim).transpose(0, 2, 3, 1)
     vh = values.reshape(batch, total, heads, head_dim).transpose(0, 2, 1, 3)
     scores = (qh @ kh) * np.float32(1.0 / np.sqrt(head_dim))  # (B, H, 1, T)
-    hidden = np.arange(total)[None, :] >= lengths[:, None]
-    scores = np.where(hidden[:, None, None, :], np.float32(-np.inf), scores)
+    if batch > 1 or lengths[0] < total:  # else one sequence sees every position: no mask
+        hidden = np.arange(total)[None, :] >= lengths[:, None]
+        scores = np.where(hidden[:, None, None, :], np.float32(-np.inf), scores)
     return (_softmax(scores) @ vh).reshape(batch, d).astype(np.float32)

@@ -182,11 +182,17 @@ class EdgeRuntime:
                     layer, block, x, sequences, rows, positions, bounds, one_cache
                 )
                 qkv = block.qkv.quantized(x_q, multiplier, threads)
-            q, k, v = qkv[:, :d], qkv[:, d : 2 * d], qkv[:, 2 * d :]
-            if rotary:
-                heads = (len(q), cfg.n_heads, cfg.head_dim)
-                q = rotate(q.reshape(heads), cos, sin).reshape(len(q), d)
-                k = rotate(k.reshape(heads), cos, sin).reshape(len(k), d)
+            if rotary:  # q and k in one call: their heads side by side, the same rows
+                qk = rotate(
+                    qkv[:, : 2 * d].reshape(len(qkv), 2 * cfg.n_heads, cfg.head_dim), cos, sin
+                )
+                q, k = (
+                    qk[:, : cfg.n_heads].reshape(len(qkv), d),
+                    qk[:, cfg.n_heads :].reshape(len(qkv), d),
+                )
+            else:
+                q, k = qkv[:, :d], qkv[:, d : 2 * d]
+            v = qkv[:, 2 * d :]
             for i, seq in enumerate(sequences):
                 span = slice(starts[i], starts[i] + counts[i])
                 seq.cache.keys[layer, seq.row, span] = k[bounds[i] : bounds[i + 1]]
