@@ -14,6 +14,7 @@ from tests.context.test_retrieval_survives_writes import CAPSULE, PROMPTS
 from trifecta.context.hot_reads import HotReads
 from trifecta.context.models import RetrieveRequest
 from trifecta.context.settings import ContextSettings
+from trifecta.core.heap_report import tracked_sizes
 
 
 @dataclass(frozen=True)
@@ -84,3 +85,13 @@ def test_the_service_keeps_a_retrieve_from_its_second_ask(
         assert service.cache_stats()["hot_reads"] == 1
     finally:
         service.close()
+
+
+def test_the_first_asks_are_in_the_sizes_report_within_their_bound() -> None:
+    hot: HotReads[Ask] = HotReads(kept=8, per_write=2, first_asks=16)
+    for i in range(100):
+        hot.asked(Ask("sized", f"once-{i}"))
+    held = tracked_sizes()["context first asks (hashes)"]
+    # Other live trackers (other tests' views) are summed in: this one adds 16 of 16.
+    assert held["entries"] <= held["bound"]
+    assert hot._domains["sized"].firsts.entries == hot._domains["sized"].firsts.bound == 16

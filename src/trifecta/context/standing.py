@@ -37,6 +37,7 @@ from trifecta.context.models import MemoryItem
 from trifecta.context.settings import ContextSettings
 from trifecta.context.sql import Vector
 from trifecta.context.vector_index import FLOAT32_SLACK, cosines, rank_key
+from trifecta.core.heap_report import track
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,18 @@ class FirstAsks:
     def __init__(self, size: int):
         self.size = size
         self._hashes: OrderedDict[int, None] = OrderedDict()
+        track("context first asks (hashes)", self)  # the sizes report: filling or full
 
     def __len__(self) -> int:
         return len(self._hashes)
+
+    @property
+    def entries(self) -> int:
+        return len(self._hashes)
+
+    @property
+    def bound(self) -> int:
+        return self.size
 
     def again(self, hashed: int) -> bool:
         """True if this is (at least) the key's second ask, or the doorkeeper is off (size
