@@ -98,3 +98,52 @@ def test_the_learner_process_sets_up_its_heap_as_the_server_does(tmp_path: Path)
     assert not sizes.exists()  # the learner writes its own file, not the server's
     lines = (tmp_path / "sizes.jsonl.learner").read_text().splitlines()
     assert json.loads(lines[0])["malloc"]["arenas"] <= 2  # its arenas capped
+
+
+def test_the_sizes_report_counts_the_sqlite_connections_held_open(tmp_path: Path) -> None:
+    from trifecta.core.db import dispose_engines, get_engine
+    from trifecta.core.heap_report import sqlite_connections
+
+    dispose_engines()
+    engine = get_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    held = [engine.connect() for _ in range(3)]
+    try:
+        assert sqlite_connections() == {"engines": 1, "open": 3, "checked_out": 3}
+    finally:
+        for connection in held:
+            connection.close()
+    assert sqlite_connections() == {"engines": 1, "open": 3, "checked_out": 0}  # pooled
+    dispose_engines()
+    assert sqlite_connections() == {"engines": 0, "open": 0, "checked_out": 0}
+
+
+def blocks(count: int) -> list[bytearray]:
+    return [bytearray(1000) for _ in range(count)]  # the line both lists are made on
+
+
+def test_the_heap_report_can_take_its_baseline_later(tmp_path: Path) -> None:
+    from trifecta.core.heap_report import HeapReporter
+
+    report = tmp_path / "heap.jsonl"
+    reporter = HeapReporter(report, interval_s=0.2, baseline_s=1.0)
+    reporter.start()
+    early = blocks(3000)  # traced, but made before the baseline: not growth
+    assert not reporter.ready.is_set()
+    # Counting every object of a test session takes seconds on a loaded machine.
+    assert reporter.ready.wait(60)
+    late = blocks(3000)
+    deadline = time.monotonic() + 60
+    grown: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        text = report.read_text() if report.exists() else ""
+        lines = [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines()]
+        if lines:
+            grown = {row["where"]: row["kb"] for row in lines[-1]["python_growth"]}
+            if any("test_heap_sizes.py" in where for where in grown):
+                break
+        time.sleep(0.1)
+    reporter.close()
+    line = [kb for where, kb in grown.items() if "test_heap_sizes.py" in where]
+    # The 3 MB made after the baseline, not the 6 MB the line made since tracing began.
+    assert len(line) == 1 and 2800 < line[0] < 4500
+    del early, late
