@@ -8,9 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trifecta.core.embed_compiled import ENGINE_ENV, load_engine
+from trifecta.cli import main
+from trifecta.core import embed_compiled
+from trifecta.core.embed_compiled import ENGINE_ENV, CompiledEncoder, load_engine
 from trifecta.core.embeddings import LENGTH_BUCKETS, MAX_BATCH, MiniLMEmbedder, get_embedder
 from trifecta.core.errors import InvalidInput
+from trifecta.core.settings import Settings, get_settings
 
 QUERIES = ["t=41,p=17,r=63;t+r?", "41+53?", "a=4,k=9,n=13;a+k?", "What is 17 + 25?"]
 # The least cosine between the compiled and the eager vector of a text, both bfloat16
@@ -77,3 +80,67 @@ def test_a_failing_compile_falls_back_to_eager_and_says_so(
     assert compiled.engine_in_use == "eager"
     assert compiled.compiled.broken is not None and "oneDNN" in compiled.compiled.broken
     assert float((vectors * expected).sum()) >= COSINE_EAGER
+
+
+def test_a_bad_engine_fails_at_start_up_in_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(ENGINE_ENV, "onnx")
+    with pytest.raises(InvalidInput) as error:
+        Settings()
+    assert error.value.field == ENGINE_ENV
+    get_settings.cache_clear()  # the CLI reads the settings afresh, as a new process does
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(["run", "--requests", "1", "--seed", "7"])
+    finally:
+        get_settings.cache_clear()
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and ENGINE_ENV in lines[0] and "'onnx'" in lines[0]
+    assert "torchscript" in lines[0]  # the allowed values
+
+
+def test_packed_weights_give_the_plain_trace_s_vectors_and_leave_the_model_alone(
+    compiled: MiniLMEmbedder,
+) -> None:
+    import torch
+
+    assert compiled.compiled is not None
+    compiled.embed(QUERIES[:1])  # traced by now
+    if torch.backends.mkldnn.is_available():
+        assert compiled.compiled.prepacked > 0 and compiled.compiled.prepack_off is None
+    bert = compiled.model[0].auto_model  # type: ignore[index]
+    plain = CompiledEncoder(bert, prepack=False)
+    with torch.inference_mode():
+        ids = torch.tensor([[101, 2054, 2003, 2459, 1009, 2423, 1029, 102]])
+        mask = torch.ones_like(ids)
+        packed_vectors = compiled.compiled.forward(ids, mask)
+        plain_vectors = plain.forward(ids, mask)
+    assert plain.prepacked == 0 and packed_vectors is not None and plain_vectors is not None
+    assert float((packed_vectors * plain_vectors).sum()) >= 0.99999
+    # The eager fallback still runs the model's own Linears, not the packed ones.
+    assert not any(type(m).__name__ == "PackedLinear" for m in bert.modules())
+    assert sum(type(m) is torch.nn.Linear for m in bert.modules()) == 37  # 6 x 6 + pooler
+
+
+def test_packing_unavailable_traces_plain_linears_and_says_why(
+    compiled: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    def no_packing() -> type[torch.nn.Module]:
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs a CPU with avx512bw")
+
+    assert compiled.compiled is not None
+    monkeypatch.setattr(embed_compiled, "_packed_linear_class", no_packing)
+    plain = CompiledEncoder(compiled.model[0].auto_model)  # type: ignore[index]
+    with torch.inference_mode():
+        ids = torch.tensor([[101, 2054, 2003, 2459, 1009, 2423, 1029, 102] + [0] * 8])
+        mask = (ids > 0).long()
+        vectors = plain.forward(ids, mask)
+        expected = compiled.compiled.forward(ids, mask)
+    assert plain.broken is None and plain.prepacked == 0
+    assert plain.prepack_off is not None and "avx512bw" in plain.prepack_off
+    assert vectors is not None and expected is not None
+    assert float((vectors * expected).sum()) >= 0.99999

@@ -13,20 +13,34 @@ trace and freeze cost 0.24 s of CPU and about 13 MB, once; every shape ran 3-5 m
 faster than eager (one text of 24 tokens 7.2 against 11.6 ms); vectors at cosine 0.99999 or
 more to eager's. benchmarks/embeddings.py has the rows.
 
-Not taken (same benchmark): oneDNN's graph fusion (`torch.jit.enable_onednn_fusion`), no
-faster with the weights out of cache as a query between other work finds them, about 20 MB
-per shape of compiled partitions, and one shared module slowed past a few shapes, so it
-would need a module per shape; a module per shape without fusion, whose first uses (0.2-0.9
-s each, a dozen shapes) cost a 300-request loop run more CPU than they saved.
+With bfloat16 weights each Linear's weight is also handed to oneDNN once in its own blocked
+(AMX) layout (`mkldnn._reorder_linear_weight`), and the traced graph calls oneDNN's linear on
+it: a plain bfloat16 `linear` re-lays the weight out at every call, which at a query's few
+rows cost about as much as the multiply (one 384x1536 Linear, 24 rows: 102 against 45 us).
+The same kernels run on the same bfloat16 numbers, so the vectors are the unpacked path's
+(cosine 1.0); a query's forward took 0.55-0.8x the CPU. Where oneDNN or the packing is
+missing, the graph is traced with plain Linears, as before (`prepacked` says which).
+
+Not taken (same benchmark): torch's dynamic int8 of the Linears (fbgemm, x86 or oneDNN,
+VNNI), traced and frozen: on this AMX CPU each int8 Linear was slower than the packed
+bfloat16 one (384x384 at 24 rows: 35 against 24 us), and activations quantised per tensor
+lose recall: every feed-forward Linear alone cost 0.01-0.07 of recall@10, all of them int8
+0.87 (per channel) where the goal is 0.98. oneDNN's graph fusion
+(`torch.jit.enable_onednn_fusion`), no faster with the weights out of cache as a query
+between other work finds them, about 20 MB per shape of compiled partitions, and one shared
+module slowed past a few shapes, so it would need a module per shape; a module per shape
+without fusion, whose first uses (0.2-0.9 s each, a dozen shapes) cost a 300-request loop
+run more CPU than they saved.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal, get_args
 
 from trifecta.core.errors import InvalidInput
@@ -37,6 +51,17 @@ if TYPE_CHECKING:
 Engine = Literal["eager", "torchscript"]
 ENGINE_ENV = "TRIFECTA_EMBED_ENGINE"  # auto (the default), eager or torchscript
 WARM_CALLS = 2  # the profiling executor runs profiled first, then optimises
+# Rows (texts x padded tokens) the packed weights' layout is chosen for: the loop's commonest
+# forward, one query of up to 24 tokens. Any row count runs on it (hints 16-256 measured
+# within noise of one another).
+PACK_ROWS = 24
+# oneDNN's linear on a packed weight, as TorchScript source: the tracer cannot record the
+# op's empty `Scalar?[]` argument itself, a scripted call it can.
+_PACKED_LINEAR = """
+def packed_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    scalars: List[Optional[Union[int, float, complex]]] = []
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", scalars, "")
+"""
 log = logging.getLogger(__name__)
 
 
@@ -44,15 +69,23 @@ def load_engine(requested: str | None, precision: str) -> Engine:
     """The forward's engine: `requested`, else the environment's ENGINE_ENV; "auto" means
     TorchScript with bfloat16 weights (where it was measured faster) and eager with float32
     ones (whose exact claims, tests/core/test_embeddings_shapes.py, hold to 1e-5)."""
+    choice = engine_choice(requested)
+    if choice == "auto":
+        return "torchscript" if precision == "bfloat16" else "eager"
+    return "torchscript" if choice == "torchscript" else "eager"
+
+
+def engine_choice(requested: str | None = None) -> str:
+    """`requested`, else the environment's ENGINE_ENV, else "auto", checked (no torch import:
+    settings call it at start-up, core/settings.py); a bad value is an InvalidInput naming
+    ENGINE_ENV."""
     choice = (requested or os.environ.get(ENGINE_ENV) or "auto").strip().lower()
     allowed = ("auto", *get_args(Engine))
     if choice not in allowed:
         raise InvalidInput(
             f"unknown embedding engine {choice!r}", field=ENGINE_ENV, allowed=allowed
         )
-    if choice == "auto":
-        return "torchscript" if precision == "bfloat16" else "eager"
-    return "torchscript" if choice == "torchscript" else "eager"
+    return choice
 
 
 def pooled_encoder(bert: torch.nn.Module) -> torch.nn.Module:
@@ -81,9 +114,12 @@ class CompiledEncoder:
     after any failure to trace or run it (a missing kernel path), and the caller runs eager
     from then on."""
 
-    def __init__(self, bert: torch.nn.Module, fusion: bool = False) -> None:
+    def __init__(self, bert: torch.nn.Module, fusion: bool = False, prepack: bool = True) -> None:
         self._encoder = pooled_encoder(bert)
         self._fusion = fusion  # oneDNN's graph fusion: the benchmark's row only
+        self._prepack = prepack  # False: plain Linears (the benchmark's shipped-before row)
+        self.prepacked = 0  # Linears traced on oneDNN-packed weights
+        self.prepack_off: str | None = None  # why packing was not used, if it was asked for
         self._module: torch.jit.ScriptModule | None = None
         self.shapes: set[tuple[int, int]] = set()  # (rows, length) run so far
         self.broken: str | None = None  # why the compiled path was given up, if it was
@@ -124,7 +160,8 @@ class CompiledEncoder:
             torch.jit.enable_onednn_fusion(True)
         with warnings.catch_warnings(), _without_loss_type_warning():
             warnings.simplefilter("ignore")  # the tracer warns about HF's Python-side checks
-            traced = torch.jit.trace(self._encoder, (ids, mask), check_trace=False)
+            with self._packed_linears():  # the live model's Linears are back after it
+                traced = torch.jit.trace(self._encoder, (ids, mask), check_trace=False)
             module = torch.jit.freeze(traced)  # deprecated for torch.compile, still shipped
         for _ in range(WARM_CALLS):
             module(ids, mask)
@@ -132,6 +169,73 @@ class CompiledEncoder:
         self.compile_seconds = time.perf_counter() - started
         log.info("embedder: traced and froze MiniLM in %.2f s", self.compile_seconds)
         return module
+
+    @contextlib.contextmanager
+    def _packed_linears(self) -> Iterator[None]:
+        """Each bfloat16 Linear of the model swapped for one on a oneDNN-packed weight while
+        the tracer runs (the trace keeps the packed weights, the eager model its own);
+        nothing swapped, and `prepack_off` says why, where packing is unavailable."""
+        swaps = self._packed_swaps() if self._prepack else []
+        for parent, name, _, packed in swaps:
+            setattr(parent, name, packed)
+        self.prepacked = len(swaps)
+        try:
+            yield
+        finally:
+            for parent, name, linear, _ in swaps:
+                setattr(parent, name, linear)
+
+    def _packed_swaps(
+        self,
+    ) -> list[tuple[torch.nn.Module, str, torch.nn.Module, torch.nn.Module]]:
+        import torch
+
+        linears = [
+            (parent, name, child)
+            for parent in self._encoder.modules()
+            for name, child in parent.named_children()
+            if isinstance(child, torch.nn.Linear) and child.weight.dtype == torch.bfloat16
+        ]
+        if not linears:
+            self.prepack_off = "no bfloat16 Linear weights"
+            return []
+        if not torch.backends.mkldnn.is_available():
+            self.prepack_off = "torch built without oneDNN"
+            return []
+        try:
+            function = torch.jit.CompilationUnit(_PACKED_LINEAR).packed_linear
+            packed = _packed_linear_class()
+            return [
+                (parent, name, child, packed(child, function)) for parent, name, child in linears
+            ]
+        # An op missing from this build, or a CPU oneDNN has no bfloat16 layout for.
+        except (RuntimeError, AttributeError, NotImplementedError) as error:
+            self.prepack_off = f"{type(error).__name__}: {str(error)[:200]}"
+            log.warning("embedder: packed weights off, plain Linears (%s)", self.prepack_off)
+            return []
+
+
+@functools.cache
+def _packed_linear_class() -> type[torch.nn.Module]:
+    import torch
+
+    class PackedLinear(torch.nn.Module):
+        """A Linear's weight in oneDNN's blocked layout for PACK_ROWS rows, and its bias."""
+
+        def __init__(self, linear: torch.nn.Linear, function: Callable[..., torch.Tensor]):
+            super().__init__()
+            weight = linear.weight.detach()
+            self.register_buffer(
+                "weight", torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
+            )
+            bias = None if linear.bias is None else linear.bias.detach()
+            self.register_buffer("bias", bias)
+            self._function = function
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self._function(x, self.weight, self.bias)
+
+    return PackedLinear
 
 
 class _LossTypeFilter(logging.Filter):

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from trifecta.core.embed_compiled import engine_choice
 from trifecta.core.errors import InvalidInput
 
 Phase = Literal["dev", "pilot", "full"]
@@ -137,6 +138,13 @@ class Settings(_TomlSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @model_validator(mode="after")
+    def _embed_engine(self) -> Settings:
+        # The embedder reads TRIFECTA_EMBED_ENGINE at its first embedding, minutes into a
+        # run; a bad value fails here, at start-up, naming it.
+        engine_choice()
+        return self
 
     @property
     def db_url(self) -> str:
