@@ -125,6 +125,7 @@ def test_closing_rows_together_records_what_closing_each_did(tmp_path: Path) -> 
         for i in range(4)
     ]
     ids = [store.queue.enqueue(DOMAIN, t).position for t in trajectories]
+    store.queue.retry_later(ids, "shard unreachable")  # an earlier attempt's error, cleared
     result = {"applied_ops": [], "skipped_ops": [], "memories": [{"id": "m", "status": "added"}]}
     with transaction(store.engine, write=True) as session:
         mark_done(session, ids[0], 3, result)

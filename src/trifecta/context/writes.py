@@ -94,15 +94,7 @@ def merge_delta(
     now = time.time()
     refs = referenced_ids(delta.ops)
     op_ids = [op.op_id for op in delta.ops]
-    applied = {
-        str(r[0])
-        for r in session.execute(
-            select(tables.applied_ops.c.op_id).where(
-                tables.applied_ops.c.domain == domain,
-                tables.applied_ops.c.op_id.in_(op_ids),
-            )
-        )
-    }
+    applied = {str(r[0]) for r in session.execute(_APPLIED, {"b_domain": domain, "b_ops": op_ids})}
     if applied.issuperset(op_ids):
         return DeltaResult(
             domain=domain,
@@ -143,16 +135,19 @@ def merge_delta(
         report.evicted = evict_over_budget(state, settings.playbook_token_budget, now=now)
     version = bump_version(session, domain, version) if write_version else version + 1
     changed = [bid for bid, b in state.items() if before.get(bid) != b.key()]
+    updates: list[dict[str, Any]] = []
+    inserts: list[dict[str, Any]] = []
     for bid in changed:
         row = {**state[bid].__dict__, "status": state[bid].status.value, "seq": version}
         if bid in report.content_changed:
             row["embedding"] = to_bytes(stored_vectors[bid])
         if bid in existed:
-            session.execute(
-                update(tables.bullets).where(B.domain == domain, B.id == bid).values(**row)
-            )
+            updates.append(row)
         else:
-            session.execute(tables.bullets.insert().values(domain=domain, **row))
+            inserts.append({"domain": domain, **row})
+    _update_bullets(session, domain, updates)
+    for keys in {tuple(r) for r in inserts}:  # rows with and without an embedding
+        session.execute(tables.bullets.insert(), [r for r in inserts if tuple(r) == keys])
     recorded = report.applied + report.ignored
     session.execute(
         tables.applied_ops.insert(),
@@ -176,14 +171,51 @@ def merge_delta(
     )
 
 
+# The merge's statements, built once (their compiled forms are reused; the lists they
+# take are expanding parameters): building and keying a statement per call cost more CPU
+# than SQLite's work for it.
+_APPLIED = select(tables.applied_ops.c.op_id).where(
+    tables.applied_ops.c.domain == bindparam("b_domain"),
+    tables.applied_ops.c.op_id.in_(bindparam("b_ops", expanding=True)),
+)
+_NAMED = B.id.in_(bindparam("b_ids", expanding=True))
+_FOR_MERGE = {
+    whole: select(tables.bullets).where(
+        B.domain == bindparam("b_domain"),
+        or_(B.status.in_([s.value for s in LIVE]), _NAMED) if whole else _NAMED,
+    )
+    for whole in (False, True)
+}
+_BULLET_UPDATES: dict[tuple[str, ...], Any] = {}  # the columns set -> their UPDATE
+
+
+def _update_bullets(session: Session, domain: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Overwrite stored bullets with `rows` (each a bullet's columns): one executemany per
+    set of columns."""
+    for keys in sorted({tuple(r) for r in rows}):
+        stmt = _BULLET_UPDATES.get(keys)
+        if stmt is None:
+            stmt = _BULLET_UPDATES[keys] = (
+                update(tables.bullets)
+                .where(B.domain == bindparam("b_domain"), B.id == bindparam("b_id"))
+                .values({k: bindparam("v_" + k) for k in keys})
+            )
+        session.execute(
+            stmt,
+            [
+                {"b_domain": domain, "b_id": r["id"], **{"v_" + k: r[k] for k in keys}}
+                for r in rows
+                if tuple(r) == keys
+            ],
+        )
+
+
 def _load_for_merge(
     session: Session, domain: str, refs: set[str], *, whole: bool
 ) -> tuple[dict[str, BulletState], dict[str, Vector]]:
     """Every referenced bullet and the chain of survivors it was merged into, plus, when
     `whole`, the live bullets (for de-duplication and the budget)."""
-    named = B.id.in_(sorted(refs))
-    wanted = or_(B.status.in_([s.value for s in LIVE]), named) if whole else named
-    rows = session.execute(select(tables.bullets).where(B.domain == domain, wanted)).all()
+    rows = session.execute(_FOR_MERGE[whole], {"b_domain": domain, "b_ids": sorted(refs)}).all()
     state = {r.id: BulletState.of(bullet_of(r)) for r in rows}
     vectors = {r.id: v for r in rows if (v := vector_or_none(r.embedding)) is not None}
     asked: set[str] = set()
