@@ -71,3 +71,25 @@ def test_a_lost_subscription_falls_back_to_redis_and_misses_no_write(
     assert after <= before + 1
     assert a.search_memories(CAPSULE, QUERY).version == written
     assert redis_calls(a) == after  # from the board now
+
+
+def test_a_miss_looked_up_in_redis_on_the_loop_is_not_looked_up_there_again(
+    replicas: tuple[ContextService, ContextService],
+) -> None:
+    """The HTTP path looks a read up on the event loop first (`cached_json`); on a miss the
+    thread pool computes it, looking in Redis again only if the version moved meanwhile:
+    one GET and one SET per computed read, not two GETs."""
+    a, b = replicas
+    a.search_memories(CAPSULE, QUERY)
+    wait_for(lambda: feed_live(a))
+    written = a.add_memories(CAPSULE, [lesson(4)]).version  # the next read is computed
+    wait_for(lambda: a.versions.get("plant") == written)
+    read = a.plan_search(CAPSULE, QUERY)
+    body, version = a.cached_json(read)
+    assert body is None and version == a.current_version(read.domain)
+    before = redis_calls(a)
+    computed = a.run_json(read, asked=True, looked_at=version)
+    assert redis_calls(a) - before == 1  # the SET that shares it with other replicas
+    # the other replica finds it in Redis and answers the same bytes
+    assert b.run_json(b.plan_search(CAPSULE, QUERY)) == computed
+    assert b.results.shared_hits == 1

@@ -321,12 +321,12 @@ class ResultCache:
             found.value = model.model_validate_json(found.body)
         return found.value  # type: ignore[return-value]
 
-    def get_body(self, domain: str, version: int, key: str) -> bytes | None:
-        """The result's JSON, or None."""
-        found = self._find(domain, version, key)
+    def get_body(self, domain: str, version: int, key: str, *, shared: bool = True) -> bytes | None:
+        """The result's JSON, or None; `shared=False` looks in this process only."""
+        found = self._find(domain, version, key, shared=shared)
         return found.body if found is not None else None
 
-    def _find(self, domain: str, version: int, key: str) -> _Result | None:
+    def _find(self, domain: str, version: int, key: str, *, shared: bool = True) -> _Result | None:
         local_key = (domain, version, key)
         with self._lock:
             found = self._local.get(local_key)
@@ -334,17 +334,17 @@ class ResultCache:
                 self._local.move_to_end(local_key)
                 self.hits += 1
                 return found
-        if self.link is not None:
+        if self.link is not None and shared:
             redis_key = self._redis_key(domain, version, key)
             try:
                 raw = self.link.call(lambda r: r.get(redis_key))
             except RedisDown:
                 raw = None
             if raw is not None:
-                shared = _Result(bytes(raw))
-                self._remember(local_key, shared)
+                stored = _Result(bytes(raw))
+                self._remember(local_key, stored)
                 self.shared_hits += 1
-                return shared
+                return stored
         self.misses += 1
         return None
 

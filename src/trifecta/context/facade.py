@@ -162,6 +162,10 @@ class ContextService:
         a learner process: it loads its own model, which takes seconds)."""
         if isinstance(self.learner, LearnerProcess):
             self.learner.start()
+        else:
+            # The worker's own model too: loaded at its first batch, it took seconds of CPU
+            # beside the retrieves of the first requests that learned (py-spy, loop workload).
+            self.learner.embed(["warm up"])
         self.embed(["warm up"])
 
     def embed(self, texts: Sequence[str]) -> list[Vector]:
@@ -209,16 +213,21 @@ class ContextService:
         self.results.put(domain, version, read.key, value)
         return value
 
-    def run_json(self, read: Read[M], *, asked: bool = False) -> bytes:
+    def run_json(
+        self, read: Read[M], *, asked: bool = False, looked_at: int | None = None
+    ) -> bytes:
         """`run`, as the JSON an HTTP answer carries (a cached result's bytes as stored).
-        `asked`: `cached_json` already counted this ask."""
+        `asked`: `cached_json` already counted this ask; `looked_at`: the version at which
+        it also missed in Redis, so at that version only this process's cache is looked at
+        again (a Redis round trip fewer on the computed path: under load each one waits for
+        the Redis process, then for the interpreter lock, to be scheduled)."""
         domain = read.domain
         if not self.cache_enabled:
             return self.run(read).model_dump_json().encode()
         if not asked:
             self.hot_reads.asked(read)
         version = self.current_version(domain)
-        body = self.results.get_body(domain, version, read.key)
+        body = self.results.get_body(domain, version, read.key, shared=version != looked_at)
         if body is not None:
             return body
         return self.results.put(domain, version, read.key, self._compute(read, version))
@@ -238,17 +247,17 @@ class ContextService:
         domain versions in Redis."""
         return self.cache_enabled and self.redis is not None
 
-    def cached_json(self, read: Read[M]) -> bytes | None:
+    def cached_json(self, read: Read[M]) -> tuple[bytes | None, int | None]:
         """The result's JSON if the cache holds it for the domain's version published in
         Redis, else None (also with no Redis): one GET and one probe, cheap enough for an
-        event loop."""
+        event loop. With it, the version looked at (None: none known, nothing looked up)."""
         if not self.cache_enabled:
-            return None
+            return None, None
         self.hot_reads.asked(read)
         version = self.versions.get(read.domain)
         if version is None:
-            return None
-        return self.results.get_body(read.domain, version, read.key)
+            return None, None
+        return self.results.get_body(read.domain, version, read.key), version
 
     def refresh_hot(self, domain: str, version: int) -> int:
         """Compute the domain's hot reads at `version` into the result cache (the learning

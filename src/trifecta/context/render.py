@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from trifecta.context.models import Bullet, BulletStatus, MemoryHit, RankedBullet
 from trifecta.context.sql import Vector
-from trifecta.context.tokens import count_tokens
+from trifecta.context.tokens import count_joined, count_tokens, splits_at_whitespace
 
 # How much usefulness moves a bullet relative to its relevance when a query is given.
 USEFULNESS_WEIGHT = 0.5
@@ -53,7 +53,9 @@ def memory_line(hit: MemoryHit) -> str:
     return f"- [{m.id}] ({lesson}) {m.title}.{detail} {content}"
 
 
-def _compose(ranked: Sequence[RankedBullet]) -> str:
+def _compose(ranked: Sequence[RankedBullet]) -> tuple[str, int]:
+    """The playbook prompt of these bullets and its tokens (`count_joined`: from its lines'
+    remembered counts, not by tokenizing the new prompt whole)."""
     sections: dict[str, list[str]] = {}
     for r in ranked:
         sections.setdefault(r.bullet.section, []).append(bullet_line(r.bullet))
@@ -61,7 +63,7 @@ def _compose(ranked: Sequence[RankedBullet]) -> str:
     for section, lines in sections.items():
         parts.append(f"## {section}")
         parts.extend(lines)
-    return "\n".join(parts)
+    return "\n".join(parts), count_joined(parts)
 
 
 def render_bullets(
@@ -84,12 +86,10 @@ def render_bullets(
         kept.append(r)
     if not kept:
         return "", 0, []
-    prompt = _compose(kept)
-    tokens = count_tokens(prompt)
-    while kept and tokens > token_budget:  # joins can split differently from the parts
+    prompt, tokens = _compose(kept)
+    while kept and tokens > token_budget:  # a tokenizer whose joins split otherwise
         kept.pop()
-        prompt = _compose(kept)
-        tokens = count_tokens(prompt) if kept else 0
+        prompt, tokens = _compose(kept) if kept else ("", 0)
     return (prompt, tokens, kept) if kept else ("", 0, [])
 
 
@@ -99,16 +99,16 @@ def render_memories(
     lines, kept = [MEMORY_HEADER], []
     used = count_tokens(MEMORY_HEADER)
     for hit in hits:
-        cost = count_tokens(memory_line(hit))
+        line = memory_line(hit)
+        cost = count_tokens(line)
         if used + cost > token_budget:
             continue
         used += cost
-        lines.append(memory_line(hit))
+        lines.append(line)
         kept.append(hit)
     if not kept:
         return "", 0, []
-    prompt = "\n".join(lines)
-    return prompt, count_tokens(prompt), kept
+    return "\n".join(lines), count_joined(lines), kept
 
 
 def render_context(
@@ -117,6 +117,11 @@ def render_context(
     """Playbook and memories in one prompt: memories get up to a third of the budget, the
     playbook the rest."""
     memory_text, memory_tokens, kept_hits = render_memories(hits, token_budget // 3)
-    bullet_text, _, kept_bullets = render_bullets(ranked, token_budget - memory_tokens)
+    bullet_text, bullet_tokens, kept_bullets = render_bullets(ranked, token_budget - memory_tokens)
     prompt = "\n\n".join(p for p in (bullet_text, memory_text) if p)
-    return prompt, count_tokens(prompt), kept_bullets, kept_hits
+    tokens = (
+        bullet_tokens + memory_tokens
+        if splits_at_whitespace()  # no token spans the blank line between the two
+        else count_tokens(prompt)
+    )
+    return prompt, tokens, kept_bullets, kept_hits

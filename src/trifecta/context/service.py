@@ -134,9 +134,11 @@ def create_app(
         # nor encodes it again (the route's response_model still documents it).
         if service.fast_reads:
             read = plan()
-            body = service.cached_json(read)
+            body, version = service.cached_json(read)
             if body is None:
-                body = await run_in_threadpool(lambda: service.run_json(read, asked=True))
+                body = await run_in_threadpool(
+                    lambda: service.run_json(read, asked=True, looked_at=version)
+                )
         else:
             body = await run_in_threadpool(lambda: service.run_json(plan()))
         return Response(body, media_type="application/json")

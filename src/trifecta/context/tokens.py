@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from trifecta.context.settings import ContextSettings
@@ -77,6 +78,7 @@ class TokenCounts:
 
 
 _counts: TokenCounts | None = None
+_splits: bool | None = None  # `splits_at_whitespace`, read once
 
 
 def count_tokens(text: str) -> int:
@@ -87,3 +89,23 @@ def count_tokens(text: str) -> int:
             if _counts is None:
                 _counts = TokenCounts(ContextSettings().token_counts_kept)
     return _counts.count(text)
+
+
+def splits_at_whitespace() -> bool:
+    """Whether the tokenizer cuts text at whitespace before it splits words (BERT's
+    pre-tokenizer does), so that no token spans a line break: then the tokens of lines joined
+    by line breaks are the sum of each line's."""
+    global _splits
+    if _splits is None:
+        _splits = type(_load().pre_tokenizer).__name__ in ("BertPreTokenizer", "Whitespace")
+    return _splits
+
+
+def count_joined(parts: Sequence[str], sep: str = "\n") -> int:
+    """`count_tokens(sep.join(parts))` for a whitespace `sep`, from the parts' own counts
+    (each remembered) where the tokenizer splits at whitespace: a rendered prompt is new
+    text at every version, and tokenizing it whole cost about 1 ms a prompt of 1,800 tokens
+    on the request path, three times per retrieve."""
+    if sep.strip() or not splits_at_whitespace():
+        return count_tokens(sep.join(parts))
+    return sum(count_tokens(part) for part in parts)
