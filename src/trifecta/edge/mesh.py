@@ -5,7 +5,8 @@ offloaded to a healthy node with fallback.
 is usable from plain Python, from the CLI (`trifecta edge mesh`) and inside a service. Nodes
 are MCP endpoints: other processes or hosts (`add_node("http://host:port/mcp")`, each request
 carrying the federation credential the nodes require) or in-process `EdgeNode`s
-(`add_node(node)`), whose heartbeat and sync go through the same MCP tools.
+(`add_node(node)`), whose artifacts are sent through the same MCP tools; an in-process
+node's `status` and `generate` are called directly (see Offload).
 
 - Heartbeat: every `heartbeat_s` the mesh calls each node's `status`. A node that answers is
   healthy; one that does not is unhealthy at once and is skipped until it answers again.
@@ -272,9 +273,16 @@ class EdgeMesh:
                 log.error("heartbeat error", node=state.key, error=repr(exc)[:200])
             await anyio.sleep(self.heartbeat_s)
 
+    async def _status(self, state: NodeState) -> NodeStatus:
+        """The node's `status`: read directly from an in-process node (the tool's own answer,
+        without an MCP round trip every beat), else over its link."""
+        if state.local is not None:
+            return state.local.status()
+        return await state.link.call("status", {}, NodeStatus, self.status_timeout_s)
+
     async def _beat(self, state: NodeState) -> None:
         try:
-            status = await state.link.call("status", {}, NodeStatus, self.status_timeout_s)
+            status = await self._status(state)
         except NodeDown as exc:
             if state.healthy:
                 log.warning("node down", node=state.key, reason=str(exc))
@@ -293,9 +301,7 @@ class EdgeMesh:
         if not self.in_sync(state):
             try:
                 await self._sync(state)
-                state.status = await state.link.call(
-                    "status", {}, NodeStatus, self.status_timeout_s
-                )
+                state.status = await self._status(state)
             except NodeDown as exc:
                 state.healthy = False
                 log.warning("sync failed", node=state.key, reason=str(exc))
