@@ -333,6 +333,10 @@ class HeapReporter:
     def report(
         baseline: tracemalloc.Snapshot, counts: Counter[str], elapsed: float
     ) -> dict[str, object]:
+        # Objects counted before the heap is: other threads run meanwhile, and whatever was
+        # counted is then in the snapshot too (a growing structure is never counted ahead
+        # of its traced bytes).
+        now = type_counts()
         snapshot = tracemalloc.take_snapshot().filter_traces(
             [tracemalloc.Filter(False, tracemalloc.__file__)]  # not its own bookkeeping
         )
@@ -340,7 +344,6 @@ class HeapReporter:
         # The same growth by whole stack: a json or pydantic line says little without its
         # caller. Most recent frame last, as in a Python traceback.
         stacks = [d for d in snapshot.compare_to(baseline, "traceback") if d.size_diff > 0][:STACKS]
-        now = type_counts()
         objects = (now - counts).most_common(TOP)
         stats = malloc_stats()
         return {
