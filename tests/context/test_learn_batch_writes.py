@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from trifecta.context import tables
-from trifecta.context.learn_queue import mark_done, mark_done_many
+from trifecta.context.learn_queue import Item, mark_done, mark_done_many
 from trifecta.context.models import MemoryDraft, MemorySource
-from trifecta.context.sql import lock_domain, read_domain
+from trifecta.context.sql import DomainMoved, lock_domain, read_domain
 from trifecta.context.store import ShardStore
 from trifecta.context.trajectory import Trajectory
 from trifecta.context.writes import MemoryBatch, PendingMemory, insert_memories
@@ -139,3 +139,41 @@ def test_closing_rows_together_records_what_closing_each_did(tmp_path: Path) -> 
         ("failed", 4, {}, None),
     ]
     assert store.queue.pending_count() == 0
+
+
+def test_a_fenced_domain_refuses_its_own_items_and_the_group_is_queued_without_them(
+    tmp_path: Path,
+) -> None:
+    """The queue's INSERT runs before the fence is read: a group holding a fenced domain's
+    item is rolled back and written again without it, so nothing of that domain is queued
+    and the other domains' items are acknowledged once each."""
+    store = ShardStore(f"sqlite:///{tmp_path}/q.db")
+    with transaction(store.engine, write=True) as session:
+        lock_domain(session, "grid")
+        session.execute(
+            tables.domains.update()
+            .where(tables.domains.c.domain == "grid")
+            .values(state="moved", moved_to="shard-2")
+        )
+
+    def trajectory(i: int, domain: str) -> Trajectory:
+        return Trajectory(id=f"req-{domain}-{i}", capsule_id="twin-a", prompt=f"{i}?")
+
+    items: list[Item] = [
+        ("plant", trajectory(0, "plant"), None),
+        ("grid", trajectory(1, "grid"), None),
+    ]
+    items += [("plant", trajectory(2, "plant"), None), ("plant", trajectory(0, "plant"), None)]
+    out = store.queue._enqueue_group(items)
+    assert isinstance(out[1], DomainMoved) and out[1].moved_to == "shard-2"
+    tickets = [t for t in out if not isinstance(t, BaseException)]
+    assert [(t.trajectory_id, t.duplicate) for t in tickets] == [
+        ("req-plant-0", False),
+        ("req-plant-2", False),
+        ("req-plant-0", True),
+    ]
+    assert tickets[0].position == tickets[2].position < tickets[1].position
+    assert [r.trajectory_id for r in store.queue.rows("plant")] == ["req-plant-0", "req-plant-2"]
+    assert store.queue.rows("grid") == []
+    with pytest.raises(DomainMoved):
+        store.queue.enqueue("grid", trajectory(3, "grid"))
