@@ -153,7 +153,7 @@ def attribution() -> list[str]:
     """Where the growth went by allocating line, from a memray probe (not this run: memray
     slows the server, so a measured run never tracks): its command, load and figures."""
     return [
-        "Where it grew, by owner (issue 16, a probe on the code before this stop's changes: "
+        "Where it grew, by owner (issue 16, the stop before, a probe on the code before its changes: "
         "the index's matrix grown in steps of 256 rows, not doubled; a standing search and a "
         "bullet ranking kept from their second ask, `standing_searches_first_asks` remembering "
         "1,024 first asks a domain by hash; the standing searches at 256 a domain then answer 23.56% of the loop benchmark's stream against "
