@@ -112,6 +112,8 @@ def structure_table(
         + " | ".join(connections)
         + " |"
     )
+    blocks = [f"{int(line['python_blocks']) / 1000:,.0f}" if line and line.get("python_blocks") else "-" for line in picked]  # type: ignore[call-overload]  # fmt: skip
+    rows.append("| Python's live blocks (thousands) | " + " | ".join(blocks) + " |")
     in_use = [f"{line['malloc']['in_use_mb']:.0f}" if line and line["malloc"] else "-" for line in picked]  # type: ignore[index]  # fmt: skip
     rows.append("| glibc's bytes in use (MB) | " + " | ".join(in_use) + " |")
     trims = [trim_cell(line) for line in picked]

@@ -53,6 +53,7 @@ def test_the_sizes_report_writes_a_line_per_interval(tmp_path: Path) -> None:
     assert lines[-1]["structures"]["test report ring"]["entries"] == 5
     assert lines[-1]["status_mb"]["RssAnon"] > 0
     assert set(lines[-1]["trims"]) == {"trims", "seconds", "returned_mb"}  # the trimmer's
+    assert lines[-1]["python_blocks"] > 10_000  # a test session's live Python blocks
 
 
 def test_the_tree_sums_a_child_process() -> None:

@@ -404,6 +404,9 @@ class SizesReporter:
             "malloc": stats.model_dump() if stats else None,
             "sqlite_mb": sqlite_mb(),
             "sqlite_connections": sqlite_connections(),
+            # Python's live blocks (pymalloc's and its large ones): its objects' growth
+            # without tracemalloc's cost, beside glibc's figures.
+            "python_blocks": sys.getallocatedblocks(),
             "structures": tracked_sizes(),
             "trims": asdict(TRIMS),
         }
