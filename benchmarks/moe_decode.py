@@ -140,10 +140,11 @@ def full_run(decoder: Decoder, args: argparse.Namespace, granularity: int) -> No
     E = model.config.n_experts
     active = mask.active(E)
     # The half mask an operator would configure from the capsule's traffic (the product's
-    # `half_mask`: on a fine-grained model each shard's most-used copy). Experts 0-3 in every
+    # `half_mask`, `mask learn --rule half`: on a fine-grained model each shard's most-used
+    # copy, the other copy merged into it). Experts 0-3 in every
     # layer are kept as a row of the accuracy table.
-    half = half_mask(traffic_load, granularity, model.config.top_k)
-    half_active = half.active(E)
+    half = half_mask(traffic_load, granularity, model.config.top_k, model.router_weights())
+    half_active = half  # its merge plan goes with it
     half_name = half_label(granularity)
     first_half_active = configured_mask(list(range(E // 2)), model.config.n_layers).active(E)
     shipped = served_config()

@@ -43,15 +43,14 @@ def rerun_half_mask(decoder: Decoder, args: argparse.Namespace, granularity: int
 
     config = decoder.model.config
     _, traffic_load = learn_capsule_mask(decoder, args.traffic)
-    half = half_mask(traffic_load, granularity, config.top_k)
-    active = half.active(config.n_experts)
+    half = half_mask(traffic_load, granularity, config.top_k, decoder.model.router_weights())
     label = half_label(granularity)
     print(f"{label}: {half.layers}")
-    masks = {"every expert": None, label: active}
+    masks = {"every expert": None, label: half}  # with its merge plan
     mask_lines, diffs = mask_accuracy(decoder, masks, args.per_grade)
     by_grade = heldout_tasks(args.per_grade, HARD)
     tasks = [t for grade in HARD for t in by_grade[grade]]
-    ratios = paired_batches(decoder, tasks, {label: active}, args.pair_rounds)[label]
+    ratios = paired_batches(decoder, tasks, {label: half}, args.pair_rounds)[label]
     speed = bootstrap_median(ratios)
     old = json.loads((RESULTS_DIR / "moe_decode.json").read_text())
     kept = [Goal.model_validate(g) for g in old["goals"] if "half mask" not in g["claim"]]

@@ -4,12 +4,12 @@ timed against every expert in paired batches and per MoE layer, and scored on ev
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from benchmarks._moe_decode.modes import BATCH, HARD, served_config
+from benchmarks._moe_decode.modes import BATCH, HARD, mask_routing, served_config
 from benchmarks._moe_decode.stats import Estimate, paired_difference, paired_ratio
 from benchmarks._report import Goal
 
@@ -25,9 +25,9 @@ DOMAIN = "energy"
 
 def half_label(granularity: int) -> str:
     return (
-        "half mask (each shard's most-used copy)"
+        "half mask (each shard's most-used copy, the other merged in)"
         if granularity > 1
-        else "half mask (each layer's most-used half)"
+        else "half mask (each layer's most-used half, the rest merged in)"
     )
 
 
@@ -80,16 +80,15 @@ def set_dense(decoder: Decoder, dense: bool) -> None:
 def paired_batches(
     decoder: Decoder,
     tasks: list[Task],
-    masks: dict[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor | ExpertMask],
     rounds: int,
     dispatch: frozenset[str] = frozenset(),
 ) -> dict[str, list[float]]:
     """Per batch of 50: seconds with every expert / seconds with each mask, decoded back to
     back in alternating order (served decoding). One ratio per batch and round. The masks
     named in `dispatch` run without the dense path."""
-    from trifecta.generative.model import Routing
-
-    modes: dict[str, torch.Tensor | None] = {"every expert": None, **masks}
+    modes: dict[str, torch.Tensor | ExpertMask | None] = {"every expert": None, **masks}
+    E = decoder.model.config.n_experts
     ratios: dict[str, list[float]] = {name: [] for name in masks}
     config = served_config()
     turn = 0
@@ -103,7 +102,7 @@ def paired_batches(
                 for name in names:
                     set_dense(decoder, name not in dispatch)
                     started = time.perf_counter()
-                    decoder.decode(prompts, config, Routing(active=modes[name]))
+                    decoder.decode(prompts, config, mask_routing(modes[name], E))
                     seconds[name] = time.perf_counter() - started
                 for name in masks:
                     ratios[name].append(seconds["every expert"] / seconds[name])
@@ -162,7 +161,7 @@ def layer_times(decoder: Decoder, reps: int) -> list[str]:
 
 def mask_accuracy(
     decoder: Decoder,
-    masks: dict[str, torch.Tensor | None],
+    masks: Mapping[str, torch.Tensor | ExpertMask | None],
     per_grade: int,
     split: Callable[[int], dict[int, list[Task]]] | None = None,
 ) -> tuple[list[str], dict[str, dict[str, Estimate]]]:
@@ -170,10 +169,10 @@ def mask_accuracy(
     held-out by default, or the dev split's), and each mask's paired difference against every
     expert on grades 1-2, 3-5 and all."""
     from trifecta.generative.evaluate import heldout_tasks
-    from trifecta.generative.model import Routing
     from trifecta.generative.sequences import answer_of
 
     tasks = (split or heldout_tasks)(per_grade)
+    E = decoder.model.config.n_experts
     config = served_config()
     verdicts: dict[str, dict[int, np.ndarray]] = {}
     for name, mask in masks.items():
@@ -182,7 +181,9 @@ def mask_accuracy(
             correct = []
             for i in range(0, len(items), BATCH):
                 chunk = items[i : i + BATCH]
-                results, _ = decoder.decode([t.prompt for t in chunk], config, Routing(active=mask))
+                results, _ = decoder.decode(
+                    [t.prompt for t in chunk], config, mask_routing(mask, E)
+                )
                 correct += [
                     answer_of(r.text) == t.answer for r, t in zip(results, chunk, strict=True)
                 ]

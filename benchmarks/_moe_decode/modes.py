@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
     from trifecta.core.tasks import Task
     from trifecta.generative.decoding import DecodeConfig, Decoder
+    from trifecta.generative.model import Routing
+    from trifecta.generative.selection import ExpertMask
 
 HARD = (3, 4, 5)
 BATCH = 50
@@ -39,7 +41,8 @@ def served_config(**changes: object) -> DecodeConfig:
 class Mode:
     name: str
     config: DecodeConfig
-    active: torch.Tensor | None = None  # an expert mask (n_layers, E), None: every expert
+    # an expert mask: (n_layers, E) bool or an ExpertMask (with its merge plan); None: every expert
+    active: torch.Tensor | ExpertMask | None = None
     batch: int = BATCH
     speeds: list[float] = field(default_factory=list)
     correct: np.ndarray | None = None  # (tasks,) bool, the last run's verdicts
@@ -49,13 +52,23 @@ class Mode:
     touched_per_pass: float = 0.0
 
 
+def mask_routing(mask: torch.Tensor | ExpertMask | None, n_experts: int) -> Routing:
+    """A fresh Routing for a mask: a bool table, or an ExpertMask whose merge plan (if any)
+    goes with it, as the service routes a capsule's mask."""
+    from trifecta.generative.model import Routing
+    from trifecta.generative.selection import ExpertMask
+
+    if isinstance(mask, ExpertMask):
+        return Routing(active=mask.active(n_experts), merge=mask.merge_tensor())
+    return Routing(active=mask)
+
+
 def run_mode(decoder: Decoder, mode: Mode, tasks: list[Task]) -> None:
     """Decode `tasks` once in `mode`, appending its tokens/s and keeping its verdicts."""
     from trifecta.generative.decoding import tokens_generated
-    from trifecta.generative.model import Routing
     from trifecta.generative.sequences import answer_of
 
-    routing = Routing(active=mode.active)
+    routing = mask_routing(mode.active, decoder.model.config.n_experts)
     verdicts, tokens, passes, positions, seconds = [], 0, 0, 0, 0.0
     for i in range(0, len(tasks), mode.batch):
         chunk = tasks[i : i + mode.batch]

@@ -20,7 +20,10 @@ from benchmarks._moe_decode.modes import HARD
 from benchmarks._report import bootstrap_median, cpu_name, machine_load
 
 if TYPE_CHECKING:
+    import torch
+
     from trifecta.generative.decoding import Decoder
+    from trifecta.generative.selection import ExpertMask
 
 
 def rerun_pairs(decoder: Decoder, args: argparse.Namespace, granularity: int) -> None:
@@ -31,11 +34,11 @@ def rerun_pairs(decoder: Decoder, args: argparse.Namespace, granularity: int) ->
     config = decoder.model.config
     _, traffic_load = learn_capsule_mask(decoder, args.traffic)
     verified, _, _ = verified_capsule_mask(decoder, traffic_load, args.check_tasks)
-    half = half_mask(traffic_load, granularity, config.top_k)
+    half = half_mask(traffic_load, granularity, config.top_k, decoder.model.router_weights())
     label = half_label(granularity)
-    masks = {
+    masks: dict[str, torch.Tensor | ExpertMask] = {
         "capsule mask (verified)": verified.active(config.n_experts),
-        label: half.active(config.n_experts),
+        label: half,
     }
     kept = {"capsule mask (verified)": verified.layers, label: half.layers}
     timed = {**masks, **{f"{name}, dispatch only": active for name, active in masks.items()}}

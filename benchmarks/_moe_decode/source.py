@@ -21,11 +21,10 @@ def shipped_source() -> str:
 
 
 def shipped_granularity() -> int:
-    """FFN shards per expert group of the shipped model (its recipe; the model file does not
-    carry it)."""
-    from trifecta.generative.assets import RECIPE_FILE, asset_dir
+    """FFN shards per expert group of the shipped model (`assets.shipped_granularity`)."""
+    from trifecta.generative.assets import shipped_granularity as granularity
 
-    return int(json.loads((asset_dir() / RECIPE_FILE).read_text()).get("granularity", 1))
+    return granularity()
 
 
 def ar_source_accuracy(per_grade: int, source: str) -> list[float]:

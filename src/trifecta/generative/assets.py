@@ -40,6 +40,15 @@ def shipped_model_path() -> Path:
     return path
 
 
+def shipped_granularity() -> int:
+    """FFN shards per expert group of the shipped model (its recipe's; the model file does not
+    carry it): expert e is shard e % G (`convert`)."""
+    import json
+
+    recipe = asset_dir() / RECIPE_FILE
+    return int(json.loads(recipe.read_text()).get("granularity", 1)) if recipe.is_file() else 1
+
+
 def ar_checkpoint_dir(source: str = VENDORED_SOURCE) -> Path:
     """The AR checkpoint folder to convert: the vendored copy, or a live cognitive tier."""
     if source in VENDORED:

@@ -254,7 +254,11 @@ def mask_set(
 def mask_learn(
     capsule: Annotated[str, typer.Argument(help="capsule id")],
     rule: Annotated[
-        str, typer.Option(help="verified: drop experts while verified answers stay right; traffic")
+        str,
+        typer.Option(
+            help="verified: drop experts while verified answers stay right; traffic; half: "
+            "half of each layer's experts, the dropped ones merged into the kept ones"
+        ),
     ] = "verified",
     tolerance: Annotated[
         float, typer.Option(help="verified: share of reference successes a mask may lose")
@@ -267,7 +271,8 @@ def mask_learn(
     ] = None,
     coverage: Annotated[float, typer.Option(help="traffic: share of routed tokens to keep")] = 0.9,
 ) -> None:
-    """Learn a capsule's mask: from verified successes (default) or its traffic share alone."""
+    """Learn a capsule's mask: from verified successes (default), its traffic share alone, or
+    half of each layer's experts with the dropped ones merged in."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from trifecta.generative.decoding import Decoder
@@ -276,11 +281,11 @@ def mask_learn(
         learn_verified_mask,
         loss_bound,
     )
-    from trifecta.generative.selection import learn_mask
+    from trifecta.generative.selection import half_mask, learn_mask
     from trifecta.generative.store import GenerativeStore
 
-    if rule not in ("verified", "traffic"):
-        raise InvalidInput(f"expected verified or traffic, got {rule!r}", field="rule")
+    if rule not in ("verified", "traffic", "half"):
+        raise InvalidInput(f"expected verified, traffic or half, got {rule!r}", field="rule")
     store = GenerativeStore()
     traffic = store.traffic(capsule)
     model = _load(None)
@@ -291,6 +296,18 @@ def mask_learn(
         mask = learn_mask(traffic[0], coverage, config.top_k)
         store.put_mask(capsule, mask)
         console.print(f"{capsule}: learned from {traffic[1]} requests: experts {mask.layers}")
+        return
+    if rule == "half":
+        from trifecta.generative.assets import shipped_granularity
+
+        if traffic is None:
+            raise NotFound(f"capsule {capsule!r} has no recorded traffic", field="capsule")
+        mask = half_mask(traffic[0], shipped_granularity(), config.top_k, model.router_weights())
+        store.put_mask(capsule, mask)
+        console.print(
+            f"{capsule}: half mask from {traffic[1]} requests: experts {mask.layers}, each "
+            "dropped expert merged into a kept one"
+        )
         return
     domain = domain or _capsule_domain(capsule)
     check_tasks = DEFAULT_CHECK_TASKS if check_tasks is None else check_tasks

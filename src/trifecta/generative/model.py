@@ -11,13 +11,17 @@ on affinity + bias, gates normalised over the selected experts. The bias steers 
 only* (never the gate values): the training loop nudges it for load balance without an
 auxiliary loss, and a capsule adds its own offsets and an expert mask at serving time
 (`Routing`). Experts outside the mask are never called. A masked layer left with few active
-experts runs them as one dense FFN (`dense_experts.py`) instead of dispatching tokens.
+experts runs them as one dense FFN (`dense_experts.py`) instead of dispatching tokens. A mask
+may merge its dropped experts into its kept ones (`Routing.merge`, `selection.merge_plan`):
+the kept experts' weights and router rows are then their groups' weighted averages, built
+once per mask, and a token costs what it costs under the mask alone.
 
 Shapes in comments: B batch, T positions, D d_model, H heads, E experts, K top-k.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import cast
 
@@ -71,6 +75,7 @@ class Routing:
 
     bias: torch.Tensor | None = None
     active: torch.Tensor | None = None
+    merge: torch.Tensor | None = None  # (n_layers, E, E) with `active`: `ExpertMask.merge`
     load: torch.Tensor | None = None  # (n_layers, E) float, filled by the forward pass
     row_load: torch.Tensor | None = None  # (B, n_layers, E) the same per request, when asked
     calls: int = 0
@@ -87,6 +92,20 @@ class MaskedRouter:
     weight: torch.Tensor  # (A, D) their router rows
     selection_bias: torch.Tensor  # (A,) their selection biases
     stacked: StackedExperts | None  # their weights as one FFN, when few enough to run dense
+    experts: list[Callable[[torch.Tensor], torch.Tensor]]  # (A,) what the dispatch calls
+
+
+@dataclass(frozen=True)
+class MergedExpert:
+    """A kept expert after merging: SwiGLU over weights computed once per mask (views into
+    the mask's stacked weights where it has them, so a merged mask holds one copy)."""
+
+    gate: torch.Tensor  # (F, D)
+    up: torch.Tensor  # (F, D)
+    down: torch.Tensor  # (D, F)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.silu(F.linear(x, self.gate)) * F.linear(x, self.up), self.down)
 
 
 class Rotary(nn.Module):
@@ -210,18 +229,24 @@ class MoE(nn.Module):
         # A mask's router, cached per mask (see `_masked_router`).
         self._masked: dict[tuple[object, ...], MaskedRouter] = {}
 
-    def _masked_router(self, active: torch.Tensor) -> MaskedRouter:
+    def _masked_router(
+        self, active: torch.Tensor, merge: torch.Tensor | None = None
+    ) -> MaskedRouter:
         """The router restricted to a mask's active experts: their ids (A,), router rows
         (A, D) and selection biases (A,), and, when few enough to run dense, their weights
         stacked. A masked layer scores only the experts it may use, so a mask also saves
-        router work. Cached per mask while the weights stay unchanged (the key holds their
-        storage and in-place version counters); never cached under autograd, where a slice
-        would carry a graph from one step into the next."""
+        router work. With `merge` (E, E) each active expert k is replaced by the experts
+        merge[k] weights, its weights, router row and selection bias alike (built here once
+        per mask, detached: a merge is a serving-time transform). Cached per mask while the
+        weights stay unchanged (the key holds their storage and in-place version counters);
+        never cached under autograd, where a slice would carry a graph from one step into
+        the next."""
         weights = (self.router.weight, self.selection_bias, *self.experts.parameters())
         # A version counter alone is not an identity: a copied model's fresh tensors restart
         # their counts (and carry this cache along), so the storage address is keyed too.
         key = (
             active.numpy().tobytes(),
+            None if merge is None else merge.numpy().tobytes(),
             self.dense,
             *((w.data_ptr(), w._version) for w in weights),
         )
@@ -231,16 +256,39 @@ class MoE(nn.Module):
         ids = active.nonzero().flatten()
         id_list = ids.tolist()
         stacked = None
-        if self.dense and len(id_list) <= self.top_k + DENSE_EXTRA_EXPERTS:
-            chosen = [cast(Expert, self.experts[e]) for e in id_list]
-            stacked = StackedExperts.of(
-                [e.gate_proj.weight for e in chosen],
-                [e.up_proj.weight for e in chosen],
-                [e.down_proj.weight for e in chosen],
-            )
-        masked = MaskedRouter(
-            ids, id_list, self.router.weight[ids], self.selection_bias[ids], stacked
+        dense = self.dense and len(id_list) <= self.top_k + DENSE_EXTRA_EXPERTS
+        router, selection_bias = self.router.weight[ids], self.selection_bias[ids]
+        experts: list[Callable[[torch.Tensor], torch.Tensor]] = [self.experts[e] for e in id_list]
+        chosen = [cast(Expert, self.experts[e]) for e in id_list]
+        gate, up, down = (
+            [e.gate_proj.weight for e in chosen],
+            [e.up_proj.weight for e in chosen],
+            [e.down_proj.weight for e in chosen],
         )
+        if merge is not None:
+            rows = merge[ids]  # (A, E) each active expert's merge weights
+            every = [cast(Expert, e) for e in self.experts]
+            with torch.no_grad():
+
+                def combine(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+                    table = torch.stack(weights)  # (E, ...)
+                    return list(torch.einsum("ae,e...->a...", rows, table))
+
+                gate = combine([e.gate_proj.weight for e in every])
+                up = combine([e.up_proj.weight for e in every])
+                down = combine([e.down_proj.weight for e in every])
+                router = rows @ self.router.weight
+                selection_bias = rows @ self.selection_bias
+        if dense:
+            stacked = StackedExperts.of(gate, up, down)
+            if merge is not None:  # the dispatch reads views of the stacked copy
+                A, width = len(id_list), gate[0].shape[0]
+                gate = list(stacked.w_in[: A * width].split(width))
+                up = list(stacked.w_in[A * width :].split(width))
+                down = list(stacked.w_out.split(width, dim=1))
+        if merge is not None:
+            experts = [MergedExpert(g, u, d) for g, u, d in zip(gate, up, down, strict=True)]
+        masked = MaskedRouter(ids, id_list, router, selection_bias, stacked, experts)
         if not torch.is_grad_enabled():
             if len(self._masked) >= 64:  # a server sees a few masks; keep the cache bounded
                 self._masked.clear()
@@ -264,13 +312,15 @@ class MoE(nn.Module):
         if routing is not None and routing.active is not None:
             # Only the A active experts exist for this forward: router, top-k and dispatch
             # all run over A columns; `ids` maps a column back to its expert.
-            masked = self._masked_router(routing.active[self.layer])
+            merge = None if routing.merge is None else routing.merge[self.layer]
+            masked = self._masked_router(routing.active[self.layer], merge)
             affinity = torch.sigmoid(F.linear(x, masked.weight))  # (N, A)
             bias = masked.selection_bias
             if routing.bias is not None:
                 bias = bias + routing.bias[self.layer][masked.ids]
             ids: torch.Tensor | None = masked.ids
             experts = masked.id_list
+            modules = masked.experts
             stacked = masked.stacked if inference else None  # the dense path
         else:
             affinity = torch.sigmoid(self.router(x))  # (N, E)
@@ -278,6 +328,7 @@ class MoE(nn.Module):
             if routing is not None and routing.bias is not None:
                 bias = bias + routing.bias[self.layer]
             ids, experts = None, list(range(E))
+            modules = list(self.experts)
         if stacked is not None and len(experts) == self.top_k:
             # Every token selects every active expert: no top-k to take.
             column = torch.arange(self.top_k).expand(x.shape[0], -1)  # (N, K)
@@ -297,7 +348,7 @@ class MoE(nn.Module):
                 routing.expert_tokens += len(experts) * x.shape[0]
                 routing.touched.update((self.layer, e) for e in experts)
         else:
-            out = self._dispatch(x, column, gates, experts, routing)
+            out = self._dispatch(x, column, gates, experts, modules, routing)
         if keep is not None:
             out = torch.zeros_like(full).index_copy_(0, keep, out)
         if routing is not None and routing.load is not None:
@@ -317,6 +368,7 @@ class MoE(nn.Module):
         column: torch.Tensor,  # (n, K) columns of the routed experts
         gates: torch.Tensor,  # (n, K)
         experts: list[int],  # column -> expert id
+        modules: list[Callable[[torch.Tensor], torch.Tensor]],  # column -> what computes it
         routing: Routing | None,
     ) -> torch.Tensor:
         """Grouped dispatch: one stable sort puts every (token, slot) pair of an expert in one
@@ -328,10 +380,10 @@ class MoE(nn.Module):
         token = order // self.top_k  # (n*K,) the token of each sorted pair
         xs = x[token]
         parts, start = [], 0
-        for e, count in zip(experts, counts, strict=True):
+        for e, module, count in zip(experts, modules, counts, strict=True):
             if count == 0:
                 continue
-            parts.append(self.experts[e](xs[start : start + count]))
+            parts.append(module(xs[start : start + count]))
             start += count
             if routing is not None:
                 routing.calls += 1
@@ -427,6 +479,27 @@ class DiffusionLM(nn.Module):
 
     def blocks(self) -> list[Block]:
         return [cast(Block, b) for b in self.layers]
+
+    @torch.no_grad()
+    def prepare_mask(self, active: torch.Tensor, merge: torch.Tensor | None = None) -> int:
+        """Build and cache every layer's router (and merged, stacked weights) for a mask
+        before its first request; the bytes the mask's cached weights hold, beyond the
+        model's own (a merge's weights; a dense layer's stacked copy)."""
+        held = 0
+        for block in self.blocks():
+            layer = block.moe.layer
+            masked = block.moe._masked_router(
+                active[layer], None if merge is None else merge[layer]
+            )
+            tensors = [masked.weight, masked.selection_bias]
+            if masked.stacked is not None:
+                tensors += [masked.stacked.w_in, masked.stacked.w_out]
+            held += sum(t.numel() * t.element_size() for t in tensors)
+        return held
+
+    def router_weights(self) -> torch.Tensor:
+        """(n_layers, E, D) every layer's router rows (what a merge plan groups by)."""
+        return torch.stack([b.moe.router.weight.detach() for b in self.blocks()])
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.norm(x), self.embed_tokens.weight)  # tied output head

@@ -20,6 +20,12 @@ top-k among those only, and the others are never called (`model.MoE`). A mask is
   On a fine-grained model it keeps, for each shard, its most-used copies, so every hidden
   unit of the dense FFN stays (the most-used half alone dropped two shards of four in two of
   the shipped model's three layers and cost 55 points, `docs/generative.md`).
+- `merge_plan` (MC-SMoE's "merge, then compress", Li et al. 2023): a dropped expert need not
+  be lost. Each one joins the kept expert whose router row is most alike (on a fine-grained
+  model: the kept copy of its shard, the only one whose hidden units line up with its own),
+  and each kept expert becomes its group's usage-weighted average, weights and router row.
+  `half_mask(..., router=...)` carries this plan; the layer then computes the merged experts
+  where it computed the kept ones (`model.MoE`), at the same cost per token.
 - `checked_half_mask` (the same size, checked): `half_mask`'s choice, then each kept expert
   swapped for another copy of its shard where that keeps more of the full model's verified
   successes (`mask_check`); traffic share alone does not see which copy a capsule needs.
@@ -30,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from trifecta.core.errors import InvalidInput
@@ -42,6 +49,9 @@ class ExpertMask(BaseModel):
 
     layers: list[list[int]] = Field(min_length=1)
     source: str = Field(default="configured", description="configured | learned")
+    # (n_layers, E, E): row k of a layer holds the weights of the experts merged into kept
+    # expert k (summing to 1; expert k alone: no merge), zero rows for dropped experts.
+    merge: list[list[list[float]]] | None = None
 
     def validate_for(self, n_layers: int, n_experts: int, top_k: int) -> None:
         """Refuse a mask this model cannot use, naming the field."""
@@ -62,6 +72,30 @@ class ExpertMask(BaseModel):
                     f"a layer needs at least top_k={top_k} active experts, got {len(set(layer))}",
                     field="experts",
                 )
+        if self.merge is not None:
+            self._validate_merge(n_experts)
+
+    def _validate_merge(self, n_experts: int) -> None:
+        assert self.merge is not None
+        table = torch.tensor(self.merge, dtype=torch.float32)
+        if table.shape != (len(self.layers), n_experts, n_experts):
+            raise InvalidInput(
+                f"merge must be (layers, experts, experts) = ({len(self.layers)}, {n_experts}, "
+                f"{n_experts}), got {tuple(table.shape)}",
+                field="merge",
+            )
+        if bool((table < 0).any()):
+            raise InvalidInput("merge weights must not be negative", field="merge")
+        active = self.active(n_experts)
+        sums = table.sum(dim=2)  # (n_layers, E)
+        if bool(((sums - 1).abs() > 1e-3)[active].any()):
+            raise InvalidInput("each kept expert's merge weights must sum to 1", field="merge")
+        if bool((sums[~active] != 0).any()):
+            raise InvalidInput("a dropped expert cannot be merged into", field="merge")
+
+    def merge_tensor(self) -> torch.Tensor | None:
+        """(n_layers, E, E) float, or None: the kept experts are used as they are."""
+        return None if self.merge is None else torch.tensor(self.merge, dtype=torch.float32)
 
     def active(self, n_experts: int) -> torch.Tensor:
         """(n_layers, E) bool."""
@@ -95,13 +129,17 @@ def learn_mask(load: torch.Tensor, coverage: float, top_k: int) -> ExpertMask:
     return ExpertMask(layers=layers, source="learned")
 
 
-def half_mask(load: torch.Tensor, granularity: int, top_k: int) -> ExpertMask:
+def half_mask(
+    load: torch.Tensor, granularity: int, top_k: int, router: torch.Tensor | None = None
+) -> ExpertMask:
     """Half of each layer's experts from routed-token counts `load` (n_layers, E).
 
     `granularity` G: expert e is shard e % G of the FFN in virtual group e // G (`convert`).
     G = 1: the E/2 most used experts. G > 1: first each shard's most-used copy, so every
     shard stays, then the most used of the remaining copies up to E/2 (never fewer than G or
-    top-k experts: with one group every shard has one copy and nothing can go)."""
+    top-k experts: with one group every shard has one copy and nothing can go).
+    With the model's router weights `router` (n_layers, E, D) the dropped experts are merged
+    into the kept ones (`merge_plan`); without, they are dropped."""
     n_experts = load.shape[1]
     if granularity < 1 or n_experts % granularity:
         raise InvalidInput(
@@ -121,7 +159,45 @@ def half_mask(load: torch.Tensor, granularity: int, top_k: int) -> ExpertMask:
                     kept.append(expert)
         kept += [e for e in order if e not in kept][: size - len(kept)]
         layers.append(sorted(kept[:size]))
-    return ExpertMask(layers=layers, source="configured")
+    mask = ExpertMask(layers=layers, source="configured")
+    return mask if router is None else merge_plan(mask, load, granularity, router)
+
+
+def merge_plan(
+    mask: ExpertMask, load: torch.Tensor, granularity: int, router: torch.Tensor
+) -> ExpertMask:
+    """`mask` with its dropped experts merged into its kept ones (MC-SMoE, Li et al. 2023,
+    "Merge, then Compress"): each dropped expert joins the kept expert whose router row
+    (`router` (n_layers, E, D)) has the highest cosine similarity to its own, among the kept
+    copies of its shard when `granularity` > 1 (another shard's hidden units do not line up
+    with its own); each group is weighted by usage, the routed-token counts `load`
+    (n_layers, E), uniformly where the group saw none. A dropped expert with no kept copy of
+    its shard stays dropped."""
+    n_layers, n_experts = load.shape
+    if router.shape[:2] != (n_layers, n_experts):
+        raise InvalidInput(
+            f"router must be (layers, experts, d_model) with {n_layers} x {n_experts}, got "
+            f"{tuple(router.shape)}",
+            field="router",
+        )
+    if len(mask.layers) != n_layers:
+        raise InvalidInput(f"{len(mask.layers)} layers, the load has {n_layers}", field="layers")
+    unit = F.normalize(router.float(), dim=-1)
+    table = torch.zeros((n_layers, n_experts, n_experts))
+    for layer, kept in enumerate(mask.layers):
+        members: dict[int, list[int]] = {k: [k] for k in kept}
+        for dropped in (e for e in range(n_experts) if e not in kept):
+            candidates = [
+                k for k in kept if granularity <= 1 or k % granularity == dropped % granularity
+            ]
+            if candidates:
+                similarity = unit[layer, candidates] @ unit[layer, dropped]
+                members[candidates[int(similarity.argmax())]].append(dropped)
+        for k, group in members.items():
+            usage = load[layer, group].float()
+            weights = usage / usage.sum() if float(usage.sum()) > 0 else torch.ones(len(group))
+            table[layer, k, group] = weights / weights.sum()
+    return mask.model_copy(update={"merge": table.tolist()})
 
 
 def verified_mask(

@@ -88,12 +88,12 @@ class GenerativeService:
     def routing_for(self, capsule_id: str) -> tuple[Routing, BiasVersion, ExpertMask | None]:
         bias = self.store.current_bias(capsule_id, self.shape)
         mask = self.store.mask(capsule_id)
-        active = None
+        active = merge = None
         if mask is not None:
             c = self.model.config
             mask.validate_for(c.n_layers, c.n_experts, c.top_k)
-            active = mask.active(c.n_experts)
-        return Routing(bias=bias.tensor(), active=active), bias, mask
+            active, merge = mask.active(c.n_experts), mask.merge_tensor()
+        return Routing(bias=bias.tensor(), active=active, merge=merge), bias, mask
 
     def complete(self, request: GenerativeRequest) -> GenerativeResponse:
         return self.complete_batch([request])[0]

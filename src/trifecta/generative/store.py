@@ -50,6 +50,7 @@ mask_table = Table(
     Column("capsule_id", String(64), primary_key=True),
     Column("layers", JSON, nullable=False),
     Column("source", String(16), nullable=False),
+    Column("merge", JSON, nullable=True),  # `ExpertMask.merge`: dropped experts merged in
     Column("updated_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
 )
 traffic_table = Table(
@@ -154,17 +155,25 @@ class GenerativeStore:
                 .mappings()
                 .one_or_none()
             )
-        return ExpertMask(layers=row["layers"], source=row["source"]) if row else None
+        if row is None:
+            return None
+        return ExpertMask(layers=row["layers"], source=row["source"], merge=row["merge"])
 
     def put_mask(self, capsule_id: str, mask: ExpertMask) -> None:
         with transaction(self.engine, write=True) as session:
             session.execute(delete(mask_table).where(mask_table.c.capsule_id == capsule_id))
             session.execute(
                 mask_table.insert().values(
-                    capsule_id=capsule_id, layers=mask.layers, source=mask.source
+                    capsule_id=capsule_id, layers=mask.layers, source=mask.source, merge=mask.merge
                 )
             )
-        log.info("expert mask set", capsule=capsule_id, source=mask.source, layers=mask.layers)
+        log.info(
+            "expert mask set",
+            capsule=capsule_id,
+            source=mask.source,
+            layers=mask.layers,
+            merged=mask.merge is not None,
+        )
 
     def clear_mask(self, capsule_id: str) -> bool:
         with transaction(self.engine, write=True) as session:
