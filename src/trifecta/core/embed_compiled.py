@@ -26,11 +26,11 @@ VNNI), traced and frozen: on this AMX CPU each int8 Linear was slower than the p
 bfloat16 one (384x384 at 24 rows: 35 against 24 us), and activations quantised per tensor
 lose recall: every feed-forward Linear alone cost 0.01-0.07 of recall@10, all of them int8
 0.87 (per channel) where the goal is 0.98. oneDNN's graph fusion
-(`torch.jit.enable_onednn_fusion`), no faster with the weights out of cache as a query
-between other work finds them, about 20 MB per shape of compiled partitions, and one shared
-module slowed past a few shapes, so it would need a module per shape; a module per shape
-without fusion, whose first uses (0.2-0.9 s each, a dozen shapes) cost a 300-request loop
-run more CPU than they saved.
+(`torch.jit.enable_onednn_fusion`; the benchmark's row until this change), no faster with
+the weights out of cache as a query between other work finds them, about 20 MB per shape of
+compiled partitions, and one shared module slowed past a few shapes, so it would need a
+module per shape; a module per shape without fusion, whose first uses (0.2-0.9 s each, a
+dozen shapes) cost a 300-request loop run more CPU than they saved.
 """
 
 from __future__ import annotations
@@ -114,9 +114,8 @@ class CompiledEncoder:
     after any failure to trace or run it (a missing kernel path), and the caller runs eager
     from then on."""
 
-    def __init__(self, bert: torch.nn.Module, fusion: bool = False, prepack: bool = True) -> None:
+    def __init__(self, bert: torch.nn.Module, prepack: bool = True) -> None:
         self._encoder = pooled_encoder(bert)
-        self._fusion = fusion  # oneDNN's graph fusion: the benchmark's row only
         self._prepack = prepack  # False: plain Linears (the benchmark's shipped-before row)
         self.prepacked = 0  # Linears traced on oneDNN-packed weights
         self.prepack_off: str | None = None  # why packing was not used, if it was asked for
@@ -156,8 +155,6 @@ class CompiledEncoder:
         import torch
 
         started = time.perf_counter()
-        if self._fusion:  # process-wide, read when the executor optimises (the warm calls)
-            torch.jit.enable_onednn_fusion(True)
         with warnings.catch_warnings(), _without_loss_type_warning():
             warnings.simplefilter("ignore")  # the tracer warns about HF's Python-side checks
             with self._packed_linears():  # the live model's Linears are back after it
