@@ -47,6 +47,10 @@ SHAPE = 0.001
 # Cooling runs per call, each after the first restarting from the best placement found:
 # 3 lowered the summed moves over the 12 traces by 9% against one run (2 s, 2 seeds each).
 CYCLES = 3
+QUENCH = 0.1
+HOMEWARD = 0.6
+QUENCH_TEMPERATURE = 0.01
+QUENCH_PENALTY = 1000.0
 STEPS_PER_CHUNK = 20_000  # steps between clock reads
 TOLERANCE = 1e-9  # relative slack on the capacity check (as `placement_lns`)
 
@@ -157,12 +161,27 @@ def _swap(
     _put(lists, sizes, held, m, a)
 
 
+@njit(cache=True, inline="always")
+def _joining(
+    was_on: NDArray[np.int64], was_size: NDArray[np.int64], n: int, home: bool, experts: int
+) -> int:
+    """An expert to join node n: one it held before when `home`, else any."""
+    if home and was_size[n] > 0:
+        return int(was_on[n, np.random.randint(0, was_size[n])])
+    return np.random.randint(0, experts)
+
+
 @njit(cache=True)
 def _anneal_chunk(
     lists: NDArray[np.int64],  # (N, max slots) experts per node, first sizes[n] valid
     sizes: NDArray[np.int64],  # (N,)
     held: NDArray[np.bool_],  # (N, E) held[n, e]: node n holds e now
     before: NDArray[np.bool_],  # (N, E) node n held e before the rebalance
+    was_on: NDArray[np.int64],  # (N, E) the experts node n held before, first was_size[n]
+    was_size: NDArray[np.int64],  # (N,)
+    homes: NDArray[np.int64],  # (E, N) the nodes that held e before, first home_size[e]
+    home_size: NDArray[np.int64],  # (E,)
+    homeward: float,  # the share of proposals that send a replica back where it was
     counts: NDArray[np.int64],  # (E,) replicas per expert
     loads: NDArray[np.float64],  # (E,) tokens per expert
     slots: NDArray[np.int64],  # (N,)
@@ -194,13 +213,18 @@ def _anneal_chunk(
         delta = 0.0  # the change in moves
         if sizes[n] > 0:
             a = lists[n, np.random.randint(0, sizes[n])]
+        # Homeward: the joining expert one n held before (add, replace), or the target a node
+        # that held a before (move, swap); such a change costs no move, or refunds one.
+        home = np.random.random() < homeward
+        if home and (kind == 2 or kind == 3) and a >= 0 and home_size[a] > 0:
+            m = homes[a, np.random.randint(0, home_size[a])]
         if kind == 0:  # drop a from n
             if a < 0 or counts[a] < 2:
                 continue
             delta = -1.0 + before[n, a]
             _replica(lists, sizes, held, counts, loads, weight, n, a, False)
         elif kind == 1:  # add b on n
-            b = np.random.randint(0, experts)
+            b = _joining(was_on, was_size, n, home, experts)
             if held[n, b] or sizes[n] >= slots[n]:
                 continue
             delta = 1.0 - before[n, b]
@@ -220,7 +244,7 @@ def _anneal_chunk(
             delta -= (1.0 - before[n, a]) + (1.0 - before[m, b])
             _swap(lists, sizes, held, n, a, m, b)
         else:  # replace a on n (a redundant replica) by b
-            b = np.random.randint(0, experts)
+            b = _joining(was_on, was_size, n, home, experts)
             if a < 0 or counts[a] < 2 or held[n, b]:
                 continue
             delta = (1.0 - before[n, b]) - (1.0 - before[n, a])
@@ -264,6 +288,7 @@ def anneal_min_moves(
     seed: int = 0,
     cycles: int = CYCLES,
     max_steps: int | None = None,
+    homeward: float | None = None,
 ) -> AnnealResult:
     """The fewest moves from `before` found by annealing from `start` (any placement on
     `cluster`; one that keeps `level` max/mean is never worsened) within `time_limit_s`,
@@ -275,6 +300,8 @@ def anneal_min_moves(
     was = np.zeros((nodes, loads.size), dtype=np.bool_)
     for n, experts_before in enumerate(before[:nodes]):
         was[n, list(experts_before)] = True
+    history = _history(was)
+    homeward = HOMEWARD if homeward is None else homeward
     mean = loads.sum() / nodes
     # Load is counted in units of the level's slack over the mean (a thousandth of the mean
     # at least): at 1.05 a node 1% over the mean is no cost worth a move, at 1.001 it is.
@@ -298,8 +325,11 @@ def anneal_min_moves(
         progress -= int(progress)
         temperature = START_TEMPERATURE * (END_TEMPERATURE / START_TEMPERATURE) ** progress
         penalty = START_PENALTY * (END_PENALTY / START_PENALTY) ** progress
+        if progress >= 1.0 - QUENCH:
+            temperature, penalty = QUENCH_TEMPERATURE, QUENCH_PENALTY
         _anneal_chunk(
-            walk.lists, walk.sizes, walk.held, was, walk.counts, loads, slots, cap, unit,
+            walk.lists, walk.sizes, walk.held, was, *history, homeward, walk.counts, loads,
+            slots, cap, unit,
             walk.state, best_lists, best_sizes, best, penalty, temperature, STEPS_PER_CHUNK,
             seed * 100_003 + chunk,
         )  # fmt: skip
@@ -310,6 +340,22 @@ def anneal_min_moves(
     placed = [sorted(int(e) for e in best_lists[n, : best_sizes[n]]) for n in range(nodes)]
     moves = moves_between(before, placed)
     return AnnealResult(placed, moves, start_moves, steps, moves < start_moves or not feasible)
+
+
+def _history(
+    was: NDArray[np.bool_],
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """`was` (node n held e before) as padded lists both ways: each node's experts, and
+    each expert's nodes, with their lengths."""
+
+    def padded(rows: NDArray[np.bool_]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        sizes = rows.sum(axis=1).astype(np.int64)
+        out = np.zeros((rows.shape[0], max(int(sizes.max(initial=0)), 1)), dtype=np.int64)
+        for i, row in enumerate(rows):
+            out[i, : sizes[i]] = np.flatnonzero(row)
+        return out, sizes
+
+    return (*padded(was), *padded(was.T))
 
 
 @dataclass
