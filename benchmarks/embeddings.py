@@ -342,6 +342,17 @@ def equal_recall_baseline(
     return min(eligible)[1] if eligible else None
 
 
+def query_goal(
+    claim: str, times: dict[str, dict[int, list[float]]], shipped: str, baseline: str | None
+) -> list[Goal]:
+    """The shipped path's CPU over the query mix at most the baseline's; none where this CPU
+    has no such row (no native bfloat16, or no ONNX Runtime candidate at the recall goal)."""
+    if baseline is None or baseline not in times:
+        return []
+    ratio = bootstrap_ratio(query_mix(times[shipped]), query_mix(times[baseline]))
+    return [Goal.of(claim, ratio, at_most=1.0, unit="x")]
+
+
 def compile_line() -> str:
     if not COMPILE_COST:
         return "No TorchScript row: this CPU has no native bfloat16, so the shipped path is float32 eager."
@@ -408,49 +419,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             at_most=LEARNER_GOAL,
             unit="x",
         ),
-        Goal.of(
+        *query_goal(
             "query embedding CPU a text over the loop's query calls, shipped / ONNX Runtime dynamic int8",
-            bootstrap_ratio(query_mix(times[shipped]), query_mix(times[ONNX])),
-            at_most=1.0,
-            unit="x",
+            times,
+            shipped,
+            ONNX,
         ),
-        *(
-            [
-                Goal.of(
-                    "query embedding CPU a text over the loop's query calls, shipped / the "
-                    f"fastest ONNX Runtime candidate at recall@10 of at least {RECALL_GOAL} "
-                    "(equal recall)",
-                    bootstrap_ratio(query_mix(times[shipped]), query_mix(times[equal_recall])),
-                    at_most=1.0,
-                    unit="x",
-                )
-            ]
-            if equal_recall
-            else []
+        *query_goal(
+            "query embedding CPU a text over the loop's query calls, shipped / the fastest ONNX "
+            f"Runtime candidate at recall@10 of at least {RECALL_GOAL} (equal recall)",
+            times,
+            shipped,
+            equal_recall,
         ),
-        *(
-            [
-                Goal.of(
-                    "query embedding CPU a text over the loop's query calls, shipped / bfloat16 traced + frozen, plain Linears (shipped before)",
-                    bootstrap_ratio(query_mix(times[shipped]), query_mix(times[TRACED_BEFORE])),
-                    at_most=1.0,
-                    unit="x",
-                )
-            ]
-            if TRACED_BEFORE in found
-            else []
+        *query_goal(
+            "query embedding CPU a text over the loop's query calls, shipped / bfloat16 traced + frozen, plain Linears (shipped before)",
+            times,
+            shipped,
+            TRACED_BEFORE,
         ),
-        *(
-            [
-                Goal.of(
-                    "query embedding CPU a text over the loop's query calls, shipped / bfloat16 eager (shipped before)",
-                    bootstrap_ratio(query_mix(times[shipped]), query_mix(times[EAGER_BF16])),
-                    at_most=1.0,
-                    unit="x",
-                )
-            ]
-            if EAGER_BF16 in found
-            else []
+        *query_goal(
+            "query embedding CPU a text over the loop's query calls, shipped / bfloat16 eager (shipped before)",
+            times,
+            shipped,
+            EAGER_BF16,
         ),
         Goal.of(
             "recall@10 of the shipped path vs float32 (index in float32)",
