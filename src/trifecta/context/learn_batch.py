@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from trifecta.context import tables
 from trifecta.context.deltas import AddOp, DeltaResult, UpdateOp
@@ -146,6 +146,12 @@ class StagedBatch:
         return self.delta_texts + self.memory_texts
 
 
+# Built once: run every batch.
+_STORED = select(M.title, M.description, M.content, M.embedding).where(
+    M.domain == bindparam("b_domain"), M.content.in_(bindparam("b_contents", expanding=True))
+)
+
+
 def stored_vectors(
     store: ShardStore, domain: str, drafts: Sequence[MemoryDraft]
 ) -> dict[str, Vector]:
@@ -154,11 +160,7 @@ def stored_vectors(
     if not contents:
         return {}
     with transaction(store.engine) as session:
-        rows = session.execute(
-            select(M.title, M.description, M.content, M.embedding).where(
-                M.domain == domain, M.content.in_(contents)
-            )
-        ).all()
+        rows = session.execute(_STORED, {"b_domain": domain, "b_contents": contents}).all()
     return {text_of(r.title, r.description, r.content): to_vector(r.embedding) for r in rows}
 
 

@@ -141,6 +141,16 @@ Item = tuple[str, Trajectory, Vector | None]  # domain, trajectory, its query ve
 _DOMAIN_STATE = select(tables.domains.c.state, tables.domains.c.moved_to).where(
     tables.domains.c.domain == bindparam("b_domain")
 )
+# The worker's reads of the queue, built once (run every batch).
+_PENDING = (
+    select(Q.id, Q.domain, Q.payload, Q.attempts, Q.query_vector)
+    .where(Q.state == "pending")
+    .order_by(Q.id)
+    .limit(bindparam("b_limit"))
+)
+_STILL_PENDING = select(Q.id).where(
+    Q.id.in_(bindparam("b_ids", expanding=True)), Q.state == "pending"
+)
 _INSERTS: dict[str, Any] = {}  # dialect name -> the queue's INSERT
 
 
@@ -267,12 +277,7 @@ class LearnQueue:
     def pending(self, limit: int) -> list[Queued]:
         """The oldest pending rows of every domain of this shard, in queue order."""
         with transaction(self.engine) as session:
-            rows = session.execute(
-                select(Q.id, Q.domain, Q.payload, Q.attempts, Q.query_vector)
-                .where(Q.state == "pending")
-                .order_by(Q.id)
-                .limit(limit)
-            ).all()
+            rows = session.execute(_PENDING, {"b_limit": limit}).all()
         found = []
         for r in rows:
             try:
@@ -339,7 +344,7 @@ def still_pending(session: Session, ids: list[int]) -> set[int]:
     """Which of these rows are pending, read under the domain lock the caller holds."""
     if not ids:
         return set()
-    rows = session.execute(select(Q.id).where(Q.id.in_(ids), Q.state == "pending"))
+    rows = session.execute(_STILL_PENDING, {"b_ids": ids})
     return {int(r[0]) for r in rows}
 
 

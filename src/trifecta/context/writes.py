@@ -64,12 +64,26 @@ class Changes:
     since: int = 0
 
 
+# Statements the learner runs every batch, built once: building a SELECT of a whole table's
+# columns and keying it cost ~4x running it (116 against 30 us a statement, measured here).
+_CHANGED_BULLETS = select(tables.bullets).where(
+    B.domain == bindparam("b_domain"), B.seq > bindparam("b_since")
+)
+_CHANGED_MEMORIES = select(tables.memories).where(
+    M.domain == bindparam("b_domain"), M.seq > bindparam("b_since")
+)
+_STORED_IDS = select(M.id).where(
+    M.domain == bindparam("b_domain"), M.id.in_(bindparam("b_ids", expanding=True))
+)
+
+
 def changes_in(session: Session, domain: str, since: int, version: int) -> Changes:
     """The rows with `seq > since`, read in the caller's transaction (at `version`)."""
     if version <= since:
         return Changes(version, [], [], since)
-    brows = session.execute(select(tables.bullets).where(B.domain == domain, B.seq > since)).all()
-    mrows = session.execute(select(tables.memories).where(M.domain == domain, M.seq > since)).all()
+    params = {"b_domain": domain, "b_since": since}
+    brows = session.execute(_CHANGED_BULLETS, params).all()
+    mrows = session.execute(_CHANGED_MEMORIES, params).all()
     return Changes(
         version,
         [(bullet_of(r), vector_or_none(r.embedding)) for r in brows],
@@ -255,10 +269,7 @@ class MemoryBatch:
         self.domain = domain
         wanted = sorted(set(ids))
         self._existing: set[str] = (
-            {
-                str(r[0])
-                for r in session.execute(select(M.id).where(M.domain == domain, M.id.in_(wanted)))
-            }
+            {str(r[0]) for r in session.execute(_STORED_IDS, {"b_domain": domain, "b_ids": wanted})}
             if wanted
             else set()
         )
