@@ -63,10 +63,11 @@ def rerun_half_mask(decoder: Decoder, args: argparse.Namespace, granularity: int
         f"{cpu_name()}; one torch thread; {machine_load()} at the end of the run (shared with "
         "other engineers' jobs). Only the half mask was re-measured: it is now the product's "
         f"`half_mask` (granularity {granularity}: each FFN shard's most-used copy in the "
-        f"capsule's traffic, {args.traffic} requests of `{DOMAIN}`), {half.layers}. Every "
-        "other row of this section and every other goal below is the last full run's "
-        "(its command at the top; `benchmarks/results/moe_decode.json`), and the rows above "
-        "naming each layer's most-used half are that run's former half mask.",
+        f"capsule's traffic, {args.traffic} requests of `{DOMAIN}`), {half.layers}, each "
+        "dropped copy merged into the kept copy of its shard (`selection.merge_plan`, "
+        "MC-SMoE). Every other row of this section and every other goal below is the last "
+        "full run's (its command at the top; `benchmarks/results/moe_decode.json`), and the "
+        "rows above naming the half mask without merging are that run's former half mask.",
         "",
         f"Held-out accuracy ({args.per_grade} per grade, the same tasks for both rows, served "
         "decoding):",
