@@ -18,8 +18,12 @@ With bfloat16 weights each Linear's weight is also handed to oneDNN once in its 
 it: a plain bfloat16 `linear` re-lays the weight out at every call, which at a query's few
 rows cost about as much as the multiply (one 384x1536 Linear, 24 rows: 102 against 45 us).
 The same kernels run on the same bfloat16 numbers, so the vectors are the unpacked path's
-(cosine 1.0); a query's forward took 0.55-0.8x the CPU. Where oneDNN or the packing is
-missing, the graph is traced with plain Linears, as before (`prepacked` says which).
+(cosine 1.0, recall@10 0.990 either way); over the loop's query mix 0.79x [0.73, 0.83] the
+plain trace's CPU a text (benchmarks/embeddings.py, load 7-14; per shape in a probe, 0.5x
+at one text to 0.8x at eight). The packed weights are a second copy beside the eager
+model's, which the fallback keeps: 31 MB more after the trace, 16 MB before packing. Where
+oneDNN or the packing is missing, the graph is traced with plain Linears, as before
+(`prepacked` and `prepack_off` say which).
 
 Not taken (same benchmark): torch's dynamic int8 of the Linears (fbgemm, x86 or oneDNN,
 VNNI), traced and frozen: on this AMX CPU each int8 Linear was slower than the packed
