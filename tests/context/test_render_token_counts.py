@@ -14,7 +14,15 @@ from trifecta.context.render import render_bullets, render_context, render_memor
 
 # Accents, quotes, CJK, non-breaking and zero-width spaces, tabs, carriage returns: the
 # normaliser and pre-tokenizer's edge cases, at line ends too.
-ODD = ["naïve café", "“quoted” ‘x’ — dash", "中文字符", "a\u00a0b\u200bc", "tab\there", "x\r", "end."]
+ODD = [
+    "naïve café",
+    "“quoted” ‘x’ — dash",
+    "中文字符",
+    "a\u00a0b\u200bc",
+    "tab\there",
+    "x\r",
+    "end.",
+]
 
 
 def whole(text: str) -> int:
