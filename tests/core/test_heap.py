@@ -202,3 +202,19 @@ def test_sqlite_and_tensor_figures_count_what_was_made() -> None:
     assert used is not None and used > 1  # the table's pages, in SQLite's own allocator
     connection.close()
     del kept
+
+
+def test_tensor_figures_count_onednn_packed_weights() -> None:
+    """The embedder packs its weights into oneDNN's opaque layout, which has no storage to
+    read: the summary counts them by size instead of failing (it failed the report's thread)."""
+    import torch
+
+    from trifecta.core.heap_report import tensor_summary
+
+    before = tensor_summary()
+    packed = torch.randn(512, 1024).to_mkldnn()  # 2 MB, opaque
+    after = tensor_summary()
+    assert before is not None and after is not None
+    assert packed.is_mkldnn
+    assert after["count"] == before["count"] + 1  # type: ignore[operator]
+    assert after["storage_mb"] >= before["storage_mb"] + 1.9  # type: ignore[operator]

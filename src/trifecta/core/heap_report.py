@@ -279,8 +279,13 @@ def tensor_summary(top: int = 10) -> dict[str, object] | None:
     for o in gc.get_objects():
         # type(), not isinstance: isinstance reads __class__, which wakes lazy modules.
         if issubclass(type(o), torch.Tensor) and not o.is_meta:
-            storage = o.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
+            if o.is_mkldnn:
+                # oneDNN's opaque tensors (the embedder's packed weights) expose no storage:
+                # each owns its buffer, counted by its size under its own id.
+                storages[-id(o)] = o.numel() * o.element_size()
+            else:
+                storage = o.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
             shapes[f"{tuple(o.shape)} {o.dtype}"] += 1
     return {
         "count": sum(shapes.values()),
