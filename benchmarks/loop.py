@@ -64,34 +64,40 @@ ENGINE_CPU_MS: list[float] = []  # of which on the serving engines' decoding thr
 QUERY_EMBEDS: list[tuple[int, int]] = []  # (query-cache misses, encoder calls) per pass
 # Where the CPU goes, from a profile (py-spy at 67 Hz attached 3 s after serving began, 40 s of
 # `trifecta run --requests 6000 --workers 16 --seed 7` on a fresh data directory, load ~1,
-# 2026-12-07, HEAD e9e6bef: the scripted serving step and the TorchScript MiniLM in; learning in
-# a thread of the server, the default; waits in Python's locks, queues and the event loop left
-# out, SQLite's lock waits cannot be told apart and are in), kept beside the figures because
-# re-profiling is not part of this script. Shares of the busy samples; `budget_rows` turns them
-# into ms at this run's measured CPU a request.
+# 2026-12-07, HEAD d9c48df: the request log and learn queue on Core connections, the learner's
+# statements built once, the edge mesh calling in-process nodes directly, the packed-weight
+# MiniLM; learning in a thread of the server, the default; waits in Python's locks, queues and
+# the event loop left out), kept beside the figures because re-profiling is not part of this
+# script. Shares of the samples of running or runnable threads; `budget_rows` turns them into
+# ms at this run's measured CPU a request.
 PROFILE_ROWS = [
-    ("cognitive tiers: forward passes (the scripted step)", 14.3),
-    ("cognitive serving: batching engine, sampling, cascade, thresholds snapshot", 10.5),
-    ("query embeddings (MiniLM, TorchScript)", 9.0),
-    ("context learner (a thread): SQL 12.7, MiniLM 3.5, the rest 3.0", 19.2),
-    ("edge mesh", 13.0),
+    ("cognitive tiers: forward passes (the scripted step)", 16.1),
+    ("cognitive serving: batching engine, sampling, cascade, thresholds snapshot", 11.0),
+    ("query embeddings (MiniLM, TorchScript, packed weights)", 9.0),
+    ("context learner (a thread): SQL 13.0, MiniLM 3.6, the rest 2.3", 18.9),
+    ("edge mesh (in-process nodes called directly)", 12.7),
     (
-        "the loop's SQL: request log 7.0, domain read 5.0, learn-queue insert 4.2, "
-        "capsule read 0.8, other 4.4",
-        21.4,
+        "the loop's SQL: request log 8.2, learn-queue insert 7.7, domain version read 6.8, "
+        "capsule read 6.4, other 0.2",
+        29.3,
     ),
-    ("the loop's own Python and the context search", 11.1),
-    ("other (threads, event loop)", 1.5),
+    ("the loop's own Python and the context search", 2.7),
+    ("other (threads, event loop)", 0.3),
 ]
 PROFILE_NOTE = (
     "What bounds it: at 180 requests/s two cores give each request 11 ms of CPU, learning "
-    "included. SQLite is now the largest share, 34% (the loop's request log, domain read and "
-    "learn-queue insert 21, the learner's writes 13; its lock waits cannot be told apart from "
-    "its work in this profile), then the cognitive tiers' forwards and their serving engine "
-    "25%, the edge mesh 13% and MiniLM 12.5% (the query embeddings 9.0, the learner's 3.5). "
-    "The budget (py-spy, 67 Hz, 40 s of `trifecta run --requests 6000 --workers 16 --seed 7` "
-    "after it began serving, load ~1; waits left out), taken on e9e6bef with the scripted "
-    "serving step and the TorchScript MiniLM, in ms at this run's median CPU a request:"
+    "included. The budget below (py-spy, 67 Hz, 40 s of `trifecta run --requests 6000 "
+    "--workers 16 --seed 7` after it began serving, load ~1; waits in locks, queues and the "
+    "event loop left out; taken on d9c48df) counts the samples of threads running or "
+    "runnable, so a thread back from SQLite or torch that waits for a core or for the GIL "
+    "counts where it waits: the single-row reads (the domain's version and the capsule, "
+    "about 20 us each when timed alone) weigh far more here than their own work, and SQLite "
+    "as a whole (42% here) is overstated: a native profile put most of the loop's time "
+    "inside SQLite calls in re-taking the GIL. Sampling only the thread holding the GIL "
+    "(`--gil`, the same run's settings) found it held in 26% of the samples (the cognitive "
+    "serving engine 31% of those, the loop's Python and context search 18%, the learner's "
+    "SQL 12%, the edge mesh 10%): the GIL is not what bounds the loop. In ms at this run's "
+    "median CPU a request:"
 )
 
 
