@@ -144,7 +144,9 @@ def test_the_heap_report_can_take_its_baseline_later(tmp_path: Path) -> None:
                 break
         time.sleep(0.1)
     reporter.close()
-    line = [kb for where, kb in grown.items() if "test_heap_sizes.py" in where]
+    # The blocks' line; the test's own few small objects (the polling loop's, 0.2 KB) may be
+    # listed too, from another line of this file.
+    line = [kb for where, kb in grown.items() if "test_heap_sizes.py" in where and kb > 100]
     # The 3 MB made after the baseline, not the 6 MB the line made since tracing began.
     assert len(line) == 1 and 2800 < line[0] < 4500
     del early, late
