@@ -1,6 +1,8 @@
 """Experts executed where the placement puts them: in-process, and as Ray actors on a local
 two-node Ray cluster whose head and worker each run in a network namespace of the test's own
-(joined by a veth pair), one actor per placement node. Outputs equal the model's own layer.
+(joined by a veth pair), one actor per placement node. Outputs equal the model's own layer,
+with every expert and under a capsule's mask, dropped or merged; the calls each node gets are
+recorded, so a masked expert is seen never to reach one.
 
 Run as a script (`python tests/generative/test_ray_experts.py ADDRESS OUT`) it is the driver
 that the Ray test starts inside the head's namespace.
@@ -27,10 +29,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trifecta.core.errors import InvalidInput
 from trifecta.generative.expansion import resize
-from trifecta.generative.model import DiffusionConfig, MoE
+from trifecta.generative.model import DiffusionConfig, MoE, Routing
 from trifecta.generative.placement import Cluster, place
-from trifecta.generative.ray_experts import PlacedMoE
+from trifecta.generative.ray_experts import Batches, PlacedMoE, Variants
+from trifecta.generative.selection import ExpertMask, half_mask
 
 HERE = Path(__file__).resolve()
 # The cluster lives in the test's own namespaces, reachable only through their veth pair; a
@@ -45,9 +49,92 @@ def seeded_layer(seed: int = 0) -> MoE:
     return layer.eval()
 
 
-def reference(layer: MoE, x: torch.Tensor) -> torch.Tensor:
+def reference(
+    layer: MoE,
+    x: torch.Tensor,
+    counted: torch.Tensor | None = None,
+    routing: Routing | None = None,
+) -> torch.Tensor:
+    if counted is None:
+        counted = torch.ones(x.shape[:-1], dtype=torch.bool)
     with torch.no_grad():
-        return layer(x, torch.ones(x.shape[:-1], dtype=torch.bool), None)
+        return layer(x, counted, routing)
+
+
+LOADS = np.array([900, 50, 400, 60, 300, 70, 200, 20], dtype=np.float64)
+DROPPED = ExpertMask(layers=[[0, 2, 5]])  # top-2 of 3: the layer's dense path in process
+WIDE = ExpertMask(layers=[[0, 1, 3, 5, 6]])  # 5 of 8: the dispatch in process
+
+
+def merged_mask(layer: MoE) -> ExpertMask:
+    """The half mask with each dropped expert merged into the kept one of the closest router
+    row, weighted by usage (`selection.merge_plan`)."""
+    load = torch.tensor(LOADS, dtype=torch.float32)[None]
+    return half_mask(load, 1, layer.top_k, layer.router.weight.detach()[None])
+
+
+def routing_of(mask: ExpertMask) -> Routing:
+    return Routing(
+        bias=torch.linspace(0.1, -0.1, 8)[None],  # a capsule's biases on top of the layer's
+        active=mask.active(8),
+        merge=mask.merge_tensor(),
+    )
+
+
+class Recorder:
+    """Every batch the placed layer sends a node: (node, expert, variant or None, tokens)."""
+
+    def __init__(self, placed: PlacedMoE):
+        self.calls: list[tuple[int, int, str | None, int]] = []
+        run = placed.backend.run
+
+        def recording(per_node: list[Batches], variants: list[Variants]) -> list[Batches]:
+            for node, (batches, tags) in enumerate(zip(per_node, variants, strict=True)):
+                self.calls += [(node, e, tags.get(e), len(x)) for e, x in batches.items()]
+            return run(per_node, variants)
+
+        placed.backend.run = recording  # type: ignore[method-assign]
+
+    def experts(self) -> set[int]:
+        return {e for _, e, _, _ in self.calls}
+
+
+def masked_outputs(address: str | None) -> dict[str, object]:
+    """The seeded layer under a dropped and a merged capsule mask, placed (here, or on Ray at
+    `address`) and in the layer itself, with padding in the batch; then the merged mask
+    again after an expansion."""
+    layer = seeded_layer()
+    x = torch.randn(3, 12, 32, generator=torch.Generator().manual_seed(5))
+    counted = torch.ones(3, 12, dtype=torch.bool)
+    counted[0, :4] = False  # a left-padded request
+    placed = PlacedMoE(layer, place(LOADS, Cluster.uniform(2, 5)), ray_address=address)
+    recorder = Recorder(placed)
+    report: dict[str, object] = {}
+    for name, mask in (("dropped", DROPPED), ("wide", WIDE), ("merged", merged_mask(layer))):
+        routing, expected_routing = routing_of(mask), routing_of(mask)
+        start = len(recorder.calls)
+        out = placed.forward(x, counted, routing)
+        expected = reference(layer, x, counted, expected_routing)
+        assert routing.load is None and expected_routing.load is None  # no full model here
+        calls = recorder.calls[start:]
+        report[name] = {
+            "max_abs_diff": float((out - expected).abs().max()),
+            "output": out.flatten()[:96].tolist(),
+            "sent": sorted({e for _, e, _, _ in calls}),
+            "variants": sorted({(e, tag) for _, e, tag, _ in calls if tag is not None}),
+            "tokens_sent": sum(n for *_, n in calls),
+            "kept": mask.layers[0],
+        }
+    merged = merged_mask(layer)
+    report["hosted_variants"] = placed.backend.hosted_variants()
+    report["holders"] = [sorted(n) for n in placed.placement.nodes]
+    grown = resize(placed.placement, LOADS, add=1, target=1.0)
+    placed.apply(grown.placement)
+    after = placed.forward(x, counted, routing_of(merged))
+    report["merged_after_expand"] = float(
+        (after - reference(layer, x, counted, routing_of(merged))).abs().max()
+    )
+    return report
 
 
 def placed_outputs(address: str | None) -> dict[str, object]:
@@ -103,6 +190,78 @@ def test_any_placement_gives_the_layer_output(loads: list[int], nodes: int, spar
     placed = PlacedMoE(layer, place(np.array(loads, dtype=np.float64), cluster, "greedy"))
     x = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(4))
     assert torch.allclose(placed.forward(x), reference(layer, x), atol=1e-6)
+
+
+def test_a_masked_capsule_on_placed_nodes_equals_the_masked_layer() -> None:
+    report = masked_outputs(None)
+    counted_tokens = 3 * 12 - 4
+    for name in ("dropped", "wide", "merged"):
+        row = report[name]
+        assert isinstance(row, dict)
+        assert row["max_abs_diff"] < 1e-6, name
+        assert set(row["sent"]) <= set(row["kept"]), name  # no masked expert reached a node
+        assert row["tokens_sent"] == counted_tokens * 2  # padding is never sent; top-2
+    merged = report["merged"]
+    assert isinstance(merged, dict) and merged["variants"]  # the merge's experts ran merged
+    assert {e for e, _ in merged["variants"]} <= set(merged["kept"])
+    assert report["merged_after_expand"] < 1e-6
+
+
+def test_merged_experts_run_with_the_merged_weights_on_the_nodes_that_hold_them() -> None:
+    layer = seeded_layer()
+    mask = merged_mask(layer)
+    placed = PlacedMoE(layer, place(LOADS, Cluster.uniform(3, 4)))
+    assert placed.prepare(mask) > 0  # shipped before the first request
+    recorder = Recorder(placed)
+    x = torch.randn(2, 20, 32, generator=torch.Generator().manual_seed(6))
+    placed.forward(x, None, routing_of(mask))
+    merge = mask.merge_tensor()
+    assert merge is not None
+    changed = {e for e in mask.layers[0] if int((merge[0, e] != 0).sum()) > 1}
+    assert changed  # the plan merged something into some kept expert
+    for node, e, tag, _ in recorder.calls:
+        assert (tag is not None) == (e in changed)  # merged experts ran as their variant
+        module = placed.backend.nodes[node].variants[(e, tag)] if tag else None  # type: ignore[attr-defined]
+        if module is not None:
+            by_hand = sum(
+                float(merge[0, e, j]) * layer.experts[j].gate_proj.weight.detach() for j in range(8)
+            )
+            assert torch.allclose(module.gate_proj.weight, by_hand, atol=1e-6)
+    # every variant on a node is of an expert that node holds
+    for node, variants in enumerate(placed.backend.hosted_variants()):
+        assert {e for e, _ in variants} <= set(placed.placement.nodes[node])
+    assert placed.prepare(mask) == 0  # already there
+    dropped_only = mask.model_copy(update={"merge": None})
+    unmerged = placed.forward(x, None, routing_of(dropped_only))
+    assert not torch.allclose(placed.forward(x, None, routing_of(mask)), unmerged, atol=1e-4)
+
+
+def test_experts_outside_the_mask_are_never_computed_on_any_node() -> None:
+    layer = seeded_layer()
+    with torch.no_grad():  # poisoned: a node that computed one would return NaN
+        for e in set(range(8)) - set(DROPPED.layers[0]):
+            layer.experts[e].gate_proj.weight.fill_(float("nan"))
+    placed = PlacedMoE(layer, place(LOADS, Cluster.uniform(2, 5)))
+    x = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(7))
+    out = placed.forward(x, None, routing_of(DROPPED))
+    assert bool(torch.isfinite(out).all())
+    assert not bool(torch.isfinite(placed.forward(x)).all())  # every expert: NaN reached
+
+
+def test_a_mask_naming_an_expert_the_placement_lacks_is_refused_naming_the_field() -> None:
+    layer = seeded_layer()
+    placed = PlacedMoE(layer, place(LOADS, Cluster.uniform(2, 5)))
+    x = torch.randn(1, 4, 32)
+    wider = Routing(active=torch.ones(1, 9, dtype=torch.bool))
+    with pytest.raises(InvalidInput, match="expert 8 is not placed") as err:
+        placed.forward(x, None, wider)
+    assert err.value.field == "experts"
+    with pytest.raises(InvalidInput) as err:
+        placed.forward(x, None, Routing(active=torch.ones(1, 7, dtype=torch.bool)))
+    assert err.value.field == "experts"
+    with pytest.raises(InvalidInput, match="expert 9") as err:
+        placed.prepare(ExpertMask(layers=[[0, 1, 9]]))
+    assert err.value.field == "experts"
 
 
 def test_tokens_split_evenly_over_replicas() -> None:
@@ -214,6 +373,16 @@ def test_ray_actors_on_two_nodes_give_the_in_process_output(
     assert remote["hosted"] == remote["planned"] and remote["shipped"] == remote["planned_moves"]
     actor_nodes = remote["actor_nodes"]
     assert len(set(actor_nodes[:2])) == 2  # the two placement nodes on the two Ray nodes
+    masked, local_masked = remote["masked"], masked_outputs(None)
+    for name in ("dropped", "wide", "merged"):
+        assert masked[name]["output"] == local_masked[name]["output"]  # bit for bit
+        assert masked[name]["max_abs_diff"] < 1e-6
+        assert set(masked[name]["sent"]) <= set(masked[name]["kept"])  # masked: never sent
+        assert masked[name]["variants"] == [list(v) for v in local_masked[name]["variants"]]
+    assert masked["merged"]["variants"]  # merged weights shipped to the Ray actors
+    for node, variants in enumerate(masked["hosted_variants"]):  # each on a holder of it
+        assert {e for e, _ in variants} <= set(masked["holders"][node])
+    assert masked["merged_after_expand"] < 1e-6
 
 
 if __name__ == "__main__":  # the driver, inside the head's namespace
@@ -221,4 +390,6 @@ if __name__ == "__main__":  # the driver, inside the head's namespace
 
     torch.set_num_threads(1)
     ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False)
-    Path(sys.argv[2]).write_text(json.dumps(placed_outputs(sys.argv[1])))
+    report = placed_outputs(sys.argv[1])
+    report["masked"] = masked_outputs(sys.argv[1])
+    Path(sys.argv[2]).write_text(json.dumps(report))

@@ -7,10 +7,13 @@ import torch
 from pydantic import ValidationError
 
 from tests.generative.conftest import mask_experts
+from tests.generative.test_ray_experts import Recorder
 from trifecta.core.db import get_engine
+from trifecta.core.errors import InvalidInput
 from trifecta.core.tasks import generate_tasks
-from trifecta.generative.selection import configured_mask
+from trifecta.generative.selection import configured_mask, half_mask
 from trifecta.generative.service import GenerativeRequest, GenerativeService
+from trifecta.generative.settings import GenerativeSettings
 from trifecta.generative.store import GenerativeStore
 
 
@@ -91,3 +94,60 @@ def test_a_mask_learned_from_traffic_serves_the_capsule(service: GenerativeServi
     used = torch.tensor(response.expert_load) > 0
     assert not bool((used & ~allowed).any())
     assert response.experts_active == mask.active_count()
+
+
+def _capsule_masks(store: GenerativeStore, model) -> None:
+    """c-drop: a configured mask; c-merge: the half mask with its dropped experts merged."""
+    c = model.config
+    store.put_mask("c-drop", configured_mask(mask_experts(c.top_k), c.n_layers))
+    load = torch.arange(c.n_layers * c.n_experts, dtype=torch.float32).view(c.n_layers, -1) + 1
+    store.put_mask("c-merge", half_mask(load, 4, c.top_k, model.router_weights()))
+
+
+def test_placed_experts_serve_what_the_model_serves(shipped, tmp_path) -> None:
+    """The service with its experts on two placed nodes (in this process) answers as the
+    model does, for a capsule with every expert, a dropped mask and a merged mask."""
+    stores = [GenerativeStore(get_engine(f"sqlite:///{tmp_path / f'{i}.db'}")) for i in (0, 1)]
+    for store in stores:
+        _capsule_masks(store, shipped)
+    plain = GenerativeService(shipped, stores[0], online_load=False)
+    placed = GenerativeService(
+        shipped, stores[1], online_load=False, experts=GenerativeSettings(expert_nodes=2)
+    )
+    assert [p.cluster.nodes for p in placed.placements] == [2] * shipped.config.n_layers
+    assert plain.placements == [] and all(b.moe.executor is None for b in shipped.blocks())
+    assert placed.prepare_capsule("c-merge") > 0  # the merged experts shipped ahead
+    for capsule in ("c-all", "c-drop", "c-merge"):
+        recorders = [Recorder(layer) for layer in placed.placed]
+        requests = _requests(capsule, 6)
+        for a, b in zip(
+            plain.complete_batch(requests), placed.complete_batch(requests), strict=True
+        ):
+            assert a.tokens == b.tokens and a.expert_load == b.expert_load, capsule
+        mask = stores[1].mask(capsule)
+        for layer, recorder in enumerate(recorders):
+            assert recorder.calls  # the tokens ran on the nodes
+            if mask is not None:  # a masked expert never reached a node
+                assert recorder.experts() <= set(mask.layers[layer]), capsule
+        merged = {tag for r in recorders for _, _, tag, _ in r.calls if tag is not None}
+        assert bool(merged) == (capsule == "c-merge")  # merged weights where the mask merges
+
+
+def test_expert_placement_is_a_setting(
+    shipped, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trifecta.core.errors import NotFound
+
+    monkeypatch.setenv("TRIFECTA_GENERATIVE_EXPERT_NODES", "3")
+    monkeypatch.setenv("TRIFECTA_GENERATIVE_SLOTS_PER_NODE", "4")
+    service = GenerativeService(shipped, GenerativeStore(get_engine(sqlite_url)))
+    placements = service.placements
+    assert len(placements) == shipped.config.n_layers
+    assert all(p.cluster.slots == [4, 4, 4] for p in placements)
+    with pytest.raises(NotFound) as err:
+        service.prepare_capsule("nobody")
+    assert err.value.field == "capsule"
+    monkeypatch.setenv("TRIFECTA_GENERATIVE_SLOTS_PER_NODE", "2")
+    with pytest.raises(InvalidInput) as bad:
+        GenerativeService(shipped, GenerativeStore(get_engine(sqlite_url)))
+    assert bad.value.field == "slots_per_node"

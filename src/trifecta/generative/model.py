@@ -14,7 +14,9 @@ auxiliary loss, and a capsule adds its own offsets and an expert mask at serving
 experts runs them as one dense FFN (`dense_experts.py`) instead of dispatching tokens. A mask
 may merge its dropped experts into its kept ones (`Routing.merge`, `selection.merge_plan`):
 the kept experts' weights and router rows are then their groups' weighted averages, built
-once per mask, and a token costs what it costs under the mask alone.
+once per mask, and a token costs what it costs under the mask alone. A layer given an
+`ExpertExecutor` routes as always and hands the routed tokens to it instead of computing the
+experts itself (`ray_experts.PlacedMoE`: the experts on the nodes of a placement).
 
 Shapes in comments: B batch, T positions, D d_model, H heads, E experts, K top-k.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +108,21 @@ class MergedExpert:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(F.silu(F.linear(x, self.gate)) * F.linear(x, self.up), self.down)
+
+
+class ExpertExecutor(Protocol):
+    """Computes a MoE layer's routed tokens somewhere else (`ray_experts.PlacedMoE`)."""
+
+    def compute(
+        self,
+        x: torch.Tensor,  # (n, D) the routed tokens (padding already left out)
+        chosen: torch.Tensor,  # (n, K) expert ids
+        gates: torch.Tensor,  # (n, K)
+        masked: MaskedRouter | None,  # the mask's router: its merged experts, if it merges
+        merge: torch.Tensor | None,  # (E, E) the layer's merge plan, if the mask merges
+        routing: Routing | None,  # calls, expert tokens and experts touched are counted here
+    ) -> torch.Tensor:  # (n, D) the gated sum of each token's experts
+        ...
 
 
 class Rotary(nn.Module):
@@ -226,6 +243,7 @@ class MoE(nn.Module):
         self.register_buffer("selection_bias", torch.zeros(config.n_experts))
         self.dense = True  # False: a masked layer always dispatches (tests, measurements)
         self.last_load: torch.Tensor | None = None  # (E,) tokens per expert, last forward
+        self.executor: ExpertExecutor | None = None  # None: the experts run here
         # A mask's router, cached per mask (see `_masked_router`).
         self._masked: dict[tuple[object, ...], MaskedRouter] = {}
 
@@ -296,8 +314,15 @@ class MoE(nn.Module):
         return masked
 
     def forward(
-        self, x: torch.Tensor, counted: torch.Tensor, routing: Routing | None
+        self,
+        x: torch.Tensor,
+        counted: torch.Tensor,
+        routing: Routing | None,
+        executor: ExpertExecutor | None = None,
     ) -> torch.Tensor:
+        """`executor` (default: the layer's own, `self.executor`) computes the routed tokens
+        in place of the layer's experts; routing and its counts are the same either way."""
+        executor = executor if executor is not None else self.executor
         shape = x.shape
         full = x.reshape(-1, shape[-1])  # (N, D)
         mask = counted.reshape(-1)  # (N,) False: padding, which nothing reads
@@ -309,6 +334,8 @@ class MoE(nn.Module):
         x = full if keep is None else full[keep]  # (n, D)
         E = len(self.experts)
         stacked = None
+        merge: torch.Tensor | None = None
+        masked: MaskedRouter | None = None
         if routing is not None and routing.active is not None:
             # Only the A active experts exist for this forward: router, top-k and dispatch
             # all run over A columns; `ids` maps a column back to its expert.
@@ -340,7 +367,9 @@ class MoE(nn.Module):
         counted_chosen = chosen if keep is not None else chosen[mask]  # padding excluded
         load = torch.bincount(counted_chosen.reshape(-1), minlength=E).float()
         self.last_load = load
-        if stacked is not None:
+        if executor is not None:
+            out = executor.compute(x, chosen, gates, masked, merge, routing)
+        elif stacked is not None:
             dense_gates = torch.zeros_like(affinity).scatter_(1, column, gates)  # (n, A)
             out = stacked(x, dense_gates)
             if routing is not None:

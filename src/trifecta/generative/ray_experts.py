@@ -1,32 +1,47 @@
 """Run a MoE layer's experts where a placement puts them: in-process by default, or as Ray
 actors (one per placement node, pinned to a node of the Ray cluster) when a cluster is given.
 
-`PlacedMoE` routes exactly as the model's `MoE` layer does (sigmoid affinities, top-k on
-affinity + selection bias, gates normalised over the chosen experts), splits each expert's
-tokens evenly over its replicas (the load model the placement assumes), sends every node its
-batches at once, and combines the outputs. It counts the tokens each node served, which is the
-measured load a new placement starts from. `apply` moves to a new placement by shipping only
-the experts a node did not hold: the moves the expansion planner counted.
+`PlacedMoE` is the layer's `ExpertExecutor`: the layer routes as it always does (a capsule's
+router biases, its expert mask and merged experts included, `model.MoE`) and hands the
+routed tokens here; each chosen expert's tokens are split evenly over its replicas (the load
+model the placement assumes), every node gets its batches at once, and the gated outputs are
+added. An expert the mask leaves out is never chosen, so it is never sent to any node. Where
+the mask merges dropped experts into a kept one, the kept expert's merged weights (the ones
+the layer computes in process) are shipped once to the nodes that hold it, as a variant of
+that expert keyed by its merge weights, and its tokens run there. It counts the tokens each
+node served, which is the measured load a new placement starts from. `apply` moves to a new
+placement by shipping only the experts a node did not hold: the moves the expansion planner
+counted.
+
+`place_model` puts every MoE layer of a model on placed nodes (what the generative service
+does when `expert_nodes` or `ray_address` is set in its settings).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from trifecta.core.errors import InvalidInput
-from trifecta.generative.placement import Placement
+from trifecta.core.errors import InvalidInput, Unavailable
+from trifecta.generative.placement import Cluster, Placement, place
 
 if TYPE_CHECKING:
     import torch
 
-    from trifecta.generative.model import MoE
+    from trifecta.generative.model import DiffusionLM, MaskedRouter, MoE, Routing
+    from trifecta.generative.selection import ExpertMask
 
 Weights = dict[str, NDArray[np.float32]]  # one expert's state dict as arrays
 Batches = dict[int, NDArray[np.float32]]  # expert id -> (n, D) inputs, or outputs
+Variants = dict[int, str]  # expert id -> the merged variant to run (absent: the expert itself)
+# Merged variants a node keeps (a few capsules' merged masks); the oldest go first.
+MAX_VARIANTS_PER_NODE = 64
 
 
 class NodeExperts:
@@ -38,23 +53,42 @@ class NodeExperts:
         torch.set_num_threads(threads)
         self.d_model, self.d_ff = d_model, d_ff
         self.experts: dict[int, torch.nn.Module] = {}
+        self.variants: dict[tuple[int, str], torch.nn.Module] = {}  # merged experts
         for expert, state in weights.items():
             self.load(expert, state)
 
-    def load(self, expert: int, state: Weights) -> None:
+    def _module(self, state: Weights) -> torch.nn.Module:
         import torch
 
         from trifecta.generative.model import DiffusionConfig, Expert
 
         module = Expert(DiffusionConfig(d_model=self.d_model, d_ff=self.d_ff))
         module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-        self.experts[expert] = module.eval()
+        return module.eval()
+
+    def load(self, expert: int, state: Weights) -> None:
+        self.experts[expert] = self._module(state)
+
+    def load_variant(self, expert: int, tag: str, state: Weights) -> None:
+        """A merged version of a hosted expert (a mask's merge plan), run in its place when a
+        batch names `tag` for it."""
+        if expert not in self.experts:
+            raise InvalidInput(f"expert {expert} is not hosted on this node", field="experts")
+        self.variants[(expert, tag)] = self._module(state)
+
+    def drop_variant(self, expert: int, tag: str) -> None:
+        self.variants.pop((expert, tag), None)
 
     def drop(self, expert: int) -> None:
         self.experts.pop(expert)
+        for key in [k for k in self.variants if k[0] == expert]:
+            del self.variants[key]
 
     def hosted(self) -> list[int]:
         return sorted(self.experts)
+
+    def hosted_variants(self) -> list[tuple[int, str]]:
+        return sorted(self.variants)
 
     def node_id(self) -> str:
         """The Ray node this actor runs on (only meaningful inside a Ray actor)."""
@@ -62,26 +96,37 @@ class NodeExperts:
 
         return str(ray.get_runtime_context().get_node_id())
 
-    def run(self, batches: Batches) -> Batches:
+    def run(self, batches: Batches, variants: Variants | None = None) -> Batches:
         import torch
 
+        variants = variants or {}
         with torch.no_grad():
             return {
-                e: self.experts[e](torch.from_numpy(np.array(x))).numpy()
+                e: self._runner(e, variants.get(e))(torch.from_numpy(np.array(x))).numpy()
                 for e, x in batches.items()
             }
 
+    def _runner(self, expert: int, tag: str | None) -> torch.nn.Module:
+        return self.experts[expert] if tag is None else self.variants[(expert, tag)]
+
 
 class NodeBackend(Protocol):
-    """Where the nodes' experts run. `run` takes one batch map per node, all nodes at once."""
+    """Where the nodes' experts run. `run` takes one batch map per node, all nodes at once,
+    and per node the merged variants its batches use."""
 
-    def run(self, per_node: Sequence[Batches]) -> list[Batches]: ...
+    def run(self, per_node: Sequence[Batches], variants: Sequence[Variants]) -> list[Batches]: ...
 
     def load(self, node: int, expert: int, state: Weights) -> None: ...
+
+    def load_variant(self, node: int, expert: int, tag: str, state: Weights) -> None: ...
+
+    def drop_variant(self, node: int, expert: int, tag: str) -> None: ...
 
     def drop(self, node: int, expert: int) -> None: ...
 
     def hosted(self) -> list[list[int]]: ...
+
+    def hosted_variants(self) -> list[list[tuple[int, str]]]: ...
 
     def add_node(self) -> None: ...
 
@@ -94,20 +139,29 @@ class LocalBackend:
     def __init__(self, nodes: Sequence[NodeExperts]):
         self.nodes = list(nodes)
 
-    def run(self, per_node: Sequence[Batches]) -> list[Batches]:
+    def run(self, per_node: Sequence[Batches], variants: Sequence[Variants]) -> list[Batches]:
         return [
-            node.run(batches) if batches else {}
-            for node, batches in zip(self.nodes, per_node, strict=True)
+            node.run(batches, tags) if batches else {}
+            for node, batches, tags in zip(self.nodes, per_node, variants, strict=True)
         ]
 
     def load(self, node: int, expert: int, state: Weights) -> None:
         self.nodes[node].load(expert, state)
+
+    def load_variant(self, node: int, expert: int, tag: str, state: Weights) -> None:
+        self.nodes[node].load_variant(expert, tag, state)
+
+    def drop_variant(self, node: int, expert: int, tag: str) -> None:
+        self.nodes[node].drop_variant(expert, tag)
 
     def drop(self, node: int, expert: int) -> None:
         self.nodes[node].drop(expert)
 
     def hosted(self) -> list[list[int]]:
         return [node.hosted() for node in self.nodes]
+
+    def hosted_variants(self) -> list[list[tuple[int, str]]]:
+        return [node.hosted_variants() for node in self.nodes]
 
     def add_node(self) -> None:
         first = self.nodes[0]
@@ -141,12 +195,12 @@ class RayBackend:
             for node_id, node_weights in zip(self.ray_nodes, weights, strict=True)
         ]
 
-    def run(self, per_node: Sequence[Batches]) -> list[Batches]:
+    def run(self, per_node: Sequence[Batches], variants: Sequence[Variants]) -> list[Batches]:
         import ray
 
         futures = [
-            actor.run.remote(batches) if batches else None
-            for actor, batches in zip(self.actors, per_node, strict=True)
+            actor.run.remote(batches, tags) if batches else None
+            for actor, batches, tags in zip(self.actors, per_node, variants, strict=True)
         ]
         return [ray.get(f) if f is not None else {} for f in futures]
 
@@ -154,6 +208,16 @@ class RayBackend:
         import ray
 
         ray.get(self.actors[node].load.remote(expert, state))
+
+    def load_variant(self, node: int, expert: int, tag: str, state: Weights) -> None:
+        import ray
+
+        ray.get(self.actors[node].load_variant.remote(expert, tag, state))
+
+    def drop_variant(self, node: int, expert: int, tag: str) -> None:
+        import ray
+
+        ray.get(self.actors[node].drop_variant.remote(expert, tag))
 
     def drop(self, node: int, expert: int) -> None:
         import ray
@@ -164,6 +228,12 @@ class RayBackend:
         import ray
 
         return list(ray.get([actor.hosted.remote() for actor in self.actors]))
+
+    def hosted_variants(self) -> list[list[tuple[int, str]]]:
+        import ray
+
+        hosted = ray.get([actor.hosted_variants.remote() for actor in self.actors])
+        return [[(int(e), str(tag)) for e, tag in node] for node in hosted]
 
     def add_node(self) -> None:
         import ray
@@ -202,8 +272,28 @@ def expert_weights(moe: MoE) -> dict[int, Weights]:
     }
 
 
+def connect_ray(address: str) -> None:
+    """Join the Ray cluster at `address` (once per process); one clear error if none answers."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise Unavailable(
+            f"no Ray cluster answers at {address!r} ({exc})", field="ray_address"
+        ) from None
+
+
+def _variant_tag(row: torch.Tensor) -> str:
+    """A merged expert's name on a node: its merge weights (E,) as bytes, hashed."""
+    return hashlib.blake2b(row.numpy().tobytes(), digest_size=8).hexdigest()
+
+
 class PlacedMoE:
-    """A MoE layer whose experts run on the nodes of a placement."""
+    """A MoE layer whose experts run on the nodes of a placement (the layer's
+    `ExpertExecutor`: `attach` makes the model's own forward use it)."""
 
     def __init__(self, moe: MoE, placement: Placement, ray_address: str | None = None):
         if placement.num_experts != len(moe.experts):
@@ -219,12 +309,17 @@ class PlacedMoE:
         if ray_address is None:
             self.backend = LocalBackend([NodeExperts(d_model, d_ff, w) for w in per_node])
         else:
-            import ray
-
-            if not ray.is_initialized():
-                ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+            connect_ray(ray_address)
             self.backend = RayBackend(d_model, d_ff, per_node)
         self.node_tokens = np.zeros(placement.cluster.nodes, dtype=np.int64)
+        # The merged variants shipped to each node, oldest first (what the nodes hold).
+        self.shipped: list[OrderedDict[tuple[int, str], None]] = [
+            OrderedDict() for _ in placement.nodes
+        ]
+
+    def attach(self) -> None:
+        """The layer's own forward (the model's, the decoder's) computes its experts here."""
+        self.moe.executor = self
 
     def _holders(self) -> list[list[int]]:
         holders: list[list[int]] = [[] for _ in range(self.placement.num_experts)]
@@ -233,21 +328,102 @@ class PlacedMoE:
                 holders[e].append(node)
         return holders
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., D), the layer's output with every expert call made remotely."""
+    def check_mask(self, experts: Sequence[int]) -> None:
+        """Refuse a mask's experts (this layer's) that the placement does not hold."""
+        lacking = sorted({int(e) for e in experts} - set(range(self.placement.num_experts)))
+        if lacking:
+            raise InvalidInput(
+                f"layer {self.moe.layer}: expert {lacking[0]} is not placed (the placement "
+                f"holds experts 0-{self.placement.num_experts - 1})",
+                field="experts",
+            )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        counted: torch.Tensor | None = None,
+        routing: Routing | None = None,
+    ) -> torch.Tensor:
+        """(..., D) -> (..., D): the layer's output (with a capsule's `routing`: its biases,
+        mask and merged experts) with every expert call made on the placed nodes."""
         import torch
 
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])  # (N, D)
+        if routing is not None and routing.active is not None:
+            self.check_mask(routing.active[self.moe.layer].nonzero().flatten().tolist())
+            if routing.active.shape[-1] != self.placement.num_experts:
+                raise InvalidInput(
+                    f"the mask has {routing.active.shape[-1]} experts a layer, the placement "
+                    f"{self.placement.num_experts}",
+                    field="experts",
+                )
+        if counted is None:
+            counted = torch.ones(x.shape[:-1], dtype=torch.bool)
         with torch.no_grad():
-            affinity = torch.sigmoid(self.moe.router(flat))  # (N, E)
-            chosen = (affinity + self.moe.selection_bias).topk(self.moe.top_k, dim=-1).indices
-            gates = affinity.gather(1, chosen)
-            gates = gates / gates.sum(dim=-1, keepdim=True)  # (N, K)
+            return self.moe.forward(x, counted, routing, executor=self)
+
+    def _variants(
+        self, masked: MaskedRouter | None, merge: torch.Tensor | None
+    ) -> dict[int, tuple[str, Weights]]:
+        """The kept experts a merge plan changes: expert -> (tag, merged weights). An expert
+        whose merge row is itself alone runs as it is."""
+        if masked is None or merge is None:
+            return {}
+        out: dict[int, tuple[str, Weights]] = {}
+        for column, e in enumerate(masked.id_list):
+            row = merge[e]
+            if float(row[e]) == 1.0 and int((row != 0).sum()) == 1:
+                continue
+            merged = masked.experts[column]
+            state = {
+                name: getattr(merged, part).detach().numpy().copy()
+                for name, part in (
+                    ("gate_proj.weight", "gate"),
+                    ("up_proj.weight", "up"),
+                    ("down_proj.weight", "down"),
+                )
+            }
+            out[e] = (_variant_tag(row), state)
+        return out
+
+    def _ship_variants(
+        self, node: int, needed: dict[int, str], merged: dict[int, tuple[str, Weights]]
+    ) -> None:
+        """Ship the merged variants `node` needs and lacks; drop its oldest past the bound."""
+        shipped = self.shipped[node]
+        for e, tag in needed.items():
+            key = (e, tag)
+            if key in shipped:
+                shipped.move_to_end(key)
+                continue
+            self.backend.load_variant(node, e, tag, merged[e][1])
+            shipped[key] = None
+        in_use = {(e, tag) for e, tag in needed.items()}
+        for key in list(shipped):
+            if len(shipped) <= MAX_VARIANTS_PER_NODE:
+                break
+            if key not in in_use:
+                self.backend.drop_variant(node, *key)
+                del shipped[key]
+
+    def compute(
+        self,
+        x: torch.Tensor,
+        chosen: torch.Tensor,
+        gates: torch.Tensor,
+        masked: MaskedRouter | None,
+        merge: torch.Tensor | None,
+        routing: Routing | None,
+    ) -> torch.Tensor:
+        """The routed tokens x (n, D), their experts `chosen` (n, K) and `gates` (n, K), run
+        on the placed nodes: (n, D), the gated sum of each token's experts."""
+        import torch
+
+        merged = self._variants(masked, merge)
         holders = self._holders()
         per_node: list[Batches] = [{} for _ in self.placement.nodes]
+        tags: list[Variants] = [{} for _ in per_node]
         sent: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in per_node]
-        inputs = flat.detach().numpy()
+        inputs = x.detach().numpy()
         for e in torch.unique(chosen).tolist():
             token, slot = torch.where(chosen == e)
             # An even split over the replicas: the load model the placement balanced.
@@ -258,24 +434,64 @@ class PlacedMoE:
                     per_node[node][e] = inputs[token[part].numpy()]
                     sent[node][e] = (token[part], slot[part])
                     self.node_tokens[node] += part.size
-        out = torch.zeros_like(flat)
-        for node, results in enumerate(self.backend.run(per_node)):
+                    if e in merged:
+                        tags[node][e] = merged[e][0]
+                    if routing is not None:
+                        routing.calls += 1
+                        routing.expert_tokens += int(part.size)
+                        routing.touched.add((self.moe.layer, e))
+        for node, needed in enumerate(tags):
+            if needed:
+                self._ship_variants(node, needed, merged)
+        out = torch.zeros_like(x)
+        for node, results in enumerate(self.backend.run(per_node, tags)):
             for e, y in results.items():
                 token, slot = sent[node][e]
                 out.index_add_(0, token, gates[token, slot, None] * torch.from_numpy(y))
-        return out.reshape(shape)
+        return out
+
+    def prepare(self, mask: ExpertMask) -> int:
+        """Ship a capsule's merged experts of this layer to the nodes that hold them before
+        its first request (they are otherwise shipped by that request). Returns the variants
+        shipped."""
+        import torch
+
+        layer = self.moe.layer
+        self.check_mask(mask.layers[layer])
+        merge = mask.merge_tensor()
+        if merge is None:
+            return 0
+        active = mask.active(self.placement.num_experts)[layer]
+        with torch.no_grad():
+            masked = self.moe._masked_router(active, merge[layer])
+        merged = self._variants(masked, merge[layer])
+        before = sum(len(s) for s in self.shipped)
+        for node, experts in enumerate(self.placement.nodes):
+            needed = {e: merged[e][0] for e in experts if e in merged}
+            if needed:
+                self._ship_variants(node, needed, merged)
+        return sum(len(s) for s in self.shipped) - before
 
     def apply(self, placement: Placement, removed: Sequence[int] = ()) -> int:
         """Move to `placement` (as `expansion.resize` lays it out: the nodes not in `removed`
         in their order, then the added ones): ship the experts each node lacks, drop those it
-        no longer hosts, then retire the removed nodes. Returns the experts shipped."""
+        no longer hosts, then retire the removed nodes. Returns the experts shipped. Merged
+        variants follow their expert: a node that drops an expert drops them, and a node that
+        gains one is sent them when a request first needs them."""
         old_count = self.placement.cluster.nodes
         kept = [n for n in range(old_count) if n not in set(removed)]
         added = placement.cluster.nodes - len(kept)
         if added < 0 or any(not 0 <= n < old_count for n in removed):
             raise InvalidInput("does not match the nodes kept and added", field="placement")
+        if placement.num_experts != self.placement.num_experts:
+            raise InvalidInput(
+                f"placement has {placement.num_experts} experts, the layer "
+                f"{self.placement.num_experts}",
+                field="placement",
+            )
         for _ in range(added):
             self.backend.add_node()
+            self.shipped.append(OrderedDict())
         backend_index = kept + list(range(old_count, old_count + added))
         hosts = self.placement.hosts()
         shipped = 0
@@ -287,8 +503,48 @@ class PlacedMoE:
                 shipped += 1
             for e in sorted(old - new):
                 self.backend.drop(index, e)
+                for key in [k for k in self.shipped[index] if k[0] == e]:
+                    del self.shipped[index][key]
         self.backend.remove_nodes(sorted(set(removed)))
+        self.shipped = [s for i, s in enumerate(self.shipped) if i not in set(removed)]
         tokens = np.zeros(placement.cluster.nodes, dtype=np.int64)
         tokens[: len(kept)] = self.node_tokens[kept]
         self.placement, self.node_tokens = placement, tokens
         return shipped
+
+
+def alive_ray_nodes(address: str) -> int:
+    import ray
+
+    connect_ray(address)
+    return sum(1 for n in ray.nodes() if n["Alive"])
+
+
+def place_model(
+    model: DiffusionLM,
+    nodes: int,
+    *,
+    slots_per_node: int | None = None,
+    ray_address: str | None = None,
+) -> list[PlacedMoE]:
+    """Every MoE layer of `model` on `nodes` placement nodes (on the Ray cluster at
+    `ray_address`, node n's actors pinned to its n-th node; in this process without one),
+    each node holding `slots_per_node` experts (default: the fewest that hold every expert
+    once). With no traffic yet every expert weighs the same, so the placement spreads them
+    evenly. The model's layers compute on the nodes from then on (`PlacedMoE.attach`)."""
+    n_experts = model.config.n_experts
+    if nodes < 1:
+        raise InvalidInput(f"must be at least 1, got {nodes}", field="expert_nodes")
+    slots = slots_per_node if slots_per_node is not None else math.ceil(n_experts / nodes)
+    if slots * nodes < n_experts:
+        raise InvalidInput(
+            f"{nodes} nodes of {slots} slots cannot hold {n_experts} experts",
+            field="slots_per_node",
+        )
+    placement = place(np.ones(n_experts), Cluster.uniform(nodes, slots))
+    placed = []
+    for block in model.blocks():
+        layer = PlacedMoE(block.moe, placement, ray_address=ray_address)
+        layer.attach()
+        placed.append(layer)
+    return placed

@@ -6,22 +6,31 @@ router biases, tuned online from load and from outcome feedback.
 mask and biases). After each batch the capsule's routed traffic is recorded (what a learned
 mask is learned from) and, with `online_load`, DeepSeek-V3's load rule moves its biases one
 step. `feedback` applies the outcome rule with the expert usage a response reported.
+
+Where the experts run is the layer's settings' (`settings.GenerativeSettings`): in the model
+by default; on placed nodes (`ray_experts.PlacedMoE`, in this process or as Ray actors) when
+`expert_nodes` or `ray_address` is set. Routing, masks, merged experts and the loads
+recorded are the same either way (tested).
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from trifecta.core.errors import InvalidInput
+from trifecta.core.errors import InvalidInput, NotFound
 from trifecta.generative.assets import shipped_model_path
 from trifecta.generative.decoding import DecodeConfig, Decoder
 from trifecta.generative.model import DiffusionLM, Routing
+from trifecta.generative.placement import Placement
+from trifecta.generative.ray_experts import PlacedMoE, alive_ray_nodes, place_model
 from trifecta.generative.selection import ExpertMask
 from trifecta.generative.sequences import answer_of
+from trifecta.generative.settings import GenerativeSettings
 from trifecta.generative.store import BiasVersion, GenerativeStore
 from trifecta.generative.tuning import TuningConfig, feedback_update, load_update
 
@@ -68,11 +77,27 @@ class GenerativeService:
         decode: DecodeConfig | None = None,
         tuning: TuningConfig | None = None,
         online_load: bool = True,
+        experts: GenerativeSettings | None = None,
     ):
         if model is None:
             from trifecta.generative.artifact import load_model
 
             model = load_model(shipped_model_path())
+        experts = experts or GenerativeSettings()
+        nodes = experts.expert_nodes
+        if nodes == 0 and experts.ray_address:
+            nodes = alive_ray_nodes(experts.ray_address)
+        self.placed: list[PlacedMoE] = []  # one per MoE layer when the experts are placed
+        if nodes:
+            # The layers compute on the nodes from now on: a copy, so a caller's model (a
+            # test's shared one, an evaluation's) keeps computing in place.
+            model = copy.deepcopy(model)
+            self.placed = place_model(
+                model,
+                nodes,
+                slots_per_node=experts.slots_per_node,
+                ray_address=experts.ray_address,
+            )
         self.model = model
         self.decoder = Decoder(model)
         self.store = store or GenerativeStore()
@@ -94,6 +119,24 @@ class GenerativeService:
             mask.validate_for(c.n_layers, c.n_experts, c.top_k)
             active, merge = mask.active(c.n_experts), mask.merge_tensor()
         return Routing(bias=bias.tensor(), active=active, merge=merge), bias, mask
+
+    @property
+    def placements(self) -> list[Placement]:
+        """Each MoE layer's placement (empty: the experts run in the model)."""
+        return [layer.placement for layer in self.placed]
+
+    def prepare_capsule(self, capsule_id: str) -> int:
+        """Build a capsule's masked routers (and merged, stacked weights) before its first
+        request, and ship its merged experts to the placed nodes that hold them. Returns the
+        merged experts shipped."""
+        mask = self.store.mask(capsule_id)
+        if mask is None:
+            raise NotFound(f"capsule {capsule_id!r} has no expert mask", field="capsule")
+        c = self.model.config
+        mask.validate_for(c.n_layers, c.n_experts, c.top_k)
+        with self._lock:
+            self.model.prepare_mask(mask.active(c.n_experts), mask.merge_tensor())
+            return sum(layer.prepare(mask) for layer in self.placed)
 
     def complete(self, request: GenerativeRequest) -> GenerativeResponse:
         return self.complete_batch([request])[0]
