@@ -264,6 +264,38 @@ def test_a_mask_naming_an_expert_the_placement_lacks_is_refused_naming_the_field
     assert err.value.field == "experts"
 
 
+def service_outputs(address: str | None, db: Path) -> dict[str, object]:
+    """The generative service on the shipped model, as the product builds it: with
+    `ray_address` set its MoE layers' experts run as Ray actors (one placement node per
+    alive Ray node), else in the model. Each capsule's response tokens and expert loads."""
+    from trifecta.core.db import get_engine
+    from trifecta.core.tasks import generate_tasks
+    from trifecta.generative.artifact import load_model
+    from trifecta.generative.assets import shipped_model_path
+    from trifecta.generative.selection import configured_mask
+    from trifecta.generative.service import GenerativeRequest, GenerativeService
+    from trifecta.generative.settings import GenerativeSettings
+    from trifecta.generative.store import GenerativeStore
+
+    model = load_model(shipped_model_path())
+    c = model.config
+    store = GenerativeStore(get_engine(f"sqlite:///{db}"))
+    store.put_mask("c-drop", configured_mask([0, 2, 5, 6, 7][: c.top_k + 1], c.n_layers))
+    load = torch.arange(c.n_layers * c.n_experts, dtype=torch.float32).view(c.n_layers, -1) + 1
+    store.put_mask("c-merge", half_mask(load, 4, c.top_k, model.router_weights()))
+    settings = GenerativeSettings(ray_address=address)
+    service = GenerativeService(model, store, online_load=False, experts=settings)
+    tasks = generate_tasks(4, seed=11, split="heldout", difficulties=[2, 3])
+    report: dict[str, object] = {"nodes": [p.cluster.nodes for p in service.placements]}
+    for capsule in ("c-all", "c-drop", "c-merge"):
+        requests = [GenerativeRequest(capsule_id=capsule, prompt=t.prompt) for t in tasks]
+        responses = service.complete_batch(requests)
+        report[capsule] = [[r.tokens, r.expert_load] for r in responses]
+    if address is not None:
+        report["actor_nodes"] = [layer.backend.actor_nodes() for layer in service.placed]  # type: ignore[attr-defined]
+    return report
+
+
 def test_tokens_split_evenly_over_replicas() -> None:
     layer = seeded_layer()
     placement = place(np.array([1000.0, *[10.0] * 7]), Cluster.uniform(3, 4))
@@ -383,6 +415,12 @@ def test_ray_actors_on_two_nodes_give_the_in_process_output(
     for node, variants in enumerate(masked["hosted_variants"]):  # each on a holder of it
         assert {e for e, _ in variants} <= set(masked["holders"][node])
     assert masked["merged_after_expand"] < 1e-6
+    # The product's path: the service with `ray_address` set serves as the model does.
+    served, local_served = remote["service"], service_outputs(None, tmp_path / "local.db")
+    assert served["nodes"] == [2] * len(served["actor_nodes"]) and local_served["nodes"] == []
+    for capsule in ("c-all", "c-drop", "c-merge"):
+        assert served[capsule] == local_served[capsule], capsule  # tokens and expert loads
+    assert all(len(set(nodes)) == 2 for nodes in served["actor_nodes"])  # a group per node
 
 
 if __name__ == "__main__":  # the driver, inside the head's namespace
@@ -392,4 +430,5 @@ if __name__ == "__main__":  # the driver, inside the head's namespace
     ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False)
     report = placed_outputs(sys.argv[1])
     report["masked"] = masked_outputs(sys.argv[1])
+    report["service"] = service_outputs(sys.argv[1], Path(sys.argv[2]).with_suffix(".db"))
     Path(sys.argv[2]).write_text(json.dumps(report))
