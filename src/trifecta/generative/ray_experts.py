@@ -316,6 +316,7 @@ class PlacedMoE:
         self.shipped: list[OrderedDict[tuple[int, str], None]] = [
             OrderedDict() for _ in placement.nodes
         ]
+        self._tags: dict[bytes, Variants] = {}  # a merge plan's bytes -> its variants' tags
 
     def attach(self) -> None:
         """The layer's own forward (the model's, the decoder's) computes its experts here."""
@@ -361,19 +362,35 @@ class PlacedMoE:
         with torch.no_grad():
             return self.moe.forward(x, counted, routing, executor=self)
 
-    def _variants(
-        self, masked: MaskedRouter | None, merge: torch.Tensor | None
-    ) -> dict[int, tuple[str, Weights]]:
-        """The kept experts a merge plan changes: expert -> (tag, merged weights). An expert
-        whose merge row is itself alone runs as it is."""
+    def _variant_tags(self, masked: MaskedRouter | None, merge: torch.Tensor | None) -> Variants:
+        """The kept experts a merge plan changes, each with its variant's tag (cached per
+        plan: a forward pass only looks it up). An expert whose merge row is itself alone
+        runs as it is."""
         if masked is None or merge is None:
             return {}
-        out: dict[int, tuple[str, Weights]] = {}
-        for column, e in enumerate(masked.id_list):
-            row = merge[e]
-            if float(row[e]) == 1.0 and int((row != 0).sum()) == 1:
+        key = merge.numpy().tobytes()
+        tags = self._tags.get(key)
+        if tags is None:
+            tags = {}
+            for e in masked.id_list:
+                row = merge[e]
+                if not (float(row[e]) == 1.0 and int((row != 0).sum()) == 1):
+                    tags[e] = _variant_tag(row)
+            if len(self._tags) >= MAX_VARIANTS_PER_NODE:  # a few capsules' plans at a time
+                self._tags.clear()
+            self._tags[key] = tags
+        return tags
+
+    def _ship_variants(self, node: int, needed: Variants, masked: MaskedRouter) -> None:
+        """Ship the merged variants `node` needs and lacks (the weights the layer itself
+        computes with under this mask); drop its oldest past the bound."""
+        shipped = self.shipped[node]
+        for e, tag in needed.items():
+            key = (e, tag)
+            if key in shipped:
+                shipped.move_to_end(key)
                 continue
-            merged = masked.experts[column]
+            merged = masked.experts[masked.id_list.index(e)]
             state = {
                 name: getattr(merged, part).detach().numpy().copy()
                 for name, part in (
@@ -382,22 +399,9 @@ class PlacedMoE:
                     ("down_proj.weight", "down"),
                 )
             }
-            out[e] = (_variant_tag(row), state)
-        return out
-
-    def _ship_variants(
-        self, node: int, needed: dict[int, str], merged: dict[int, tuple[str, Weights]]
-    ) -> None:
-        """Ship the merged variants `node` needs and lacks; drop its oldest past the bound."""
-        shipped = self.shipped[node]
-        for e, tag in needed.items():
-            key = (e, tag)
-            if key in shipped:
-                shipped.move_to_end(key)
-                continue
-            self.backend.load_variant(node, e, tag, merged[e][1])
+            self.backend.load_variant(node, e, tag, state)
             shipped[key] = None
-        in_use = {(e, tag) for e, tag in needed.items()}
+        in_use = set(needed.items())
         for key in list(shipped):
             if len(shipped) <= MAX_VARIANTS_PER_NODE:
                 break
@@ -418,7 +422,7 @@ class PlacedMoE:
         on the placed nodes: (n, D), the gated sum of each token's experts."""
         import torch
 
-        merged = self._variants(masked, merge)
+        merged = self._variant_tags(masked, merge)
         holders = self._holders()
         per_node: list[Batches] = [{} for _ in self.placement.nodes]
         tags: list[Variants] = [{} for _ in per_node]
@@ -435,14 +439,14 @@ class PlacedMoE:
                     sent[node][e] = (token[part], slot[part])
                     self.node_tokens[node] += part.size
                     if e in merged:
-                        tags[node][e] = merged[e][0]
+                        tags[node][e] = merged[e]
                     if routing is not None:
                         routing.calls += 1
                         routing.expert_tokens += int(part.size)
                         routing.touched.add((self.moe.layer, e))
         for node, needed in enumerate(tags):
-            if needed:
-                self._ship_variants(node, needed, merged)
+            if needed and masked is not None:
+                self._ship_variants(node, needed, masked)
         out = torch.zeros_like(x)
         for node, results in enumerate(self.backend.run(per_node, tags)):
             for e, y in results.items():
@@ -464,12 +468,12 @@ class PlacedMoE:
         active = mask.active(self.placement.num_experts)[layer]
         with torch.no_grad():
             masked = self.moe._masked_router(active, merge[layer])
-        merged = self._variants(masked, merge[layer])
+        merged = self._variant_tags(masked, merge[layer])
         before = sum(len(s) for s in self.shipped)
         for node, experts in enumerate(self.placement.nodes):
-            needed = {e: merged[e][0] for e in experts if e in merged}
+            needed = {e: merged[e] for e in experts if e in merged}
             if needed:
-                self._ship_variants(node, needed, merged)
+                self._ship_variants(node, needed, masked)
         return sum(len(s) for s in self.shipped) - before
 
     def apply(self, placement: Placement, removed: Sequence[int] = ()) -> int:
