@@ -55,10 +55,10 @@ from trifecta.context.store import ShardStore
 from trifecta.context.trajectory import Trajectory
 from trifecta.context.writes import (
     Changes,
+    DeltaBatch,
     MemoryBatch,
     PendingMemory,
     changes_in,
-    merge_delta,
 )
 from trifecta.core.db import transaction
 from trifecta.core.errors import TrifectaError
@@ -290,15 +290,17 @@ def apply_batch(
     A plan the merge refuses (a `TrifectaError`) is rolled back alone and its row `failed`.
     Raises `DomainMoved` if a move fenced the domain off this shard.
 
-    The statements are few whatever the batch's size: the memories of every plan go in at
-    the end (`MemoryBatch`), the rows are closed by one executemany, and the domain's
-    version is written once; only a plan with a delta runs statements of its own (in a
-    savepoint, the only step that can refuse)."""
+    The statements are few whatever the batch's size: the deltas of every plan are merged
+    in memory and their bullets and op ids written at the end (`DeltaBatch`; a refused
+    delta leaves that state as it found it, so no savepoint is needed), so are the
+    memories (`MemoryBatch`), the rows are closed by one executemany, and the domain's
+    version is written once."""
     done = failed = 0
     with transaction(store.engine, write=True) as session:
         start = version = lock_domain(session, domain)
         open_rows = still_pending(session, [p.row_id for p in plans])
         todo = [p for p in plans if p.row_id in open_rows]  # the rest: another worker's
+        deltas = DeltaBatch(session, domain, [d for p in todo if (d := p.curation.delta)])
         memories = MemoryBatch(session, domain, [m.id for p in todo for m in p.memories])
         closed: list[Done] = []
         for plan in todo:
@@ -306,16 +308,7 @@ def apply_batch(
             delta = plan.curation.delta
             if delta is not None:
                 try:
-                    with session.begin_nested():
-                        applied = merge_delta(
-                            session,
-                            domain,
-                            version,
-                            delta,
-                            plan.delta_vectors,
-                            settings,
-                            write_version=False,
-                        )
+                    applied = deltas.merge(version, delta, plan.delta_vectors, settings)
                 except TrifectaError as exc:
                     closed.append((plan.row_id, version, {"error": exc.to_dict()}, "failed"))
                     failed += 1
@@ -326,6 +319,7 @@ def apply_batch(
                 version, added = memories.add(version, plan.memories)
             closed.append((plan.row_id, version, _summary(applied, added), "done"))
             done += 1
+        deltas.flush(session)
         memories.flush(session)
         if version != start:
             session.execute(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import bindparam, or_, select, update
@@ -27,6 +27,7 @@ from trifecta.context.merge import (
     evict_over_budget,
     merge_duplicates,
     referenced_ids,
+    resolve,
 )
 from trifecta.context.models import AddedMemory, Bullet, MemoryDraft, MemoryItem
 from trifecta.context.settings import ContextSettings
@@ -40,6 +41,7 @@ from trifecta.context.sql import (
     vector_or_none,
 )
 from trifecta.context.tokens import count_tokens
+from trifecta.core.errors import NotFound, TrifectaError
 
 B, M = tables.bullets.c, tables.memories.c
 
@@ -105,84 +107,167 @@ def merge_delta(
     """Merge a delta and grow-and-refine. `vectors` maps each ADD or UPDATE content to its
     embedding (computed before the lock was taken). The result carries the new version;
     with `write_version=False` the caller writes it to the domain row."""
-    now = time.time()
-    refs = referenced_ids(delta.ops)
-    op_ids = [op.op_id for op in delta.ops]
-    applied = {str(r[0]) for r in session.execute(_APPLIED, {"b_domain": domain, "b_ops": op_ids})}
-    if applied.issuperset(op_ids):
-        return DeltaResult(
-            domain=domain,
-            version=version,
-            applied=[],
-            skipped=op_ids,
-            ignored=[],
-            added=[],
-            merged={},
-            evicted=[],
-            bullets=[],
-        )
+    batch = DeltaBatch(session, domain, [delta])
+    result = batch.merge(version, delta, vectors, settings)
+    if result.version != version and write_version:
+        bump_version(session, domain, version)
+    batch.flush(session)
+    return result
+
+
+def _grows(delta: Delta) -> bool:
     # Only new or edited text can duplicate a bullet or outgrow the budget, so a delta of
     # TAGs and REMOVEs loads just the bullets it names.
-    grows = any(isinstance(op, AddOp | UpdateOp) for op in delta.ops)
-    state, stored_vectors = _load_for_merge(session, domain, refs, whole=grows)
-    existed = set(state)
-    before = {bid: b.key() for bid, b in state.items()}
-    report = apply_ops(
-        state,
-        applied,
-        delta.ops,
-        now=now,
-        prune_margin=settings.prune_margin,
-        count_tokens=count_tokens,
-    )
-    for bid in report.content_changed:
-        stored_vectors[bid] = vectors[state[bid].content]
-    report.merged = merge_duplicates(
-        state,
-        report.content_changed,
-        stored_vectors,
-        threshold=settings.dedup_threshold,
-        now=now,
-        prune_margin=settings.prune_margin,
-    )
-    if grows:
-        report.evicted = evict_over_budget(state, settings.playbook_token_budget, now=now)
-    version = bump_version(session, domain, version) if write_version else version + 1
-    changed = [bid for bid, b in state.items() if before.get(bid) != b.key()]
-    updates: list[dict[str, Any]] = []
-    inserts: list[dict[str, Any]] = []
-    for bid in changed:
-        row = {**state[bid].__dict__, "status": state[bid].status.value, "seq": version}
-        if bid in report.content_changed:
-            row["embedding"] = to_bytes(stored_vectors[bid])
-        if bid in existed:
-            updates.append(row)
-        else:
-            inserts.append({"domain": domain, **row})
-    _update_bullets(session, domain, updates)
-    for keys in {tuple(r) for r in inserts}:  # rows with and without an embedding
-        session.execute(tables.bullets.insert(), [r for r in inserts if tuple(r) == keys])
-    recorded = report.applied + report.ignored
-    session.execute(
-        tables.applied_ops.insert(),
-        [
-            {"domain": domain, "op_id": op_id, "applied_at": now, "seq": version}
+    return any(isinstance(op, AddOp | UpdateOp) for op in delta.ops)
+
+
+class DeltaBatch:
+    """The deltas of several steps of one transaction under the domain's lock, merged one
+    after the other on one in-memory copy of the bullets they touch and written at `flush`:
+    one read of the applied op ids and one of the bullets for the whole batch, one
+    executemany per kind of row, instead of that round of statements (and a savepoint) per
+    delta. The learner's trajectories each carry a delta (their TAGs), and those rounds
+    were most of its SQL. The rows end as merging each delta alone leaves them: a bullet
+    is written with its state after the last delta that changed it and that delta's
+    version, and a delta refused (`NotFound`, `Conflict`) leaves the state as it found it."""
+
+    def __init__(self, session: Session, domain: str, deltas: Sequence[Delta]):
+        self.domain = domain
+        op_ids = sorted({op.op_id for d in deltas for op in d.ops})
+        self._applied = (
+            {str(r[0]) for r in session.execute(_APPLIED, {"b_domain": domain, "b_ops": op_ids})}
+            if op_ids
+            else set()
+        )
+        self._whole = any(_grows(d) for d in deltas)
+        refs: set[str] = set().union(*(referenced_ids(d.ops) for d in deltas))
+        self.state, self._vectors = (
+            _load_for_merge(session, domain, refs, whole=self._whole) if deltas else ({}, {})
+        )
+        self._existed = set(self.state)
+        self._seq: dict[str, int] = {}  # bullet id -> version of its last change
+        self._embedded: set[str] = set()  # bullets whose content changed: write the vector
+        self._ops: list[dict[str, Any]] = []
+
+    def merge(
+        self,
+        version: int,
+        delta: Delta,
+        vectors: Mapping[str, Vector],
+        settings: ContextSettings,
+    ) -> DeltaResult:
+        """One step: merge `delta` at `version`; the result carries the version after it
+        (unchanged if every op was applied before). Raises NotFound / Conflict naming the
+        op, with the state as before the call."""
+        grows = _grows(delta)
+        if grows and not self._whole:
+            raise ValueError("delta: it adds text, but the batch was not built with it")
+        now = time.time()
+        op_ids = [op.op_id for op in delta.ops]
+        applied = {o for o in op_ids if o in self._applied}
+        if applied.issuperset(op_ids):
+            return DeltaResult(
+                domain=self.domain,
+                version=version,
+                applied=[],
+                skipped=op_ids,
+                ignored=[],
+                added=[],
+                merged={},
+                evicted=[],
+                bullets=[],
+            )
+        state = self.state
+        before = {bid: (b.key(), b.updated_at) for bid, b in state.items()}
+        kept = self._undo_copies(delta)
+        try:
+            report = apply_ops(
+                state,
+                applied,
+                delta.ops,
+                now=now,
+                prune_margin=settings.prune_margin,
+                count_tokens=count_tokens,
+            )
+        except TrifectaError:
+            for bid in set(state) - set(before):
+                del state[bid]
+            state.update(kept)
+            raise
+        for bid in report.content_changed:
+            self._vectors[bid] = vectors[state[bid].content]
+        report.merged = merge_duplicates(
+            state,
+            report.content_changed,
+            self._vectors,
+            threshold=settings.dedup_threshold,
+            now=now,
+            prune_margin=settings.prune_margin,
+        )
+        if grows:
+            report.evicted = evict_over_budget(state, settings.playbook_token_budget, now=now)
+        version += 1
+        for bid, bullet in state.items():
+            was = before.get(bid)
+            if was is None or was[0] != bullet.key():
+                self._seq[bid] = version
+            else:  # not written: keep what the table holds, as a later step would read it
+                bullet.updated_at = was[1]
+        self._embedded |= report.content_changed
+        recorded = set(report.applied + report.ignored)
+        self._applied |= recorded
+        self._ops += [
+            {"domain": self.domain, "op_id": op_id, "applied_at": now, "seq": version}
             for op_id in op_ids
             if op_id in recorded
-        ],
-    )
-    touched = sorted(set(changed) | report.touched)
-    return DeltaResult(
-        domain=domain,
-        version=version,
-        applied=report.applied,
-        skipped=report.skipped,
-        ignored=report.ignored,
-        added=report.added,
-        merged=report.merged,
-        evicted=report.evicted,
-        bullets=[state[b].to_model() for b in touched],
-    )
+        ]
+        changed = {bid for bid, seq in self._seq.items() if seq == version}
+        return DeltaResult(
+            domain=self.domain,
+            version=version,
+            applied=report.applied,
+            skipped=report.skipped,
+            ignored=report.ignored,
+            added=report.added,
+            merged=report.merged,
+            evicted=report.evicted,
+            bullets=[state[b].to_model() for b in sorted(changed | report.touched)],
+        )
+
+    def _undo_copies(self, delta: Delta) -> dict[str, BulletState]:
+        """Copies of the bullets `apply_ops` may change for this delta (the targets its ops
+        resolve to), to put back if it refuses the delta; the bullets it adds are dropped."""
+        kept: dict[str, BulletState] = {}
+        for op in delta.ops:
+            if isinstance(op, AddOp):
+                continue
+            try:
+                target = resolve(self.state, op.bullet_id, "bullet_id")
+            except NotFound:
+                continue
+            kept.setdefault(target.id, replace(target))
+        return kept
+
+    def flush(self, session: Session) -> None:
+        """Write what the steps changed (in the caller's transaction)."""
+        updates: list[dict[str, Any]] = []
+        inserts: list[dict[str, Any]] = []
+        for bid, seq in self._seq.items():
+            bullet = self.state[bid]
+            row = {**bullet.__dict__, "status": bullet.status.value, "seq": seq}
+            if bid in self._embedded:
+                row["embedding"] = to_bytes(self._vectors[bid])
+            if bid in self._existed:
+                updates.append(row)
+            else:
+                inserts.append({"domain": self.domain, **row})
+        _update_bullets(session, self.domain, updates)
+        for keys in {tuple(r) for r in inserts}:  # rows with and without an embedding
+            session.execute(tables.bullets.insert(), [r for r in inserts if tuple(r) == keys])
+        if self._ops:
+            session.execute(tables.applied_ops.insert(), self._ops)
+        self._existed |= set(self._seq)
+        self._seq, self._embedded, self._ops = {}, set(), []
 
 
 # The merge's statements, built once (their compiled forms are reused; the lists they
