@@ -31,7 +31,10 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def redis_calls(service: ContextService) -> int:
+    """The service's Redis calls so far, once its sharer thread has sent the results it
+    holds (a count taken while a SET is in flight would move under the caller)."""
     assert service.redis is not None
+    assert service.results.flush()
     return service.redis.calls
 
 

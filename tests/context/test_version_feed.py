@@ -4,7 +4,10 @@ without serving a version it missed."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -73,23 +76,43 @@ def test_a_lost_subscription_falls_back_to_redis_and_misses_no_write(
     assert redis_calls(a) == after  # from the board now
 
 
-def test_a_miss_looked_up_in_redis_on_the_loop_is_not_looked_up_there_again(
-    replicas: tuple[ContextService, ContextService],
+def test_the_event_loop_never_waits_for_redis_nor_a_read_computed_for_less(
+    replicas: tuple[ContextService, ContextService], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The HTTP path looks a read up on the event loop first (`cached_json`); on a miss the
-    thread pool computes it, looking in Redis again only if the version moved meanwhile:
-    one GET and one SET per computed read, not two GETs."""
+    """The HTTP path looks a read up on the event loop in this process only (`cached_json`:
+    no Redis call). On a miss the thread pool looks in Redis only if computing the read
+    here would embed its query or read the shard; the result reaches Redis from the sharer
+    thread, not on the request's clock."""
     a, b = replicas
-    a.search_memories(CAPSULE, QUERY)
+    a.search_memories(CAPSULE, QUERY)  # A remembers the query's embedding
     wait_for(lambda: feed_live(a))
     written = a.add_memories(CAPSULE, [lesson(4)]).version  # the next read is computed
     wait_for(lambda: a.versions.get("plant") == written)
+    assert a.results.flush()
+    calls: dict[ContextService, list[str]] = {a: [], b: []}  # on this (the request's) thread
+    for replica in (a, b):
+        link = replica.redis
+        assert link is not None
+
+        def counted(
+            op: Callable[[Any], Any], call: Any = link.call, mine: list[str] = calls[replica]
+        ) -> Any:
+            if threading.current_thread() is threading.main_thread():
+                mine.append("call")
+            return call(op)
+
+        monkeypatch.setattr(link, "call", counted)
     read = a.plan_search(CAPSULE, QUERY)
-    body, version = a.cached_json(read)
-    assert body is None and version == a.current_version(read.domain)
-    before = redis_calls(a)
-    computed = a.run_json(read, asked=True, looked_at=version)
-    assert redis_calls(a) - before == 1  # the SET that shares it with other replicas
-    # the other replica finds it in Redis and answers the same bytes
+    assert a.cached_json(read) is None
+    assert calls[a] == []  # the event loop's lookup
+    computed = a.run_json(read, asked=True)
+    assert calls[a] == []  # view current, query known: computed here, shared by the sharer
+    assert a.results.flush()
+    assert a.results.stats()["shared"] >= 1
+    # B has never embedded the query: it looks in Redis (a GET, not a model call) and
+    # answers the same bytes
+    b.current_version("plant")
+    calls[b].clear()
     assert b.run_json(b.plan_search(CAPSULE, QUERY)) == computed
     assert b.results.shared_hits == 1
+    assert b.query_vectors.known(QUERY.query) is None

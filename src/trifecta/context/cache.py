@@ -18,13 +18,13 @@ against the shard once (another replica's publish may have failed too).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -309,12 +309,15 @@ class ResultCache:
         self._local: OrderedDict[tuple[str, int, str], _Result] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = self.shared_hits = 0
+        self._sharer = _Sharer(link, self.ttl_ms)
 
     def _redis_key(self, domain: str, version: int, key: str) -> str:
         return f"{self.prefix}:r:{domain}:{version}:{key}"
 
-    def get(self, domain: str, version: int, key: str, model: type[T]) -> T | None:
-        found = self._find(domain, version, key)
+    def get(
+        self, domain: str, version: int, key: str, model: type[T], *, shared: bool = True
+    ) -> T | None:
+        found = self._find(domain, version, key, shared=shared)
         if found is None:
             return None
         if found.value is None:
@@ -322,7 +325,8 @@ class ResultCache:
         return found.value  # type: ignore[return-value]
 
     def get_body(self, domain: str, version: int, key: str, *, shared: bool = True) -> bytes | None:
-        """The result's JSON, or None; `shared=False` looks in this process only."""
+        """The result's JSON, or None; `shared=False` looks in this process only (the event
+        loop's lookup: no network call on the thread every request goes through)."""
         found = self._find(domain, version, key, shared=shared)
         return found.body if found is not None else None
 
@@ -349,15 +353,19 @@ class ResultCache:
         return None
 
     def put(self, domain: str, version: int, key: str, value: BaseModel) -> bytes:
-        """Keep a result (here and in Redis); returns its JSON."""
+        """Keep a result here, and hand it to the sharer thread for Redis; returns its JSON.
+        The request that computed it does not wait for Redis: a key names its version, so a
+        late SET can only ever be right, and this replica answers from its own copy."""
         body = value.model_dump_json().encode()
         self._remember((domain, version, key), _Result(body, value))
         if self.link is not None:
-            redis_key = self._redis_key(domain, version, key)
-            # Redis away: the in-process copy serves this replica; others compute their own.
-            with contextlib.suppress(RedisDown):
-                self.link.call(lambda r: r.set(redis_key, body, px=self.ttl_ms))
+            self._sharer.send(self._redis_key(domain, version, key), body)
         return body
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every result put so far was sent to Redis (or given up); False if
+        `timeout` passed first."""
+        return self._sharer.flush(timeout)
 
     def _remember(self, key: tuple[str, int, str], value: _Result) -> None:
         with self._lock:
@@ -368,9 +376,82 @@ class ResultCache:
 
     def stats(self) -> dict[str, int]:
         links = self.link.stats() if self.link is not None else {}
-        return {
-            "hits": self.hits,
-            "shared_hits": self.shared_hits,
-            "misses": self.misses,
-            "entries": len(self._local),
-        } | links
+        return (
+            {
+                "hits": self.hits,
+                "shared_hits": self.shared_hits,
+                "misses": self.misses,
+                "entries": len(self._local),
+            }
+            | self._sharer.stats()
+            | links
+        )
+
+
+class _Sharer:
+    """Sends a process's results to Redis from a thread of its own, in pipelines of what
+    queued meanwhile. Under load the SET's round trip was the computed read's longest wait
+    (the reply, then the interpreter lock and a core to read it: up to 170 ms beside the
+    learning worker, benchmarks/context_service.py's loop workload); sharing a result with
+    other replicas is worth a round trip, but not on the request's clock. At most `backlog`
+    results wait; past it the oldest are not shared (other replicas compute their own)."""
+
+    def __init__(self, link: RedisLink | None, ttl_ms: int, backlog: int = 1024):
+        self.link = link
+        self.ttl_ms = ttl_ms
+        self.backlog = backlog
+        self._queue: deque[tuple[str, bytes]] = deque()
+        self._busy = 0  # results taken from the queue and not yet sent
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.shared = self.unshared = 0
+
+    def send(self, redis_key: str, body: bytes) -> None:
+        with self._cond:
+            self._queue.append((redis_key, body))
+            while len(self._queue) > self.backlog:
+                self._queue.popleft()
+                self.unshared += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="context-result-sharer", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        assert self.link is not None  # started by `send`, which a linked cache calls
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                batch = list(self._queue)
+                self._queue.clear()
+                self._busy = len(batch)
+            try:
+                self.link.call(partial(self._set_all, batch=batch))
+                self.shared += len(batch)
+            except RedisDown:  # the in-process copies serve this replica
+                self.unshared += len(batch)
+            with self._cond:
+                self._busy = 0
+                self._cond.notify_all()
+
+    def _set_all(self, client: Any, *, batch: list[tuple[str, bytes]]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for redis_key, body in batch:
+            pipe.set(redis_key, body, px=self.ttl_ms)
+        pipe.execute()
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def stats(self) -> dict[str, int]:
+        return {"shared": self.shared, "unshared": self.unshared}

@@ -67,6 +67,7 @@ class Read(Generic[M]):
     key: str
     model: type[M]
     compute: Callable[[DomainReader], M]
+    query: str | None = None  # the text it embeds, if any
 
 
 class ContextService:
@@ -206,31 +207,42 @@ class ContextService:
             return self.on_shard(domain, lambda store: read.compute(StoreReader(store, domain)))
         self.hot_reads.asked(read)
         version = self.current_version(domain)
-        hit = self.results.get(domain, version, read.key, read.model)
+        shared = not self._cheap(read, version)
+        hit = self.results.get(domain, version, read.key, read.model, shared=shared)
         if hit is not None:
             return hit
         value = self._compute(read, version)
         self.results.put(domain, version, read.key, value)
         return value
 
-    def run_json(
-        self, read: Read[M], *, asked: bool = False, looked_at: int | None = None
-    ) -> bytes:
+    def run_json(self, read: Read[M], *, asked: bool = False) -> bytes:
         """`run`, as the JSON an HTTP answer carries (a cached result's bytes as stored).
-        `asked`: `cached_json` already counted this ask; `looked_at`: the version at which
-        it also missed in Redis, so at that version only this process's cache is looked at
-        again (a Redis round trip fewer on the computed path: under load each one waits for
-        the Redis process, then for the interpreter lock, to be scheduled)."""
+        `asked`: `cached_json` already counted this ask (and looked in this process's
+        cache; here it is looked up in Redis unless `_cheap`, then computed). A computed
+        result goes to Redis from the sharer thread (`ResultCache.put`), so the computed
+        path makes at most one Redis round trip, the GET: under load each one waits for
+        the Redis process, then for the interpreter lock and a core."""
         domain = read.domain
         if not self.cache_enabled:
             return self.run(read).model_dump_json().encode()
         if not asked:
             self.hot_reads.asked(read)
         version = self.current_version(domain)
-        body = self.results.get_body(domain, version, read.key, shared=version != looked_at)
+        shared = not self._cheap(read, version)
+        body = self.results.get_body(domain, version, read.key, shared=shared)
         if body is not None:
             return body
         return self.results.put(domain, version, read.key, self._compute(read, version))
+
+    def _cheap(self, read: Read[M], version: int) -> bool:
+        """Whether this process computes the read for less than a Redis round trip: its
+        domain's view is at `version` (no shard read) and its query's embedding is
+        remembered (no model call), so what is left is a search of the view and a render
+        (0.2 ms of CPU for a retrieve). Then another replica's copy is not looked for: under
+        load a GET waited milliseconds for the Redis process to be scheduled."""
+        if read.query is not None and self.query_vectors.known(read.query) is None:
+            return False
+        return self.views.holds(read.domain, version)
 
     def _compute(self, read: Read[M], version: int) -> M:
         """The read computed from the domain's view brought up to `version` (its standing
@@ -247,17 +259,20 @@ class ContextService:
         domain versions in Redis."""
         return self.cache_enabled and self.redis is not None
 
-    def cached_json(self, read: Read[M]) -> tuple[bytes | None, int | None]:
-        """The result's JSON if the cache holds it for the domain's version published in
-        Redis, else None (also with no Redis): one GET and one probe, cheap enough for an
-        event loop. With it, the version looked at (None: none known, nothing looked up)."""
+    def cached_json(self, read: Read[M]) -> bytes | None:
+        """The result's JSON if this process's cache holds it for the domain's version
+        published in Redis, else None (also with no Redis): a probe of the version board
+        and of the in-process cache, cheap enough for an event loop. Redis is not asked
+        for the result here: a blocking GET on the event loop stalled every request behind
+        it (up to 98 ms beside the learning worker, the benchmark's loop workload); the
+        thread pool asks on a miss (`run_json`)."""
         if not self.cache_enabled:
-            return None, None
+            return None
         self.hot_reads.asked(read)
         version = self.versions.get(read.domain)
         if version is None:
-            return None, None
-        return self.results.get_body(read.domain, version, read.key), version
+            return None
+        return self.results.get_body(read.domain, version, read.key, shared=False)
 
     def refresh_hot(self, domain: str, version: int) -> int:
         """Compute the domain's hot reads at `version` into the result cache (the learning
@@ -321,7 +336,7 @@ class ContextService:
             )
 
         key = request_key("render", {"budget": budget, "query": request.query})
-        return Read(domain, key, RenderedPlaybook, compute)
+        return Read(domain, key, RenderedPlaybook, compute, request.query or None)
 
     def search_memories(self, capsule_id: str, query: MemoryQuery) -> MemorySearchResult:
         """Top-k memories of the domain by cosine similarity, filtered by outcome and age."""
@@ -351,7 +366,7 @@ class ContextService:
                 "m": query.min_similarity,
             },
         )
-        return Read(domain, key, MemorySearchResult, compute)
+        return Read(domain, key, MemorySearchResult, compute, query.query)
 
     def retrieve(self, capsule_id: str, request: RetrieveRequest) -> Retrieval:
         """Ranked bullets and similar memories for one task, plus the prompt that holds them."""
@@ -392,7 +407,7 @@ class ContextService:
                 "s": since,
             },
         )
-        return Read(domain, key, Retrieval, compute)
+        return Read(domain, key, Retrieval, compute, request.query)
 
     # -- writes ------------------------------------------------------------------------
     def apply_delta(self, capsule_id: str, delta: Delta) -> DeltaResult:

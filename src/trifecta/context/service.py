@@ -128,17 +128,16 @@ def create_app(
         )
 
     async def answer(plan: Callable[[], Read[M]]) -> Response:
-        # With Redis, a cache hit is answered on the event loop (the tenancy check, usually
-        # remembered, one GET and a probe); whatever computes or reads a database runs in
-        # the thread pool. The body is the cached JSON as it is: FastAPI neither validates
-        # nor encodes it again (the route's response_model still documents it).
+        # With Redis, a hit of this process's cache is answered on the event loop (the
+        # tenancy check, usually remembered, and two probes); whatever waits for Redis or a
+        # database, or computes, runs in the thread pool. The body is the cached JSON as it
+        # is: FastAPI neither validates nor encodes it again (the route's response_model
+        # still documents it).
         if service.fast_reads:
             read = plan()
-            body, version = service.cached_json(read)
+            body = service.cached_json(read)
             if body is None:
-                body = await run_in_threadpool(
-                    lambda: service.run_json(read, asked=True, looked_at=version)
-                )
+                body = await run_in_threadpool(lambda: service.run_json(read, asked=True))
         else:
             body = await run_in_threadpool(lambda: service.run_json(plan()))
         return Response(body, media_type="application/json")

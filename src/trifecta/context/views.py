@@ -186,6 +186,13 @@ class ViewCache:
             view.catch_up(store_for(domain), version)
         return view
 
+    def holds(self, domain: str, version: int) -> bool:
+        """Whether this process holds the domain's view at `version` or newer (a read
+        computed from it reads no shard)."""
+        with self._lock:
+            view = self._views.get(domain)
+        return view is not None and view.version >= version
+
     def apply(self, domain: str, changes: Changes) -> bool:
         """A writer's own changes, applied to the domain's live view if this process holds
         one and they follow on from it (else the next reader catches up from the shard)."""
