@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -294,6 +295,19 @@ def service_outputs(address: str | None, db: Path) -> dict[str, object]:
     if address is not None:
         report["actor_nodes"] = [layer.backend.actor_nodes() for layer in service.placed]  # type: ignore[attr-defined]
     return report
+
+
+def test_a_ray_address_nothing_answers_is_one_clear_error() -> None:
+    from trifecta.core.errors import Unavailable
+    from trifecta.generative.ray_experts import connect_ray
+
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as err:
+        connect_ray(f"127.0.0.1:{port}")
+    assert err.value.field == "ray_address" and time.monotonic() - started < 10
 
 
 def test_tokens_split_evenly_over_replicas() -> None:

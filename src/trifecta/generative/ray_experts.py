@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import socket
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -273,11 +274,20 @@ def expert_weights(moe: MoE) -> dict[int, Weights]:
 
 
 def connect_ray(address: str) -> None:
-    """Join the Ray cluster at `address` (once per process); one clear error if none answers."""
+    """Join the Ray cluster at `address` (once per process); one clear error if none answers
+    (Ray itself retries a `host:port` that nothing answers for minutes)."""
     import ray
 
     if ray.is_initialized():
         return
+    host, colon, port = address.rpartition(":")
+    if colon and port.isdigit() and "://" not in address:  # not "auto" nor a ray:// client
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+        except OSError as exc:
+            raise Unavailable(
+                f"no Ray cluster answers at {address!r} ({exc})", field="ray_address"
+            ) from None
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
