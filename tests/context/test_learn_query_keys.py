@@ -6,17 +6,15 @@ queue rows) keep the memory text's embedding."""
 
 from __future__ import annotations
 
-import importlib.resources
 import time
 from typing import Literal
 
 import numpy as np
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import select
 
 from tests.context.conftest import register_capsules
 from tests.context.test_learn_dedup import CountingEmbedder
+from tests.context.test_memory_content_index import at_revision
 from trifecta.context import tables
 from trifecta.context.facade import ContextService
 from trifecta.context.memory import memory_text, structured_draft
@@ -24,7 +22,7 @@ from trifecta.context.models import RetrieveRequest
 from trifecta.context.settings import ContextSettings
 from trifecta.context.sql import Vector, to_vector
 from trifecta.context.trajectory import Trajectory, TrajectoryStep
-from trifecta.core.db import create_db_engine, ensure_schema, migrations_dir, transaction
+from trifecta.core.db import ensure_schema, transaction
 from trifecta.core.embeddings import MiniLMEmbedder
 
 M, Q = tables.memories.c, tables.learn_queue.c
@@ -189,17 +187,8 @@ def test_a_row_queued_before_the_migration_is_learned_by_its_text(
 ) -> None:
     """A database at revision context_0002 with a pending row; the next process upgrades it
     (the column is nullable) and learns the row by its memory text."""
-    engine = create_db_engine(sqlite_url)
-    config = Config()
-    config.set_main_option(
-        "script_location", str(importlib.resources.files("trifecta.core") / "alembic")
-    )
-    config.set_main_option("path_separator", "os")
-    config.set_main_option("version_locations", str(migrations_dir("trifecta.context")))
-    config.attributes["version_table"] = "alembic_version_context"
+    engine = at_revision(sqlite_url, "context_0002")
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "context_0002")
         trajectory = served(4, PROMPTS[4])
         connection.exec_driver_sql(
             "INSERT INTO context_learn_queue (domain, trajectory_id, capsule_id, payload, state,"

@@ -75,6 +75,12 @@ memories = Table(
     Column("seq", BigInteger, nullable=False),
     Index("ix_context_memories_seq", "domain", "seq"),
     Index("ix_context_memories_outcome", "domain", "outcome", "created_at"),
+    # The learner's lookup of stored texts (revision context_0004): by domain and content on
+    # SQLite, by a hash of content on Postgres (a B-tree entry is limited to ~2.7 KB).
+    Index("ix_context_memories_content", "domain", "content").ddl_if(dialect="sqlite"),
+    Index("ix_context_memories_content", "content", postgresql_using="hash").ddl_if(
+        dialect="postgresql"
+    ),
 )
 
 applied_ops = Table(
