@@ -8,12 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trifecta.cli import main
 from trifecta.core import embed_compiled
 from trifecta.core.embed_compiled import ENGINE_ENV, CompiledEncoder, load_engine
 from trifecta.core.embeddings import LENGTH_BUCKETS, MAX_BATCH, MiniLMEmbedder, get_embedder
 from trifecta.core.errors import InvalidInput
-from trifecta.core.settings import Settings, get_settings
 
 QUERIES = ["t=41,p=17,r=63;t+r?", "41+53?", "a=4,k=9,n=13;a+k?", "What is 17 + 25?"]
 # The least cosine between the compiled and the eager vector of a text, both bfloat16
@@ -80,25 +78,6 @@ def test_a_failing_compile_falls_back_to_eager_and_says_so(
     assert compiled.engine_in_use == "eager"
     assert compiled.compiled.broken is not None and "oneDNN" in compiled.compiled.broken
     assert float((vectors * expected).sum()) >= COSINE_EAGER
-
-
-def test_a_bad_engine_fails_at_start_up_in_one_line_naming_the_variable(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv(ENGINE_ENV, "onnx")
-    with pytest.raises(InvalidInput) as error:
-        Settings()
-    assert error.value.field == ENGINE_ENV
-    get_settings.cache_clear()  # the CLI reads the settings afresh, as a new process does
-    try:
-        with pytest.raises(SystemExit) as exited:
-            main(["run", "--requests", "1", "--seed", "7"])
-    finally:
-        get_settings.cache_clear()
-    assert exited.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and ENGINE_ENV in lines[0] and "'onnx'" in lines[0]
-    assert "torchscript" in lines[0]  # the allowed values
 
 
 def test_packed_weights_give_the_plain_trace_s_vectors_and_leave_the_model_alone(

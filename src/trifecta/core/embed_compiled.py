@@ -54,6 +54,10 @@ if TYPE_CHECKING:
 
 Engine = Literal["eager", "torchscript"]
 ENGINE_ENV = "TRIFECTA_EMBED_ENGINE"  # auto (the default), eager or torchscript
+# The weights' precision (core/embeddings.py), declared here with its check, which settings
+# run at start-up as the engine's: this module imports no torch or numpy.
+Precision = Literal["float32", "bfloat16"]
+PRECISION_ENV = "TRIFECTA_EMBED_PRECISION"  # auto (the default), float32 or bfloat16
 WARM_CALLS = 2  # the profiling executor runs profiled first, then optimises
 # Rows (texts x padded tokens) the packed weights' layout is chosen for: the loop's commonest
 # forward, one query of up to 24 tokens. Any row count runs on it (hints 16-256 measured
@@ -89,6 +93,16 @@ def engine_choice(requested: str | None = None) -> str:
         raise InvalidInput(
             f"unknown embedding engine {choice!r}", field=ENGINE_ENV, allowed=allowed
         )
+    return choice
+
+
+def precision_choice(requested: str | None = None) -> str:
+    """`requested`, else the environment's PRECISION_ENV, else "auto", checked (no torch
+    import, as `engine_choice`); a bad value is an InvalidInput naming PRECISION_ENV."""
+    choice = (requested or os.environ.get(PRECISION_ENV) or "auto").strip().lower()
+    allowed = ("auto", *get_args(Precision))
+    if choice not in allowed:
+        raise InvalidInput(f"unknown precision {choice!r}", field=PRECISION_ENV, allowed=allowed)
     return choice
 
 

@@ -45,19 +45,25 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, cast, get_args
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from numpy.typing import NDArray
 
-from trifecta.core.embed_compiled import CompiledEncoder, Engine, load_engine
-from trifecta.core.errors import InvalidInput
+from trifecta.core.embed_compiled import (
+    PRECISION_ENV as PRECISION_ENV,  # re-exported: the variable the embedder reads
+)
+from trifecta.core.embed_compiled import (
+    CompiledEncoder,
+    Engine,
+    Precision,
+    load_engine,
+    precision_choice,
+)
 
 if TYPE_CHECKING:
     import torch
 
-Precision = Literal["float32", "bfloat16"]
-PRECISION_ENV = "TRIFECTA_EMBED_PRECISION"  # auto (the default), float32 or bfloat16
 _lock = threading.Lock()
 _instances: dict[Precision | None, MiniLMEmbedder] = {}  # None: the load-time choice
 # Padded lengths in tokens, nine shapes up to MiniLM's 256-token limit: above 32 tokens at
@@ -83,10 +89,7 @@ def native_bfloat16() -> bool:
 def load_precision(requested: str | None = None) -> Precision:
     """The weights' precision: `requested`, else the environment's PRECISION_ENV, "auto"
     meaning bfloat16 where the CPU has it natively and float32 elsewhere."""
-    choice = (requested or os.environ.get(PRECISION_ENV) or "auto").strip().lower()
-    allowed = ("auto", *get_args(Precision))
-    if choice not in allowed:
-        raise InvalidInput(f"unknown precision {choice!r}", field=PRECISION_ENV, allowed=allowed)
+    choice = precision_choice(requested)
     if choice == "auto":
         return "bfloat16" if native_bfloat16() else "float32"
     return "bfloat16" if choice == "bfloat16" else "float32"

@@ -21,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from trifecta.core.embed_compiled import engine_choice
+from trifecta.core.embed_compiled import engine_choice, precision_choice
 from trifecta.core.errors import InvalidInput
 
 Phase = Literal["dev", "pilot", "full"]
@@ -141,9 +141,10 @@ class Settings(_TomlSettings):
 
     @model_validator(mode="after")
     def _embed_engine(self) -> Settings:
-        # The embedder reads TRIFECTA_EMBED_ENGINE at its first embedding, minutes into a
-        # run; a bad value fails here, at start-up, naming it.
+        # The embedder reads TRIFECTA_EMBED_ENGINE and _PRECISION at its first embedding,
+        # minutes into a run; a bad value fails here, at start-up, naming it.
         engine_choice()
+        precision_choice()
         return self
 
     @property
