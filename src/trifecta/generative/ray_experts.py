@@ -552,7 +552,7 @@ def place_model(
     slots = slots_per_node if slots_per_node is not None else math.ceil(n_experts / nodes)
     if slots * nodes < n_experts:
         raise InvalidInput(
-            f"{nodes} nodes of {slots} slots cannot hold {n_experts} experts",
+            f"{nodes} nodes holding {slots} experts each cannot hold all {n_experts}",
             field="slots_per_node",
         )
     placement = place(np.ones(n_experts), Cluster.uniform(nodes, slots))
