@@ -205,19 +205,20 @@ def test_the_milp_answer_meets_the_target_and_never_moves_more_than_the_greedy(s
 
 def test_the_milp_time_limit_is_honoured_and_the_greedy_answer_kept() -> None:
     """64 experts on 9 nodes at a near-perfect balance: HiGHS cannot close the gap in
-    0.5 s; the rebalance returns within the limit (plus the greedy's own time) and says
-    that the time limit stopped the MILP."""
+    0.5 CPU seconds; the rebalance returns within the limit (plus the greedy's own CPU
+    time) and says that the time limit stopped the MILP."""
     loads = zipf_loads(64, 1.0, seed=5)
     current = place(loads, Cluster.with_redundancy(8, 64, 0.10), method="greedy")
     grown = loads * 1.15
-    started = time.perf_counter()
+    started = time.process_time()
     greedy = resize(current, grown, add=1, target=1.002, method="greedy")
-    greedy_seconds = time.perf_counter() - started
-    started = time.perf_counter()
+    greedy_seconds = time.process_time() - started
+    started = time.process_time()
     result = resize(current, grown, add=1, target=1.002, method="milp", time_limit_s=0.5)
-    seconds = time.perf_counter() - started
+    seconds = time.process_time() - started
     assert "0.5 s time limit" in result.solver
-    assert seconds <= greedy_seconds + 0.5 + 1.5  # slack: a loaded machine, HiGHS's clock
+    # Slack: HiGHS limits wall time, converted from CPU at the share the budget measured.
+    assert seconds <= greedy_seconds + 0.5 + 1.0
     assert result.moves <= greedy.moves
     with pytest.raises(InvalidInput, match="time_limit"):
         resize(current, grown, add=1, time_limit_s=0)

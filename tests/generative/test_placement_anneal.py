@@ -43,11 +43,11 @@ def test_annealing_lowers_the_greedy_moves_and_keeps_the_level() -> None:
 
 def test_the_time_limit_is_honoured() -> None:
     case = benchmark_first_trace()
-    started = time.perf_counter()
+    started = time.process_time()
     found = anneal_min_moves(
         case.before, case.loads, case.cluster, case.level, case.greedy, time_limit_s=0.3
     )
-    assert time.perf_counter() - started <= 0.3 + 0.5  # one chunk past it, a loaded machine
+    assert time.process_time() - started <= 0.3 + 0.2  # CPU seconds; one chunk past it
     assert found.moves <= found.start_moves
 
 

@@ -11,6 +11,7 @@ import pytest
 from trifecta.generative.expansion import resize
 from trifecta.generative.placement import Cluster, from_scratch, moves_between, place
 from trifecta.generative.placement_lns import lns_min_moves
+from trifecta.generative.placement_milp import WALL_CAP
 
 from .placement_cases import benchmark_first_trace
 
@@ -42,9 +43,9 @@ def grown_instance(
 @pytest.mark.parametrize("seed", [3, 7])
 def test_lns_never_moves_more_than_its_start_and_keeps_the_target(seed: int) -> None:
     before, loads, cluster, level, start = grown_instance(32, 6, seed)
-    started = time.perf_counter()
+    started, wall = time.process_time(), time.perf_counter()
     found = lns_min_moves(before, loads, cluster, level, start, time_limit_s=1.0)
-    seconds = time.perf_counter() - started
+    seconds, wall = time.process_time() - started, time.perf_counter() - wall
     assert found.start_moves == moves_between(before, start)
     assert found.moves <= found.start_moves
     assert found.moves == moves_between(before, found.placed)
@@ -55,7 +56,8 @@ def test_lns_never_moves_more_than_its_start_and_keeps_the_target(seed: int) -> 
     weight = loads / counts
     node_loads = np.array([weight[n].sum() for n in found.placed])
     assert node_loads.max() / node_loads.mean() <= level + 1e-9
-    assert seconds <= 1.0 + 1.5  # slack: a loaded machine, HiGHS's clock
+    assert seconds <= 1.0 + 1.0  # CPU seconds; slack: HiGHS's clock is wall time
+    assert wall <= WALL_CAP * 1.0 + 1.5  # however loaded the machine
 
 
 def test_lns_lowers_the_moves_where_the_greedy_overspends() -> None:
@@ -74,12 +76,14 @@ def test_resize_auto_runs_the_lns_on_large_clusters_within_its_time_limit() -> N
     loads = zipf_loads(64, 1.0, seed=5)
     current = place(loads, Cluster.with_redundancy(8, 64, 0.10), method="greedy")
     grown = loads * 1.15
+    started = time.process_time()
     greedy = resize(current, grown, add=1, target=1.002, method="greedy")
-    started = time.perf_counter()
+    greedy_seconds = time.process_time() - started
+    started = time.process_time()
     result = resize(current, grown, add=1, target=1.002, time_limit_s=2.0)
-    seconds = time.perf_counter() - started
+    seconds = time.process_time() - started
     # Half the limit to the exact MILP, the rest to annealing then the LNS.
     assert "2 s time limit" in result.solver and "annealing and LNS" in result.solver
     assert result.moves <= greedy.moves
     assert result.placement.imbalance(grown) <= max(1.002, greedy.imbalance) + 1e-9
-    assert seconds <= 2.0 + 2.0 + 1.5  # two greedy runs, the limit, a loaded machine
+    assert seconds <= greedy_seconds + 2.0 + 1.0  # CPU: the greedy runs, the limit, slack

@@ -29,7 +29,6 @@ rebalancing with replica-dependent loads.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -48,6 +47,7 @@ from trifecta.generative.placement import (
     moves_between,
     place,
 )
+from trifecta.generative.placement_milp import Budget
 
 if TYPE_CHECKING:
     from trifecta.generative.placement_milp import MoveFloor
@@ -56,6 +56,8 @@ METHODS = ("auto", "greedy", "milp", "search")
 # `auto` solves the exact MILP (z[e, n, k]: experts x nodes x replica counts columns) up to
 # this size, 64 experts on 9 nodes; above it, a restricted one (see `resize`).
 EXACT_MAX = 6000
+# CPU seconds of this process for the MILP and the search (`placement_milp.Budget`: the
+# answer does not depend on other jobs' load; the wall clock is capped at `WALL_CAP` x it).
 EXACT_TIME_LIMIT_S = 5.0
 # Above this size (64 experts on 9 nodes is 5184) the whole MILP rarely beats the greedy in
 # its time limit: it gets half the limit and a large-neighbourhood search (`placement_lns`)
@@ -272,14 +274,13 @@ def _exact(
         # MILP restricted to the current, greedy and repack replica counts found fewer
         # moves than the greedy on 0 of 24 large traces at the repack's max/mean).
         return _searched(greedy, None, before, loads, level, time_limit_s, time_limit_s)
-    started = time.perf_counter()
+    budget = Budget.of(time_limit_s)
     search = loads.size * cluster.nodes * most > LNS_ABOVE
-    budget = time_limit_s / 2 if search else time_limit_s
-    floor = min_moves_floor(before, loads, cluster, level, budget, greedy.placement.nodes)
+    exact = budget.part(time_limit_s / 2) if search else budget
+    floor = min_moves_floor(before, loads, cluster, level, exact, greedy.placement.nodes)
     program = "exact MILP"
-    left = time_limit_s - (time.perf_counter() - started)
-    if search and not floor.proven and left > 0.05:
-        return _searched(greedy, floor, before, loads, level, left, time_limit_s)
+    if search and not floor.proven and budget.left() > 0.05:
+        return _searched(greedy, floor, before, loads, level, budget, time_limit_s)
     if floor.placed is None or floor.moves is None or floor.moves >= greedy.moves:
         why = (
             "proved no placement moves fewer"
@@ -313,7 +314,7 @@ def _searched(
     before: list[set[int]],
     loads: Loads,
     level: float,
-    left: float,
+    limit: float | Budget,
     time_limit_s: float,
 ) -> Rebalance:
     """From the better of the greedy's and the MILP's answers, the LNS, annealing and the
@@ -321,7 +322,8 @@ def _searched(
     from trifecta.generative.placement_anneal import anneal_min_moves
     from trifecta.generative.placement_lns import lns_min_moves
 
-    started = time.perf_counter()
+    budget = Budget.of(limit)
+    left = budget.left()
     cluster = greedy.placement.cluster
     start, origin = greedy.placement.nodes, "greedy's"
     program = "annealing and LNS" if floor is None else "exact MILP, annealing and LNS"
@@ -333,14 +335,13 @@ def _searched(
     # starts from its answer and never moves more, so the answer is never worse than the
     # LNS's alone. Annealing then roams far from there in cheap steps, and the LNS polishes
     # its answer with exact three-node re-solves (each alone lost to the pair on some traces).
-    first = lns_min_moves(before, loads, cluster, level, start, left * LNS_FIRST_SHARE)
+    first = lns_min_moves(before, loads, cluster, level, start, budget.part(left * LNS_FIRST_SHARE))
     start = first.placed
-    spent = time.perf_counter() - started
-    annealed = anneal_min_moves(before, loads, cluster, level, start, (left - spent) * ANNEAL_SHARE)
+    part = budget.part(budget.left() * ANNEAL_SHARE)
+    annealed = anneal_min_moves(before, loads, cluster, level, start, part)
     if annealed.moves < moves_between(before, start):
         start = annealed.placed
-    rest = left - (time.perf_counter() - started)
-    found = lns_min_moves(before, loads, cluster, level, start, rest)
+    found = lns_min_moves(before, loads, cluster, level, start, budget)
     if found.moves >= greedy.moves:
         return greedy.model_copy(
             update={

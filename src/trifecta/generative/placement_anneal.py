@@ -28,7 +28,6 @@ within a rebalance's few seconds.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +36,7 @@ from numba import njit
 from numpy.typing import NDArray
 
 from trifecta.generative.placement import Cluster, Loads, moves_between
+from trifecta.generative.placement_milp import Budget
 
 # The cost of a step, in moves: PENALTY per unit of node load above the capacity (a unit is
 # the level's slack, `anneal_min_moves`; raised over the run, so the search roams first and
@@ -293,16 +293,17 @@ def anneal_min_moves(
     cluster: Cluster,
     level: float,
     start: Sequence[Sequence[int]],
-    time_limit_s: float,
+    time_limit_s: float | Budget,
     seed: int = 0,
     cycles: int = CYCLES,
     max_steps: int | None = None,
     homeward: float | None = None,
 ) -> AnnealResult:
     """The fewest moves from `before` found by annealing from `start` (any placement on
-    `cluster`; one that keeps `level` max/mean is never worsened) within `time_limit_s`,
-    or within `max_steps` steps (the same answer every run, unless the clock stops it)."""
-    started = time.perf_counter()
+    `cluster`; one that keeps `level` max/mean is never worsened) within `time_limit_s`
+    CPU seconds (or the `Budget`), or within `max_steps` steps (the same answer every run,
+    unless the budget stops it first)."""
+    budget = Budget.of(time_limit_s)
     loads = np.asarray(loads, dtype=np.float64)
     nodes = cluster.nodes
     slots = np.asarray(cluster.slots, dtype=np.int64)
@@ -322,9 +323,9 @@ def anneal_min_moves(
     best = np.array([float(start_moves) if feasible else np.inf])
     best_lists, best_sizes = walk.lists.copy(), walk.sizes.copy()
     steps = chunk = cycle = 0
-    while (elapsed := time.perf_counter() - started) < time_limit_s:
-        # The schedule follows the clock, or the step budget when one is given (reproducible)
-        progress = (elapsed / time_limit_s if max_steps is None else steps / max_steps) * cycles
+    while (spent := budget.progress()) < 1.0:
+        # The schedule follows the budget, or the step count when one is given (reproducible)
+        progress = (spent if max_steps is None else steps / max_steps) * cycles
         if progress >= cycles:
             break
         if int(progress) > cycle and np.isfinite(best[0]):  # reheat from the best so far

@@ -162,7 +162,11 @@ def expand_command(
         ),
     ] = "auto",
     time_limit: Annotated[
-        float, typer.Option(min=0.1, help="seconds the MILP and the search may spend")
+        float,
+        typer.Option(
+            min=0.1,
+            help="CPU seconds the MILP and the search may spend (wall time capped at 3x)",
+        ),
     ] = 5.0,
     out: Annotated[Path | None, typer.Option(help="write the new placement as JSON")] = None,
 ) -> None:

@@ -11,7 +11,7 @@ free): an expert held only there may take any replica count, one also held elsew
 those replicas and may only gain replicas here (its weight on the other nodes can only
 fall). The node capacity is the whole cluster's target x mean, so every accepted answer
 keeps the target; an answer is kept only when it moves fewer experts, so the search never
-moves more than its start. It stops at the time limit, or once every neighbourhood of its
+moves more than its start. It stops when its CPU budget is spent, or once every neighbourhood of its
 size was solved with no gain (a local minimum). Written by hand over the MILP: no library
 does LNS over this program.
 """
@@ -19,19 +19,18 @@ does LNS over this program.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from trifecta.generative.placement import Cluster, Loads, moves_between
-from trifecta.generative.placement_milp import min_moves_floor
+from trifecta.generative.placement_milp import Budget, min_moves_floor
 
 # 3 nodes: HiGHS proves most sub-problems at the strict level within a fraction of a second
 # (4 were often cut by the sub-problem limit; 2 free too little). Measured on 64/8, 128/16.
 NEIGHBOURHOOD_NODES = 3
-SUB_TIME_LIMIT_S = 0.5  # one sub-problem's budget: a slow one is cut, not waited on
+SUB_TIME_LIMIT_S = 0.5  # one sub-problem's CPU seconds: a slow one is cut, not waited on
 TOLERANCE = 1e-9  # relative slack on the capacity check (HiGHS's rows are feasible to ~1e-7)
 
 
@@ -92,14 +91,14 @@ def lns_min_moves(
     cluster: Cluster,
     target: float,
     start: Sequence[Sequence[int]],
-    time_limit_s: float,
+    time_limit_s: float | Budget,
     seed: int = 0,
     size: int = NEIGHBOURHOOD_NODES,
 ) -> LnsResult:
     """Lower the moves of `start` (a placement on `cluster` with max/mean <= `target`,
     moves counted from `before`) by re-solving neighbourhoods of `size` nodes exactly,
-    until `time_limit_s` has passed."""
-    started = time.perf_counter()
+    until `time_limit_s` CPU seconds (or the `Budget`) are spent."""
+    budget = Budget.of(time_limit_s)
     loads = np.asarray(loads, dtype=np.float64)
     capacity = target * loads.sum() / cluster.nodes
     current = [sorted(n) for n in start]
@@ -109,7 +108,7 @@ def lns_min_moves(
     rounds = improved = draws = 0
     tried: set[tuple[int, ...]] = set()  # neighbourhoods already solved since the last gain
     every = math.comb(sum(1 for s in cluster.slots if s > 0), size)
-    while best > 0 and (left := time_limit_s - (time.perf_counter() - started)) > 0.01:
+    while best > 0 and budget.left() > 0.01:
         chosen = _neighbourhood(draws % 4, current, before, loads, cluster.slots, size, rng)
         draws += 1
         key = tuple(chosen)
@@ -119,7 +118,8 @@ def lns_min_moves(
             continue
         tried.add(key)
         rounds += 1
-        found = _solve_part(before, loads, cluster, target, current, chosen, capacity, left)
+        part = budget.part(SUB_TIME_LIMIT_S)
+        found = _solve_part(before, loads, cluster, target, current, chosen, capacity, part)
         if found is None:
             continue
         moves = moves_between(before, found)
@@ -139,7 +139,7 @@ def _solve_part(
     current: list[list[int]],
     chosen: list[int],
     capacity: float,
-    left: float,
+    budget: Budget,
 ) -> list[list[int]] | None:
     """`current` with the experts of the `chosen` nodes re-placed by the min-move MILP."""
     counts = np.bincount([e for n in current for e in n], minlength=loads.size)
@@ -164,7 +164,7 @@ def _solve_part(
         loads[experts],
         part,
         target,
-        min(left, SUB_TIME_LIMIT_S),
+        budget,
         start=sub_start,
         replica_options=options,
         capacity=capacity,

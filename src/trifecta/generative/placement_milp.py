@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +17,73 @@ from numpy.typing import NDArray
 
 if TYPE_CHECKING:
     from trifecta.generative.placement import Cluster, Loads
+
+
+# A search's budget is CPU seconds of this process, so what it finds does not depend on how
+# many other jobs share the cores; the wall clock is capped at this multiple of the budget, so
+# a machine loaded past it cuts the search instead of hanging it.
+WALL_CAP = 3.0
+# Until a budget has run this long, the CPU share it measures is too noisy to go by.
+SHARE_AFTER_S = 0.2
+
+
+@dataclass
+class Budget:
+    """CPU seconds of this process (`time.process_time`) with a wall-clock cap. HiGHS limits
+    only wall time, so `highs_limit` converts CPU seconds at the share of a core this
+    process has been getting (`parent`'s, for a part of a larger budget)."""
+
+    cpu_s: float
+    wall_cap_s: float
+    parent: Budget | None = None
+    cpu_start: float = field(default_factory=time.process_time)
+    wall_start: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def of(cls, limit: float | Budget) -> Budget:
+        """A budget of `limit` CPU seconds (capped at `WALL_CAP` x it in wall time), or
+        `limit` itself when it already is one."""
+        if isinstance(limit, Budget):
+            return limit
+        return cls(limit, WALL_CAP * limit)
+
+    def part(self, cpu_s: float) -> Budget:
+        """A budget of at most `cpu_s` of what is left, under the same wall cap."""
+        return Budget(min(cpu_s, self.left()), self.wall_left(), self)
+
+    def cpu_spent(self) -> float:
+        return time.process_time() - self.cpu_start
+
+    def wall_spent(self) -> float:
+        return time.perf_counter() - self.wall_start
+
+    def wall_left(self) -> float:
+        return self.wall_cap_s - self.wall_spent()
+
+    def left(self) -> float:
+        """CPU seconds left; 0 once the wall cap has passed."""
+        return max(0.0, self.cpu_s - self.cpu_spent()) if self.wall_left() > 0 else 0.0
+
+    def progress(self) -> float:
+        """How far through the budget, 0 to 1: CPU spent, or wall time once it binds."""
+        if self.cpu_s <= 0 or self.wall_cap_s <= 0:  # a part of a spent budget
+            return 1.0
+        return max(self.cpu_spent() / self.cpu_s, self.wall_spent() / self.wall_cap_s)
+
+    def share(self) -> float:
+        """CPU seconds this process got per wall second (1.0 until measured)."""
+        top = self
+        while top.parent is not None and top.wall_spent() < SHARE_AFTER_S:
+            top = top.parent
+        wall = top.wall_spent()
+        if wall < SHARE_AFTER_S:
+            return 1.0
+        return min(1.0, max(top.cpu_spent() / wall, 0.05))
+
+    def highs_limit(self, cpu_s: float | None = None) -> float:
+        """Wall seconds to give HiGHS for `cpu_s` (default: all that is left) of CPU."""
+        cpu = self.left() if cpu_s is None else min(cpu_s, self.left())
+        return max(0.0, min(cpu / self.share(), self.wall_left()))
 
 
 def _moves(before: Sequence[set[int]], after: Sequence[Sequence[int]]) -> int:
@@ -74,7 +141,11 @@ class MoveFloor:
 
 
 def exact_min_moves(
-    before: Sequence[set[int]], loads: Loads, cluster: Cluster, target: float, time_limit_s: float
+    before: Sequence[set[int]],
+    loads: Loads,
+    cluster: Cluster,
+    target: float,
+    time_limit_s: float | Budget,
 ) -> tuple[list[list[int]], int] | None:
     """The fewest moves found by `min_moves_floor` within the time limit, and their placement."""
     floor = min_moves_floor(before, loads, cluster, target, time_limit_s)
@@ -88,7 +159,7 @@ def min_moves_floor(
     loads: Loads,
     cluster: Cluster,
     target: float,
-    time_limit_s: float,
+    time_limit_s: float | Budget,
     start: Sequence[Sequence[int]] | None = None,
     replica_options: Sequence[Sequence[int]] | None = None,
     capacity: float | None = None,
@@ -96,8 +167,9 @@ def min_moves_floor(
 ) -> MoveFloor:
     """The fewest moves from `before` (one set per node of `cluster`) to any placement with
     max/mean <= `target`, solved with HiGHS: the best placement found, the proven lower
-    bound, and whether they meet. Exact but only cheap for small instances: the reference
-    the greedy rebalance is measured against, and `resize`'s answer when small.
+    bound, and whether they meet, within `time_limit_s` CPU seconds (or a `Budget`). Exact
+    but only cheap for small instances: the reference the greedy rebalance is measured
+    against, and `resize`'s answer when small.
 
     y[e, k] (e has k replicas) and z[e, n, k] (e has k replicas, one on n, weighing
     load[e] / k there), sum_n z[e, n, k] = k y[e, k]; each node's sum of load[e] / k * z
@@ -115,7 +187,7 @@ def min_moves_floor(
     k), and an expert held outside may take k = 0 here."""
     from trifecta.fleet.program import Program
 
-    started = time.perf_counter()
+    budget = Budget.of(time_limit_s)
     loads = np.asarray(loads, dtype=np.float64)
     experts, nodes = loads.size, cluster.nodes
     most = sum(1 for s in cluster.slots if s > 0)
@@ -160,7 +232,7 @@ def min_moves_floor(
         program.row(on, 0, cluster.slots[n])
         terms = [(z[e][n][k], loads[e] / (kept[e] + k)) for e, ks in enumerate(allowed) for k in ks]
         program.row(terms, -np.inf, capacity)
-    left = time_limit_s - (time.perf_counter() - started)  # building counts against the limit
+    left = budget.highs_limit()  # building the program counts against the budget
     if start is None:
         result = program.solve(time_limit=left, mip_rel_gap=1e-6)
     else:
