@@ -285,15 +285,15 @@ def connect_ray(address: str) -> None:
         try:
             socket.create_connection((host, int(port)), timeout=3).close()
         except OSError as exc:
-            raise Unavailable(
-                f"no Ray cluster answers at {address!r} ({exc})", field="ray_address"
-            ) from None
+            raise _unanswered(address, exc) from None
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise Unavailable(
-            f"no Ray cluster answers at {address!r} ({exc})", field="ray_address"
-        ) from None
+        raise _unanswered(address, exc) from None
+
+
+def _unanswered(address: str, exc: Exception) -> Unavailable:
+    return Unavailable(f"no Ray cluster answers at {address!r} ({exc})", field="ray_address")
 
 
 def _variant_tag(row: torch.Tensor) -> str:
@@ -471,6 +471,10 @@ class PlacedMoE:
         import torch
 
         layer = self.moe.layer
+        if layer >= len(mask.layers):
+            raise InvalidInput(
+                f"the mask has {len(mask.layers)} layers, this is layer {layer}", field="experts"
+            )
         self.check_mask(mask.layers[layer])
         merge = mask.merge_tensor()
         if merge is None:
