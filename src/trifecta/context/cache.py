@@ -34,6 +34,8 @@ from trifecta.core.logging import get_logger
 
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
+# Whether a lookup that missed in the process goes on to Redis (a callable: decided then).
+Shared = bool | Callable[[], bool]
 log = get_logger(__name__)
 
 # Publish only forward: concurrent writers may publish out of order. An advance is also
@@ -315,7 +317,7 @@ class ResultCache:
         return f"{self.prefix}:r:{domain}:{version}:{key}"
 
     def get(
-        self, domain: str, version: int, key: str, model: type[T], *, shared: bool = True
+        self, domain: str, version: int, key: str, model: type[T], *, shared: Shared = True
     ) -> T | None:
         found = self._find(domain, version, key, shared=shared)
         if found is None:
@@ -324,13 +326,18 @@ class ResultCache:
             found.value = model.model_validate_json(found.body)
         return found.value  # type: ignore[return-value]
 
-    def get_body(self, domain: str, version: int, key: str, *, shared: bool = True) -> bytes | None:
+    def get_body(
+        self, domain: str, version: int, key: str, *, shared: Shared = True
+    ) -> bytes | None:
         """The result's JSON, or None; `shared=False` looks in this process only (the event
-        loop's lookup: no network call on the thread every request goes through)."""
+        loop's lookup: no network call on the thread every request goes through); a
+        callable is asked after a miss here whether to look in Redis."""
         found = self._find(domain, version, key, shared=shared)
         return found.body if found is not None else None
 
-    def _find(self, domain: str, version: int, key: str, *, shared: bool = True) -> _Result | None:
+    def _find(
+        self, domain: str, version: int, key: str, *, shared: Shared = True
+    ) -> _Result | None:
         local_key = (domain, version, key)
         with self._lock:
             found = self._local.get(local_key)
@@ -338,7 +345,7 @@ class ResultCache:
                 self._local.move_to_end(local_key)
                 self.hits += 1
                 return found
-        if self.link is not None and shared:
+        if self.link is not None and (shared() if callable(shared) else shared):
             redis_key = self._redis_key(domain, version, key)
             try:
                 raw = self.link.call(lambda r: r.get(redis_key))

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -207,7 +208,7 @@ class ContextService:
             return self.on_shard(domain, lambda store: read.compute(StoreReader(store, domain)))
         self.hot_reads.asked(read)
         version = self.current_version(domain)
-        shared = not self._cheap(read, version)
+        shared = partial(self._dear, read, version)  # asked after a miss in the process
         hit = self.results.get(domain, version, read.key, read.model, shared=shared)
         if hit is not None:
             return hit
@@ -218,7 +219,7 @@ class ContextService:
     def run_json(self, read: Read[M], *, asked: bool = False) -> bytes:
         """`run`, as the JSON an HTTP answer carries (a cached result's bytes as stored).
         `asked`: `cached_json` already counted this ask (and looked in this process's
-        cache; here it is looked up in Redis unless `_cheap`, then computed). A computed
+        cache; here it is looked up in Redis if `_dear`, then computed). A computed
         result goes to Redis from the sharer thread (`ResultCache.put`), so the computed
         path makes at most one Redis round trip, the GET: under load each one waits for
         the Redis process, then for the interpreter lock and a core."""
@@ -228,21 +229,21 @@ class ContextService:
         if not asked:
             self.hot_reads.asked(read)
         version = self.current_version(domain)
-        shared = not self._cheap(read, version)
+        shared = partial(self._dear, read, version)
         body = self.results.get_body(domain, version, read.key, shared=shared)
         if body is not None:
             return body
         return self.results.put(domain, version, read.key, self._compute(read, version))
 
-    def _cheap(self, read: Read[M], version: int) -> bool:
-        """Whether this process computes the read for less than a Redis round trip: its
-        domain's view is at `version` (no shard read) and its query's embedding is
-        remembered (no model call), so what is left is a search of the view and a render
-        (0.2 ms of CPU for a retrieve). Then another replica's copy is not looked for: under
-        load a GET waited milliseconds for the Redis process to be scheduled."""
+    def _dear(self, read: Read[M], version: int) -> bool:
+        """Whether computing the read here costs more than a Redis round trip, so that
+        another replica's copy is worth looking for: the query must be embedded (a model
+        call) or the domain's view is behind `version` (a shard read). Else what is left is
+        a search of the view and a render (0.2 ms of CPU for a retrieve), and under load a
+        GET waited milliseconds for the Redis process to be scheduled."""
         if read.query is not None and self.query_vectors.known(read.query) is None:
-            return False
-        return self.views.holds(read.domain, version)
+            return True
+        return not self.views.holds(read.domain, version)
 
     def _compute(self, read: Read[M], version: int) -> M:
         """The read computed from the domain's view brought up to `version` (its standing
@@ -464,19 +465,31 @@ class ContextService:
 
     def nearest_memory(self, domain: str, vector: Vector, outcome: str) -> str | None:
         """The stored memory of this outcome a new one would reinforce, if any."""
+        return self.memory_probe(domain)(vector, outcome)
 
-        def nearest(store: ShardStore) -> list[tuple[str, float]]:
-            if self.cache_enabled:
-                view = self.views.get(domain, lambda _d: store, self.current_version(domain))
-                hit = view.nearest_memory(vector, outcome)
-                return [hit] if hit else []
-            _, hits = store.scan_memories(domain, vector, k=1, outcome=outcome)
-            return [(h.memory.id, h.similarity) for h in hits]
+    def memory_probe(self, domain: str) -> Callable[[Vector, str], str | None]:
+        """`nearest_memory` for the vectors of a learner's batch: the domain's view and
+        version are looked up once, not once a vector (a version read each, without Redis)."""
+        threshold = self.settings.memory_dedup_threshold
 
-        found = self.on_shard(domain, nearest)
-        if found and found[0][1] >= self.settings.memory_dedup_threshold:
-            return found[0][0]
-        return None
+        def kept(hit: tuple[str, float] | None) -> str | None:
+            return hit[0] if hit is not None and hit[1] >= threshold else None
+
+        if not self.cache_enabled:
+
+            def scan(vector: Vector, outcome: str) -> str | None:
+                def nearest(store: ShardStore) -> tuple[str, float] | None:
+                    _, hits = store.scan_memories(domain, vector, k=1, outcome=outcome)
+                    return (hits[0].memory.id, hits[0].similarity) if hits else None
+
+                return kept(self.on_shard(domain, nearest))
+
+            return scan
+        view = self.on_shard(
+            domain,
+            lambda store: self.views.get(domain, lambda _d: store, self.current_version(domain)),
+        )
+        return lambda vector, outcome: kept(view.nearest_memory(vector, outcome))
 
     def learn(self, trajectory: Trajectory) -> LearnResult:
         """Reflect, curate and distil one trajectory now: tag the bullets it used, apply the
