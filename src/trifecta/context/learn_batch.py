@@ -256,12 +256,20 @@ def finish_batch(
     sources = iter(batch.sources)
     earlier: list[PendingMemory] = []
     plans = []
+    probe: Callable[[Vector, str], str | None] | None = None
+
+    def nearest(vector: Vector, outcome: str) -> str | None:
+        nonlocal probe  # the domain's view, looked up at the batch's first memory
+        if probe is None:
+            probe = service.memory_probe(domain)
+        return probe(vector, outcome)
+
     for row_id, trajectory, curation, extraction, drafts in staged:
         mine = [next(sources) for _ in drafts]
         memories = plan_memories(
             drafts,
             [memory_vectors[s] if isinstance(s, int) else s for s in mine],
-            lambda v, outcome: service.nearest_memory(domain, v, outcome),
+            nearest,
             service.settings.memory_dedup_threshold,
             earlier,
         )
