@@ -20,6 +20,13 @@ node's `status` and `generate` are called directly (see Offload).
   `generate` tool's own checks and work, without the MCP session's encoding, schema checks
   and two thread hand-offs, which cost more CPU than the edge model's forward), and only a
   remote node's call goes through the mesh's event loop.
+- Slots: the mesh counts each node's requests in flight against the capacity its status
+  gives, and takes a slot atomically before it calls the node. When every node a request may
+  use is full, the request waits for one to free, up to `slot_wait_s` (`[edge] slot_wait_ms`),
+  instead of going to the cloud tier at once: a freed slot is handed to the oldest waiter that
+  may use that node (first come, first served; no polling). At most `slot_queue` requests a
+  slot may wait; one more is refused at once, so a saturated mesh still answers fast. A
+  request only ever waits for the nodes the policy allowed it (`OffloadDecision.full`).
 - Request ids: an offload made while a request is served (`core.logging.current_request_id`)
   sends that id in the `generate` call, so the node logs the request under the front door's
   id. It goes as a tool argument because the link's MCP session sends its HTTP requests from
@@ -30,8 +37,10 @@ from __future__ import annotations
 
 import base64
 import itertools
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -56,6 +65,7 @@ from trifecta.edge.node import (
     PutArtifactResponse,
 )
 from trifecta.edge.offload import NodeView, OffloadDecision, OffloadResult, decide
+from trifecta.edge.settings import EdgeSettings
 from trifecta.edge.store import ArtifactKind, ArtifactRef, ArtifactStore
 from trifecta.fleet.capsules import Capsule
 
@@ -82,6 +92,15 @@ class NodeState:
     removed: bool = False
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """A request waiting for a slot on one of `keys` (its allowed, healthy, full nodes)."""
+
+    keys: frozenset[str]
+    event: threading.Event = field(default_factory=threading.Event)
+    granted: NodeState | None = None  # the node whose slot was handed over
+
+
 @dataclass(frozen=True)
 class SyncReport:
     node: str
@@ -100,6 +119,8 @@ class EdgeMesh:
         transfer_timeout_s: float = 60.0,
         max_attempts: int = 3,
         credential: str | None = None,
+        slot_wait_s: float | None = None,
+        slot_queue: float | None = None,
     ):
         self.store = ArtifactStore(store_dir or get_settings().artifacts_dir("edge", "mesh"))
         self.credential = credential  # presented to nodes over HTTP (`edge.mesh_auth`)
@@ -108,9 +129,20 @@ class EdgeMesh:
         self.request_timeout_s = request_timeout_s
         self.transfer_timeout_s = transfer_timeout_s
         self.max_attempts = max_attempts
+        if slot_wait_s is None or slot_queue is None:
+            settings = EdgeSettings()
+            slot_wait_s = settings.slot_wait_ms / 1000 if slot_wait_s is None else slot_wait_s
+            slot_queue = settings.slot_queue if slot_queue is None else slot_queue
+        self.slot_wait_s, self.slot_queue = slot_wait_s, slot_queue
+        if not (math.isfinite(self.slot_wait_s) and self.slot_wait_s >= 0):
+            raise InvalidInput(f"not a wait: {self.slot_wait_s!r}", field="slot_wait_s")
+        if not (math.isfinite(self.slot_queue) and self.slot_queue >= 0):
+            raise InvalidInput(f"not a queue bound: {self.slot_queue!r}", field="slot_queue")
         self._nodes: dict[str, NodeState] = {}
         self._counter = itertools.count()
-        self._flight = threading.Lock()  # `in_flight` counts change on the callers' threads
+        # `in_flight` counts and the waiters change on the callers' threads, under this lock
+        self._flight = threading.Lock()
+        self._waiters: deque[_Waiter] = deque()
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None
         self._local: list[EdgeNode] = []
@@ -342,11 +374,12 @@ class EdgeMesh:
     ) -> OffloadResult:
         """Serve `prompts` on the edge if the policy allows; never raises for node failures.
         `options` are the `generate` tool's (`GenerateRequest`): one it refuses is answered
-        `invalid_request`, naming the field, without a node being asked."""
+        `invalid_request`, naming the field, without a node being asked. When every node the
+        request may use is full, it waits up to `slot_wait_s` for a slot (module docstring)."""
         portal = self.portal  # a mesh not started has no heartbeat: refuse as before
         prompts = list(prompts)
         decision = decide(capsule, prompts, self.views(), self.model_accuracy())
-        if not decision.offload:
+        if not decision.offload and decision.reason != "no_capacity":
             return OffloadResult(False, decision.reason, decision.detail)
         request_id = current_request_id()
         if request_id is not None and WELL_FORMED_ID.match(request_id):
@@ -355,15 +388,27 @@ class EdgeMesh:
             request = GenerateRequest(prompts=prompts, **options)
         except ValidationError as exc:
             return OffloadResult(False, "invalid_request", _first_error(exc))
+        keys = decision.candidates or decision.full
+        first = self._admit(keys, self.slot_wait_s)
+        if isinstance(first, str):
+            return OffloadResult(
+                False, "no_capacity", f"all {len(keys)} nodes it may use are at capacity{first}"
+            )
+        order = [first.key, *(k for k in keys if k != first.key)][: self.max_attempts]
+        reserved: NodeState | None = first
         attempts: list[str] = []
         for round_ in range(BUSY_ROUNDS):
             busy = False  # a node at capacity: worth another pass after a short wait
-            for key in decision.candidates[: self.max_attempts]:
-                state = self._nodes.get(key)
-                if state is None or not state.healthy:
+            for key in order:
+                taken = reserved or self._admit((key,), 0.0)
+                reserved = None
+                state = taken if isinstance(taken, NodeState) else None
+                if state is None:  # full (or gone, or down) since the policy looked
+                    known = self._nodes.get(key)
+                    if known is not None and known.healthy:
+                        attempts.append(f"{key}: busy at the mesh's count")
+                        busy = True
                     continue
-                with self._flight:
-                    state.in_flight += 1
                 try:
                     answer = self._generate(portal, state, request)
                 except NodeDown as exc:
@@ -371,8 +416,7 @@ class EdgeMesh:
                     attempts.append(f"{key}: {exc}")
                     continue
                 finally:
-                    with self._flight:
-                        state.in_flight -= 1
+                    self._release(state)
                 if answer.status == "ok":
                     return OffloadResult(
                         True,
@@ -394,6 +438,62 @@ class EdgeMesh:
         return OffloadResult(
             False, "nodes_failed", "; ".join(attempts) or "no node answered", None, None, attempts
         )
+
+    def _admit(self, keys: Sequence[str], wait_s: float) -> NodeState | str:
+        """A slot on the least loaded of `keys` that is healthy and below its capacity, taken
+        (its `in_flight` counted); when all are full, the slot the first release among them
+        hands over within `wait_s`. Else why not, as the end of a sentence: at once when the
+        queue is full, after `wait_s` when no slot came."""
+        with self._flight:
+            state = self._free(keys)
+            if state is not None:
+                state.in_flight += 1
+                return state
+            if wait_s <= 0:
+                return ""
+            wanted = frozenset(keys)
+            slots = sum(s.status.capacity for s in self._states(wanted) if s.status is not None)
+            waiting = sum(1 for w in self._waiters if w.keys & wanted)
+            if waiting >= self.slot_queue * slots:
+                return f", and {waiting} requests already wait for their {slots} slots"
+            waiter = _Waiter(wanted)
+            self._waiters.append(waiter)
+        waiter.event.wait(wait_s)
+        with self._flight:
+            if waiter.granted is not None:
+                return waiter.granted
+            self._waiters.remove(waiter)  # timed out: no release reached it
+        return f"; none freed within {wait_s * 1000:g} ms"
+
+    def _release(self, state: NodeState) -> None:
+        """A request's slot on `state` is free: handed to the oldest waiter that may use the
+        node (its count stays, as one request leaves and one enters), else given back."""
+        with self._flight:
+            capacity = state.status.capacity if state.status is not None else 0
+            if state.healthy and not state.removed and state.in_flight <= capacity:
+                for waiter in self._waiters:
+                    if state.key in waiter.keys:
+                        self._waiters.remove(waiter)
+                        waiter.granted = state
+                        waiter.event.set()
+                        return
+            state.in_flight -= 1
+
+    def _states(self, keys: frozenset[str] | Sequence[str]) -> list[NodeState]:
+        return [s for k in keys if (s := self._nodes.get(k)) is not None]
+
+    def _free(self, keys: Sequence[str]) -> NodeState | None:
+        """The least loaded of `keys` that is healthy and below its capacity (call with the
+        lock held); ties go to the earlier key (the policy's order, which rotates)."""
+        best: NodeState | None = None
+        best_load = 1.0
+        for state in self._states(keys):
+            if not state.healthy or state.status is None or state.status.capacity <= 0:
+                continue
+            load = state.in_flight / state.status.capacity
+            if load < best_load:
+                best, best_load = state, load
+        return best
 
     def _generate(
         self, portal: BlockingPortal, state: NodeState, request: GenerateRequest

@@ -4,7 +4,8 @@ A request is offloaded when (1) every prompt is light by the task-weight estimat
 family (`core.tasks.is_light`: grades 1-2) and the edge model's measured accuracy on its grade
 (carried by the model artifact) meets the capsule's quality target, (2) the capsule allows the
 environment of at least one node (`Capsule.allows`, the one sovereignty rule), and (3) such a
-node is healthy, serves the mesh's current model and has capacity. Otherwise, or when every
+node is healthy, serves the mesh's current model and has capacity (when every such node is
+full, the mesh may wait a bounded time for one of them: `EdgeMesh`). Otherwise, or when every
 node tried fails mid-request, the result says "not offloaded" with the reason, and the caller
 goes to the cloud tier; the caller never sees an error from the edge.
 """
@@ -58,6 +59,9 @@ class OffloadDecision:
     reason: Reason
     detail: str
     candidates: tuple[str, ...] = ()  # eligible nodes, least loaded first
+    # With `no_capacity`: the allowed, healthy, current nodes that are all full, the only
+    # ones a request may wait for (the mesh's bounded wait; the allowed-place rule holds).
+    full: tuple[str, ...] = ()
 
 
 @dataclass
@@ -107,7 +111,10 @@ def decide(
     free = sorted((n for n in healthy if n.has_capacity), key=lambda n: n.load)
     if not free:
         return OffloadDecision(
-            False, "no_capacity", f"all {len(healthy)} healthy nodes are at capacity"
+            False,
+            "no_capacity",
+            f"all {len(healthy)} healthy nodes are at capacity",
+            full=tuple(n.key for n in healthy),
         )
     return OffloadDecision(
         True, "offloaded", f"{len(free)} nodes eligible", tuple(n.key for n in free)
