@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -54,7 +54,15 @@ class CloudTier:
     def __init__(self) -> None:
         self.calls = 0
 
-    def generate(self, prompts: list[str], **_: object) -> list[Generation]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_logprobs: int = 0,
+        stop: Sequence[str] = (),
+    ) -> list[Generation]:
         from trifecta.core.tasks import solve
 
         self.calls += 1
