@@ -679,7 +679,7 @@ def report(results: dict[str, list[tuple[str, Run, float | None]]], plan: Plan) 
         "",
         *goals_markdown(goal_list),
         "",
-        "The usearch baseline embeds every query (one torch thread, since 7ea4bd5's run), "
+        "The usearch baseline embeds every query (on one torch thread), "
         "as the service does on a miss (compare it "
         "with *cache on, first request of a query*); the cached service answers a repeated "
         "query from its result cache without embedding, which is most of its lead. "
