@@ -20,6 +20,13 @@ torch on one thread:
 - thread: the new path with the worker in a thread of the serving process (the setting
   off), which applies its rows to the live view itself.
 
+The trajectories ask for the loop's memory key (`memory_key="query"`, as
+`orchestrator/trace.py` sets it): on the new paths a memory is keyed by the prompt's
+embedding, which the retrieval computed and `submit` queues with the row, so the learner
+embeds nothing for it. The old path's `learn` keys by the memory text whatever the
+trajectory asks (it embeds it), as it always did. `--memory-key text` keys the new paths'
+memories by their text too (this benchmark's trajectories before 2026-12-07).
+
 The rounds rotate which path goes first and continue the same databases (the domains
 grow). Figures: the hop's request-path latency (bootstrap intervals over requests) and each
 round's throughput including the drain (bootstrap over the paired per-round ratios).
@@ -37,6 +44,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -69,6 +77,7 @@ from trifecta.orchestrator.context_hop import MEMORIES_PER_REQUEST
 from trifecta.orchestrator.workload import WorkItem, build_workload
 
 NAME = "context_hop"
+MemoryKey = Literal["query", "text"]
 DOMAINS = ["plant", "grid", "water", "rail"]
 RULES = [
     ("routing", "start: lookup_chain tasks start on the medium tier"),
@@ -117,9 +126,13 @@ def open_service(url: str, capsules: list[Capsule], *, path: str) -> ContextServ
     return service
 
 
-def trajectory(item: WorkItem, retrieval: Retrieval, serial: str) -> Trajectory:
+def trajectory(
+    item: WorkItem, retrieval: Retrieval, serial: str, memory_key: MemoryKey = "query"
+) -> Trajectory:
     """What the loop would learn from: the verifier's verdict (4 in 5 correct here), the
-    layer path by difficulty, the bullets that were in context."""
+    layer path by difficulty, the bullets that were in context, and the loop's key for its
+    memory (`orchestrator/trace.py`: the prompt's embedding, which the retrieval computed;
+    `text`: the memory text's, as this benchmark's trajectories were before)."""
     task = item.task
     correct = hashlib.blake2b(task.id.encode(), digest_size=1).digest()[0] % 5 != 0
     layer = "edge" if task.difficulty <= 2 else "cognitive"
@@ -136,6 +149,7 @@ def trajectory(item: WorkItem, retrieval: Retrieval, serial: str) -> Trajectory:
         verdict_detail=None if correct else f"expected {task.answer}",
         steps=[TrajectoryStep(layer=layer, tier="node-1" if layer == "edge" else "small")],
         bullet_ids=[b.bullet.id for b in retrieval.bullets],
+        memory_key=memory_key,
     )
 
 
@@ -168,7 +182,13 @@ class Round:
         return len(self.hop_ms) / self.seconds
 
 
-def run_round(service: ContextService, items: list[WorkItem], new: bool, tag: str) -> Round:
+def run_round(
+    service: ContextService,
+    items: list[WorkItem],
+    new: bool,
+    tag: str,
+    memory_key: MemoryKey = "query",
+) -> Round:
     result = Round()
     started = time.perf_counter()
     for i, item in enumerate(items):
@@ -176,7 +196,7 @@ def run_round(service: ContextService, items: list[WorkItem], new: bool, tag: st
         request = RetrieveRequest(query=item.task.prompt, k_memories=MEMORIES_PER_REQUEST)
         retrieval = service.retrieve(item.capsule_id, request)
         t1 = time.perf_counter()
-        learned = trajectory(item, retrieval, f"{tag}-{i}")
+        learned = trajectory(item, retrieval, f"{tag}-{i}", memory_key)
         if new:
             service.submit(learned)
         else:
@@ -205,6 +225,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=100, help="per round and path")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--memory-key",
+        choices=["query", "text"],
+        default="query",
+        help="what a learned memory is keyed by: the prompt's embedding (the loop's) or its text",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = parser.parse_args()
     import torch
@@ -223,7 +249,7 @@ def main() -> None:
         service.warm_up()  # the learner process loads its model here
     warm = workload[: args.requests]
     for name, service in services.items():  # views built, code paths warm: not measured
-        run_round(service, warm, name != "old", "warm")
+        run_round(service, warm, name != "old", "warm", args.memory_key)
     rounds: dict[str, list[Round]] = {path: [] for path in PATHS}
     with Progress(console=console) as progress:
         bar = progress.add_task("rounds", total=args.rounds * len(PATHS))
@@ -231,7 +257,9 @@ def main() -> None:
             items = workload[args.requests * (r + 1) : args.requests * (r + 2)]
             order = PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]
             for name in order:
-                rounds[name].append(run_round(services[name], items, name != "old", f"r{r}"))
+                rounds[name].append(
+                    run_round(services[name], items, name != "old", f"r{r}", args.memory_key)
+                )
                 progress.advance(bar)
     stats = services["new"].learning_stats()
     for service in services.values():
@@ -303,6 +331,8 @@ def report(
     rates = run_hit_rates()
     hit_rate = stats["query_hits"] / max(1, stats["query_hits"] + stats["query_misses"])
     command = f"benchmarks/context_hop.py --rounds {args.rounds} --requests {args.requests}"
+    if args.memory_key != "query":
+        command += f" --memory-key {args.memory_key}"
     write_results(NAME, command, goals)
     if args.no_write:
         return
@@ -316,7 +346,9 @@ def report(
         " workload (`trifecta run`'s: 8 capsules, 4 domains), SQLite shards, no Redis, torch on"
         " one thread. Hop = retrieve + learn (old) or retrieve + submit (new: the learner"
         " process; thread: the worker in a thread of the serving process, as"
-        " before); throughput counts each round's wall time including the drain.",
+        " before); throughput counts each round's wall time including the drain. Memories"
+        f" keyed by {'the prompt' if args.memory_key == 'query' else 'their text'}'s"
+        " embedding on the new paths (`--memory-key`; the old path's `learn` embeds the text).",
         "",
         "| path | hop p50 ms [95%] | hop p99 ms | retrieve p50 ms | learn/submit p50 ms"
         " | req/s incl. learning, median (range over rounds) |",
