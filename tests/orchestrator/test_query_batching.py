@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from trifecta.orchestrator import context_hop
 from trifecta.orchestrator.context_hop import RETRIEVAL_THREADS
 from trifecta.orchestrator.loop import Orchestrator
 from trifecta.orchestrator.stack import Stack
@@ -122,3 +123,53 @@ def test_a_failed_forward_fails_its_own_callers_and_not_the_next(
     recorder.fail = None
     retrieval, _ = hop.start_retrieval(capsule, env, good).result(60)
     assert retrieval is not None and [c[0] for c in recorder.calls] == [[bad], [good]]
+
+
+def _misses(stack: Stack) -> int:
+    assert stack.context is not None
+    return stack.context.query_vectors.stats()["misses"]
+
+
+def test_retrievals_gathered_while_requests_are_in_flight_start_together(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(context_hop, "GATHER_S", 60.0)  # only the count starts them here
+    assert stack.context is not None
+    embedder = stack.context.embedder
+    recorder = Recorder(embedder.embed)
+    monkeypatch.setattr(embedder, "embed", recorder)
+    capsule = stack.capsules.all()[0]
+    env = stack.place_domain(capsule.domain)
+    hop = Orchestrator(stack.parts).context_hop
+    *first, last = _prompts(context_hop.GATHER_MAX)
+    misses = _misses(stack)
+    with hop.serving(), hop.serving():  # another request in flight could join
+        started = [hop.start_retrieval(capsule, env, p) for p in first]
+        time.sleep(0.3)
+        assert recorder.calls == [] and _misses(stack) == misses  # none has started
+        started.append(hop.start_retrieval(capsule, env, last))  # the batch is full: all go
+        retrievals = [f.result(60)[0] for f in started]
+    assert all(r is not None for r in retrievals)
+    assert sorted(t for texts, _, _ in recorder.calls for t in texts) == sorted([*first, last])
+
+
+def test_a_gathered_retrieval_starts_when_asked_for_or_when_its_window_closes(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capsule = stack.capsules.all()[0]
+    env = stack.place_domain(capsule.domain)
+    hop = Orchestrator(stack.parts).context_hop
+    asked, unasked = _prompts(2)
+    with hop.serving(), hop.serving():
+        monkeypatch.setattr(context_hop, "GATHER_S", 60.0)
+        began = time.monotonic()
+        retrieval, trace = hop.start_retrieval(capsule, env, asked).result(30)  # starts now
+        assert retrieval is not None and trace.hops[0].ok
+        assert time.monotonic() - began < 30
+        monkeypatch.setattr(context_hop, "GATHER_S", 0.3)
+        misses = _misses(stack)
+        began = time.monotonic()
+        gathered = hop.start_retrieval(capsule, env, unasked)
+        _wait_for_misses(stack, misses + 1)  # nobody asked for it: the window started it
+        assert time.monotonic() - began >= 0.3
+        assert gathered.result(60)[0] is not None

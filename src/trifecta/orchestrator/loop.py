@@ -97,7 +97,8 @@ class Orchestrator:
     def serve(self, capsule_id: str, request: TaskRequest) -> TaskResult:
         started = time.perf_counter()
         capsule = self.parts.capsules.get(capsule_id)
-        with self.parts.capsules.pinned(capsule):  # every hop admits the capsule as read now
+        with self.parts.capsules.pinned(capsule), self.context_hop.serving():
+            # every hop admits the capsule as read now
             return self._serve(capsule, request, started)
 
     def _serve(self, capsule: Capsule, request: TaskRequest, started: float) -> TaskResult:
