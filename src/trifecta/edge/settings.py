@@ -14,10 +14,10 @@ class EdgeSettings(LayerSettings):
     toml_section: ClassVar[str | None] = "edge"
     model_config = SettingsConfigDict(env_prefix="TRIFECTA_EDGE_", extra="ignore")
 
-    # 20 ms: bursts of 16 light requests on one node of capacity 4 kept 0.76 of each burst at
-    # the edge against 0.34 refused at once (5 ms: 0.57, 50 ms: 0.82, its served p99 45 ms
-    # against 30); through `trifecta run` about 1% of offloads find the node full, and the
-    # wait changed neither its CPU a request nor its throughput measurably
+    # 20 ms: bursts of 16 light requests on one node of capacity 4 keep 0.85 of each burst at
+    # the edge against 0.34 refused at once (5 ms: 0.60; 50 ms: 0.82, no better, as the queue
+    # bound caps it); through `trifecta run` under 1% of offloads find the node full, and the
+    # wait showed no difference in its CPU a request or throughput beyond their intervals
     # (benchmarks/edge_admission.py, BENCHMARKS.md `mesh`).
     slot_wait_ms: float = Field(
         default=20.0,
