@@ -645,7 +645,7 @@ def main() -> None:
         "",
         f"Small clusters ({SMALL_SHAPE[0]} experts on {SMALL_SHAPE[1]} nodes, {len(small)} "
         "traces), where `resize` solves the exact min-move MILP from the greedy's answer "
-        f"(HiGHS, {EXACT_TIME_LIMIT_S:g} s limit; median",
+        f"(HiGHS, a {EXACT_TIME_LIMIT_S:g} s CPU budget; median",
         f"{np.median(col(small, 'auto_equal_seconds')):.1f} s per rebalance at the repack's "
         "max/mean, greedy included), and the exact minimum itself with a longer limit:",
         "moves as a share of the repack's (inf: the level was not reached)",
