@@ -227,6 +227,9 @@ class EdgeNode:
         """The `generate` tool's work on the calling thread: the capacity gate, the model, and
         one log line under the request's id. With info lines off, none of the line's work is
         done (the id's scope, the clock, the fields): nothing under it logs at other levels."""
+        # At info the line costs ~100 us of a served call's ~830 of CPU (shipped model, one
+        # prompt, console or JSON renderer alike: the processors run with cold caches after
+        # the model's forward), against 15 us in a tight loop; with info off, nothing.
         if not log.is_enabled_for(logging.INFO):
             return self._generate(request)
         with request_scope(accept_request_id(request.request_id)):
