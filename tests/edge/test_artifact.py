@@ -16,7 +16,7 @@ from .helpers import header_length, rewrite_metadata
 
 def test_round_trip_keeps_every_weight(small_artifact: EdgeArtifact, tmp_path: Path) -> None:
     for layout in ("i2", "b3"):
-        path = small_artifact.with_layout(layout).save(tmp_path / f"m-{layout}.safetensors")  # type: ignore[arg-type]
+        path = small_artifact.with_layout(layout).save(tmp_path / f"m-{layout}.safetensors")
         loaded = EdgeArtifact.load(path)
         assert loaded.layout == layout and loaded.config == small_artifact.config
         for name, matrix in small_artifact.ternary.items():
@@ -24,7 +24,7 @@ def test_round_trip_keeps_every_weight(small_artifact: EdgeArtifact, tmp_path: P
             assert loaded.ternary[name].scale == matrix.scale
         for name, tensor in small_artifact.floats.items():
             assert np.array_equal(loaded.floats[name], tensor)
-        assert loaded.payload_sha256() == small_artifact.with_layout(layout).payload_sha256()  # type: ignore[arg-type]
+        assert loaded.payload_sha256() == small_artifact.with_layout(layout).payload_sha256()
 
 
 def test_base3_layout_is_smaller(small_artifact: EdgeArtifact) -> None:

@@ -46,6 +46,7 @@ def test_straight_through_estimator_passes_gradients() -> None:
     layer(x).sum().backward()
     # STE: d/dW of sum(x_q/m @ w_q^T) taken as if quantisation were the identity
     x_q, multiplier = int8_activations(x.detach())
+    assert layer.weight.grad is not None and x.grad is not None
     assert torch.allclose(layer.weight.grad, (x_q / multiplier).sum(0).expand(4, 8))
     values, beta = ternary_weights(layer.weight.detach())
     assert torch.allclose(x.grad, (values * beta).sum(0).expand(5, 8))

@@ -80,10 +80,10 @@ def test_a_node_refuses_unauthenticated_peers_and_serves_the_mesh(
     status = NodeStatus.model_validate(_call(node.url, CREDENTIAL, "status", {}).structured_content)
     assert status.inventory == [] and status.model_sha256 is None  # nothing was stored
 
-    with EdgeMesh(tmp_path / "stranger", heartbeat_s=0.2) as stranger:  # no credential
-        stranger.add_node(node.url)
-        stranger.publish_file("model", small_artifact_path, "edge-model")
-        assert not stranger.wait_until(lambda m: m.healthy_count() > 0, timeout_s=3)
+    with EdgeMesh(tmp_path / "stranger", heartbeat_s=0.2) as uncredentialed:  # no credential
+        uncredentialed.add_node(node.url)
+        uncredentialed.publish_file("model", small_artifact_path, "edge-model")
+        assert not uncredentialed.wait_until(lambda m: m.healthy_count() > 0, timeout_s=3)
     with EdgeMesh(tmp_path / "mesh", heartbeat_s=0.2, credential=CREDENTIAL) as mesh:
         mesh.add_node(node.url)
         model = mesh.publish_file("model", small_artifact_path, "edge-model")

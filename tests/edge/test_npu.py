@@ -7,6 +7,8 @@ module; the test checks it is a VM flatbuffer holding a RISC-V ELF of 32-bit cla
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -39,8 +41,8 @@ def test_host_module_equals_the_reference(small_artifact: EdgeArtifact) -> None:
 
 
 def test_riscv32_module_is_produced_with_packed_weights(
-    small_artifact: EdgeArtifact, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    small_artifact: EdgeArtifact, tmp_path: Path
+) -> None:
     from trifecta.edge.npu import compile_model
 
     compiled = compile_model(small_artifact, "riscv32", ["blocks.0.up"])

@@ -59,7 +59,7 @@ def test_bad_recipe_names_the_field() -> None:
     with pytest.raises(ValidationError, match="unknown difficulty 9"):
         TrainConfig(mix={9: 1.0})
     with pytest.raises(ValidationError, match="layout"):
-        TrainConfig(layout="i4")  # type: ignore[arg-type]
+        TrainConfig(layout="i4")
 
 
 def test_curriculum_starts_with_lookups_then_mixes() -> None:
