@@ -234,6 +234,12 @@ class ShardRouter:
         return self.store(self.url_for(domain))
 
     def store(self, url: str) -> ShardStore:
+        # Found by the URL as given before it is parsed: every shard call of a request comes
+        # here, and parsing the URL each time cost more than the look-up.
+        with self._lock:
+            store = self._stores.get(url)
+        if store is not None:
+            return store
         key = normalize_url(url)
         with self._lock:
             store = self._stores.get(key)
@@ -241,6 +247,8 @@ class ShardRouter:
             store = ShardStore(key)  # migrates the schema on first use, outside the lock
             with self._lock:
                 store = self._stores.setdefault(key, store)
+        with self._lock:
+            self._stores.setdefault(url, store)
         return store
 
     def invalidate(self, domain: str) -> None:

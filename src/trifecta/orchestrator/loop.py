@@ -23,6 +23,7 @@ from contextvars import copy_context
 from trifecta.cognitive.tiers import get_tier
 from trifecta.context.deltas import Delta
 from trifecta.context.models import PlaybookView, Retrieval
+from trifecta.context.store import versions_pinned
 from trifecta.core.errors import Conflict, SovereigntyViolation, Unavailable
 from trifecta.core.logging import get_logger
 from trifecta.core.tasks import Task, TaskFamilyVerifier
@@ -97,8 +98,9 @@ class Orchestrator:
     def serve(self, capsule_id: str, request: TaskRequest) -> TaskResult:
         started = time.perf_counter()
         capsule = self.parts.capsules.get(capsule_id)
-        with self.parts.capsules.pinned(capsule), self.context_hop.serving():
-            # every hop admits the capsule as read now
+        with self.parts.capsules.pinned(capsule), versions_pinned(), self.context_hop.serving():
+            # every hop admits the capsule as read now, and reads the domain's context at
+            # the version the request first read (one version read a request)
             return self._serve(capsule, request, started)
 
     def _serve(self, capsule: Capsule, request: TaskRequest, started: float) -> TaskResult:
