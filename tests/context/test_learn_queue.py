@@ -20,6 +20,7 @@ from trifecta.context import tables
 from trifecta.context.deltas import AddOp, Delta, TagOp
 from trifecta.context.facade import ContextService
 from trifecta.context.models import RetrieveRequest
+from trifecta.context.settings import ContextSettings
 from trifecta.context.sql import Vector
 from trifecta.context.store import ShardStore
 from trifecta.core.db import get_engine, transaction
@@ -197,3 +198,22 @@ def test_a_replica_that_did_not_write_catches_up_incrementally(
     assert asked == [before.version]  # only the rows written since its version
     assert [m.memory.source.trajectory_id for m in after.memories] == ["traj-kill-00002"]
     writer.close()
+
+
+def test_a_drain_does_not_wait_out_the_workers_linger(
+    make_service: ServiceFactory, sqlite_url: str
+) -> None:
+    """A worker woken by a submit lingers for more submits; a drain that begins meanwhile
+    cuts the linger short instead of waiting it out (it waited a whole linger before)."""
+    settings = ContextSettings(tenancy_ttl_s=0, learn_linger_s=30.0, learning_process=False)
+    service = make_service(sqlite_url, settings=settings)
+    bullet = seed_bullet(service)
+    service.start_learning()
+    service.drain(timeout=60)  # the worker started and is idle
+    service.submit(trajectory(0, bullet))  # wakes it: it lingers 30 s for more
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert service.drain(timeout=60)
+    assert time.monotonic() - started < 10
+    assert [r.state for r in service.learn_queue("twin-a")] == ["done"]
+    service.close()
