@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from trifecta.context.query_cache import MAX_BATCH, QueryEmbeddings
+from trifecta.context import query_cache
+from trifecta.context.query_cache import MAX_BATCH, ArrivingGroup, QueryEmbeddings, arriving
 from trifecta.context.sql import Vector
 
 
@@ -95,3 +97,57 @@ def test_a_failing_embedder_fails_every_caller_of_the_batch_and_recovers() -> No
     broken = False
     assert np.array_equal(cache.vector("a"), vector_of("a"))
     assert cache.vector("a").flags.writeable is False
+
+
+class Recording:
+    """Records every call's texts and answers at once."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts: Sequence[str]) -> list[Vector]:
+        self.calls.append(list(texts))
+        return [vector_of(t) for t in texts]
+
+
+def test_a_group_started_together_shares_one_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first of a group to reach the embedder waits for the others to ask or to leave
+    without asking (a result-cache hit), then embeds every query asked in one call."""
+    monkeypatch.setattr(query_cache, "GROUP_WAIT_S", 10.0)  # ends when all have arrived
+    embed = Recording()
+    cache = QueryEmbeddings(embed, max_entries=10)
+    cache.vector("known")
+    group = ArrivingGroup(4)
+
+    def member(text: str | None) -> Vector:
+        with arriving(group):  # None: leaves without asking
+            return cache.vector(text) if text is not None else vector_of("none")
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(member, "a")
+        while not cache._busy:  # the first is waiting for its group
+            threading.Event().wait(0.001)
+        rest = [pool.submit(member, t) for t in ("b", "known", None)]
+        assert np.array_equal(first.result(10), vector_of("a"))
+        assert np.array_equal(rest[0].result(10), vector_of("b"))
+        assert np.array_equal(rest[1].result(10), vector_of("known"))
+        assert np.array_equal(rest[2].result(10), vector_of("none"))
+    assert embed.calls == [["known"], ["a", "b"]]
+
+
+def test_the_first_of_a_group_waits_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(query_cache, "GROUP_WAIT_S", 0.05)
+    embed = Recording()
+    cache = QueryEmbeddings(embed, max_entries=10)
+    with arriving(ArrivingGroup(2)):  # the other member never comes
+        started = time.monotonic()
+        assert np.array_equal(cache.vector("a"), vector_of("a"))
+        waited = time.monotonic() - started
+    assert 0.05 <= waited < 5 and embed.calls == [["a"]]
+    cache.vector("b")  # outside a group: no wait
+    assert embed.calls == [["a"], ["b"]]
+
+
+def test_a_group_needs_a_member() -> None:
+    with pytest.raises(ValueError, match="members"):
+        ArrivingGroup(0)

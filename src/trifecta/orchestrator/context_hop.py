@@ -28,6 +28,7 @@ from contextvars import Context, copy_context
 from dataclasses import dataclass, field
 
 from trifecta.context.models import PlaybookView, Retrieval, RetrieveRequest
+from trifecta.context.query_cache import ArrivingGroup, arriving
 from trifecta.core.errors import Unavailable
 from trifecta.federation.bridge import Bridge
 from trifecta.fleet.capsules import Capsule
@@ -151,14 +152,26 @@ class ContextHop:
         self._launch(ready)
 
     def _launch(self, items: list[tuple[GatheredRetrieval, Context, Capsule, str, str]]) -> None:
+        # Started together, their queries are embedded together: the first to reach the
+        # embedder waits for the others (`context/query_cache.py`) instead of embedding alone.
+        group = ArrivingGroup(len(items)) if len(items) > 1 else None
         for future, context, capsule, env, prompt in items:
-            self._pool.submit(context.run, self._retrieve_into, future, capsule, env, prompt)
+            self._pool.submit(context.run, self._retrieve_into, future, capsule, env, prompt, group)
 
     def _retrieve_into(
-        self, future: GatheredRetrieval, capsule: Capsule, env: str, prompt: str
+        self,
+        future: GatheredRetrieval,
+        capsule: Capsule,
+        env: str,
+        prompt: str,
+        group: ArrivingGroup | None,
     ) -> None:
         try:
-            future.set_result(self._retrieve(capsule, env, prompt))
+            if group is None:
+                future.set_result(self._retrieve(capsule, env, prompt))
+            else:
+                with arriving(group):
+                    future.set_result(self._retrieve(capsule, env, prompt))
         except BaseException as exc:
             future.set_exception(exc)
 
