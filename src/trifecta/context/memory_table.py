@@ -78,6 +78,13 @@ class MemoryTable:
     def __iter__(self) -> Iterator[str]:
         return iter(self._rows)
 
+    def fork(self) -> MemoryTable:
+        """A copy for a write to change while searches read this one (the rows, immutable
+        tuples, are shared; the id map is copied)."""
+        twin = MemoryTable(self.domain)
+        twin._rows = dict(self._rows)
+        return twin
+
     def __setitem__(self, memory_id: str, item: MemoryItem) -> None:
         if item.domain != self.domain:
             raise ValueError(f"memory {memory_id} is of domain {item.domain}, not {self.domain}")

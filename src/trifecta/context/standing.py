@@ -156,42 +156,43 @@ class StandingSearches:
         """Bring every standing search up to date with a write: `added` are the memories
         written active (new, or rewritten: their id may already be in some top-k), `gone`
         the ids no longer active."""
-        if not self._entries or (not added and not gone):
-            return
-        touched = gone | {item.id for item, _ in added}
-        entries = list(self._entries.values())
-        # A rewritten or removed memory inside a top-k: the k+1-th is unknown here.
-        stale = {e.key for e in entries if any(m in touched for m, _ in e.top)}
-        live = [e for e in entries if e.key not in stale]
-        if added and live:
-            self._merge(live, added)
-        for key in stale:
-            del self._entries[key]
-        self.dropped += len(stale)
+        self.commit(self.plan(self.entries(), added, gone))
 
-    def _merge(self, entries: list[Standing], added: Sequence[tuple[MemoryItem, Vector]]) -> None:
-        """Merge new memories into the top-k lists they enter."""
-        queries = np.stack([e.query for e in entries])  # (m, d)
-        vectors = np.stack([np.asarray(v, dtype=np.float32) for _, v in added])  # (n, d)
-        # einsum, not BLAS: OpenBLAS's threads made this product for 2,048 queries take
-        # 35 ms at the median on this loaded 2-core machine, against 0.2 ms here.
-        scores = np.einsum("md,nd->mn", queries, vectors)  # (m, n)
-        kth = np.array([e.kth() for e in entries], dtype=np.float64)  # (m,)
-        near = scores >= (kth - FLOAT32_SLACK)[:, None]  # (m, n): may enter (float32 screen)
-        for i in np.flatnonzero(near.any(axis=1)):
-            entry = entries[int(i)]
-            hits = (int(j) for j in np.flatnonzero(near[i]))
-            candidates = [j for j in hits if entry.accepts(added[j][0])]
-            if not candidates:
-                continue
-            # The float64 similarities a fresh search would report (`cosines`), so equal
-            # scores order by id here exactly as there.
-            exact = cosines(vectors[candidates], entry.query)
-            merged = entry.top + [
-                (added[j][0].id, float(s)) for j, s in zip(candidates, exact, strict=True)
-            ]
-            top = sorted(merged, key=rank_key)[: entry.key.k]
-            if top != entry.top:
+    def entries(self) -> list[Standing]:
+        """The searches now kept, for a write to `plan` against (the list is the caller's)."""
+        return list(self._entries.values())
+
+    @staticmethod
+    def plan(
+        entries: list[Standing],
+        added: Sequence[tuple[MemoryItem, Vector]],
+        gone: set[str],
+        *,
+        clear: bool = False,
+    ) -> StandingUpdate:
+        """What a write does to `entries` (taken with `entries()`), computed without changing
+        them, so that searches can go on reading them meanwhile; `commit` applies it."""
+        if clear or not entries or (not added and not gone):
+            return StandingUpdate(entries, {}, set(), clear)
+        touched = gone | {item.id for item, _ in added}
+        # A rewritten or removed memory inside a top-k: the k+1-th is unknown here.
+        stale = {id(e) for e in entries if any(m in touched for m, _ in e.top)}
+        live = [e for e in entries if id(e) not in stale]
+        tops = _merged(live, added) if added and live else {}
+        return StandingUpdate(entries, tops, stale, False)
+
+    def commit(self, update: StandingUpdate) -> None:
+        """Apply a write's `plan`. A search kept after the plan's `entries()` was answered
+        before the write and the plan has not merged it: it is dropped with the stale ones."""
+        if update.clear:
+            self._entries.clear()
+            return
+        planned = {id(e) for e in update.entries}
+        for key, entry in list(self._entries.items()):
+            if id(entry) not in planned or id(entry) in update.stale:
+                del self._entries[key]
+                self.dropped += 1
+            elif (top := update.tops.get(id(entry))) is not None:
                 entry.top = top
                 self.updated += 1
 
@@ -201,3 +202,43 @@ class StandingSearches:
             "standing_updated": self.updated,
             "standing_dropped": self.dropped,
         }
+
+
+@dataclass
+class StandingUpdate:
+    """A write's changes to the standing searches, planned beside the searches' readers."""
+
+    entries: list[Standing]  # the searches planned against (held: their ids stay unique)
+    tops: dict[int, list[tuple[str, float]]]  # id(entry) -> its new top-k
+    stale: set[int]  # id(entry) of searches the write drops
+    clear: bool  # the write drops every search
+
+
+def _merged(
+    entries: list[Standing], added: Sequence[tuple[MemoryItem, Vector]]
+) -> dict[int, list[tuple[str, float]]]:
+    """The new top-k lists of the searches new memories enter (by id(entry))."""
+    queries = np.stack([e.query for e in entries])  # (m, d)
+    vectors = np.stack([np.asarray(v, dtype=np.float32) for _, v in added])  # (n, d)
+    # einsum, not BLAS: OpenBLAS's threads made this product for 2,048 queries take
+    # 35 ms at the median on this loaded 2-core machine, against 0.2 ms here.
+    scores = np.einsum("md,nd->mn", queries, vectors)  # (m, n)
+    kth = np.array([e.kth() for e in entries], dtype=np.float64)  # (m,)
+    near = scores >= (kth - FLOAT32_SLACK)[:, None]  # (m, n): may enter (float32 screen)
+    tops: dict[int, list[tuple[str, float]]] = {}
+    for i in np.flatnonzero(near.any(axis=1)):
+        entry = entries[int(i)]
+        hits = (int(j) for j in np.flatnonzero(near[i]))
+        candidates = [j for j in hits if entry.accepts(added[j][0])]
+        if not candidates:
+            continue
+        # The float64 similarities a fresh search would report (`cosines`), so equal
+        # scores order by id here exactly as there.
+        exact = cosines(vectors[candidates], entry.query)
+        merged = entry.top + [
+            (added[j][0].id, float(s)) for j, s in zip(candidates, exact, strict=True)
+        ]
+        top = sorted(merged, key=rank_key)[: entry.key.k]
+        if top != entry.top:
+            tops[id(entry)] = top
+    return tops

@@ -83,6 +83,25 @@ class MemoryIndex:
     def __contains__(self, memory_id: object) -> bool:
         return memory_id in self._row_of
 
+    @property
+    def graph_shared(self) -> bool:
+        """Whether a `fork` would share a usearch graph (kept, or built at the next search)
+        that a write changes in place: then a search must not run beside a write."""
+        return self._graph is not None or len(self) > self.hnsw_above
+
+    def fork(self) -> MemoryIndex:
+        """A copy for a write to change while searches go on reading this one. The matrix
+        is shared: a write only fills rows past the ones this index uses, or copies it into
+        a new one (growing, compacting), so what this index reads never changes. The row
+        maps are copied (about 0.2 ms at 10,000 rows); a usearch graph is shared
+        (`graph_shared`)."""
+        twin = MemoryIndex(self.dim, hnsw_above=self.hnsw_above)
+        twin._matrix = self._matrix
+        twin._ids = list(self._ids)
+        twin._row_of = dict(self._row_of)
+        twin._graph = self._graph
+        return twin
+
     def upsert(self, items: Iterable[tuple[str, Vector]]) -> None:
         items = list(items)
         if not items:
