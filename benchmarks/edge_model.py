@@ -180,7 +180,7 @@ def main() -> int:
     results = {}
     for kind in ("runtime", "torch", "accuracy"):
         reps = args.per_grade if kind == "accuracy" else args.reps
-        command = [
+        argv = [
             sys.executable,
             __file__,
             "--worker",
@@ -192,7 +192,7 @@ def main() -> int:
             "--reps",
             str(reps),
         ]
-        out = subprocess.run(command, capture_output=True, text=True, check=True)
+        out = subprocess.run(argv, capture_output=True, text=True, check=True)
         results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
     runtime, torch_side = results["runtime"], results["torch"]
     assert not runtime["batch1"]["torch_imported"], "the runtime process imported torch"

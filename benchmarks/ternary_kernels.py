@@ -217,7 +217,7 @@ def clock_for(threads: int) -> Callable[[], float]:
 
 def measure(
     contenders: Mapping[str, Timed],
-    flush: Callable[[], None],
+    flush: Callable[[], object],
     reps: int,
     into: dict[str, Samples],
     clock: Callable[[], float],

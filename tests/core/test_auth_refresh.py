@@ -36,7 +36,9 @@ def store() -> KeyStore:
     return KeyStore(registry.engine, hasher=CHEAP, ttl_s=TTL_S)
 
 
-def record_row_reads(store: KeyStore, monkeypatch: pytest.MonkeyPatch, delay_s: float = 0.0):
+def record_row_reads(
+    store: KeyStore, monkeypatch: pytest.MonkeyPatch, delay_s: float = 0.0
+) -> list[str]:
     """Wrap the store's row read: the names of the threads that read, in order."""
     readers: list[str] = []
     original = store._check_row

@@ -26,6 +26,7 @@ from trifecta.core.heap import (
 from trifecta.core.heap_report import (
     INTERVAL_ENV,
     REPORT_ENV,
+    HeapReporter,
     malloc_stats,
     start_heap_report_if_asked,
 )
@@ -54,7 +55,9 @@ def test_frozen_objects_stay_and_new_garbage_is_still_collected() -> None:
         gc.unfreeze()
 
 
-def test_native_caches_are_bounded_unless_the_operator_chose(monkeypatch) -> None:
+def test_native_caches_are_bounded_unless_the_operator_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
     monkeypatch.setenv("MKL_DISABLE_FAST_MM", "0")  # an operator's own choice
@@ -151,14 +154,16 @@ def test_malloc_stats_tell_blocks_in_use_from_freed_ones() -> None:
     libc.free(blocks[-1])
 
 
-def test_heap_report_names_the_line_that_grows(tmp_path, monkeypatch) -> None:
+def test_heap_report_names_the_line_that_grows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     report = tmp_path / "heap.jsonl"
     monkeypatch.delenv(REPORT_ENV, raising=False)
     assert start_heap_report_if_asked() is None  # off by default
     monkeypatch.setenv(REPORT_ENV, str(report))
     monkeypatch.setenv(INTERVAL_ENV, "0.3")
     reporter = start_heap_report_if_asked()
-    assert reporter is not None
+    assert isinstance(reporter, HeapReporter)
     try:
         # Counting every object of a test session takes seconds on a loaded machine.
         assert reporter.ready.wait(60)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 
 import anyio
@@ -187,7 +187,7 @@ def test_the_sender_refuses_to_cross_a_sovereignty_boundary(
     assert sovereign_seen[before[1] :] == [("gov-eu", PROMPT)]
 
 
-async def _raw_send(url: str, tenant: str, data: dict[str, object]) -> tuple[int, str]:
+async def _raw_send(url: str, tenant: str, data: Mapping[str, object]) -> tuple[int, str]:
     """The SDK's client with no check of ours: what a careless or hostile sender does."""
     card = await _card(url)
     async with httpx.AsyncClient() as http:

@@ -212,6 +212,7 @@ def test_mixed_workload_across_namespaced_environments_with_one_killed(
         by_id = {c.id: c for c in CAPSULES}
         for result in results:
             capsule = by_id[result.capsule_id]
+            assert result.environment is not None  # an answered request names where
             assert topology.environment(result.environment).admits(capsule)
             for hop in result.hops:
                 assert topology.environment(hop.environment).admits(capsule), hop

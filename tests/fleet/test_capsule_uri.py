@@ -78,12 +78,13 @@ def test_versions_select_by_prefix() -> None:
 def test_a_bad_manifest_names_the_field() -> None:
     good = manifest_of(CAPSULES[1]).model_dump(mode="json")
     assert parse_manifest(good).jurisdiction == "eu"
-    for change, field in [
+    changes: list[tuple[dict[str, object], str]] = [
         ({"operations": ["task", "train"]}, "manifest.operations"),
         ({"version": "one"}, "manifest.version"),
         ({"domain": "Bad Domain"}, "manifest.domain"),
         ({"colour": "red"}, "manifest.colour"),
-    ]:
+    ]
+    for change, field in changes:
         with pytest.raises(InvalidInput) as caught:
             parse_manifest({**good, **change})
         assert caught.value.field == field, change

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trifecta.core.errors import InvalidInput
+from trifecta.core.settings import Phase
 from trifecta.fleet.accelerators import ACCELERATORS, get_accelerator
 from trifecta.fleet.costs import (
     HOURS_PER_MONTH,
@@ -15,13 +16,13 @@ from trifecta.fleet.costs import (
 )
 
 # PLAYBOOK.md section 3, copied by hand: (dev, pilot, full).
+PHASES: tuple[Phase, ...] = ("dev", "pilot", "full")
 PLAYBOOK_GPU_HOUR = {
     "rtx-5090": (0.80, 1.00, 1.20),
     "a100-40gb": (2.20, 2.50, 3.00),
     "coral-npu": (0.02, 0.03, 0.05),
 }
 PLAYBOOK_CAPSULE_MONTH = {"digital_twin": (350, 1200, 4000), "sovereign": (2000, 8000, 20000)}
-PHASES = ("dev", "pilot", "full")
 
 
 def test_catalog_has_every_named_accelerator_with_a_source() -> None:

@@ -133,30 +133,30 @@ def brute_force_cost(capsules: list[Capsule], topology: Topology, phase: Phase) 
         load: dict[tuple[str, str, str], float] = defaultdict(float)
         light: dict[tuple[str, str, str], float] = defaultdict(float)
         requests: dict[str, float] = defaultdict(float)
-        for capsule, (env, tier) in zip(capsules, choice, strict=True):
-            group = (env, "cognitive", tier)
+        for capsule, (home, tier) in zip(capsules, choice, strict=True):
+            group = (home, "cognitive", tier)
             load[group] += capsule.demand.tokens_per_s
             if envs[edge.environment].admits(capsule):
                 light[group] += capsule.demand.light_share * capsule.demand.tokens_per_s
-            requests[env] += capsule.demand.requests_per_s
+            requests[home] += capsule.demand.requests_per_s
         fixed = sum(
             math.ceil(r / context[e].capacity - 1e-9) * context[e].price
             for e, r in requests.items()
         )
         home_envs = sorted({g[0] for g in load})
-        for vectors in itertools.product(*(per_env[e] for e in home_envs)):
-            capacity: dict[tuple[str, str, str], float] = defaultdict(float)
-            for _, cap in vectors:
-                for group, value in cap.items():
-                    capacity[group] += value
-            excess = {g: load[g] - capacity[g] for g in load}
+        for chosen in itertools.product(*(per_env[e] for e in home_envs)):
+            served: dict[tuple[str, str, str], float] = defaultdict(float)
+            for _, cap in chosen:
+                for served_group, value in cap.items():
+                    served[served_group] += value
+            excess = {g: load[g] - served[g] for g in load}
             if any(x > light[g] + 1e-9 for g, x in excess.items()):
                 continue
             offload = sum(max(x, 0.0) for x in excess.values())
             needed = math.ceil(offload / edge.capacity - 1e-9) if offload > 1e-9 else 0
             if needed > boards:
                 continue
-            best = min(best, fixed + sum(v[0] for v in vectors) + needed * edge.price)
+            best = min(best, fixed + sum(v[0] for v in chosen) + needed * edge.price)
     return best
 
 

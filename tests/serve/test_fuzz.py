@@ -133,7 +133,7 @@ def _fuzz(
     )
     @given(case=strategy)
     def fuzz(case: schemathesis.Case) -> None:
-        case.headers = {**(case.headers or {}), "Authorization": key}
+        case.headers["Authorization"] = key
         response = case.call(base_url=url, session=client, timeout=60)
         answered[response.status_code] = answered.get(response.status_code, 0) + 1
         case.validate_response(response, checks=checks)
@@ -191,7 +191,7 @@ def test_created_resources_flow_through_their_links(served: Served) -> None:
 
     class Machine(schema.as_state_machine()):  # type: ignore[misc]
         def before_call(self, case: schemathesis.Case) -> None:
-            case.headers = {**(case.headers or {}), "Authorization": admin}
+            case.headers["Authorization"] = admin
 
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
             return {"base_url": served.url, "timeout": 60}

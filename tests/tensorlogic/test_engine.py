@@ -3,6 +3,8 @@ bit-packed kernels equal scipy; embedding mode at T -> 0 equals the Boolean answ
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import clingo
 import numpy as np
 import pytest
@@ -61,8 +63,8 @@ def clingo_atoms(
 
 
 def graph_program(
-    n: int, rules: str, edges: list[tuple[int, int]], sources: list[int] = ()
-) -> Program:  # type: ignore[assignment]
+    n: int, rules: str, edges: list[tuple[int, int]], sources: Sequence[int] = ()
+) -> Program:
     decls = (
         f"domain Node {n}\n"
         + "".join(f"tensor {t}[Node, Node]\n" for t in ("Edge", "Path", "SG", "Odd", "Even"))
@@ -140,7 +142,7 @@ def test_closure_of_a_larger_graph_equals_dense_matrix_powers(n: int, p: float) 
     path; checked against reachability by repeated dense matrix products."""
     rng = np.random.default_rng(3)
     adjacency = (rng.random((n, n)) < p).astype(np.float32)
-    program = graph_program(n, TC, [tuple(e) for e in np.argwhere(adjacency).tolist()])
+    program = graph_program(n, TC, [(int(a), int(b)) for a, b in np.argwhere(adjacency)])
     reach = adjacency > 0
     while True:
         grown = reach | ((reach.astype(np.float32) @ adjacency) > 0)

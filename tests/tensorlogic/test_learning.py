@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trifecta.tensorlogic.federated import FedAvg, Federation, FitRes
+from trifecta.tensorlogic.federated import FedAvg, Federation, FitRes, Site
 from trifecta.tensorlogic.learn import Params, fit, initial_params, loss_at
 from trifecta.tensorlogic.program import compile_program, load_program
 
@@ -122,7 +122,7 @@ class RecordingFedAvg(FedAvg):
 def test_the_aggregator_only_receives_parameter_arrays(federation: tuple[Federation, Path]) -> None:
     fed, _ = federation
     assert fed.server_view.examples == {}  # the server itself never read a site's examples
-    assert all(site.process.pid != os.getpid() for site in fed.sites)
+    assert all(isinstance(site, Site) and site.process.pid != os.getpid() for site in fed.sites)
     strategy = RecordingFedAvg(initial_params(fed.server_view, 0), local_steps=2, lr=0.5)
     fed.fit(rounds=3, strategy=strategy)
     assert len(strategy.received) == 3 * 2
