@@ -386,6 +386,101 @@ def mask_clear(capsule: Annotated[str, typer.Argument(help="capsule id")]) -> No
     console.print(f"{capsule}: mask cleared (every expert active)")
 
 
+def apply_placement(
+    loads: str | None = None,
+    trace: Path | None = None,
+    *,
+    add: int = 0,
+    remove: str | None = None,
+    target: float | None = None,
+    time_limit: float | None = None,
+) -> None:
+    """`placement --apply` / `expand --apply`: rebalance the placement the running services
+    serve (the newest stored one; none yet: the one a service would start with) from the
+    traffic stored for every capsule, each MoE layer on its own, with the fewest moves that
+    reach the target, nodes added or removed; store it as a new version, which every
+    service on placed nodes follows within its `placement_check_s`. Prints each layer's
+    max/mean before and after and the experts moved, beside a from-scratch repack's."""
+    from trifecta.generative.ray_experts import initial_placements
+    from trifecta.generative.service import plan_rebalance
+    from trifecta.generative.settings import GenerativeSettings
+    from trifecta.generative.store import GenerativeStore
+
+    if loads is not None or trace is not None:
+        raise InvalidInput(
+            "--apply places every layer from the stored traffic; give no --loads or --trace",
+            field="loads",
+        )
+    try:
+        removed = [int(n) for n in remove.split(",")] if remove else []
+    except ValueError as exc:
+        raise InvalidInput("node indices must be integers", field="remove") from exc
+    settings = GenerativeSettings()
+    update = {"rebalance_target": target, "rebalance_time_limit_s": time_limit}
+    settings = settings.model_copy(update={k: v for k, v in update.items() if v is not None})
+    store = GenerativeStore()
+    traffic = store.traffic_total()
+    stored = store.latest_placement()
+    if stored is None:
+        if settings.expert_nodes == 0:
+            raise InvalidInput(
+                "no placement is stored and the service runs its experts in the model: set "
+                "expert_nodes (or start a service on a Ray cluster)",
+                field="expert_nodes",
+            )
+        n_layers, n_experts = _model_shape()
+        start = initial_placements(
+            n_layers,
+            n_experts,
+            settings.expert_nodes,
+            slots_per_node=settings.slots_per_node,
+            loads=None if traffic is None else traffic[0].numpy(),
+        )
+        current, version = start, 0
+    else:
+        current, version = stored.layers, stored.version
+    if traffic is None and not add and not removed:
+        raise NotFound("no traffic is recorded yet: nothing to place from", field="loads")
+    import numpy as np
+
+    shape = (len(current), current[0].num_experts)
+    weights = traffic[0].numpy().astype(np.float64) if traffic is not None else np.zeros(shape)
+    new, report = plan_rebalance(
+        current, weights, settings, add=add, remove=removed, loads_from="traffic"
+    )
+    change = f", {add} node(s) added" if add else ""
+    change += f", nodes {removed} removed" if removed else ""
+    requests = traffic[1] if traffic is not None else 0
+    put = store.put_placement(
+        new, report, f"apply: {requests} requests' traffic{change}", removed if stored else None
+    )
+    table = Table(
+        "layer",
+        "nodes",
+        "max/mean before",
+        "after",
+        "experts moved",
+        "from-scratch repack",
+        title=f"placement version {put.version} (from {version or 'a fresh start'})",
+    )
+    for row, placement in zip(report, new, strict=True):
+        table.add_row(
+            str(row.layer),
+            str(placement.cluster.nodes),
+            f"{row.before:.4f}",
+            f"{row.after:.4f}",
+            str(row.moves),
+            "-"
+            if row.scratch_moves is None
+            else f"{row.scratch_after:.4f} with {row.scratch_moves} moves",
+        )
+    console.print(table)
+    console.print(
+        f"stored; services on placed nodes follow it within {settings.placement_check_s:g} s "
+        f"(from {requests} requests' traffic)"
+    )
+
+
 # Expert placement and node expansion (`placement`, `expand`) live in their own module.
 from trifecta.generative.placement_cli import register_placement_commands  # noqa: E402
 

@@ -50,6 +50,11 @@ RedundancyOption = Annotated[
     typer.Option(help="redundant slots as a share of the experts (used without --slots-per-node)"),
 ]
 
+APPLY_HELP = (
+    "rebalance the placement the services run (stored) from the traffic stored for every "
+    "capsule, each layer, fewest moves; the services follow it"
+)
+
 
 def _read_loads(loads: str | None, trace: Path | None, experts: int | None) -> np.ndarray:
     from trifecta.generative.placement import loads_from_trace, parse_loads
@@ -115,11 +120,17 @@ def placement_command(
     redundancy: RedundancyOption = 0.1,
     method: Annotated[str, typer.Option(help="auto, greedy or milp")] = "auto",
     out: Annotated[Path | None, typer.Option(help="write the placement as JSON")] = None,
+    apply: Annotated[bool, typer.Option("--apply", help=APPLY_HELP)] = False,
 ) -> None:
     """Replicate the hottest experts and pack the replicas on nodes so that the most loaded
     node is as close to the mean as the slots allow; print each node and max/mean load."""
     from trifecta.generative.placement import place, round_robin
 
+    if apply:  # the running service's placement (`cli.apply_placement`)
+        from trifecta.generative.cli import apply_placement
+
+        apply_placement(loads, trace)
+        return
     load_vector = _read_loads(loads, trace, experts)
     cluster = _cluster(
         nodes, len(load_vector), slots_per_node, memory_bytes, expert_bytes, redundancy
@@ -140,8 +151,9 @@ def placement_command(
 
 def expand_command(
     placement_file: Annotated[
-        Path, typer.Option("--placement", help="the current placement (JSON from `placement`)")
-    ],
+        Path | None,
+        typer.Option("--placement", help="the current placement (JSON from `placement`)"),
+    ] = None,
     loads: LoadsOption = None,
     trace: TraceOption = None,
     add: Annotated[int, typer.Option(min=0, help="nodes to add")] = 0,
@@ -169,12 +181,20 @@ def expand_command(
         ),
     ] = 5.0,
     out: Annotated[Path | None, typer.Option(help="write the new placement as JSON")] = None,
+    apply: Annotated[bool, typer.Option("--apply", help=APPLY_HELP)] = False,
 ) -> None:
     """Add or remove nodes and rebalance from the CURRENT placement, moving as few experts as
     reach the target; compare with a from-scratch repack."""
     from trifecta.generative.expansion import resize
     from trifecta.generative.placement import Placement, from_scratch
 
+    if apply:  # the running service's placement (`cli.apply_placement`)
+        from trifecta.generative.cli import apply_placement
+
+        apply_placement(loads, trace, add=add, remove=remove, target=target, time_limit=time_limit)
+        return
+    if placement_file is None:
+        raise InvalidInput("give --placement (or --apply: the service's)", field="placement")
     if not placement_file.is_file():
         raise InvalidInput(f"no such file {placement_file}", field="placement")
     current = Placement.model_validate_json(placement_file.read_text())

@@ -14,7 +14,10 @@ placement by shipping only the experts a node did not hold: the moves the expans
 counted.
 
 `place_model` puts every MoE layer of a model on placed nodes (what the generative service
-does when `expert_nodes` or `ray_address` is set in its settings).
+does when `expert_nodes` or `ray_address` is set in its settings), each layer from its own
+measured load (`initial_placements`: the traffic recorded per expert; equal weights without
+any). `PlacedMoE.window` is the load measured since the layer's last check, per node and per
+expert: what the service's online rebalance reads.
 """
 
 from __future__ import annotations
@@ -322,6 +325,9 @@ class PlacedMoE:
             connect_ray(ray_address)
             self.backend = RayBackend(d_model, d_ff, per_node)
         self.node_tokens = np.zeros(placement.cluster.nodes, dtype=np.int64)
+        # Routed tokens since the window began (`window`), per node and per expert.
+        self.window_nodes = np.zeros(placement.cluster.nodes, dtype=np.int64)
+        self.window_experts = np.zeros(placement.num_experts, dtype=np.int64)
         # The merged variants shipped to each node, oldest first (what the nodes hold).
         self.shipped: list[OrderedDict[tuple[int, str], None]] = [
             OrderedDict() for _ in placement.nodes
@@ -440,6 +446,7 @@ class PlacedMoE:
         inputs = x.detach().numpy()
         for e in torch.unique(chosen).tolist():
             token, slot = torch.where(chosen == e)
+            self.window_experts[e] += token.numel()
             # An even split over the replicas: the load model the placement balanced.
             for node, part in zip(
                 holders[e], np.array_split(np.arange(token.numel()), len(holders[e])), strict=True
@@ -448,6 +455,7 @@ class PlacedMoE:
                     per_node[node][e] = inputs[token[part].numpy()]
                     sent[node][e] = (token[part], slot[part])
                     self.node_tokens[node] += part.size
+                    self.window_nodes[node] += part.size
                     if e in merged:
                         tags[node][e] = merged[e]
                     if routing is not None:
@@ -528,7 +536,16 @@ class PlacedMoE:
         tokens = np.zeros(placement.cluster.nodes, dtype=np.int64)
         tokens[: len(kept)] = self.node_tokens[kept]
         self.placement, self.node_tokens = placement, tokens
+        self.reset_window()  # the new placement's load is measured afresh
         return shipped
+
+    def window(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Routed tokens since the window began: per node, and per expert (all replicas)."""
+        return self.window_nodes.copy(), self.window_experts.copy()
+
+    def reset_window(self) -> None:
+        self.window_nodes = np.zeros(self.placement.cluster.nodes, dtype=np.int64)
+        self.window_experts = np.zeros(self.placement.num_experts, dtype=np.int64)
 
 
 def alive_ray_nodes(address: str) -> int:
@@ -538,19 +555,19 @@ def alive_ray_nodes(address: str) -> int:
     return sum(1 for n in ray.nodes() if n["Alive"])
 
 
-def place_model(
-    model: DiffusionLM,
+def initial_placements(
+    n_layers: int,
+    n_experts: int,
     nodes: int,
     *,
     slots_per_node: int | None = None,
-    ray_address: str | None = None,
-) -> list[PlacedMoE]:
-    """Every MoE layer of `model` on `nodes` placement nodes (on the Ray cluster at
-    `ray_address`, node n's actors pinned to its n-th node; in this process without one),
-    each node holding `slots_per_node` experts (default: the fewest that hold every expert
-    once). With no traffic yet every expert weighs the same, so the placement spreads them
-    evenly. The model's layers compute on the nodes from then on (`PlacedMoE.attach`)."""
-    n_experts = model.config.n_experts
+    loads: NDArray[np.float64] | None = None,
+) -> list[Placement]:
+    """One placement per MoE layer on `nodes` nodes of `slots_per_node` experts each
+    (default: the fewest that hold every expert once), each from its layer's row of `loads`
+    (n_layers, n_experts: routed tokens per expert), so the hottest experts get the
+    redundant slots and are packed apart. A layer without load (no traffic yet) weighs every
+    expert the same, which spreads them evenly."""
     if nodes < 1:
         raise InvalidInput(f"must be at least 1, got {nodes}", field="expert_nodes")
     slots = slots_per_node if slots_per_node is not None else math.ceil(n_experts / nodes)
@@ -559,9 +576,46 @@ def place_model(
             f"{nodes} nodes holding {slots} experts each cannot hold all {n_experts}",
             field="slots_per_node",
         )
-    placement = place(np.ones(n_experts), Cluster.uniform(nodes, slots))
+    cluster = Cluster.uniform(nodes, slots)
+    if loads is not None and np.asarray(loads).shape != (n_layers, n_experts):
+        raise InvalidInput(
+            f"expected {n_layers} x {n_experts} loads, got {np.asarray(loads).shape}",
+            field="loads",
+        )
+    out = []
+    for layer in range(n_layers):
+        row = None if loads is None else np.asarray(loads[layer], dtype=np.float64)
+        weights = row if row is not None and row.sum() > 0 else np.ones(n_experts)
+        out.append(place(weights, cluster))
+    return out
+
+
+def place_model(
+    model: DiffusionLM,
+    nodes: int | Sequence[Placement],
+    *,
+    slots_per_node: int | None = None,
+    ray_address: str | None = None,
+    loads: NDArray[np.float64] | None = None,
+) -> list[PlacedMoE]:
+    """Every MoE layer of `model` on placement nodes (on the Ray cluster at `ray_address`,
+    node n's actors pinned to its n-th node; in this process without one). `nodes`: a
+    placement per layer, or a node count placed by `initial_placements` (from `loads`, per
+    layer, or equal weights). The model's layers compute on the nodes from then on
+    (`PlacedMoE.attach`)."""
+    c = model.config
+    if isinstance(nodes, int):
+        placements = initial_placements(
+            c.n_layers, c.n_experts, nodes, slots_per_node=slots_per_node, loads=loads
+        )
+    else:
+        placements = list(nodes)
+    if len(placements) != c.n_layers:
+        raise InvalidInput(
+            f"{len(placements)} placements for {c.n_layers} MoE layers", field="placement"
+        )
     placed = []
-    for block in model.blocks():
+    for block, placement in zip(model.blocks(), placements, strict=True):
         layer = PlacedMoE(block.moe, placement, ray_address=ray_address)
         layer.attach()
         placed.append(layer)

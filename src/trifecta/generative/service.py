@@ -11,28 +11,53 @@ Where the experts run is the layer's settings' (`settings.GenerativeSettings`): 
 by default; on placed nodes (`ray_experts.PlacedMoE`, in this process or as Ray actors) when
 `expert_nodes` or `ray_address` is set. Routing, masks, merged experts and the loads
 recorded are the same either way (tested).
+
+On placed nodes the placement follows the load (`settings.GenerativeSettings`). At start each
+MoE layer is placed from the traffic recorded for every capsule (equal weights with none), or
+follows a stored placement of the same shape. Every `rebalance_window_tokens` routed tokens a
+layer's measured max/mean node load is checked; past `rebalance_threshold` the layer is
+rebalanced (`expansion.resize`: the fewest moves that reach `rebalance_target`) on a thread of
+its own while requests go on, then applied between batches, shipping only the experts each
+node lacks (so no expert is ever without a replica), and stored as a new placement version,
+which other processes follow. `rebalance` does the same on demand, with nodes added or
+removed; `trifecta generative placement|expand --apply` stores a version the running services
+follow within `placement_check_s`.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from trifecta.core.errors import InvalidInput, NotFound
+from trifecta.core.logging import get_logger
 from trifecta.generative.assets import shipped_model_path
 from trifecta.generative.decoding import DecodeConfig, Decoder
 from trifecta.generative.model import DiffusionLM, Routing
-from trifecta.generative.placement import Placement
-from trifecta.generative.ray_experts import PlacedMoE, alive_ray_nodes, place_model
+from trifecta.generative.placement import Placement, imbalance, round_robin
+from trifecta.generative.ray_experts import (
+    PlacedMoE,
+    alive_ray_nodes,
+    initial_placements,
+    place_model,
+)
 from trifecta.generative.selection import ExpertMask
 from trifecta.generative.sequences import answer_of
 from trifecta.generative.settings import GenerativeSettings
-from trifecta.generative.store import BiasVersion, GenerativeStore
+from trifecta.generative.store import BiasVersion, GenerativeStore, LayerMove, PlacementVersion
 from trifecta.generative.tuning import TuningConfig, feedback_update, load_update
+
+log = get_logger("trifecta.generative.service")
+# How much worse a layer's measured max/mean must get before the service again tries to
+# rebalance a layer that its last rebalance could not move (slots, not placement, bound it).
+STUCK_MARGIN = 0.05
 
 
 class GenerativeRequest(BaseModel):
@@ -84,27 +109,31 @@ class GenerativeService:
 
             model = load_model(shipped_model_path())
         experts = experts or GenerativeSettings()
+        self.settings = experts
+        self.store = store or GenerativeStore()
         nodes = experts.expert_nodes
         if nodes == 0 and experts.ray_address:
             nodes = alive_ray_nodes(experts.ray_address)
         self.placed: list[PlacedMoE] = []  # one per MoE layer when the experts are placed
+        self.placement_version = 0  # the stored placement version the nodes run
         if nodes:
             # The layers compute on the nodes from now on: a copy, so a caller's model (a
             # test's shared one, an evaluation's) keeps computing in place.
             model = copy.deepcopy(model)
-            self.placed = place_model(
-                model,
-                nodes,
-                slots_per_node=experts.slots_per_node,
-                ray_address=experts.ray_address,
-            )
+            start = self._start_placement(model.config.n_layers, model.config.n_experts, nodes)
+            self.placed = place_model(model, start.layers, ray_address=experts.ray_address)
+            self.placement_version = start.version
         self.model = model
         self.decoder = Decoder(model)
-        self.store = store or GenerativeStore()
         self.decode_config = decode or DecodeConfig()
         self.tuning = tuning or TuningConfig()
         self.online_load = online_load
         self._lock = threading.Lock()  # one decode at a time: torch runs on one thread here
+        self._placing = threading.Lock()  # one placement change at a time (computed unlocked)
+        self._rebalancer: threading.Thread | None = None
+        # Layers the last rebalance could not move: max/mean it left them at.
+        self._stuck: dict[int, float] = {}
+        self._next_check = time.monotonic() + experts.placement_check_s
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -124,6 +153,201 @@ class GenerativeService:
     def placements(self) -> list[Placement]:
         """Each MoE layer's placement (empty: the experts run in the model)."""
         return [layer.placement for layer in self.placed]
+
+    # -- placement ----------------------------------------------------------------------------
+    def _start_placement(self, n_layers: int, n_experts: int, nodes: int) -> PlacementVersion:
+        """A placement per layer from the stored traffic (summed over capsules; equal
+        weights with none), stored as a new version. When a placement of this shape is
+        stored (another process serves it, or `placement --apply` made it) it is the start:
+        kept if the traffic finds it within `rebalance_target`, else rebalanced with the
+        fewest moves (the processes serving it follow with those moves only)."""
+        slots = self.settings.slots_per_node or -(-n_experts // nodes)
+        stored = self.store.latest_placement()
+        traffic = self.store.traffic_total()
+        loads = None if traffic is None else traffic[0].numpy().astype(np.float64)
+        if stored is not None and _fits(stored.layers, n_layers, n_experts, [slots] * nodes):
+            if loads is not None:
+                new, report = plan_rebalance(stored.layers, loads, self.settings)
+                if any(r.moves for r in report):
+                    why = f"start: rebalanced on {traffic[1] if traffic else 0} requests' traffic"
+                    return self.store.put_placement(new, report, why)
+            log.info("expert placement followed", version=stored.version, nodes=nodes)
+            return stored
+        layers = initial_placements(
+            n_layers, n_experts, nodes, slots_per_node=self.settings.slots_per_node, loads=loads
+        )
+        weights = loads if loads is not None else np.ones((n_layers, n_experts))
+        report = [
+            LayerMove(
+                layer=i,
+                loads_from="traffic" if loads is not None else "none",
+                before=round_robin(n_experts, p.cluster).imbalance(weights[i]),
+                after=p.imbalance(weights[i]),
+                moves=p.replica_count(),  # every replica shipped to an empty node
+            )
+            for i, p in enumerate(layers)
+        ]
+        why = f"start: {traffic[1]} requests' traffic" if traffic else "start: no traffic"
+        return self.store.put_placement(layers, report, why)
+
+    def placement_status(self) -> list[LayerStatus]:
+        """Each placed layer's nodes and the load measured in its current window."""
+        out = []
+        for i, layer in enumerate(self.placed):
+            nodes, experts = layer.window()
+            out.append(
+                LayerStatus(
+                    layer=i,
+                    version=self.placement_version,
+                    nodes=layer.placement.nodes,
+                    window_tokens=int(experts.sum()),
+                    window_node_tokens=nodes.tolist(),
+                    window_max_mean=imbalance(nodes.astype(np.float64)),
+                )
+            )
+        return out
+
+    def rebalance(
+        self,
+        *,
+        loads: NDArray[np.float64] | None = None,
+        layers: Sequence[int] | None = None,
+        add: int = 0,
+        remove: Sequence[int] = (),
+        reason: str = "rebalance",
+        loads_from: str = "given",
+    ) -> PlacementVersion:
+        """Rebalance the placed layers with the fewest moves that reach the settings'
+        `rebalance_target` (`add` nodes added, `remove` removed, in every layer), apply it
+        between batches and store it as a new version. `loads` (n_layers, E): per-expert
+        load (default: the stored traffic of every capsule); `layers`: only these (the
+        others keep their placement). Requests are served while it is computed. When
+        nothing moves no version is stored: the report comes back under the running
+        version's number."""
+        if not self.placed:
+            raise InvalidInput(
+                "the service runs its experts in the model: set expert_nodes or ray_address",
+                field="expert_nodes",
+            )
+        with self._placing:
+            self._follow_locked()  # from the newest stored placement
+            source = loads_from
+            if loads is None:
+                traffic = self.store.traffic_total()
+                if traffic is None:
+                    raise NotFound("no traffic is recorded yet", field="loads")
+                loads, source = traffic[0].numpy().astype(np.float64), "traffic"
+            new, report = plan_rebalance(
+                self.placements,
+                loads,
+                self.settings,
+                add=add,
+                remove=remove,
+                layers=layers,
+                loads_from=source,
+            )
+            if not add and not remove and not any(r.moves for r in report):
+                for row in report:
+                    self._stuck[row.layer] = row.before
+                return PlacementVersion(
+                    version=self.placement_version,
+                    layers=self.placements,
+                    removed=[],
+                    report=report,
+                    reason=f"{reason}: nothing to move",
+                )
+            with self._lock:  # between batches: no forward pass sees a half-moved layer
+                for layer, placement, row in zip(self.placed, new, report, strict=True):
+                    if placement is not layer.placement:
+                        row.moves = layer.apply(placement, remove)
+            self._stuck.clear()
+            stored = self.store.put_placement(new, report, reason, list(remove))
+            self.placement_version = stored.version
+        return stored
+
+    def join_rebalance(self, timeout: float | None = None) -> None:
+        """Wait for an online rebalance under way (tests, a clean shutdown)."""
+        worker = self._rebalancer
+        if worker is not None:
+            worker.join(timeout)
+
+    def _after_batch(self) -> None:
+        """Follow a newer stored placement (every `placement_check_s`), then check each
+        layer's measured window: past `rebalance_threshold`, rebalance on a thread of its
+        own from the window's per-expert load."""
+        now = time.monotonic()
+        if now >= self._next_check and self._placing.acquire(blocking=False):
+            self._next_check = now + self.settings.placement_check_s
+            try:
+                self._follow_locked()
+            finally:
+                self._placing.release()
+        threshold = self.settings.rebalance_threshold
+        hot: dict[int, NDArray[np.float64]] = {}
+        for i, layer in enumerate(self.placed):
+            nodes, experts = layer.window()
+            if experts.sum() < self.settings.rebalance_window_tokens:
+                continue
+            layer.reset_window()
+            measured = imbalance(nodes.astype(np.float64))
+            # A layer no rebalance could move is tried again only when its load got worse.
+            stuck = self._stuck.get(i)
+            if stuck is not None and measured <= stuck + STUCK_MARGIN:
+                continue
+            if threshold is not None and measured > threshold:
+                hot[i] = experts.astype(np.float64)
+        if not hot or (self._rebalancer is not None and self._rebalancer.is_alive()):
+            return
+        c = self.model.config
+        loads = np.zeros((c.n_layers, c.n_experts))  # only the hot layers' rows are read
+        for i, row in hot.items():
+            loads[i] = row
+        self._rebalancer = threading.Thread(
+            target=self._rebalance_online,
+            args=(loads, sorted(hot)),
+            name="generative-rebalance",
+            daemon=True,
+        )
+        self._rebalancer.start()
+
+    def _rebalance_online(self, loads: NDArray[np.float64], layers: list[int]) -> None:
+        try:
+            self.rebalance(
+                loads=loads,
+                layers=layers,
+                reason=f"online: layers {layers} past threshold",
+                loads_from="measured",
+            )
+        except Exception:  # a failed rebalance leaves the running placement serving
+            log.exception("online rebalance failed", layers=layers)
+
+    def _follow_locked(self) -> None:
+        """Apply the stored placement versions newer than the one running (under
+        `_placing`)."""
+        for version in self.store.placements_after(self.placement_version):
+            c = self.model.config
+            if not _fits(version.layers, c.n_layers, c.n_experts, None):
+                log.warning("stored placement does not fit the model", version=version.version)
+            else:
+                try:
+                    with self._lock:
+                        moved = [
+                            layer.apply(placement, version.removed)
+                            for layer, placement in zip(self.placed, version.layers, strict=True)
+                        ]
+                except InvalidInput as exc:  # nodes removed from another base: skip it
+                    log.warning(
+                        "stored placement not applied", version=version.version, error=str(exc)
+                    )
+                else:
+                    log.info(
+                        "expert placement followed",
+                        version=version.version,
+                        reason=version.reason,
+                        moved=moved,
+                        max_mean=[round(r.after, 4) for r in version.report],
+                    )
+            self.placement_version = version.version
 
     def prepare_capsule(self, capsule_id: str) -> int:
         """Build a capsule's masked routers (and merged, stacked weights) before its first
@@ -176,6 +400,8 @@ class GenerativeService:
             results, stats = self.decoder.decode([r.prompt for r in batch], config, routing)
         load = routing.load if routing.load is not None else torch.zeros(L, E)
         self.store.add_traffic(capsule_id, load, len(batch))
+        if self.placed:
+            self._after_batch()
         if self.online_load:
             updated = load_update(bias.tensor(), load, self.tuning, routing.active)
             if not torch.equal(updated, bias.tensor()):
@@ -217,3 +443,87 @@ class GenerativeService:
         updated = feedback_update(current.tensor(), load, success, self.tuning)
         verdict = "success" if success else "failure"
         return self.store.put_bias(capsule_id, updated, f"feedback: {verdict}")
+
+
+class LayerStatus(BaseModel):
+    """A placed layer now: its nodes and the load measured in its current window."""
+
+    layer: int
+    version: int  # the stored placement version the nodes run
+    nodes: list[list[int]]
+    window_tokens: int
+    window_node_tokens: list[int]
+    window_max_mean: float
+
+
+def _fits(
+    layers: Sequence[Placement], n_layers: int, n_experts: int, slots: list[int] | None
+) -> bool:
+    """A placement per layer, of this many experts (and these node slots, when given)."""
+    return len(layers) == n_layers and all(
+        p.num_experts == n_experts and (slots is None or p.cluster.slots == slots) for p in layers
+    )
+
+
+def plan_rebalance(
+    current: Sequence[Placement],
+    loads: NDArray[np.float64],
+    settings: GenerativeSettings,
+    *,
+    add: int = 0,
+    remove: Sequence[int] = (),
+    layers: Sequence[int] | None = None,
+    loads_from: str = "traffic",
+) -> tuple[list[Placement], list[LayerMove]]:
+    """Each layer's min-move rebalance (`expansion.resize`) toward `rebalance_target` on its
+    row of `loads` (n_layers, E), with `add` nodes added and `remove` removed, and beside it
+    what an EPLB-style from-scratch repack would move. A layer outside `layers` keeps its
+    placement (the same object) unless nodes change."""
+    from trifecta.generative.expansion import resize
+    from trifecta.generative.placement import from_scratch
+
+    loads = np.asarray(loads, dtype=np.float64)
+    n_experts = current[0].num_experts if current else 0
+    if loads.shape != (len(current), n_experts):
+        raise InvalidInput(
+            f"expected {len(current)} x {n_experts} loads, got {loads.shape}", field="loads"
+        )
+    if add < 0:
+        raise InvalidInput(f"must be >= 0, got {add}", field="add")
+    chosen = set(range(len(current)) if layers is None else layers)
+    bad = sorted(chosen - set(range(len(current))))
+    if bad:
+        raise InvalidInput(f"no MoE layer {bad[0]} (the model has {len(current)})", field="layers")
+    new: list[Placement] = []
+    report: list[LayerMove] = []
+    for i, (placement, row) in enumerate(zip(current, loads, strict=True)):
+        weights = row if row.sum() > 0 else np.ones(n_experts)
+        if i not in chosen and not add and not remove:
+            new.append(placement)
+            ratio = placement.imbalance(weights)
+            report.append(
+                LayerMove(layer=i, loads_from=loads_from, before=ratio, after=ratio, moves=0)
+            )
+            continue
+        result = resize(
+            placement,
+            weights,
+            add=add,
+            remove=list(remove),
+            target=settings.rebalance_target,
+            time_limit_s=settings.rebalance_time_limit_s,
+        )
+        scratch = from_scratch(placement, weights, result.placement.cluster, list(remove))
+        new.append(result.placement)
+        report.append(
+            LayerMove(
+                layer=i,
+                loads_from=loads_from,
+                before=placement.imbalance(weights),
+                after=result.imbalance,
+                moves=result.moves,
+                scratch_moves=scratch.moves,
+                scratch_after=scratch.imbalance,
+            )
+        )
+    return new, report

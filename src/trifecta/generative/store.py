@@ -1,5 +1,7 @@
 """Per-capsule generative state in the control database: router-bias versions, expert masks
-and the capsule's routed traffic (what a learned mask is learned from).
+and the capsule's routed traffic (what a learned mask is learned from); and the service's
+expert placement versions (every MoE layer's nodes), shared by every process that serves the
+model on placed nodes and by `trifecta generative placement|expand --apply`.
 
 Biases are never overwritten: every update appends a version with its reason, so the history
 is the log, and reverting to version N appends a new version holding N's biases (a revert can
@@ -30,6 +32,7 @@ from trifecta.core.db import ensure_schema, get_engine, transaction
 from trifecta.core.errors import NotFound
 from trifecta.core.logging import get_logger
 from trifecta.core.settings import get_settings
+from trifecta.generative.placement import Placement
 from trifecta.generative.selection import ExpertMask
 
 log = get_logger("trifecta.generative.store")
@@ -60,6 +63,16 @@ traffic_table = Table(
     Column("load", JSON, nullable=False),
     Column("requests", Integer, nullable=False),
 )
+placement_table = Table(
+    "generative_placements",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("layers", JSON, nullable=False),  # one `Placement` per MoE layer
+    Column("removed", JSON, nullable=False),  # the previous version's nodes this one removed
+    Column("report", JSON, nullable=False),  # one `LayerMove` per layer
+    Column("reason", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+)
 
 
 class BiasVersion(BaseModel):
@@ -71,6 +84,30 @@ class BiasVersion(BaseModel):
 
     def tensor(self) -> torch.Tensor:
         return torch.tensor(self.bias, dtype=torch.float32)
+
+
+class LayerMove(BaseModel):
+    """One MoE layer's change of placement, measured on the loads it was computed from."""
+
+    layer: int
+    loads_from: str  # "traffic" (stored, summed over capsules), "measured" (served), "none"
+    before: float  # max/mean node load of the placement it replaced (start: round-robin)
+    after: float
+    moves: int  # expert weights shipped to nodes that did not hold them
+    scratch_moves: int | None = None  # an EPLB-style from-scratch repack's, for comparison
+    scratch_after: float | None = None
+
+
+class PlacementVersion(BaseModel):
+    """Every MoE layer's placement, as a version: a process serving on placed nodes follows
+    the newest (shipping only the experts each node lacks)."""
+
+    version: int
+    layers: list[Placement]
+    removed: list[int]  # nodes of the previous version this one removed (old indices)
+    report: list[LayerMove]
+    reason: str
+    created_at: datetime | None = None
 
 
 class GenerativeStore:
@@ -219,3 +256,81 @@ class GenerativeStore:
         if row is None:
             return None
         return torch.tensor(row["load"], dtype=torch.float32), int(row["requests"])
+
+    def traffic_total(self) -> tuple[torch.Tensor, int] | None:
+        """Routed tokens (n_layers, E) summed over every capsule, and the requests they came
+        from (None: no traffic recorded)."""
+        with transaction(self.engine) as session:
+            rows = session.execute(select(traffic_table.c.load, traffic_table.c.requests)).all()
+        if not rows:
+            return None
+        total = torch.stack([torch.tensor(load, dtype=torch.float32) for load, _ in rows])
+        return total.sum(dim=0), sum(int(requests) for _, requests in rows)
+
+    # -- expert placements ------------------------------------------------------------------
+    def placement_version(self) -> int:
+        """The newest placement version (0: none stored): one indexed read, cheap to poll."""
+        with transaction(self.engine) as session:
+            newest = session.execute(select(func.max(placement_table.c.version))).scalar()
+        return int(newest or 0)
+
+    def placements_after(self, version: int) -> list[PlacementVersion]:
+        """The placement versions newer than `version`, oldest first."""
+        with transaction(self.engine) as session:
+            rows = (
+                session.execute(
+                    select(placement_table)
+                    .where(placement_table.c.version > version)
+                    .order_by(placement_table.c.version)
+                )
+                .mappings()
+                .all()
+            )
+        return [PlacementVersion(**dict(r)) for r in rows]
+
+    def latest_placement(self) -> PlacementVersion | None:
+        with transaction(self.engine) as session:
+            row = (
+                session.execute(
+                    select(placement_table).order_by(placement_table.c.version.desc()).limit(1)
+                )
+                .mappings()
+                .one_or_none()
+            )
+        return None if row is None else PlacementVersion(**dict(row))
+
+    def put_placement(
+        self,
+        layers: list[Placement],
+        report: list[LayerMove],
+        reason: str,
+        removed: list[int] | None = None,
+    ) -> PlacementVersion:
+        """Append a placement version (numbered after the newest) and log its report."""
+        with transaction(self.engine, write=True) as session:
+            newest = session.execute(select(func.max(placement_table.c.version))).scalar()
+            version = int(newest or 0) + 1
+            session.execute(
+                placement_table.insert().values(
+                    version=version,
+                    layers=[p.model_dump(mode="json") for p in layers],
+                    removed=list(removed or []),
+                    report=[r.model_dump(mode="json") for r in report],
+                    reason=reason[:200],
+                )
+            )
+        log.info(
+            "expert placement stored",
+            version=version,
+            reason=reason,
+            nodes=[p.cluster.nodes for p in layers],
+            max_mean=[round(r.after, 4) for r in report],
+            moved=[r.moves for r in report],
+        )
+        return PlacementVersion(
+            version=version,
+            layers=layers,
+            removed=list(removed or []),
+            report=report,
+            reason=reason[:200],
+        )
