@@ -78,6 +78,11 @@ def test_trifecta_run_command_end_to_end(tmp_path: Path) -> None:
     assert "Per layer" in done.stdout and "beside the playbook" in done.stdout
     (report,) = (tmp_path / "runs").glob("*/report.json")
     assert json.loads(report.read_text())["requests"] == 30
+    # the per-request lines are in the run's log, not above the report on the terminal
+    log = (report.parent / "run.log").read_text()
+    assert "[info" in log and "generate" in log
+    assert "[info" not in done.stderr and "[info" not in done.stdout
+    assert f"log: {report.parent / 'run.log'}" in done.stdout.replace("\n", "")
 
 
 @pytest.mark.parametrize(

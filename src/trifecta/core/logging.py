@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -143,8 +144,66 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+class _FileAndConsole:
+    """A batch command's log (`trifecta run`): every line to its log file, and the warnings and
+    errors to the console too, so a report printed on the terminal is not buried under one
+    info line per request. structlog calls the method named after the line's level."""
+
+    def __init__(self, file: TextIO, console_level: int):
+        self._file = file
+        self._console_level = console_level
+        self._lock = threading.Lock()
+
+    def _write(self, level: int, line: str) -> None:
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+        if level >= self._console_level:
+            sys.stderr.write(line + "\n")
+
+    def debug(self, message: str) -> None:
+        self._write(logging.DEBUG, message)
+
+    def info(self, message: str) -> None:
+        self._write(logging.INFO, message)
+
+    msg = info
+
+    def warning(self, message: str) -> None:
+        self._write(logging.WARNING, message)
+
+    warn = warning
+
+    def error(self, message: str) -> None:
+        self._write(logging.ERROR, message)
+
+    exception = error
+
+    def critical(self, message: str) -> None:
+        self._write(logging.CRITICAL, message)
+
+    fatal = critical
+
+
+def log_to_file(path: Path, *, console_level: str = "WARNING") -> None:
+    """From now on, this process logs at the settings' level and format into `path` (appended)
+    and shows only lines at `console_level` or above on the console."""
+    from trifecta.core.settings import get_settings
+
+    settings = get_settings()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    split = _FileAndConsole(
+        path.open("a", encoding="utf-8"), logging.getLevelName(console_level.upper())
+    )
+    configure_logging(settings.log_level, settings.log_format, logger=split)
+
+
 def configure_logging(
-    level: str = "INFO", fmt: str = "console", *, stream: TextIO | None = None
+    level: str = "INFO",
+    fmt: str = "console",
+    *,
+    stream: TextIO | None = None,
+    logger: _FileAndConsole | None = None,
 ) -> None:
     global _configured
     renderer: structlog.types.Processor = (
@@ -162,7 +221,11 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or _CurrentStderr()),  # type: ignore[arg-type]
+        logger_factory=(
+            (lambda *_: logger)
+            if logger is not None
+            else structlog.PrintLoggerFactory(file=stream or _CurrentStderr())  # type: ignore[arg-type]
+        ),
         cache_logger_on_first_use=True,
     )
     _configured = True

@@ -61,6 +61,7 @@ def run_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from trifecta.core.logging import log_to_file
     from trifecta.core.settings import get_settings
     from trifecta.fleet.fleetfile import load_fleet
     from trifecta.fleet.topology import load_topology
@@ -80,6 +81,9 @@ def run_command(
     run_id = new_run_id()
     runs = settings.data_dir / "runs"
     out_dir = out or runs / run_id
+    # One info line per request would bury the report: they go to the run's log file, and
+    # only warnings and errors reach the terminal.
+    log_to_file(out_dir / "run.log")
     if seed is None:
         seed = len(list(runs.glob("*/report.json"))) if runs.is_dir() else 0
     federation = None
@@ -133,6 +137,7 @@ def run_command(
         _stop(federation, settings)
     print_report(report)
     console.print(f"report: {out_dir / 'report.json'} (plots: latency.png, accuracy.png, cost.png)")
+    console.print(f"log: {out_dir / 'run.log'}")
 
 
 def _stop(federation: object, settings: object) -> None:
