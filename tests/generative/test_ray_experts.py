@@ -294,6 +294,22 @@ def service_outputs(address: str | None, db: Path) -> dict[str, object]:
         report[capsule] = [[r.tokens, r.expert_load] for r in responses]
     if address is not None:
         report["actor_nodes"] = [layer.backend.actor_nodes() for layer in service.placed]  # type: ignore[attr-defined]
+        # A node added to the running service (an actor more), rebalanced on skewed load:
+        # the same answers after.
+        skew = np.ones((c.n_layers, c.n_experts))
+        skew[:, 0] = 8.0
+        grown = service.rebalance(loads=skew, add=1, reason="test: expand")
+        report["grown"] = {
+            "nodes": [p.cluster.nodes for p in service.placements],
+            "moves": [r.moves for r in grown.report],
+            "planned": [[sorted(n) for n in p.nodes] for p in service.placements],
+            "hosted": [layer.backend.hosted() for layer in service.placed],
+            "actors": [len(layer.backend.actor_nodes()) for layer in service.placed],  # type: ignore[attr-defined]
+        }
+        for capsule in ("c-all", "c-drop", "c-merge"):
+            requests = [GenerativeRequest(capsule_id=capsule, prompt=t.prompt) for t in tasks]
+            responses = service.complete_batch(requests)
+            report[f"{capsule} grown"] = [[r.tokens, r.expert_load] for r in responses]
     return report
 
 
@@ -435,6 +451,13 @@ def test_ray_actors_on_two_nodes_give_the_in_process_output(
     for capsule in ("c-all", "c-drop", "c-merge"):
         assert served[capsule] == local_served[capsule], capsule  # tokens and expert loads
     assert all(len(set(nodes)) == 2 for nodes in served["actor_nodes"])  # a group per node
+    # A node added to the running service on Ray: an actor more per layer, only the planned
+    # experts shipped, the same answers after.
+    grown = served["grown"]
+    assert grown["nodes"] == [3] * len(served["actor_nodes"]) == grown["actors"]
+    assert grown["hosted"] == grown["planned"] and all(m > 0 for m in grown["moves"])
+    for capsule in ("c-all", "c-drop", "c-merge"):
+        assert served[f"{capsule} grown"] == local_served[capsule], capsule
 
 
 if __name__ == "__main__":  # the driver, inside the head's namespace
