@@ -107,6 +107,7 @@ class BatchingEngine:
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0  # forward passes, for tests and metrics
+        self.rows_stepped = 0  # rows over those passes: steps / rows is the batch fill
         self.step_times = StepTimes(max_batch)  # decode-step durations by batch size
         self.finished: Counter[str] = Counter()  # requests ended, by finish reason
         self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
@@ -259,6 +260,7 @@ class BatchingEngine:
         rows = self._rows
         logits = self._forward.step(StepRows([r.cached for r in rows], [r.feed for r in rows]))
         self.steps += 1
+        self.rows_stepped += len(rows)
         block = self.prefix_cache.block_size
         for row in rows:
             row.cached += len(row.feed)

@@ -33,8 +33,11 @@ log = logging.getLogger(__name__)
 
 class ScriptedLayers(torch.nn.Module):
     """Embedding, every decoder layer (Canon mix, attention over the slot cache, SiLU MLP), the
-    final norm and the head: the eager `SlotForward.step`'s arithmetic, operation for
-    operation. The cache planes are the `SlotCache`'s own tensors (written in place)."""
+    final norm and the head: the eager `SlotForward.step`'s arithmetic, except where a step
+    feeds prompts: those rows attend as a padded block over their own slots (the eager step
+    gathers every token's row of the cache), and the last layer runs attention and MLP for
+    each row's last token only (what the logits read; every token's keys and values are
+    still written). The cache planes are the `SlotCache`'s own tensors (written in place)."""
 
     # Declared here: TorchScript cannot type an empty list (no Canon layers) from `__init__`.
     canons: list[Tensor]
@@ -78,10 +81,19 @@ class ScriptedLayers(torch.nn.Module):
         starts: Tensor,  # (n,) the positions each row's slot already holds
         counts: Tensor | None,  # (n,) tokens fed to each row; None: one each (decoding)
         attended: int,  # L: the longest row after the step
+        single: int = 0,  # m: the leading rows fed one token each (with counts)
+        widest: int = 1,  # P: the most tokens fed to one of the other rows (with counts)
     ) -> Tensor:  # (n, vocab) the logits after each row's last fed token
         n = starts.shape[0]
         decoding = counts is None
         ends: Tensor | None = None  # (n,) one past each row's last token in the pack
+        # The rows after the first m attend as a padded block of queries (n - m, P): each
+        # over its own slot, unlike a gather of every token's row of the cache (a copy of
+        # T x L positions a layer and T one-query attentions: a 40-token prompt cost the
+        # medium tier 4.5 decoding steps).
+        padded_rows = torch.arange(0)  # (T - m,) each of those tokens' row among them ...
+        padded_columns = torch.arange(0)  # ... and its place in that row's chunk
+        padded_mask = torch.ones(0, 1, 1, 1, dtype=torch.bool)  # (n - m, 1, P, L)
         if counts is None:  # token t is row t's, at the row's next column
             owner = torch.arange(n)
             positions = starts
@@ -89,7 +101,13 @@ class ScriptedLayers(torch.nn.Module):
             owner = torch.repeat_interleave(torch.arange(n), counts)  # (T,) each token's row
             ends = torch.cumsum(counts, 0)
             first = ends - counts  # (n,) each row's first token in the pack
-            positions = starts[owner] + torch.arange(ids.shape[0]) - first[owner]
+            offsets = torch.arange(ids.shape[0]) - first[owner]  # (T,) place in its chunk
+            positions = starts[owner] + offsets
+            padded_rows = owner[single:] - single
+            padded_columns = offsets[single:]
+            padded_positions = starts[single:, None] + torch.arange(widest)[None, :]  # (n-m, P)
+            columns = torch.arange(attended)[None, None, :]
+            padded_mask = (columns <= padded_positions[:, :, None])[:, None]
         visible = torch.arange(attended)[None, :] <= positions[:, None]  # (T, L)
         back_rows: Tensor | None = None  # (T, width) the Canon look-back's rows ...
         back_columns: Tensor | None = None  # ... columns (clamped at 0) ...
@@ -127,27 +145,49 @@ class ScriptedLayers(torch.nn.Module):
             value_plane = self.planes[2 * number + 1]
             key_plane.index_put_([owner, positions], k)
             value_plane.index_put_([owner, positions], v)
-            keys = key_plane[:n, :attended]  # (n, L, kv, hd)
-            values = value_plane[:n, :attended]
-            if not decoding:  # each token's row of the cache
-                keys = keys[owner]
-                values = values[owner]
-            out = F.scaled_dot_product_attention(
-                q[:, :, None],  # (T, h, 1, hd)
-                keys.transpose(1, 2),  # (T, kv, L, hd)
-                values.transpose(1, 2),
-                attn_mask=mask,
-                scale=self.scaling,
-                enable_gqa=self.gqa,
-            )  # (T, h, 1, hd)
+            keys = key_plane[:n, :attended].transpose(1, 2)  # (n, kv, L, hd)
+            values = value_plane[:n, :attended].transpose(1, 2)
+            if decoding:
+                out = self._attend(q, keys, values, mask)
+            elif ends is not None and number == layers - 1:
+                # Past its keys and values, the last layer feeds only the logits: each row's
+                # last token alone, as a decoding row (the prompt's other tokens skip its
+                # attention and MLP).
+                lasts = ends - 1
+                x, tokens = x[lasts], n
+                out = self._attend(q[lasts], keys, values, mask[lasts])
+            else:
+                block = q.new_zeros(n - single, widest, self.heads, self.head_dim)
+                block[padded_rows, padded_columns] = q[single:]
+                rest = F.scaled_dot_product_attention(
+                    block.transpose(1, 2),  # (n - m, h, P, hd)
+                    keys[single:],
+                    values[single:],
+                    attn_mask=padded_mask,
+                    scale=self.scaling,
+                    enable_gqa=self.gqa,
+                ).transpose(1, 2)  # (n - m, P, h, hd)
+                out = rest[padded_rows, padded_columns]
+                if single > 0:
+                    head = self._attend(q[:single], keys[:single], values[:single], mask[:single])
+                    out = torch.cat([head, out])
             x = x + _product(out.reshape(tokens, -1), self.out[number], self.out_bias[number])
             h = torch.rms_norm(x, [d], self.mlp_norms[number], self.eps[number])
             gate_up = _product(h, self.gate_up[number], self.gate_up_bias[number])
             gate, up = gate_up.chunk(2, -1)
             x = x + _product(F.silu(gate) * up, self.down[number], self.down_bias[number])
-        last = x if ends is None else x[ends - 1]  # (n, d): each row's last fed token
-        normed = torch.rms_norm(last, [d], self.final_norm, self.final_eps)
+        if ends is not None and layers == 0:
+            x = x[ends - 1]
+        # (n, d): each row's last fed token (the last layer kept only those)
+        normed = torch.rms_norm(x, [d], self.final_norm, self.final_eps)
         return torch.mm(normed, self.head)
+
+    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+        """Token t's query over row t's slot: q (t, h, hd), keys and values (t, kv, L, hd),
+        mask (t, 1, 1, L); (t, h, hd)."""
+        return F.scaled_dot_product_attention(
+            q[:, :, None], keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=self.gqa
+        )[:, :, 0]
 
 
 def _product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -181,8 +181,14 @@ class SlotForward:
         attended = max(s + len(c) for s, c in zip(rows.starts, rows.chunks, strict=True))  # L
         ids = torch.tensor([token for chunk in rows.chunks for token in chunk])  # (T,)
         if self.scripted is not None and not eager:  # the index arithmetic below, scripted
-            counts = None if decoding else torch.tensor([len(chunk) for chunk in rows.chunks])
-            out: torch.Tensor = self.scripted(ids, torch.tensor(rows.starts), counts, attended)
+            if decoding:
+                out: torch.Tensor = self.scripted(ids, torch.tensor(rows.starts), None, attended)
+                return out
+            lengths = [len(chunk) for chunk in rows.chunks]
+            single = next((r for r, length in enumerate(lengths) if length != 1), n)
+            counts = torch.tensor(lengths)
+            widest = max(lengths[single:])
+            out = self.scripted(ids, torch.tensor(rows.starts), counts, attended, single, widest)
             return out
         ends: torch.Tensor | None = None  # (n,) one past each row's last token in the pack
         if decoding:  # token t is row t's, at the row's next column: no index arithmetic
