@@ -3,6 +3,7 @@ caller returns its own result (or raises its own error) once that transaction is
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -101,11 +102,17 @@ def test_a_group_is_one_insert_that_skips_repeats(service: ContextService) -> No
     def seen(*args: object) -> None:
         statements.append(str(args[2]))
 
+    def traced(dbapi_connection: sqlite3.Connection, *_: object) -> None:
+        # SQLite's group runs on the driver's connection, past SQLAlchemy's events.
+        dbapi_connection.set_trace_callback(statements.append)
+
     event.listen(queue.engine, "before_cursor_execute", seen)
+    event.listen(queue.engine, "checkout", traced)
     try:
         tickets = queue._enqueue_group(items)
     finally:
         event.remove(queue.engine, "before_cursor_execute", seen)
+        event.remove(queue.engine, "checkout", traced)
     assert sum(s.lstrip().upper().startswith("INSERT") for s in statements) == 1
     assert all(not isinstance(t, BaseException) for t in tickets)
     got = [(t.trajectory_id, t.duplicate) for t in tickets]  # type: ignore[union-attr]
