@@ -115,16 +115,24 @@ def _same(found: list[tuple[str, float]], expected: list[tuple[str, float]]) -> 
     )
 
 
-def test_a_search_does_not_wait_for_a_write_in_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("appended", [False, True])
+def test_a_search_does_not_wait_for_a_write_in_progress(
+    monkeypatch: pytest.MonkeyPatch, appended: bool
+) -> None:
+    """`appended`: the write paused after appending its rows to the arrays the view's index
+    shares (append-only: a fork copies nothing), not before."""
     view = DomainView("d")
     view.apply(Changes(1, [], [(item("m00", "success", 1.0), "active", DIRECTIONS[0])], 0))
     inside, release = threading.Event(), threading.Event()
     upsert = vector_index.MemoryIndex.upsert
 
-    def slow_upsert(self: vector_index.MemoryIndex, items: object) -> None:
+    def slow_upsert(self: vector_index.MemoryIndex, *args: object) -> None:
+        if appended:
+            upsert(self, *args)  # type: ignore[arg-type]
         inside.set()
         assert release.wait(10)
-        upsert(self, items)  # type: ignore[arg-type]
+        if not appended:
+            upsert(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(vector_index.MemoryIndex, "upsert", slow_upsert)
     write = threading.Thread(

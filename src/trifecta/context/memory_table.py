@@ -104,23 +104,28 @@ class MemoryTable:
         )
 
     def _item(self, row: Row) -> MemoryItem:
-        # Validated again from a dict (pydantic-core: about 2 us here, faster than
-        # `model_construct`'s Python loop and than keyword construction).
-        return MemoryItem.model_validate(
-            {
-                "id": row.id,
-                "domain": self.domain,
-                "title": row.title,
-                "description": row.description,
-                "content": row.content,
-                "outcome": row.outcome,
-                "source": {
-                    "capsule_id": row.capsule_id,
-                    "task_id": row.task_id,
-                    "trajectory_id": row.trajectory_id,
-                },
-                "reinforced": row.reinforced,
-                "created_at": row.created_at,
-                "updated_at": row.updated_at,
-            }
-        )
+        return item_of(self.domain, row)
+
+
+def item_of(domain: str, row: Row) -> MemoryItem:
+    """The memory a row holds, as a model again."""
+    # Validated again from a dict (pydantic-core: about 2 us here, faster than
+    # `model_construct`'s Python loop and than keyword construction).
+    return MemoryItem.model_validate(
+        {
+            "id": row.id,
+            "domain": domain,
+            "title": row.title,
+            "description": row.description,
+            "content": row.content,
+            "outcome": row.outcome,
+            "source": {
+                "capsule_id": row.capsule_id,
+                "task_id": row.task_id,
+                "trajectory_id": row.trajectory_id,
+            },
+            "reinforced": row.reinforced,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+        }
+    )

@@ -17,7 +17,7 @@ a search kept up to date by `standing.py` orders exactly as a fresh one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,6 +28,7 @@ share_libstdcxx()  # before usearch's extension loads: the module says why
 
 from usearch.index import Index  # noqa: E402
 
+from trifecta.context.memory_table import Row  # noqa: E402
 from trifecta.context.sql import Vector  # noqa: E402
 
 HNSW_ABOVE = 50_000
@@ -68,20 +69,49 @@ def rank_key(pair: tuple[str, float]) -> tuple[float, str]:
     return -pair[1], pair[0]
 
 
+NEVER = np.iinfo(np.int64).max  # the death stamp of a row still alive
+
+
+class _Shared:
+    """What an index and its forks share and only append to: each row's memory id, its
+    memory (the view's compact row, or None), the row the same id had before (-1: none),
+    and each id's newest row. `latest` is the epoch of the newest index over them: only it
+    may append (`MemoryIndex.fork`)."""
+
+    __slots__ = ("ids", "items", "latest", "prev", "row_of")
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.items: list[Row | None] = []
+        self.prev: list[int] = []
+        self.row_of: dict[str, int] = {}
+        self.latest = 0
+
+
 class MemoryIndex:
+    """Append-only: a write appends rows and stamps the rows it removes or rewrites with its
+    epoch (`_died`), and an index sees the first `_rows` rows, less those stamped at or
+    before its own epoch. So a fork (the next version, for a write to fill while searches
+    read this one) shares every array and map and copies nothing: what this index reads
+    never changes under it. Rows dead for every index are dropped by a compaction (a copy of
+    the live rows into new arrays) once they are half the rows, in the writer."""
+
     def __init__(self, dim: int, *, hnsw_above: int = HNSW_ABOVE):
         self.dim = dim
         self.hnsw_above = hnsw_above
         self._matrix: NDArray[np.float32] = np.zeros((64, dim), dtype=np.float32)
-        self._ids: list[str | None] = []  # row -> memory id (None: removed)
-        self._row_of: dict[str, int] = {}
+        self._died: NDArray[np.int64] = np.full(64, NEVER, dtype=np.int64)
+        self._shared = _Shared()
+        self._rows = 0  # rows this index sees (later ones are a newer fork's)
+        self._live = 0
+        self._epoch = 0
         self._graph: Index | None = None
 
     def __len__(self) -> int:
-        return len(self._row_of)
+        return self._live
 
     def __contains__(self, memory_id: object) -> bool:
-        return memory_id in self._row_of
+        return isinstance(memory_id, str) and self._row(memory_id) is not None
 
     @property
     def graph_shared(self) -> bool:
@@ -89,54 +119,107 @@ class MemoryIndex:
         that a write changes in place: then a search must not run beside a write."""
         return self._graph is not None or len(self) > self.hnsw_above
 
+    def _row(self, memory_id: str) -> int | None:
+        """The memory's live row as this index sees it, or None."""
+        shared = self._shared
+        row = shared.row_of.get(memory_id, -1)
+        while row >= self._rows:  # written by a newer fork: the row it replaced, if any
+            row = shared.prev[row]
+        return row if row >= 0 and self._died[row] > self._epoch else None
+
+    def item(self, memory_id: str) -> Row | None:
+        """The memory's row as this index sees it (None: absent, or stored without one)."""
+        row = self._row(memory_id)
+        return None if row is None else self._shared.items[row]
+
     def fork(self) -> MemoryIndex:
-        """A copy for a write to change while searches go on reading this one. The matrix
-        is shared: a write only fills rows past the ones this index uses, or copies it into
-        a new one (growing, compacting), so what this index reads never changes. The row
-        maps are copied (about 0.2 ms at 10,000 rows); a usearch graph is shared
-        (`graph_shared`)."""
+        """The next version, for a write to change while searches go on reading this one:
+        it shares the arrays and maps (a write appends rows past the ones this index sees,
+        stamps deaths with a later epoch, or copies into new arrays when it grows or
+        compacts), so a fork costs no copy. A fork of an index whose last fork was dropped
+        unwritten starts from a copy of the live rows (its appends would clash)."""
         twin = MemoryIndex(self.dim, hnsw_above=self.hnsw_above)
-        twin._matrix = self._matrix
-        twin._ids = list(self._ids)
-        twin._row_of = dict(self._row_of)
-        twin._graph = self._graph
+        shared = self._shared
+        if shared.latest != self._epoch or len(shared.ids) != self._rows:
+            twin._epoch = self._epoch + 1
+            twin._shared.latest = twin._epoch
+            twin._append(self._live_rows())
+            return twin
+        twin._matrix, twin._died, twin._shared = self._matrix, self._died, shared
+        twin._rows, twin._live, twin._graph = self._rows, self._live, self._graph
+        twin._epoch = shared.latest = self._epoch + 1
         return twin
 
-    def upsert(self, items: Iterable[tuple[str, Vector]]) -> None:
-        items = list(items)
+    def _live_rows(self) -> list[tuple[str, Vector, Row | None]]:
+        shared = self._shared
+        alive = np.flatnonzero(self._died[: self._rows] > self._epoch)
+        return [(shared.ids[r], self._matrix[r], shared.items[r]) for r in alive.tolist()]
+
+    def upsert(
+        self, items: Iterable[tuple[str, Vector]], rows: Sequence[Row] | None = None
+    ) -> None:
+        """Add memories (a memory already here is replaced); `rows`: their view rows."""
+        pairs = list(items)
+        given = list(rows) if rows is not None else [None] * len(pairs)
+        if len(given) != len(pairs):
+            raise ValueError(f"rows: {len(given)} for {len(pairs)} memories")
+        last = {m: (m, v, r) for (m, v), r in zip(pairs, given, strict=True)}  # one row an id
+        if not last:
+            return
+        self.remove(last)
+        self._append(list(last.values()))
+
+    def _append(self, items: list[tuple[str, Vector, Row | None]]) -> None:
         if not items:
             return
-        self.remove(memory_id for memory_id, _ in items)
-        start = len(self._ids)
+        shared = self._shared
+        start = self._rows
         needed = start + len(items)
         if needed > len(self._matrix):
             # Rows past the used ones are never read, so they are left unwritten (np.empty):
             # untouched pages of a large allocation are not resident.
-            grown = np.empty((grown_rows(len(self._matrix), needed), self.dim), dtype=np.float32)
+            size = grown_rows(len(self._matrix), needed)
+            grown = np.empty((size, self.dim), dtype=np.float32)
             grown[:start] = self._matrix[:start]
-            self._matrix = grown
-        for offset, (memory_id, vector) in enumerate(items):
-            self._matrix[start + offset] = vector
-            self._ids.append(memory_id)
-            self._row_of[memory_id] = start + offset
+            died = np.full(size, NEVER, dtype=np.int64)
+            died[:start] = self._died[:start]
+            self._matrix, self._died = grown, died
+        for offset, (memory_id, vector, item) in enumerate(items):
+            row = start + offset
+            self._matrix[row] = vector
+            self._died[row] = NEVER
+            shared.ids.append(memory_id)
+            shared.items.append(item)
+            shared.prev.append(shared.row_of.get(memory_id, -1))
+            shared.row_of[memory_id] = row
+        self._rows = needed
+        self._live += len(items)
         if self._graph is not None:
-            rows = np.arange(start, needed, dtype=np.uint64)
-            self._graph.add(rows, self._matrix[start:needed], threads=1)
+            added = np.arange(start, needed, dtype=np.uint64)
+            self._graph.add(added, self._matrix[start:needed], threads=1)
 
     def remove(self, memory_ids: Iterable[str]) -> None:
-        rows = [self._row_of.pop(m) for m in memory_ids if m in self._row_of]
-        for row in rows:
-            self._ids[row] = None
-        if rows and self._graph is not None:
+        found = (self._row(m) for m in dict.fromkeys(memory_ids))
+        rows = [r for r in found if r is not None]
+        if not rows:
+            return
+        self._died[rows] = self._epoch  # dead from this index on; alive for older ones
+        self._live -= len(rows)
+        if self._graph is not None:
             self._graph.remove(np.asarray(rows, dtype=np.uint64))
-        if len(self._ids) > 1024 and len(self._row_of) < len(self._ids) // 2:
+        if self._rows > 1024 and self._live < self._rows // 2:
             self._compact()
 
     def _compact(self) -> None:
-        live = [(m, self._matrix[r]) for r, m in enumerate(self._ids) if m is not None]
+        """Copy the live rows into new arrays and maps: the indexes reading the old ones
+        keep them, and this one owns its own from now on."""
+        live = self._live_rows()
         self._matrix = np.zeros((max(64, len(live)), self.dim), dtype=np.float32)
-        self._ids, self._row_of, self._graph = [], {}, None
-        self.upsert(live)
+        self._died = np.full(len(self._matrix), NEVER, dtype=np.int64)
+        self._shared, self._graph = _Shared(), None
+        self._shared.latest = self._epoch
+        self._rows = self._live = 0
+        self._append(live)
 
     def _candidates(self, query: Vector, count: int) -> list[tuple[str, float]]:
         if len(self) > self.hnsw_above:
@@ -148,21 +231,21 @@ class MemoryIndex:
                     expansion_add=EXPANSION_ADD,
                     expansion_search=EXPANSION_SEARCH,
                 )
-                rows = [r for r, m in enumerate(self._ids) if m is not None]
-                self._graph.add(np.asarray(rows, dtype=np.uint64), self._matrix[rows], threads=1)
+                rows = np.flatnonzero(self._died[: self._rows] > self._epoch)
+                self._graph.add(rows.astype(np.uint64), self._matrix[rows], threads=1)
             matches = self._graph.search(query, count, threads=1)
-            found = np.asarray(
-                [int(k) for k in matches.keys if self._ids[int(k)] is not None], dtype=np.int64
-            )
+            keys = np.asarray(matches.keys, dtype=np.int64)
+            found = keys[
+                (keys < self._rows) & (self._died[np.minimum(keys, self._rows - 1)] > self._epoch)
+            ]
             return self._rescored(found, query, count)
-        used = len(self._ids)
+        used = self._rows
         # einsum's own loop, not BLAS: on this 2-core machine under load OpenBLAS's threads
         # made one 10,000 x 384 matrix-vector product take 54 ms at the median (waking its
         # worker thread) against 1.0 ms here; and a limit on BLAS threads would be global.
         sims = np.einsum("ij,j->i", self._matrix[:used], query)
-        dead = [r for r, m in enumerate(self._ids) if m is None] if len(self) < used else []
-        if dead:
-            sims[dead] = -np.inf
+        if self._live < used:  # rows removed or rewritten: a vector mask, not a loop
+            sims[self._died[:used] <= self._epoch] = -np.inf
         count = min(count, used)
         if count < used:
             # Every row that float32 rounding may have put on the wrong side of the cut too.
@@ -177,7 +260,8 @@ class MemoryIndex:
     ) -> list[tuple[str, float]]:
         """The best `count` of `rows` by float64 similarity, equal scores by id."""
         scores = cosines(self._matrix[rows], query)
-        pairs = [(self._ids[r] or "", float(s)) for r, s in zip(rows, scores, strict=True)]
+        ids = self._shared.ids
+        pairs = [(ids[r], float(s)) for r, s in zip(rows.tolist(), scores, strict=True)]
         return sorted(pairs, key=rank_key)[:count]
 
     def search(

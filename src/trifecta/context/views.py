@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from trifecta.context.memory_table import MemoryTable
+from trifecta.context.memory_table import Row, item_of, row_of
 from trifecta.context.models import Bullet, BulletStatus, MemoryHit, MemoryItem, RankedBullet
 from trifecta.context.render import rank_bullets
 from trifecta.context.settings import ContextSettings
@@ -44,7 +44,7 @@ class DomainView:
         self.version = -1
         self.bullets: dict[str, Bullet] = {}
         self.bullet_vectors: dict[str, Vector | None] = {}
-        self.memories = MemoryTable(domain)  # compact rows: a model is built per hit
+        # The memories' vectors and compact rows (a model is built per hit); None: none yet
         self.index: MemoryIndex | None = None
         self.searches = StandingSearches()
         # query -> ranked bullets, least recently asked dropped past `bullet_rankings_kept`
@@ -74,23 +74,38 @@ class DomainView:
         """Apply rows written after `changes.since`, if they join up with what the view holds
         (`since <= version < changes.version`); False if they do not (a reader catches up).
 
-        Copy on write: the new parts (bullets, memory rows, index, the standing searches'
-        new top-k lists) are built beside the searches, which go on reading the view as it
-        was, and swapped in at once under the view's lock, so a search sees the view before
-        or after a write, never part of one, and does not wait for the write's work. That
-        work is about 1 ms for a batch of 32 memories, but a learner at nice 10 can lose its
-        core inside it for tens of ms, and a search waiting on the lock waited that long.
-        A view whose index keeps a usearch graph (`MemoryIndex.graph_shared`) is written
-        under the lock throughout, as its graph changes in place."""
+        Copy on write, append-only: the new parts (bullets, a fork of the index with the
+        written memories appended and the removed or rewritten ones stamped dead, the
+        standing searches' new top-k lists) are built beside the searches, which go on
+        reading the view as it was, and swapped in at once under the view's lock, so a
+        search sees the view before or after a write, never part of one, and does not wait
+        for the write's work. A learner at nice 10 can lose its core inside that work for
+        tens of ms, and a search waiting on the lock waited that long. The fork copies
+        nothing (it shares the index's arrays and maps: `MemoryIndex.fork`); the copy of
+        the id maps it made before cost the writer 0.5 ms a batch at 10,000 memories. A
+        view whose index keeps a usearch graph (`MemoryIndex.graph_shared`) is written under
+        the lock throughout, as its graph changes in place. A write that fails leaves the
+        view empty (the next read loads it from the shard)."""
         with self.writing:  # writes one at a time; only a writer changes `version`
             with self.lock:
                 if not changes.since <= max(self.version, 0) or self.version >= changes.version:
                     return False
                 searches = self.searches.entries()
                 shared = self.index is not None and self.index.graph_shared
-            with self.lock if shared else contextlib.nullcontext():
-                self._swap_in(changes, searches)
+            try:
+                with self.lock if shared else contextlib.nullcontext():
+                    self._swap_in(changes, searches)
+            except BaseException:
+                self._reset()
+                raise
             return True
+
+    def _reset(self) -> None:
+        with self.lock:
+            self.version = -1
+            self.bullets, self.bullet_vectors, self.index = {}, {}, None
+            self.searches.clear()
+            self._rankings.clear()
 
     def _swap_in(self, changes: Changes, searches: list[Standing]) -> None:
         bullets, bullet_vectors = self.bullets, self.bullet_vectors
@@ -103,33 +118,32 @@ class DomainView:
             else:
                 bullets.pop(bullet.id, None)
                 bullet_vectors.pop(bullet.id, None)
-        memories, index = self.memories, self.index
-        live: list[tuple[str, Vector]] = []
-        gone: list[str] = []
+        index = self.index
         added: list[tuple[MemoryItem, Vector]] = []
+        gone: list[str] = []
         if changes.memories:
-            memories = memories.fork()
             for item, status, vector in changes.memories:
+                if item.domain != self.domain:
+                    raise ValueError(
+                        f"memory {item.id} is of domain {item.domain}, not {self.domain}"
+                    )
                 if status == "active":
-                    memories[item.id] = item
-                    live.append((item.id, vector))
                     added.append((item, vector))
                 else:
-                    memories.discard(item.id)
                     gone.append(item.id)
             if index is not None:
                 index = index.fork()
-            elif live:
-                index = MemoryIndex(len(live[0][1]))
+            elif added:
+                index = MemoryIndex(len(added[0][1]))
             if index is not None:
                 index.remove(gone)
-                index.upsert(live)
+                index.upsert(((m.id, v) for m, v in added), [row_of(m) for m, _ in added])
         update = StandingSearches.plan(searches, added, set(gone), clear=len(added) > MERGE_AT_MOST)
         with self.lock:
             if changes.bullets:
                 self._rankings.clear()
             self.bullets, self.bullet_vectors = bullets, bullet_vectors
-            self.memories, self.index = memories, index
+            self.index = index
             self.searches.commit(update)
             self.version = changes.version
 
@@ -166,46 +180,57 @@ class DomainView:
         (kept current by `apply`), else from the index (and kept from now on)."""
         key = SearchKey(np.asarray(query, dtype=np.float32).tobytes(), k, outcome, since)
         with self.lock:
-            index, memories, version = self.index, self.memories, self.version
+            index, version = self.index, self.version
             if index is None:
                 return []
             found = self.searches.get(key)
             if found is None and index.graph_shared:  # a write changes its graph in place
-                found = _search_index(index, memories, query, k, outcome, since)
+                found = _search_index(index, query, k, outcome, since)
                 self.searches.put(key, query, found)
         if found is None:
             # Outside the lock: a write meanwhile builds new parts and leaves these as they are.
-            found = _search_index(index, memories, query, k, outcome, since)
+            found = _search_index(index, query, k, outcome, since)
             with self.lock:
                 if self.version == version:  # else a write came between: not kept, as
                     self.searches.put(key, query, found)  # it did not merge this answer
         return [
-            MemoryHit(memory=memories[m], similarity=s) for m, s in found if s >= min_similarity
+            MemoryHit(memory=item_of(self.domain, _row(index, m)), similarity=s)
+            for m, s in found
+            if s >= min_similarity
         ]
 
     def nearest_memory(self, vector: Vector, outcome: str) -> tuple[str, float] | None:
         """The writer's de-duplication probe: searched, never kept as a standing search."""
         with self.lock:
-            index, memories = self.index, self.memories
+            index = self.index
             if index is None:
                 return None
             if index.graph_shared:
-                found = _search_index(index, memories, vector, 1, outcome, None)
+                found = _search_index(index, vector, 1, outcome, None)
                 return found[0] if found else None
-        found = _search_index(index, memories, vector, 1, outcome, None)
+        found = _search_index(index, vector, 1, outcome, None)
         return found[0] if found else None
+
+
+def _row(index: MemoryIndex, memory_id: str) -> Row:
+    row = index.item(memory_id)
+    if row is None:  # the view stores a row with every memory it indexes
+        raise KeyError(f"memory {memory_id} has no row in the view")
+    return row
 
 
 def _search_index(
     index: MemoryIndex,
-    memories: MemoryTable,
     query: Vector,
     k: int,
     outcome: str | None,
     since: float | None,
 ) -> list[tuple[str, float]]:
     def accept(memory_id: str) -> bool:
-        return memories.passes(memory_id, outcome, since)
+        row = _row(index, memory_id)
+        return (outcome is None or row.outcome == outcome) and (
+            since is None or row.created_at >= since
+        )
 
     return index.search(query, k, None if outcome is None and since is None else accept)
 
