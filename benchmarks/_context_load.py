@@ -131,14 +131,14 @@ def free_port() -> int:
 
 def client_main(
     url: str,
-    requests: list[tuple[str, dict[str, Any]]],
+    requests: list[tuple[str, dict[str, Any] | None]],
     barrier: Any,
     out: Any,
     token: str | None = None,
 ) -> None:
     """One client in its own process (as real clients are): after the barrier, send the
-    requests one after another and report each latency and its kind (a search or retrieve
-    reads; anything else writes)."""
+    requests one after another and report each latency and its kind (`kind_of`). A request
+    with no body is a GET."""
     latencies: list[float] = []
     kinds: list[str] = []
     found: dict[str, list[str]] = {}
@@ -149,21 +149,28 @@ def client_main(
         began = time.time()
         for path, body in requests:
             start = time.perf_counter()
-            response = http.post(path, json=body)
+            response = http.get(path) if body is None else http.post(path, json=body)
             latencies.append((time.perf_counter() - start) * 1000)
             response.raise_for_status()
-            reads = path.endswith(("/memories/search", "/retrieve"))
-            kinds.append("read" if reads else "write")
-            if path.endswith("/memories/search"):
+            kinds.append(kind_of(path))
+            if body is not None and path.endswith("/memories/search"):
                 found[body["query"]] = [h["memory"]["id"] for h in response.json()["hits"]]
         ended = time.time()
     out.put((latencies, began, ended, found, kinds))
 
 
+def kind_of(path: str) -> str:
+    """A search or retrieve is a "read", a playbook read (the loop's first hop) a
+    "playbook"; anything else writes."""
+    if path.endswith(("/memories/search", "/retrieve")):
+        return "read"
+    return "playbook" if path.endswith("/playbook") else "write"
+
+
 def http_clients(
     name: str,
     url: str,
-    per_client: list[list[tuple[str, dict[str, Any]]]],
+    per_client: list[list[tuple[str, dict[str, Any] | None]]],
     token: str | None = None,
 ) -> tuple[Run, dict[str, list[str]]]:
     """Each client in its own process; `token`: the capsule's API key (every route of the

@@ -328,12 +328,23 @@ def delta_requests(bullets: list[str], clients: int, per_client: int, tag: str) 
 
 
 def loop_requests(
-    tasks: list[Any], clients: int, pairs: int, tag: str, prompts: int | None = None
+    tasks: list[Any],
+    clients: int,
+    pairs: int,
+    tag: str,
+    prompts: int | None = None,
+    *,
+    as_loop: bool = True,
 ) -> list[list[Any]]:
-    """Per client, `pairs` times: the retrieve the loop sends before serving a task, then the
-    trajectory it learns from after (`orchestrator/loop.py`, `_retrieve` and `_learn`).
-    With `prompts`, the tasks cycle through that many prompts (a capsule's standing queries
-    repeat), so a retrieve after a write is answered from its kept search."""
+    """Per client, `pairs` times what the loop sends the context layer per request it
+    serves with context (`orchestrator/loop.py`): the playbook read (its first hop), the
+    retrieve (k=3), then the trajectory to learn from, queued, its memory keyed by the
+    prompt's embedding as `trace.trajectory_of` makes it (the retrieve embedded the prompt,
+    so the queue row carries that vector and the learner embeds no memory text).
+    `as_loop=False`: the workload before issue 15's last check (no playbook read, memories
+    keyed by their text, which the learner embeds). With `prompts`, the tasks cycle through
+    that many prompts (a capsule's standing queries repeat), so a retrieve after a write is
+    answered from its kept search."""
     rng = random.Random(tag)
     pool = tasks[:prompts] if prompts else tasks
     out = []
@@ -342,6 +353,8 @@ def loop_requests(
         for i in range(pairs):
             task = pool[(c * pairs + i) % len(pool)]
             ok = rng.random() < 0.7
+            if as_loop:
+                requests.append((f"/capsules/{CAPSULE}/playbook", None))
             requests.append(
                 (f"/capsules/{CAPSULE}/retrieve", {"query": task.prompt, "k_memories": 3})
             )
@@ -357,6 +370,7 @@ def loop_requests(
                 judge="verifier",
                 verdict_detail=None if ok else f"expected {task.answer}",
                 steps=[TrajectoryStep(layer="cognitive", tier="small", mean_entropy=0.4)],
+                memory_key="query" if as_loop else "text",
             )
             # Queued, as the loop submits it: the service's learning worker learns from it.
             requests.append(("/trajectories/queue", trajectory.model_dump(mode="json")))
@@ -532,7 +546,10 @@ def main() -> None:
 def _rows_of(op: str, run: Run) -> list[tuple[str, Run]]:
     """The loop workload is reported as its reads and its writes."""
     if op in ("loop", LOOP_REPEATED):
-        return [(f"{op}: retrieve", run.of("read")), (f"{op}: learn", run.of("write"))]
+        rows = [(f"{op}: retrieve", run.of("read")), (f"{op}: learn", run.of("write"))]
+        if "playbook" in (run.kinds or []):  # the loop's first hop (not the baseline's)
+            rows.insert(0, (f"{op}: playbook", run.of("playbook")))
+        return rows
     return [(op, run)]
 
 
