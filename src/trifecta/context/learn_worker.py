@@ -34,9 +34,12 @@ from trifecta.context.learn_batch import (
     stage_batch,
 )
 from trifecta.context.learn_queue import LearnTicket, Queued
+from trifecta.context.render import memory_item_line
 from trifecta.context.sql import DomainMoved, Vector
 from trifecta.context.store import ShardStore
+from trifecta.context.tokens import count_tokens
 from trifecta.context.trajectory import Trajectory
+from trifecta.context.writes import Changes
 from trifecta.core.errors import TrifectaError, Unavailable
 from trifecta.core.logging import get_logger
 from trifecta.core.protocols import Embedder
@@ -71,6 +74,13 @@ def background_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError) as exc:  # not Linux, or not permitted
         log.info("learning worker keeps its priority", reason=str(exc))
+
+
+def memory_line_tokens(changes: Changes) -> dict[str, int]:
+    """The prompt line of each active memory a batch wrote, with its token count (counted
+    now, or remembered: a reinforced memory's line was counted when it was added)."""
+    lines = {memory_item_line(item) for item, status, _ in changes.memories if status == "active"}
+    return {line: count_tokens(line) for line in lines}
 
 
 class LearnWorker:
@@ -109,9 +119,10 @@ class LearnWorker:
         # Memory texts this worker embedded lately and their vectors (only its thread uses
         # them): a standing query answered the same way distils the same text again.
         self._recent: OrderedDict[str, Vector] = OrderedDict()
-        # Called with (shard url, domain, version) after a batch is committed and published:
-        # the learner process tells the serving process through it (`learner.py`).
-        self.on_learned: Callable[[str, str, int], None] | None = None
+        # Called with (shard url, domain, version, the prompt lines of the batch's memories
+        # and their token counts) after a batch is committed and published: the learner
+        # process tells the serving process through it (`learner.py`).
+        self.on_learned: Callable[[str, str, int, dict[str, int]], None] | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -320,13 +331,16 @@ class LearnWorker:
         result = self._guarded(store, domain, queued, write)
         if result is None:
             return
+        # Counted here, off the request path: the first request to render a memory of the
+        # batch finds its line's count (in the serving process: sent with `on_learned`).
+        lines = memory_line_tokens(result.changes)
         self.service.views.apply(domain, result.changes)
         # The reads asked since the last batch, answered at the new version before anyone
         # can ask for it (`hot_reads.py`): their next ask is a cache hit.
         self.service.refresh_hot(domain, result.changes.version)
         self.service.versions.publish(domain, result.changes.version)
         if self.on_learned is not None:
-            self.on_learned(store.url, domain, result.changes.version)
+            self.on_learned(store.url, domain, result.changes.version, lines)
         self.learned += result.done
         self.failed += result.failed
         self.reused += batch.reused

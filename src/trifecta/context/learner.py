@@ -82,6 +82,10 @@ class Learned(BaseModel):
     domain: str
     version: int
     stats: dict[str, int]
+    lines: dict[str, int] = Field(
+        default_factory=dict,
+        description="the prompt lines of the batch's memories and their token counts",
+    )
 
 
 class Drained(BaseModel):
@@ -164,8 +168,10 @@ def serve(config: LearnerConfig, commands: TextIO, outbox: _Outbox) -> None:
     worker = service.learner
     assert isinstance(worker, LearnWorker)
 
-    def learned(shard: str, domain: str, version: int) -> None:
-        outbox.send(Learned(shard=shard, domain=domain, version=version, stats=worker.stats()))
+    def learned(shard: str, domain: str, version: int, lines: dict[str, int]) -> None:
+        outbox.send(
+            Learned(shard=shard, domain=domain, version=version, stats=worker.stats(), lines=lines)
+        )
 
     worker.on_learned = learned
     worker.start()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from trifecta.context.models import Bullet, BulletStatus, MemoryHit, RankedBullet
+from trifecta.context.models import Bullet, BulletStatus, MemoryHit, MemoryItem, RankedBullet
 from trifecta.context.sql import Vector
 from trifecta.context.tokens import count_joined, count_tokens, splits_at_whitespace
 
@@ -41,12 +41,31 @@ def rank_bullets(
     return ranked
 
 
+def _bullet_parts(bullet: Bullet) -> list[str]:
+    # Its line's words: the counters' few values recur across bullets and batches.
+    h, x = bullet.helpful, bullet.harmful
+    return [f"[{bullet.id}]", "(helpful", f"{h},", "harmful", f"{x})", bullet.content]
+
+
 def bullet_line(bullet: Bullet) -> str:
-    return f"[{bullet.id}] (helpful {bullet.helpful}, harmful {bullet.harmful}) {bullet.content}"
+    return " ".join(_bullet_parts(bullet))
+
+
+def bullet_tokens(bullet: Bullet) -> int:
+    """`count_tokens(bullet_line(bullet))`, from its words' remembered counts: the counters
+    change with every learned batch that tags the bullet, so its line was new text each
+    time (a tokenizer call, about 80 us, on the request path), while the id, each counter's
+    value and the content recur."""
+    return count_joined(_bullet_parts(bullet), " ")
 
 
 def memory_line(hit: MemoryHit) -> str:
-    m = hit.memory
+    return memory_item_line(hit.memory)
+
+
+def memory_item_line(m: MemoryItem) -> str:
+    """A memory's line in a prompt. The learning worker counts the lines of the memories it
+    writes (`learn_worker`), so the request that first renders one finds its count."""
     lesson = "worked" if m.outcome == "success" else "failed, avoid"
     detail = f" {m.description}." if m.description else ""
     content = " | ".join(line.strip() for line in m.content.splitlines() if line.strip())
@@ -54,16 +73,24 @@ def memory_line(hit: MemoryHit) -> str:
 
 
 def _compose(ranked: Sequence[RankedBullet]) -> tuple[str, int]:
-    """The playbook prompt of these bullets and its tokens (`count_joined`: from its lines'
-    remembered counts, not by tokenizing the new prompt whole)."""
-    sections: dict[str, list[str]] = {}
+    """The playbook prompt of these bullets and its tokens: from its lines' remembered
+    counts (a bullet's from its parts', `bullet_tokens`), not by tokenizing the new prompt
+    whole, where the tokenizer splits at whitespace (`count_joined`)."""
+    sections: dict[str, list[Bullet]] = {}
     for r in ranked:
-        sections.setdefault(r.bullet.section, []).append(bullet_line(r.bullet))
+        sections.setdefault(r.bullet.section, []).append(r.bullet)
     parts = [PLAYBOOK_HEADER]
-    for section, lines in sections.items():
+    for section, bullets in sections.items():
         parts.append(f"## {section}")
-        parts.extend(lines)
-    return "\n".join(parts), count_joined(parts)
+        parts.extend(bullet_line(b) for b in bullets)
+    prompt = "\n".join(parts)
+    if not splits_at_whitespace():
+        return prompt, count_tokens(prompt)
+    tokens = count_tokens(PLAYBOOK_HEADER) + sum(
+        count_tokens(f"## {section}") + sum(bullet_tokens(b) for b in bullets)
+        for section, bullets in sections.items()
+    )
+    return prompt, tokens
 
 
 def render_bullets(
@@ -76,7 +103,7 @@ def render_bullets(
     seen_sections: set[str] = set()
     kept: list[RankedBullet] = []
     for r in ranked:
-        cost = count_tokens(bullet_line(r.bullet))
+        cost = bullet_tokens(r.bullet)
         if r.bullet.section not in seen_sections:
             cost += count_tokens(f"## {r.bullet.section}")
         if used + cost > token_budget:

@@ -69,26 +69,42 @@ class TokenCounts:
                 self._counts.move_to_end(key)
                 return found
         counted = _count(text)  # outside the lock: tokenizing a prompt takes milliseconds
-        if self.kept:
+        self.remember(text, counted)
+        return counted
+
+    def remember(self, text: str, tokens: int) -> None:
+        """Keep `text`'s count, counted here or by another process."""
+        if self.kept and text:
+            key = (hash(text), len(text))
             with self._lock:
-                self._counts[key] = counted
+                self._counts[key] = tokens
+                self._counts.move_to_end(key)
                 while len(self._counts) > self.kept:
                     self._counts.popitem(last=False)
-        return counted
 
 
 _counts: TokenCounts | None = None
 _splits: bool | None = None  # `splits_at_whitespace`, read once
 
 
-def count_tokens(text: str) -> int:
-    """Subword tokens in `text` (no special tokens)."""
+def _remembered() -> TokenCounts:
     global _counts
     if _counts is None:
         with _lock:
             if _counts is None:
                 _counts = TokenCounts(ContextSettings().token_counts_kept)
-    return _counts.count(text)
+    return _counts
+
+
+def count_tokens(text: str) -> int:
+    """Subword tokens in `text` (no special tokens)."""
+    return _remembered().count(text)
+
+
+def remember_count(text: str, tokens: int) -> None:
+    """Take `tokens` as `text`'s count from now on, without tokenizing it: a count made by
+    another process (the learner process counts the lines of the memories it writes)."""
+    _remembered().remember(text, tokens)
 
 
 def splits_at_whitespace() -> bool:
