@@ -200,8 +200,9 @@ def test_a_newer_stored_placement_is_followed_by_another_process(
     assert second.placement_version == first.placement_version == 1  # followed, not re-placed
     before = _tokens(second)
     first.rebalance(add=1)
-    assert _tokens(second) == before  # the batch after its check runs on the new placement
+    assert _tokens(second) == before  # it checks the store after this batch and follows
     assert second.placements == first.placements and second.placement_version == 2
+    assert _tokens(second) == before  # on the expanded placement now
     assert _hosted(second) == [[sorted(n) for n in p.nodes] for p in first.placements]
 
 
@@ -283,9 +284,37 @@ def test_placement_and_expand_apply_to_the_running_service(
     assert code == 0 and "placement version 3" in out
     expanded = store.latest_placement()
     assert expanded is not None and [p.cluster.nodes for p in expanded.layers] == [3] * L
-    assert _tokens(service) == before  # it followed both versions between batches
+    assert _tokens(service) == before  # after this batch it follows both versions
     assert service.placement_version == 3 and service.placements == expanded.layers
+    assert _tokens(service) == before  # on the three nodes now
     code, _, err = run_cli(["generative", "expand", "--apply", "--remove", "7"], capsys)
     assert code == 2 and _one_line(err, "remove")
     code, _, err = run_cli(["generative", "expand", "--loads", "1,2"], capsys)
     assert code == 2 and _one_line(err, "placement")
+
+
+def test_a_start_rebalances_the_stored_placement_on_newer_traffic(
+    shipped: DiffusionLM, tmp_path: Path
+) -> None:
+    """A service starting beside a running one whose stored placement the traffic has
+    outgrown rebalances it with the fewest moves (not from scratch); the running one follows,
+    and its status shows the window it measures."""
+    L, E, _ = shipped_shape()
+    store = _store(tmp_path)
+    running = _placed(
+        shipped, store, nodes=3, slots=4, placement_check_s=0, rebalance_window_tokens=10**9
+    )
+    store.add_traffic("a", _skewed(L, E, [5, 1, 6][:L]) * 10, 40)
+    starting = _placed(shipped, _store(tmp_path), nodes=3, slots=4)
+    stored = store.latest_placement()
+    assert stored is not None and stored.version == starting.placement_version == 2
+    assert stored.reason == "start: rebalanced on 40 requests' traffic"
+    assert all(r.scratch_moves is not None and r.moves <= r.scratch_moves for r in stored.report)
+    assert sum(r.moves for r in stored.report) < sum(r.scratch_moves or 0 for r in stored.report)
+    before = _tokens(running)  # it checks the store after this batch and follows
+    assert running.placement_version == 2 and running.placements == starting.placements
+    assert _tokens(running) == before  # on version 2 now
+    status = running.placement_status()
+    assert [s.layer for s in status] == list(range(L)) and all(s.version == 2 for s in status)
+    assert all(s.window_tokens > 0 and s.window_max_mean >= 1.0 for s in status)
+    assert _tokens(starting) == before
