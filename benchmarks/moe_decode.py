@@ -34,6 +34,11 @@ batch speed, each through the dense path and through the dispatch, and one MoE l
     .venv/bin/python benchmarks/moe_decode.py --sweep [--dev-per-grade 100] [--reps 2]
     .venv/bin/python benchmarks/moe_decode.py --only half-mask [--per-grade 200]
     .venv/bin/python benchmarks/moe_decode.py --only pairs [--per-grade 20] [--pair-rounds 2]
+    .venv/bin/python benchmarks/moe_decode.py --only genplace [--batches 24] [--traffic 400]
+
+`--only genplace` (section genplace, `_moe_decode/genplace.py`): the generative service's
+experts on placed nodes under skewed traffic, placed from the stored traffic against equal
+weights, and rebalanced online after the traffic shifts against a kept placement.
 """
 
 from __future__ import annotations
@@ -366,12 +371,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["half-mask", "pairs", "half-dev"],
+        choices=["half-mask", "pairs", "half-dev", "genplace"],
         default=None,
         help="half-mask: re-measure only the half mask, the section's other rows kept; "
         "pairs: print the masks' paired-batch speed, dense path and dispatch (no write); "
-        "half-dev: print the half-mask rules' accuracy on the dev split (no write)",
+        "half-dev: print the half-mask rules' accuracy on the dev split (no write); "
+        "genplace: the service's experts on placed nodes under skewed traffic (section "
+        "genplace)",
     )
+    parser.add_argument("--batches", type=int, default=24, help="genplace: batches per phase")
     parser.add_argument(
         "--sweep", action="store_true", help="choose the served settings on the dev split"
     )
@@ -396,6 +404,10 @@ def main() -> None:
         compare_half_rules(decoder, args, granularity)
     elif args.only == "pairs":
         rerun_pairs(decoder, args, granularity)
+    elif args.only == "genplace":
+        from benchmarks._moe_decode.genplace import run_genplace
+
+        run_genplace(decoder.model, args)
     else:
         full_run(decoder, args, granularity)
 
