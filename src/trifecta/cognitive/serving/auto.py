@@ -49,16 +49,20 @@ class _Watched(CollectingSink):
         super().__init__()
         self.index, self.rule, self.on_stop = index, rule, on_stop
         self.stopped_at: int | None = None
+        # The rule's inputs so far, grown a token at a time (not rebuilt from every token
+        # generated at each step, on the replica's decoding thread).
+        self._entropies: list[float] = []
+        self._texts: list[str] = []
 
     def tokens(self, generated: Sequence[GeneratedToken]) -> None:
         super().tokens(generated)
         if self.rule is None or self.stopped_at is not None:
             return
-        entropies = [t.entropy for t in self.generated]
-        texts = [t.text for t in self.generated]
-        for end in range(len(entropies) - len(generated) + 1, len(entropies) + 1):
-            if self.rule(self.index, entropies[:end], texts[:end]):
-                self.stopped_at = end
+        for token in generated:
+            self._entropies.append(token.entropy)
+            self._texts.append(token.text)
+            if self.rule(self.index, self._entropies, self._texts):
+                self.stopped_at = len(self._entropies)
                 self.on_stop()
                 return
 

@@ -30,6 +30,7 @@ class TokenCodec:
             self.bos_id = tokenizer.bos_token_id
             self.vocab_size = len(tokenizer)
         self._names: dict[int, str] = {}
+        self._vocabulary_names: dict[int, str] = {}  # token_name's, read per generated token
         # A fast tokenizer's Rust tokenizer, called directly: what the wrapper's `encode`
         # computes when it neither truncates nor pads (read at each call: the wrapper sets that
         # state per call), without its per-call Python: 101 -> 7 us a prompt on the shipped
@@ -72,9 +73,14 @@ class TokenCodec:
     def token_name(self, token_id: int) -> str:
         """The vocabulary's name for a token (specials keep theirs: `<eos>`), as listed among
         the top alternatives, where an empty string would make specials indistinguishable."""
-        if self._char:
-            return str(self.tokenizer.token(token_id))
-        return str(self.tokenizer.convert_ids_to_tokens(token_id))
+        name = self._vocabulary_names.get(token_id)
+        if name is None:
+            if self._char:
+                name = str(self.tokenizer.token(token_id))
+            else:
+                name = str(self.tokenizer.convert_ids_to_tokens(token_id))
+            self._vocabulary_names[token_id] = name
+        return name
 
     def decode(self, ids: Sequence[int]) -> str:
         if self._char:

@@ -185,7 +185,10 @@ class BatchingEngine:
                         self._finish_unstarted(request)
                     elif self._fits(request):
                         joiners.append(request)
-                self._waiting = deque(r for r in self._waiting if not self._drop_if(r, cancelled))
+                if cancelled and self._waiting:
+                    self._waiting = deque(
+                        r for r in self._waiting if not self._drop_if(r, cancelled)
+                    )
             try:
                 with torch.inference_mode():
                     started = time.perf_counter()

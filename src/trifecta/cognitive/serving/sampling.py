@@ -83,11 +83,14 @@ def choose_next(logits: torch.Tensor, rules: Sequence[RowSampling]) -> list[Step
         for row in drawn:
             chosen[row] = _draw(logits[row].float(), rules[row])
             chosen_logprob[row] = logprobs[row, chosen[row]]
-    top_ids: list[list[int]] = [[] for _ in rules]
-    top_lps: list[list[float]] = [[] for _ in rules]
-    if k > 0:
-        top_ids, top_lps = indices.tolist(), values.tolist()
     ids, lps, ents = chosen.tolist(), chosen_logprob.tolist(), entropy.tolist()
+    if k == 0:  # no alternatives asked for (the loop's cascade): no per-row tuples to cut
+        return [
+            StepChoice(token_id, logprob, entropy_, ())
+            for token_id, logprob, entropy_ in zip(ids, lps, ents, strict=True)
+        ]
+    top_ids: list[list[int]] = indices.tolist()
+    top_lps: list[list[float]] = values.tolist()
     return [
         StepChoice(
             token_id=ids[row],

@@ -93,7 +93,7 @@ class ScriptedLayers(torch.nn.Module):
         # medium tier 4.5 decoding steps).
         padded_rows = torch.arange(0)  # (T - m,) each of those tokens' row among them ...
         padded_columns = torch.arange(0)  # ... and its place in that row's chunk
-        padded_mask = torch.ones(0, 1, 1, 1, dtype=torch.bool)  # (n - m, 1, P, L)
+        padded_mask = torch.zeros(0, 1, 1, 1, dtype=self.embedding.dtype)  # (n-m, 1, P, L)
         if counts is None:  # token t is row t's, at the row's next column
             owner = torch.arange(n)
             positions = starts
@@ -107,31 +107,38 @@ class ScriptedLayers(torch.nn.Module):
             padded_columns = offsets[single:]
             padded_positions = starts[single:, None] + torch.arange(widest)[None, :]  # (n-m, P)
             columns = torch.arange(attended)[None, None, :]
-            padded_mask = (columns <= padded_positions[:, :, None])[:, None]
+            padded_mask = _additive(columns <= padded_positions[:, :, None], self.embedding.dtype)[
+                :, None
+            ]
         visible = torch.arange(attended)[None, :] <= positions[:, None]  # (T, L)
         back_rows: Tensor | None = None  # (T, width) the Canon look-back's rows ...
         back_columns: Tensor | None = None  # ... columns (clamped at 0) ...
-        back_valid: Tensor | None = None  # (T, width, 1) ... and which are real positions
+        # (T, width, 1) ... and which are before a row's first position (None: none are,
+        # as in a step of rows past their first `width` tokens: no masking a layer)
+        back_invalid: Tensor | None = None
         if len(self.canons) > 0:
             back = positions[:, None] - torch.arange(self.canons[0].shape[0])[None, :]
             back_rows = owner[:, None].expand_as(back)
             back_columns = back.clamp(min=0)
-            back_valid = (back >= 0)[:, :, None]
+            if bool((back < 0).any()):
+                back_invalid = (back < 0)[:, :, None]
         x = F.embedding(ids, self.embedding)  # (T, d)
         cos = self.cos[positions]  # (T, 1, hd)
         signed_sin = self.signed_sin[positions]
         d = x.shape[-1]
         tokens = x.shape[0]
-        mask = visible[:, None, None]  # (T, 1, 1, L)
+        # (T, 1, 1, L), additive: made once a step, not converted from booleans in each
+        # layer's attention (three operations a layer)
+        mask = _additive(visible, self.embedding.dtype)[:, None, None]
         layers = len(self.qkv)
         for number in range(layers):
             if len(self.canons) > 0:
                 assert back_rows is not None and back_columns is not None
-                assert back_valid is not None
                 plane = self.planes[2 * layers + number]
                 plane.index_put_([owner, positions], x)
                 history = plane[back_rows, back_columns]  # (T, width, d)
-                history = history.masked_fill(back_valid.logical_not(), 0.0)
+                if back_invalid is not None:
+                    history = history.masked_fill(back_invalid, 0.0)
                 x = x + (self.canons[number][None] * history).sum(1)
             h = torch.rms_norm(x, [d], self.attention_norms[number], self.eps[number])
             qkv = _product(h, self.qkv[number], self.qkv_bias[number])
@@ -188,6 +195,12 @@ class ScriptedLayers(torch.nn.Module):
         return F.scaled_dot_product_attention(
             q[:, :, None], keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=self.gqa
         )[:, :, 0]
+
+
+def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean attention mask as the additive one attention applies (0 or -inf)."""
+    zeros = torch.zeros(allowed.shape, dtype=dtype)
+    return zeros.masked_fill_(allowed.logical_not(), float("-inf"))
 
 
 def _product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
