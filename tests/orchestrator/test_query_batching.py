@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from trifecta.context import query_cache
+from trifecta.context.query_cache import ArrivingGroup, arriving
 from trifecta.orchestrator import context_hop
 from trifecta.orchestrator.context_hop import RETRIEVAL_THREADS
 from trifecta.orchestrator.loop import Orchestrator
@@ -173,3 +175,22 @@ def test_a_gathered_retrieval_starts_when_asked_for_or_when_its_window_closes(
         _wait_for_misses(stack, misses + 1)  # nobody asked for it: the window started it
         assert time.monotonic() - began >= 0.3
         assert gathered.result(60)[0] is not None
+
+
+def test_a_retrievals_charge_leaves_out_its_wait_for_its_group(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first of a gathered group waits for the others before it embeds; that wait is in
+    the hop's latency, not in the CPU seconds the ledger charges for it."""
+    monkeypatch.setattr(query_cache, "GROUP_WAIT_S", 0.5)
+    capsule = stack.capsules.all()[0]
+    env = stack.place_domain(capsule.domain)
+    hop = Orchestrator(stack.parts).context_hop
+    (prompt,) = _prompts(1)  # a query-cache miss: it reaches the embedder
+    with arriving(ArrivingGroup(2)):  # the other member never comes: the whole wait
+        retrieval, trace = hop._retrieve(capsule, env, prompt)
+    assert retrieval is not None
+    (retrieved,) = trace.hops
+    (charge,) = trace.charges
+    assert retrieved.ok and retrieved.latency_ms >= 500
+    assert 0 < charge.accelerator_seconds < retrieved.latency_ms / 1000 - 0.45

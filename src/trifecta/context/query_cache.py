@@ -18,11 +18,20 @@ threads: `arriving`) would still split: the first to get here found no batch run
 embedded its query alone, the rest together after it. So the first of a group to find the
 embedder free waits, up to `GROUP_WAIT_S`, until every other member of its group has asked (or
 finished without asking: a result-cache hit), and embeds them in one forward.
+
+A batch's end wakes only the callers it served and, when queries wait, the callers of the
+oldest one (which take the next batch): each text's callers wait on a condition of their own
+(over the cache's one lock), where one condition for all woke every waiter at each batch's
+end, and all but one went back to sleep. The time a thread spends waiting here (for its group,
+or for a batch another caller embeds) is counted (`waited_s`): the loop charges a retrieval
+its time less these waits, since the forward that embeds a query is charged to the request
+whose thread runs it.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -73,6 +82,18 @@ class _Member:
 
 
 _member: ContextVar[_Member | None] = ContextVar("trifecta_query_group", default=None)
+_waits = threading.local()  # seconds this thread has waited in `QueryEmbeddings.vector`
+
+
+def waited_s() -> float:
+    """Seconds this thread has spent waiting for other callers in `QueryEmbeddings.vector`
+    (its group's members, or a batch embedded on another thread), since it started: read it
+    before and after a call to know that call's waits."""
+    return float(getattr(_waits, "s", 0.0))
+
+
+def _add_wait(seconds: float) -> None:
+    _waits.s = waited_s() + seconds
 
 
 @contextmanager
@@ -89,8 +110,11 @@ def arriving(group: ArrivingGroup) -> Iterator[None]:
 
 @dataclass
 class _Slot:
-    """One query text on its way to a vector; shared by every caller asking it meanwhile."""
+    """One query text on its way to a vector; shared by every caller asking it meanwhile,
+    who wait on its condition (over the cache's lock) until it is done or their turn to
+    embed comes."""
 
+    ready: threading.Condition
     vector: Vector | None = None
     error: BaseException | None = None
     done: bool = False
@@ -104,7 +128,8 @@ class QueryEmbeddings:
         self._slots: dict[str, _Slot] = {}  # waiting or being embedded
         self._waiting: list[str] = []  # texts no batch has taken yet, in arrival order
         self._busy = False  # a caller is embedding a batch
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self.hits = self.misses = 0
         self.calls = 0  # embedding calls made (misses / calls: the mean batch)
         self._quiet = threading.local()  # set on a thread whose asks are not counted
@@ -121,7 +146,6 @@ class QueryEmbeddings:
 
     def vector(self, text: str) -> Vector:
         member = _member.get()
-        slot = _Slot()
         with self._cond:
             found = self._vectors.get(text)
             counted = not getattr(self._quiet, "on", False)
@@ -130,26 +154,31 @@ class QueryEmbeddings:
                 self.hits += counted
             else:
                 self.misses += counted
-                waiting = self._slots.get(text)  # another caller's ask of the same text
-                if waiting is None:
-                    self._slots[text] = slot
+                asked = self._slots.get(text)  # another caller's ask of the same text
+                if asked is None:
+                    asked = self._slots[text] = _Slot(threading.Condition(self._lock))
                     self._waiting.append(text)
-                else:
-                    slot = waiting
         if member is not None:
             member.arrive()
         if found is not None:
             return found
+        assert asked is not None  # a miss has its text's slot
+        slot = asked
         while True:
             with self._cond:
-                while not slot.done and self._busy:
-                    self._cond.wait()
+                if not slot.done and self._busy:
+                    started = time.perf_counter()
+                    while not slot.done and self._busy:
+                        slot.ready.wait()
+                    _add_wait(time.perf_counter() - started)
                 if slot.done:
                     return _result(slot)
                 self._busy = True
             if member is not None:
                 # The first of its group here: the others' queries join this forward.
+                started = time.perf_counter()
                 member.group._wait_others(GROUP_WAIT_S)
+                _add_wait(time.perf_counter() - started)
                 member = None
             with self._cond:
                 # Embed what waits now (ours included, unless more than a batch came first:
@@ -176,6 +205,7 @@ class QueryEmbeddings:
             for i, text in enumerate(batch):
                 slot = self._slots.pop(text)
                 slot.done, slot.error = True, error
+                slot.ready.notify_all()  # its callers (they run once the lock is let go)
                 if vectors is not None:
                     slot.vector = vectors[i]
                     slot.vector.setflags(write=False)  # shared by every caller of the text
@@ -185,7 +215,8 @@ class QueryEmbeddings:
             while len(self._vectors) > self.max_entries:
                 self._vectors.popitem(last=False)
             self._busy = False
-            self._cond.notify_all()  # the batch's callers, and one to take the next batch
+            if self._waiting:  # the oldest waiting query's callers take the next batch
+                self._slots[self._waiting[0]].ready.notify()
 
     def stats(self) -> dict[str, int]:
         with self._cond:

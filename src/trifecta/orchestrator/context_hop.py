@@ -28,7 +28,7 @@ from contextvars import Context, copy_context
 from dataclasses import dataclass, field
 
 from trifecta.context.models import PlaybookView, Retrieval, RetrieveRequest
-from trifecta.context.query_cache import ArrivingGroup, arriving
+from trifecta.context.query_cache import ArrivingGroup, arriving, waited_s
 from trifecta.core.errors import Unavailable
 from trifecta.federation.bridge import Bridge
 from trifecta.fleet.capsules import Capsule
@@ -177,7 +177,7 @@ class ContextHop:
 
     def _retrieve(self, capsule: Capsule, env: str, prompt: str) -> Retrieved:
         trace = Trace()
-        started = time.perf_counter()
+        started, waited = time.perf_counter(), waited_s()
         try:
             retrieval = self.bridge.context(capsule, env).retrieve(
                 capsule.id, RetrieveRequest(query=prompt, k_memories=MEMORIES_PER_REQUEST)
@@ -186,12 +186,17 @@ class ContextHop:
             self._failed(trace, started, env, exc)
             return None, trace
         detail = f"{len(retrieval.bullets)} bullets, {len(retrieval.memories)} memories"
-        self._done(trace, started, env, "retrieve", detail)
+        # Charged its time less its waits in the query embedder (for its gathered group, or
+        # for a forward another retrieval's thread runs and is charged for): the hop's
+        # latency keeps them.
+        self._done(trace, started, env, "retrieve", detail, waited_s() - waited)
         return retrieval, trace
 
-    def _done(self, trace: Trace, started: float, env: str, model: str, detail: str) -> None:
+    def _done(
+        self, trace: Trace, started: float, env: str, model: str, detail: str, waits: float = 0.0
+    ) -> None:
         trace.hop(started, layer="context", environment=env, model=model, ok=True, detail=detail)
-        seconds = time.perf_counter() - started
+        seconds = max(0.0, time.perf_counter() - started - waits)
         trace.charges.append(
             self.pricer.cpu_seconds(layer="context", environment=env, seconds=seconds)
         )
