@@ -13,25 +13,21 @@ from trifecta.core.embed_compiled import ENGINE_ENV, CompiledEncoder, load_engin
 from trifecta.core.embeddings import LENGTH_BUCKETS, MAX_BATCH, MiniLMEmbedder, get_embedder
 from trifecta.core.errors import InvalidInput
 
+from .test_embed_fused import COSINE_EAGER, COSINE_FLOAT32, bfloat16_on, falls_back_to_eager
+
 QUERIES = ["t=41,p=17,r=63;t+r?", "41+53?", "a=4,k=9,n=13;a+k?", "What is 17 + 25?"]
-# The least cosine between the compiled and the eager vector of a text, both bfloat16
-# (measured: 0.99999+), and to float32's (the eager bfloat16 bound, core/embeddings.py).
-COSINE_EAGER, COSINE_FLOAT32 = 0.9999, 0.9995
 
 
 @pytest.fixture(scope="module")
 def compiled() -> MiniLMEmbedder:
-    shipped = get_embedder()  # shared with the other embedder tests: one load fewer
-    if shipped.engine == "torchscript":
-        return shipped
-    return MiniLMEmbedder("bfloat16", engine="torchscript")  # a CPU without native bfloat16
+    return bfloat16_on("torchscript")
 
 
 def test_the_engine_follows_the_precision_and_a_bad_value_names_the_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(ENGINE_ENV, raising=False)
-    assert load_engine(None, "bfloat16") == "torchscript"
+    assert load_engine(None, "bfloat16") == "fused"  # core/embed_fused.py; this one on request
     assert load_engine(None, "float32") == "eager"
     monkeypatch.setenv(ENGINE_ENV, "eager")
     assert load_engine(None, "bfloat16") == "eager"
@@ -65,19 +61,7 @@ def test_compiled_vectors_are_the_eager_ones_within_the_stated_cosine(
 def test_a_failing_compile_falls_back_to_eager_and_says_so(
     compiled: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert compiled.compiled is not None
-    expected = compiled.embed(QUERIES[2:3])
-
-    def missing_kernel(*_args: object) -> None:
-        raise RuntimeError("no oneDNN Graph kernel for this CPU")
-
-    monkeypatch.setattr(compiled.compiled, "_compile", missing_kernel)
-    monkeypatch.setattr(compiled.compiled, "_module", None)
-    monkeypatch.setattr(compiled.compiled, "broken", None)  # restored for the shared instance
-    vectors = compiled.embed(QUERIES[2:3])
-    assert compiled.engine_in_use == "eager"
-    assert compiled.compiled.broken is not None and "oneDNN" in compiled.compiled.broken
-    assert float((vectors * expected).sum()) >= COSINE_EAGER
+    falls_back_to_eager(compiled, monkeypatch, QUERIES[2])
 
 
 def test_packed_weights_give_the_plain_trace_s_vectors_and_leave_the_model_alone(
@@ -85,7 +69,7 @@ def test_packed_weights_give_the_plain_trace_s_vectors_and_leave_the_model_alone
 ) -> None:
     import torch
 
-    assert compiled.compiled is not None
+    assert isinstance(compiled.compiled, CompiledEncoder)
     compiled.embed(QUERIES[:1])  # traced by now
     if torch.backends.mkldnn.is_available():
         assert compiled.compiled.prepacked > 0 and compiled.compiled.prepack_off is None

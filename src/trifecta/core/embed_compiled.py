@@ -45,15 +45,17 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
 from trifecta.core.errors import InvalidInput
 
 if TYPE_CHECKING:
     import torch
 
-Engine = Literal["eager", "torchscript"]
-ENGINE_ENV = "TRIFECTA_EMBED_ENGINE"  # auto (the default), eager or torchscript
+# fused: MiniLM written out as one scripted module (core/embed_fused.py); torchscript: the
+# HF forward traced (this module); eager: the modules run one by one.
+Engine = Literal["eager", "torchscript", "fused"]
+ENGINE_ENV = "TRIFECTA_EMBED_ENGINE"  # auto (the default), eager, torchscript or fused
 # The weights' precision (core/embeddings.py), declared here with its check, which settings
 # run at start-up as the engine's: this module imports no torch or numpy.
 Precision = Literal["float32", "bfloat16"]
@@ -75,12 +77,12 @@ log = logging.getLogger(__name__)
 
 def load_engine(requested: str | None, precision: str) -> Engine:
     """The forward's engine: `requested`, else the environment's ENGINE_ENV; "auto" means
-    TorchScript with bfloat16 weights (where it was measured faster) and eager with float32
-    ones (whose exact claims, tests/core/test_embeddings_shapes.py, hold to 1e-5)."""
+    the fused module with bfloat16 weights (where it was measured fastest) and eager with
+    float32 ones (whose exact claims, tests/core/test_embeddings_shapes.py, hold to 1e-5)."""
     choice = engine_choice(requested)
     if choice == "auto":
-        return "torchscript" if precision == "bfloat16" else "eager"
-    return "torchscript" if choice == "torchscript" else "eager"
+        return "fused" if precision == "bfloat16" else "eager"
+    return cast(Engine, choice)
 
 
 def engine_choice(requested: str | None = None) -> str:
@@ -106,6 +108,48 @@ def precision_choice(requested: str | None = None) -> str:
     return choice
 
 
+class CompiledForward:
+    """A compiled forward of MiniLM (this module's trace, core/embed_fused.py's module), made
+    on first use by `_compile`; `forward` returns None after any failure to make or run it
+    (a missing kernel path), and the embedder runs eager from then on."""
+
+    label = "compiled"  # in the log line that says the path is off
+
+    def __init__(self) -> None:
+        self._module: torch.jit.ScriptModule | None = None
+        self.shapes: set[tuple[int, int]] = set()  # (rows, length) run so far
+        self.broken: str | None = None  # why the compiled path was given up, if it was
+        self.compile_seconds = 0.0  # wall time to make it and warm it
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """(B, T) token ids and mask -> (B, 384) float32 unit vectors, or None (run eager).
+        The caller holds the embedder's lock and torch's inference mode."""
+        if self.broken is not None:
+            return None
+        try:
+            module = self._module or self._compile(ids, mask)
+            self.shapes.add((int(ids.shape[0]), int(ids.shape[1])))
+            return module(ids, mask)
+        # A kernel path missing on this CPU, or a torch build without TorchScript's parts.
+        except (RuntimeError, AttributeError, NotImplementedError) as error:
+            self.broken = f"{type(error).__name__}: {str(error)[:200]}"
+            self._module = None
+            log.warning("embedder: %s path off, eager from now on (%s)", self.label, self.broken)
+            return None
+
+    def compile_now(self) -> float:
+        """Make the module now rather than at the first call; returns the seconds."""
+        import torch
+
+        with torch.inference_mode():
+            ids = torch.full((1, 16), 100, dtype=torch.long)  # 100: [UNK]
+            self.forward(ids, torch.ones_like(ids))
+        return self.compile_seconds
+
+    def _compile(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.jit.ScriptModule:
+        raise NotImplementedError
+
+
 def pooled_encoder(bert: torch.nn.Module) -> torch.nn.Module:
     """BERT, mean pooling over the attention mask and L2 normalisation as one module (what
     sentence-transformers' Transformer, Pooling and Normalize modules do in turn)."""
@@ -127,45 +171,17 @@ def pooled_encoder(bert: torch.nn.Module) -> torch.nn.Module:
     return PooledEncoder().eval()
 
 
-class CompiledEncoder:
-    """The traced, frozen forward of one model, made on first use; `forward` returns None
-    after any failure to trace or run it (a missing kernel path), and the caller runs eager
-    from then on."""
+class CompiledEncoder(CompiledForward):
+    """The traced, frozen HF forward of one model, made on first use."""
+
+    label = "TorchScript"
 
     def __init__(self, bert: torch.nn.Module, prepack: bool = True) -> None:
+        super().__init__()
         self._encoder = pooled_encoder(bert)
-        self._prepack = prepack  # False: plain Linears (the benchmark's shipped-before row)
+        self._prepack = prepack  # False: plain Linears (the benchmark's shipped-earlier row)
         self.prepacked = 0  # Linears traced on oneDNN-packed weights
         self.prepack_off: str | None = None  # why packing was not used, if it was asked for
-        self._module: torch.jit.ScriptModule | None = None
-        self.shapes: set[tuple[int, int]] = set()  # (rows, length) run so far
-        self.broken: str | None = None  # why the compiled path was given up, if it was
-        self.compile_seconds = 0.0  # wall time to trace, freeze and warm
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-        """(B, T) token ids and mask -> (B, 384) float32 unit vectors, or None (run eager).
-        The caller holds the embedder's lock and torch's inference mode."""
-        if self.broken is not None:
-            return None
-        try:
-            module = self._module or self._compile(ids, mask)
-            self.shapes.add((int(ids.shape[0]), int(ids.shape[1])))
-            return module(ids, mask)
-        # A kernel path missing on this CPU, or a torch build without TorchScript's parts.
-        except (RuntimeError, AttributeError, NotImplementedError) as error:
-            self.broken = f"{type(error).__name__}: {str(error)[:200]}"
-            self._module = None
-            log.warning("embedder: TorchScript path off, eager from now on (%s)", self.broken)
-            return None
-
-    def compile_now(self) -> float:
-        """Trace and freeze now rather than at the first call; returns the seconds."""
-        import torch
-
-        with torch.inference_mode():
-            ids = torch.full((1, 16), 100, dtype=torch.long)  # 100: [UNK]
-            self.forward(ids, torch.ones_like(ids))
-        return self.compile_seconds
 
     def _compile(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.jit.ScriptModule:
         import warnings

@@ -33,11 +33,13 @@ or per channel), recall@10 0.81-0.87; autocast over float32 weights (what the le
 slower at one text than float32 itself since it casts the weights at every call.
 `TRIFECTA_EMBED_PRECISION=float32` keeps float32 anywhere (tests/core/test_embed_precision.py).
 
-With bfloat16 weights the forward runs as TorchScript, traced and frozen once, for every
-shape of the fixed set (core/embed_compiled.py): a small call's cost is mostly torch
-dispatching operators one by one, which the traced graph does not pay. Float32 weights and a
-CPU or build where the traced path fails run the modules eagerly as above
-(`TRIFECTA_EMBED_ENGINE`: auto, eager or torchscript).
+With bfloat16 weights the forward runs as one scripted, frozen module with fused operators
+(core/embed_fused.py: QKV in one Linear, GELU in the Linear, the mask made once), for every
+shape of the fixed set; before it, the HF forward traced and frozen (core/embed_compiled.py,
+still `TRIFECTA_EMBED_ENGINE=torchscript`). A small call's cost is partly torch dispatching
+operators one by one, which a compiled graph does not pay, and mostly streaming the weights.
+Float32 weights and a CPU or build where the compiled path fails run the modules eagerly as
+above (`TRIFECTA_EMBED_ENGINE`: auto, eager, torchscript or fused).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from trifecta.core.embed_compiled import (
 )
 from trifecta.core.embed_compiled import (
     CompiledEncoder,
+    CompiledForward,
     Engine,
     Precision,
     load_engine,
@@ -157,18 +160,21 @@ class MiniLMEmbedder:
         self._max_length = int(self._model.max_seq_length or 256)  # MiniLM was trained at 256
         self._dim = int(self._model.get_embedding_dimension() or 384)
         self._encode_lock = threading.Lock()
-        self.compiled = (
-            CompiledEncoder(cast("torch.nn.Module", self._model[0].auto_model))
-            if self.engine == "torchscript"
-            else None
-        )
+        bert = cast("torch.nn.Module", self._model[0].auto_model)
+        self.compiled: CompiledForward | None = None
+        if self.engine == "torchscript":
+            self.compiled = CompiledEncoder(bert)
+        elif self.engine == "fused":
+            from trifecta.core.embed_fused import FusedEncoder  # imports torch
+
+            self.compiled = FusedEncoder(bert)
 
     @property
     def engine_in_use(self) -> Engine:
-        """The engine the forward runs on now: eager once the traced path gave up."""
+        """The engine the forward runs on now: eager once the compiled path gave up."""
         if self.compiled is None or self.compiled.broken is not None:
             return "eager"
-        return "torchscript"
+        return self.engine
 
     @property
     def dim(self) -> int:
@@ -227,9 +233,9 @@ class MiniLMEmbedder:
         return states["sentence_embedding"]  # (B, 384) float32, unit norm
 
     def _compiled_forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-        """The TorchScript forward, else None (run eager). Float32 weights under a caller's
-        autocast stay eager (the autocast applies there); bfloat16 weights ignore it, as
-        the eager path does."""
+        """The compiled (fused or traced) forward, else None (run eager). Float32 weights
+        under a caller's autocast stay eager (the autocast applies there); bfloat16 weights
+        ignore it, as the eager path does."""
         import torch
 
         if self.compiled is None:
