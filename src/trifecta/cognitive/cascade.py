@@ -253,9 +253,11 @@ class EscalationCascade(Backend):
         readers: dict[int, SignalReader] = {}
 
         def crossed(index: int, entropies: Sequence[float], tokens: Sequence[str]) -> bool:
-            reader = readers.setdefault(
-                index, SignalReader(self.thresholds.aggregate, self.thresholds.window)
-            )
+            reader = readers.get(index)
+            if reader is None:  # not `setdefault`: that would build a reader every token
+                reader = readers[index] = SignalReader(
+                    self.thresholds.aggregate, self.thresholds.window
+                )
             value = 0.0
             seen = len(reader.entropies)
             for entropy, token in zip(entropies[seen:], tokens[seen:], strict=False):
