@@ -318,3 +318,42 @@ def test_a_start_rebalances_the_stored_placement_on_newer_traffic(
     assert [s.layer for s in status] == list(range(L)) and all(s.version == 2 for s in status)
     assert all(s.window_tokens > 0 and s.window_max_mean >= 1.0 for s in status)
     assert _tokens(starting) == before
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_placement_versions_and_summed_traffic_round_trip(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from trifecta.generative.ray_experts import initial_placements
+    from trifecta.generative.store import LayerMove
+
+    url = (
+        request.getfixturevalue("postgres_url")
+        if backend == "postgres"
+        else f"sqlite:///{tmp_path / 'round.db'}"
+    )
+    store = GenerativeStore(get_engine(url))
+    assert store.placement_version() == 0 and store.latest_placement() is None
+    assert store.traffic_total() is None
+    layers = initial_placements(2, 8, 3, loads=np.arange(16.0).reshape(2, 8) + 1)
+    report = [
+        LayerMove(layer=i, loads_from="traffic", before=1.5, after=1.01, moves=9, scratch_moves=9)
+        for i in range(2)
+    ]
+    store.put_placement(layers, report, "one")
+    store.put_placement(layers[::-1], report, "two", removed=[2])
+    assert store.placement_version() == 2
+    newer = store.placements_after(1)
+    assert [v.version for v in newer] == [2] and newer[0].removed == [2]
+    latest = store.latest_placement()
+    assert latest is not None and latest.layers == layers[::-1] and latest.report == report
+    assert latest.reason == "two" and latest.created_at is not None
+    assert [v.reason for v in store.placements_after(0)] == ["one", "two"]
+    store.add_traffic("a", torch.ones(2, 8), 3)
+    store.add_traffic("b", torch.arange(16.0).view(2, 8), 4)
+    store.add_traffic("a", torch.ones(2, 8), 1)
+    total = store.traffic_total()
+    assert total is not None and total[1] == 8
+    assert torch.equal(total[0], torch.arange(16.0).view(2, 8) + 2)
