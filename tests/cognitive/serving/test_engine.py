@@ -224,3 +224,20 @@ def test_a_prompt_longer_than_the_context_fails_alone(engine: BatchingEngine) ->
         too_long.wait(timeout=30)
     _, completion = fine.wait(timeout=30)
     assert completion.finish_reason in ("length", "stop")
+
+
+def test_rows_stepped_counts_each_token_once_however_the_steps_batched(
+    engine: BatchingEngine,
+) -> None:
+    """A step feeds each of its rows and hands each its next token, so the rows summed over
+    the steps (the batch fill's numerator) equal the tokens decoded, and the steps are at
+    most that many (fewer when requests shared steps)."""
+    steps, rows = engine.steps, engine.rows_stepped
+    sinks = [
+        submit(engine, prompt, max_new_tokens=5, ignore_eos=True)
+        for prompt in random_prompts(9, seed=11)
+    ]
+    decoded = sum(len(sink.wait(timeout=60)[0]) for sink in sinks)
+    assert decoded == 9 * 5
+    assert engine.rows_stepped - rows == decoded
+    assert 0 < engine.steps - steps <= decoded
