@@ -320,21 +320,27 @@ def test_a_start_rebalances_the_stored_placement_on_newer_traffic(
     assert _tokens(starting) == before
 
 
-@pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def backend_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> GenerativeStore:
+    """A store on a fresh SQLite file or on the test Postgres database."""
+    url = (
+        request.getfixturevalue("postgres_url")
+        if backend == "postgres"
+        else f"sqlite:///{tmp_path / 'round.db'}"
+    )
+    return GenerativeStore(get_engine(url))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_placement_versions_and_summed_traffic_round_trip(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     from trifecta.generative.ray_experts import initial_placements
     from trifecta.generative.store import LayerMove
 
-    url = (
-        request.getfixturevalue("postgres_url")
-        if backend == "postgres"
-        else f"sqlite:///{tmp_path / 'round.db'}"
-    )
-    store = GenerativeStore(get_engine(url))
+    store = backend_store(backend, request, tmp_path)
     assert store.placement_version() == 0 and store.latest_placement() is None
     assert store.traffic_total() is None
     layers = initial_placements(2, 8, 3, loads=np.arange(16.0).reshape(2, 8) + 1)

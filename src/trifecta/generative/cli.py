@@ -400,7 +400,8 @@ def apply_placement(
     traffic stored for every capsule, each MoE layer on its own, with the fewest moves that
     reach the target, nodes added or removed; store it as a new version, which every
     service on placed nodes follows within its `placement_check_s`. Prints each layer's
-    max/mean before and after and the experts moved, beside a from-scratch repack's."""
+    max/mean before and after and the experts moved, beside a from-scratch repack's. The
+    traffic decays with `traffic_half_life_s`, as the services' starts read it."""
     from trifecta.generative.ray_experts import initial_placements
     from trifecta.generative.service import plan_rebalance
     from trifecta.generative.settings import GenerativeSettings
@@ -419,7 +420,7 @@ def apply_placement(
     update = {"rebalance_target": target, "rebalance_time_limit_s": time_limit}
     settings = settings.model_copy(update={k: v for k, v in update.items() if v is not None})
     store = GenerativeStore()
-    traffic = store.traffic_total()
+    traffic = store.traffic_total(half_life_s=settings.traffic_half_life_s)
     stored = store.latest_placement()
     if stored is None:
         if settings.expert_nodes == 0:

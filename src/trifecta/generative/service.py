@@ -22,6 +22,14 @@ node lacks (so no expert is ever without a replica), and stored as a new placeme
 which other processes follow. `rebalance` does the same on demand, with nodes added or
 removed; `trifecta generative placement|expand --apply` stores a version the running services
 follow within `placement_check_s`.
+
+The node count follows the load when `node_capacity_tokens_s` is set: every `scale_window_s`
+the routed tokens per node per second are measured; past `expand_above` of the capacity nodes
+are added (`expansion.nodes_needed`), below `shrink_below` of it the nodes whose removal
+orphans the fewest experts are removed, within `min_nodes`..`max_nodes` and never sooner than
+`scale_cooldown_s` after the last change, each a min-move rebalance on the stored (decayed)
+traffic, stored with its `NodeScaling`. A restarted service starts on the newest stored
+placement's node count, so an expansion survives it.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +59,13 @@ from trifecta.generative.ray_experts import (
 from trifecta.generative.selection import ExpertMask
 from trifecta.generative.sequences import answer_of
 from trifecta.generative.settings import GenerativeSettings
-from trifecta.generative.store import BiasVersion, GenerativeStore, LayerMove, PlacementVersion
+from trifecta.generative.store import (
+    BiasVersion,
+    GenerativeStore,
+    LayerMove,
+    NodeScaling,
+    PlacementVersion,
+)
 from trifecta.generative.tuning import TuningConfig, feedback_update, load_update
 
 log = get_logger("trifecta.generative.service")
@@ -103,6 +117,7 @@ class GenerativeService:
         tuning: TuningConfig | None = None,
         online_load: bool = True,
         experts: GenerativeSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         if model is None:
             from trifecta.generative.artifact import load_model
@@ -114,6 +129,13 @@ class GenerativeService:
         nodes = experts.expert_nodes
         if nodes == 0 and experts.ray_address:
             nodes = alive_ray_nodes(experts.ray_address)
+        scaled = nodes and experts.node_capacity_tokens_s is not None
+        if scaled and not experts.min_nodes <= nodes <= experts.max_nodes:
+            raise InvalidInput(
+                f"{nodes} nodes is outside min_nodes..max_nodes "
+                f"({experts.min_nodes}..{experts.max_nodes})",
+                field="expert_nodes",
+            )
         self.placed: list[PlacedMoE] = []  # one per MoE layer when the experts are placed
         self.placement_version = 0  # the stored placement version the nodes run
         if nodes:
@@ -134,6 +156,11 @@ class GenerativeService:
         # Layers the last rebalance could not move: max/mean it left them at.
         self._stuck: dict[int, float] = {}
         self._next_check = time.monotonic() + experts.placement_check_s
+        # The load per node is measured over `scale_window_s` of this clock (tests drive it).
+        self._clock = clock
+        self._scale_since = clock()
+        self._scale_tokens = 0
+        self._last_scale = -float("inf")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -160,12 +187,22 @@ class GenerativeService:
         weights with none), stored as a new version. When a placement of this shape is
         stored (another process serves it, or `placement --apply` made it) it is the start:
         kept if the traffic finds it within `rebalance_target`, else rebalanced with the
-        fewest moves (the processes serving it follow with those moves only)."""
+        fewest moves (the processes serving it follow with those moves only). Its node count
+        is the start's, not the settings' (an expansion survives a restart), when its nodes
+        have the configured slots and the count is within `min_nodes`..`max_nodes`."""
         slots = self.settings.slots_per_node or -(-n_experts // nodes)
         stored = self.store.latest_placement()
-        traffic = self.store.traffic_total()
+        traffic = self._traffic()
         loads = None if traffic is None else traffic[0].numpy().astype(np.float64)
-        if stored is not None and _fits(stored.layers, n_layers, n_experts, [slots] * nodes):
+        count = None if stored is None else stored.nodes
+        if (
+            stored is not None
+            and count is not None
+            and self.settings.min_nodes <= count <= self.settings.max_nodes
+            and _fits(stored.layers, n_layers, n_experts, [slots] * count)
+        ):
+            if count != nodes:
+                log.info("starting on the stored node count", nodes=count, configured=nodes)
             if loads is not None:
                 new, report = plan_rebalance(stored.layers, loads, self.settings)
                 if any(r.moves for r in report):
@@ -216,6 +253,7 @@ class GenerativeService:
         remove: Sequence[int] = (),
         reason: str = "rebalance",
         loads_from: str = "given",
+        scaling: NodeScaling | None = None,
     ) -> PlacementVersion:
         """Rebalance the placed layers with the fewest moves that reach the settings'
         `rebalance_target` (`add` nodes added, `remove` removed, in every layer), apply it
@@ -233,7 +271,7 @@ class GenerativeService:
             self._follow_locked()  # from the newest stored placement
             source = loads_from
             if loads is None:
-                traffic = self.store.traffic_total()
+                traffic = self._traffic()
                 if traffic is None:
                     raise NotFound("no traffic is recorded yet", field="loads")
                 loads, source = traffic[0].numpy().astype(np.float64), "traffic"
@@ -261,9 +299,100 @@ class GenerativeService:
                     if placement is not layer.placement:
                         row.moves = layer.apply(placement, remove)
             self._stuck.clear()
-            stored = self.store.put_placement(new, report, reason, list(remove))
+            if scaling is not None:
+                scaling.moves = sum(r.moves for r in report)
+                scaling.scratch_moves = sum(r.scratch_moves or 0 for r in report)
+            stored = self.store.put_placement(new, report, reason, list(remove), scaling)
             self.placement_version = stored.version
         return stored
+
+    def _traffic(self) -> tuple[torch.Tensor, int] | None:
+        return self.store.traffic_total(half_life_s=self.settings.traffic_half_life_s)
+
+    @property
+    def nodes(self) -> int:
+        """Placement nodes each layer runs on (0: the experts run in the model)."""
+        return self.placed[0].placement.cluster.nodes if self.placed else 0
+
+    def scale(self, nodes: int, *, load: float, window_s: float) -> PlacementVersion:
+        """Change every layer's node count to `nodes` with a min-move rebalance on the stored
+        traffic: nodes added, or the ones whose removal orphans the fewest experts removed.
+        `load`: the routed tokens per second measured over `window_s`, stored with the
+        version beside the load per node before and after."""
+        current = self.nodes
+        if not self.placed:
+            raise InvalidInput("the service runs its experts in the model", field="expert_nodes")
+        if nodes < 1 or nodes == current:
+            raise InvalidInput(f"must be >= 1 and not {current}, got {nodes}", field="nodes")
+        capacity = self.settings.node_capacity_tokens_s or 0.0
+        scaling = NodeScaling(
+            why="expand" if nodes > current else "shrink",
+            nodes_before=current,
+            nodes_after=nodes,
+            load_per_node_before=load / current,
+            load_per_node_after=load / nodes,
+            capacity=capacity,
+            window_s=window_s,
+        )
+        bound = "expand_above" if nodes > current else "shrink_below"
+        reason = (
+            f"{scaling.why} {current}->{nodes} nodes: {load / current:.0f} routed tokens/s per "
+            f"node, {bound} {getattr(self.settings, bound)} of {capacity:.0f}"
+        )
+        remove = [] if nodes > current else removable_nodes(self.placements, current - nodes)
+        version = self.rebalance(
+            add=max(0, nodes - current), remove=remove, reason=reason, scaling=scaling
+        )
+        log.info("expert nodes scaled", version=version.version, **scaling.model_dump())
+        return version
+
+    def count_load(self, tokens: int) -> bool:
+        """Count a batch's routed tokens; once `scale_window_s` has passed, compare the load
+        per node with the capacity and, past a threshold and out of the cool-down, change
+        the node count on a thread of its own. True when it started one."""
+        settings = self.settings
+        capacity = settings.node_capacity_tokens_s
+        if capacity is None:
+            return False
+        now = self._clock()
+        self._scale_tokens += tokens
+        elapsed = now - self._scale_since
+        if elapsed < settings.scale_window_s:
+            return False
+        load = self._scale_tokens / elapsed
+        self._scale_tokens, self._scale_since = 0, now
+        busy = self._rebalancer is not None and self._rebalancer.is_alive()
+        if busy or now - self._last_scale < settings.scale_cooldown_s:
+            return False
+        from trifecta.generative.expansion import nodes_needed
+
+        current = self.nodes
+        wanted = nodes_needed(
+            load, current, settings.expand_above * capacity, settings.shrink_below * capacity
+        )
+        # Never fewer nodes than hold every expert once.
+        cluster = self.placed[0].placement.cluster
+        fewest = max(
+            settings.min_nodes, -(-self.placed[0].placement.num_experts // max(cluster.slots))
+        )
+        wanted = min(max(wanted, fewest), settings.max_nodes)
+        if wanted == current:
+            return False
+        self._last_scale = now  # the cool-down runs from the decision
+        self._rebalancer = threading.Thread(
+            target=self._scale_online,
+            args=(wanted, load, elapsed),
+            name="generative-scale",
+            daemon=True,
+        )
+        self._rebalancer.start()
+        return True
+
+    def _scale_online(self, nodes: int, load: float, window_s: float) -> None:
+        try:
+            self.scale(nodes, load=load, window_s=window_s)
+        except Exception:  # a failed change leaves the running placement serving
+            log.exception("expert node scaling failed", nodes=nodes)
 
     def join_rebalance(self, timeout: float | None = None) -> None:
         """Wait for an online rebalance under way (tests, a clean shutdown)."""
@@ -271,10 +400,11 @@ class GenerativeService:
         if worker is not None:
             worker.join(timeout)
 
-    def _after_batch(self) -> None:
-        """Follow a newer stored placement (every `placement_check_s`), then check each
-        layer's measured window: past `rebalance_threshold`, rebalance on a thread of its
-        own from the window's per-expert load."""
+    def _after_batch(self, tokens: int) -> None:
+        """Follow a newer stored placement (every `placement_check_s`), then the node count
+        against the measured load per node (`tokens`: this batch's routed tokens), then
+        each layer's measured window: past `rebalance_threshold`, rebalance on a thread of
+        its own from the window's per-expert load."""
         now = time.monotonic()
         if now >= self._next_check and self._placing.acquire(blocking=False):
             self._next_check = now + self.settings.placement_check_s
@@ -282,6 +412,8 @@ class GenerativeService:
                 self._follow_locked()
             finally:
                 self._placing.release()
+        if self.count_load(tokens):
+            return
         threshold = self.settings.rebalance_threshold
         hot: dict[int, NDArray[np.float64]] = {}
         for i, layer in enumerate(self.placed):
@@ -399,9 +531,11 @@ class GenerativeService:
         with self._lock:
             results, stats = self.decoder.decode([r.prompt for r in batch], config, routing)
         load = routing.load if routing.load is not None else torch.zeros(L, E)
-        self.store.add_traffic(capsule_id, load, len(batch))
+        self.store.add_traffic(
+            capsule_id, load, len(batch), half_life_s=self.settings.traffic_half_life_s
+        )
         if self.placed:
-            self._after_batch()
+            self._after_batch(int(load.sum()))
         if self.online_load:
             updated = load_update(bias.tensor(), load, self.tuning, routing.active)
             if not torch.equal(updated, bias.tensor()):
@@ -454,6 +588,25 @@ class LayerStatus(BaseModel):
     window_tokens: int
     window_node_tokens: list[int]
     window_max_mean: float
+
+
+def removable_nodes(placements: Sequence[Placement], count: int) -> list[int]:
+    """The `count` nodes to remove from every layer: `expansion.nodes_to_remove`'s rule (the
+    fewest experts left without a replica, so the fewest forced moves) summed over layers."""
+    replicas = [p.replicas().copy() for p in placements]
+    nodes = placements[0].cluster.nodes
+    chosen: list[int] = []
+    for _ in range(count):
+        left = [n for n in range(nodes) if n not in chosen]
+        orphans = [
+            sum(int((r[p.nodes[n]] == 1).sum()) for p, r in zip(placements, replicas, strict=True))
+            for n in left
+        ]
+        pick = left[int(np.argmin(orphans))]
+        chosen.append(pick)
+        for p, r in zip(placements, replicas, strict=True):
+            r[p.nodes[pick]] -= 1
+    return sorted(chosen)
 
 
 def _fits(

@@ -14,6 +14,13 @@ Online, every `rebalance_window_tokens` routed tokens of a layer, when that wind
 node load passed `rebalance_threshold`, the layer is rebalanced toward `rebalance_target`
 moving as few experts as reach it, and the new placement is stored; every
 `placement_check_s` the service follows a newer stored one.
+
+The node count follows the load when `node_capacity_tokens_s` is set: every
+`scale_window_s` the routed tokens per node per second (summed over the MoE layers) are
+measured against that capacity; past `expand_above` of it nodes are added (as many as bring
+the mean below it, `expansion.nodes_needed`), below `shrink_below` of it nodes are removed,
+within `min_nodes`..`max_nodes`, never sooner than `scale_cooldown_s` after the last change.
+The stored traffic a start places from decays with `traffic_half_life_s`.
 """
 
 from __future__ import annotations
@@ -76,6 +83,64 @@ class GenerativeSettings(LayerSettings):
         description="how often (seconds) the service looks for a newer stored placement "
         "(another process's, or placement --apply's); 0: before every batch",
     )
+
+    node_capacity_tokens_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="routed tokens (token-expert pairs, summed over the MoE layers) a placement "
+        "node serves per second at full load; none: the node count changes only on demand",
+    )
+    expand_above: float = Field(
+        default=0.8,
+        gt=0.0,
+        description="fraction of node_capacity_tokens_s: a window's mean load per node past it "
+        "adds nodes",
+    )
+    shrink_below: float = Field(
+        default=0.3,
+        ge=0.0,
+        description="fraction of node_capacity_tokens_s: a window's mean load per node below it "
+        "removes nodes; at most half of expand_above, so an expansion never lands below it",
+    )
+    scale_window_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="seconds of serving the load per node is measured over before a decision",
+    )
+    scale_cooldown_s: float = Field(
+        default=120.0,
+        ge=0.0,
+        description="seconds after a change of node count before the next one",
+    )
+    min_nodes: int = Field(default=1, ge=1, description="fewest placement nodes a shrink leaves")
+    max_nodes: int = Field(default=16, ge=1, description="most placement nodes an expansion makes")
+    traffic_half_life_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="half-life (seconds) of the stored traffic a start or --apply places from; "
+        "none: every request since the first counts alike",
+    )
+
+    @field_validator("shrink_below")
+    @classmethod
+    def _hysteresis(cls, value: float, info: ValidationInfo) -> float:
+        above = info.data.get("expand_above")
+        # An expansion leaves more than half its trigger per node (ceil(T/t) nodes for a load
+        # T > (k-1)t), so a shrink threshold at most half of it cannot undo it at once.
+        if above is not None and value > above / 2:
+            raise ValueError(
+                f"must be at most half of expand_above ({above}), got {value}: an expansion "
+                "could land below it and the nodes would flap"
+            )
+        return value
+
+    @field_validator("max_nodes")
+    @classmethod
+    def _bounds(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_nodes")
+        if low is not None and value < low:
+            raise ValueError(f"must be at least min_nodes ({low}), got {value}")
+        return value
 
     @field_validator("rebalance_target")
     @classmethod

@@ -6,10 +6,15 @@ model on placed nodes and by `trifecta generative placement|expand --apply`.
 Biases are never overwritten: every update appends a version with its reason, so the history
 is the log, and reverting to version N appends a new version holding N's biases (a revert can
 itself be reverted). Version 0 is the implicit all-zero start.
+
+Traffic decays when a half-life is given: a capsule's row holds its routed tokens decayed to
+the time it was last written (`decayed_at`), and each write or read decays it on to its own
+time, so every token weighs 2^(-age / half-life) and the placement follows recent traffic.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 import torch
@@ -19,6 +24,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     Integer,
     MetaData,
     String,
@@ -62,6 +68,7 @@ traffic_table = Table(
     Column("capsule_id", String(64), primary_key=True),
     Column("load", JSON, nullable=False),
     Column("requests", Integer, nullable=False),
+    Column("decayed_at", Float, nullable=True),  # epoch seconds `load` is decayed to
 )
 placement_table = Table(
     "generative_placements",
@@ -71,6 +78,7 @@ placement_table = Table(
     Column("removed", JSON, nullable=False),  # the previous version's nodes this one removed
     Column("report", JSON, nullable=False),  # one `LayerMove` per layer
     Column("reason", String(200), nullable=False),
+    Column("scaling", JSON, nullable=True),  # `NodeScaling`: the node count change it made
     Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
 )
 
@@ -98,6 +106,21 @@ class LayerMove(BaseModel):
     scratch_after: float | None = None
 
 
+class NodeScaling(BaseModel):
+    """Why a placement version changed the node count, and the load per node (routed tokens
+    per second, summed over the MoE layers) it was measured at and leaves."""
+
+    why: str  # "expand" or "shrink"
+    nodes_before: int
+    nodes_after: int
+    load_per_node_before: float  # measured over the window
+    load_per_node_after: float  # the same load over the new nodes
+    capacity: float  # node_capacity_tokens_s
+    window_s: float
+    moves: int = 0  # experts shipped, summed over the layers
+    scratch_moves: int = 0  # a from-scratch repack's, summed over the layers
+
+
 class PlacementVersion(BaseModel):
     """Every MoE layer's placement, as a version: a process serving on placed nodes follows
     the newest (shipping only the experts each node lacks)."""
@@ -107,7 +130,25 @@ class PlacementVersion(BaseModel):
     removed: list[int]  # nodes of the previous version this one removed (old indices)
     report: list[LayerMove]
     reason: str
+    scaling: NodeScaling | None = None
     created_at: datetime | None = None
+
+    @property
+    def nodes(self) -> int | None:
+        """Its node count when every layer has the same (None otherwise)."""
+        counts = {p.cluster.nodes for p in self.layers}
+        return counts.pop() if len(counts) == 1 else None
+
+
+def _decay(
+    load: list[list[float]], at: float | None, now: float, half_life_s: float | None
+) -> torch.Tensor:
+    """`load` (decayed to `at`) decayed on to `now`; unchanged without a half-life or a time
+    (a row written before decay existed counts as of its first decayed write)."""
+    tensor = torch.tensor(load, dtype=torch.float32)
+    if half_life_s is None or at is None or now <= at:
+        return tensor
+    return tensor * 0.5 ** ((now - at) / half_life_s)
 
 
 class GenerativeStore:
@@ -220,8 +261,18 @@ class GenerativeStore:
         return bool(getattr(result, "rowcount", 0))
 
     # -- traffic ----------------------------------------------------------------------------
-    def add_traffic(self, capsule_id: str, load: torch.Tensor, requests: int) -> None:
-        """Accumulate routed-token counts (n_layers, E) of `requests` served requests."""
+    def add_traffic(
+        self,
+        capsule_id: str,
+        load: torch.Tensor,
+        requests: int,
+        *,
+        half_life_s: float | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Accumulate routed-token counts (n_layers, E) of `requests` served requests, the
+        stored ones first decayed by `half_life_s` to `now` (default: the clock)."""
+        now = time.time() if now is None else now
         with transaction(self.engine, write=True) as session:
             row = (
                 session.execute(
@@ -230,17 +281,17 @@ class GenerativeStore:
                 .mappings()
                 .one_or_none()
             )
-            total = load.clone()
+            total = load.clone().float()
             count = requests
             if row is not None:
-                total += torch.tensor(row["load"], dtype=torch.float32)
+                total += _decay(row["load"], row["decayed_at"], now, half_life_s)
                 count += row["requests"]
                 session.execute(
                     delete(traffic_table).where(traffic_table.c.capsule_id == capsule_id)
                 )
             session.execute(
                 traffic_table.insert().values(
-                    capsule_id=capsule_id, load=total.tolist(), requests=count
+                    capsule_id=capsule_id, load=total.tolist(), requests=count, decayed_at=now
                 )
             )
 
@@ -257,15 +308,21 @@ class GenerativeStore:
             return None
         return torch.tensor(row["load"], dtype=torch.float32), int(row["requests"])
 
-    def traffic_total(self) -> tuple[torch.Tensor, int] | None:
-        """Routed tokens (n_layers, E) summed over every capsule, and the requests they came
-        from (None: no traffic recorded)."""
+    def traffic_total(
+        self, *, half_life_s: float | None = None, now: float | None = None
+    ) -> tuple[torch.Tensor, int] | None:
+        """Routed tokens (n_layers, E) summed over every capsule, each decayed by
+        `half_life_s` to `now` (default: the clock), and the requests they came from (None:
+        no traffic recorded)."""
+        now = time.time() if now is None else now
         with transaction(self.engine) as session:
-            rows = session.execute(select(traffic_table.c.load, traffic_table.c.requests)).all()
+            rows = session.execute(
+                select(traffic_table.c.load, traffic_table.c.requests, traffic_table.c.decayed_at)
+            ).all()
         if not rows:
             return None
-        total = torch.stack([torch.tensor(load, dtype=torch.float32) for load, _ in rows])
-        return total.sum(dim=0), sum(int(requests) for _, requests in rows)
+        total = torch.stack([_decay(load, at, now, half_life_s) for load, _, at in rows])
+        return total.sum(dim=0), sum(int(requests) for _, requests, _ in rows)
 
     # -- expert placements ------------------------------------------------------------------
     def placement_version(self) -> int:
@@ -305,6 +362,7 @@ class GenerativeStore:
         report: list[LayerMove],
         reason: str,
         removed: list[int] | None = None,
+        scaling: NodeScaling | None = None,
     ) -> PlacementVersion:
         """Append a placement version (numbered after the newest) and log its report."""
         with transaction(self.engine, write=True) as session:
@@ -317,12 +375,14 @@ class GenerativeStore:
                     removed=list(removed or []),
                     report=[r.model_dump(mode="json") for r in report],
                     reason=reason[:200],
+                    scaling=None if scaling is None else scaling.model_dump(mode="json"),
                 )
             )
         log.info(
             "expert placement stored",
             version=version,
             reason=reason,
+            scaling=None if scaling is None else scaling.model_dump(mode="json"),
             nodes=[p.cluster.nodes for p in layers],
             max_mean=[round(r.after, 4) for r in report],
             moved=[r.moves for r in report],
@@ -333,4 +393,5 @@ class GenerativeStore:
             removed=list(removed or []),
             report=report,
             reason=reason[:200],
+            scaling=scaling,
         )
