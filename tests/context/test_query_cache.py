@@ -6,8 +6,6 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
-from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -153,52 +151,6 @@ def test_the_first_of_a_group_waits_a_bounded_time(monkeypatch: pytest.MonkeyPat
 def test_a_group_needs_a_member() -> None:
     with pytest.raises(ValueError, match="members"):
         ArrivingGroup(0)
-
-
-class CountingCondition(threading.Condition):
-    """A slot's condition that records, by the order slots were made, whom each notify
-    could wake."""
-
-    made: ClassVar[int] = 0
-    woken: ClassVar[list[int]] = []
-
-    def __init__(self, lock: threading.Lock) -> None:
-        super().__init__(lock)
-        self.number = CountingCondition.made
-        CountingCondition.made += 1
-
-    def notify(self, n: int = 1) -> None:  # `notify_all` calls it too
-        CountingCondition.woken.append(self.number)
-        super().notify(n)
-
-
-def test_a_batch_end_wakes_its_callers_and_the_next_batchs_first_only(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Callers queued behind a running batch stay asleep when it ends, except the callers of
-    the oldest waiting query, who take the next batch (one condition for all woke every
-    waiter, and all but one went back to sleep)."""
-    embed = GatedEmbedder()
-    cache = QueryEmbeddings(embed, max_entries=100)
-    CountingCondition.made, CountingCondition.woken = 0, []
-    patched = SimpleNamespace(Condition=CountingCondition)
-    monkeypatch.setattr(query_cache, "threading", patched)  # the slots' conditions only
-    texts = ["first", "second", "third"]  # slots 0, 1, 2
-    with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(cache.vector, "first")]
-        assert embed.entered.wait(5)
-        for count, text in enumerate(texts[1:], start=2):
-            futures.append(pool.submit(cache.vector, text))
-            while cache.stats()["misses"] < count:  # made in this order
-                threading.Event().wait(0.001)
-        embed.release.set()
-        for text, future in zip(texts, futures, strict=True):
-            assert np.array_equal(future.result(10), vector_of(text))
-    # The first batch's end: its own caller, and the oldest waiting query's ("second") to
-    # take the next batch, which holds "third" too: "third" was not woken before then.
-    assert CountingCondition.woken[:2] == [0, 1]
-    assert sorted(CountingCondition.woken[2:]) == [1, 2]
-    assert [sorted(c) for c in embed.calls] == [["first"], ["second", "third"]]
 
 
 def test_the_waits_of_a_thread_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,13 +19,12 @@ embedded its query alone, the rest together after it. So the first of a group to
 embedder free waits, up to `GROUP_WAIT_S`, until every other member of its group has asked (or
 finished without asking: a result-cache hit), and embeds them in one forward.
 
-A batch's end wakes only the callers it served and, when queries wait, the callers of the
-oldest one (which take the next batch): each text's callers wait on a condition of their own
-(over the cache's one lock), where one condition for all woke every waiter at each batch's
-end, and all but one went back to sleep. The time a thread spends waiting here (for its group,
-or for a batch another caller embeds) is counted (`waited_s`): the loop charges a retrieval
-its time less these waits, since the forward that embeds a query is charged to the request
-whose thread runs it.
+A batch's end wakes every waiting caller (one condition): waking only the batch's own callers
+and those of the oldest waiting query (a condition per text) was tried and not kept, as it
+cost more CPU a request than it saved in wake-ups (docs/orchestrator.md). The time a thread
+spends waiting here (for its group, or for a batch another caller embeds) is counted
+(`waited_s`): the loop charges a retrieval its time less these waits, since the forward that
+embeds a query is charged to the request whose thread runs it.
 """
 
 from __future__ import annotations
@@ -110,11 +109,8 @@ def arriving(group: ArrivingGroup) -> Iterator[None]:
 
 @dataclass
 class _Slot:
-    """One query text on its way to a vector; shared by every caller asking it meanwhile,
-    who wait on its condition (over the cache's lock) until it is done or their turn to
-    embed comes."""
+    """One query text on its way to a vector; shared by every caller asking it meanwhile."""
 
-    ready: threading.Condition
     vector: Vector | None = None
     error: BaseException | None = None
     done: bool = False
@@ -128,8 +124,7 @@ class QueryEmbeddings:
         self._slots: dict[str, _Slot] = {}  # waiting or being embedded
         self._waiting: list[str] = []  # texts no batch has taken yet, in arrival order
         self._busy = False  # a caller is embedding a batch
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._cond = threading.Condition()
         self.hits = self.misses = 0
         self.calls = 0  # embedding calls made (misses / calls: the mean batch)
         self._quiet = threading.local()  # set on a thread whose asks are not counted
@@ -156,7 +151,7 @@ class QueryEmbeddings:
                 self.misses += counted
                 asked = self._slots.get(text)  # another caller's ask of the same text
                 if asked is None:
-                    asked = self._slots[text] = _Slot(threading.Condition(self._lock))
+                    asked = self._slots[text] = _Slot()
                     self._waiting.append(text)
         if member is not None:
             member.arrive()
@@ -169,7 +164,7 @@ class QueryEmbeddings:
                 if not slot.done and self._busy:
                     started = time.perf_counter()
                     while not slot.done and self._busy:
-                        slot.ready.wait()
+                        self._cond.wait()
                     _add_wait(time.perf_counter() - started)
                 if slot.done:
                     return _result(slot)
@@ -205,7 +200,6 @@ class QueryEmbeddings:
             for i, text in enumerate(batch):
                 slot = self._slots.pop(text)
                 slot.done, slot.error = True, error
-                slot.ready.notify_all()  # its callers (they run once the lock is let go)
                 if vectors is not None:
                     slot.vector = vectors[i]
                     slot.vector.setflags(write=False)  # shared by every caller of the text
@@ -215,8 +209,7 @@ class QueryEmbeddings:
             while len(self._vectors) > self.max_entries:
                 self._vectors.popitem(last=False)
             self._busy = False
-            if self._waiting:  # the oldest waiting query's callers take the next batch
-                self._slots[self._waiting[0]].ready.notify()
+            self._cond.notify_all()  # the batch's callers, and one to take the next batch
 
     def stats(self) -> dict[str, int]:
         with self._cond:
