@@ -17,6 +17,13 @@ Nodes run in this process, one after another, so the decoder's own speed does no
 the balance: the tokens/s row is the in-process cost, and the expert-parallel speed-up is
 modelled, as the step of an expert-parallel layer waits for its most loaded node: its
 throughput scales with mean/max node load.
+
+Phase 3: the load per node passes the nodes' capacity and the service adds a node on its
+own. Arrivals are simulated: a clock the benchmark moves one second per batch (the service
+reads it instead of the wall clock), and the capacity is set so three nodes at one batch a
+second run at 100% of it (the median routed tokens of a phase-2 batch / 3), against
+`expand_above` 0.8, a window of four batches: the first window expands, and the rest of
+phase 3's batches are read on the nodes that result.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ MASKS: dict[str, list[int] | None] = {
 PHASE_1 = {"left": 0.6, "even": 0.2, "wide": 0.2}
 PHASE_2 = {"right": 0.6, "even": 0.2, "wide": 0.2}
 THRESHOLD = 1.15  # the online arm's rebalance_threshold (the setting's default is 1.25)
+EXPAND_ABOVE = 0.8  # phase 3's expand_above (the setting's default)
+WINDOW_S = 4.0  # phase 3's scale_window_s: four batches, as a batch's routed tokens vary
 
 
 def _store(folder: Path, name: str, layers: int) -> GenerativeStore:
@@ -96,20 +105,56 @@ def _placed(
     return GenerativeService(model, store, online_load=False, experts=settings)
 
 
+class _Clock:
+    """Simulated arrivals: the benchmark sets the time a batch ends."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _expanding(
+    model: DiffusionLM, store: GenerativeStore, capacity: float, clock: _Clock
+) -> GenerativeService:
+    from trifecta.generative.service import GenerativeService
+    from trifecta.generative.settings import GenerativeSettings
+
+    settings = GenerativeSettings(
+        expert_nodes=NODES,
+        slots_per_node=SLOTS,
+        rebalance_threshold=None,  # the node count alone changes in phase 3
+        placement_check_s=3600,
+        node_capacity_tokens_s=capacity,
+        expand_above=EXPAND_ABOVE,
+        scale_window_s=WINDOW_S,
+        scale_cooldown_s=3600,
+    )
+    return GenerativeService(model, store, online_load=False, experts=settings, clock=clock)
+
+
 def _serve(service: GenerativeService, batch: list[GenerativeRequest]) -> tuple[float, float]:
     """Decode one batch; (mean over layers of its nodes' max/mean routed tokens, CPU s).
     Read off the nodes' running counts (the service's own window restarts at its checks;
-    a rebalance keeps the counts of the nodes it keeps)."""
+    a rebalance keeps the counts of the nodes it keeps). The batch's routed tokens summed
+    over layers, as the service counts them for its load per node, go to `_TOKENS`."""
     before = [layer.node_tokens.copy() for layer in service.placed]
     started = time.process_time()
-    service.complete_batch(batch)
+    responses = service.complete_batch(batch)
     seconds = time.process_time() - started
+    service.join_rebalance()  # an online rebalance the batch started lands before the next
     ratios = []
     for layer, counted in zip(service.placed, before, strict=True):
-        nodes = layer.node_tokens - counted
+        # A node count change the batch started appends nodes (phase 3 only expands): the
+        # batch ran on the first len(counted), whose counts the change kept.
+        nodes = layer.node_tokens[: len(counted)] - counted
         ratios.append(float(nodes.max() / nodes.mean()))
-    service.join_rebalance()  # an online rebalance the batch started lands before the next
+    _TOKENS.append(sum(int(np.sum(r.expert_load)) for r in responses))
     return float(np.mean(ratios)), seconds
+
+
+_TOKENS: list[int] = []  # routed tokens of each batch served, summed over layers
 
 
 def _estimate(values: list[float]) -> str:
@@ -161,6 +206,22 @@ def run_genplace(model: DiffusionLM, args: argparse.Namespace) -> None:
         if first is None and online.placement_version > 1:
             first = i + 1
     versions = online.store.placements_after(1)
+    phase2_tokens = _TOKENS[-2 * args.batches :]
+    # Phase 3: arrivals at one batch a second, on nodes sized so that this is 100% of the
+    # capacity of three; the service starts from the online arm's newest placement.
+    capacity = float(np.median(phase2_tokens)) / NODES
+    grow_batches = max(8, args.batches * 2 // 3)
+    clock = _Clock()
+    grow = _expanding(model, online_store, capacity, clock)
+    grown_from = grow.placement_version
+    grown: list[float] = []
+    first_grow = 0  # the phase-3 batch after which the nodes changed
+    for batch in _batches(PHASE_2, grow_batches, seed=17, split="heldout"):
+        clock.now += 1.0
+        grown.append(_serve(grow, batch)[0])
+        if first_grow == 0 and grow.nodes != NODES:
+            first_grow = len(grown)
+    scaled = [v for v in online_store.placements_after(grown_from) if v.scaling is not None]
     moved = [r for v in versions for r in v.report if r.moves]
     moves = sum(r.moves for r in moved)
     scratch = sum(r.scratch_moves or 0 for r in moved)
@@ -170,6 +231,17 @@ def run_genplace(model: DiffusionLM, args: argparse.Namespace) -> None:
     online_gain = [s / o for s, o in zip(static_after, online_after, strict=True)]
     cpu_ratio = [t / e for e, t in zip(rows["cpu_e"], rows["cpu_t"], strict=True)]
     seconds = time.perf_counter() - started
+    if scaled:
+        sc = scaled[0].scaling
+        assert sc is not None
+        expansion = (
+            f"| {sc.nodes_before} -> {sc.nodes_after} nodes, after batch {first_grow} of "
+            f"{grow_batches} | {sc.load_per_node_before / capacity:.0%} -> "
+            f"{sc.load_per_node_after / capacity:.0%} | {sc.moves} (repack {sc.scratch_moves}) "
+            f"| {_estimate(grown[first_grow:])} |"
+        )
+    else:
+        expansion = f"| no expansion in {grow_batches} batches | | | {_estimate(grown)} |"
     each = "; ".join(
         f"v{v.version} "
         + ", ".join(
@@ -220,6 +292,21 @@ def run_genplace(model: DiffusionLM, args: argparse.Namespace) -> None:
         "traffic placement / equal weights: "
         f"{_estimate(cpu_ratio)}x (the same tokens decoded; the modelled speed-up is the "
         "expert-parallel bound, mean/max node load, not measured across machines).",
+        "",
+        "| phase 3 (load per node past the capacity) | load per node (of capacity), before "
+        "-> after | experts moved (from-scratch repack) | node max/mean after, per batch |",
+        "|---|---:|---:|---:|",
+        expansion,
+        "",
+        f"Phase 3: {grow_batches} batches of the phase-2 mix, arrivals simulated at one "
+        "batch a second (a clock the benchmark moves; the service reads it) over windows of "
+        f"{WINDOW_S:g} s, node capacity "
+        f"{capacity:,.0f} routed tokens/s (the median phase-2 batch's routed tokens over the "
+        f"3 layers / {NODES}: three nodes at 100%), expand_above {EXPAND_ABOVE}; the service "
+        "starts from the online arm's newest placement and decides on its own "
+        "(`expansion.nodes_needed`, then the min-move resize on the stored traffic). The "
+        "load per node after is the same load over the new nodes; the max/mean is measured "
+        "on them over the batches after the expansion.",
     ]
     markdown = "\n".join(lines)
     print(markdown)
@@ -232,6 +319,11 @@ def run_genplace(model: DiffusionLM, args: argparse.Namespace) -> None:
         "moves": moves,
         "scratch_moves": scratch,
         "rebalances": [v.model_dump(mode="json") for v in versions],
+        "phase3": {
+            "capacity": capacity,
+            "max_mean": grown,
+            "scaling": [v.model_dump(mode="json") for v in scaled],
+        },
     }
     if not args.no_write:
         write_section("genplace", markdown)
