@@ -1,5 +1,6 @@
 """MiniLM's forward as TorchScript, traced and frozen once: the embedder's engine with
-bfloat16 weights (core/embeddings.py).
+bfloat16 weights before core/embed_fused.py (now `TRIFECTA_EMBED_ENGINE=torchscript`), and
+the compiled engines' common part (`CompiledForward`).
 
 A query call embeds one to a few short texts, and there much of the forward's cost is not
 arithmetic but torch dispatching some 150 operators one by one from Python (BERT's six

@@ -27,9 +27,11 @@ Where a one-text query's CPU goes (2-core Xeon, AMX, one thread, load 9-18 from 
 jobs): the forward is bound by streaming the Linears' 21 MB of bfloat16 weights, which do
 not fit the 2 MB L2, not by arithmetic or dispatch. The 24 packed Linears of a forward at 24
 rows, run in turn, cost 3.2-4.2 ms of CPU; each alone with its weight hot in L2, about 1.0 ms
-for the 24. Fusing takes the dispatch and the mask builder off (0.86x the traced path's CPU
-a text at one and two texts, paired, 300 rounds), not the streaming; so the per-tensor int8
-ONNX Runtime baseline, which streams half the bytes, stays ahead at one text.
+for the 24. Fusing takes the dispatch and the mask builder off, not the streaming:
+benchmarks/embeddings.py (20 rounds, load 11) 0.89x [0.84, 0.96] the packed trace's CPU a
+text over the loop's query calls (one text 6.02 against 6.70 ms), 25 MB and 0.39 s to
+build; the per-tensor int8 ONNX Runtime baseline, which streams half the bytes, stays ahead
+(1.23x [1.14, 1.33]; one text 3.90 ms) at its recall@10 of 0.80 against our 0.99.
 Measured and not taken (same microbenchmark, weights streamed as in a forward):
   - oneDNN's int8 Linear (`onednn.qlinear_pointwise`, AMX, weights per channel): 0.63x the
     packed bfloat16 on activation scales fixed in advance, 1.2x with the activations'
