@@ -35,8 +35,14 @@ build; the per-tensor int8 ONNX Runtime baseline, which streams half the bytes, 
 Measured and not taken (same microbenchmark, weights streamed as in a forward):
   - oneDNN's int8 Linear (`onednn.qlinear_pointwise`, AMX, weights per channel): 0.63x the
     packed bfloat16 on activation scales fixed in advance, 1.2x with the activations'
-    scale computed at each call; fixed scales need a calibration that keeps recall@10 at
-    0.98 (outlier channels moved into the weights, SmoothQuant-style), not done here;
+    scale computed at each call. Recall@10 against float32 with the Linears' arithmetic
+    simulated in int8 (weights per channel; 1,200 texts, 150 queries, so about +-0.01):
+    activations per tensor (ONNX Runtime's kind) 0.88 all Linears, 0.90 the second
+    feed-forward alone; per token 0.96 all; per token with SmoothQuant (alpha 0.5, scales
+    from 128 texts) 0.977 all, 0.983 all but the second feed-forward (two thirds of the
+    bytes), 0.984-0.993 each group alone. So int8 at our recall needs per-token scales,
+    which `qlinear_pointwise` does not take (a scalar): five to six more operators a Linear
+    around it, about what the bytes it saves are worth at one text; not taken;
   - torch's dynamic int8 (fbgemm, per channel) 0.95x; weight-only int8
     (`_weight_int8pack_mm`) 1.8x and int4 (`_weight_int4pack_mm_for_cpu`) 2x;
   - transparent huge pages for torch's allocations (`THP_MEM_ALLOC_ENABLE`): no difference
