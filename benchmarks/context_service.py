@@ -435,6 +435,9 @@ def run_backend(
         try:
             c = plan.clients
             if cache:
+                # Against the stored vectors now: the cache-off loop passes learned memories
+                # keyed by these very prompts (the loop's memory_key), which rank first.
+                truth = exact_top(url, queries, query_vectors)
                 first, found = http_clients(
                     "cache on, first request of a query",
                     server.url,
