@@ -45,6 +45,7 @@ import functools
 import logging
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal, cast, get_args
 
@@ -109,7 +110,7 @@ def precision_choice(requested: str | None = None) -> str:
     return choice
 
 
-class CompiledForward:
+class CompiledForward(ABC):
     """A compiled forward of MiniLM (this module's trace, core/embed_fused.py's module), made
     on first use by `_compile`; `forward` returns None after any failure to make or run it
     (a missing kernel path), and the embedder runs eager from then on."""
@@ -147,8 +148,10 @@ class CompiledForward:
             self.forward(ids, torch.ones_like(ids))
         return self.compile_seconds
 
+    @abstractmethod
     def _compile(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.jit.ScriptModule:
-        raise NotImplementedError
+        """Make, freeze and warm this engine's module on a call's inputs (sets
+        `compile_seconds`); each engine builds its own."""
 
 
 def pooled_encoder(bert: torch.nn.Module) -> torch.nn.Module:
