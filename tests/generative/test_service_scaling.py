@@ -24,7 +24,8 @@ from tests.generative.test_service_placement import (
 from trifecta.core.errors import InvalidInput
 from trifecta.generative.model import DiffusionLM
 from trifecta.generative.ray_experts import initial_placements
-from trifecta.generative.service import GenerativeService, removable_nodes
+from trifecta.generative.rebalance import removable_nodes
+from trifecta.generative.service import GenerativeService
 from trifecta.generative.settings import GenerativeSettings
 from trifecta.generative.store import GenerativeStore, LayerMove, NodeScaling
 

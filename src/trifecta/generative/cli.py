@@ -403,7 +403,7 @@ def apply_placement(
     max/mean before and after and the experts moved, beside a from-scratch repack's. The
     traffic decays with `traffic_half_life_s`, as the services' starts read it."""
     from trifecta.generative.ray_experts import initial_placements
-    from trifecta.generative.service import plan_rebalance
+    from trifecta.generative.rebalance import plan_rebalance
     from trifecta.generative.settings import GenerativeSettings
     from trifecta.generative.store import GenerativeStore
 
