@@ -315,7 +315,7 @@ def service_outputs(address: str | None, db: Path) -> dict[str, object]:
 
 def test_a_ray_address_nothing_answers_is_one_clear_error() -> None:
     from trifecta.core.errors import Unavailable
-    from trifecta.generative.ray_experts import connect_ray
+    from trifecta.generative.expert_nodes import connect_ray
 
     with socket.socket() as probe:  # a port nothing listens on once closed
         probe.bind(("127.0.0.1", 0))

@@ -48,14 +48,10 @@ from trifecta.core.errors import InvalidInput, NotFound
 from trifecta.core.logging import get_logger
 from trifecta.generative.assets import shipped_model_path
 from trifecta.generative.decoding import DecodeConfig, Decoder
+from trifecta.generative.expert_nodes import alive_ray_nodes
 from trifecta.generative.model import DiffusionLM, Routing
 from trifecta.generative.placement import Placement, imbalance, round_robin
-from trifecta.generative.ray_experts import (
-    PlacedMoE,
-    alive_ray_nodes,
-    initial_placements,
-    place_model,
-)
+from trifecta.generative.ray_experts import PlacedMoE, initial_placements, place_model
 from trifecta.generative.rebalance import plan_rebalance, removable_nodes
 from trifecta.generative.selection import ExpertMask
 from trifecta.generative.sequences import answer_of
