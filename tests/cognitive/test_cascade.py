@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.cognitive.cascade_answers import answers
 from trifecta.cognitive.backends import shipped_tiers
 from trifecta.cognitive.calibration import ALWAYS_ESCALATE, ALWAYS_KEEP, Target, calibrate
-from trifecta.cognitive.cascade import CascadeGeneration, Decision, Thresholds, cascade_of
+from trifecta.cognitive.cascade import Decision, EscalationCascade, Thresholds, cascade_of
 from trifecta.cognitive.cost import all_tier_costs
 from trifecta.cognitive.entropy import signal_score
 from trifecta.cognitive.observe import run_tiers
@@ -20,7 +21,7 @@ from trifecta.core.tasks import DEFAULT_MIX, generate_tasks
 PROMPTS = [t.prompt for t in generate_tasks(24, seed=11, split="heldout", difficulties=DEFAULT_MIX)]
 
 
-def cascade(small: float, medium: float, **options: object):
+def cascade(small: float, medium: float, **options: object) -> EscalationCascade:
     thresholds = Thresholds(aggregate="max", window=4, values={"small": small, "medium": medium})
     return cascade_of(shipped_tiers(TIER_NAMES), all_tier_costs(), thresholds, **options)
 
@@ -31,10 +32,9 @@ def test_the_cascade_is_a_language_model_named_auto() -> None:
 
 
 def test_no_escalation_below_the_thresholds() -> None:
-    outputs = cascade(ALWAYS_KEEP, ALWAYS_KEEP).generate(PROMPTS, max_new_tokens=6)
+    outputs = answers(cascade(ALWAYS_KEEP, ALWAYS_KEEP), PROMPTS)
     alone = shipped_tiers(["small"])[0].generate(PROMPTS, max_new_tokens=6)
     for output, expected in zip(outputs, alone, strict=True):
-        assert isinstance(output, CascadeGeneration)
         assert output.path == ["small"] and output.model == "small"
         assert output.text == expected.text
         (decision,) = output.decisions
@@ -42,7 +42,7 @@ def test_no_escalation_below_the_thresholds() -> None:
 
 
 def test_escalation_to_every_tier_when_every_signal_crosses() -> None:
-    outputs = cascade(ALWAYS_ESCALATE, ALWAYS_ESCALATE).generate(PROMPTS, max_new_tokens=6)
+    outputs = answers(cascade(ALWAYS_ESCALATE, ALWAYS_ESCALATE), PROMPTS)
     large = shipped_tiers(["large"])[0].generate(PROMPTS, max_new_tokens=6)
     costs = all_tier_costs()
     for output, expected in zip(outputs, large, strict=True):
@@ -66,13 +66,14 @@ def test_escalation_exactly_where_the_signal_crosses() -> None:
     threshold = float(np.median(scores))
     logged: list[tuple[str, Decision]] = []
     model = cascade(threshold, ALWAYS_KEEP, on_decision=lambda p, d: logged.append((p, d)))
-    outputs = model.generate(PROMPTS, max_new_tokens=6)
+    outputs = answers(model, PROMPTS)
     for score, output in zip(scores, outputs, strict=True):
         first = output.decisions[0]
         assert first.escalated == (score > threshold)
         assert output.path == (["small", "medium"] if score > threshold else ["small"])
         if first.escalated:
             assert first.signal > threshold
+            assert first.step is not None, "an escalation names the step its signal crossed at"
             assert first.completion_tokens == first.step + 1
         else:
             assert first.signal == pytest.approx(score)
@@ -102,7 +103,7 @@ def test_accepted_prefix_is_handed_to_the_next_tier() -> None:
             Thresholds(aggregate="max", window=1, values=values),
             reuse_prefix=True,
         )
-        (output,) = model.generate([prompt], max_new_tokens=6)
+        (output,) = answers(model, [prompt])
         assert output.path == ["small", "medium"] and output.decisions[0].step == j
         assert output.tokens[:j] == alone.tokens[:j]
         (continued,) = medium.generate([prompt + "".join(alone.tokens[:j])], max_new_tokens=6 - j)
@@ -119,7 +120,7 @@ def test_a_router_can_choose_the_first_tier() -> None:
     model = cascade(
         ALWAYS_KEEP, ALWAYS_KEEP, start=lambda prompts: [2 if "-" in p else 0 for p in prompts]
     )
-    for prompt, output in zip(PROMPTS, model.generate(PROMPTS, max_new_tokens=6), strict=True):
+    for prompt, output in zip(PROMPTS, answers(model, PROMPTS), strict=True):
         assert output.path == (["large"] if "-" in prompt else ["small"])
     bad = cascade(ALWAYS_KEEP, ALWAYS_KEEP, start=lambda prompts: [7] * len(prompts))
     with pytest.raises(InvalidInput, match="start"):
@@ -149,9 +150,7 @@ def test_calibrated_rate_holds_on_held_out_traffic() -> None:
     ]
     # The same completion budget as the calibration runs: a signal read over fewer tokens of a
     # worked answer crosses less often.
-    outputs = cascade_of(backends, costs, fitted.thresholds).generate(
-        held_out, max_new_tokens=ANSWER_TOKENS
-    )
+    outputs = answers(cascade_of(backends, costs, fitted.thresholds), held_out, ANSWER_TOKENS)
     reached_medium = [o for o in outputs if "medium" in o.path]
     small_rate = len(reached_medium) / len(outputs)
     medium_rate = sum("large" in o.path for o in reached_medium) / max(1, len(reached_medium))

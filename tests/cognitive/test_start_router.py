@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.cognitive.cascade_answers import answers
 from trifecta.cognitive import start_router
 from trifecta.cognitive.backends import shipped_tiers
 from trifecta.cognitive.calibration import (
@@ -94,6 +95,7 @@ def test_the_keep_calibration_fits_the_router_cutoffs_with_the_thresholds() -> N
     assert alone.thresholds.router == {}
     # Skipping the tiers that would fail costs less at an accuracy kept as well.
     assert routed.cost_share < alone.cost_share
+    assert obs.correct is not None, "the table is labelled"
     assert routed.accuracy is not None and routed.accuracy >= 0.95 * obs.correct[-1].mean()
     # The benchmark's family makes the same choice with the same rule on the same grid.
     family = router_family(
@@ -142,7 +144,7 @@ def test_the_cascade_starts_each_request_where_the_router_says(
     prompts = [t.prompt for t in generate_tasks(12, seed=3, split="heldout")]
     model = cascade_of(shipped_tiers(TIER_NAMES), all_tier_costs(), thresholds)
     expected = StartRouter(weights).starts(prompts, thresholds.router)
-    outputs = model.generate(prompts, max_new_tokens=8)
+    outputs = answers(model, prompts, max_new_tokens=8)
     for start, output in zip(expected, outputs, strict=True):
         assert output.path == [TIER_NAMES[start]]  # thresholds never escalate here
     assert len(set(expected)) > 1
@@ -150,15 +152,15 @@ def test_the_cascade_starts_each_request_where_the_router_says(
     forced = cascade_of(
         shipped_tiers(TIER_NAMES), all_tier_costs(), thresholds, start=lambda b: [0] * len(b)
     )
-    assert all(o.path == ["small"] for o in forced.generate(prompts[:3], max_new_tokens=4))
+    assert all(o.path == ["small"] for o in answers(forced, prompts[:3], max_new_tokens=4))
     # a floor (a routing rule learnt from outcomes) raises the start; the router may go higher
     floored = cascade_of(shipped_tiers(TIER_NAMES), all_tier_costs(), thresholds, floor=1)
-    for start, output in zip(expected, floored.generate(prompts, max_new_tokens=8), strict=True):
+    for start, output in zip(expected, answers(floored, prompts, max_new_tokens=8), strict=True):
         assert output.path == [TIER_NAMES[max(start, 1)]]
     # a cascade over a subset of the tiers (a server running two of them) has no router for
     # them: every request starts on its first tier
     pair = cascade_of(shipped_tiers(TIER_NAMES[:2]), all_tier_costs(), thresholds)
-    assert all(o.path == ["small"] for o in pair.generate(prompts[:3], max_new_tokens=4))
+    assert all(o.path == ["small"] for o in answers(pair, prompts[:3], max_new_tokens=4))
 
 
 def test_router_cutoffs_persist_and_survive_online_recalibration(sqlite_url: str) -> None:

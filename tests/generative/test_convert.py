@@ -9,7 +9,7 @@ import torch
 from trifecta.core.errors import InvalidInput
 from trifecta.generative.assets import ar_checkpoint_dir
 from trifecta.generative.convert import convert_llama
-from trifecta.generative.model import Routing
+from trifecta.generative.model import DiffusionLM, Routing
 
 
 def _dense_ffn(layer: str, x: torch.Tensor) -> torch.Tensor:
@@ -38,11 +38,11 @@ def test_causal_conversion_equals_the_llama_checkpoint() -> None:
     assert torch.allclose(got, expected, atol=1e-4)
 
 
-def test_every_expert_is_the_dense_ffn_at_step_zero(converted) -> None:
+def test_every_expert_is_the_dense_ffn_at_step_zero(converted: DiffusionLM) -> None:
     from safetensors.torch import load_file
 
     w = load_file(str(ar_checkpoint_dir() / "model.safetensors"))
-    for i, block in enumerate(converted.layers):
+    for i, block in enumerate(converted.blocks()):
         for proj in ("gate_proj", "up_proj", "down_proj"):
             dense = w[f"model.layers.{i}.mlp.{proj}.weight"].float()
             for expert in block.moe.experts:
@@ -56,7 +56,7 @@ def test_without_noise_the_moe_block_computes_the_dense_ffn_whatever_it_routes()
     model = convert_llama(ar_checkpoint_dir(), noise=0.0).eval()
     x = torch.randn(2, 7, model.config.d_model, generator=torch.Generator().manual_seed(1))
     counted = torch.ones(2, 7, dtype=torch.bool)
-    for i, block in enumerate(model.layers):
+    for i, block in enumerate(model.blocks()):
         with torch.no_grad():
             plain = block.moe(x, counted, None)
             # force other experts through the selection bias: the output does not change
@@ -85,7 +85,9 @@ def test_causal_conversion_equals_the_canon_llama_tier() -> None:
     reference = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     model = convert_llama(folder, noise=0.0).eval()
     assert model.config.vocab_size == 46 and model.config.canon_width == 4
-    assert float(model.layers[0].canon.weight.abs().sum()) > 0  # the tier's own, not zeros
+    canon = model.blocks()[0].canon
+    assert canon is not None, "a tier with Canon layers converts to blocks with them"
+    assert float(canon.weight.abs().sum()) > 0  # the tier's own, not zeros
     model.causal = True
     idx = torch.randint(4, 46, (3, 24), generator=torch.Generator().manual_seed(0))
     positions = torch.arange(24).expand(3, 24)
@@ -116,7 +118,7 @@ def test_fine_grained_upcycling_keeps_the_dense_ffn_when_whole_virtual_groups_ar
     x = torch.randn(2, 7, model.config.d_model, generator=torch.Generator().manual_seed(1))
     counted = torch.ones(2, 7, dtype=torch.bool)
     second_group = Routing(bias=torch.tensor([[0, 0, 0, 0, 5.0, 5.0, 5.0, 5.0]] * 3))
-    for i, block in enumerate(model.layers):
+    for i, block in enumerate(model.blocks()):
         router = block.moe.router.weight.detach()
         assert torch.equal(router[0], router[3]) and torch.equal(router[4], router[7])
         assert not torch.equal(router[0], router[4])
@@ -135,7 +137,7 @@ def test_fine_grained_upcycling_keeps_the_dense_ffn_when_whole_virtual_groups_ar
     assert err.value.field == "granularity"
 
 
-def test_granularity_one_is_the_plain_upcycling_bit_for_bit(converted) -> None:
+def test_granularity_one_is_the_plain_upcycling_bit_for_bit(converted: DiffusionLM) -> None:
     """The first recipes still reproduce: granularity 1 draws and copies as before."""
     again = convert_llama(ar_checkpoint_dir(), granularity=1).eval()
     for name, tensor in converted.state_dict().items():

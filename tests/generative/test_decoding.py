@@ -11,6 +11,7 @@ from trifecta.core.errors import InvalidInput
 from trifecta.core.tasks import generate_tasks
 from trifecta.core.tokenizer import CharTokenizer
 from trifecta.generative.decoding import DecodeConfig, Decoder
+from trifecta.generative.model import DiffusionLM
 
 PROMPTS = [t.prompt for t in generate_tasks(6, seed=3, split="heldout")]
 MASK = CharTokenizer().mask_id
@@ -25,7 +26,7 @@ MASK = CharTokenizer().mask_id
     size=st.integers(1, 6),
 )
 def test_every_mask_is_filled_within_the_steps(
-    converted, block: int, extra: int, threshold: float | None, cache: bool, size: int
+    converted: DiffusionLM, block: int, extra: int, threshold: float | None, cache: bool, size: int
 ) -> None:
     config = DecodeConfig(
         gen_length=20,
@@ -41,13 +42,13 @@ def test_every_mask_is_filled_within_the_steps(
         assert 1 <= result.steps <= config.steps
 
 
-def test_one_token_per_step_takes_one_step_per_position(converted) -> None:
+def test_one_token_per_step_takes_one_step_per_position(converted: DiffusionLM) -> None:
     config = DecodeConfig(steps=20, threshold=None)
     results, stats = Decoder(converted).decode(PROMPTS, config)
     assert stats.forward_passes == 20 and all(r.steps == 20 for r in results)
 
 
-def test_a_request_decodes_the_same_alone_and_in_a_batch(shipped) -> None:
+def test_a_request_decodes_the_same_alone_and_in_a_batch(shipped: DiffusionLM) -> None:
     config = DecodeConfig(cache=False)
     decoder = Decoder(shipped)
     batched, _ = decoder.decode(PROMPTS, config)
@@ -56,7 +57,7 @@ def test_a_request_decodes_the_same_alone_and_in_a_batch(shipped) -> None:
         assert alone[0].tokens == together.tokens
 
 
-def test_parallel_unmasking_takes_fewer_steps(shipped) -> None:
+def test_parallel_unmasking_takes_fewer_steps(shipped: DiffusionLM) -> None:
     decoder = Decoder(shipped)
     _, parallel = decoder.decode(PROMPTS, DecodeConfig())
     _, sequential = decoder.decode(PROMPTS, DecodeConfig(threshold=None))
@@ -73,7 +74,7 @@ def test_impossible_configs_are_refused(options: dict[str, int], field: str) -> 
     assert err.value.field == field
 
 
-def test_the_cache_reads_what_a_full_pass_computed(converted) -> None:
+def test_the_cache_reads_what_a_full_pass_computed(converted: DiffusionLM) -> None:
     """One block step from the cache equals a full pass when nothing changed since."""
     from trifecta.generative.sequences import encode_prompts
 

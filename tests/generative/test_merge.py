@@ -4,6 +4,7 @@ runs it, its persistence and the command that learns it."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -69,7 +70,9 @@ def test_without_shards_a_dropped_expert_joins_the_kept_one_with_the_closest_rou
         (lambda t: t - 1, "negative"),
     ],
 )
-def test_a_bad_merge_plan_is_refused_naming_the_field(change, message: str) -> None:
+def test_a_bad_merge_plan_is_refused_naming_the_field(
+    change: Callable[[torch.Tensor], torch.Tensor], message: str
+) -> None:
     mask = half_mask(LOAD, granularity=4, top_k=4, router=_router())
     table = mask.merge_tensor()
     assert table is not None
@@ -107,7 +110,7 @@ def _merged_by_hand(model: DiffusionLM, mask: ExpertMask) -> DiffusionLM:
 
 @pytest.mark.parametrize("dense", [True, False])
 def test_the_layer_computes_the_merged_experts_and_never_calls_a_dropped_one(
-    shipped, dense: bool
+    shipped: DiffusionLM, dense: bool
 ) -> None:
     c = shipped.config
     load = torch.arange(c.n_layers * c.n_experts, dtype=torch.float32).view(c.n_layers, -1) + 1
@@ -131,7 +134,7 @@ def test_the_layer_computes_the_merged_experts_and_never_calls_a_dropped_one(
     assert model.prepare_mask(active, merge) > 0  # cached: built once per mask
 
 
-def test_merge_plan_persists_and_is_served(sqlite_url: str, shipped) -> None:
+def test_merge_plan_persists_and_is_served(sqlite_url: str, shipped: DiffusionLM) -> None:
     from trifecta.generative.service import GenerativeService
 
     c = shipped.config
@@ -142,10 +145,12 @@ def test_merge_plan_persists_and_is_served(sqlite_url: str, shipped) -> None:
     again = GenerativeStore(get_engine(sqlite_url)).mask("c1")
     assert again == mask and again.merge is not None
     routing, _, _ = GenerativeService(shipped, store).routing_for("c1")
-    assert routing.merge is not None and torch.equal(routing.merge, mask.merge_tensor())
+    planned = mask.merge_tensor()
+    assert planned is not None, "a half mask with a router carries a merge plan"
+    assert routing.merge is not None and torch.equal(routing.merge, planned)
 
 
-def test_mask_learn_half_merges(capsys: pytest.CaptureFixture[str], shipped) -> None:
+def test_mask_learn_half_merges(capsys: pytest.CaptureFixture[str], shipped: DiffusionLM) -> None:
     c = shipped.config
     GenerativeStore().add_traffic("c-half", torch.rand(c.n_layers, c.n_experts) + 0.1, 3)
     code, out, _ = run_cli(["generative", "mask", "learn", "c-half", "--rule", "half"], capsys)

@@ -62,11 +62,13 @@ def test_verdicts_tune_the_router_once_the_context_layer_has_recorded_them(stack
 
     # Once the context layer has recorded the last outcome, settling applies the rule once.
     assert context.drain(30)
+    served_in = results[-1].environment
+    assert served_in is not None, "a generative answer names the environment that produced it"
     before = generative.store.current_bias(TWIN.id, generative.shape).tensor()
     applied = orchestrator.generative_outcomes.settle(
         TWIN.id,
         stack.bridge.context(stack.capsule(TWIN.id), stack.shards.place(TWIN.domain)),
-        stack.bridge.generative(stack.capsule(TWIN.id), results[-1].environment),
+        stack.bridge.generative(stack.capsule(TWIN.id), served_in),
     )
     assert applied == 1
     after = generative.store.current_bias(TWIN.id, generative.shape)
@@ -88,7 +90,7 @@ def test_verdicts_tune_the_router_once_the_context_layer_has_recorded_them(stack
         orchestrator.generative_outcomes.settle(
             TWIN.id,
             stack.bridge.context(stack.capsule(TWIN.id), stack.shards.place(TWIN.domain)),
-            stack.bridge.generative(stack.capsule(TWIN.id), results[-1].environment),
+            stack.bridge.generative(stack.capsule(TWIN.id), served_in),
         )
         == 0
     )

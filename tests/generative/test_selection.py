@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from trifecta.core.errors import InvalidInput
 from trifecta.core.tasks import generate_tasks
 from trifecta.core.tokenizer import CharTokenizer
 from trifecta.generative.decoding import DecodeConfig, Decoder
-from trifecta.generative.model import DiffusionLM, Routing
+from trifecta.generative.model import DiffusionLM, Expert, Routing
 from trifecta.generative.selection import (
     ExpertMask,
     checked_half_mask,
@@ -38,7 +39,7 @@ def _poisoned(model: DiffusionLM, active: torch.Tensor) -> DiffusionLM:
     return poisoned
 
 
-def test_masked_experts_are_never_read(converted) -> None:
+def test_masked_experts_are_never_read(converted: DiffusionLM) -> None:
     mask = ExpertMask(layers=[[1, 4, 6], [0, 2]])
     active = mask.active(8)
     model = _poisoned(converted, active)
@@ -55,7 +56,7 @@ def test_masked_experts_are_never_read(converted) -> None:
     assert all(len(r.tokens) == DecodeConfig().gen_length for r in results)
 
 
-def test_routing_reports_what_ran(converted) -> None:
+def test_routing_reports_what_ran(converted: DiffusionLM) -> None:
     mask = configured_mask([0, 3, 5], 2)
     routing = Routing(active=mask.active(8))
     Decoder(converted).decode(PROMPTS, DecodeConfig(), routing)
@@ -80,7 +81,7 @@ def test_impossible_masks_are_refused(layers: list[list[int]]) -> None:
     assert err.value.field == "experts"
 
 
-def test_masked_router_routes_as_the_full_router_with_masked_scores(shipped) -> None:
+def test_masked_router_routes_as_the_full_router_with_masked_scores(shipped: DiffusionLM) -> None:
     """The sliced router (only the active experts' rows) picks the experts and gates the full
     router would after setting masked scores to -inf, with a capsule's biases too."""
     c = shipped.config
@@ -109,7 +110,7 @@ def test_masked_router_routes_as_the_full_router_with_masked_scores(shipped) -> 
 
 
 @pytest.mark.parametrize("extra", [0, 1])
-def test_dense_path_computes_what_the_dispatch_does(shipped, extra: int) -> None:
+def test_dense_path_computes_what_the_dispatch_does(shipped: DiffusionLM, extra: int) -> None:
     """A layer left top-k (+1) active experts runs them as one dense FFN: the same outputs,
     routed loads and per-request loads as dispatching each token to its experts, with
     padding and a capsule's biases; only the active experts' weights are stacked."""
@@ -138,15 +139,18 @@ def test_dense_path_computes_what_the_dispatch_does(shipped, extra: int) -> None
     finally:
         moe.dense = True
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
-    dispatch, dense = routings
-    assert torch.equal(dense.load, dispatch.load) and torch.equal(dense.row_load, dispatch.row_load)
-    assert dense.touched == {(2, e) for e in layers[2]}  # only active experts
+    by_dispatch, by_dense = routings
+    assert by_dense.load is not None and by_dispatch.load is not None, "the forward fills load"
+    assert by_dense.row_load is not None and by_dispatch.row_load is not None
+    assert torch.equal(by_dense.load, by_dispatch.load)
+    assert torch.equal(by_dense.row_load, by_dispatch.row_load)
+    assert by_dense.touched == {(2, e) for e in layers[2]}  # only active experts
     stacked = moe._masked_router(active[2]).stacked
     assert stacked is not None and stacked.experts == c.top_k + extra
     assert stacked.w_in.shape == (2 * stacked.experts * c.d_ff, c.d_model)
 
 
-def test_dense_weights_follow_an_update_of_the_experts(shipped) -> None:
+def test_dense_weights_follow_an_update_of_the_experts(shipped: DiffusionLM) -> None:
     """The stacked weights are cached per mask and rebuilt when an expert's weights change."""
     model = copy.deepcopy(shipped)
     c = model.config
@@ -156,7 +160,8 @@ def test_dense_weights_follow_an_update_of_the_experts(shipped) -> None:
     counted = torch.ones(40, dtype=torch.bool)
     with torch.no_grad():
         before = moe(x, counted, Routing(active=active))
-        moe.experts[1].down_proj.weight.mul_(2.0)  # an in-place update (an optimiser's)
+        # an in-place update (an optimiser's)
+        cast(Expert, moe.experts[1]).down_proj.weight.mul_(2.0)
         after = moe(x, counted, Routing(active=active))
         moe.dense = False
         dispatched = moe(x, counted, Routing(active=active))
@@ -166,7 +171,7 @@ def test_dense_weights_follow_an_update_of_the_experts(shipped) -> None:
     moe.dense = True
     copied = copy.deepcopy(model).blocks()[0].moe
     with torch.no_grad():
-        copied.experts[2].up_proj.weight.mul_(0.5)
+        cast(Expert, copied.experts[2]).up_proj.weight.mul_(0.5)
         changed = copied(x, counted, Routing(active=active))
         copied.dense = False
         torch.testing.assert_close(changed, copied(x, counted, Routing(active=active)))
@@ -197,7 +202,7 @@ def test_verified_rule_keeps_a_rarely_used_expert_that_carries_successes() -> No
     assert len(tried) == 8 and tried[0][:2] == (0, 0)  # least routed share tried first
 
 
-def test_success_check_on_the_shipped_model(shipped) -> None:
+def test_success_check_on_the_shipped_model(shipped: DiffusionLM) -> None:
     from trifecta.generative.mask_check import learn_verified_mask
 
     mask, check = learn_verified_mask(
@@ -261,7 +266,9 @@ def test_half_mask_without_shards_is_the_most_used_half() -> None:
         half_mask(load, granularity=3, top_k=2)
 
 
-def test_a_failing_trial_stops_early_and_starts_with_what_broke_before(shipped) -> None:
+def test_a_failing_trial_stops_early_and_starts_with_what_broke_before(
+    shipped: DiffusionLM,
+) -> None:
     """A mask that drops two whole FFN shards breaks most successes: the trial stops after
     the first batch, and the successes it broke come first in the next trial."""
     from trifecta.generative.mask_check import FIRST_BATCH, SuccessCheck, reference_tasks
@@ -302,7 +309,7 @@ def test_copy_choices_cover_every_shard_once() -> None:
     assert [0, 1, 2, 3] in choices and [4, 5, 6, 7] in choices
 
 
-def test_fitted_half_mask_moves_closer_to_the_full_model(shipped) -> None:
+def test_fitted_half_mask_moves_closer_to_the_full_model(shipped: DiffusionLM) -> None:
     """Fitted from a deliberately poor start (every layer's second copies), the mask keeps a
     copy of every shard in every layer and its divergence from the full model falls."""
     from trifecta.generative.mask_fit import fitted_half_mask
@@ -316,7 +323,7 @@ def test_fitted_half_mask_moves_closer_to_the_full_model(shipped) -> None:
     mask.validate_for(c.n_layers, c.n_experts, c.top_k)
 
 
-def test_router_biases_cannot_change_a_half_masked_layer(shipped) -> None:
+def test_router_biases_cannot_change_a_half_masked_layer(shipped: DiffusionLM) -> None:
     """The half mask keeps one copy per shard: top-k experts, so every token selects every
     active one, and biases (which steer selection only, never gates) change nothing: tuning
     a capsule's biases under that mask cannot move its accuracy."""

@@ -6,6 +6,7 @@ import torch
 
 from trifecta.core.tasks import make_task
 from trifecta.core.tokenizer import CharTokenizer
+from trifecta.generative.model import DiffusionLM
 from trifecta.generative.train import (
     TrainConfig,
     initial_model,
@@ -27,12 +28,12 @@ def test_the_same_recipe_gives_the_same_weights() -> None:
 
 def test_training_moves_the_selection_bias_towards_balance() -> None:
     result = train(TrainConfig(steps=4, batch_size=8, warmup_steps=2, balance_rate=0.01))
-    bias = result.model.layers[0].moe.selection_bias
+    bias = result.model.blocks()[0].moe.selection_bias
     # DeepSeek-V3's rule moves every expert by exactly +-rate (or 0) per step
     assert float(bias.abs().max()) <= 0.04 + 1e-6 and float(bias.abs().sum()) > 0
 
 
-def test_the_loss_only_reads_masked_response_positions(converted) -> None:
+def test_the_loss_only_reads_masked_response_positions(converted: DiffusionLM) -> None:
     prompts = ["41+17?", "t=4,p=17,r=63;p+t?"]
     g = torch.Generator().manual_seed(0)
     loss = masked_diffusion_loss(converted, prompts, CharTokenizer(), 20, g)
@@ -51,7 +52,7 @@ def test_a_look_up_first_curriculum_opens_with_look_ups_alone() -> None:
     assert list(prompt_batches(plain)) == list(prompt_batches(plain.model_copy()))
 
 
-def test_a_continued_stage_starts_from_the_saved_model(shipped) -> None:
+def test_a_continued_stage_starts_from_the_saved_model(shipped: DiffusionLM) -> None:
     model = initial_model(TrainConfig(continue_from="diffusion-moe.safetensors"))
     theirs = shipped.state_dict()
     assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
