@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from sqlalchemy import bindparam, select, update
 
 from trifecta.context import tables
@@ -107,20 +108,50 @@ def plan_memories(
 ) -> list[PendingMemory]:
     """Memory items to store: each reinforces a stored near-duplicate (`nearest`) or an earlier
     item of the same batch (`earlier`, extended in place) instead of adding a near-copy."""
+    stored = [nearest(vector, draft.outcome) for draft, vector in zip(drafts, vectors, strict=True)]
+    return plan_against(drafts, vectors, stored, threshold, earlier)
+
+
+# Pairs of the batch whose float32 product is this close to the threshold are compared
+# again as one pair alone, so the cut falls exactly where the per-pair comparison put it.
+THRESHOLD_SLACK = 1e-5
+
+
+def plan_against(
+    drafts: Sequence[MemoryDraft],
+    vectors: Sequence[Vector],
+    stored: Sequence[str | None],
+    threshold: float,
+    earlier: list[PendingMemory],
+    ids: Sequence[str] | None = None,
+) -> list[PendingMemory]:
+    """`plan_memories` given each draft's stored near-duplicate (`stored`, None: none); `ids`:
+    the drafts' memory ids (default: `memory_id_for` by position). The batch's items a draft
+    may reinforce instead (earlier ones, and the drafts before it) are screened with one
+    matrix product of the drafts' vectors with theirs, not one product a pair."""
+    if not drafts:
+        return []
+    known = len(earlier)
+    pool = np.stack(
+        [np.asarray(v, dtype=np.float32) for v in [*(b.vector for b in earlier), *vectors]]
+    )
+    # einsum's own loop: a small product, and no BLAS thread to wake (vector_index.py)
+    close = np.einsum("ij,kj->ki", pool, pool[known:]) >= threshold - THRESHOLD_SLACK
     planned: list[PendingMemory] = []
-    for i, (draft, vector) in enumerate(zip(drafts, vectors, strict=True)):
-        target = nearest(vector, draft.outcome)
-        for before in earlier:  # near-duplicates within the same batch
+    for i, (draft, vector, target) in enumerate(zip(drafts, vectors, stored, strict=True)):
+        for j in np.flatnonzero(close[i, : known + i]).tolist():  # the first in batch order
+            item = earlier[j]
             if (
-                before.draft.outcome == draft.outcome
-                and before.reinforce is None
-                and float(before.vector @ vector) >= threshold
+                item.draft.outcome == draft.outcome
+                and item.reinforce is None
+                and float(item.vector @ vector) >= threshold  # the pair's own product decides
             ):
-                target = before.id
+                target = item.id
                 break
-        item = PendingMemory(memory_id_for(draft, i), draft, vector, target)
-        planned.append(item)
-        earlier.append(item)
+        memory_id = ids[i] if ids is not None else memory_id_for(draft, i)
+        planned_item = PendingMemory(memory_id, draft, vector, target)
+        planned.append(planned_item)
+        earlier.append(planned_item)
     return planned
 
 
@@ -253,26 +284,17 @@ def finish_batch(
     domain, staged, delta_texts = batch.domain, batch.staged, batch.delta_texts
     delta_vectors = dict(zip(delta_texts, vectors[: len(delta_texts)], strict=True))
     memory_vectors = vectors[len(delta_texts) :]
-    sources = iter(batch.sources)
-    earlier: list[PendingMemory] = []
+    # Every memory of the batch at once: its vector, and its memory id (by its position
+    # among its trajectory's drafts, as learning the trajectory alone names it).
+    drafts = [d for *_, mine in staged for d in mine]
+    keys = [memory_vectors[s] if isinstance(s, int) else s for s in batch.sources]
+    ids = [memory_id_for(d, i) for *_, mine in staged for i, d in enumerate(mine)]
+    stored = stored_neighbours(service, domain, keys, [d.outcome for d in drafts])
+    memories = iter(
+        plan_against(drafts, keys, stored, service.settings.memory_dedup_threshold, [], ids)
+    )
     plans = []
-    probe: Callable[[Vector, str], str | None] | None = None
-
-    def nearest(vector: Vector, outcome: str) -> str | None:
-        nonlocal probe  # the domain's view, looked up at the batch's first memory
-        if probe is None:
-            probe = service.memory_probe(domain)
-        return probe(vector, outcome)
-
-    for row_id, trajectory, curation, extraction, drafts in staged:
-        mine = [next(sources) for _ in drafts]
-        memories = plan_memories(
-            drafts,
-            [memory_vectors[s] if isinstance(s, int) else s for s in mine],
-            nearest,
-            service.settings.memory_dedup_threshold,
-            earlier,
-        )
+    for row_id, trajectory, curation, extraction, mine in staged:
         ops = curation.delta.ops if curation.delta else []
         plans.append(
             LearnPlan(
@@ -285,10 +307,32 @@ def finish_batch(
                     for o in ops
                     if isinstance(o, AddOp | UpdateOp) and o.content is not None
                 },
-                memories,
+                [next(memories) for _ in mine],
             )
         )
     return plans
+
+
+def stored_neighbours(
+    service: ContextService, domain: str, vectors: Sequence[Vector], outcomes: Sequence[str]
+) -> list[str | None]:
+    """The stored memory each new one would reinforce (its nearest of the same outcome, at
+    or above the threshold), if any: with the cache, from one matrix product of the batch
+    with the domain's view (`DomainView.nearest_memories`); else one shard scan a vector."""
+    if not vectors:
+        return []
+    if not service.cache_enabled:
+        probe = service.memory_probe(domain)
+        return [probe(v, o) for v, o in zip(vectors, outcomes, strict=True)]
+    threshold = service.settings.memory_dedup_threshold
+    view = service.on_shard(
+        domain,
+        lambda store: service.views.get(domain, lambda _d: store, service.current_version(domain)),
+    )
+    return [
+        hit[0] if hit is not None and hit[1] >= threshold else None
+        for hit in view.nearest_memories(vectors, outcomes)
+    ]
 
 
 def apply_batch(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -211,6 +211,27 @@ class DomainView:
         found = _search_index(index, vector, 1, outcome, None)
         return found[0] if found else None
 
+    def nearest_memories(
+        self, vectors: Sequence[Vector], outcomes: Sequence[str]
+    ) -> list[tuple[str, float] | None]:
+        """`nearest_memory` of each vector with its outcome, from one matrix product of the
+        batch with the view's index (`MemoryIndex.search_many`): a learner's batch probed
+        its memories one scan each, most of its CPU while holding the interpreter lock."""
+        if len(vectors) != len(outcomes):
+            raise ValueError(f"outcomes: {len(outcomes)} for {len(vectors)} vectors")
+        with self.lock:
+            index = self.index
+            if index is None or not vectors:
+                return [None] * len(vectors)
+            if index.graph_shared:  # a write changes its graph in place: searched under it
+                return [self.nearest_memory(v, o) for v, o in zip(vectors, outcomes, strict=True)]
+        found = index.search_many(
+            np.stack([np.asarray(v, dtype=np.float32) for v in vectors]),
+            1,
+            [_accept(index, outcome, None) for outcome in outcomes],
+        )
+        return [hits[0] if hits else None for hits in found]
+
 
 def _row(index: MemoryIndex, memory_id: str) -> Row:
     row = index.item(memory_id)
@@ -226,13 +247,23 @@ def _search_index(
     outcome: str | None,
     since: float | None,
 ) -> list[tuple[str, float]]:
+    return index.search(query, k, _accept(index, outcome, since))
+
+
+def _accept(
+    index: MemoryIndex, outcome: str | None, since: float | None
+) -> Callable[[str], bool] | None:
+    """The filter of a search with these arguments (None: every memory passes)."""
+    if outcome is None and since is None:
+        return None
+
     def accept(memory_id: str) -> bool:
         row = _row(index, memory_id)
         return (outcome is None or row.outcome == outcome) and (
             since is None or row.created_at >= since
         )
 
-    return index.search(query, k, None if outcome is None and since is None else accept)
+    return accept
 
 
 class ViewCache:
