@@ -147,3 +147,41 @@ def test_search_many_answers_as_search_with_filters() -> None:
         ]
     with pytest.raises(ValueError, match="accepts"):
         index.search_many(queries, 1, accepts[:3])
+
+
+def test_a_reinforced_memory_leaves_the_standing_searches_it_is_in() -> None:
+    """A rewrite with the same vector, outcome and creation time (a reinforcement) keeps the
+    searches it ranks in, which answer as a fresh search with its new count; a rewrite that
+    moves the vector drops them."""
+    rng = np.random.default_rng(8)
+    vectors = [near(rng, rng.standard_normal(DIM).astype(np.float32), 0.0) for _ in range(4)]
+    view = DomainView("d")
+    view.searches.first_asks = 0
+    memories = [item(f"m{n}", "success", float(n)) for n in range(4)]
+    view.apply(
+        Changes(1, [], [(m, "active", v) for m, v in zip(memories, vectors, strict=True)], 0)
+    )
+    view.search(vectors[0], k=2)  # kept from its first ask
+    reinforced = memories[0].model_copy(update={"reinforced": 5, "updated_at": 9.0})
+    view.apply(Changes(2, [], [(reinforced, "active", vectors[0])], 1))
+    assert view.searches.stats()["standing_dropped"] == 0
+    hits = view.search(vectors[0], k=2)
+    assert hits[0].memory.reinforced == 5
+    fresh = DomainView("d")
+    fresh.apply(
+        Changes(
+            2,
+            [],
+            [
+                (reinforced, "active", vectors[0]),
+                *[(m, "active", v) for m, v in zip(memories[1:], vectors[1:], strict=True)],
+            ],
+            0,
+        )
+    )
+    assert [(h.memory.id, h.similarity) for h in hits] == [
+        (h.memory.id, h.similarity) for h in fresh.search(vectors[0], k=2)
+    ]
+    moved = memories[0].model_copy(update={"reinforced": 6})
+    view.apply(Changes(3, [], [(moved, "active", vectors[1])], 2))
+    assert view.searches.stats()["standing_dropped"] == 1

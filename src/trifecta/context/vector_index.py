@@ -134,6 +134,11 @@ class MemoryIndex:
         row = self._row(memory_id)
         return None if row is None else self._shared.items[row]
 
+    def vector(self, memory_id: str) -> Vector | None:
+        """The memory's vector as this index sees it, or None."""
+        row = self._row(memory_id)
+        return None if row is None else self._matrix[row]
+
     def fork(self) -> MemoryIndex:
         """The next version, for a write to change while searches go on reading this one:
         it shares the arrays and maps (a write appends rows past the ones this index sees,

@@ -138,7 +138,12 @@ class DomainView:
             if index is not None:
                 index.remove(gone)
                 index.upsert(((m.id, v) for m, v in added), [row_of(m) for m, _ in added])
-        update = StandingSearches.plan(searches, added, set(gone), clear=len(added) > MERGE_AT_MOST)
+        # A memory rewritten with its vector and filtered fields as they were (a reinforced
+        # one: its count moved) scores and filters as before, so it leaves every standing
+        # search as it was; as a rewrite it dropped the searches it was in (the k+1-th is
+        # unknown after a change), and a repeated prompt's own memory is in its top-k.
+        moved = [(m, v) for m, v in added if not _same_place(self.index, m, v)]
+        update = StandingSearches.plan(searches, moved, set(gone), clear=len(added) > MERGE_AT_MOST)
         with self.lock:
             if changes.bullets:
                 self._rankings.clear()
@@ -231,6 +236,20 @@ class DomainView:
             [_accept(index, outcome, None) for outcome in outcomes],
         )
         return [hits[0] if hits else None for hits in found]
+
+
+def _same_place(index: MemoryIndex | None, memory: MemoryItem, vector: Vector) -> bool:
+    """Whether the memory is in `index` with this vector, outcome and creation time."""
+    if index is None:
+        return False
+    row, before = index.item(memory.id), index.vector(memory.id)
+    return (
+        row is not None
+        and before is not None
+        and row.outcome == memory.outcome
+        and row.created_at == memory.created_at
+        and np.array_equal(before, vector)
+    )
 
 
 def _row(index: MemoryIndex, memory_id: str) -> Row:
