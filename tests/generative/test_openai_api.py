@@ -119,3 +119,20 @@ def test_the_admin_key_is_served_without_a_capsule_mask(served: Served) -> None:
     client = openai.OpenAI(base_url=f"{served.url}/v1", api_key=served.admin_key)
     completion = client.completions.create(model="rnd1", prompt="41+17?", max_tokens=20)
     assert completion.choices[0].text
+
+
+def test_the_server_mounts_the_placement_routes_for_the_admin_key_only(served: Served) -> None:
+    """`trifecta serve` exposes the generative placement (its own tests: tests/serve): this
+    stack runs the experts in the model, so the read says so and a rebalance is 409."""
+    admin = {"Authorization": f"Bearer {served.admin_key}"}
+    tenant = {"Authorization": f"Bearer {served.capsule_key}"}
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        view = http.get("/v1/generative/placement", headers=admin)
+        assert view.status_code == 200, view.text
+        assert view.json()["placed"] is False and view.json()["nodes"] == 0
+        refused = http.get("/v1/generative/placement", headers=tenant)
+        assert refused.status_code == 403 and refused.json()["error"]["field"] == "authorization"
+        denied = http.post("/v1/generative/placement/rebalance", json={"add": 1}, headers=tenant)
+        assert denied.status_code == 403
+        rebalance = http.post("/v1/generative/placement/rebalance", json={}, headers=admin)
+        assert rebalance.status_code == 409 and rebalance.json()["error"]["field"] == "expert_nodes"

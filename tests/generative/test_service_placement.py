@@ -222,6 +222,9 @@ def test_bad_placement_input_names_the_field(shipped: DiffusionLM, tmp_path: Pat
         ({"loads": np.ones((L, E + 1))}, "loads"),
         ({"loads": np.ones((L, E)), "remove": [5]}, "remove"),
         ({"loads": np.ones((L, E)), "add": -1}, "add"),
+        ({"remove": [0, 0], "add": 1}, "remove"),  # a node twice
+        ({"remove": [0, 1]}, "remove"),  # none left: below min_nodes (1)
+        ({"add": 15}, "add"),  # 17 nodes: above max_nodes (16)
     ]
     for kwargs, field in cases:
         with pytest.raises(InvalidInput) as bad:
@@ -289,6 +292,14 @@ def test_placement_and_expand_apply_to_the_running_service(
     assert _tokens(service) == before  # on the three nodes now
     code, _, err = run_cli(["generative", "expand", "--apply", "--remove", "7"], capsys)
     assert code == 2 and _one_line(err, "remove")
+    # The node count keeps within min_nodes..max_nodes on demand too (3 nodes now).
+    monkeypatch.setenv("TRIFECTA_GENERATIVE_MIN_NODES", "3")
+    monkeypatch.setenv("TRIFECTA_GENERATIVE_MAX_NODES", "3")
+    code, _, err = run_cli(["generative", "expand", "--apply", "--remove", "0"], capsys)
+    assert code == 2 and _one_line(err, "remove") and "below min_nodes (3)" in err
+    code, _, err = run_cli(["generative", "expand", "--apply", "--add", "1"], capsys)
+    assert code == 2 and _one_line(err, "add") and "above max_nodes (3)" in err
+    assert store.placement_version() == 3
     code, _, err = run_cli(["generative", "expand", "--loads", "1,2"], capsys)
     assert code == 2 and _one_line(err, "placement")
 

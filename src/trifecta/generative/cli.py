@@ -403,7 +403,7 @@ def apply_placement(
     max/mean before and after and the experts moved, beside a from-scratch repack's. The
     traffic decays with `traffic_half_life_s`, as the services' starts read it."""
     from trifecta.generative.ray_experts import initial_placements
-    from trifecta.generative.rebalance import plan_rebalance
+    from trifecta.generative.rebalance import check_node_change, plan_rebalance
     from trifecta.generative.settings import GenerativeSettings
     from trifecta.generative.store import GenerativeStore
 
@@ -440,6 +440,7 @@ def apply_placement(
         current, version = start, 0
     else:
         current, version = stored.layers, stored.version
+    check_node_change(current[0].cluster.nodes, add, removed, settings)
     if traffic is None and not add and not removed:
         raise NotFound("no traffic is recorded yet: nothing to place from", field="loads")
     import numpy as np

@@ -9,7 +9,8 @@ added. An expert the mask leaves out is never chosen, so it is never sent to any
 the mask merges dropped experts into a kept one, the kept expert's merged weights (the ones
 the layer computes in process) are shipped once to the nodes that hold it, as a variant of
 that expert keyed by its merge weights, and its tokens run there. It counts the tokens each
-node served, which is the measured load a new placement starts from. `apply` moves to a new
+node served (`node_tokens`) and, per window, per node and per expert (`window`: the
+per-expert counts are what an online rebalance places from). `apply` moves to a new
 placement by shipping only the experts a node did not hold: the moves the expansion planner
 counted.
 

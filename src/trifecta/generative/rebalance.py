@@ -16,6 +16,33 @@ from trifecta.generative.settings import GenerativeSettings
 from trifecta.generative.store import LayerMove
 
 
+def check_node_change(
+    nodes: int, add: int, remove: Sequence[int], settings: GenerativeSettings
+) -> None:
+    """Refuse a change of node count the settings do not allow, naming the field: a negative
+    `add`, a `remove` naming a node the placement lacks (or one twice), or a count outside
+    `min_nodes`..`max_nodes` after the change."""
+    if add < 0:
+        raise InvalidInput(f"must be >= 0, got {add}", field="add")
+    unknown = sorted({n for n in remove if not 0 <= n < nodes})
+    if unknown:
+        raise InvalidInput(
+            f"no node {unknown[0]}: the placement has {nodes} nodes (0-{nodes - 1})",
+            field="remove",
+        )
+    if len(set(remove)) != len(remove):
+        raise InvalidInput(f"names a node twice: {sorted(remove)}", field="remove")
+    after = nodes + add - len(remove)
+    if remove and after < settings.min_nodes:
+        raise InvalidInput(
+            f"would leave {after} nodes, below min_nodes ({settings.min_nodes})", field="remove"
+        )
+    if add and after > settings.max_nodes:
+        raise InvalidInput(
+            f"would make {after} nodes, above max_nodes ({settings.max_nodes})", field="add"
+        )
+
+
 def removable_nodes(placements: Sequence[Placement], count: int) -> list[int]:
     """The `count` nodes to remove from every layer: `expansion.nodes_to_remove`'s rule (the
     fewest experts left without a replica, so the fewest forced moves) summed over layers."""
@@ -97,3 +124,12 @@ def plan_rebalance(
             )
         )
     return new, report
+
+
+def fits(
+    layers: Sequence[Placement], n_layers: int, n_experts: int, slots: list[int] | None
+) -> bool:
+    """A placement per layer, of this many experts (and these node slots, when given)."""
+    return len(layers) == n_layers and all(
+        p.num_experts == n_experts and (slots is None or p.cluster.slots == slots) for p in layers
+    )

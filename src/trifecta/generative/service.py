@@ -52,7 +52,12 @@ from trifecta.generative.expert_nodes import alive_ray_nodes
 from trifecta.generative.model import DiffusionLM, Routing
 from trifecta.generative.placement import Placement, imbalance, round_robin
 from trifecta.generative.ray_experts import PlacedMoE, initial_placements, place_model
-from trifecta.generative.rebalance import plan_rebalance, removable_nodes
+from trifecta.generative.rebalance import (
+    check_node_change,
+    fits,
+    plan_rebalance,
+    removable_nodes,
+)
 from trifecta.generative.selection import ExpertMask
 from trifecta.generative.sequences import answer_of
 from trifecta.generative.settings import GenerativeSettings
@@ -196,7 +201,7 @@ class GenerativeService:
             stored is not None
             and count is not None
             and self.settings.min_nodes <= count <= self.settings.max_nodes
-            and _fits(stored.layers, n_layers, n_experts, [slots] * count)
+            and fits(stored.layers, n_layers, n_experts, [slots] * count)
         ):
             if count != nodes:
                 log.info("starting on the stored node count", nodes=count, configured=nodes)
@@ -255,10 +260,11 @@ class GenerativeService:
         """Rebalance the placed layers with the fewest moves that reach the settings'
         `rebalance_target` (`add` nodes added, `remove` removed, in every layer), apply it
         between batches and store it as a new version. `loads` (n_layers, E): per-expert
-        load (default: the stored traffic of every capsule); `layers`: only these (the
-        others keep their placement). Requests are served while it is computed. When
-        nothing moves no version is stored: the report comes back under the running
-        version's number."""
+        load (default: the stored traffic of every capsule, equal weights when nodes change
+        and none is recorded); `layers`: only these (the others keep their placement). The
+        node count stays within `min_nodes`..`max_nodes`. Requests are served while it is
+        computed. When nothing moves no version is stored: the report comes back under the
+        running version's number."""
         if not self.placed:
             raise InvalidInput(
                 "the service runs its experts in the model: set expert_nodes or ray_address",
@@ -266,12 +272,18 @@ class GenerativeService:
             )
         with self._placing:
             self._follow_locked()  # from the newest stored placement
+            check_node_change(self.nodes, add, remove, self.settings)
             source = loads_from
             if loads is None:
                 traffic = self._traffic()
-                if traffic is None:
+                if traffic is None and not add and not remove:
                     raise NotFound("no traffic is recorded yet", field="loads")
-                loads, source = traffic[0].numpy().astype(np.float64), "traffic"
+                # Nodes change without traffic: every expert weighs the same.
+                loads, source = (
+                    (np.zeros(self.shape), "none")
+                    if traffic is None
+                    else (traffic[0].numpy().astype(np.float64), "traffic")
+                )
             new, report = plan_rebalance(
                 self.placements,
                 loads,
@@ -290,6 +302,7 @@ class GenerativeService:
                     removed=[],
                     report=report,
                     reason=f"{reason}: nothing to move",
+                    stored=False,
                 )
             with self._lock:  # between batches: no forward pass sees a half-moved layer
                 for layer, placement, row in zip(self.placed, new, report, strict=True):
@@ -455,7 +468,7 @@ class GenerativeService:
         `_placing`)."""
         for version in self.store.placements_after(self.placement_version):
             c = self.model.config
-            if not _fits(version.layers, c.n_layers, c.n_experts, None):
+            if not fits(version.layers, c.n_layers, c.n_experts, None):
                 log.warning("stored placement does not fit the model", version=version.version)
             else:
                 try:
@@ -585,12 +598,3 @@ class LayerStatus(BaseModel):
     window_tokens: int
     window_node_tokens: list[int]
     window_max_mean: float
-
-
-def _fits(
-    layers: Sequence[Placement], n_layers: int, n_experts: int, slots: list[int] | None
-) -> bool:
-    """A placement per layer, of this many experts (and these node slots, when given)."""
-    return len(layers) == n_layers and all(
-        p.num_experts == n_experts and (slots is None or p.cluster.slots == slots) for p in layers
-    )

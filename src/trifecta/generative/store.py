@@ -132,6 +132,7 @@ class PlacementVersion(BaseModel):
     reason: str
     scaling: NodeScaling | None = None
     created_at: datetime | None = None
+    stored: bool = True  # False: a rebalance that moved nothing, under the running version
 
     @property
     def nodes(self) -> int | None:
@@ -345,16 +346,21 @@ class GenerativeStore:
             )
         return [PlacementVersion(**dict(r)) for r in rows]
 
-    def latest_placement(self) -> PlacementVersion | None:
+    def recent_placements(self, limit: int) -> list[PlacementVersion]:
+        """The newest `limit` placement versions, newest first: the decisions log."""
         with transaction(self.engine) as session:
-            row = (
+            rows = (
                 session.execute(
-                    select(placement_table).order_by(placement_table.c.version.desc()).limit(1)
+                    select(placement_table).order_by(placement_table.c.version.desc()).limit(limit)
                 )
                 .mappings()
-                .one_or_none()
+                .all()
             )
-        return None if row is None else PlacementVersion(**dict(row))
+        return [PlacementVersion(**dict(r)) for r in rows]
+
+    def latest_placement(self) -> PlacementVersion | None:
+        newest = self.recent_placements(1)
+        return newest[0] if newest else None
 
     def put_placement(
         self,

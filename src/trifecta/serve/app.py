@@ -7,6 +7,7 @@
 - `/v1/capsules`, `/v1/plan`, `/v1/topology`, `/v1/ledger`: the control plane and the costs;
 - `/context/...`: the ReasoningBank / ACE service;
 - `/v1/keys`: API keys (admin);
+- `/v1/generative/placement`: the generative layer's expert placement, and rebalancing it (admin);
 - `/metrics`: Prometheus; `/healthz` (these two need no key: no tenant's data is in them).
 
 Every other route authenticates through `core.auth.authenticated` (`Authorization: Bearer
@@ -44,6 +45,7 @@ from trifecta.orchestrator.models import Feedback, FeedbackResult, TaskRequest, 
 from trifecta.orchestrator.stack import Stack
 from trifecta.serve.auth import keys_routes, revoke_capsule_keys, server_authenticator
 from trifecta.serve.dashboard import mount_dashboard
+from trifecta.serve.generative_admin import generative_admin_routes
 from trifecta.serve.idempotency import SingleFlight
 from trifecta.serve.mcp_face import OrchestratorFace, mount_mcp_face
 from trifecta.serve.openapi import document_app, operations_of
@@ -171,6 +173,8 @@ def create_app(
     app.include_router(openai_api)
     app.include_router(capsule_routes(orchestrator, stack, auth))
     app.include_router(control_routes(stack, auth))
+    if stack.generative is not None:  # its expert placement, for the operator
+        app.include_router(generative_admin_routes(stack.generative, auth))
     if isinstance(auth, KeyStore):
         app.include_router(keys_routes(auth))
     if stack.context is not None:
