@@ -122,13 +122,16 @@ def decision_of(version: PlacementVersion) -> Decision:
 
 def placement_view(service: GenerativeService, decisions: int) -> PlacementView:
     settings = service.settings
-    nodes = service.nodes
+    # Each layer read once: a rebalance applied meanwhile changes a layer's nodes as a whole,
+    # so a read never indexes past the nodes it saw (it may span two versions for a moment).
+    snaps = [(p.placement.nodes, p.window()[0], p.node_tokens.copy()) for p in service.placed]
+    nodes = min((len(part) for snap in snaps for part in snap), default=0)
     node_load = [
         NodeLoad(
             node=n,
-            experts=[sorted(layer.placement.nodes[n]) for layer in service.placed],
-            window_tokens=sum(int(layer.window()[0][n]) for layer in service.placed),
-            served_tokens=sum(int(layer.node_tokens[n]) for layer in service.placed),
+            experts=[sorted(held[n]) for held, _, _ in snaps],
+            window_tokens=sum(int(window[n]) for _, window, _ in snaps),
+            served_tokens=sum(int(served[n]) for _, _, served in snaps),
         )
         for n in range(nodes)
     ]
