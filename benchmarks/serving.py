@@ -18,6 +18,10 @@ against FIFO when one capsule floods the tier.
    quiet capsules' p99 latency with fair queuing within 1.5x of their p99 when the noisy
    capsule is absent.
 
+Both parts run in many short rounds, the modes (scenarios) of a round back to back in a
+rotated order and on the same seeded requests, and every interval is over rounds: a stall of
+the shared machine then lands in one round of one side, and the interval carries it.
+
 The model is the `small` tier's architecture with seeded dummy weights, and every request runs
 to its `max_tokens` (what vLLM's serving benchmarks do with `--load-format dummy` and
 `ignore_eos`), so that every mode decodes exactly the same number of tokens.
@@ -45,7 +49,6 @@ from rich.progress import Progress
 
 from benchmarks._report import (
     Goal,
-    bootstrap_ratio,
     bootstrap_statistic,
     cpu_name,
     goals_markdown,
@@ -79,7 +82,8 @@ QUIET_LOAD = 0.3  # the quiet capsules together use this share of the tier's cap
 LENGTHS = (8, 56)  # tokens per request in the closed loop, uniform (mean 32)
 STATIC_WINDOW_S = 0.005  # static batching: how long a batch waits for more requests
 MODES = ("continuous batching", "static batching", "one at a time")
-DEFAULT_ROUNDS = 5
+DEFAULT_ROUNDS = 10
+NOISY_ROUND_S = 8.0  # each scenario's open-loop run per round (the full run)
 console = Console()
 
 
@@ -88,6 +92,7 @@ class Sample:
     capsule: str
     latency_s: float
     tokens: int
+    first_token_s: float  # from the request's start to its first token: queue, admission, prefill
 
 
 def make_pool(
@@ -107,6 +112,9 @@ def make_pool(
 @dataclass
 class ClosedRun:
     tokens_per_s: float
+    tokens_per_cpu_s: (
+        float  # tokens over the process's CPU seconds: what the shared load moves less
+    )
     samples: list[Sample]
     forward_passes: int  # of the replica, prefills included
     step_fit: tuple[float, float] | None  # the replica's step time a + c * rows (s, s/row)
@@ -124,16 +132,24 @@ class Timed(CollectingSink):
         super().__init__()
         self.capsule, self.samples, self.lock = capsule, samples, lock
         self.start = time.perf_counter() if start is None else start
+        self.first_token: float | None = None
 
     def tokens(self, generated: Sequence[GeneratedToken]) -> None:
         """Dropped, as a streaming client's are once sent: the load generator runs in the
         server's process, and keeping every token of every request alive until the end would
-        hand the server's garbage collector hundreds of thousands of objects to scan."""
+        hand the server's garbage collector hundreds of thousands of objects to scan. Only
+        the first one's time is kept: what the request waited before it decoded."""
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
 
     def finish(self, completion: Completion) -> None:
+        end = time.perf_counter()
+        first = end if self.first_token is None else self.first_token
         with self.lock:
             self.samples.append(
-                Sample(self.capsule, time.perf_counter() - self.start, completion.completion_tokens)
+                Sample(
+                    self.capsule, end - self.start, completion.completion_tokens, first - self.start
+                )
             )
         super().finish(completion)
 
@@ -214,13 +230,15 @@ def run_mode(
     pool = make_pool(model, codec, max_batch=1 if mode == "one at a time" else MAX_BATCH)
     static = StaticBatcher(pool, MAX_BATCH) if mode == "static batching" else None
     try:
+        cpu = time.process_time()
         rate, samples = closed_loop(
             static.submit if static else pool.submit, codec, clients, requests_each
         )
+        per_cpu = sum(s.tokens for s in samples) / (time.process_time() - cpu)
         assert isinstance(pool.dispatcher, LocalReplicas)
         engines = list(pool.dispatcher.engines.values())
         steps = sum(engine.steps for engine in engines)
-        return ClosedRun(rate, samples, steps, engines[0].step_times.fit())
+        return ClosedRun(rate, per_cpu, samples, steps, engines[0].step_times.fit())
     finally:
         if static:
             static.close()
@@ -228,16 +246,18 @@ def run_mode(
 
 
 def open_loop(
-    pool: TierPool, rates: dict[str, float], duration_s: float, max_tokens: int
+    pool: TierPool, rates: dict[str, float], duration_s: float, max_tokens: int, seed: int = 0
 ) -> tuple[list[Sample], int]:
     """Poisson arrivals per capsule at `rates` (requests/s) for `duration_s`; waits for all.
-    Returns the samples and how many requests were refused (429: a capsule's backlog full)."""
+    Each capsule's arrivals follow from `seed` and its place in `rates`, so the scenarios of a
+    round replay the same quiet arrivals. Returns the samples and how many requests were
+    refused (429: a capsule's backlog full)."""
     samples: list[Sample] = []
     lock = threading.Lock()
     params = SamplingParams(max_new_tokens=max_tokens, ignore_eos=True)
     arrivals = []
     for index, (capsule, rate) in enumerate(rates.items()):
-        rng, t = random.Random(100 + index), 0.0
+        rng, t = random.Random(1000 * seed + 100 + index), 0.0
         while True:
             t += rng.expovariate(rate)
             if t > duration_s:
@@ -277,7 +297,7 @@ def main() -> None:
     args = parser.parse_args()
     set_torch_threads(1)
     requests_each = 4 if args.quick else 12
-    duration = 6.0 if args.quick else 20.0
+    duration = 3.0 if args.quick else NOISY_ROUND_S
     rounds = 1 if args.quick else args.rounds
     max_tokens = 32
     model, tokenizer = ModelSource(kind="dummy", tier="small").load()
@@ -312,7 +332,7 @@ def main() -> None:
     quiet_rate = QUIET_LOAD * capacity_tps / per_request / QUIET_CAPSULES
     quiet = {f"quiet-{i}": quiet_rate for i in range(QUIET_CAPSULES)}
     noisy = {**quiet, "noisy": NOISY_FACTOR * quiet_rate}
-    scenarios = [  # name, offered rates, FIFO instead of fair queuing, slot shares
+    scenarios: list[tuple[str, dict[str, float], bool, bool]] = [  # name, rates, FIFO, shares
         ("alone", quiet, False, True),
         ("fair", noisy, False, True),
         ("order", noisy, False, False),
@@ -324,22 +344,23 @@ def main() -> None:
     elapsed_s = dict.fromkeys(pooled, 0.0)
     refusals = dict.fromkeys(pooled, 0)
     round_p99: dict[str, list[float]] = {name: [] for name in pooled}
+    by_round: dict[str, list[list[float]]] = {name: [] for name in pooled}  # quiet latencies
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("noisy neighbour", total=rounds * len(scenarios))
-        for _ in range(rounds):
-            for name, rates, fifo, shares in scenarios:
+        for index in range(rounds):
+            turn = scenarios[index % len(scenarios) :] + scenarios[: index % len(scenarios)]
+            for name, rates, fifo, shares in turn:
                 pool = make_pool(model, codec, max_batch=MAX_BATCH, fifo=fifo, slot_shares=shares)
                 start = time.perf_counter()
                 try:
-                    samples, refused = open_loop(pool, rates, duration, max_tokens)
+                    samples, refused = open_loop(pool, rates, duration, max_tokens, seed=index)
                 finally:
                     pool.close()
                 elapsed_s[name] += time.perf_counter() - start
                 refusals[name] += refused
                 pooled[name] += samples
-                round_p99[name].append(
-                    percentile([s.latency_s for s in samples if s.capsule.startswith("quiet")], 99)
-                )
+                by_round[name].append(_quiet(samples))
+                round_p99[name].append(percentile(by_round[name][-1], 99))
                 progress.advance(task)
     p99s = {}
     for name, samples in pooled.items():
@@ -355,7 +376,38 @@ def main() -> None:
     rounds_fair = [f / a for f, a in zip(round_p99["fair"], round_p99["alone"], strict=True)]
 
     loads = (load_before, machine_load())
-    report(closed, pooled, p99s, rounds_fair, quiet_rate, max_tokens, loads, args.quick)
+    fair = rounds_p99_ratio(by_round["fair"], by_round["alone"])
+    report(closed, pooled, p99s, rounds_fair, fair, quiet_rate, max_tokens, loads, args.quick)
+
+
+def rounds_p99_ratio(
+    numerator: list[list[float]], denominator: list[list[float]], resamples: int = 2000
+) -> tuple[float, float, float]:
+    """p99 of the pooled `numerator` rounds over that of the `denominator` rounds, and its 95%
+    bootstrap interval over rounds: each resample draws round indices with replacement and
+    pools both sides' samples of the same rounds (paired: they ran back to back). Requests of
+    one round share its stalls, so resampling requests would understate the spread."""
+    rng = np.random.default_rng(0)
+    figure = p99(np.concatenate(numerator)) / p99(np.concatenate(denominator))
+    ratios = []
+    for _ in range(resamples):
+        picked = rng.integers(0, len(numerator), len(numerator))
+        ratios.append(
+            p99(np.concatenate([numerator[i] for i in picked]))
+            / p99(np.concatenate([denominator[i] for i in picked]))
+        )
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(figure), float(low), float(high)
+
+
+def _tail_wait(samples: list[Sample]) -> str:
+    """Where the quiet tail spent its time: of the quiet requests at or beyond their p99, the
+    median share of latency before the first token (queue, admission, prefill)."""
+    quiet = [s for s in samples if s.capsule.startswith("quiet")]
+    cut = percentile([s.latency_s for s in quiet], 99)
+    tail = [s for s in quiet if s.latency_s >= cut]
+    waited = statistics.median(s.first_token_s / s.latency_s for s in tail)
+    return f"{waited:.0%} of {len(tail)} requests' latency"
 
 
 def _quiet(samples: list[Sample]) -> list[float]:
@@ -368,10 +420,7 @@ def _closed_goals(closed: dict[int, dict[str, list[ClosedRun]]]) -> list[Goal]:
     top = closed[CLIENTS[-1]]
 
     def ratios(baseline: str) -> list[float]:
-        return [
-            ours.tokens_per_s / theirs.tokens_per_s
-            for ours, theirs in zip(top["continuous batching"], top[baseline], strict=True)
-        ]
+        return _round_ratios(top, baseline, lambda run: run.tokens_per_s)
 
     vs_one = bootstrap_statistic(ratios("one at a time"), np.mean)
     vs_static = bootstrap_statistic(ratios("static batching"), np.mean)
@@ -393,29 +442,44 @@ def _closed_goals(closed: dict[int, dict[str, list[ClosedRun]]]) -> list[Goal]:
     ]
 
 
+def _round_ratios(
+    top: dict[str, list[ClosedRun]], baseline: str, figure: Callable[[ClosedRun], float]
+) -> list[float]:
+    """Continuous batching's `figure` over `baseline`'s, round by round."""
+    return [
+        figure(ours) / figure(theirs)
+        for ours, theirs in zip(top["continuous batching"], top[baseline], strict=True)
+    ]
+
+
 def _step_profile(closed: dict[int, dict[str, list[ClosedRun]]]) -> str:
     """Why the batch's fullness buys what it buys: the continuous replica's own fit of its
-    step time against its batch size at 16 clients, and each round's ratio to static."""
+    step time against its batch size at 16 clients, each round's ratio to static, and the
+    same ratio in tokens per CPU second of the process (which the machine's load moves less)."""
     top = closed[CLIENTS[-1]]
     fits = [run.step_fit for run in top["continuous batching"] if run.step_fit is not None]
-    ratios = [
-        ours.tokens_per_s / theirs.tokens_per_s
-        for ours, theirs in zip(top["continuous batching"], top["static batching"], strict=True)
-    ]
-    per_round = ", ".join(f"{r:.2f}x" for r in ratios)
+    ratios = _round_ratios(top, "static batching", lambda run: run.tokens_per_s)
+    per_cpu, low, high = bootstrap_statistic(
+        _round_ratios(top, "static batching", lambda run: run.tokens_per_cpu_s), np.mean
+    )
+    per_round = (
+        f"Continuous / static batching at {CLIENTS[-1]} clients, each round: "
+        + ", ".join(f"{r:.2f}x" for r in ratios)
+        + f"; in tokens per CPU second of the process {per_cpu:.2f}x [{low:.2f}, {high:.2f}] "
+        "(mean of rounds)."
+    )
     if not fits:
-        return f"Continuous / static batching at {CLIENTS[-1]} clients, each round: {per_round}."
+        return per_round
     fixed = statistics.median(a for a, _ in fits)
     per_row = statistics.median(c for _, c in fits)
     full = (fixed + per_row * MAX_BATCH) / (fixed + per_row)
     return (
         f"Profile: the continuous replica's step (one forward pass, sampling and handing out "
         f"the tokens) fits t(rows) = {fixed * 1e3:.2f} ms + {per_row * 1e3:.3f} ms per row "
-        f"(least squares over its own step times at {CLIENTS[-1]} clients, wall time, median "
-        f"of rounds): a step of {MAX_BATCH} rows costs {full:.1f}x a one-row step. On a CPU "
-        "each row adds its own work, so a fuller batch (more tokens per forward pass) saves "
-        "only the fixed part of each step. "
-        f"Continuous / static batching at {CLIENTS[-1]} clients, each round: {per_round}."
+        f"(least squares over its own step times at {CLIENTS[-1]} clients, the CPU time of "
+        f"its thread, median of rounds): a step of {MAX_BATCH} rows costs {full:.1f}x a "
+        "one-row step. On a CPU each row adds its own work, so a fuller batch (more tokens "
+        f"per forward pass) saves only the fixed part of each step. {per_round}"
     )
 
 
@@ -424,6 +488,7 @@ def report(
     pooled: dict[str, list[Sample]],
     p99s: dict[str, tuple[float, float, int, float, int]],
     rounds_fair: list[float],
+    fair: tuple[float, float, float],
     quiet_rate: float,
     max_tokens: int,
     loads: tuple[str, str],
@@ -449,7 +514,6 @@ def report(
     console.print("\n".join(lines))
     profile = _step_profile(closed)
     console.print(profile)
-    fair = bootstrap_ratio(_quiet(pooled["fair"]), _quiet(pooled["alone"]), statistic=p99)
     fifo_ratio = p99s["fifo"][0] / p99s["alone"][0]
     noisy_lines = [
         "| scheduling | quiet p99 s | quiet p50 s | quiet requests | quiet p99 vs alone | "
@@ -475,7 +539,7 @@ def report(
             fair,
             at_most=1.5,
             unit="x",
-            note="latency from scheduled arrival; bootstrap over requests",
+            note="latency from scheduled arrival; paired bootstrap over rounds",
         ),
     ]
     for g in goal_list:
@@ -524,14 +588,21 @@ def report(
                 *noisy_lines,
                 "",
                 f"With FIFO the quiet p99 is {fifo_ratio:.2f}x its p99 alone. Each scenario ran "
-                f"{rounds} times, taking turns, samples pooled; the fair/alone p99 ratio of each "
-                f"round: {', '.join(f'{r:.2f}x' for r in rounds_fair)}. The process freezes its "
+                f"{rounds} times for {NOISY_ROUND_S:g} s, taking turns in a rotated order, the "
+                "scenarios of a round on the same seeded arrivals (a new seed each round), "
+                "samples pooled; the fair/alone p99 ratio of each "
+                f"round: {', '.join(f'{r:.2f}x' for r in rounds_fair)}. Where the quiet tail "
+                "waited: of the quiet requests at or beyond their p99, the median share of "
+                "latency spent before the first token (fair queue, admission, prefill) was "
+                f"{_tail_wait(pooled['alone'])} alone and {_tail_wait(pooled['fair'])} with "
+                "fair queuing, the rest decoding. The process freezes its "
                 "start-up heap (`gc.freeze()`, as the serve commands do).",
                 "",
                 *goals_markdown(goal_list),
                 "",
                 "[95% bootstrap interval]: for throughput, of the mean of each round's ratio "
-                "(the modes of a round ran back to back); for p99, over requests.",
+                "(the modes of a round ran back to back); for p99, over rounds (each resample "
+                "pools the same rounds of both scenarios).",
             ]
         ),
     )

@@ -10,6 +10,7 @@ import pytest
 
 from trifecta.cognitive.serving.codec import TokenCodec
 from trifecta.cognitive.serving.factory import build_engines
+from trifecta.cognitive.serving.fair_queue import FifoQueue
 from trifecta.cognitive.serving.pool import LocalReplicas, TierPool
 from trifecta.cognitive.serving.requests import (
     CollectingSink,
@@ -17,6 +18,7 @@ from trifecta.cognitive.serving.requests import (
     EngineRequest,
     SamplingParams,
 )
+from trifecta.cognitive.serving.slot_shares import SlotShares
 from trifecta.core.errors import QuotaExceeded
 from trifecta.core.protocols import LanguageModel
 
@@ -78,6 +80,48 @@ def test_backlogged_capsules_are_served_in_proportion_to_their_shares(
         assert served[capsule] / len(window) == pytest.approx(
             share / sum(SHARES.values()), rel=SHARE_TOLERANCE
         )
+
+
+def flood_then_quiet(pool: TierPool, order: list[str]) -> tuple[CollectingSink, list[Recorder]]:
+    """24 requests of a flooding capsule queued, then one of a quiet capsule."""
+    flood = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    noisy = []
+    for i in range(24):
+        sink = Recorder("noisy", order)
+        pool.submit(EngineRequest(pool.codec.encode(f"{i}+3?"), flood, sink, capsule="noisy"))
+        noisy.append(sink)
+    quiet = Recorder("quiet", order)
+    params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+    pool.submit(EngineRequest(pool.codec.encode("7+5?"), params, quiet, capsule="quiet"))
+    return quiet, noisy
+
+
+def test_a_quiet_request_takes_the_next_free_slot_ahead_of_a_noisy_backlog(
+    tiny: tuple[Any, Any],
+) -> None:
+    """The flood holds every slot when the quiet request arrives: it starts in the first slot
+    that frees, not after the flood's backlog (as with FIFO), its tokens are the ones it
+    decodes alone, and the flood is not starved (all of it finishes)."""
+    for queue, shares in ((None, SlotShares()), (FifoQueue[EngineRequest](), None)):
+        order: list[str] = []
+        pool = make_pool(tiny, max_batch=4, queue=queue, slot_shares=shares)
+        try:
+            quiet, noisy = flood_then_quiet(pool, order)
+            generated, _ = quiet.wait(timeout=60)
+            for sink in noisy:
+                sink.wait(timeout=60)
+            alone = Recorder("quiet", [])  # the same request once the tier is idle
+            params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+            pool.submit(EngineRequest(pool.codec.encode("7+5?"), params, alone, capsule="quiet"))
+            alone_tokens, _ = alone.wait(timeout=60)
+        finally:
+            pool.close()
+        assert len(order) == 25  # every request of the flood finished too
+        assert [t.token_id for t in generated] == [t.token_id for t in alone_tokens]
+        if shares is not None:  # after the first batch of the flood, at most
+            assert order.index("quiet") <= 4
+        else:
+            assert order.index("quiet") == 24  # FIFO: behind the whole backlog
 
 
 def test_a_capsule_over_its_backlog_limit_gets_429(tiny: tuple[Any, Any]) -> None:

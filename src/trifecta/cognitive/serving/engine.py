@@ -191,14 +191,18 @@ class BatchingEngine:
                     )
             try:
                 with torch.inference_mode():
-                    started = time.perf_counter()
+                    # This thread's CPU time, not wall time: a wall-clock step also counts the
+                    # time the thread waited for a core or the GIL, which does not grow with the
+                    # batch (on a shared machine it fitted a negative slope per row, claiming the
+                    # whole batch as latency slots).
+                    started = time.thread_time()
                     self._drop_cancelled(cancelled)
                     joined = self._admit(joiners)
                     if self._rows:
                         rows = len(self._rows)
                         self._step(joined)
                         # The whole iteration: each row's share of joins and leaves included.
-                        self.step_times.record(rows, time.perf_counter() - started)
+                        self.step_times.record(rows, time.thread_time() - started)
             except Exception as exc:  # a failed forward fails its batch, not the replica
                 log.error("decoding step failed", replica=self._name, error=repr(exc))
                 for row in self._rows:

@@ -5,10 +5,11 @@ the weights); on a CPU every row adds its own work, so each extra request slows 
 request in the batch. Fair slot shares need to know which case they are in: a replica records
 the duration of each step of its loop by batch size (the decode plus any prefill of joiners
 and the bookkeeping of rows that leave, so a row's share of the churn it causes counts too;
-an exponential moving average per size), fits `t(b) = a + c * b` by least squares over the
-sizes seen (weighted by how often each was seen), and reports its *latency batch*: the largest
-batch whose step takes at most `1 + budget` times a one-row step. Until it has seen two batch
-sizes often enough it claims its whole batch.
+an exponential moving average per size; the engine records its thread's CPU time, since time
+spent waiting for a core or the GIL does not depend on the batch), fits `t(b) = a + c * b`
+by least squares over the sizes seen (weighted by how often each was seen), and reports its
+*latency batch*: the largest batch whose step takes at most `1 + budget` times a one-row step.
+Until it has seen two batch sizes often enough it claims its whole batch.
 """
 
 from __future__ import annotations
