@@ -41,7 +41,9 @@ import argparse
 import hashlib
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -176,6 +178,11 @@ class Round:
     write_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
     drain_s: float = 0.0
+    cpu_s: float = 0.0  # the serving process's CPU over the round (not the learner process's)
+
+    @property
+    def cpu_ms(self) -> float:
+        return self.cpu_s / len(self.hop_ms) * 1e3
 
     @property
     def rps(self) -> float:
@@ -188,29 +195,50 @@ def run_round(
     new: bool,
     tag: str,
     memory_key: MemoryKey = "query",
+    clients: int = 1,
 ) -> Round:
+    """The items' hops, served by `clients` threads at once (each takes the next item, as
+    the loop's workers take requests); one client serves them in order."""
     result = Round()
-    started = time.perf_counter()
-    for i, item in enumerate(items):
-        t0 = time.perf_counter()
-        request = RetrieveRequest(query=item.task.prompt, k_memories=MEMORIES_PER_REQUEST)
-        retrieval = service.retrieve(item.capsule_id, request)
-        t1 = time.perf_counter()
-        learned = trajectory(item, retrieval, f"{tag}-{i}", memory_key)
-        if new:
-            service.submit(learned)
-        else:
-            service.learn(learned)
-        t2 = time.perf_counter()
-        result.retrieve_ms.append((t1 - t0) * 1e3)
-        result.write_ms.append((t2 - t1) * 1e3)
-        result.hop_ms.append((t2 - t0) * 1e3)
+    lock = threading.Lock()
+    position = iter(enumerate(items))
+
+    def client() -> None:
+        while True:
+            with lock:
+                taken = next(position, None)
+            if taken is None:
+                return
+            i, item = taken
+            t0 = time.perf_counter()
+            request = RetrieveRequest(query=item.task.prompt, k_memories=MEMORIES_PER_REQUEST)
+            retrieval = service.retrieve(item.capsule_id, request)
+            t1 = time.perf_counter()
+            learned = trajectory(item, retrieval, f"{tag}-{i}", memory_key)
+            if new:
+                service.submit(learned)
+            else:
+                service.learn(learned)
+            t2 = time.perf_counter()
+            with lock:
+                result.retrieve_ms.append((t1 - t0) * 1e3)
+                result.write_ms.append((t2 - t1) * 1e3)
+                result.hop_ms.append((t2 - t0) * 1e3)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    if clients == 1:
+        client()
+    else:
+        with ThreadPoolExecutor(clients, thread_name_prefix="client") as pool:
+            for done in [pool.submit(client) for _ in range(clients)]:
+                done.result()  # a client's error fails the round
     if new:
         t3 = time.perf_counter()
         if not service.drain(timeout=600):
             raise SystemExit("the learn queue did not drain in 600 s")
         result.drain_s = time.perf_counter() - t3
     result.seconds = time.perf_counter() - started
+    result.cpu_s = time.process_time() - cpu
     return result
 
 
@@ -231,14 +259,27 @@ def main() -> None:
         default="query",
         help="what a learned memory is keyed by: the prompt's embedding (the loop's) or its text",
     )
+    parser.add_argument(
+        "--clients",
+        default="1,8",
+        help="comma-separated client counts: each round serves its requests with each count"
+        " (threads taking the next request, as the loop's workers do; 1: one after another)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = parser.parse_args()
+    try:
+        args.clients = [int(c) for c in args.clients.split(",")]
+    except ValueError:
+        parser.error(f"--clients: not a comma-separated list of integers: {args.clients!r}")
+    if not args.clients or min(args.clients) < 1:
+        parser.error(f"--clients: each count must be at least 1, got {args.clients}")
     import torch
 
     torch.set_num_threads(1)
     console = Console()
     capsules = fleet()
-    workload = build_workload(capsules, args.requests * (args.rounds + 1), seed=args.seed)
+    slices = args.rounds * len(args.clients) + 1  # each round and client count its own items
+    workload = build_workload(capsules, args.requests * slices, seed=args.seed)
     distinct = len({(w.capsule_id, w.task.prompt) for w in workload})
     folder = Path(tempfile.mkdtemp(prefix="context-hop-"))
     services = {
@@ -250,17 +291,28 @@ def main() -> None:
     warm = workload[: args.requests]
     for name, service in services.items():  # views built, code paths warm: not measured
         run_round(service, warm, name != "old", "warm", args.memory_key)
-    rounds: dict[str, list[Round]] = {path: [] for path in PATHS}
+    rounds: dict[tuple[str, int], list[Round]] = {
+        (path, c): [] for path in PATHS for c in args.clients
+    }
     with Progress(console=console) as progress:
-        bar = progress.add_task("rounds", total=args.rounds * len(PATHS))
+        bar = progress.add_task("rounds", total=args.rounds * len(PATHS) * len(args.clients))
         for r in range(args.rounds):
-            items = workload[args.requests * (r + 1) : args.requests * (r + 2)]
             order = PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]
-            for name in order:
-                rounds[name].append(
-                    run_round(services[name], items, name != "old", f"r{r}", args.memory_key)
-                )
-                progress.advance(bar)
+            for k, clients in enumerate(args.clients):
+                at = args.requests * (1 + r * len(args.clients) + k)
+                items = workload[at : at + args.requests]
+                for name in order:
+                    rounds[name, clients].append(
+                        run_round(
+                            services[name],
+                            items,
+                            name != "old",
+                            f"r{r}c{clients}",
+                            args.memory_key,
+                            clients,
+                        )
+                    )
+                    progress.advance(bar)
     stats = services["new"].learning_stats()
     for service in services.values():
         service.close()
@@ -270,67 +322,77 @@ def main() -> None:
 def report(
     console: Console,
     args: argparse.Namespace,
-    rounds: dict[str, list[Round]],
+    rounds: dict[tuple[str, int], list[Round]],
     stats: dict[str, int],
     distinct: int,
     total: int,
 ) -> None:
-    def flat(name: str, attr: str) -> list[float]:
-        return [v for r in rounds[name] for v in getattr(r, attr)]
+    def flat(key: tuple[str, int], attr: str) -> list[float]:
+        return [v for r in rounds[key] for v in getattr(r, attr)]
 
     table = Table(title="context hop: retrieve + learn per request")
-    for column in ("path", "hop p50 ms [95%]", "hop p99 ms", "retrieve p50", "learn/submit p50"):
+    columns = ("path", "clients", "hop p50 ms [95%]", "hop p99 ms", "retrieve p50")
+    for column in (*columns, "learn/submit p50", "serving CPU ms a request"):
         table.add_column(column)
     table.add_column("req/s incl. learning")
     rows: list[str] = []
-    for name in PATHS:
-        p50, low, high = bootstrap_median(flat(name, "hop_ms"))
-        rps = [r.rps for r in rounds[name]]
-        cells = [
-            name,
-            f"{p50:.2f} [{low:.2f}, {high:.2f}]",
-            f"{np.percentile(flat(name, 'hop_ms'), 99):.1f}",
-            f"{np.median(flat(name, 'retrieve_ms')):.2f}",
-            f"{np.median(flat(name, 'write_ms')):.2f}",
-            f"{np.median(rps):.0f} ({min(rps):.0f}-{max(rps):.0f})",
-        ]
-        table.add_row(*cells)
-        rows.append("| " + " | ".join(cells) + " |")
+    for clients in args.clients:
+        for name in PATHS:
+            key = (name, clients)
+            p50, low, high = bootstrap_median(flat(key, "hop_ms"))
+            rps = [r.rps for r in rounds[key]]
+            cells = [
+                name,
+                str(clients),
+                f"{p50:.2f} [{low:.2f}, {high:.2f}]",
+                f"{np.percentile(flat(key, 'hop_ms'), 99):.1f}",
+                f"{np.median(flat(key, 'retrieve_ms')):.2f}",
+                f"{np.median(flat(key, 'write_ms')):.2f}",
+                f"{np.median([r.cpu_ms for r in rounds[key]]):.2f}",
+                f"{np.median(rps):.0f} ({min(rps):.0f}-{max(rps):.0f})",
+            ]
+            table.add_row(*cells)
+            rows.append("| " + " | ".join(cells) + " |")
     console.print(table)
-    new_rps = [r.rps for r in rounds["new"]]
-    goals = [
-        Goal.of(
-            "new hop throughput (learner process), learning included",
-            bootstrap_median(new_rps),
-            at_least=GOAL_RPS,
-            unit=" req/s",
-        ),
-        Goal.of(
-            "throughput new / old (paired rounds)",
-            paired_ratio(rounds["new"], rounds["old"]),
-            at_least=GOAL_SPEEDUP,
-            unit="x",
-        ),
-        Goal.of(
-            "hop p50 old / new (request path)",
-            bootstrap_ratio(flat("old", "hop_ms"), flat("new", "hop_ms")),
-            at_least=GOAL_SPEEDUP,
-            unit="x",
-        ),
-        Goal.of(
-            "throughput learner process / learner thread (paired rounds)",
-            paired_ratio(rounds["new"], rounds["thread"]),
-            at_least=1.0,
-            unit="x",
-            note="the process is the default only if it is not slower",
-        ),
-    ]
+    goals: list[Goal] = []
+    for clients in args.clients:
+        # The one-client rows keep their names (the figures before client counts existed).
+        at = "" if clients == 1 else f", {clients} clients"
+        new, old, thread = (rounds[p, clients] for p in PATHS)
+        goals += [
+            Goal.of(
+                f"new hop throughput (learner process), learning included{at}",
+                bootstrap_median([r.rps for r in new]),
+                at_least=GOAL_RPS,
+                unit=" req/s",
+            ),
+            Goal.of(
+                f"throughput new / old (paired rounds){at}",
+                paired_ratio(new, old),
+                at_least=GOAL_SPEEDUP,
+                unit="x",
+            ),
+            Goal.of(
+                f"hop p50 old / new (request path){at}",
+                bootstrap_ratio(flat(("old", clients), "hop_ms"), flat(("new", clients), "hop_ms")),
+                at_least=GOAL_SPEEDUP,
+                unit="x",
+            ),
+            Goal.of(
+                f"throughput learner process / learner thread (paired rounds){at}",
+                paired_ratio(new, thread),
+                at_least=1.0,
+                unit="x",
+                note="the process is the default only if it is not slower",
+            ),
+        ]
     for g in goals:
         console.print(f"{g.claim}: {g.figure:.2f}{g.unit} {g.interval()} -> {g.verdict()}")
     console.print(f"worker and query cache: {stats}")
     rates = run_hit_rates()
     hit_rate = stats["query_hits"] / max(1, stats["query_hits"] + stats["query_misses"])
     command = f"benchmarks/context_hop.py --rounds {args.rounds} --requests {args.requests}"
+    command += f" --clients {','.join(map(str, args.clients))}"
     if args.memory_key != "query":
         command += f" --memory-key {args.memory_key}"
     write_results(NAME, command, goals)
@@ -342,7 +404,9 @@ def report(
         f"`.venv/bin/python {command}`: {cpu_name()}; {machine_load()} at the end of the run"
         " (other engineers' jobs share the two cores: figures move with their load).",
         "",
-        f"{args.rounds} rounds x {args.requests} requests per path after a warm-up round, same"
+        f"{args.rounds} rounds x {args.requests} requests per path and client count after a"
+        " warm-up round (each client count its own requests of the same workload; clients:"
+        " threads taking the next request, as the loop's workers do), same"
         " workload (`trifecta run`'s: 8 capsules, 4 domains), SQLite shards, no Redis, torch on"
         " one thread. Hop = retrieve + learn (old) or retrieve + submit (new: the learner"
         " process; thread: the worker in a thread of the serving process, as"
@@ -350,9 +414,10 @@ def report(
         f" keyed by {'the prompt' if args.memory_key == 'query' else 'their text'}'s"
         " embedding on the new paths (`--memory-key`; the old path's `learn` embeds the text).",
         "",
-        "| path | hop p50 ms [95%] | hop p99 ms | retrieve p50 ms | learn/submit p50 ms"
+        "| path | clients | hop p50 ms [95%] | hop p99 ms | retrieve p50 ms"
+        " | learn/submit p50 ms | serving-process CPU ms a request, median"
         " | req/s incl. learning, median (range over rounds) |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         *goals_markdown(goals),

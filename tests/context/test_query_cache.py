@@ -176,3 +176,77 @@ def test_the_waits_of_a_thread_are_counted(monkeypatch: pytest.MonkeyPatch) -> N
         gated.vector("behind")  # waits for the first's forward, then embeds its own
         assert 0.15 <= query_cache.waited_s() - before < 5
         first.result(10)
+
+
+def test_an_announced_caller_joins_the_forward_of_one_already_asking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller that finds the embedder free while another announced itself (`coming`)
+    waits for it to ask, and both queries share one call; one leaving without asking (a
+    result-cache hit) ends the wait as well."""
+    monkeypatch.setattr(query_cache, "COMING_WAIT_S", 10.0)  # ends when all have arrived
+    embed = Recording()
+    cache = QueryEmbeddings(embed, max_entries=10)
+    asked = threading.Event()
+    go = threading.Event()
+
+    def late(text: str | None) -> Vector | None:
+        with cache.coming():
+            asked.set()
+            assert go.wait(10)  # its read's steps before the embedding
+            return cache.vector(text) if text is not None else None
+
+    with ThreadPoolExecutor(2) as pool:
+        other = pool.submit(late, "b")
+        assert asked.wait(5)
+        first = pool.submit(cache.vector, "a")
+        while not cache._busy:  # it found "b" announced and waits for it
+            threading.Event().wait(0.001)
+        go.set()
+        assert np.array_equal(first.result(10), vector_of("a"))
+        assert np.array_equal(other.result(10), vector_of("b"))
+    assert embed.calls == [["a", "b"]]
+
+    go.clear()
+    asked.clear()
+    with ThreadPoolExecutor(2) as pool:
+        leaving = pool.submit(late, None)  # announced, then leaves without asking
+        assert asked.wait(5)
+        first = pool.submit(cache.vector, "c")
+        while not cache._busy:
+            threading.Event().wait(0.001)
+        go.set()
+        assert np.array_equal(first.result(10), vector_of("c"))
+        assert leaving.result(10) is None
+    assert embed.calls == [["a", "b"], ["c"]]
+    assert cache._coming == 0
+
+
+def test_an_announced_caller_is_waited_for_a_bounded_time_and_never_by_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(query_cache, "COMING_WAIT_S", 0.05)
+    embed = Recording()
+    cache = QueryEmbeddings(embed, max_entries=10)
+    with cache.coming(), cache.coming():  # nested: announced once, arrives by asking
+        started = time.monotonic()
+        assert np.array_equal(cache.vector("alone"), vector_of("alone"))
+        assert time.monotonic() - started < 0.04  # nobody else was coming
+    stuck = threading.Event()
+    release = threading.Event()
+
+    def announced_never_asks() -> None:
+        with cache.coming():
+            stuck.set()
+            assert release.wait(10)
+
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(announced_never_asks)
+        assert stuck.wait(5)
+        before = query_cache.waited_s()
+        cache.vector("x")
+        waited = query_cache.waited_s() - before
+        release.set()
+        other.result(10)
+    assert 0.05 <= waited < 5  # the whole bound, counted as a wait
+    assert embed.calls == [["alone"], ["x"]] and cache._coming == 0

@@ -55,7 +55,7 @@ def cache_over(client: Any, **kwargs: Any) -> ResultCache:
 def test_put_returns_before_redis_answers_and_the_backlog_goes_in_one_pipeline() -> None:
     client = SlowRedis()
     cache = cache_over(client)
-    body = cache.put("plant", 1, "k1", result(1))  # the sharer takes it and blocks in Redis
+    body = cache.put("plant", 1, "k1", result(1)).json()  # the sharer takes it, blocks in Redis
     assert client.entered.wait(5)
     assert cache.get_body("plant", 1, "k1", shared=False) == body  # served here meanwhile
     cache.put("plant", 1, "k2", result(1))
@@ -95,3 +95,15 @@ def test_without_redis_nothing_is_queued() -> None:
     cache.put("plant", 1, "k", result(1))
     assert cache.flush(timeout=0.01)
     assert cache.stats()["shared"] == 0 and cache.stats()["unshared"] == 0
+
+
+def test_without_redis_a_result_is_encoded_only_when_its_json_is_asked_for() -> None:
+    """An in-process caller gets the model it computed; the JSON (an HTTP answer) is made
+    once, at the first ask, and parses back to the same result."""
+    cache = ResultCache(None, max_entries=16, ttl_s=5)
+    kept = cache.put("plant", 1, "k", result(1))
+    assert kept.body is None  # nothing encoded yet
+    assert cache.get("plant", 1, "k", type(result(1))) is kept.value
+    body = cache.get_body("plant", 1, "k", shared=False)
+    assert body is not None and kept.body is body
+    assert type(result(1)).model_validate_json(body) == result(1)

@@ -283,12 +283,20 @@ class VersionBoard:
 
 
 @dataclass
-class _Result:
+class CachedResult:
     """A cached result: its JSON (what HTTP answers and Redis stores) and, once someone in
-    this process asked for it, the model parsed from it."""
+    this process asked for it, the model parsed from it. One computed here keeps the model
+    and makes its JSON when first asked for it (`json`): an in-process caller (the loop's
+    retrievals, without Redis) never needs it."""
 
-    body: bytes
+    body: bytes | None
     value: BaseModel | None = None
+
+    def json(self) -> bytes:
+        if self.body is None:
+            assert self.value is not None  # one of the two is always kept
+            self.body = self.value.model_dump_json().encode()
+        return self.body
 
 
 class ResultCache:
@@ -308,7 +316,7 @@ class ResultCache:
         self.ttl_ms = int(ttl_s * 1000)
         self.prefix = prefix
         self.max_entries = max_entries
-        self._local: OrderedDict[tuple[str, int, str], _Result] = OrderedDict()
+        self._local: OrderedDict[tuple[str, int, str], CachedResult] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = self.shared_hits = 0
         self._sharer = _Sharer(link, self.ttl_ms)
@@ -323,7 +331,7 @@ class ResultCache:
         if found is None:
             return None
         if found.value is None:
-            found.value = model.model_validate_json(found.body)
+            found.value = model.model_validate_json(found.json())
         return found.value  # type: ignore[return-value]
 
     def get_body(
@@ -333,11 +341,11 @@ class ResultCache:
         loop's lookup: no network call on the thread every request goes through); a
         callable is asked after a miss here whether to look in Redis."""
         found = self._find(domain, version, key, shared=shared)
-        return found.body if found is not None else None
+        return found.json() if found is not None else None
 
     def _find(
         self, domain: str, version: int, key: str, *, shared: Shared = True
-    ) -> _Result | None:
+    ) -> CachedResult | None:
         local_key = (domain, version, key)
         with self._lock:
             found = self._local.get(local_key)
@@ -352,29 +360,30 @@ class ResultCache:
             except RedisDown:
                 raw = None
             if raw is not None:
-                stored = _Result(bytes(raw))
+                stored = CachedResult(bytes(raw))
                 self._remember(local_key, stored)
                 self.shared_hits += 1
                 return stored
         self.misses += 1
         return None
 
-    def put(self, domain: str, version: int, key: str, value: BaseModel) -> bytes:
-        """Keep a result here, and hand it to the sharer thread for Redis; returns its JSON.
-        The request that computed it does not wait for Redis: a key names its version, so a
-        late SET can only ever be right, and this replica answers from its own copy."""
-        body = value.model_dump_json().encode()
-        self._remember((domain, version, key), _Result(body, value))
+    def put(self, domain: str, version: int, key: str, value: BaseModel) -> CachedResult:
+        """Keep a result here, and hand its JSON to the sharer thread for Redis (without
+        Redis the JSON waits until an HTTP answer asks for it: `CachedResult.json`). The request
+        that computed it does not wait for Redis: a key names its version, so a late SET can
+        only ever be right, and this replica answers from its own copy."""
+        result = CachedResult(None, value)
+        self._remember((domain, version, key), result)
         if self.link is not None:
-            self._sharer.send(self._redis_key(domain, version, key), body)
-        return body
+            self._sharer.send(self._redis_key(domain, version, key), result.json())
+        return result
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every result put so far was sent to Redis (or given up); False if
         `timeout` passed first."""
         return self._sharer.flush(timeout)
 
-    def _remember(self, key: tuple[str, int, str], value: _Result) -> None:
+    def _remember(self, key: tuple[str, int, str], value: CachedResult) -> None:
         with self._lock:
             self._local[key] = value
             self._local.move_to_end(key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -203,6 +204,15 @@ class ContextService:
     def run(self, read: Read[M]) -> M:
         """The result of a planned read: from the result cache, else computed from the
         domain's view (cache on) or straight from its shard (cache off)."""
+        with self._coming(read):
+            return self._run(read)
+
+    def _coming(self, read: Read[Any]) -> AbstractContextManager[None]:
+        """A read that embeds its query announces it: a concurrent miss about to embed
+        waits briefly for it, and they share one forward (`query_cache.py`)."""
+        return self.query_vectors.coming() if read.query is not None else nullcontext()
+
+    def _run(self, read: Read[M]) -> M:
         domain = read.domain
         if not self.cache_enabled:
             return self.on_shard(domain, lambda store: read.compute(StoreReader(store, domain)))
@@ -223,9 +233,13 @@ class ContextService:
         result goes to Redis from the sharer thread (`ResultCache.put`), so the computed
         path makes at most one Redis round trip, the GET: under load each one waits for
         the Redis process, then for the interpreter lock and a core."""
+        with self._coming(read):
+            return self._run_json(read, asked)
+
+    def _run_json(self, read: Read[M], asked: bool) -> bytes:
         domain = read.domain
         if not self.cache_enabled:
-            return self.run(read).model_dump_json().encode()
+            return self._run(read).model_dump_json().encode()
         if not asked:
             self.hot_reads.asked(read)
         version = self.current_version(domain)
@@ -233,7 +247,7 @@ class ContextService:
         body = self.results.get_body(domain, version, read.key, shared=shared)
         if body is not None:
             return body
-        return self.results.put(domain, version, read.key, self._compute(read, version))
+        return self.results.put(domain, version, read.key, self._compute(read, version)).json()
 
     def _dear(self, read: Read[M], version: int) -> bool:
         """Whether computing the read here costs more than a Redis round trip, so that
