@@ -120,7 +120,10 @@ class ContextSettings(LayerSettings):
         description="learn in a process of its own (else a thread of the serving process)",
     )
     learn_nice: int = Field(
-        default=10,
+        # 0: a learner thread shares the interpreter lock with the request threads, and at
+        # nice 10 on a loaded machine the scheduler held it back while it held the lock, so
+        # every request waited for it (priority inversion: docs/context.md).
+        default=0,
         ge=0,
         le=19,
         description="the learning worker's Linux nice value (background work; 0: as requests)",
