@@ -21,8 +21,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal, NotRequired, TypedDict, cast
 
 import numpy as np
 import pytest
@@ -32,9 +33,17 @@ from hypothesis import strategies as st
 
 from trifecta.core.errors import InvalidInput
 from trifecta.generative.expansion import resize
-from trifecta.generative.model import DiffusionConfig, MoE, Routing
+from trifecta.generative.expert_nodes import (
+    Batches,
+    LocalBackend,
+    NodeBackend,
+    RayBackend,
+    Variants,
+    Weights,
+)
+from trifecta.generative.model import DiffusionConfig, Expert, MoE, Routing
 from trifecta.generative.placement import Cluster, place
-from trifecta.generative.ray_experts import Batches, PlacedMoE, Variants
+from trifecta.generative.ray_experts import PlacedMoE
 from trifecta.generative.selection import ExpertMask, half_mask
 
 HERE = Path(__file__).resolve()
@@ -83,24 +92,92 @@ def routing_of(mask: ExpertMask) -> Routing:
 
 
 class Recorder:
-    """Every batch the placed layer sends a node: (node, expert, variant or None, tokens)."""
+    """Every batch the placed layer sends a node: (node, expert, variant or None, tokens).
+    It takes the layer's backend's place and hands every call on to it (`inner`)."""
 
     def __init__(self, placed: PlacedMoE):
         self.calls: list[tuple[int, int, str | None, int]] = []
-        run = placed.backend.run
-
-        def recording(per_node: list[Batches], variants: list[Variants]) -> list[Batches]:
-            for node, (batches, tags) in enumerate(zip(per_node, variants, strict=True)):
-                self.calls += [(node, e, tags.get(e), len(x)) for e, x in batches.items()]
-            return run(per_node, variants)
-
-        placed.backend.run = recording  # type: ignore[method-assign]
+        self.inner: NodeBackend = placed.backend
+        placed.backend = self
 
     def experts(self) -> set[int]:
         return {e for _, e, _, _ in self.calls}
 
+    def run(self, per_node: Sequence[Batches], variants: Sequence[Variants]) -> list[Batches]:
+        for node, (batches, tags) in enumerate(zip(per_node, variants, strict=True)):
+            self.calls += [(node, e, tags.get(e), len(x)) for e, x in batches.items()]
+        return self.inner.run(per_node, variants)
 
-def masked_outputs(address: str | None) -> dict[str, object]:
+    def load(self, node: int, expert: int, state: Weights) -> None:
+        self.inner.load(node, expert, state)
+
+    def load_variant(self, node: int, expert: int, tag: str, state: Weights) -> None:
+        self.inner.load_variant(node, expert, tag, state)
+
+    def drop_variant(self, node: int, expert: int, tag: str) -> None:
+        self.inner.drop_variant(node, expert, tag)
+
+    def drop(self, node: int, expert: int) -> None:
+        self.inner.drop(node, expert)
+
+    def hosted(self) -> list[list[int]]:
+        return self.inner.hosted()
+
+    def hosted_variants(self) -> list[list[tuple[int, str]]]:
+        return self.inner.hosted_variants()
+
+    def add_node(self) -> None:
+        self.inner.add_node()
+
+    def remove_nodes(self, indices: Sequence[int]) -> None:
+        self.inner.remove_nodes(indices)
+
+
+def on_ray(placed: PlacedMoE) -> RayBackend:
+    """The layer's Ray backend (it was placed with a `ray_address`)."""
+    assert isinstance(placed.backend, RayBackend), "a layer placed with a Ray address"
+    return placed.backend
+
+
+Masking = Literal["dropped", "wide", "merged"]
+MASKINGS: tuple[Masking, ...] = ("dropped", "wide", "merged")
+
+
+class MaskedRow(TypedDict):
+    """One capsule mask's forward on placed nodes against the layer's own."""
+
+    max_abs_diff: float
+    output: list[float]
+    sent: list[int]  # the experts any node was sent tokens of
+    variants: list[tuple[int, str]]  # (expert, merged variant) that ran on a node
+    tokens_sent: int
+    kept: list[int]  # the mask's experts
+
+
+class MaskedReport(TypedDict):
+    dropped: MaskedRow
+    wide: MaskedRow
+    merged: MaskedRow
+    hosted_variants: list[list[tuple[int, str]]]
+    holders: list[list[int]]
+    merged_after_expand: float
+
+
+class PlacedReport(TypedDict):
+    """The placed layer through an expansion and a shrink against the layer's own output."""
+
+    max_abs_diff: float
+    max_abs_diff_after_expand: float
+    max_abs_diff_after_shrink: float
+    shipped: list[int]  # the experts `apply` shipped, per resize
+    planned_moves: list[int]  # the moves the planner counted, per resize
+    hosted: list[list[list[int]]]  # per resize, the experts each node holds
+    planned: list[list[list[int]]]
+    output: list[float]
+    actor_nodes: NotRequired[list[str]]  # on Ray only: the Ray node of each actor
+
+
+def masked_outputs(address: str | None) -> MaskedReport:
     """The seeded layer under a dropped and a merged capsule mask, placed (here, or on Ray at
     `address`) and in the layer itself, with padding in the batch; then the merged mask
     again after an expansion."""
@@ -110,15 +187,15 @@ def masked_outputs(address: str | None) -> dict[str, object]:
     counted[0, :4] = False  # a left-padded request
     placed = PlacedMoE(layer, place(LOADS, Cluster.uniform(2, 5)), ray_address=address)
     recorder = Recorder(placed)
-    report: dict[str, object] = {}
-    for name, mask in (("dropped", DROPPED), ("wide", WIDE), ("merged", merged_mask(layer))):
+
+    def row(mask: ExpertMask) -> MaskedRow:
         routing, expected_routing = routing_of(mask), routing_of(mask)
         start = len(recorder.calls)
         out = placed.forward(x, counted, routing)
         expected = reference(layer, x, counted, expected_routing)
         assert routing.load is None and expected_routing.load is None  # no full model here
         calls = recorder.calls[start:]
-        report[name] = {
+        return {
             "max_abs_diff": float((out - expected).abs().max()),
             "output": out.flatten()[:96].tolist(),
             "sent": sorted({e for _, e, _, _ in calls}),
@@ -126,19 +203,26 @@ def masked_outputs(address: str | None) -> dict[str, object]:
             "tokens_sent": sum(n for *_, n in calls),
             "kept": mask.layers[0],
         }
+
     merged = merged_mask(layer)
-    report["hosted_variants"] = placed.backend.hosted_variants()
-    report["holders"] = [sorted(n) for n in placed.placement.nodes]
+    dropped, wide, merged_row = row(DROPPED), row(WIDE), row(merged)
+    hosted_variants = placed.backend.hosted_variants()
+    holders = [sorted(n) for n in placed.placement.nodes]
     grown = resize(placed.placement, LOADS, add=1, target=1.0)
     placed.apply(grown.placement)
     after = placed.forward(x, counted, routing_of(merged))
-    report["merged_after_expand"] = float(
-        (after - reference(layer, x, counted, routing_of(merged))).abs().max()
-    )
-    return report
+    expected_after = reference(layer, x, counted, routing_of(merged))
+    return {
+        "dropped": dropped,
+        "wide": wide,
+        "merged": merged_row,
+        "hosted_variants": hosted_variants,
+        "holders": holders,
+        "merged_after_expand": float((after - expected_after).abs().max()),
+    }
 
 
-def placed_outputs(address: str | None) -> dict[str, object]:
+def placed_outputs(address: str | None) -> PlacedReport:
     """Run the seeded layer in-process and on its placement (here, or on Ray at `address`)."""
     layer = seeded_layer()
     x = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(1))
@@ -154,7 +238,7 @@ def placed_outputs(address: str | None) -> dict[str, object]:
     shipped_shrink = placed.apply(shrunk.placement, removed=[0])
     after_shrink = placed.forward(x)
     expected = reference(layer, x)
-    report: dict[str, object] = {
+    report: PlacedReport = {
         "max_abs_diff": float((out - expected).abs().max()),
         "max_abs_diff_after_expand": float((after - expected).abs().max()),
         "max_abs_diff_after_shrink": float((after_shrink - expected).abs().max()),
@@ -165,7 +249,7 @@ def placed_outputs(address: str | None) -> dict[str, object]:
         "output": out.flatten()[:64].tolist(),
     }
     if address is not None:
-        report["actor_nodes"] = placed.backend.actor_nodes()  # type: ignore[attr-defined]
+        report["actor_nodes"] = on_ray(placed).actor_nodes()
     return report
 
 
@@ -196,14 +280,13 @@ def test_any_placement_gives_the_layer_output(loads: list[int], nodes: int, spar
 def test_a_masked_capsule_on_placed_nodes_equals_the_masked_layer() -> None:
     report = masked_outputs(None)
     counted_tokens = 3 * 12 - 4
-    for name in ("dropped", "wide", "merged"):
+    for name in MASKINGS:
         row = report[name]
-        assert isinstance(row, dict)
         assert row["max_abs_diff"] < 1e-6, name
         assert set(row["sent"]) <= set(row["kept"]), name  # no masked expert reached a node
         assert row["tokens_sent"] == counted_tokens * 2  # padding is never sent; top-2
     merged = report["merged"]
-    assert isinstance(merged, dict) and merged["variants"]  # the merge's experts ran merged
+    assert merged["variants"]  # the merge's experts ran merged
     assert {e for e, _ in merged["variants"]} <= set(merged["kept"])
     assert report["merged_after_expand"] < 1e-6
 
@@ -220,12 +303,16 @@ def test_merged_experts_run_with_the_merged_weights_on_the_nodes_that_hold_them(
     assert merge is not None
     changed = {e for e in mask.layers[0] if int((merge[0, e] != 0).sum()) > 1}
     assert changed  # the plan merged something into some kept expert
+    local = recorder.inner
+    assert isinstance(local, LocalBackend), "placed without a Ray address: in this process"
+    gates = [cast(Expert, layer.experts[j]).gate_proj.weight.detach() for j in range(8)]
     for node, e, tag, _ in recorder.calls:
         assert (tag is not None) == (e in changed)  # merged experts ran as their variant
-        module = placed.backend.nodes[node].variants[(e, tag)] if tag else None  # type: ignore[attr-defined]
-        if module is not None:
+        if tag is not None:
+            module = local.nodes[node].variants[(e, tag)]
+            assert isinstance(module, Expert), "a merged variant is an expert's module"
             by_hand = sum(
-                float(merge[0, e, j]) * layer.experts[j].gate_proj.weight.detach() for j in range(8)
+                (float(merge[0, e, j]) * w for j, w in enumerate(gates)), torch.zeros_like(gates[0])
             )
             assert torch.allclose(module.gate_proj.weight, by_hand, atol=1e-6)
     # every variant on a node is of an expert that node holds
@@ -241,7 +328,7 @@ def test_experts_outside_the_mask_are_never_computed_on_any_node() -> None:
     layer = seeded_layer()
     with torch.no_grad():  # poisoned: a node that computed one would return NaN
         for e in set(range(8)) - set(DROPPED.layers[0]):
-            layer.experts[e].gate_proj.weight.fill_(float("nan"))
+            cast(Expert, layer.experts[e]).gate_proj.weight.fill_(float("nan"))
     placed = PlacedMoE(layer, place(LOADS, Cluster.uniform(2, 5)))
     x = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(7))
     out = placed.forward(x, None, routing_of(DROPPED))
@@ -293,7 +380,7 @@ def service_outputs(address: str | None, db: Path) -> dict[str, object]:
         responses = service.complete_batch(requests)
         report[capsule] = [[r.tokens, r.expert_load] for r in responses]
     if address is not None:
-        report["actor_nodes"] = [layer.backend.actor_nodes() for layer in service.placed]  # type: ignore[attr-defined]
+        report["actor_nodes"] = [on_ray(layer).actor_nodes() for layer in service.placed]
         # A node added to the running service (an actor more), rebalanced on skewed load:
         # the same answers after.
         skew = np.ones((c.n_layers, c.n_experts))
@@ -304,7 +391,7 @@ def service_outputs(address: str | None, db: Path) -> dict[str, object]:
             "moves": [r.moves for r in grown.report],
             "planned": [[sorted(n) for n in p.nodes] for p in service.placements],
             "hosted": [layer.backend.hosted() for layer in service.placed],
-            "actors": [len(layer.backend.actor_nodes()) for layer in service.placed],  # type: ignore[attr-defined]
+            "actors": [len(on_ray(layer).actor_nodes()) for layer in service.placed],
         }
         for capsule in ("c-all", "c-drop", "c-merge"):
             requests = [GenerativeRequest(capsule_id=capsule, prompt=t.prompt) for t in tasks]
@@ -436,7 +523,7 @@ def test_ray_actors_on_two_nodes_give_the_in_process_output(
     actor_nodes = remote["actor_nodes"]
     assert len(set(actor_nodes[:2])) == 2  # the two placement nodes on the two Ray nodes
     masked, local_masked = remote["masked"], masked_outputs(None)
-    for name in ("dropped", "wide", "merged"):
+    for name in MASKINGS:
         assert masked[name]["output"] == local_masked[name]["output"]  # bit for bit
         assert masked[name]["max_abs_diff"] < 1e-6
         assert set(masked[name]["sent"]) <= set(masked[name]["kept"])  # masked: never sent
@@ -465,7 +552,9 @@ if __name__ == "__main__":  # the driver, inside the head's namespace
 
     torch.set_num_threads(1)
     ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False)
-    report = placed_outputs(sys.argv[1])
-    report["masked"] = masked_outputs(sys.argv[1])
-    report["service"] = service_outputs(sys.argv[1], Path(sys.argv[2]).with_suffix(".db"))
-    Path(sys.argv[2]).write_text(json.dumps(report))
+    driven = {
+        **placed_outputs(sys.argv[1]),
+        "masked": masked_outputs(sys.argv[1]),
+        "service": service_outputs(sys.argv[1], Path(sys.argv[2]).with_suffix(".db")),
+    }
+    Path(sys.argv[2]).write_text(json.dumps(driven))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -11,6 +13,7 @@ from tests.generative.test_ray_experts import Recorder
 from trifecta.core.db import get_engine
 from trifecta.core.errors import InvalidInput
 from trifecta.core.tasks import generate_tasks
+from trifecta.generative.model import DiffusionLM
 from trifecta.generative.selection import configured_mask, half_mask
 from trifecta.generative.service import GenerativeRequest, GenerativeService
 from trifecta.generative.settings import GenerativeSettings
@@ -18,7 +21,7 @@ from trifecta.generative.store import GenerativeStore
 
 
 @pytest.fixture
-def service(shipped, sqlite_url: str) -> GenerativeService:
+def service(shipped: DiffusionLM, sqlite_url: str) -> GenerativeService:
     return GenerativeService(shipped, GenerativeStore(get_engine(sqlite_url)))
 
 
@@ -96,7 +99,7 @@ def test_a_mask_learned_from_traffic_serves_the_capsule(service: GenerativeServi
     assert response.experts_active == mask.active_count()
 
 
-def _capsule_masks(store: GenerativeStore, model) -> None:
+def _capsule_masks(store: GenerativeStore, model: DiffusionLM) -> None:
     """c-drop: a configured mask; c-merge: the half mask with its dropped experts merged."""
     c = model.config
     store.put_mask("c-drop", configured_mask(mask_experts(c.top_k), c.n_layers))
@@ -104,7 +107,7 @@ def _capsule_masks(store: GenerativeStore, model) -> None:
     store.put_mask("c-merge", half_mask(load, 4, c.top_k, model.router_weights()))
 
 
-def test_placed_experts_serve_what_the_model_serves(shipped, tmp_path) -> None:
+def test_placed_experts_serve_what_the_model_serves(shipped: DiffusionLM, tmp_path: Path) -> None:
     """The service with its experts on two placed nodes (in this process) answers as the
     model does, for a capsule with every expert, a dropped mask and a merged mask."""
     stores = [GenerativeStore(get_engine(f"sqlite:///{tmp_path / f'{i}.db'}")) for i in (0, 1)]
@@ -134,7 +137,7 @@ def test_placed_experts_serve_what_the_model_serves(shipped, tmp_path) -> None:
 
 
 def test_expert_placement_is_a_setting(
-    shipped, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    shipped: DiffusionLM, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from trifecta.core.errors import NotFound
 

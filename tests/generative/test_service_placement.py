@@ -6,10 +6,12 @@ answers stay the same through every change."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pytest
 import torch
+from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from tests.generative.conftest import mask_experts, shipped_shape
@@ -25,6 +27,15 @@ from trifecta.generative.settings import GenerativeSettings
 from trifecta.generative.store import GenerativeStore
 
 QUIET = {"rebalance_threshold": None}  # no online rebalance unless a test asks for one
+
+
+class RebalanceArgs(TypedDict, total=False):
+    """Keyword arguments of `GenerativeService.rebalance` a bad-input case passes."""
+
+    loads: NDArray[np.float64]
+    layers: list[int]
+    add: int
+    remove: list[int]
 
 
 def _store(tmp_path: Path, name: str = "g") -> GenerativeStore:
@@ -217,7 +228,7 @@ def test_bad_placement_input_names_the_field(shipped: DiffusionLM, tmp_path: Pat
     with pytest.raises(NotFound) as missing:
         service.rebalance()  # no traffic yet
     assert missing.value.field == "loads"
-    cases = [
+    cases: list[tuple[RebalanceArgs, str]] = [
         ({"loads": np.ones((L, E)), "layers": [L]}, "layers"),
         ({"loads": np.ones((L, E + 1))}, "loads"),
         ({"loads": np.ones((L, E)), "remove": [5]}, "remove"),
@@ -228,7 +239,7 @@ def test_bad_placement_input_names_the_field(shipped: DiffusionLM, tmp_path: Pat
     ]
     for kwargs, field in cases:
         with pytest.raises(InvalidInput) as bad:
-            service.rebalance(**kwargs)  # type: ignore[arg-type]
+            service.rebalance(**kwargs)
         assert bad.value.field == field, kwargs
     assert service.placement_version == 1  # nothing applied
 
