@@ -54,10 +54,11 @@ from trifecta.core.errors import InvalidInput
 if TYPE_CHECKING:
     import torch
 
-# fused: MiniLM written out as one scripted module (core/embed_fused.py); torchscript: the
+# fused: MiniLM written out as one scripted module (core/embed_fused.py); int8: that module
+# with SmoothQuant int8 Linears (core/embed_int8.py; only when asked for); torchscript: the
 # HF forward traced (this module); eager: the modules run one by one.
-Engine = Literal["eager", "torchscript", "fused"]
-ENGINE_ENV = "TRIFECTA_EMBED_ENGINE"  # auto (the default), eager, torchscript or fused
+Engine = Literal["eager", "torchscript", "fused", "int8"]
+ENGINE_ENV = "TRIFECTA_EMBED_ENGINE"  # auto (the default), eager, torchscript, fused or int8
 # The weights' precision (core/embeddings.py), declared here with its check, which settings
 # run at start-up as the engine's: this module imports no torch or numpy.
 Precision = Literal["float32", "bfloat16"]

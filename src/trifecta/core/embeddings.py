@@ -168,6 +168,10 @@ class MiniLMEmbedder:
             from trifecta.core.embed_fused import FusedEncoder  # imports torch
 
             self.compiled = FusedEncoder(bert)
+        elif self.engine == "int8":
+            from trifecta.core.embed_int8 import Int8Encoder  # imports torch
+
+            self.compiled = Int8Encoder(bert, self._tokenizer)
 
     @property
     def engine_in_use(self) -> Engine:
