@@ -358,7 +358,7 @@ def report(
     for clients in args.clients:
         # The one-client rows keep their names (the figures before client counts existed).
         at = "" if clients == 1 else f", {clients} clients"
-        new, old, thread = (rounds[p, clients] for p in PATHS)
+        old, new, thread = (rounds[p, clients] for p in ("old", "new", "thread"))
         goals += [
             Goal.of(
                 f"new hop throughput (learner process), learning included{at}",
