@@ -137,3 +137,18 @@ def test_without_the_int8_kernel_the_embedder_runs_eager(
     assert embedder.engine_in_use == "eager"
     assert embedder.compiled is not None and "no int8 kernel" in str(embedder.compiled.broken)
     assert vectors.shape == (2, 384)
+
+
+def test_a_cpu_without_vnni_is_refused_rather_than_run_wrong() -> None:
+    """oneDNN limited to AVX2 (a CPU without VNNI) saturates int8 pair products in 16 bits:
+    the probe must see it and say no."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from trifecta.core.embed_int8 import int8_support; print(int8_support())"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert "off by" in done.stdout or "Error" in done.stdout, done.stdout

@@ -272,15 +272,28 @@ def input_peaks(
 
 
 def int8_support() -> str | None:
-    """None where oneDNN runs int8 Linears on this CPU and build, else why not (tried on a
-    tiny Linear, so a missing kernel shows here rather than at a query)."""
+    """None where oneDNN's int8 Linear gives exact integer products on this CPU and build,
+    else why not. Tried at full range, signed and unsigned activations as the layers use
+    them: without VNNI (AVX2 only) oneDNN's kernel multiplies pairs into 16 bits, which
+    saturate there (measured: errors of a tenth of the product), so such a CPU runs eager
+    rather than wrong."""
     if not torch.backends.mkldnn.is_available():
         return "torch built without oneDNN"
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randint(-127, 128, (16, 64), generator=generator, dtype=torch.int16)
     try:
-        linear = Int8Linear(torch.eye(8), torch.zeros(8), None)
-        out = linear(torch.arange(16, dtype=torch.float32).view(2, 8))
-        if not torch.allclose(out, torch.arange(16, dtype=torch.float32).view(2, 8), atol=0.1):
-            return "int8 linear gave wrong values"
+        packed = torch.ops.onednn.qlinear_prepack(weight.to(torch.int8), [PACK_ROWS, 64])
+        for kind, low, high in ((torch.int8, -127, 128), (torch.uint8, 0, 256)):
+            x = torch.randint(low, high, (PACK_ROWS, 64), generator=generator, dtype=torch.int16)
+            scalars: list[int | float | complex | None] = []
+            products = torch.ops.onednn.qlinear_pointwise(
+                x.to(kind), 1.0, 0, packed, torch.ones(16), torch.zeros(16, dtype=torch.long),
+                None, 1.0, 0, torch.float32, "none", scalars, "",
+            )  # fmt: skip
+            exact = x.double() @ weight.double().t()
+            if not torch.equal(products.double(), exact):
+                worst = float((products.double() - exact).abs().max())
+                return f"int8 products off by up to {worst:.0f} ({kind}; no VNNI?)"
     except (RuntimeError, AttributeError, NotImplementedError) as error:
         return f"{type(error).__name__}: {str(error)[:200]}"
     return None
