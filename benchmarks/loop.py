@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import sys
 import tempfile
 import threading
@@ -62,6 +63,7 @@ CPU_MS: list[float] = []  # CPU a request, serving and draining, per throughput 
 CHILD_CPU_MS: list[float] = []  # of which in child processes (the context learner's)
 ENGINE_CPU_MS: list[float] = []  # of which on the serving engines' decoding threads
 QUERY_EMBEDS: list[tuple[int, int]] = []  # (query-cache misses, encoder calls) per pass
+SWITCHES: list[float] = []  # voluntary context switches a request (every thread), per pass
 # Where the CPU goes, from a profile (py-spy at 67 Hz attached 3 s after serving began, 40 s of
 # `trifecta run --requests 6000 --workers 16 --seed 7` on a fresh data directory, load ~1,
 # 2026-12-07, HEAD d9c48df: the request log and learn queue on Core connections, the learner's
@@ -200,6 +202,9 @@ def loop_pass(
     before = queries.stats() if queries is not None else None
     cpu = tree_cpu_seconds()
     engines = engine_cpu_seconds()
+    # The process's threads' voluntary switches (the kernel's sum over every thread, ended
+    # ones included): each is a thread that blocked, most of them hand-offs between threads.
+    switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
     started = time.perf_counter()
     results, _ = serve_workload(orchestrator, items, workers=workers)
     seconds = time.perf_counter() - started
@@ -209,6 +214,7 @@ def loop_pass(
     CPU_MS.append((sum(spent) - sum(cpu)) * 1000 / len(results))
     CHILD_CPU_MS.append((spent[1] - cpu[1]) * 1000 / len(results))
     ENGINE_CPU_MS.append((engine_cpu_seconds() - engines) * 1000 / len(results))
+    SWITCHES.append((resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switches) / len(results))
     if queries is not None and before is not None:
         after = queries.stats()
         QUERY_EMBEDS.append((after["misses"] - before["misses"], after["calls"] - before["calls"]))
@@ -263,6 +269,7 @@ def main() -> int:
             CHILD_CPU_MS.clear()
             ENGINE_CPU_MS.clear()
             QUERY_EMBEDS.clear()
+            SWITCHES.clear()
             rates: list[float] = []
             with_learning: list[float] = []
             routes: dict[str, list[float]] = {}
@@ -341,11 +348,14 @@ def main() -> int:
         else "federated run skipped"
     )
     cpu, child, engine = over_passes(cpu_ms), over_passes(child_ms), over_passes(engine_ms)
+    switched = over_passes(SWITCHES)
     cpu_line = (
         f"CPU {cpu[0]:.1f} ms a request [{cpu[1]:.1f}, {cpu[2]:.1f}] over the passes and their "
         f"drains, the context learner's process's {child[0]:.1f} [{child[1]:.1f}, "
         f"{child[2]:.1f}] of it and the serving engines' threads' {engine[0]:.1f} "
-        f"[{engine[1]:.1f}, {engine[2]:.1f}] (2 cores at 180 requests/s allow 11)"
+        f"[{engine[1]:.1f}, {engine[2]:.1f}] (2 cores at 180 requests/s allow 11); "
+        f"{switched[0]:.1f} voluntary context switches a request [{switched[1]:.1f}, "
+        f"{switched[2]:.1f}] over the passes and their drains, every thread"
     )
     misses, calls = (sum(x) for x in zip(*QUERY_EMBEDS, strict=True)) if QUERY_EMBEDS else (0, 0)
     batch_line = (

@@ -14,7 +14,7 @@ from sqlalchemy import event
 from tests.context.submitter import trajectory
 from tests.context.test_learn_queue import seed_bullet
 from trifecta.context.facade import ContextService
-from trifecta.context.learn_queue import GroupCommit
+from trifecta.core.group_commit import GroupCommit
 
 
 def test_callers_arriving_during_a_write_share_the_next_one() -> None:
@@ -52,6 +52,19 @@ def test_callers_arriving_during_a_write_share_the_next_one() -> None:
     assert groups[0] == [0] and sorted(groups[1]) == [1, 2, 3, 4, 5] and len(groups) == 2
     assert results == {0: 0, 1: "odd 1", 2: 20, 3: "odd 3", 4: 40, 5: "odd 5"}
     assert (group.writes, group.items) == (2, 6)
+
+
+def test_a_write_returning_too_few_results_fails_its_callers() -> None:
+    """A write that loses a result fails its group's callers; the next caller still writes
+    (found while settling the group, the mismatch left it busy and every caller after it
+    waiting for ever)."""
+    group: GroupCommit[int, int] = GroupCommit(lambda items: [])
+    with pytest.raises(RuntimeError, match="0 results for 1 items"):
+        group.submit(1)
+    group._write = lambda items: list(items)
+    done = threading.Event()
+    threading.Thread(target=lambda: group.submit(2) == 2 and done.set(), daemon=True).start()
+    assert done.wait(10)
 
 
 def test_a_failed_transaction_fails_every_caller_in_it() -> None:

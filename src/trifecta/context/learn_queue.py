@@ -4,7 +4,7 @@
 so an acknowledged trajectory survives the process (kill -9 included; on SQLite WAL with
 `synchronous=NORMAL` it survives a process crash, not a power cut). Trajectories enqueued
 at the same moment by several request threads share one transaction and one multi-row INSERT
-(`GroupCommit`): each caller still returns only once its row is committed. The learning worker
+(`core.group_commit`): each caller still returns only once its row is committed. The learning worker
 reads pending rows in queue order and marks each `done` inside the transaction that writes
 its learning (`mark_done`), so a row is either pending or its effects are committed.
 
@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
@@ -39,67 +38,9 @@ from trifecta.context.sql import (
 )
 from trifecta.context.trajectory import Trajectory
 from trifecta.core.db import transaction
+from trifecta.core.group_commit import GroupCommit
 
 Q = tables.learn_queue.c
-T = TypeVar("T")
-R = TypeVar("R")
-MAX_GROUP = 64  # items one transaction takes; the rest go in the next
-
-
-@dataclass
-class _Pending(Generic[T, R]):
-    item: T
-    result: R | None = None
-    error: BaseException | None = None
-    done: bool = False
-
-
-class GroupCommit(Generic[T, R]):
-    """Writes that callers hand in one at a time, committed several to a transaction (group
-    commit, as databases batch their log flushes). The first caller that finds its item
-    waiting and no write running writes every waiting item with one call of `write`; the
-    others wait for the write that holds theirs. `write` returns, per item and in order,
-    its result or the exception that caller should raise. A caller alone pays one write,
-    as before; written by hand: no library does this for a synchronous SQLAlchemy engine."""
-
-    def __init__(self, write: Callable[[list[T]], Sequence[R | BaseException]]):
-        self._write = write
-        self._waiting: list[_Pending[T, R]] = []
-        self._busy = False
-        self._cond = threading.Condition()
-        self.writes = self.items = 0
-
-    def submit(self, item: T) -> R:
-        mine: _Pending[T, R] = _Pending(item)
-        with self._cond:
-            self._waiting.append(mine)
-        while True:
-            with self._cond:
-                while not mine.done and self._busy:
-                    self._cond.wait()
-                if mine.done:
-                    break
-                self._busy = True
-                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
-                self.writes += 1
-                self.items += len(group)
-            try:
-                results: Sequence[R | BaseException] = self._write([p.item for p in group])
-            except BaseException as exc:  # the transaction failed: every caller in it fails
-                results = [exc] * len(group)
-            with self._cond:
-                for pending, result in zip(group, results, strict=True):
-                    if isinstance(result, BaseException):
-                        pending.error = result
-                    else:
-                        pending.result = result
-                    pending.done = True
-                self._busy = False
-                self._cond.notify_all()
-        if mine.error is not None:
-            raise mine.error
-        assert mine.result is not None
-        return mine.result
 
 
 class LearnTicket(BaseModel):

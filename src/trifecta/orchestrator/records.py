@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from sqlalchemy import ColumnElement, Engine, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from trifecta.context.learn_queue import GroupCommit
 from trifecta.core.db import ensure_schema, transaction
 from trifecta.core.errors import NotFound
+from trifecta.core.group_commit import GroupCommit
 from trifecta.orchestrator.ledger import Charge, CostLedger
 from trifecta.orchestrator.models import TaskResult
 from trifecta.orchestrator.tables import charges as charges_table
