@@ -24,8 +24,26 @@ needs 0.98. Here, as SmoothQuant (Xiao et al. 2023) does:
   - layer norms, attention (scores, softmax) and the residual stream stay float32; only
     the four Linears of each layer run int8 (oneDNN's `qlinear_pointwise` on weights it
     packed once: VNNI or AMX int8 where the CPU has them).
-`int8_support()` says whether this CPU and build run it; the embedder uses it only with
-`TRIFECTA_EMBED_ENGINE=int8` (measured: benchmarks/embeddings.py, BENCHMARKS.md).
+`int8_support()` says whether this CPU and build run it exactly; the embedder uses it only
+with `TRIFECTA_EMBED_ENGINE=int8`.
+
+Measured (benchmarks/embeddings.py, 8 rounds, 1,500 texts, 2-core Xeon with AMX, load 11-20),
+and why it is not the default: recall@10 against float32 0.980 [0.974, 0.986] (the gate is
+0.98; the shipped bfloat16 path 0.993), cosine 0.9990 mean; CPU a text over the loop's query
+calls 0.99x [0.90, 1.15] the shipped bfloat16 module's, 1.62x ONNX Runtime's per-tensor int8.
+The int8 products themselves take a third of the packed bfloat16 ones' time (oneDNN's
+verbose log, AMX, 24 rows), but each Linear adds the quantisation's small operators (abs,
+amax, clamp, divide, multiply, round, cast, and the row scale after), which at one text cost
+about what the smaller weights save and at 16-32 texts more. Probed on float32 simulations
+(1,600 texts): alpha 0.3, 0.4, 0.5, 0.7, 0.8 gave recall 0.965, 0.973, 0.978, 0.961, 0.957;
+the weights int8 alone 0.985, the activations per token alone 0.978; any one of the four
+Linear groups (query-key-value, attention output, either feed-forward) left float
+0.978-0.983; per-tensor
+activations (ONNX Runtime's kind) 0.93-0.95 even smoothed. Not done: an operator that
+quantises a row in one pass (a C++ kernel), which is what the speed needs.
+On a CPU with VNNI and no AMX, oneDNN runs signed int8 activations on its reference kernel
+(its verbose log, limited to AVX512_CORE_VNNI): slow though exact; unsigned ones (with a
++128 offset folded into the bias) would keep the fast kernel there. Not done either.
 """
 
 # No `from __future__ import annotations`: TorchScript reads the modules' annotations.

@@ -39,7 +39,8 @@ shape of the fixed set; before it, the HF forward traced and frozen (core/embed_
 still `TRIFECTA_EMBED_ENGINE=torchscript`). A small call's cost is partly torch dispatching
 operators one by one, which a compiled graph does not pay, and mostly streaming the weights.
 Float32 weights and a CPU or build where the compiled path fails run the modules eagerly as
-above (`TRIFECTA_EMBED_ENGINE`: auto, eager, torchscript or fused).
+above (`TRIFECTA_EMBED_ENGINE`: auto, eager, torchscript or fused; or int8, SmoothQuant int8
+Linears, core/embed_int8.py, measured and not picked by auto).
 """
 
 from __future__ import annotations
