@@ -22,13 +22,8 @@ from trifecta.core.embed_int8 import (
 )
 from trifecta.core.embeddings import MiniLMEmbedder, get_embedder
 
-QUERIES = [
-    "t=41,p=17,r=63;t+r?",
-    "41+53?",
-    "a=4,k=9,n=13;a+k?",
-    "What is 17 + 25?",
-    "lookup_add solved via edge/node-1. verifier judged the answer 94 correct Task: 41+53?",
-]
+from .test_embed_fused import QUERIES
+
 LONG = " ".join(["t=41,p=17,r=63,s=5;t+r-p? energy plant reading"] * 6)  # about 120 tokens
 # The least cosine of an int8 vector to float32's (measured 0.9986 over the benchmark's
 # prompts, benchmarks/embeddings.py), and between one text's vectors alone and in a padded
