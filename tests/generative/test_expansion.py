@@ -17,7 +17,7 @@ from trifecta.generative.expansion import (
     resize,
 )
 from trifecta.generative.placement import Cluster, Placement, from_scratch, moves_between, place
-from trifecta.generative.placement_milp import exact_min_moves, min_moves_floor
+from trifecta.generative.placement_milp import WALL_CAP, exact_min_moves, min_moves_floor
 
 
 def zipf_loads(experts: int, exponent: float, seed: int, tokens: int = 100_000) -> np.ndarray:
@@ -217,8 +217,11 @@ def test_the_milp_time_limit_is_honoured_and_the_greedy_answer_kept() -> None:
     result = resize(current, grown, add=1, target=1.002, method="milp", time_limit_s=0.5)
     seconds = time.process_time() - started
     assert "0.5 s time limit" in result.solver
-    # Slack: HiGHS limits wall time, converted from CPU at the share the budget measured.
-    assert seconds <= greedy_seconds + 0.5 + 1.0
+    # HiGHS limits only wall time: the budget converts its CPU seconds at the share of a core
+    # it measured, capped at WALL_CAP x the limit. When the load drops mid-solve the solver
+    # gets a whole core for that wall time, so the CPU bound the mechanism guarantees is the
+    # cap's, plus a second for building the model.
+    assert seconds <= greedy_seconds + WALL_CAP * 0.5 + 1.0
     assert result.moves <= greedy.moves
     with pytest.raises(InvalidInput, match="time_limit"):
         resize(current, grown, add=1, time_limit_s=0)
