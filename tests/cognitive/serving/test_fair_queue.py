@@ -13,13 +13,20 @@ from trifecta.core.errors import QuotaExceeded
 SHARE_TOLERANCE = 0.05  # each backlogged capsule's service within 5% of its share
 
 
+def next_tenant(queue: FairQueue[str]) -> str:
+    """The tenant letter of the next item; the queue is expected to be backlogged."""
+    item = queue.pop()
+    assert item is not None, "a backlogged queue popped nothing"
+    return item[0]
+
+
 def test_backlogged_capsules_get_service_in_proportion_to_their_shares() -> None:
     queue: FairQueue[str] = FairQueue()
     shares = {"a": 1.0, "b": 2.0, "c": 4.0}
     for i in range(400):
         for tenant, share in shares.items():
             queue.push(tenant, f"{tenant}{i}", cost=10 + (i % 3), share=share)
-    served = Counter(queue.pop()[0] for _ in range(700))  # all three stay backlogged
+    served = Counter(next_tenant(queue) for _ in range(700))  # all three stay backlogged
     total = sum(shares.values())
     for tenant, share in shares.items():
         assert served[tenant] / 700 == pytest.approx(share / total, rel=SHARE_TOLERANCE)
@@ -43,7 +50,7 @@ def test_an_idle_capsule_builds_up_no_credit() -> None:
         queue.pop()
     for i in range(100):
         queue.push("late", f"l{i}", cost=1, share=1.0)
-    nxt = Counter((queue.pop() or "?")[0] for _ in range(40))
+    nxt = Counter(next_tenant(queue) for _ in range(40))
     assert nxt["l"] == pytest.approx(20, abs=1)  # alternates, no burst for the newcomer
 
 
