@@ -72,7 +72,7 @@ def test_a_hot_prefix_spills_over_instead_of_pinning_one_replica() -> None:
     router = ScoringRouter(weights, seed=3)
     cluster = Cluster()
     rng = random.Random(2)
-    owners = Counter()
+    owners: Counter[str] = Counter()
     for _ in range(120):  # one prompt prefix floods the tier, nothing completes meanwhile
         chosen = router.choose(prompt_hashes("t=41,p=17,r=63,s=5;", rng), cluster.loads())
         cluster.in_flight[chosen] += 1
