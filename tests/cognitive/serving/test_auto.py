@@ -30,7 +30,7 @@ def greedy(served: ServedTier, prompt: str, max_new_tokens: int) -> str:
 
 @pytest.fixture
 def tiers() -> Iterator[list[ServedTier]]:
-    served = []
+    served: list[ServedTier] = []
     for seed, (tier, preset, accelerator) in enumerate(
         [("small", "userlm-8b", "a10"), ("medium", "userlm-13b", "a100-80gb")]
     ):
@@ -38,8 +38,8 @@ def tiers() -> Iterator[list[ServedTier]]:
         rate = tier_rate(tier, preset=preset, accelerator=accelerator, phase="dev", batch=4)
         served.append(build_tier(tier, model, tokenizer, rate=rate, max_batch=4))
     yield served
-    for tier in served:
-        tier.pool.close()
+    for served_tier in served:
+        served_tier.pool.close()
 
 
 def serve(tiers: list[ServedTier], threshold: float) -> Any:
