@@ -114,13 +114,15 @@ def test_cancel_frees_the_batch_slot(long_context: tuple[Any, Any]) -> None:
 
 
 def test_seeded_sampling_draws_the_same_tokens_batched_or_alone(engine: BatchingEngine) -> None:
-    params = dict(max_new_tokens=20, temperature=0.9, top_p=0.9, seed=11)
-    alone, _ = submit(engine, "t=41,p=17;p?", **params).wait(timeout=30)
+    def seeded(prompt: str) -> CollectingSink:
+        return submit(engine, prompt, max_new_tokens=20, temperature=0.9, top_p=0.9, seed=11)
+
+    alone, _ = seeded("t=41,p=17;p?").wait(timeout=30)
     crowd = [
         submit(engine, prompt, max_new_tokens=20, temperature=1.0)
         for prompt in random_prompts(5, 9)
     ]
-    batched, _ = submit(engine, "t=41,p=17;p?", **params).wait(timeout=30)
+    batched, _ = seeded("t=41,p=17;p?").wait(timeout=30)
     for sink in crowd:
         sink.wait(timeout=30)
     assert [t.token_id for t in batched] == [t.token_id for t in alone]
