@@ -72,7 +72,7 @@ def scenario(service: ContextService) -> None:
                 answer="17",
                 outcome=outcome,
                 judge="verifier",
-                task_kind="lookup",  # type: ignore[arg-type]
+                task_kind="lookup",
                 steps=[TrajectoryStep(layer="edge", tier="n1", mean_entropy=0.1 * (i + 1))],
                 bullet_ids=[survivor, s3],
             )
