@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trifecta.context.models import MemoryItem, MemorySource
+from trifecta.context.models import MemoryItem, MemoryOutcome, MemorySource
 from trifecta.context.standing import SearchKey, StandingSearches
 from trifecta.context.views import DomainView
 from trifecta.context.writes import Changes
@@ -27,14 +27,14 @@ DIRECTIONS = unit_vectors(0, POOL)
 QUERIES = unit_vectors(1, 6)
 
 
-def item(memory_id: str, outcome: str, created_at: float) -> MemoryItem:
+def item(memory_id: str, outcome: MemoryOutcome, created_at: float) -> MemoryItem:
     return MemoryItem(
         id=memory_id,
         domain="d",
         title=memory_id,
         description="",
         content=memory_id,
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         source=MemorySource(),
         created_at=created_at,
         updated_at=created_at,
