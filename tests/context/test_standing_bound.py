@@ -8,6 +8,7 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from trifecta.context.standing import SearchKey, StandingSearches
 from trifecta.context.views import DomainView
@@ -46,7 +47,7 @@ def test_a_bound_of_zero_keeps_nothing() -> None:
     assert len(searches) == 0 and searches.get(keys[0]) is None
 
 
-def test_the_setting_bounds_the_views_a_server_makes(monkeypatch) -> None:
+def test_the_setting_bounds_the_views_a_server_makes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRIFECTA_CONTEXT_STANDING_SEARCHES_KEPT", "5")
     monkeypatch.setenv("TRIFECTA_CONTEXT_STANDING_SEARCHES_FIRST_ASKS", "0")
     view = DomainView("d")
