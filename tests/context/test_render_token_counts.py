@@ -87,6 +87,11 @@ def test_a_tokenizer_that_does_not_split_at_whitespace_counts_the_whole_prompt(
     """Where a token could span a line break, the prompt is counted as a whole."""
     asked: list[str] = []
     monkeypatch.setattr(tokens, "_splits", False)
-    monkeypatch.setattr(tokens, "count_tokens", lambda text: asked.append(text) or len(text))
+
+    def counting(text: str) -> int:
+        asked.append(text)
+        return len(text)
+
+    monkeypatch.setattr(tokens, "count_tokens", counting)
     assert tokens.count_joined(["ab", "cd"]) == len("ab\ncd")
     assert asked == ["ab\ncd"]
