@@ -14,16 +14,20 @@ from hypothesis import strategies as st
 
 from tests.context.test_standing import DIRECTIONS, POOL, QUERIES, brute_force, item
 from trifecta.context import vector_index
+from trifecta.context.models import MemoryItem, MemoryOutcome
 from trifecta.context.views import DomainView
 from trifecta.context.writes import Changes
 
 SEARCHES = [(q, k, outcome) for q in range(3) for k in (1, 3) for outcome in (None, "success")]
 
 
-def batches(draw_rows: list[list[tuple[int, int, str, bool]]]) -> list[Changes]:
+Answers = dict[tuple[int, int, str | None], list[tuple[str, float]]]
+
+
+def batches(draw_rows: list[list[tuple[int, int, MemoryOutcome, bool]]]) -> list[Changes]:
     changes = []
     for version, rows in enumerate(draw_rows):
-        last = {number: (number, *rest) for number, *rest in rows}
+        last = {row[0]: row for row in rows}  # a change set holds each memory once: last wins
         changes.append(
             Changes(
                 version + 1,
@@ -42,10 +46,10 @@ def batches(draw_rows: list[list[tuple[int, int, str, bool]]]) -> list[Changes]:
     return changes
 
 
-def answers_by_version(changes: list[Changes]) -> list[dict[tuple[int, int, str | None], list]]:
+def answers_by_version(changes: list[Changes]) -> list[Answers]:
     """The exact answer of every search at every version (0: nothing written)."""
-    stored: dict = {}
-    out = [{s: [] for s in SEARCHES}]
+    stored: dict[str, tuple[MemoryItem, np.ndarray]] = {}
+    out: list[Answers] = [{s: [] for s in SEARCHES}]
     for change in changes:
         for memory, status, vector in change.memories:
             if status == "active":
