@@ -14,6 +14,7 @@ from sqlalchemy import select
 from tests.context.conftest import ServiceFactory, register_capsules
 from trifecta.context import tables
 from trifecta.context.facade import ContextService
+from trifecta.context.learn_worker import LearnWorker
 from trifecta.context.models import RetrieveRequest
 from trifecta.context.settings import ContextSettings
 from trifecta.context.trajectory import Trajectory, TrajectoryStep
@@ -178,9 +179,12 @@ def test_the_worker_embeds_in_bfloat16_close_to_float32_or_in_float32_when_told(
         embedder=embedder,
         settings=ContextSettings(tenancy_ttl_s=0, learn_bfloat16=False),
     )
+    # An embedder object passed in cannot cross a process: the worker is a thread of this one.
+    assert isinstance(plain.learner, LearnWorker)
     assert np.allclose(plain.learner.embed([text])[0], exact, atol=1e-5)
     assert plain.learner.bf16 is False
     fast = counted(sqlite_url, CountingEmbedder(embedder))
+    assert isinstance(fast.learner, LearnWorker)
     vector = fast.learner.embed([text])[0]
     assert float(vector @ exact) > 0.9999  # bfloat16 where the CPU has it, else float32
     plain.close()
