@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from trifecta.context.facade import ContextService
 from trifecta.core import db
 from trifecta.core.settings import Settings
 from trifecta.fleet.capsules import Capsule
@@ -42,3 +43,10 @@ def stack(make_stack: StackFactory) -> Stack:
     built = make_stack()
     built.warm_up()
     return built
+
+
+@pytest.fixture(scope="module")
+def context(stack: Stack) -> ContextService:
+    """The default stack's context service: the embedded stack hosts it in this process."""
+    assert stack.context is not None, "the embedded stack runs no context service"
+    return stack.context

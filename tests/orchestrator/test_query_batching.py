@@ -8,12 +8,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from trifecta.context import query_cache
+from trifecta.context.facade import ContextService
 from trifecta.context.query_cache import ArrivingGroup, arriving
 from trifecta.orchestrator import context_hop
 from trifecta.orchestrator.context_hop import RETRIEVAL_THREADS
@@ -25,7 +27,9 @@ class Recorder:
     """Wraps the process-wide embedder: records each call's texts, vectors and thread; the
     first call can be held until released, as a slow forward holds the queries behind it."""
 
-    def __init__(self, embed, hold_first: bool = False) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self, embed: Callable[[Sequence[str]], NDArray[np.float32]], hold_first: bool = False
+    ) -> None:
         self.embed = embed
         self.calls: list[tuple[list[str], np.ndarray, str]] = []
         self.entered, self.release = threading.Event(), threading.Event()
@@ -50,18 +54,22 @@ def _prompts(n: int) -> list[str]:
     return [f"{tag}: what is {i} + {3 * i}?" for i in range(n)]
 
 
-def _wait_for_misses(stack: Stack, count: int) -> None:
+def _misses(context: ContextService) -> int:
+    return context.query_vectors.stats()["misses"]
+
+
+def _wait_for_misses(context: ContextService, count: int) -> None:
     deadline = time.monotonic() + 60
-    while stack.context.query_vectors.stats()["misses"] < count:
+    while _misses(context) < count:
         assert time.monotonic() < deadline, "the retrievals did not all reach the encoder"
         time.sleep(0.01)
 
 
 @pytest.mark.slow
 def test_concurrent_retrievals_share_one_forward_and_get_their_own_vectors(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, context: ContextService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    embedder = stack.context.embedder
+    embedder = context.embedder
     recorder = Recorder(embedder.embed, hold_first=True)
     monkeypatch.setattr(embedder, "embed", recorder)
     capsule = stack.capsules.all()[0]
@@ -69,11 +77,11 @@ def test_concurrent_retrievals_share_one_forward_and_get_their_own_vectors(
     hop = Orchestrator(stack.parts).context_hop
     first, *rest = _prompts(16)
     assert len(rest) + 1 <= RETRIEVAL_THREADS
-    misses = stack.context.query_vectors.stats()["misses"]
+    misses = _misses(context)
     started = [hop.start_retrieval(capsule, env, first)]
     assert recorder.entered.wait(60)
     started += [hop.start_retrieval(capsule, env, p) for p in rest]
-    _wait_for_misses(stack, misses + 16)  # all 15 wait behind the held forward at once
+    _wait_for_misses(context, misses + 16)  # all 15 wait behind the held forward at once
     recorder.release.set()
     retrievals = [f.result(60)[0] for f in started]
     assert all(r is not None for r in retrievals)
@@ -91,9 +99,9 @@ def test_concurrent_retrievals_share_one_forward_and_get_their_own_vectors(
 
 
 def test_a_lone_retrieval_embeds_at_once_on_its_own_thread(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, context: ContextService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    embedder = stack.context.embedder
+    embedder = context.embedder
     recorder = Recorder(embedder.embed)
     monkeypatch.setattr(embedder, "embed", recorder)
     capsule = stack.capsules.all()[0]
@@ -110,9 +118,9 @@ def test_a_lone_retrieval_embeds_at_once_on_its_own_thread(
 
 
 def test_a_failed_forward_fails_its_own_callers_and_not_the_next(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, context: ContextService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    embedder = stack.context.embedder
+    embedder = context.embedder
     recorder = Recorder(embedder.embed)
     recorder.fail = RuntimeError("encoder out of memory")
     monkeypatch.setattr(embedder, "embed", recorder)
@@ -127,28 +135,22 @@ def test_a_failed_forward_fails_its_own_callers_and_not_the_next(
     assert retrieval is not None and [c[0] for c in recorder.calls] == [[bad], [good]]
 
 
-def _misses(stack: Stack) -> int:
-    assert stack.context is not None
-    return stack.context.query_vectors.stats()["misses"]
-
-
 def test_retrievals_gathered_while_requests_are_in_flight_start_together(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, context: ContextService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(context_hop, "GATHER_S", 60.0)  # only the count starts them here
-    assert stack.context is not None
-    embedder = stack.context.embedder
+    embedder = context.embedder
     recorder = Recorder(embedder.embed)
     monkeypatch.setattr(embedder, "embed", recorder)
     capsule = stack.capsules.all()[0]
     env = stack.place_domain(capsule.domain)
     hop = Orchestrator(stack.parts).context_hop
     *first, last = _prompts(context_hop.GATHER_MAX)
-    misses = _misses(stack)
+    misses = _misses(context)
     with hop.serving(), hop.serving():  # another request in flight could join
         started = [hop.start_retrieval(capsule, env, p) for p in first]
         time.sleep(0.3)
-        assert recorder.calls == [] and _misses(stack) == misses  # none has started
+        assert recorder.calls == [] and _misses(context) == misses  # none has started
         started.append(hop.start_retrieval(capsule, env, last))  # the batch is full: all go
         retrievals = [f.result(60)[0] for f in started]
     assert all(r is not None for r in retrievals)
@@ -156,7 +158,7 @@ def test_retrievals_gathered_while_requests_are_in_flight_start_together(
 
 
 def test_a_gathered_retrieval_starts_when_asked_for_or_when_its_window_closes(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, context: ContextService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     capsule = stack.capsules.all()[0]
     env = stack.place_domain(capsule.domain)
@@ -169,10 +171,10 @@ def test_a_gathered_retrieval_starts_when_asked_for_or_when_its_window_closes(
         assert retrieval is not None and trace.hops[0].ok
         assert time.monotonic() - began < 30
         monkeypatch.setattr(context_hop, "GATHER_S", 0.3)
-        misses = _misses(stack)
+        misses = _misses(context)
         began = time.monotonic()
         gathered = hop.start_retrieval(capsule, env, unasked)
-        _wait_for_misses(stack, misses + 1)  # nobody asked for it: the window started it
+        _wait_for_misses(context, misses + 1)  # nobody asked for it: the window started it
         assert time.monotonic() - began >= 0.3
         assert gathered.result(60)[0] is not None
 
