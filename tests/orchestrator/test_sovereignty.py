@@ -30,7 +30,7 @@ _ids = itertools.count()
 def random_topology(seed: int) -> Topology:
     """Cloud, sovereign and edge environments in random jurisdictions."""
     rng = random.Random(seed)
-    envs = [
+    envs: list[dict[str, object]] = [  # parsed YAML, as parse_topology reads it
         {
             "name": "inference",
             "kind": "inference",
@@ -53,14 +53,14 @@ def random_topology(seed: int) -> Topology:
             }
         )
     for i in range(rng.randint(1, 3)):
-        j = rng.choice((None, *JURISDICTIONS))
+        within = rng.choice((None, *JURISDICTIONS))  # None: an edge site bound to no law
         envs.append(
             {
-                "name": f"edge-{i}-{j or 'any'}",
+                "name": f"edge-{i}-{within or 'any'}",
                 "kind": "edge",
                 "provider": "mesh",
-                "region": j or "global",
-                "jurisdiction": j,
+                "region": within or "global",
+                "jurisdiction": within,
                 "nodes": [{"name": "npus", "accelerator": "coral-npu", "count": 20}],
             }
         )
