@@ -4,6 +4,8 @@ bfloat16 autocast within the spread `encode` itself shows across batch compositi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -17,6 +19,9 @@ from trifecta.core.embeddings import (
     length_bucket,
     power_of_two_chunks,
 )
+
+if TYPE_CHECKING:  # torch loads inside the tests that need it (the annotation needs only its name)
+    import torch
 
 # Varied on purpose: empty, one character, non-Latin scripts and emoji, digits, a text far
 # past the 256-token limit (truncated), and memories of many lengths (a bucket each).
@@ -70,11 +75,13 @@ def test_bfloat16_vectors_within_encodes_own_spread(embedder: MiniLMEmbedder) ->
     assert (ours * batched).sum(axis=1).min() > 0.9999  # cosine: the same neighbours
 
 
-def test_shapes_come_from_the_fixed_set(embedder: MiniLMEmbedder, monkeypatch) -> None:
+def test_shapes_come_from_the_fixed_set(
+    embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[tuple[int, int]] = []
     forward = embedder._forward
 
-    def spy(ids: list[list[int]]):  # type: ignore[no-untyped-def]
+    def spy(ids: list[list[int]]) -> torch.Tensor:
         out = forward(ids)
         padded = length_bucket(max(len(x) for x in ids), 256)
         seen.append((len(ids), padded))
