@@ -39,3 +39,16 @@ def test_sizes_outside_the_batch_are_ignored() -> None:
     times.record(0, 1.0)
     times.record(9, 1.0)
     assert times.fit() is None
+
+
+def test_a_first_call_outlier_does_not_flip_the_slope() -> None:
+    """A fresh replica's first steps of a size include torch's first-call work (7 ms against
+    0.6 ms, measured): a median of recent steps ignores them, where an average seeded with
+    them fitted a negative slope and claimed the whole batch."""
+    times = StepTimes(16)
+    times.record(1, 7e-3)
+    times.record(2, 5e-3)
+    record(times, {b: 1e-3 + 1e-4 * b for b in (1, 2, 4, 8)})
+    _, c = times.fit() or (0.0, 0.0)
+    assert c == pytest.approx(1e-4)
+    assert times.latency_batch(0.25) == 3
