@@ -7,10 +7,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from sqlalchemy import event
 
+from tests.context.conftest import ServiceFactory
 from tests.context.submitter import trajectory
 from tests.context.test_learn_queue import seed_bullet
 from trifecta.context.facade import ContextService
@@ -109,9 +111,17 @@ def test_concurrent_submits_are_each_acknowledged_once(service: ContextService) 
     assert [r.state for r in service.learn_queue("twin-a")] == ["done"] * 15
 
 
-def test_a_group_is_one_insert_that_skips_repeats(service: ContextService) -> None:
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_a_group_is_one_insert_that_skips_repeats(
+    backend: str, make_service: ServiceFactory, sqlite_url: str, request: pytest.FixtureRequest
+) -> None:
     """One group: new trajectories, one already queued, and one twice: one row each, the
-    repeats acknowledged as duplicates at their first row's position, in the given order."""
+    repeats acknowledged as duplicates at their first row's position, in the given order.
+    On both back ends the group is one statement on the driver's connection."""
+    url = sqlite_url if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    service = make_service(url)
     bullet = seed_bullet(service)
     queue = service.router.store_for("plant").queue
     before = queue.enqueue("plant", trajectory(0, bullet))
@@ -121,9 +131,18 @@ def test_a_group_is_one_insert_that_skips_repeats(service: ContextService) -> No
     def seen(*args: object) -> None:
         statements.append(str(args[2]))
 
-    def traced(dbapi_connection: sqlite3.Connection, *_: object) -> None:
-        # SQLite's group runs on the driver's connection, past SQLAlchemy's events.
-        dbapi_connection.set_trace_callback(statements.append)
+    def traced(dbapi_connection: Any, *_: object) -> None:
+        # The group runs on the driver's connection, past SQLAlchemy's events.
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.set_trace_callback(statements.append)
+            return
+        execute = dbapi_connection.execute  # psycopg: no trace hook, so wrap the method
+
+        def execute_traced(query: str, *args: object, **kwargs: object) -> object:
+            statements.append(str(query))
+            return execute(query, *args, **kwargs)
+
+        dbapi_connection.execute = execute_traced
 
     event.listen(queue.engine, "before_cursor_execute", seen)
     event.listen(queue.engine, "checkout", traced)

@@ -148,8 +148,7 @@ def test_a_fenced_domain_refuses_its_own_items_and_the_group_is_queued_without_t
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Nothing of a fenced domain is queued and the other domains' items of the group are
-    acknowledged once each: on SQLite the INSERT leaves the fenced domain's rows out
-    itself, elsewhere the group is rolled back and written again without them."""
+    acknowledged once each: the INSERT leaves the fenced domain's rows out itself."""
     url = (
         f"sqlite:///{tmp_path}/q.db"
         if backend == "sqlite"

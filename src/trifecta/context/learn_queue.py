@@ -17,15 +17,13 @@ row recovered after a crash is keyed exactly as it would have been.
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -82,9 +80,6 @@ class Queued:
 Item = tuple[str, Trajectory, Vector | None]  # domain, trajectory, its query vector
 
 
-_DOMAIN_STATE = select(tables.domains.c.state, tables.domains.c.moved_to).where(
-    tables.domains.c.domain == bindparam("b_domain")
-)
 # The worker's reads of the queue, built once (run every batch).
 _PENDING = (
     select(Q.id, Q.domain, Q.payload, Q.attempts, Q.query_vector)
@@ -95,31 +90,6 @@ _PENDING = (
 _STILL_PENDING = select(Q.id).where(
     Q.id.in_(bindparam("b_ids", expanding=True)), Q.state == "pending"
 )
-_INSERTS: dict[str, Any] = {}  # dialect name -> the queue's INSERT
-
-
-def _insert_statement(dialect: str) -> Any:
-    """The queue's INSERT ... ON CONFLICT DO NOTHING RETURNING for `dialect` (a trajectory
-    already queued is skipped by the unique index)."""
-    stmt = _INSERTS.get(dialect)
-    if stmt is None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = _INSERTS[dialect] = (
-            insert(tables.learn_queue)
-            .on_conflict_do_nothing(index_elements=["domain", "trajectory_id"])
-            .returning(Q.id, Q.domain, Q.trajectory_id)
-        )
-    return stmt
-
-
-def _fences(connection: Connection, domains: set[str]) -> dict[str, DomainMoved | None]:
-    """The domains among `domains` that a move fenced off this shard, with their refusal."""
-    found: dict[str, DomainMoved | None] = {}
-    for domain in sorted(domains):
-        row = connection.execute(_DOMAIN_STATE, {"b_domain": domain}).first()
-        if row is not None and row.state == "moved":
-            found[domain] = DomainMoved(domain, row.moved_to)
-    return found
 
 
 def _tickets(
@@ -165,16 +135,22 @@ def _answers(
     ]
 
 
-_SQLITE_INSERTS: dict[int, str] = {}  # group size -> the statement
+_DRIVER_INSERTS: dict[tuple[str, int], str] = {}  # (dialect, group size) -> the statement
+# Each column typed in the VALUES list on Postgres: a column whose rows are all NULL (no query
+# vector) would otherwise be read as text, which a bytea column refuses.
+_ROW = {
+    "sqlite": "(?, ?, ?, ?, ?, ?)",
+    "postgresql": "(%s::varchar, %s::varchar, %s::varchar, %s::text, %s::float8, %s::bytea)",
+}
 
 
-def _sqlite_insert(size: int) -> str:
-    """The group's INSERT on SQLite: the rows from a VALUES list, those of a domain a move
-    fenced left out, a trajectory already queued skipped by the unique index."""
-    sql = _SQLITE_INSERTS.get(size)
+def _driver_insert(dialect: str, size: int) -> str:
+    """The group's INSERT as the driver runs it: the rows from a VALUES list, those of a
+    domain a move fenced left out, a trajectory already queued skipped by the unique index."""
+    sql = _DRIVER_INSERTS.get((dialect, size))
     if sql is None:
-        rows = ", ".join(["(?, ?, ?, ?, ?, ?)"] * size)
-        sql = _SQLITE_INSERTS[size] = (
+        rows = ", ".join([_ROW[dialect]] * size)
+        sql = _DRIVER_INSERTS[(dialect, size)] = (
             f"INSERT INTO {tables.learn_queue.name} (domain, trajectory_id, capsule_id,"
             " payload, state, attempts, submitted_at, query_vector)"
             " SELECT v.column1, v.column2, v.column3, v.column4, 'pending', 0, v.column5,"
@@ -186,27 +162,28 @@ def _sqlite_insert(size: int) -> str:
     return sql
 
 
-def _sqlite_missing(
-    db: sqlite3.Connection, missing: set[tuple[str, str]]
+def _driver_missing(
+    db: Any, mark: str, missing: set[tuple[str, str]]
 ) -> tuple[dict[str, DomainMoved | None], dict[tuple[str, str], tuple[int, float]]]:
-    """For the items the INSERT skipped, read in its transaction: the fenced domains with
-    their refusal, and the rows queued before of the others."""
+    """For the items the INSERT skipped, read in its transaction on the driver's connection
+    `db` (`mark`: its placeholder): the fenced domains with their refusal, and the rows
+    queued before of the others."""
     fenced: dict[str, DomainMoved | None] = {}
     earlier: dict[tuple[str, str], tuple[int, float]] = {}
     for domain in sorted({d for d, _ in missing}):
         row = db.execute(
-            f"SELECT state, moved_to FROM {tables.domains.name} WHERE domain = ?", (domain,)
+            f"SELECT state, moved_to FROM {tables.domains.name} WHERE domain = {mark}", (domain,)
         ).fetchone()
         if row is not None and row[0] == "moved":
             fenced[domain] = DomainMoved(domain, row[1])
             continue
         ids = sorted(t for d, t in missing if d == domain)
-        marks = ", ".join("?" * len(ids))
+        marks = ", ".join([mark] * len(ids))
         for position, trajectory_id, submitted in db.execute(
             f"SELECT id, trajectory_id, submitted_at FROM {tables.learn_queue.name}"
-            f" WHERE domain = ? AND trajectory_id IN ({marks})",
+            f" WHERE domain = {mark} AND trajectory_id IN ({marks})",
             (domain, *ids),
-        ):
+        ).fetchall():
             earlier[(domain, trajectory_id)] = (int(position), float(submitted))
     return fenced, earlier
 
@@ -225,40 +202,19 @@ class LearnQueue:
         return self._group.submit((domain, trajectory, query_vector))
 
     def _enqueue_group(self, items: list[Item]) -> list[LearnTicket | BaseException]:
-        """One transaction, and one INSERT, for the trajectories enqueued together; a fenced
-        domain refuses its own items only. SQLite takes `_enqueue_sqlite`, a statement on the
-        driver's connection; other back ends the Core path below.
-
-        On a Core connection, not a session (an enqueue alone 343 -> 210 us of CPU, measured
-        here). The INSERT comes first, so it takes SQLite's write lock with the busy timeout
-        as `BEGIN IMMEDIATE` would (no read came before it in the transaction), and the
-        fences are read under that lock: a domain found fenced rolls the group back, and
-        the others' items are written again without its own (a move is rare)."""
+        """One transaction, and one statement, for the trajectories enqueued together, on
+        the pooled driver connection: the INSERT skips the items of a fenced domain itself
+        (`NOT EXISTS`), so the fences and earlier rows are read only when an item was not
+        inserted (a repeat, or a move: both rare), and nothing is rolled back. A submit
+        pays this on the request path, holding the interpreter lock beside the reads:
+        SQLAlchemy's execution of a Core INSERT and of the fence read cost about 150 of an
+        enqueue's 190 us of CPU on SQLite, and on Postgres (where the Core path remained)
+        1.0 ms of CPU a submit at the median in the benchmark's loop workload. Errors are
+        raised as SQLAlchemy's (a lost connection leaves the pool, as a session's would)."""
         now = time.time()
-        if self.engine.dialect.name == "sqlite":
-            return self._enqueue_sqlite(items, now)
-        fenced: dict[str, DomainMoved | None] = {}
-        while True:
-            open_items = [item for item in items if fenced.get(item[0]) is None]
-            with self.engine.connect() as connection:
-                with connection.begin() as written:
-                    inserted, earlier = self._insert(connection, open_items, now)
-                    found = _fences(connection, {d for d, _, _ in open_items})
-                    if found:
-                        written.rollback()
-                if not found:
-                    break
-            fenced.update(found)
-        return _answers(items, fenced, _tickets(open_items, inserted, earlier, now))
-
-    def _enqueue_sqlite(self, items: list[Item], now: float) -> list[LearnTicket | BaseException]:
-        """The group as one statement on the pooled driver connection: the INSERT skips the
-        items of a fenced domain itself (`NOT EXISTS`), so the fences are read only when an
-        item was not inserted (a repeat, or a move: both rare), and nothing is rolled back.
-        SQLAlchemy's execution of the Core INSERT and of the fence read cost about 150 of
-        an enqueue's 190 us of CPU (measured alone on this machine); a submit pays this on
-        the request path. Errors are raised as SQLAlchemy's, as the Core path raises them."""
-        sql = _sqlite_insert(len(items))
+        dialect = self.engine.dialect
+        postgres = dialect.name == "postgresql"
+        sql = _driver_insert(dialect.name, len(items))
         params: list[object] = []
         for domain, trajectory, vector in items:
             params += (
@@ -269,65 +225,33 @@ class LearnQueue:
                 now,
                 None if vector is None else to_bytes(vector),
             )
+        error = dialect.loaded_dbapi.Error
         pooled = self.engine.raw_connection()
         try:
             db = pooled.driver_connection
-            assert isinstance(db, sqlite3.Connection)
-            db.execute("BEGIN IMMEDIATE")  # the write lock, with the busy timeout
+            assert db is not None
+            if not postgres:  # psycopg opens its transaction at the first statement
+                db.execute("BEGIN IMMEDIATE")  # SQLite's write lock, with the busy timeout
             try:
                 inserted = {(d, t): int(i) for i, d, t in db.execute(sql, params).fetchall()}
                 missing = {(d, t.id) for d, t, _ in items} - set(inserted)
-                fenced, earlier = _sqlite_missing(db, missing) if missing else ({}, {})
-                db.execute("COMMIT")
+                mark = "%s" if postgres else "?"
+                fenced, earlier = _driver_missing(db, mark, missing) if missing else ({}, {})
+                db.commit() if postgres else db.execute("COMMIT")
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
+                with contextlib.suppress(error):
+                    db.rollback() if postgres else db.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
+        except error as exc:
+            lost = dialect.is_disconnect(exc, pooled, None)
+            if lost:
+                pooled.invalidate(exc)
+            raise DBAPIError.instance(
+                sql, None, exc, error, connection_invalidated=lost, dialect=dialect
+            ) from exc
         finally:
             pooled.close()
         return _answers(items, fenced, _tickets(items, inserted, earlier, now))
-
-    def _insert(
-        self, connection: Connection, items: Sequence[Item], now: float
-    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], tuple[int, float]]]:
-        """Queue the items with one multi-row INSERT (a trajectory already queued, or twice
-        in this group, is skipped by the unique index) and read back the rows of those it
-        skipped: the positions of the rows inserted, and of the rows queued before."""
-        if not items:
-            return {}, {}
-        rows = [
-            {
-                "domain": domain,
-                "trajectory_id": trajectory.id,
-                "capsule_id": trajectory.capsule_id,
-                "payload": trajectory.model_dump_json(),
-                "state": "pending",
-                "attempts": 0,
-                "submitted_at": now,
-                "query_vector": None if vector is None else to_bytes(vector),
-            }
-            for domain, trajectory, vector in items
-        ]
-        # One statement object per dialect, executed with the rows (SQLAlchemy renders them
-        # as one multi-row INSERT, in order): its compiled form is reused, where an INSERT
-        # built with the rows' values was keyed and compiled anew every group.
-        inserted = {
-            (r.domain, r.trajectory_id): int(r.id)
-            for r in connection.execute(_insert_statement(connection.dialect.name), rows)
-        }
-        earlier: dict[tuple[str, str], tuple[int, float]] = {}
-        missing = {(d, t.id) for d, t, _ in items} - set(inserted)
-        for domain in {d for d, _ in missing}:
-            ids = sorted(t for d, t in missing if d == domain)
-            for r in connection.execute(
-                select(Q.id, Q.trajectory_id, Q.submitted_at).where(
-                    Q.domain == domain, Q.trajectory_id.in_(ids)
-                )
-            ):
-                earlier[(domain, r.trajectory_id)] = (int(r.id), float(r.submitted_at))
-        return inserted, earlier
 
     def pending(self, limit: int) -> list[Queued]:
         """The oldest pending rows of every domain of this shard, in queue order."""
