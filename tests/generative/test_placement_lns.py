@@ -82,7 +82,7 @@ def test_resize_auto_runs_the_lns_on_large_clusters_within_its_time_limit() -> N
     started = time.process_time()
     result = resize(current, grown, add=1, target=1.002, time_limit_s=2.0)
     seconds = time.process_time() - started
-    # Half the limit to the exact MILP, the rest to annealing then the LNS.
+    # Too large for the whole MILP: the LNS, annealing, the node-content program, the LNS.
     assert "2 s time limit" in result.solver and "annealing and LNS" in result.solver
     assert result.moves <= greedy.moves
     assert result.placement.imbalance(grown) <= max(1.002, greedy.imbalance) + 1e-9

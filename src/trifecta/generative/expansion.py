@@ -29,6 +29,7 @@ rebalancing with replica-dependent loads.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -54,24 +55,33 @@ if TYPE_CHECKING:
 
 METHODS = ("auto", "greedy", "milp", "search")
 # `auto` solves the exact MILP (z[e, n, k]: experts x nodes x replica counts columns) up to
-# this size, 64 experts on 9 nodes; above it, a restricted one (see `resize`).
-EXACT_MAX = 6000
+# this size (16 experts on 5 nodes is 400); above it, the search alone. At 64 experts on 9
+# nodes (5184) the MILP took half the budget and its answer was kept at the repack's
+# max/mean on 0 of 12 benchmark traces (3 of 12 at 1.05, a level the search reaches too).
+EXACT_MAX = 1000
 # CPU seconds of this process for the MILP and the search (`placement_milp.Budget`: the
 # answer does not depend on other jobs' load; the wall clock is capped at `WALL_CAP` x it).
 EXACT_TIME_LIMIT_S = 5.0
-# Above this size (64 experts on 9 nodes is 5184) the whole MILP rarely beats the greedy in
-# its time limit: it gets half the limit and a large-neighbourhood search (`placement_lns`)
-# the rest, from the better answer. 16 experts on 5 nodes (400) keeps the whole limit.
+# Method milp above this size: the whole MILP gets half the limit and a
+# large-neighbourhood search (`placement_lns`) the rest, from the better answer.
 LNS_ABOVE = 1000
-# Of the search's time, the LNS first gets a quarter (or stops sooner at its local minimum),
-# annealing (`placement_anneal`) 30% of the rest, the set partitioning program over node
-# configurations (`placement_columns`) the remainder, the LNS what that leaves. Measured at
+# Of the search's time, the LNS first gets a fifth (or stops sooner at its local minimum),
+# annealing (`placement_anneal`) a quarter of the rest, the set partitioning program over
+# node configurations (`placement_columns`, the hot experts' counts free) the remainder,
+# the LNS what that leaves (the program needs seconds of branch and bound: with its
+# counts free it is the phase that finds the fewest moves when it has them). Measured at
 # the repack's max/mean on 16 development instances (expansion and removal, 64 and 128
 # experts): the LNS first 0.237 of the repack's moves against 0.249 without it. With the
 # program after annealing (on 10 development expansions, 5 CPU seconds, load 8-11), the
 # moves summed 228 against 244 for the LNS in its place with annealing's half.
-LNS_FIRST_SHARE = 0.25
-ANNEAL_SHARE = 0.3
+LNS_FIRST_SHARE = 0.2
+ANNEAL_SHARE = 0.25
+# How many of the hot experts the node-content program's second stage may give a replica
+# count one more or fewer (`placement_columns.count_options`); 0: no second stage. Off: on
+# the 24 benchmark traces at the strict level (5 CPU s, load 8-11) it ran on 8 (the budget
+# was spent on the others) and lowered the moves on none; its branch and bound needs 5-20
+# CPU s at 64-128 experts (given 30 s, 25 moves where the fixed counts' optimum was 33).
+VARY_COUNTS = 0
 
 
 class Rebalance(BaseModel):
@@ -222,11 +232,10 @@ def resize(
     Kept nodes keep their order; added nodes come last. `method`: greedy (the descent, run
     ranking actions both ways, the fewer moves kept); milp (the greedy answer, then the
     exact min-move MILP started from it under `time_limit_s`, kept when it moves fewer
-    experts: never more than the greedy); search (from the greedy's answer the LNS, then
-    annealing, then the LNS again, under `time_limit_s`; kept when it moves fewer experts);
-    auto (as
-    milp without a move budget up to `LNS_ABOVE`, the MILP then search sharing the limit up
-    to `EXACT_MAX`, search above it). `solver` in the result says which answer was used."""
+    experts: never more than the greedy); search (from the greedy's answer the LNS,
+    annealing, the node-content program and the LNS again, under `time_limit_s`; kept when
+    it moves fewer experts); auto (as milp without a move budget up to `EXACT_MAX`, search
+    above it). `solver` in the result says which answer was used and which phase found it."""
     if method not in METHODS:
         raise InvalidInput(f"unknown method {method!r}", field="method", allowed=METHODS)
     if time_limit_s <= 0:
@@ -272,9 +281,7 @@ def _exact(
     most = sum(1 for s in cluster.slots if s > 0)
     level = max(target, greedy.imbalance)
     if method == "auto" and loads.size * cluster.nodes * most > EXACT_MAX:
-        # Too large for the whole MILP: the search alone gets the time limit (measured: a
-        # MILP restricted to the current, greedy and repack replica counts found fewer
-        # moves than the greedy on 0 of 24 large traces at the repack's max/mean).
+        # Too large for the whole MILP: the search alone gets the time limit.
         return _searched(greedy, None, before, loads, level, time_limit_s, time_limit_s)
     budget = Budget.of(time_limit_s)
     search = loads.size * cluster.nodes * most > LNS_ABOVE
@@ -338,18 +345,39 @@ def _searched(
     # starts from its answer and never moves more, so the answer is never worse than the
     # LNS's alone. Annealing then roams far from there in cheap steps, and the LNS polishes
     # its answer with exact three-node re-solves (each alone lost to the pair on some traces).
+    phases: list[tuple[str, float, int]] = []  # (phase, CPU seconds, moves after it)
+    clock = time.process_time()
+
+    def done(name: str, moves: int) -> None:
+        nonlocal clock
+        phases.append((name, time.process_time() - clock, moves))
+        clock = time.process_time()
+
     first = lns_min_moves(before, loads, cluster, level, start, budget.part(left * LNS_FIRST_SHARE))
     start = first.placed
+    done("LNS", first.moves)
     part = budget.part(budget.left() * ANNEAL_SHARE)
     annealed = anneal_min_moves(before, loads, cluster, level, start, part)
     if annealed.moves < moves_between(before, start):
         start = annealed.placed
-    # Then every node at once, for that answer's replica counts: the set partitioning
-    # program over node configurations (`placement_columns`); the LNS gets what it leaves
-    # (it stops early when it proves the fewest moves for those counts).
+    done("annealing", moves_between(before, start))
+    # Then every node at once: the set partitioning program over node configurations
+    # (`placement_columns`), first for the answer's replica counts (a small program whose
+    # branch and bound mostly finishes), then from its answer with the hot experts' counts
+    # free to change by one (a larger one, which the better incumbent prunes); the LNS
+    # gets what they leave. Each stops early when it proves the fewest moves it allows.
     columns = columns_min_moves(before, loads, cluster, level, start, budget)
     start = columns.placed
+    done("node contents", columns.moves)
+    if VARY_COUNTS and budget.left() > 0.05:
+        freed = columns_min_moves(before, loads, cluster, level, start, budget, vary=VARY_COUNTS)
+        start = freed.placed
+        done("node contents with counts free", freed.moves)
     found = lns_min_moves(before, loads, cluster, level, start, budget)
+    done("LNS", found.moves)
+    # Which phase first reached the final answer's moves, and each phase's CPU.
+    winner = next(name for name, _, moves in phases if moves == found.moves)
+    spent = ", ".join(f"{name} {cpu:.1f} s to {moves}" for name, cpu, moves in phases)
     if found.moves >= greedy.moves:
         return greedy.model_copy(
             update={
@@ -370,8 +398,10 @@ def _searched(
             "solver": f"annealing and LNS ({found.improved} of {found.rounds} "
             f"neighbourhoods improved within the {time_limit_s:g} s time limit): the "
             f"{origin} {start_moves} moves, searched to {first.moves}, annealed to "
-            f"{annealed.moves}, node contents re-chosen to {columns.moves}, searched to "
-            f"{found.moves} (greedy {greedy.moves})",
+            f"{annealed.moves}, node contents re-chosen to {moves_between(before, start)}, "
+            "searched to "
+            f"{found.moves} (greedy {greedy.moves}); CPU per phase: {spent}; "
+            f"the answer's moves first reached by {winner}",
         }
     )
 

@@ -48,8 +48,12 @@ class Budget:
         return cls(limit, WALL_CAP * limit)
 
     def part(self, cpu_s: float) -> Budget:
-        """A budget of at most `cpu_s` of what is left, under the same wall cap."""
-        return Budget(min(cpu_s, self.left()), self.wall_left(), self)
+        """A budget of at most `cpu_s` of the CPU left and the same share of the wall time
+        left: on a loaded machine the wall cap then shortens every part alike, where a
+        part capped only by the whole's wall time let the first parts starve the last."""
+        left = self.left()
+        cpu = min(cpu_s, left)
+        return Budget(cpu, self.wall_left() * (cpu / left if left > 0 else 0.0), self)
 
     def cpu_spent(self) -> float:
         return time.process_time() - self.cpu_start
