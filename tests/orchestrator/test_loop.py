@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 
@@ -9,6 +10,7 @@ from trifecta.core.tasks import generate_tasks, normalize_answer
 from trifecta.fleet.capsules import Capsule, Demand
 from trifecta.orchestrator.loop import Orchestrator
 from trifecta.orchestrator.models import Feedback, TaskRequest
+from trifecta.orchestrator.parts import CAPSULE_TTL_S
 from trifecta.orchestrator.records import prompt_hash
 from trifecta.orchestrator.stack import Stack
 from trifecta.orchestrator.tables import requests
@@ -127,9 +129,12 @@ def test_free_text_is_served_unverified_and_awaits_feedback(stack: Stack) -> Non
     assert orchestrator.records.cached_answer(capsule.id, "status?") is not None
 
 
-def test_a_capsule_changed_by_another_process_applies_to_the_next_request(stack: Stack) -> None:
+def test_a_capsule_changed_by_another_process_applies_within_the_auth_bound(
+    stack: Stack,
+) -> None:
     """`trifecta capsule ...` writes the registry from another process; the running loop
-    serves the very next request under the new policy, and not at all once removed."""
+    serves under the new policy within the capsule ttl of the commit (the auth layer's half
+    second, `parts.CAPSULE_TTL_S`), and not at all once removed."""
     from trifecta.fleet.registry import CapsuleRegistry
 
     capsule = stack.add_capsule(
@@ -139,30 +144,48 @@ def test_a_capsule_changed_by_another_process_applies_to_the_next_request(stack:
     orchestrator.serve(capsule.id, TaskRequest(prompt="a=1,b=2;a?"))
     elsewhere = CapsuleRegistry(stack.engine)  # what the CLI process holds
     elsewhere.add(capsule.model_copy(update={"quota_rps": 0.001}), replace=True)
+    _wait_out_the_bound(time.monotonic())
     orchestrator.serve(capsule.id, TaskRequest(prompt="a=1,b=2;b?"))  # the new bucket's burst
     with pytest.raises(QuotaExceeded):
         orchestrator.serve(capsule.id, TaskRequest(prompt="a=1,b=3;b?"))
     elsewhere.remove(capsule.id)
+    _wait_out_the_bound(time.monotonic())
     with pytest.raises(NotFound):
         orchestrator.serve(capsule.id, TaskRequest(prompt="a=1,b=4;b?"))
+
+
+def _wait_out_the_bound(committed: float) -> None:
+    time.sleep(max(0.0, CAPSULE_TTL_S - (time.monotonic() - committed)) + 0.01)
 
 
 def test_a_request_reads_its_capsule_once_for_all_its_hops(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each hop's environment admits the capsule as the request read it at its start (one
-    registry look-up a request, not one a hop); the next request reads it afresh (above)."""
+    """Each hop's environment (and the context layer's tenancy check) admits the capsule as
+    the request read it at its start: at most one registry look-up a request, none while the
+    capsule's row was read within the ttl (above)."""
     orchestrator = Orchestrator(stack.parts)
     capsule = _capsule(stack, "reads")
     rows = stack.capsules._spec_of  # the directory's read of a capsule's row
     real_read = rows.read
     reads: list[str] = []
 
-    def counted_read(*, capsule_id: str) -> str | None:
+    def counted_read(*, capsule_id: str) -> tuple[object, ...] | None:
         reads.append(capsule_id)
         return real_read(capsule_id=capsule_id)
 
+    registry_reads: list[str] = []
+    real_get = stack.capsules.registry.get
+
+    def counted_get(capsule_id: str) -> Capsule:
+        registry_reads.append(capsule_id)
+        return real_get(capsule_id)
+
     monkeypatch.setattr(rows, "read", counted_read)
+    monkeypatch.setattr(stack.capsules.registry, "get", counted_get)
+    stack.capsules._fresh.clear()  # as if the capsule's row was read over a ttl ago
+    assert stack.context is not None
+    stack.context.tenancy.forget()  # nor remembered by the context layer
     task = generate_tasks(1, seed=5, split="heldout", difficulties=[3], domain=capsule.domain)[0]
     result = orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt))
     models = [h.model for h in result.hops if h.layer == "context"]
@@ -170,7 +193,8 @@ def test_a_request_reads_its_capsule_once_for_all_its_hops(
     assert any(h.layer == "cognitive" for h in result.hops)
     assert reads == [capsule.id]
     orchestrator.serve(capsule.id, TaskRequest(prompt=task.prompt + " "))
-    assert reads == [capsule.id] * 2
+    assert reads == [capsule.id]  # read within the ttl: served from memory
+    assert registry_reads == []  # the context layer's tenancy read the pinned capsule
 
 
 def test_requests_logged_together_share_a_transaction_and_fail_alone(stack: Stack) -> None:

@@ -15,7 +15,7 @@ from typing import TypeVar
 from trifecta.context.shards import ShardMap
 from trifecta.core.errors import Forbidden, NotFound, SovereigntyViolation
 from trifecta.fleet.capsules import Capsule
-from trifecta.fleet.registry import CapsuleRegistry
+from trifecta.fleet.registry import CapsuleRegistry, pinned_capsule
 
 T = TypeVar("T")
 
@@ -41,6 +41,10 @@ class Tenancy:
         return value
 
     def capsule(self, capsule_id: str) -> Capsule:
+        # Inside a request of the loop: the capsule as the request read it (no registry read).
+        pinned = pinned_capsule(capsule_id)
+        if pinned is not None:
+            return pinned
         return self._remember("capsule", capsule_id, lambda: self.registry.get(capsule_id))
 
     def domain_tenancy(self, domain: str) -> tuple[bool, str | None] | None:

@@ -11,6 +11,7 @@ every copy purged, so a new domain name is the way).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextvars import ContextVar
 
 from sqlalchemy import (
     JSON,
@@ -53,6 +54,17 @@ domain_tenancies = Table(
     Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
 )
 Tenancy = tuple[bool, str | None]
+# The capsule of the request this thread (or task, or a context copied from it) is serving, as
+# read at the request's start: the loop's hops and the context layer's tenancy checks read it
+# instead of the row again (one policy, and one look-up, a request).
+# Set by the loop (`orchestrator.parts.CapsuleDirectory.pinned`).
+request_capsule: ContextVar[Capsule | None] = ContextVar("trifecta_request_capsule", default=None)
+
+
+def pinned_capsule(capsule_id: str) -> Capsule | None:
+    """The capsule the current request pinned, if it is `capsule_id`."""
+    capsule = request_capsule.get()
+    return capsule if capsule is not None and capsule.id == capsule_id else None
 
 
 class CapsuleRegistry:

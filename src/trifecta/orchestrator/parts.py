@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from sqlalchemy import Text, bindparam, cast, select
@@ -19,39 +18,70 @@ from trifecta.cognitive.serving.quota import QuotaGate
 from trifecta.context.shards import ShardMap, ShardPlace
 from trifecta.core.db import RowRead
 from trifecta.core.errors import Infeasible
+from trifecta.core.logging import get_logger
 from trifecta.federation.bridge import Bridge
 from trifecta.fleet.capsules import Capsule
+from trifecta.fleet.keys import RENEW_AT, VERIFY_TTL_S
 from trifecta.fleet.plan_model import CapsuleAssignment, Plan
-from trifecta.fleet.registry import CapsuleRegistry, capsules_table
+from trifecta.fleet.registry import CapsuleRegistry, capsules_table, pinned_capsule
+from trifecta.fleet.registry import request_capsule as _pinned
 from trifecta.orchestrator.ledger import CostLedger, Pricer
 
+log = get_logger(__name__)
 PLACEMENT_TTL_S = 5.0
-# The capsule of the request this thread (or task) is serving, as read at its start.
-_pinned: ContextVar[Capsule | None] = ContextVar("trifecta_request_capsule", default=None)
+# A capsule's row read within this long serves the next request without a read: the auth
+# layer's bound for a key's row (`fleet.keys`), so a capsule changed or removed by another
+# process stops being served as it was within the same half second its keys do.
+CAPSULE_TTL_S = VERIFY_TTL_S
+# From this share of the ttl on, the rows of the capsules in use are re-read together in the
+# background (one statement), so a capsule in steady use is never read on a request's thread.
+CAPSULE_RENEW_AT = RENEW_AT
+# Capsules served within this long count as in use (renewed); others expire and are read on
+# their next request.
+CAPSULE_IN_USE_S = 10.0
+
+
+@dataclass
+class _Fresh:
+    """A capsule as its row read at `read_at` (monotonic, taken before the read)."""
+
+    read_at: float
+    stored: str
+    capsule: Capsule
+    used_at: float
 
 
 class CapsuleDirectory:
-    """The capsules being served, by id and by domain. `get` reads the capsule's row on every
-    request (one primary-key look-up), so a change made by another process (`trifecta capsule`
-    against a running server: policy, quota, share, removal) applies to the next request.
-    Within a request (`pinned`), every hop's check reads the capsule as the request began
-    instead of the row again: one policy per request, and one look-up instead of one a hop
-    (those look-ups were 7% of the loop's CPU, py-spy). The look-up reads the row's stored
-    JSON on a plain connection and parses it only when it differs from the text last parsed:
-    an ORM session and a pydantic validation a request cost more than the read itself."""
+    """The capsules being served, by id and by domain.
 
-    def __init__(self, registry: CapsuleRegistry):
+    `get` answers from memory while the capsule's row was read within `ttl_s` (the auth
+    layer's half second), and reads the row otherwise (one primary-key look-up). A thread
+    re-reads the rows of the capsules in use in one statement from `CAPSULE_RENEW_AT` of the
+    ttl, so a capsule in steady use is not read on a request's thread; an entry's age counts
+    from before the read that filled it, so a change made by another process (`trifecta
+    capsule` against a running server: policy, quota, share, removal) applies within `ttl_s`
+    of its commit, as a revoked key stops working within the same bound. A change made
+    through this directory (`add`, `remove`) applies to the very next request. The per-request
+    read cost several times its 20 us alone under load (GIL and core waits after each SQLite
+    call: 3% of the loop's samples, py-spy). Within a request (`pinned`), every hop's check
+    reads the capsule as the request began: one policy per request."""
+
+    def __init__(self, registry: CapsuleRegistry, *, ttl_s: float = CAPSULE_TTL_S):
         self.registry = registry
+        self.ttl_s = ttl_s
         self._spec_of = RowRead(
             registry.engine,
             select(cast(capsules_table.c.spec, Text)).where(
                 capsules_table.c.id == bindparam("capsule_id")
             ),
         )
-        self._parsed: dict[str, tuple[str, Capsule]] = {}  # id -> (stored JSON, capsule)
+        self._fresh: dict[str, _Fresh] = {}
+        self._writes = 0  # changes made through this directory: a read begun before one is dropped
         self._by_id: dict[str, Capsule] = {}
         self._by_domain: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
+        self._closed = threading.Event()
         self.refresh()
 
     def refresh(self) -> None:
@@ -72,22 +102,103 @@ class CapsuleDirectory:
             _pinned.reset(token)
 
     def get(self, capsule_id: str) -> Capsule:
-        pinned = _pinned.get()
-        if pinned is not None and pinned.id == capsule_id:
-            return pinned
+        found = pinned_capsule(capsule_id)
+        if found is not None:
+            return found
+        now = time.monotonic()
+        fresh = self._fresh.get(capsule_id)
+        if fresh is not None and now - fresh.read_at < self.ttl_s:
+            fresh.used_at = now
+            if now - fresh.read_at >= self.ttl_s * CAPSULE_RENEW_AT:
+                self._start_renewer()
+            return fresh.capsule
+        writes = self._writes
         row = self._spec_of.read(capsule_id=capsule_id)
         if row is None:
             self._forget(capsule_id)
             return self.registry.get(capsule_id)  # raises NotFound naming the field
-        stored = str(row[0])
-        parsed = self._parsed.get(capsule_id)
-        if parsed is not None and parsed[0] == stored:
-            return parsed[1]
-        found = Capsule.model_validate_json(stored)
-        self._parsed[capsule_id] = (stored, found)
+        return self._keep(capsule_id, str(row[0]), now, writes, fresh, now)
+
+    def _keep(
+        self,
+        capsule_id: str,
+        stored: str,
+        read_at: float,
+        writes: int,
+        old: _Fresh | None,
+        used_at: float,
+    ) -> Capsule:
+        """The capsule of a row read at `read_at`, kept unless this directory changed a
+        capsule since the read began (that change wins: the entry is read again)."""
+        if old is not None and old.stored == stored:
+            found = old.capsule  # JSON parsed only when the row changed
+        else:
+            found = Capsule.model_validate_json(stored)
+        with self._lock:
+            if self._writes == writes:
+                self._fresh[capsule_id] = _Fresh(read_at, stored, found, used_at)
         if self._by_id.get(capsule_id) != found:
             self._remember(found)
         return found
+
+    def _start_renewer(self) -> None:
+        if self._renewer is not None or self.ttl_s <= 0:
+            return
+        with self._lock:
+            if self._renewer is None:
+                self._renewer = threading.Thread(
+                    target=self._renew_loop, name="capsule-renewal", daemon=True
+                )
+                self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        # Checked twice in the time between due and expired, so a renewal lands before it.
+        pause = self.ttl_s * (1 - CAPSULE_RENEW_AT) / 2
+        while True:
+            try:
+                self.renew(due_only=True)
+            except Exception as exc:  # the database: entries expire, requests read the rows
+                log.warning("capsule renewal failed", error=str(exc))
+            if self._closed.wait(pause):
+                return
+
+    def renew(self, *, due_only: bool = False) -> int:
+        """Re-read the rows of the capsules in use in one statement (the renewal thread's
+        work, when the oldest is `CAPSULE_RENEW_AT` of the ttl old: all renewed together stay
+        due together); the rows that are gone are forgotten. Returns how many were renewed."""
+        now = time.monotonic()
+        with self._lock:
+            for capsule_id in [
+                i for i, f in self._fresh.items() if now - f.used_at > CAPSULE_IN_USE_S
+            ]:
+                del self._fresh[capsule_id]
+            ids = sorted(self._fresh)
+            oldest = min((f.read_at for f in self._fresh.values()), default=now)
+            writes = self._writes
+        if not ids or (due_only and now - oldest < self.ttl_s * CAPSULE_RENEW_AT):
+            return 0
+        started = time.monotonic()
+        rows: dict[str, str] = {}
+        spec = cast(capsules_table.c.spec, Text)
+        with self.registry.engine.connect() as connection:
+            for at in range(0, len(ids), 500):  # well under any driver's parameter limit
+                chunk = ids[at : at + 500]
+                query = select(capsules_table.c.id, spec).where(capsules_table.c.id.in_(chunk))
+                rows.update((str(r[0]), str(r[1])) for r in connection.execute(query))
+        for capsule_id in ids:
+            old = self._fresh.get(capsule_id)
+            if capsule_id in rows:
+                used = old.used_at if old is not None else started
+                self._keep(capsule_id, rows[capsule_id], started, writes, old, used)
+                continue
+            with self._lock:  # removed elsewhere: its next request reads the row (NotFound)
+                if self._writes == writes:
+                    self._fresh.pop(capsule_id, None)
+        return len(rows)
+
+    def close(self) -> None:
+        """Stop the renewal thread (entries then expire; requests read the rows)."""
+        self._closed.set()
 
     def all(self) -> list[Capsule]:
         with self._lock:
@@ -100,6 +211,9 @@ class CapsuleDirectory:
     def add(self, capsule: Capsule) -> Capsule:
         """Register a capsule (refused if its domain mixes tenancies) and serve it at once."""
         self.registry.add(capsule)
+        with self._lock:
+            self._writes += 1
+            self._fresh.pop(capsule.id, None)
         self._remember(capsule)
         return capsule
 
@@ -108,8 +222,9 @@ class CapsuleDirectory:
         self._forget(capsule_id)
 
     def _forget(self, capsule_id: str) -> None:
-        self._parsed.pop(capsule_id, None)
         with self._lock:
+            self._writes += 1
+            self._fresh.pop(capsule_id, None)
             gone = self._by_id.pop(capsule_id, None)
             if gone is not None:
                 self._by_domain[gone.domain].discard(gone.id)

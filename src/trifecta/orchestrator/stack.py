@@ -270,6 +270,7 @@ class Stack:
         )
 
     def close(self) -> None:
+        self.capsules.close()
         self.bridge.close()
         if self.context is not None:
             self.context.close()  # what is still queued stays queued for the next start
