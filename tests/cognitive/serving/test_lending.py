@@ -125,7 +125,7 @@ def test_a_burst_borrows_the_slots_other_capsules_have_nothing_waiting_for(
 ) -> None:
     """Four active capsules are guaranteed 4 of 16 slots each; three have nothing waiting, so
     the fourth's burst takes every slot but the spare one. (Reserving their unused guarantees,
-    as before, held 12 - 1 = 11 slots idle and let the burst start 4 + 1.)"""
+    as before, held 12 slots idle and kept the burst to its own 4.)"""
     tier = Tier(codec, 16)
     quiet_capsules_active(tier, ["q0", "q1", "q2", "q3"])
     for _ in range(20):
