@@ -5,13 +5,14 @@ import time
 
 import pytest
 
+from trifecta.context.facade import ContextService
 from trifecta.core.errors import NotFound, QuotaExceeded
 from trifecta.core.tasks import generate_tasks, normalize_answer
 from trifecta.fleet.capsules import Capsule, Demand
 from trifecta.orchestrator.loop import Orchestrator
 from trifecta.orchestrator.models import Feedback, TaskRequest
 from trifecta.orchestrator.parts import CAPSULE_TTL_S
-from trifecta.orchestrator.records import prompt_hash
+from trifecta.orchestrator.records import SavedRows, prompt_hash
 from trifecta.orchestrator.stack import Stack
 from trifecta.orchestrator.tables import requests
 
@@ -19,11 +20,13 @@ from trifecta.orchestrator.tables import requests
 def _capsule(stack: Stack, suffix: str, **fields: object) -> Capsule:
     capsule = Capsule(
         id=f"t-{suffix}", name=suffix, kind="digital_twin", domain=f"d-{suffix}", **fields
-    )  # type: ignore[arg-type]
+    )
     return stack.add_capsule(capsule)
 
 
-def test_a_task_goes_through_every_step_and_is_logged(stack: Stack) -> None:
+def test_a_task_goes_through_every_step_and_is_logged(
+    stack: Stack, context: ContextService
+) -> None:
     orchestrator = Orchestrator(stack.parts, run_id="loop-1")
     capsule = _capsule(stack, "steps")
     task = generate_tasks(1, seed=3, split="heldout", difficulties=[3], domain=capsule.domain)[0]
@@ -43,8 +46,8 @@ def test_a_task_goes_through_every_step_and_is_logged(stack: Stack) -> None:
     rollup = stack.parts.ledger.rollup("capsule_id", capsule_ids=[capsule.id])
     assert rollup[0].usd == pytest.approx(result.cost.usd) and rollup[0].requests == 1
     # The context layer now holds a memory of it.
-    assert stack.context.drain(30)  # learning runs off the request path
-    stats = stack.context.stats(capsule.id)
+    assert context.drain(30)  # learning runs off the request path
+    stats = context.stats(capsule.id)
     assert stats.memories == 1
 
 
@@ -81,14 +84,14 @@ def test_a_verified_answer_is_served_from_the_cache_next_time(stack: Stack) -> N
     assert orchestrator.serve(other.id, TaskRequest(prompt=prompt)).route != "cache"
 
 
-def test_client_feedback_is_recorded_and_learned(stack: Stack) -> None:
+def test_client_feedback_is_recorded_and_learned(stack: Stack, context: ContextService) -> None:
     orchestrator = Orchestrator(stack.parts)
     capsule = _capsule(stack, "feedback")
     result = orchestrator.serve(capsule.id, TaskRequest(prompt="t=5,p=7;t+p?"))
-    before = stack.context.stats(capsule.id).memories
+    before = context.stats(capsule.id).memories
     answer = orchestrator.feedback(capsule.id, result.id, Feedback(success=False, detail="wrong"))
     assert answer.outcome == "failure" and answer.learned
-    assert stack.context.stats(capsule.id).memories >= before  # a failure lesson (or reinforced)
+    assert context.stats(capsule.id).memories >= before  # a failure lesson (or reinforced)
     # A verified-wrong answer overruled by the client as right becomes cacheable.
     orchestrator.feedback(capsule.id, result.id, Feedback(success=True))
     assert orchestrator.records.cached_answer(capsule.id, "t=5,p=7;t+p?") is not None
@@ -209,9 +212,9 @@ def test_requests_logged_together_share_a_transaction_and_fail_alone(stack: Stac
     first = orchestrator.serve(capsule.id, TaskRequest(prompt="a=1,b=2;a?"))
     records = orchestrator.records
 
-    def rows(result_id: str) -> tuple[dict[str, object], list[dict[str, object]]]:
+    def rows(result_id: str) -> SavedRows:
         copy = first.model_copy(update={"id": result_id})
-        row = {c.name: None for c in requests.columns} | {
+        row: dict[str, object] = {c.name: None for c in requests.columns} | {
             "id": copy.id,
             "capsule_id": copy.capsule_id,
             "prompt": copy.prompt,
@@ -276,11 +279,13 @@ def test_rule_queries_are_symbolic_at_the_edge_and_neural_in_the_cloud(stack: St
     orchestrator = Orchestrator(stack.parts)
     exact = orchestrator.serve(capsule.id, TaskRequest(prompt="Downstream[v1, p3]?"))
     assert exact.route == "symbolic" and exact.answer == "yes" and exact.verified is True
+    assert exact.environment is not None, "an answer the rules settle names its edge site"
     assert stack.topology.environment(exact.environment).kind == "edge"
     listed = orchestrator.serve(capsule.id, TaskRequest(prompt="Sees[who, filter]?"))
     assert listed.answer == "level,press1,turbidity" and listed.verified is True
     soft = orchestrator.serve(capsule.id, TaskRequest(prompt="Seeps[intake, p1]?"))
     assert soft.route == "neural" and soft.verified is None
+    assert soft.environment is not None, "a neural answer names the site that served it"
     assert stack.topology.environment(soft.environment).kind != "edge"
     (hop,) = [h for h in soft.hops if h.ok and h.layer == "tensorlogic"]
     assert hop.model == "plant/embedding" and "confidence" in hop.detail
