@@ -47,6 +47,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/lint-imports
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/mypy tests
 
 ## test: set up everything and run the whole suite (slow tests included)
 test: $(VENV)/.installed-dev services browser lint
