@@ -236,10 +236,10 @@ class LearnWorker:
         self._refresh_shards()
         while not self._stop.is_set():
             self._wake.clear()
-            handled = 0
+            left = 0  # rows read but not learned this round (past a domain's batch)
             for url in self._known():
                 try:
-                    handled += self._drain_shard(self._store(url))
+                    left += self._drain_shard(self._store(url))
                 except (SQLAlchemyError, TrifectaError) as exc:  # the shard is unreachable
                     log.warning("learn queue unreadable", shard=url, error=str(exc))
                 except Exception:  # a bug must not end the worker: rows stay queued
@@ -247,7 +247,7 @@ class LearnWorker:
                     self._stop.wait(1.0)
             with self._idle:
                 self._idle.notify_all()
-            if handled >= self.batch:
+            if left:
                 continue  # a backlog: go on at once
             if not self._wake.wait(self.poll_s):
                 self._refresh_shards()
@@ -266,7 +266,8 @@ class LearnWorker:
             log.warning("shard map unreadable", error=str(exc))
 
     def _drain_shard(self, store: ShardStore) -> int:
-        rows = store.queue.pending(limit=4 * self.batch)
+        limit = 4 * self.batch
+        rows = store.queue.pending(limit=limit)
         by_domain: dict[str, list[Queued]] = {}
         for row in rows:  # queue order within each domain
             by_domain.setdefault(row.domain, []).append(row)
@@ -284,7 +285,10 @@ class LearnWorker:
             self._remember(batch.memory_texts, mine[len(batch.delta_texts) :])
             with self._working:
                 self._learn(store, queued[: self.batch], batch, mine)
-        return len(rows)
+        # Rows left for the next round: past a domain's batch, or past what one read takes.
+        # Only those call for a round at once; rows that arrive meanwhile wait for the linger.
+        past = sum(max(0, len(queued) - self.batch) for queued in by_domain.values())
+        return past + int(len(rows) >= limit)
 
     def _stage(
         self, store: ShardStore, domain: str, queued: Sequence[Queued]

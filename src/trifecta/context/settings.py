@@ -104,7 +104,13 @@ class ContextSettings(LayerSettings):
         default=1.0, gt=0, description="how often an idle learning worker looks for queued rows"
     )
     learn_linger_s: float = Field(
-        default=0.2, ge=0, description="how long a woken worker waits for more trajectories"
+        # 1 s: a round learns one batch per domain with rows (the loop's fleet: 13), and a
+        # batch costs ~5 ms of the worker's CPU besides its trajectories' (its transaction,
+        # the view's write, a hot read, the version it publishes), so rounds every 0.2 s
+        # cut 5-trajectory batches and doubled that cost (docs/context.md, issue 15).
+        default=1.0,
+        ge=0,
+        description="how long a woken worker waits for more trajectories",
     )
     embed_chunk: int = Field(
         # The worker's encoder is its own (no retrieval waits on it): bigger calls are
