@@ -282,7 +282,8 @@ def plot_tradeoff(
     axis.plot(
         grid, np.median(reached, axis=0), label="greedy descent (ours before the MILP), median"
     )
-    axis.scatter(*zip(*scratch, strict=True), s=14, c="C3", label="from-scratch repack")
+    moves, levels = [m for m, _ in scratch], [v for _, v in scratch]
+    axis.scatter(moves, levels, s=14, c="C3", label="from-scratch repack")
     axis.axhline(GOAL_IMBALANCE, ls="--", c="grey", lw=0.8)
     axis.set_xlabel("experts moved (weights copied onto a node)")
     axis.set_ylabel("max / mean node load")

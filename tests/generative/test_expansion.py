@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -238,3 +239,51 @@ def test_restricted_replica_counts_give_a_valid_placement() -> None:
     assert floor.placed is not None and floor.proven
     placed = Placement(cluster=Cluster.uniform(3, 2), num_experts=4, nodes=floor.placed)
     assert placed.replicas().tolist() == [2, 1, 1, 1] and placed.imbalance(loads) <= 1.3 + 1e-9
+
+
+def test_vary_counts_runs_the_counts_free_program_only_when_set() -> None:
+    """`vary_counts` (the `rebalance_vary_counts` setting) adds the node-content program with
+    the hot experts' counts free after the fixed-count one; 0 leaves it out. Either way the
+    answer keeps the level and never moves more than the greedy."""
+    loads = zipf_loads(16, 1.1, seed=2)
+    current = place(loads, Cluster.with_redundancy(4, 16, 0.10), method="greedy")
+    grown = loads[np.random.default_rng(2).permutation(16)] * 1.15
+    greedy = resize(current, grown, add=1, target=1.01, method="greedy")
+    level = max(1.01, greedy.imbalance)
+    for vary in (0, 3):
+        result = resize(
+            current, grown, add=1, target=1.01, method="search", time_limit_s=5.0, vary_counts=vary
+        )
+        assert result.moves <= greedy.moves
+        assert result.placement.imbalance(grown) <= level + 1e-9
+        # The search's answer (9 greedy moves to 4 here) names the phases it ran.
+        assert result.solver.startswith("annealing") and result.moves < greedy.moves
+        assert ("node contents with counts free" in result.solver) == (vary > 0)
+    with pytest.raises(InvalidInput, match="vary_counts"):
+        resize(current, grown, add=1, vary_counts=-1)
+
+
+def test_the_vary_counts_setting_reaches_the_rebalance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's and `--apply`'s rebalance (`plan_rebalance`) hands `resize` the
+    `rebalance_vary_counts` setting; a negative one is refused naming the field."""
+    from pydantic import ValidationError
+
+    from trifecta.generative import expansion
+    from trifecta.generative.rebalance import plan_rebalance
+    from trifecta.generative.settings import GenerativeSettings
+
+    seen: list[int] = []
+    real = expansion.resize
+
+    def spy(*args: Any, **kwargs: Any) -> expansion.Rebalance:
+        seen.append(kwargs["vary_counts"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(expansion, "resize", spy)
+    loads = zipf_loads(16, 1.0, seed=3)
+    current = place(loads, Cluster.with_redundancy(4, 16, 0.10), method="greedy")
+    settings = GenerativeSettings(rebalance_vary_counts=2, rebalance_time_limit_s=0.2)
+    plan_rebalance([current], loads[None, :], settings, add=1)
+    assert seen == [2]
+    with pytest.raises(ValidationError, match="rebalance_vary_counts"):
+        GenerativeSettings(rebalance_vary_counts=-1)

@@ -67,21 +67,15 @@ EXACT_TIME_LIMIT_S = 5.0
 LNS_ABOVE = 1000
 # Of the search's time, the LNS first gets a fifth (or stops sooner at its local minimum),
 # annealing (`placement_anneal`) a quarter of the rest, the set partitioning program over
-# node configurations (`placement_columns`, the hot experts' counts free) the remainder,
-# the LNS what that leaves (the program needs seconds of branch and bound: with its
-# counts free it is the phase that finds the fewest moves when it has them). Measured at
+# node configurations (`placement_columns`; with `vary_counts`, then a second one with the
+# hot experts' counts free) the remainder, the LNS what that leaves (the program needs
+# seconds of branch and bound). Measured at
 # the repack's max/mean on 16 development instances (expansion and removal, 64 and 128
 # experts): the LNS first 0.237 of the repack's moves against 0.249 without it. With the
 # program after annealing (on 10 development expansions, 5 CPU seconds, load 8-11), the
 # moves summed 228 against 244 for the LNS in its place with annealing's half.
 LNS_FIRST_SHARE = 0.2
 ANNEAL_SHARE = 0.25
-# How many of the hot experts the node-content program's second stage may give a replica
-# count one more or fewer (`placement_columns.count_options`); 0: no second stage. Off: on
-# the 24 benchmark traces at the strict level (5 CPU s, load 8-11) it ran on 8 (the budget
-# was spent on the others) and lowered the moves on none; its branch and bound needs 5-20
-# CPU s at 64-128 experts (given 30 s, 25 moves where the fixed counts' optimum was 33).
-VARY_COUNTS = 0
 
 
 class Rebalance(BaseModel):
@@ -227,6 +221,7 @@ def resize(
     max_moves: int | None = None,
     method: str = "auto",
     time_limit_s: float = EXACT_TIME_LIMIT_S,
+    vary_counts: int = 0,
 ) -> Rebalance:
     """Add `add` empty nodes and remove the nodes `remove` (old indices), then rebalance.
     Kept nodes keep their order; added nodes come last. `method`: greedy (the descent, run
@@ -235,11 +230,20 @@ def resize(
     experts: never more than the greedy); search (from the greedy's answer the LNS,
     annealing, the node-content program and the LNS again, under `time_limit_s`; kept when
     it moves fewer experts); auto (as milp without a move budget up to `EXACT_MAX`, search
-    above it). `solver` in the result says which answer was used and which phase found it."""
+    above it). `vary_counts` (the `rebalance_vary_counts` setting): how many of the hot
+    experts the search's node-content program may then give one replica more or fewer, in a
+    second program from the first's answer; 0 (the default): no second program. Off by
+    default: on the 24 benchmark traces at the strict level (5 CPU s, load 8-11) it ran on 8
+    (the first program spent the budget on the others) and lowered the moves on none; its
+    branch and bound needs 5-20 CPU s at 64-128 experts (given 19 s, 25 moves where the fixed
+    counts' optimum was 33). `solver` in the result says which answer was used and which
+    phase found it."""
     if method not in METHODS:
         raise InvalidInput(f"unknown method {method!r}", field="method", allowed=METHODS)
     if time_limit_s <= 0:
         raise InvalidInput("must be > 0 seconds", field="time_limit")
+    if vary_counts < 0:
+        raise InvalidInput(f"must be >= 0, got {vary_counts}", field="vary_counts")
     loads = np.asarray(loads, dtype=np.float64)
     if loads.size != current.num_experts:
         raise InvalidInput(
@@ -259,11 +263,13 @@ def resize(
     greedy = min(runs, key=lambda r: (max(r.imbalance, target), r.moves))
     if method == "greedy" or (method == "auto" and max_moves is not None):
         return greedy
+    before = [set(n) for n in nodes]
     if method == "search":  # what `auto` runs above EXACT_MAX, at any size
         level = max(target, greedy.imbalance)
-        before = [set(n) for n in nodes]
-        return _searched(greedy, None, before, loads, level, time_limit_s, time_limit_s)
-    return _exact(greedy, [set(n) for n in nodes], loads, target, method, time_limit_s)
+        return _searched(
+            greedy, None, before, loads, level, time_limit_s, time_limit_s, vary_counts
+        )
+    return _exact(greedy, before, loads, target, method, time_limit_s, vary_counts)
 
 
 def _exact(
@@ -273,6 +279,7 @@ def _exact(
     target: float,
     method: str,
     time_limit_s: float,
+    vary_counts: int,
 ) -> Rebalance:
     """The exact min-move MILP from the greedy answer; the fewer moves kept, and said."""
     from trifecta.generative.placement_milp import min_moves_floor
@@ -282,14 +289,16 @@ def _exact(
     level = max(target, greedy.imbalance)
     if method == "auto" and loads.size * cluster.nodes * most > EXACT_MAX:
         # Too large for the whole MILP: the search alone gets the time limit.
-        return _searched(greedy, None, before, loads, level, time_limit_s, time_limit_s)
+        return _searched(
+            greedy, None, before, loads, level, time_limit_s, time_limit_s, vary_counts
+        )
     budget = Budget.of(time_limit_s)
     search = loads.size * cluster.nodes * most > LNS_ABOVE
     exact = budget.part(time_limit_s / 2) if search else budget
     floor = min_moves_floor(before, loads, cluster, level, exact, greedy.placement.nodes)
     program = "exact MILP"
     if search and not floor.proven and budget.left() > 0.05:
-        return _searched(greedy, floor, before, loads, level, budget, time_limit_s)
+        return _searched(greedy, floor, before, loads, level, budget, time_limit_s, vary_counts)
     if floor.placed is None or floor.moves is None or floor.moves >= greedy.moves:
         why = (
             "proved no placement moves fewer"
@@ -325,6 +334,7 @@ def _searched(
     level: float,
     limit: float | Budget,
     time_limit_s: float,
+    vary_counts: int = 0,
 ) -> Rebalance:
     """From the better of the greedy's and the MILP's answers, the LNS, annealing and the
     LNS again, for the time left; kept when it moves fewer experts than the greedy."""
@@ -363,14 +373,15 @@ def _searched(
     done("annealing", moves_between(before, start))
     # Then every node at once: the set partitioning program over node configurations
     # (`placement_columns`), first for the answer's replica counts (a small program whose
-    # branch and bound mostly finishes), then from its answer with the hot experts' counts
-    # free to change by one (a larger one, which the better incumbent prunes); the LNS
+    # branch and bound mostly finishes), then, with `vary_counts`, from its answer with the
+    # hot experts' counts free to change by one (a larger one, which the better incumbent
+    # prunes); the LNS
     # gets what they leave. Each stops early when it proves the fewest moves it allows.
     columns = columns_min_moves(before, loads, cluster, level, start, budget)
     start = columns.placed
     done("node contents", columns.moves)
-    if VARY_COUNTS and budget.left() > 0.05:
-        freed = columns_min_moves(before, loads, cluster, level, start, budget, vary=VARY_COUNTS)
+    if vary_counts and budget.left() > 0.05:
+        freed = columns_min_moves(before, loads, cluster, level, start, budget, vary=vary_counts)
         start = freed.placed
         done("node contents with counts free", freed.moves)
     found = lns_min_moves(before, loads, cluster, level, start, budget)

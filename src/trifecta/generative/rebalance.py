@@ -109,6 +109,7 @@ def plan_rebalance(
             remove=list(remove),
             target=settings.rebalance_target,
             time_limit_s=settings.rebalance_time_limit_s,
+            vary_counts=settings.rebalance_vary_counts,
         )
         scratch = from_scratch(placement, weights, result.placement.cluster, list(remove))
         new.append(result.placement)

@@ -77,6 +77,13 @@ class GenerativeSettings(LayerSettings):
         gt=0.0,
         description="CPU seconds a rebalance's exact solver or search may spend per layer",
     )
+    rebalance_vary_counts: int = Field(
+        default=0,
+        ge=0,
+        description="hot experts whose replica count a rebalance's search may change by one "
+        "in a second node-content program (`expansion.resize`'s vary_counts); 0: off. It "
+        "pays only with a rebalance_time_limit_s of tens of CPU seconds",
+    )
     placement_check_s: float = Field(
         default=5.0,
         ge=0.0,
