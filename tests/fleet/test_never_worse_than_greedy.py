@@ -14,7 +14,7 @@ from trifecta.core.settings import Phase
 from trifecta.fleet.classes import build_classes
 from trifecta.fleet.fleetfile import DemandMix, generate_fleet
 from trifecta.fleet.fluid import capsule_types
-from trifecta.fleet.greedy import greedy_placement, greedy_plan
+from trifecta.fleet.greedy import GreedyRule, greedy_placement, greedy_plan
 from trifecta.fleet.plan_check import verify_plan
 from trifecta.fleet.planner import plan
 from trifecta.fleet.pools import pool_shapes
@@ -65,12 +65,12 @@ def test_plan_is_never_worse_than_either_greedy_rule(
 
 @pytest.mark.parametrize("rule", ["marginal", "price-per-token"])
 def test_a_repacked_greedy_placement_costs_no_more_and_keeps_every_home(
-    topology: Topology, rule: str
+    topology: Topology, rule: GreedyRule
 ) -> None:
     fleet = generate_fleet(150, seed=4, phase="full", demand="continuous")
     shapes = pool_shapes(topology, "full")
     classes = build_classes(fleet, topology, "full", shapes)
-    placed = greedy_placement(classes, shapes, topology, rule)  # type: ignore[arg-type]
+    placed = greedy_placement(classes, shapes, topology, rule)
     packed = repack(
         placed.decisions,
         placed.replicas,
