@@ -69,13 +69,13 @@ GOAL_MOVE_RATIO = 0.25
 CURVE_LEVELS = (1.10, 1.05, 1.02, 1.01, 1.005)
 # The search's phases, as `Rebalance.solver` names the one that found the answer's moves.
 PHASES = ("greedy", "LNS", "annealing", "node contents", "node contents with counts free")
-# The goal rows "moves / exact minimum" (rows six to eleven), one a line:
-# (whose moves, `resize` method, the max/mean they reach, its key in `small_figures`).
+# The goal rows "moves / exact minimum", one a line: (whose moves, `resize` method, the
+# max/mean they reach, its key in `small_figures`). Only shipped rebalances are goals: auto
+# (what `resize` runs at this size) and search (what it runs on clusters too large for the
+# whole MILP, measured here where the exact minimum is known).
 OF_EXACT_MINIMUM = (
     ("ours (resize auto)", "auto", "the repack's max/mean", "equal"),
     ("ours (resize auto)", "auto", "max/mean 1.05", "goal"),
-    ("greedy alone (no MILP)", "greedy", "the repack's max/mean", "equal"),
-    ("greedy alone (no MILP)", "greedy", "max/mean 1.05", "goal"),
     (
         "annealing + LNS (resize search: what large clusters run)",
         "search",
@@ -84,11 +84,12 @@ OF_EXACT_MINIMUM = (
     ),
     ("annealing + LNS (resize search: what large clusters run)", "search", "max/mean 1.05", "goal"),
 )
-
-
-# The greedy-alone rows measure what the MILP adds; no `resize` method ships them as the
-# answer at this size (auto runs the exact MILP after the greedy), so they are no goal.
-ABLATION = "ablation: what the MILP adds over the greedy; not a shipped rebalance, not a goal"
+# The same ratio for the greedy alone: an ablation (what the MILP adds over the descent), a
+# note and not a goal, since no `resize` method ships the greedy's answer at this size.
+GREEDY_ALONE = (
+    ("greedy alone (no MILP)", "greedy", "the repack's max/mean", "equal"),
+    ("greedy alone (no MILP)", "greedy", "max/mean 1.05", "goal"),
+)
 
 
 @dataclass
@@ -491,11 +492,6 @@ def main() -> None:
     best = bootstrap_median(col(small, "exact_equal"))
     # Unattainable only if the proven floor itself clears the goal; otherwise say what is known.
     unattainable = floor_median > GOAL_MOVE_RATIO
-    floor_verdict = (
-        f"unattainable (exact floor {floor_median:.2f})"
-        if unattainable
-        else f"open: the proven floor {floor_median:.2f} is under the goal"
-    )
     proven = {lv: sum(int(r[f"exact_{lv}_proven"]) for r in small) for lv in ("goal", "equal")}
     first = [i for i, t in enumerate(runs) if (t.experts, t.nodes) == shapes[0]]
     plot = RESULTS_DIR / "moe_placement_tradeoff.png"
@@ -528,14 +524,6 @@ def main() -> None:
             bootstrap_median(col(grown, "ratio_equal")),
             at_most=GOAL_MOVE_RATIO,
         ),
-        Goal.of(
-            f"{small_shape}, exact min-move MILP: moves / repack's at its max/mean, "
-            f"best placement found - {floor_verdict}",
-            best,
-            at_most=GOAL_MOVE_RATIO,
-            note="the fewest moves HiGHS found to the repack's max/mean; its proven lower "
-            "bound is in the claim",
-        ),
         *[
             Goal.of(
                 f"{small_shape}, {who}: moves / exact minimum at {level} "
@@ -543,9 +531,45 @@ def main() -> None:
                 bootstrap_median(of_optimum(key, method=method)),
                 at_most=GOAL_OF_OPTIMUM,
                 unit="x",
-                note=ABLATION if method == "greedy" else "",
             )
             for who, method, level, key in OF_EXACT_MINIMUM
+        ],
+    ]
+    # Figures that are no goal, shown beside the goals with the reason.
+    notes = [
+        (
+            f"{small_shape}, exact min-move MILP ({FLOOR_TIME_LIMIT_S:.0f} s): moves / "
+            "repack's at its max/mean, best placement found (proven floor "
+            f"{floor_median:.2f})",
+            best,
+            "",
+            "a property of the instances, not of a rebalance: "
+            + (
+                f"its proven floor is above {GOAL_MOVE_RATIO}, so no algorithm meets a quarter "
+                "of the repack's moves here; the goal held to it is ours within "
+                f"{GOAL_OF_OPTIMUM}x of this minimum (the rows above)"
+                if unattainable
+                else f"its proven floor is under {GOAL_MOVE_RATIO}; ours is held to within "
+                f"{GOAL_OF_OPTIMUM}x of this minimum (the rows above)"
+            ),
+        ),
+        *[
+            (
+                f"{small_shape}, {who}: moves / exact minimum at {level} (over the proven floor)",
+                bootstrap_median(of_optimum(key, method=method)),
+                "x",
+                "an ablation (what the exact MILP adds over the greedy descent): no `resize` "
+                "method ships the greedy's answer at this size",
+            )
+            for who, method, level, key in GREEDY_ALONE
+        ],
+    ]
+    note_rows = [
+        "| note, not a goal | figure | 95% interval | why not a goal |",
+        "|---|---:|---|---|",
+        *[
+            f"| {claim} | {fig:.4f}{unit} | [{low:.4f}, {high:.4f}] | {why} |"
+            for claim, (fig, low, high), unit, why in notes
         ],
     ]
     command = "python benchmarks/moe_placement.py" + (" --quick" if args.quick else "")
@@ -562,6 +586,20 @@ def main() -> None:
         "95% bootstrap intervals over traces, and the worst trace.",
         "",
         *goals_markdown(goals, digits=4),
+        "",
+        "Beside the goals, three figures that are not goals (their reasons in the last "
+        "column). The greedy alone",
+        "is an ablation: no method ships it at this size. The exact MILP's own ratio to the "
+        "repack's moves",
+        "is a property of the instances rather than of a rebalance: when its proven floor is "
+        f"above {GOAL_MOVE_RATIO}, a",
+        "goal of a quarter of the repack's moves cannot be met there by any algorithm, and an "
+        "unattainable goal",
+        "is no goal. It is restated against the proven optimum instead: ours within "
+        f"{GOAL_OF_OPTIMUM}x of the exact",
+        "minimum (the ratios over the proven floor above, which can only overstate it).",
+        "",
+        *note_rows,
         "",
         "How to read the move goals. Ours is the product's `resize` (method auto): the greedy",
         "descent, then within a "
@@ -595,8 +633,8 @@ def main() -> None:
         f"{int(sum(col(grown, 'lns_used_equal')))}; elsewhere the greedy's answer stands.",
         "The issue's goal is a quarter of the repack's moves at equal max/mean, with its own",
         f"target of {GOAL_IMBALANCE}: read there, it is "
-        f"{goals[2].verdict()} on the large clusters (the third row). Read strictly at",
-        f"the repack's own max/mean (about 1.001, the fourth row) it is {goals[3].verdict()}. "
+        f"{goals[2].verdict()} on the large clusters (the third goal row). Read strictly at",
+        f"the repack's own max/mean (about 1.001, the fourth) it is {goals[3].verdict()}. "
         "On the small clusters the",
         f"exact min-move MILP (HiGHS, {FLOOR_TIME_LIMIT_S:.0f} s per instance, no start; "
         f"optimality proven on {proven['equal']} of",
@@ -605,23 +643,23 @@ def main() -> None:
         f"moves, and proved that none needs fewer than {floor_median:.2f}: "
         + (
             "so no algorithm can meet the strict goal read as the median over these "
-            "instances (the fifth row is marked unattainable)."
+            "instances (a note above, not a goal)."
             if unattainable
             else "the floor it proved is under the goal, so whether some placement meets the "
-            "strict goal is open (the fifth row says so instead of claiming the goal "
-            "unattainable)."
+            "strict goal there is open (a note above: the goal held to it is ours within "
+            f"{GOAL_OF_OPTIMUM}x of the minimum)."
         ),
         "The strict goal that measures our rebalance is how close it comes to the exact",
-        f"minimum, within {GOAL_OF_OPTIMUM}x of it (rows six to eleven divide by the proven "
-        "floor, so they can only",
+        f"minimum, within {GOAL_OF_OPTIMUM}x of it (the last four goal rows divide by the "
+        "proven floor, so they can only",
         f"overstate the ratio; optimality was proven on {proven['goal']} of {len(small)} traces "
-        f"at {GOAL_IMBALANCE}). Rows six and seven are",
-        "the product (at this size it solves the exact MILP); rows eight and nine are the "
-        "greedy alone, where",
-        "larger clusters start from; rows ten and eleven are what clusters too large for the "
-        "whole MILP run (`resize`",
-        "method search: the greedy, then annealing and the LNS, the same budget), measured here "
-        "where the exact minimum is known.",
+        f"at {GOAL_IMBALANCE}). The first two of them are",
+        "the product (at this size it solves the exact MILP); the last two are what clusters "
+        "too large for the",
+        "whole MILP run (`resize` method search: the greedy, then annealing and the LNS, the "
+        "same budget), measured here",
+        "where the exact minimum is known. The greedy alone, where larger clusters start from, "
+        "is in the notes.",
         "",
         "Each idea alone, on the large clusters at the repack's max/mean (moves / the "
         "repack's, median [95% CI]):",
@@ -670,6 +708,22 @@ def main() -> None:
         "budget: 152 against 145 on 6), and with only "
         "the rest of the budget it rarely finishes its branch and bound (the relaxation and "
         "the enumeration take about 1 CPU s at 64-128 experts).",
+        "The wall split (e65ba4b; the strict row was 0.274 [0.223, 0.309] at 055f912): a "
+        "budget part takes its share of the wall time left as well as of the CPU left, so "
+        "under the wall cap a loaded run no longer spends it all in the first phases; `auto` "
+        "skips the whole MILP at 64 experts on 9 nodes (it took half the budget and its "
+        "answer was kept on 0 of 12 strict traces); the LNS first gets a fifth, annealing a "
+        "quarter of the rest, the node-content program the remainder. Paired against the "
+        "search before it, alternated per trace on these 24 traces (5 CPU s budget, nice 10, "
+        "load 9-10, 1.5 CPU s a rebalance got past the wall cap): moves summed 714 against "
+        "1017, 0.70x [0.60, 0.84] (fewer on 16, equal on 5, more on 3); with the counts-free "
+        "program also run after it (load 8-11, 3.2 CPU s a rebalance): 648 against 681, 0.95x "
+        "[0.83, 1.06] (fewer on 7, equal on 5, more on 12), no difference shown. That program, "
+        "the hot experts' replica counts free (one more or fewer; exact against the min-move "
+        "MILP over the same counts on 12-expert instances, tested), found 25 moves where the "
+        "fixed counts' optimum was 33 on the second trace given 19 CPU s, but within 5 s it "
+        "ran on 8 of 24 traces and won on none: it ships off, behind the "
+        "`rebalance_vary_counts` setting (default 0) for longer budgets.",
         "",
         "Placement, max/mean node load (10% redundant slots):",
         "",
