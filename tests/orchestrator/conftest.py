@@ -3,8 +3,9 @@ one up takes seconds, so the tests of a module share it and use capsules of thei
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -15,19 +16,24 @@ from trifecta.fleet.capsules import Capsule
 from trifecta.fleet.topology import Topology
 from trifecta.orchestrator.stack import Stack
 
-StackFactory = Callable[..., Stack]
+
+class StackFactory(Protocol):
+    """A stack of its own data directory: these capsules (else the shipped fleet) on this
+    topology (else the shipped one)."""
+
+    def __call__(
+        self, capsules: list[Capsule] | None = None, topology: Topology | None = None
+    ) -> Stack: ...
 
 
 @pytest.fixture(scope="module")
 def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackFactory]:
     made: list[Stack] = []
 
-    def make(
-        capsules: list[Capsule] | None = None, topology: Topology | None = None, **options: object
-    ) -> Stack:
+    def make(capsules: list[Capsule] | None = None, topology: Topology | None = None) -> Stack:
         data = Path(tmp_path_factory.mktemp("stack"))
         settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'control.db'}")
-        stack = Stack(settings=settings, capsules=capsules, topology=topology, **options)  # type: ignore[arg-type]
+        stack = Stack(settings=settings, capsules=capsules, topology=topology)
         made.append(stack)
         return stack
 

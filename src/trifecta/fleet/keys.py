@@ -6,12 +6,13 @@ shown once at creation. A capsule key belongs to one incarnation of its capsule:
 working when the capsule is removed, and does not come back if a capsule of the same id is
 created again (the row remembers the capsule's creation time).
 
-`KeyStore.authenticate` is the `core.auth.Authenticator` every HTTP surface uses. It re-reads
-a key's row at most `ttl_s` (0.5 s) after the last check, so a revocation, or a removed
-capsule, is seen by a running server within a second (at once by the process that revoked it);
-the
-argon2 verification of a secret already verified against the same hash is remembered, so a
-busy client pays one indexed read per half second, not an argon2 hash per request.
+`KeyStore.authenticate` is the `core.auth.Authenticator` every HTTP surface uses. A key's
+check is remembered for `ttl_s` (0.5 s) from before the read of its row (`core.ttl_cache`),
+so a revocation, or a removed capsule, is seen by a running server within a second (at once
+by the process that revoked it); a key in use is re-read in the background ahead of expiry,
+and the argon2 verification of a secret already verified against the same hash is
+remembered, so a busy client pays one indexed read per half second off its thread, not an
+argon2 hash per request.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import hmac
 import re
 import secrets
 import threading
-import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from argon2 import PasswordHasher
@@ -45,6 +46,7 @@ from trifecta.core.auth import Principal
 from trifecta.core.db import ensure_schema, get_engine, transaction
 from trifecta.core.errors import InvalidInput, NotFound, Unauthenticated
 from trifecta.core.settings import get_settings
+from trifecta.core.ttl_cache import RENEW_AT, TtlCache
 from trifecta.fleet.registry import capsules_table
 
 KEY_PREFIX = "trf"
@@ -59,7 +61,6 @@ def key_hasher() -> PasswordHasher:
     return PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
 
-RENEW_AT = 0.75  # of ttl_s: from then on, a used key's row is re-read in the background
 MAX_REMEMBERED = 10_000  # verified secrets remembered (digests only), oldest forgotten first
 
 metadata = MetaData()
@@ -120,6 +121,14 @@ def _digest(secret: str) -> bytes:
     return hashlib.blake2b(secret.encode(), digest_size=32).digest()
 
 
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A key's row checked live and a secret verified against its hash."""
+
+    digest: bytes  # of the secret verified
+    principal: Principal
+
+
 class KeyStore:
     """Create, list, revoke and verify API keys. Thread-safe; one per server process."""
 
@@ -135,11 +144,21 @@ class KeyStore:
         self.ttl_s = ttl_s
         self.hasher = hasher or key_hasher()
         self._lock = threading.Lock()
-        self._recent: dict[str, tuple[float, bytes, Principal]] = {}
+        # A key counts as in use, and is renewed, when checked within the last quarter ttl
+        # of a round: about once it is due, as a busy client's key is.
+        self._recent: TtlCache[str, _Checked] = TtlCache(
+            ttl_s,
+            self._renew,
+            in_use_s=ttl_s * (1 - RENEW_AT),
+            max_entries=MAX_REMEMBERED,
+            name="key-renewal",
+        )
         self._verified: OrderedDict[tuple[str, bytes], None] = OrderedDict()
-        self._renewing: set[str] = set()
-        self._renewer: ThreadPoolExecutor | None = None
-        self.renewals = 0
+
+    @property
+    def renewals(self) -> int:
+        """Checks renewed in the background."""
+        return self._recent.renewals
 
     # -- administration -------------------------------------------------------------------
 
@@ -218,68 +237,46 @@ class KeyStore:
 
     def authenticate(self, token: str) -> Principal:
         key_id, secret = split_token(token)
-        digest, now = _digest(secret), time.monotonic()
-        with self._lock:
-            recent = self._recent.get(key_id)
-        if recent is not None and now - recent[0] < self.ttl_s:
-            if hmac.compare_digest(recent[1], digest):
-                return recent[2]
+        digest = _digest(secret)
+        checked = self._recent.get(key_id)
+        if checked is None:
+            checked = self._recent.read(key_id, lambda _: self._check(key_id, secret, digest))
+        if checked is None or not hmac.compare_digest(checked.digest, digest):
             raise Unauthenticated("not a valid API key", field="authorization")
-        principal, secret_hash = self._check_row(key_id)
-        self._verify(key_id, secret_hash, secret, digest)
-        with self._lock:
-            self._recent[key_id] = (now, digest, principal)
-            if len(self._recent) > MAX_REMEMBERED:
-                self._recent.pop(next(iter(self._recent)))
-        return principal
+        return checked.principal
 
     def remembered(self, token: str) -> Principal | None:
         """`authenticate` from memory only (`core.auth.RemembersKeys`): None when the key's
-        row must be read first. A key past `RENEW_AT` of its `ttl_s` has its row re-read in the
-        background, so a key in steady use is never re-read on the caller's thread; the
-        renewed entry counts its age from before that read, so a revocation is still seen
-        within `ttl_s` plus one check."""
+        row must be read first. A key checked from `RENEW_AT` of its `ttl_s` on has its row
+        re-read in the background, so a key in steady use is never re-read on the caller's
+        thread; the renewed check counts its age from before that read, so a revocation is
+        still seen within `ttl_s` plus one check."""
         key_id, secret = split_token(token)
-        digest, now = _digest(secret), time.monotonic()
-        with self._lock:
-            recent = self._recent.get(key_id)
-        if recent is None or now - recent[0] >= self.ttl_s:
+        checked = self._recent.get(key_id)
+        if checked is None:
             return None
-        if not hmac.compare_digest(recent[1], digest):
+        if not hmac.compare_digest(checked.digest, _digest(secret)):
             raise Unauthenticated("not a valid API key", field="authorization")
-        if now - recent[0] >= self.ttl_s * RENEW_AT:
-            self._renew_soon(key_id, recent)
-        return recent[2]
+        return checked.principal
 
-    def _renew_soon(self, key_id: str, recent: tuple[float, bytes, Principal]) -> None:
-        with self._lock:
-            if key_id in self._renewing:
-                return
-            self._renewing.add(key_id)
-            if self._renewer is None:
-                self._renewer = ThreadPoolExecutor(1, thread_name_prefix="key-renewal")
-            renewer = self._renewer
-        renewer.submit(self._renew, key_id, recent)
+    def _check(self, key_id: str, secret: str, digest: bytes) -> _Checked:
+        principal, secret_hash = self._check_row(key_id)
+        self._verify(key_id, secret_hash, secret, digest)
+        return _Checked(digest, principal)
 
-    def _renew(self, key_id: str, recent: tuple[float, bytes, Principal]) -> None:
-        started = time.monotonic()
-        try:
-            principal, secret_hash = self._check_row(key_id)
-        except Unauthenticated:  # revoked, or its capsule removed: forget it now
-            principal, secret_hash = None, ""
-        except Exception:  # the database: the entry expires and a caller reads the row
+    def _renew(self, checks: Sequence[tuple[str, _Checked]]) -> dict[str, _Checked]:
+        """The renewal's re-read: a key left out (revoked, its capsule removed, or its hash
+        no longer the one its secret was verified against) is forgotten."""
+        renewed: dict[str, _Checked] = {}
+        for key_id, checked in checks:
+            try:
+                principal, secret_hash = self._check_row(key_id)
+            except Unauthenticated:
+                continue
             with self._lock:
-                self._renewing.discard(key_id)
-            return
-        with self._lock:
-            self._renewing.discard(key_id)
-            if self._recent.get(key_id) is not recent:
-                return  # forgotten (revoked here) or renewed meanwhile: leave it
-            if principal is not None and (secret_hash, recent[1]) in self._verified:
-                self._recent[key_id] = (started, recent[1], principal)
-                self.renewals += 1
-            else:
-                del self._recent[key_id]
+                if (secret_hash, checked.digest) in self._verified:
+                    renewed[key_id] = _Checked(checked.digest, principal)
+        return renewed
 
     def _check_row(self, key_id: str) -> tuple[Principal, str]:
         """The key's principal and hash, if the key is live and its capsule still exists."""
@@ -321,5 +318,4 @@ class KeyStore:
                 self._verified.popitem(last=False)
 
     def _forget(self, key_id: str) -> None:
-        with self._lock:
-            self._recent.pop(key_id, None)
+        self._recent.invalidate(key_id)

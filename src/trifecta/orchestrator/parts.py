@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 from sqlalchemy import Text, bindparam, cast, select
 from sqlalchemy.engine import Engine
@@ -18,16 +19,15 @@ from trifecta.cognitive.serving.quota import QuotaGate
 from trifecta.context.shards import ShardMap, ShardPlace
 from trifecta.core.db import RowRead
 from trifecta.core.errors import Infeasible
-from trifecta.core.logging import get_logger
+from trifecta.core.ttl_cache import RENEW_AT, TtlCache
 from trifecta.federation.bridge import Bridge
 from trifecta.fleet.capsules import Capsule
-from trifecta.fleet.keys import RENEW_AT, VERIFY_TTL_S
+from trifecta.fleet.keys import VERIFY_TTL_S
 from trifecta.fleet.plan_model import CapsuleAssignment, Plan
 from trifecta.fleet.registry import CapsuleRegistry, capsules_table, pinned_capsule
 from trifecta.fleet.registry import request_capsule as _pinned
 from trifecta.orchestrator.ledger import CostLedger, Pricer
 
-log = get_logger(__name__)
 PLACEMENT_TTL_S = 5.0
 # A capsule's row read within this long serves the next request without a read: the auth
 # layer's bound for a key's row (`fleet.keys`), so a capsule changed or removed by another
@@ -41,14 +41,18 @@ CAPSULE_RENEW_AT = RENEW_AT
 CAPSULE_IN_USE_S = 10.0
 
 
-@dataclass
-class _Fresh:
-    """A capsule as its row read at `read_at` (monotonic, taken before the read)."""
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A capsule and the row text it was parsed from (parsed again only when that changes)."""
 
-    read_at: float
     stored: str
     capsule: Capsule
-    used_at: float
+
+
+def _parsed(stored: str, old: _Row | None) -> _Row:
+    if old is not None and old.stored == stored:
+        return old
+    return _Row(stored, Capsule.model_validate_json(stored))
 
 
 class CapsuleDirectory:
@@ -75,13 +79,18 @@ class CapsuleDirectory:
                 capsules_table.c.id == bindparam("capsule_id")
             ),
         )
-        self._fresh: dict[str, _Fresh] = {}
-        self._writes = 0  # changes made through this directory: a read begun before one is dropped
+        self._fresh: TtlCache[str, _Row] = TtlCache(
+            ttl_s,
+            self._renew_rows,
+            renew_at=CAPSULE_RENEW_AT,
+            in_use_s=CAPSULE_IN_USE_S,
+            together=True,  # one statement renews them all
+            on_stored=self._stored,
+            name="capsule-renewal",
+        )
         self._by_id: dict[str, Capsule] = {}
         self._by_domain: dict[str, set[str]] = {}
         self._lock = threading.Lock()
-        self._renewer: threading.Thread | None = None
-        self._closed = threading.Event()
         self.refresh()
 
     def refresh(self) -> None:
@@ -105,100 +114,47 @@ class CapsuleDirectory:
         found = pinned_capsule(capsule_id)
         if found is not None:
             return found
-        now = time.monotonic()
-        fresh = self._fresh.get(capsule_id)
-        if fresh is not None and now - fresh.read_at < self.ttl_s:
-            fresh.used_at = now
-            if now - fresh.read_at >= self.ttl_s * CAPSULE_RENEW_AT:
-                self._start_renewer()
-            return fresh.capsule
-        writes = self._writes
-        row = self._spec_of.read(capsule_id=capsule_id)
+        row = self._fresh.get_or_read(capsule_id, partial(self._read_row, capsule_id))
         if row is None:
-            self._forget(capsule_id)
+            self._forget(capsule_id, changed=False)
             return self.registry.get(capsule_id)  # raises NotFound naming the field
-        return self._keep(capsule_id, str(row[0]), now, writes, fresh, now)
+        return row.capsule
 
-    def _keep(
-        self,
-        capsule_id: str,
-        stored: str,
-        read_at: float,
-        writes: int,
-        old: _Fresh | None,
-        used_at: float,
-    ) -> Capsule:
-        """The capsule of a row read at `read_at`, kept unless this directory changed a
-        capsule since the read began (that change wins: the entry is read again)."""
-        if old is not None and old.stored == stored:
-            found = old.capsule  # JSON parsed only when the row changed
-        else:
-            found = Capsule.model_validate_json(stored)
-        with self._lock:
-            if self._writes == writes:
-                self._fresh[capsule_id] = _Fresh(read_at, stored, found, used_at)
-        if self._by_id.get(capsule_id) != found:
-            self._remember(found)
-        return found
+    def _read_row(self, capsule_id: str, old: _Row | None) -> _Row | None:
+        row = self._spec_of.read(capsule_id=capsule_id)
+        return None if row is None else _parsed(str(row[0]), old)
 
-    def _start_renewer(self) -> None:
-        if self._renewer is not None or self.ttl_s <= 0:
-            return
-        with self._lock:
-            if self._renewer is None:
-                self._renewer = threading.Thread(
-                    target=self._renew_loop, name="capsule-renewal", daemon=True
-                )
-                self._renewer.start()
-
-    def _renew_loop(self) -> None:
-        # Checked twice in the time between due and expired, so a renewal lands before it.
-        pause = self.ttl_s * (1 - CAPSULE_RENEW_AT) / 2
-        while True:
-            try:
-                self.renew(due_only=True)
-            except Exception as exc:  # the database: entries expire, requests read the rows
-                log.warning("capsule renewal failed", error=str(exc))
-            if self._closed.wait(pause):
-                return
-
-    def renew(self, *, due_only: bool = False) -> int:
-        """Re-read the rows of the capsules in use in one statement (the renewal thread's
-        work, when the oldest is `CAPSULE_RENEW_AT` of the ttl old: all renewed together stay
-        due together); the rows that are gone are forgotten. Returns how many were renewed."""
-        now = time.monotonic()
-        with self._lock:
-            for capsule_id in [
-                i for i, f in self._fresh.items() if now - f.used_at > CAPSULE_IN_USE_S
-            ]:
-                del self._fresh[capsule_id]
-            ids = sorted(self._fresh)
-            oldest = min((f.read_at for f in self._fresh.values()), default=now)
-            writes = self._writes
-        if not ids or (due_only and now - oldest < self.ttl_s * CAPSULE_RENEW_AT):
-            return 0
-        started = time.monotonic()
-        rows: dict[str, str] = {}
+    def _renew_rows(self, rows: Sequence[tuple[str, _Row]]) -> dict[str, _Row]:
+        """The renewal: the rows of the capsules in use in one statement (the rows gone are
+        left out, so forgotten)."""
+        old = dict(rows)
+        ids = sorted(old)
+        renewed: dict[str, _Row] = {}
         spec = cast(capsules_table.c.spec, Text)
         with self.registry.engine.connect() as connection:
             for at in range(0, len(ids), 500):  # well under any driver's parameter limit
                 chunk = ids[at : at + 500]
                 query = select(capsules_table.c.id, spec).where(capsules_table.c.id.in_(chunk))
-                rows.update((str(r[0]), str(r[1])) for r in connection.execute(query))
-        for capsule_id in ids:
-            old = self._fresh.get(capsule_id)
-            if capsule_id in rows:
-                used = old.used_at if old is not None else started
-                self._keep(capsule_id, rows[capsule_id], started, writes, old, used)
-                continue
-            with self._lock:  # removed elsewhere: its next request reads the row (NotFound)
-                if self._writes == writes:
-                    self._fresh.pop(capsule_id, None)
-        return len(rows)
+                for capsule_id, stored in connection.execute(query):
+                    renewed[str(capsule_id)] = _parsed(str(stored), old.get(str(capsule_id)))
+        return renewed
+
+    def _stored(self, capsule_id: str, row: _Row) -> None:
+        # Under the directory's lock, so a removal through it (which forgets the entry under
+        # the same lock) is not undone by a read that began before it.
+        with self._lock:
+            if self._fresh.holds(capsule_id, row) and self._by_id.get(capsule_id) != row.capsule:
+                self._remember(row.capsule)
+
+    def renew(self, *, due_only: bool = False) -> int:
+        """Re-read the rows of the capsules in use in one statement (the renewal thread's
+        work, once the oldest is `CAPSULE_RENEW_AT` of the ttl old: all renewed together stay
+        due together); the rows that are gone are forgotten. Returns how many were renewed."""
+        return self._fresh.renew(due_only=due_only)
 
     def close(self) -> None:
         """Stop the renewal thread (entries then expire; requests read the rows)."""
-        self._closed.set()
+        self._fresh.close()
 
     def all(self) -> list[Capsule]:
         with self._lock:
@@ -212,30 +168,32 @@ class CapsuleDirectory:
         """Register a capsule (refused if its domain mixes tenancies) and serve it at once."""
         self.registry.add(capsule)
         with self._lock:
-            self._writes += 1
-            self._fresh.pop(capsule.id, None)
-        self._remember(capsule)
+            self._fresh.invalidate(capsule.id)
+            self._remember(capsule)
         return capsule
 
     def remove(self, capsule_id: str) -> None:
         self.registry.remove(capsule_id)
         self._forget(capsule_id)
 
-    def _forget(self, capsule_id: str) -> None:
+    def _forget(self, capsule_id: str, *, changed: bool = True) -> None:
+        """`changed`: by this directory (reads begun before are dropped); else found gone."""
         with self._lock:
-            self._writes += 1
-            self._fresh.pop(capsule_id, None)
+            if changed:
+                self._fresh.invalidate(capsule_id)
+            else:
+                self._fresh.discard(capsule_id)
             gone = self._by_id.pop(capsule_id, None)
             if gone is not None:
                 self._by_domain[gone.domain].discard(gone.id)
 
     def _remember(self, capsule: Capsule) -> None:
-        with self._lock:
-            old = self._by_id.get(capsule.id)
-            if old is not None:
-                self._by_domain.get(old.domain, set()).discard(old.id)
-            self._by_id[capsule.id] = capsule
-            self._by_domain.setdefault(capsule.domain, set()).add(capsule.id)
+        """Index `capsule` by id and domain (the caller holds the lock)."""
+        old = self._by_id.get(capsule.id)
+        if old is not None:
+            self._by_domain.get(old.domain, set()).discard(old.id)
+        self._by_id[capsule.id] = capsule
+        self._by_domain.setdefault(capsule.domain, set()).add(capsule.id)
 
     def __len__(self) -> int:
         return len(self._by_id)
