@@ -114,7 +114,9 @@ class CapsuleDirectory:
         found = pinned_capsule(capsule_id)
         if found is not None:
             return found
-        row = self._fresh.get_or_read(capsule_id, partial(self._read_row, capsule_id))
+        row = self._fresh.get(capsule_id)
+        if row is None:
+            row = self._fresh.read(capsule_id, partial(self._read_row, capsule_id))
         if row is None:
             self._forget(capsule_id, changed=False)
             return self.registry.get(capsule_id)  # raises NotFound naming the field
