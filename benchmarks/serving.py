@@ -30,6 +30,7 @@ to its `max_tokens` (what vLLM's serving benchmarks do with `--load-format dummy
 from __future__ import annotations
 
 import argparse
+import gc
 import queue
 import random
 import statistics
@@ -83,7 +84,11 @@ LENGTHS = (8, 56)  # tokens per request in the closed loop, uniform (mean 32)
 STATIC_WINDOW_S = 0.005  # static batching: how long a batch waits for more requests
 MODES = ("continuous batching", "static batching", "one at a time")
 DEFAULT_ROUNDS = 10
-NOISY_ROUND_S = 8.0  # each scenario's open-loop run per round (the full run)
+# The noisy neighbour's rounds: many short ones, since a stall of the shared machine lands in
+# one round of one scenario and the p99 ratio's interval is over rounds (10 x 8 s read
+# [0.73, 3.20] at load 1.6, the wide side from 2-3 rounds).
+NOISY_ROUNDS = 16
+NOISY_ROUND_S = 5.0  # each scenario's open-loop run per round (the full run)
 console = Console()
 
 
@@ -93,6 +98,32 @@ class Sample:
     latency_s: float
     tokens: int
     first_token_s: float  # from the request's start to its first token: queue, admission, prefill
+    late_s: float = 0.0  # open loop: how far behind its scheduled arrival it was submitted
+    ended_at: float = 0.0  # perf_counter() when it ended
+
+
+class Collections:
+    """The garbage collector's passes in this process (they hold the interpreter lock, so
+    every thread waits): when each began, its generation, wall seconds, and CPU seconds of
+    the thread that ran it."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[float, int, float, float]] = []
+        self._started = (0.0, 0.0)
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = (time.perf_counter(), time.thread_time())
+        else:
+            wall, cpu = self._started
+            now = time.perf_counter()
+            self.passes.append((wall, info["generation"], now - wall, time.thread_time() - cpu))
+
+    def take(self) -> list[tuple[float, int, float, float]]:
+        """The passes since the last call."""
+        passes, self.passes = self.passes, []
+        return passes
 
 
 def make_pool(
@@ -133,6 +164,7 @@ class Timed(CollectingSink):
         self.capsule, self.samples, self.lock = capsule, samples, lock
         self.start = time.perf_counter() if start is None else start
         self.first_token: float | None = None
+        self.late_s = 0.0
 
     def tokens(self, generated: Sequence[GeneratedToken]) -> None:
         """Dropped, as a streaming client's are once sent: the load generator runs in the
@@ -148,7 +180,12 @@ class Timed(CollectingSink):
         with self.lock:
             self.samples.append(
                 Sample(
-                    self.capsule, end - self.start, completion.completion_tokens, first - self.start
+                    self.capsule,
+                    end - self.start,
+                    completion.completion_tokens,
+                    first - self.start,
+                    self.late_s,
+                    end,
                 )
             )
         super().finish(completion)
@@ -272,6 +309,7 @@ def open_loop(
         if delay > 0:
             time.sleep(delay)
         sink = Timed(capsule, samples, lock, start=start + at)  # from its scheduled arrival
+        sink.late_s = time.perf_counter() - sink.start
         try:
             pool.submit(EngineRequest(pool.codec.encode(text), params, sink, capsule=capsule))
         except QuotaExceeded:
@@ -292,13 +330,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test)")
     parser.add_argument(
-        "--rounds", type=int, default=DEFAULT_ROUNDS, help="rounds of every mode and scenario"
+        "--rounds", type=int, default=DEFAULT_ROUNDS, help="rounds of the closed-loop modes"
+    )
+    parser.add_argument(
+        "--noisy-rounds", type=int, default=NOISY_ROUNDS, help="rounds of the noisy scenarios"
     )
     args = parser.parse_args()
     set_torch_threads(1)
     requests_each = 4 if args.quick else 12
     duration = 3.0 if args.quick else NOISY_ROUND_S
     rounds = 1 if args.quick else args.rounds
+    noisy_rounds = 1 if args.quick else args.noisy_rounds
     max_tokens = 32
     model, tokenizer = ModelSource(kind="dummy", tier="small").load()
     codec = TokenCodec(tokenizer)
@@ -345,17 +387,23 @@ def main() -> None:
     refusals = dict.fromkeys(pooled, 0)
     round_p99: dict[str, list[float]] = {name: [] for name in pooled}
     by_round: dict[str, list[list[float]]] = {name: [] for name in pooled}  # quiet latencies
+    # the collector's passes while each scenario's quiet requests were in flight
+    passes: dict[str, list[tuple[float, int, float, float]]] = {name: [] for name in pooled}
+    collections = Collections()
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("noisy neighbour", total=rounds * len(scenarios))
-        for index in range(rounds):
+        task = progress.add_task("noisy neighbour", total=noisy_rounds * len(scenarios))
+        for index in range(noisy_rounds):
             turn = scenarios[index % len(scenarios) :] + scenarios[: index % len(scenarios)]
             for name, rates, fifo, shares in turn:
                 pool = make_pool(model, codec, max_batch=MAX_BATCH, fifo=fifo, slot_shares=shares)
+                collections.take()
                 start = time.perf_counter()
                 try:
                     samples, refused = open_loop(pool, rates, duration, max_tokens, seed=index)
                 finally:
                     pool.close()
+                quiet_end = max(s.ended_at for s in samples if s.capsule.startswith("quiet"))
+                passes[name] += [p for p in collections.take() if p[0] < quiet_end]
                 elapsed_s[name] += time.perf_counter() - start
                 refusals[name] += refused
                 pooled[name] += samples
@@ -377,7 +425,18 @@ def main() -> None:
 
     loads = (load_before, machine_load())
     fair = rounds_p99_ratio(by_round["fair"], by_round["alone"])
-    report(closed, pooled, p99s, rounds_fair, fair, quiet_rate, max_tokens, loads, args.quick)
+    report(
+        closed,
+        pooled,
+        p99s,
+        rounds_fair,
+        fair,
+        quiet_rate,
+        max_tokens,
+        loads,
+        _stalls(pooled, passes),
+        args.quick,
+    )
 
 
 def rounds_p99_ratio(
@@ -408,6 +467,29 @@ def _tail_wait(samples: list[Sample]) -> str:
     tail = [s for s in quiet if s.latency_s >= cut]
     waited = statistics.median(s.first_token_s / s.latency_s for s in tail)
     return f"{waited:.0%} of {len(tail)} requests' latency"
+
+
+def _stalls(
+    pooled: dict[str, list[Sample]], passes: dict[str, list[tuple[float, int, float, float]]]
+) -> str:
+    """Two stalls every quiet request in flight shares, per scenario over all rounds: the
+    garbage collector's passes (full ones, and the longest pause of any) while quiet requests
+    were in flight, and how far behind schedule the load generator submitted them."""
+    parts = []
+    for name in ("alone", "fair", "fifo"):
+        full = [p for p in passes[name] if p[1] == 2]
+        longest = max((p[2] for p in passes[name]), default=0.0)
+        late = percentile([s.late_s for s in pooled[name] if s.capsule.startswith("quiet")], 99)
+        parts.append(
+            f"{name}: {len(full)} full collections ({sum(p[3] for p in full) * 1e3:.0f} ms of "
+            f"CPU), longest pause {longest * 1e3:.0f} ms, quiet requests submitted "
+            f"{late * 1e3:.1f} ms late at p99"
+        )
+    return (
+        "Stalls shared by every request in flight, while the quiet requests ran (all rounds): "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def _quiet(samples: list[Sample]) -> list[float]:
@@ -492,6 +574,7 @@ def report(
     quiet_rate: float,
     max_tokens: int,
     loads: tuple[str, str],
+    stalls: str,
     quick: bool,
 ) -> None:
     lines = [
@@ -542,13 +625,17 @@ def report(
             note="latency from scheduled arrival; paired bootstrap over rounds",
         ),
     ]
+    console.print(stalls)
     for g in goal_list:
         console.print(f"{g.claim}: {g.figure:.2f}{g.unit} {g.interval()} -> {g.verdict()}")
     if quick:
         return
-    rounds = len(rounds_fair)
-    command = ".venv/bin/python benchmarks/serving.py" + (
-        f" --rounds {rounds}" if rounds != DEFAULT_ROUNDS else ""
+    rounds = len(closed[CLIENTS[-1]]["continuous batching"])
+    noisy_rounds = len(rounds_fair)
+    command = (
+        ".venv/bin/python benchmarks/serving.py"
+        + (f" --rounds {rounds}" if rounds != DEFAULT_ROUNDS else "")
+        + (f" --noisy-rounds {noisy_rounds}" if noisy_rounds != NOISY_ROUNDS else "")
     )
     write_section(
         "serving",
@@ -588,7 +675,7 @@ def report(
                 *noisy_lines,
                 "",
                 f"With FIFO the quiet p99 is {fifo_ratio:.2f}x its p99 alone. Each scenario ran "
-                f"{rounds} times for {NOISY_ROUND_S:g} s, taking turns in a rotated order, the "
+                f"{noisy_rounds} times for {NOISY_ROUND_S:g} s, taking turns in a rotated order, the "
                 "scenarios of a round on the same seeded arrivals (a new seed each round), "
                 "samples pooled; the fair/alone p99 ratio of each "
                 f"round: {', '.join(f'{r:.2f}x' for r in rounds_fair)}. Where the quiet tail "
@@ -596,7 +683,7 @@ def report(
                 "latency spent before the first token (fair queue, admission, prefill) was "
                 f"{_tail_wait(pooled['alone'])} alone and {_tail_wait(pooled['fair'])} with "
                 "fair queuing, the rest decoding. The process freezes its "
-                "start-up heap (`gc.freeze()`, as the serve commands do).",
+                "start-up heap (`gc.freeze()`, as the serve commands do). " + stalls,
                 "",
                 *goals_markdown(goal_list),
                 "",
