@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,31 @@ def test_bad_prompts_are_invalid_input(small_artifact: EdgeArtifact) -> None:
     with pytest.raises(InvalidInput) as info:
         runtime.generate(["1+1?"], max_new_tokens=0)
     assert info.value.field == "max_new_tokens"
+
+
+def test_blas_is_capped_once_when_built_and_stays_capped_while_generating(
+    small_artifact_path: Path,
+) -> None:
+    # In a fresh process: numpy's BLAS (the runtime's float products) is capped once a process
+    # (`kernels.cpu.pin_threads`), and `generate` no longer re-applies the cap each call. The
+    # BLAS that numba's first compilation loads (scipy's, which no kernel calls) is left out.
+    code = (
+        "import pathlib, sys, threadpoolctl;"
+        "from trifecta.edge.artifact import EdgeArtifact;"
+        "from trifecta.edge.runtime import EdgeRuntime;"
+        "blas = lambda: {i['filepath']: i['num_threads'] for i in"
+        " threadpoolctl.threadpool_info() if i['user_api'] == 'blas'};"
+        "rt = EdgeRuntime(EdgeArtifact.load(pathlib.Path(sys.argv[1])));"
+        "built = blas();"
+        "texts = [g.text for g in rt.generate(['3+4=', '12+5='], max_new_tokens=4)];"
+        "after = blas();"
+        "print(sorted(set(built.values())), sorted({after[k] for k in built}), len(texts))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(small_artifact_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.split("\n")[-2] == "[1] [1] 2"

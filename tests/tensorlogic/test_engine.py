@@ -224,6 +224,24 @@ def test_queries_on_a_packed_relation_read_only_what_they_need() -> None:
     assert len(small_result.answers(parse_query(small, "Path[x, 2]"))) == 2
 
 
+def test_a_query_is_parsed_without_reading_the_working_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A query loads no file: parsing one makes no `getcwd` system call (the request path
+    # parses every rule query), and answers as before.
+    from pathlib import Path
+
+    from trifecta.tensorlogic.program import parse_query
+
+    small = graph_program(5, TC, [(0, 1), (1, 2)])
+
+    def no_cwd() -> Path:
+        raise AssertionError("parse_query read the working folder")
+
+    monkeypatch.setattr(Path, "cwd", staticmethod(no_cwd))
+    assert evaluate(small).value(parse_query(small, "Path[0, 2]")) == 1.0
+
+
 def test_constants_and_diagonals_read_from_a_packed_relation() -> None:
     rules = TC + (
         "FromZero[y] = step(Path[0, y])\nReach[x] = step(Path[x, 7])\n"

@@ -18,13 +18,13 @@ import time
 from collections.abc import Mapping
 
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, or_, select
+from sqlalchemy import bindparam, delete, or_, select
 from sqlalchemy.engine import make_url
 
 from trifecta.context import tables
 from trifecta.context.sql import upsert
 from trifecta.context.store import ShardStore
-from trifecta.core.db import ensure_schema, get_engine, normalize_url, transaction
+from trifecta.core.db import RowRead, ensure_schema, get_engine, normalize_url, transaction
 from trifecta.core.errors import InvalidInput
 from trifecta.core.settings import Settings
 from trifecta.fleet.capsules import SLUG
@@ -119,17 +119,25 @@ class ShardMap:
     def __init__(self, control_url: str):
         self.engine = get_engine(control_url)
         ensure_schema(self.engine, "trifecta.context")
+        # The request path's routers and placement re-read a domain's entry every few
+        # seconds: one statement on a driver connection, not an ORM session (`RowRead`).
+        shards = tables.shards
+        self._read = RowRead(
+            self.engine,
+            select(shards.c.url, shards.c.place).where(shards.c.domain == bindparam("domain")),
+        )
+        dialect = self.engine.dialect
+        # the JSON column's text decoded as SQLAlchemy would (psycopg hands it decoded)
+        self._place_of = shards.c.place.type.dialect_impl(dialect).result_processor(dialect, None)
 
     def get(self, domain: str) -> tuple[str, ShardPlace | None] | None:
-        with transaction(self.engine) as session:
-            row = session.execute(
-                select(tables.shards.c.url, tables.shards.c.place).where(
-                    tables.shards.c.domain == domain
-                )
-            ).first()
+        row = self._read.read(domain=domain)
         if row is None:
             return None
-        return str(row[0]), ShardPlace.model_validate(row[1]) if row[1] else None
+        url, place = row
+        if place is not None and self._place_of is not None:
+            place = self._place_of(place)
+        return str(url), ShardPlace.model_validate(place) if place else None
 
     def entries(self) -> list[ShardEntry]:
         with transaction(self.engine) as session:
@@ -215,19 +223,27 @@ class ShardRouter:
         self.default_url = normalize_url(default_url)
         self.ttl_s = ttl_s
         self._routes: dict[str, tuple[float, str]] = {}
+        self._reading: dict[str, threading.Lock] = {}  # domain -> held while its entry is read
         self._stores: dict[str, ShardStore] = {}
         self._lock = threading.Lock()
 
     def url_for(self, domain: str) -> str:
         now = time.monotonic()
-        with self._lock:
-            cached = self._routes.get(domain)
+        cached = self._routes.get(domain)  # a dict read is atomic: no lock to look
         if cached is not None and now - cached[0] < self.ttl_s:
             return cached[1]
-        entry = self.shard_map.get(domain)
-        url = entry[0] if entry else self.default_url
+        # One reader a domain: the requests in flight when an entry expires wait for its read
+        # (a few tens of us) instead of each reading the map again.
         with self._lock:
-            self._routes[domain] = (now, url)
+            reading = self._reading.setdefault(domain, threading.Lock())
+        with reading:
+            cached = self._routes.get(domain)
+            if cached is not None and now - cached[0] < self.ttl_s:
+                return cached[1]  # read by another request while this one waited
+            started = time.monotonic()  # its age counts from before the read
+            entry = self.shard_map.get(domain)
+            url = entry[0] if entry else self.default_url
+            self._routes[domain] = (started, url)
         return url
 
     def store_for(self, domain: str) -> ShardStore:

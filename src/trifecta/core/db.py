@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib.resources
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 from trifecta.core.errors import InvalidInput
@@ -104,7 +105,41 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
         event.listen(engine, "connect", pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size)
+    _ping_when_idle(engine)
+    return engine
+
+
+# A pooled connection idle this long is pinged before use. SQLAlchemy's `pool_pre_ping` pings
+# at every checkout: a round trip on each of the request path's statements, most of which run
+# on a connection returned milliseconds before. Stopping and starting a server takes longer
+# than this, so a connection a restart killed has been idle past it when next taken: pinged,
+# found dead and replaced, with every connection opened before it.
+PING_IDLE_S = 0.2
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    dialect = engine.dialect
+
+    def checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        # `info` is cleared when a connection is closed or invalidated: a new one is not pinged
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < PING_IDLE_S:
+            return
+        try:
+            dialect.do_ping(dbapi_conn)
+        except dialect.loaded_dbapi.Error as exc:
+            if not dialect.is_disconnect(exc, dbapi_conn, None):
+                raise
+            # as pre-ping would: this connection is replaced (the pool retries the checkout),
+            # and so is every connection opened before it, which the same restart killed
+            raise InvalidatePoolError(str(exc)) from exc
+
+    event.listen(engine, "checkin", checkin)
+    event.listen(engine, "checkout", checkout)
 
 
 def get_engine(url: str) -> Engine:

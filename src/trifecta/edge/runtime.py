@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from threadpoolctl import ThreadpoolController
 
 from trifecta.core.errors import InvalidInput
 from trifecta.core.protocols import Generation, TokenAlternative
@@ -32,14 +31,6 @@ from trifecta.edge.kernels.cpu import pin_threads
 from trifecta.edge.sampling import NextToken, choose_token
 
 Array = NDArray[np.float32]
-_blas: ThreadpoolController | None = None
-
-
-def _blas_controller() -> ThreadpoolController:
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController()
-    return _blas
 
 
 @dataclass
@@ -289,7 +280,10 @@ class EdgeRuntime:
         if temperature < 0:
             raise InvalidInput("must be >= 0", field="temperature")
         sequences, pending = self.start(prompts)
-        with self._lock, _blas_controller().limit(limits=1, user_api="blas"):
+        # BLAS was capped to one thread process-wide when the runtime was built (`pin_threads`):
+        # capping it again each call (threadpoolctl reads and sets every BLAS library's count,
+        # then restores it) cost about 1% of the loop's CPU, for the same setting.
+        with self._lock:
             active = list(range(len(sequences)))
             # Prompts are prefilled one by one (their lengths differ); decoding is batched.
             logits = (

@@ -14,8 +14,6 @@ no route, fallback included, can carry a capsule's request or context elsewhere.
 
 from __future__ import annotations
 
-import itertools
-import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -26,6 +24,7 @@ from trifecta.context.deltas import Delta
 from trifecta.context.models import PlaybookView, Retrieval
 from trifecta.context.store import versions_pinned
 from trifecta.core.errors import Conflict, SovereigntyViolation, Unavailable
+from trifecta.core.ids import unique_id
 from trifecta.core.logging import get_logger
 from trifecta.core.tasks import Task, TaskFamilyVerifier
 from trifecta.federation.bridge import placeable
@@ -72,15 +71,11 @@ from trifecta.orchestrator.trace import (
 log = get_logger("trifecta.orchestrator")
 EDGE_MODEL = "bitnet-2b4t"  # the checkpoint the shipped edge model stands for (for charges)
 GENERATIVE_MODEL = "rnd1-30b-a3b"  # what the shipped MoE diffusion model stands for
-# A request's id when the client sent none: 80 random bits drawn once a process, then a
-# counter (32 hex digits, like a UUID's). A uuid4 a request reads the OS's random source, a
-# system call that hands the interpreter lock to another thread and waits to take it back.
-_ID_PREFIX = "req-" + os.urandom(10).hex()
-_ID_COUNTER = itertools.count()
 
 
 def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
+    """A request's id when the client sent none (no system call: `core.ids`)."""
+    return unique_id("req-")
 
 
 class Orchestrator:

@@ -221,7 +221,9 @@ def parse_query(program: Program, text: str) -> Atom:
     queries = [s for s in module.statements if isinstance(s, QueryStmt)]
     if len(module.statements) != 1 or len(queries) != 1:
         raise ProgramError(source, [Diagnostic(Pos(1, 1), "expected one query, e.g. R[a, x]?")])
-    resolver = _Resolver(source, Path.cwd(), Limits(), load_files=False)
+    # A query loads no file, so its resolver needs no base folder: `Path.cwd()` here was a
+    # system call on every rule query of the request path.
+    resolver = _Resolver(source, Path(), Limits(), load_files=False)
     resolver.program = program
     atom = resolver._atom(queries[0].ref, allow_vars=True)
     if atom is None or resolver.errors:

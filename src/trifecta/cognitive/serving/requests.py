@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from trifecta.core.ids import unique_id
 from trifecta.core.protocols import Generation, TokenAlternative
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class EngineRequest:
     prompt_ids: list[int]
     params: SamplingParams
     sink: RequestSink
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = field(default_factory=unique_id)  # no system call a request
     capsule: str = ""
 
     @property
