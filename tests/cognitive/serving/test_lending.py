@@ -242,3 +242,37 @@ def test_lending_changes_no_tokens(tiny: tuple[Any, Any]) -> None:
             pool.close()
     assert outputs[0] == outputs[1]
     assert all(len(tokens) == 3 + (i // 4) % 5 for i, tokens in enumerate(outputs[0]))
+
+
+def test_capsules_starting_together_borrow_beside_idle_slots(codec: TokenCodec) -> None:
+    """Four capsules start at once on latency slots 3 (a guarantee of one row each); one sends
+    a burst of 3 while the others send one each. Its demand is 3 of 6 requests, over 1.5x its
+    share, but by two requests, not a flood's margin: it borrows two idle slots and starts
+    at once. (Without the margin it was held to one row beside 12 idle slots: in the serving
+    benchmark quiet bursts waited up to 150 ms in each run's first second.)"""
+    tier = Tier(codec, 16, latency_slots=3)
+    for name in ("q1", "q2", "q3"):
+        tier.send(name, 10)
+    burst = [tier.send("q0", 10) for _ in range(3)]
+    assert all(r.request_id in tier.replica.started for r in burst)
+    assert tier.waits("q0") == [0, 0, 0]
+
+
+def test_a_flood_is_held_once_beyond_the_margin(codec: TokenCodec) -> None:
+    """The margin is a few requests: a capsule sending 12 to the others' one each borrows
+    while its k requests are within 1.5 x (k + 3) / 4 + 4 of them (k <= 8), then waits for
+    its own rows to end while everyone else still starts at once."""
+    tier = Tier(codec, 16, latency_slots=8)
+    for name in ("q1", "q2", "q3"):
+        tier.send(name, 10)
+    for _ in range(12):
+        tier.send("noisy", 10)
+    assert tier.running("noisy") == 8
+    assert tier.pool.queued() == 4
+    late = tier.send("q1", 10)
+    assert late.request_id in tier.replica.started
+
+
+def test_margin_requests_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="margin_requests"):
+        SlotShares(margin_requests=-1)

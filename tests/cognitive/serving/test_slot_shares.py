@@ -41,7 +41,9 @@ def test_a_capsule_alone_gets_every_slot() -> None:
 
 def test_a_flood_keeps_its_share_and_leaves_the_rest_claimable() -> None:
     clock = Clock()
-    shares = SlotShares(clock=clock)
+    # no margin: a flood of a few requests shows the shares' arithmetic (test_lending.py has
+    # the margin, which lends a flood's first few requests idle slots)
+    shares = SlotShares(clock=clock, margin_requests=0)
     for quiet in ("q0", "q1", "q2"):
         shares.arrived(quiet, 1.0)  # active, nothing running right now
         shares.started(quiet)
@@ -53,7 +55,7 @@ def test_a_flood_keeps_its_share_and_leaves_the_rest_claimable() -> None:
 
 def test_weights_and_idle_capsules() -> None:
     clock = Clock()
-    shares = SlotShares(clock=clock, activity_window_s=2.0)
+    shares = SlotShares(clock=clock, activity_window_s=2.0, margin_requests=0)
     shares.arrived("gold", 3.0)
     shares.started("gold")
     shares.ended("gold")
