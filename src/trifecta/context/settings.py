@@ -120,9 +120,10 @@ class ContextSettings(LayerSettings):
         description="texts per embedding call of the learning worker",
     )
     learning_process: bool = Field(
-        # Off: on this 2-core machine, loaded by other jobs, the process measured no faster
-        # than the thread (benchmarks/context_hop.py, loop.py; docs/context.md has figures).
-        default=False,
+        # On: a learner thread's batches held the interpreter lock beside the request
+        # threads, and the loop workload's retrieve tail waited for them; in its own process
+        # it shares no lock with them (docs/context.md, "The learner's placement").
+        default=True,
         description="learn in a process of its own (else a thread of the serving process)",
     )
     learn_nice: int = Field(

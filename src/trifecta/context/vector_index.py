@@ -6,7 +6,11 @@ millisecond, always exact and free to update. Above it the index also keeps a us
 graph (built on first need, then updated in place) and searches that instead.
 
 Filters (outcome, recency) are applied to an oversampled candidate list that is widened
-until k items pass or the whole index was searched.
+until k items pass or the whole index was searched. An outcome filter is applied to the
+scan's scores first, as a vector mask over each row's outcome code (`_codes`), so the
+candidates are the best rows of that outcome: a learner's de-duplication probe whose
+nearest rows are of the other outcome (memory texts cluster by outcome) rescored and
+filtered up to 4,096 candidates in Python, most of a batch's CPU (issue 15).
 
 The candidates' similarities are then computed again in float64 (`cosines`): float32 matrix
 products round differently depending on a row's place in the matrix, so two copies of one
@@ -80,9 +84,11 @@ class _Shared:
     and each id's newest row. `latest` is the epoch of the newest index over them: only it
     may append (`MemoryIndex.fork`)."""
 
-    __slots__ = ("ids", "items", "latest", "prev", "row_of")
+    __slots__ = ("codes", "ids", "items", "latest", "prev", "row_of")
 
     def __init__(self) -> None:
+        # outcome -> its code in the index's `_codes` (0: a row stored without its memory)
+        self.codes: dict[str, int] = {}
         self.ids: list[str] = []
         self.items: list[Row | None] = []
         self.prev: list[int] = []
@@ -103,6 +109,7 @@ class MemoryIndex:
         self.hnsw_above = hnsw_above
         self._matrix: NDArray[np.float32] = np.zeros((64, dim), dtype=np.float32)
         self._died: NDArray[np.int64] = np.full(64, NEVER, dtype=np.int64)
+        self._codes: NDArray[np.int16] = np.zeros(64, dtype=np.int16)  # each row's outcome
         self._shared = _Shared()
         self._rows = 0  # rows this index sees (later ones are a newer fork's)
         self._live = 0
@@ -153,6 +160,7 @@ class MemoryIndex:
             twin._append(self._live_rows())
             return twin
         twin._matrix, twin._died, twin._shared = self._matrix, self._died, shared
+        twin._codes = self._codes
         twin._rows, twin._live, twin._graph = self._rows, self._live, self._graph
         twin._epoch = shared.latest = self._epoch + 1
         return twin
@@ -190,11 +198,14 @@ class MemoryIndex:
             grown[:start] = self._matrix[:start]
             died = np.full(size, NEVER, dtype=np.int64)
             died[:start] = self._died[:start]
-            self._matrix, self._died = grown, died
+            codes = np.zeros(size, dtype=np.int16)
+            codes[:start] = self._codes[:start]
+            self._matrix, self._died, self._codes = grown, died, codes
         for offset, (memory_id, vector, item) in enumerate(items):
             row = start + offset
             self._matrix[row] = vector
             self._died[row] = NEVER
+            self._codes[row] = 0 if item is None else self._code(item.outcome)
             shared.ids.append(memory_id)
             shared.items.append(item)
             shared.prev.append(shared.row_of.get(memory_id, -1))
@@ -223,13 +234,25 @@ class MemoryIndex:
         live = self._live_rows()
         self._matrix = np.zeros((max(64, len(live)), self.dim), dtype=np.float32)
         self._died = np.full(len(self._matrix), NEVER, dtype=np.int64)
+        self._codes = np.zeros(len(self._matrix), dtype=np.int16)
         self._shared, self._graph = _Shared(), None
         self._shared.latest = self._epoch
         self._rows = self._live = 0
         self._append(live)
 
+    def _code(self, outcome: str) -> int:
+        codes = self._shared.codes
+        code = codes.get(outcome)
+        if code is None:
+            code = codes[outcome] = len(codes) + 1
+        return code
+
     def _candidates(
-        self, query: Vector, count: int, scores: NDArray[np.float32] | None = None
+        self,
+        query: Vector,
+        count: int,
+        scores: NDArray[np.float32] | None = None,
+        outcome: str | None = None,
     ) -> list[tuple[str, float]]:
         if len(self) > self.hnsw_above:
             if self._graph is None:
@@ -258,6 +281,9 @@ class MemoryIndex:
             sims = np.array(scores[:used], dtype=np.float32)
         if self._live < used:  # rows removed or rewritten: a vector mask, not a loop
             sims[self._died[:used] <= self._epoch] = -np.inf
+        if outcome is not None:  # rows of another outcome (or none known) never qualify
+            code = self._shared.codes.get(outcome, -1)
+            sims[self._codes[:used] != code] = -np.inf
         count = min(count, used)
         if count < used:
             # Every row that float32 rounding may have put on the wrong side of the cut too.
@@ -277,16 +303,23 @@ class MemoryIndex:
         return sorted(pairs, key=rank_key)[:count]
 
     def search(
-        self, query: Vector, k: int, accept: Callable[[str], bool] | None = None
+        self,
+        query: Vector,
+        k: int,
+        accept: Callable[[str], bool] | None = None,
+        outcome: str | None = None,
     ) -> list[tuple[str, float]]:
-        """Up to k (memory id, cosine similarity) pairs, best first, that pass `accept`."""
-        return self._search(query, k, accept, None)
+        """Up to k (memory id, cosine similarity) pairs, best first, that pass `accept`.
+        `outcome`: only rows stored with a memory of that outcome (a mask on the scan's
+        scores; the graph's candidates are not masked, so `accept` must check it too)."""
+        return self._search(query, k, accept, None, outcome)
 
     def search_many(
         self,
         queries: NDArray[np.float32],
         k: int,
         accepts: Sequence[Callable[[str], bool] | None],
+        outcomes: Sequence[str | None] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """`search` of each of the (n, d) `queries` with its own filter, the same answers,
         from one matrix product of the queries with the index instead of one scan a query
@@ -296,13 +329,20 @@ class MemoryIndex:
         after it (the limit is the process's while it lasts; only this product is long)."""
         if len(queries) != len(accepts):
             raise ValueError(f"accepts: {len(accepts)} for {len(queries)} queries")
+        wanted = list(outcomes) if outcomes is not None else [None] * len(queries)
+        if len(wanted) != len(queries):
+            raise ValueError(f"outcomes: {len(wanted)} for {len(queries)} queries")
         if len(self) > self.hnsw_above or len(self) == 0 or len(queries) < 2:
-            return [self.search(q, k, a) for q, a in zip(queries, accepts, strict=True)]
+            return [
+                self.search(q, k, a, o) for q, a, o in zip(queries, accepts, wanted, strict=True)
+            ]
         with _blas().limit(limits=1, user_api="blas"):
             products = np.asarray(queries, dtype=np.float32) @ self._matrix[: self._rows].T
         return [
-            self._search(query, k, accept, scores)
-            for query, accept, scores in zip(queries, accepts, products, strict=True)
+            self._search(query, k, accept, scores, outcome)
+            for query, accept, scores, outcome in zip(
+                queries, accepts, products, wanted, strict=True
+            )
         ]
 
     def _search(
@@ -311,17 +351,21 @@ class MemoryIndex:
         k: int,
         accept: Callable[[str], bool] | None,
         scores: NDArray[np.float32] | None,
+        outcome: str | None = None,
     ) -> list[tuple[str, float]]:
         size = len(self)
         if size == 0 or k <= 0:
             return []
+        masked = outcome is not None and size <= self.hnsw_above  # the scan masks it
         want = k if accept is None else k * OVERSAMPLE
         while True:
             count = min(want, size)
-            found = self._candidates(query, count, scores)
+            found = self._candidates(query, count, scores, outcome if masked else None)
+            # Fewer than asked from a masked scan: every row of that outcome is in.
+            exhausted = masked and len(found) < count
             if accept is not None:
                 found = [(m, s) for m, s in found if accept(m)]
-            if len(found) >= k or count >= size:
+            if len(found) >= k or count >= size or exhausted:
                 return sorted(found, key=rank_key)[:k]
             want *= OVERSAMPLE
 

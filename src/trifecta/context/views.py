@@ -234,6 +234,7 @@ class DomainView:
             np.stack([np.asarray(v, dtype=np.float32) for v in vectors]),
             1,
             [_accept(index, outcome, None) for outcome in outcomes],
+            outcomes,
         )
         return [hits[0] if hits else None for hits in found]
 
@@ -266,7 +267,7 @@ def _search_index(
     outcome: str | None,
     since: float | None,
 ) -> list[tuple[str, float]]:
-    return index.search(query, k, _accept(index, outcome, since))
+    return index.search(query, k, _accept(index, outcome, since), outcome)
 
 
 def _accept(
