@@ -722,8 +722,10 @@ def main() -> None:
         "the hot experts' replica counts free (one more or fewer; exact against the min-move "
         "MILP over the same counts on 12-expert instances, tested), found 25 moves where the "
         "fixed counts' optimum was 33 on the second trace given 19 CPU s, but within 5 s it "
-        "ran on 8 of 24 traces and won on none: it ships off, behind the "
-        "`rebalance_vary_counts` setting (default 0) for longer budgets.",
+        "ran on 8 of 24 traces and won on none; at 20 CPU s a rebalance (vary 10 against 0, "
+        "alternated, the first 8 traces, load 6-7) 160 moves summed against 153 (fewer on 2, "
+        "equal on 3, more on 3): it ships off, behind the `rebalance_vary_counts` setting "
+        "(default 0).",
         "",
         "Placement, max/mean node load (10% redundant slots):",
         "",

@@ -236,8 +236,10 @@ def resize(
     default: on the 24 benchmark traces at the strict level (5 CPU s, load 8-11) it ran on 8
     (the first program spent the budget on the others) and lowered the moves on none; its
     branch and bound needs 5-20 CPU s at 64-128 experts (given 19 s, 25 moves where the fixed
-    counts' optimum was 33). `solver` in the result says which answer was used and which
-    phase found it."""
+    counts' optimum was 33). With 20 CPU s a rebalance (vary 10 against 0, alternated, 8 of
+    those traces, load 6-7) no gain either: 160 moves summed against 153 (fewer on 2, equal
+    on 3, more on 3, within the search's run-to-run spread). `solver` in the result says
+    which answer was used and which phase found it."""
     if method not in METHODS:
         raise InvalidInput(f"unknown method {method!r}", field="method", allowed=METHODS)
     if time_limit_s <= 0:
