@@ -67,7 +67,7 @@ def test_a_probe_whose_neighbours_are_of_the_other_outcome_scans_no_candidate_li
     """The learner's case: the nearest thousands are successes, the probe wants a failure.
     Filtering candidates in Python widened to 4,096 of them; the mask rescores k."""
     rng = np.random.default_rng(3)
-    base = rng.standard_normal(DIM, dtype=np.float32)
+    base = rng.standard_normal((DIM,), dtype=np.float32)
     near = base + 0.05 * rng.standard_normal((3000, DIM)).astype(np.float32)
     far = rng.standard_normal((5, DIM)).astype(np.float32)
     vectors = np.vstack([near, far])
